@@ -1,0 +1,21 @@
+defmodule SynapseCore.Application do
+  @moduledoc false
+
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    children = [
+      # Agent name -> the agent's supervisor (one entry per agent).
+      {Registry, keys: :unique, name: SynapseCore.AgentRegistry},
+      # Agent name -> the channel of each of its workers that is ready. Read
+      # by every call; one partition, since a duplicate-key lookup reads
+      # every partition.
+      {Registry, keys: :duplicate, name: SynapseCore.WorkerRegistry},
+      # Agents started with SynapseCore.start_agent/1.
+      {DynamicSupervisor, strategy: :one_for_one, name: SynapseCore.AgentsSupervisor}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: SynapseCore.Supervisor)
+  end
+end

@@ -1,0 +1,69 @@
+defmodule SynapseCore.Error do
+  @moduledoc """
+  The error every Synapse function returns (`{:error, %SynapseCore.Error{}}`)
+  or raises (the `!` variants).
+
+  `kind` says what happened, as one of a fixed set of atoms:
+
+    * `:unknown_agent` - no agent is registered under that name
+    * `:unavailable` - the agent exists but has no worker ready to serve
+      (it is starting or restarting), or its worker cannot be reached
+    * `:worker_exited` - the worker process exited while the call was in flight
+    * `:timeout` - the call's `:timeout` elapsed; the run was cancelled
+    * `:cancelled` - the call was cancelled
+    * `:startup_failed` - a worker could not be started: the interpreter is
+      missing, the agent's module does not import, ...
+    * `:not_found` - the worker does not host the agent it was asked for
+    * `:invalid_argument` - the request was refused: a message history that
+      is not a valid pydantic-ai history, data that has no JSON form, ...
+    * `:python_error` - the agent run raised a Python exception
+    * `:usage_limit_exceeded`, `:unexpected_model_behavior`,
+      `:model_http_error` - pydantic-ai's own failures of those names
+    * `:resource_exhausted` - a limit was hit (e.g. the maximum message size)
+    * `:protocol_error`, `:internal` - a bug in Synapse; please report it
+
+  `message` is meant for humans. `details` is a map whose keys depend on the
+  kind; errors that come from Python carry `:type` (the exception's class
+  name), `:traceback` and `:grpc_status`.
+  """
+
+  @type kind ::
+          :unknown_agent
+          | :unavailable
+          | :worker_exited
+          | :timeout
+          | :cancelled
+          | :startup_failed
+          | :not_found
+          | :invalid_argument
+          | :python_error
+          | :usage_limit_exceeded
+          | :unexpected_model_behavior
+          | :model_http_error
+          | :resource_exhausted
+          | :protocol_error
+          | :internal
+          | :load_failed
+
+  @type t :: %__MODULE__{kind: kind(), message: String.t(), details: map()}
+
+  defexception [:kind, :message, details: %{}]
+
+  @impl true
+  def message(%__MODULE__{kind: kind, message: message}), do: "(#{kind}) #{message}"
+
+  @doc """
+  Builds an error.
+
+      iex> SynapseCore.Error.new(:timeout, "too slow")
+      %SynapseCore.Error{kind: :timeout, message: "too slow", details: %{}}
+  """
+  @spec new(kind(), String.t(), map()) :: t()
+  def new(kind, message, details \\ %{}) when is_atom(kind) and is_binary(message) do
+    %__MODULE__{kind: kind, message: message, details: details}
+  end
+
+  @doc false
+  @spec from_native({kind(), String.t(), map()}) :: t()
+  def from_native({kind, message, details}), do: new(kind, message, details)
+end

@@ -1,0 +1,29 @@
+defmodule SynapseCore.Native do
+  # Stubs for the Rust NIF (native/synapse_native). Every function returns at
+  # once; calls that talk to a worker answer by message
+  # `{:synapse_reply, tag, {:ok, value} | {:error, {kind, message, details}}}`.
+  # Public modules wrap these; nothing here is part of the API.
+  @moduledoc false
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = :synapse_core |> :code.priv_dir() |> Path.join("native/libsynapse_native")
+    :erlang.load_nif(String.to_charlist(path), 0)
+  end
+
+  def channel_connect(_address, _options), do: :erlang.nif_error(:nif_not_loaded)
+  def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
+
+  def agent_load(_channel, _pid, _tag, _request, _timeout),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_start(_channel, _pid, _tag, _request, _timeout),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_start_dirty(_channel, _pid, _tag, _request, _timeout),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
+end

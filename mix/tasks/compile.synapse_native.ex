@@ -1,0 +1,102 @@
+defmodule Mix.Tasks.Compile.SynapseNative do
+  @shortdoc "Builds synapse_core's Rust NIF and shepherd with cargo"
+  @moduledoc """
+  Builds the Cargo workspace (`native/synapse_native`, the NIF, and
+  `native/synapse_shepherd`, the port manager) and installs the results as
+  `priv/native/libsynapse_native.so` and `priv/bin/synapse-shepherd`.
+
+  The build runs only when a Rust, Cargo or proto source is newer than the
+  installed files, or when the profile changed. The profile is `release` in
+  the `:prod` environment and `debug` otherwise; set
+  `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly.
+  """
+
+  use Mix.Task.Compiler
+
+  @recursive true
+
+  @impl Mix.Task.Compiler
+  def run(_args) do
+    root = Path.expand("../..", __DIR__)
+    profile = profile()
+    stamp = Path.join(root, "priv/native/.profile")
+    outputs = [nif_path(root), shepherd_path(root)]
+
+    if stale?(root, outputs, stamp, profile) do
+      build(root, profile)
+      install(root, profile)
+      File.write!(stamp, Atom.to_string(profile))
+      {:ok, []}
+    else
+      {:noop, []}
+    end
+  end
+
+  defp profile do
+    case System.get_env("SYNAPSE_NATIVE_PROFILE") do
+      nil -> if Mix.env() == :prod, do: :release, else: :debug
+      "release" -> :release
+      "debug" -> :debug
+      other -> Mix.raise("SYNAPSE_NATIVE_PROFILE must be release or debug, got: #{other}")
+    end
+  end
+
+  defp stale?(root, outputs, stamp, profile) do
+    sources =
+      Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
+        Path.wildcard(Path.join(root, "proto/**/*.proto")) ++
+        Enum.filter(
+          [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")],
+          &File.exists?/1
+        )
+
+    File.read(stamp) != {:ok, Atom.to_string(profile)} or Mix.Utils.stale?(sources, outputs)
+  end
+
+  defp build(root, profile) do
+    cargo =
+      System.find_executable("cargo") ||
+        Mix.raise("""
+        synapse_core builds its native code with cargo, which is not on PATH.
+        Install the Rust toolchain (https://rustup.rs) and make sure `cargo` is on PATH.
+        """)
+
+    args =
+      ["build", "--locked", "-p", "synapse_native", "-p", "synapse_shepherd"] ++
+        if(profile == :release, do: ["--release"], else: [])
+
+    Mix.shell().info("Compiling synapse_core native code (cargo, #{profile})")
+
+    case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream()) do
+      {_, 0} -> :ok
+      {_, status} -> Mix.raise("cargo build failed with exit status #{status}")
+    end
+  end
+
+  defp install(root, profile) do
+    target = Path.join([root, "target", Atom.to_string(profile)])
+
+    built_nif =
+      Enum.find(
+        ["libsynapse_native.so", "libsynapse_native.dylib"],
+        &File.exists?(Path.join(target, &1))
+      )
+
+    built_nif || Mix.raise("cargo did not produce libsynapse_native in #{target}")
+    replace(Path.join(target, built_nif), nif_path(root))
+    replace(Path.join(target, "synapse-shepherd"), shepherd_path(root))
+  end
+
+  # A running VM may have the old library mapped: write a new file and rename
+  # it over the old one instead of overwriting it in place.
+  defp replace(source, destination) do
+    File.mkdir_p!(Path.dirname(destination))
+    temporary = destination <> ".tmp"
+    File.cp!(source, temporary)
+    File.chmod!(temporary, 0o755)
+    File.rename!(temporary, destination)
+  end
+
+  defp nif_path(root), do: Path.join(root, "priv/native/libsynapse_native.so")
+  defp shepherd_path(root), do: Path.join(root, "priv/bin/synapse-shepherd")
+end

@@ -1,0 +1,120 @@
+//! Where workers listen, and channels to them.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::Error;
+use crate::proto::agent_service_client::AgentServiceClient;
+
+/// A worker's address, as announced on its readiness line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// `unix:PATH`
+    Unix(PathBuf),
+    /// `tcp://HOST:PORT`
+    Tcp(String),
+}
+
+impl Address {
+    pub fn parse(address: &str) -> Result<Self, Error> {
+        if let Some(path) = address.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "no socket path in {address:?}"
+                )));
+            }
+            Ok(Self::Unix(PathBuf::from(path)))
+        } else if let Some(host_port) = address.strip_prefix("tcp://") {
+            if host_port.is_empty() {
+                return Err(Error::InvalidArgument(format!("no host in {address:?}")));
+            }
+            Ok(Self::Tcp(host_port.to_owned()))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "unsupported worker address {address:?}: expected unix:PATH or tcp://HOST:PORT"
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// Largest message, either way, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A client whose channel connects on first use (and reconnects after a
+/// broken connection on the next call), so creating it never waits.
+///
+/// Must be called within a tokio runtime: the channel spawns its worker
+/// task there.
+pub fn connect_lazy(
+    address: &Address,
+    options: ConnectOptions,
+) -> Result<AgentServiceClient<Channel>, Error> {
+    let channel = match address {
+        Address::Unix(path) => {
+            let path = path.clone();
+            endpoint("http://worker.synapse.invalid")?.connect_with_connector_lazy(
+                tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { UnixStream::connect(path).await.map(TokioIo::new) }
+                }),
+            )
+        }
+        Address::Tcp(host_port) => endpoint(&format!("http://{host_port}"))?
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    };
+    Ok(AgentServiceClient::new(channel)
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes))
+}
+
+fn endpoint(uri: &str) -> Result<Endpoint, Error> {
+    Endpoint::from_shared(uri.to_owned())
+        .map(|e| {
+            // Many concurrent calls share the channel: a deep request buffer,
+            // and windows large enough that big payloads are not throttled.
+            e.buffer_size(16 * 1024)
+                .initial_stream_window_size(4 * 1024 * 1024)
+                .initial_connection_window_size(16 * 1024 * 1024)
+        })
+        .map_err(|e| Error::InvalidArgument(format!("bad worker address {uri:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            Address::parse("unix:/tmp/x/worker.sock"),
+            Ok(Address::Unix("/tmp/x/worker.sock".into()))
+        );
+        assert_eq!(
+            Address::parse("unix:///tmp/x.sock"),
+            Ok(Address::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            Address::parse("tcp://127.0.0.1:4000"),
+            Ok(Address::Tcp("127.0.0.1:4000".into()))
+        );
+        assert!(Address::parse("unix:").is_err());
+        assert!(Address::parse("tcp://").is_err());
+        assert!(Address::parse("http://x").is_err());
+    }
+}

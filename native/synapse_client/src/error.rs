@@ -1,0 +1,330 @@
+//! Every way a call to a worker can fail, classified once.
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::proto::ErrorDetail;
+
+/// The trailing metadata key under which a worker sends an [`ErrorDetail`].
+pub const DETAIL_KEY: &str = "synapse-error-bin";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The arguments cannot be sent (bad types, invalid UTF-8, data with no
+    /// JSON form).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The worker answered with an error status.
+    #[error("{message}")]
+    Remote {
+        kind: RemoteKind,
+        message: String,
+        code: Code,
+        python_type: Option<String>,
+        traceback: Option<String>,
+    },
+    #[error("the call did not finish within its timeout")]
+    Timeout,
+    #[error("the call was cancelled")]
+    Cancelled,
+    #[error("the worker exited while the call was in flight")]
+    WorkerExited,
+    /// The worker cannot be reached (connection refused, socket gone).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The worker answered something that does not follow the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// A bug (a caught panic, an impossible state).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Error kinds a worker may report in its [`ErrorDetail`]. Unknown kinds
+/// fall back to the status code: a remote string never names a kind the
+/// client does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    NotFound,
+    InvalidArgument,
+    LoadFailed,
+    PythonError,
+    UsageLimitExceeded,
+    UnexpectedModelBehavior,
+    ModelHttpError,
+    ResourceExhausted,
+    Timeout,
+    Cancelled,
+    Unavailable,
+    Internal,
+}
+
+impl RemoteKind {
+    fn from_detail(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "not_found" => Self::NotFound,
+            "invalid_argument" => Self::InvalidArgument,
+            "load_failed" => Self::LoadFailed,
+            "python_error" => Self::PythonError,
+            "usage_limit_exceeded" => Self::UsageLimitExceeded,
+            "unexpected_model_behavior" => Self::UnexpectedModelBehavior,
+            "model_http_error" => Self::ModelHttpError,
+            _ => return None,
+        })
+    }
+
+    /// The kind of a status that carries no detail of ours: one produced by
+    /// grpc itself (message too large, deadline) rather than by our handlers.
+    fn from_code(code: Code) -> Self {
+        match code {
+            Code::NotFound => Self::NotFound,
+            Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument,
+            Code::ResourceExhausted => Self::ResourceExhausted,
+            Code::DeadlineExceeded => Self::Timeout,
+            Code::Cancelled => Self::Cancelled,
+            Code::Unavailable => Self::Unavailable,
+            Code::Unknown => Self::PythonError,
+            _ => Self::Internal,
+        }
+    }
+
+    /// The kind's name, as the Elixir side spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::InvalidArgument => "invalid_argument",
+            Self::LoadFailed => "load_failed",
+            Self::PythonError => "python_error",
+            Self::UsageLimitExceeded => "usage_limit_exceeded",
+            Self::UnexpectedModelBehavior => "unexpected_model_behavior",
+            Self::ModelHttpError => "model_http_error",
+            Self::ResourceExhausted => "resource_exhausted",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl Error {
+    /// Classifies a status the server sent. Transport failures (no status
+    /// from the server at all) are not handled here: see
+    /// [`is_transport_failure`].
+    pub fn from_status(status: &Status) -> Self {
+        if is_client_deadline(status) {
+            return Self::Timeout;
+        }
+        match status.code() {
+            Code::DeadlineExceeded => return Self::Timeout,
+            Code::Cancelled => return Self::Cancelled,
+            _ => {}
+        }
+        let detail = status
+            .metadata()
+            .get_bin(DETAIL_KEY)
+            .and_then(|value| value.to_bytes().ok())
+            .and_then(|bytes| ErrorDetail::decode(bytes.as_ref()).ok());
+        match detail {
+            Some(detail) => Self::Remote {
+                kind: RemoteKind::from_detail(&detail.kind)
+                    .unwrap_or_else(|| RemoteKind::from_code(status.code())),
+                message: if detail.message.is_empty() {
+                    status.message().to_owned()
+                } else {
+                    detail.message
+                },
+                code: status.code(),
+                python_type: non_empty(detail.r#type),
+                traceback: non_empty(detail.traceback),
+            },
+            None => Self::Remote {
+                kind: RemoteKind::from_code(status.code()),
+                message: status.message().to_owned(),
+                code: status.code(),
+                python_type: None,
+                traceback: None,
+            },
+        }
+    }
+
+    /// The error's kind, as the Elixir side spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::Remote { kind, .. } => kind.name(),
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::WorkerExited => "worker_exited",
+            Self::Unavailable(_) => "unavailable",
+            Self::Protocol(_) => "protocol_error",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// True when tonic produced the status itself because the connection failed
+/// (refused, reset, closed mid-call), as opposed to a status the worker sent.
+/// A deadline tonic enforced itself is not a transport failure.
+pub fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some() && !is_client_deadline(status)
+}
+
+/// True when tonic cancelled the call because the request's own deadline
+/// (its `grpc-timeout`) passed before the worker answered.
+pub fn is_client_deadline(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A gRPC status code's snake_case name.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::{MetadataMap, MetadataValue};
+
+    fn status_with_detail(code: Code, detail: ErrorDetail) -> Status {
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(
+            DETAIL_KEY,
+            MetadataValue::from_bytes(&detail.encode_to_vec()),
+        );
+        Status::with_metadata(code, "status message", metadata)
+    }
+
+    #[test]
+    fn detail_kind_and_python_fields_are_kept() {
+        let status = status_with_detail(
+            Code::FailedPrecondition,
+            ErrorDetail {
+                kind: "load_failed".into(),
+                r#type: "ModuleNotFoundError".into(),
+                message: "No module named 'nope'".into(),
+                traceback: "Traceback ...".into(),
+            },
+        );
+        let error = Error::from_status(&status);
+        assert_eq!(
+            error,
+            Error::Remote {
+                kind: RemoteKind::LoadFailed,
+                message: "No module named 'nope'".into(),
+                code: Code::FailedPrecondition,
+                python_type: Some("ModuleNotFoundError".into()),
+                traceback: Some("Traceback ...".into()),
+            }
+        );
+        assert_eq!(error.kind_name(), "load_failed");
+        assert_eq!(error.to_string(), "No module named 'nope'");
+    }
+
+    #[test]
+    fn unknown_detail_kind_falls_back_to_the_status_code() {
+        let status = status_with_detail(
+            Code::NotFound,
+            ErrorDetail {
+                kind: "something_new".into(),
+                ..Default::default()
+            },
+        );
+        match Error::from_status(&status) {
+            Error::Remote { kind, message, .. } => {
+                assert_eq!(kind, RemoteKind::NotFound);
+                assert_eq!(message, "status message");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_detail_is_ignored() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(DETAIL_KEY, MetadataValue::from_bytes(b"\xff\xff\xff"));
+        let status = Status::with_metadata(Code::Unknown, "boom", metadata);
+        assert_eq!(Error::from_status(&status).kind_name(), "python_error");
+    }
+
+    #[test]
+    fn deadline_and_cancel_statuses_have_their_own_variants() {
+        assert_eq!(
+            Error::from_status(&Status::deadline_exceeded("late")),
+            Error::Timeout
+        );
+        assert_eq!(
+            Error::from_status(&Status::cancelled("gone")),
+            Error::Cancelled
+        );
+    }
+
+    #[test]
+    fn statuses_without_detail_map_by_code() {
+        let cases = [
+            (Code::ResourceExhausted, "resource_exhausted"),
+            (Code::Unknown, "python_error"),
+            (Code::Unimplemented, "internal"),
+            (Code::InvalidArgument, "invalid_argument"),
+            (Code::Unavailable, "unavailable"),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(
+                Error::from_status(&Status::new(code, "m")).kind_name(),
+                expected,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn server_statuses_are_not_transport_failures() {
+        assert!(!is_transport_failure(&Status::unavailable("x")));
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transport_failure(&Status::from_error(Box::new(io))));
+    }
+
+    #[test]
+    fn tonic_enforced_deadlines_are_timeouts() {
+        let status = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert!(!is_transport_failure(&status));
+        assert_eq!(Error::from_status(&status), Error::Timeout);
+    }
+
+    #[test]
+    fn every_code_has_a_snake_case_name() {
+        for n in 0..=16 {
+            let name = code_name(Code::from(n));
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Loading agents into a worker (`SynapseCore.AgentProcess`).
+
+use rustler::{Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term};
+
+use crate::atoms;
+use crate::call::{self, CallHandle};
+use crate::channel::ChannelResource;
+use crate::error::{Error, NifError};
+use crate::json;
+use crate::reply::Reply;
+use synapse_client::proto::{load_agent_request, AgentSpec, LoadAgentRequest, LoadAgentResponse};
+
+#[derive(NifMap)]
+pub struct SpecArgs {
+    model: String,
+    instructions: String,
+    name: String,
+}
+
+#[derive(NifMap)]
+pub struct LoadArgs {
+    agent_id: String,
+    /// `"module:attr"`; exactly one of `reference` and `spec` is set.
+    reference: Option<String>,
+    spec: Option<SpecArgs>,
+    /// Model override, `""` for none.
+    model: String,
+}
+
+/// Asks the worker to load an agent; answers
+/// `{:ok, %{agent_id:, name:, output_kind:}}` by message.
+#[rustler::nif]
+fn agent_load<'a>(
+    channel: ResourceArc<ChannelResource>,
+    pid: LocalPid,
+    tag: Term<'a>,
+    request: LoadArgs,
+    timeout: Term<'a>,
+) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+    let timeout = call::decode_timeout(timeout)?;
+    let source = match (request.reference, request.spec) {
+        (Some(reference), None) => load_agent_request::Source::Ref(reference),
+        (None, Some(spec)) => load_agent_request::Source::Spec(AgentSpec {
+            model: spec.model,
+            instructions: spec.instructions,
+            name: spec.name,
+        }),
+        _ => {
+            return Ok(Err(NifError(Error::InvalidArgument(
+                "give exactly one of an agent reference and a spec".into(),
+            ))))
+        }
+    };
+    let request = LoadAgentRequest {
+        agent_id: request.agent_id,
+        source: Some(source),
+        model: request.model,
+    };
+    let mut client = channel.client.clone();
+    Ok(Ok(call::spawn(
+        channel,
+        Reply::new(pid, tag),
+        timeout,
+        move |deadline| async move {
+            let mut request = tonic::Request::new(request);
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
+            client
+                .load_agent(request)
+                .await
+                .map(tonic::Response::into_inner)
+        },
+        encode_loaded,
+    )))
+}
+
+fn encode_loaded(env: Env<'_>, loaded: LoadAgentResponse) -> Result<Term<'_>, Error> {
+    Term::map_from_pairs(
+        env,
+        &[
+            (atoms::agent_id(), json::string(env, &loaded.agent_id)),
+            (atoms::name(), json::string(env, &loaded.name)),
+            (atoms::output_kind(), json::string(env, &loaded.output_kind)),
+        ],
+    )
+    .map_err(|_| Error::Internal("cannot build the load reply".into()))
+    .map(|t| t.encode(env))
+}

@@ -1,0 +1,130 @@
+//! What every call to a worker has in common: its deadline, its cancel
+//! token, the channel it runs on, and exactly one reply.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rustler::{Atom, Env, NifResult, Resource, ResourceArc, Term};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::atoms;
+use crate::channel::ChannelResource;
+use crate::reply::Reply;
+use crate::runtime::RUNTIME;
+use synapse_client::error::is_transport_failure;
+use synapse_client::Error;
+
+/// How long a call that lost its connection waits to learn whether the
+/// worker exited (the shepherd reports it within milliseconds) before
+/// calling it plain unavailability.
+const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
+
+/// The handle of one in-flight call. Dropping it (the caller let go of it,
+/// or the caller process died and its heap was freed) cancels the call.
+pub struct CallHandle {
+    cancel: CancellationToken,
+}
+
+#[rustler::resource_impl]
+impl Resource for CallHandle {}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl CallHandle {
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A call's deadline as given from Elixir: milliseconds or `:infinity`.
+pub fn decode_timeout(term: Term<'_>) -> NifResult<Option<Duration>> {
+    if let Ok(atom) = term.decode::<Atom>() {
+        if atom == atoms::infinity() {
+            return Ok(None);
+        }
+    }
+    let ms: u64 = term.decode()?;
+    Ok(Some(Duration::from_millis(ms)))
+}
+
+/// Runs `rpc` on the runtime and answers `reply` once, whatever happens:
+/// the worker's answer, the deadline, a cancel, the worker exiting, or a
+/// panic. `rpc` gets the deadline to put on the request (so the worker sees
+/// the same one) and `encode` turns the answer into a term on the tokio
+/// thread, off the schedulers.
+pub fn spawn<T, Fut, E>(
+    channel: ResourceArc<ChannelResource>,
+    reply: Reply,
+    timeout: Option<Duration>,
+    rpc: impl FnOnce(Option<Duration>) -> Fut + Send + 'static,
+    encode: E,
+) -> ResourceArc<CallHandle>
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, Status>> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    let cancel = CancellationToken::new();
+    let handle = ResourceArc::new(CallHandle {
+        cancel: cancel.clone(),
+    });
+    RUNTIME.spawn(async move {
+        let outcome = run(&channel, &cancel, timeout, rpc).await;
+        reply.send(outcome, encode);
+    });
+    handle
+}
+
+async fn run<T, Fut>(
+    channel: &ChannelResource,
+    cancel: &CancellationToken,
+    timeout: Option<Duration>,
+    rpc: impl FnOnce(Option<Duration>) -> Fut,
+) -> Result<T, Error>
+where
+    Fut: Future<Output = Result<T, Status>>,
+{
+    if channel.closed.is_cancelled() {
+        return Err(Error::WorkerExited);
+    }
+    let call = async move {
+        let guarded =
+            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(rpc(timeout)));
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, guarded)
+                .await
+                .unwrap_or(Ok(Err(Status::deadline_exceeded("client deadline")))),
+            None => guarded.await,
+        }
+    };
+    let status = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Err(Error::Cancelled),
+        () = channel.closed.cancelled() => return Err(Error::WorkerExited),
+        result = call => match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(status)) => status,
+            Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
+        },
+    };
+    if !is_transport_failure(&status) {
+        return Err(Error::from_status(&status));
+    }
+    // The connection broke. If the worker died, its AgentProcess closes the
+    // channel as soon as the shepherd reports the exit: wait for that, so the
+    // caller learns the real cause.
+    tokio::select! {
+        () = channel.closed.cancelled() => Err(Error::WorkerExited),
+        () = cancel.cancelled() => Err(Error::Cancelled),
+        () = tokio::time::sleep(EXIT_CONFIRMATION) => Err(Error::Unavailable(format!(
+            "the worker at {} cannot be reached: {}",
+            channel.address,
+            status.message()
+        ))),
+    }
+}

@@ -1,0 +1,18 @@
+//! Synapse's NIF: the hot path between the BEAM and Python agent workers.
+//!
+//! Every NIF here returns at once. Work that waits (gRPC calls to a worker)
+//! runs on one shared tokio runtime and answers the calling Erlang process by
+//! message, so no BEAM scheduler ever blocks on the network. See
+//! `SynapseCore.Native` for the Elixir side of each function.
+
+mod agent;
+mod atoms;
+mod call;
+mod channel;
+mod error;
+mod json;
+mod reply;
+mod run;
+mod runtime;
+
+rustler::init!("Elixir.SynapseCore.Native");

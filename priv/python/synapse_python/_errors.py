@@ -1,0 +1,171 @@
+"""How failures become gRPC statuses.
+
+Every non-OK status this worker produces carries an `ErrorDetail` protobuf in the
+binary trailing metadata entry `synapse-error-bin`, so the Elixir side gets the
+failure as data (kind, Python type, message, traceback) and never has to parse a
+status message. The `kind` strings are a closed set the Rust client knows.
+
+Mapping of exceptions raised by a run (see `from_run_exception`):
+
+| exception (from `pydantic_ai.exceptions`) | status             | kind                        |
+|-------------------------------------------|--------------------|-----------------------------|
+| `UsageLimitExceeded`                      | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
+| `UnexpectedModelBehavior`                 | INTERNAL           | `unexpected_model_behavior` |
+| `ModelHTTPError`                          | UNAVAILABLE        | `model_http_error`          |
+| any other `Exception`                     | UNKNOWN            | `python_error`              |
+
+`UnexpectedModelBehavior` (e.g. output validation that exhausted its retries) is
+INTERNAL rather than FAILED_PRECONDITION: nothing about the request or the
+worker's state was wrong and retrying the same call is not expected to help; the
+model, a server-side dependency, broke its contract.
+
+Request-level failures produced by the service itself: unknown agent id →
+NOT_FOUND `not_found`; malformed request fields → INVALID_ARGUMENT
+`invalid_argument`; any failure while loading an agent → FAILED_PRECONDITION
+`load_failed`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import traceback
+from enum import StrEnum
+from typing import NoReturn
+
+import grpc
+from pydantic_ai.exceptions import ModelHTTPError, UnexpectedModelBehavior, UsageLimitExceeded
+
+from synapse_python._proto.synapse.v1 import agent_pb2
+
+ERROR_METADATA_KEY = "synapse-error-bin"
+"""Trailing metadata key of the serialized `ErrorDetail` (binary: gRPC base64s it)."""
+
+# Trailing metadata travels in HTTP/2 headers, and clients cap their size
+# (grpc-core's default soft limit is 8 KiB, and the status message is sent in a
+# header too). pydantic-ai tracebacks alone are often 5 KiB+, so the detail is
+# kept well under the limit: the message's head and the traceback's tail (where
+# the exception was raised) are what a reader needs. The full traceback is logged.
+_MAX_MESSAGE_CHARS = 1000
+_MAX_TRACEBACK_CHARS = 2500
+_MAX_STATUS_DETAILS_CHARS = 500
+_ELISION = "…"
+
+
+class ErrorKind(StrEnum):
+    """The closed set of `ErrorDetail.kind` values the client understands."""
+
+    NOT_FOUND = "not_found"
+    INVALID_ARGUMENT = "invalid_argument"
+    LOAD_FAILED = "load_failed"
+    USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
+    UNEXPECTED_MODEL_BEHAVIOR = "unexpected_model_behavior"
+    MODEL_HTTP_ERROR = "model_http_error"
+    PYTHON_ERROR = "python_error"
+
+
+class SynapseError(Exception):
+    """A failure already classified into a gRPC status and an error kind.
+
+    Raised inside the service and turned into a status with `abort`. When it
+    stands for a Python exception (`cause`), the detail reports that exception's
+    type and traceback, never this wrapper's: the user should see the error their
+    code raised.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        kind: ErrorKind,
+        message: str,
+        *,
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.kind = kind
+        self.message = message
+        self.cause = cause
+
+    def detail(self) -> agent_pb2.ErrorDetail:
+        """The `ErrorDetail` sent to the client, truncated to fit in trailing metadata."""
+        return agent_pb2.ErrorDetail(
+            kind=self.kind.value,
+            type=type_name(self.cause) if self.cause is not None else "",
+            message=_head(self.message, _MAX_MESSAGE_CHARS),
+            traceback=_tail(format_traceback(self.cause), _MAX_TRACEBACK_CHARS)
+            if self.cause is not None
+            else "",
+        )
+
+
+def type_name(exc: BaseException) -> str:
+    """The exception's qualified type name: `ValueError`, `pydantic_ai.exceptions.UserError`."""
+    cls = type(exc)
+    if cls.__module__ == builtins.__name__:
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback as Python prints it, chained causes included."""
+    return "".join(traceback.format_exception(exc))
+
+
+def load_failed(exc: BaseException) -> SynapseError:
+    """Any failure while importing, building or resolving an agent."""
+    return SynapseError(
+        grpc.StatusCode.FAILED_PRECONDITION, ErrorKind.LOAD_FAILED, str(exc), cause=exc
+    )
+
+
+def invalid_argument(message: str, *, cause: BaseException | None = None) -> SynapseError:
+    """A request field the worker cannot use."""
+    return SynapseError(
+        grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, message, cause=cause
+    )
+
+
+def not_found(message: str) -> SynapseError:
+    """A request naming something this worker does not have."""
+    return SynapseError(grpc.StatusCode.NOT_FOUND, ErrorKind.NOT_FOUND, message)
+
+
+def from_run_exception(exc: Exception) -> SynapseError:
+    """Classify an exception raised by an agent run (see the module docstring)."""
+    if isinstance(exc, UsageLimitExceeded):
+        code, kind, message = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ErrorKind.USAGE_LIMIT_EXCEEDED,
+            str(exc),
+        )
+    elif isinstance(exc, UnexpectedModelBehavior):
+        code, kind, message = (
+            grpc.StatusCode.INTERNAL,
+            ErrorKind.UNEXPECTED_MODEL_BEHAVIOR,
+            str(exc),
+        )
+    elif isinstance(exc, ModelHTTPError):
+        code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_HTTP_ERROR
+        message = f"model request failed with HTTP status {exc.status_code}: {exc}"
+    else:
+        code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, str(exc)
+    return SynapseError(code, kind, message, cause=exc)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:
+    """End the RPC with `error`'s status and its `ErrorDetail` in the trailing metadata."""
+    detail = error.detail()
+    details = f"{detail.type}: {detail.message}" if detail.type else detail.message
+    await context.abort(
+        error.code,
+        _head(details, _MAX_STATUS_DETAILS_CHARS),
+        trailing_metadata=((ERROR_METADATA_KEY, detail.SerializeToString()),),
+    )
+
+
+def _head(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(_ELISION)] + _ELISION
+
+
+def _tail(text: str, limit: int) -> str:
+    return text if len(text) <= limit else _ELISION + text[len(text) - limit + len(_ELISION) :]

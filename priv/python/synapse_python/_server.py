@@ -1,0 +1,190 @@
+"""Where and how a worker listens: addresses, socket permissions, server options.
+
+Workers listen on a Unix socket in a private (0700) directory by default, so
+only the user running the BEAM can reach them. TCP exists for remote workers;
+until it gets TLS and a token it is refused on anything but loopback unless the
+caller explicitly allows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, TextIO
+from urllib.parse import urlsplit
+
+import grpc
+
+logger = logging.getLogger("synapse_python.server")
+
+READY_PREFIX = "SYNAPSE_READY"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES_ENV = "SYNAPSE_MAX_MESSAGE_BYTES"
+SOCKET_NAME = "worker.sock"
+
+# sockaddr_un.sun_path, minus its terminating NUL.
+_MAX_UNIX_PATH_BYTES = 103 if sys.platform == "darwin" else 107
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed `--listen` value."""
+
+    scheme: Literal["unix", "tcp"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    @property
+    def grpc_address(self) -> str:
+        """The address as `add_insecure_port` wants it."""
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        return f"{_bracketed(self.host)}:{self.port}"
+
+    def announced(self, bound_port: int) -> str:
+        """The address as the readiness line gives it, with the port actually bound."""
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        return f"tcp://{_bracketed(self.host)}:{bound_port}"
+
+
+def parse_listen(listen: str, *, allow_remote: bool = False) -> Endpoint:
+    """Parse `unix:PATH` or `tcp://HOST:PORT`.
+
+    Raises `ValueError` for anything else, for a Unix path too long for a socket
+    address, and for a TCP host that is not loopback unless `allow_remote`.
+    """
+    if listen.startswith("unix:"):
+        path = listen.removeprefix("unix:")
+        if path.startswith("//"):  # gRPC's own unix:///abs/path form
+            path = path[2:]
+        if not path:
+            raise ValueError("unix: address without a path")
+        path = os.path.abspath(path)
+        if len(os.fsencode(path)) > _MAX_UNIX_PATH_BYTES:
+            raise ValueError(
+                f"Unix socket path is longer than {_MAX_UNIX_PATH_BYTES} bytes: {path}"
+            )
+        return Endpoint("unix", path=path)
+    if listen.startswith("tcp://"):
+        parts = urlsplit(listen)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"invalid port in {listen!r}: {exc}") from exc
+        host = parts.hostname
+        if not host or port is None or parts.path or parts.query or parts.fragment:
+            raise ValueError(f"TCP address must be tcp://HOST:PORT, got {listen!r}")
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on non-loopback host {host!r} without TLS; "
+                "pass --allow-remote to do it anyway"
+            )
+        return Endpoint("tcp", host=host, port=port)
+    raise ValueError(f"listen address must be unix:PATH or tcp://HOST:PORT, got {listen!r}")
+
+
+def private_endpoint() -> tuple[Endpoint, str]:
+    """A socket in a fresh 0700 directory; returns the endpoint and the directory."""
+    directory = tempfile.mkdtemp(prefix="synapse-")  # created 0700
+    return Endpoint("unix", path=os.path.join(directory, SOCKET_NAME)), directory
+
+
+def bind(server: grpc.aio.Server, endpoint: Endpoint) -> int:
+    """Bind `endpoint` (grpc binds at once); returns the bound TCP port, or 0 for Unix.
+
+    A Unix socket is created 0600 (under a restrictive umask, then chmod to be
+    sure): the directory's 0700 is what keeps others out, this is the second lock.
+    """
+    if endpoint.scheme == "tcp":
+        return server.add_insecure_port(endpoint.grpc_address)
+    _warn_if_directory_is_shared(os.path.dirname(endpoint.path))
+    with _umask(0o177):
+        server.add_insecure_port(endpoint.grpc_address)
+    os.chmod(endpoint.path, 0o600)
+    return 0
+
+
+def cleanup(endpoint: Endpoint, owned_directory: str | None) -> None:
+    """Remove the socket file, and the directory if this worker created it."""
+    if endpoint.scheme == "unix":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(endpoint.path)
+    if owned_directory is not None:
+        shutil.rmtree(owned_directory, ignore_errors=True)
+
+
+def announce_ready(address: str, stream: TextIO | None = None) -> None:
+    """Print the one readiness line the process manager waits for."""
+    stream = stream if stream is not None else sys.stdout
+    stream.write(f"{READY_PREFIX} {address}\n")
+    stream.flush()
+
+
+def max_message_bytes_from_env() -> int:
+    """`SYNAPSE_MAX_MESSAGE_BYTES`, or 64 MiB."""
+    raw = os.environ.get(MAX_MESSAGE_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_MESSAGE_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{MAX_MESSAGE_BYTES_ENV} must be a positive integer, got {raw!r}")
+    return value
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Without this, Linux lets a second server bind the same TCP port and
+        # silently share its connections.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is surely this machine: `localhost` or a loopback IP."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _warn_if_directory_is_shared(directory: str) -> None:
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return  # bind reports the real problem
+    if stat.S_IMODE(mode) & 0o077:
+        logger.warning(
+            "socket directory %s is accessible to other users (mode %o); it should be 0700",
+            directory,
+            stat.S_IMODE(mode),
+        )
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -1,0 +1,195 @@
+"""`Worker` (hosts agents behind a grpc.aio server) and `serve` (runs one until signalled)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from pydantic_ai.agent import AbstractAgent
+
+from synapse_python import _agents, _server, _service
+
+logger = logging.getLogger("synapse_python.worker")
+
+DEFAULT_SHUTDOWN_GRACE = 3.0
+"""Seconds in-flight runs get to finish on shutdown before they are cancelled.
+
+Shorter than the process manager's own SIGTERM-to-SIGKILL delay, so a worker
+always gets to cancel its runs and remove its socket itself.
+"""
+
+# How much longer than the grace `stop` waits for grpc to wind down before
+# giving up on it: a worker asked to stop must exit, not hang.
+_STOP_SLACK = 5.0
+
+
+class Worker:
+    """Hosts pydantic-ai agents and serves them as `synapse.v1.AgentService` over gRPC.
+
+    One worker is one grpc.aio server on one event loop: every run is a
+    coroutine on that loop, so N concurrent calls are N concurrent runs. The
+    standard gRPC health service reports SERVING for "" and the agent service
+    while it runs.
+
+        worker = Worker()
+        await worker.load_agent("support", "my_app.agents:support_agent")
+        address = await worker.start("unix:/run/me/worker.sock")
+        ...
+        await worker.stop()
+    """
+
+    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+        """`max_message_bytes` caps gRPC messages both ways.
+
+        It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or 64 MiB: message histories
+        grow with a conversation and gRPC's own 4 MiB default is too small.
+        """
+        self._registry = _agents.AgentRegistry()
+        self._max_message_bytes = max_message_bytes or _server.max_message_bytes_from_env()
+        self._server: grpc.aio.Server | None = None
+        self._health: health_aio.HealthServicer | None = None
+        self._endpoint: _server.Endpoint | None = None
+        self._owned_directory: str | None = None
+        self._address: str | None = None
+
+    @property
+    def address(self) -> str | None:
+        """`unix:/abs/path` or `tcp://host:port` once started, else None."""
+        return self._address
+
+    async def load_agent(
+        self,
+        agent_id: str,
+        source: str | AbstractAgent[Any, Any],
+        *,
+        model: str | None = None,
+    ) -> None:
+        """Host `source` under `agent_id`, replacing any agent with that id.
+
+        `source` is an agent or a "package.module:attr" reference to one (or to
+        a zero-argument factory returning one). `model` overrides the agent's
+        model on every run. Raises the underlying exception if loading fails.
+        """
+        self._registry.put(await _agents.load(agent_id, source, model=model))
+
+    async def start(self, listen: str | None = None, *, allow_remote: bool = False) -> str:
+        """Bind and start serving; returns the address clients connect to.
+
+        `listen` is `unix:PATH` (its directory must exist, and should be 0700)
+        or `tcp://HOST:PORT` (port 0 picks a free port; non-loopback hosts need
+        `allow_remote`). Without it the socket goes in a fresh private directory,
+        removed again by `stop`.
+        """
+        if self._server is not None:
+            raise RuntimeError("worker already started")
+        if listen:
+            endpoint, owned_directory = (
+                _server.parse_listen(listen, allow_remote=allow_remote),
+                None,
+            )
+        else:
+            endpoint, owned_directory = _server.private_endpoint()
+        server = grpc.aio.server(options=_server.server_options(self._max_message_bytes))
+        handler, table = _service.generic_handler(_service.AgentService(self._registry))
+        server.add_generic_rpc_handlers((handler,))
+        server.add_registered_method_handlers(_service.SERVICE_NAME, table)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        try:
+            port = _server.bind(server, endpoint)
+            await server.start()
+            for service in ("", _service.SERVICE_NAME):
+                await health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await server.stop(None)
+            _server.cleanup(endpoint, owned_directory)
+            raise
+        self._server, self._health = server, health
+        self._endpoint, self._owned_directory = endpoint, owned_directory
+        self._address = endpoint.announced(port)
+        logger.info("serving %s on %s", _service.SERVICE_NAME, self._address)
+        if endpoint.scheme == "tcp" and not _server.is_loopback(endpoint.host):
+            logger.warning("listening on %s without TLS or authentication", self._address)
+        return self._address
+
+    async def stop(self, grace: float | None = DEFAULT_SHUTDOWN_GRACE) -> None:
+        """Stop serving: refuse new calls, give in-flight runs `grace` seconds, cancel the rest.
+
+        Health turns NOT_SERVING first, so watchers see the shutdown. The socket
+        (and the private directory, if the worker made it) is removed. Calling
+        it again, or on a worker never started, does nothing.
+        """
+        server, self._server = self._server, None
+        if server is None:
+            return
+        assert self._health is not None and self._endpoint is not None
+        try:
+            await self._health.enter_graceful_shutdown()
+            timeout = (grace or 0.0) + _STOP_SLACK
+            try:
+                await asyncio.wait_for(server.stop(grace), timeout)
+            except TimeoutError:
+                logger.warning("gRPC server did not stop within %.1f s; exiting anyway", timeout)
+        finally:
+            _server.cleanup(self._endpoint, self._owned_directory)
+            self._address = None
+            logger.info("stopped")
+
+    async def __aenter__(self) -> Worker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+async def serve(
+    listen: str | None = None,
+    *,
+    agents: Mapping[str, str] | None = None,
+    allow_remote: bool = False,
+    grace: float = DEFAULT_SHUTDOWN_GRACE,
+    max_message_bytes: int | None = None,
+) -> None:
+    """Run a worker until SIGTERM or SIGINT, announcing readiness on stdout.
+
+    `agents` maps ids to "module:attr" references loaded before the worker
+    serves; if one fails, its exception propagates and nothing is served. Once
+    the server accepts connections, exactly one line `SYNAPSE_READY <address>`
+    is printed to stdout, which is what the process manager waits for. A signal
+    stops the worker gracefully (see `Worker.stop`) and `serve` returns.
+    """
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stopping.is_set():
+            logger.info("%s received while already stopping", signum.name)
+        else:
+            logger.info("%s received, stopping", signum.name)
+            stopping.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        worker = Worker(max_message_bytes=max_message_bytes)
+        for agent_id, ref in (agents or {}).items():
+            await worker.load_agent(agent_id, ref)
+            logger.info("loaded agent %r from %s", agent_id, ref)
+        if stopping.is_set():
+            return
+        address = await worker.start(listen, allow_remote=allow_remote)
+        try:
+            _server.announce_ready(address)
+            await stopping.wait()
+        finally:
+            await worker.stop(grace)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)

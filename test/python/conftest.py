@@ -1,0 +1,77 @@
+"""A real worker on a Unix socket and a real grpc.aio client talking to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2_grpc
+
+from synapse_python import Worker
+from synapse_python._proto.synapse.v1 import agent_pb2
+
+ERROR_KEY = "synapse-error-bin"
+
+
+class AgentClient:
+    """A `synapse.v1.AgentService` client, as any gRPC client sees the service."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.health = health_pb2_grpc.HealthStub(channel)
+        prefix = "/synapse.v1.AgentService/"
+        self._load = channel.unary_unary(
+            prefix + "LoadAgent",
+            request_serializer=agent_pb2.LoadAgentRequest.SerializeToString,
+            response_deserializer=agent_pb2.LoadAgentResponse.FromString,
+        )
+        self._run = channel.unary_unary(
+            prefix + "RunSync",
+            request_serializer=agent_pb2.RunRequest.SerializeToString,
+            response_deserializer=agent_pb2.RunResult.FromString,
+        )
+
+    async def load_agent(self, agent_id: str, **fields: Any) -> agent_pb2.LoadAgentResponse:
+        return await self._load(agent_pb2.LoadAgentRequest(agent_id=agent_id, **fields), timeout=10)
+
+    def run_sync_call(
+        self, agent_id: str, prompt: str = "", *, timeout: float = 10, **fields: Any
+    ) -> grpc.aio.UnaryUnaryCall:
+        request = agent_pb2.RunRequest(agent_id=agent_id, prompt=prompt, **fields)
+        return self._run(request, timeout=timeout)
+
+    async def run_sync(self, agent_id: str, prompt: str = "", **fields: Any) -> agent_pb2.RunResult:
+        return await self.run_sync_call(agent_id, prompt, **fields)
+
+
+@dataclass
+class Served:
+    worker: Worker
+    address: str
+    client: AgentClient
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    worker = Worker()
+    address = await worker.start(f"unix:{tmp_path / 'worker.sock'}")
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield Served(worker, address, AgentClient(channel))
+    await worker.stop(grace=0)
+
+
+@pytest.fixture
+async def client(served: Served) -> AgentClient:
+    return served.client
+
+
+def error_detail(error: grpc.aio.AioRpcError) -> agent_pb2.ErrorDetail:
+    """The `ErrorDetail` the worker put in the trailing metadata (fails if absent)."""
+    values = [value for key, value in error.trailing_metadata() or () if key == ERROR_KEY]
+    assert len(values) == 1, f"expected one {ERROR_KEY} entry, got {error.trailing_metadata()!r}"
+    assert isinstance(values[0], bytes)
+    return agent_pb2.ErrorDetail.FromString(values[0])

@@ -1,0 +1,1 @@
+"""Agents and modules the Elixir and Python test suites load into workers."""

@@ -1,0 +1,3 @@
+"""A module whose attribute is not an agent."""
+
+thing = 42

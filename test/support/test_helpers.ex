@@ -1,0 +1,80 @@
+defmodule SynapseCore.TestHelpers do
+  @moduledoc false
+  # Shared by the ExUnit suites: where the Python fixtures are, starting
+  # agents on them, and watching OS processes.
+
+  import ExUnit.Assertions
+
+  @fixtures Path.expand("python", __DIR__)
+
+  @doc "The directory holding the `synapse_fixtures` Python package."
+  def fixtures_path, do: @fixtures
+
+  @doc "Agent options for a fixture agent of `synapse_fixtures.agents`."
+  def fixture_agent(attr, extra \\ []) do
+    Keyword.merge(
+      [name: unique_name(), agent: "synapse_fixtures.agents:#{attr}", python_path: [@fixtures]],
+      extra
+    )
+  end
+
+  def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
+
+  @doc "Starts an agent under the test's supervisor; returns its name."
+  def start_fixture_agent!(attr, extra \\ []) do
+    opts = fixture_agent(attr, extra)
+    ExUnit.Callbacks.start_supervised!({SynapseCore.Agent, opts})
+    opts[:name]
+  end
+
+  @doc "The OS pid of the agent's only worker."
+  def worker_os_pid(name) do
+    [%{os_pid: os_pid}] = SynapseCore.Agent.workers(name)
+    os_pid
+  end
+
+  @doc "True while the OS process exists and is not a zombie."
+  def os_alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} ->
+        # The state follows the parenthesised command name.
+        [_, after_name] = String.split(stat, ") ", parts: 2)
+        not String.starts_with?(after_name, ["Z", "X"])
+
+      {:error, _} ->
+        false
+    end
+  end
+
+  @doc "Polls `fun` until it returns a truthy value or `timeout` ms pass."
+  def eventually(fun, timeout \\ 5_000, interval \\ 25) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    poll(fun, deadline, interval)
+  end
+
+  defp poll(fun, deadline, interval) do
+    case fun.() do
+      result when result not in [nil, false] ->
+        result
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline do
+          flunk("condition not met in time")
+        else
+          Process.sleep(interval)
+          poll(fun, deadline, interval)
+        end
+    end
+  end
+
+  @doc "Waits until `name` has `count` ready workers; returns them."
+  def await_workers(name, count \\ 1, timeout \\ 30_000) do
+    eventually(
+      fn ->
+        workers = SynapseCore.Agent.workers(name)
+        length(workers) == count && workers
+      end,
+      timeout
+    )
+  end
+end

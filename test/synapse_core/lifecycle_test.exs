@@ -1,0 +1,147 @@
+defmodule SynapseCore.LifecycleTest do
+  # Starting, crashing and stopping workers: real OS processes, observed by pid.
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, Error, Result}
+
+  @moduletag capture_log: true
+
+  describe "start-up failures return Python's own message" do
+    test "a module that does not exist" do
+      assert {:error, %Error{kind: :startup_failed, message: message, details: details}} =
+               SynapseCore.start_agent(fixture_agent("x", agent: "synapse_fixtures.nope:agent"))
+
+      assert message =~ "No module named 'synapse_fixtures.nope'"
+      assert details.type == "ModuleNotFoundError"
+      assert details.reason == :load_failed
+    end
+
+    test "a module that raises at import" do
+      assert {:error, %Error{kind: :startup_failed, message: message, details: details}} =
+               SynapseCore.start_agent(
+                 fixture_agent("x", agent: "synapse_fixtures.broken_import:agent")
+               )
+
+      assert message =~ "boom at import"
+      assert details.type == "RuntimeError"
+      assert details.traceback =~ "broken_import.py"
+    end
+
+    test "an attribute that is not an agent" do
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               SynapseCore.start_agent(
+                 fixture_agent("x", agent: "synapse_fixtures.not_an_agent:thing")
+               )
+
+      assert message =~ "thing"
+    end
+
+    test "a model string pydantic-ai does not know" do
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               SynapseCore.start_agent(name: unique_name(), model: "nosuchprovider:model-x")
+
+      assert message =~ "nosuchprovider"
+    end
+
+    test "an interpreter that does not exist" do
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               SynapseCore.start_agent(
+                 fixture_agent("echo_agent", python: "/nonexistent/python3")
+               )
+
+      assert message =~ "/nonexistent/python3"
+    end
+
+    test "an interpreter that exits at once" do
+      assert {:error, %Error{kind: :startup_failed, message: message, details: details}} =
+               SynapseCore.start_agent(fixture_agent("echo_agent", python: "/bin/false"))
+
+      assert message =~ "exited with status 1 before it was ready"
+      assert details.exit_status == {:code, 1}
+    end
+
+    test "nothing is left running after a failed start" do
+      name = unique_name()
+      opts = fixture_agent("x", name: name, agent: "synapse_fixtures.broken_import:agent")
+      assert {:error, %Error{}} = SynapseCore.start_agent(opts)
+      assert Registry.lookup(SynapseCore.AgentRegistry, name) == []
+      assert Registry.lookup(SynapseCore.WorkerRegistry, name) == []
+    end
+  end
+
+  describe "invalid agent options raise ArgumentError" do
+    test "unknown, missing and mistyped options" do
+      assert_raise ArgumentError, ~r/unknown keys \[:bogus\]/, fn ->
+        SynapseCore.start_agent(name: :x, model: "test", bogus: true)
+      end
+
+      assert_raise ArgumentError, ~r/:name option is required/, fn ->
+        SynapseCore.start_agent(model: "test")
+      end
+
+      assert_raise ArgumentError, ~r/either :agent/, fn -> SynapseCore.start_agent(name: :x) end
+
+      assert_raise ArgumentError, ~r/package.module:attribute/, fn ->
+        SynapseCore.start_agent(name: :x, agent: "no colon")
+      end
+
+      assert_raise ArgumentError, ~r/:workers/, fn ->
+        SynapseCore.start_agent(name: :x, model: "test", workers: 0)
+      end
+
+      assert_raise ArgumentError, ~r/:instructions/, fn ->
+        SynapseCore.start_agent(name: :x, agent: "a:b", instructions: "hi")
+      end
+    end
+
+    test "a name already in use" do
+      name = start_fixture_agent!("echo_agent")
+
+      assert {:error, %Error{kind: :invalid_argument}} =
+               SynapseCore.start_agent(name: name, model: "test")
+    end
+  end
+
+  describe "a worker that dies" do
+    test "fails its in-flight calls with :worker_exited and is restarted" do
+      name = start_fixture_agent!("slow_agent")
+      os_pid = worker_os_pid(name)
+
+      caller = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
+      # Let the run reach the worker before killing it.
+      Process.sleep(300)
+      System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+      assert {:error, %Error{kind: :worker_exited}} = Task.await(caller, 10_000)
+
+      [%{os_pid: new_os_pid}] = await_workers(name)
+      assert new_os_pid != os_pid
+      assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
+    end
+  end
+
+  describe "no orphans" do
+    test "stop_agent/1 returns once the worker has exited" do
+      name = unique_name()
+      {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name, workers: 2))
+      os_pids = Enum.map(await_workers(name, 2), & &1.os_pid)
+      assert Enum.all?(os_pids, &os_alive?/1)
+
+      assert :ok = SynapseCore.stop_agent(name)
+      refute Enum.any?(os_pids, &os_alive?/1)
+      assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, "hi")
+      assert {:error, %Error{kind: :unknown_agent}} = SynapseCore.stop_agent(name)
+    end
+
+    test "the runtime directory is removed with the worker" do
+      name = unique_name()
+      {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name))
+      [%{address: "unix:" <> socket}] = await_workers(name)
+      assert File.exists?(socket)
+      :ok = SynapseCore.stop_agent(name)
+      refute File.exists?(Path.dirname(socket))
+    end
+  end
+end
