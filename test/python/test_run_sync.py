@@ -98,7 +98,7 @@ async def test_invalid_history_is_invalid_argument(client: AgentClient) -> None:
     assert detail.kind == "invalid_argument"
     assert detail.type == "pydantic_core._pydantic_core.ValidationError"
     assert detail.message.startswith(
-        "message_history_json is not a valid pydantic-ai message history: 1 validation error(s): "
+        "the message history is not a valid pydantic-ai message history: 1 validation error(s): "
     )
     assert "0:" in detail.message
 
@@ -106,8 +106,8 @@ async def test_invalid_history_is_invalid_argument(client: AgentClient) -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (b"[1, 2]", "model_settings_json must be a JSON object, got list"),
-        (b"{not json", "model_settings_json is not valid JSON"),
+        (b"[1, 2]", "the model settings must be a JSON object, got list"),
+        (b"{not json", "the model settings are not valid JSON"),
     ],
 )
 async def test_invalid_model_settings_are_invalid_argument(

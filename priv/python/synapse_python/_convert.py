@@ -31,7 +31,7 @@ def parse_message_history(data: bytes) -> list[ModelMessage] | None:
         return ModelMessagesTypeAdapter.validate_json(data)
     except pydantic.ValidationError as exc:
         raise invalid_argument(
-            "message_history_json is not a valid pydantic-ai message history: " + _summarize(exc),
+            "the message history is not a valid pydantic-ai message history: " + _summarize(exc),
             cause=exc,
         ) from exc
 
@@ -47,10 +47,10 @@ def parse_model_settings(data: bytes) -> dict[str, Any] | None:
     try:
         settings = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise invalid_argument(f"model_settings_json is not valid JSON: {exc}", cause=exc) from exc
+        raise invalid_argument(f"the model settings are not valid JSON: {exc}", cause=exc) from exc
     if not isinstance(settings, dict):
         raise invalid_argument(
-            f"model_settings_json must be a JSON object, got {type(settings).__name__}"
+            f"the model settings must be a JSON object, got {type(settings).__name__}"
         )
     return settings
 
