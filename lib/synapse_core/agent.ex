@@ -26,7 +26,7 @@ defmodule SynapseCore.Agent do
   in flight at once.
   """
 
-  alias SynapseCore.{AgentProcess, AgentSupervisor, Error, Native, Result}
+  alias SynapseCore.{AgentProcess, AgentSupervisor, Error, Native, Result, Run}
   alias SynapseCore.Agent.Options
 
   @typedoc "An agent's name: any term, usually an atom."
@@ -38,6 +38,7 @@ defmodule SynapseCore.Agent do
           | {:agent, String.t()}
           | {:model, String.t()}
           | {:instructions, String.t()}
+          | {:output_schema, map()}
           | {:workers, pos_integer()}
           | {:python, String.t()}
           | {:python_path, [Path.t()]}
@@ -50,7 +51,11 @@ defmodule SynapseCore.Agent do
   @type run_option ::
           {:message_history, [map()] | Result.t() | nil}
           | {:model_settings, map() | keyword() | nil}
+          | {:usage_limits, map() | keyword() | nil}
           | {:timeout, timeout()}
+
+  @typedoc "Options of a streamed run; see `run_stream/3`."
+  @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
 
   @doc """
   A child specification, so that an agent can be put in a supervision tree.
@@ -84,6 +89,13 @@ defmodule SynapseCore.Agent do
       required.
     * `:instructions` - for an agent defined from Elixir: its instructions
       (system prompt).
+    * `:output_schema` - for an agent defined from Elixir: a JSON Schema
+      (a map, `"type" => "object"`) for structured output. The model's output
+      is validated against it in Python, and the model is asked to retry
+      when it does not conform; results arrive as maps with string keys (see
+      `SynapseCore.Result`). The supported keywords are those of JSON Schema
+      validation for types, properties, `required`, `additionalProperties`,
+      `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
     * `:workers` - the number of Python processes serving the agent.
       Defaults to `1`.
     * `:python` - the Python interpreter; see `SynapseCore.Python` for the
@@ -130,43 +142,25 @@ defmodule SynapseCore.Agent do
       `messages` (or the result itself). Defaults to none.
     * `:model_settings` - pydantic-ai model settings for this run, as a map
       or keyword list, e.g. `[temperature: 0.2, max_tokens: 200]`.
-    * `:timeout` - milliseconds before the run is cancelled (in Python too)
-      and `{:error, %SynapseCore.Error{kind: :timeout}}` is returned, or
-      `:infinity`. Defaults to `60_000`.
+    * `:usage_limits` - pydantic-ai usage limits for this run, e.g.
+      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
+      the run with `:usage_limit_exceeded`.
+    * `:timeout` - milliseconds the run may take, or `:infinity`. When it
+      passes, the run is cancelled in Python and the call returns
+      `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
+      with the call as its gRPC deadline. Defaults to `60_000`.
 
   ## Errors
 
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument` or `:python_error`; see `SynapseCore.Error`. Raises
-  `ArgumentError` for invalid options.
+  `:invalid_argument`, `:output_validation_failed` or `:python_error`; see
+  `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
   @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
-    call = Options.call!(opts)
-
-    with :ok <- check_prompt(prompt),
-         {:ok, channel} <- pick_worker(name) do
-      request = %{
-        agent_id: "agent",
-        prompt: prompt,
-        message_history: call.message_history,
-        model_settings: call.model_settings
-      }
-
-      tag = make_ref()
-
-      started =
-        if large?(call.message_history),
-          do: Native.run_start_dirty(channel.resource, self(), tag, request, call.timeout),
-          else: Native.run_start(channel.resource, self(), tag, request, call.timeout)
-
-      case started do
-        {:ok, handle} -> await(tag, handle, call.timeout)
-        {:error, native} -> {:error, Error.from_native(native)}
-      end
-    end
+    with {:ok, run} <- run(name, prompt, opts), do: await(run)
   end
 
   @doc """
@@ -179,6 +173,155 @@ defmodule SynapseCore.Agent do
       {:ok, result} -> result
       {:error, error} -> raise error
     end
+  end
+
+  @doc """
+  Starts a run and returns at once with a `SynapseCore.Run`; get its result
+  with `await/2` or `yield/2`, stop it with `cancel/1`.
+
+  Takes the options of `run_sync/3`. The run is cancelled if the calling
+  process exits.
+
+      {:ok, run} = SynapseCore.Agent.run(:support, "Summarise this ticket: ...")
+      # ... other work ...
+      {:ok, result} = SynapseCore.Agent.await(run)
+  """
+  @spec run(name(), String.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
+  def run(name, prompt, opts \\ []) when is_binary(prompt) do
+    call = Options.call!(opts)
+
+    with :ok <- check_prompt(prompt),
+         {:ok, channel} <- pick_worker(name) do
+      ref = make_ref()
+      request = request(prompt, call)
+
+      started =
+        if large?(call.message_history),
+          do: Native.run_start_dirty(channel.resource, ref, request, call.timeout),
+          else: Native.run_start(channel.resource, ref, request, call.timeout)
+
+      case started do
+        {:ok, handle} ->
+          {:ok, %Run{ref: ref, handle: handle, agent: name, owner: self(), timeout: call.timeout}}
+
+        {:error, %Error{} = error} ->
+          {:error, error}
+      end
+    end
+  end
+
+  @doc """
+  Waits for the result of a run started with `run/3`.
+
+  With the default `timeout` of `:infinity` it waits as long as the run may
+  take (its own `:timeout`). With a shorter one, a run that has not finished
+  by then is cancelled and `{:error, %SynapseCore.Error{kind: :timeout}}` is
+  returned. Only the process that started the run may await it.
+  """
+  @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
+  def await(%Run{ref: ref} = run, timeout \\ :infinity) do
+    check_owner!(run, :await)
+
+    receive do
+      {:synapse_reply, ^ref, reply} -> reply
+    after
+      wait_limit(run, timeout) ->
+        cancel(run)
+
+        {:error,
+         Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
+    end
+  end
+
+  @doc """
+  Waits up to `timeout` milliseconds for a run's result. Returns `nil` if
+  the run has not finished by then; the run goes on, and can be yielded or
+  awaited again. Only the process that started the run may yield it.
+  """
+  @spec yield(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()} | nil
+  def yield(%Run{ref: ref} = run, timeout \\ 5_000) do
+    check_owner!(run, :yield)
+
+    receive do
+      {:synapse_reply, ^ref, reply} -> reply
+    after
+      timeout -> nil
+    end
+  end
+
+  @doc """
+  Cancels a run: the gRPC call is cancelled and so is the pydantic-ai run in
+  Python. A run that already finished is left as it is. Returns `:ok`.
+
+  When called by the process that receives the run's messages, any message
+  of the run still in its mailbox is removed, so nothing arrives afterwards.
+  """
+  @spec cancel(Run.t()) :: :ok
+  def cancel(%Run{handle: handle} = run) do
+    :ok = Native.run_cancel(handle)
+    if receiver(run) == self(), do: flush(run)
+    :ok
+  end
+
+  @doc """
+  Runs the agent on `prompt` and streams its events.
+
+  Returns a lazy `Stream`: the run starts when the stream is enumerated, in
+  the enumerating process, and its events are:
+
+    * `{:text_delta, text}` - a piece of the model's text, in order. The text
+      of every model response of the run is streamed: when the run has one
+      model response and text output, the deltas concatenate to the output;
+    * `{:result, %SynapseCore.Result{}}` - always the last event.
+
+  A failed run raises `SynapseCore.Error` from the stream (after any events
+  that came before the failure). Halting the stream early (`Enum.take/2`,
+  `Stream.take_while/2`, an exception in the consumer) cancels the run, in
+  Python too.
+
+      SynapseCore.Agent.run_stream(:support, "Tell me a story")
+      |> Enum.each(fn
+        {:text_delta, text} -> IO.write(text)
+        {:result, result} -> IO.puts("\\n\#{result.usage.output_tokens} tokens")
+      end)
+
+  ## Options
+
+  Those of `run_sync/3` (`:timeout` bounds the whole run), and:
+
+    * `:window` - back-pressure: at most this many events are sent ahead of
+      the consumer. A consumer slower than the model never has more than
+      `window` events of the run in its mailbox (plus the final one); the
+      worker is slowed down instead, by gRPC's flow control. A positive
+      integer or `:infinity`. Defaults to `64`.
+    * `:stream_to` - a pid to deliver the events to as messages, for
+      processes that relay them (a socket, a LiveView). `run_stream/3` then
+      starts the run at once and returns `{:ok, %SynapseCore.Run{}}`; the pid
+      receives `{:synapse_event, run.ref, event}` for each event, ending with
+      `{:synapse_event, run.ref, {:result, result}}` or
+      `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
+      call `ack/2` for the events it has handled, or only `window` events
+      arrive. The run is cancelled if the caller or the receiver exits.
+  """
+  @spec run_stream(name(), String.t(), [run_option() | stream_option()]) ::
+          Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}
+  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) do
+    options = Options.stream!(opts)
+
+    case options.stream_to do
+      nil -> event_stream(name, prompt, options)
+      receiver -> start_stream(name, prompt, options, receiver)
+    end
+  end
+
+  @doc """
+  Acknowledges `count` events of a run streamed with `:stream_to`, letting
+  the run send that many more. Call it from the receiver as it handles
+  events.
+  """
+  @spec ack(Run.t(), pos_integer()) :: :ok
+  def ack(%Run{handle: handle}, count \\ 1) when is_integer(count) and count > 0 do
+    Native.run_ack(handle, count)
   end
 
   @doc """
@@ -204,6 +347,16 @@ defmodule SynapseCore.Agent do
 
   defp large?(nil), do: false
   defp large?(history), do: length(history) > @dirty_history_length
+
+  defp request(prompt, call) do
+    %{
+      agent_id: "agent",
+      prompt: prompt,
+      message_history: call.message_history,
+      model_settings: call.model_settings,
+      usage_limits: call.usage_limits
+    }
+  end
 
   defp check_prompt(prompt) do
     if String.valid?(prompt),
@@ -233,28 +386,134 @@ defmodule SynapseCore.Agent do
     end
   end
 
-  # The NIF answers exactly once, at the latest when the deadline passes; the
-  # margin here only protects the caller against a reply that never comes.
-  defp await(tag, handle, timeout) do
-    receive do
-      {:synapse_reply, ^tag, reply} -> decode(reply)
-    after
-      safety_timeout(timeout) ->
-        Native.run_cancel(handle)
-
-        receive do
-          {:synapse_reply, ^tag, _reply} -> :ok
-        after
-          1_000 -> :ok
-        end
-
-        {:error, Error.new(:timeout, "no reply from the worker within #{timeout} ms")}
+  defp check_owner!(%Run{owner: owner}, action) do
+    if owner != self() do
+      raise ArgumentError,
+            "a run can only be #{action}ed by the process that started it (#{inspect(owner)})"
     end
   end
 
-  defp safety_timeout(:infinity), do: :infinity
-  defp safety_timeout(timeout), do: timeout + 5_000
+  defp receiver(%Run{receiver: nil, owner: owner}), do: owner
+  defp receiver(%Run{receiver: receiver}), do: receiver
 
-  defp decode({:ok, result}), do: {:ok, Result.from_native(result)}
-  defp decode({:error, native}), do: {:error, Error.from_native(native)}
+  # The NIF answers exactly once, at the latest when the run's own deadline
+  # passes; waiting a little longer only guards against a lost reply.
+  @reply_margin 5_000
+
+  defp wait_limit(%Run{timeout: :infinity}, timeout), do: timeout
+  defp wait_limit(%Run{timeout: own}, :infinity), do: own + @reply_margin
+  defp wait_limit(%Run{timeout: own}, timeout), do: min(timeout, own + @reply_margin)
+
+  defp timeout_text(%Run{timeout: own}, :infinity), do: "#{own} ms"
+  defp timeout_text(_run, timeout), do: "#{timeout} ms"
+
+  # After a cancel the NIF still sends the run's one final message (a
+  # `:cancelled` error, unless the run finished first); take it, and any
+  # events before it, out of the mailbox.
+  defp flush(%Run{ref: ref}) do
+    receive do
+      {:synapse_reply, ^ref, _reply} ->
+        :ok
+
+      {:synapse_event, ^ref, {:result, _}} ->
+        :ok
+
+      {:synapse_event, ^ref, {:error, _}} ->
+        :ok
+
+      {:synapse_event, ^ref, _event} ->
+        flush(%Run{ref: ref, handle: nil, agent: nil, owner: nil, timeout: nil})
+    after
+      @reply_margin -> :ok
+    end
+  end
+
+  ## Streams
+
+  defp start_stream(name, prompt, options, receiver) do
+    call = options.call
+
+    with :ok <- check_prompt(prompt),
+         {:ok, channel} <- pick_worker(name) do
+      ref = make_ref()
+      request = request(prompt, call)
+
+      start =
+        if large?(call.message_history),
+          do: &Native.run_stream_start_dirty/6,
+          else: &Native.run_stream_start/6
+
+      case start.(channel.resource, receiver, ref, request, call.timeout, options.window) do
+        {:ok, handle} ->
+          {:ok,
+           %Run{
+             ref: ref,
+             handle: handle,
+             agent: name,
+             owner: self(),
+             receiver: receiver,
+             timeout: call.timeout
+           }}
+
+        {:error, %Error{} = error} ->
+          {:error, error}
+      end
+    end
+  end
+
+  defp event_stream(name, prompt, options) do
+    Stream.resource(
+      fn ->
+        case start_stream(name, prompt, options, self()) do
+          {:ok, run} -> %{run: run, window: options.window, unacked: 0, state: :running}
+          {:error, error} -> raise error
+        end
+      end,
+      &next_event/1,
+      &close_stream/1
+    )
+  end
+
+  defp next_event(%{state: :done} = stream), do: {:halt, stream}
+  defp next_event(%{state: {:failed, error}}), do: raise(error)
+
+  defp next_event(%{run: %Run{ref: ref} = run} = stream) do
+    receive do
+      {:synapse_event, ^ref, {:result, _} = event} ->
+        {[event], %{stream | state: :done}}
+
+      {:synapse_event, ^ref, {:error, error}} ->
+        # Raised on the next pull, once the state says the run is over, so
+        # that closing the stream does not cancel a finished run.
+        {[], %{stream | state: {:failed, error}}}
+
+      {:synapse_event, ^ref, event} ->
+        {[event], acknowledge(stream)}
+    after
+      wait_limit(run, :infinity) ->
+        Native.run_cancel(run.handle)
+        flush(run)
+
+        error =
+          Error.new(:timeout, "the stream did not finish within #{timeout_text(run, :infinity)}")
+
+        {[], %{stream | state: {:failed, error}}}
+    end
+  end
+
+  defp acknowledge(%{window: :infinity} = stream), do: stream
+
+  defp acknowledge(%{window: window, unacked: unacked, run: run} = stream) do
+    unacked = unacked + 1
+
+    if unacked >= max(div(window, 2), 1) do
+      Native.run_ack(run.handle, unacked)
+      %{stream | unacked: 0}
+    else
+      %{stream | unacked: unacked}
+    end
+  end
+
+  defp close_stream(%{state: :running, run: run}), do: cancel(run)
+  defp close_stream(_stream), do: :ok
 end

@@ -169,13 +169,12 @@ defmodule SynapseCore.AgentProcess do
 
       case Native.agent_load(
              channel.resource,
-             self(),
              tag,
              load_request(state.options),
              remaining(deadline)
            ) do
         {:ok, handle} -> await_load(state, tag, handle, deadline)
-        {:error, native} -> {:error, load_error(Error.from_native(native), state), state}
+        {:error, %Error{} = error} -> {:error, load_error(error, state), state}
       end
     else
       {:error, error} -> {:error, error, state}
@@ -189,8 +188,8 @@ defmodule SynapseCore.AgentProcess do
       {:synapse_reply, ^tag, {:ok, _loaded}} ->
         {:ok, state}
 
-      {:synapse_reply, ^tag, {:error, native}} ->
-        {:error, load_error(Error.from_native(native), state), state}
+      {:synapse_reply, ^tag, {:error, %Error{} = error}} ->
+        {:error, load_error(error, state), state}
 
       {^port, {:data, data}} ->
         frame = Shepherd.decode(data)
@@ -224,7 +223,7 @@ defmodule SynapseCore.AgentProcess do
         %{base | reference: ref}
 
       {:spec, spec} ->
-        %{base | spec: %{model: spec.model, instructions: spec.instructions, name: ""}, model: ""}
+        %{base | spec: Map.put(spec, :name, ""), model: ""}
     end
   end
 

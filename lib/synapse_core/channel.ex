@@ -21,7 +21,7 @@ defmodule SynapseCore.Channel do
 
     case Native.channel_connect(address, options) do
       {:ok, resource} -> {:ok, %__MODULE__{resource: resource, address: address}}
-      {:error, native} -> {:error, Error.from_native(native)}
+      {:error, %Error{} = error} -> {:error, error}
     end
   end
 

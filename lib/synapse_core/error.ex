@@ -17,6 +17,8 @@ defmodule SynapseCore.Error do
     * `:invalid_argument` - the request was refused: a message history that
       is not a valid pydantic-ai history, data that has no JSON form, ...
     * `:python_error` - the agent run raised a Python exception
+    * `:output_validation_failed` - the model's structured output did not
+      validate, also after the retries pydantic-ai gave it
     * `:usage_limit_exceeded`, `:unexpected_model_behavior`,
       `:model_http_error` - pydantic-ai's own failures of those names
     * `:resource_exhausted` - a limit was hit (e.g. the maximum message size)
@@ -38,6 +40,7 @@ defmodule SynapseCore.Error do
           | :invalid_argument
           | :python_error
           | :usage_limit_exceeded
+          | :output_validation_failed
           | :unexpected_model_behavior
           | :model_http_error
           | :resource_exhausted
@@ -62,8 +65,4 @@ defmodule SynapseCore.Error do
   def new(kind, message, details \\ %{}) when is_atom(kind) and is_binary(message) do
     %__MODULE__{kind: kind, message: message, details: details}
   end
-
-  @doc false
-  @spec from_native({kind(), String.t(), map()}) :: t()
-  def from_native({kind, message, details}), do: new(kind, message, details)
 end

@@ -1,7 +1,16 @@
 defmodule SynapseCore.Native do
   # Stubs for the Rust NIF (native/synapse_native). Every function returns at
-  # once; calls that talk to a worker answer by message
-  # `{:synapse_reply, tag, {:ok, value} | {:error, {kind, message, details}}}`.
+  # once. Calls that talk to a worker answer by message:
+  #
+  #   * `{:synapse_reply, tag, {:ok, value} | {:error, %SynapseCore.Error{}}}`
+  #     for one-shot calls (agent_load, run_start), to the caller;
+  #   * `{:synapse_event, tag, event}` for each event of a stream, then
+  #     `{:synapse_event, tag, {:result, result} | {:error, error}}`, to the
+  #     stream's receiver.
+  #
+  # A call is cancelled when its handle is cancelled or garbage collected, or
+  # when its caller (or a stream's receiver) exits.
+  #
   # Public modules wrap these; nothing here is part of the API.
   @moduledoc false
 
@@ -16,14 +25,19 @@ defmodule SynapseCore.Native do
   def channel_connect(_address, _options), do: :erlang.nif_error(:nif_not_loaded)
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
 
-  def agent_load(_channel, _pid, _tag, _request, _timeout),
+  def agent_load(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_start(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_start_dirty(_channel, _tag, _request, _timeout),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def run_start(_channel, _pid, _tag, _request, _timeout),
+  def run_stream_start(_channel, _receiver, _tag, _request, _timeout, _window),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def run_start_dirty(_channel, _pid, _tag, _request, _timeout),
+  def run_stream_start_dirty(_channel, _receiver, _tag, _request, _timeout, _window),
     do: :erlang.nif_error(:nif_not_loaded)
 
+  def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 end

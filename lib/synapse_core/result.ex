@@ -25,15 +25,4 @@ defmodule SynapseCore.Result do
         }
 
   defstruct output: nil, usage: %Usage{}, messages: [], run_id: ""
-
-  @doc false
-  @spec from_native(map()) :: t()
-  def from_native(%{output: output, usage: usage, messages: messages, run_id: run_id}) do
-    %__MODULE__{
-      output: elem(output, 1),
-      usage: Usage.from_native(usage),
-      messages: messages,
-      run_id: run_id
-    }
-  end
 end

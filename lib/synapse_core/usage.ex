@@ -18,8 +18,4 @@ defmodule SynapseCore.Usage do
             tool_calls: 0,
             cache_read_tokens: 0,
             cache_write_tokens: 0
-
-  @doc false
-  @spec from_native(map()) :: t()
-  def from_native(map) when is_map(map), do: struct!(__MODULE__, map)
 end

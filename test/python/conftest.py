@@ -34,6 +34,11 @@ class AgentClient:
             request_serializer=agent_pb2.RunRequest.SerializeToString,
             response_deserializer=agent_pb2.RunResult.FromString,
         )
+        self._run_stream = channel.stream_stream(
+            prefix + "Run",
+            request_serializer=agent_pb2.RunInput.SerializeToString,
+            response_deserializer=agent_pb2.RunEvent.FromString,
+        )
 
     async def load_agent(self, agent_id: str, **fields: Any) -> agent_pb2.LoadAgentResponse:
         return await self._load(agent_pb2.LoadAgentRequest(agent_id=agent_id, **fields), timeout=10)
@@ -46,6 +51,38 @@ class AgentClient:
 
     async def run_sync(self, agent_id: str, prompt: str = "", **fields: Any) -> agent_pb2.RunResult:
         return await self.run_sync_call(agent_id, prompt, **fields)
+
+    def run_call(self, *, timeout: float = 10) -> grpc.aio.StreamStreamCall:
+        """A `Run` call with nothing sent yet."""
+        return self._run_stream(timeout=timeout)
+
+    async def start_run(
+        self, agent_id: str, prompt: str = "", *, deadline: float = 10, **fields: Any
+    ) -> grpc.aio.StreamStreamCall:
+        """A `Run` call (`deadline` seconds) that has sent its `start` and keeps its side open."""
+        call = self.run_call(timeout=deadline)
+        start = agent_pb2.RunRequest(agent_id=agent_id, prompt=prompt, **fields)
+        await call.write(agent_pb2.RunInput(start=start))
+        return call
+
+    async def run(self, agent_id: str, prompt: str = "", **fields: Any) -> list[agent_pb2.RunEvent]:
+        """Every event of a `Run`, read until the server ends the stream."""
+        return await read_all(await self.start_run(agent_id, prompt, **fields))
+
+
+async def read_all(call: grpc.aio.StreamStreamCall) -> list[agent_pb2.RunEvent]:
+    events = []
+    while (event := await call.read()) is not grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+def split_events(events: list[agent_pb2.RunEvent]) -> tuple[list[str], agent_pb2.RunResult]:
+    """The text deltas and the result of a successful run (checking the result is last)."""
+    kinds = [event.WhichOneof("event") for event in events]
+    assert kinds and kinds[-1] == "result", kinds
+    assert set(kinds[:-1]) <= {"text_delta"}, kinds
+    return [event.text_delta for event in events[:-1]], events[-1].result
 
 
 @dataclass

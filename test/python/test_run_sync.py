@@ -8,7 +8,7 @@ import json
 import grpc
 import pytest
 from pydantic_ai import Agent, ModelMessagesTypeAdapter
-from pydantic_ai.exceptions import ModelHTTPError, UsageLimitExceeded
+from pydantic_ai.exceptions import ModelHTTPError, UnexpectedModelBehavior, UsageLimitExceeded
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -185,9 +185,18 @@ def answering_text(messages: list[ModelMessage], info: AgentInfo) -> ModelRespon
             # Output validation that exhausts its retries.
             Agent(FunctionModel(answering_text), output_type=int),
             grpc.StatusCode.INTERNAL,
+            "output_validation_failed",
+            "pydantic_ai.exceptions.UnexpectedModelBehavior",
+            "Exceeded maximum output retries (1); last problem: 1 validation error(s): "
+            "<root>: Invalid JSON",
+            id="output validation failed",
+        ),
+        pytest.param(
+            raising(UnexpectedModelBehavior("the model answered gibberish")),
+            grpc.StatusCode.INTERNAL,
             "unexpected_model_behavior",
             "pydantic_ai.exceptions.UnexpectedModelBehavior",
-            "retries",
+            "the model answered gibberish",
             id="unexpected model behavior",
         ),
         pytest.param(
@@ -250,6 +259,13 @@ async def test_a_client_cancel_cancels_the_run(client: AgentClient) -> None:
     assert (await client.run_sync("slow", "0")).text == "done"
     await load(client, "cancelled")
     assert "30.2" in json.loads((await client.run_sync("cancelled", "which?")).text)
+    assert "30.2" in json.loads((await client.run_sync("slow", "cancelled?")).text)
+
+
+async def test_slow_stream_agent_answers_its_chunks_at_once(client: AgentClient) -> None:
+    await load(client, "slow_stream")
+
+    assert (await client.run_sync("slow_stream", "3 0")).text == "chunk1 chunk2 chunk3 "
 
 
 async def test_runs_are_concurrent(client: AgentClient) -> None:

@@ -67,6 +67,34 @@ defmodule SynapseCore.TestHelpers do
     end
   end
 
+  @doc """
+  Starts the fake OpenAI-compatible server (synapse_fixtures.openai_server)
+  for the calling test; returns its base URL. It exits when the test process
+  does: its stdin is the port, and it stops at EOF.
+  """
+  def start_openai_server! do
+    {:ok, python} = SynapseCore.Python.interpreter()
+
+    port =
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        :exit_status,
+        {:line, 1024},
+        args: ["-m", "synapse_fixtures.openai_server", "--port", "0"],
+        env: [{~c"PYTHONPATH", String.to_charlist(@fixtures)}]
+      ])
+
+    receive do
+      {^port, {:data, {:eol, "LISTENING " <> number}}} ->
+        "http://127.0.0.1:#{number}/v1"
+
+      {^port, {:exit_status, status}} ->
+        flunk("the fake OpenAI server exited with #{status}")
+    after
+      15_000 -> flunk("the fake OpenAI server did not start")
+    end
+  end
+
   @doc "Waits until `name` has `count` ready workers; returns them."
   def await_workers(name, count \\ 1, timeout \\ 30_000) do
     eventually(

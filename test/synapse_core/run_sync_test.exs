@@ -4,6 +4,8 @@ defmodule SynapseCore.RunSyncTest do
 
   import SynapseCore.TestHelpers
 
+  @moduletag capture_log: true
+
   alias SynapseCore.{Agent, Error, Result, Usage}
 
   describe "run_sync/3" do

@@ -17,7 +17,9 @@ defmodule SynapseCore.Agent.Options do
     shutdown_timeout: 5_000
   ]
 
-  @type source :: {:ref, String.t()} | {:spec, %{model: String.t(), instructions: String.t()}}
+  @type source ::
+          {:ref, String.t()}
+          | {:spec, %{model: String.t(), instructions: String.t(), output_schema: map() | nil}}
 
   @type t :: %__MODULE__{
           name: term(),
@@ -37,6 +39,7 @@ defmodule SynapseCore.Agent.Options do
     :agent,
     :model,
     :instructions,
+    :output_schema,
     :workers,
     :python,
     :python_path,
@@ -69,17 +72,24 @@ defmodule SynapseCore.Agent.Options do
     do: raise(ArgumentError, "expected agent options as a keyword list, got: #{inspect(other)}")
 
   defp source!(opts) do
-    case {Keyword.get(opts, :agent), Keyword.get(opts, :instructions)} do
-      {nil, instructions} ->
+    spec_keys = [:instructions, :output_schema]
+
+    case {Keyword.get(opts, :agent), Keyword.take(opts, spec_keys)} do
+      {nil, spec} ->
         model =
           optional_string!(opts, :model) ||
             raise ArgumentError,
                   "give either :agent (\"module:attribute\" of a pydantic-ai agent) " <>
                     "or :model (to define the agent from Elixir)"
 
-        {:spec, %{model: model, instructions: string_or_empty!(instructions, :instructions)}}
+        {:spec,
+         %{
+           model: model,
+           instructions: string_or_empty!(spec[:instructions], :instructions),
+           output_schema: schema!(spec[:output_schema])
+         }}
 
-      {ref, nil} when is_binary(ref) ->
+      {ref, []} when is_binary(ref) ->
         if String.match?(ref, ~r/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/) do
           {:ref, ref}
         else
@@ -87,36 +97,85 @@ defmodule SynapseCore.Agent.Options do
                 "the :agent option must look like \"package.module:attribute\", got: #{inspect(ref)}"
         end
 
-      {ref, nil} ->
+      {ref, []} ->
         raise ArgumentError, "the :agent option must be a string, got: #{inspect(ref)}"
 
-      {_ref, _instructions} ->
+      {_ref, [{key, _} | _]} ->
         raise ArgumentError,
-              ":instructions defines an agent from Elixir and cannot be combined with :agent; " <>
-                "set the instructions on the Python agent instead"
+              "#{inspect(key)} defines an agent from Elixir and cannot be combined with :agent; " <>
+                "set it on the Python agent instead"
     end
   end
+
+  defp schema!(nil), do: nil
+  defp schema!(schema) when is_map(schema), do: schema
+
+  defp schema!(other),
+    do: raise(ArgumentError, ":output_schema must be a JSON Schema map, got: #{inspect(other)}")
+
+  @call_defaults [message_history: nil, model_settings: nil, usage_limits: nil, timeout: 60_000]
 
   @typedoc "Validated options of one run."
   @type call :: %{
           message_history: [map()] | nil,
           model_settings: map() | nil,
+          usage_limits: map() | nil,
           timeout: timeout()
         }
 
   @spec call!(keyword()) :: call()
   def call!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, message_history: nil, model_settings: nil, timeout: 60_000)
-
-    %{
-      message_history: history!(opts[:message_history]),
-      model_settings: settings!(opts[:model_settings]),
-      timeout: timeout!(opts[:timeout])
-    }
+    opts |> Keyword.validate!(@call_defaults) |> call_from()
   end
 
   def call!(other),
     do: raise(ArgumentError, "expected call options as a keyword list, got: #{inspect(other)}")
+
+  @typedoc "Validated options of a streaming run."
+  @type stream :: %{
+          call: call(),
+          stream_to: pid() | nil,
+          window: pos_integer() | :infinity
+        }
+
+  @spec stream!(keyword()) :: stream()
+  def stream!(opts) when is_list(opts) do
+    opts = Keyword.validate!(opts, @call_defaults ++ [stream_to: nil, window: 64])
+
+    %{
+      call: opts |> Keyword.take(Keyword.keys(@call_defaults)) |> call_from(),
+      stream_to: stream_to!(opts[:stream_to]),
+      window: window!(opts[:window])
+    }
+  end
+
+  def stream!(other),
+    do: raise(ArgumentError, "expected stream options as a keyword list, got: #{inspect(other)}")
+
+  defp call_from(opts) do
+    %{
+      message_history: history!(opts[:message_history]),
+      model_settings: map_option!(opts[:model_settings], :model_settings),
+      usage_limits: map_option!(opts[:usage_limits], :usage_limits),
+      timeout: timeout!(opts[:timeout])
+    }
+  end
+
+  defp stream_to!(nil), do: nil
+  defp stream_to!(pid) when is_pid(pid) and node(pid) == node(), do: pid
+
+  defp stream_to!(other),
+    do: raise(ArgumentError, ":stream_to must be a local pid, got: #{inspect(other)}")
+
+  defp window!(:infinity), do: :infinity
+  defp window!(n) when is_integer(n) and n > 0, do: n
+
+  defp window!(other),
+    do:
+      raise(
+        ArgumentError,
+        ":window must be a positive integer or :infinity, got: #{inspect(other)}"
+      )
 
   defp history!(nil), do: nil
   defp history!(%SynapseCore.Result{messages: messages}), do: messages
@@ -128,23 +187,22 @@ defmodule SynapseCore.Agent.Options do
             "got: #{inspect(other)}"
   end
 
-  defp settings!(nil), do: nil
-  defp settings!(settings) when is_map(settings), do: settings
+  defp map_option!(nil, _key), do: nil
+  defp map_option!(map, _key) when is_map(map), do: map
 
-  defp settings!(settings) when is_list(settings) do
-    if Keyword.keyword?(settings) do
-      Map.new(settings)
+  defp map_option!(list, key) when is_list(list) do
+    if Keyword.keyword?(list) do
+      Map.new(list)
     else
-      raise ArgumentError,
-            ":model_settings must be a map or keyword list, got: #{inspect(settings)}"
+      raise ArgumentError, "#{inspect(key)} must be a map or keyword list, got: #{inspect(list)}"
     end
   end
 
-  defp settings!(other),
+  defp map_option!(other, key),
     do:
       raise(
         ArgumentError,
-        ":model_settings must be a map or keyword list, got: #{inspect(other)}"
+        "#{inspect(key)} must be a map or keyword list, got: #{inspect(other)}"
       )
 
   defp timeout!(:infinity), do: :infinity

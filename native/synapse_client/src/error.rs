@@ -51,6 +51,7 @@ pub enum RemoteKind {
     PythonError,
     UsageLimitExceeded,
     UnexpectedModelBehavior,
+    OutputValidationFailed,
     ModelHttpError,
     ResourceExhausted,
     Timeout,
@@ -68,6 +69,7 @@ impl RemoteKind {
             "python_error" => Self::PythonError,
             "usage_limit_exceeded" => Self::UsageLimitExceeded,
             "unexpected_model_behavior" => Self::UnexpectedModelBehavior,
+            "output_validation_failed" => Self::OutputValidationFailed,
             "model_http_error" => Self::ModelHttpError,
             _ => return None,
         })
@@ -97,6 +99,7 @@ impl RemoteKind {
             Self::PythonError => "python_error",
             Self::UsageLimitExceeded => "usage_limit_exceeded",
             Self::UnexpectedModelBehavior => "unexpected_model_behavior",
+            Self::OutputValidationFailed => "output_validation_failed",
             Self::ModelHttpError => "model_http_error",
             Self::ResourceExhausted => "resource_exhausted",
             Self::Timeout => "timeout",

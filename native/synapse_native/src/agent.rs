@@ -1,6 +1,6 @@
 //! Loading agents into a worker (`SynapseCore.AgentProcess`).
 
-use rustler::{Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term};
+use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
 
 use crate::atoms;
 use crate::call::{self, CallHandle};
@@ -8,21 +8,24 @@ use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
 use crate::reply::Reply;
+use crate::reply::Style;
 use synapse_client::proto::{load_agent_request, AgentSpec, LoadAgentRequest, LoadAgentResponse};
 
 #[derive(NifMap)]
-pub struct SpecArgs {
+pub struct SpecArgs<'a> {
     model: String,
     instructions: String,
     name: String,
+    /// A JSON Schema map, or `nil` for text output.
+    output_schema: Term<'a>,
 }
 
 #[derive(NifMap)]
-pub struct LoadArgs {
+pub struct LoadArgs<'a> {
     agent_id: String,
     /// `"module:attr"`; exactly one of `reference` and `spec` is set.
     reference: Option<String>,
-    spec: Option<SpecArgs>,
+    spec: Option<SpecArgs<'a>>,
     /// Model override, `""` for none.
     model: String,
 }
@@ -31,10 +34,10 @@ pub struct LoadArgs {
 /// `{:ok, %{agent_id:, name:, output_kind:}}` by message.
 #[rustler::nif]
 fn agent_load<'a>(
+    env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
-    pid: LocalPid,
     tag: Term<'a>,
-    request: LoadArgs,
+    request: LoadArgs<'a>,
     timeout: Term<'a>,
 ) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
     let timeout = call::decode_timeout(timeout)?;
@@ -44,6 +47,10 @@ fn agent_load<'a>(
             model: spec.model,
             instructions: spec.instructions,
             name: spec.name,
+            output_schema_json: match json::encode_optional(spec.output_schema) {
+                Ok(schema) => schema,
+                Err(e) => return Ok(Err(NifError(e))),
+            },
         }),
         _ => {
             return Ok(Err(NifError(Error::InvalidArgument(
@@ -57,22 +64,23 @@ fn agent_load<'a>(
         model: request.model,
     };
     let mut client = channel.client.clone();
-    Ok(Ok(call::spawn(
+    let caller = env.pid();
+    let handle = call::handle(env, &[caller], 0);
+    call::spawn(
         channel,
-        Reply::new(pid, tag),
+        &handle,
+        Reply::new(caller, tag, Style::Unary),
         timeout,
         move |deadline| async move {
             let mut request = tonic::Request::new(request);
             if let Some(deadline) = deadline {
                 request.set_timeout(deadline);
             }
-            client
-                .load_agent(request)
-                .await
-                .map(tonic::Response::into_inner)
+            Ok(client.load_agent(request).await?.into_inner())
         },
         encode_loaded,
-    )))
+    );
+    Ok(Ok(handle))
 }
 
 fn encode_loaded(env: Env<'_>, loaded: LoadAgentResponse) -> Result<Term<'_>, Error> {

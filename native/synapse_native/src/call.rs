@@ -2,9 +2,13 @@
 //! token, the channel it runs on, and exactly one reply.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Atom, Env, NifResult, Resource, ResourceArc, Term};
+use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
+use synapse_client::error::is_transport_failure;
+use synapse_client::Error;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -12,22 +16,30 @@ use crate::atoms;
 use crate::channel::ChannelResource;
 use crate::reply::Reply;
 use crate::runtime::RUNTIME;
-use synapse_client::error::is_transport_failure;
-use synapse_client::Error;
 
 /// How long a call that lost its connection waits to learn whether the
 /// worker exited (the shepherd reports it within milliseconds) before
 /// calling it plain unavailability.
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
 
-/// The handle of one in-flight call. Dropping it (the caller let go of it,
-/// or the caller process died and its heap was freed) cancels the call.
+/// The handle of one in-flight call, held by the caller. The call is
+/// cancelled when the handle is cancelled, when it is garbage collected, and
+/// when a process it monitors (the caller, a stream's receiver) exits.
 pub struct CallHandle {
     cancel: CancellationToken,
+    /// Events a stream may still send before the receiver acknowledges
+    /// some: see `run_ack`.
+    pub credit: Arc<Semaphore>,
 }
 
 #[rustler::resource_impl]
-impl Resource for CallHandle {}
+impl Resource for CallHandle {
+    const IMPLEMENTS_DOWN: bool = true;
+
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        self.cancel.cancel();
+    }
+}
 
 impl Drop for CallHandle {
     fn drop(&mut self) {
@@ -52,6 +64,41 @@ pub fn decode_timeout(term: Term<'_>) -> NifResult<Option<Duration>> {
     Ok(Some(Duration::from_millis(ms)))
 }
 
+/// A new handle whose call is cancelled if any of `owners` exits.
+pub fn handle(env: Env<'_>, owners: &[LocalPid], credit: usize) -> ResourceArc<CallHandle> {
+    let handle = ResourceArc::new(CallHandle {
+        cancel: CancellationToken::new(),
+        credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
+    });
+    for owner in owners {
+        // A process that is already gone fails the monitor; its call is
+        // pointless, so cancel it right away.
+        if env.monitor(&handle, owner).is_none() {
+            handle.cancel();
+        }
+    }
+    handle
+}
+
+/// Why an RPC future failed: a status from gRPC (classified in [`run`]),
+/// or an error already classified (e.g. a stream that broke the protocol).
+pub enum CallError {
+    Status(Status),
+    Other(Error),
+}
+
+impl From<Status> for CallError {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+impl From<Error> for CallError {
+    fn from(error: Error) -> Self {
+        Self::Other(error)
+    }
+}
+
 /// Runs `rpc` on the runtime and answers `reply` once, whatever happens:
 /// the worker's answer, the deadline, a cancel, the worker exiting, or a
 /// panic. `rpc` gets the deadline to put on the request (so the worker sees
@@ -59,25 +106,21 @@ pub fn decode_timeout(term: Term<'_>) -> NifResult<Option<Duration>> {
 /// thread, off the schedulers.
 pub fn spawn<T, Fut, E>(
     channel: ResourceArc<ChannelResource>,
+    handle: &CallHandle,
     reply: Reply,
     timeout: Option<Duration>,
     rpc: impl FnOnce(Option<Duration>) -> Fut + Send + 'static,
     encode: E,
-) -> ResourceArc<CallHandle>
-where
+) where
     T: Send + 'static,
-    Fut: Future<Output = Result<T, Status>> + Send + 'static,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    let cancel = CancellationToken::new();
-    let handle = ResourceArc::new(CallHandle {
-        cancel: cancel.clone(),
-    });
+    let cancel = handle.cancel.clone();
     RUNTIME.spawn(async move {
         let outcome = run(&channel, &cancel, timeout, rpc).await;
         reply.send(outcome, encode);
     });
-    handle
 }
 
 async fn run<T, Fut>(
@@ -87,7 +130,7 @@ async fn run<T, Fut>(
     rpc: impl FnOnce(Option<Duration>) -> Fut,
 ) -> Result<T, Error>
 where
-    Fut: Future<Output = Result<T, Status>>,
+    Fut: Future<Output = Result<T, CallError>>,
 {
     if channel.closed.is_cancelled() {
         return Err(Error::WorkerExited);
@@ -98,7 +141,7 @@ where
         match timeout {
             Some(limit) => tokio::time::timeout(limit, guarded)
                 .await
-                .unwrap_or(Ok(Err(Status::deadline_exceeded("client deadline")))),
+                .unwrap_or(Ok(Err(CallError::Other(Error::Timeout)))),
             None => guarded.await,
         }
     };
@@ -108,7 +151,8 @@ where
         () = channel.closed.cancelled() => return Err(Error::WorkerExited),
         result = call => match result {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(status)) => status,
+            Ok(Err(CallError::Other(error))) => return Err(error),
+            Ok(Err(CallError::Status(status))) => status,
             Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
         },
     };

@@ -1,15 +1,17 @@
-//! How errors cross into Elixir.
+//! How errors cross into Elixir: as `%SynapseCore.Error{kind:, message:,
+//! details:}`, built here so that messages sent to any process (a stream's
+//! receiver included) carry the final struct.
 //!
-//! Every error is encoded as `{kind, message, details}`: `kind` is one of a
-//! closed set of atoms, `message` a binary for humans, `details` a map with
-//! atom keys (Python's exception type, its traceback, the gRPC status).
-//! `SynapseCore.Error.from_native/1` turns that into the exception struct.
+//! `kind` is one of a closed set of atoms, `message` a binary for humans,
+//! `details` a map with atom keys (Python's exception type, its traceback,
+//! the gRPC status).
 
 use rustler::{Atom, Encoder, Env, Term};
 use synapse_client::error::code_name;
 pub use synapse_client::Error;
 
 use crate::atoms;
+use crate::terms::elixir_struct;
 
 /// [`Error`] as a NIF return value.
 pub struct NifError(pub Error);
@@ -47,12 +49,16 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
             details = put(details, atoms::traceback(), tb.as_str().encode(env));
         }
     }
-    (
-        known_atom(env, error.kind_name()),
-        error.to_string(),
-        details,
+    elixir_struct(
+        env,
+        atoms::error_module(),
+        &[
+            (atoms::__exception__(), true.encode(env)),
+            (atoms::kind(), known_atom(env, error.kind_name())),
+            (atoms::message(), error.to_string().encode(env)),
+            (atoms::details(), details),
+        ],
     )
-        .encode(env)
 }
 
 /// Kind and status-code names come from fixed tables in `synapse_client`,

@@ -14,5 +14,6 @@ mod json;
 mod reply;
 mod run;
 mod runtime;
+mod terms;
 
 rustler::init!("Elixir.SynapseCore.Native");

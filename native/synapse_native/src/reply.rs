@@ -1,60 +1,143 @@
-//! Answers to Erlang processes, sent from tokio threads.
+//! Messages to Erlang processes, sent from tokio threads.
+//!
+//! A call answers exactly once, with its [`Reply`]; a streaming call may
+//! first send any number of events through its [`Events`].
+//!
+//! * unary calls: `{:synapse_reply, tag, {:ok, value} | {:error, %SynapseCore.Error{}}}`
+//! * streams: `{:synapse_event, tag, event}` for each event, then
+//!   `{:synapse_event, tag, {:result, value} | {:error, %SynapseCore.Error{}}}`
 
 use rustler::env::SavedTerm;
-use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
 use crate::error::{self, Error};
 
-/// Where the one reply of a call goes: `{:synapse_reply, tag, payload}` to
-/// `pid`, `tag` being the reference the caller made for this call.
+/// How the final answer is tagged.
+#[derive(Clone, Copy)]
+pub enum Style {
+    Unary,
+    Stream,
+}
+
+/// Where the one final answer of a call goes.
 pub struct Reply {
+    target: Target,
+    style: Style,
+}
+
+/// Where the events of a stream go, ahead of its final answer.
+pub struct Events {
+    target: Target,
+}
+
+struct Target {
+    /// Cleared after every message sent.
     env: OwnedEnv,
+    /// Holds `tag` for the whole call: a term saved in `env` would not
+    /// survive its first clear.
+    tag_env: OwnedEnv,
     pid: LocalPid,
     tag: SavedTerm,
 }
 
-impl Reply {
-    /// Called in the NIF, on the caller's scheduler, to keep the tag.
-    pub fn new(pid: LocalPid, tag: Term<'_>) -> Self {
-        let env = OwnedEnv::new();
-        let tag = env.save(tag);
-        Self { env, pid, tag }
+impl Target {
+    fn new(pid: LocalPid, tag: Term<'_>) -> Self {
+        let tag_env = OwnedEnv::new();
+        let tag = tag_env.save(tag);
+        Self {
+            env: OwnedEnv::new(),
+            tag_env,
+            pid,
+            tag,
+        }
     }
 
-    /// Sends `{:ok, value}` or `{:error, {kind, message, details}}`.
-    ///
-    /// Must run on a non-BEAM thread (a tokio worker). Building the value is
-    /// guarded: if it panics, the caller still gets its one reply, an
-    /// `:internal` error, instead of waiting forever.
+    /// Sends `{kind, tag, payload}`. Building the payload is guarded: if it
+    /// panics, `fallback` is sent instead, so the receiver is never left
+    /// waiting. Returns false when the receiver has exited.
+    fn send<F>(
+        &mut self,
+        kind: Atom,
+        build: F,
+        fallback: impl for<'a> Fn(Env<'a>) -> Term<'a>,
+    ) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        let (tag, tag_env) = (&self.tag, &self.tag_env);
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.env.send_and_clear(&self.pid, |env| {
+                (kind, load_tag(tag_env, tag, env), build(env))
+            })
+        }));
+        match sent {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                let mut env = OwnedEnv::new();
+                env.send_and_clear(&self.pid, |env| {
+                    (kind, load_tag(tag_env, tag, env), fallback(env))
+                })
+                .is_ok()
+            }
+        }
+    }
+}
+
+/// A saved term loads only into the env that saved it: load it there and
+/// copy it into `env`.
+fn load_tag<'a>(tag_env: &OwnedEnv, tag: &SavedTerm, env: Env<'a>) -> Term<'a> {
+    tag_env.run(|saved| tag.load(saved).in_env(env))
+}
+
+fn panicked<'a>(env: Env<'a>) -> Term<'a> {
+    let failure = Error::Internal("building the message panicked".into());
+    (atoms::error(), error::encode(env, &failure)).encode(env)
+}
+
+impl Reply {
+    /// Called in the NIF, on the caller's scheduler, to keep the tag.
+    pub fn new(pid: LocalPid, tag: Term<'_>, style: Style) -> Self {
+        Self {
+            target: Target::new(pid, tag),
+            style,
+        }
+    }
+
+    /// The matching event sender, for streams.
+    pub fn events(&self, tag: Term<'_>) -> Events {
+        Events {
+            target: Target::new(self.target.pid, tag),
+        }
+    }
+
+    /// Sends the final answer. Must run on a non-BEAM thread (a tokio
+    /// worker): `OwnedEnv::send_and_clear` panics on scheduler threads.
     pub fn send<T, E>(mut self, result: Result<T, Error>, encode: E)
     where
         E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error>,
     {
-        let tag = &self.tag;
-        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.env.send_and_clear(&self.pid, |env| {
-                let payload = match result {
-                    Ok(value) => match encode(env, value) {
-                        Ok(term) => (atoms::ok(), term).encode(env),
-                        Err(e) => (atoms::error(), error::encode(env, &e)).encode(env),
-                    },
-                    Err(e) => (atoms::error(), error::encode(env, &e)).encode(env),
-                };
-                (atoms::synapse_reply(), tag.load(env), payload)
-            })
-        }));
-        if built.is_err() {
-            let failure = Error::Internal("building the reply panicked".into());
-            let mut env = OwnedEnv::new();
-            let _ = env.send_and_clear(&self.pid, |env| {
-                (
-                    atoms::synapse_reply(),
-                    tag.load(env),
-                    (atoms::error(), error::encode(env, &failure)).encode(env),
-                )
-            });
-        }
-        // A send to a process that has exited fails; nobody is waiting then.
+        let (kind, ok) = match self.style {
+            Style::Unary => (atoms::synapse_reply(), atoms::ok()),
+            Style::Stream => (atoms::synapse_event(), atoms::result()),
+        };
+        self.target.send(
+            kind,
+            |env| match result.and_then(|value| encode(env, value)) {
+                Ok(term) => (ok, term).encode(env),
+                Err(e) => (atoms::error(), error::encode(env, &e)).encode(env),
+            },
+            panicked,
+        );
+    }
+}
+
+impl Events {
+    /// Sends `{:synapse_event, tag, event}`; false when the receiver has exited.
+    pub fn send<F>(&mut self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        self.target.send(atoms::synapse_event(), build, panicked)
     }
 }

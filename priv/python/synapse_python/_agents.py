@@ -2,23 +2,28 @@
 
 An agent comes from a reference to the user's Python code ("package.module:attr",
 an agent or a zero-argument factory), from a spec sent by Elixir (model,
-instructions, name), or, for embedders, from an agent object. Model strings are
+instructions, name, output JSON schema), or, for embedders, from an agent object. Model strings are
 resolved with pydantic-ai's `infer_model` when the agent is loaded, so a typo or
 a missing API key fails the load rather than every later run.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, TypeAlias
 
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.models import Model, infer_model
+from pydantic_ai.output import StructuredDict
+
+from synapse_python import _json_schema
 
 AnyAgent: TypeAlias = AbstractAgent[Any, Any]
 OutputKind: TypeAlias = Literal["text", "json"]
@@ -26,11 +31,17 @@ OutputKind: TypeAlias = Literal["text", "json"]
 
 @dataclass(frozen=True, slots=True)
 class AgentSpec:
-    """An agent defined from Elixir with no Python file of the user's."""
+    """An agent defined from Elixir with no Python file of the user's.
+
+    `output_schema_json`, when not empty, is a JSON Schema of type "object" in
+    the subset `_json_schema` supports: the agent's output is then a JSON object
+    that conforms to it (see `_structured_output`).
+    """
 
     model: str = ""
     instructions: str = ""
     name: str = ""
+    output_schema_json: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +110,62 @@ async def load(
 def _from_spec(spec: AgentSpec, *, has_override: bool) -> AnyAgent:
     if not spec.model and not has_override:
         raise ValueError("the agent spec has no model: set its model or the load's model override")
-    return Agent(
+    schema = _output_schema(spec.output_schema_json) if spec.output_schema_json else None
+    agent: Agent[None, Any] = Agent(
         infer_model(spec.model) if spec.model else None,
+        output_type=_structured_output(schema) if schema else str,
         instructions=spec.instructions or None,
         name=spec.name or None,
     )
+    if schema is not None:
+        agent.output_validator(_conforms_to(schema))
+    return agent
+
+
+def _output_schema(data: bytes) -> _json_schema.Schema:
+    schema = _json_schema.loads(data)
+    if schema.raw.get("type") != "object":
+        raise _json_schema.SchemaError(
+            f'the output schema must have "type": "object", got {schema.raw.get("type")!r}'
+        )
+    return schema
+
+
+def _structured_output(schema: _json_schema.Schema) -> type[dict[str, Any]]:
+    """The output type of a spec with an output schema: a JSON object described by it.
+
+    The schema's `title` and `description` are the output's name and description
+    the model sees. (`StructuredDict` edits the schema it is given: it gets a copy.)
+    """
+    title, description = schema.raw.get("title"), schema.raw.get("description")
+    return StructuredDict(
+        copy.deepcopy(dict(schema.raw)),
+        name=title if isinstance(title, str) else None,
+        description=description if isinstance(description, str) else None,
+    )
+
+
+_MAX_REPORTED_PROBLEMS = 10
+
+
+def _conforms_to(schema: _json_schema.Schema) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An output validator making the model retry until its output conforms to `schema`.
+
+    pydantic-ai's `StructuredDict` only gives the schema to the model; it
+    validates nothing but "is a JSON object". The `ModelRetry` message lists the
+    problems as `path: problem`, which the model gets back to correct itself.
+    """
+
+    def conforms(output: dict[str, Any]) -> dict[str, Any]:
+        problems = schema.problems(output)
+        if problems:
+            listed = "; ".join(str(problem) for problem in problems[:_MAX_REPORTED_PROBLEMS])
+            more = len(problems) - _MAX_REPORTED_PROBLEMS
+            suffix = f"; and {more} more" if more > 0 else ""
+            raise ModelRetry(f"the output does not match the JSON schema: {listed}{suffix}")
+        return output
+
+    return conforms
 
 
 async def _from_ref(ref: str) -> AnyAgent:

@@ -1,26 +1,35 @@
-"""Between the wire's JSON payloads and pydantic-ai's objects.
+"""Between the wire's payloads and pydantic-ai's objects.
 
-Message histories, model settings and structured outputs cross the wire as JSON
-in pydantic-ai's own forms (see agent.proto): the worker validates them here,
-with pydantic-ai's type adapter, and never invents a schema of its own.
+Message histories, model settings, usage limits and structured outputs cross the
+wire as JSON in pydantic-ai's own forms (see agent.proto): the worker validates
+them here, against pydantic-ai's own types, and never invents a schema of its
+own. Run events are mapped here too (`run_event`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import typing
 from typing import Any
 
 import pydantic
 import pydantic_core
 from pydantic_ai import ModelMessagesTypeAdapter
-from pydantic_ai.messages import ModelMessage
-from pydantic_ai.run import AgentRunResult
-from pydantic_ai.usage import RunUsage
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    ModelMessage,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+)
+from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
+from pydantic_ai.usage import RunUsage, UsageLimits
 
-from synapse_python._errors import invalid_argument
+from synapse_python._errors import invalid_argument, summarize_validation_error
 from synapse_python._proto.synapse.v1 import agent_pb2
-
-_MAX_REPORTED_VALIDATION_ERRORS = 5
 
 
 def parse_message_history(data: bytes) -> list[ModelMessage] | None:
@@ -31,7 +40,8 @@ def parse_message_history(data: bytes) -> list[ModelMessage] | None:
         return ModelMessagesTypeAdapter.validate_json(data)
     except pydantic.ValidationError as exc:
         raise invalid_argument(
-            "the message history is not a valid pydantic-ai message history: " + _summarize(exc),
+            "the message history is not a valid pydantic-ai message history: "
+            + summarize_validation_error(exc),
             cause=exc,
         ) from exc
 
@@ -53,6 +63,79 @@ def parse_model_settings(data: bytes) -> dict[str, Any] | None:
             f"the model settings must be a JSON object, got {type(settings).__name__}"
         )
     return settings
+
+
+def parse_usage_limits(data: bytes) -> UsageLimits | None:
+    """`usage_limits_json` as pydantic-ai `UsageLimits`; empty means pydantic-ai's defaults.
+
+    The keys are `UsageLimits`' fields, e.g. `{"request_limit": 1, "total_tokens_limit": 100}`;
+    a limit given as `null` is lifted (pydantic-ai's `None`). Unknown keys and
+    values of the wrong JSON type (`"1"`, `1.0` or `true` for a count) are
+    rejected, naming the key.
+    """
+    if not data:
+        return None
+    try:
+        fields = _usage_limits_model().model_validate_json(data)
+    except pydantic.ValidationError as exc:
+        raise invalid_argument(
+            "invalid usage limits: " + _describe_usage_limit_errors(exc), cause=exc
+        ) from exc
+    return UsageLimits(**fields.model_dump(exclude_unset=True))
+
+
+@functools.cache
+def _usage_limits_model() -> type[pydantic.BaseModel]:
+    """A strict, closed pydantic model of `UsageLimits`' fields, made from the dataclass itself."""
+    hints = typing.get_type_hints(UsageLimits)
+    fields: dict[str, Any] = {
+        field.name: (hints[field.name], field.default)
+        for field in dataclasses.fields(UsageLimits)
+        if field.init
+    }
+    return pydantic.create_model(
+        "UsageLimits",
+        __config__=pydantic.ConfigDict(extra="forbid", strict=True),
+        **fields,
+    )
+
+
+def _describe_usage_limit_errors(exc: pydantic.ValidationError) -> str:
+    known = ", ".join(field.name for field in dataclasses.fields(UsageLimits) if field.init)
+    described = []
+    for error in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            described.append(f"unknown usage limit {key!r} (known: {known})")
+        elif key:
+            described.append(f"{key}: {error['msg']}")
+        elif error["type"] == "model_type":
+            described.append("the usage limits must be a JSON object")
+        else:
+            described.append(error["msg"])
+    return "; ".join(described)
+
+
+def run_event(event: AgentStreamEvent | AgentRunResultEvent[Any]) -> agent_pb2.RunEvent | None:
+    """The wire form of a pydantic-ai run event, or None for events not sent (yet).
+
+    Text: the content a `TextPart` starts with and every `TextPartDelta`, in
+    order; empty ones are skipped. When the output is the text of the run's only
+    model response, the deltas concatenate to it exactly. Every response's text
+    is streamed, though: in a run with several (text beside a tool call, or an
+    output retry) the deltas also hold the earlier responses' text. The run's
+    result comes last. Other events (tool calls and results, thinking, ...) have
+    no wire form yet: adding one is a case here and a field in `RunEvent`.
+    """
+    match event:
+        case PartStartEvent(part=TextPart(content=text)) if text:
+            return agent_pb2.RunEvent(text_delta=text)
+        case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
+            return agent_pb2.RunEvent(text_delta=text)
+        case AgentRunResultEvent(result=result):
+            return agent_pb2.RunEvent(result=run_result(result))
+        case _:
+            return None
 
 
 def run_result(result: AgentRunResult[Any]) -> agent_pb2.RunResult:
@@ -78,15 +161,3 @@ def usage(run_usage: RunUsage) -> agent_pb2.Usage:
         cache_read_tokens=run_usage.cache_read_tokens,
         cache_write_tokens=run_usage.cache_write_tokens,
     )
-
-
-def _summarize(exc: pydantic.ValidationError) -> str:
-    """pydantic's errors as one line: count, then `location: message` for the first few."""
-    errors = exc.errors(include_url=False, include_input=False)
-    shown = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
-        for error in errors[:_MAX_REPORTED_VALIDATION_ERRORS]
-    )
-    more = len(errors) - _MAX_REPORTED_VALIDATION_ERRORS
-    suffix = f"; and {more} more" if more > 0 else ""
-    return f"{len(errors)} validation error(s): {shown}{suffix}"

@@ -7,22 +7,34 @@ status message. The `kind` strings are a closed set the Rust client knows.
 
 Mapping of exceptions raised by a run (see `from_run_exception`):
 
-| exception (from `pydantic_ai.exceptions`) | status             | kind                        |
-|-------------------------------------------|--------------------|-----------------------------|
-| `UsageLimitExceeded`                      | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
-| `UnexpectedModelBehavior`                 | INTERNAL           | `unexpected_model_behavior` |
-| `ModelHTTPError`                          | UNAVAILABLE        | `model_http_error`          |
-| any other `Exception`                     | UNKNOWN            | `python_error`              |
+| exception (`pydantic_ai.exceptions`)         | status             | kind                        |
+|-----------------------------------------------|--------------------|-----------------------------|
+| `UsageLimitExceeded`                          | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
+| `UnexpectedModelBehavior`, output retries out | INTERNAL           | `output_validation_failed`  |
+| any other `UnexpectedModelBehavior`           | INTERNAL           | `unexpected_model_behavior` |
+| `ModelHTTPError`                              | UNAVAILABLE        | `model_http_error`          |
+| any other `Exception`                         | UNKNOWN            | `python_error`              |
 
-`UnexpectedModelBehavior` (e.g. output validation that exhausted its retries) is
-INTERNAL rather than FAILED_PRECONDITION: nothing about the request or the
-worker's state was wrong and retrying the same call is not expected to help; the
-model, a server-side dependency, broke its contract.
+`output_validation_failed` is the model failing to produce an output that
+validates (output type, output tool arguments, an output validator's
+`ModelRetry`, a spec's JSON schema) within the agent's output retries:
+pydantic-ai's "Exceeded maximum output retries (N)". Its
+message ends with the last problem found, taken from the exception's
+`__cause__` chain, e.g. "Exceeded maximum output retries (1); last problem:
+1 validation error(s): population: Input should be a valid integer, ...".
+
+Both kinds of `UnexpectedModelBehavior` are INTERNAL rather than
+FAILED_PRECONDITION: nothing about the request or the worker's state was wrong
+(a client must not "fix the state" and retry); the model, a server-side
+dependency, broke its contract. A client that does not know the newer
+`output_validation_failed` kind thus still sees what it saw before: INTERNAL.
 
 Request-level failures produced by the service itself: unknown agent id →
-NOT_FOUND `not_found`; malformed request fields → INVALID_ARGUMENT
-`invalid_argument`; any failure while loading an agent → FAILED_PRECONDITION
-`load_failed`.
+NOT_FOUND `not_found`; malformed request fields (history, settings, usage
+limits) and a `Run` stream that does not start with `start` or sends anything
+after it → INVALID_ARGUMENT `invalid_argument`; any failure while loading an
+agent (including an output schema outside the supported subset) →
+FAILED_PRECONDITION `load_failed`.
 """
 
 from __future__ import annotations
@@ -33,7 +45,13 @@ from enum import StrEnum
 from typing import NoReturn
 
 import grpc
-from pydantic_ai.exceptions import ModelHTTPError, UnexpectedModelBehavior, UsageLimitExceeded
+import pydantic
+from pydantic_ai.exceptions import (
+    ModelHTTPError,
+    ModelRetry,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+)
 
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -49,6 +67,11 @@ _MAX_MESSAGE_CHARS = 1000
 _MAX_TRACEBACK_CHARS = 2500
 _MAX_STATUS_DETAILS_CHARS = 500
 _ELISION = "…"
+_MAX_REPORTED_VALIDATION_ERRORS = 5
+
+# How pydantic-ai words "the model's output never validated" (pydantic_ai/_agent_graph.py,
+# _tool_execution.py). It has no exception class of its own.
+_OUTPUT_RETRIES_EXCEEDED = "Exceeded maximum output retries"
 
 
 class ErrorKind(StrEnum):
@@ -59,6 +82,7 @@ class ErrorKind(StrEnum):
     LOAD_FAILED = "load_failed"
     USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
     UNEXPECTED_MODEL_BEHAVIOR = "unexpected_model_behavior"
+    OUTPUT_VALIDATION_FAILED = "output_validation_failed"
     MODEL_HTTP_ERROR = "model_http_error"
     PYTHON_ERROR = "python_error"
 
@@ -138,6 +162,16 @@ def from_run_exception(exc: Exception) -> SynapseError:
             ErrorKind.USAGE_LIMIT_EXCEEDED,
             str(exc),
         )
+    elif isinstance(exc, UnexpectedModelBehavior) and exc.message.startswith(
+        _OUTPUT_RETRIES_EXCEEDED
+    ):
+        code, kind, message = (
+            grpc.StatusCode.INTERNAL,
+            ErrorKind.OUTPUT_VALIDATION_FAILED,
+            str(exc),
+        )
+        if problem := _last_output_problem(exc):
+            message = f"{message}; last problem: {problem}"
     elif isinstance(exc, UnexpectedModelBehavior):
         code, kind, message = (
             grpc.StatusCode.INTERNAL,
@@ -150,6 +184,40 @@ def from_run_exception(exc: Exception) -> SynapseError:
     else:
         code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, str(exc)
     return SynapseError(code, kind, message, cause=exc)
+
+
+def summarize_validation_error(exc: pydantic.ValidationError) -> str:
+    """pydantic's errors as one line: count, then `location: message` for the first few."""
+    errors = exc.errors(include_url=False, include_input=False)
+    shown = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
+        for error in errors[:_MAX_REPORTED_VALIDATION_ERRORS]
+    )
+    more = len(errors) - _MAX_REPORTED_VALIDATION_ERRORS
+    suffix = f"; and {more} more" if more > 0 else ""
+    return f"{len(errors)} validation error(s): {shown}{suffix}"
+
+
+def _last_output_problem(exc: BaseException) -> str | None:
+    """Why the last output attempt was rejected, from the `__cause__` chain.
+
+    pydantic-ai chains the last rejection: a pydantic `ValidationError` (output
+    type or output tool arguments), a `ModelRetry` from an output validator, or
+    a `ToolRetryError` wrapping either. The most specific one wins.
+    """
+    fallback: str | None = None
+    seen: set[int] = set()
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, pydantic.ValidationError):
+            return summarize_validation_error(cause)
+        if isinstance(cause, ModelRetry):
+            return cause.message
+        if fallback is None and not isinstance(cause, UnexpectedModelBehavior):
+            fallback = " ".join(str(cause).split())
+        cause = cause.__cause__
+    return fallback
 
 
 async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:

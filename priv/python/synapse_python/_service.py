@@ -8,9 +8,10 @@ not implement fails at startup instead of answering UNIMPLEMENTED at run time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -26,8 +27,13 @@ logger = logging.getLogger("synapse_python.service")
 SERVICE: ServiceDescriptor = agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
 SERVICE_NAME: str = SERVICE.full_name
 
-_Request = TypeVar("_Request", bound=Message)
-_Response = TypeVar("_Response", bound=Message)
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+# The agent id of the call being handled, for logs; set as soon as it is known
+# (a streaming call learns it from its first message). Each RPC runs in its own
+# task, hence its own context.
+_call_agent_id: contextvars.ContextVar[str] = contextvars.ContextVar("call_agent_id", default="")
 
 
 def _reports_errors(
@@ -44,6 +50,7 @@ def _reports_errors(
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+        _call_agent_id.set(getattr(request, "agent_id", ""))
         try:
             return await handler(self, request, context)
         except asyncio.CancelledError:
@@ -95,6 +102,7 @@ class AgentService:
                     model=request.spec.model,
                     instructions=request.spec.instructions,
                     name=request.spec.name,
+                    output_schema_json=request.spec.output_schema_json,
                 )
             case _:
                 raise _errors.invalid_argument("LoadAgentRequest needs a ref or a spec")
@@ -117,21 +125,100 @@ class AgentService:
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunResult:
+        agent, arguments = self._run_arguments(request)
+        result = await agent.run(**arguments)
+        return _convert.run_result(result)
+
+    @_reports_errors
+    async def Run(  # named as in agent.proto
+        self, requests: AsyncIterator[agent_pb2.RunInput], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Stream a run's events; the client's first message is its `start` request.
+
+        The run and the reading of the client's later messages are two tasks:
+        the client keeps its side open during the run (later it will answer tool
+        calls on it), so the handler neither waits for it to half-close nor
+        leaves the reader behind when the run ends. Leaving this handler in any
+        way (result written, error, or the RPC cancelled by the client, its
+        deadline or the server stopping) cancels both tasks and waits for them;
+        `run_stream_events` cancels and drains pydantic-ai's background run
+        when its context exits, so no model call outlives the RPC.
+
+        Messages are read with `context.read()`; `requests` (grpc's iterator
+        over the same messages) is left alone.
+        """
+        first = await context.read()
+        if first is grpc.aio.EOF or first.WhichOneof("input") != "start":
+            got = "end of stream" if first is grpc.aio.EOF else first.WhichOneof("input") or "empty"
+            raise _errors.invalid_argument(
+                f"the first RunInput of a Run must be `start`, got {got}"
+            )
+        _call_agent_id.set(first.start.agent_id)
+        agent, arguments = self._run_arguments(first.start)
+        run = asyncio.create_task(_stream_run(agent, arguments, context), name="synapse-run")
+        inputs = asyncio.create_task(_read_run_inputs(context), name="synapse-run-inputs")
+        try:
+            await asyncio.wait((run, inputs), return_when=asyncio.FIRST_COMPLETED)
+            if not run.done():
+                inputs.result()  # raises a protocol error; returns on the client's half-close
+            await run
+        finally:
+            for task in (run, inputs):
+                task.cancel()
+            await asyncio.gather(run, inputs, return_exceptions=True)
+
+    def _run_arguments(
+        self, request: agent_pb2.RunRequest
+    ) -> tuple[_agents.AnyAgent, dict[str, Any]]:
+        """The agent `request` names and the arguments of its pydantic-ai run."""
         loaded = self._registry.get(request.agent_id)
         if loaded is None:
             raise _errors.not_found(f"no agent loaded with id {request.agent_id!r}")
-        history = _convert.parse_message_history(request.message_history_json)
-        settings = _convert.parse_model_settings(request.model_settings_json)
-        result = await loaded.agent.run(
+        return loaded.agent, {
             # An empty prompt continues from the history without a new user message.
-            request.prompt or None,
-            message_history=history,
-            model_settings=settings,
-            model=loaded.model,
+            "user_prompt": request.prompt or None,
+            "message_history": _convert.parse_message_history(request.message_history_json),
+            "model_settings": _convert.parse_model_settings(request.model_settings_json),
+            "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),
+            "model": loaded.model,
             # pydantic-ai would otherwise name the agent after a local variable of ours.
-            infer_name=False,
-        )
-        return _convert.run_result(result)
+            "infer_name": False,
+        }
+
+
+async def _stream_run(
+    agent: _agents.AnyAgent, arguments: dict[str, Any], context: grpc.aio.ServicerContext
+) -> None:
+    """Run `agent`, writing each event that has a wire form (the result last).
+
+    `context.write` returns once gRPC's flow control accepts the message, and
+    pydantic-ai's event stream has no buffer: a slow reader slows the run down.
+    """
+    async with agent.run_stream_events(**arguments) as events:
+        async for event in events:
+            message = _convert.run_event(event)
+            if message is not None:
+                await context.write(message)
+
+
+async def _read_run_inputs(context: grpc.aio.ServicerContext) -> None:
+    """Read the client's messages after `start` until it half-closes.
+
+    No message may follow `start` yet (tool results will), so any is a protocol
+    error: it ends the run with INVALID_ARGUMENT. A read that fails means the
+    RPC is ending (finished, aborted, server stopped): that is the handler's
+    business, not the client's input, so it ends the reading quietly.
+    """
+    while True:
+        try:
+            message = await context.read()
+        except Exception as exc:
+            logger.debug("Run stopped reading its inputs: %s: %s", _errors.type_name(exc), exc)
+            return
+        if message is grpc.aio.EOF:
+            return
+        kind = message.WhichOneof("input") or "an empty RunInput"
+        raise _errors.invalid_argument(f"unexpected {kind} after a Run's `start`")
 
 
 def generic_handler(
@@ -166,6 +253,8 @@ _HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]
 }
 
 
-def _describe(request: Message) -> str:
-    agent_id = getattr(request, "agent_id", "")
-    return f"agent {agent_id!r}" if agent_id else type(request).__name__
+def _describe(request: object) -> str:
+    agent_id = _call_agent_id.get()
+    if agent_id:
+        return f"agent {agent_id!r}"
+    return type(request).__name__ if isinstance(request, Message) else "before its first message"

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from pydantic import BaseModel
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 from pydantic_ai.models.test import TestModel
+
+TextFunction = Callable[[list[ModelMessage], AgentInfo], ModelResponse | Awaitable[ModelResponse]]
 
 
 def _prompt(messages: list[ModelMessage]) -> str:
@@ -27,6 +39,28 @@ def _text(text: str) -> ModelResponse:
     return ModelResponse(parts=[TextPart(text)])
 
 
+def _text_model(function: TextFunction) -> FunctionModel:
+    """A FunctionModel answering with `function`'s text, streamed (`Run`) or not (`RunSync`).
+
+    A FunctionModel without a stream function cannot serve streamed requests,
+    which `Run` makes (the run fails with an AssertionError): this one streams
+    the same text as one chunk.
+    """
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        response = function(messages, info)
+        if inspect.isawaitable(response):
+            response = await response
+        for part in response.parts:
+            if isinstance(part, TextPart):
+                yield part.content
+
+    # The name RunSync's messages have always carried, as if there were no stream function.
+    return FunctionModel(
+        function, stream_function=stream, model_name=f"function:{function.__name__}:"
+    )
+
+
 # Plain text answers, from pydantic-ai's TestModel.
 echo_agent = Agent("test")
 
@@ -41,7 +75,7 @@ def _count_messages(messages: list[ModelMessage], info: AgentInfo) -> ModelRespo
     return _text(f"messages={len(messages)}")
 
 
-history_agent = Agent(FunctionModel(_count_messages))
+history_agent = Agent(_text_model(_count_messages))
 
 
 # Answers with the model settings it received, as JSON with sorted keys.
@@ -49,7 +83,7 @@ def _echo_settings(messages: list[ModelMessage], info: AgentInfo) -> ModelRespon
     return _text(json.dumps(info.model_settings or {}, sort_keys=True))
 
 
-settings_agent = Agent(FunctionModel(_echo_settings))
+settings_agent = Agent(_text_model(_echo_settings))
 
 
 class City(BaseModel):
@@ -93,17 +127,21 @@ async def _wait_for_peers(messages: list[ModelMessage], info: AgentInfo) -> Mode
         _active -= 1
 
 
-concurrency_agent = Agent(FunctionModel(_wait_for_peers))
+concurrency_agent = Agent(_text_model(_wait_for_peers))
 
 
 # Sleeps float(prompt) seconds, then answers "done". The prompts of runs that
 # were cancelled while sleeping are recorded in `cancelled`, which
-# `cancelled_agent` answers as a JSON list (for tests outside this process).
+# `cancelled_agent` answers as a JSON list (for tests outside this process), as
+# do `slow_agent` and `slow_stream_agent` for the prompt CANCELLED_QUESTION.
+CANCELLED_QUESTION = "cancelled?"
 cancelled: list[str] = []
 
 
 async def _sleep(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     prompt = _prompt(messages)
+    if prompt == CANCELLED_QUESTION:
+        return _text(json.dumps(cancelled))
     try:
         await asyncio.sleep(float(prompt))
     except asyncio.CancelledError:
@@ -112,14 +150,63 @@ async def _sleep(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     return _text("done")
 
 
-slow_agent = Agent(FunctionModel(_sleep))
+slow_agent = Agent(_text_model(_sleep))
+
+
+# The prompt is "N DELAY" (e.g. "5 0.2"): streams N chunks "chunk1 ", "chunk2 ",
+# ... sleeping DELAY seconds before each (RunSync: the same text at the end).
+# A run that does not finish (cancelled, or its stream closed) records its prompt
+# in `cancelled`.
+def _chunk_plan(prompt: str) -> tuple[int, float]:
+    count, delay = prompt.split()
+    return int(count), float(delay)
+
+
+async def _slow_chunks(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    prompt = _prompt(messages)
+    if prompt == CANCELLED_QUESTION:
+        yield json.dumps(cancelled)
+        return
+    count, delay = _chunk_plan(prompt)
+    finished = False
+    try:
+        for number in range(1, count + 1):
+            await asyncio.sleep(delay)
+            yield f"chunk{number} "
+        finished = True
+    finally:
+        if not finished:
+            cancelled.append(prompt)
+
+
+async def _slow_text(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return _text("".join([chunk async for chunk in _slow_chunks(messages, info)]))
+
+
+slow_stream_agent = Agent(FunctionModel(_slow_text, stream_function=_slow_chunks))
+
+
+# Streams its prompt back a word at a time (spaces kept), yielding to the
+# event loop between words so that many concurrent streams interleave in the
+# worker: each stream's deltas must still be its own prompt.
+async def _echo_words(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+    for word in re.findall(r"\S+\s*|\s+", _prompt(messages)):
+        await asyncio.sleep(0)
+        yield word
+
+
+async def _echo_text(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return _text(_prompt(messages))
+
+
+echo_stream_agent = Agent(FunctionModel(_echo_text, stream_function=_echo_words))
 
 
 def _report_cancelled(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return _text(json.dumps(cancelled))
 
 
-cancelled_agent = Agent(FunctionModel(_report_cancelled))
+cancelled_agent = Agent(_text_model(_report_cancelled))
 
 
 # The model raises.
@@ -127,7 +214,45 @@ def _explode(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     raise ValueError("the model exploded")
 
 
-failing_agent = Agent(FunctionModel(_explode))
+failing_agent = Agent(_text_model(_explode))
+
+
+# One Python tool. With TestModel a run makes 2 model requests: one calling the
+# tool, one answering, so `{"request_limit": 1}` stops it.
+tool_agent = Agent("test")
+
+
+@tool_agent.tool_plain
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first addend.
+        b: The second addend.
+    """
+    return a + b
+
+
+# Structured output the model never gets right: it always calls the output tool
+# with a population that is not an integer, until the output retries run out.
+_INVALID_CITY_ARGS = {"name": "Paris", "population": "lots"}
+
+
+def _invalid_city(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    tool = info.output_tools[0]
+    return ModelResponse(parts=[ToolCallPart(tool.name, _INVALID_CITY_ARGS)])
+
+
+async def _invalid_city_stream(
+    messages: list[ModelMessage], info: AgentInfo
+) -> AsyncIterator[DeltaToolCalls]:
+    tool = info.output_tools[0]
+    yield {0: DeltaToolCall(name=tool.name, json_args=json.dumps(_INVALID_CITY_ARGS))}
+
+
+invalid_city_agent = Agent(
+    FunctionModel(_invalid_city, stream_function=_invalid_city_stream), output_type=City
+)
 
 
 def make_broken_agent() -> Agent:
