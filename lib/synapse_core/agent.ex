@@ -26,7 +26,7 @@ defmodule SynapseCore.Agent do
   in flight at once.
   """
 
-  alias SynapseCore.{AgentProcess, AgentSupervisor, Error, Native, Result, Run}
+  alias SynapseCore.{AgentProcess, AgentSupervisor, Error, Native, Result, Run, Tool, ToolRunner}
   alias SynapseCore.Agent.Options
 
   @typedoc "An agent's name: any term, usually an atom."
@@ -39,6 +39,7 @@ defmodule SynapseCore.Agent do
           | {:model, String.t()}
           | {:instructions, String.t()}
           | {:output_schema, map()}
+          | {:tools, [Tool.t() | module()]}
           | {:workers, pos_integer()}
           | {:python, String.t()}
           | {:python_path, [Path.t()]}
@@ -53,6 +54,8 @@ defmodule SynapseCore.Agent do
           | {:model_settings, map() | keyword() | nil}
           | {:usage_limits, map() | keyword() | nil}
           | {:timeout, timeout()}
+          | {:tools, [Tool.t() | module()]}
+          | {:deps, term()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
   @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
@@ -96,6 +99,10 @@ defmodule SynapseCore.Agent do
       `SynapseCore.Result`). The supported keywords are those of JSON Schema
       validation for types, properties, `required`, `additionalProperties`,
       `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
+    * `:tools` - tools written in Elixir that the model may call in every
+      run of this agent, alongside the Python agent's own: a list of
+      `SynapseCore.Tool` structs and modules that `use SynapseCore.Tools`.
+      Defaults to `[]`.
     * `:workers` - the number of Python processes serving the agent.
       Defaults to `1`.
     * `:python` - the Python interpreter; see `SynapseCore.Python` for the
@@ -148,15 +155,21 @@ defmodule SynapseCore.Agent do
     * `:timeout` - milliseconds the run may take, or `:infinity`. When it
       passes, the run is cancelled in Python and the call returns
       `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
-      with the call as its gRPC deadline. Defaults to `60_000`.
+      with the call as its gRPC deadline, and bounds its tool calls too.
+      Defaults to `60_000`.
+    * `:tools` - tools for this run only (`SynapseCore.Tool` structs or
+      modules that `use SynapseCore.Tools`), in addition to the agent's.
+    * `:deps` - any term, handed to the run's tools in their
+      `SynapseCore.Tool.Context`.
 
   ## Errors
 
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument`, `:output_validation_failed` or `:python_error`; see
-  `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
+  `:invalid_argument`, `:output_validation_failed`, `:tool_failed` or
+  `:python_error`; see `SynapseCore.Error`. Raises `ArgumentError` for
+  invalid options.
   """
   @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
@@ -191,22 +204,111 @@ defmodule SynapseCore.Agent do
     call = Options.call!(opts)
 
     with :ok <- check_prompt(prompt),
-         {:ok, channel} <- pick_worker(name) do
-      ref = make_ref()
-      request = request(prompt, call)
+         {:ok, worker} <- pick_worker(name) do
+      case tools(worker, call) do
+        [] ->
+          start_unary(name, worker.channel, prompt, call)
 
-      started =
-        if large?(call.message_history),
-          do: Native.run_start_dirty(channel.resource, ref, request, call.timeout),
-          else: Native.run_start(channel.resource, ref, request, call.timeout)
-
-      case started do
-        {:ok, handle} ->
-          {:ok, %Run{ref: ref, handle: handle, agent: name, owner: self(), timeout: call.timeout}}
-
-        {:error, %Error{} = error} ->
-          {:error, error}
+        tools ->
+          start_on_stream(name, worker.channel, prompt, call, tools, self(), :infinity, :unary)
       end
+    end
+  end
+
+  # A run with no Elixir tools is one unary RPC; one with tools needs the
+  # Run stream, on which tool calls come and go.
+  defp start_unary(name, channel, prompt, call) do
+    ref = make_ref()
+    request = request(prompt, call, [], false)
+
+    started =
+      if large?(call.message_history),
+        do: Native.run_start_dirty(channel.resource, ref, request, call.timeout),
+        else: Native.run_start(channel.resource, ref, request, call.timeout)
+
+    case started do
+      {:ok, handle} ->
+        {:ok, %Run{ref: ref, handle: handle, agent: name, owner: self(), timeout: call.timeout}}
+
+      {:error, %Error{} = error} ->
+        {:error, error}
+    end
+  end
+
+  defp start_on_stream(name, channel, prompt, call, tools, receiver, window, reply) do
+    ref = make_ref()
+    runner = tools != [] && start_runner(name, call, tools)
+    request = request(prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
+
+    options = %{
+      receiver: receiver,
+      runner: runner || nil,
+      timeout: call.timeout,
+      window: window,
+      reply: reply
+    }
+
+    started =
+      if large?(call.message_history),
+        do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
+        else: Native.run_stream_start(channel.resource, ref, request, options)
+
+    case started do
+      {:ok, handle} ->
+        if runner, do: ToolRunner.attach(runner, handle, ref)
+
+        {:ok,
+         %Run{
+           ref: ref,
+           handle: handle,
+           agent: name,
+           owner: self(),
+           receiver: if(reply == :stream, do: receiver),
+           timeout: call.timeout
+         }}
+
+      {:error, %Error{} = error} ->
+        if runner, do: ToolRunner.stop(runner)
+        {:error, error}
+    end
+  end
+
+  defp start_runner(name, call, tools) do
+    deadline =
+      case call.timeout do
+        :infinity -> :infinity
+        ms -> System.monotonic_time(:millisecond) + ms
+      end
+
+    {:ok, runner} =
+      ToolRunner.start(%{
+        tools: tools,
+        agent: name,
+        deps: call.deps,
+        owner: self(),
+        deadline: deadline
+      })
+
+    runner
+  end
+
+  # The agent's tools and the run's, which must not share a name.
+  defp tools(%{tools: agent_tools}, %{tools: run_tools}) do
+    case agent_tools ++ run_tools do
+      [] ->
+        []
+
+      tools ->
+        names = Enum.map(tools, & &1.name)
+
+        case names -- Enum.uniq(names) do
+          [] ->
+            tools
+
+          [name | _] ->
+            raise ArgumentError,
+                  "the run's tools and the agent's both have a tool named #{inspect(name)}"
+        end
     end
   end
 
@@ -272,6 +374,11 @@ defmodule SynapseCore.Agent do
     * `{:text_delta, text}` - a piece of the model's text, in order. The text
       of every model response of the run is streamed: when the run has one
       model response and text output, the deltas concatenate to the output;
+    * `{:tool_call, %{id: id, name: name, args: args}}` - the model called a
+      tool (one of the agent's Python tools or an Elixir tool);
+    * `{:tool_result, %{id: id, name: name, content: content, retry: retry?}}` -
+      that call's outcome: its return value, or (`retry: true`) the retry
+      prompt the model got back. It follows its `:tool_call`;
     * `{:result, %SynapseCore.Result{}}` - always the last event.
 
   A failed run raises `SynapseCore.Error` from the stream (after any events
@@ -348,13 +455,15 @@ defmodule SynapseCore.Agent do
   defp large?(nil), do: false
   defp large?(history), do: length(history) > @dirty_history_length
 
-  defp request(prompt, call) do
+  defp request(prompt, call, tools, quiet) do
     %{
       agent_id: "agent",
       prompt: prompt,
       message_history: call.message_history,
       model_settings: call.model_settings,
-      usage_limits: call.usage_limits
+      usage_limits: call.usage_limits,
+      tools: tools,
+      quiet: quiet
     }
   end
 
@@ -366,12 +475,12 @@ defmodule SynapseCore.Agent do
 
   defp pick_worker(name) do
     case Registry.lookup(SynapseCore.WorkerRegistry, name) do
-      [{_pid, %{channel: channel}}] ->
-        {:ok, channel}
+      [{_pid, worker}] ->
+        {:ok, worker}
 
       [_ | _] = workers ->
-        {_pid, %{channel: channel}} = Enum.random(workers)
-        {:ok, channel}
+        {_pid, worker} = Enum.random(workers)
+        {:ok, worker}
 
       [] ->
         if Registry.lookup(SynapseCore.AgentRegistry, name) == [] do
@@ -434,30 +543,19 @@ defmodule SynapseCore.Agent do
     call = options.call
 
     with :ok <- check_prompt(prompt),
-         {:ok, channel} <- pick_worker(name) do
-      ref = make_ref()
-      request = request(prompt, call)
+         {:ok, worker} <- pick_worker(name) do
+      tools = tools(worker, call)
 
-      start =
-        if large?(call.message_history),
-          do: &Native.run_stream_start_dirty/6,
-          else: &Native.run_stream_start/6
-
-      case start.(channel.resource, receiver, ref, request, call.timeout, options.window) do
-        {:ok, handle} ->
-          {:ok,
-           %Run{
-             ref: ref,
-             handle: handle,
-             agent: name,
-             owner: self(),
-             receiver: receiver,
-             timeout: call.timeout
-           }}
-
-        {:error, %Error{} = error} ->
-          {:error, error}
-      end
+      start_on_stream(
+        name,
+        worker.channel,
+        prompt,
+        call,
+        tools,
+        receiver,
+        options.window,
+        :stream
+      )
     end
   end
 

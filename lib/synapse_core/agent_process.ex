@@ -75,7 +75,10 @@ defmodule SynapseCore.AgentProcess do
          {:ok, state} <- await_ready(state, deadline),
          {:ok, state} <- connect_and_load(state, deadline) do
       {:ok, _} =
-        Registry.register(SynapseCore.WorkerRegistry, options.name, %{channel: state.channel})
+        Registry.register(SynapseCore.WorkerRegistry, options.name, %{
+          channel: state.channel,
+          tools: options.tools
+        })
 
       {:ok, state}
     else

@@ -12,6 +12,8 @@ defmodule SynapseCore.Application do
       # by every call; one partition, since a duplicate-key lookup reads
       # every partition.
       {Registry, keys: :duplicate, name: SynapseCore.WorkerRegistry},
+      # Tool runners and the tasks that execute tool calls.
+      {Task.Supervisor, name: SynapseCore.ToolSupervisor},
       # Agents started with SynapseCore.start_agent/1.
       {DynamicSupervisor, strategy: :one_for_one, name: SynapseCore.AgentsSupervisor}
     ]

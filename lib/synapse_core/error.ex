@@ -19,6 +19,8 @@ defmodule SynapseCore.Error do
     * `:python_error` - the agent run raised a Python exception
     * `:output_validation_failed` - the model's structured output did not
       validate, also after the retries pydantic-ai gave it
+    * `:tool_failed` - a tool kept failing (invalid arguments, errors,
+      timeouts) until its retries were used up
     * `:usage_limit_exceeded`, `:unexpected_model_behavior`,
       `:model_http_error` - pydantic-ai's own failures of those names
     * `:resource_exhausted` - a limit was hit (e.g. the maximum message size)
@@ -41,6 +43,7 @@ defmodule SynapseCore.Error do
           | :python_error
           | :usage_limit_exceeded
           | :output_validation_failed
+          | :tool_failed
           | :unexpected_model_behavior
           | :model_http_error
           | :resource_exhausted

@@ -6,7 +6,9 @@ defmodule SynapseCore.Native do
   #     for one-shot calls (agent_load, run_start), to the caller;
   #   * `{:synapse_event, tag, event}` for each event of a stream, then
   #     `{:synapse_event, tag, {:result, result} | {:error, error}}`, to the
-  #     stream's receiver.
+  #     stream's receiver;
+  #   * `{:synapse_tool_request, tag, request}` for each call of an Elixir
+  #     tool, then `{:synapse_run_done, tag, :ok}`, to the run's tool runner.
   #
   # A call is cancelled when its handle is cancelled or garbage collected, or
   # when its caller (or a stream's receiver) exits.
@@ -32,11 +34,16 @@ defmodule SynapseCore.Native do
   def run_start_dirty(_channel, _tag, _request, _timeout),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def run_stream_start(_channel, _receiver, _tag, _request, _timeout, _window),
+  # options: %{receiver: pid, runner: pid | nil, timeout: timeout,
+  #            window: pos_integer | :infinity, reply: :stream | :unary}
+  def run_stream_start(_channel, _tag, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def run_stream_start_dirty(_channel, _receiver, _tag, _request, _timeout, _window),
+  def run_stream_start_dirty(_channel, _tag, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
+
+  # outcome: {:ok, term} | {:retry, message}
+  def run_tool_result(_handle, _request_id, _outcome), do: :erlang.nif_error(:nif_not_loaded)
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)

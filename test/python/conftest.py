@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,10 @@ from synapse_python import Worker
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 ERROR_KEY = "synapse-error-bin"
+
+ToolAnswer = Callable[
+    [agent_pb2.ToolRequest], agent_pb2.ToolResult | Awaitable[agent_pb2.ToolResult]
+]
 
 
 class AgentClient:
@@ -65,9 +71,25 @@ class AgentClient:
         await call.write(agent_pb2.RunInput(start=start))
         return call
 
-    async def run(self, agent_id: str, prompt: str = "", **fields: Any) -> list[agent_pb2.RunEvent]:
-        """Every event of a `Run`, read until the server ends the stream."""
-        return await read_all(await self.start_run(agent_id, prompt, **fields))
+    async def run(
+        self, agent_id: str, prompt: str = "", *, answer: ToolAnswer | None = None, **fields: Any
+    ) -> list[agent_pb2.RunEvent]:
+        """Every event of a `Run`, read until the server ends the stream.
+
+        Each `tool_request` is answered with what `answer` (sync or async) returns for it.
+        """
+        call = await self.start_run(agent_id, prompt, **fields)
+        if answer is None:
+            return await read_all(call)
+        events = []
+        while (event := await call.read()) is not grpc.aio.EOF:
+            events.append(event)
+            if event.WhichOneof("event") == "tool_request":
+                result = answer(event.tool_request)
+                if inspect.isawaitable(result):
+                    result = await result
+                await call.write(agent_pb2.RunInput(tool_result=result))
+        return events
 
 
 async def read_all(call: grpc.aio.StreamStreamCall) -> list[agent_pb2.RunEvent]:
@@ -78,11 +100,46 @@ async def read_all(call: grpc.aio.StreamStreamCall) -> list[agent_pb2.RunEvent]:
 
 
 def split_events(events: list[agent_pb2.RunEvent]) -> tuple[list[str], agent_pb2.RunResult]:
-    """The text deltas and the result of a successful run (checking the result is last)."""
+    """The text deltas and the result of a successful run (checking the result is last).
+
+    Tool events are left out.
+    """
     kinds = [event.WhichOneof("event") for event in events]
     assert kinds and kinds[-1] == "result", kinds
-    assert set(kinds[:-1]) <= {"text_delta"}, kinds
-    return [event.text_delta for event in events[:-1]], events[-1].result
+    assert "result" not in kinds[:-1] and None not in kinds, kinds
+    return [event.text_delta for event in events if event.HasField("text_delta")], events[-1].result
+
+
+def kinds(events: list[agent_pb2.RunEvent]) -> list[str]:
+    return [str(event.WhichOneof("event")) for event in events]
+
+
+def tool_def(
+    name: str,
+    parameters: dict[str, Any] | None = None,
+    *,
+    description: str = "",
+    max_retries: int | None = None,
+) -> agent_pb2.ToolDef:
+    """A client tool; `parameters` is its JSON schema (none: no parameters_json)."""
+    tool = agent_pb2.ToolDef(
+        name=name,
+        description=description,
+        parameters_json=json.dumps(parameters).encode() if parameters is not None else b"",
+    )
+    if max_retries is not None:
+        tool.max_retries = max_retries
+    return tool
+
+
+def returns(request: agent_pb2.ToolRequest, value: Any) -> agent_pb2.ToolResult:
+    return agent_pb2.ToolResult(
+        request_id=request.request_id, return_json=json.dumps(value).encode()
+    )
+
+
+def retry(request: agent_pb2.ToolRequest, message: str) -> agent_pb2.ToolResult:
+    return agent_pb2.ToolResult(request_id=request.request_id, retry_message=message)
 
 
 @dataclass

@@ -3,5 +3,6 @@ defmodule SynapseCore.DoctestTest do
 
   doctest SynapseCore.Error
   doctest SynapseCore.Python
+  doctest SynapseCore.Schema
   doctest SynapseCore.Shepherd
 end

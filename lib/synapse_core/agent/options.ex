@@ -11,6 +11,7 @@ defmodule SynapseCore.Agent.Options do
     :python,
     :cwd,
     workers: 1,
+    tools: [],
     python_path: [],
     env: [],
     startup_timeout: 30_000,
@@ -28,6 +29,7 @@ defmodule SynapseCore.Agent.Options do
           python: String.t() | nil,
           cwd: String.t() | nil,
           workers: pos_integer(),
+          tools: [SynapseCore.Tool.t()],
           python_path: [String.t()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
@@ -40,6 +42,7 @@ defmodule SynapseCore.Agent.Options do
     :model,
     :instructions,
     :output_schema,
+    :tools,
     :workers,
     :python,
     :python_path,
@@ -61,6 +64,7 @@ defmodule SynapseCore.Agent.Options do
       python: optional_string!(opts, :python),
       cwd: optional_string!(opts, :cwd),
       workers: positive_integer!(opts, :workers, 1),
+      tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, [])),
       python_path: string_list!(opts, :python_path),
       env: env!(Keyword.get(opts, :env, [])),
       startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
@@ -113,14 +117,23 @@ defmodule SynapseCore.Agent.Options do
   defp schema!(other),
     do: raise(ArgumentError, ":output_schema must be a JSON Schema map, got: #{inspect(other)}")
 
-  @call_defaults [message_history: nil, model_settings: nil, usage_limits: nil, timeout: 60_000]
+  @call_defaults [
+    message_history: nil,
+    model_settings: nil,
+    usage_limits: nil,
+    timeout: 60_000,
+    tools: [],
+    deps: nil
+  ]
 
   @typedoc "Validated options of one run."
   @type call :: %{
           message_history: [map()] | nil,
           model_settings: map() | nil,
           usage_limits: map() | nil,
-          timeout: timeout()
+          timeout: timeout(),
+          tools: [SynapseCore.Tool.t()],
+          deps: term()
         }
 
   @spec call!(keyword()) :: call()
@@ -157,7 +170,9 @@ defmodule SynapseCore.Agent.Options do
       message_history: history!(opts[:message_history]),
       model_settings: map_option!(opts[:model_settings], :model_settings),
       usage_limits: map_option!(opts[:usage_limits], :usage_limits),
-      timeout: timeout!(opts[:timeout])
+      timeout: timeout!(opts[:timeout]),
+      tools: SynapseCore.Tool.expand(opts[:tools]),
+      deps: opts[:deps]
     }
   end
 

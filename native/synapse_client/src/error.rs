@@ -52,6 +52,7 @@ pub enum RemoteKind {
     UsageLimitExceeded,
     UnexpectedModelBehavior,
     OutputValidationFailed,
+    ToolFailed,
     ModelHttpError,
     ResourceExhausted,
     Timeout,
@@ -70,6 +71,7 @@ impl RemoteKind {
             "usage_limit_exceeded" => Self::UsageLimitExceeded,
             "unexpected_model_behavior" => Self::UnexpectedModelBehavior,
             "output_validation_failed" => Self::OutputValidationFailed,
+            "tool_failed" => Self::ToolFailed,
             "model_http_error" => Self::ModelHttpError,
             _ => return None,
         })
@@ -100,6 +102,7 @@ impl RemoteKind {
             Self::UsageLimitExceeded => "usage_limit_exceeded",
             Self::UnexpectedModelBehavior => "unexpected_model_behavior",
             Self::OutputValidationFailed => "output_validation_failed",
+            Self::ToolFailed => "tool_failed",
             Self::ModelHttpError => "model_http_error",
             Self::ResourceExhausted => "resource_exhausted",
             Self::Timeout => "timeout",

@@ -65,7 +65,7 @@ fn agent_load<'a>(
     };
     let mut client = channel.client.clone();
     let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0);
+    let handle = call::handle(env, &[caller], 0, None);
     call::spawn(
         channel,
         &handle,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::is_transport_failure;
+use synapse_client::proto::RunInput;
 use synapse_client::Error;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -30,6 +32,8 @@ pub struct CallHandle {
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
+    /// The request side of a streaming run, for tool results.
+    pub inputs: Option<UnboundedSender<RunInput>>,
 }
 
 #[rustler::resource_impl]
@@ -65,10 +69,16 @@ pub fn decode_timeout(term: Term<'_>) -> NifResult<Option<Duration>> {
 }
 
 /// A new handle whose call is cancelled if any of `owners` exits.
-pub fn handle(env: Env<'_>, owners: &[LocalPid], credit: usize) -> ResourceArc<CallHandle> {
+pub fn handle(
+    env: Env<'_>,
+    owners: &[LocalPid],
+    credit: usize,
+    inputs: Option<UnboundedSender<RunInput>>,
+) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
         cancel: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
+        inputs,
     });
     for owner in owners {
         // A process that is already gone fails the monitor; its call is

@@ -6,6 +6,9 @@
 //! * unary calls: `{:synapse_reply, tag, {:ok, value} | {:error, %SynapseCore.Error{}}}`
 //! * streams: `{:synapse_event, tag, event}` for each event, then
 //!   `{:synapse_event, tag, {:result, value} | {:error, %SynapseCore.Error{}}}`
+//! * runs with tools executed in Elixir: `{:synapse_tool_request, tag,
+//!   request}` to the tool runner for each call, and `{:synapse_run_done,
+//!   tag, :ok}` after the final answer
 
 use rustler::env::SavedTerm;
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
@@ -24,6 +27,14 @@ pub enum Style {
 pub struct Reply {
     target: Target,
     style: Style,
+    /// Told `{:synapse_run_done, tag}` after the final answer: the process
+    /// that executes the run's tools, so it stops with the run.
+    runner: Option<Target>,
+}
+
+/// Where a run's tool requests go: `{:synapse_tool_request, tag, request}`.
+pub struct Runner {
+    target: Target,
 }
 
 /// Where the events of a stream go, ahead of its final answer.
@@ -101,6 +112,16 @@ impl Reply {
         Self {
             target: Target::new(pid, tag),
             style,
+            runner: None,
+        }
+    }
+
+    /// Also tells `runner` when the call is over; returns the sender of its
+    /// tool requests.
+    pub fn with_runner(&mut self, runner: LocalPid, tag: Term<'_>) -> Runner {
+        self.runner = Some(Target::new(runner, tag));
+        Runner {
+            target: Target::new(runner, tag),
         }
     }
 
@@ -129,6 +150,25 @@ impl Reply {
             },
             panicked,
         );
+        if let Some(mut runner) = self.runner {
+            runner.send(
+                atoms::synapse_run_done(),
+                |env| atoms::ok().encode(env),
+                panicked,
+            );
+        }
+    }
+}
+
+impl Runner {
+    /// Sends `{:synapse_tool_request, tag, request}`; false when the runner
+    /// has exited.
+    pub fn send<F>(&mut self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        self.target
+            .send(atoms::synapse_tool_request(), build, panicked)
     }
 }
 

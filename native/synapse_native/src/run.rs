@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term};
 use synapse_client::proto::{
-    run_event, run_input, run_result, RunInput, RunRequest, RunResult, Usage,
+    run_event, run_input, run_result, tool_result, RunInput, RunRequest, RunResult, ToolCall,
+    ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::atoms;
 use crate::call::{self, CallError, CallHandle};
 use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
-use crate::reply::{Events, Reply, Style};
+use crate::reply::{Events, Reply, Runner, Style};
 use crate::terms::elixir_struct;
 
 #[derive(NifMap)]
@@ -25,6 +26,34 @@ pub struct RunArgs<'a> {
     message_history: Term<'a>,
     model_settings: Term<'a>,
     usage_limits: Term<'a>,
+    /// Tools executed in Elixir (streaming runs only).
+    tools: Vec<ToolArgs<'a>>,
+    /// No display events: only tool requests and the result.
+    quiet: bool,
+}
+
+#[derive(NifMap)]
+pub struct ToolArgs<'a> {
+    name: String,
+    description: String,
+    /// A JSON Schema map.
+    parameters: Term<'a>,
+    max_retries: Option<i32>,
+}
+
+/// How a streaming run is delivered.
+#[derive(NifMap)]
+pub struct StreamOptions<'a> {
+    /// Gets the events and the final answer.
+    receiver: LocalPid,
+    /// Executes the run's tools: gets `{:synapse_tool_request, tag, request}`.
+    runner: Option<LocalPid>,
+    timeout: Term<'a>,
+    /// Events sent ahead of acknowledgements: a count or `:infinity`.
+    window: Term<'a>,
+    /// `:stream` (events, then `{:result, _}`) or `:unary` (one
+    /// `{:synapse_reply, ...}`, as `run_start`).
+    reply: Atom,
 }
 
 type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
@@ -55,34 +84,64 @@ fn run_start_dirty<'a>(
     start_unary(env, channel, tag, request, timeout)
 }
 
-/// Starts a streaming run. `receiver` gets `{:synapse_event, tag, event}`
-/// for each event, then `{:synapse_event, tag, {:result, result} | {:error, error}}`.
-/// At most `window` events are sent ahead of the receiver's
-/// acknowledgements (`run_ack`); the final message does not count.
+/// Starts a run on the `Run` stream: the receiver gets its events (with
+/// `reply: :stream`) or only its result (`reply: :unary`), and the runner,
+/// if any, its tool requests. At most `window` events are sent ahead of the
+/// receiver's acknowledgements (`run_ack`); the final message does not count.
 #[rustler::nif]
 fn run_stream_start<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
-    receiver: LocalPid,
     tag: Term<'a>,
     request: RunArgs<'a>,
-    timeout: Term<'a>,
-    window: Term<'a>,
+    options: StreamOptions<'a>,
 ) -> Started {
-    start_stream(env, channel, receiver, tag, request, timeout, window)
+    start_stream(env, channel, tag, request, options)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn run_stream_start_dirty<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
-    receiver: LocalPid,
     tag: Term<'a>,
     request: RunArgs<'a>,
-    timeout: Term<'a>,
-    window: Term<'a>,
+    options: StreamOptions<'a>,
 ) -> Started {
-    start_stream(env, channel, receiver, tag, request, timeout, window)
+    start_stream(env, channel, tag, request, options)
+}
+
+/// Answers a tool request of a run: `{:ok, value}` (sent to the model as
+/// JSON) or `{:retry, message}` (sent back to the model as a retry prompt).
+/// Returns `{:error, error}` when the value has no JSON form. A dirty NIF:
+/// tool results can be large.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn run_tool_result<'a>(
+    env: Env<'a>,
+    handle: ResourceArc<CallHandle>,
+    request_id: String,
+    outcome: (Atom, Term<'a>),
+) -> NifResult<Term<'a>> {
+    let (kind, value) = outcome;
+    let outcome = if kind == atoms::ok() {
+        match json::encode(value) {
+            Ok(bytes) => tool_result::Outcome::ReturnJson(bytes),
+            Err(e) => return Ok((atoms::error(), NifError(e)).encode(env)),
+        }
+    } else if kind == atoms::retry() {
+        tool_result::Outcome::RetryMessage(value.decode()?)
+    } else {
+        return Err(rustler::Error::BadArg);
+    };
+    if let Some(inputs) = &handle.inputs {
+        // Fails only when the run is over; then nobody waits for the result.
+        let _ = inputs.send(RunInput {
+            input: Some(run_input::Input::ToolResult(ToolResult {
+                request_id,
+                outcome: Some(outcome),
+            })),
+        });
+    }
+    Ok(atoms::ok().encode(env))
 }
 
 /// Lets a stream send `count` more events.
@@ -114,7 +173,7 @@ fn start_unary<'a>(
         Err(e) => return Ok(Err(NifError(e))),
     };
     let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0);
+    let handle = call::handle(env, &[caller], 0, None);
     let mut client = channel.client.clone();
     call::spawn(
         channel,
@@ -133,71 +192,96 @@ fn start_unary<'a>(
 fn start_stream<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
-    receiver: LocalPid,
     tag: Term<'a>,
     request: RunArgs<'a>,
-    timeout: Term<'a>,
-    window: Term<'a>,
+    options: StreamOptions<'a>,
 ) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
-    let window = match call::decode_timeout(window)? {
+    let timeout = call::decode_timeout(options.timeout)?;
+    let window = match call::decode_timeout(options.window)? {
         // The same shape as a timeout: a count or :infinity.
         Some(count) => usize::try_from(count.as_millis()).unwrap_or(usize::MAX),
         None => usize::MAX,
+    };
+    let style = if options.reply == atoms::stream() {
+        Style::Stream
+    } else if options.reply == atoms::unary() {
+        Style::Unary
+    } else {
+        return Err(rustler::Error::BadArg);
     };
     let request = match request_from(request) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
+    // The run is cancelled if any of these exits: who started it, who gets
+    // its events, and who executes its tools (whose requests would
+    // otherwise wait for the deadline).
     let caller = env.pid();
-    let owners = if caller == receiver {
-        vec![caller]
-    } else {
-        vec![caller, receiver]
+    let mut owners = vec![caller];
+    for pid in std::iter::once(options.receiver).chain(options.runner) {
+        if !owners.contains(&pid) {
+            owners.push(pid);
+        }
+    }
+    let (inputs, inputs_stream) = mpsc::unbounded_channel();
+    // The first message is the start request; the receiving end is the
+    // request stream, open for tool results until the run ends.
+    inputs
+        .send(RunInput {
+            input: Some(run_input::Input::Start(request)),
+        })
+        .map_err(|_| rustler::Error::BadArg)?;
+    let handle = call::handle(env, &owners, window, Some(inputs.clone()));
+    let mut reply = Reply::new(options.receiver, tag, style);
+    let runner = options.runner.map(|pid| reply.with_runner(pid, tag));
+    let relay = Relay {
+        events: reply.events(tag),
+        runner,
+        inputs,
+        credit: handle.credit.clone(),
     };
-    let handle = call::handle(env, &owners, window);
-    let reply = Reply::new(receiver, tag, Style::Stream);
-    let events = reply.events(tag);
-    let credit = handle.credit.clone();
     let client = channel.client.clone();
     call::spawn(
         channel,
         &handle,
         reply,
         timeout,
-        move |deadline| stream(client, request, deadline, events, credit),
+        move |deadline| stream(client, inputs_stream, deadline, relay),
         encode_result,
     );
     Ok(Ok(handle))
 }
 
-/// Sends the start request, then relays events while the receiver has
-/// credit. Without credit it stops reading, so HTTP/2 flow control slows the
-/// worker down instead of events piling up in the receiver's mailbox.
+/// Where a streaming run's messages go.
+struct Relay {
+    events: Events,
+    runner: Option<Runner>,
+    /// To answer tool requests nobody can execute.
+    inputs: mpsc::UnboundedSender<RunInput>,
+    credit: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Relays a run's events while the receiver has credit. Without credit it
+/// stops reading, so HTTP/2 flow control slows the worker down instead of
+/// events piling up in the receiver's mailbox.
 async fn stream(
     mut client: synapse_client::proto::agent_service_client::AgentServiceClient<
         tonic::transport::Channel,
     >,
-    request: RunRequest,
+    inputs: mpsc::UnboundedReceiver<RunInput>,
     deadline: Option<Duration>,
-    mut events: Events,
-    credit: std::sync::Arc<tokio::sync::Semaphore>,
+    mut relay: Relay,
 ) -> Result<RunResult, CallError> {
-    // The request side stays open for the whole run: later messages (tool
-    // results) go on it. `_inputs` keeps it open until this returns.
-    let (_inputs, receiver) = mpsc::channel::<RunInput>(1);
-    _inputs
-        .send(RunInput {
-            input: Some(run_input::Input::Start(request)),
-        })
-        .await
-        .map_err(|_| Error::Internal("the request stream closed before it started".into()))?;
     let mut responses = client
-        .run(with_deadline(ReceiverStream::new(receiver), deadline))
+        .run(with_deadline(
+            UnboundedReceiverStream::new(inputs),
+            deadline,
+        ))
         .await?
         .into_inner();
     loop {
-        credit
+        relay
+            .credit
             .acquire()
             .await
             .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
@@ -207,7 +291,20 @@ async fn stream(
         })?;
         match event.event {
             Some(run_event::Event::TextDelta(text)) => {
-                events.send(|env| (atoms::text_delta(), json::string(env, &text)).encode(env));
+                relay
+                    .events
+                    .send(|env| (atoms::text_delta(), json::string(env, &text)).encode(env));
+            }
+            Some(run_event::Event::ToolCall(call)) => {
+                relay.events.send(|env| encode_tool_call(env, &call));
+            }
+            Some(run_event::Event::ToolReturn(returned)) => {
+                relay.events.send(|env| encode_tool_return(env, &returned));
+            }
+            Some(run_event::Event::ToolRequest(request)) => {
+                // Not an event for the receiver: give its credit back.
+                relay.credit.add_permits(1);
+                relay.request_tool(request);
             }
             Some(run_event::Event::Result(result)) => return Ok(result),
             None => {
@@ -215,6 +312,84 @@ async fn stream(
             }
         }
     }
+}
+
+impl Relay {
+    fn request_tool(&mut self, request: ToolRequest) {
+        let delivered = match &mut self.runner {
+            Some(runner) => runner.send(|env| encode_tool_request(env, &request)),
+            None => false,
+        };
+        if !delivered {
+            // Without a runner the call can only fail; tell the model.
+            let _ = self.inputs.send(RunInput {
+                input: Some(run_input::Input::ToolResult(ToolResult {
+                    request_id: request.request_id,
+                    outcome: Some(tool_result::Outcome::RetryMessage(format!(
+                        "the tool {:?} is not available",
+                        request.name
+                    ))),
+                })),
+            });
+        }
+    }
+}
+
+/// JSON from the worker, or the raw text when it is not valid JSON (a
+/// model's tool arguments can be malformed).
+fn lenient_json<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    json::decode(env, bytes).unwrap_or_else(|_| json::string(env, &String::from_utf8_lossy(bytes)))
+}
+
+fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+}
+
+/// `{:tool_call, %{id:, name:, args:}}`
+fn encode_tool_call<'a>(env: Env<'a>, call: &ToolCall) -> Term<'a> {
+    let details = map(
+        env,
+        &[
+            (atoms::id(), json::string(env, &call.id)),
+            (atoms::name(), json::string(env, &call.name)),
+            (atoms::args(), lenient_json(env, &call.args_json)),
+        ],
+    );
+    (atoms::tool_call(), details).encode(env)
+}
+
+/// `{:tool_result, %{id:, name:, content:, retry:}}`
+fn encode_tool_return<'a>(env: Env<'a>, returned: &ToolReturn) -> Term<'a> {
+    let details = map(
+        env,
+        &[
+            (atoms::id(), json::string(env, &returned.id)),
+            (atoms::name(), json::string(env, &returned.name)),
+            (atoms::content(), lenient_json(env, &returned.content_json)),
+            (atoms::retry(), returned.retry.encode(env)),
+        ],
+    );
+    (atoms::tool_result(), details).encode(env)
+}
+
+/// `%{request_id:, name:, args:, tool_call_id:, run_id:, retry:}`
+fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
+    map(
+        env,
+        &[
+            (atoms::request_id(), json::string(env, &request.request_id)),
+            (atoms::name(), json::string(env, &request.name)),
+            (atoms::args(), lenient_json(env, &request.args_json)),
+            (
+                atoms::tool_call_id(),
+                json::string(env, &request.tool_call_id),
+            ),
+            (atoms::run_id(), json::string(env, &request.run_id)),
+            (atoms::retry(), request.retry.encode(env)),
+        ],
+    )
 }
 
 fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
@@ -226,7 +401,22 @@ fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T>
 }
 
 fn request_from(args: RunArgs<'_>) -> Result<RunRequest, Error> {
+    let tools = args
+        .tools
+        .into_iter()
+        .map(|tool| {
+            Ok(ToolDef {
+                parameters_json: json::encode(tool.parameters)
+                    .map_err(|e| context(&format!("the parameters of tool {:?}", tool.name), e))?,
+                name: tool.name,
+                description: tool.description,
+                max_retries: tool.max_retries,
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     Ok(RunRequest {
+        tools,
+        quiet: args.quiet,
         agent_id: args.agent_id,
         prompt: args.prompt,
         message_history_json: json::encode_optional(args.message_history)

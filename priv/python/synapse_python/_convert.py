@@ -19,15 +19,19 @@ import pydantic_core
 from pydantic_ai import ModelMessagesTypeAdapter
 from pydantic_ai.messages import (
     AgentStreamEvent,
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
     ModelMessage,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
     TextPartDelta,
+    ToolReturnPart,
 )
 from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
 from pydantic_ai.usage import RunUsage, UsageLimits
 
+from synapse_python._client_tools import ToolRequested
 from synapse_python._errors import invalid_argument, summarize_validation_error
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -116,26 +120,79 @@ def _describe_usage_limit_errors(exc: pydantic.ValidationError) -> str:
     return "; ".join(described)
 
 
-def run_event(event: AgentStreamEvent | AgentRunResultEvent[Any]) -> agent_pb2.RunEvent | None:
-    """The wire form of a pydantic-ai run event, or None for events not sent (yet).
+def run_event(
+    event: AgentStreamEvent | AgentRunResultEvent[Any], *, quiet: bool = False
+) -> agent_pb2.RunEvent | None:
+    """The wire form of a pydantic-ai run event, or None for events not sent.
 
     Text: the content a `TextPart` starts with and every `TextPartDelta`, in
     order; empty ones are skipped. When the output is the text of the run's only
     model response, the deltas concatenate to it exactly. Every response's text
     is streamed, though: in a run with several (text beside a tool call, or an
-    output retry) the deltas also hold the earlier responses' text. The run's
-    result comes last. Other events (tool calls and results, thinking, ...) have
-    no wire form yet: adding one is a case here and a field in `RunEvent`.
+    output retry) the deltas also hold the earlier responses' text.
+
+    Tools, any tool (the agent's own and the client's), in the order pydantic-ai
+    emits them: a `FunctionToolCallEvent` is a `tool_call` (the call's arguments
+    as the model gave them), a `FunctionToolResultEvent` a `tool_return` (see
+    `tool_return`). The calls of one model response all come before their
+    returns, which come as the calls finish. A client tool's call also asks the
+    client to execute it (`ToolRequested` → `tool_request`), between its
+    `tool_call` and its `tool_return`.
+
+    The run's result comes last. `quiet` drops the display events (text,
+    `tool_call`, `tool_return`): only `tool_request`s and the result are sent.
+    Other events (output tools, thinking, ...) have no wire form: adding one is
+    a case here and a field in `RunEvent`.
     """
     match event:
+        case ToolRequested():
+            return agent_pb2.RunEvent(tool_request=event.to_proto())
+        case AgentRunResultEvent(result=result):
+            return agent_pb2.RunEvent(result=run_result(result))
+        case _ if quiet:
+            return None
         case PartStartEvent(part=TextPart(content=text)) if text:
             return agent_pb2.RunEvent(text_delta=text)
         case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
             return agent_pb2.RunEvent(text_delta=text)
-        case AgentRunResultEvent(result=result):
-            return agent_pb2.RunEvent(result=run_result(result))
+        case FunctionToolCallEvent(part=part):
+            return agent_pb2.RunEvent(
+                tool_call=agent_pb2.ToolCall(
+                    id=part.tool_call_id,
+                    name=part.tool_name,
+                    args_json=part.args_as_json_str().encode(),
+                )
+            )
+        case FunctionToolResultEvent(part=part):
+            return agent_pb2.RunEvent(tool_return=tool_return(part))
         case _:
             return None
+
+
+def tool_return(part: ToolReturnPart) -> agent_pb2.ToolReturn:
+    """A tool call's outcome: its return value as JSON, or the retry prompt the model gets.
+
+    A retried call (the tool raised `ModelRetry`, the client answered a
+    `retry_message`, the arguments did not validate, the tool is unknown) has
+    `retry` set and its content is the retry prompt's text as a JSON string:
+    the `ModelRetry` message as is, a validation error's details as JSON text.
+    Any other outcome (success, or pydantic-ai's `failed`/`denied`) carries the
+    part's content as JSON; values JSON cannot hold (bytes, arbitrary objects)
+    are encoded leniently (base64, `str`) rather than failing the run.
+    """
+    if part.outcome == "retried":
+        content = part.model_response_str(wrap_if_error=False)
+        return agent_pb2.ToolReturn(
+            id=part.tool_call_id,
+            name=part.tool_name,
+            content_json=pydantic_core.to_json(content),
+            retry=True,
+        )
+    return agent_pb2.ToolReturn(
+        id=part.tool_call_id,
+        name=part.tool_name,
+        content_json=pydantic_core.to_json(part.content, bytes_mode="base64", fallback=str),
+    )
 
 
 def run_result(result: AgentRunResult[Any]) -> agent_pb2.RunResult:

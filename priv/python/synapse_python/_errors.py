@@ -7,10 +7,11 @@ status message. The `kind` strings are a closed set the Rust client knows.
 
 Mapping of exceptions raised by a run (see `from_run_exception`):
 
-| exception (`pydantic_ai.exceptions`)         | status             | kind                        |
+| exception (`pydantic_ai.exceptions`)          | status             | kind                        |
 |-----------------------------------------------|--------------------|-----------------------------|
 | `UsageLimitExceeded`                          | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
 | `UnexpectedModelBehavior`, output retries out | INTERNAL           | `output_validation_failed`  |
+| `UnexpectedModelBehavior`, tool retries out   | INTERNAL           | `tool_failed`               |
 | any other `UnexpectedModelBehavior`           | INTERNAL           | `unexpected_model_behavior` |
 | `ModelHTTPError`                              | UNAVAILABLE        | `model_http_error`          |
 | any other `Exception`                         | UNKNOWN            | `python_error`              |
@@ -23,16 +24,27 @@ message ends with the last problem found, taken from the exception's
 `__cause__` chain, e.g. "Exceeded maximum output retries (1); last problem:
 1 validation error(s): population: Input should be a valid integer, ...".
 
-Both kinds of `UnexpectedModelBehavior` are INTERNAL rather than
+`tool_failed` is a tool (the agent's own or the client's, or a tool name the
+model made up) that still asked for a retry after its retries were used up
+(`max_retries` of the tool, else the agent's): pydantic-ai's "Tool 'x'
+exceeded max retries count of N". The message names the tool and ends with the
+last problem, e.g. "Tool 'lookup' exceeded max retries count of 1; last
+problem: no order 42" (a client's `retry_message`, a tool's `ModelRetry`, its
+arguments' validation errors, or "Unknown tool name: ...").
+
+All three kinds of `UnexpectedModelBehavior` are INTERNAL rather than
 FAILED_PRECONDITION: nothing about the request or the worker's state was wrong
 (a client must not "fix the state" and retry); the model, a server-side
 dependency, broke its contract. A client that does not know the newer
-`output_validation_failed` kind thus still sees what it saw before: INTERNAL.
+`output_validation_failed` and `tool_failed` kinds thus still sees what it saw
+before: INTERNAL.
 
 Request-level failures produced by the service itself: unknown agent id →
 NOT_FOUND `not_found`; malformed request fields (history, settings, usage
-limits) and a `Run` stream that does not start with `start` or sends anything
-after it → INVALID_ARGUMENT `invalid_argument`; any failure while loading an
+limits, tools), tools on `RunSync`, and a `Run` stream that breaks its
+protocol (not starting with `start`, another `start`, an empty `RunInput`, a
+malformed `tool_result`, half-closing with tool requests unanswered) →
+INVALID_ARGUMENT `invalid_argument`; any failure while loading an
 agent (including an output schema outside the supported subset) →
 FAILED_PRECONDITION `load_failed`.
 """
@@ -40,6 +52,7 @@ FAILED_PRECONDITION `load_failed`.
 from __future__ import annotations
 
 import builtins
+import re
 import traceback
 from enum import StrEnum
 from typing import NoReturn
@@ -72,6 +85,9 @@ _MAX_REPORTED_VALIDATION_ERRORS = 5
 # How pydantic-ai words "the model's output never validated" (pydantic_ai/_agent_graph.py,
 # _tool_execution.py). It has no exception class of its own.
 _OUTPUT_RETRIES_EXCEEDED = "Exceeded maximum output retries"
+# ... and "a tool asked for one retry too many" (pydantic_ai/tool_manager.py), the
+# match being the message's first sentence (the rest is advice and a docs link).
+_TOOL_RETRIES_EXCEEDED = re.compile(r"Tool '.*' exceeded max retries count of \d+", re.DOTALL)
 
 
 class ErrorKind(StrEnum):
@@ -83,6 +99,7 @@ class ErrorKind(StrEnum):
     USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
     UNEXPECTED_MODEL_BEHAVIOR = "unexpected_model_behavior"
     OUTPUT_VALIDATION_FAILED = "output_validation_failed"
+    TOOL_FAILED = "tool_failed"
     MODEL_HTTP_ERROR = "model_http_error"
     PYTHON_ERROR = "python_error"
 
@@ -170,7 +187,13 @@ def from_run_exception(exc: Exception) -> SynapseError:
             ErrorKind.OUTPUT_VALIDATION_FAILED,
             str(exc),
         )
-        if problem := _last_output_problem(exc):
+        if problem := _last_problem(exc):
+            message = f"{message}; last problem: {problem}"
+    elif isinstance(exc, UnexpectedModelBehavior) and (
+        exceeded := _TOOL_RETRIES_EXCEEDED.match(exc.message)
+    ):
+        code, kind, message = grpc.StatusCode.INTERNAL, ErrorKind.TOOL_FAILED, exceeded.group()
+        if problem := _last_problem(exc):
             message = f"{message}; last problem: {problem}"
     elif isinstance(exc, UnexpectedModelBehavior):
         code, kind, message = (
@@ -198,11 +221,12 @@ def summarize_validation_error(exc: pydantic.ValidationError) -> str:
     return f"{len(errors)} validation error(s): {shown}{suffix}"
 
 
-def _last_output_problem(exc: BaseException) -> str | None:
-    """Why the last output attempt was rejected, from the `__cause__` chain.
+def _last_problem(exc: BaseException) -> str | None:
+    """Why the last attempt (at an output, or a tool call) was rejected, from the `__cause__` chain.
 
     pydantic-ai chains the last rejection: a pydantic `ValidationError` (output
-    type or output tool arguments), a `ModelRetry` from an output validator, or
+    type, output tool or tool arguments), a `ModelRetry` (from an output
+    validator or a tool, a client's `retry_message`, an unknown tool name), or
     a `ToolRetryError` wrapping either. The most specific one wins.
     """
     fallback: str | None = None

@@ -19,7 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from synapse_python import _agents, _convert, _errors
+from synapse_python import _agents, _client_tools, _convert, _errors
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -125,6 +125,10 @@ class AgentService:
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunResult:
+        if request.tools:
+            raise _errors.invalid_argument(
+                "tools need the Run stream (RunSync cannot ask the client)"
+            )
         agent, arguments = self._run_arguments(request)
         result = await agent.run(**arguments)
         return _convert.run_result(result)
@@ -136,13 +140,17 @@ class AgentService:
         """Stream a run's events; the client's first message is its `start` request.
 
         The run and the reading of the client's later messages are two tasks:
-        the client keeps its side open during the run (later it will answer tool
-        calls on it), so the handler neither waits for it to half-close nor
-        leaves the reader behind when the run ends. Leaving this handler in any
-        way (result written, error, or the RPC cancelled by the client, its
-        deadline or the server stopping) cancels both tasks and waits for them;
-        `run_stream_events` cancels and drains pydantic-ai's background run
-        when its context exits, so no model call outlives the RPC.
+        the client keeps its side open during the run to answer the run's
+        `tool_request`s with `tool_result`s (`_client_tools`), so the handler
+        neither waits for it to half-close nor leaves the reader behind when the
+        run ends. A client may half-close once it has no request to answer: a
+        request then pending, or a later call of a client tool, ends the run
+        with INVALID_ARGUMENT. Leaving this handler in any way (result written,
+        error, or the RPC cancelled by the client, its deadline or the server
+        stopping) cancels both tasks and waits for them, and cancels the tool
+        requests still pending; `run_stream_events` cancels and drains
+        pydantic-ai's background run when its context exits, so no model or
+        tool call outlives the RPC.
 
         Messages are read with `context.read()`; `requests` (grpc's iterator
         over the same messages) is left alone.
@@ -153,19 +161,27 @@ class AgentService:
             raise _errors.invalid_argument(
                 f"the first RunInput of a Run must be `start`, got {got}"
             )
-        _call_agent_id.set(first.start.agent_id)
-        agent, arguments = self._run_arguments(first.start)
-        run = asyncio.create_task(_stream_run(agent, arguments, context), name="synapse-run")
-        inputs = asyncio.create_task(_read_run_inputs(context), name="synapse-run-inputs")
+        start = first.start
+        _call_agent_id.set(start.agent_id)
+        agent, arguments = self._run_arguments(start)
+        tools = _client_tools.ClientTools(start.tools, agent)
+        if tools.toolset is not None:
+            arguments["toolsets"] = [tools.toolset]
+        run = asyncio.create_task(
+            _stream_run(agent, arguments, context, quiet=start.quiet), name="synapse-run"
+        )
+        inputs = asyncio.create_task(_read_run_inputs(context, tools), name="synapse-run-inputs")
         try:
             await asyncio.wait((run, inputs), return_when=asyncio.FIRST_COMPLETED)
             if not run.done():
                 inputs.result()  # raises a protocol error; returns on the client's half-close
+                tools.input_closed()
             await run
         finally:
             for task in (run, inputs):
                 task.cancel()
             await asyncio.gather(run, inputs, return_exceptions=True)
+            tools.close()
 
     def _run_arguments(
         self, request: agent_pb2.RunRequest
@@ -187,27 +203,38 @@ class AgentService:
 
 
 async def _stream_run(
-    agent: _agents.AnyAgent, arguments: dict[str, Any], context: grpc.aio.ServicerContext
+    agent: _agents.AnyAgent,
+    arguments: dict[str, Any],
+    context: grpc.aio.ServicerContext,
+    *,
+    quiet: bool,
 ) -> None:
     """Run `agent`, writing each event that has a wire form (the result last).
+
+    This is the only writer of the stream: client tool requests are events of
+    the run too (`_client_tools.ToolRequested`), written in their place.
 
     `context.write` returns once gRPC's flow control accepts the message, and
     pydantic-ai's event stream has no buffer: a slow reader slows the run down.
     """
     async with agent.run_stream_events(**arguments) as events:
         async for event in events:
-            message = _convert.run_event(event)
+            message = _convert.run_event(event, quiet=quiet)
             if message is not None:
                 await context.write(message)
 
 
-async def _read_run_inputs(context: grpc.aio.ServicerContext) -> None:
+async def _read_run_inputs(
+    context: grpc.aio.ServicerContext, tools: _client_tools.ClientTools
+) -> None:
     """Read the client's messages after `start` until it half-closes.
 
-    No message may follow `start` yet (tool results will), so any is a protocol
-    error: it ends the run with INVALID_ARGUMENT. A read that fails means the
-    RPC is ending (finished, aborted, server stopped): that is the handler's
-    business, not the client's input, so it ends the reading quietly.
+    Each `tool_result` answers its tool request (`ClientTools.resolve`). Any
+    other message (another `start`, an empty `RunInput`) or a malformed
+    `tool_result` is a protocol error: it ends the run with INVALID_ARGUMENT. A
+    read that fails means the RPC is ending (finished, aborted, server
+    stopped): that is the handler's business, not the client's input, so it
+    ends the reading quietly.
     """
     while True:
         try:
@@ -217,8 +244,12 @@ async def _read_run_inputs(context: grpc.aio.ServicerContext) -> None:
             return
         if message is grpc.aio.EOF:
             return
-        kind = message.WhichOneof("input") or "an empty RunInput"
-        raise _errors.invalid_argument(f"unexpected {kind} after a Run's `start`")
+        kind = message.WhichOneof("input")
+        if kind != "tool_result":
+            raise _errors.invalid_argument(
+                f"unexpected {kind or 'an empty RunInput'} after a Run's `start`"
+            )
+        tools.resolve(message.tool_result)
 
 
 def generic_handler(

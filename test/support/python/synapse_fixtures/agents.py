@@ -8,7 +8,9 @@ import inspect
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import pydantic_core
 from pydantic import BaseModel
 from pydantic_ai import Agent
 from pydantic_ai.messages import (
@@ -17,6 +19,7 @@ from pydantic_ai.messages import (
     ModelResponse,
     TextPart,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
@@ -258,3 +261,120 @@ invalid_city_agent = Agent(
 def make_broken_agent() -> Agent:
     """A factory that fails."""
     raise LookupError("no agent today")
+
+
+# Tools given by the client (Elixir) per run, with nothing of its own. TestModel
+# calls every tool once, all in one response, with arguments generated from each
+# tool's JSON schema (0 for integers, "a" for strings, ...), calls again the
+# ones answered with a retry, and then answers the JSON object of each tool's
+# last return value by tool name, compact, e.g. '{"lookup":{"id":42},"now":"noon"}'.
+tools_agent = Agent("test")
+
+
+# A model the prompt scripts, for tests of client tools. The prompt is a JSON object
+#
+#     {"calls": [{"name": "add", "args": {"a": 1, "b": 2}}, ...], "retry_calls": false}
+#
+# - The first response makes all the `calls` at once (parallel calls), the i-th
+#   (from 0) with the tool call id "call-<i>". "args" (default {}) is any JSON
+#   value passed as the call's arguments; a string is passed as the raw
+#   arguments text (so "[1" is malformed JSON). A name that is no tool gets
+#   pydantic-ai's own retry prompt ("Unknown tool name: ...").
+# - When the returns come back: with "retry_calls": true (default false) every
+#   call answered with a retry prompt is made again, same name and arguments,
+#   with the id "call-<i>-<n>" for its n-th retry (n from 1), until it stops
+#   asking for retries (or pydantic-ai ends the run: `tool_failed`).
+# - Otherwise the answer is the text of a JSON list (Python's `json.dumps`:
+#   ", " and ": " separators, non-ASCII as is) of every tool return of the run,
+#   in order (by model request, then in call order), one object each:
+#   {"name": <tool>, "content": <return value>} or, for a retry prompt,
+#   {"name": <tool>, "retry": <its text>}; e.g.
+#   '[{"name": "add", "content": 3}, {"name": "lookup", "retry": "no order 42"}]'.
+#   No calls: "[]".
+_RERUN_ID = re.compile(r"call-(\d+)(?:-\d+)?")
+
+
+def _calls_to_make(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    try:
+        script = json.loads(_prompt(messages))
+        calls: list[dict[str, Any]] = script.get("calls", [])
+        retry_calls = bool(script.get("retry_calls", False))
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(
+            'calling_agent\'s prompt must be a JSON object {"calls": [...], "retry_calls": ...}'
+        ) from exc
+    this_run = _since_prompt(messages)
+    if not any(isinstance(message, ModelResponse) for message in this_run):
+        if calls:
+            return ModelResponse(
+                parts=[_tool_call(call, f"call-{index}") for index, call in enumerate(calls)]
+            )
+    returns = [
+        part
+        for message in this_run
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    ]
+    if retry_calls and this_run and isinstance(this_run[-1], ModelRequest):
+        again = []
+        for part in this_run[-1].parts:
+            if isinstance(part, ToolReturnPart) and part.outcome == "retried":
+                if matched := _RERUN_ID.fullmatch(part.tool_call_id):
+                    index = int(matched[1])
+                    retries = sum(
+                        1
+                        for seen in returns
+                        if seen.outcome == "retried"
+                        and (seen_id := _RERUN_ID.fullmatch(seen.tool_call_id))
+                        and int(seen_id[1]) == index
+                    )
+                    again.append(_tool_call(calls[index], f"call-{index}-{retries}"))
+        if again:
+            return ModelResponse(parts=again)
+    return _text(json.dumps([_tool_outcome(part) for part in returns], ensure_ascii=False))
+
+
+def _since_prompt(messages: list[ModelMessage]) -> list[ModelMessage]:
+    """The messages after the request that holds the latest user prompt (this run's)."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, ModelRequest) and any(
+            isinstance(part, UserPromptPart) for part in message.parts
+        ):
+            return messages[index + 1 :]
+    return messages
+
+
+def _tool_call(call: dict[str, Any], tool_call_id: str) -> ToolCallPart:
+    return ToolCallPart(call["name"], call.get("args", {}), tool_call_id=tool_call_id)
+
+
+def _tool_outcome(part: ToolReturnPart) -> dict[str, Any]:
+    if part.outcome == "success":
+        return {"name": part.tool_name, "content": pydantic_core.to_jsonable_python(part.content)}
+    key = "retry" if part.outcome == "retried" else part.outcome
+    return {"name": part.tool_name, key: part.model_response_str(wrap_if_error=False)}
+
+
+async def _stream_calls_to_make(
+    messages: list[ModelMessage], info: AgentInfo
+) -> AsyncIterator[str | DeltaToolCalls]:
+    response = _calls_to_make(messages, info)
+    calls = {
+        index: DeltaToolCall(
+            name=part.tool_name,
+            json_args=part.args if isinstance(part.args, str) else json.dumps(part.args),
+            tool_call_id=part.tool_call_id,
+        )
+        for index, part in enumerate(response.parts)
+        if isinstance(part, ToolCallPart)
+    }
+    if calls:
+        yield calls
+    for part in response.parts:
+        if isinstance(part, TextPart):
+            yield part.content
+
+
+calling_agent = Agent(FunctionModel(_calls_to_make, stream_function=_stream_calls_to_make))

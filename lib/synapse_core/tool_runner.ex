@@ -1,0 +1,216 @@
+defmodule SynapseCore.ToolRunner do
+  @moduledoc false
+  # Executes the Elixir tools of one run. One is started per run that has
+  # tools, under SynapseCore.ToolSupervisor; the NIF sends it the run's tool
+  # requests. Each call runs in its own supervised Task, bounded by the
+  # tool's timeout and the run's deadline, and is answered through the NIF.
+  # The runner stops when the run is over or its owner exits, killing any
+  # call still running.
+
+  require Logger
+
+  alias SynapseCore.{Error, Native, Schema, Tool}
+  alias SynapseCore.Tool.Context
+
+  @type config :: %{
+          tools: [Tool.t()],
+          agent: term(),
+          deps: term(),
+          owner: pid(),
+          deadline: integer() | :infinity
+        }
+
+  @doc "Starts a runner; give it its run with `attach/3`."
+  @spec start(config()) :: {:ok, pid()}
+  def start(config) do
+    Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn -> init(config) end)
+  end
+
+  @doc "Hands the runner its run: the call handle and the run's tag."
+  @spec attach(pid(), reference(), reference()) :: :ok
+  def attach(runner, handle, tag) do
+    send(runner, {:attach, handle, tag})
+    :ok
+  end
+
+  @doc "Stops a runner whose run could not start."
+  @spec stop(pid()) :: :ok
+  def stop(runner) do
+    Process.exit(runner, :kill)
+    :ok
+  end
+
+  defp init(config) do
+    owner = Process.monitor(config.owner)
+
+    receive do
+      {:attach, handle, tag} ->
+        tools = Map.new(config.tools, &{&1.name, &1})
+        loop(%{config: config, tools: tools, handle: handle, tag: tag, owner: owner, calls: %{}})
+
+      {:DOWN, ^owner, :process, _, _} ->
+        :ok
+    end
+  end
+
+  defp loop(%{tag: tag, owner: owner} = state) do
+    receive do
+      {:synapse_tool_request, ^tag, request} ->
+        state |> start_call(request) |> loop()
+
+      {ref, outcome} when is_map_key(state.calls, ref) ->
+        Process.demonitor(ref, [:flush])
+        state |> finish(ref, outcome) |> loop()
+
+      {:DOWN, ref, :process, _pid, reason} when is_map_key(state.calls, ref) ->
+        state
+        |> finish(ref, {:retry, "The tool crashed: #{Exception.format_exit(reason)}"})
+        |> loop()
+
+      {:call_timeout, ref, ms} when is_map_key(state.calls, ref) ->
+        %{task: task} = Map.fetch!(state.calls, ref)
+        Task.Supervisor.terminate_child(SynapseCore.ToolSupervisor, task.pid)
+        Process.demonitor(ref, [:flush])
+        state |> finish(ref, {:retry, "The tool did not answer within #{ms} ms."}) |> loop()
+
+      {:call_timeout, _ref, _ms} ->
+        loop(state)
+
+      {:synapse_run_done, ^tag, _} ->
+        stop_calls(state)
+
+      {:DOWN, ^owner, :process, _, _} ->
+        stop_calls(state)
+    end
+  end
+
+  defp start_call(state, %{request_id: request_id, name: name} = request) do
+    case Map.fetch(state.tools, name) do
+      {:ok, tool} ->
+        context = %Context{
+          agent: state.config.agent,
+          run_id: request.run_id,
+          tool_call_id: request.tool_call_id,
+          retry: request.retry,
+          deps: state.config.deps
+        }
+
+        task =
+          Task.Supervisor.async_nolink(SynapseCore.ToolSupervisor, fn ->
+            execute(tool, request.args, context)
+          end)
+
+        ms = call_timeout(tool, state.config.deadline)
+        timer = Process.send_after(self(), {:call_timeout, task.ref, ms}, ms)
+
+        put_in(state.calls[task.ref], %{
+          task: task,
+          request_id: request_id,
+          name: name,
+          timer: timer
+        })
+
+      :error ->
+        answer(
+          state.handle,
+          request_id,
+          name,
+          {:retry, "There is no tool named #{inspect(name)}."}
+        )
+
+        state
+    end
+  end
+
+  defp call_timeout(tool, :infinity), do: tool.timeout
+
+  defp call_timeout(tool, deadline),
+    do: max(min(tool.timeout, deadline - System.monotonic_time(:millisecond)), 0)
+
+  defp finish(state, ref, outcome) do
+    {%{request_id: request_id, name: name, timer: timer}, calls} = Map.pop(state.calls, ref)
+    Process.cancel_timer(timer)
+    answer(state.handle, request_id, name, outcome)
+    %{state | calls: calls}
+  end
+
+  defp answer(handle, request_id, name, outcome) do
+    case Native.run_tool_result(handle, request_id, outcome) do
+      :ok ->
+        :ok
+
+      {:error, %Error{message: message}} ->
+        Logger.warning("tool #{name} returned a value with no JSON form: #{message}")
+        retry = {:retry, "The tool's result cannot be sent as JSON (#{message})."}
+        :ok = Native.run_tool_result(handle, request_id, retry)
+    end
+  end
+
+  defp stop_calls(state) do
+    for {_ref, %{task: task}} <- state.calls do
+      Task.Supervisor.terminate_child(SynapseCore.ToolSupervisor, task.pid)
+    end
+
+    :ok
+  end
+
+  @doc false
+  # Runs one call; anything that goes wrong is a retry message for the model.
+  @spec execute(Tool.t(), term(), Context.t()) :: {:ok, term()} | {:retry, String.t()}
+  def execute(%Tool{} = tool, args, context) do
+    with {:ok, args} <- arguments(tool, args) do
+      tool |> invoke(args, context) |> outcome(tool)
+    end
+  end
+
+  defp arguments(tool, args) do
+    case Schema.validate(tool.parameters, args) do
+      :ok when tool.fields != nil ->
+        {:ok, Schema.cast(tool.fields, args)}
+
+      :ok ->
+        {:ok, args}
+
+      {:error, problems} ->
+        {:retry,
+         "Invalid arguments for the tool #{tool.name}: #{Enum.join(problems, "; ")}. " <>
+           "Call it again with arguments that match its parameters."}
+    end
+  end
+
+  defp invoke(%Tool{function: function}, args, _context) when is_function(function, 1),
+    do: guarded(fn -> function.(args) end)
+
+  defp invoke(%Tool{function: function}, args, context),
+    do: guarded(fn -> function.(args, context) end)
+
+  defp guarded(call) do
+    {:returned, call.()}
+  rescue
+    exception -> {:raised, exception, __STACKTRACE__}
+  catch
+    kind, reason -> {:raised, {kind, reason}, __STACKTRACE__}
+  end
+
+  defp outcome({:returned, {:ok, value}}, _tool), do: {:ok, value}
+  defp outcome({:returned, {:error, reason}}, _tool), do: {:retry, reason_text(reason)}
+  defp outcome({:returned, value}, _tool), do: {:ok, value}
+
+  defp outcome({:raised, exception, stacktrace}, tool) do
+    text =
+      case exception do
+        {kind, reason} -> Exception.format_banner(kind, reason)
+        exception -> Exception.format_banner(:error, exception)
+      end
+
+    Logger.warning(
+      "tool #{tool.name} raised: " <> text <> "\n" <> Exception.format_stacktrace(stacktrace)
+    )
+
+    {:retry, "The tool failed: #{text}"}
+  end
+
+  defp reason_text(reason) when is_binary(reason), do: reason
+  defp reason_text(%{__exception__: true} = exception), do: Exception.message(exception)
+  defp reason_text(reason), do: inspect(reason)
+end

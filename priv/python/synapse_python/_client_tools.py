@@ -1,0 +1,237 @@
+"""Tools the client executes (Elixir functions), for one `Run`.
+
+Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
+`FunctionToolset`, added to the agent's own tools for that run. Calling one asks
+the client over the run's stream and waits for its answer:
+
+1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
+   registers a future under it and emits a `ToolRequested` event into the
+   run's own event stream (`RunContext.emit`). The run's writer sends it as a
+   `tool_request`, in stream order: after the call's `tool_call` event and
+   before its `tool_return`, whatever the scheduling;
+2. the Run handler's input reader hands each `tool_result` to `resolve`, which
+   completes the future with the same `request_id`: `return_json` is decoded
+   and returned to the model, `retry_message` is raised as `ModelRetry` (the
+   model gets it as a retry prompt, within the tool's retry budget);
+3. the future is dropped when the call ends in any way (answered, or its task
+   cancelled with the run), so nothing outlives the run; `close` cancels any
+   left over.
+
+Parallel tool calls of one model response run as concurrent tasks in
+pydantic-ai, so their requests are all in flight at once and may be answered
+in any order.
+
+A `tool_result` naming no pending request (unknown, or already answered, or
+for a call that was cancelled) is logged and ignored. A malformed one (no
+outcome, `return_json` that is not JSON) is a protocol error: INVALID_ARGUMENT.
+Once the client has half-closed its side it can answer nothing: a request
+still pending ends the run, and so does a later call of a client tool, both
+with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+from pydantic_ai import CustomEvent, ModelRetry, RunContext, Tool
+from pydantic_ai.agent import AbstractAgent
+from pydantic_ai.toolsets import FunctionToolset
+from pydantic_core import SchemaValidator, core_schema
+
+from synapse_python import _errors
+from synapse_python._proto.synapse.v1 import agent_pb2
+
+logger = logging.getLogger("synapse_python.service")
+
+# The arguments of a client tool reach the client as they came from the model:
+# checking them against the tool's JSON schema is the client's business (it
+# answers a `retry_message` when they do not conform). They must be a JSON
+# object, though, to be passed on as keyword arguments; anything else goes back
+# to the model as a validation error. (`Tool.from_schema` validates nothing.)
+_ARGS_VALIDATOR = SchemaValidator(core_schema.dict_schema(core_schema.str_schema()))
+
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(kw_only=True)
+class ToolRequested(CustomEvent, name="synapse_tool_request", ui=False):
+    """A client tool was called: the wire's `tool_request`.
+
+    `tool_call_id` and `tool_name` are `CustomEvent`'s own fields.
+    """
+
+    request_id: str
+    args_json: bytes
+    run_id: str
+    retry: int
+
+    def to_proto(self) -> agent_pb2.ToolRequest:
+        return agent_pb2.ToolRequest(
+            request_id=self.request_id,
+            name=self.tool_name or "",
+            args_json=self.args_json,
+            tool_call_id=self.tool_call_id or "",
+            run_id=self.run_id,
+            retry=self.retry,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    message: str
+
+
+class ClientTools:
+    """The client's tools of one run and its tool requests awaiting an answer.
+
+    Everything runs on the event loop's thread: no lock.
+    """
+
+    def __init__(self, defs: Sequence[agent_pb2.ToolDef], agent: AbstractAgent[Any, Any]) -> None:
+        """Check `defs` (INVALID_ARGUMENT for a bad one) and build their tools."""
+        taken = _function_tool_names(agent) if defs else set()
+        tools: list[Tool[Any]] = []
+        for tool_def in defs:
+            if not tool_def.name:
+                raise _errors.invalid_argument("a ToolDef needs a name")
+            if tool_def.name in taken:
+                raise _errors.invalid_argument(
+                    f"tool {tool_def.name!r} is defined twice (in the run's tools or the agent's)"
+                )
+            taken.add(tool_def.name)
+            tools.append(self._tool(tool_def))
+        self.toolset: FunctionToolset[Any] | None = FunctionToolset(tools) if tools else None
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._input_closed = False
+
+    def _tool(self, tool_def: agent_pb2.ToolDef) -> Tool[Any]:
+        name = tool_def.name
+        schema = _parameters(tool_def)
+
+        async def call_client(ctx: RunContext[Any], /, **args: Any) -> Any:
+            return await self._request(ctx, name, args)
+
+        tool = Tool.from_schema(
+            call_client, name, tool_def.description or None, schema, takes_ctx=True
+        )
+        tool.function_schema.validator = _ARGS_VALIDATOR
+        if tool_def.HasField("max_retries"):
+            if tool_def.max_retries < 0:
+                raise _errors.invalid_argument(
+                    f"tool {name!r}: max_retries must be >= 0, got {tool_def.max_retries}"
+                )
+            tool.max_retries = tool_def.max_retries
+        return tool
+
+    async def _request(self, ctx: RunContext[Any], name: str, args: dict[str, Any]) -> Any:
+        if self._input_closed:
+            raise _errors.invalid_argument(
+                f"tool {name!r} was called after the client half-closed the Run: "
+                "it can no longer answer tool requests"
+            )
+        request_id = str(next(self._ids))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await ctx.emit(
+                ToolRequested(
+                    request_id=request_id,
+                    args_json=pydantic_core.to_json(args),
+                    run_id=ctx.run_id or "",
+                    retry=ctx.retry,
+                    tool_call_id=ctx.tool_call_id,
+                    tool_name=name,
+                )
+            )
+            outcome = await future
+        finally:
+            if self._pending.get(request_id) is future:
+                del self._pending[request_id]
+            future.cancel()  # a no-op once it has its result
+        if isinstance(outcome, _Retry):
+            raise ModelRetry(outcome.message)
+        return outcome
+
+    def resolve(self, result: agent_pb2.ToolResult) -> None:
+        """Answer the request `result` names; one not pending is logged and ignored."""
+        future = self._pending.pop(result.request_id, None)
+        if future is None or future.done():
+            logger.warning(
+                "ignoring a tool_result for request %r: no such request is pending "
+                "(unknown, already answered, or its call was cancelled)",
+                result.request_id,
+            )
+            return
+        match result.WhichOneof("outcome"):
+            case "return_json":
+                try:
+                    value = json.loads(result.return_json)
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise _errors.invalid_argument(
+                        f"the tool_result for request {result.request_id!r}: "
+                        f"return_json is not valid JSON: {exc}",
+                        cause=exc,
+                    ) from exc
+                future.set_result(value)
+            case "retry_message":
+                future.set_result(_Retry(result.retry_message))
+            case _:
+                raise _errors.invalid_argument(
+                    f"the tool_result for request {result.request_id!r} "
+                    "has neither return_json nor retry_message"
+                )
+
+    def input_closed(self) -> None:
+        """The client half-closed: no answer can come any more.
+
+        Raises INVALID_ARGUMENT if requests are pending; later calls raise it too.
+        """
+        self._input_closed = True
+        if self._pending:
+            pending = ", ".join(repr(request_id) for request_id in self._pending)
+            raise _errors.invalid_argument(
+                f"the client half-closed the Run with tool requests unanswered: {pending}"
+            )
+
+    def close(self) -> None:
+        """Cancel every pending request (the run is over)."""
+        pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            future.cancel()
+
+
+def _parameters(tool_def: agent_pb2.ToolDef) -> dict[str, Any]:
+    if not tool_def.parameters_json:
+        return dict(_NO_PARAMETERS)
+    try:
+        schema = json.loads(tool_def.parameters_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _errors.invalid_argument(
+            f"tool {tool_def.name!r}: parameters_json is not valid JSON: {exc}", cause=exc
+        ) from exc
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        raise _errors.invalid_argument(
+            f'tool {tool_def.name!r}: parameters_json must be a JSON Schema with "type": "object"'
+        )
+    return schema
+
+
+def _function_tool_names(agent: AbstractAgent[Any, Any]) -> set[str]:
+    """The names of the agent's own function tools (those a client tool must not shadow).
+
+    Tools from other toolsets (MCP servers, ...) are only known during a run:
+    a clash with one of those fails the run with pydantic-ai's `UserError`.
+    """
+    names: set[str] = set()
+    for toolset in getattr(agent, "toolsets", ()):
+        if isinstance(toolset, FunctionToolset):
+            names.update(toolset.tools)
+    return names

@@ -1,0 +1,306 @@
+defmodule SynapseCore.ToolsTest do
+  # Tools written in Elixir, called by real pydantic-ai runs in real workers.
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, Error, Result, TestTools, Tool}
+  alias SynapseCore.Tool.Context
+
+  @moduletag capture_log: true
+
+  # calling_agent's protocol: a JSON prompt listing the tool calls of its
+  # first response; it then answers the JSON list of what the calls returned
+  # (`content`) or the retry prompts they got (`retry`).
+  defp script(calls, retry_calls \\ false) do
+    encode(%{"calls" => calls, "retry_calls" => retry_calls})
+  end
+
+  # A tiny JSON encoder for the test prompts (the project has no JSON library).
+  defp encode(map) when is_map(map),
+    do:
+      "{" <>
+        Enum.map_join(map, ",", fn {k, v} -> encode(to_string(k)) <> ":" <> encode(v) end) <> "}"
+
+  defp encode(list) when is_list(list), do: "[" <> Enum.map_join(list, ",", &encode/1) <> "]"
+  defp encode(string) when is_binary(string), do: inspect(string)
+  defp encode(value) when is_boolean(value) or is_number(value), do: to_string(value)
+
+  defp call(name, args), do: %{"name" => name, "args" => args}
+
+  defp tool(name, function, opts \\ []) do
+    Tool.new([name: name, function: function, parameters: [a: :integer]] ++ opts)
+  end
+
+  describe "the test model calls every tool" do
+    test "with schema-valid arguments, which the Elixir functions see as declared" do
+      name = start_fixture_agent!("tools_agent", tools: [TestTools])
+
+      assert {:ok, %Result{output: output, usage: usage}} =
+               Agent.run_sync(name, "go", deps: self())
+
+      assert_received {:tool_called, :lookup, args, %Context{agent: ^name} = context}
+      assert args.kind in [:order, :invoice]
+      assert Enum.all?(args.ids, &is_integer/1)
+      assert args.note == "none" or is_binary(args.note)
+      assert is_binary(context.run_id) and context.run_id != ""
+      assert is_binary(context.tool_call_id)
+      # TestModel answers the tools' last returns, by name.
+      assert output =~ ~s("multiply":)
+      assert output =~ ~s("lookup":{"found":)
+      assert usage.tool_calls == 2
+    end
+
+    test "alongside the Python agent's own tools" do
+      name = start_fixture_agent!("tool_agent")
+      multiply = TestTools.__synapse_tools__() |> Enum.find(&(&1.name == "multiply"))
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, "go", tools: [multiply])
+      assert output =~ ~s("add":)
+      assert output =~ ~s("multiply":)
+    end
+  end
+
+  describe "a scripted model" do
+    setup do
+      %{name: start_fixture_agent!("calling_agent", tools: [TestTools])}
+    end
+
+    test "gets the Elixir-computed value back and answers with it", %{name: name} do
+      prompt = script([call("multiply", %{"a" => 6, "b" => 7})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt)
+      assert output == ~s([{"name": "multiply", "content": 42}])
+    end
+
+    test "run/3 and await/2 execute tools too", %{name: name} do
+      {:ok, run} = Agent.run(name, script([call("multiply", %{"a" => 2, "b" => 21})]))
+      assert {:ok, %Result{output: ~s([{"name": "multiply", "content": 42}])}} = Agent.await(run)
+    end
+
+    test "invalid arguments go back to the model as a retry", %{name: name} do
+      prompt = script([call("multiply", %{"a" => "six", "b" => 7})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt)
+      assert output =~ ~s("retry": "Invalid arguments for the tool multiply)
+      assert output =~ "$.a: expected integer, got string"
+    end
+
+    test "once the retries are used up, the run fails with :tool_failed", %{name: name} do
+      prompt = script([call("multiply", %{"a" => "six", "b" => 7})], true)
+
+      assert {:error, %Error{kind: :tool_failed, message: message}} = Agent.run_sync(name, prompt)
+      assert message =~ "multiply"
+      assert message =~ "expected integer"
+    end
+
+    test "a tool name the run does not have", %{name: name} do
+      prompt = script([call("nope", %{})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt)
+      assert output =~ "Unknown tool name: 'nope'"
+    end
+  end
+
+  describe "failing tools go back to the model as retries" do
+    setup do
+      %{name: start_fixture_agent!("calling_agent")}
+    end
+
+    test "a tool that raises", %{name: name} do
+      raising = tool("explode", fn _ -> raise "kaboom" end)
+      prompt = script([call("explode", %{"a" => 1})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [raising])
+      assert output =~ ~s["retry": "The tool failed: ** (RuntimeError) kaboom"]
+    end
+
+    test "a tool that returns {:error, reason}", %{name: name} do
+      refusing = tool("refuse", fn _ -> {:error, "not allowed today"} end)
+      prompt = script([call("refuse", %{"a" => 1})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [refusing])
+      assert output =~ ~s("retry": "not allowed today")
+    end
+
+    test "a tool slower than its timeout", %{name: name} do
+      test = self()
+
+      sleepy =
+        tool(
+          "sleepy",
+          fn _ ->
+            send(test, {:sleepy, self()})
+            Process.sleep(:infinity)
+          end,
+          timeout: 200
+        )
+
+      prompt = script([call("sleepy", %{"a" => 1})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [sleepy])
+      assert output =~ ~s("retry": "The tool did not answer within 200 ms.")
+      assert_received {:sleepy, task}
+      refute Process.alive?(task)
+    end
+
+    test "a tool still running when the run's deadline passes is stopped", %{name: name} do
+      test = self()
+
+      stuck =
+        tool("stuck", fn _ ->
+          send(test, {:stuck, self()})
+          Process.sleep(:infinity)
+        end)
+
+      prompt = script([call("stuck", %{"a" => 1})])
+
+      assert {:error, %Error{kind: :timeout}} =
+               Agent.run_sync(name, prompt, tools: [stuck], timeout: 700)
+
+      assert_received {:stuck, task}
+      eventually(fn -> not Process.alive?(task) end)
+    end
+
+    test "a result with no JSON form", %{name: name} do
+      pid_giver = tool("give_pid", fn _ -> {:ok, self()} end)
+      prompt = script([call("give_pid", %{"a" => 1})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [pid_giver])
+      assert output =~ ~s("retry": "The tool's result cannot be sent as JSON)
+    end
+  end
+
+  describe "streaming with tools" do
+    test "tool call and result events come in order and the stream finishes" do
+      name = start_fixture_agent!("calling_agent", tools: [TestTools])
+      prompt = script([call("multiply", %{"a" => 3, "b" => 5})])
+
+      events = name |> Agent.run_stream(prompt) |> Enum.to_list()
+      kinds = Enum.map(events, &elem(&1, 0))
+
+      assert {:tool_call, %{id: id, name: "multiply", args: %{"a" => 3, "b" => 5}}} =
+               Enum.find(events, &match?({:tool_call, _}, &1))
+
+      assert {:tool_result, %{id: ^id, name: "multiply", content: 15, retry: false}} =
+               Enum.find(events, &match?({:tool_result, _}, &1))
+
+      assert Enum.find_index(kinds, &(&1 == :tool_call)) <
+               Enum.find_index(kinds, &(&1 == :tool_result))
+
+      assert {:result, %Result{output: ~s([{"name": "multiply", "content": 15}])}} =
+               List.last(events)
+    end
+
+    test "parallel tool calls of one model response run in parallel" do
+      name = start_fixture_agent!("calling_agent")
+      test = self()
+
+      rendezvous =
+        tool("rendezvous", fn %{a: a}, context ->
+          send(context.deps, {:arrived, a, self()})
+
+          receive do
+            :go -> a * 10
+          after
+            5_000 -> "nobody came"
+          end
+        end)
+
+      prompt = script(for a <- 1..3, do: call("rendezvous", %{"a" => a}))
+      stream = Agent.run_stream(name, prompt, tools: [rendezvous], deps: test)
+      consumer = Task.async(fn -> Enum.to_list(stream) end)
+
+      # All three calls are running at once before any of them may finish.
+      tasks =
+        for _ <- 1..3 do
+          assert_receive {:arrived, _a, task}, 5_000
+          task
+        end
+
+      Enum.each(tasks, &send(&1, :go))
+      events = Task.await(consumer)
+
+      results = for {:tool_result, %{content: content}} <- events, do: content
+      assert Enum.sort(results) == [10, 20, 30]
+      assert {:result, %Result{}} = List.last(events)
+    end
+  end
+
+  describe "tool definitions" do
+    test "agent tools and run tools together; one name twice is refused" do
+      name = start_fixture_agent!("calling_agent", tools: [TestTools])
+      double = tool("double", fn %{a: a} -> 2 * a end)
+      prompt = script([call("double", %{"a" => 4}), call("multiply", %{"a" => 2, "b" => 2})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [double])
+      assert output =~ ~s({"name": "double", "content": 8})
+      assert output =~ ~s({"name": "multiply", "content": 4})
+
+      assert_raise ArgumentError, ~r/multiply/, fn ->
+        Agent.run_sync(name, prompt, tools: [tool("multiply", fn _ -> 0 end)])
+      end
+    end
+
+    test "a JSON Schema map as parameters; arguments keep string keys" do
+      name = start_fixture_agent!("calling_agent")
+
+      echo =
+        Tool.new(
+          name: "echo",
+          parameters: %{"type" => "object", "properties" => %{"text" => %{"type" => "string"}}},
+          function: fn args -> args end
+        )
+
+      prompt = script([call("echo", %{"text" => "hi"})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [echo])
+      assert output == ~s([{"name": "echo", "content": {"text": "hi"}}])
+    end
+
+    test "invalid tools are refused when they are defined" do
+      assert_raise ArgumentError, ~r/tool name/, fn ->
+        Tool.new(name: "has space", function: fn _ -> :ok end)
+      end
+
+      assert_raise ArgumentError, ~r/arity 1 or 2/, fn ->
+        Tool.new(name: "x", function: fn -> :ok end)
+      end
+
+      assert_raise ArgumentError, ~r/not a schema type/, fn ->
+        Tool.new(name: "x", parameters: [a: :date], function: fn _ -> :ok end)
+      end
+
+      assert_raise ArgumentError, ~r/not a module of tools/, fn -> Tool.expand([Enum]) end
+    end
+
+    test "@tool errors are compile errors" do
+      source = """
+      defmodule SynapseCore.ToolsTest.Broken do
+        use SynapseCore.Tools
+        @tool a: :no_such_type
+        def broken(_args), do: :ok
+      end
+      """
+
+      assert_raise CompileError, ~r/invalid @tool for broken\/1.*not a schema type/, fn ->
+        Code.compile_string(source)
+      end
+
+      source = """
+      defmodule SynapseCore.ToolsTest.Private do
+        use SynapseCore.Tools
+        @tool []
+        defp hidden(_args), do: :ok
+      end
+      """
+
+      assert_raise CompileError, ~r/public function of arity 1 or 2/, fn ->
+        Code.compile_string(source)
+      end
+    end
+
+    test "a module's tools carry their docs as descriptions" do
+      [multiply, lookup] = TestTools.__synapse_tools__()
+      assert multiply.description == "Multiplies two integers."
+      assert multiply.parameters["properties"]["a"]["description"] == "The first factor"
+      assert lookup.parameters["properties"]["kind"] == %{"enum" => ["order", "invoice"]}
+      assert lookup.parameters["required"] == ["kind", "ids"]
+    end
+  end
+end
