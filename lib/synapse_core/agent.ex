@@ -26,7 +26,17 @@ defmodule SynapseCore.Agent do
   in flight at once.
   """
 
-  alias SynapseCore.{AgentProcess, AgentSupervisor, Error, Native, Result, Run, Tool, ToolRunner}
+  alias SynapseCore.{
+    AgentSupervisor,
+    Error,
+    Native,
+    Result,
+    Run,
+    Tool,
+    ToolRunner,
+    Workers
+  }
+
   alias SynapseCore.Agent.Options
 
   @typedoc "An agent's name: any term, usually an atom."
@@ -204,7 +214,7 @@ defmodule SynapseCore.Agent do
     call = Options.call!(opts)
 
     with :ok <- check_prompt(prompt),
-         {:ok, worker} <- pick_worker(name) do
+         {:ok, worker} <- Workers.pick(name) do
       case tools(worker, call) do
         [] ->
           start_unary(name, worker.channel, prompt, call)
@@ -321,19 +331,7 @@ defmodule SynapseCore.Agent do
   returned. Only the process that started the run may await it.
   """
   @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
-  def await(%Run{ref: ref} = run, timeout \\ :infinity) do
-    check_owner!(run, :await)
-
-    receive do
-      {:synapse_reply, ^ref, reply} -> reply
-    after
-      wait_limit(run, timeout) ->
-        cancel(run)
-
-        {:error,
-         Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
-    end
-  end
+  def await(%Run{} = run, timeout \\ :infinity), do: Run.await(run, timeout)
 
   @doc """
   Waits up to `timeout` milliseconds for a run's result. Returns `nil` if
@@ -341,15 +339,7 @@ defmodule SynapseCore.Agent do
   awaited again. Only the process that started the run may yield it.
   """
   @spec yield(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()} | nil
-  def yield(%Run{ref: ref} = run, timeout \\ 5_000) do
-    check_owner!(run, :yield)
-
-    receive do
-      {:synapse_reply, ^ref, reply} -> reply
-    after
-      timeout -> nil
-    end
-  end
+  def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)
 
   @doc """
   Cancels a run: the gRPC call is cancelled and so is the pydantic-ai run in
@@ -359,11 +349,7 @@ defmodule SynapseCore.Agent do
   of the run still in its mailbox is removed, so nothing arrives afterwards.
   """
   @spec cancel(Run.t()) :: :ok
-  def cancel(%Run{handle: handle} = run) do
-    :ok = Native.run_cancel(handle)
-    if receiver(run) == self(), do: flush(run)
-    :ok
-  end
+  def cancel(%Run{} = run), do: Run.cancel(run)
 
   @doc """
   Runs the agent on `prompt` and streams its events.
@@ -437,15 +423,7 @@ defmodule SynapseCore.Agent do
   """
   @spec workers(name()) :: [%{pid: pid(), os_pid: pos_integer(), address: String.t()}]
   def workers(name) do
-    for {pid, _value} <- Registry.lookup(SynapseCore.WorkerRegistry, name),
-        info = safe_info(pid),
-        do: Map.put(info, :pid, pid) |> Map.delete(:agent)
-  end
-
-  defp safe_info(pid) do
-    AgentProcess.info(pid)
-  catch
-    :exit, _ -> nil
+    Workers.list(name)
   end
 
   # Histories past this many messages are converted to JSON on a dirty
@@ -473,77 +451,13 @@ defmodule SynapseCore.Agent do
       else: {:error, Error.new(:invalid_argument, "the prompt is not valid UTF-8")}
   end
 
-  defp pick_worker(name) do
-    case Registry.lookup(SynapseCore.WorkerRegistry, name) do
-      [{_pid, worker}] ->
-        {:ok, worker}
-
-      [_ | _] = workers ->
-        {_pid, worker} = Enum.random(workers)
-        {:ok, worker}
-
-      [] ->
-        if Registry.lookup(SynapseCore.AgentRegistry, name) == [] do
-          {:error, Error.new(:unknown_agent, "no agent named #{inspect(name)} is running")}
-        else
-          {:error,
-           Error.new(
-             :unavailable,
-             "agent #{inspect(name)} has no worker ready (it is starting or restarting)"
-           )}
-        end
-    end
-  end
-
-  defp check_owner!(%Run{owner: owner}, action) do
-    if owner != self() do
-      raise ArgumentError,
-            "a run can only be #{action}ed by the process that started it (#{inspect(owner)})"
-    end
-  end
-
-  defp receiver(%Run{receiver: nil, owner: owner}), do: owner
-  defp receiver(%Run{receiver: receiver}), do: receiver
-
-  # The NIF answers exactly once, at the latest when the run's own deadline
-  # passes; waiting a little longer only guards against a lost reply.
-  @reply_margin 5_000
-
-  defp wait_limit(%Run{timeout: :infinity}, timeout), do: timeout
-  defp wait_limit(%Run{timeout: own}, :infinity), do: own + @reply_margin
-  defp wait_limit(%Run{timeout: own}, timeout), do: min(timeout, own + @reply_margin)
-
-  defp timeout_text(%Run{timeout: own}, :infinity), do: "#{own} ms"
-  defp timeout_text(_run, timeout), do: "#{timeout} ms"
-
-  # After a cancel the NIF still sends the run's one final message (a
-  # `:cancelled` error, unless the run finished first); take it, and any
-  # events before it, out of the mailbox.
-  defp flush(%Run{ref: ref}) do
-    receive do
-      {:synapse_reply, ^ref, _reply} ->
-        :ok
-
-      {:synapse_event, ^ref, {:result, _}} ->
-        :ok
-
-      {:synapse_event, ^ref, {:error, _}} ->
-        :ok
-
-      {:synapse_event, ^ref, _event} ->
-        flush(%Run{ref: ref, handle: nil, agent: nil, owner: nil, timeout: nil})
-    after
-      @reply_margin -> :ok
-    end
-  end
-
   ## Streams
 
   defp start_stream(name, prompt, options, receiver) do
     call = options.call
 
     with :ok <- check_prompt(prompt),
-         {:ok, worker} <- pick_worker(name) do
+         {:ok, worker} <- Workers.pick(name) do
       tools = tools(worker, call)
 
       start_on_stream(
@@ -560,58 +474,6 @@ defmodule SynapseCore.Agent do
   end
 
   defp event_stream(name, prompt, options) do
-    Stream.resource(
-      fn ->
-        case start_stream(name, prompt, options, self()) do
-          {:ok, run} -> %{run: run, window: options.window, unacked: 0, state: :running}
-          {:error, error} -> raise error
-        end
-      end,
-      &next_event/1,
-      &close_stream/1
-    )
+    Run.stream(fn -> start_stream(name, prompt, options, self()) end, options.window, :emit)
   end
-
-  defp next_event(%{state: :done} = stream), do: {:halt, stream}
-  defp next_event(%{state: {:failed, error}}), do: raise(error)
-
-  defp next_event(%{run: %Run{ref: ref} = run} = stream) do
-    receive do
-      {:synapse_event, ^ref, {:result, _} = event} ->
-        {[event], %{stream | state: :done}}
-
-      {:synapse_event, ^ref, {:error, error}} ->
-        # Raised on the next pull, once the state says the run is over, so
-        # that closing the stream does not cancel a finished run.
-        {[], %{stream | state: {:failed, error}}}
-
-      {:synapse_event, ^ref, event} ->
-        {[event], acknowledge(stream)}
-    after
-      wait_limit(run, :infinity) ->
-        Native.run_cancel(run.handle)
-        flush(run)
-
-        error =
-          Error.new(:timeout, "the stream did not finish within #{timeout_text(run, :infinity)}")
-
-        {[], %{stream | state: {:failed, error}}}
-    end
-  end
-
-  defp acknowledge(%{window: :infinity} = stream), do: stream
-
-  defp acknowledge(%{window: window, unacked: unacked, run: run} = stream) do
-    unacked = unacked + 1
-
-    if unacked >= max(div(window, 2), 1) do
-      Native.run_ack(run.handle, unacked)
-      %{stream | unacked: 0}
-    else
-      %{stream | unacked: unacked}
-    end
-  end
-
-  defp close_stream(%{state: :running, run: run}), do: cancel(run)
-  defp close_stream(_stream), do: :ok
 end

@@ -1,21 +1,39 @@
 defmodule SynapseCore.AgentProcess do
   @moduledoc """
-  Owns one Python worker of an agent: its OS process (through the
-  `synapse-shepherd` port manager), its gRPC channel and its logs.
+  Owns one Python worker of an agent (or a bridge): its OS process, through
+  the `synapse-shepherd` port manager, its gRPC channel, its health and its
+  logs.
 
-  It is not in the path of any call. Once the worker is ready and has loaded
-  the agent, the process registers the worker's channel in
+  It is not in the path of any call. Once the worker is ready (and has
+  loaded the agent), the process registers the worker's channel in
   `SynapseCore.WorkerRegistry` under the agent's name; callers look it up
   there and talk to the worker directly through the NIF.
 
-  When the worker exits, every call in flight on it fails at once with
-  `:worker_exited`, and this process stops with
-  `{:shutdown, {:worker_exited, status}}` so that its supervisor starts a
-  new worker. When this process stops, the worker gets SIGTERM and, after
-  the agent's `:shutdown_timeout`, SIGKILL; if the whole BEAM dies, the
-  shepherd sees its stdin close and does the same.
+  ## Failures
 
-  Started by `SynapseCore.Agent`; not meant to be started directly.
+  The first start happens in `init/1`: if it fails, the agent does not start
+  and the error (with Python's own message) is returned to whoever started
+  it. After that, this process keeps its worker running:
+
+    * When the worker exits (a crash, a signal, `os._exit`), every call in
+      flight on it fails at once with `:worker_exited`.
+    * Every `:health_interval` milliseconds the worker's gRPC health service
+      is asked whether it serves; a worker that does not answer
+      `SERVING` within `:health_timeout`, twice in a row, is considered hung
+      and killed. A hung worker is therefore replaced within
+      `2 × (:health_interval + :health_timeout)`.
+    * Either way the worker is unregistered at once (calls meanwhile get
+      `:unavailable`) and started again after a back-off: 100 ms, doubling
+      at each failed start up to `:max_backoff`, with ±20% jitter, back to
+      100 ms once a worker has served for 30 s. A worker that dies on every
+      start costs a few starts per minute, not a busy loop.
+
+  When this process stops, the worker gets SIGTERM and, after the agent's
+  `:shutdown_timeout`, SIGKILL; the process waits for it to exit. If the
+  whole BEAM dies, the shepherd sees its stdin close and does the same.
+
+  Started by `SynapseCore.Agent` and `SynapseCore.Bridge`; not meant to be
+  started directly.
   """
 
   use GenServer
@@ -26,6 +44,10 @@ defmodule SynapseCore.AgentProcess do
 
   @agent_id "agent"
   @stderr_tail 20
+  @min_backoff 100
+  # A worker that served this long is healthy again: back-off starts over.
+  @stable_after 30_000
+  @health_failures 2
 
   @doc false
   @spec child_spec({Options.t(), non_neg_integer()}) :: Supervisor.child_spec()
@@ -43,9 +65,10 @@ defmodule SynapseCore.AgentProcess do
   def start_link({%Options{}, _index} = arg), do: GenServer.start_link(__MODULE__, arg)
 
   @doc """
-  The worker's OS pid and address, for observability.
+  The worker's OS pid and address, for observability. `os_pid` is `nil`
+  while the worker is being restarted.
   """
-  @spec info(pid()) :: %{os_pid: pos_integer(), address: String.t(), agent: term()}
+  @spec info(pid()) :: %{os_pid: pos_integer() | nil, address: String.t() | nil, agent: term()}
   def info(pid), do: GenServer.call(pid, :info)
 
   ## Start-up
@@ -54,10 +77,10 @@ defmodule SynapseCore.AgentProcess do
   def init({options, index}) do
     Process.flag(:trap_exit, true)
     Logger.metadata(agent: inspect(options.name), worker: index)
-    deadline = System.monotonic_time(:millisecond) + options.startup_timeout
 
     state = %{
       options: options,
+      phase: :down,
       port: nil,
       os_pid: nil,
       address: nil,
@@ -65,29 +88,66 @@ defmodule SynapseCore.AgentProcess do
       dir: nil,
       stderr: :queue.new(),
       stderr_level: :warning,
-      exit_status: nil
+      exit_status: nil,
+      startup_timer: nil,
+      load: nil,
+      health: nil,
+      health_failures: 0,
+      serving_since: nil,
+      attempt: 0
     }
 
-    with {:ok, python} <- Python.interpreter(options.python),
-         {:ok, dir} <- make_runtime_dir(),
-         state = %{state | dir: dir},
-         {:ok, state} <- spawn_worker(state, python),
-         {:ok, state} <- await_ready(state, deadline),
-         {:ok, state} <- connect_and_load(state, deadline) do
-      {:ok, _} =
-        Registry.register(SynapseCore.WorkerRegistry, options.name, %{
-          channel: state.channel,
-          tools: options.tools
-        })
+    case start_worker(state) do
+      {:ok, state} ->
+        await_first_start(state)
 
-      {:ok, state}
+      {:failed, error, state} ->
+        teardown(state)
+        {:stop, {:shutdown, error}}
+    end
+  end
+
+  # The first start is awaited here, so that a worker that cannot start
+  # fails the start of the agent with Python's own message.
+  defp await_first_start(state) do
+    receive do
+      message ->
+        case handle_event(message, state) do
+          {:ok, %{phase: :serving} = state} ->
+            {:ok, state}
+
+          {:ok, state} ->
+            await_first_start(state)
+
+          {:failed, error, state} ->
+            teardown(state)
+            {:stop, {:shutdown, error}}
+
+          {:stop, reason, state} ->
+            teardown(state)
+            {:stop, reason}
+        end
+    end
+  end
+
+  defp start_worker(state) do
+    with {:ok, python} <- Python.interpreter(state.options.python),
+         {:ok, dir} <- make_runtime_dir() do
+      state = %{
+        state
+        | dir: dir,
+          phase: :starting,
+          os_pid: nil,
+          address: nil,
+          channel: nil,
+          exit_status: nil,
+          stderr: :queue.new(),
+          health_failures: 0
+      }
+
+      spawn_worker(state, python)
     else
-      {:error, %Error{} = error} ->
-        {:stop, {:shutdown, error}}
-
-      {:error, %Error{} = error, state} ->
-        stop_worker(state)
-        {:stop, {:shutdown, error}}
+      {:error, %Error{} = error} -> {:failed, error, state}
     end
   end
 
@@ -121,9 +181,19 @@ defmodule SynapseCore.AgentProcess do
     shepherd = Path.join(Python.priv_dir(), "bin/synapse-shepherd")
     socket = Path.join(state.dir, "worker.sock")
 
+    bridge =
+      case options.source do
+        {:bridge, module} -> ["--bridge", module]
+        _agent -> []
+      end
+
+    env =
+      Python.worker_env(System.get_env(), options.python_path, options.env) ++
+        [{"SYNAPSE_MAX_MESSAGE_BYTES", Integer.to_string(options.max_message_bytes)}]
+
     config = %{
-      argv: [python, "-m", "synapse_python.worker", "--listen", "unix:" <> socket],
-      env: Python.worker_env(System.get_env(), options.python_path, options.env),
+      argv: [python, "-m", "synapse_python.worker", "--listen", "unix:" <> socket] ++ bridge,
+      env: env,
       cwd: options.cwd,
       grace_ms: options.shutdown_timeout,
       cleanup: state.dir
@@ -133,105 +203,251 @@ defmodule SynapseCore.AgentProcess do
       Port.open({:spawn_executable, shepherd}, [:binary, {:packet, 4}, :exit_status, :use_stdio])
 
     Port.command(port, Shepherd.encode_config(config))
-    {:ok, %{state | port: port}}
+    timer = Process.send_after(self(), {:startup_timeout, port}, options.startup_timeout)
+    {:ok, %{state | port: port, startup_timer: timer}}
   rescue
     error in ErlangError ->
       File.rm_rf(state.dir)
 
-      {:error,
-       Error.new(:startup_failed, "cannot start synapse-shepherd: #{Exception.message(error)}")}
+      {:failed,
+       Error.new(:startup_failed, "cannot start synapse-shepherd: #{Exception.message(error)}"),
+       state}
   end
 
-  defp await_ready(state, deadline) do
-    port = state.port
+  ## Events: start-up, health, exits
 
-    receive do
-      {^port, {:data, data}} ->
-        case Shepherd.decode(data) do
-          {:ready, address} -> {:ok, %{state | address: address}}
-          frame -> state |> handle_frame(frame) |> continue_startup(deadline, &await_ready/2)
+  @impl true
+  def handle_info(message, state) do
+    case handle_event(message, state) do
+      {:ok, state} -> {:noreply, state}
+      {:failed, error, state} -> {:noreply, restart_later(state, error)}
+      {:stop, reason, state} -> {:stop, reason, state}
+    end
+  end
+
+  @impl true
+  def handle_call(:info, _from, state) do
+    {:reply, %{os_pid: state.os_pid, address: state.address, agent: state.options.name}, state}
+  end
+
+  # Returns {:ok, state}, {:failed, error, state} (the worker is lost) or
+  # {:stop, reason, state}.
+  defp handle_event({port, {:data, data}}, %{port: port} = state) do
+    case Shepherd.decode(data) do
+      {:ready, address} when state.phase == :starting ->
+        ready(state, address)
+
+      {:exited, status} = frame ->
+        if state.channel, do: Channel.close(state.channel)
+        state = handle_frame(state, frame)
+        {:failed, exit_error(state, status), %{state | port: close_port(port)}}
+
+      frame ->
+        {:ok, handle_frame(state, frame)}
+    end
+  end
+
+  defp handle_event({port, {:exit_status, status}}, %{port: port} = state) do
+    if state.channel, do: Channel.close(state.channel)
+    error = worker_error(state, "synapse-shepherd exited with status #{status}")
+    {:failed, error, %{state | port: nil}}
+  end
+
+  defp handle_event({:EXIT, port, _reason}, state) when is_port(port), do: {:ok, state}
+
+  defp handle_event({:synapse_reply, tag, reply}, %{load: {tag, _handle}} = state) do
+    state = %{state | load: nil}
+
+    case reply do
+      {:ok, _loaded} -> {:ok, serving(state)}
+      {:error, %Error{} = error} -> {:failed, load_error(error, state), state}
+    end
+  end
+
+  defp handle_event({:synapse_reply, tag, reply}, %{health: {tag, _handle}} = state) do
+    state = %{state | health: nil}
+
+    case reply do
+      {:ok, :serving} ->
+        {:ok, schedule_health(%{state | health_failures: 0})}
+
+      other ->
+        failures = state.health_failures + 1
+
+        if failures >= @health_failures do
+          Logger.error(
+            "Python worker #{state.os_pid} failed #{failures} health checks (last: #{describe_health(other)}); killing it"
+          )
+
+          kill_worker(state)
+          {:failed, worker_error(state, "the worker stopped answering health checks"), state}
+        else
+          {:ok, schedule_health(%{state | health_failures: failures})}
+        end
+    end
+  end
+
+  # Replies of calls this process gave up on.
+  defp handle_event({:synapse_reply, _tag, _reply}, state), do: {:ok, state}
+
+  defp handle_event({:startup_timeout, port}, %{port: port, phase: phase} = state)
+       when phase in [:starting, :loading] do
+    error =
+      worker_error(
+        state,
+        "the worker was not ready within #{state.options.startup_timeout} ms"
+      )
+
+    {:failed, error, state}
+  end
+
+  defp handle_event({:startup_timeout, _port}, state), do: {:ok, state}
+
+  defp handle_event(:health_check, %{phase: :serving, channel: channel} = state) do
+    tag = make_ref()
+    {:ok, handle} = Native.channel_health(channel.resource, tag, state.options.health_timeout)
+    {:ok, %{state | health: {tag, handle}}}
+  end
+
+  defp handle_event(:health_check, state), do: {:ok, state}
+
+  defp handle_event(:restart, %{phase: :backoff} = state), do: start_worker(state)
+  defp handle_event(:restart, state), do: {:ok, state}
+
+  defp handle_event({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
+
+  defp handle_event(message, state) do
+    Logger.warning("unexpected message: #{inspect(message, limit: 20)}")
+    {:ok, state}
+  end
+
+  defp ready(state, address) do
+    state = %{state | address: address}
+
+    case Channel.connect(address, max_message_bytes: state.options.max_message_bytes) do
+      {:ok, channel} ->
+        state = %{state | channel: channel}
+
+        case state.options.source do
+          # A bridge's worker serves its module from the start.
+          {:bridge, _module} -> {:ok, serving(state)}
+          _agent -> load(state)
         end
 
-      {^port, {:exit_status, status}} ->
-        {:error, startup_error("synapse-shepherd exited with status #{status}", state),
-         %{state | port: nil}}
-    after
-      remaining(deadline) ->
-        {:error,
-         startup_error(
-           "the worker was not ready within #{state.options.startup_timeout} ms",
-           state
-         ), state}
+      {:error, error} ->
+        {:failed, error, state}
     end
   end
 
-  defp connect_and_load(state, deadline) do
-    with {:ok, channel} <- Channel.connect(state.address) do
-      state = %{state | channel: channel}
-      tag = make_ref()
+  defp load(state) do
+    tag = make_ref()
+    request = load_request(state.options)
 
-      case Native.agent_load(
-             channel.resource,
-             tag,
-             load_request(state.options),
-             remaining(deadline)
-           ) do
-        {:ok, handle} -> await_load(state, tag, handle, deadline)
-        {:error, %Error{} = error} -> {:error, load_error(error, state), state}
-      end
-    else
-      {:error, error} -> {:error, error, state}
+    case Native.agent_load(state.channel.resource, tag, request, state.options.startup_timeout) do
+      {:ok, handle} -> {:ok, %{state | phase: :loading, load: {tag, handle}}}
+      {:error, %Error{} = error} -> {:failed, load_error(error, state), state}
     end
   end
 
-  defp await_load(state, tag, handle, deadline) do
-    port = state.port
+  defp serving(state) do
+    cancel_timer(state.startup_timer)
 
-    receive do
-      {:synapse_reply, ^tag, {:ok, _loaded}} ->
-        {:ok, state}
+    {:ok, _} =
+      Registry.register(SynapseCore.WorkerRegistry, state.options.name, %{
+        channel: state.channel,
+        tools: state.options.tools
+      })
 
-      {:synapse_reply, ^tag, {:error, %Error{} = error}} ->
-        {:error, load_error(error, state), state}
+    if state.attempt > 0, do: Logger.info("Python worker #{state.os_pid} is serving again")
 
-      {^port, {:data, data}} ->
-        frame = Shepherd.decode(data)
-        state = handle_frame(state, frame)
-        # The worker died while loading: the load call fails at once.
-        if match?({:exited, _}, frame), do: Channel.close(state.channel)
-        await_load(state, tag, handle, deadline)
-    after
-      # The NIF enforces the same deadline; this only guards against a lost reply.
-      remaining(deadline) + 1_000 ->
-        Native.run_cancel(handle)
-        {:error, startup_error("loading the agent did not finish in time", state), state}
+    schedule_health(%{
+      state
+      | phase: :serving,
+        startup_timer: nil,
+        serving_since: System.monotonic_time(:millisecond)
+    })
+  end
+
+  defp schedule_health(%{options: %{health_interval: :infinity}} = state), do: state
+
+  defp schedule_health(state) do
+    Process.send_after(self(), :health_check, state.options.health_interval)
+    state
+  end
+
+  defp describe_health({:ok, status}), do: Atom.to_string(status)
+  defp describe_health({:error, %Error{kind: kind}}), do: Atom.to_string(kind)
+
+  # The worker is lost: forget it, and start another after the back-off.
+  defp restart_later(state, %Error{} = error) do
+    served = state.serving_since && System.monotonic_time(:millisecond) - state.serving_since
+
+    attempt = if served && served >= @stable_after, do: 0, else: state.attempt
+    delay = backoff(attempt, state.options.max_backoff)
+
+    Logger.error(
+      "Python worker lost (#{error.message}); starting another in #{delay} ms",
+      synapse_error: error.kind
+    )
+
+    teardown(state)
+    Process.send_after(self(), :restart, delay)
+
+    %{
+      state
+      | phase: :backoff,
+        attempt: attempt + 1,
+        serving_since: nil,
+        os_pid: nil,
+        address: nil
+    }
+  end
+
+  defp backoff(attempt, max_backoff) do
+    base = min(@min_backoff * Integer.pow(2, min(attempt, 20)), max_backoff)
+    jitter = div(base, 5)
+    base - jitter + :rand.uniform(2 * jitter + 1) - 1
+  end
+
+  # Forgets the worker: unregisters it, fails its calls, stops its process.
+  defp teardown(state) do
+    Registry.unregister(SynapseCore.WorkerRegistry, state.options.name)
+    if state.channel, do: Channel.close(state.channel)
+    cancel_timer(state.startup_timer)
+
+    if state.port do
+      kill_worker(state)
+      close_port(state.port)
     end
+
+    if state.dir, do: File.rm_rf(state.dir)
+    %{state | port: nil, channel: nil, load: nil, health: nil, startup_timer: nil}
   end
 
-  defp continue_startup(%{exit_status: nil} = state, deadline, next), do: next.(state, deadline)
-
-  defp continue_startup(state, _deadline, _next) do
-    {:error,
-     startup_error(
-       "the worker #{Shepherd.describe_exit(state.exit_status)} before it was ready",
-       state
-     ), state}
+  defp kill_worker(%{port: port}) when is_port(port) do
+    Port.command(port, Shepherd.encode_signal(9))
+  rescue
+    ArgumentError -> :ok
   end
+
+  defp kill_worker(_state), do: :ok
+
+  defp cancel_timer(nil), do: :ok
+  defp cancel_timer(timer), do: Process.cancel_timer(timer)
+
+  ## Errors
 
   defp load_request(%Options{source: source, model: model}) do
     base = %{agent_id: @agent_id, reference: nil, spec: nil, model: model || ""}
 
     case source do
-      {:ref, ref} ->
-        %{base | reference: ref}
-
-      {:spec, spec} ->
-        %{base | spec: Map.put(spec, :name, ""), model: ""}
+      {:ref, ref} -> %{base | reference: ref}
+      {:spec, spec} -> %{base | spec: Map.put(spec, :name, ""), model: ""}
     end
   end
 
   defp load_error(%Error{kind: :worker_exited}, state) do
-    startup_error("the worker exited while loading the agent", state)
+    worker_error(state, "the worker exited while loading the agent")
   end
 
   defp load_error(%Error{} = error, state) do
@@ -250,7 +466,15 @@ defmodule SynapseCore.AgentProcess do
     )
   end
 
-  defp startup_error(message, state) do
+  defp exit_error(%{phase: phase} = state, status) when phase in [:starting, :loading] do
+    worker_error(state, "the worker #{Shepherd.describe_exit(status)} before it was ready")
+  end
+
+  defp exit_error(state, status) do
+    worker_error(state, "the worker #{Shepherd.describe_exit(status)}")
+  end
+
+  defp worker_error(state, message) do
     stderr = :queue.to_list(state.stderr)
     hint = if stderr == [], do: "", else: "\n" <> Enum.join(stderr, "\n")
 
@@ -264,52 +488,6 @@ defmodule SynapseCore.AgentProcess do
 
   defp put_if(map, _key, nil), do: map
   defp put_if(map, key, value), do: Map.put(map, key, value)
-
-  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
-
-  ## Running
-
-  @impl true
-  def handle_call(:info, _from, state) do
-    {:reply, %{os_pid: state.os_pid, address: state.address, agent: state.options.name}, state}
-  end
-
-  @impl true
-  def handle_info({port, {:data, data}}, %{port: port} = state) do
-    case Shepherd.decode(data) do
-      {:exited, status} = frame ->
-        Channel.close(state.channel)
-        state = handle_frame(state, frame)
-
-        Logger.error(
-          "Python worker #{state.os_pid} #{Shepherd.describe_exit(status)}#{stderr_hint(state)}"
-        )
-
-        {:stop, {:shutdown, {:worker_exited, status}}, state}
-
-      frame ->
-        {:noreply, handle_frame(state, frame)}
-    end
-  end
-
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    Channel.close(state.channel)
-    Logger.error("synapse-shepherd exited with status #{status}; the worker is gone with it")
-    {:stop, {:shutdown, {:shepherd_exited, status}}, %{state | port: nil}}
-  end
-
-  def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
-  def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
-
-  # Replies of calls this process abandoned at start-up.
-  def handle_info({:synapse_reply, _tag, _reply}, state), do: {:noreply, state}
-
-  defp stderr_hint(state) do
-    case :queue.to_list(state.stderr) do
-      [] -> ""
-      lines -> "; its last output:\n" <> Enum.join(lines, "\n")
-    end
-  end
 
   ## Frames from the shepherd
 
@@ -373,6 +551,7 @@ defmodule SynapseCore.AgentProcess do
 
   @impl true
   def terminate(_reason, state) do
+    Registry.unregister(SynapseCore.WorkerRegistry, state.options.name)
     if state.channel, do: Channel.close(state.channel)
     stop_worker(state)
   end
@@ -381,7 +560,7 @@ defmodule SynapseCore.AgentProcess do
   # exit so that when this returns no worker process is left.
   defp stop_worker(%{port: nil} = state), do: File.rm_rf(state.dir || "")
 
-  defp stop_worker(%{port: port, exit_status: nil} = state) do
+  defp stop_worker(%{port: port} = state) do
     if Port.info(port) do
       Port.command(port, Shepherd.encode_stop())
 
@@ -391,11 +570,6 @@ defmodule SynapseCore.AgentProcess do
       )
     end
 
-    close_port(port)
-    File.rm_rf(state.dir)
-  end
-
-  defp stop_worker(%{port: port} = state) do
     close_port(port)
     File.rm_rf(state.dir)
   end
@@ -411,13 +585,14 @@ defmodule SynapseCore.AgentProcess do
       {^port, {:exit_status, _}} ->
         :ok
     after
-      remaining(deadline) -> :timeout
+      max(deadline - System.monotonic_time(:millisecond), 0) -> :timeout
     end
   end
 
   defp close_port(port) do
     Port.close(port)
+    nil
   rescue
-    ArgumentError -> :ok
+    ArgumentError -> nil
   end
 end

@@ -26,6 +26,7 @@ defmodule SynapseCore.Native do
 
   def channel_connect(_address, _options), do: :erlang.nif_error(:nif_not_loaded)
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
+  def channel_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 
   def agent_load(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -46,5 +47,16 @@ defmodule SynapseCore.Native do
   def run_tool_result(_handle, _request_id, _outcome), do: :erlang.nif_error(:nif_not_loaded)
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Bridge: a descriptor pool from a FileDescriptorSet, then calls by method
+  # name ("package.Service/Method") with wire maps.
+  def bridge_pool(_descriptor_set), do: :erlang.nif_error(:nif_not_loaded)
+
+  def bridge_call(_channel, _pool, _tag, _method, _request, _options),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def bridge_stream_start(_channel, _pool, _tag, _method, _request, _options),
+    do: :erlang.nif_error(:nif_not_loaded)
+
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -14,6 +14,8 @@ defmodule SynapseCore.Run do
   run's events go.
   """
 
+  alias SynapseCore.{Error, Native}
+
   @type t :: %__MODULE__{
           ref: reference(),
           handle: reference(),
@@ -25,4 +27,144 @@ defmodule SynapseCore.Run do
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
   defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout]
+
+  # What follows is the message protocol of a call in flight (see
+  # SynapseCore.Native), shared by agents' runs and bridges' calls.
+
+  # The NIF answers exactly once, at the latest when the call's own deadline
+  # passes; waiting a little longer only guards against a lost reply.
+  @reply_margin 5_000
+
+  @doc false
+  @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
+  def await(%__MODULE__{ref: ref} = run, timeout) do
+    check_owner!(run, :await)
+
+    receive do
+      {:synapse_reply, ^ref, reply} -> reply
+    after
+      wait_limit(run, timeout) ->
+        cancel(run)
+
+        {:error,
+         Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
+    end
+  end
+
+  @doc false
+  @spec yield(t(), timeout()) :: {:ok, term()} | {:error, Error.t()} | nil
+  def yield(%__MODULE__{ref: ref} = run, timeout) do
+    check_owner!(run, :yield)
+
+    receive do
+      {:synapse_reply, ^ref, reply} -> reply
+    after
+      timeout -> nil
+    end
+  end
+
+  @doc false
+  @spec cancel(t()) :: :ok
+  def cancel(%__MODULE__{handle: handle} = run) do
+    :ok = Native.run_cancel(handle)
+    if receiver(run) == self(), do: flush(run.ref)
+    :ok
+  end
+
+  @doc false
+  # A lazy stream over a streamed call that `start` starts in the
+  # enumerating process. With `:emit`, the final `{:result, _}` event is part
+  # of the stream; with `:halt`, the stream just ends there.
+  @spec stream((() -> {:ok, t()} | {:error, Error.t()}), pos_integer() | :infinity, :emit | :halt) ::
+          Enumerable.t()
+  def stream(start, window, on_result) do
+    Stream.resource(
+      fn ->
+        case start.() do
+          {:ok, run} ->
+            %{run: run, window: window, on_result: on_result, unacked: 0, state: :running}
+
+          {:error, error} ->
+            raise error
+        end
+      end,
+      &next_event/1,
+      &close_stream/1
+    )
+  end
+
+  defp next_event(%{state: :done} = stream), do: {:halt, stream}
+  defp next_event(%{state: {:failed, error}}), do: raise(error)
+
+  defp next_event(%{run: %__MODULE__{ref: ref} = run} = stream) do
+    receive do
+      {:synapse_event, ^ref, {:result, _} = event} ->
+        emitted = if stream.on_result == :emit, do: [event], else: []
+        {emitted, %{stream | state: :done}}
+
+      {:synapse_event, ^ref, {:error, error}} ->
+        # Raised on the next pull, once the state says the call is over, so
+        # that closing the stream does not cancel a finished call.
+        {[], %{stream | state: {:failed, error}}}
+
+      {:synapse_event, ^ref, event} ->
+        {[event], acknowledge(stream)}
+    after
+      wait_limit(run, :infinity) ->
+        Native.run_cancel(run.handle)
+        flush(ref)
+
+        error =
+          Error.new(:timeout, "the stream did not finish within #{timeout_text(run, :infinity)}")
+
+        {[], %{stream | state: {:failed, error}}}
+    end
+  end
+
+  defp acknowledge(%{window: :infinity} = stream), do: stream
+
+  defp acknowledge(%{window: window, unacked: unacked, run: run} = stream) do
+    unacked = unacked + 1
+
+    if unacked >= max(div(window, 2), 1) do
+      Native.run_ack(run.handle, unacked)
+      %{stream | unacked: 0}
+    else
+      %{stream | unacked: unacked}
+    end
+  end
+
+  defp close_stream(%{state: :running, run: run}), do: cancel(run)
+  defp close_stream(_stream), do: :ok
+
+  defp check_owner!(%__MODULE__{owner: owner}, action) do
+    if owner != self() do
+      raise ArgumentError,
+            "a run can only be #{action}ed by the process that started it (#{inspect(owner)})"
+    end
+  end
+
+  defp receiver(%__MODULE__{receiver: nil, owner: owner}), do: owner
+  defp receiver(%__MODULE__{receiver: receiver}), do: receiver
+
+  defp wait_limit(%__MODULE__{timeout: :infinity}, timeout), do: timeout
+  defp wait_limit(%__MODULE__{timeout: own}, :infinity), do: own + @reply_margin
+  defp wait_limit(%__MODULE__{timeout: own}, timeout), do: min(timeout, own + @reply_margin)
+
+  defp timeout_text(%__MODULE__{timeout: own}, :infinity), do: "#{own} ms"
+  defp timeout_text(_run, timeout), do: "#{timeout} ms"
+
+  # After a cancel the NIF still sends the call's one final message (a
+  # `:cancelled` error, unless the call finished first); take it, and any
+  # events before it, out of the mailbox.
+  defp flush(ref) do
+    receive do
+      {:synapse_reply, ^ref, _reply} -> :ok
+      {:synapse_event, ^ref, {:result, _}} -> :ok
+      {:synapse_event, ^ref, {:error, _}} -> :ok
+      {:synapse_event, ^ref, _event} -> flush(ref)
+    after
+      @reply_margin -> :ok
+    end
+  end
 end

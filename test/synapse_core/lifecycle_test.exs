@@ -116,8 +116,7 @@ defmodule SynapseCore.LifecycleTest do
 
       assert {:error, %Error{kind: :worker_exited}} = Task.await(caller, 10_000)
 
-      [%{os_pid: new_os_pid}] = await_workers(name)
-      assert new_os_pid != os_pid
+      eventually(fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end)
       assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
     end
   end

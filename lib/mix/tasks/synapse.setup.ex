@@ -94,7 +94,8 @@ defmodule Mix.Tasks.Synapse.Setup do
   end
 
   defp generate_stubs(python, root) do
-    protos = Path.wildcard(Path.join(root, "proto/**/*.proto"))
+    # Only our own contract: the health protocol comes with grpcio-health-checking.
+    protos = Path.wildcard(Path.join(root, "proto/synapse/**/*.proto"))
     out = Path.join(root, "priv/python/synapse_python/_proto")
     outputs = Enum.map(protos, &stub_path(&1, root, out))
 

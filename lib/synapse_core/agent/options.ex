@@ -15,11 +15,16 @@ defmodule SynapseCore.Agent.Options do
     python_path: [],
     env: [],
     startup_timeout: 30_000,
-    shutdown_timeout: 5_000
+    shutdown_timeout: 5_000,
+    health_interval: 5_000,
+    health_timeout: 5_000,
+    max_backoff: 30_000,
+    max_message_bytes: 64 * 1024 * 1024
   ]
 
   @type source ::
-          {:ref, String.t()}
+          {:bridge, String.t()}
+          | {:ref, String.t()}
           | {:spec, %{model: String.t(), instructions: String.t(), output_schema: map() | nil}}
 
   @type t :: %__MODULE__{
@@ -33,7 +38,11 @@ defmodule SynapseCore.Agent.Options do
           python_path: [String.t()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
-          shutdown_timeout: non_neg_integer()
+          shutdown_timeout: non_neg_integer(),
+          health_interval: pos_integer() | :infinity,
+          health_timeout: pos_integer(),
+          max_backoff: pos_integer(),
+          max_message_bytes: pos_integer()
         }
 
   @agent_keys [
@@ -49,7 +58,11 @@ defmodule SynapseCore.Agent.Options do
     :env,
     :cwd,
     :startup_timeout,
-    :shutdown_timeout
+    :shutdown_timeout,
+    :health_interval,
+    :health_timeout,
+    :max_backoff,
+    :max_message_bytes
   ]
 
   @spec agent!(keyword()) :: t()
@@ -70,10 +83,55 @@ defmodule SynapseCore.Agent.Options do
       startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
       shutdown_timeout: non_negative_integer!(opts, :shutdown_timeout, 5_000)
     }
+    |> worker_options!(opts)
   end
 
   def agent!(other),
     do: raise(ArgumentError, "expected agent options as a keyword list, got: #{inspect(other)}")
+
+  @bridge_keys [
+    :name,
+    :module,
+    :workers,
+    :python,
+    :python_path,
+    :env,
+    :cwd,
+    :startup_timeout,
+    :shutdown_timeout,
+    :health_interval,
+    :health_timeout,
+    :max_backoff,
+    :max_message_bytes
+  ]
+
+  @spec bridge!(keyword()) :: t()
+  def bridge!(opts) when is_list(opts) do
+    opts = Keyword.validate!(opts, @bridge_keys)
+    name = Keyword.get(opts, :name) || raise ArgumentError, "the :name option is required"
+    module = Keyword.get(opts, :module)
+
+    unless is_binary(module) and String.match?(module, ~r/^[A-Za-z_][\w.]*$/) do
+      raise ArgumentError,
+            "the :module option must be the name of a Python module, got: #{inspect(module)}"
+    end
+
+    %__MODULE__{
+      name: name,
+      source: {:bridge, module},
+      python: optional_string!(opts, :python),
+      cwd: optional_string!(opts, :cwd),
+      workers: positive_integer!(opts, :workers, 1),
+      python_path: string_list!(opts, :python_path),
+      env: env!(Keyword.get(opts, :env, [])),
+      startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
+      shutdown_timeout: non_negative_integer!(opts, :shutdown_timeout, 5_000)
+    }
+    |> worker_options!(opts)
+  end
+
+  def bridge!(other),
+    do: raise(ArgumentError, "expected bridge options as a keyword list, got: #{inspect(other)}")
 
   defp source!(opts) do
     spec_keys = [:instructions, :output_schema]
@@ -109,6 +167,21 @@ defmodule SynapseCore.Agent.Options do
               "#{inspect(key)} defines an agent from Elixir and cannot be combined with :agent; " <>
                 "set it on the Python agent instead"
     end
+  end
+
+  # Options every worker has, agent or bridge.
+  defp worker_options!(options, opts) do
+    %{
+      options
+      | health_interval:
+          if(opts[:health_interval] == :infinity,
+            do: :infinity,
+            else: positive_integer!(opts, :health_interval, 5_000)
+          ),
+        health_timeout: positive_integer!(opts, :health_timeout, 5_000),
+        max_backoff: positive_integer!(opts, :max_backoff, 30_000),
+        max_message_bytes: positive_integer!(opts, :max_message_bytes, 64 * 1024 * 1024)
+    }
   end
 
   defp schema!(nil), do: nil

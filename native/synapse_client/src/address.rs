@@ -55,16 +55,13 @@ impl Default for ConnectOptions {
     }
 }
 
-/// A client whose channel connects on first use (and reconnects after a
-/// broken connection on the next call), so creating it never waits.
+/// A channel that connects on first use (and reconnects after a broken
+/// connection on the next call), so creating it never waits.
 ///
 /// Must be called within a tokio runtime: the channel spawns its worker
 /// task there.
-pub fn connect_lazy(
-    address: &Address,
-    options: ConnectOptions,
-) -> Result<AgentServiceClient<Channel>, Error> {
-    let channel = match address {
+pub fn connect_lazy(address: &Address) -> Result<Channel, Error> {
+    Ok(match address {
         Address::Unix(path) => {
             let path = path.clone();
             endpoint("http://worker.synapse.invalid")?.connect_with_connector_lazy(
@@ -77,10 +74,14 @@ pub fn connect_lazy(
         Address::Tcp(host_port) => endpoint(&format!("http://{host_port}"))?
             .tcp_nodelay(true)
             .connect_lazy(),
-    };
-    Ok(AgentServiceClient::new(channel)
+    })
+}
+
+/// The agent service's client on `channel`.
+pub fn agent_client(channel: Channel, options: ConnectOptions) -> AgentServiceClient<Channel> {
+    AgentServiceClient::new(channel)
         .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes))
+        .max_encoding_message_size(options.max_message_bytes)
 }
 
 fn endpoint(uri: &str) -> Result<Endpoint, Error> {

@@ -22,6 +22,9 @@ pub enum Error {
         code: Code,
         python_type: Option<String>,
         traceback: Option<String>,
+        /// Structured data about the failure (JSON), e.g. a validation
+        /// error's per-field errors.
+        data: Option<Vec<u8>>,
     },
     #[error("the call did not finish within its timeout")]
     Timeout,
@@ -143,6 +146,7 @@ impl Error {
                 code: status.code(),
                 python_type: non_empty(detail.r#type),
                 traceback: non_empty(detail.traceback),
+                data: (!detail.data_json.is_empty()).then_some(detail.data_json),
             },
             None => Self::Remote {
                 kind: RemoteKind::from_code(status.code()),
@@ -150,6 +154,7 @@ impl Error {
                 code: status.code(),
                 python_type: None,
                 traceback: None,
+                data: None,
             },
         }
     }
@@ -239,6 +244,7 @@ mod tests {
                 r#type: "ModuleNotFoundError".into(),
                 message: "No module named 'nope'".into(),
                 traceback: "Traceback ...".into(),
+                data_json: br#"{"errors": []}"#.to_vec(),
             },
         );
         let error = Error::from_status(&status);
@@ -250,6 +256,7 @@ mod tests {
                 code: Code::FailedPrecondition,
                 python_type: Some("ModuleNotFoundError".into()),
                 traceback: Some("Traceback ...".into()),
+                data: Some(br#"{"errors": []}"#.to_vec()),
             }
         );
         assert_eq!(error.kind_name(), "load_failed");

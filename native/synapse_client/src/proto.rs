@@ -3,3 +3,8 @@
 #![allow(clippy::all, clippy::pedantic)]
 
 tonic::include_proto!("synapse.v1");
+
+/// The standard gRPC health service, which every worker serves.
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
+}

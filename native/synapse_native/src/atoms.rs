@@ -10,6 +10,9 @@ rustler::atoms! {
     synapse_event,
     synapse_tool_request,
     synapse_run_done,
+    serving,
+    not_serving,
+    unknown,
     tool_call,
     tool_result,
     unary,
@@ -51,4 +54,6 @@ rustler::atoms! {
     type_ = "type",
     traceback,
     grpc_status,
+    errors,
+    data,
 }

@@ -1,20 +1,29 @@
 //! Connections to workers: one tonic channel per worker, shared by every
 //! call on it (HTTP/2 multiplexes them; cloning the client is cheap).
 
-use rustler::{Atom, Encoder, Env, NifMap, Resource, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
 use synapse_client::proto::agent_service_client::AgentServiceClient;
+use synapse_client::proto::health::health_check_response::ServingStatus;
+use synapse_client::proto::health::health_client::HealthClient;
+use synapse_client::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use synapse_client::{Address, Error};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::atoms;
+use crate::call::{self, CallHandle};
 use crate::error::NifError;
+use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
 
 /// A worker's channel. `closed` is cancelled when the worker is known to be
 /// gone, which fails every call in flight on it at once.
 pub struct ChannelResource {
     pub client: AgentServiceClient<Channel>,
+    /// The same connection, for calls to services known only at run time
+    /// (the Bridge).
+    pub channel: Channel,
+    pub max_message_bytes: usize,
     pub closed: CancellationToken,
     pub address: String,
 }
@@ -43,17 +52,57 @@ fn connect(
     options: ConnectOptions,
 ) -> Result<ResourceArc<ChannelResource>, Error> {
     let _runtime = RUNTIME.enter();
-    let client = synapse_client::connect_lazy(
-        &Address::parse(&address)?,
+    let channel = synapse_client::connect_lazy(&Address::parse(&address)?)?;
+    let client = synapse_client::agent_client(
+        channel.clone(),
         synapse_client::ConnectOptions {
             max_message_bytes: options.max_message_bytes,
         },
-    )?;
+    );
     Ok(ResourceArc::new(ChannelResource {
         client,
+        channel,
+        max_message_bytes: options.max_message_bytes,
         closed: CancellationToken::new(),
         address,
     }))
+}
+
+/// Asks the worker's health service whether it serves; answers
+/// `{:synapse_reply, tag, {:ok, :serving | :not_serving | :unknown} | {:error, error}}`.
+#[rustler::nif]
+fn channel_health<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'a>,
+    timeout: Term<'a>,
+) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+    let timeout = call::decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = call::handle(env, &[caller], 0, None);
+    let mut client = HealthClient::new(channel.channel.clone());
+    call::spawn(
+        channel,
+        &handle,
+        Reply::new(caller, tag, Style::Unary),
+        timeout,
+        move |deadline| async move {
+            let mut request = tonic::Request::new(HealthCheckRequest::default());
+            if let Some(deadline) = deadline {
+                request.set_timeout(deadline);
+            }
+            Ok(client.check(request).await?.into_inner())
+        },
+        |env, response: HealthCheckResponse| {
+            Ok(match ServingStatus::try_from(response.status) {
+                Ok(ServingStatus::Serving) => atoms::serving(),
+                Ok(ServingStatus::NotServing) => atoms::not_serving(),
+                _ => atoms::unknown(),
+            }
+            .encode(env))
+        },
+    );
+    Ok(Ok(handle))
 }
 
 /// Marks the worker gone: every call in flight on the channel, and every

@@ -11,6 +11,7 @@ use synapse_client::error::code_name;
 pub use synapse_client::Error;
 
 use crate::atoms;
+use crate::json;
 use crate::terms::elixir_struct;
 
 /// [`Error`] as a NIF return value.
@@ -34,9 +35,20 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
         code,
         python_type,
         traceback,
+        data,
         ..
     } = error
     {
+        if let Some(data) = data
+            .as_deref()
+            .and_then(|bytes| json::decode(env, bytes).ok())
+        {
+            // A validation error's per-field errors get a key of their own.
+            match data.map_get(json::string(env, "errors")) {
+                Ok(errors) => details = put(details, atoms::errors(), errors),
+                Err(_) => details = put(details, atoms::data(), data),
+            }
+        }
         details = put(
             details,
             atoms::grpc_status(),

@@ -7,6 +7,7 @@
 
 mod agent;
 mod atoms;
+mod bridge;
 mod call;
 mod channel;
 mod error;
