@@ -280,7 +280,8 @@ defmodule SynapseCore.AgentProcess do
           )
 
           kill_worker(state)
-          {:failed, worker_error(state, "the worker stopped answering health checks"), state}
+          error = Error.new(:worker_exited, "the worker stopped answering health checks")
+          {:failed, error, state}
         else
           {:ok, schedule_health(%{state | health_failures: failures})}
         end
@@ -470,8 +471,10 @@ defmodule SynapseCore.AgentProcess do
     worker_error(state, "the worker #{Shepherd.describe_exit(status)} before it was ready")
   end
 
+  # While serving, the worker's output was logged as it came: the message
+  # need not repeat it.
   defp exit_error(state, status) do
-    worker_error(state, "the worker #{Shepherd.describe_exit(status)}")
+    %{worker_error(state, "") | message: "the worker #{Shepherd.describe_exit(status)}"}
   end
 
   defp worker_error(state, message) do

@@ -59,4 +59,11 @@ defmodule SynapseCore.Native do
     do: :erlang.nif_error(:nif_not_loaded)
 
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
+
+  # The JSON conversion of every payload (dirty schedulers).
+  def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)
+  def json_decode(_binary), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Failure injection for tests: where is :nif or :reply.
+  def debug_panic(_where, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -4,5 +4,6 @@ defmodule SynapseCore.DoctestTest do
   doctest SynapseCore.Error
   doctest SynapseCore.Python
   doctest SynapseCore.Schema
+  doctest SynapseCore.JSON
   doctest SynapseCore.Shepherd
 end

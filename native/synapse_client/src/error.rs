@@ -35,6 +35,9 @@ pub enum Error {
     /// The worker cannot be reached (connection refused, socket gone).
     #[error("{0}")]
     Unavailable(String),
+    /// Data beyond a limit Synapse sets (nesting depth, size).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The worker answered something that does not follow the protocol.
     #[error("{0}")]
     Protocol(String),
@@ -168,6 +171,7 @@ impl Error {
             Self::Cancelled => "cancelled",
             Self::WorkerExited => "worker_exited",
             Self::Unavailable(_) => "unavailable",
+            Self::LimitExceeded(_) => "resource_exhausted",
             Self::Protocol(_) => "protocol_error",
             Self::Internal(_) => "internal",
         }

@@ -11,6 +11,7 @@ rustler::atoms! {
     synapse_tool_request,
     synapse_run_done,
     serving,
+    nif,
     not_serving,
     unknown,
     tool_call,

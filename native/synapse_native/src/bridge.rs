@@ -74,7 +74,9 @@ fn bridge_call<'a>(
     options: BridgeOptions<'a>,
 ) -> Started {
     let timeout = call::decode_timeout(options.timeout)?;
-    let (method, message) = match prepare(&pool.pool, &method, request, false) {
+    let (method, message) = match prepare(&pool.pool, &method, request, false)
+        .and_then(|(m, msg)| crate::run::fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
+    {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
     };
@@ -120,7 +122,9 @@ fn bridge_stream_start<'a>(
         Some(count) => usize::try_from(count.as_millis()).unwrap_or(usize::MAX),
         None => usize::MAX,
     };
-    let (method, message) = match prepare(&pool.pool, &method, request, true) {
+    let (method, message) = match prepare(&pool.pool, &method, request, true)
+        .and_then(|(m, msg)| crate::run::fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
+    {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
     };
@@ -288,6 +292,14 @@ fn term_to_message(
     term: Term<'_>,
     depth: usize,
 ) -> Result<DynamicMessage, Error> {
+    json::with_stack(|| term_to_message_inner(desc, term, depth))
+}
+
+fn term_to_message_inner(
+    desc: &MessageDescriptor,
+    term: Term<'_>,
+    depth: usize,
+) -> Result<DynamicMessage, Error> {
     if depth > MAX_DEPTH {
         return Err(invalid(format!(
             "data nested deeper than {MAX_DEPTH} levels cannot be sent"
@@ -328,9 +340,7 @@ fn field_value(field: &FieldDescriptor, term: Term<'_>, depth: usize) -> Result<
         }
         Ok(Value::Map(map))
     } else if field.is_list() {
-        let items: Vec<Term<'_>> = term
-            .decode()
-            .map_err(|_| invalid("expected a list".into()))?;
+        let items = json::proper_list(term).map_err(|_| invalid("expected a list".into()))?;
         items
             .into_iter()
             .map(|item| scalar(&field.kind(), item, depth + 1))
@@ -467,6 +477,10 @@ fn prefix(path: &str, error: Error) -> Error {
 // ---- protobuf -> Elixir ----
 
 fn message_to_term<'a>(env: Env<'a>, message: &DynamicMessage) -> Term<'a> {
+    json::with_stack(|| message_to_term_inner(env, message))
+}
+
+fn message_to_term_inner<'a>(env: Env<'a>, message: &DynamicMessage) -> Term<'a> {
     let desc = message.descriptor();
     let mut keys = Vec::new();
     let mut values = Vec::new();

@@ -34,6 +34,8 @@ pub struct CallHandle {
     pub credit: Arc<Semaphore>,
     /// The request side of a streaming run, for tool results.
     pub inputs: Option<UnboundedSender<RunInput>>,
+    /// The largest message the call may send.
+    pub max_message_bytes: usize,
 }
 
 #[rustler::resource_impl]
@@ -75,10 +77,23 @@ pub fn handle(
     credit: usize,
     inputs: Option<UnboundedSender<RunInput>>,
 ) -> ResourceArc<CallHandle> {
+    with_limit(env, owners, credit, inputs, usize::MAX)
+}
+
+/// [`handle`] for a call that sends more messages after its start (tool
+/// results), each at most `max_message_bytes`.
+pub fn with_limit(
+    env: Env<'_>,
+    owners: &[LocalPid],
+    credit: usize,
+    inputs: Option<UnboundedSender<RunInput>>,
+    max_message_bytes: usize,
+) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
         cancel: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
         inputs,
+        max_message_bytes,
     });
     for owner in owners {
         // A process that is already gone fails the monitor; its call is

@@ -11,6 +11,7 @@
 //! payload from Python never creates atoms), strings are binaries.
 
 use rustler::{Binary, Encoder, Env, NewBinary, Term, TermType};
+
 use serde_json::{Map, Number, Value};
 
 use crate::atoms;
@@ -23,7 +24,10 @@ pub const MAX_DEPTH: usize = 128;
 /// Encodes a term as JSON bytes.
 pub fn encode(term: Term<'_>) -> Result<Vec<u8>, Error> {
     let value = to_value(term, 0)?;
-    serde_json::to_vec(&value).map_err(|e| Error::InvalidArgument(e.to_string()))
+    // Serializing and dropping a deep value recurse too.
+    stacker::maybe_grow(256 * 1024, 2 * 1024 * 1024, || {
+        serde_json::to_vec(&value).map_err(|e| Error::InvalidArgument(e.to_string()))
+    })
 }
 
 /// Like [`encode`], but `nil` means "nothing" and gives empty bytes.
@@ -37,14 +41,36 @@ pub fn encode_optional(term: Term<'_>) -> Result<Vec<u8>, Error> {
 
 /// Decodes JSON bytes into a term.
 pub fn decode<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Protocol(format!("the worker sent invalid JSON: {e}")))?;
+    stacker::maybe_grow(256 * 1024, 2 * 1024 * 1024, || decode_inner(env, bytes))
+}
+
+fn decode_inner<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.to_string().starts_with("recursion limit exceeded") {
+            Error::LimitExceeded(format!(
+                "the worker's data is nested deeper than {MAX_DEPTH} levels"
+            ))
+        } else {
+            Error::Protocol(format!("the worker sent invalid JSON: {e}"))
+        }
+    })?;
     Ok(from_value(env, &value))
 }
 
+/// Runs `f` with enough native stack for one more level of recursion.
+/// Scheduler threads, dirty ones especially, have small stacks; a deep but
+/// legal payload grows onto a fresh segment instead of overflowing.
+pub fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(64 * 1024, 1024 * 1024, f)
+}
+
 fn to_value(term: Term<'_>, depth: usize) -> Result<Value, Error> {
+    with_stack(|| to_value_inner(term, depth))
+}
+
+fn to_value_inner(term: Term<'_>, depth: usize) -> Result<Value, Error> {
     if depth > MAX_DEPTH {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::LimitExceeded(format!(
             "data nested deeper than {MAX_DEPTH} levels cannot be sent"
         )));
     }
@@ -59,9 +85,7 @@ fn to_value(term: Term<'_>, depth: usize) -> Result<Value, Error> {
                 .ok_or_else(|| Error::InvalidArgument(format!("{f} has no JSON form")))
         }
         TermType::List => {
-            let items: Vec<Term<'_>> = term
-                .decode()
-                .map_err(|_| Error::InvalidArgument("improper lists cannot be sent".into()))?;
+            let items = proper_list(term)?;
             items
                 .into_iter()
                 .map(|item| to_value(item, depth + 1))
@@ -85,6 +109,14 @@ fn to_value(term: Term<'_>, depth: usize) -> Result<Value, Error> {
             type_name(other)
         ))),
     }
+}
+
+/// The elements of a proper list. Improper lists are refused before
+/// decoding (rustler's list iterator panics on them).
+pub fn proper_list(term: Term<'_>) -> Result<Vec<Term<'_>>, Error> {
+    term.list_length()
+        .and_then(|_| term.decode())
+        .map_err(|_| Error::InvalidArgument("improper lists cannot be sent".into()))
 }
 
 fn atom_value(term: Term<'_>) -> Result<Value, Error> {
@@ -147,6 +179,10 @@ fn type_name(t: TermType) -> &'static str {
 /// Builds the term for a JSON value. The recursion is bounded because every
 /// value comes from `serde_json`, whose parser refuses depths beyond 128.
 pub fn from_value<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
+    with_stack(|| from_value_inner(env, value))
+}
+
+fn from_value_inner<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
     match value {
         Value::Null => atoms::nil().encode(env),
         Value::Bool(b) => b.encode(env),
@@ -178,4 +214,37 @@ pub fn string<'a>(env: Env<'a>, s: &str) -> Term<'a> {
     let mut binary = NewBinary::new(env, s.len());
     binary.as_mut_slice().copy_from_slice(s.as_bytes());
     binary.into()
+}
+
+/// `{:ok, json_binary} | {:error, error}`: the conversion every request
+/// payload goes through, exposed for `SynapseCore.JSON`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    match encode(term) {
+        Ok(bytes) => {
+            let mut binary = NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), Term::from(binary)).encode(env)
+        }
+        Err(e) => (atoms::error(), crate::error::NifError(e)).encode(env),
+    }
+}
+
+/// `{:ok, term} | {:error, error}`: the conversion every reply payload goes
+/// through, exposed for `SynapseCore.JSON`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
+    match decode(env, json.as_slice()) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        // Not from a worker here: just invalid input.
+        Err(Error::Protocol(message)) => {
+            let message = message.replace("the worker sent invalid JSON", "invalid JSON");
+            (
+                atoms::error(),
+                crate::error::NifError(Error::InvalidArgument(message)),
+            )
+                .encode(env)
+        }
+        Err(e) => (atoms::error(), crate::error::NifError(e)).encode(env),
+    }
 }

@@ -10,6 +10,7 @@ mod atoms;
 mod bridge;
 mod call;
 mod channel;
+mod debug;
 mod error;
 mod json;
 mod reply;

@@ -123,7 +123,7 @@ fn run_tool_result<'a>(
 ) -> NifResult<Term<'a>> {
     let (kind, value) = outcome;
     let outcome = if kind == atoms::ok() {
-        match json::encode(value) {
+        match json::encode(value).and_then(|bytes| fits(bytes, handle.max_message_bytes)) {
             Ok(bytes) => tool_result::Outcome::ReturnJson(bytes),
             Err(e) => return Ok((atoms::error(), NifError(e)).encode(env)),
         }
@@ -168,7 +168,7 @@ fn start_unary<'a>(
     timeout: Term<'a>,
 ) -> Started {
     let timeout = call::decode_timeout(timeout)?;
-    let request = match request_from(request) {
+    let request = match request_from(request).and_then(|r| fits(r, channel.max_message_bytes)) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
@@ -209,7 +209,7 @@ fn start_stream<'a>(
     } else {
         return Err(rustler::Error::BadArg);
     };
-    let request = match request_from(request) {
+    let request = match request_from(request).and_then(|r| fits(r, channel.max_message_bytes)) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
@@ -231,7 +231,13 @@ fn start_stream<'a>(
             input: Some(run_input::Input::Start(request)),
         })
         .map_err(|_| rustler::Error::BadArg)?;
-    let handle = call::handle(env, &owners, window, Some(inputs.clone()));
+    let handle = call::with_limit(
+        env,
+        &owners,
+        window,
+        Some(inputs.clone()),
+        channel.max_message_bytes,
+    );
     let mut reply = Reply::new(options.receiver, tag, style);
     let runner = options.runner.map(|pid| reply.with_runner(pid, tag));
     let relay = Relay {
@@ -398,6 +404,20 @@ fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T>
         request.set_timeout(deadline);
     }
     request
+}
+
+/// Refuses a message the worker would refuse anyway, with a clearer error
+/// and before anything is sent.
+pub fn fits<M: prost::Message>(message: M, max_message_bytes: usize) -> Result<M, Error> {
+    let size = message.encoded_len();
+    if size > max_message_bytes {
+        Err(Error::LimitExceeded(format!(
+            "the request is {size} bytes, over the maximum message size of \
+             {max_message_bytes} bytes (the :max_message_bytes option)"
+        )))
+    } else {
+        Ok(message)
+    }
 }
 
 fn request_from(args: RunArgs<'_>) -> Result<RunRequest, Error> {

@@ -1,0 +1,97 @@
+"""Agents that misbehave on purpose, for the fault-injection suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+
+def _prompt(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    return part.content
+    return ""
+
+
+def _model(answer: object) -> FunctionModel:
+    """A FunctionModel answering `answer(prompt)` as text, streamed in one chunk."""
+
+    async def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart(answer(_prompt(messages)))])  # type: ignore[operator]
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        yield answer(_prompt(messages))  # type: ignore[operator]
+
+    return FunctionModel(respond, stream_function=stream)
+
+
+def _exit(prompt: str) -> str:
+    # The worker process exits in the middle of the run, with this status.
+    os._exit(int(prompt))
+
+
+exit_agent = Agent(_model(_exit))
+
+
+def _block(prompt: str) -> str:
+    # Blocks the event loop itself: the worker is alive but answers nothing,
+    # health checks included.
+    time.sleep(float(prompt))
+    return "woke up"
+
+
+hang_agent = Agent(_model(_block))
+
+
+def _environment(prompt: str) -> str:
+    return json.dumps(sorted(os.environ))
+
+
+env_agent = Agent(_model(_environment))
+
+
+def _nested(prompt: str) -> str:
+    depth = int(prompt)
+    return "[" * depth + "]" * depth
+
+
+def _deep_output(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    from pydantic_ai.messages import ToolCallPart
+
+    depth = int(_prompt(messages))
+    value: object = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    tool = info.output_tools[0].name
+    return ModelResponse(parts=[ToolCallPart(tool, {"response": value})])
+
+
+# Structured output nested `prompt` levels deep.
+deep_agent = Agent(FunctionModel(_deep_output), output_type=dict)
+
+
+def _big(prompt: str) -> str:
+    return "x" * int(prompt)
+
+
+# Answers a text of `prompt` bytes.
+big_agent = Agent(_model(_big))
+
+
+def _random_keys(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    from pydantic_ai.messages import ToolCallPart
+
+    keys = {f"key_{os.urandom(8).hex()}": index for index in range(20)}
+    return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"response": keys})])
+
+
+# Structured output whose keys were never seen before.
+random_keys_agent = Agent(FunctionModel(_random_keys), output_type=dict)

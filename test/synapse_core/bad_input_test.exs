@@ -1,0 +1,146 @@
+defmodule SynapseCore.BadInputTest do
+  # Hostile and malformed input: each gets a clear typed error and leaves
+  # the agent serving.
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, Error, Native, Result}
+
+  @moduletag capture_log: true
+
+  defp fault_agent(attr, extra \\ []) do
+    opts =
+      Keyword.merge(
+        [
+          name: unique_name(),
+          agent: "synapse_fixtures.faults:#{attr}",
+          python_path: [fixtures_path()]
+        ],
+        extra
+      )
+
+    start_supervised!({Agent, opts})
+    opts[:name]
+  end
+
+  describe "prompts" do
+    setup do
+      %{name: start_fixture_agent!("echo_agent", max_message_bytes: 1_000_000)}
+    end
+
+    test "of the wrong type", %{name: name} do
+      for prompt <- [nil, 42, ~c"charlist", %{}, {:tuple}] do
+        assert_raise FunctionClauseError, fn -> Agent.run_sync(name, prompt) end
+      end
+    end
+
+    test "empty", %{name: name} do
+      # Nothing to answer: pydantic-ai refuses, and says why.
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Agent.run_sync(name, "")
+
+      assert message =~ "No message history, user prompt, or instructions"
+
+      # An agent with instructions, or a conversation, can go on from nothing.
+      {:ok, first} = Agent.run_sync(name, "hi")
+      assert {:ok, %Result{}} = Agent.run_sync(name, "", message_history: first.messages)
+    end
+
+    test "invalid UTF-8", %{name: name} do
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.run_sync(name, "ok" <> <<0xC3>>)
+    end
+
+    test "large, under the limit", %{name: name} do
+      assert {:ok, %Result{messages: [request | _]}} =
+               Agent.run_sync(name, String.duplicate("é", 200_000))
+
+      assert [%{"content" => content}] = request["parts"]
+      assert String.length(content) == 200_000
+    end
+
+    test "over the configured maximum message size", %{name: name} do
+      assert {:error, %Error{kind: :resource_exhausted, message: message}} =
+               Agent.run_sync(name, String.duplicate("x", 2_000_000))
+
+      assert message =~ "over the maximum message size of 1000000 bytes"
+      assert {:ok, %Result{}} = Agent.run_sync(name, "still serving")
+    end
+  end
+
+  test "a reply over the maximum message size" do
+    name = fault_agent("big_agent", max_message_bytes: 1_000_000)
+
+    assert {:error, %Error{kind: :resource_exhausted}} = Agent.run_sync(name, "3000000")
+    assert {:ok, %Result{output: "xxx"}} = Agent.run_sync(name, "3")
+  end
+
+  test "structured output nested beyond the depth limit" do
+    name = fault_agent("deep_agent")
+
+    assert {:ok, %Result{output: %{"next" => _}}} = Agent.run_sync(name, "100")
+
+    assert {:error, %Error{kind: :resource_exhausted, message: message}} =
+             Agent.run_sync(name, "200")
+
+    assert message =~ "nested deeper than 128"
+    assert {:ok, %Result{}} = Agent.run_sync(name, "5")
+  end
+
+  test "Elixir data nested beyond the depth limit" do
+    name = start_fixture_agent!("settings_agent")
+    deep = Enum.reduce(1..200, 1, fn _, acc -> %{"a" => acc} end)
+
+    assert {:error, %Error{kind: :resource_exhausted, message: message}} =
+             Agent.run_sync(name, "x", model_settings: %{"extra" => deep})
+
+    assert message =~ "nested deeper than 128"
+  end
+
+  test "keys from Python never become atoms" do
+    name = fault_agent("random_keys_agent")
+    {:ok, %Result{}} = Agent.run_sync(name, "warm up")
+
+    before = :erlang.system_info(:atom_count)
+    {:ok, %Result{output: output, messages: messages}} = Agent.run_sync(name, "go")
+
+    assert map_size(output) == 20
+    assert Enum.all?(Map.keys(output), &is_binary/1)
+    assert is_list(messages)
+    assert :erlang.system_info(:atom_count) == before
+  end
+
+  test "message histories that are not pydantic-ai histories" do
+    name = start_fixture_agent!("echo_agent")
+
+    for history <- [
+          [%{}],
+          [%{"kind" => "request"}],
+          [1, 2, 3],
+          [%{"kind" => "response", "parts" => "x"}]
+        ] do
+      assert {:error, %Error{kind: :invalid_argument}} =
+               Agent.run_sync(name, "hi", message_history: history)
+    end
+
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+  end
+
+  describe "the NIF never takes the VM down" do
+    test "a panic in a NIF becomes an exception in the caller" do
+      assert_raise ErlangError, fn -> Native.debug_panic(:nif, make_ref()) end
+    end
+
+    test "a panic while building a reply becomes an :internal error reply" do
+      tag = make_ref()
+      :ok = Native.debug_panic(:reply, tag)
+      assert_receive {:synapse_reply, ^tag, {:error, %Error{kind: :internal}}}, 5_000
+    end
+
+    test "resources and terms of the wrong type are refused with ArgumentError" do
+      assert_raise ArgumentError, fn -> Native.run_cancel(make_ref()) end
+      assert_raise ArgumentError, fn -> Native.run_ack(:not_a_handle, 1) end
+      assert_raise ArgumentError, fn -> Native.channel_connect(:nope, %{}) end
+    end
+  end
+end
