@@ -30,6 +30,7 @@ defmodule SynapseCore.Agent do
     AgentSupervisor,
     Error,
     Native,
+    Remote,
     Result,
     Run,
     Tool,
@@ -211,17 +212,45 @@ defmodule SynapseCore.Agent do
   """
   @spec run(name(), String.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
   def run(name, prompt, opts \\ []) when is_binary(prompt) do
-    call = Options.call!(opts)
+    start(name, prompt, Options.call!(opts), :unary, self(), :infinity)
+  end
 
+  # Starts a run on a worker of this node or, when this node has none ready,
+  # through a relay on a node that has (see SynapseCore.Remote).
+  defp start(name, prompt, call, reply, receiver, window) do
     with :ok <- check_prompt(prompt),
-         {:ok, worker} <- Workers.pick(name) do
-      case tools(worker, call) do
-        [] ->
-          start_unary(name, worker.channel, prompt, call)
-
-        tools ->
-          start_on_stream(name, worker.channel, prompt, call, tools, self(), :infinity, :unary)
+         {:ok, target} <- Workers.pick(name) do
+      case target do
+        {:remote, node} -> Remote.start(node, name, prompt, call, reply, receiver, window)
+        worker -> start_on(worker, name, prompt, call, reply, receiver, window)
       end
+    end
+  end
+
+  @doc false
+  # A run on this node's workers only: what a relay for another node starts.
+  @spec start_local(
+          name(),
+          String.t(),
+          Options.call(),
+          :unary | :stream,
+          pid(),
+          pos_integer() | :infinity
+        ) ::
+          {:ok, Run.t()} | {:error, Error.t()}
+  def start_local(name, prompt, call, reply, receiver, window) do
+    with {:ok, worker} <- Workers.pick_local(name) do
+      start_on(worker, name, prompt, call, reply, receiver, window)
+    end
+  end
+
+  defp start_on(worker, name, prompt, call, reply, receiver, window) do
+    case {tools(worker, call), reply} do
+      {[], :unary} ->
+        start_unary(name, worker.channel, prompt, call)
+
+      {tools, _} ->
+        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, reply)
     end
   end
 
@@ -413,8 +442,8 @@ defmodule SynapseCore.Agent do
   events.
   """
   @spec ack(Run.t(), pos_integer()) :: :ok
-  def ack(%Run{handle: handle}, count \\ 1) when is_integer(count) and count > 0 do
-    Native.run_ack(handle, count)
+  def ack(%Run{} = run, count \\ 1) when is_integer(count) and count > 0 do
+    Run.ack(run, count)
   end
 
   @doc """
@@ -454,23 +483,7 @@ defmodule SynapseCore.Agent do
   ## Streams
 
   defp start_stream(name, prompt, options, receiver) do
-    call = options.call
-
-    with :ok <- check_prompt(prompt),
-         {:ok, worker} <- Workers.pick(name) do
-      tools = tools(worker, call)
-
-      start_on_stream(
-        name,
-        worker.channel,
-        prompt,
-        call,
-        tools,
-        receiver,
-        options.window,
-        :stream
-      )
-    end
+    start(name, prompt, options.call, :stream, receiver, options.window)
   end
 
   defp event_stream(name, prompt, options) do

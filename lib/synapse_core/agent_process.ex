@@ -40,7 +40,7 @@ defmodule SynapseCore.AgentProcess do
 
   require Logger
 
-  alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd}
+  alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd, Workers}
 
   @agent_id "agent"
   @stderr_tail 20
@@ -359,6 +359,7 @@ defmodule SynapseCore.AgentProcess do
         tools: state.options.tools
       })
 
+    :ok = :pg.join(SynapseCore.PG, Workers.group(state.options.name), self())
     if state.attempt > 0, do: Logger.info("Python worker #{state.os_pid} is serving again")
 
     schedule_health(%{
@@ -413,6 +414,7 @@ defmodule SynapseCore.AgentProcess do
   # Forgets the worker: unregisters it, fails its calls, stops its process.
   defp teardown(state) do
     Registry.unregister(SynapseCore.WorkerRegistry, state.options.name)
+    :pg.leave(SynapseCore.PG, Workers.group(state.options.name), self())
     if state.channel, do: Channel.close(state.channel)
     cancel_timer(state.startup_timer)
 
@@ -555,6 +557,7 @@ defmodule SynapseCore.AgentProcess do
   @impl true
   def terminate(_reason, state) do
     Registry.unregister(SynapseCore.WorkerRegistry, state.options.name)
+    :pg.leave(SynapseCore.PG, Workers.group(state.options.name), self())
     if state.channel, do: Channel.close(state.channel)
     stop_worker(state)
   end

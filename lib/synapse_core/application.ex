@@ -12,7 +12,9 @@ defmodule SynapseCore.Application do
       # by every call; one partition, since a duplicate-key lookup reads
       # every partition.
       {Registry, keys: :duplicate, name: SynapseCore.WorkerRegistry},
-      # Tool runners and the tasks that execute tool calls.
+      # The cluster-wide groups of serving workers, for calls from other nodes.
+      %{id: :pg, start: {:pg, :start_link, [SynapseCore.PG]}},
+      # Tool runners, the tasks that execute tool calls, relays of remote runs.
       {Task.Supervisor, name: SynapseCore.ToolSupervisor},
       # Agents started with SynapseCore.start_agent/1.
       {DynamicSupervisor, strategy: :one_for_one, name: SynapseCore.AgentsSupervisor}

@@ -27,6 +27,7 @@ defmodule SynapseCore.Native do
   def channel_connect(_address, _options), do: :erlang.nif_error(:nif_not_loaded)
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
   def channel_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+  def channel_load(_channel), do: :erlang.nif_error(:nif_not_loaded)
 
   def agent_load(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 

@@ -18,15 +18,17 @@ defmodule SynapseCore.Run do
 
   @type t :: %__MODULE__{
           ref: reference(),
-          handle: reference(),
+          handle: reference() | nil,
           agent: term(),
           owner: pid(),
           receiver: pid() | nil,
-          timeout: timeout()
+          timeout: timeout(),
+          relay: pid() | nil,
+          monitor: reference() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
-  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout]
+  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor]
 
   # What follows is the message protocol of a call in flight (see
   # SynapseCore.Native), shared by agents' runs and bridges' calls.
@@ -39,9 +41,15 @@ defmodule SynapseCore.Run do
   @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def await(%__MODULE__{ref: ref} = run, timeout) do
     check_owner!(run, :await)
+    monitor = run.monitor
 
     receive do
-      {:synapse_reply, ^ref, reply} -> reply
+      {:synapse_reply, ^ref, reply} ->
+        forget_relay(run)
+        reply
+
+      {:DOWN, ^monitor, :process, _, reason} ->
+        relay_lost(run, reason)
     after
       wait_limit(run, timeout) ->
         cancel(run)
@@ -55,9 +63,15 @@ defmodule SynapseCore.Run do
   @spec yield(t(), timeout()) :: {:ok, term()} | {:error, Error.t()} | nil
   def yield(%__MODULE__{ref: ref} = run, timeout) do
     check_owner!(run, :yield)
+    monitor = run.monitor
 
     receive do
-      {:synapse_reply, ^ref, reply} -> reply
+      {:synapse_reply, ^ref, reply} ->
+        forget_relay(run)
+        reply
+
+      {:DOWN, ^monitor, :process, _, reason} ->
+        relay_lost(run, reason)
     after
       timeout -> nil
     end
@@ -65,11 +79,40 @@ defmodule SynapseCore.Run do
 
   @doc false
   @spec cancel(t()) :: :ok
-  def cancel(%__MODULE__{handle: handle} = run) do
+  def cancel(%__MODULE__{relay: nil, handle: handle} = run) do
     :ok = Native.run_cancel(handle)
     if receiver(run) == self(), do: flush(run.ref)
     :ok
   end
+
+  def cancel(%__MODULE__{relay: relay} = run) do
+    send(relay, :relay_cancel)
+    if receiver(run) == self(), do: flush(run.ref)
+    forget_relay(run)
+    :ok
+  end
+
+  @doc false
+  @spec ack(t(), pos_integer()) :: :ok
+  def ack(%__MODULE__{relay: nil, handle: handle}, count), do: Native.run_ack(handle, count)
+
+  def ack(%__MODULE__{relay: relay}, count) do
+    send(relay, {:relay_ack, count})
+    :ok
+  end
+
+  # A run on another node goes through a relay there (SynapseCore.Remote),
+  # which the owner monitors: the node going down ends the run.
+  defp relay_lost(run, reason) do
+    {:error,
+     Error.new(
+       :worker_exited,
+       "the node running the agent (#{node(run.relay)}) was lost: #{inspect(reason)}"
+     )}
+  end
+
+  defp forget_relay(%__MODULE__{monitor: nil}), do: :ok
+  defp forget_relay(%__MODULE__{monitor: monitor}), do: Process.demonitor(monitor, [:flush])
 
   @doc false
   # A lazy stream over a streamed call that `start` starts in the
@@ -96,23 +139,28 @@ defmodule SynapseCore.Run do
   defp next_event(%{state: :done} = stream), do: {:halt, stream}
   defp next_event(%{state: {:failed, error}}), do: raise(error)
 
-  defp next_event(%{run: %__MODULE__{ref: ref} = run} = stream) do
+  defp next_event(%{run: %__MODULE__{ref: ref, monitor: monitor} = run} = stream) do
     receive do
       {:synapse_event, ^ref, {:result, _} = event} ->
+        forget_relay(run)
         emitted = if stream.on_result == :emit, do: [event], else: []
         {emitted, %{stream | state: :done}}
 
       {:synapse_event, ^ref, {:error, error}} ->
+        forget_relay(run)
         # Raised on the next pull, once the state says the call is over, so
         # that closing the stream does not cancel a finished call.
         {[], %{stream | state: {:failed, error}}}
 
       {:synapse_event, ^ref, event} ->
         {[event], acknowledge(stream)}
+
+      {:DOWN, ^monitor, :process, _, reason} ->
+        {:error, error} = relay_lost(run, reason)
+        {[], %{stream | state: {:failed, error}}}
     after
       wait_limit(run, :infinity) ->
-        Native.run_cancel(run.handle)
-        flush(ref)
+        cancel(run)
 
         error =
           Error.new(:timeout, "the stream did not finish within #{timeout_text(run, :infinity)}")
@@ -127,7 +175,7 @@ defmodule SynapseCore.Run do
     unacked = unacked + 1
 
     if unacked >= max(div(window, 2), 1) do
-      Native.run_ack(run.handle, unacked)
+      ack(run, unacked)
       %{stream | unacked: 0}
     else
       %{stream | unacked: unacked}

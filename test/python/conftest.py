@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,20 @@ def error_detail(error: grpc.aio.AioRpcError) -> agent_pb2.ErrorDetail:
     assert len(values) == 1, f"expected one {ERROR_KEY} entry, got {error.trailing_metadata()!r}"
     assert isinstance(values[0], bytes)
     return agent_pb2.ErrorDetail.FromString(values[0])
+
+
+@pytest.fixture(scope="session")
+def bridge_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Synapse Bridges of `synapse_fixtures.bridge_types` and `.bridge_edges`, generated once.
+
+    The directory is on sys.path, as it is on a worker's PYTHONPATH, so that
+    `Worker.load_bridge` can import the generated server modules.
+    """
+    from synapse_python.bridge import generate, write
+
+    out = tmp_path_factory.mktemp("bridge")
+    for module in ("synapse_fixtures.bridge_types", "synapse_fixtures.bridge_edges"):
+        write(out, generate(module).files)
+    sys.path.insert(0, str(out))
+    yield out
+    sys.path.remove(str(out))

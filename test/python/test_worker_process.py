@@ -42,13 +42,13 @@ class WorkerProcess:
 
 
 @asynccontextmanager
-async def worker_process(tmp_path: Path, *args: str) -> AsyncIterator[WorkerProcess]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(REPO / "priv" / "python"), str(REPO / "test" / "support" / "python")]
-        ),
-    }
+async def worker_process(
+    tmp_path: Path, *args: str, pythonpath: str | None = None
+) -> AsyncIterator[WorkerProcess]:
+    default_path = os.pathsep.join(
+        [str(REPO / "priv" / "python"), str(REPO / "test" / "support" / "python")]
+    )
+    env = {**os.environ, "PYTHONPATH": pythonpath or default_path}
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(

@@ -69,7 +69,7 @@ defmodule SynapseCore.FaultsTest do
 
     # Two failed checks, 200 ms apart, each given 200 ms: well under 5 s.
     assert {:error, %Error{kind: :worker_exited}} = Task.await(call, 5_000)
-    refute os_alive?(os_pid)
+    eventually(fn -> not os_alive?(os_pid) end)
     replaced(name, os_pid)
     assert {:ok, %Result{output: "woke up"}} = Agent.run_sync(name, "0")
   end

@@ -105,6 +105,27 @@ pub fn with_limit(
     handle
 }
 
+/// Counts a call in its channel's in-flight calls for as long as it lives,
+/// whichever way the call ends.
+struct InFlight(ResourceArc<ChannelResource>);
+
+impl InFlight {
+    fn enter(channel: ResourceArc<ChannelResource>) -> Self {
+        channel
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(channel)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why an RPC future failed: a status from gRPC (classified in [`run`]),
 /// or an error already classified (e.g. a stream that broke the protocol).
 pub enum CallError {
@@ -142,8 +163,10 @@ pub fn spawn<T, Fut, E>(
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     let cancel = handle.cancel.clone();
+    let in_flight = InFlight::enter(channel.clone());
     RUNTIME.spawn(async move {
         let outcome = run(&channel, &cancel, timeout, rpc).await;
+        drop(in_flight);
         reply.send(outcome, encode);
     });
 }

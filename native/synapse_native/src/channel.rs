@@ -19,6 +19,8 @@ use crate::runtime::RUNTIME;
 /// A worker's channel. `closed` is cancelled when the worker is known to be
 /// gone, which fails every call in flight on it at once.
 pub struct ChannelResource {
+    /// Calls in flight on this channel, for least-loaded routing.
+    pub in_flight: std::sync::atomic::AtomicUsize,
     pub client: AgentServiceClient<Channel>,
     /// The same connection, for calls to services known only at run time
     /// (the Bridge).
@@ -60,6 +62,7 @@ fn connect(
         },
     );
     Ok(ResourceArc::new(ChannelResource {
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
         client,
         channel,
         max_message_bytes: options.max_message_bytes,
@@ -103,6 +106,12 @@ fn channel_health<'a>(
         },
     );
     Ok(Ok(handle))
+}
+
+/// The number of calls in flight on the channel.
+#[rustler::nif]
+fn channel_load(channel: ResourceArc<ChannelResource>) -> usize {
+    channel.in_flight.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Marks the worker gone: every call in flight on the channel, and every

@@ -14,7 +14,11 @@ Mapping of exceptions raised by a run (see `from_run_exception`):
 | `UnexpectedModelBehavior`, tool retries out   | INTERNAL           | `tool_failed`               |
 | any other `UnexpectedModelBehavior`           | INTERNAL           | `unexpected_model_behavior` |
 | `ModelHTTPError`                              | UNAVAILABLE        | `model_http_error`          |
+| `UserError` (the run cannot be made as asked) | INVALID_ARGUMENT   | `invalid_argument`          |
 | any other `Exception`                         | UNKNOWN            | `python_error`              |
+
+`UserError` is pydantic-ai refusing the request itself (e.g. no prompt, no
+history and no instructions): the caller's to fix, so INVALID_ARGUMENT.
 
 `output_validation_failed` is the model failing to produce an output that
 validates (output type, output tool arguments, an output validator's
@@ -47,15 +51,23 @@ malformed `tool_result`, half-closing with tool requests unanswered) →
 INVALID_ARGUMENT `invalid_argument`; any failure while loading an
 agent (including an output schema outside the supported subset) →
 FAILED_PRECONDITION `load_failed`.
+
+Bridge calls (`synapse_python.bridge`): arguments Pydantic rejects, and a
+`pydantic.ValidationError` the function itself raises, are INVALID_ARGUMENT
+`invalid_argument` with the errors as data in `ErrorDetail.data_json`:
+`{"errors": [{"loc": ["data", "age"], "msg": "...", "type": "..."}, ...]}`
+(`validation_failed`); any other exception is classified as above
+(`from_run_exception`), so usually UNKNOWN `python_error`.
 """
 
 from __future__ import annotations
 
 import builtins
+import json
 import re
 import traceback
 from enum import StrEnum
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import pydantic
@@ -64,6 +76,7 @@ from pydantic_ai.exceptions import (
     ModelRetry,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
+    UserError,
 )
 
 from synapse_python._proto.synapse.v1 import agent_pb2
@@ -81,6 +94,9 @@ _MAX_TRACEBACK_CHARS = 2500
 _MAX_STATUS_DETAILS_CHARS = 500
 _ELISION = "…"
 _MAX_REPORTED_VALIDATION_ERRORS = 5
+# data_json shares the trailing metadata's budget with the rest of the detail.
+_MAX_DATA_JSON_BYTES = 3000
+_MAX_ERROR_MSG_CHARS = 200
 
 # How pydantic-ai words "the model's output never validated" (pydantic_ai/_agent_graph.py,
 # _tool_execution.py). It has no exception class of its own.
@@ -120,12 +136,14 @@ class SynapseError(Exception):
         message: str,
         *,
         cause: BaseException | None = None,
+        data_json: bytes = b"",
     ) -> None:
         super().__init__(message)
         self.code = code
         self.kind = kind
         self.message = message
         self.cause = cause
+        self.data_json = data_json
 
     def detail(self) -> agent_pb2.ErrorDetail:
         """The `ErrorDetail` sent to the client, truncated to fit in trailing metadata."""
@@ -136,6 +154,7 @@ class SynapseError(Exception):
             traceback=_tail(format_traceback(self.cause), _MAX_TRACEBACK_CHARS)
             if self.cause is not None
             else "",
+            data_json=self.data_json,
         )
 
 
@@ -164,6 +183,33 @@ def invalid_argument(message: str, *, cause: BaseException | None = None) -> Syn
     return SynapseError(
         grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, message, cause=cause
     )
+
+
+def validation_failed(
+    message: str, errors: list[dict[str, Any]], *, cause: BaseException | None = None
+) -> SynapseError:
+    """INVALID_ARGUMENT whose detail carries `errors` (Pydantic's, `loc`/`msg`/`type`) as data.
+
+    As many errors as fit in the trailing metadata's budget are sent, in
+    order; `message` should say how many there were.
+    """
+    kept = [
+        {
+            "loc": list(error["loc"]),
+            "msg": _head(str(error["msg"]), _MAX_ERROR_MSG_CHARS),
+            "type": error["type"],
+        }
+        for error in errors
+    ]
+    while True:
+        data = json.dumps({"errors": kept}, ensure_ascii=False, separators=(",", ":"))
+        encoded = data.encode()
+        if len(encoded) <= _MAX_DATA_JSON_BYTES or not kept:
+            break
+        kept.pop()
+    error = invalid_argument(message, cause=cause)
+    error.data_json = encoded
+    return error
 
 
 def not_found(message: str) -> SynapseError:
@@ -204,6 +250,8 @@ def from_run_exception(exc: Exception) -> SynapseError:
     elif isinstance(exc, ModelHTTPError):
         code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_HTTP_ERROR
         message = f"model request failed with HTTP status {exc.status_code}: {exc}"
+    elif isinstance(exc, UserError):
+        code, kind, message = grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, str(exc)
     else:
         code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, str(exc)
     return SynapseError(code, kind, message, cause=exc)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +15,9 @@ from grpc_health.v1.health import aio as health_aio
 from pydantic_ai.agent import AbstractAgent
 
 from synapse_python import _agents, _server, _service
+
+if TYPE_CHECKING:
+    from synapse_python.bridge import BridgeService
 
 logger = logging.getLogger("synapse_python.worker")
 
@@ -34,8 +38,8 @@ class Worker:
 
     One worker is one grpc.aio server on one event loop: every run is a
     coroutine on that loop, so N concurrent calls are N concurrent runs. The
-    standard gRPC health service reports SERVING for "" and the agent service
-    while it runs.
+    standard gRPC health service reports SERVING for "", the agent service and
+    every bridge service (`load_bridge`) while it runs.
 
         worker = Worker()
         await worker.load_agent("support", "my_app.agents:support_agent")
@@ -57,6 +61,7 @@ class Worker:
         self._endpoint: _server.Endpoint | None = None
         self._owned_directory: str | None = None
         self._address: str | None = None
+        self._bridges: dict[str, BridgeService] = {}
 
     @property
     def address(self) -> str | None:
@@ -77,6 +82,31 @@ class Worker:
         model on every run. Raises the underlying exception if loading fails.
         """
         self._registry.put(await _agents.load(agent_id, source, model=model))
+
+    def load_bridge(self, bridge: str | BridgeService) -> BridgeService:
+        """Serve a generated Synapse Bridge too (before `start`).
+
+        `bridge` is the bridged Python module's name (`my_module`): its
+        generated server module `synapse_bridge_my_module` is imported from
+        PYTHONPATH (it imports `my_module`, which must be importable too) and
+        its `SERVICE` served. Or a `BridgeService` itself. Import errors, and a
+        `StaleBridgeError` when the generated files no longer match the module,
+        propagate.
+        """
+        if self._server is not None:
+            raise RuntimeError("bridges must be loaded before the worker starts")
+        if isinstance(bridge, str):
+            from synapse_python.bridge import BridgeService, server_module_name
+
+            generated = importlib.import_module(server_module_name(bridge))
+            service = getattr(generated, "SERVICE", None)
+            if not isinstance(service, BridgeService):
+                raise TypeError(
+                    f"{generated.__name__}.SERVICE is not a BridgeService; regenerate the bridge"
+                )
+            bridge = service
+        self._bridges[bridge.name] = bridge
+        return bridge
 
     async def start(self, listen: str | None = None, *, allow_remote: bool = False) -> str:
         """Bind and start serving; returns the address clients connect to.
@@ -99,12 +129,16 @@ class Worker:
         handler, table = _service.generic_handler(_service.AgentService(self._registry))
         server.add_generic_rpc_handlers((handler,))
         server.add_registered_method_handlers(_service.SERVICE_NAME, table)
+        for name, bridge in self._bridges.items():
+            bridge_handler, bridge_table = bridge.handlers()
+            server.add_generic_rpc_handlers((bridge_handler,))
+            server.add_registered_method_handlers(name, bridge_table)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
             port = _server.bind(server, endpoint)
             await server.start()
-            for service in ("", _service.SERVICE_NAME):
+            for service in ("", _service.SERVICE_NAME, *self._bridges):
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             await server.stop(None)
@@ -113,7 +147,9 @@ class Worker:
         self._server, self._health = server, health
         self._endpoint, self._owned_directory = endpoint, owned_directory
         self._address = endpoint.announced(port)
-        logger.info("serving %s on %s", _service.SERVICE_NAME, self._address)
+        logger.info(
+            "serving %s on %s", ", ".join([_service.SERVICE_NAME, *self._bridges]), self._address
+        )
         if endpoint.scheme == "tcp" and not _server.is_loopback(endpoint.host):
             logger.warning("listening on %s without TLS or authentication", self._address)
         return self._address
@@ -152,6 +188,7 @@ async def serve(
     listen: str | None = None,
     *,
     agents: Mapping[str, str] | None = None,
+    bridges: Sequence[str] = (),
     allow_remote: bool = False,
     grace: float = DEFAULT_SHUTDOWN_GRACE,
     max_message_bytes: int | None = None,
@@ -159,7 +196,9 @@ async def serve(
     """Run a worker until SIGTERM or SIGINT, announcing readiness on stdout.
 
     `agents` maps ids to "module:attr" references loaded before the worker
-    serves; if one fails, its exception propagates and nothing is served. Once
+    serves, and `bridges` names the Python modules whose generated Synapse
+    Bridge it serves too (see `Worker.load_bridge`); if one fails, its
+    exception propagates and nothing is served. Once
     the server accepts connections, exactly one line `SYNAPSE_READY <address>`
     is printed to stdout, which is what the process manager waits for. A signal
     stops the worker gracefully (see `Worker.stop`) and `serve` returns.
@@ -182,6 +221,9 @@ async def serve(
         for agent_id, ref in (agents or {}).items():
             await worker.load_agent(agent_id, ref)
             logger.info("loaded agent %r from %s", agent_id, ref)
+        for module in bridges:
+            service = worker.load_bridge(module)
+            logger.info("loaded the bridge of %s (%s)", module, service.name)
         if stopping.is_set():
             return
         address = await worker.start(listen, allow_remote=allow_remote)

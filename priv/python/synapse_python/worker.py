@@ -1,13 +1,20 @@
 """Command line entry point of a worker process: `python -m synapse_python.worker`.
 
     python -m synapse_python.worker [--listen unix:PATH | tcp://HOST:PORT]
-                                    [--agent ID=package.module:attr]... [--allow-remote]
-                                    [--grace SECONDS]
+                                    [--agent ID=package.module:attr]... [--bridge MODULE]...
+                                    [--allow-remote] [--grace SECONDS]
+
+`--bridge my_module` serves the Synapse Bridge generated for the Python module
+`my_module` (`python -m synapse_python.bridge generate --module my_module --out
+DIR`): DIR (holding `synapse_bridge_my_module.py`, `my_module.ir.json` and
+`my_module.desc`) and the directory `my_module` is imported from must be on
+PYTHONPATH.
 
 Stdout carries exactly one line, `SYNAPSE_READY <address>`, once the server
 accepts connections; logs go to stderr (level from SYNAPSE_LOG_LEVEL, default
 INFO). SIGTERM or SIGINT stop the worker gracefully with exit code 0. Exit code 1
-means the worker failed (e.g. an --agent did not load), 2 a bad command line.
+means the worker failed (e.g. an --agent or a --bridge did not load, with its
+traceback on stderr, before any readiness line), 2 a bad command line.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(
                 args.listen,
                 agents=agents,
+                bridges=args.bridge,
                 allow_remote=args.allow_remote,
                 grace=args.grace,
             )
@@ -63,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m synapse_python.worker",
-        description="Serve pydantic-ai agents over gRPC (synapse.v1.AgentService).",
+        description="Serve pydantic-ai agents (synapse.v1.AgentService) and Synapse Bridges "
+        "over gRPC.",
     )
     parser.add_argument(
         "--listen",
@@ -76,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ID=MODULE:ATTR",
         help="load this agent before serving (repeatable)",
+    )
+    parser.add_argument(
+        "--bridge",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="serve the Synapse Bridge generated for this Python module (repeatable)",
     )
     parser.add_argument(
         "--allow-remote",
