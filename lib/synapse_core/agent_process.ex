@@ -50,36 +50,46 @@ defmodule SynapseCore.AgentProcess do
   @health_failures 2
 
   @doc false
-  @spec child_spec({Options.t(), non_neg_integer()}) :: Supervisor.child_spec()
-  def child_spec({%Options{} = options, index}) do
+  @typedoc "Where a worker runs: spawned here, or already running at an address."
+  @type location :: :local | {:remote, String.t()}
+
+  @spec child_spec({Options.t(), non_neg_integer(), location()}) :: Supervisor.child_spec()
+  def child_spec({%Options{} = options, index, location}) do
     %{
       id: {__MODULE__, index},
-      start: {__MODULE__, :start_link, [{options, index}]},
+      start: {__MODULE__, :start_link, [{options, index, location}]},
       # Room for the worker's own graceful stop, then its SIGKILL.
       shutdown: options.shutdown_timeout + 2_000
     }
   end
 
   @doc false
-  @spec start_link({Options.t(), non_neg_integer()}) :: GenServer.on_start()
-  def start_link({%Options{}, _index} = arg), do: GenServer.start_link(__MODULE__, arg)
+  @spec start_link({Options.t(), non_neg_integer(), location()}) :: GenServer.on_start()
+  def start_link({%Options{}, _index, _location} = arg), do: GenServer.start_link(__MODULE__, arg)
 
   @doc """
   The worker's OS pid and address, for observability. `os_pid` is `nil`
   while the worker is being restarted.
   """
-  @spec info(pid()) :: %{os_pid: pos_integer() | nil, address: String.t() | nil, agent: term()}
+  @spec info(pid()) :: %{
+          os_pid: pos_integer() | nil,
+          address: String.t() | nil,
+          agent: term(),
+          serving: boolean(),
+          location: location()
+        }
   def info(pid), do: GenServer.call(pid, :info)
 
   ## Start-up
 
   @impl true
-  def init({options, index}) do
+  def init({options, index, location}) do
     Process.flag(:trap_exit, true)
     Logger.metadata(agent: inspect(options.name), worker: index)
 
     state = %{
       options: options,
+      location: location,
       phase: :down,
       port: nil,
       os_pid: nil,
@@ -90,6 +100,7 @@ defmodule SynapseCore.AgentProcess do
       stderr_level: :warning,
       exit_status: nil,
       startup_timer: nil,
+      startup_ref: nil,
       load: nil,
       health: nil,
       health_failures: 0,
@@ -97,13 +108,22 @@ defmodule SynapseCore.AgentProcess do
       attempt: 0
     }
 
-    case start_worker(state) do
-      {:ok, state} ->
+    case {location, start_worker(state)} do
+      {:local, {:ok, state}} ->
         await_first_start(state)
 
-      {:failed, error, state} ->
+      {:local, {:failed, error, state}} ->
         teardown(state)
         {:stop, {:shutdown, error}}
+
+      # A remote worker is attached in the background: the agent does not
+      # wait for (or fail with) a machine it does not own; until it answers,
+      # calls go to the other workers, or get :unavailable.
+      {{:remote, _}, {:ok, state}} ->
+        {:ok, state}
+
+      {{:remote, _}, {:failed, error, state}} ->
+        {:ok, restart_later(state, error)}
     end
   end
 
@@ -128,6 +148,21 @@ defmodule SynapseCore.AgentProcess do
             {:stop, reason}
         end
     end
+  end
+
+  defp start_worker(%{location: {:remote, address}} = state) do
+    ref = make_ref()
+    timer = Process.send_after(self(), {:startup_timeout, ref}, state.options.startup_timeout)
+
+    state = %{
+      state
+      | phase: :starting,
+        startup_ref: ref,
+        startup_timer: timer,
+        health_failures: 0
+    }
+
+    ready(state, address)
   end
 
   defp start_worker(state) do
@@ -203,8 +238,9 @@ defmodule SynapseCore.AgentProcess do
       Port.open({:spawn_executable, shepherd}, [:binary, {:packet, 4}, :exit_status, :use_stdio])
 
     Port.command(port, Shepherd.encode_config(config))
-    timer = Process.send_after(self(), {:startup_timeout, port}, options.startup_timeout)
-    {:ok, %{state | port: port, startup_timer: timer}}
+    ref = make_ref()
+    timer = Process.send_after(self(), {:startup_timeout, ref}, options.startup_timeout)
+    {:ok, %{state | port: port, startup_timer: timer, startup_ref: ref}}
   rescue
     error in ErlangError ->
       File.rm_rf(state.dir)
@@ -227,7 +263,15 @@ defmodule SynapseCore.AgentProcess do
 
   @impl true
   def handle_call(:info, _from, state) do
-    {:reply, %{os_pid: state.os_pid, address: state.address, agent: state.options.name}, state}
+    info = %{
+      os_pid: state.os_pid,
+      address: state.address,
+      agent: state.options.name,
+      serving: state.phase == :serving,
+      location: state.location
+    }
+
+    {:reply, info, state}
   end
 
   # Returns {:ok, state}, {:failed, error, state} (the worker is lost) or
@@ -291,7 +335,7 @@ defmodule SynapseCore.AgentProcess do
   # Replies of calls this process gave up on.
   defp handle_event({:synapse_reply, _tag, _reply}, state), do: {:ok, state}
 
-  defp handle_event({:startup_timeout, port}, %{port: port, phase: phase} = state)
+  defp handle_event({:startup_timeout, ref}, %{startup_ref: ref, phase: phase} = state)
        when phase in [:starting, :loading] do
     error =
       worker_error(
@@ -302,7 +346,7 @@ defmodule SynapseCore.AgentProcess do
     {:failed, error, state}
   end
 
-  defp handle_event({:startup_timeout, _port}, state), do: {:ok, state}
+  defp handle_event({:startup_timeout, _ref}, state), do: {:ok, state}
 
   defp handle_event(:health_check, %{phase: :serving, channel: channel} = state) do
     tag = make_ref()
@@ -325,7 +369,7 @@ defmodule SynapseCore.AgentProcess do
   defp ready(state, address) do
     state = %{state | address: address}
 
-    case Channel.connect(address, max_message_bytes: state.options.max_message_bytes) do
+    case Channel.connect(address, connect_options(state)) do
       {:ok, channel} ->
         state = %{state | channel: channel}
 
@@ -338,6 +382,14 @@ defmodule SynapseCore.AgentProcess do
       {:error, error} ->
         {:failed, error, state}
     end
+  end
+
+  defp connect_options(%{location: :local, options: options}) do
+    [max_message_bytes: options.max_message_bytes]
+  end
+
+  defp connect_options(%{options: options}) do
+    [max_message_bytes: options.max_message_bytes, tls: options.tls, token: options.token]
   end
 
   defp load(state) do

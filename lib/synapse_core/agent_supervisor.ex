@@ -16,8 +16,13 @@ defmodule SynapseCore.AgentSupervisor do
   def via(name), do: {:via, Registry, {SynapseCore.AgentRegistry, name}}
 
   @impl true
-  def init(%Options{workers: workers} = options) do
-    children = for index <- 0..(workers - 1), do: {AgentProcess, {options, index}}
-    Supervisor.init(children, strategy: :one_for_one)
+  def init(%Options{workers: workers, remote: remote} = options) do
+    local = for index <- 0..(workers - 1)//1, do: {AgentProcess, {options, index, :local}}
+
+    attached =
+      for {address, offset} <- Enum.with_index(remote),
+          do: {AgentProcess, {options, workers + offset, {:remote, address}}}
+
+    Supervisor.init(local ++ attached, strategy: :one_for_one)
   end
 end

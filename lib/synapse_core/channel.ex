@@ -13,10 +13,18 @@ defmodule SynapseCore.Channel do
 
   @default_max_message_bytes 64 * 1024 * 1024
 
+  # Options: :max_message_bytes; for TCP workers :tls ([ca_pem: pem,
+  # server_name: name]) and :token (a zero-arity function returning it, so
+  # that it never shows in an inspected struct or a crash report).
   @spec connect(String.t(), keyword()) :: {:ok, t()} | {:error, Error.t()}
   def connect(address, opts \\ []) do
+    tls = Keyword.get(opts, :tls) || []
+
     options = %{
-      max_message_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes)
+      max_message_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
+      ca_pem: tls[:ca_pem],
+      server_name: tls[:server_name],
+      token: if(token = opts[:token], do: token.())
     }
 
     case Native.channel_connect(address, options) do

@@ -23,7 +23,9 @@ defmodule SynapseCore.Error do
       timeouts) until its retries were used up
     * `:usage_limit_exceeded`, `:unexpected_model_behavior`,
       `:model_http_error` - pydantic-ai's own failures of those names
-    * `:resource_exhausted` - a limit was hit (e.g. the maximum message size)
+    * `:resource_exhausted` - a limit was hit (e.g. the maximum message size
+      or the nesting depth of data)
+    * `:unauthenticated` - a remote worker refused the token
     * `:protocol_error`, `:internal` - a bug in Synapse; please report it
 
   `message` is meant for humans. `details` is a map whose keys depend on the
@@ -47,6 +49,7 @@ defmodule SynapseCore.Error do
           | :unexpected_model_behavior
           | :model_http_error
           | :resource_exhausted
+          | :unauthenticated
           | :protocol_error
           | :internal
           | :load_failed

@@ -74,12 +74,14 @@ defmodule SynapseCore.Workers do
       else: b
   end
 
-  @spec list(term()) :: [%{pid: pid(), os_pid: pos_integer(), address: String.t()}]
+  @spec list(term()) :: [
+          %{pid: pid(), os_pid: pos_integer() | nil, address: String.t(), location: term()}
+        ]
   def list(name) do
     for {pid, _value} <- Registry.lookup(SynapseCore.WorkerRegistry, name),
-        # A worker being replaced has no OS pid; it is not ready.
-        %{os_pid: os_pid} = info when os_pid != nil <- [safe_info(pid)],
-        do: info |> Map.put(:pid, pid) |> Map.delete(:agent)
+        # A worker being replaced is still registered for a moment.
+        %{serving: true} = info <- [safe_info(pid)],
+        do: info |> Map.put(:pid, pid) |> Map.drop([:agent, :serving])
   end
 
   defp safe_info(pid) do

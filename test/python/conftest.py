@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +20,11 @@ from synapse_python import Worker
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 ERROR_KEY = "synapse-error-bin"
+REPO = Path(__file__).resolve().parents[2]
+MAKE_TEST_CERT = REPO / "test" / "support" / "make_test_cert.sh"
+
+TOKEN = f"test-token-{secrets.token_hex(16)}"
+"""The bearer token of the tests' secured workers: unique, so searching logs for it is exact."""
 
 ToolAnswer = Callable[
     [agent_pb2.ToolRequest], agent_pb2.ToolResult | Awaitable[agent_pb2.ToolResult]
@@ -187,3 +194,34 @@ def bridge_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     sys.path.insert(0, str(out))
     yield out
     sys.path.remove(str(out))
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1/localhost and its key (`make_test_cert.sh`)."""
+
+    cert: Path
+    key: Path
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [str(MAKE_TEST_CERT), str(directory)], check=True, capture_output=True, timeout=60
+    )
+    return TlsFiles(directory / "cert.pem", directory / "key.pem")
+
+
+def tls_channel(address: str, tls: TlsFiles, token: str | None = None) -> grpc.aio.Channel:
+    """A TLS channel to `tcp://HOST:PORT` trusting `tls`, sending `token` the standard way."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.cert_pem)
+    if token is not None:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token)
+        )
+    return grpc.aio.secure_channel(address.removeprefix("tcp://"), credentials)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,11 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from conftest import AgentClient
+from conftest import TOKEN, AgentClient, TlsFiles, error_detail, tls_channel
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = "synapse.v1.AgentService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
+TOKEN_ENV = "SYNAPSE_WORKER_TOKEN"
 
 
 @dataclass
@@ -43,12 +45,14 @@ class WorkerProcess:
 
 @asynccontextmanager
 async def worker_process(
-    tmp_path: Path, *args: str, pythonpath: str | None = None
+    tmp_path: Path, *args: str, pythonpath: str | None = None, env: dict[str, str] | None = None
 ) -> AsyncIterator[WorkerProcess]:
+    """The worker with `args`; `env` adds to (never inherits SYNAPSE_WORKER_TOKEN from) ours."""
     default_path = os.pathsep.join(
         [str(REPO / "priv" / "python"), str(REPO / "test" / "support" / "python")]
     )
-    env = {**os.environ, "PYTHONPATH": pythonpath or default_path}
+    inherited = {key: value for key, value in os.environ.items() if key != TOKEN_ENV}
+    env = {**inherited, "PYTHONPATH": pythonpath or default_path, **(env or {})}
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -138,19 +142,141 @@ async def test_given_unix_socket_and_sigint(tmp_path: Path) -> None:
     assert directory.is_dir()  # not ours to remove
 
 
-async def test_tcp_port_zero_announces_the_bound_port(tmp_path: Path) -> None:
-    async with worker_process(tmp_path, "--listen", "tcp://127.0.0.1:0") as worker:
+def tls_args(tls: TlsFiles) -> tuple[str, ...]:
+    return ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+
+
+async def test_tcp_with_tls_and_the_token_from_the_environment(
+    tmp_path: Path, tls_files: TlsFiles
+) -> None:
+    async with worker_process(
+        tmp_path,
+        "--listen",
+        "tcp://127.0.0.1:0",
+        *tls_args(tls_files),
+        "--agent",
+        "echo=synapse_fixtures.agents:echo_agent",
+        env={TOKEN_ENV: f"{TOKEN}\n", "SYNAPSE_LOG_LEVEL": "DEBUG"},
+    ) as worker:
         address = await worker.ready_address()
         host, _, port = address.removeprefix("tcp://").rpartition(":")
         assert (host, port.isdigit(), port != "0") == ("127.0.0.1", True, True)
-        async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
-            health = await AgentClient(channel).health.Check(
-                health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
-            )
-            assert health.status == SERVING
+
+        async with tls_channel(address, tls_files, TOKEN) as channel:
+            client = AgentClient(channel)
+            for service in ("", SERVICE):
+                health = await client.health.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5
+                )
+                assert health.status == SERVING
+            assert (await client.run_sync("echo", "hi")).text == "success (no tool calls)"
+        for token in (None, "wrong"):
+            async with tls_channel(address, tls_files, token) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await AgentClient(channel).run_sync("echo", "hi")
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert error_detail(raised.value).kind == "unauthenticated"
+        async with grpc.aio.insecure_channel(address.removeprefix("tcp://")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await AgentClient(channel).health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
         worker.process.send_signal(signal.SIGTERM)
         assert await worker.exit_code() == 0, worker.stderr()
+
+    stderr = worker.stderr()
+    assert "refused /synapse.v1.AgentService/RunSync" in stderr
+    assert TOKEN not in stderr
+
+
+async def test_the_token_from_a_file_on_a_unix_socket(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\n")
+    token_file.chmod(0o600)
+    # --token-file wins over the environment.
+    async with worker_process(
+        tmp_path, "--token-file", str(token_file), env={TOKEN_ENV: "ignored"}
+    ) as worker:
+        address = await worker.ready_address()
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = AgentClient(channel).health
+            request = health_pb2.HealthCheckRequest()
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await health.Check(request, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            bearer = (("authorization", f"Bearer {TOKEN}"),)
+            assert (await health.Check(request, metadata=bearer, timeout=5)).status == SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await health.Check(request, metadata=(("authorization", "Bearer ignored"),))
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0, worker.stderr()
+    assert TOKEN not in worker.stderr()
+
+
+@pytest.fixture
+def other_key(tmp_path: Path) -> Path:
+    """A private key that is not the one of `tls_files.cert`."""
+    path = tmp_path / "other-key.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(path), "2048"], check=True, capture_output=True
+    )
+    return path
+
+
+async def test_bad_security_options_are_usage_errors(
+    tmp_path: Path, tls_files: TlsFiles, other_key: Path
+) -> None:
+    """Each case is a worker that must exit 2 with its message; they run concurrently."""
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "spaced").write_text("two words\n")
+    tcp = ("--listen", "tcp://127.0.0.1:0")
+    tls = ("--tls-cert", str(tls_files.cert), "--tls-key", str(tls_files.key))
+    token = {TOKEN_ENV: TOKEN}
+    needs = "a TCP worker requires TLS and a bearer token; missing "
+    cases: list[tuple[tuple[str, ...], dict[str, str], str]] = [
+        (tcp, {}, needs + "TLS (--tls-cert and --tls-key) and a bearer token "),
+        (tcp, token, needs + "TLS (--tls-cert and --tls-key)\n"),
+        ((*tcp, *tls), {}, needs + "a bearer token (--token-file or SYNAPSE_WORKER_TOKEN)\n"),
+        ((*tcp, *tls), {TOKEN_ENV: "  \n"}, needs + "a bearer token"),
+        (("--listen", "tcp://0.0.0.0:0", *tls), token, "--allow-remote"),
+        (("--listen", "tcp://0.0.0.0:0", "--allow-remote"), token, needs + "TLS "),
+        (
+            ("--tls-cert", str(tls_files.cert)),
+            {},
+            "--tls-cert and --tls-key must be given together",
+        ),
+        (
+            (*tcp, "--tls-cert", str(tmp_path / "spaced"), "--tls-key", str(tls_files.key)),
+            token,
+            "is not PEM",
+        ),
+        (
+            (*tcp, "--tls-cert", str(tls_files.cert), "--tls-key", str(other_key)),
+            token,
+            "not a usable certificate and key: KEY_VALUES_MISMATCH",
+        ),
+        (("--token-file", "absent"), {}, "--token-file: cannot read absent"),
+        (("--token-file", str(tmp_path / "empty")), token, "the bearer token is empty"),
+        (("--token-file", str(tmp_path / "spaced")), {}, "printable ASCII without whitespace"),
+        ((), {TOKEN_ENV: "two words"}, f"{TOKEN_ENV}: the bearer token must be printable ASCII"),
+        (("--token", "two words"), {}, "--token is not accepted"),
+        (("--token=two words",), {}, "--token is not accepted"),
+        (("--token-f", str(tmp_path / "spaced")), {}, "unrecognized arguments: --token-f"),
+    ]
+
+    async def check(case: int, args: tuple[str, ...], env: dict[str, str], message: str) -> None:
+        directory = tmp_path / f"case{case}"
+        directory.mkdir()
+        async with worker_process(directory, *args, env=env) as worker:
+            assert await worker.exit_code() == 2, (args, worker.stderr())
+            assert await worker.process.stdout.read() == b""
+            stderr = worker.stderr()
+            assert message in stderr, (args, stderr)
+            assert TOKEN not in stderr and "two words" not in stderr, (args, stderr)
+
+    await asyncio.gather(*(check(case, *spec) for case, spec in enumerate(cases)))
 
 
 async def test_refuses_non_loopback_tcp_without_allow_remote(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ defmodule SynapseCore.Agent.Options do
     :python,
     :cwd,
     workers: 1,
+    remote: [],
+    tls: nil,
+    token: nil,
     tools: [],
     python_path: [],
     env: [],
@@ -33,7 +36,10 @@ defmodule SynapseCore.Agent.Options do
           model: String.t() | nil,
           python: String.t() | nil,
           cwd: String.t() | nil,
-          workers: pos_integer(),
+          workers: non_neg_integer(),
+          remote: [String.t()],
+          tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
+          token: (() -> String.t()) | nil,
           tools: [SynapseCore.Tool.t()],
           python_path: [String.t()],
           env: SynapseCore.Python.env_option(),
@@ -62,7 +68,10 @@ defmodule SynapseCore.Agent.Options do
     :health_interval,
     :health_timeout,
     :max_backoff,
-    :max_message_bytes
+    :max_message_bytes,
+    :remote,
+    :tls,
+    :token
   ]
 
   @spec agent!(keyword()) :: t()
@@ -76,7 +85,6 @@ defmodule SynapseCore.Agent.Options do
       model: optional_string!(opts, :model),
       python: optional_string!(opts, :python),
       cwd: optional_string!(opts, :cwd),
-      workers: positive_integer!(opts, :workers, 1),
       tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, [])),
       python_path: string_list!(opts, :python_path),
       env: env!(Keyword.get(opts, :env, [])),
@@ -102,7 +110,10 @@ defmodule SynapseCore.Agent.Options do
     :health_interval,
     :health_timeout,
     :max_backoff,
-    :max_message_bytes
+    :max_message_bytes,
+    :remote,
+    :tls,
+    :token
   ]
 
   @spec bridge!(keyword()) :: t()
@@ -121,7 +132,6 @@ defmodule SynapseCore.Agent.Options do
       source: {:bridge, module},
       python: optional_string!(opts, :python),
       cwd: optional_string!(opts, :cwd),
-      workers: positive_integer!(opts, :workers, 1),
       python_path: string_list!(opts, :python_path),
       env: env!(Keyword.get(opts, :env, [])),
       startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
@@ -171,9 +181,27 @@ defmodule SynapseCore.Agent.Options do
 
   # Options every worker has, agent or bridge.
   defp worker_options!(options, opts) do
+    remote = remote!(Keyword.get(opts, :remote, []))
+
+    {tls, token} =
+      if remote == [],
+        do: {nil, nil},
+        else: {tls!(opts[:tls]), token!(opts[:token])}
+
+    workers = Keyword.get(opts, :workers, 1)
+
+    unless is_integer(workers) and (workers > 0 or (workers == 0 and remote != [])) do
+      raise ArgumentError,
+            ":workers must be a positive integer (or 0 with :remote workers), got: #{inspect(workers)}"
+    end
+
     %{
       options
-      | health_interval:
+      | workers: workers,
+        remote: remote,
+        tls: tls,
+        token: token,
+        health_interval:
           if(opts[:health_interval] == :infinity,
             do: :infinity,
             else: positive_integer!(opts, :health_interval, 5_000)
@@ -183,6 +211,57 @@ defmodule SynapseCore.Agent.Options do
         max_message_bytes: positive_integer!(opts, :max_message_bytes, 64 * 1024 * 1024)
     }
   end
+
+  defp remote!(addresses) when is_list(addresses) do
+    Enum.map(addresses, fn
+      "tcp://" <> _ = address ->
+        address
+
+      other ->
+        raise ArgumentError,
+              ":remote addresses must look like \"tcp://host:port\", got: #{inspect(other)}"
+    end)
+  end
+
+  defp remote!(other), do: raise(ArgumentError, ":remote must be a list, got: #{inspect(other)}")
+
+  # Remote workers are reached over TLS only.
+  defp tls!(tls) when is_list(tls) do
+    tls = Keyword.validate!(tls, [:ca, :server_name])
+
+    pem =
+      case tls[:ca] do
+        {:pem, pem} when is_binary(pem) ->
+          pem
+
+        path when is_binary(path) ->
+          File.read!(path)
+
+        other ->
+          raise ArgumentError,
+                ":tls needs :ca (a PEM file path or {:pem, pem}), got: #{inspect(other)}"
+      end
+
+    [ca_pem: pem, server_name: tls[:server_name]]
+  end
+
+  defp tls!(other),
+    do: raise(ArgumentError, ":remote workers need :tls (ca: path), got: #{inspect(other)}")
+
+  # Kept in a function so that no inspect, log or crash report shows it.
+  defp token!(token) when is_binary(token) and token != "", do: fn -> token end
+
+  defp token!({:system, variable}) when is_binary(variable),
+    do: token!(System.fetch_env!(variable))
+
+  defp token!(token) when is_function(token, 0), do: token
+
+  defp token!(_other),
+    do:
+      raise(
+        ArgumentError,
+        ":remote workers need a :token (a string, {:system, \"VAR\"} or a function)"
+      )
 
   defp schema!(nil), do: nil
   defp schema!(schema) when is_map(schema), do: schema

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::error::Error;
 use crate::proto::agent_service_client::AgentServiceClient;
@@ -55,12 +55,20 @@ impl Default for ConnectOptions {
     }
 }
 
+/// TLS for a TCP worker: the CA that signed its certificate, and the name
+/// to verify it for (by default the address's host).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca_pem: Vec<u8>,
+    pub server_name: Option<String>,
+}
+
 /// A channel that connects on first use (and reconnects after a broken
 /// connection on the next call), so creating it never waits.
 ///
 /// Must be called within a tokio runtime: the channel spawns its worker
 /// task there.
-pub fn connect_lazy(address: &Address) -> Result<Channel, Error> {
+pub fn connect_lazy(address: &Address, tls: Option<&Tls>) -> Result<Channel, Error> {
     Ok(match address {
         Address::Unix(path) => {
             let path = path.clone();
@@ -71,9 +79,23 @@ pub fn connect_lazy(address: &Address) -> Result<Channel, Error> {
                 }),
             )
         }
-        Address::Tcp(host_port) => endpoint(&format!("http://{host_port}"))?
-            .tcp_nodelay(true)
-            .connect_lazy(),
+        Address::Tcp(host_port) => match tls {
+            None => endpoint(&format!("http://{host_port}"))?
+                .tcp_nodelay(true)
+                .connect_lazy(),
+            Some(tls) => {
+                let mut config =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+                if let Some(name) = &tls.server_name {
+                    config = config.domain_name(name.clone());
+                }
+                endpoint(&format!("https://{host_port}"))?
+                    .tcp_nodelay(true)
+                    .tls_config(config)
+                    .map_err(|e| Error::InvalidArgument(format!("bad TLS settings: {e}")))?
+                    .connect_lazy()
+            }
+        },
     })
 }
 

@@ -60,6 +60,7 @@ pub enum RemoteKind {
     OutputValidationFailed,
     ToolFailed,
     ModelHttpError,
+    Unauthenticated,
     ResourceExhausted,
     Timeout,
     Cancelled,
@@ -78,6 +79,7 @@ impl RemoteKind {
             "unexpected_model_behavior" => Self::UnexpectedModelBehavior,
             "output_validation_failed" => Self::OutputValidationFailed,
             "tool_failed" => Self::ToolFailed,
+            "unauthenticated" => Self::Unauthenticated,
             "model_http_error" => Self::ModelHttpError,
             _ => return None,
         })
@@ -93,6 +95,7 @@ impl RemoteKind {
             Code::DeadlineExceeded => Self::Timeout,
             Code::Cancelled => Self::Cancelled,
             Code::Unavailable => Self::Unavailable,
+            Code::Unauthenticated => Self::Unauthenticated,
             Code::Unknown => Self::PythonError,
             _ => Self::Internal,
         }
@@ -109,6 +112,7 @@ impl RemoteKind {
             Self::UnexpectedModelBehavior => "unexpected_model_behavior",
             Self::OutputValidationFailed => "output_validation_failed",
             Self::ToolFailed => "tool_failed",
+            Self::Unauthenticated => "unauthenticated",
             Self::ModelHttpError => "model_http_error",
             Self::ResourceExhausted => "resource_exhausted",
             Self::Timeout => "timeout",

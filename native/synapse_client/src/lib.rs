@@ -9,5 +9,5 @@ pub mod address;
 pub mod error;
 pub mod proto;
 
-pub use address::{agent_client, connect_lazy, Address, ConnectOptions};
+pub use address::{agent_client, connect_lazy, Address, ConnectOptions, Tls};
 pub use error::{Error, RemoteKind};

@@ -4,7 +4,7 @@ use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
 
 use crate::atoms;
 use crate::call::{self, CallHandle};
-use crate::channel::ChannelResource;
+use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json;
 use crate::reply::Reply;
@@ -64,6 +64,7 @@ fn agent_load<'a>(
         model: request.model,
     };
     let mut client = channel.client.clone();
+    let build = request_builder(&channel);
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
     call::spawn(
@@ -72,11 +73,10 @@ fn agent_load<'a>(
         Reply::new(caller, tag, Style::Unary),
         timeout,
         move |deadline| async move {
-            let mut request = tonic::Request::new(request);
-            if let Some(deadline) = deadline {
-                request.set_timeout(deadline);
-            }
-            Ok(client.load_agent(request).await?.into_inner())
+            Ok(client
+                .load_agent(build(request, deadline))
+                .await?
+                .into_inner())
         },
         encode_loaded,
     );

@@ -26,7 +26,7 @@ use tonic::Status;
 
 use crate::atoms;
 use crate::call::{self, CallError, CallHandle};
-use crate::channel::ChannelResource;
+use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json::{self, MAX_DEPTH};
 use crate::reply::{Reply, Style};
@@ -83,6 +83,7 @@ fn bridge_call<'a>(
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
     let mut grpc = grpc_client(&channel);
+    let build = request_builder(&channel);
     call::spawn(
         channel,
         &handle,
@@ -94,9 +95,7 @@ fn bridge_call<'a>(
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let codec = DynamicCodec(method.output());
-            let response = grpc
-                .unary(with_deadline(message, deadline), path, codec)
-                .await?;
+            let response = grpc.unary(build(message, deadline), path, codec).await?;
             Ok(response.into_inner())
         },
         |env, response: DynamicMessage| Ok(message_to_term(env, &response)),
@@ -134,6 +133,7 @@ fn bridge_stream_start<'a>(
     let mut events = reply.events(tag);
     let credit = handle.credit.clone();
     let mut grpc = grpc_client(&channel);
+    let build = request_builder(&channel);
     call::spawn(
         channel,
         &handle,
@@ -146,7 +146,7 @@ fn bridge_stream_start<'a>(
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let codec = DynamicCodec(method.output());
             let mut responses = grpc
-                .server_streaming(with_deadline(message, deadline), path, codec)
+                .server_streaming(build(message, deadline), path, codec)
                 .await?
                 .into_inner();
             loop {
@@ -212,14 +212,6 @@ fn path(method: &MethodDescriptor) -> Result<tonic::codegen::http::uri::PathAndQ
     let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
     tonic::codegen::http::uri::PathAndQuery::from_str(&path)
         .map_err(|e| Status::internal(e.to_string()))
-}
-
-fn with_deadline<T>(message: T, deadline: Option<std::time::Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(deadline) = deadline {
-        request.set_timeout(deadline);
-    }
-    request
 }
 
 /// Encodes `DynamicMessage`s, and decodes responses with the method's

@@ -1,13 +1,17 @@
 //! Connections to workers: one tonic channel per worker, shared by every
 //! call on it (HTTP/2 multiplexes them; cloning the client is cheap).
 
-use rustler::{Atom, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustler::{Atom, Binary, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
 use synapse_client::proto::agent_service_client::AgentServiceClient;
 use synapse_client::proto::health::health_check_response::ServingStatus;
 use synapse_client::proto::health::health_client::HealthClient;
 use synapse_client::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use synapse_client::{Address, Error};
+use synapse_client::{Address, Error, Tls};
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::atoms;
@@ -19,6 +23,9 @@ use crate::runtime::RUNTIME;
 /// A worker's channel. `closed` is cancelled when the worker is known to be
 /// gone, which fails every call in flight on it at once.
 pub struct ChannelResource {
+    /// `Bearer <token>` for workers that require one. Kept here, in Rust
+    /// only: it never reaches a term, a log line or an error.
+    authorization: Option<MetadataValue<Ascii>>,
     /// Calls in flight on this channel, for least-loaded routing.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub client: AgentServiceClient<Channel>,
@@ -34,16 +41,22 @@ pub struct ChannelResource {
 impl Resource for ChannelResource {}
 
 #[derive(NifMap)]
-pub struct ConnectOptions {
+pub struct ConnectOptions<'a> {
     /// Largest message, either way, in bytes.
     pub max_message_bytes: usize,
+    /// PEM of the CA that signed a TCP worker's certificate; `nil` for no TLS.
+    pub ca_pem: Option<Binary<'a>>,
+    /// The name the worker's certificate must be valid for.
+    pub server_name: Option<String>,
+    /// The bearer token the worker requires, if any.
+    pub token: Option<String>,
 }
 
 /// Creates the channel without connecting: the first call connects (and a
 /// broken connection is re-established by the next call), so this never
 /// waits and can run on a normal scheduler.
 #[rustler::nif]
-fn channel_connect(env: Env<'_>, address: String, options: ConnectOptions) -> Term<'_> {
+fn channel_connect<'a>(env: Env<'a>, address: String, options: ConnectOptions<'a>) -> Term<'a> {
     // Encoded here rather than returned: tonic's channel is not
     // `RefUnwindSafe`, which the NIF wrapper requires of return values.
     connect(address, options).map_err(NifError).encode(env)
@@ -51,10 +64,21 @@ fn channel_connect(env: Env<'_>, address: String, options: ConnectOptions) -> Te
 
 fn connect(
     address: String,
-    options: ConnectOptions,
+    options: ConnectOptions<'_>,
 ) -> Result<ResourceArc<ChannelResource>, Error> {
     let _runtime = RUNTIME.enter();
-    let channel = synapse_client::connect_lazy(&Address::parse(&address)?)?;
+    let tls = options.ca_pem.map(|pem| Tls {
+        ca_pem: pem.as_slice().to_vec(),
+        server_name: options.server_name,
+    });
+    let authorization = options
+        .token
+        .map(|token| {
+            MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| Error::InvalidArgument("the token is not valid header text".into()))
+        })
+        .transpose()?;
+    let channel = synapse_client::connect_lazy(&Address::parse(&address)?, tls.as_ref())?;
     let client = synapse_client::agent_client(
         channel.clone(),
         synapse_client::ConnectOptions {
@@ -62,6 +86,7 @@ fn connect(
         },
     );
     Ok(ResourceArc::new(ChannelResource {
+        authorization,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         client,
         channel,
@@ -84,16 +109,14 @@ fn channel_health<'a>(
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
     let mut client = HealthClient::new(channel.channel.clone());
+    let request = request_builder(&channel);
     call::spawn(
         channel,
         &handle,
         Reply::new(caller, tag, Style::Unary),
         timeout,
         move |deadline| async move {
-            let mut request = tonic::Request::new(HealthCheckRequest::default());
-            if let Some(deadline) = deadline {
-                request.set_timeout(deadline);
-            }
+            let request = request(HealthCheckRequest::default(), deadline);
             Ok(client.check(request).await?.into_inner())
         },
         |env, response: HealthCheckResponse| {
@@ -106,6 +129,25 @@ fn channel_health<'a>(
         },
     );
     Ok(Ok(handle))
+}
+
+/// Builds requests for a call's future, which cannot borrow the channel.
+pub fn request_builder<T>(
+    channel: &ResourceArc<ChannelResource>,
+) -> impl Fn(T, Option<Duration>) -> tonic::Request<T> + Send + 'static {
+    let authorization = Arc::new(channel.authorization.clone());
+    move |message, deadline| {
+        let mut request = tonic::Request::new(message);
+        if let Some(deadline) = deadline {
+            request.set_timeout(deadline);
+        }
+        if let Some(authorization) = authorization.as_ref() {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
 }
 
 /// The number of calls in flight on the channel.

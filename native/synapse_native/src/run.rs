@@ -1,8 +1,6 @@
 //! Agent runs: `SynapseCore.Agent.run/3` and `run_sync/3` (one reply) and
 //! `run_stream/3` (events, then one final message).
 
-use std::time::Duration;
-
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term};
 use synapse_client::proto::{
     run_event, run_input, run_result, tool_result, RunInput, RunRequest, RunResult, ToolCall,
@@ -13,7 +11,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::atoms;
 use crate::call::{self, CallError, CallHandle};
-use crate::channel::ChannelResource;
+use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json;
 use crate::reply::{Events, Reply, Runner, Style};
@@ -175,13 +173,14 @@ fn start_unary<'a>(
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
     let mut client = channel.client.clone();
+    let build = request_builder(&channel);
     call::spawn(
         channel,
         &handle,
         Reply::new(caller, tag, Style::Unary),
         timeout,
         move |deadline| async move {
-            let response = client.run_sync(with_deadline(request, deadline)).await?;
+            let response = client.run_sync(build(request, deadline)).await?;
             Ok(response.into_inner())
         },
         encode_result,
@@ -247,12 +246,19 @@ fn start_stream<'a>(
         credit: handle.credit.clone(),
     };
     let client = channel.client.clone();
+    let build = request_builder(&channel);
     call::spawn(
         channel,
         &handle,
         reply,
         timeout,
-        move |deadline| stream(client, inputs_stream, deadline, relay),
+        move |deadline| {
+            stream(
+                client,
+                build(UnboundedReceiverStream::new(inputs_stream), deadline),
+                relay,
+            )
+        },
         encode_result,
     );
     Ok(Ok(handle))
@@ -274,17 +280,10 @@ async fn stream(
     mut client: synapse_client::proto::agent_service_client::AgentServiceClient<
         tonic::transport::Channel,
     >,
-    inputs: mpsc::UnboundedReceiver<RunInput>,
-    deadline: Option<Duration>,
+    request: tonic::Request<UnboundedReceiverStream<RunInput>>,
     mut relay: Relay,
 ) -> Result<RunResult, CallError> {
-    let mut responses = client
-        .run(with_deadline(
-            UnboundedReceiverStream::new(inputs),
-            deadline,
-        ))
-        .await?
-        .into_inner();
+    let mut responses = client.run(request).await?.into_inner();
     loop {
         relay
             .credit
@@ -396,14 +395,6 @@ fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
             (atoms::retry(), request.retry.encode(env)),
         ],
     )
-}
-
-fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(deadline) = deadline {
-        request.set_timeout(deadline);
-    }
-    request
 }
 
 /// Refuses a message the worker would refuse anyway, with a clearer error

@@ -52,6 +52,16 @@ INVALID_ARGUMENT `invalid_argument`; any failure while loading an
 agent (including an output schema outside the supported subset) →
 FAILED_PRECONDITION `load_failed`.
 
+Refused before any handler runs (`synapse_python._auth.TokenInterceptor`, on a
+worker configured with a bearer token, which every TCP worker is):
+
+| condition                                           | status          | kind              |
+|-----------------------------------------------------|-----------------|-------------------|
+| missing or wrong `authorization: Bearer <token>`    | UNAUTHENTICATED | `unauthenticated` |
+
+Its message is always "missing or invalid bearer token", whatever was sent; it
+applies to every method of every service the worker serves, health included.
+
 Bridge calls (`synapse_python.bridge`): arguments Pydantic rejects, and a
 `pydantic.ValidationError` the function itself raises, are INVALID_ARGUMENT
 `invalid_argument` with the errors as data in `ErrorDetail.data_json`:
@@ -118,6 +128,7 @@ class ErrorKind(StrEnum):
     TOOL_FAILED = "tool_failed"
     MODEL_HTTP_ERROR = "model_http_error"
     PYTHON_ERROR = "python_error"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 class SynapseError(Exception):
@@ -215,6 +226,11 @@ def validation_failed(
 def not_found(message: str) -> SynapseError:
     """A request naming something this worker does not have."""
     return SynapseError(grpc.StatusCode.NOT_FOUND, ErrorKind.NOT_FOUND, message)
+
+
+def unauthenticated(message: str) -> SynapseError:
+    """A call without the bearer token the worker requires (never says what was sent)."""
+    return SynapseError(grpc.StatusCode.UNAUTHENTICATED, ErrorKind.UNAUTHENTICATED, message)
 
 
 def from_run_exception(exc: Exception) -> SynapseError:

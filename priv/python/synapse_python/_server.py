@@ -1,9 +1,9 @@
 """Where and how a worker listens: addresses, socket permissions, server options.
 
 Workers listen on a Unix socket in a private (0700) directory by default, so
-only the user running the BEAM can reach them. TCP exists for remote workers;
-until it gets TLS and a token it is refused on anything but loopback unless the
-caller explicitly allows it.
+only the user running the BEAM can reach them. TCP exists for remote workers: it
+always needs TLS and a bearer token (`synapse_python._auth`), and a host other
+than loopback needs the caller's explicit permission (`allow_remote`) as well.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ import grpc
 
 logger = logging.getLogger("synapse_python.server")
 
+DEFAULT_SHUTDOWN_GRACE = 3.0
+"""Seconds in-flight runs get to finish on shutdown before they are cancelled.
+
+Shorter than the process manager's own SIGTERM-to-SIGKILL delay, so a worker
+always gets to cancel its runs and remove its socket itself.
+"""
+
 READY_PREFIX = "SYNAPSE_READY"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGE_BYTES_ENV = "SYNAPSE_MAX_MESSAGE_BYTES"
@@ -45,7 +52,7 @@ class Endpoint:
 
     @property
     def grpc_address(self) -> str:
-        """The address as `add_insecure_port` wants it."""
+        """The address as `add_insecure_port` / `add_secure_port` want it."""
         if self.scheme == "unix":
             return f"unix:{self.path}"
         return f"{_bracketed(self.host)}:{self.port}"
@@ -86,11 +93,17 @@ def parse_listen(listen: str, *, allow_remote: bool = False) -> Endpoint:
             raise ValueError(f"TCP address must be tcp://HOST:PORT, got {listen!r}")
         if not allow_remote and not is_loopback(host):
             raise ValueError(
-                f"refusing to listen on non-loopback host {host!r} without TLS; "
-                "pass --allow-remote to do it anyway"
+                f"refusing to listen on non-loopback host {host!r} unless allowed (--allow-remote)"
             )
         return Endpoint("tcp", host=host, port=port)
     raise ValueError(f"listen address must be unix:PATH or tcp://HOST:PORT, got {listen!r}")
+
+
+def missing_for_tcp(endpoint: Endpoint, *, tls: bool, token: bool) -> list[str]:
+    """What a TCP endpoint still lacks of its mandatory `"TLS"` and `"token"` (none for Unix)."""
+    if endpoint.scheme != "tcp":
+        return []
+    return [name for name, present in (("TLS", tls), ("token", token)) if not present]
 
 
 def private_endpoint() -> tuple[Endpoint, str]:
@@ -99,17 +112,28 @@ def private_endpoint() -> tuple[Endpoint, str]:
     return Endpoint("unix", path=os.path.join(directory, SOCKET_NAME)), directory
 
 
-def bind(server: grpc.aio.Server, endpoint: Endpoint) -> int:
+def bind(
+    server: grpc.aio.Server,
+    endpoint: Endpoint,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
     """Bind `endpoint` (grpc binds at once); returns the bound TCP port, or 0 for Unix.
 
-    A Unix socket is created 0600 (under a restrictive umask, then chmod to be
-    sure): the directory's 0700 is what keeps others out, this is the second lock.
+    With `credentials` the port serves TLS. A Unix socket is created 0600
+    (under a restrictive umask, then chmod to be sure): the directory's 0700 is
+    what keeps others out, this is the second lock.
     """
+
+    def add_port() -> int:
+        if credentials is None:
+            return server.add_insecure_port(endpoint.grpc_address)
+        return server.add_secure_port(endpoint.grpc_address, credentials)
+
     if endpoint.scheme == "tcp":
-        return server.add_insecure_port(endpoint.grpc_address)
+        return add_port()
     _warn_if_directory_is_shared(os.path.dirname(endpoint.path))
     with _umask(0o177):
-        server.add_insecure_port(endpoint.grpc_address)
+        add_port()
     os.chmod(endpoint.path, 0o600)
     return 0
 

@@ -14,19 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from pydantic_ai.agent import AbstractAgent
 
-from synapse_python import _agents, _server, _service
+from synapse_python import _agents, _auth, _server, _service
+from synapse_python._server import DEFAULT_SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
     from synapse_python.bridge import BridgeService
 
 logger = logging.getLogger("synapse_python.worker")
-
-DEFAULT_SHUTDOWN_GRACE = 3.0
-"""Seconds in-flight runs get to finish on shutdown before they are cancelled.
-
-Shorter than the process manager's own SIGTERM-to-SIGKILL delay, so a worker
-always gets to cancel its runs and remove its socket itself.
-"""
 
 # How much longer than the grace `stop` waits for grpc to wind down before
 # giving up on it: a worker asked to stop must exit, not hang.
@@ -46,14 +40,43 @@ class Worker:
         address = await worker.start("unix:/run/me/worker.sock")
         ...
         await worker.stop()
+
+    A worker on TCP needs TLS and a bearer token:
+
+        worker = Worker(tls_cert="cert.pem", tls_key="key.pem", token=secret)
+        address = await worker.start("tcp://127.0.0.1:0")   # "tcp://127.0.0.1:PORT"
     """
 
-    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_bytes: int | None = None,
+        tls_cert: _auth.PemSource | None = None,
+        tls_key: _auth.PemSource | None = None,
+        token: str | _auth.BearerToken | None = None,
+    ) -> None:
         """`max_message_bytes` caps gRPC messages both ways.
 
         It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or 64 MiB: message histories
         grow with a conversation and gRPC's own 4 MiB default is too small.
+
+        `tls_cert` (the server's certificate chain) and `tls_key` (its private
+        key), given together, make the server speak TLS, whatever the address;
+        each is PEM `bytes` or the path (`str` or path-like) of a PEM file, read
+        here. With `token` (printable ASCII, no whitespace) every call, health
+        checks included, must carry the metadata `authorization: Bearer
+        <token>` or is refused UNAUTHENTICATED. A TCP address requires both
+        (see `start`). Neither the token nor the key shows in this object's
+        repr, in logs or in errors.
         """
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        self._tls = (
+            _auth.TlsCredentials.load(tls_cert, tls_key)
+            if tls_cert is not None and tls_key is not None
+            else None
+        )
+        self._token = _auth.bearer_token(token)
         self._registry = _agents.AgentRegistry()
         self._max_message_bytes = max_message_bytes or _server.max_message_bytes_from_env()
         self._server: grpc.aio.Server | None = None
@@ -62,6 +85,12 @@ class Worker:
         self._owned_directory: str | None = None
         self._address: str | None = None
         self._bridges: dict[str, BridgeService] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker address={self._address!r} tls={self._tls is not None} "
+            f"token={'required' if self._token is not None else 'none'}>"
+        )
 
     @property
     def address(self) -> str | None:
@@ -112,9 +141,10 @@ class Worker:
         """Bind and start serving; returns the address clients connect to.
 
         `listen` is `unix:PATH` (its directory must exist, and should be 0700)
-        or `tcp://HOST:PORT` (port 0 picks a free port; non-loopback hosts need
-        `allow_remote`). Without it the socket goes in a fresh private directory,
-        removed again by `stop`.
+        or `tcp://HOST:PORT` (port 0 picks a free port; TLS and a token are
+        required, see `Worker`, and non-loopback hosts need `allow_remote`
+        too). Without it the socket goes in a fresh private directory, removed
+        again by `stop`. An address it refuses raises `ValueError`.
         """
         if self._server is not None:
             raise RuntimeError("worker already started")
@@ -123,9 +153,20 @@ class Worker:
                 _server.parse_listen(listen, allow_remote=allow_remote),
                 None,
             )
+            missing = _server.missing_for_tcp(
+                endpoint, tls=self._tls is not None, token=self._token is not None
+            )
+            if missing:
+                raise ValueError(
+                    f"a TCP worker needs TLS (tls_cert and tls_key) and a bearer token "
+                    f"(token); missing: {' and '.join(missing)}"
+                )
         else:
             endpoint, owned_directory = _server.private_endpoint()
-        server = grpc.aio.server(options=_server.server_options(self._max_message_bytes))
+        server = grpc.aio.server(
+            options=_server.server_options(self._max_message_bytes),
+            interceptors=[_auth.TokenInterceptor(self._token)] if self._token is not None else None,
+        )
         handler, table = _service.generic_handler(_service.AgentService(self._registry))
         server.add_generic_rpc_handlers((handler,))
         server.add_registered_method_handlers(_service.SERVICE_NAME, table)
@@ -136,7 +177,9 @@ class Worker:
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         try:
-            port = _server.bind(server, endpoint)
+            port = _server.bind(
+                server, endpoint, self._tls.server_credentials() if self._tls else None
+            )
             await server.start()
             for service in ("", _service.SERVICE_NAME, *self._bridges):
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -148,10 +191,12 @@ class Worker:
         self._endpoint, self._owned_directory = endpoint, owned_directory
         self._address = endpoint.announced(port)
         logger.info(
-            "serving %s on %s", ", ".join([_service.SERVICE_NAME, *self._bridges]), self._address
+            "serving %s on %s (%s, %s)",
+            ", ".join([_service.SERVICE_NAME, *self._bridges]),
+            self._address,
+            "TLS" if self._tls else "no TLS",
+            "bearer token required" if self._token is not None else "no token",
         )
-        if endpoint.scheme == "tcp" and not _server.is_loopback(endpoint.host):
-            logger.warning("listening on %s without TLS or authentication", self._address)
         return self._address
 
     async def stop(self, grace: float | None = DEFAULT_SHUTDOWN_GRACE) -> None:
@@ -192,6 +237,9 @@ async def serve(
     allow_remote: bool = False,
     grace: float = DEFAULT_SHUTDOWN_GRACE,
     max_message_bytes: int | None = None,
+    tls_cert: _auth.PemSource | None = None,
+    tls_key: _auth.PemSource | None = None,
+    token: str | _auth.BearerToken | None = None,
 ) -> None:
     """Run a worker until SIGTERM or SIGINT, announcing readiness on stdout.
 
@@ -202,6 +250,7 @@ async def serve(
     the server accepts connections, exactly one line `SYNAPSE_READY <address>`
     is printed to stdout, which is what the process manager waits for. A signal
     stops the worker gracefully (see `Worker.stop`) and `serve` returns.
+    `tls_cert`, `tls_key` and `token` are `Worker`'s (required for TCP).
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -217,7 +266,9 @@ async def serve(
     for signum in signals:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        worker = Worker(max_message_bytes=max_message_bytes)
+        worker = Worker(
+            max_message_bytes=max_message_bytes, tls_cert=tls_cert, tls_key=tls_key, token=token
+        )
         for agent_id, ref in (agents or {}).items():
             await worker.load_agent(agent_id, ref)
             logger.info("loaded agent %r from %s", agent_id, ref)

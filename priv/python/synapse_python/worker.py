@@ -2,6 +2,7 @@
 
     python -m synapse_python.worker [--listen unix:PATH | tcp://HOST:PORT]
                                     [--agent ID=package.module:attr]... [--bridge MODULE]...
+                                    [--tls-cert PEM --tls-key PEM] [--token-file PATH]
                                     [--allow-remote] [--grace SECONDS]
 
 `--bridge my_module` serves the Synapse Bridge generated for the Python module
@@ -9,6 +10,17 @@
 DIR`): DIR (holding `synapse_bridge_my_module.py`, `my_module.ir.json` and
 `my_module.desc`) and the directory `my_module` is imported from must be on
 PYTHONPATH.
+
+`tcp://HOST:PORT` requires TLS (`--tls-cert` and `--tls-key`, PEM files) and a
+bearer token, and a host that is not loopback `--allow-remote` as well. The
+token is the content of `--token-file` (surrounding whitespace stripped) or,
+without that option, of the environment variable `SYNAPSE_WORKER_TOKEN`; it is
+never taken from the command line, where `ps` would show it, and the variable
+is removed from the worker's environment so that its subprocesses do not
+inherit it. With a token every call (health checks included) must carry the
+metadata `authorization: Bearer <token>`, on a Unix socket too; without it the
+call fails UNAUTHENTICATED. `--tls-cert`/`--tls-key` on a Unix socket make it
+speak TLS too.
 
 Stdout carries exactly one line, `SYNAPSE_READY <address>`, once the server
 accepts connections; logs go to stderr (level from SYNAPSE_LOG_LEVEL, default
@@ -23,11 +35,12 @@ import argparse
 import asyncio
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 
-from synapse_python import DEFAULT_SHUTDOWN_GRACE, serve
-from synapse_python._server import parse_listen
+from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
+from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
 
 logger = logging.getLogger("synapse_python.worker")
 
@@ -39,11 +52,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the worker until signalled, return the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    env_token = os.environ.pop(TOKEN_ENV, None)
+    tls = _tls(parser, args.tls_cert, args.tls_key)
+    token = _token(parser, args.token_file, env_token)
     if args.listen:
         try:
-            parse_listen(args.listen, allow_remote=args.allow_remote)
+            endpoint = parse_listen(args.listen, allow_remote=args.allow_remote)
         except ValueError as exc:
             parser.error(f"--listen: {exc}")
+        missing = missing_for_tcp(endpoint, tls=tls is not None, token=token is not None)
+        if missing:
+            wanted = {
+                "TLS": "TLS (--tls-cert and --tls-key)",
+                "token": f"a bearer token (--token-file or {TOKEN_ENV})",
+            }
+            parser.error(
+                f"--listen {args.listen}: a TCP worker requires TLS and a bearer token; "
+                f"missing {' and '.join(wanted[name] for name in missing)}"
+            )
     agents: dict[str, str] = {}
     for item in args.agent:
         agent_id, sep, ref = item.partition("=")
@@ -52,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         agents[agent_id] = ref
 
     _configure_logging()
+    # Only now: a bad command line fails fast, without loading pydantic-ai.
+    from synapse_python import serve
+
     try:
         asyncio.run(
             serve(
@@ -60,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bridges=args.bridge,
                 allow_remote=args.allow_remote,
                 grace=args.grace,
+                tls_cert=tls.certificate_chain if tls else None,
+                tls_key=tls.private_key if tls else None,
+                token=token,
             )
         )
     except Exception:
@@ -73,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m synapse_python.worker",
         description="Serve pydantic-ai agents (synapse.v1.AgentService) and Synapse Bridges "
         "over gRPC.",
+        # Abbreviations would read `--token SECRET` as `--token-file SECRET`.
+        allow_abbrev=False,
     )
     parser.add_argument(
         "--listen",
@@ -94,9 +128,26 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the Synapse Bridge generated for this Python module (repeatable)",
     )
     parser.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="serve TLS with this certificate chain (PEM); needs --tls-key; required for tcp://",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="PATH",
+        help="the private key (PEM) of --tls-cert",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="require 'authorization: Bearer <token>' on every call, the token being "
+        f"this file's content (default: ${TOKEN_ENV}, if set); required for tcp://",
+    )
+    parser.add_argument("--token", nargs="?", action=_RefuseToken, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
-        help="allow a non-loopback TCP host (no TLS yet: trusted networks only)",
+        help="allow a non-loopback TCP host (TLS and a token are mandatory for any TCP address)",
     )
     parser.add_argument(
         "--grace",
@@ -106,6 +157,59 @@ def _parser() -> argparse.ArgumentParser:
         help=f"on SIGTERM, how long in-flight runs may finish (default {DEFAULT_SHUTDOWN_GRACE})",
     )
     return parser
+
+
+class _RefuseToken(argparse.Action):
+    """`--token`: refused without echoing its value, which `ps` has already shown."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        parser.error(
+            f"--token is not accepted (the command line is visible to other users); "
+            f"use --token-file PATH or {TOKEN_ENV}"
+        )
+
+
+def _tls(
+    parser: argparse.ArgumentParser, cert: str | None, key: str | None
+) -> TlsCredentials | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        parser.error("--tls-cert and --tls-key must be given together")
+    try:
+        credentials = TlsCredentials.load(cert, key)
+        # grpc would only fail to bind, without saying why: check the pair here.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        parser.error(f"--tls-cert/--tls-key: not a usable certificate and key: {exc.reason}")
+    except OSError as exc:
+        parser.error(f"--tls-cert/--tls-key: cannot read {exc.filename}: {exc.strerror}")
+    except ValueError as exc:
+        parser.error(f"--tls-cert/--tls-key: {exc}")
+    return credentials
+
+
+def _token(
+    parser: argparse.ArgumentParser, token_file: str | None, env_token: str | None
+) -> BearerToken | None:
+    """The token from `--token-file`, else the environment; errors never include it."""
+    if token_file is not None:
+        source = f"--token-file {token_file}"
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                value = file.read().strip()
+        except OSError as exc:
+            parser.error(f"--token-file: cannot read {token_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            parser.error(f"{source}: the token must be printable ASCII")
+    elif env_token is not None and env_token.strip():
+        source, value = TOKEN_ENV, env_token.strip()
+    else:
+        return None
+    try:
+        return BearerToken(value)
+    except ValueError as exc:
+        parser.error(f"{source}: {exc}")
 
 
 def _configure_logging() -> None:

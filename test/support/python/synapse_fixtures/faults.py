@@ -95,3 +95,14 @@ def _random_keys(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
 
 # Structured output whose keys were never seen before.
 random_keys_agent = Agent(FunctionModel(_random_keys), output_type=dict)
+
+
+async def _pid_after(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    import asyncio
+
+    await asyncio.sleep(float(_prompt(messages)))
+    return ModelResponse(parts=[TextPart(str(os.getpid()))])
+
+
+# Sleeps `prompt` seconds, then answers the worker's OS pid: which worker served.
+pid_agent = Agent(FunctionModel(_pid_after))

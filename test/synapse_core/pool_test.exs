@@ -1,0 +1,69 @@
+defmodule SynapseCore.PoolTest do
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, Error, Result}
+
+  @moduletag capture_log: true
+
+  setup do
+    name = unique_name()
+
+    start_supervised!(
+      {Agent,
+       name: name,
+       agent: "synapse_fixtures.faults:pid_agent",
+       python_path: [fixtures_path()],
+       workers: 3}
+    )
+
+    os_pids = name |> await_workers(3) |> Enum.map(& &1.os_pid) |> Enum.sort()
+    %{name: name, os_pids: os_pids}
+  end
+
+  defp served_by(name, count, seconds) do
+    1..count
+    |> Task.async_stream(fn _ -> Agent.run_sync(name, seconds, timeout: 30_000) end,
+      max_concurrency: count,
+      timeout: 40_000
+    )
+    |> Enum.map(fn {:ok, reply} -> reply end)
+  end
+
+  test "concurrent calls spread over all the workers", %{name: name, os_pids: os_pids} do
+    replies = served_by(name, 30, "0.3")
+    served = for {:ok, %Result{output: pid}} <- replies, do: String.to_integer(pid)
+
+    assert length(served) == 30
+    assert served |> Enum.uniq() |> Enum.sort() == os_pids
+    # Least-loaded routing: no worker got most of the calls.
+    assert served |> Enum.frequencies() |> Map.values() |> Enum.max() <= 20
+  end
+
+  test "a worker killed under load fails only its own calls; the pool returns to 3",
+       %{name: name, os_pids: os_pids} do
+    [victim | survivors] = os_pids
+    load = Task.async(fn -> served_by(name, 30, "1.5") end)
+    Process.sleep(500)
+    System.cmd("kill", ["-9", Integer.to_string(victim)])
+
+    replies = Task.await(load, 60_000)
+    exited = Enum.count(replies, &match?({:error, %Error{kind: :worker_exited}}, &1))
+    served = for {:ok, %Result{output: pid}} <- replies, do: String.to_integer(pid)
+
+    assert exited > 0
+    assert exited + length(served) == 30
+    assert Enum.all?(served, &(&1 in survivors))
+
+    eventually(
+      fn ->
+        workers = Agent.workers(name)
+        length(workers) == 3 and victim not in Enum.map(workers, & &1.os_pid)
+      end,
+      15_000
+    )
+
+    assert {:ok, %Result{}} = Agent.run_sync(name, "0")
+  end
+end
