@@ -8,6 +8,7 @@ defmodule SynapseCore do
   """
 
   alias SynapseCore.{Agent, AgentSupervisor, Error}
+  alias SynapseCore.Agent.Options
 
   @doc """
   Starts an agent under Synapse's supervisor. Takes the options of
@@ -15,11 +16,31 @@ defmodule SynapseCore do
   """
   @spec start_agent([Agent.option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_agent(opts) do
-    spec = Agent.child_spec(opts) |> Map.put(:restart, :transient)
+    options = Options.agent!(opts)
 
-    SynapseCore.AgentsSupervisor
-    |> DynamicSupervisor.start_child(spec)
-    |> Agent.unwrap_start_error()
+    spec = %{
+      id: {Agent, options.name},
+      start: {AgentSupervisor, :start_link, [options]},
+      type: :supervisor,
+      restart: :transient
+    }
+
+    # The supervisor returns once the agent's processes exist; the workers
+    # start in parallel and are awaited here, outside it, so that agents
+    # started together start together.
+    with {:ok, pid} <-
+           SynapseCore.AgentsSupervisor
+           |> DynamicSupervisor.start_child(spec)
+           |> Agent.unwrap_start_error() do
+      case AgentSupervisor.await_ready(pid, options.startup_timeout + 5_000) do
+        :ok ->
+          {:ok, pid}
+
+        {:error, error} ->
+          DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid)
+          {:error, error}
+      end
+    end
   end
 
   @doc """

@@ -136,16 +136,12 @@ defmodule SynapseCore.Agent do
   """
   @spec start_link([option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts |> Options.agent!() |> AgentSupervisor.start_link() |> unwrap_start_error()
+    opts |> Options.agent!() |> AgentSupervisor.start_and_await() |> unwrap_start_error()
   end
 
   @doc false
-  @spec unwrap_start_error(Supervisor.on_start()) :: {:ok, pid()} | {:error, Error.t() | term()}
-  def unwrap_start_error(
-        {:error, {:shutdown, {:failed_to_start_child, _id, {:shutdown, %Error{} = error}}}}
-      ),
-      do: {:error, error}
-
+  @spec unwrap_start_error({:ok, pid()} | {:error, term()}) ::
+          {:ok, pid()} | {:error, Error.t() | term()}
   def unwrap_start_error({:error, {:already_started, _pid}}),
     do: {:error, Error.new(:invalid_argument, "an agent with this name is already running")}
 

@@ -105,49 +105,38 @@ defmodule SynapseCore.AgentProcess do
       health: nil,
       health_failures: 0,
       serving_since: nil,
-      attempt: 0
+      attempt: 0,
+      started: false,
+      waiters: []
     }
 
-    case {location, start_worker(state)} do
-      {:local, {:ok, state}} ->
-        await_first_start(state)
-
-      {:local, {:failed, error, state}} ->
-        teardown(state)
-        {:stop, {:shutdown, error}}
-
-      # A remote worker is attached in the background: the agent does not
-      # wait for (or fail with) a machine it does not own; until it answers,
-      # calls go to the other workers, or get :unavailable.
-      {{:remote, _}, {:ok, state}} ->
-        {:ok, state}
-
-      {{:remote, _}, {:failed, error, state}} ->
-        {:ok, restart_later(state, error)}
+    # The first start goes on after init returns, so that the workers of an
+    # agent, and agents started together, start in parallel; start_link
+    # callers wait for it with await_ready/2.
+    case start_worker(state) do
+      {:ok, state} -> {:ok, state}
+      {:failed, error, state} -> {:ok, first_start_failed(state, error)}
     end
   end
 
-  # The first start is awaited here, so that a worker that cannot start
-  # fails the start of the agent with Python's own message.
-  defp await_first_start(state) do
-    receive do
-      message ->
-        case handle_event(message, state) do
-          {:ok, %{phase: :serving} = state} ->
-            {:ok, state}
+  @doc """
+  Waits until the worker serves (`:ok`) or its first start failed
+  (`{:error, %SynapseCore.Error{}}`).
+  """
+  @spec await_ready(pid(), timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(pid, timeout), do: GenServer.call(pid, :await_ready, timeout)
 
-          {:ok, state} ->
-            await_first_start(state)
+  # A worker that never served is not restarted: its error is kept for
+  # whoever awaits it (who then stops the agent). A remote worker is
+  # attached in the background instead: the agent does not wait for (or fail
+  # with) a machine it does not own.
+  defp first_start_failed(%{location: {:remote, _}} = state, error),
+    do: restart_later(state, error)
 
-          {:failed, error, state} ->
-            teardown(state)
-            {:stop, {:shutdown, error}}
-
-          {:stop, reason, state} ->
-            teardown(state)
-            {:stop, reason}
-        end
-    end
+  defp first_start_failed(state, error) do
+    state = teardown(state)
+    Enum.each(state.waiters, &GenServer.reply(&1, {:error, error}))
+    %{state | phase: {:failed, error}, waiters: []}
   end
 
   defp start_worker(%{location: {:remote, address}} = state) do
@@ -256,12 +245,21 @@ defmodule SynapseCore.AgentProcess do
   def handle_info(message, state) do
     case handle_event(message, state) do
       {:ok, state} -> {:noreply, state}
+      {:failed, error, %{started: false} = state} -> {:noreply, first_start_failed(state, error)}
       {:failed, error, state} -> {:noreply, restart_later(state, error)}
       {:stop, reason, state} -> {:stop, reason, state}
     end
   end
 
   @impl true
+  def handle_call(:await_ready, from, state) do
+    case state.phase do
+      :serving -> {:reply, :ok, state}
+      {:failed, error} -> {:reply, {:error, error}, state}
+      _starting -> {:noreply, %{state | waiters: [from | state.waiters]}}
+    end
+  end
+
   def handle_call(:info, _from, state) do
     info = %{
       os_pid: state.os_pid,
@@ -414,10 +412,14 @@ defmodule SynapseCore.AgentProcess do
     :ok = :pg.join(SynapseCore.PG, Workers.group(state.options.name), self())
     if state.attempt > 0, do: Logger.info("Python worker #{state.os_pid} is serving again")
 
+    Enum.each(state.waiters, &GenServer.reply(&1, :ok))
+
     schedule_health(%{
       state
       | phase: :serving,
         startup_timer: nil,
+        started: true,
+        waiters: [],
         serving_since: System.monotonic_time(:millisecond)
     })
   end

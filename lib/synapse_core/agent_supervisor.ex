@@ -12,6 +12,44 @@ defmodule SynapseCore.AgentSupervisor do
     Supervisor.start_link(__MODULE__, options, name: via(options.name))
   end
 
+  @doc """
+  Waits for the first start of every local worker: `:ok`, or the first
+  worker's start-up error. Remote workers are attached in the background
+  and not waited for.
+  """
+  @spec await_ready(pid(), timeout()) :: :ok | {:error, SynapseCore.Error.t()}
+  def await_ready(supervisor, timeout) do
+    supervisor
+    |> Supervisor.which_children()
+    |> Enum.filter(fn {{AgentProcess, _}, pid, _, _} -> is_pid(pid) end)
+    |> Enum.map(fn {_, pid, _, _} -> pid end)
+    |> Enum.filter(&(AgentProcess.info(&1).location == :local))
+    |> Enum.reduce_while(:ok, fn pid, :ok ->
+      case AgentProcess.await_ready(pid, timeout) do
+        :ok -> {:cont, :ok}
+        {:error, error} -> {:halt, {:error, error}}
+      end
+    end)
+  end
+
+  @doc """
+  Starts an agent's supervisor and returns once its workers serve; stops it
+  again and returns the error if one cannot start.
+  """
+  @spec start_and_await(Options.t()) :: {:ok, pid()} | {:error, term()}
+  def start_and_await(%Options{} = options) do
+    with {:ok, supervisor} <- start_link(options) do
+      case await_ready(supervisor, options.startup_timeout + 5_000) do
+        :ok ->
+          {:ok, supervisor}
+
+        {:error, error} ->
+          Supervisor.stop(supervisor, :normal)
+          {:error, error}
+      end
+    end
+  end
+
   @spec via(term()) :: {:via, Registry, {SynapseCore.AgentRegistry, term()}}
   def via(name), do: {:via, Registry, {SynapseCore.AgentRegistry, name}}
 

@@ -64,7 +64,7 @@ defmodule SynapseCore.Bridge do
   def start_link(opts) do
     opts
     |> Options.bridge!()
-    |> AgentSupervisor.start_link()
+    |> AgentSupervisor.start_and_await()
     |> SynapseCore.Agent.unwrap_start_error()
   end
 

@@ -28,6 +28,10 @@ defmodule SynapseCore.Native do
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
   def channel_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
   def channel_load(_channel), do: :erlang.nif_error(:nif_not_loaded)
+  def channel_echo(_channel, _tag, _payload, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+
+  def channel_echo_stream(_channel, _tag, _payload, _count, _timeout, _window),
+    do: :erlang.nif_error(:nif_not_loaded)
 
   def agent_load(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 

@@ -121,8 +121,8 @@ defmodule SynapseCore.FaultsTest do
     File.write!(log, "")
     System.cmd("kill", ["-9", Integer.to_string(os_pid)])
 
-    # For 3 s the worker dies at every start. Calls are answered at once.
-    deadline = System.monotonic_time(:millisecond) + 3_000
+    # For 5 s the worker dies at every start. Calls are answered at once.
+    deadline = System.monotonic_time(:millisecond) + 5_000
 
     replies =
       Stream.repeatedly(fn ->
@@ -131,10 +131,16 @@ defmodule SynapseCore.FaultsTest do
       end)
       |> Enum.take_while(fn _ -> System.monotonic_time(:millisecond) < deadline end)
 
-    assert Enum.all?(replies, &match?({:error, %Error{kind: :unavailable}}, &1))
+    # (A call made before the kill was noticed meets the dying worker.)
+    assert Enum.all?(
+             replies,
+             &match?({:error, %Error{kind: kind}} when kind in [:unavailable, :worker_exited], &1)
+           )
+
+    assert Enum.count(replies, &match?({:error, %Error{kind: :unavailable}}, &1)) > 0
     starts = log |> File.read!() |> String.split("\n", trim: true) |> length()
-    # Back-off of 100, 200, 400, 800, 1600 ms: a handful of starts, not hundreds.
-    assert starts in 2..8
+    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not hundreds.
+    assert starts in 2..9
 
     File.rm!(flag)
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 40_000)

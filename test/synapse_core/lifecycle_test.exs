@@ -66,7 +66,8 @@ defmodule SynapseCore.LifecycleTest do
       name = unique_name()
       opts = fixture_agent("x", name: name, agent: "synapse_fixtures.broken_import:agent")
       assert {:error, %Error{}} = SynapseCore.start_agent(opts)
-      assert Registry.lookup(SynapseCore.AgentRegistry, name) == []
+      # The registries forget an exited process asynchronously.
+      eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) == [] end)
       assert Registry.lookup(SynapseCore.WorkerRegistry, name) == []
     end
   end

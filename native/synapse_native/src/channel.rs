@@ -9,13 +9,14 @@ use synapse_client::proto::agent_service_client::AgentServiceClient;
 use synapse_client::proto::health::health_check_response::ServingStatus;
 use synapse_client::proto::health::health_client::HealthClient;
 use synapse_client::proto::health::{HealthCheckRequest, HealthCheckResponse};
+use synapse_client::proto::{EchoReply, EchoRequest, EchoStreamRequest};
 use synapse_client::{Address, Error, Tls};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::atoms;
-use crate::call::{self, CallHandle};
+use crate::call::{self, CallError, CallHandle};
 use crate::error::NifError;
 use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
@@ -129,6 +130,96 @@ fn channel_health<'a>(
         },
     );
     Ok(Ok(handle))
+}
+
+/// Echo: the worker answers `payload`; the caller gets
+/// `{:synapse_reply, tag, {:ok, payload} | {:error, error}}`.
+#[rustler::nif]
+fn channel_echo<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'a>,
+    payload: Binary<'a>,
+    timeout: Term<'a>,
+) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+    let timeout = call::decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = call::handle(env, &[caller], 0, None);
+    let mut client = channel.client.clone();
+    let build = request_builder(&channel);
+    let request = EchoRequest {
+        payload: payload.as_slice().to_vec(),
+    };
+    call::spawn(
+        channel,
+        &handle,
+        Reply::new(caller, tag, Style::Unary),
+        timeout,
+        move |deadline| async move { Ok(client.echo(build(request, deadline)).await?.into_inner()) },
+        |env, reply: EchoReply| Ok(bytes_term(env, &reply.payload)),
+    );
+    Ok(Ok(handle))
+}
+
+/// EchoStream: `count` replies of `payload`, as events `{:message, payload}`
+/// then `{:result, nil}`, at most `window` ahead of `run_ack`.
+#[rustler::nif]
+fn channel_echo_stream<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'a>,
+    payload: Binary<'a>,
+    count: i32,
+    timeout: Term<'a>,
+    window: usize,
+) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+    let timeout = call::decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = call::handle(env, &[caller], window, None);
+    let reply = Reply::new(caller, tag, Style::Stream);
+    let mut events = reply.events(tag);
+    let credit = handle.credit.clone();
+    let mut client = channel.client.clone();
+    let build = request_builder(&channel);
+    let request = EchoStreamRequest {
+        payload: payload.as_slice().to_vec(),
+        count,
+    };
+    call::spawn(
+        channel,
+        &handle,
+        reply,
+        timeout,
+        move |deadline| async move {
+            let mut replies = client
+                .echo_stream(build(request, deadline))
+                .await?
+                .into_inner();
+            loop {
+                credit
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
+                    .forget();
+                match replies.message().await? {
+                    Some(reply) => {
+                        events.send(|env| {
+                            (atoms::message(), bytes_term(env, &reply.payload)).encode(env)
+                        });
+                    }
+                    None => return Ok::<(), CallError>(()),
+                }
+            }
+        },
+        |env, ()| Ok(atoms::nil().encode(env)),
+    );
+    Ok(Ok(handle))
+}
+
+fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut binary = rustler::NewBinary::new(env, bytes.len());
+    binary.as_mut_slice().copy_from_slice(bytes);
+    binary.into()
 }
 
 /// Builds requests for a call's future, which cannot borrow the channel.

@@ -121,6 +121,19 @@ class AgentService:
             agent_id=loaded.agent_id, name=loaded.name, output_kind=loaded.output_kind
         )
 
+    async def Echo(  # named as in agent.proto
+        self, request: agent_pb2.EchoRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EchoReply:
+        # No decorator, no logging: the bare cost of a call is what it measures.
+        return agent_pb2.EchoReply(payload=request.payload)
+
+    async def EchoStream(  # named as in agent.proto
+        self, request: agent_pb2.EchoStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        reply = agent_pb2.EchoReply(payload=request.payload)
+        for _ in range(request.count):
+            await context.write(reply)
+
     @_reports_errors
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,82 @@
+defmodule SynapseCore.Probe do
+  @moduledoc """
+  Round trips to an agent's (or a bridge's) worker with no model in them:
+  the cost of the path itself (Elixir, the NIF, gRPC, the Python worker's
+  event loop), for health probes and benchmarks.
+  """
+
+  alias SynapseCore.{Error, Native, Run, Workers}
+
+  @doc """
+  Sends `payload` to one of `name`'s workers, which sends it back.
+
+      {:ok, "ping"} = SynapseCore.Probe.echo(:support, "ping")
+
+  Options: `:timeout` (milliseconds, default `5_000`).
+  """
+  @spec echo(term(), binary(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
+  def echo(name, payload, opts \\ []) when is_binary(payload) do
+    opts = Keyword.validate!(opts, timeout: 5_000)
+
+    with {:ok, worker} <- Workers.pick_local(name) do
+      ref = make_ref()
+
+      case Native.channel_echo(worker.channel.resource, ref, payload, opts[:timeout]) do
+        {:ok, handle} ->
+          Run.await(
+            %Run{ref: ref, handle: handle, agent: name, owner: self(), timeout: opts[:timeout]},
+            :infinity
+          )
+
+        {:error, %Error{} = error} ->
+          {:error, error}
+      end
+    end
+  end
+
+  @doc """
+  A lazy stream of `count` copies of `payload`, sent by one of `name`'s
+  workers as fast as the stream is consumed (at most `:window` ahead).
+
+  Options: `:timeout` (for the whole stream, default `60_000`), `:window`
+  (default `64`).
+  """
+  @spec echo_stream(term(), binary(), non_neg_integer(), keyword()) :: Enumerable.t()
+  def echo_stream(name, payload, count, opts \\ []) when is_binary(payload) do
+    opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
+
+    start = fn ->
+      with {:ok, worker} <- Workers.pick_local(name) do
+        ref = make_ref()
+        resource = worker.channel.resource
+
+        case Native.channel_echo_stream(
+               resource,
+               ref,
+               payload,
+               count,
+               opts[:timeout],
+               opts[:window]
+             ) do
+          {:ok, handle} ->
+            {:ok,
+             %Run{
+               ref: ref,
+               handle: handle,
+               agent: name,
+               owner: self(),
+               receiver: self(),
+               timeout: opts[:timeout]
+             }}
+
+          {:error, %Error{} = error} ->
+            {:error, error}
+        end
+      end
+    end
+
+    start
+    |> Run.stream(opts[:window], :halt)
+    |> Stream.map(fn {:message, payload} -> payload end)
+  end
+end
