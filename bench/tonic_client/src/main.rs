@@ -4,9 +4,9 @@
 //! cloned per call), with no BEAM in the way.
 //!
 //! ```text
-//! tonic-echo latency    --address A --calls N --warmup W --payload BYTES
+//! tonic-echo latency    --address A --calls N --warmup W --payload BYTES [--session]
 //! tonic-echo throughput --address A --concurrency C --seconds S --payload BYTES
-//!                       [--warmup-seconds S]
+//!                       [--warmup-seconds S] [--session]
 //! tonic-echo stream     --address A --count N --payload BYTES --repeat R [--warmup R]
 //! ```
 //!
@@ -22,14 +22,21 @@ use std::time::{Duration, Instant};
 
 use synapse_client::proto::agent_service_client::AgentServiceClient;
 use synapse_client::proto::{EchoRequest, EchoStreamRequest};
-use synapse_client::{agent_client, connect_lazy, Address, ConnectOptions};
+use synapse_client::{agent_client, connect_lazy, session, Address, ConnectOptions};
 use tonic::transport::Channel;
 
-type Client = AgentServiceClient<Channel>;
+/// A worker's client: one tonic channel, used either with an `Echo` RPC per
+/// call or, with `--session`, through the worker's `Session` stream (as the
+/// NIF's echo does).
+#[derive(Clone)]
+struct Client {
+    rpc: AgentServiceClient<Channel>,
+    session: Option<session::Sender>,
+}
 
 const USAGE: &str = "usage:
-  tonic-echo latency    --address A --calls N --warmup W --payload BYTES
-  tonic-echo throughput --address A --concurrency C --seconds S --payload BYTES [--warmup-seconds S]
+  tonic-echo latency    --address A --calls N --warmup W --payload BYTES [--session]
+  tonic-echo throughput --address A --concurrency C --seconds S --payload BYTES [--warmup-seconds S] [--session]
   tonic-echo stream     --address A --count N --payload BYTES --repeat R [--warmup R]
 A: unix:PATH or tcp://HOST:PORT, several comma-separated for a pool (round-robin).
 Every subcommand also takes --max-seconds S (default 300).";
@@ -58,6 +65,7 @@ fn run(argv: Vec<String>) -> Result<String, String> {
     let mut args = Args::parse(rest)?;
     let addresses = args.take_str("address", None)?;
     let payload = vec![b'x'; args.take("payload", Some(64))?];
+    let use_session = args.flag("session");
     let max_seconds: f64 = args.take("max-seconds", Some(300.0))?;
     let command = match command.as_str() {
         "latency" => Command::Latency {
@@ -84,7 +92,7 @@ fn run(argv: Vec<String>) -> Result<String, String> {
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
     runtime.block_on(async move {
-        let clients = clients(&addresses)?;
+        let clients = clients(&addresses, use_session)?;
         let workers = clients.len();
         match command {
             Command::Latency { calls, warmup } => latency(&clients, calls, warmup, &payload).await,
@@ -101,7 +109,7 @@ fn run(argv: Vec<String>) -> Result<String, String> {
         }
         .map(|json| {
             format!(
-                "{{\"client\": \"tonic\", \"workers\": {workers}, \"payload\": {}, {json}}}",
+                "{{\"client\": \"tonic\", \"session\": {use_session}, \"workers\": {workers}, \"payload\": {}, {json}}}",
                 payload.len()
             )
         })
@@ -125,27 +133,35 @@ enum Command {
     },
 }
 
-/// One channel (one HTTP/2 connection) per address.
-fn clients(addresses: &str) -> Result<Vec<Client>, String> {
+/// One channel (one HTTP/2 connection) per address, and with `session`
+/// one session per channel.
+fn clients(addresses: &str, use_session: bool) -> Result<Vec<Client>, String> {
     addresses
         .split(',')
         .map(|address| {
             let parsed = Address::parse(address.trim()).map_err(|e| e.to_string())?;
             let channel = connect_lazy(&parsed, None).map_err(|e| e.to_string())?;
-            Ok(agent_client(channel, ConnectOptions::default()))
+            let rpc = agent_client(channel, ConnectOptions::default());
+            let session = use_session.then(|| session::start(rpc.clone(), None));
+            Ok(Client { rpc, session })
         })
         .collect()
 }
 
 async fn echo(client: &Client, payload: &[u8]) -> Result<(), String> {
-    let reply = client
-        .clone()
-        .echo(EchoRequest {
-            payload: payload.to_vec(),
-        })
-        .await
-        .map_err(|status| format!("Echo failed: {status}"))?;
-    if reply.get_ref().payload.len() != payload.len() {
+    let reply = match &client.session {
+        Some(sender) => session::echo(sender, payload.to_vec()).await,
+        None => client
+            .rpc
+            .clone()
+            .echo(EchoRequest {
+                payload: payload.to_vec(),
+            })
+            .await
+            .map(tonic::Response::into_inner),
+    }
+    .map_err(|status| format!("Echo failed: {status}"))?;
+    if reply.payload.len() != payload.len() {
         return Err("Echo answered a different payload".to_owned());
     }
     Ok(())
@@ -277,6 +293,7 @@ async fn one_stream(
         count: i32::try_from(count).map_err(|_| "count too large".to_owned())?,
     };
     let mut replies = client
+        .rpc
         .clone()
         .echo_stream(request)
         .await
@@ -385,6 +402,8 @@ impl Args {
                 .ok_or_else(|| format!("unexpected argument {flag:?}\n{USAGE}"))?;
             let (name, value) = match name.split_once('=') {
                 Some((name, value)) => (name, value.to_owned()),
+                // The one flag that takes no value.
+                None if name == "session" => (name, "true".to_owned()),
                 None => (
                     name,
                     it.next()
@@ -397,6 +416,10 @@ impl Args {
             }
         }
         Ok(Self(map))
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        self.0.remove(name).is_some_and(|value| value == "true")
     }
 
     fn take_str(&mut self, name: &str, default: Option<&str>) -> Result<String, String> {

@@ -131,10 +131,8 @@ impl Error {
         if is_client_deadline(status) {
             return Self::Timeout;
         }
-        match status.code() {
-            Code::DeadlineExceeded => return Self::Timeout,
-            Code::Cancelled => return Self::Cancelled,
-            _ => {}
+        if status.code() == Code::DeadlineExceeded {
+            return Self::Timeout;
         }
         let detail = status
             .metadata()
@@ -298,15 +296,16 @@ mod tests {
     }
 
     #[test]
-    fn deadline_and_cancel_statuses_have_their_own_variants() {
+    fn deadlines_are_timeouts_and_a_server_cancel_keeps_its_message() {
         assert_eq!(
             Error::from_status(&Status::deadline_exceeded("late")),
             Error::Timeout
         );
-        assert_eq!(
-            Error::from_status(&Status::cancelled("gone")),
-            Error::Cancelled
-        );
+        // Not the caller's own cancel: the worker cancelled the call, and
+        // its message says why.
+        let error = Error::from_status(&Status::cancelled("shutting down"));
+        assert_eq!(error.kind_name(), "cancelled");
+        assert_eq!(error.to_string(), "shutting down");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod address;
 pub mod error;
 pub mod proto;
+pub mod session;
 
 pub use address::{agent_client, connect_lazy, Address, ConnectOptions, Tls};
 pub use error::{Error, RemoteKind};

@@ -130,7 +130,7 @@ fn bridge_stream_start<'a>(
     let caller = env.pid();
     let handle = call::handle(env, &[caller], window, None);
     let reply = Reply::new(caller, tag, Style::Stream);
-    let mut events = reply.events(tag);
+    let mut events = reply.events();
     let credit = handle.credit.clone();
     let mut grpc = grpc_client(&channel);
     let build = request_builder(&channel);

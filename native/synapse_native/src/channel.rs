@@ -20,6 +20,7 @@ use crate::call::{self, CallError, CallHandle};
 use crate::error::NifError;
 use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
+use synapse_client::session;
 
 /// A worker's channel. `closed` is cancelled when the worker is known to be
 /// gone, which fails every call in flight on it at once.
@@ -27,6 +28,8 @@ pub struct ChannelResource {
     /// `Bearer <token>` for workers that require one. Kept here, in Rust
     /// only: it never reaches a term, a log line or an error.
     authorization: Option<MetadataValue<Ascii>>,
+    /// The worker's session, started by the first call that uses it.
+    session: std::sync::Mutex<Option<session::Sender>>,
     /// Calls in flight on this channel, for least-loaded routing.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub client: AgentServiceClient<Channel>,
@@ -87,6 +90,7 @@ fn connect(
         },
     );
     Ok(ResourceArc::new(ChannelResource {
+        session: std::sync::Mutex::new(None),
         authorization,
         in_flight: std::sync::atomic::AtomicUsize::new(0),
         client,
@@ -145,17 +149,18 @@ fn channel_echo<'a>(
     let timeout = call::decode_timeout(timeout)?;
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
-    let mut client = channel.client.clone();
-    let build = request_builder(&channel);
     let request = EchoRequest {
         payload: payload.as_slice().to_vec(),
     };
+    let session = session_of(&channel);
     call::spawn(
         channel,
         &handle,
         Reply::new(caller, tag, Style::Unary),
         timeout,
-        move |deadline| async move { Ok(client.echo(build(request, deadline)).await?.into_inner()) },
+        // The deadline is enforced around the call (call::spawn): a frame
+        // on the session has no deadline of its own.
+        move |_deadline| async move { Ok(session::echo(&session, request.payload).await?) },
         |env, reply: EchoReply| Ok(bytes_term(env, &reply.payload)),
     );
     Ok(Ok(handle))
@@ -177,7 +182,7 @@ fn channel_echo_stream<'a>(
     let caller = env.pid();
     let handle = call::handle(env, &[caller], window, None);
     let reply = Reply::new(caller, tag, Style::Stream);
-    let mut events = reply.events(tag);
+    let mut events = reply.events();
     let credit = handle.credit.clone();
     let mut client = channel.client.clone();
     let build = request_builder(&channel);
@@ -214,6 +219,23 @@ fn channel_echo_stream<'a>(
         |env, ()| Ok(atoms::nil().encode(env)),
     );
     Ok(Ok(handle))
+}
+
+/// The channel's session, started on first use or after the last one broke.
+fn session_of(channel: &ResourceArc<ChannelResource>) -> session::Sender {
+    let mut slot = channel
+        .session
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match slot.as_ref() {
+        Some(sender) if !sender.is_closed() => sender.clone(),
+        _ => {
+            let _runtime = RUNTIME.enter();
+            let sender = session::start(channel.client.clone(), channel.authorization.clone());
+            *slot = Some(sender.clone());
+            sender
+        }
+    }
 }
 
 fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {

@@ -10,7 +10,8 @@
 //!   request}` to the tool runner for each call, and `{:synapse_run_done,
 //!   tag, :ok}` after the final answer
 
-use rustler::env::SavedTerm;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
@@ -42,25 +43,31 @@ pub struct Events {
     target: Target,
 }
 
+/// A receiver of a call's messages. Every target of a call shares one
+/// scratch env (all of a call's messages are sent from its one task), and
+/// the tag travels as its external term format, decoded into each message:
+/// one env per call, however many messages it sends.
 struct Target {
-    /// Cleared after every message sent.
-    env: OwnedEnv,
-    /// Holds `tag` for the whole call: a term saved in `env` would not
-    /// survive its first clear.
-    tag_env: OwnedEnv,
+    env: Arc<Mutex<OwnedEnv>>,
     pid: LocalPid,
-    tag: SavedTerm,
+    tag: Arc<[u8]>,
 }
 
 impl Target {
     fn new(pid: LocalPid, tag: Term<'_>) -> Self {
-        let tag_env = OwnedEnv::new();
-        let tag = tag_env.save(tag);
         Self {
-            env: OwnedEnv::new(),
-            tag_env,
+            env: Arc::new(Mutex::new(OwnedEnv::new())),
             pid,
-            tag,
+            tag: tag.to_binary().as_slice().into(),
+        }
+    }
+
+    /// The same call's messages, to another process.
+    fn to(&self, pid: LocalPid) -> Self {
+        Self {
+            env: self.env.clone(),
+            pid,
+            tag: self.tag.clone(),
         }
     }
 
@@ -76,29 +83,29 @@ impl Target {
     where
         F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
     {
-        let (tag, tag_env) = (&self.tag, &self.tag_env);
+        let tag = &self.tag;
+        let pid = self.pid;
+        let mut env = self.env.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.env.send_and_clear(&self.pid, |env| {
-                (kind, load_tag(tag_env, tag, env), build(env))
-            })
+            env.send_and_clear(&pid, |env| (kind, load_tag(env, tag), build(env)))
         }));
         match sent {
             Ok(result) => result.is_ok(),
             Err(_) => {
-                let mut env = OwnedEnv::new();
-                env.send_and_clear(&self.pid, |env| {
-                    (kind, load_tag(tag_env, tag, env), fallback(env))
-                })
-                .is_ok()
+                // The scratch env may hold a half-built message: start afresh.
+                *env = OwnedEnv::new();
+                env.send_and_clear(&pid, |env| (kind, load_tag(env, tag), fallback(env)))
+                    .is_ok()
             }
         }
     }
 }
 
-/// A saved term loads only into the env that saved it: load it there and
-/// copy it into `env`.
-fn load_tag<'a>(tag_env: &OwnedEnv, tag: &SavedTerm, env: Env<'a>) -> Term<'a> {
-    tag_env.run(|saved| tag.load(saved).in_env(env))
+fn load_tag<'a>(env: Env<'a>, tag: &[u8]) -> Term<'a> {
+    env.binary_to_term(tag)
+        .map(|(term, _)| term)
+        // The bytes come from term_to_binary in this very call.
+        .unwrap_or_else(|| atoms::nil().encode(env))
 }
 
 fn panicked<'a>(env: Env<'a>) -> Term<'a> {
@@ -118,17 +125,17 @@ impl Reply {
 
     /// Also tells `runner` when the call is over; returns the sender of its
     /// tool requests.
-    pub fn with_runner(&mut self, runner: LocalPid, tag: Term<'_>) -> Runner {
-        self.runner = Some(Target::new(runner, tag));
+    pub fn with_runner(&mut self, runner: LocalPid) -> Runner {
+        self.runner = Some(self.target.to(runner));
         Runner {
-            target: Target::new(runner, tag),
+            target: self.target.to(runner),
         }
     }
 
     /// The matching event sender, for streams.
-    pub fn events(&self, tag: Term<'_>) -> Events {
+    pub fn events(&self) -> Events {
         Events {
-            target: Target::new(self.target.pid, tag),
+            target: self.target.to(self.target.pid),
         }
     }
 

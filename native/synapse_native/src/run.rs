@@ -238,9 +238,9 @@ fn start_stream<'a>(
         channel.max_message_bytes,
     );
     let mut reply = Reply::new(options.receiver, tag, style);
-    let runner = options.runner.map(|pid| reply.with_runner(pid, tag));
+    let runner = options.runner.map(|pid| reply.with_runner(pid));
     let relay = Relay {
-        events: reply.events(tag),
+        events: reply.events(),
         runner,
         inputs,
         credit: handle.credit.clone(),

@@ -7,7 +7,15 @@ use tokio::runtime::{Builder, Runtime};
 /// library loaded. Its threads are not BEAM schedulers, which is what lets
 /// them send messages with `OwnedEnv::send_and_clear`.
 pub static RUNTIME: Lazy<Runtime> = Lazy::new(|| {
-    Builder::new_multi_thread()
+    let mut builder = Builder::new_multi_thread();
+    if let Some(threads) = std::env::var("SYNAPSE_TOKIO_THREADS")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .filter(|&threads| threads > 0)
+    {
+        builder.worker_threads(threads);
+    }
+    builder
         .thread_name("synapse-tokio")
         .enable_all()
         .build()

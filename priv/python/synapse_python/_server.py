@@ -175,6 +175,13 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         # Without this, Linux lets a second server bind the same TCP port and
         # silently share its connections.
         ("grpc.so_reuseport", 0),
+        # gRPC core cancels calls the event loop has not picked up yet beyond
+        # 3,000 waiting (or 30 s of waiting): thousands of concurrent runs,
+        # which is what the BEAM side sends, must queue instead. What bounds
+        # them is the callers' own deadlines.
+        ("grpc.server.max_pending_requests", 1_000_000),
+        ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
+        ("grpc.server_max_unrequested_time_in_server", 3_600),
     ]
 
 

@@ -134,6 +134,19 @@ class AgentService:
         for _ in range(request.count):
             await context.write(reply)
 
+    async def Session(  # named as in agent.proto
+        self, requests: AsyncIterator[agent_pb2.SessionFrame], context: grpc.aio.ServicerContext
+    ) -> None:
+        # Frames are answered in the coroutine that reads them: no task and
+        # no new RPC per call, which is the point of a session.
+        async for frame in requests:
+            if frame.WhichOneof("body") == "echo":
+                await context.write(
+                    agent_pb2.SessionFrame(
+                        id=frame.id, echo_reply=agent_pb2.EchoReply(payload=frame.echo.payload)
+                    )
+                )
+
     @_reports_errors
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
