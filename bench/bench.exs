@@ -160,7 +160,11 @@ IO.puts("== 4. scale: #{scale.runs} concurrent runs, 20 chunks 50 ms apart")
     health_interval: 60_000
   )
 
-scale_result = Measure.scale(:bench_scale, scale.runs, "20 0.05", 1_000)
+scale_result =
+  :bench_scale
+  |> Measure.scale(scale.runs, "20 0.05", 1_000)
+  |> Map.put("pydantic_ai_alone", Baselines.pydantic_ai_cost(min(scale.runs, 1_000), fixtures))
+
 IO.inspect(Map.drop(scale_result, ["durations_ms"]))
 
 IO.puts("== 5. cold start")

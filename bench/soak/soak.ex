@@ -17,6 +17,11 @@ defmodule SynapseCore.Bench.Soak do
 
   @type report :: map()
 
+  @doc "The outcomes a call may have; anything else is a failure of the soak."
+  @spec typed_outcomes() :: [atom()]
+  def typed_outcomes,
+    do: [:ok, :worker_exited, :unavailable, :cancelled, :timeout, :halted, :cancelled_by_caller]
+
   @spec run(keyword()) :: report()
   def run(opts \\ []) do
     duration = Keyword.get(opts, :duration, 10_000)

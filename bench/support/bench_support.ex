@@ -328,6 +328,18 @@ defmodule SynapseCore.Bench.Baselines do
     end
   end
 
+  @doc "What the scale benchmark's runs cost pydantic-ai alone, in one process, with no gRPC."
+  def pydantic_ai_cost(runs, fixtures) do
+    {:ok, python} = SynapseCore.Python.interpreter()
+    env = [{"PYTHONPATH", Enum.join([fixtures, SynapseCore.Python.package_dir()], ":")}]
+
+    run(
+      python,
+      [Path.join(@root, "bench/python/pydantic_ai_cost.py"), Integer.to_string(runs)],
+      env
+    )
+  end
+
   @doc """
   An Erlang Port speaking JSON lines to a Python process that echoes them:
   what a BEAM application without Synapse might do. JSON on both sides.
@@ -483,6 +495,8 @@ defmodule SynapseCore.Bench.Report do
     | #{runs["completed"]} | #{runs["failed"]} | #{runs["model_ms"]} ms | #{runs["duration_p50_ms"]} ms | #{runs["duration_p99_ms"]} ms | #{pct(runs["overhead_p50"])} | #{pct(runs["overhead_p99"])} | #{f(runs["memory_per_run_bytes"] / 1024, 1)} KiB | #{runs["long_schedules"]} / #{runs["long_schedules_synapse"]} / #{runs["long_schedules_nif"]} |
 
     Memory per run by kind (bytes): #{runs["memory_breakdown_per_run"]}. Long schedules seen: #{runs["long_schedule_examples"]}.
+
+    The model's own cost: pydantic-ai alone, #{runs["pydantic_ai_alone"]["runs"]} such runs in one Python process with no gRPC and no Synapse, spends #{f(runs["pydantic_ai_alone"]["cpu_ms_per_run"], 1)} ms of CPU per run: #{runs["runs"]} runs need #{f(runs["pydantic_ai_alone"]["cpu_ms_per_run"] * runs["runs"] / 1000 / 2, 0)} s of each of the two workers' core, whatever carries the calls.
 
     ## 5. Cold start (medians of #{r["scale"]["cold_starts"]})
 

@@ -76,21 +76,14 @@ defmodule SynapseCore.Bridge do
   def call(server, descriptor, method, request, opts \\ []) do
     opts = Keyword.validate!(opts, timeout: 60_000)
 
-    with {:ok, worker} <- Workers.pick(server),
+    # Bridges serve their own node's callers: Workers.pick_local.
+    with {:ok, worker} <- Workers.pick_local(server),
          {:ok, pool} <- pool(descriptor) do
-      ref = make_ref()
       options = %{timeout: opts[:timeout], window: :infinity}
 
-      case Native.bridge_call(worker.channel.resource, pool, ref, method, request, options) do
-        {:ok, handle} ->
-          Run.await(
-            %Run{ref: ref, handle: handle, agent: server, owner: self(), timeout: opts[:timeout]},
-            :infinity
-          )
-
-        {:error, %Error{} = error} ->
-          {:error, error}
-      end
+      Run.unary(server, opts[:timeout], fn ref ->
+        Native.bridge_call(worker.channel.resource, pool, ref, method, request, options)
+      end)
     end
   end
 
@@ -109,7 +102,7 @@ defmodule SynapseCore.Bridge do
 
   defp start_stream(server, descriptor, method, request, opts) do
     fn ->
-      with {:ok, worker} <- Workers.pick(server),
+      with {:ok, worker} <- Workers.pick_local(server),
            {:ok, pool} <- pool(descriptor) do
         ref = make_ref()
         options = %{timeout: opts[:timeout], window: opts[:window]}

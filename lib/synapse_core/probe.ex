@@ -19,18 +19,9 @@ defmodule SynapseCore.Probe do
     opts = Keyword.validate!(opts, timeout: 5_000)
 
     with {:ok, worker} <- Workers.pick_local(name) do
-      ref = make_ref()
-
-      case Native.channel_echo(worker.channel.resource, ref, payload, opts[:timeout]) do
-        {:ok, handle} ->
-          Run.await(
-            %Run{ref: ref, handle: handle, agent: name, owner: self(), timeout: opts[:timeout]},
-            :infinity
-          )
-
-        {:error, %Error{} = error} ->
-          {:error, error}
-      end
+      Run.unary(name, opts[:timeout], fn ref ->
+        Native.channel_echo(worker.channel.resource, ref, payload, opts[:timeout])
+      end)
     end
   end
 

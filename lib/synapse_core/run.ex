@@ -38,6 +38,26 @@ defmodule SynapseCore.Run do
   @reply_margin 5_000
 
   @doc false
+  # A one-shot call: `start` starts it in the NIF with the tag it is given;
+  # this waits for its one reply.
+  @spec unary(term(), timeout(), (reference() -> {:ok, reference()} | {:error, Error.t()})) ::
+          {:ok, term()} | {:error, Error.t()}
+  def unary(agent, timeout, start) do
+    ref = make_ref()
+
+    case start.(ref) do
+      {:ok, handle} ->
+        await(
+          %__MODULE__{ref: ref, handle: handle, agent: agent, owner: self(), timeout: timeout},
+          :infinity
+        )
+
+      {:error, %Error{} = error} ->
+        {:error, error}
+    end
+  end
+
+  @doc false
   @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def await(%__MODULE__{ref: ref} = run, timeout) do
     check_owner!(run, :await)

@@ -27,6 +27,11 @@ defmodule SynapseCore.TestHelpers do
     opts[:name]
   end
 
+  @doc "Starts an agent of `synapse_fixtures.faults` (misbehaving on purpose); returns its name."
+  def start_fault_agent!(attr, extra \\ []) do
+    start_fixture_agent!(attr, Keyword.put_new(extra, :agent, "synapse_fixtures.faults:#{attr}"))
+  end
+
   @doc "The OS pid of the agent's only worker."
   def worker_os_pid(name) do
     [%{os_pid: os_pid}] = SynapseCore.Agent.workers(name)

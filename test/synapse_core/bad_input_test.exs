@@ -9,21 +9,6 @@ defmodule SynapseCore.BadInputTest do
 
   @moduletag capture_log: true
 
-  defp fault_agent(attr, extra \\ []) do
-    opts =
-      Keyword.merge(
-        [
-          name: unique_name(),
-          agent: "synapse_fixtures.faults:#{attr}",
-          python_path: [fixtures_path()]
-        ],
-        extra
-      )
-
-    start_supervised!({Agent, opts})
-    opts[:name]
-  end
-
   describe "prompts" do
     setup do
       %{name: start_fixture_agent!("echo_agent", max_message_bytes: 1_000_000)}
@@ -69,14 +54,14 @@ defmodule SynapseCore.BadInputTest do
   end
 
   test "a reply over the maximum message size" do
-    name = fault_agent("big_agent", max_message_bytes: 1_000_000)
+    name = start_fault_agent!("big_agent", max_message_bytes: 1_000_000)
 
     assert {:error, %Error{kind: :resource_exhausted}} = Agent.run_sync(name, "3000000")
     assert {:ok, %Result{output: "xxx"}} = Agent.run_sync(name, "3")
   end
 
   test "structured output nested beyond the depth limit" do
-    name = fault_agent("deep_agent")
+    name = start_fault_agent!("deep_agent")
 
     assert {:ok, %Result{output: %{"next" => _}}} = Agent.run_sync(name, "100")
 
@@ -98,7 +83,7 @@ defmodule SynapseCore.BadInputTest do
   end
 
   test "keys from Python never become atoms" do
-    name = fault_agent("random_keys_agent")
+    name = start_fault_agent!("random_keys_agent")
     {:ok, %Result{}} = Agent.run_sync(name, "warm up")
 
     before = :erlang.system_info(:atom_count)

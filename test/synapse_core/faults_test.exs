@@ -10,21 +10,6 @@ defmodule SynapseCore.FaultsTest do
 
   @moduletag capture_log: true
 
-  defp fault_agent(attr, extra \\ []) do
-    opts =
-      Keyword.merge(
-        [
-          name: unique_name(),
-          agent: "synapse_fixtures.faults:#{attr}",
-          python_path: [fixtures_path()]
-        ],
-        extra
-      )
-
-    start_supervised!({Agent, opts})
-    opts[:name]
-  end
-
   defp replaced(name, old_os_pid) do
     eventually(
       fn -> match?([%{os_pid: new}] when new != old_os_pid, Agent.workers(name)) end,
@@ -54,7 +39,7 @@ defmodule SynapseCore.FaultsTest do
   end
 
   test "a worker exiting with an error status during a run" do
-    name = fault_agent("exit_agent")
+    name = start_fault_agent!("exit_agent")
     os_pid = worker_os_pid(name)
 
     assert {:error, %Error{kind: :worker_exited}} = Agent.run_sync(name, "3")
@@ -63,7 +48,7 @@ defmodule SynapseCore.FaultsTest do
   end
 
   test "a hung worker (its event loop blocked) fails its health checks and is replaced" do
-    name = fault_agent("hang_agent", health_interval: 200, health_timeout: 200)
+    name = start_fault_agent!("hang_agent", health_interval: 200, health_timeout: 200)
     os_pid = worker_os_pid(name)
     call = in_flight(name, "60")
 

@@ -16,16 +16,7 @@ defmodule SynapseCore.SoakTest do
     assert report.calls > 100
     assert report.outcomes[:ok] > 0
 
-    unexpected =
-      Map.drop(report.outcomes, [
-        :ok,
-        :worker_exited,
-        :unavailable,
-        :cancelled,
-        :timeout,
-        :halted,
-        :cancelled_by_caller
-      ])
+    unexpected = Map.drop(report.outcomes, SynapseCore.Bench.Soak.typed_outcomes())
 
     assert unexpected == %{}, "unexpected outcomes: #{inspect(unexpected)}"
     assert report.leaks == [], "leaked: #{inspect(report.leaks)}"

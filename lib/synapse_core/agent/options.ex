@@ -51,13 +51,9 @@ defmodule SynapseCore.Agent.Options do
           max_message_bytes: pos_integer()
         }
 
-  @agent_keys [
+  # Options every worker has, agent or bridge.
+  @worker_keys [
     :name,
-    :agent,
-    :model,
-    :instructions,
-    :output_schema,
-    :tools,
     :workers,
     :python,
     :python_path,
@@ -76,50 +72,26 @@ defmodule SynapseCore.Agent.Options do
 
   @spec agent!(keyword()) :: t()
   def agent!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, @agent_keys)
-    name = Keyword.get(opts, :name) || raise ArgumentError, "the :name option is required"
+    opts =
+      Keyword.validate!(
+        opts,
+        @worker_keys ++ [:agent, :model, :instructions, :output_schema, :tools]
+      )
 
-    %__MODULE__{
-      name: name,
-      source: source!(opts),
-      model: optional_string!(opts, :model),
-      python: optional_string!(opts, :python),
-      cwd: optional_string!(opts, :cwd),
-      tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, [])),
-      python_path: string_list!(opts, :python_path),
-      env: env!(Keyword.get(opts, :env, [])),
-      startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
-      shutdown_timeout: non_negative_integer!(opts, :shutdown_timeout, 5_000)
+    %{
+      worker!(opts)
+      | source: source!(opts),
+        model: optional_string!(opts, :model),
+        tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, []))
     }
-    |> worker_options!(opts)
   end
 
   def agent!(other),
     do: raise(ArgumentError, "expected agent options as a keyword list, got: #{inspect(other)}")
 
-  @bridge_keys [
-    :name,
-    :module,
-    :workers,
-    :python,
-    :python_path,
-    :env,
-    :cwd,
-    :startup_timeout,
-    :shutdown_timeout,
-    :health_interval,
-    :health_timeout,
-    :max_backoff,
-    :max_message_bytes,
-    :remote,
-    :tls,
-    :token
-  ]
-
   @spec bridge!(keyword()) :: t()
   def bridge!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, @bridge_keys)
-    name = Keyword.get(opts, :name) || raise ArgumentError, "the :name option is required"
+    opts = Keyword.validate!(opts, [:module | @worker_keys])
     module = Keyword.get(opts, :module)
 
     unless is_binary(module) and String.match?(module, ~r/^[A-Za-z_][\w.]*$/) do
@@ -127,9 +99,18 @@ defmodule SynapseCore.Agent.Options do
             "the :module option must be the name of a Python module, got: #{inspect(module)}"
     end
 
+    %{worker!(opts) | source: {:bridge, module}}
+  end
+
+  def bridge!(other),
+    do: raise(ArgumentError, "expected bridge options as a keyword list, got: #{inspect(other)}")
+
+  defp worker!(opts) do
+    name = Keyword.get(opts, :name) || raise ArgumentError, "the :name option is required"
+
     %__MODULE__{
       name: name,
-      source: {:bridge, module},
+      source: nil,
       python: optional_string!(opts, :python),
       cwd: optional_string!(opts, :cwd),
       python_path: string_list!(opts, :python_path),
@@ -139,9 +120,6 @@ defmodule SynapseCore.Agent.Options do
     }
     |> worker_options!(opts)
   end
-
-  def bridge!(other),
-    do: raise(ArgumentError, "expected bridge options as a keyword list, got: #{inspect(other)}")
 
   defp source!(opts) do
     spec_keys = [:instructions, :output_schema]
@@ -179,7 +157,7 @@ defmodule SynapseCore.Agent.Options do
     end
   end
 
-  # Options every worker has, agent or bridge.
+  # What remote workers, health checks and limits need.
   defp worker_options!(options, opts) do
     remote = remote!(Keyword.get(opts, :remote, []))
 
