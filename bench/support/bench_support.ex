@@ -129,28 +129,42 @@ defmodule SynapseCore.Bench.Measure do
 
     # Plain processes, the leanest a caller can be: what is measured is
     # Synapse's share, not a task library's.
-    callers =
-      for _ <- 1..runs do
-        spawn(fn ->
-          started = System.monotonic_time(:millisecond)
+    #
+    # With them, in the same burst, a control group with no Synapse in it:
+    # one plain process per ten runs that does about as much work as a
+    # run's first slice (picking a worker, starting the RPC), then exits.
+    # Long schedules among them are the machine's (the OS taking a
+    # scheduler thread away while more threads than cores want to run), the
+    # rate against which the consumers' are read.
+    {callers, control} =
+      1..runs
+      |> Enum.map(fn i ->
+        caller =
+          spawn(fn ->
+            started = System.monotonic_time(:millisecond)
 
-          outcome =
-            try do
-              # Keeps only the last event: the consumer's own memory is not
-              # what is measured.
-              last =
-                name
-                |> SynapseCore.Agent.run_stream(prompt, timeout: 600_000)
-                |> Enum.reduce(nil, fn event, _ -> event end)
+            outcome =
+              try do
+                # Keeps only the last event: the consumer's own memory is not
+                # what is measured.
+                {last, events} =
+                  name
+                  |> SynapseCore.Agent.run_stream(prompt, timeout: 600_000)
+                  |> Enum.reduce({nil, 0}, fn event, {_, n} -> {event, n + 1} end)
 
-              if match?({:result, _}, last), do: :ok, else: :bad
-            rescue
-              error -> {:error, Exception.message(error)}
-            end
+                if match?({:result, _}, last), do: {:ok, events}, else: :bad
+              rescue
+                error -> {:error, Exception.message(error)}
+              end
 
-          send(parent, {:done, outcome, System.monotonic_time(:millisecond) - started})
-        end)
-      end
+            send(parent, {:done, outcome, System.monotonic_time(:millisecond) - started})
+          end)
+
+        {caller, if(rem(i, 10) == 0, do: spawn(&control_slice/0))}
+      end)
+      |> Enum.unzip()
+
+    control = Enum.reject(control, &is_nil/1)
 
     # The memory of all runs in flight: sampled once every run has started
     # and before the first can have finished.
@@ -173,17 +187,22 @@ defmodule SynapseCore.Bench.Measure do
           do: receive(do: ({:done, outcome, ms} -> {outcome, ms}), after: (900_000 -> {:lost, 0}))
 
     :erlang.system_monitor(self(), [])
+
     long = collect_long_schedules([])
+    control_set = MapSet.new(control)
+    {long_control, long} = Enum.split_with(long, fn {pid, _} -> pid in control_set end)
+    consumer_events = for({{:ok, n}, _} <- results, do: n) |> Enum.sum()
 
     durations = Enum.map(results, &elem(&1, 1))
-    ok = Enum.count(results, &match?({:ok, _}, &1))
+    ok = Enum.count(results, &match?({{:ok, _}, _}, &1))
     overheads = Enum.map(durations, &((&1 - model_ms) / model_ms))
 
     %{
       "runs" => runs,
       "completed" => ok,
       "failed" => runs - ok,
-      "failures" => results |> Enum.reject(&match?({:ok, _}, &1)) |> Enum.take(3) |> inspect(),
+      "failures" =>
+        results |> Enum.reject(&match?({{:ok, _}, _}, &1)) |> Enum.take(3) |> inspect(),
       "model_ms" => model_ms,
       "duration_p50_ms" => percentile(durations, 50),
       "duration_p99_ms" => percentile(durations, 99),
@@ -198,6 +217,10 @@ defmodule SynapseCore.Bench.Measure do
       "long_schedules" => length(long),
       "long_schedules_synapse" => Enum.count(long, &synapse?/1),
       "long_schedules_nif" => Enum.count(long, &nif?/1),
+      "consumer_events" => consumer_events,
+      "control_processes" => length(control),
+      "long_schedules_control" => length(long_control),
+      "long_schedules_first_slice" => Enum.count(long, &(elem(&1, 1)[:in] == :undefined)),
       "memory_breakdown_per_run" =>
         Map.new([:processes, :binary, :ets, :system], fn kind ->
           {kind, div(max(memory_peak_by[kind] - memory_before_by[kind], 0), runs)}
@@ -207,6 +230,9 @@ defmodule SynapseCore.Bench.Measure do
       "durations_ms" => durations
     }
   end
+
+  # About 50 µs of work on this machine, the order of a run's first slice.
+  defp control_slice, do: Enum.reduce(1..3_000, 0, &+/2)
 
   defp collect_long_schedules(acc) do
     receive do
@@ -496,6 +522,8 @@ defmodule SynapseCore.Bench.Report do
 
     Memory per run by kind (bytes): #{runs["memory_breakdown_per_run"]}. Long schedules seen: #{runs["long_schedule_examples"]}.
 
+    Long schedules against a control group with no Synapse in it, spawned in the same burst as the runs (#{runs["control_processes"]} plain processes, one per ten runs, each summing 3,000 integers, about 50 µs of work, the order of a run's first slice, then exiting): consumers #{runs["long_schedules"]} in #{runs["runs"]} runs (#{runs["long_schedules_first_slice"]} of them in a run's first slice, where it picks a worker and starts the RPC; #{runs["consumer_events"]} events received in all), control group #{runs["long_schedules_control"]} in #{runs["control_processes"]}. Per 1,000 processes: consumers #{per_1000(runs["long_schedules"], runs["runs"])}, control group #{per_1000(runs["long_schedules_control"], runs["control_processes"])}.
+
     The model's own cost: pydantic-ai alone, #{runs["pydantic_ai_alone"]["runs"]} such runs in one Python process with no gRPC and no Synapse, spends #{f(runs["pydantic_ai_alone"]["cpu_ms_per_run"], 1)} ms of CPU per run: #{runs["runs"]} runs need #{f(runs["pydantic_ai_alone"]["cpu_ms_per_run"] * runs["runs"] / 1000 / 2, 0)} s of each of the two workers' core, whatever carries the calls.
 
     ## 5. Cold start (medians of #{r["scale"]["cold_starts"]})
@@ -536,6 +564,9 @@ defmodule SynapseCore.Bench.Report do
   defp f(nil, _), do: "–"
   defp f(number, 0), do: number |> round() |> Integer.to_string()
   defp f(number, decimals), do: :erlang.float_to_binary(number * 1.0, decimals: decimals)
+
+  defp per_1000(_count, total) when total in [nil, 0], do: "n/a"
+  defp per_1000(count, total), do: f(count * 1_000 / total, 2)
 
   defp pct(nil), do: "–"
   defp pct(ratio), do: "#{f(ratio * 100, 1)}%"

@@ -94,43 +94,13 @@ defmodule SynapseCore.Bridge do
   def stream(server, descriptor, method, request, opts \\ []) do
     opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
 
-    server
-    |> start_stream(descriptor, method, request, opts)
-    |> Run.stream(opts[:window], :halt)
-    |> Stream.map(fn {:message, message} -> message end)
-  end
-
-  defp start_stream(server, descriptor, method, request, opts) do
-    fn ->
+    Run.stream_call(server, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(server),
            {:ok, pool} <- pool(descriptor) do
-        ref = make_ref()
         options = %{timeout: opts[:timeout], window: opts[:window]}
-
-        case Native.bridge_stream_start(
-               worker.channel.resource,
-               pool,
-               ref,
-               method,
-               request,
-               options
-             ) do
-          {:ok, handle} ->
-            {:ok,
-             %Run{
-               ref: ref,
-               handle: handle,
-               agent: server,
-               owner: self(),
-               receiver: self(),
-               timeout: opts[:timeout]
-             }}
-
-          {:error, %Error{} = error} ->
-            {:error, error}
-        end
+        Native.bridge_stream_start(worker.channel.resource, pool, ref, method, request, options)
       end
-    end
+    end)
   end
 
   # Descriptor pools are built once per descriptor set and kept in

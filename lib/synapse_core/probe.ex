@@ -36,38 +36,11 @@ defmodule SynapseCore.Probe do
   def echo_stream(name, payload, count, opts \\ []) when is_binary(payload) do
     opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
 
-    start = fn ->
+    Run.stream_call(name, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(name) do
-        ref = make_ref()
         resource = worker.channel.resource
-
-        case Native.channel_echo_stream(
-               resource,
-               ref,
-               payload,
-               count,
-               opts[:timeout],
-               opts[:window]
-             ) do
-          {:ok, handle} ->
-            {:ok,
-             %Run{
-               ref: ref,
-               handle: handle,
-               agent: name,
-               owner: self(),
-               receiver: self(),
-               timeout: opts[:timeout]
-             }}
-
-          {:error, %Error{} = error} ->
-            {:error, error}
-        end
+        Native.channel_echo_stream(resource, ref, payload, count, opts[:timeout], opts[:window])
       end
-    end
-
-    start
-    |> Run.stream(opts[:window], :halt)
-    |> Stream.map(fn {:message, payload} -> payload end)
+    end)
   end
 end

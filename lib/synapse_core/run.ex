@@ -58,33 +58,53 @@ defmodule SynapseCore.Run do
   end
 
   @doc false
-  @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
-  def await(%__MODULE__{ref: ref} = run, timeout) do
-    check_owner!(run, :await)
-    monitor = run.monitor
+  # A streamed call that `start` starts in the NIF with the tag it is given,
+  # its events sent to the calling process: a lazy stream of what the call
+  # answers, ending with it.
+  @spec stream_call(
+          term(),
+          keyword(),
+          (reference() -> {:ok, reference()} | {:error, Error.t()})
+        ) :: Enumerable.t()
+  def stream_call(agent, opts, start) do
+    fn ->
+      ref = make_ref()
 
-    receive do
-      {:synapse_reply, ^ref, reply} ->
-        forget_relay(run)
-        reply
-
-      {:DOWN, ^monitor, :process, _, reason} ->
-        relay_lost(run, reason)
-    after
-      wait_limit(run, timeout) ->
-        cancel(run)
-
-        {:error,
-         Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
+      with {:ok, handle} <- start.(ref) do
+        {:ok,
+         %__MODULE__{
+           ref: ref,
+           handle: handle,
+           agent: agent,
+           owner: self(),
+           receiver: self(),
+           timeout: opts[:timeout]
+         }}
+      end
     end
+    |> stream(opts[:window], :halt)
+    |> Stream.map(fn {:message, message} -> message end)
+  end
+
+  @doc false
+  @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
+  def await(%__MODULE__{} = run, timeout) do
+    check_owner!(run, :await)
+
+    receive_reply(run, wait_limit(run, timeout), fn ->
+      cancel(run)
+      {:error, Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
+    end)
   end
 
   @doc false
   @spec yield(t(), timeout()) :: {:ok, term()} | {:error, Error.t()} | nil
-  def yield(%__MODULE__{ref: ref} = run, timeout) do
+  def yield(%__MODULE__{} = run, timeout) do
     check_owner!(run, :yield)
-    monitor = run.monitor
+    receive_reply(run, timeout, fn -> nil end)
+  end
 
+  defp receive_reply(%__MODULE__{ref: ref, monitor: monitor} = run, wait, on_timeout) do
     receive do
       {:synapse_reply, ^ref, reply} ->
         forget_relay(run)
@@ -93,7 +113,7 @@ defmodule SynapseCore.Run do
       {:DOWN, ^monitor, :process, _, reason} ->
         relay_lost(run, reason)
     after
-      timeout -> nil
+      wait -> on_timeout.()
     end
   end
 
