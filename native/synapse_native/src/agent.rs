@@ -1,9 +1,9 @@
 //! Loading agents into a worker (`SynapseCore.AgentProcess`).
 
-use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
+use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
 
 use crate::atoms;
-use crate::call::{self, CallHandle};
+use crate::call::{self, Started};
 use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json;
@@ -39,7 +39,7 @@ fn agent_load<'a>(
     tag: Term<'a>,
     request: LoadArgs<'a>,
     timeout: Term<'a>,
-) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+) -> Started {
     let timeout = call::decode_timeout(timeout)?;
     let source = match (request.reference, request.spec) {
         (Some(reference), None) => load_agent_request::Source::Ref(reference),

@@ -18,14 +18,12 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey,
     MessageDescriptor, MethodDescriptor, ReflectMessage, Value,
 };
-use rustler::{
-    Atom, Binary, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term, TermType,
-};
+use rustler::{Atom, Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term, TermType};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder as TonicEncoder};
 use tonic::Status;
 
 use crate::atoms;
-use crate::call::{self, CallError, CallHandle};
+use crate::call::{self, fits, CallError, Started};
 use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json::{self, MAX_DEPTH};
@@ -59,8 +57,6 @@ pub struct BridgeOptions<'a> {
     window: Term<'a>,
 }
 
-type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
-
 /// Calls a unary method (`"package.Service/Method"`); the caller gets
 /// `{:synapse_reply, tag, {:ok, response} | {:error, error}}`.
 #[rustler::nif]
@@ -75,7 +71,7 @@ fn bridge_call<'a>(
 ) -> Started {
     let timeout = call::decode_timeout(options.timeout)?;
     let (method, message) = match prepare(&pool.pool, &method, request, false)
-        .and_then(|(m, msg)| crate::run::fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
+        .and_then(|(m, msg)| fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
     {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
@@ -117,12 +113,9 @@ fn bridge_stream_start<'a>(
     options: BridgeOptions<'a>,
 ) -> Started {
     let timeout = call::decode_timeout(options.timeout)?;
-    let window = match call::decode_timeout(options.window)? {
-        Some(count) => usize::try_from(count.as_millis()).unwrap_or(usize::MAX),
-        None => usize::MAX,
-    };
+    let window = call::decode_window(options.window)?;
     let (method, message) = match prepare(&pool.pool, &method, request, true)
-        .and_then(|(m, msg)| crate::run::fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
+        .and_then(|(m, msg)| fits(msg, channel.max_message_bytes).map(|msg| (m, msg)))
     {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
@@ -150,11 +143,7 @@ fn bridge_stream_start<'a>(
                 .await?
                 .into_inner();
             loop {
-                credit
-                    .acquire()
-                    .await
-                    .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
-                    .forget();
+                call::take_credit(&credit).await?;
                 match responses.message().await? {
                     Some(response) => {
                         events.send(|env| {

@@ -16,6 +16,7 @@ use tonic::Status;
 
 use crate::atoms;
 use crate::channel::ChannelResource;
+use crate::error::NifError;
 use crate::reply::Reply;
 use crate::runtime::RUNTIME;
 
@@ -23,6 +24,10 @@ use crate::runtime::RUNTIME;
 /// worker exited (the shepherd reports it within milliseconds) before
 /// calling it plain unavailability.
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
+
+/// What a NIF that starts a call answers: the call's handle, or an error
+/// that stopped it before it was sent.
+pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 
 /// The handle of one in-flight call, held by the caller. The call is
 /// cancelled when the handle is cancelled, when it is garbage collected, and
@@ -68,6 +73,41 @@ pub fn decode_timeout(term: Term<'_>) -> NifResult<Option<Duration>> {
     }
     let ms: u64 = term.decode()?;
     Ok(Some(Duration::from_millis(ms)))
+}
+
+/// How many events a stream may send ahead of its receiver's
+/// acknowledgements, as given from Elixir: a count or `:infinity`.
+pub fn decode_window(term: Term<'_>) -> NifResult<usize> {
+    if let Ok(atom) = term.decode::<Atom>() {
+        if atom == atoms::infinity() {
+            return Ok(usize::MAX);
+        }
+    }
+    term.decode()
+}
+
+/// Waits until the receiver has room for one more event; `run_ack` gives
+/// the credit back.
+pub async fn take_credit(credit: &Semaphore) -> Result<(), CallError> {
+    credit
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
+        .forget();
+    Ok(())
+}
+
+/// `message` if it fits in `max_message_bytes` once encoded.
+pub fn fits<M: prost::Message>(message: M, max_message_bytes: usize) -> Result<M, Error> {
+    let size = message.encoded_len();
+    if size > max_message_bytes {
+        Err(Error::LimitExceeded(format!(
+            "the request is {size} bytes, over the maximum message size of \
+             {max_message_bytes} bytes (the :max_message_bytes option)"
+        )))
+    } else {
+        Ok(message)
+    }
 }
 
 /// A new handle whose call is cancelled if any of `owners` exits.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Atom, Binary, Encoder, Env, NifMap, NifResult, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
 use synapse_client::proto::agent_service_client::AgentServiceClient;
 use synapse_client::proto::health::health_check_response::ServingStatus;
 use synapse_client::proto::health::health_client::HealthClient;
@@ -16,7 +16,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::atoms;
-use crate::call::{self, CallError, CallHandle};
+use crate::call::{self, CallError, Started};
 use crate::error::NifError;
 use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
@@ -109,7 +109,7 @@ fn channel_health<'a>(
     channel: ResourceArc<ChannelResource>,
     tag: Term<'a>,
     timeout: Term<'a>,
-) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+) -> Started {
     let timeout = call::decode_timeout(timeout)?;
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
@@ -145,7 +145,7 @@ fn channel_echo<'a>(
     tag: Term<'a>,
     payload: Binary<'a>,
     timeout: Term<'a>,
-) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+) -> Started {
     let timeout = call::decode_timeout(timeout)?;
     let caller = env.pid();
     let handle = call::handle(env, &[caller], 0, None);
@@ -176,11 +176,11 @@ fn channel_echo_stream<'a>(
     payload: Binary<'a>,
     count: i32,
     timeout: Term<'a>,
-    window: usize,
-) -> NifResult<Result<ResourceArc<CallHandle>, NifError>> {
+    window: Term<'a>,
+) -> Started {
     let timeout = call::decode_timeout(timeout)?;
     let caller = env.pid();
-    let handle = call::handle(env, &[caller], window, None);
+    let handle = call::handle(env, &[caller], call::decode_window(window)?, None);
     let reply = Reply::new(caller, tag, Style::Stream);
     let mut events = reply.events();
     let credit = handle.credit.clone();
@@ -201,11 +201,7 @@ fn channel_echo_stream<'a>(
                 .await?
                 .into_inner();
             loop {
-                credit
-                    .acquire()
-                    .await
-                    .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
-                    .forget();
+                call::take_credit(&credit).await?;
                 match replies.message().await? {
                     Some(reply) => {
                         events.send(|env| {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::atoms;
-use crate::call::{self, CallError, CallHandle};
+use crate::call::{self, fits, CallError, CallHandle, Started};
 use crate::channel::{request_builder, ChannelResource};
 use crate::error::{Error, NifError};
 use crate::json;
@@ -53,8 +53,6 @@ pub struct StreamOptions<'a> {
     /// `{:synapse_reply, ...}`, as `run_start`).
     reply: Atom,
 }
-
-type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 
 /// Starts a run and returns its handle at once; the caller gets
 /// `{:synapse_reply, tag, {:ok, %SynapseCore.Result{}} | {:error, %SynapseCore.Error{}}}`.
@@ -196,11 +194,7 @@ fn start_stream<'a>(
     options: StreamOptions<'a>,
 ) -> Started {
     let timeout = call::decode_timeout(options.timeout)?;
-    let window = match call::decode_timeout(options.window)? {
-        // The same shape as a timeout: a count or :infinity.
-        Some(count) => usize::try_from(count.as_millis()).unwrap_or(usize::MAX),
-        None => usize::MAX,
-    };
+    let window = call::decode_window(options.window)?;
     let style = if options.reply == atoms::stream() {
         Style::Stream
     } else if options.reply == atoms::unary() {
@@ -285,12 +279,7 @@ async fn stream(
 ) -> Result<RunResult, CallError> {
     let mut responses = client.run(request).await?.into_inner();
     loop {
-        relay
-            .credit
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
-            .forget();
+        call::take_credit(&relay.credit).await?;
         let event = responses.message().await?.ok_or_else(|| {
             Error::Protocol("the worker ended the stream without a result".into())
         })?;
@@ -395,20 +384,6 @@ fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
             (atoms::retry(), request.retry.encode(env)),
         ],
     )
-}
-
-/// Refuses a message the worker would refuse anyway, with a clearer error
-/// and before anything is sent.
-pub fn fits<M: prost::Message>(message: M, max_message_bytes: usize) -> Result<M, Error> {
-    let size = message.encoded_len();
-    if size > max_message_bytes {
-        Err(Error::LimitExceeded(format!(
-            "the request is {size} bytes, over the maximum message size of \
-             {max_message_bytes} bytes (the :max_message_bytes option)"
-        )))
-    } else {
-        Ok(message)
-    }
 }
 
 fn request_from(args: RunArgs<'_>) -> Result<RunRequest, Error> {
