@@ -66,4 +66,30 @@ defmodule SynapseCore.PoolTest do
 
     assert {:ok, %Result{}} = Agent.run_sync(name, "0")
   end
+
+  test "a hung worker leaves the pool: later calls go to the others" do
+    name = unique_name()
+
+    start_supervised!(
+      {Agent,
+       name: name,
+       agent: "synapse_fixtures.faults:pid_agent",
+       python_path: [fixtures_path()],
+       workers: 3,
+       health_interval: 200,
+       health_timeout: 200},
+      id: name
+    )
+
+    [victim | _] = name |> await_workers(3) |> Enum.map(& &1.os_pid)
+    System.cmd("kill", ["-STOP", Integer.to_string(victim)])
+    eventually(fn -> victim not in Enum.map(Agent.workers(name), & &1.os_pid) end)
+
+    replies = served_by(name, 20, "0")
+    served = for {:ok, %Result{output: pid}} <- replies, do: String.to_integer(pid)
+
+    assert length(served) == 20
+    refute victim in served
+    eventually(fn -> length(Agent.workers(name)) == 3 end, 15_000)
+  end
 end
