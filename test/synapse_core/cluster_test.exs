@@ -15,7 +15,10 @@ defmodule SynapseCore.ClusterTest do
 
     unless Node.alive?() do
       {:ok, _} =
-        Node.start(:"synapse_a_#{System.unique_integer([:positive])}@127.0.0.1", :longnames)
+        Node.start(
+          :"synapse_a_#{System.pid()}_#{System.unique_integer([:positive])}@127.0.0.1",
+          :longnames
+        )
     end
 
     :ok
@@ -24,7 +27,7 @@ defmodule SynapseCore.ClusterTest do
   defp start_peer(tag) do
     {:ok, peer, node} =
       :peer.start_link(%{
-        name: :"synapse_#{tag}_#{System.unique_integer([:positive])}",
+        name: :"synapse_#{tag}_#{System.pid()}_#{System.unique_integer([:positive])}",
         host: ~c"127.0.0.1",
         longnames: true,
         args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
