@@ -242,9 +242,17 @@ defmodule SynapseCore.Agent do
     }
 
     started =
-      if large?(call.message_history),
-        do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
-        else: Native.run_stream_start(channel.resource, ref, request, options)
+      try do
+        if large?(call.message_history),
+          do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
+          else: Native.run_stream_start(channel.resource, ref, request, options)
+      rescue
+        # Options are validated before; should the NIF still refuse its
+        # arguments, the run's tool runner must not outlive the attempt.
+        error ->
+          if runner, do: ToolRunner.stop(runner)
+          reraise error, __STACKTRACE__
+      end
 
     case started do
       {:ok, handle} ->
