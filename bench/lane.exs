@@ -10,8 +10,9 @@
 #         Port speaking JSON lines to one Python process calling the same
 #         function.
 #
-# Each at concurrency 1 and 16, for S seconds per round: p50 latency and
-# calls/s, the median over R rounds. One Synapse worker, one Python process
+# Each at concurrency 1 and 16, for S seconds per round: p50 latency, calls/s
+# and CPU time per call (the BEAM's and the Python process's), the median
+# over R rounds. One Synapse worker, one Python process
 # per baseline. `--transports` lists the transports Synapse's calls take to
 # its local worker (`default`: no `:transport` option). The machine is shared:
 # only ratios within one run mean anything.
@@ -34,15 +35,41 @@ script = Path.join(here, "lane_bench.py")
 
 defmodule LaneBench do
   # `concurrency` loops calling `call` (given the loop's index) for `seconds`,
-  # after a short warm-up: %{p50_us:, calls_per_s:}.
-  def measure(call, concurrency, seconds) do
+  # after a short warm-up: %{p50_us:, calls_per_s:, cpu_us:}, `cpu_us` being
+  # the CPU time per call of this VM and of the OS processes `pids` (the
+  # Python side), which unlike latency does not depend on how the machine's
+  # load is scheduled.
+  def measure(call, concurrency, seconds, pids) do
     loops(call, concurrency, 0.3)
+    cpu = cpu_seconds([System.pid() | pids])
     started = System.monotonic_time(:microsecond)
     samples = loops(call, concurrency, seconds)
     elapsed = (System.monotonic_time(:microsecond) - started) / 1.0e6
+    cpu = cpu_seconds([System.pid() | pids]) - cpu
     sorted = Enum.sort(samples)
-    %{p50_us: Enum.at(sorted, div(length(sorted), 2)) / 1, calls_per_s: length(sorted) / elapsed}
+    calls = length(sorted)
+
+    %{
+      p50_us: Enum.at(sorted, div(calls, 2)) / 1,
+      calls_per_s: calls / elapsed,
+      cpu_us: cpu * 1.0e6 / calls
+    }
   end
+
+  # User and system CPU time of OS processes, from /proc (Linux).
+  def cpu_seconds(pids) do
+    pids
+    |> Enum.map(fn pid ->
+      stat = File.read!("/proc/#{pid}/stat")
+      [_, after_name] = String.split(stat, ") ", parts: 2)
+      fields = String.split(after_name, " ")
+      # utime and stime, fields 14 and 15 of the line, in clock ticks (100/s).
+      (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) / 100
+    end)
+    |> Enum.sum()
+  end
+
+  def os_pid(port), do: port |> Port.info(:os_pid) |> elem(1)
 
   # One loop runs in the calling process (which may own a port).
   defp loops(call, 1, seconds), do: loop(call, 0, deadline(seconds), [])
@@ -101,7 +128,8 @@ defmodule LaneBench do
           receive(do: ({^port, {:data, {:eol, line}}} -> 0 = port_reply(line)))
         end,
         1,
-        seconds
+        seconds,
+        [os_pid(port)]
       )
 
     Port.close(port)
@@ -132,7 +160,8 @@ defmodule LaneBench do
           receive(do: ({:sum, ^index} -> :ok))
         end,
         concurrency,
-        seconds
+        seconds,
+        [os_pid(port)]
       )
 
     Process.unlink(router)
@@ -185,6 +214,7 @@ for transport <- transports do
     )
 end
 
+worker_pids = fn name -> name |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid) end
 inprocess = LaneBench.open_port(python, script, "inprocess")
 
 in_python = fn concurrency ->
@@ -192,8 +222,13 @@ in_python = fn concurrency ->
 
   receive do
     {^inprocess, {:data, {:eol, line}}} ->
-      [p50, rate, _calls] = String.split(line)
-      %{p50_us: String.to_float(p50), calls_per_s: String.to_float(rate)}
+      [p50, rate, cpu] = String.split(line)
+
+      %{
+        p50_us: String.to_float(p50),
+        calls_per_s: String.to_float(rate),
+        cpu_us: String.to_float(cpu)
+      }
   end
 end
 
@@ -205,7 +240,8 @@ contenders =
          LaneBench.measure(
            fn _ -> {:ok, _} = SynapseCore.Agent.run_sync({:run, transport}, "hello") end,
            c,
-           seconds
+           seconds,
+           worker_pids.({:run, transport})
          )
        end}
     end ++
@@ -228,7 +264,8 @@ results =
     measured = measure.(c)
 
     IO.puts(
-      "round #{round} #{path} c=#{c} #{name}: p50 #{round(measured.p50_us)} µs, #{round(measured.calls_per_s)} calls/s"
+      "round #{round} #{path} c=#{c} #{name}: p50 #{round(measured.p50_us)} µs, " <>
+        "#{round(measured.calls_per_s)} calls/s, #{round(measured.cpu_us)} µs CPU/call"
     )
 
     {{path, name, c}, measured}
@@ -240,8 +277,8 @@ median = fn values ->
 end
 
 IO.puts("\n== medians over #{rounds} rounds\n")
-IO.puts("| path | contender | c | p50 µs | calls/s |")
-IO.puts("|---|---|---:|---:|---:|")
+IO.puts("| path | contender | c | p50 µs | calls/s | CPU µs/call |")
+IO.puts("|---|---|---:|---:|---:|---:|")
 
 results
 |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
@@ -249,7 +286,8 @@ results
 |> Enum.each(fn {{path, name, c}, runs} ->
   p50 = median.(Enum.map(runs, & &1.p50_us))
   rate = median.(Enum.map(runs, & &1.calls_per_s))
-  IO.puts("| #{path} | #{name} | #{c} | #{round(p50)} | #{round(rate)} |")
+  cpu = median.(Enum.map(runs, & &1.cpu_us))
+  IO.puts("| #{path} | #{name} | #{c} | #{round(p50)} | #{round(rate)} | #{round(cpu)} |")
 end)
 
 File.rm_rf!(tmp)

@@ -13,7 +13,7 @@ one of the baselines:
     python bench/python/lane_bench.py inprocess
         pydantic-ai in-process: reads commands `measure CONCURRENCY SECONDS`,
         runs `await agent.run(PROMPT)` in CONCURRENCY loops for SECONDS on one
-        event loop and answers `p50_us calls_per_s calls` on one line.
+        event loop and answers `p50_us calls_per_s cpu_us_per_call` on one line.
 """
 
 from __future__ import annotations
@@ -60,13 +60,16 @@ async def _loops(concurrency: int, seconds: float) -> list[int]:
     return samples
 
 
-async def _measure(concurrency: int, seconds: float) -> tuple[float, float, int]:
+async def _measure(concurrency: int, seconds: float) -> tuple[float, float, float]:
     """As `LaneBench.measure` in bench/lane.exs: a warm-up, then the measured loops."""
     await _loops(concurrency, 0.3)
+    cpu = time.process_time()
     started = time.perf_counter()
     samples = sorted(await _loops(concurrency, seconds))
     elapsed = time.perf_counter() - started
-    return samples[len(samples) // 2] / 1000, len(samples) / elapsed, len(samples)
+    cpu = time.process_time() - cpu
+    calls = len(samples)
+    return samples[calls // 2] / 1000, calls / elapsed, cpu * 1e6 / calls
 
 
 def _inprocess() -> int:
@@ -75,8 +78,8 @@ def _inprocess() -> int:
         command, concurrency, seconds = line.split()
         if command != "measure":
             raise SystemExit(f"unknown command {command!r}")
-        p50, rate, calls = loop.run_until_complete(_measure(int(concurrency), float(seconds)))
-        sys.stdout.write(f"{p50:.1f} {rate:.1f} {calls}\n")
+        p50, rate, cpu = loop.run_until_complete(_measure(int(concurrency), float(seconds)))
+        sys.stdout.write(f"{p50:.1f} {rate:.1f} {cpu:.1f}\n")
         sys.stdout.flush()
     return 0
 

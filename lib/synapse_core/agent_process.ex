@@ -68,12 +68,14 @@ defmodule SynapseCore.AgentProcess do
   def start_link({%Options{}, _index, _location} = arg), do: GenServer.start_link(__MODULE__, arg)
 
   @doc """
-  The worker's OS pid and address, for observability. `os_pid` is `nil`
-  while the worker is being restarted.
+  The worker's OS pid and addresses (gRPC, and its lane when calls take
+  it), for observability. `os_pid` is `nil` while the worker is being
+  restarted.
   """
   @spec info(pid()) :: %{
           os_pid: pos_integer() | nil,
           address: String.t() | nil,
+          lane: String.t() | nil,
           agent: term(),
           serving: boolean(),
           location: location()
@@ -216,7 +218,9 @@ defmodule SynapseCore.AgentProcess do
         [{"SYNAPSE_MAX_MESSAGE_BYTES", Integer.to_string(options.max_message_bytes)}]
 
     config = %{
-      argv: [python, "-m", "synapse_python.worker", "--listen", "unix:" <> socket] ++ bridge,
+      argv:
+        [python, "-m", "synapse_python.worker", "--listen", "unix:" <> socket] ++
+          lane_argv(state) ++ bridge,
       env: env,
       cwd: options.cwd,
       grace_ms: options.shutdown_timeout,
@@ -264,6 +268,7 @@ defmodule SynapseCore.AgentProcess do
     info = %{
       os_pid: state.os_pid,
       address: state.address,
+      lane: state.address && lane_address(state),
       agent: state.options.name,
       serving: state.phase == :serving,
       location: state.location
@@ -348,7 +353,7 @@ defmodule SynapseCore.AgentProcess do
 
   defp handle_event(:health_check, %{phase: :serving, channel: channel} = state) do
     tag = make_ref()
-    {:ok, handle} = Native.channel_health(channel.resource, tag, state.options.health_timeout)
+    {:ok, handle} = Native.probe_health(channel.resource, tag, state.options.health_timeout)
     {:ok, %{state | health: {tag, handle}}}
   end
 
@@ -382,12 +387,27 @@ defmodule SynapseCore.AgentProcess do
     end
   end
 
-  defp connect_options(%{location: :local, options: options}) do
-    [max_message_bytes: options.max_message_bytes]
+  defp connect_options(%{location: :local, options: options} = state) do
+    [max_message_bytes: options.max_message_bytes, lane: lane_address(state)]
   end
 
   defp connect_options(%{options: options}) do
     [max_message_bytes: options.max_message_bytes, tls: options.tls, token: options.token]
+  end
+
+  # A local worker also serves its calls on the lane, a second socket in its
+  # private directory, unless the agent asks for gRPC.
+  defp lane_address(%{location: :local, options: %{transport: :lane}, dir: dir})
+       when is_binary(dir),
+       do: "unix:" <> Path.join(dir, "lane.sock")
+
+  defp lane_address(_state), do: nil
+
+  defp lane_argv(state) do
+    case lane_address(state) do
+      nil -> []
+      address -> ["--lane", address]
+    end
   end
 
   defp load(state) do

@@ -6,9 +6,12 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   `priv/native/libsynapse_native.so` and `priv/bin/synapse-shepherd`.
 
   The build runs only when a Rust, Cargo or proto source is newer than the
-  installed files, or when the profile changed. The profile is `release` in
+  installed files, or when the build changed. The profile is `release` in
   the `:prod` environment and `debug` otherwise; set
-  `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly.
+  `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly. In
+  the `:test` environment the NIF also gets the NIFs that exist only for the
+  test suite (the `test-nifs` cargo feature: failure injection); no other
+  build has them.
   """
 
   use Mix.Task.Compiler
@@ -19,13 +22,15 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   def run(_args) do
     root = Path.expand("../..", __DIR__)
     profile = profile()
+    features = if Mix.env() == :test, do: ["synapse_native/test-nifs"], else: []
+    build = Enum.join([profile | features], "+")
     stamp = Path.join(root, "priv/native/.profile")
     outputs = [nif_path(root), shepherd_path(root)]
 
-    if stale?(root, outputs, stamp, profile) do
-      build(root, profile)
+    if stale?(root, outputs, stamp, build) do
+      build(root, profile, features)
       install(root, profile)
-      File.write!(stamp, Atom.to_string(profile))
+      File.write!(stamp, build)
       {:ok, []}
     else
       {:noop, []}
@@ -41,7 +46,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     end
   end
 
-  defp stale?(root, outputs, stamp, profile) do
+  defp stale?(root, outputs, stamp, build) do
     sources =
       Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
         Path.wildcard(Path.join(root, "proto/**/*.proto")) ++
@@ -50,10 +55,10 @@ defmodule Mix.Tasks.Compile.SynapseNative do
           &File.exists?/1
         )
 
-    File.read(stamp) != {:ok, Atom.to_string(profile)} or Mix.Utils.stale?(sources, outputs)
+    File.read(stamp) != {:ok, build} or Mix.Utils.stale?(sources, outputs)
   end
 
-  defp build(root, profile) do
+  defp build(root, profile, features) do
     cargo =
       System.find_executable("cargo") ||
         Mix.raise("""
@@ -63,9 +68,12 @@ defmodule Mix.Tasks.Compile.SynapseNative do
 
     args =
       ["build", "--locked", "-p", "synapse_native", "-p", "synapse_shepherd"] ++
-        if(profile == :release, do: ["--release"], else: [])
+        if(profile == :release, do: ["--release"], else: []) ++
+        Enum.flat_map(features, &["--features", &1])
 
-    Mix.shell().info("Compiling synapse_core native code (cargo, #{profile})")
+    Mix.shell().info(
+      "Compiling synapse_core native code (cargo, #{Enum.join([profile | features], ", ")})"
+    )
 
     case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream()) do
       {_, 0} -> :ok

@@ -27,7 +27,8 @@ defmodule SynapseCore.Agent.Options do
     :health_interval,
     :health_timeout,
     :max_backoff,
-    :max_message_bytes
+    :max_message_bytes,
+    :transport
   ]
 
   @type source ::
@@ -53,7 +54,8 @@ defmodule SynapseCore.Agent.Options do
           health_interval: pos_integer() | :infinity,
           health_timeout: pos_integer(),
           max_backoff: pos_integer(),
-          max_message_bytes: pos_integer()
+          max_message_bytes: pos_integer(),
+          transport: :lane | :grpc
         }
 
   @max_workers 256
@@ -157,6 +159,18 @@ defmodule SynapseCore.Agent.Options do
       the largest message, in bytes, either way between the BEAM and a
       worker. Larger requests are refused before they are sent, larger
       replies fail the call; both with `:resource_exhausted`.
+      """
+    ],
+    transport: [
+      type: {:in, [:lane, :grpc]},
+      default: :lane,
+      doc: """
+      how calls reach the workers started here. `:lane`: a second private
+      Unix socket of each worker carrying the same calls as its gRPC
+      services with far less work per call (one length-prefixed frame each
+      way for a unary call). `:grpc`: one gRPC call per call, as remote
+      workers are always reached. Both carry the same messages with the
+      same deadlines, cancellation, back-pressure, size limit and errors.
       """
     ],
     remote: [
@@ -427,7 +441,8 @@ defmodule SynapseCore.Agent.Options do
       health_interval: options.health_interval,
       health_timeout: options.health_timeout,
       max_backoff: options.max_backoff,
-      max_message_bytes: options.max_message_bytes
+      max_message_bytes: options.max_message_bytes,
+      transport: options.transport
     }
   end
 

@@ -1,13 +1,15 @@
 //! What every call to a worker has in common: its deadline, its cancel
-//! token, the channel it runs on, and exactly one reply.
+//! token, the channel it runs on, and exactly one reply; and the two shapes
+//! most calls take ([`unary`], [`server_stream`]), set up once.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
+use prost::bytes::Bytes;
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::is_transport_failure;
-use synapse_client::proto::RunInput;
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -17,7 +19,7 @@ use tonic::Status;
 use crate::atoms;
 use crate::channel::ChannelResource;
 use crate::error::NifError;
-use crate::reply::Reply;
+use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
 
 /// How long a call that lost its connection waits to learn whether the
@@ -37,8 +39,9 @@ pub struct CallHandle {
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
-    /// The request side of a streaming run, for tool results.
-    pub inputs: Option<UnboundedSender<RunInput>>,
+    /// The request side of a streaming run, for tool results (serialized
+    /// `RunInput`s).
+    pub inputs: Option<UnboundedSender<Vec<u8>>>,
     /// The largest message the call may send.
     pub max_message_bytes: usize,
 }
@@ -115,7 +118,7 @@ pub fn handle(
     env: Env<'_>,
     owners: &[LocalPid],
     credit: usize,
-    inputs: Option<UnboundedSender<RunInput>>,
+    inputs: Option<UnboundedSender<Vec<u8>>>,
 ) -> ResourceArc<CallHandle> {
     with_limit(env, owners, credit, inputs, usize::MAX)
 }
@@ -126,7 +129,7 @@ pub fn with_limit(
     env: Env<'_>,
     owners: &[LocalPid],
     credit: usize,
-    inputs: Option<UnboundedSender<RunInput>>,
+    inputs: Option<UnboundedSender<Vec<u8>>>,
     max_message_bytes: usize,
 ) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
@@ -151,18 +154,14 @@ struct InFlight(ResourceArc<ChannelResource>);
 
 impl InFlight {
     fn enter(channel: ResourceArc<ChannelResource>) -> Self {
-        channel
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        channel.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(channel)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -183,6 +182,144 @@ impl From<Error> for CallError {
     fn from(error: Error) -> Self {
         Self::Other(error)
     }
+}
+
+/// Starts a call with one answer, sent to the calling process as
+/// `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
+/// `rpc` makes the call on the channel (given the deadline to send), and
+/// `encode` turns its answer into `term` on the tokio thread.
+pub fn unary<T, Fut, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Term<'_>,
+    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
+    encode: E,
+) -> Started
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    let timeout = decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = self::handle(env, &[caller], 0, None);
+    let target = channel.clone();
+    spawn(
+        channel,
+        &handle,
+        Reply::new(caller, tag, Style::Unary),
+        timeout,
+        move |deadline| rpc(target, deadline),
+        encode,
+    );
+    Ok(Ok(handle))
+}
+
+/// [`unary`] for a method whose request and response are the messages
+/// `request` and `R`.
+pub fn unary_method<R, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Term<'_>,
+    method: &'static str,
+    request: impl prost::Message + 'static,
+    encode: E,
+) -> Started
+where
+    R: prost::Message + Default + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, R) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    unary(
+        env,
+        channel,
+        tag,
+        timeout,
+        move |channel, deadline| async move {
+            let response = channel
+                .worker
+                .unary(method, request.encode_to_vec(), deadline)
+                .await?;
+            Ok(decode::<R>(response)?)
+        },
+        encode,
+    )
+}
+
+/// A method with one request and streamed responses, and how each
+/// response becomes a term.
+pub struct ServerStream<R, D, T> {
+    /// The method's path.
+    pub method: String,
+    /// Serializes the request (on the tokio thread).
+    pub request: R,
+    /// Reads a response.
+    pub decode: D,
+    /// A response's term.
+    pub to_term: T,
+}
+
+/// Starts a [`ServerStream`] call. The calling process gets
+/// `{:synapse_event, tag, {:message, term}}` for each response, at most
+/// `window` ahead of its acknowledgements (`run_ack`), then
+/// `{:synapse_event, tag, {:result, nil} | {:error, %SynapseCore.Error{}}}`.
+pub fn server_stream<R, M, D, T>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    (timeout, window): (Term<'_>, Term<'_>),
+    call: ServerStream<R, D, T>,
+) -> Started
+where
+    R: FnOnce() -> Vec<u8> + Send + 'static,
+    M: Send + 'static,
+    D: Fn(Bytes) -> Result<M, Error> + Send + 'static,
+    T: for<'a> Fn(Env<'a>, &M) -> Term<'a> + Send + 'static,
+{
+    let timeout = decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = self::handle(env, &[caller], decode_window(window)?, None);
+    let reply = Reply::new(caller, tag, Style::Stream);
+    let mut events = reply.events();
+    let credit = handle.credit.clone();
+    let target = channel.clone();
+    let ServerStream {
+        method,
+        request,
+        decode,
+        to_term,
+    } = call;
+    spawn(
+        channel,
+        &handle,
+        reply,
+        timeout,
+        move |deadline| async move {
+            let mut responses = target
+                .worker
+                .server_streaming(&method, request(), deadline)
+                .await?;
+            loop {
+                take_credit(&credit).await?;
+                match responses.message().await? {
+                    Some(response) => {
+                        let message = decode(response)?;
+                        events.send(|env| (atoms::message(), to_term(env, &message)).encode(env));
+                    }
+                    None => return Ok::<(), CallError>(()),
+                }
+            }
+        },
+        |env, ()| Ok(atoms::nil().encode(env)),
+    );
+    Ok(Ok(handle))
+}
+
+/// A worker's response, as the message it must be.
+pub fn decode<R: prost::Message + Default>(bytes: Bytes) -> Result<R, Error> {
+    R::decode(bytes)
+        .map_err(|e| Error::Protocol(format!("the worker sent a malformed message: {e}")))
 }
 
 /// Runs `rpc` on the runtime and answers `reply` once, whatever happens:

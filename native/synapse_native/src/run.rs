@@ -3,15 +3,14 @@
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use synapse_client::proto::{
-    run_event, run_input, run_result, tool_result, RunInput, RunRequest, RunResult, ToolCall,
-    ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
+    methods, run_event, run_input, run_result, tool_result, RunEvent, RunInput, RunRequest,
+    RunResult, ToolCall, ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::atoms;
 use crate::call::{self, fits, CallError, CallHandle, Started};
-use crate::channel::{request_builder, ChannelResource};
+use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
 use crate::reply::{Events, Reply, Runner, Style};
@@ -124,12 +123,12 @@ fn run_tool_result<'a>(
         Ok(outcome) => {
             if let Some(inputs) = &handle.inputs {
                 // Fails only when the run is over; then nobody waits for the result.
-                let _ = inputs.send(RunInput {
+                let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
                     input: Some(run_input::Input::ToolResult(ToolResult {
                         request_id,
                         outcome: Some(outcome),
                     })),
-                });
+                }));
             }
             atoms::ok().encode(env)
         }
@@ -201,27 +200,19 @@ fn start_unary<'a>(
     request: RunArgs<'a>,
     timeout: Term<'a>,
 ) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
     let request = match request_from(request).and_then(|r| fits(r, channel.max_message_bytes)) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0, None);
-    let mut client = channel.client.clone();
-    let build = request_builder(&channel);
-    call::spawn(
+    call::unary_method(
+        env,
         channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
+        tag,
         timeout,
-        move |deadline| async move {
-            let response = client.run_sync(build(request, deadline)).await?;
-            Ok(response.into_inner())
-        },
+        methods::AGENT_SERVICE_RUN_SYNC,
+        request,
         encode_result,
-    );
-    Ok(Ok(handle))
+    )
 }
 
 fn start_stream<'a>(
@@ -254,14 +245,12 @@ fn start_stream<'a>(
             owners.push(pid);
         }
     }
-    let (inputs, inputs_stream) = mpsc::unbounded_channel();
-    // The first message is the start request; the receiving end is the
-    // request stream, open for tool results until the run ends.
-    inputs
-        .send(RunInput {
-            input: Some(run_input::Input::Start(request)),
-        })
-        .map_err(|_| rustler::Error::BadArg)?;
+    // The request stream: the start request, then tool results until the
+    // run ends.
+    let (inputs, requests) = mpsc::unbounded_channel();
+    let start = RunInput {
+        input: Some(run_input::Input::Start(request)),
+    };
     let handle = call::with_limit(
         env,
         &owners,
@@ -277,20 +266,13 @@ fn start_stream<'a>(
         inputs,
         credit: handle.credit.clone(),
     };
-    let client = channel.client.clone();
-    let build = request_builder(&channel);
+    let target = channel.clone();
     call::spawn(
         channel,
         &handle,
         reply,
         timeout,
-        move |deadline| {
-            stream(
-                client,
-                build(UnboundedReceiverStream::new(inputs_stream), deadline),
-                relay,
-            )
-        },
+        move |deadline| stream(target, start, requests, deadline, relay),
         encode_result,
     );
     Ok(Ok(handle))
@@ -301,26 +283,32 @@ struct Relay {
     events: Events,
     runner: Option<Runner>,
     /// To answer tool requests nobody can execute.
-    inputs: mpsc::UnboundedSender<RunInput>,
+    inputs: mpsc::UnboundedSender<Vec<u8>>,
     credit: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Relays a run's events while the receiver has credit. Without credit it
-/// stops reading, so HTTP/2 flow control slows the worker down instead of
-/// events piling up in the receiver's mailbox.
+/// stops reading, so flow control (HTTP/2's, or the lane's credit) slows the
+/// worker down instead of events piling up in the receiver's mailbox.
 async fn stream(
-    mut client: synapse_client::proto::agent_service_client::AgentServiceClient<
-        tonic::transport::Channel,
-    >,
-    request: tonic::Request<UnboundedReceiverStream<RunInput>>,
+    channel: ResourceArc<ChannelResource>,
+    start: RunInput,
+    requests: mpsc::UnboundedReceiver<Vec<u8>>,
+    deadline: Option<std::time::Duration>,
     mut relay: Relay,
 ) -> Result<RunResult, CallError> {
-    let mut responses = client.run(request).await?.into_inner();
+    // The receiving end lives as long as `requests`.
+    let _ = relay.inputs.send(prost::Message::encode_to_vec(&start));
+    let mut responses = channel
+        .worker
+        .streaming(methods::AGENT_SERVICE_RUN, requests, deadline)
+        .await?;
     loop {
         call::take_credit(&relay.credit).await?;
         let event = responses.message().await?.ok_or_else(|| {
             Error::Protocol("the worker ended the stream without a result".into())
         })?;
+        let event: RunEvent = call::decode(event)?;
         match event.event {
             Some(run_event::Event::TextDelta(text)) => {
                 relay
@@ -354,7 +342,7 @@ impl Relay {
         };
         if !delivered {
             // Without a runner the call can only fail; tell the model.
-            let _ = self.inputs.send(RunInput {
+            let _ = self.inputs.send(prost::Message::encode_to_vec(&RunInput {
                 input: Some(run_input::Input::ToolResult(ToolResult {
                     request_id: request.request_id,
                     outcome: Some(tool_result::Outcome::RetryMessage(format!(
@@ -362,7 +350,7 @@ impl Relay {
                         request.name
                     ))),
                 })),
-            });
+            }));
         }
     }
 }

@@ -1,0 +1,518 @@
+//! The client side of the local lane (`proto/synapse/v1/lane.proto`): a
+//! worker's gRPC methods, called over one connection to its second Unix
+//! socket with one frame each way per unary call.
+//!
+//! A [`Lane`] connects on first use and again after its connection broke.
+//! Each connection has two tasks: a writer that sends what calls queued, as
+//! many frames per write as are waiting, and a reader that hands each frame
+//! to its call by id. Calls answer as tonic does: `Ok` with the response
+//! bytes, or a [`Status`] — the worker's status with its `ErrorDetail` in
+//! the same trailing-metadata entry the gRPC path uses, so that
+//! [`Error::from_status`](crate::Error::from_status) classifies both alike;
+//! or, when the connection broke, a status whose source is the I/O error,
+//! which [`is_transport_failure`](crate::error::is_transport_failure)
+//! recognizes.
+//!
+//! A call dropped before its end (its caller gave up, its deadline passed)
+//! sends `cancel`, which cancels the handler's task in the worker.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use prost::bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+use crate::error::DETAIL_KEY;
+use crate::proto::{lane_frame, LaneFrame, LaneHello, LaneStart, LaneStatus};
+
+/// Room for a frame's own fields around a message of the maximum size (as
+/// the worker allows).
+const FRAME_SLACK: usize = 64 * 1024;
+/// Responses a streamed call may have on their way before its reader takes
+/// them: it gives credit back as it reads.
+const WINDOW: u32 = 32;
+/// How many bytes of queued frames one write takes at most.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// A worker's lane: a connection made on first use, and made again when it
+/// broke.
+pub struct Lane {
+    path: PathBuf,
+    /// `Bearer <token>`, sent in the connection's `hello`.
+    authorization: Option<String>,
+    max_message_bytes: usize,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Lane {
+    /// A lane to the socket at `path`. Connects on first use (within a
+    /// tokio runtime), so this never waits.
+    pub fn new(path: PathBuf, authorization: Option<String>, max_message_bytes: usize) -> Self {
+        Self {
+            path,
+            authorization,
+            max_message_bytes,
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Calls a method with one request and one response.
+    pub async fn unary(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Status> {
+        let (reply, answer) = oneshot::channel();
+        let call = self.open(method, request, timeout, 0, Route::Unary(reply))?;
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err(call.connection.failure()));
+        call.finished();
+        result
+    }
+
+    /// Calls a method with one request and streamed responses.
+    pub fn server_streaming(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Responses, Status> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let call = self.open(method, request, timeout, WINDOW, Route::Stream(events))?;
+        Ok(Responses::new(call, receiver))
+    }
+
+    /// Calls a method whose requests and responses both stream: the
+    /// requests are sent as `requests` yields them, then the call is
+    /// half-closed.
+    pub fn streaming(
+        &self,
+        method: &str,
+        mut requests: mpsc::UnboundedReceiver<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Responses, Status> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let call = self.open(method, Vec::new(), timeout, WINDOW, Route::Stream(events))?;
+        let (connection, id) = (call.connection.clone(), call.id);
+        let (ended, mut ended_signal) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    request = requests.recv() => match request {
+                        Some(message) => connection.send(id, lane_frame::Body::Message(message)),
+                        None => {
+                            connection.send(id, lane_frame::Body::HalfClose(true));
+                            return;
+                        }
+                    },
+                    // The call is over: nobody reads its responses any more.
+                    _ = &mut ended_signal => return,
+                }
+            }
+        });
+        let mut responses = Responses::new(call, receiver);
+        responses.ended = Some(ended);
+        Ok(responses)
+    }
+
+    fn open(
+        &self,
+        method: &str,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+        credit: u32,
+        route: Route,
+    ) -> Result<Open, Status> {
+        let connection = self.connection();
+        let id = connection.register(route)?;
+        let timeout_us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+        connection.send(
+            id,
+            lane_frame::Body::Start(LaneStart {
+                method: method.to_owned(),
+                // 0 means none: a deadline of 0 µs is 1 µs.
+                timeout_us: if timeout.is_some() {
+                    timeout_us.max(1)
+                } else {
+                    0
+                },
+                message,
+                credit,
+            }),
+        );
+        Ok(Open {
+            connection,
+            id,
+            done: false,
+        })
+    }
+
+    /// The current connection, or a new one when there is none or it broke.
+    fn connection(&self) -> Arc<Connection> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(connection) if !connection.is_broken() => connection.clone(),
+            _ => {
+                let connection = Connection::start(
+                    self.path.clone(),
+                    self.authorization.clone(),
+                    self.max_message_bytes + FRAME_SLACK,
+                );
+                *slot = Some(connection.clone());
+                connection
+            }
+        }
+    }
+}
+
+/// Where a call's frames go.
+enum Route {
+    Unary(oneshot::Sender<Result<Bytes, Status>>),
+    Stream(mpsc::UnboundedSender<Event>),
+}
+
+enum Event {
+    Message(Bytes),
+    End(Result<(), Status>),
+}
+
+struct Calls {
+    next_id: u64,
+    routes: HashMap<u64, Route>,
+    /// Why the connection broke; no call is registered after that.
+    broken: Option<String>,
+}
+
+struct Connection {
+    calls: Mutex<Calls>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl Connection {
+    fn start(path: PathBuf, authorization: Option<String>, max_frame: usize) -> Arc<Self> {
+        let (frames, queue) = mpsc::unbounded_channel();
+        let connection = Arc::new(Self {
+            calls: Mutex::new(Calls {
+                next_id: 0,
+                routes: HashMap::new(),
+                broken: None,
+            }),
+            frames,
+        });
+        if let Some(authorization) = authorization {
+            connection.send(0, lane_frame::Body::Hello(LaneHello { authorization }));
+        }
+        tokio::spawn(run(Arc::downgrade(&connection), path, queue, max_frame));
+        connection
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+
+    fn register(&self, route: Route) -> Result<u64, Status> {
+        let mut calls = self.lock();
+        if let Some(reason) = &calls.broken {
+            return Err(transport_failure(reason));
+        }
+        calls.next_id += 1;
+        let id = calls.next_id;
+        calls.routes.insert(id, route);
+        Ok(id)
+    }
+
+    /// Queues a frame for the writer (it is gone only once the connection
+    /// broke, which fails the call anyway).
+    fn send(&self, call: u64, body: lane_frame::Body) {
+        let frame = LaneFrame {
+            call,
+            body: Some(body),
+        };
+        let length = frame.encoded_len();
+        let mut bytes = Vec::with_capacity(4 + length);
+        // Frames are bounded by the maximum message size, far below 4 GiB.
+        bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+        frame.encode_raw(&mut bytes);
+        let _ = self.frames.send(bytes);
+    }
+
+    /// The call is over on this side: forget it, and tell the worker.
+    fn cancel(&self, id: u64) {
+        if self.lock().routes.remove(&id).is_some() {
+            self.send(id, lane_frame::Body::Cancel(true));
+        }
+    }
+
+    /// The failure of a call whose route was dropped with the connection.
+    fn failure(&self) -> Status {
+        transport_failure(self.lock().broken.as_deref().unwrap_or("the lane closed"))
+    }
+
+    fn route(&self, frame: LaneFrame) -> Result<(), String> {
+        let id = frame.call;
+        let body = frame
+            .body
+            .ok_or_else(|| format!("the worker sent a frame with no body for call {id}"))?;
+        let mut calls = self.lock();
+        match body {
+            lane_frame::Body::Message(message) => match calls.routes.get(&id) {
+                Some(Route::Stream(events)) => {
+                    let _ = events.send(Event::Message(Bytes::from(message)));
+                }
+                Some(Route::Unary(_)) => {
+                    if let Some(Route::Unary(reply)) = calls.routes.remove(&id) {
+                        let _ = reply.send(Ok(Bytes::from(message)));
+                    }
+                }
+                // Cancelled meanwhile.
+                None => {}
+            },
+            lane_frame::Body::Status(status) => {
+                let status = status_from(status);
+                match calls.routes.remove(&id) {
+                    Some(Route::Unary(reply)) => {
+                        let _ = reply.send(Err(if status.code() == Code::Ok {
+                            Status::internal("the worker ended a unary call without a response")
+                        } else {
+                            status
+                        }));
+                    }
+                    Some(Route::Stream(events)) => {
+                        let end = if status.code() == Code::Ok {
+                            Ok(())
+                        } else {
+                            Err(status)
+                        };
+                        let _ = events.send(Event::End(end));
+                    }
+                    None => {}
+                }
+            }
+            other => return Err(format!("the worker sent a client's frame: {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: every call on it fails, and so does every
+    /// later one (the lane then makes a new connection).
+    fn break_off(&self, reason: String) {
+        let routes = {
+            let mut calls = self.lock();
+            if calls.broken.is_none() {
+                calls.broken = Some(reason.clone());
+            }
+            std::mem::take(&mut calls.routes)
+        };
+        for (_, route) in routes {
+            match route {
+                Route::Unary(reply) => {
+                    let _ = reply.send(Err(transport_failure(&reason)));
+                }
+                Route::Stream(events) => {
+                    let _ = events.send(Event::End(Err(transport_failure(&reason))));
+                }
+            }
+        }
+    }
+}
+
+/// A call registered on a connection: cancelled if dropped before its end.
+struct Open {
+    connection: Arc<Connection>,
+    id: u64,
+    done: bool,
+}
+
+impl Open {
+    fn finished(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if !self.done {
+            self.connection.cancel(self.id);
+        }
+    }
+}
+
+/// The responses of a streamed call, read with [`Responses::message`];
+/// dropping it before the end cancels the call.
+pub struct Responses {
+    call: Open,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Responses read since credit was last given back.
+    taken: u32,
+    /// Ends the request forwarder of a call whose requests stream.
+    ended: Option<oneshot::Sender<()>>,
+}
+
+impl Responses {
+    fn new(call: Open, events: mpsc::UnboundedReceiver<Event>) -> Self {
+        Self {
+            call,
+            events,
+            taken: 0,
+            ended: None,
+        }
+    }
+
+    /// The next response, `None` at the end, or the call's failure.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.call.done {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(Event::Message(message)) => {
+                self.taken += 1;
+                if self.taken >= WINDOW / 2 {
+                    self.call
+                        .connection
+                        .send(self.call.id, lane_frame::Body::Credit(self.taken));
+                    self.taken = 0;
+                }
+                Ok(Some(message))
+            }
+            Some(Event::End(end)) => {
+                self.call.done = true;
+                self.ended.take();
+                end.map(|()| None)
+            }
+            None => {
+                self.call.done = true;
+                Err(self.call.connection.failure())
+            }
+        }
+    }
+}
+
+/// The connection's life: connect, then write and read until either side
+/// fails or nobody holds the connection any more (the lane replaced it and
+/// its last call ended: its frame queue closes).
+async fn run(
+    connection: Weak<Connection>,
+    path: PathBuf,
+    queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    max_frame: usize,
+) {
+    let reason = match UnixStream::connect(&path).await {
+        Ok(stream) => {
+            let (reader, writer) = stream.into_split();
+            tokio::select! {
+                reason = write(writer, queue) => reason,
+                reason = read(&connection, reader, max_frame) => reason,
+            }
+        }
+        Err(e) => format!("cannot connect to the lane at {}: {e}", path.display()),
+    };
+    if let Some(connection) = connection.upgrade() {
+        connection.break_off(reason);
+    }
+}
+
+async fn write(mut socket: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+    let mut batch = Vec::new();
+    while let Some(frame) = queue.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = socket.write_all(&batch).await {
+            return format!("the lane connection failed: {e}");
+        }
+    }
+    "the lane was closed".to_owned()
+}
+
+async fn read(
+    connection: &Weak<Connection>,
+    mut socket: OwnedReadHalf,
+    max_frame: usize,
+) -> String {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let frame = match next_frame(&mut socket, &mut buffer, max_frame).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return "the worker closed the lane".to_owned(),
+            Err(reason) => return reason,
+        };
+        let Some(connection) = connection.upgrade() else {
+            return "the lane was closed".to_owned();
+        };
+        if let Err(reason) = connection.route(frame) {
+            return reason;
+        }
+    }
+}
+
+/// Reads the next frame; `None` at a clean end of the stream.
+async fn next_frame(
+    socket: &mut OwnedReadHalf,
+    buffer: &mut BytesMut,
+    max_frame: usize,
+) -> Result<Option<LaneFrame>, String> {
+    loop {
+        if buffer.len() >= 4 {
+            let length = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+            if length > max_frame {
+                return Err(format!(
+                    "the worker sent a frame of {length} bytes, over the maximum of {max_frame}"
+                ));
+            }
+            if buffer.len() >= 4 + length {
+                let _ = buffer.split_to(4);
+                let frame = buffer.split_to(length).freeze();
+                return LaneFrame::decode(frame)
+                    .map(Some)
+                    .map_err(|e| format!("the worker sent a malformed frame: {e}"));
+            }
+            buffer.reserve(4 + length - buffer.len());
+        }
+        match socket.read_buf(buffer).await {
+            Ok(0) if buffer.is_empty() => return Ok(None),
+            Ok(0) => return Err("the worker closed the lane in the middle of a frame".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading from the lane failed: {e}")),
+        }
+    }
+}
+
+/// The worker's status as tonic would give it, `ErrorDetail` included.
+fn status_from(status: LaneStatus) -> Status {
+    let mut metadata = MetadataMap::new();
+    if !status.detail.is_empty() {
+        metadata.insert_bin(DETAIL_KEY, MetadataValue::from_bytes(&status.detail));
+    }
+    Status::with_metadata(Code::from(status.code), status.message, metadata)
+}
+
+/// A failure of the connection rather than a status from the worker.
+fn transport_failure(reason: &str) -> Status {
+    Status::from_error(Box::new(io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        reason.to_owned(),
+    )))
+}
