@@ -252,7 +252,8 @@ contenders =
          LaneBench.measure(
            fn _ -> {:ok, 42} = client.add({:add, transport}, 20, 22) end,
            c,
-           seconds
+           seconds,
+           worker_pids.({:add, transport})
          )
        end}
     end

@@ -4,6 +4,7 @@ defmodule SynapseCore.BridgeTest do
   # calling a real bridge worker through the NIF. Each result is compared
   # with what calling the Python function directly returns.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -28,23 +29,34 @@ defmodule SynapseCore.BridgeTest do
     {:ok, ir} =
       dir |> Path.join("priv/#{@stem}.ir.json") |> File.read!() |> SynapseCore.JSON.decode()
 
-    name = :"bridge_#{System.unique_integer([:positive])}"
+    # One bridge per transport; each test calls the one of its transport.
+    bridges =
+      for transport <- SynapseCore.Transports.all(), into: %{} do
+        name = :"bridge_#{System.unique_integer([:positive])}"
 
-    {:ok, bridge} =
-      Bridge.start_link(
-        name: name,
-        module: @module,
-        python_path: [Path.join(dir, "priv"), fixtures_path()]
-      )
+        {:ok, bridge} =
+          Bridge.start_link(
+            name: name,
+            module: @module,
+            python_path: [Path.join(dir, "priv"), fixtures_path()],
+            transport: transport
+          )
 
-    Process.unlink(bridge)
+        Process.unlink(bridge)
+        {transport, {name, bridge}}
+      end
 
     on_exit(fn ->
-      Process.exit(bridge, :shutdown)
+      for {_name, bridge} <- Map.values(bridges), do: Process.exit(bridge, :shutdown)
       File.rm_rf!(dir)
     end)
 
-    %{name: name, ir: ir, dir: dir, opts: opts}
+    %{bridges: bridges, ir: ir, dir: dir, opts: opts}
+  end
+
+  setup %{bridges: bridges, transport: transport} do
+    {name, _bridge} = bridges[transport]
+    %{name: name}
   end
 
   test "every function returns through the Elixir client what it returns in Python", %{
@@ -160,7 +172,11 @@ defmodule SynapseCore.BridgeTest do
     name = :"my_module_#{System.unique_integer([:positive])}"
 
     start_supervised!(
-      {Bridge, name: name, module: "my_module", python_path: [Path.join(dir, "priv"), examples]}
+      {Bridge,
+       name: name,
+       module: "my_module",
+       python_path: [Path.join(dir, "priv"), examples],
+       transport: transport()}
     )
 
     assert {:ok, "Hello, Alice! You are 30 years old."} =

@@ -3,9 +3,11 @@
 //! socket with one frame each way per unary call.
 //!
 //! A [`Lane`] connects on first use and again after its connection broke.
-//! Each connection has two tasks: a writer that sends what calls queued, as
-//! many frames per write as are waiting, and a reader that hands each frame
-//! to its call by id. Calls answer as tonic does: `Ok` with the response
+//! A call writes its frame to the socket itself when nothing is waiting to
+//! be written (one non-blocking write, no task woken); otherwise the frame
+//! joins the others waiting, which the connection's writer sends together.
+//! The connection's reader hands each frame from the worker to its call by
+//! id. Calls answer as tonic does: `Ok` with the response
 //! bytes, or a [`Status`] — the worker's status with its `ErrorDetail` in
 //! the same trailing-metadata entry the gRPC path uses, so that
 //! [`Error::from_status`](crate::Error::from_status) classifies both alike;
@@ -19,15 +21,16 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use prost::bytes::{Bytes, BytesMut};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -40,8 +43,6 @@ const FRAME_SLACK: usize = 64 * 1024;
 /// Responses a streamed call may have on their way before its reader takes
 /// them: it gives credit back as it reads.
 const WINDOW: u32 = 32;
-/// How many bytes of queued frames one write takes at most.
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// A worker's lane: a connection made on first use, and made again when it
 /// broke.
@@ -199,24 +200,57 @@ struct Calls {
 
 struct Connection {
     calls: Mutex<Calls>,
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    output: Arc<Output>,
+}
+
+/// The writing side, shared by the calls and the connection's writer.
+struct Output {
+    /// The socket, once connected.
+    socket: OnceLock<OwnedWriteHalf>,
+    pending: Mutex<Pending>,
+    /// Wakes the writer: frames are waiting, or the connection is gone.
+    wake: Notify,
+    /// Nobody holds the connection any more.
+    closed: AtomicBool,
+}
+
+struct Pending {
+    /// Frames waiting to be written, in order.
+    bytes: Vec<u8>,
+    /// The writer is writing: calls leave their frames to it.
+    flushing: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.output.closed.store(true, Ordering::Release);
+        self.output.wake.notify_one();
+    }
 }
 
 impl Connection {
     fn start(path: PathBuf, authorization: Option<String>, max_frame: usize) -> Arc<Self> {
-        let (frames, queue) = mpsc::unbounded_channel();
+        let output = Arc::new(Output {
+            socket: OnceLock::new(),
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                flushing: false,
+            }),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
         let connection = Arc::new(Self {
             calls: Mutex::new(Calls {
                 next_id: 0,
                 routes: HashMap::new(),
                 broken: None,
             }),
-            frames,
+            output: output.clone(),
         });
         if let Some(authorization) = authorization {
             connection.send(0, lane_frame::Body::Hello(LaneHello { authorization }));
         }
-        tokio::spawn(run(Arc::downgrade(&connection), path, queue, max_frame));
+        tokio::spawn(run(Arc::downgrade(&connection), output, path, max_frame));
         connection
     }
 
@@ -239,8 +273,9 @@ impl Connection {
         Ok(id)
     }
 
-    /// Queues a frame for the writer (it is gone only once the connection
-    /// broke, which fails the call anyway).
+    /// Writes a frame: at once when the socket is free, else after the
+    /// frames waiting before it. A write that fails breaks the connection,
+    /// which the reader reports to every call.
     fn send(&self, call: u64, body: lane_frame::Body) {
         let frame = LaneFrame {
             call,
@@ -251,7 +286,7 @@ impl Connection {
         // Frames are bounded by the maximum message size, far below 4 GiB.
         bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
         frame.encode_raw(&mut bytes);
-        let _ = self.frames.send(bytes);
+        self.output.send(&bytes);
     }
 
     /// The call is over on this side: forget it, and tell the worker.
@@ -334,6 +369,29 @@ impl Connection {
     }
 }
 
+impl Output {
+    fn send(&self, frame: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = match self.socket.get() {
+            Some(socket) if !pending.flushing => match socket.try_write(frame) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                // The reader sees the broken connection too, and fails every
+                // call on it.
+                Err(_) => return,
+            },
+            _ => 0,
+        };
+        if written < frame.len() {
+            pending.bytes.extend_from_slice(&frame[written..]);
+            if !pending.flushing {
+                pending.flushing = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
 /// A call registered on a connection: cancelled if dropped before its end.
 struct Open {
     connection: Arc<Connection>,
@@ -407,18 +465,15 @@ impl Responses {
 
 /// The connection's life: connect, then write and read until either side
 /// fails or nobody holds the connection any more (the lane replaced it and
-/// its last call ended: its frame queue closes).
-async fn run(
-    connection: Weak<Connection>,
-    path: PathBuf,
-    queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    max_frame: usize,
-) {
+/// its last call ended).
+async fn run(connection: Weak<Connection>, output: Arc<Output>, path: PathBuf, max_frame: usize) {
     let reason = match UnixStream::connect(&path).await {
         Ok(stream) => {
             let (reader, writer) = stream.into_split();
+            // Set once, here; frames sent meanwhile wait for the writer.
+            let _ = output.socket.set(writer);
             tokio::select! {
-                reason = write(writer, queue) => reason,
+                reason = write(&output) => reason,
                 reason = read(&connection, reader, max_frame) => reason,
             }
         }
@@ -429,22 +484,52 @@ async fn run(
     }
 }
 
-async fn write(mut socket: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Vec<u8>>) -> String {
-    let mut batch = Vec::new();
-    while let Some(frame) = queue.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
+/// Writes the frames calls could not write themselves, all that are
+/// waiting in one write.
+async fn write(output: &Output) -> String {
+    let Some(socket) = output.socket.get() else {
+        return "the lane is not connected".to_owned();
+    };
+    loop {
+        let batch = {
+            let mut pending = output
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.bytes.is_empty() {
+                pending.flushing = false;
+                None
+            } else {
+                pending.flushing = true;
+                Some(std::mem::take(&mut pending.bytes))
+            }
+        };
+        match batch {
+            Some(batch) => {
+                if let Err(e) = write_all(socket, &batch).await {
+                    return format!("the lane connection failed: {e}");
+                }
+            }
+            None => {
+                if output.closed.load(Ordering::Acquire) {
+                    return "the lane was closed".to_owned();
+                }
+                output.wake.notified().await;
             }
         }
-        if let Err(e) = socket.write_all(&batch).await {
-            return format!("the lane connection failed: {e}");
+    }
+}
+
+async fn write_all(socket: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
-    "the lane was closed".to_owned()
+    Ok(())
 }
 
 async fn read(
@@ -515,4 +600,262 @@ fn transport_failure(reason: &str) -> Status {
         io::ErrorKind::BrokenPipe,
         reason.to_owned(),
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{is_transport_failure, Error};
+    use crate::proto::ErrorDetail;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    /// A worker's side of the lane, scripted by each test.
+    struct Peer {
+        socket: UnixStream,
+        buffer: BytesMut,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> LaneFrame {
+            let (mut reader, _) = self.socket.split();
+            let frame = loop {
+                if self.buffer.len() >= 4 {
+                    let n = u32::from_be_bytes(self.buffer[..4].try_into().unwrap()) as usize;
+                    if self.buffer.len() >= 4 + n {
+                        let _ = self.buffer.split_to(4);
+                        break self.buffer.split_to(n).freeze();
+                    }
+                }
+                assert!(
+                    reader.read_buf(&mut self.buffer).await.unwrap() > 0,
+                    "closed"
+                );
+            };
+            LaneFrame::decode(frame).unwrap()
+        }
+
+        async fn send(&mut self, call: u64, body: lane_frame::Body) {
+            let frame = LaneFrame {
+                call,
+                body: Some(body),
+            }
+            .encode_to_vec();
+            let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+            bytes.extend(frame);
+            self.socket.write_all(&bytes).await.unwrap();
+        }
+    }
+
+    async fn lane(authorization: Option<&str>) -> (Lane, UnixListener, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "synapse-lane-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lane.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let lane = Lane::new(path, authorization.map(str::to_owned), 1024);
+        (lane, listener, dir)
+    }
+
+    async fn accept(listener: &UnixListener) -> Peer {
+        Peer {
+            socket: listener.accept().await.unwrap().0,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn start_of(frame: &LaneFrame) -> &LaneStart {
+        match &frame.body {
+            Some(lane_frame::Body::Start(start)) => start,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_is_one_frame_each_way() {
+        let (lane, listener, dir) = lane(Some("Bearer secret")).await;
+        let call = tokio::spawn(async move {
+            lane.unary(
+                "/p.S/M",
+                b"request".to_vec(),
+                Some(Duration::from_millis(1500)),
+            )
+            .await
+        });
+        let mut peer = accept(&listener).await;
+        let hello = peer.next().await;
+        assert_eq!(
+            hello.body,
+            Some(lane_frame::Body::Hello(LaneHello {
+                authorization: "Bearer secret".into()
+            }))
+        );
+        let frame = peer.next().await;
+        let start = start_of(&frame);
+        assert_eq!(start.method, "/p.S/M");
+        assert_eq!(start.message, b"request");
+        assert_eq!(start.timeout_us, 1_500_000);
+        peer.send(frame.call, lane_frame::Body::Message(b"response".to_vec()))
+            .await;
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            Bytes::from_static(b"response")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_status_is_classified_as_the_grpc_path_would() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        assert_eq!(start_of(&frame).timeout_us, 0);
+        let detail = ErrorDetail {
+            kind: "not_found".into(),
+            message: "no agent".into(),
+            ..Default::default()
+        };
+        peer.send(
+            frame.call,
+            lane_frame::Body::Status(LaneStatus {
+                code: Code::NotFound as i32,
+                message: "status message".into(),
+                detail: detail.encode_to_vec(),
+            }),
+        )
+        .await;
+        let status = call.await.unwrap().unwrap_err();
+        assert!(!is_transport_failure(&status));
+        let error = Error::from_status(&status);
+        assert_eq!(error.kind_name(), "not_found");
+        assert_eq!(error.to_string(), "no agent");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_fails_every_call_as_a_transport_failure() {
+        let (lane, listener, dir) = lane(None).await;
+        let lane = Arc::new(lane);
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let lane = lane.clone();
+                tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await })
+            })
+            .collect();
+        let mut peer = accept(&listener).await;
+        for _ in 0..3 {
+            peer.next().await;
+        }
+        drop(peer);
+        for call in calls {
+            let status = call.await.unwrap().unwrap_err();
+            assert!(is_transport_failure(&status), "{status:?}");
+        }
+        // The next call connects again.
+        let again = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(again.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_is_cancelled() {
+        let (lane, listener, dir) = lane(None).await;
+        let lane = Arc::new(lane);
+        let first = lane.clone();
+        let call = tokio::spawn(async move { first.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        call.abort();
+        let cancel = peer.next().await;
+        assert_eq!(cancel.call, frame.call);
+        assert_eq!(cancel.body, Some(lane_frame::Body::Cancel(true)));
+        // A late answer for it is dropped; the connection goes on.
+        peer.send(frame.call, lane_frame::Body::Message(b"late".to_vec()))
+            .await;
+        let next = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let frame = peer.next().await;
+        assert_ne!(frame.call, cancel.call);
+        peer.send(frame.call, lane_frame::Body::Message(b"fresh".to_vec()))
+            .await;
+        assert_eq!(next.await.unwrap().unwrap(), Bytes::from_static(b"fresh"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn streamed_responses_give_credit_back_as_they_are_read() {
+        let (lane, listener, dir) = lane(None).await;
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let call = tokio::spawn(async move {
+            let mut responses = lane.streaming("/p.S/Bidi", receiver, None)?;
+            let mut got = vec![];
+            while let Some(message) = responses.message().await? {
+                got.push(message);
+            }
+            Ok::<_, Status>(got)
+        });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        let id = frame.call;
+        assert_eq!(start_of(&frame).credit, WINDOW);
+        assert!(start_of(&frame).message.is_empty());
+        requests.send(b"one".to_vec()).unwrap();
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::Message(b"one".to_vec()))
+        );
+        drop(requests);
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::HalfClose(true))
+        );
+        for n in 0..WINDOW {
+            peer.send(id, lane_frame::Body::Message(vec![n as u8]))
+                .await;
+        }
+        // Read as they arrive: credit comes back every half window.
+        for _ in 0..2 {
+            assert_eq!(
+                peer.next().await.body,
+                Some(lane_frame::Body::Credit(WINDOW / 2))
+            );
+        }
+        peer.send(
+            id,
+            lane_frame::Body::Status(LaneStatus {
+                code: 0,
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(call.await.unwrap().unwrap().len(), WINDOW as usize);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_maximum_breaks_the_connection() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(
+            frame.call,
+            lane_frame::Body::Message(vec![0; 1024 + FRAME_SLACK + 1]),
+        )
+        .await;
+        let status = call.await.unwrap().unwrap_err();
+        assert!(is_transport_failure(&status));
+        assert!(status.message().contains("over the maximum"), "{status:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

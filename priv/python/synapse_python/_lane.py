@@ -24,9 +24,10 @@ What each call keeps from gRPC:
 * a handler's unexpected exception ends its call UNKNOWN, and the connection
   breaking cancels every call on it.
 
-Frames are written in batches: everything a loop iteration produces goes out in
-one write. With a bearer token configured, a connection's first frame must be a
-`hello` carrying it, or the connection is closed.
+Frames are written in batches: the first frame of a loop iteration goes out at
+once, and the rest of what the iteration produces in one write after it. With a
+bearer token configured, a connection's first frame must be a `hello` carrying
+it, or the connection is closed.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._needed = 0
         self._outgoing: list[bytes] = []
+        self._batching = False
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self.calls: dict[int, LaneContext] = {}
@@ -241,10 +243,16 @@ class _Connection(asyncio.Protocol):
         if self._transport is None:
             return
         data = frame.SerializeToString()
-        if not self._outgoing:
+        if self._batching:
+            self._outgoing.append(_HEADER.pack(len(data)))
+            self._outgoing.append(data)
+        else:
+            # The first frame of a loop iteration goes out at once (a lone
+            # call waits for nothing); the next ones wait for the end of the
+            # iteration and go out together.
+            self._transport.write(_HEADER.pack(len(data)) + data)
+            self._batching = True
             self._loop.call_soon(self._flush)
-        self._outgoing.append(_HEADER.pack(len(data)))
-        self._outgoing.append(data)
 
     def send_status(
         self, call_id: int, code: grpc.StatusCode, message: str, detail: bytes = b""
@@ -257,6 +265,7 @@ class _Connection(asyncio.Protocol):
         )
 
     def _flush(self) -> None:
+        self._batching = False
         outgoing, self._outgoing = self._outgoing, []
         if self._transport is not None and outgoing:
             self._transport.write(b"".join(outgoing))
