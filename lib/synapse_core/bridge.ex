@@ -1,4 +1,7 @@
 defmodule SynapseCore.Bridge do
+  @timeout 60_000
+  @window 64
+
   @moduledoc """
   Serves Python functions to Elixir through a generated, typed client.
 
@@ -20,9 +23,22 @@ defmodule SynapseCore.Bridge do
 
   A bridge runs on the same machinery as agents: its workers are Python
   processes under `synapse-shepherd`, supervised and restarted, with no
-  orphans. The generated module calls `call/5` and `stream/5`, which encode
-  requests and decode responses as dynamic protobuf messages in the NIF,
-  from the descriptor set embedded in the generated module.
+  orphans. The generated module (see `SynapseCore.Bridge.Client`) turns
+  its arguments into plain maps, and the NIF encodes them (and decodes the
+  responses) as dynamic protobuf messages, from the descriptor set
+  embedded in the generated module.
+
+  ## Call options
+
+  Every generated function takes, next to the Python function's own
+  options:
+
+    * `:timeout` - how long the call may take, in milliseconds (default
+      `#{@timeout}`). It is the call's one deadline: the gRPC deadline,
+      and the cancellation of the Python function when it passes.
+    * `:window` (streaming functions only) - back-pressure: at most this
+      many items are sent ahead of the consumer (default `#{@window}`), a
+      positive integer or `:infinity`.
   """
 
   alias SynapseCore.{AgentSupervisor, Error, Native, Run, Workers}
@@ -74,7 +90,7 @@ defmodule SynapseCore.Bridge do
   @spec call(server(), binary(), String.t(), map(), keyword()) ::
           {:ok, map()} | {:error, Error.t()}
   def call(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000)
+    opts = Keyword.validate!(opts, timeout: @timeout)
 
     # Bridges serve their own node's callers: Workers.pick_local.
     with {:ok, worker} <- Workers.pick_local(server),
@@ -92,7 +108,7 @@ defmodule SynapseCore.Bridge do
   # a server-streaming `method`. Raises SynapseCore.Error on failure.
   @spec stream(server(), binary(), String.t(), map(), keyword()) :: Enumerable.t()
   def stream(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
+    opts = Keyword.validate!(opts, timeout: @timeout, window: @window)
 
     Run.stream_call(server, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(server),

@@ -7,9 +7,13 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
 
       mix synapse.gen.bridge my_module [--function process_data ...] [--python-path py]
 
-  The Elixir module is written under `lib/` (`lib/my_module.ex` for
-  `MyModule`), formatted; the rest goes to `priv/synapse_bridge/`, where the
-  bridge's workers find it: serve it with
+  The Python side (`python -m synapse_python.bridge generate`) writes the
+  intermediate representation (`my_module.ir.json`), the `.proto`, its
+  descriptor set and the Python server to `priv/synapse_bridge/`, where the
+  bridge's workers find them; this task then renders the Elixir client from
+  the IR and the descriptor set, a short module of declarations (see
+  `SynapseCore.Bridge.Client`), formatted, under `lib/` (`lib/my_module.ex`
+  for `MyModule`). Serve the bridge with
 
       {SynapseCore.Bridge, name: :my_module, module: "my_module",
        python_path: ["priv/synapse_bridge", "py"]}
@@ -20,7 +24,7 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
       public function the module defines).
     * `--python-path DIR` - where the module is found (repeatable).
     * `--elixir-module Name` - the client module's name (default: the
-      Python module camelized).
+      Python module camelized, `pkg.sub_mod` gives `Pkg.SubMod`).
     * `--lib DIR`, `--out DIR` - where the Elixir module and the rest go
       (defaults `lib`, `priv/synapse_bridge`).
     * `--check` - write nothing; fail, listing them, if the generated files
@@ -32,19 +36,20 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
 
   use Mix.Task
 
+  alias SynapseCore.Bridge.Generator
+
+  @switches [
+    function: :keep,
+    python_path: :keep,
+    elixir_module: :string,
+    lib: :string,
+    out: :string,
+    check: :boolean
+  ]
+
   @impl Mix.Task
   def run(args) do
-    {opts, modules} =
-      OptionParser.parse!(args,
-        strict: [
-          function: :keep,
-          python_path: :keep,
-          elixir_module: :string,
-          lib: :string,
-          out: :string,
-          check: :boolean
-        ]
-      )
+    {opts, modules} = OptionParser.parse!(args, strict: @switches)
 
     module =
       case modules do
@@ -66,19 +71,20 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
   end
 
   @doc """
-  Generates (or, with `check: true`, checks) the bridge of `module`.
-  Returns the paths written (or checked).
+  Generates (or, with `check: true`, checks) the bridge of `module`. Takes
+  the options of the command line as a keyword list (`function:` and
+  `python_path:` may repeat). Returns the paths written (or checked).
   """
   @spec generate(String.t(), keyword()) :: {:ok, [Path.t()]} | {:error, String.t()}
   def generate(module, opts) do
-    lib = Keyword.get(opts, :lib, "lib")
     out = Keyword.get(opts, :out, "priv/synapse_bridge")
     tmp = Path.join(System.tmp_dir!(), "synapse-bridge-#{System.unique_integer([:positive])}")
 
     try do
       with {:ok, python} <- interpreter(),
-           :ok <- run_generator(python, module, opts, tmp) do
-        files = placed(tmp, lib, out)
+           :ok <- run_generator(python, module, opts, tmp),
+           {:ok, elixir} <- render(module, opts, tmp) do
+        files = [elixir | python_files(tmp, out)]
         if opts[:check], do: check(files), else: write(files)
       end
     after
@@ -96,8 +102,7 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
   defp run_generator(python, module, opts, tmp) do
     args =
       ["-m", "synapse_python.bridge", "generate", "--module", module, "--out", tmp] ++
-        Enum.flat_map(Keyword.get_values(opts, :function), &["--function", &1]) ++
-        if(name = opts[:elixir_module], do: ["--elixir-module", name], else: [])
+        Enum.flat_map(Keyword.get_values(opts, :function), &["--function", &1])
 
     python_path = Enum.map(Keyword.get_values(opts, :python_path), &Path.expand/1)
     env = [{"PYTHONPATH", Enum.join(python_path ++ [SynapseCore.Python.package_dir()], ":")}]
@@ -108,26 +113,42 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
     end
   end
 
-  # Where each generated file goes, and its final content: the Elixir module
-  # under lib (formatted), everything else under out.
-  defp placed(tmp, lib, out) do
-    for file <- tmp |> File.ls!() |> Enum.sort() do
-      content = File.read!(Path.join(tmp, file))
+  # The Elixir client, from the IR and the descriptor set the Python side wrote.
+  defp render(module, opts, tmp) do
+    stem = String.replace(module, ".", "_")
 
-      if Path.extname(file) == ".ex" do
-        formatted = IO.iodata_to_binary([Code.format_string!(content), "\n"])
-        {Path.join(lib, elixir_path(content, file)), formatted}
-      else
-        {Path.join(out, file), content}
-      end
+    with {:ok, ir} <- tmp |> Path.join("#{stem}.ir.json") |> File.read!() |> decode(),
+         descriptor = File.read!(Path.join(tmp, "#{stem}.desc")),
+         {:ok, {name, source}} <-
+           Generator.render(ir, descriptor,
+             elixir_module: opts[:elixir_module],
+             regenerate: command_line(module, opts)
+           ) do
+      {:ok, {Path.join(Keyword.get(opts, :lib, "lib"), Macro.underscore(name) <> ".ex"), source}}
     end
   end
 
-  # lib/my_module.ex for MyModule, lib/pkg/sub_mod.ex for Pkg.SubMod.
-  defp elixir_path(content, file) do
-    case Regex.run(~r/^defmodule ([A-Z][\w.]*) do/m, content) do
-      [_, name] -> Macro.underscore(name) <> ".ex"
-      nil -> file
+  defp decode(json) do
+    case SynapseCore.JSON.decode(json) do
+      {:ok, ir} -> {:ok, ir}
+      {:error, error} -> {:error, "the bridge IR is not valid JSON: #{error.message}"}
+    end
+  end
+
+  # The command that regenerates the client, as its doc shows it: what names
+  # and shapes the bridge (not where things are on this machine).
+  defp command_line(module, opts) do
+    words =
+      ["mix", "synapse.gen.bridge", module] ++
+        Enum.flat_map(Keyword.get_values(opts, :function), &["--function", &1]) ++
+        if(name = opts[:elixir_module], do: ["--elixir-module", name], else: [])
+
+    Enum.join(words, " ")
+  end
+
+  defp python_files(tmp, out) do
+    for file <- tmp |> File.ls!() |> Enum.sort() do
+      {Path.join(out, file), File.read!(Path.join(tmp, file))}
     end
   end
 

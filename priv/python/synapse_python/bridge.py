@@ -1,12 +1,12 @@
 """The Synapse Bridge: typed Elixir clients for typed Python functions.
 
     python -m synapse_python.bridge generate --module my_module [--function F ...]
-                                             [--elixir-module Name] --out DIR [--check]
+                                             --out DIR [--check]
 
 imports `my_module` (from PYTHONPATH), describes its functions (all public
 functions defined in it, or the `--function`s named) and their Pydantic models
 as an intermediate representation (IR, see `synapse_python._bridge._ir`), and
-writes to DIR:
+writes to DIR the Python side of the bridge:
 
 | file                           | what                                                      |
 |--------------------------------|-----------------------------------------------------------|
@@ -14,7 +14,10 @@ writes to DIR:
 | `my_module.proto`              | package `synapse.bridge.my_module`, service `MyModule`    |
 | `my_module.desc`               | the FileDescriptorSet (imports included)                  |
 | `synapse_bridge_my_module.py`  | the Python server module                                  |
-| `my_module.ex`                 | the Elixir client module `MyModule`                       |
+
+The Elixir client module (`MyModule`) is written by `mix synapse.gen.bridge`,
+which runs this command and renders the client from the IR and the descriptor
+set: Elixir is written by Elixir.
 
 (For a dotted module `pkg.mod` the file stem is `pkg_mod`.) The same input
 gives byte-identical files; `--check` makes them in memory and exits 1, listing
@@ -27,6 +30,8 @@ DIR and the directory of `my_module` on PYTHONPATH.
 
 Types
 -----
+
+(The Elixir column is what `mix synapse.gen.bridge` makes of them.)
 
 | Python                     | proto                               | Elixir                       |
 |----------------------------|-------------------------------------|------------------------------|
@@ -116,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "generate":  # pragma: no cover - argparse enforces it
         parser.error("unknown command")
     try:
-        generated = generate(args.module, args.function or None, elixir_module=args.elixir_module)
+        generated = generate(args.module, args.function or None)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -128,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = stale(args.out, generated.files)
         if not found:
             return EXIT_OK
-        command = command_line(args.module, args.function, args.elixir_module)
+        command = command_line(args.module, args.function)
         print(
             f"stale bridge files in {args.out} (regenerate with: {command} --out {args.out}):",
             file=sys.stderr,
@@ -144,8 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m synapse_python.bridge",
-        description="Generate a .proto, a Python gRPC server and a typed Elixir client "
-        "from typed Python functions.",
+        description="Generate a .proto, its descriptor set, the IR and a Python gRPC server "
+        "from typed Python functions (mix synapse.gen.bridge writes the Elixir client from them).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     generate_command = commands.add_parser(
@@ -161,12 +166,6 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help="a function to export (repeatable; default: every public function the module defines)",
-    )
-    generate_command.add_argument(
-        "--elixir-module",
-        metavar="NAME",
-        help="the Elixir client module (default: the Python module camelized, "
-        "my_module → MyModule, pkg.sub_mod → Pkg.SubMod)",
     )
     generate_command.add_argument("--out", required=True, metavar="DIR", help="where the files go")
     generate_command.add_argument(

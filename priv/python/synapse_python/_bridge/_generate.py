@@ -8,7 +8,9 @@ For the Python module `my_module` (dots become underscores: `pkg.mod` → `pkg_m
 | `my_module.proto`              | the service and its messages                                |
 | `my_module.desc`               | its FileDescriptorSet, imports included (protoc)            |
 | `synapse_bridge_my_module.py`  | the Python server module the worker loads (`--bridge`)      |
-| `my_module.ex`                 | the Elixir client, with the descriptor set embedded         |
+
+The Elixir client is not written here: `mix synapse.gen.bridge` renders it from
+the IR and the descriptor set (Elixir is written by Elixir).
 
 Everything is a function of the module's code and the options: no timestamps,
 no absolute paths, no dict or set order, so the same input gives byte-identical
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synapse_python._bridge import _elixir_gen, _introspect, _proto_gen, _python_gen
+from synapse_python._bridge import _introspect, _proto_gen, _python_gen
 from synapse_python._bridge._introspect import Introspection
 
 
@@ -36,28 +38,19 @@ class Generated:
     files: dict[str, bytes]
 
 
-def command_line(
-    module: str, functions: Sequence[str] | None = None, elixir_module: str | None = None
-) -> str:
+def command_line(module: str, functions: Sequence[str] | None = None) -> str:
     """The `generate` command line that makes these files (without `--out`)."""
     words = ["python", "-m", "synapse_python.bridge", "generate", "--module", module]
     for function in functions or ():
         words += ["--function", function]
-    if elixir_module:
-        words += ["--elixir-module", elixir_module]
     return shlex.join(words)
 
 
-def generate(
-    module: str,
-    functions: Sequence[str] | None = None,
-    *,
-    elixir_module: str | None = None,
-) -> Generated:
-    """Introspect `module` and make every file of its bridge (raises `GenerationError`)."""
-    introspection = _introspect.introspect_module(module, functions, elixir_module=elixir_module)
+def generate(module: str, functions: Sequence[str] | None = None) -> Generated:
+    """Introspect `module` and make the Python side of its bridge (raises `GenerationError`)."""
+    introspection = _introspect.introspect_module(module, functions)
     ir = introspection.ir
-    command = command_line(module, functions, elixir_module)
+    command = command_line(module, functions)
     proto = _proto_gen.render(ir, command=command)
     descriptor_set = _proto_gen.compile_descriptor_set(_proto_gen.proto_file_name(ir), proto)
     ir_json = json.dumps(ir.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -68,7 +61,6 @@ def generate(
         f"{_python_gen.server_module_name(ir.module)}.py": _python_gen.render(
             ir, command=command
         ).encode(),
-        f"{ir.stem}.ex": _elixir_gen.render(ir, descriptor_set, command=command).encode(),
     }
     return Generated(introspection, files)
 

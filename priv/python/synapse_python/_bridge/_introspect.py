@@ -63,7 +63,6 @@ from synapse_python._bridge._ir import (
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
-_ELIXIR_MODULE = re.compile(r"[A-Z][A-Za-z0-9_]*(\.[A-Z][A-Za-z0-9_]*)*")
 _ASYNC_ITERATORS = (
     collections.abc.AsyncIterator,
     collections.abc.AsyncIterable,
@@ -94,16 +93,16 @@ class Introspection:
     classes: dict[str, type]  # model and Enum classes, by IR type name
 
 
-def default_elixir_module(module: str) -> str:
-    """`my_module` → `MyModule`, `pkg.sub_mod` → `Pkg.SubMod`."""
-    return ".".join(camel(part) for part in module.split("."))
+def default_service(module: str) -> str:
+    """The gRPC service's default name: `my_module` → `MyModule`, `pkg.sub_mod` → `SubMod`."""
+    return camel(module.rpartition(".")[2])
 
 
 def introspect_module(
     module_name: str,
     function_names: Sequence[str] | None = None,
     *,
-    elixir_module: str | None = None,
+    service: str | None = None,
 ) -> Introspection:
     """Import `module_name` and describe its functions (all public ones it defines by default)."""
     try:
@@ -113,7 +112,7 @@ def introspect_module(
             raise
         detail = "".join(traceback.format_exception(exc)).rstrip()
         raise GenerationError(f"cannot import module {module_name!r}:\n{detail}") from exc
-    return introspect(module, select_functions(module, function_names), elixir_module=elixir_module)
+    return introspect(module, select_functions(module, function_names), service=service)
 
 
 def select_functions(
@@ -152,12 +151,15 @@ def introspect(
     module: types.ModuleType,
     functions: Sequence[tuple[str, Callable[..., Any]]],
     *,
-    elixir_module: str | None = None,
+    service: str | None = None,
 ) -> Introspection:
     """Describe `functions` (name, function) of `module` as an IR."""
-    elixir_module = elixir_module or default_elixir_module(module.__name__)
-    if not _ELIXIR_MODULE.fullmatch(elixir_module):
-        raise GenerationError(f"invalid Elixir module name {elixir_module!r}")
+    service = service or default_service(module.__name__)
+    if not _TYPE_NAME.fullmatch(service):
+        raise GenerationError(
+            f"invalid service name {service!r}: it must start with an ASCII capital and be an "
+            "identifier"
+        )
     builder = _Builder(module.__name__)
     described = []
     for name, function in functions:
@@ -167,8 +169,7 @@ def introspect(
         module=module.__name__,
         doc=_doc(module.__doc__),
         package=f"synapse.bridge.{module_stem(module.__name__)}",
-        service=elixir_module.rpartition(".")[2],
-        elixir_module=elixir_module,
+        service=service,
         functions=tuple(described),
         types={name: builder.types[name] for name in sorted(builder.types)},
     )
@@ -392,7 +393,6 @@ class _Builder:
                     number=number,
                     member=None,
                     python=value,
-                    elixir=value,
                 )
             )
         self._check_enum_values(name, enum_values, where, tp)
@@ -423,7 +423,6 @@ class _Builder:
                 number=number,
                 member=member.name,
                 python=member.value,
-                elixir=member.name.lower(),
             )
             for number, member in enumerate(members, start=1)
         )
@@ -443,20 +442,15 @@ class _Builder:
     def _check_enum_values(
         self, name: str, values: list[EnumValue], where: _Where, tp: Any
     ) -> None:
-        seen: dict[Any, Any] = {f"{enum_prefix(name)}_UNSPECIFIED": "UNSPECIFIED (value 0)"}
+        seen: dict[str, Any] = {f"{enum_prefix(name)}_UNSPECIFIED": "UNSPECIFIED (value 0)"}
         for value in values:
-            if value.elixir == "nil":
+            if value.name in seen:
                 raise where.error(
-                    tp, f"the value {value.python!r} of {name} would be the Elixir atom nil"
+                    tp,
+                    f"the values {seen[value.name]!r} and {value.python!r} of {name} get one "
+                    f"name ({value.name}); rename one",
                 )
-            for key in (value.name, ("elixir", value.elixir)):
-                if key in seen:
-                    raise where.error(
-                        tp,
-                        f"the values {seen[key]!r} and {value.python!r} of {name} get one "
-                        f"name ({value.name} / {value.elixir!r}); rename one",
-                    )
-                seen[key] = value.python
+            seen[value.name] = value.python
 
     def _model(self, cls: type[pydantic.BaseModel], where: _Where) -> TypeRef:
         name = cls.__name__
@@ -566,7 +560,8 @@ class _Builder:
         if t.kind == "enum":
             enum_type = self.types[t.name]  # type: ignore[index]
             assert isinstance(enum_type, EnumType)
-            is_int = isinstance(enum_type.values[0].elixir, int)
+            # A Literal of ints is integers in Elixir; Enum members and str Literals are atoms.
+            is_int = enum_type.python is None and isinstance(enum_type.values[0].python, int)
             return "integers" if is_int else "atoms"
         if t.kind == "tuple":
             return f"{len(self.types[t.name].items)}-tuples"  # type: ignore[index, union-attr]

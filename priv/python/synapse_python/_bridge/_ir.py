@@ -1,19 +1,20 @@
 """The Bridge's intermediate representation (IR), its JSON form and its wire layout.
 
-Introspection (`_introspect`) turns a Python module into an `IR`; every generator
-(`.proto`, Elixir client, Python server) and the server's runtime codec read only
-the IR. `generate` writes it as `<module>.ir.json` (sorted keys, indent 2).
+Introspection (`_introspect`) turns a Python module into an `IR`; the Python
+generators (`.proto`, Python server) and the server's runtime codec read only the
+IR. `generate` writes it as `<module>.ir.json` (sorted keys, indent 2), and
+`mix synapse.gen.bridge` renders the Elixir client from that file: the IR holds
+no Elixir names (the Elixir side decides them).
 
-JSON form (version 1)
+JSON form (version 2)
 ---------------------
 
     {
-      "version": 1,
+      "version": 2,
       "module": "my_module",                      # the Python module
       "doc": "Module docstring." | null,
       "package": "synapse.bridge.my_module",      # the proto package
       "service": "MyModule",                      # the gRPC service (in that package)
-      "elixir_module": "MyModule",
       "functions": [Function, ...],               # in the module's definition order
       "types": {"Name": TypeDef, ...}             # every named message and enum
     }
@@ -50,7 +51,7 @@ JSON form (version 1)
       {"kind": "model", "python": "my_module:InputData", "doc": .., "fields": [Field, ...]}
       | {"kind": "enum", "python": "my_module:Color" | null (a Literal), "doc": ..,
          "values": [{"name": "COLOR_RED", "number": 1, "member": "RED" | null,
-                     "python": "red", "elixir": "red" | 1}, ...]}
+                     "python": "red"}, ...]}
       | {"kind": "tuple", "items": [Type, ...]}                  # fields item_0, item_1, ...
       | {"kind": "union", "members": [{"field": "int64_value", "type": Type}, ...]}
       | {"kind": "wrapper", "of": Type}                          # a message whose `value` is `of`
@@ -88,7 +89,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-IR_VERSION = 1
+IR_VERSION = 2
 
 SCALARS = ("int", "float", "bool", "str", "bytes", "datetime", "date")
 NAMED = ("model", "enum", "tuple", "union")
@@ -289,7 +290,6 @@ class EnumValue:
     number: int
     member: str | None  # the Enum member's name; None for a Literal
     python: str | int  # the Python value (an Enum member's value, or the Literal)
-    elixir: str | int  # the Elixir atom's name, or the integer of an int Literal
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -297,7 +297,6 @@ class EnumValue:
             "number": self.number,
             "member": self.member,
             "python": self.python,
-            "elixir": self.elixir,
         }
 
 
@@ -389,7 +388,6 @@ class IR:
     doc: str | None
     package: str
     service: str
-    elixir_module: str
     functions: tuple[Function, ...]
     types: Mapping[str, TypeDef]
 
@@ -433,7 +431,6 @@ class IR:
             "doc": self.doc,
             "package": self.package,
             "service": self.service,
-            "elixir_module": self.elixir_module,
             "functions": [function.to_json() for function in self.functions],
             "types": {name: self.types[name].to_json() for name in sorted(self.types)},
         }
@@ -447,7 +444,6 @@ class IR:
             doc=data.get("doc"),
             package=data["package"],
             service=data["service"],
-            elixir_module=data["elixir_module"],
             functions=tuple(Function.from_json(f) for f in data["functions"]),
             types={name: type_def_from_json(t) for name, t in sorted(data["types"].items())},
         )

@@ -108,9 +108,7 @@ class BridgeService:
             json.loads((directory / f"{stem}.ir.json").read_text(encoding="utf-8"))
         )
         descriptor_set = (directory / f"{stem}.desc").read_bytes()
-        live = _introspect.introspect(
-            module, list(functions.items()), elixir_module=stored.elixir_module
-        )
+        live = _introspect.introspect(module, list(functions.items()), service=stored.service)
         if _proto_gen.render(live.ir, comments=False) != _proto_gen.render(stored, comments=False):
             raise StaleBridgeError(
                 f"the bridge generated in {directory} no longer matches the Python module "

@@ -1,0 +1,737 @@
+defmodule SynapseCore.Bridge.Client do
+  @moduledoc """
+  Defines a typed client of a Python module served by a `SynapseCore.Bridge`.
+
+  `mix synapse.gen.bridge` writes such a module from the bridge's
+  intermediate representation; it is a declaration of what the Python side
+  offers, and this module turns it into functions with `@doc` and `@spec`,
+  a struct (with `@type t`) per Pydantic model and a module per enum:
+
+      defmodule MyModule do
+        use SynapseCore.Bridge.Client,
+          python_module: "my_module",
+          service: "synapse.bridge.my_module.MyModule",
+          doc: "The Python module's docstring.",
+          regenerate: "mix synapse.gen.bridge my_module",
+          descriptor: "...base64 FileDescriptorSet..."
+
+        defmodel InputData, python: "my_module:InputData", fields: [name: :string, age: :int64]
+
+        defbridge :process_data,
+          doc: "Processes the input data and returns a greeting.",
+          rpc: "ProcessData",
+          params: [data: InputData],
+          returns: :string
+      end
+
+  defines `MyModule.process_data/3` (`{:ok, String.t()} | {:error, SynapseCore.Error.t()}`),
+  `MyModule.process_data!/3` and the struct `MyModule.InputData`.
+
+  ## Types
+
+  A declared type is a scalar (`:int64`, `:double`, `:bool`, `:string`,
+  `:bytes`, `:date`, `:datetime`), `{:optional, t}`, `{:list, t}`,
+  `{:map, t}` (string keys), `{:tuple, [t, ...]}`, `{:union, [field: t, ...]}`
+  (the fields of the protobuf `oneof`), or the name of a model, enum or
+  custom type declared in the same module. A function that returns nothing
+  declares `returns: :none`.
+
+  ## Declarations
+
+    * `defbridge name, opts` - a function. `:rpc` is the gRPC method,
+      `:kind` is `:sync` (the default), `:async` or `:stream` (a server
+      stream: the function returns a lazy `Stream`), `:python` the Python
+      function's name when it differs, `:doc` its docstring. `:params` are
+      the required parameters, in order (positional arguments after the
+      bridge's name), `:options` those with a default (keyword options).
+      Each is `name: type` or `name: [type: t, description: ..., default: ...,
+      default_factory: "module:function", constraints: [ge: 0, ...]]`.
+    * `defmodel Name, opts` - a Pydantic model: `:python` (`"module:Class"`),
+      `:doc` and `:fields` (as parameters; a field with neither `:default`
+      nor `:default_factory` is required).
+    * `defenum Name, opts` - an `Enum` or a `Literal`: `:python`
+      (`"module:Class"`, or `nil` for a `Literal`), `:doc` and `:values`,
+      the Elixir value (an atom or an integer) of each protobuf enum value.
+    * `deftype Name, opts` - a custom type mapping (see the Bridge's
+      configuration in `Mix.Tasks.Synapse.Gen.Bridge`): `:python`, `:proto`
+      (the scalar it travels as) and optionally `:elixir`, a
+      `{module, encode, decode}` pair of functions converting between the
+      Elixir value and that scalar, with `:spec`, the Elixir typespec as a
+      string. The functions are checked when the client is compiled.
+  """
+
+  alias SynapseCore.Bridge.Codec
+  alias SynapseCore.{Bridge, Error}
+
+  @scalars [:none | Codec.scalars()]
+
+  @declarations [defbridge: 2, defmodel: 2, defenum: 2, deftype: 2]
+
+  @doc false
+  def declaration_names, do: Keyword.keys(@declarations)
+
+  @doc false
+  defmacro __using__(opts) do
+    quote do
+      import SynapseCore.Bridge.Client, only: unquote(@declarations)
+      Module.register_attribute(__MODULE__, :synapse_bridge, accumulate: true)
+      @synapse_bridge_client unquote(opts)
+      @before_compile SynapseCore.Bridge.Client
+    end
+  end
+
+  @doc "Declares a bridged Python function."
+  defmacro defbridge(name, opts), do: declare(:function, name, opts)
+
+  @doc "Declares a Pydantic model: a struct module named `Name` inside the client."
+  defmacro defmodel(name, opts), do: declare(:model, name, opts)
+
+  @doc "Declares an enum: a module named `Name` inside the client, with its `@type t`."
+  defmacro defenum(name, opts), do: declare(:enum, name, opts)
+
+  @doc "Declares a custom type mapping."
+  defmacro deftype(name, opts), do: declare(:custom, name, opts)
+
+  # The declaration is evaluated with the module's body (defaults may be
+  # sigils, names are aliases) and kept until every one is known.
+  defp declare(what, name, opts) do
+    quote do
+      @synapse_bridge {unquote(what), unquote(name), unquote(opts)}
+    end
+  end
+
+  @doc false
+  defmacro __before_compile__(env) do
+    client = Module.get_attribute(env.module, :synapse_bridge_client)
+
+    client =
+      Keyword.validate!(client, [:python_module, :service, :descriptor, doc: nil, regenerate: nil])
+
+    declarations = env.module |> Module.get_attribute(:synapse_bridge) |> Enum.reverse()
+
+    context =
+      env.module
+      |> context(declarations)
+      |> Map.merge(%{python_module: client[:python_module], service: client[:service]})
+
+    types =
+      for {kind, name, opts} <- declarations, kind in [:model, :enum] do
+        type_module(kind, Map.fetch!(context.names, short(name)), opts, context)
+      end
+
+    functions = for {:function, name, opts} <- declarations, do: function(name, opts, context)
+    descriptor = Base.decode64!(client[:descriptor], ignore: :whitespace)
+
+    quote do
+      @moduledoc unquote(moduledoc(client, declarations, context))
+
+      unquote_splicing(types)
+
+      @doc false
+      def __bridge__ do
+        %{
+          module: unquote(client[:python_module]),
+          service: unquote(client[:service]),
+          descriptor: unquote(descriptor)
+        }
+      end
+
+      unquote_splicing(functions)
+    end
+  end
+
+  ## The declared types
+
+  # Names (the last part of an alias) to what they declare.
+  defp context(client, declarations) do
+    names =
+      for {kind, name, opts} <- declarations, kind != :function, into: %{} do
+        case kind do
+          :custom -> {short(name), custom(name, opts)}
+          _ -> {short(name), Module.concat(client, short(name))}
+        end
+      end
+
+    kinds =
+      for {kind, name, _} <- declarations,
+          kind in [:model, :enum],
+          into: %{},
+          do: {Module.concat(client, short(name)), kind}
+
+    %{client: client, names: names, kinds: kinds}
+  end
+
+  defp short(name) when is_atom(name) do
+    case Module.split(name) do
+      [short] -> short
+      _ -> raise ArgumentError, "a bridge type is named by one alias, got: #{inspect(name)}"
+    end
+  end
+
+  defp custom(name, opts) do
+    opts = Keyword.validate!(opts, [:python, :proto, elixir: nil, spec: nil])
+    scalar = opts[:proto]
+
+    unless scalar in Codec.scalars() do
+      raise ArgumentError,
+            "deftype #{short(name)}: :proto must be a scalar, got: #{inspect(scalar)}"
+    end
+
+    conversion = opts[:elixir]
+
+    if conversion != nil do
+      check_conversion!(short(name), opts[:python], conversion)
+    end
+
+    spec =
+      cond do
+        opts[:spec] -> Code.string_to_quoted!(opts[:spec])
+        conversion -> quote(do: term())
+        true -> nil
+      end
+
+    {:custom, scalar, conversion, spec}
+  end
+
+  defp check_conversion!(name, python, {module, encode, decode})
+       when is_atom(module) and is_atom(encode) and is_atom(decode) do
+    case Code.ensure_compiled(module) do
+      {:module, ^module} ->
+        :ok
+
+      {:error, reason} ->
+        raise ArgumentError,
+              "the custom type #{name} (Python #{python}) converts with #{inspect(module)}, which is not available (#{reason})"
+    end
+
+    for function <- [encode, decode], not function_exported?(module, function, 1) do
+      raise ArgumentError,
+            "the custom type #{name} (Python #{python}) converts with " <>
+              "#{inspect(module)}.#{function}/1, which is not defined"
+    end
+  end
+
+  defp check_conversion!(name, _python, other) do
+    raise ArgumentError,
+          "deftype #{name}: :elixir must be {module, encode, decode}, got: #{inspect(other)}"
+  end
+
+  # A declared type with its names resolved: models and enums become their
+  # modules, custom types {:custom, scalar, conversion}.
+  defp resolve(type, context, where) do
+    case type do
+      scalar when scalar in @scalars ->
+        scalar
+
+      {kind, inner} when kind in [:optional, :list, :map] ->
+        {kind, resolve(inner, context, where)}
+
+      {:tuple, items} when is_list(items) ->
+        {:tuple, Enum.map(items, &resolve(&1, context, where))}
+
+      {:union, members} when is_list(members) ->
+        {:union, for({field, member} <- members, do: {field, resolve(member, context, where)})}
+
+      name when is_atom(name) ->
+        case Map.fetch(context.names, short(name)) do
+          {:ok, {:custom, scalar, conversion, _spec}} ->
+            {:custom, scalar, conversion}
+
+          {:ok, module} ->
+            module
+
+          :error ->
+            raise ArgumentError,
+                  "#{where}: unknown type #{inspect(name)} (declare it with defmodel, defenum or deftype)"
+        end
+
+      other ->
+        raise ArgumentError, "#{where}: not a bridge type: #{inspect(other)}"
+    end
+  end
+
+  # The typespec of a resolved type, as the client accepts it (`given`) or
+  # returns it.
+  defp spec(type, given, context) do
+    case type do
+      :int64 ->
+        quote(do: integer())
+
+      :double ->
+        if given, do: quote(do: number()), else: quote(do: float())
+
+      :bool ->
+        quote(do: boolean())
+
+      :string ->
+        quote(do: String.t())
+
+      :bytes ->
+        quote(do: binary())
+
+      :date ->
+        quote(do: Date.t())
+
+      :datetime when given ->
+        quote(do: DateTime.t() | NaiveDateTime.t())
+
+      :datetime ->
+        quote(do: DateTime.t())
+
+      :none ->
+        nil
+
+      {:optional, inner} ->
+        quote(do: unquote(spec(inner, given, context)) | nil)
+
+      {:list, inner} ->
+        [spec(inner, given, context)]
+
+      {:map, inner} ->
+        quote(do: %{optional(String.t()) => unquote(spec(inner, given, context))})
+
+      {:tuple, items} ->
+        {:{}, [], Enum.map(items, &spec(&1, given, context))}
+
+      {:union, members} ->
+        members |> Enum.map(&spec(elem(&1, 1), given, context)) |> union()
+
+      {:custom, scalar, conversion} ->
+        custom_spec(scalar, conversion, context) || spec(scalar, given, context)
+
+      module ->
+        module_spec(module, given and context.kinds[module] == :model)
+    end
+  end
+
+  defp module_spec(module, true), do: quote(do: unquote(module).t() | map())
+  defp module_spec(module, false), do: quote(do: unquote(module).t())
+
+  defp custom_spec(_scalar, nil, _context), do: nil
+
+  defp custom_spec(scalar, conversion, context) do
+    Enum.find_value(context.names, fn
+      {_, {:custom, ^scalar, ^conversion, spec}} -> spec
+      _ -> nil
+    end)
+  end
+
+  defp union([one]), do: one
+  defp union([first | rest]), do: quote(do: unquote(first) | unquote(union(rest)))
+
+  ## Fields: parameters, options and model fields
+
+  defp field({name, opts}, context, where) when is_list(opts) do
+    opts =
+      Keyword.validate!(opts, [
+        :type,
+        :default,
+        :default_factory,
+        description: nil,
+        constraints: []
+      ])
+
+    type = resolve(Keyword.fetch!(opts, :type), context, "#{where}, #{name}")
+    required = not Keyword.has_key?(opts, :default) and opts[:default_factory] == nil
+
+    %{
+      name: name,
+      type: type,
+      required: required,
+      # An unset list or map means "the default" unless the default is empty.
+      presence:
+        not required and not (opts[:default_factory] == nil and opts[:default] in [[], %{}]),
+      facts: Keyword.take(opts, [:default, :default_factory, :description, :constraints])
+    }
+  end
+
+  defp field({name, type}, context, where), do: field({name, [type: type]}, context, where)
+
+  defp wire(field), do: Codec.wire_type(codec_type(field.type), field.presence)
+
+  defp codec_type({:optional, inner}), do: {:optional, codec_type(inner)}
+  defp codec_type({kind, inner}) when kind in [:list, :map], do: {kind, codec_type(inner)}
+  defp codec_type({:tuple, items}), do: {:tuple, Enum.map(items, &codec_type/1)}
+  defp codec_type({:union, members}), do: {:union, for({f, t} <- members, do: {f, codec_type(t)})}
+  defp codec_type(type), do: type
+
+  # What a reader needs to know of a field beyond its type: its description,
+  # whether it may be nil, its default and its constraints.
+  defp facts(field) do
+    facts = field.facts
+
+    [
+      facts[:description] && String.trim_trailing(String.trim(facts[:description]), ".") <> ".",
+      field.required and match?({:optional, _}, field.type) && "May be `nil`.",
+      Keyword.has_key?(facts, :default) &&
+        "Defaults to `#{inspect(facts[:default], charlists: :as_lists, limit: :infinity)}`.",
+      facts[:default_factory] &&
+        "Defaults to the result of `#{String.replace(facts[:default_factory], ":", ".")}()`.",
+      facts[:constraints] != [] &&
+        "Constraints: #{Enum.map_join(facts[:constraints], ", ", &constraint/1)}.",
+      datetime?(field.type) && "A `NaiveDateTime` is taken as UTC."
+    ]
+    |> Enum.filter(&is_binary/1)
+    |> Enum.join(" ")
+  end
+
+  defp constraint({key, value}) do
+    shown = inspect(value)
+
+    case key do
+      :gt -> "`> #{shown}`"
+      :ge -> "`>= #{shown}`"
+      :lt -> "`< #{shown}`"
+      :le -> "`<= #{shown}`"
+      :multiple_of -> "a multiple of `#{shown}`"
+      :min_length -> "length `>= #{shown}`"
+      :max_length -> "length `<= #{shown}`"
+      :pattern -> "matches `~r/#{value}/`"
+      other -> "#{other} `#{shown}`"
+    end
+  end
+
+  defp datetime?(:datetime), do: true
+  defp datetime?({kind, inner}) when kind in [:optional, :list], do: datetime?(inner)
+  defp datetime?(_type), do: false
+
+  defp bullet(label, field, given, context) do
+    type = field.type |> spec(given, context) |> Macro.to_string()
+
+    case facts(field) do
+      "" -> "  * #{label} (`#{type}`)"
+      facts -> "  * #{label} (`#{type}`) - #{facts}"
+    end
+  end
+
+  ## Functions
+
+  defp function(name, opts, context) do
+    opts =
+      Keyword.validate!(opts, [
+        :rpc,
+        :returns,
+        kind: :sync,
+        python: nil,
+        doc: nil,
+        params: [],
+        options: []
+      ])
+
+    where = "defbridge #{inspect(name)}"
+    params = Enum.map(opts[:params], &field(&1, context, where))
+    options = Enum.map(opts[:options], &field(&1, context, where))
+    returns = resolve(Keyword.fetch!(opts, :returns), context, "#{where}, :returns")
+    kind = opts[:kind]
+
+    unless kind in [:sync, :async, :stream] do
+      raise ArgumentError,
+            "#{where}: :kind must be :sync, :async or :stream, got: #{inspect(kind)}"
+    end
+
+    call = %{
+      method: "#{context.service}/#{Keyword.fetch!(opts, :rpc)}",
+      stream: kind == :stream,
+      params: Enum.map(params, &{Atom.to_string(&1.name), wire(&1)}),
+      options: Enum.map(options, &{&1.name, Atom.to_string(&1.name), wire(&1)}),
+      returns: if(returns == :none, do: :none, else: Codec.wire_type(codec_type(returns)))
+    }
+
+    server = Macro.var(:server, __MODULE__)
+    call_opts = Macro.var(:opts, __MODULE__)
+    args = Enum.map(params, &Macro.var(variable(&1.name), __MODULE__.Arguments))
+    arg_specs = Enum.map(params, &spec(&1.type, true, context))
+    result = spec(returns, false, context)
+    doc = function_doc(name, opts, {kind, returns}, params, options, context)
+    arity = length(params) + 2
+
+    returned =
+      if kind == :stream,
+        do: quote(do: Enumerable.t()),
+        else: quote(do: {:ok, unquote(result)} | {:error, SynapseCore.Error.t()})
+
+    bang =
+      if kind != :stream do
+        quote do
+          @doc unquote(
+                 "Like `#{name}/#{arity}`, but returns the value or raises `SynapseCore.Error`."
+               )
+          @spec unquote(:"#{name}!")(Bridge.server(), unquote_splicing(arg_specs), keyword()) ::
+                  unquote(result)
+          def unquote(:"#{name}!")(
+                unquote(server),
+                unquote_splicing(args),
+                unquote(call_opts) \\ []
+              ) do
+            SynapseCore.Bridge.Client.__call__!(
+              __MODULE__,
+              unquote(Macro.escape(call)),
+              unquote(server),
+              unquote(args),
+              unquote(call_opts)
+            )
+          end
+        end
+      end
+
+    quote do
+      @doc unquote(doc)
+      @spec unquote(name)(Bridge.server(), unquote_splicing(arg_specs), keyword()) ::
+              unquote(returned)
+      def unquote(name)(unquote(server), unquote_splicing(args), unquote(call_opts) \\ []) do
+        SynapseCore.Bridge.Client.__call__(
+          __MODULE__,
+          unquote(Macro.escape(call)),
+          unquote(server),
+          unquote(args),
+          unquote(call_opts)
+        )
+      end
+
+      unquote(bang)
+    end
+  end
+
+  # A Python parameter name as an Elixir variable (only what the docs show:
+  # the variables are hygienic).
+  defp variable(name) do
+    text = Atom.to_string(name)
+
+    cond do
+      String.starts_with?(text, "_") or String.upcase(String.first(text)) == String.first(text) ->
+        :"arg_#{text |> String.trim_leading("_") |> String.downcase()}"
+
+      name in [:server, :opts] ->
+        :"#{name}_"
+
+      true ->
+        name
+    end
+  end
+
+  defp function_doc(name, opts, {kind, returns}, params, options, context) do
+    python = "`#{context.python_module}.#{opts[:python] || name}`"
+
+    parameters =
+      if params != [] do
+        "## Parameters\n\n" <>
+          Enum.map_join(params, "\n", &bullet("`#{&1.name}`", &1, true, context))
+      end
+
+    call_options =
+      Enum.map(options, &bullet("`#{inspect(&1.name)}`", &1, true, context)) ++
+        [
+          "  * `:timeout`#{if kind == :stream, do: ", `:window`"} - see \"Call options\" in `SynapseCore.Bridge`."
+        ]
+
+    how =
+      case kind do
+        :sync ->
+          "Calls #{python}, a function run in a worker thread."
+
+        :async ->
+          "Calls #{python}, an `async def` function."
+
+        :stream ->
+          "Returns a lazy stream of `#{Macro.to_string(spec(returns, false, context))}`: " <>
+            "what the async generator #{python} yields, as it yields it. Enumerating it raises " <>
+            "`SynapseCore.Error` if the call fails; halting it cancels the call."
+      end
+
+    [
+      opts[:doc] || "Calls #{python}.",
+      parameters,
+      "## Options\n\n" <> Enum.join(call_options, "\n"),
+      how
+    ]
+    |> Enum.reject(&is_nil/1)
+    |> Enum.join("\n\n")
+  end
+
+  ## Models and enums
+
+  defp type_module(:model, module, opts, context) do
+    opts = Keyword.validate!(opts, [:python, doc: nil, fields: []])
+    fields = Enum.map(opts[:fields], &field(&1, context, "defmodel #{inspect(module)}"))
+
+    field_specs =
+      for field <- fields do
+        spec = spec(field.type, false, context)
+
+        spec =
+          if field.required or match?({:optional, _}, field.type),
+            do: spec,
+            else: quote(do: unquote(spec) | nil)
+
+        {field.name, spec}
+      end
+
+    wire_fields = Enum.map(fields, &{&1.name, Atom.to_string(&1.name), wire(&1)})
+
+    quote do
+      defmodule unquote(module) do
+        @moduledoc unquote(model_doc(module, opts, fields, context))
+
+        defstruct unquote(Enum.map(fields, & &1.name))
+
+        @type t :: %__MODULE__{unquote_splicing(field_specs)}
+
+        @doc false
+        def __bridge__(:kind), do: :model
+        def __bridge__(:fields), do: unquote(Macro.escape(wire_fields))
+
+        @doc false
+        def __bridge__(:to_wire, value),
+          do: SynapseCore.Bridge.Codec.model_to_wire(__bridge__(:fields), value)
+
+        def __bridge__(:from_wire, wire),
+          do: SynapseCore.Bridge.Codec.model_from_wire(__MODULE__, __bridge__(:fields), wire)
+      end
+    end
+  end
+
+  defp type_module(:enum, module, opts, _context) do
+    opts = Keyword.validate!(opts, [:values, python: nil, doc: nil])
+    values = Keyword.fetch!(opts, :values)
+    elixir = Enum.map(values, &elem(&1, 0))
+
+    source =
+      if opts[:python],
+        do: "the Python Enum `#{String.replace(opts[:python], ":", ".")}`",
+        else: "a Python `Literal`"
+
+    doc =
+      [opts[:doc], "Values of #{source}: #{Enum.map_join(elixir, ", ", &"`#{inspect(&1)}`")}."]
+      |> Enum.reject(&is_nil/1)
+      |> Enum.join("\n\n")
+
+    quote do
+      defmodule unquote(module) do
+        @moduledoc unquote(doc)
+
+        @type t :: unquote(union(elixir))
+
+        @doc false
+        def __bridge__(:kind), do: :enum
+        def __bridge__(:values), do: unquote(values)
+
+        @doc false
+        def __bridge__(:to_wire, value),
+          do: SynapseCore.Bridge.Codec.enum_to_wire(__bridge__(:values), value)
+
+        def __bridge__(:from_wire, name),
+          do: SynapseCore.Bridge.Codec.enum_from_wire(__bridge__(:values), name)
+      end
+    end
+  end
+
+  defp model_doc(module, opts, fields, context) do
+    intro = opts[:doc] || "The Pydantic model `#{String.replace(opts[:python], ":", ".")}`."
+
+    if fields == [] do
+      intro
+    else
+      bullets = Enum.map_join(fields, "\n", &bullet("`#{inspect(&1.name)}`", &1, false, context))
+
+      "#{intro}\n\n## Fields\n\n#{bullets}\n\nA field left `nil` takes its Python default, " <>
+        "if it has one. Functions accept a `#{inspect(module)}` or a map with the same (atom) keys."
+    end
+  end
+
+  defp moduledoc(client, declarations, context) do
+    functions =
+      for {:function, name, opts} <- declarations do
+        arity = length(Keyword.get(opts, :params, [])) + 2
+
+        case opts[:doc] do
+          nil -> "  * `#{name}/#{arity}`"
+          doc -> "  * `#{name}/#{arity}` - #{doc |> String.split("\n") |> hd()}"
+        end
+      end
+
+    regenerate =
+      if client[:regenerate],
+        do: " Do not edit it; regenerate it with:\n\n    #{client[:regenerate]}",
+        else: ""
+
+    [
+      client[:doc],
+      "A typed client of the Python module `#{context.python_module}`, served by a " <>
+        "`SynapseCore.Bridge`:\n\n" <>
+        "    children = [{SynapseCore.Bridge, name: :my_bridge, module: #{inspect(context.python_module)}}]",
+      "Each function takes the bridge's name first and returns `{:ok, value}` or " <>
+        "`{:error, %SynapseCore.Error{}}` (the `!` variants return the value or raise); a " <>
+        "streaming function returns a lazy `Stream`. Parameters with a Python default are " <>
+        "options; an option left out (or `nil`) takes the Python default.",
+      Enum.join(functions, "\n"),
+      "Generated by `mix synapse.gen.bridge` from the Python module's types." <> regenerate
+    ]
+    |> Enum.reject(&(&1 in [nil, ""]))
+    |> Enum.join("\n\n")
+  end
+
+  ## At run time
+
+  @doc false
+  # Called by the generated functions.
+  @spec __call__(module(), map(), Bridge.server(), [term()], keyword()) ::
+          {:ok, term()} | {:error, Error.t()} | Enumerable.t()
+  def __call__(client, call, server, args, opts) do
+    %{descriptor: descriptor} = client.__bridge__()
+    {given, opts} = Keyword.split(opts, Enum.map(call.options, &elem(&1, 0)))
+
+    case request(call, args, given) do
+      {:ok, request} when call.stream ->
+        server
+        |> Bridge.stream(descriptor, call.method, request, opts)
+        |> Stream.map(&decode!(call.returns, &1))
+
+      {:ok, request} ->
+        with {:ok, response} <- Bridge.call(server, descriptor, call.method, request, opts) do
+          decode(call.returns, response)
+        end
+
+      {:error, error} when call.stream ->
+        Stream.map([error], &raise/1)
+
+      {:error, error} ->
+        {:error, error}
+    end
+  end
+
+  @doc false
+  @spec __call__!(module(), map(), Bridge.server(), [term()], keyword()) :: term()
+  def __call__!(client, call, server, args, opts) do
+    case __call__(client, call, server, args, opts) do
+      {:ok, value} -> value
+      {:error, error} -> raise error
+    end
+  end
+
+  defp request(call, args, given) do
+    params =
+      Enum.zip_with(call.params, args, fn {name, type}, value ->
+        {name, Codec.to_wire(type, value)}
+      end)
+
+    options = for {key, name, type} <- call.options, do: {name, Codec.to_wire(type, given[key])}
+    {:ok, Map.new(params ++ options)}
+  catch
+    {Codec, %Error{} = error} -> {:error, error}
+  end
+
+  defp decode(:none, _response), do: {:ok, nil}
+
+  defp decode(type, response) do
+    {:ok, Codec.from_wire(type, response["value"])}
+  catch
+    {Codec, %Error{} = error} -> {:error, error}
+  end
+
+  defp decode!(type, response) do
+    case decode(type, response) do
+      {:ok, value} -> value
+      {:error, error} -> raise error
+    end
+  end
+end
