@@ -285,7 +285,7 @@ defmodule SynapseCore.Bridge.Generator do
 
   defp custom(name, custom, conversion) do
     opts =
-      [python: custom["python"], proto: Map.fetch!(@scalars, custom["proto"])] ++
+      [python: custom["python"], proto: Map.fetch!(@scalars, custom["of"]["kind"])] ++
         if conversion do
           [
             elixir:

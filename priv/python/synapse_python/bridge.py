@@ -1,7 +1,7 @@
 """The Synapse Bridge: typed Elixir clients for typed Python functions.
 
     python -m synapse_python.bridge generate --module my_module [--function F ...]
-                                             --out DIR [--check]
+                                             [--config FILE] --out DIR [--check]
 
 imports `my_module` (from PYTHONPATH), describes its functions (all public
 functions defined in it, or the `--function`s named) and their Pydantic models
@@ -18,6 +18,11 @@ writes to DIR the Python side of the bridge:
 The Elixir client module (`MyModule`) is written by `mix synapse.gen.bridge`,
 which runs this command and renders the client from the IR and the descriptor
 set: Elixir is written by Elixir.
+
+`--config FILE` reads the bridge's configuration, a JSON file that may name the
+module, the functions, the gRPC service and custom types (`decimal.Decimal`
+carried as a string, ...); see `synapse_python._bridge._config`, and
+`mix help synapse.gen.bridge` for the whole file, Elixir side included.
 
 (For a dotted module `pkg.mod` the file stem is `pkg_mod`.) The same input
 gives byte-identical files; `--check` makes them in memory and exits 1, listing
@@ -53,6 +58,7 @@ Types
 | `A \\| B`                  | `AOrB {oneof value {...}}`          | `A \\| B`                    |
 | `-> None`                  | empty response message              | `{:ok, nil}`                 |
 | a default value            | `optional`: unset is the default    | option; `nil`: the default   |
+| a custom type (`--config`) | its scalar (`string`, ...)          | the scalar, or converted     |
 
 Every singular field has explicit presence (`optional`), so an argument left
 out is "not given" (Python's default, or a "Field required" validation error),
@@ -121,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "generate":  # pragma: no cover - argparse enforces it
         parser.error("unknown command")
     try:
-        generated = generate(args.module, args.function or None)
+        generated = generate(args.module, args.function or None, config=args.config)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -133,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = stale(args.out, generated.files)
         if not found:
             return EXIT_OK
-        command = command_line(args.module, args.function)
+        command = command_line(args.module, args.function, args.config)
         print(
             f"stale bridge files in {args.out} (regenerate with: {command} --out {args.out}):",
             file=sys.stderr,
@@ -159,13 +165,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate (or --check) the files of one module's bridge.",
     )
     generate_command.add_argument(
-        "--module", required=True, help="the Python module to bridge (imported from PYTHONPATH)"
+        "--module",
+        help="the Python module to bridge (imported from PYTHONPATH); or the config's module",
     )
     generate_command.add_argument(
         "--function",
         action="append",
         metavar="NAME",
         help="a function to export (repeatable; default: every public function the module defines)",
+    )
+    generate_command.add_argument(
+        "--config", metavar="FILE", help="the bridge's configuration file (JSON)"
     )
     generate_command.add_argument("--out", required=True, metavar="DIR", help="where the files go")
     generate_command.add_argument(

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synapse_python._bridge import _introspect, _proto_gen, _python_gen
+from synapse_python._bridge import _config, _introspect, _proto_gen, _python_gen
 from synapse_python._bridge._introspect import Introspection
+from synapse_python._bridge._ir import GenerationError
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,54 @@ class Generated:
     files: dict[str, bytes]
 
 
-def command_line(module: str, functions: Sequence[str] | None = None) -> str:
+def command_line(
+    module: str | None,
+    functions: Sequence[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> str:
     """The `generate` command line that makes these files (without `--out`)."""
-    words = ["python", "-m", "synapse_python.bridge", "generate", "--module", module]
+    words = ["python", "-m", "synapse_python.bridge", "generate"]
+    if module is not None:
+        words += ["--module", module]
     for function in functions or ():
         words += ["--function", function]
+    if config is not None:
+        words += ["--config", os.fspath(config)]
     return shlex.join(words)
 
 
-def generate(module: str, functions: Sequence[str] | None = None) -> Generated:
-    """Introspect `module` and make the Python side of its bridge (raises `GenerationError`)."""
-    introspection = _introspect.introspect_module(module, functions)
+def generate(
+    module: str | None = None,
+    functions: Sequence[str] | None = None,
+    *,
+    config: str | os.PathLike[str] | None = None,
+) -> Generated:
+    """Introspect `module` and make the Python side of its bridge (raises `GenerationError`).
+
+    `config` is the bridge's configuration file (see `_config`); what it says
+    may not also be given as an argument.
+    """
+    settings = _config.load(config) if config is not None else _config.Config()
+    if module is not None and settings.module is not None and module != settings.module:
+        raise GenerationError(
+            f"the module is {module!r}, but the bridge config {settings.path} says "
+            f"{settings.module!r}"
+        )
+    if functions and settings.functions is not None:
+        raise GenerationError(
+            f"the functions are given both as arguments and by the bridge config {settings.path}"
+        )
+    module_name = module or settings.module
+    if module_name is None:
+        raise GenerationError("no module to bridge: give --module, or a config with a module")
+    introspection = _introspect.introspect_module(
+        module_name,
+        functions or settings.functions,
+        service=settings.service,
+        custom_types=settings.types,
+    )
     ir = introspection.ir
-    command = command_line(module, functions)
+    command = command_line(module, functions, config)
     proto = _proto_gen.render(ir, command=command)
     descriptor_set = _proto_gen.compile_descriptor_set(_proto_gen.proto_file_name(ir), proto)
     ir_json = json.dumps(ir.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -26,7 +26,7 @@ import re
 import traceback
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -39,6 +39,7 @@ from synapse_python._bridge._ir import (
     CONSTRAINT_KEYS,
     IR,
     NO_DEFAULT,
+    CustomType,
     EnumType,
     EnumValue,
     Field,
@@ -90,7 +91,7 @@ class Introspection:
     ir: IR
     functions: dict[str, Callable[..., Any]]  # by Python name
     params: dict[str, tuple[ParamSpec, ...]]  # by function name
-    classes: dict[str, type]  # model and Enum classes, by IR type name
+    classes: dict[str, type]  # model, Enum and custom classes, by IR type name
 
 
 def default_service(module: str) -> str:
@@ -103,6 +104,7 @@ def introspect_module(
     function_names: Sequence[str] | None = None,
     *,
     service: str | None = None,
+    custom_types: Mapping[type, str] | None = None,
 ) -> Introspection:
     """Import `module_name` and describe its functions (all public ones it defines by default)."""
     try:
@@ -112,7 +114,12 @@ def introspect_module(
             raise
         detail = "".join(traceback.format_exception(exc)).rstrip()
         raise GenerationError(f"cannot import module {module_name!r}:\n{detail}") from exc
-    return introspect(module, select_functions(module, function_names), service=service)
+    return introspect(
+        module,
+        select_functions(module, function_names),
+        service=service,
+        custom_types=custom_types,
+    )
 
 
 def select_functions(
@@ -152,15 +159,20 @@ def introspect(
     functions: Sequence[tuple[str, Callable[..., Any]]],
     *,
     service: str | None = None,
+    custom_types: Mapping[type, str] | None = None,
 ) -> Introspection:
-    """Describe `functions` (name, function) of `module` as an IR."""
+    """Describe `functions` (name, function) of `module` as an IR.
+
+    `custom_types` maps classes to the IR kind of the scalar each travels as
+    (the `types` of the bridge's config).
+    """
     service = service or default_service(module.__name__)
     if not _TYPE_NAME.fullmatch(service):
         raise GenerationError(
             f"invalid service name {service!r}: it must start with an ASCII capital and be an "
             "identifier"
         )
-    builder = _Builder(module.__name__)
+    builder = _Builder(module.__name__, custom_types=dict(custom_types or {}))
     described = []
     for name, function in functions:
         described.append(builder.function(name, function))
@@ -212,6 +224,7 @@ class _Where:
 @dataclass
 class _Builder:
     module: str
+    custom_types: dict[type, str] = field(default_factory=dict)
     types: dict[str, TypeDef] = field(default_factory=dict)
     classes: dict[str, type] = field(default_factory=dict)
     params: dict[str, tuple[ParamSpec, ...]] = field(default_factory=dict)
@@ -332,6 +345,8 @@ class _Builder:
             if allow_none:
                 return TypeRef("none")
             raise where.error(tp, "None alone is not a value type; use T | None")
+        if isinstance(tp, type) and tp in self.custom_types:
+            return self._custom(tp, where)
         if tp is Any or tp is object:
             raise where.error(tp, f"it has no protobuf form; give a concrete type ({_SUPPORTED})")
         origin = get_origin(tp)
@@ -480,6 +495,17 @@ class _Builder:
         )
         return ref
 
+    def _custom(self, cls: type, where: _Where) -> TypeRef:
+        name = cls.__name__
+        if self.classes.get(name) is not cls:
+            self._check_type_name(cls, where)
+            custom = CustomType(
+                python=f"{cls.__module__}:{cls.__qualname__}",
+                of=TypeRef(self.custom_types[cls]),
+            )
+            self._register(name, custom, where, cls)
+        return TypeRef("custom", name=name)
+
     def _check_type_name(self, cls: type, where: _Where) -> None:
         name = cls.__name__
         if not _TYPE_NAME.fullmatch(name):
@@ -534,7 +560,7 @@ class _Builder:
         for member in members:
             if member.kind == "optional":
                 raise where.error(tp, f"a union member cannot itself be optional ({member})")
-            shape = self._elixir_shape(member)
+            shape = self._elixir_shape(member, where)
             if shape in shapes:
                 raise where.error(
                     tp,
@@ -555,7 +581,7 @@ class _Builder:
         ref = TypeRef("union", name=name)
         return TypeRef("optional", ref) if nullable else ref
 
-    def _elixir_shape(self, t: TypeRef) -> str:
+    def _elixir_shape(self, t: TypeRef, where: _Where) -> str:
         """What a value of `t` looks like in Elixir; union members must differ in it."""
         if t.kind == "enum":
             enum_type = self.types[t.name]  # type: ignore[index]
@@ -567,6 +593,11 @@ class _Builder:
             return f"{len(self.types[t.name].items)}-tuples"  # type: ignore[index, union-attr]
         if t.kind == "model":
             return f"{t.name} structs"
+        if t.kind == "custom":
+            raise where.problem(
+                f"the custom type {t.name} cannot be a member of a union (nothing tells which "
+                "member a value is)"
+            )
         return _SHAPES[t.kind]
 
     def _register(

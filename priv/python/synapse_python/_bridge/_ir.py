@@ -45,7 +45,7 @@ JSON form (version 2)
       {"kind": "int" | "float" | "bool" | "str" | "bytes" | "datetime" | "date" | "none"}
       | {"kind": "optional" | "list" | "dict", "of": Type}   # T | None, list[T] / tuple[T, ...],
                                                               # dict[str, T]
-      | {"kind": "model" | "enum" | "tuple" | "union", "name": "Name"}   # see "types"
+      | {"kind": "model" | "enum" | "tuple" | "union" | "custom", "name": "Name"}   # see "types"
 
     TypeDef =
       {"kind": "model", "python": "my_module:InputData", "doc": .., "fields": [Field, ...]}
@@ -55,8 +55,10 @@ JSON form (version 2)
       | {"kind": "tuple", "items": [Type, ...]}                  # fields item_0, item_1, ...
       | {"kind": "union", "members": [{"field": "int64_value", "type": Type}, ...]}
       | {"kind": "wrapper", "of": Type}                          # a message whose `value` is `of`
+      | {"kind": "custom", "python": "decimal:Decimal",         # a custom type (the bridge's
+         "of": {"kind": "str"}}                                  # config): the scalar it travels as
 
-Names: models and enums keep their class names; a Literal is an enum named after
+Names: models, enums and custom types keep their class names; a Literal is an enum named after
 where it is used (`InputDataMode` for the field `mode` of `InputData`,
 `ProcessDataMode` for a parameter, `ProcessDataResult` for a return type); a
 fixed tuple is `TupleOf<A>And<B>...`, a union `<A>Or<B>...`, a wrapper the label
@@ -92,7 +94,7 @@ from typing import Any, Literal
 IR_VERSION = 2
 
 SCALARS = ("int", "float", "bool", "str", "bytes", "datetime", "date")
-NAMED = ("model", "enum", "tuple", "union")
+NAMED = ("model", "enum", "tuple", "union", "custom")
 CONTAINERS = ("list", "dict")
 
 FunctionKind = Literal["sync", "async", "stream"]
@@ -352,7 +354,19 @@ class WrapperType:
         return {"kind": self.kind, "of": self.of.to_json()}
 
 
-TypeDef = ModelType | EnumType | TupleType | UnionType | WrapperType
+@dataclass(frozen=True, slots=True)
+class CustomType:
+    """A Python type the bridge's config maps to a scalar; Pydantic converts it."""
+
+    python: str  # module:qualname
+    of: TypeRef  # the scalar it travels as
+    kind: Literal["custom"] = "custom"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "python": self.python, "of": self.of.to_json()}
+
+
+TypeDef = ModelType | EnumType | TupleType | UnionType | WrapperType | CustomType
 
 
 def type_def_from_json(data: Mapping[str, Any]) -> TypeDef:
@@ -379,6 +393,8 @@ def type_def_from_json(data: Mapping[str, Any]) -> TypeDef:
             )
         case "wrapper":
             return WrapperType(of=TypeRef.from_json(data["of"]))
+        case "custom":
+            return CustomType(python=data["python"], of=TypeRef.from_json(data["of"]))
     raise ValueError(f"unknown type kind {data['kind']!r}")
 
 
@@ -418,6 +434,11 @@ class IR:
     def union(self, name: str) -> UnionType:
         type_def = self.types[name]
         assert isinstance(type_def, UnionType), name
+        return type_def
+
+    def custom(self, name: str) -> CustomType:
+        type_def = self.types[name]
+        assert isinstance(type_def, CustomType), name
         return type_def
 
     def names(self, kind: str) -> list[str]:

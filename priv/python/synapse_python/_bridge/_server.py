@@ -47,7 +47,8 @@ from synapse_python._bridge._codec import (
     summarize,
     validation_errors,
 )
-from synapse_python._bridge._ir import IR, Function, module_stem
+from synapse_python._bridge._config import resolve_type
+from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
 
 logger = logging.getLogger("synapse_python.bridge")
 
@@ -108,7 +109,14 @@ class BridgeService:
             json.loads((directory / f"{stem}.ir.json").read_text(encoding="utf-8"))
         )
         descriptor_set = (directory / f"{stem}.desc").read_bytes()
-        live = _introspect.introspect(module, list(functions.items()), service=stored.service)
+        custom_types = {
+            resolve_type(type_def.python): type_def.of.kind
+            for type_def in stored.types.values()
+            if isinstance(type_def, CustomType)
+        }
+        live = _introspect.introspect(
+            module, list(functions.items()), service=stored.service, custom_types=custom_types
+        )
         if _proto_gen.render(live.ir, comments=False) != _proto_gen.render(stored, comments=False):
             raise StaleBridgeError(
                 f"the bridge generated in {directory} no longer matches the Python module "

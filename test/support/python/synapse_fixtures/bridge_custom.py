@@ -1,0 +1,39 @@
+"""Custom types of a bridge config (test/support/bridge/custom.json): Decimal and UUID.
+
+The config carries both as protobuf strings; the Elixir side converts
+`Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+
+class Price(BaseModel):
+    """An amount of money."""
+
+    amount: Decimal = Field(description="Exact, never a float.")
+    currency: str = "EUR"
+
+
+def total(prices: list[Price], discount: Decimal = Decimal("0")) -> Decimal:
+    """The sum of `prices`, less `discount`."""
+    return sum((price.amount for price in prices), Decimal(0)) - discount
+
+
+def order_id(number: int) -> uuid.UUID:
+    """A UUID made from `number`."""
+    return uuid.UUID(int=number)
+
+
+def echo_id(id: uuid.UUID | None, others: list[uuid.UUID] = []) -> list[uuid.UUID]:  # noqa: B006
+    """`id` (when given), then `others`, as Python read them."""
+    return ([id] if id is not None else []) + others
+
+
+def not_exported(x: int) -> int:
+    """Left out by the config's `functions`."""
+    return x
