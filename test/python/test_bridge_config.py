@@ -29,7 +29,7 @@ def test_the_config_selects_names_and_maps_types() -> None:
     generated = generate(config=CONFIG)
     ir = generated.introspection.ir
     assert (ir.module, ir.service) == (CUSTOM, "Shop")
-    assert [f.name for f in ir.functions] == ["total", "order_id", "echo_id"]
+    assert [f.name for f in ir.functions] == ["total", "scale", "order_id", "echo_id"]
     assert ir.types["Decimal"] == CustomType(python="decimal:Decimal", of=TypeRef("str"))
     assert ir.types["UUID"] == CustomType(python="uuid:UUID", of=TypeRef("str"))
     total = ir.functions[0]

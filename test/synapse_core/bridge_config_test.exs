@@ -104,6 +104,16 @@ defmodule SynapseCore.BridgeConfigTest do
     end
   end
 
+  test "what the conversion function raises on a result is an error of the call", %{name: name} do
+    assert shop(:scale, [name, TestDecimal.new("1.5"), 1]) == {:ok, TestDecimal.new("15")}
+
+    assert {:error, %Error{kind: :invalid_argument, message: message}} =
+             shop(:scale, [name, TestDecimal.new("1"), 2])
+
+    assert message ==
+             ~s(SynapseCore.TestDecimal.from_wire/1 raised ArgumentError: not a decimal: "1E+2")
+  end
+
   test "docs and specs show the custom types" do
     {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(@client)
 

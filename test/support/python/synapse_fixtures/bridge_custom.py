@@ -24,6 +24,11 @@ def total(prices: list[Price], discount: Decimal = Decimal("0")) -> Decimal:
     return sum((price.amount for price in prices), Decimal(0)) - discount
 
 
+def scale(amount: Decimal, exponent: int) -> Decimal:
+    """`amount` times 10 ** `exponent` (`Decimal("1").scaleb(2)` is written `1E+2`)."""
+    return amount.scaleb(exponent)
+
+
 def order_id(number: int) -> uuid.UUID:
     """A UUID made from `number`."""
     return uuid.UUID(int=number)
