@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -29,7 +30,15 @@ def test_the_config_selects_names_and_maps_types() -> None:
     generated = generate(config=CONFIG)
     ir = generated.introspection.ir
     assert (ir.module, ir.service) == (CUSTOM, "Shop")
-    assert [f.name for f in ir.functions] == ["total", "scale", "order_id", "echo_id"]
+    assert [f.name for f in ir.functions] == [
+        "total",
+        "scale",
+        "order_id",
+        "echo_id",
+        "on_the_loop",
+        "in_a_thread",
+    ]
+    assert [f.name for f in ir.functions if f.on_loop] == ["on_the_loop"]
     assert ir.types["Decimal"] == CustomType(python="decimal:Decimal", of=TypeRef("str"))
     assert ir.types["UUID"] == CustomType(python="uuid:UUID", of=TypeRef("str"))
     total = ir.functions[0]
@@ -90,6 +99,21 @@ async def test_custom_types_cross_as_their_scalar(shop: BridgeClient) -> None:
     assert await shop.call("echo_id", id=str(uuid.UUID(int=1))) == [uuid.UUID(int=1)]
 
 
+async def test_on_loop_functions_run_on_the_event_loop(shop: BridgeClient) -> None:
+    loop_thread = threading.current_thread().name  # the test's loop serves the worker
+    assert await shop.call("on_the_loop") == loop_thread
+    assert await shop.call("in_a_thread") != loop_thread
+
+
+def test_on_loop_is_for_sync_functions() -> None:
+    with pytest.raises(GenerationError) as raised:
+        describe("async def f(x: int) -> int: ...", on_loop=["f"])
+    assert str(raised.value) == (
+        "bridged.f: on_loop is for sync functions; this one is async def, which runs on the "
+        "event loop already"
+    )
+
+
 async def test_a_custom_value_pydantic_refuses(shop: BridgeClient) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await shop.call("total", prices=[{"amount": "one"}])
@@ -113,7 +137,10 @@ def config_error(data: Any) -> str:
         ({"modul": "m"}, "bridge config bridge.json: modul: unknown key (the keys are module,"),
         ({"module": 3}, "module: expected the name of a Python module, got a number"),
         ({"service": ["S"]}, "service: expected the name of the gRPC service, got a list"),
-        ({"functions": []}, "functions: expected a non-empty list of function names, got a list"),
+        ({"functions": []}, "functions: expected a non-empty list of function names, or an"),
+        ({"functions": {"f": True}}, 'functions["f"]: expected an object like {"on_loop": true}'),
+        ({"functions": {"f": {"loop": True}}}, 'functions["f"].loop: unknown key (the keys are'),
+        ({"functions": {"f": {"on_loop": 1}}}, 'functions["f"].on_loop: expected true or false'),
         ({"functions": ["f", 2]}, "functions[1]: expected a function name, got a number"),
         ({"functions": ["f", "f"]}, "functions: 'f' is listed twice"),
         ({"types": []}, "types: expected an object of Python type names, got a list"),

@@ -114,6 +114,20 @@ defmodule SynapseCore.BridgeConfigTest do
              ~s(SynapseCore.TestDecimal.from_wire/1 raised ArgumentError: not a decimal: "1E+2")
   end
 
+  test "a function the config has on the loop runs on the worker's event loop", %{name: name} do
+    assert shop(:on_the_loop, [name]) == {:ok, "MainThread"}
+    assert {:ok, thread} = shop(:in_a_thread, [name])
+    assert thread != "MainThread"
+
+    {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(@client)
+
+    {_, _, _, %{"en" => doc}, _} =
+      Enum.find(docs, &match?({{:function, :on_the_loop, 2}, _, _, _, _}, &1))
+
+    assert doc =~
+             "called on the worker's event loop: while it runs, the worker serves nothing else."
+  end
+
   test "docs and specs show the custom types" do
     {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(@client)
 

@@ -41,7 +41,7 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
 
       {
         "module": "my_module",
-        "functions": ["process_data", "total"],
+        "functions": {"process_data": {}, "add": {"on_loop": true}},
         "service": "Shop",
         "types": {
           "decimal.Decimal": {"proto": "string"},
@@ -61,7 +61,13 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
 
     * `"module"` - the Python module (instead of the `MODULE` argument).
     * `"functions"` - the Python functions to export (instead of
-      `--function`; default: every public function the module defines).
+      `--function`; default: every public function the module defines): a
+      list of names, or an object of names to options. The one option is
+      `"on_loop": true`, for a sync function the worker should call
+      directly on its event loop instead of in a thread: it saves the thread
+      hop of each call, but while the function runs the worker does nothing
+      else (no other call, no health check, no cancellation), so it is only
+      for quick functions that never block.
     * `"service"` - the gRPC service's name (default: the last part of the
       Python module, camelized: `MyModule`).
     * `"types"` - custom types: a Python type (`module.Class`) the Bridge does

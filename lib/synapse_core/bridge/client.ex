@@ -40,7 +40,9 @@ defmodule SynapseCore.Bridge.Client do
 
     * `defbridge name, opts` - a function. `:rpc` is the gRPC method,
       `:kind` is `:sync` (the default), `:async` or `:stream` (a server
-      stream: the function returns a lazy `Stream`), `:python` the Python
+      stream: the function returns a lazy `Stream`), `:on_loop` says that
+      the bridge's config has a sync function called on the worker's event
+      loop rather than in a thread (the docs say so), `:python` the Python
       function's name when it differs, `:doc` its docstring. `:params` are
       the required parameters, in order (positional arguments after the
       bridge's name), `:options` those with a default (keyword options).
@@ -412,6 +414,7 @@ defmodule SynapseCore.Bridge.Client do
         :rpc,
         :returns,
         kind: :sync,
+        on_loop: false,
         python: nil,
         doc: nil,
         params: [],
@@ -525,14 +528,18 @@ defmodule SynapseCore.Bridge.Client do
         ]
 
     how =
-      case kind do
-        :sync ->
+      case {kind, opts[:on_loop]} do
+        {:sync, true} ->
+          "Calls #{python}, a function the bridge's config has called on the worker's " <>
+            "event loop: while it runs, the worker serves nothing else."
+
+        {:sync, false} ->
           "Calls #{python}, a function run in a worker thread."
 
-        :async ->
+        {:async, _} ->
           "Calls #{python}, an `async def` function."
 
-        :stream ->
+        {:stream, _} ->
           "Returns a lazy stream of `#{Macro.to_string(spec(returns, false, context))}`: " <>
             "what the async generator #{python} yields, as it yields it. Enumerating it raises " <>
             "`SynapseCore.Error` if the call fails; halting it cancels the call."

@@ -140,6 +140,7 @@ defmodule SynapseCore.Bridge.Generator do
         doc: function["doc"],
         rpc: function["rpc"],
         kind: function["kind"] != "sync" && String.to_atom(function["kind"]),
+        on_loop: function["on_loop"] == true,
         python: name != function["name"] && function["name"],
         params: params != [] && Enum.map(params, &field(&1, ir)),
         options: options != [] && Enum.map(options, &field(&1, ir)),

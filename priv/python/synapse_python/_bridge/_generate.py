@@ -84,6 +84,7 @@ def generate(
         functions or settings.functions,
         service=settings.service,
         custom_types=settings.types,
+        on_loop=settings.on_loop,
     )
     ir = introspection.ir
     command = command_line(module, functions, config)

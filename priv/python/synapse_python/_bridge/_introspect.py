@@ -26,7 +26,7 @@ import re
 import traceback
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -105,6 +105,7 @@ def introspect_module(
     *,
     service: str | None = None,
     custom_types: Mapping[type, str] | None = None,
+    on_loop: Collection[str] = (),
 ) -> Introspection:
     """Import `module_name` and describe its functions (all public ones it defines by default)."""
     try:
@@ -119,6 +120,7 @@ def introspect_module(
         select_functions(module, function_names),
         service=service,
         custom_types=custom_types,
+        on_loop=on_loop,
     )
 
 
@@ -160,11 +162,13 @@ def introspect(
     *,
     service: str | None = None,
     custom_types: Mapping[type, str] | None = None,
+    on_loop: Collection[str] = (),
 ) -> Introspection:
     """Describe `functions` (name, function) of `module` as an IR.
 
     `custom_types` maps classes to the IR kind of the scalar each travels as
-    (the `types` of the bridge's config).
+    (the `types` of the bridge's config); `on_loop` names the sync functions
+    to call on the event loop rather than in a thread (the config's `on_loop`).
     """
     service = service or default_service(module.__name__)
     if not _TYPE_NAME.fullmatch(service):
@@ -176,6 +180,15 @@ def introspect(
     described = []
     for name, function in functions:
         described.append(builder.function(name, function))
+    for index, function in enumerate(described):
+        if function.name in on_loop:
+            if function.kind != "sync":
+                what = "an async generator" if function.kind == "stream" else "async def"
+                raise GenerationError(
+                    f"{module.__name__}.{function.name}: on_loop is for sync functions; this "
+                    f"one is {what}, which runs on the event loop already"
+                )
+            described[index] = replace(function, on_loop=True)
     builder.add_wrappers(described)
     ir = IR(
         module=module.__name__,

@@ -25,6 +25,8 @@ JSON form (version 2)
       "request": "ProcessDataRequest",            # its messages
       "response": "ProcessDataResponse",
       "kind": "sync" | "async" | "stream",        # def / async def / async generator
+      "on_loop": true,                            # only when set (the bridge config): a sync
+                                                  # function called on the event loop
       "doc": "Docstring." | null,
       "params": [Field, ...],                     # in order; the request's fields
       "returns": Type                             # a stream's item type; {"kind": "none"}: -> None
@@ -237,6 +239,8 @@ class Function:
     doc: str | None
     params: tuple[Field, ...]
     returns: TypeRef
+    # A sync function the config marks to be called on the event loop, not in a thread.
+    on_loop: bool = False
 
     @property
     def request(self) -> str:
@@ -247,7 +251,7 @@ class Function:
         return f"{self.rpc}Response"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "rpc": self.rpc,
             "request": self.request,
@@ -257,6 +261,9 @@ class Function:
             "params": [param.to_json() for param in self.params],
             "returns": self.returns.to_json(),
         }
+        if self.on_loop:
+            data["on_loop"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Function:
@@ -267,6 +274,7 @@ class Function:
             doc=data.get("doc"),
             params=tuple(Field.from_json(param) for param in data["params"]),
             returns=TypeRef.from_json(data["returns"]),
+            on_loop=data.get("on_loop", False),
         )
 
 

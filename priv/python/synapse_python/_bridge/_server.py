@@ -8,7 +8,9 @@ live functions. Each RPC:
    with Pydantic (its annotation and `Field` constraints), collecting every
    error with its full location; unset parameters take their Python defaults;
 2. calls the function: a sync function in a worker thread (`asyncio.to_thread`,
-   so it never blocks the event loop), an `async def` awaited, an async
+   so it never blocks the event loop), or directly on the loop when the
+   bridge's config marks it `on_loop` (no thread hop, but nothing else runs
+   meanwhile), an `async def` awaited, an async
    generator iterated with each item written as it comes (`context.write`
    waits for flow control: a slow reader slows the generator down);
 3. writes the result, strictly (an int beyond int64 is an error).
@@ -115,7 +117,11 @@ class BridgeService:
             if isinstance(type_def, CustomType)
         }
         live = _introspect.introspect(
-            module, list(functions.items()), service=stored.service, custom_types=custom_types
+            module,
+            list(functions.items()),
+            service=stored.service,
+            custom_types=custom_types,
+            on_loop=[function.name for function in stored.functions if function.on_loop],
         )
         if _proto_gen.render(live.ir, comments=False) != _proto_gen.render(stored, comments=False):
             raise StaleBridgeError(
@@ -180,7 +186,11 @@ class BridgeService:
     ) -> Message:
         args, kwargs = self._arguments(function, request)
         target = self._functions[function.name]
-        if function.kind == "sync":
+        if function.on_loop:
+            result = target(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        elif function.kind == "sync":
             result = await asyncio.to_thread(target, *args, **kwargs)
             if inspect.isawaitable(result):  # a decorator hid a coroutine function
                 result = await result

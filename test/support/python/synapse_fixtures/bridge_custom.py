@@ -1,11 +1,13 @@
-"""Custom types of a bridge config (test/support/bridge/custom.json): Decimal and UUID.
+"""A bridge config's module (test/support/bridge/custom.json): custom types, on_loop.
 
-The config carries both as protobuf strings; the Elixir side converts
-`Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
+The config carries Decimal and UUID as protobuf strings; the Elixir side
+converts `Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
+It marks `on_the_loop` to be called on the worker's event loop.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from decimal import Decimal
 
@@ -37,6 +39,16 @@ def order_id(number: int) -> uuid.UUID:
 def echo_id(id: uuid.UUID | None, others: list[uuid.UUID] = []) -> list[uuid.UUID]:  # noqa: B006
     """`id` (when given), then `others`, as Python read them."""
     return ([id] if id is not None else []) + others
+
+
+def on_the_loop() -> str:
+    """The name of the thread it runs in (the config says: the event loop's)."""
+    return threading.current_thread().name
+
+
+def in_a_thread() -> str:
+    """The name of the thread it runs in (a worker thread)."""
+    return threading.current_thread().name
 
 
 def not_exported(x: int) -> int:
