@@ -227,17 +227,10 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
   defp render(module, elixir, lib, tmp) do
     stem = String.replace(module, ".", "_")
 
-    with {:ok, ir} <- tmp |> Path.join("#{stem}.ir.json") |> File.read!() |> decode(),
+    with {:ok, ir} <- Config.read_json(Path.join(tmp, "#{stem}.ir.json"), "the bridge IR"),
          descriptor = File.read!(Path.join(tmp, "#{stem}.desc")),
          {:ok, {name, source}} <- Generator.render(ir, descriptor, elixir) do
       {:ok, {Path.join(lib, Macro.underscore(name) <> ".ex"), source}}
-    end
-  end
-
-  defp decode(json) do
-    case SynapseCore.JSON.decode(json) do
-      {:ok, ir} -> {:ok, ir}
-      {:error, error} -> {:error, "the bridge IR is not valid JSON: #{error.message}"}
     end
   end
 

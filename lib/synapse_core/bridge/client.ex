@@ -440,58 +440,52 @@ defmodule SynapseCore.Bridge.Client do
       returns: if(returns == :none, do: :none, else: Codec.wire_type(codec_type(returns)))
     }
 
-    server = Macro.var(:server, __MODULE__)
-    call_opts = Macro.var(:opts, __MODULE__)
     args = Enum.map(params, &Macro.var(variable(&1.name), __MODULE__.Arguments))
     arg_specs = Enum.map(params, &spec(&1.type, true, context))
     result = spec(returns, false, context)
     doc = function_doc(name, opts, {kind, returns}, params, options, context)
-    arity = length(params) + 2
+    define = &definition(&1, &2, &3, {args, arg_specs}, &4, call)
 
-    returned =
-      if kind == :stream,
-        do: quote(do: Enumerable.t()),
-        else: quote(do: {:ok, unquote(result)} | {:error, SynapseCore.Error.t()})
+    if kind == :stream do
+      define.(name, :__call__, doc, quote(do: Enumerable.t()))
+    else
+      bang =
+        "Like `#{name}/#{length(params) + 2}`, but returns the value or raises `SynapseCore.Error`."
 
-    bang =
-      if kind != :stream do
-        quote do
-          @doc unquote(
-                 "Like `#{name}/#{arity}`, but returns the value or raises `SynapseCore.Error`."
-               )
-          @spec unquote(:"#{name}!")(Bridge.server(), unquote_splicing(arg_specs), keyword()) ::
-                  unquote(result)
-          def unquote(:"#{name}!")(
-                unquote(server),
-                unquote_splicing(args),
-                unquote(call_opts) \\ []
-              ) do
-            SynapseCore.Bridge.Client.__call__!(
-              __MODULE__,
-              unquote(Macro.escape(call)),
-              unquote(server),
-              unquote(args),
-              unquote(call_opts)
-            )
-          end
-        end
+      quote do
+        unquote(
+          define.(
+            name,
+            :__call__,
+            doc,
+            quote(do: {:ok, unquote(result)} | {:error, SynapseCore.Error.t()})
+          )
+        )
+
+        unquote(define.(:"#{name}!", :__call__!, bang, result))
       end
+    end
+  end
+
+  # A function of the client: it passes its arguments and the call's
+  # description to `runtime` (`__call__/5` or `__call__!/5`).
+  defp definition(name, runtime, doc, {args, arg_specs}, returned, call) do
+    server = Macro.var(:server, __MODULE__)
+    opts = Macro.var(:opts, __MODULE__)
 
     quote do
       @doc unquote(doc)
       @spec unquote(name)(Bridge.server(), unquote_splicing(arg_specs), keyword()) ::
               unquote(returned)
-      def unquote(name)(unquote(server), unquote_splicing(args), unquote(call_opts) \\ []) do
-        SynapseCore.Bridge.Client.__call__(
+      def unquote(name)(unquote(server), unquote_splicing(args), unquote(opts) \\ []) do
+        SynapseCore.Bridge.Client.unquote(runtime)(
           __MODULE__,
           unquote(Macro.escape(call)),
           unquote(server),
           unquote(args),
-          unquote(call_opts)
+          unquote(opts)
         )
       end
-
-      unquote(bang)
     end
   end
 

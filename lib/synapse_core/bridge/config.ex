@@ -15,9 +15,23 @@ defmodule SynapseCore.Bridge.Config do
   @spec read(Path.t()) ::
           {:ok, %{module: String.t() | nil, elixir: keyword()}} | {:error, String.t()}
   def read(path) do
-    with {:ok, text} <- read_file(path),
-         {:ok, data} <- decode(text, path) do
+    with {:ok, data} <- read_json(path, "the bridge config") do
       parse(data, path)
+    end
+  end
+
+  @doc "The decoded JSON file at `path`, or a message naming it as `what`."
+  @spec read_json(Path.t(), String.t()) :: {:ok, term()} | {:error, String.t()}
+  def read_json(path, what) do
+    with {:ok, text} <- File.read(path),
+         {:ok, data} <- SynapseCore.JSON.decode(text) do
+      {:ok, data}
+    else
+      {:error, %SynapseCore.Error{message: message}} ->
+        {:error, "#{what} #{path} is not valid JSON: #{message}"}
+
+      {:error, reason} ->
+        {:error, "cannot read #{what} #{path}: #{:file.format_error(reason)}"}
     end
   end
 
@@ -30,23 +44,6 @@ defmodule SynapseCore.Bridge.Config do
            optional_string(data["module"], "module", "the name of a Python module", path),
          {:ok, elixir} <- elixir(Map.get(data, "elixir", %{}), path) do
       {:ok, %{module: module, elixir: elixir}}
-    end
-  end
-
-  defp read_file(path) do
-    case File.read(path) do
-      {:ok, text} ->
-        {:ok, text}
-
-      {:error, reason} ->
-        {:error, "cannot read the bridge config #{path}: #{:file.format_error(reason)}"}
-    end
-  end
-
-  defp decode(text, path) do
-    case SynapseCore.JSON.decode(text) do
-      {:ok, data} -> {:ok, data}
-      {:error, error} -> {:error, "the bridge config #{path} is not valid JSON: #{error.message}"}
     end
   end
 
