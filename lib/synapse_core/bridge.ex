@@ -1,16 +1,12 @@
 defmodule SynapseCore.Bridge do
-  @timeout 60_000
-  @window 64
-
   @moduledoc """
   Serves Python functions to Elixir through a generated, typed client.
 
-  `mix synapse.gen.bridge my_module` (or
-  `python -m synapse_python.bridge generate --module my_module --out DIR`)
-  reads the typed functions and Pydantic models of a Python module and
-  writes a `.proto`, a Python gRPC server wrapping the functions, and an
-  Elixir module with one function per Python function. Start the server in
-  your supervision tree:
+  `mix synapse.gen.bridge my_module` reads the typed functions and Pydantic
+  models of a Python module and writes a `.proto`, a Python gRPC server
+  wrapping the functions, and an Elixir module with one function per Python
+  function (see `Mix.Tasks.Synapse.Gen.Bridge`). Start the server in your
+  supervision tree:
 
       children = [
         {SynapseCore.Bridge, name: :my_module, module: "my_module", python_path: ["priv/python"]}
@@ -28,25 +24,24 @@ defmodule SynapseCore.Bridge do
   node that has them, through a relay there, with the failover and errors
   of agent runs (`:unknown_agent` when no node serves it, `:worker_exited`
   when the node goes down mid-call, streams included). The generated
-  module (see `SynapseCore.Bridge.Client`) turns
-  its arguments into plain maps, and the NIF encodes them (and decodes the
-  responses) as dynamic protobuf messages, from the descriptor set
-  embedded in the generated module.
+  module (see `SynapseCore.Bridge.Client`) turns its arguments into plain
+  maps, and the NIF encodes them (and decodes the responses) as dynamic
+  protobuf messages, from the descriptor set embedded in the generated
+  module.
 
   ## Call options
 
   Every generated function takes, next to the Python function's own
   options:
 
-    * `:timeout` - how long the call may take, in milliseconds (default
-      `#{@timeout}`). It is the call's one deadline: the gRPC deadline,
-      and the cancellation of the Python function when it passes.
-    * `:window` (streaming functions only) - back-pressure: at most this
-      many items are sent ahead of the consumer (default `#{@window}`), a
-      positive integer or `:infinity`.
+  #{SynapseCore.Options.docs(SynapseCore.Agent.Options.bridge_call_schema())}
+
+  and a streaming function also:
+
+  #{SynapseCore.Options.docs(Keyword.drop(SynapseCore.Agent.Options.bridge_stream_schema(), [:timeout]))}
   """
 
-  alias SynapseCore.{AgentSupervisor, Error, Native, Remote, Run, Workers}
+  alias SynapseCore.{Error, Native, Remote, Run, Workers}
   alias SynapseCore.Agent.Options
 
   @typedoc "A bridge's name, as given to `start_link/1`."
@@ -59,7 +54,12 @@ defmodule SynapseCore.Bridge do
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     options = Options.bridge!(opts)
-    %{id: {__MODULE__, options.name}, start: {__MODULE__, :start_link, [opts]}, type: :supervisor}
+
+    %{
+      id: {__MODULE__, options.name},
+      start: {SynapseCore.Agent, :start_validated, [options]},
+      type: :supervisor
+    }
   end
 
   @doc """
@@ -68,14 +68,10 @@ defmodule SynapseCore.Bridge do
 
   ## Options
 
-    * `:name` (required) - the name calls use (any term, unique among agents
-      and bridges).
-    * `:module` (required) - the Python module the bridge was generated
-      from. Its generated server (`synapse_bridge_<module>.py`) and the
-      module itself must be on the worker's `PYTHONPATH` (see `:python_path`).
-    * `:python_path`, `:python`, `:env`, `:cwd`, `:workers`,
-      `:startup_timeout`, `:shutdown_timeout` - as for
-      `SynapseCore.Agent.start_link/1`.
+  #{SynapseCore.Options.docs(Keyword.take(Options.bridge_schema(), [:name, :module]))}
+
+  and the worker options of `SynapseCore.Agent.start_link/1`:
+  #{Enum.map_join(Options.worker_keys(), ", ", &"`#{inspect(&1)}`")}.
 
   Raises `ArgumentError` for invalid options; a worker that cannot start
   (e.g. the module does not import) gives
@@ -83,10 +79,7 @@ defmodule SynapseCore.Bridge do
   """
   @spec start_link(keyword()) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts
-    |> Options.bridge!()
-    |> AgentSupervisor.start_and_await()
-    |> SynapseCore.Agent.unwrap_start_error()
+    opts |> Options.bridge!() |> SynapseCore.Agent.start_validated()
   end
 
   @doc false
@@ -95,8 +88,8 @@ defmodule SynapseCore.Bridge do
   @spec call(server(), binary(), String.t(), map(), keyword()) ::
           {:ok, map()} | {:error, Error.t()}
   def call(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: @timeout)
-    options = %{timeout: opts[:timeout], window: :infinity}
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
+    options = %{timeout: opts.timeout, window: :infinity}
 
     with {:ok, run} <- start(server, descriptor, method, request, :unary, options) do
       Run.await(run, :infinity)
@@ -108,11 +101,11 @@ defmodule SynapseCore.Bridge do
   # a server-streaming `method`. Raises SynapseCore.Error on failure.
   @spec stream(server(), binary(), String.t(), map(), keyword()) :: Enumerable.t()
   def stream(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: @timeout, window: @window)
-    options = %{timeout: opts[:timeout], window: opts[:window]}
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_stream_schema(), "a bridge stream")
+    options = %{timeout: opts.timeout, window: opts.window}
 
     fn -> start(server, descriptor, method, request, :stream, options) end
-    |> Run.stream(opts[:window], :halt)
+    |> Run.stream(opts.window, :halt)
     |> Stream.map(fn {:message, message} -> message end)
   end
 
