@@ -18,8 +18,7 @@ defmodule SynapseCore.BridgeConfigTest do
   @client SynapseFixtures.Shop
 
   setup_all do
-    dir =
-      Path.join(System.tmp_dir!(), "synapse-bridge-config-#{System.unique_integer([:positive])}")
+    dir = tmp_dir("synapse-bridge-config")
 
     ebin = Path.join(dir, "ebin")
     File.mkdir_p!(ebin)
@@ -198,9 +197,11 @@ defmodule SynapseCore.BridgeConfigTest do
             "cannot read the bridge config /nonexistent/b.json: no such file or directory"} =
              Config.read("/nonexistent/b.json")
 
-    path = Path.join(System.tmp_dir!(), "bridge-#{System.unique_integer([:positive])}.json")
+    dir = tmp_dir("synapse-bridge-json")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    path = Path.join(dir, "bridge.json")
     File.write!(path, "{")
-    on_exit(fn -> File.rm(path) end)
     assert {:error, "the bridge config " <> message} = Config.read(path)
     assert message =~ "is not valid JSON"
   end

@@ -25,7 +25,7 @@ defmodule SynapseCore.ClusterTest do
 
     # A bridge's files, on the disk the nodes share; its client is compiled
     # on this node only, which runs no bridge worker.
-    dir = Path.join(System.tmp_dir!(), "synapse-cluster-#{System.unique_integer([:positive])}")
+    dir = tmp_dir("synapse-cluster")
     on_exit(fn -> File.rm_rf!(dir) end)
 
     {:ok, files} =

@@ -151,7 +151,12 @@ defmodule Mix.Tasks.Synapse.Gen.Bridge do
   @spec generate(String.t() | nil, keyword()) :: {:ok, [Path.t()]} | {:error, String.t()}
   def generate(module, opts) do
     out = Keyword.get(opts, :out, "priv/synapse_bridge")
-    tmp = Path.join(System.tmp_dir!(), "synapse-bridge-#{System.unique_integer([:positive])}")
+    # Unique on the machine (another generation may run at the same time).
+    tmp =
+      Path.join(
+        System.tmp_dir!(),
+        "synapse-bridge-#{System.pid()}-#{System.unique_integer([:positive])}"
+      )
 
     try do
       with {:ok, config} <- config(opts[:config]),
