@@ -162,7 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     generate_command = commands.add_parser(
         "generate",
         help="generate (or --check) the files of one module's bridge",
-        description="Generate (or --check) the files of one module's bridge.",
+        description="Generate (or --check) the Python side of one module's bridge: the IR, "
+        "the .proto, its descriptor set and the Python server. The Elixir client is written "
+        "from them by mix synapse.gen.bridge.",
     )
     generate_command.add_argument(
         "--module",
