@@ -62,10 +62,8 @@ defmodule SynapseCore.Bridge.Client do
       string. The functions are checked when the client is compiled.
   """
 
-  alias SynapseCore.Bridge.Codec
+  alias SynapseCore.Bridge.{Codec, Types}
   alias SynapseCore.{Bridge, Error}
-
-  @scalars [:none | Codec.scalars()]
 
   @declarations [defbridge: 2, defmodel: 2, defenum: 2, deftype: 2]
 
@@ -113,12 +111,12 @@ defmodule SynapseCore.Bridge.Client do
 
     context =
       env.module
-      |> context(declarations)
+      |> Types.context(declarations)
       |> Map.merge(%{python_module: client[:python_module], service: client[:service]})
 
     types =
       for {kind, name, opts} <- declarations, kind in [:model, :enum] do
-        type_module(kind, Map.fetch!(context.names, short(name)), opts, context)
+        type_module(kind, Map.fetch!(context.names, Types.short(name)), opts, context)
       end
 
     functions = for {:function, name, opts} <- declarations, do: function(name, opts, context)
@@ -142,270 +140,6 @@ defmodule SynapseCore.Bridge.Client do
     end
   end
 
-  ## The declared types
-
-  # Names (the last part of an alias) to what they declare.
-  defp context(client, declarations) do
-    names =
-      for {kind, name, opts} <- declarations, kind != :function, into: %{} do
-        case kind do
-          :custom -> {short(name), custom(name, opts)}
-          _ -> {short(name), Module.concat(client, short(name))}
-        end
-      end
-
-    kinds =
-      for {kind, name, _} <- declarations,
-          kind in [:model, :enum],
-          into: %{},
-          do: {Module.concat(client, short(name)), kind}
-
-    %{client: client, names: names, kinds: kinds}
-  end
-
-  defp short(name) when is_atom(name) do
-    case Module.split(name) do
-      [short] -> short
-      _ -> raise ArgumentError, "a bridge type is named by one alias, got: #{inspect(name)}"
-    end
-  end
-
-  defp custom(name, opts) do
-    opts = Keyword.validate!(opts, [:python, :proto, elixir: nil, spec: nil])
-    scalar = opts[:proto]
-
-    unless scalar in Codec.scalars() do
-      raise ArgumentError,
-            "deftype #{short(name)}: :proto must be a scalar, got: #{inspect(scalar)}"
-    end
-
-    conversion = opts[:elixir]
-
-    if conversion != nil do
-      check_conversion!(short(name), opts[:python], conversion)
-    end
-
-    spec =
-      cond do
-        opts[:spec] -> Code.string_to_quoted!(opts[:spec])
-        conversion -> quote(do: term())
-        true -> nil
-      end
-
-    {:custom, scalar, conversion, spec}
-  end
-
-  defp check_conversion!(name, python, {module, encode, decode})
-       when is_atom(module) and is_atom(encode) and is_atom(decode) do
-    case Code.ensure_compiled(module) do
-      {:module, ^module} ->
-        :ok
-
-      {:error, reason} ->
-        raise ArgumentError,
-              "the custom type #{name} (Python #{python}) converts with #{inspect(module)}, which is not available (#{reason})"
-    end
-
-    for function <- [encode, decode], not function_exported?(module, function, 1) do
-      raise ArgumentError,
-            "the custom type #{name} (Python #{python}) converts with " <>
-              "#{inspect(module)}.#{function}/1, which is not defined"
-    end
-  end
-
-  defp check_conversion!(name, _python, other) do
-    raise ArgumentError,
-          "deftype #{name}: :elixir must be {module, encode, decode}, got: #{inspect(other)}"
-  end
-
-  # A declared type with its names resolved: models and enums become their
-  # modules, custom types {:custom, scalar, conversion}.
-  defp resolve(type, context, where) do
-    case type do
-      scalar when scalar in @scalars ->
-        scalar
-
-      {kind, inner} when kind in [:optional, :list, :map] ->
-        {kind, resolve(inner, context, where)}
-
-      {:tuple, items} when is_list(items) ->
-        {:tuple, Enum.map(items, &resolve(&1, context, where))}
-
-      {:union, members} when is_list(members) ->
-        {:union, for({field, member} <- members, do: {field, resolve(member, context, where)})}
-
-      name when is_atom(name) ->
-        case Map.fetch(context.names, short(name)) do
-          {:ok, {:custom, scalar, conversion, _spec}} ->
-            {:custom, scalar, conversion}
-
-          {:ok, module} ->
-            module
-
-          :error ->
-            raise ArgumentError,
-                  "#{where}: unknown type #{inspect(name)} (declare it with defmodel, defenum or deftype)"
-        end
-
-      other ->
-        raise ArgumentError, "#{where}: not a bridge type: #{inspect(other)}"
-    end
-  end
-
-  # The typespec of a resolved type, as the client accepts it (`given`) or
-  # returns it.
-  defp spec(type, given, context) do
-    case type do
-      :int64 ->
-        quote(do: integer())
-
-      :double ->
-        if given, do: quote(do: number()), else: quote(do: float())
-
-      :bool ->
-        quote(do: boolean())
-
-      :string ->
-        quote(do: String.t())
-
-      :bytes ->
-        quote(do: binary())
-
-      :date ->
-        quote(do: Date.t())
-
-      :datetime when given ->
-        quote(do: DateTime.t() | NaiveDateTime.t())
-
-      :datetime ->
-        quote(do: DateTime.t())
-
-      :none ->
-        nil
-
-      {:optional, inner} ->
-        quote(do: unquote(spec(inner, given, context)) | nil)
-
-      {:list, inner} ->
-        [spec(inner, given, context)]
-
-      {:map, inner} ->
-        quote(do: %{optional(String.t()) => unquote(spec(inner, given, context))})
-
-      {:tuple, items} ->
-        {:{}, [], Enum.map(items, &spec(&1, given, context))}
-
-      {:union, members} ->
-        members |> Enum.map(&spec(elem(&1, 1), given, context)) |> union()
-
-      {:custom, scalar, conversion} ->
-        custom_spec(scalar, conversion, context) || spec(scalar, given, context)
-
-      module ->
-        module_spec(module, given and context.kinds[module] == :model)
-    end
-  end
-
-  defp module_spec(module, true), do: quote(do: unquote(module).t() | map())
-  defp module_spec(module, false), do: quote(do: unquote(module).t())
-
-  defp custom_spec(_scalar, nil, _context), do: nil
-
-  defp custom_spec(scalar, conversion, context) do
-    Enum.find_value(context.names, fn
-      {_, {:custom, ^scalar, ^conversion, spec}} -> spec
-      _ -> nil
-    end)
-  end
-
-  defp union([one]), do: one
-  defp union([first | rest]), do: quote(do: unquote(first) | unquote(union(rest)))
-
-  ## Fields: parameters, options and model fields
-
-  defp field({name, opts}, context, where) when is_list(opts) do
-    opts =
-      Keyword.validate!(opts, [
-        :type,
-        :default,
-        :default_factory,
-        description: nil,
-        constraints: []
-      ])
-
-    type = resolve(Keyword.fetch!(opts, :type), context, "#{where}, #{name}")
-    required = not Keyword.has_key?(opts, :default) and opts[:default_factory] == nil
-
-    %{
-      name: name,
-      type: type,
-      required: required,
-      # An unset list or map means "the default" unless the default is empty.
-      presence:
-        not required and not (opts[:default_factory] == nil and opts[:default] in [[], %{}]),
-      facts: Keyword.take(opts, [:default, :default_factory, :description, :constraints])
-    }
-  end
-
-  defp field({name, type}, context, where), do: field({name, [type: type]}, context, where)
-
-  defp wire(field), do: Codec.wire_type(codec_type(field.type), field.presence)
-
-  defp codec_type({:optional, inner}), do: {:optional, codec_type(inner)}
-  defp codec_type({kind, inner}) when kind in [:list, :map], do: {kind, codec_type(inner)}
-  defp codec_type({:tuple, items}), do: {:tuple, Enum.map(items, &codec_type/1)}
-  defp codec_type({:union, members}), do: {:union, for({f, t} <- members, do: {f, codec_type(t)})}
-  defp codec_type(type), do: type
-
-  # What a reader needs to know of a field beyond its type: its description,
-  # whether it may be nil, its default and its constraints.
-  defp facts(field) do
-    facts = field.facts
-
-    [
-      facts[:description] && String.trim_trailing(String.trim(facts[:description]), ".") <> ".",
-      field.required and match?({:optional, _}, field.type) && "May be `nil`.",
-      Keyword.has_key?(facts, :default) &&
-        "Defaults to `#{inspect(facts[:default], charlists: :as_lists, limit: :infinity)}`.",
-      facts[:default_factory] &&
-        "Defaults to the result of `#{String.replace(facts[:default_factory], ":", ".")}()`.",
-      facts[:constraints] != [] &&
-        "Constraints: #{Enum.map_join(facts[:constraints], ", ", &constraint/1)}.",
-      datetime?(field.type) && "A `NaiveDateTime` is taken as UTC."
-    ]
-    |> Enum.filter(&is_binary/1)
-    |> Enum.join(" ")
-  end
-
-  defp constraint({key, value}) do
-    shown = inspect(value)
-
-    case key do
-      :gt -> "`> #{shown}`"
-      :ge -> "`>= #{shown}`"
-      :lt -> "`< #{shown}`"
-      :le -> "`<= #{shown}`"
-      :multiple_of -> "a multiple of `#{shown}`"
-      :min_length -> "length `>= #{shown}`"
-      :max_length -> "length `<= #{shown}`"
-      :pattern -> "matches `~r/#{value}/`"
-      other -> "#{other} `#{shown}`"
-    end
-  end
-
-  defp datetime?(:datetime), do: true
-  defp datetime?({kind, inner}) when kind in [:optional, :list], do: datetime?(inner)
-  defp datetime?(_type), do: false
-
-  defp bullet(label, field, given, context) do
-    type = field.type |> spec(given, context) |> Macro.to_string()
-
-    case facts(field) do
-      "" -> "  * #{label} (`#{type}`)"
-      facts -> "  * #{label} (`#{type}`) - #{facts}"
-    end
-  end
-
   ## Functions
 
   defp function(name, opts, context) do
@@ -422,9 +156,9 @@ defmodule SynapseCore.Bridge.Client do
       ])
 
     where = "defbridge #{inspect(name)}"
-    params = Enum.map(opts[:params], &field(&1, context, where))
-    options = Enum.map(opts[:options], &field(&1, context, where))
-    returns = resolve(Keyword.fetch!(opts, :returns), context, "#{where}, :returns")
+    params = Enum.map(opts[:params], &Types.field(&1, context, where))
+    options = Enum.map(opts[:options], &Types.field(&1, context, where))
+    returns = Types.resolve(Keyword.fetch!(opts, :returns), context, "#{where}, :returns")
     kind = opts[:kind]
 
     unless kind in [:sync, :async, :stream] do
@@ -435,14 +169,14 @@ defmodule SynapseCore.Bridge.Client do
     call = %{
       method: "#{context.service}/#{Keyword.fetch!(opts, :rpc)}",
       stream: kind == :stream,
-      params: Enum.map(params, &{Atom.to_string(&1.name), wire(&1)}),
-      options: Enum.map(options, &{&1.name, Atom.to_string(&1.name), wire(&1)}),
-      returns: if(returns == :none, do: :none, else: Codec.wire_type(codec_type(returns)))
+      params: Enum.map(params, &{Atom.to_string(&1.name), Types.wire(&1)}),
+      options: Enum.map(options, &{&1.name, Atom.to_string(&1.name), Types.wire(&1)}),
+      returns: if(returns == :none, do: :none, else: Codec.wire_type(returns))
     }
 
     args = Enum.map(params, &Macro.var(variable(&1.name), __MODULE__.Arguments))
-    arg_specs = Enum.map(params, &spec(&1.type, true, context))
-    result = spec(returns, false, context)
+    arg_specs = Enum.map(params, &Types.spec(&1.type, true, context))
+    result = Types.spec(returns, false, context)
     doc = function_doc(name, opts, {kind, returns}, params, options, context)
     define = &definition(&1, &2, &3, {args, arg_specs}, &4, call)
 
@@ -512,11 +246,11 @@ defmodule SynapseCore.Bridge.Client do
     parameters =
       if params != [] do
         "## Parameters\n\n" <>
-          Enum.map_join(params, "\n", &bullet("`#{&1.name}`", &1, true, context))
+          Enum.map_join(params, "\n", &Types.bullet("`#{&1.name}`", &1, true, context))
       end
 
     call_options =
-      Enum.map(options, &bullet("`#{inspect(&1.name)}`", &1, true, context)) ++
+      Enum.map(options, &Types.bullet("`#{inspect(&1.name)}`", &1, true, context)) ++
         [
           "  * `:timeout`#{if kind == :stream, do: ", `:window`"} - see \"Call options\" in `SynapseCore.Bridge`."
         ]
@@ -534,7 +268,7 @@ defmodule SynapseCore.Bridge.Client do
           "Calls #{python}, an `async def` function."
 
         {:stream, _} ->
-          "Returns a lazy stream of `#{Macro.to_string(spec(returns, false, context))}`: " <>
+          "Returns a lazy stream of `#{Macro.to_string(Types.spec(returns, false, context))}`: " <>
             "what the async generator #{python} yields, as it yields it. Enumerating it raises " <>
             "`SynapseCore.Error` if the call fails; halting it cancels the call."
       end
@@ -553,11 +287,11 @@ defmodule SynapseCore.Bridge.Client do
 
   defp type_module(:model, module, opts, context) do
     opts = Keyword.validate!(opts, [:python, doc: nil, fields: []])
-    fields = Enum.map(opts[:fields], &field(&1, context, "defmodel #{inspect(module)}"))
+    fields = Enum.map(opts[:fields], &Types.field(&1, context, "defmodel #{inspect(module)}"))
 
     field_specs =
       for field <- fields do
-        spec = spec(field.type, false, context)
+        spec = Types.spec(field.type, false, context)
 
         spec =
           if field.required or match?({:optional, _}, field.type),
@@ -567,7 +301,7 @@ defmodule SynapseCore.Bridge.Client do
         {field.name, spec}
       end
 
-    wire_fields = Enum.map(fields, &{&1.name, Atom.to_string(&1.name), wire(&1)})
+    wire_fields = Enum.map(fields, &{&1.name, Atom.to_string(&1.name), Types.wire(&1)})
 
     quote do
       defmodule unquote(module) do
@@ -610,7 +344,7 @@ defmodule SynapseCore.Bridge.Client do
       defmodule unquote(module) do
         @moduledoc unquote(doc)
 
-        @type t :: unquote(union(elixir))
+        @type t :: unquote(Types.union(elixir))
 
         @doc false
         def __bridge__(:kind), do: :enum
@@ -632,7 +366,8 @@ defmodule SynapseCore.Bridge.Client do
     if fields == [] do
       intro
     else
-      bullets = Enum.map_join(fields, "\n", &bullet("`#{inspect(&1.name)}`", &1, false, context))
+      bullets =
+        Enum.map_join(fields, "\n", &Types.bullet("`#{inspect(&1.name)}`", &1, false, context))
 
       "#{intro}\n\n## Fields\n\n#{bullets}\n\nA field left `nil` takes its Python default, " <>
         "if it has one. Functions accept a `#{inspect(module)}` or a map with the same (atom) keys."
