@@ -4,6 +4,8 @@ defmodule SynapseCore.SecretsTest do
   use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
+
+  require Logger
   import SynapseCore.TestHelpers
 
   alias SynapseCore.{Agent, Channel, Native}
@@ -106,6 +108,8 @@ defmodule SynapseCore.SecretsTest do
     log =
       capture_log(fn ->
         assert {:error, _} = Supervisor.start_link([spec], strategy: :one_for_one)
+        # The supervisor's report is logged by another process: wait for it.
+        Logger.flush()
       end)
 
     assert log =~ "no_such_module"
