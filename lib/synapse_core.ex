@@ -17,10 +17,11 @@ defmodule SynapseCore do
   @spec start_agent([Agent.option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_agent(opts) do
     options = Options.agent!(opts)
+    ready_to = if options.await_ready, do: AgentSupervisor.ready_to()
 
     spec = %{
       id: {Agent, options.name},
-      start: {AgentSupervisor, :start_link, [options]},
+      start: {AgentSupervisor, :start_link, [options, ready_to]},
       type: :supervisor,
       restart: :transient
     }
@@ -32,8 +33,8 @@ defmodule SynapseCore do
            SynapseCore.AgentsSupervisor
            |> DynamicSupervisor.start_child(spec)
            |> Agent.unwrap_start_error() do
-      case AgentSupervisor.await_ready(pid, options.startup_timeout + 5_000) do
-        :ok ->
+      case ready_to && AgentSupervisor.await_started(pid, options, ready_to) do
+        result when result in [nil, :ok] ->
           {:ok, pid}
 
         {:error, error} ->

@@ -13,7 +13,7 @@ defmodule SynapseCore.FaultsTest do
   defp replaced(name, old_os_pid) do
     eventually(
       fn -> match?([%{os_pid: new}] when new != old_os_pid, Agent.workers(name)) end,
-      10_000
+      30_000
     )
   end
 
@@ -124,16 +124,16 @@ defmodule SynapseCore.FaultsTest do
 
     assert Enum.count(replies, &match?({:error, %Error{kind: :unavailable}}, &1)) > 0
     starts = log |> File.read!() |> String.split("\n", trim: true) |> length()
-    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not hundreds.
-    assert starts in 2..9
+    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not
+    # hundreds (how many depends on how long a Python takes to start here).
+    assert starts in 1..9
 
     File.rm!(flag)
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 40_000)
   end
 
   defp shepherd_os_pid(process) do
-    port = :sys.get_state(process).port
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    os_pid
+    {_state, data} = :sys.get_state(process)
+    SynapseCore.Shepherd.os_pid(data.shepherd)
   end
 end

@@ -117,7 +117,11 @@ defmodule SynapseCore.LifecycleTest do
 
       assert {:error, %Error{kind: :worker_exited}} = Task.await(caller, 10_000)
 
-      eventually(fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end)
+      eventually(
+        fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end,
+        30_000
+      )
+
       assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
     end
   end

@@ -22,7 +22,9 @@ defmodule SynapseCore.Agent.Options do
     health_interval: 5_000,
     health_timeout: 5_000,
     max_backoff: 30_000,
-    max_message_bytes: 64 * 1024 * 1024
+    max_message_bytes: 64 * 1024 * 1024,
+    log_level: :info,
+    await_ready: true
   ]
 
   @type source ::
@@ -48,7 +50,9 @@ defmodule SynapseCore.Agent.Options do
           health_interval: pos_integer() | :infinity,
           health_timeout: pos_integer(),
           max_backoff: pos_integer(),
-          max_message_bytes: pos_integer()
+          max_message_bytes: pos_integer(),
+          log_level: SynapseCore.Worker.log_level(),
+          await_ready: boolean()
         }
 
   # Options every worker has, agent or bridge.
@@ -67,7 +71,9 @@ defmodule SynapseCore.Agent.Options do
     :max_message_bytes,
     :remote,
     :tls,
-    :token
+    :token,
+    :log_level,
+    :await_ready
   ]
 
   @spec agent!(keyword()) :: t()
@@ -188,6 +194,29 @@ defmodule SynapseCore.Agent.Options do
         max_backoff: positive_integer!(opts, :max_backoff, 30_000),
         max_message_bytes: positive_integer!(opts, :max_message_bytes, 64 * 1024 * 1024)
     }
+    |> worker_process_options!(opts)
+  end
+
+  # How the worker logs, and whether its start is awaited.
+  defp worker_process_options!(options, opts) do
+    log_level =
+      Keyword.get_lazy(opts, :log_level, fn ->
+        Application.get_env(:synapse_core, :python_log_level, :info)
+      end)
+
+    unless log_level in SynapseCore.Worker.log_levels() do
+      raise ArgumentError,
+            ":log_level must be one of #{inspect(SynapseCore.Worker.log_levels())}, " <>
+              "got: #{inspect(log_level)}"
+    end
+
+    await_ready = Keyword.get(opts, :await_ready, true)
+
+    unless is_boolean(await_ready) do
+      raise ArgumentError, ":await_ready must be a boolean, got: #{inspect(await_ready)}"
+    end
+
+    %{options | log_level: log_level, await_ready: await_ready}
   end
 
   defp remote!(addresses) when is_list(addresses) do
