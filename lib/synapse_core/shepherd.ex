@@ -179,12 +179,6 @@ defmodule SynapseCore.Shepherd do
     finish(state, nil, "the port of synapse-shepherd closed (#{inspect(reason)})")
   end
 
-  # The owner is gone: nobody will stop the worker but this process.
-  def handle_info({:EXIT, owner, _reason}, %{owner: owner} = state) do
-    command(state, Protocol.encode_stop())
-    {:noreply, %{await_end(state, state.grace + @stop_slack) | owner: nil}}
-  end
-
   def handle_info({:EXIT, _other, _reason}, state), do: {:noreply, state}
 
   def handle_info(:confirm_timeout, state) do
@@ -246,12 +240,46 @@ defmodule SynapseCore.Shepherd do
 
   defp await_end(state, _timeout), do: state
 
+  # The owner (this process's parent) is gone, or this process was told to
+  # go: nobody will stop the worker but this process, now. A graceful stop,
+  # waited for here, or the kill.
+  @impl true
+  def terminate(_reason, %{port: port} = state) when port != nil do
+    command(state, Protocol.encode_stop())
+    deadline = System.monotonic_time(:millisecond) + state.grace + @stop_slack
+    status = await_exit(state, deadline)
+    finish(%{state | owner: nil}, status, "stopped")
+  end
+
+  def terminate(_reason, _state), do: :ok
+
+  defp await_exit(%{port: port} = state, deadline) do
+    receive do
+      {^port, {:data, data}} ->
+        case Protocol.decode(data) do
+          {:exited, status} ->
+            status
+
+          frame ->
+            if Protocol.output?(frame), do: command(state, Protocol.encode_ack(1))
+            await_exit(state, deadline)
+        end
+
+      {^port, {:exit_status, _}} ->
+        nil
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) -> nil
+    end
+  end
+
   # The worker is gone, or this process makes sure it is: without the
-  # shepherd's confirmation, its group and the shepherd are killed here.
+  # shepherd's confirmation, its group and the shepherd are killed here, and
+  # this returns once they are dead.
   defp finish(state, status, message) do
     if status == nil do
-      kill_group(state.os_pid)
       Native.shepherd_kill(state.shepherd_os_pid, false)
+      kill_group(state.os_pid)
+      await_dead(state.os_pid, state.shepherd_os_pid)
     end
 
     close(state.port)
@@ -260,7 +288,63 @@ defmodule SynapseCore.Shepherd do
     log = Log.flush(state.log)
     report(state, {:exited, %{status: status, message: message, output: Log.tail(log)}})
     Enum.each(state.stoppers, &GenServer.reply(&1, :ok))
-    {:stop, :normal, %{state | log: log, stoppers: []}}
+    {:stop, :normal, %{state | port: nil, log: log, stoppers: []}}
+  end
+
+  # SIGKILL is not instant: wait (a little) until no process of the group,
+  # nor the shepherd, is still running (zombies do not count).
+  @dead_poll 10
+  @dead_limit 1_000
+
+  defp await_dead(pgid, shepherd_os_pid) do
+    await_dead(pgid, shepherd_os_pid, System.monotonic_time(:millisecond) + @dead_limit)
+  end
+
+  defp await_dead(pgid, shepherd_os_pid, deadline) do
+    cond do
+      not running?(shepherd_os_pid) and group_running(pgid) == [] ->
+        :ok
+
+      System.monotonic_time(:millisecond) >= deadline ->
+        :ok
+
+      true ->
+        Process.sleep(@dead_poll)
+        await_dead(pgid, shepherd_os_pid, deadline)
+    end
+  end
+
+  # From /proc where there is one; elsewhere the kill is trusted.
+  defp running?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> hd(stat_fields(stat)) not in ["Z", "X"]
+      {:error, _} -> false
+    end
+  end
+
+  defp group_running(nil), do: []
+
+  defp group_running(pgid) do
+    pgid = Integer.to_string(pgid)
+
+    case File.ls("/proc") do
+      {:ok, entries} ->
+        for entry <- entries,
+            entry =~ ~r/^\d+$/,
+            {:ok, stat} <- [File.read("/proc/#{entry}/stat")],
+            [state, _ppid, ^pgid | _] <- [stat_fields(stat)],
+            state not in ["Z", "X"],
+            do: entry
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  # The fields after the command name, which is in parentheses and may
+  # contain anything: state, ppid, pgrp, ...
+  defp stat_fields(stat) do
+    stat |> :binary.split(") ", [:global]) |> List.last() |> String.split(" ")
   end
 
   defp report(%{owner: nil}, _event), do: :ok

@@ -4,7 +4,111 @@ defmodule SynapseCore.OrphansTest do
 
   import SynapseCore.TestHelpers
 
+  alias SynapseCore.{Agent, Result, Shepherd}
+
   @moduletag capture_log: true
+
+  # An agent whose worker starts a long-lived subprocess (`sleep`), in the
+  # worker's process group: returns its name, the pid file and a function
+  # reading the grandchildren's pids.
+  defp start_grandchild_agent(extra \\ []) do
+    dir = Path.join(System.tmp_dir!(), "synapse-orphans-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    pids = Path.join(dir, "pids")
+    name = unique_name()
+
+    opts =
+      fixture_agent("x",
+        name: name,
+        agent: "synapse_fixtures.grandchild:agent",
+        env: [{"SYNAPSE_TEST_GRANDCHILD_PID", pids}]
+      )
+
+    {:ok, _} = SynapseCore.start_agent(Keyword.merge(opts, extra))
+
+    on_exit(fn ->
+      SynapseCore.stop_agent(name)
+      File.rm_rf!(dir)
+    end)
+
+    [%{pid: worker, os_pid: os_pid}] = await_workers(name)
+    {name, worker, os_pid, fn -> read_pids(pids) end}
+  end
+
+  defp read_pids(file) do
+    file |> File.read!() |> String.split("\n", trim: true) |> Enum.map(&String.to_integer/1)
+  end
+
+  defp shepherd_of(worker) do
+    {_state, data} = :sys.get_state(worker)
+    {data.shepherd, Shepherd.os_pid(data.shepherd)}
+  end
+
+  defp signal(os_pid, signal), do: System.cmd("kill", ["-#{signal}", Integer.to_string(os_pid)])
+
+  describe "no process of a worker's group survives" do
+    test "a SIGKILLed shepherd: its worker's subprocess dies too, before a new worker starts" do
+      {name, worker, os_pid, grandchildren} = start_grandchild_agent()
+      [grandchild] = grandchildren.()
+      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+
+      signal(shepherd_os_pid, "KILL")
+
+      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end)
+      # The replacement starts its own subprocess, and serves.
+      eventually(fn -> length(grandchildren.()) == 2 end, 30_000)
+      await_workers(name)
+      assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+    end
+
+    test "a stopped (SIGSTOP) shepherd: stop_agent ends the group and the shepherd itself" do
+      {name, worker, os_pid, grandchildren} = start_grandchild_agent(shutdown_timeout: 500)
+      [grandchild] = grandchildren.()
+      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+
+      signal(shepherd_os_pid, "STOP")
+      assert :ok = SynapseCore.stop_agent(name)
+
+      refute os_alive?(os_pid)
+      refute os_alive?(grandchild)
+      refute os_alive?(shepherd_os_pid)
+    end
+
+    test "the BEAM-side processes killed: the worker's group goes with them" do
+      {name, worker, os_pid, grandchildren} = start_grandchild_agent()
+      [grandchild] = grandchildren.()
+      {shepherd, _} = shepherd_of(worker)
+
+      Process.exit(worker, :kill)
+      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end, 10_000)
+      refute Process.alive?(shepherd)
+
+      # Its replacement; then the same with the shepherd's BEAM process.
+      eventually(fn -> length(grandchildren.()) == 2 end, 30_000)
+      [%{pid: worker, os_pid: os_pid}] = await_workers(name)
+      [_, grandchild] = grandchildren.()
+      {shepherd, _} = shepherd_of(worker)
+
+      Process.exit(shepherd, :kill)
+      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end, 10_000)
+    end
+
+    test "the BEAM-side process killed while its shepherd is stopped" do
+      {_name, worker, os_pid, grandchildren} = start_grandchild_agent(shutdown_timeout: 500)
+      [grandchild] = grandchildren.()
+      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+
+      signal(shepherd_os_pid, "STOP")
+      Process.exit(worker, :kill)
+
+      eventually(
+        fn ->
+          not os_alive?(os_pid) and not os_alive?(grandchild) and not os_alive?(shepherd_os_pid)
+        end,
+        10_000
+      )
+    end
+  end
 
   test "stopping the application stops every worker" do
     name = unique_name()
