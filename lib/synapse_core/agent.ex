@@ -59,6 +59,9 @@ defmodule SynapseCore.Agent do
           | {:cwd, Path.t()}
           | {:startup_timeout, pos_integer()}
           | {:shutdown_timeout, non_neg_integer()}
+          | {:await_ready, boolean()}
+          | {:log_level, SynapseCore.Worker.log_level()}
+          | {:max_stuck_threads, non_neg_integer()}
 
   @typedoc "Options of a run; see `run_sync/3`."
   @type run_option ::
@@ -89,7 +92,7 @@ defmodule SynapseCore.Agent do
 
   @doc """
   Starts an agent and links it to the caller. Returns once every worker is
-  ready and has loaded the agent.
+  ready and has loaded the agent (unless `await_ready: false`).
 
   ## Options
 
@@ -126,9 +129,38 @@ defmodule SynapseCore.Agent do
       not inherit the BEAM's environment otherwise; see `SynapseCore.Python`.
     * `:cwd` - the worker's working directory. Defaults to the BEAM's.
     * `:startup_timeout` - milliseconds a worker has to start, import the
-      agent and be ready. Defaults to `30_000`.
+      agent and be ready. A worker that is not ready in time fails its
+      start with `:startup_failed`: with `await_ready: true`, `start_link/1`
+      returns that error (in a supervision tree, the application does not
+      start); with `await_ready: false`, see that option. Defaults to
+      `30_000`.
     * `:shutdown_timeout` - milliseconds a stopping worker has between
-      SIGTERM and SIGKILL. Defaults to `5_000`.
+      SIGTERM and SIGKILL; the worker gives its calls in flight most of it
+      to finish. Defaults to `5_000`.
+    * `:await_ready` - whether `start_link/1` waits for the workers' first
+      start (`true`, the default) or returns as soon as the agent's
+      processes exist (`false`): then the workers start in the background,
+      the agents of a supervision tree start in parallel, and calls get
+      `:unavailable` until a worker serves. `SynapseCore.AwaitReady` (a
+      child placed after the agents) or `SynapseCore.await_ready/2` waits
+      for them, failing with the first worker that cannot start. A worker
+      whose first start fails for good answers every call with that error.
+    * `:log_level` - the level of Python's logging in the workers
+      (`:debug`, `:info`, `:warning`, `:error` or `:critical`): records
+      below it are not even written. Each record the workers log becomes
+      one Logger entry, at the record's level, with its traceback in the
+      message and `:agent`, `:worker`, `:worker_os_pid` and
+      `:python_logger` in the metadata; each line of `print()` output one
+      entry at `:info`; a worker's entries are rate limited
+      (#{SynapseCore.Shepherd.Log.rate()} a second, with a summary of what
+      was dropped). Defaults to the application environment's
+      `:python_log_level` (`config :synapse_core, python_log_level: :debug`),
+      else `:info`.
+    * `:max_stuck_threads` - how many threads of sync Python tools may still
+      run after their run ended (timed out, cancelled: Python cannot stop
+      a thread) before the worker reports itself unhealthy and is replaced,
+      once its calls in flight are done. `workers/1` shows the count.
+      Defaults to `10`.
 
   Raises `ArgumentError` for invalid options. When a worker cannot start
   (no interpreter, a module that does not import, an attribute that is not

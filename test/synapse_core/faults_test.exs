@@ -132,6 +132,31 @@ defmodule SynapseCore.FaultsTest do
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 40_000)
   end
 
+  test "stuck sync tool threads: counted, and past the limit the worker drains and is replaced" do
+    name =
+      start_fault_agent!("stuck_tool_agent",
+        max_stuck_threads: 1,
+        health_interval: 200,
+        health_timeout: 1_000
+      )
+
+    [%{os_pid: os_pid, stuck_threads: 0}] = Agent.workers(name)
+
+    # Each run times out while its tool sleeps on: one stuck thread each.
+    assert {:error, %Error{kind: :timeout}} = Agent.run_sync(name, "30", timeout: 300)
+    eventually(fn -> match?([%{stuck_threads: 1}], Agent.workers(name)) end)
+
+    # A run in flight when the worker turns unhealthy is let finish.
+    in_flight = Task.async(fn -> Agent.run_sync(name, "3", timeout: 60_000) end)
+    Process.sleep(300)
+    assert {:error, %Error{kind: :timeout}} = Agent.run_sync(name, "30", timeout: 300)
+
+    assert {:ok, %Result{output: "unstuck"}} = Task.await(in_flight, 60_000)
+    replaced(name, os_pid)
+    eventually(fn -> not os_alive?(os_pid) end)
+    assert [%{stuck_threads: 0}] = Agent.workers(name)
+  end
+
   defp shepherd_os_pid(process) do
     {_state, data} = :sys.get_state(process)
     SynapseCore.Shepherd.os_pid(data.shepherd)

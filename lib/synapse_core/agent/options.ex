@@ -24,7 +24,8 @@ defmodule SynapseCore.Agent.Options do
     max_backoff: 30_000,
     max_message_bytes: 64 * 1024 * 1024,
     log_level: :info,
-    await_ready: true
+    await_ready: true,
+    max_stuck_threads: 10
   ]
 
   @type source ::
@@ -52,7 +53,8 @@ defmodule SynapseCore.Agent.Options do
           max_backoff: pos_integer(),
           max_message_bytes: pos_integer(),
           log_level: SynapseCore.Worker.log_level(),
-          await_ready: boolean()
+          await_ready: boolean(),
+          max_stuck_threads: non_neg_integer()
         }
 
   # Options every worker has, agent or bridge.
@@ -73,7 +75,8 @@ defmodule SynapseCore.Agent.Options do
     :tls,
     :token,
     :log_level,
-    :await_ready
+    :await_ready,
+    :max_stuck_threads
   ]
 
   @spec agent!(keyword()) :: t()
@@ -216,7 +219,12 @@ defmodule SynapseCore.Agent.Options do
       raise ArgumentError, ":await_ready must be a boolean, got: #{inspect(await_ready)}"
     end
 
-    %{options | log_level: log_level, await_ready: await_ready}
+    %{
+      options
+      | log_level: log_level,
+        await_ready: await_ready,
+        max_stuck_threads: non_negative_integer!(opts, :max_stuck_threads, 10)
+    }
   end
 
   defp remote!(addresses) when is_list(addresses) do
