@@ -45,6 +45,40 @@ defmodule SynapseCore do
   end
 
   @doc """
+  Waits until every worker of the agents (or bridges) `names` has started:
+  `:ok` once they serve, or the first error (a worker whose first start
+  failed). For agents started with `await_ready: false`; in a supervision
+  tree, `SynapseCore.AwaitReady` does this as a child.
+
+  Each worker has its agent's `:startup_timeout` to start; `timeout` bounds
+  the whole wait on top of that (default `:infinity`).
+  """
+  @spec await_ready(Agent.name() | [Agent.name()], timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(names, timeout \\ :infinity)
+
+  def await_ready(names, timeout) when is_list(names) do
+    Enum.reduce_while(names, :ok, fn name, :ok ->
+      case await_one(name, timeout) do
+        :ok -> {:cont, :ok}
+        {:error, error} -> {:halt, {:error, error}}
+      end
+    end)
+  end
+
+  def await_ready(name, timeout), do: await_ready([name], timeout)
+
+  defp await_one(name, timeout) do
+    case Registry.lookup(SynapseCore.AgentRegistry, name) do
+      [{supervisor, _}] ->
+        AgentSupervisor.await_ready(supervisor, timeout)
+
+      [] ->
+        {:error,
+         Error.new(:unknown_agent, "no agent or bridge named #{inspect(name)} is running")}
+    end
+  end
+
+  @doc """
   Stops an agent started with `start_agent/1`. Returns once its workers have
   exited.
   """
