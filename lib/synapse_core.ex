@@ -29,18 +29,22 @@ defmodule SynapseCore do
     # The supervisor returns once the agent's processes exist; the workers
     # start in parallel and are awaited here, outside it, so that agents
     # started together start together.
-    with {:ok, pid} <-
-           SynapseCore.AgentsSupervisor
-           |> DynamicSupervisor.start_child(spec)
-           |> Agent.unwrap_start_error() do
-      case ready_to && AgentSupervisor.await_started(pid, options, ready_to) do
-        result when result in [nil, :ok] ->
-          {:ok, pid}
+    case SynapseCore.AgentsSupervisor
+         |> DynamicSupervisor.start_child(spec)
+         |> Agent.unwrap_start_error() do
+      {:ok, pid} ->
+        case ready_to && AgentSupervisor.await_started(pid, options, ready_to) do
+          result when result in [nil, :ok] ->
+            {:ok, pid}
 
-        {:error, error} ->
-          DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid)
-          {:error, error}
-      end
+          {:error, error} ->
+            DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid)
+            {:error, error}
+        end
+
+      {:error, error} ->
+        AgentSupervisor.forget(ready_to)
+        {:error, error}
     end
   end
 

@@ -31,17 +31,22 @@ defmodule SynapseCore.AgentSupervisor do
   def start_and_await(%Options{} = options) do
     ready_to = ready_to()
 
-    with {:ok, supervisor} <- start_link(options, ready_to) do
-      case await_started(supervisor, options, ready_to) do
-        :ok ->
-          {:ok, supervisor}
+    case start_link(options, ready_to) do
+      {:ok, supervisor} ->
+        case await_started(supervisor, options, ready_to) do
+          :ok ->
+            {:ok, supervisor}
 
-        {:error, error} ->
-          # Unlinked first: the caller must not get the supervisor's exit.
-          Process.unlink(supervisor)
-          stop(supervisor)
-          {:error, error}
-      end
+          {:error, error} ->
+            # Unlinked first: the caller must not get the supervisor's exit.
+            Process.unlink(supervisor)
+            stop(supervisor)
+            {:error, error}
+        end
+
+      {:error, reason} ->
+        forget(ready_to)
+        {:error, reason}
     end
   end
 
@@ -49,13 +54,22 @@ defmodule SynapseCore.AgentSupervisor do
   @spec ready_to() :: Worker.ready_to()
   def ready_to, do: {:erlang.alias(), self()}
 
+  @doc "Stops listening to `ready_to`: later reports are dropped."
+  @spec forget(Worker.ready_to()) :: :ok
+  def forget(nil), do: :ok
+
+  def forget({alias, _starter}) do
+    :erlang.unalias(alias)
+    :ok
+  end
+
   @doc """
   Waits for the first start of every worker of `supervisor`, which was
   given `ready_to`: `:ok`, or the first error. The supervisor stopping
   meanwhile (`SynapseCore.stop_agent/1`) is an error too, not an exit.
   """
   @spec await_started(pid(), Options.t(), Worker.ready_to()) :: :ok | {:error, Error.t()}
-  def await_started(supervisor, %Options{} = options, {alias, _starter}) do
+  def await_started(supervisor, %Options{} = options, {alias, _starter} = ready_to) do
     monitor = Process.monitor(supervisor)
     deadline = System.monotonic_time(:millisecond) + options.startup_timeout + 5_000
     expected = options.workers + length(options.remote)
@@ -63,7 +77,7 @@ defmodule SynapseCore.AgentSupervisor do
     try do
       collect(alias, monitor, expected, deadline)
     after
-      :erlang.unalias(alias)
+      forget(ready_to)
       Process.demonitor(monitor, [:flush])
     end
   end

@@ -1,4 +1,13 @@
 defmodule SynapseCore.Worker do
+  @min_backoff 100
+  # A worker that served this long is healthy again: back-off starts over.
+  @stable_after 30_000
+  @health_failures 2
+  # A draining worker is polled for its calls in flight this often, and
+  # stopped at the latest after @drain_limit.
+  @drain_poll 100
+  @drain_limit 60_000
+
   @moduledoc """
   One Python worker of an agent or a bridge, as a state machine
   (`:gen_statem`): its OS process (through a `synapse-shepherd`, owned by a
@@ -16,13 +25,14 @@ defmodule SynapseCore.Worker do
       remote bridge answers a first health check. Together with
       `:starting`, bounded by `:startup_timeout`.
     * `:serving` - registered; health-checked every `:health_interval`.
-    * `:draining` - the worker reports itself unhealthy (e.g. too many
-      threads of timed-out sync tools, see `SynapseCore.Error`): it gets no
-      new calls and is replaced once its calls in flight are done (at most
-      #{div(60_000, 1000)} s later).
+    * `:draining` - the worker reports itself unhealthy (more stuck threads
+      of sync tools than `:max_stuck_threads`): it gets no new calls and is
+      replaced once its calls in flight are done (at most
+      #{div(@drain_limit, 1000)} s later).
     * `:backing_off` - the worker was lost; another starts after a back-off
-      of 100 ms doubling up to `:max_backoff` (±20% jitter, back to 100 ms
-      once a worker has served for 30 s), and only once the previous one's
+      of #{@min_backoff} ms doubling up to `:max_backoff` (±20% jitter, back
+      to #{@min_backoff} ms once a worker has served for
+      #{div(@stable_after, 1000)} s), and only once the previous one's
       processes are all gone.
     * `:failed` - the first start failed for good (see below).
 
@@ -30,9 +40,9 @@ defmodule SynapseCore.Worker do
 
   A worker that exits (a crash, a signal, `os._exit`) fails every call in
   flight on it at once with `:worker_exited`. A worker that does not answer
-  its health check (`SERVING` within `:health_timeout`) twice in a row is
-  killed: a hung worker is replaced within
-  `2 × (:health_interval + :health_timeout)`. Meanwhile calls get
+  its health check (`SERVING` within `:health_timeout`) #{@health_failures}
+  times in a row is killed: a hung worker is replaced within
+  `#{@health_failures} × (:health_interval + :health_timeout)`. Meanwhile calls get
   `:unavailable`, or, when the last start failed for a reason that retrying
   cannot fix, that reason: `:startup_failed` (with Python's message),
   `:unauthenticated` or `:tls_error`.
@@ -72,14 +82,6 @@ defmodule SynapseCore.Worker do
   alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd, Workers}
   alias SynapseCore.Shepherd.Protocol
 
-  @min_backoff 100
-  # A worker that served this long is healthy again: back-off starts over.
-  @stable_after 30_000
-  @health_failures 2
-  # A draining worker is polled for its calls in flight this often, and
-  # stopped at the latest after @drain_limit.
-  @drain_poll 100
-  @drain_limit 60_000
   # Exit codes of `python -m synapse_python.worker` that retrying cannot
   # fix: a bad command line, an agent or bridge that does not load; and
   # the shepherd's own for a program that cannot be started.

@@ -24,9 +24,12 @@ use crate::protocol::{
 };
 use crate::spawn::{signal_group, spawn_worker, Spawned};
 
-/// How long output is still drained after the worker exited: a descendant
-/// that escaped the process group could hold the pipes open forever.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long output is still drained after the worker exited without any
+/// coming (a descendant that escaped could hold the pipes open forever),
+/// and in all: the output already written is relayed as fast as the BEAM
+/// acknowledges it, but not forever.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Upper bound on how long the main loop sleeps, so that a termination
 /// signal received by the shepherd is acted upon promptly.
@@ -364,20 +367,23 @@ impl Supervisor {
             self.check_stop_triggers();
         };
 
-        let drain_until = Instant::now() + DRAIN_TIMEOUT;
+        let limit = Instant::now() + DRAIN_LIMIT;
+        let mut idle_until = Instant::now() + DRAIN_IDLE;
         while self.open_streams > 0 {
-            let left = drain_until.saturating_duration_since(Instant::now());
+            let left = idle_until
+                .min(limit)
+                .saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             match self.events.recv_timeout(left) {
                 // Commands can no longer apply, the group is gone; but
                 // acknowledgements still let the output through.
-                Ok(
-                    event @ (Event::Output(..)
-                    | Event::OutputClosed
-                    | Event::Command(Command::Ack(_))),
-                ) => self.handle(event),
+                Ok(event @ (Event::Output(..) | Event::OutputClosed)) => {
+                    idle_until = Instant::now() + DRAIN_IDLE;
+                    self.handle(event);
+                }
+                Ok(event @ Event::Command(Command::Ack(_))) => self.handle(event),
                 Ok(_) => {}
                 Err(_) => break,
             }
