@@ -17,7 +17,7 @@ defmodule SynapseCore do
   @spec start_agent([Agent.option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_agent(opts) do
     options = Options.agent!(opts)
-    ready_to = if options.await_ready, do: AgentSupervisor.ready_to()
+    ready_to = if options.await_ready, do: AgentSupervisor.ready_to(options)
 
     spec = %{
       id: {Agent, options.name},

@@ -29,7 +29,7 @@ defmodule SynapseCore.AgentSupervisor do
   def start_and_await(%Options{await_ready: false} = options), do: start_link(options)
 
   def start_and_await(%Options{} = options) do
-    ready_to = ready_to()
+    ready_to = ready_to(options)
 
     case start_link(options, ready_to) do
       {:ok, supervisor} ->
@@ -50,15 +50,22 @@ defmodule SynapseCore.AgentSupervisor do
     end
   end
 
-  @doc "Where workers report their first start to a starter: `{alias, pid}`."
-  @spec ready_to() :: Worker.ready_to()
-  def ready_to, do: {:erlang.alias(), self()}
+  @doc """
+  Where workers report their first start to the calling starter, and until
+  when: a worker that starts later (restarted after a crash) reports to
+  nobody.
+  """
+  @spec ready_to(Options.t()) :: Worker.ready_to()
+  def ready_to(%Options{} = options) do
+    deadline = System.monotonic_time(:millisecond) + options.startup_timeout + 5_000
+    {:erlang.alias(), self(), deadline}
+  end
 
   @doc "Stops listening to `ready_to`: later reports are dropped."
   @spec forget(Worker.ready_to()) :: :ok
   def forget(nil), do: :ok
 
-  def forget({alias, _starter}) do
+  def forget({alias, _starter, _deadline}) do
     :erlang.unalias(alias)
     :ok
   end
@@ -69,9 +76,8 @@ defmodule SynapseCore.AgentSupervisor do
   meanwhile (`SynapseCore.stop_agent/1`) is an error too, not an exit.
   """
   @spec await_started(pid(), Options.t(), Worker.ready_to()) :: :ok | {:error, Error.t()}
-  def await_started(supervisor, %Options{} = options, {alias, _starter} = ready_to) do
+  def await_started(supervisor, %Options{} = options, {alias, _starter, deadline} = ready_to) do
     monitor = Process.monitor(supervisor)
-    deadline = System.monotonic_time(:millisecond) + options.startup_timeout + 5_000
     expected = options.workers + length(options.remote)
 
     try do

@@ -90,8 +90,11 @@ defmodule SynapseCore.Worker do
   @typedoc "Where a worker runs: spawned here, or already running at an address."
   @type location :: :local | {:remote, String.t()}
 
-  @typedoc "Where the first outcome is reported, for a starter that waits: `{alias, pid}`."
-  @type ready_to :: {reference(), pid()} | nil
+  @typedoc """
+  Where the first start's outcome is reported, for a starter that waits:
+  its alias, its pid and until when it waits (monotonic milliseconds).
+  """
+  @type ready_to :: {reference(), pid(), integer()} | nil
 
   @log_levels [:debug, :info, :warning, :error, :critical]
 
@@ -212,6 +215,17 @@ defmodule SynapseCore.Worker do
   def init({options, index, location, ready_to}) do
     Process.flag(:trap_exit, true)
     Logger.metadata(agent: inspect(options.name), worker: index)
+
+    # A worker restarted (after a crash) once its agent's start is over is
+    # part of no start: nobody waits for it.
+    ready_to =
+      case ready_to do
+        {_alias, _starter, deadline} = ready_to ->
+          if System.monotonic_time(:millisecond) < deadline, do: ready_to
+
+        nil ->
+          nil
+      end
 
     data = %__MODULE__{options: options, index: index, location: location, ready_to: ready_to}
     {:ok, :starting, data, [{:next_event, :internal, :start}]}
@@ -619,7 +633,7 @@ defmodule SynapseCore.Worker do
 
       monitor =
         case data.ready_to do
-          {_alias, starter} -> Process.monitor(starter)
+          {_alias, starter, _deadline} -> Process.monitor(starter)
           nil -> nil
         end
 
@@ -691,7 +705,7 @@ defmodule SynapseCore.Worker do
     Enum.each(data.waiters, &:gen_statem.reply(&1, result))
 
     case data.ready_to do
-      {alias, _starter} -> send(alias, {alias, data.index, result})
+      {alias, _starter, _deadline} -> send(alias, {alias, data.index, result})
       nil -> :ok
     end
 

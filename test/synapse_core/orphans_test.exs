@@ -9,8 +9,8 @@ defmodule SynapseCore.OrphansTest do
   @moduletag capture_log: true
 
   # An agent whose worker starts a long-lived subprocess (`sleep`), in the
-  # worker's process group: returns its name, the pid file and a function
-  # reading the grandchildren's pids.
+  # worker's process group; returns what the tests look at, and a function
+  # reading the pids of every such subprocess started so far.
   defp start_grandchild_agent(extra \\ []) do
     dir = Path.join(System.tmp_dir!(), "synapse-orphans-#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
@@ -31,80 +31,77 @@ defmodule SynapseCore.OrphansTest do
       File.rm_rf!(dir)
     end)
 
-    [%{pid: worker, os_pid: os_pid}] = await_workers(name)
-    {name, worker, os_pid, fn -> read_pids(pids) end}
+    grandchildren = fn -> read_pids(pids) end
+    [%{pid: worker}] = await_workers(name)
+    Map.merge(%{name: name, grandchildren: grandchildren}, processes(worker, grandchildren))
+  end
+
+  # The worker's processes, on both sides.
+  defp processes(worker, grandchildren) do
+    {_state, data} = :sys.get_state(worker)
+
+    %{
+      worker: worker,
+      os_pid: data.os_pid,
+      grandchild: List.last(grandchildren.()),
+      shepherd: data.shepherd,
+      shepherd_os_pid: Shepherd.os_pid(data.shepherd)
+    }
   end
 
   defp read_pids(file) do
     file |> File.read!() |> String.split("\n", trim: true) |> Enum.map(&String.to_integer/1)
   end
 
-  defp shepherd_of(worker) do
-    {_state, data} = :sys.get_state(worker)
-    {data.shepherd, Shepherd.os_pid(data.shepherd)}
-  end
-
   defp signal(os_pid, signal), do: System.cmd("kill", ["-#{signal}", Integer.to_string(os_pid)])
 
+  defp all_gone?(os_pids), do: not Enum.any?(os_pids, &os_alive?/1)
+
   describe "no process of a worker's group survives" do
-    test "a SIGKILLed shepherd: its worker's subprocess dies too, before a new worker starts" do
-      {name, worker, os_pid, grandchildren} = start_grandchild_agent()
-      [grandchild] = grandchildren.()
-      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+    test "a SIGKILLed shepherd: its worker's subprocess dies too, and a new worker serves" do
+      agent = start_grandchild_agent()
 
-      signal(shepherd_os_pid, "KILL")
+      signal(agent.shepherd_os_pid, "KILL")
 
-      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end)
-      # The replacement starts its own subprocess, and serves.
-      eventually(fn -> length(grandchildren.()) == 2 end, 30_000)
-      await_workers(name)
-      assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+      eventually(fn -> all_gone?([agent.os_pid, agent.grandchild]) end)
+      eventually(fn -> length(agent.grandchildren.()) == 2 end, 30_000)
+      await_workers(agent.name)
+      assert {:ok, %Result{}} = Agent.run_sync(agent.name, "hi")
     end
 
     test "a stopped (SIGSTOP) shepherd: stop_agent ends the group and the shepherd itself" do
-      {name, worker, os_pid, grandchildren} = start_grandchild_agent(shutdown_timeout: 500)
-      [grandchild] = grandchildren.()
-      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+      agent = start_grandchild_agent(shutdown_timeout: 500)
 
-      signal(shepherd_os_pid, "STOP")
-      assert :ok = SynapseCore.stop_agent(name)
+      signal(agent.shepherd_os_pid, "STOP")
+      assert :ok = SynapseCore.stop_agent(agent.name)
 
-      refute os_alive?(os_pid)
-      refute os_alive?(grandchild)
-      refute os_alive?(shepherd_os_pid)
+      assert all_gone?([agent.os_pid, agent.grandchild, agent.shepherd_os_pid])
     end
 
     test "the BEAM-side processes killed: the worker's group goes with them" do
-      {name, worker, os_pid, grandchildren} = start_grandchild_agent()
-      [grandchild] = grandchildren.()
-      {shepherd, _} = shepherd_of(worker)
+      agent = start_grandchild_agent()
 
-      Process.exit(worker, :kill)
-      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end, 10_000)
-      refute Process.alive?(shepherd)
+      Process.exit(agent.worker, :kill)
+      eventually(fn -> all_gone?([agent.os_pid, agent.grandchild]) end, 10_000)
+      eventually(fn -> not Process.alive?(agent.shepherd) end)
 
       # Its replacement; then the same with the shepherd's BEAM process.
-      eventually(fn -> length(grandchildren.()) == 2 end, 30_000)
-      [%{pid: worker, os_pid: os_pid}] = await_workers(name)
-      [_, grandchild] = grandchildren.()
-      {shepherd, _} = shepherd_of(worker)
+      eventually(fn -> length(agent.grandchildren.()) == 2 end, 30_000)
+      [%{pid: worker}] = await_workers(agent.name)
+      replacement = processes(worker, agent.grandchildren)
 
-      Process.exit(shepherd, :kill)
-      eventually(fn -> not os_alive?(os_pid) and not os_alive?(grandchild) end, 10_000)
+      Process.exit(replacement.shepherd, :kill)
+      eventually(fn -> all_gone?([replacement.os_pid, replacement.grandchild]) end, 10_000)
     end
 
     test "the BEAM-side process killed while its shepherd is stopped" do
-      {_name, worker, os_pid, grandchildren} = start_grandchild_agent(shutdown_timeout: 500)
-      [grandchild] = grandchildren.()
-      {_shepherd, shepherd_os_pid} = shepherd_of(worker)
+      agent = start_grandchild_agent(shutdown_timeout: 500)
 
-      signal(shepherd_os_pid, "STOP")
-      Process.exit(worker, :kill)
+      signal(agent.shepherd_os_pid, "STOP")
+      Process.exit(agent.worker, :kill)
 
       eventually(
-        fn ->
-          not os_alive?(os_pid) and not os_alive?(grandchild) and not os_alive?(shepherd_os_pid)
-        end,
+        fn -> all_gone?([agent.os_pid, agent.grandchild, agent.shepherd_os_pid]) end,
         10_000
       )
     end

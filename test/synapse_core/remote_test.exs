@@ -68,6 +68,14 @@ defmodule SynapseCore.RemoteTest do
 
   defp kill(shepherd), do: Shepherd.kill(shepherd)
 
+  # A port nothing listens on (for a while): where a worker will come later.
+  defp free_port do
+    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(socket)
+    :gen_tcp.close(socket)
+    port
+  end
+
   defp remote_agent(address, tls, extra) do
     opts = remote_options(address, tls, extra)
     start_supervised!({Agent, opts}, id: opts[:name])
@@ -150,9 +158,7 @@ defmodule SynapseCore.RemoteTest do
   end
 
   test "a remote worker not up yet is waited for in the background", tls do
-    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, listen_port} = :inet.port(socket)
-    :gen_tcp.close(socket)
+    listen_port = free_port()
     address = "tcp://127.0.0.1:#{listen_port}"
 
     {:ok, _} = SynapseCore.start_agent(remote_options(address, tls, name: name = unique_name()))
@@ -162,24 +168,6 @@ defmodule SynapseCore.RemoteTest do
     {_shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
     await_workers(name, 1, 20_000)
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
-  end
-
-  test "a remote worker that later refuses the token: calls answer :unauthenticated", tls do
-    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, listen_port} = :inet.port(socket)
-    :gen_tcp.close(socket)
-
-    {shepherd, address} = start_remote_worker(tls, "echo_agent", listen_port)
-    name = remote_agent(address, tls, [])
-    await_workers(name)
-
-    kill(shepherd)
-    {_shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port, "another-token")
-
-    eventually(
-      fn -> match?({:error, %Error{kind: :unauthenticated}}, Agent.run_sync(name, "hi")) end,
-      20_000
-    )
   end
 
   test "the token never shows in inspected state, crash reports or logs", tls do
@@ -205,22 +193,30 @@ defmodule SynapseCore.RemoteTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
   end
 
-  test "a remote worker that goes away is health-checked out and reconnected", tls do
-    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, listen_port} = :inet.port(socket)
-    :gen_tcp.close(socket)
+  test "a remote worker that goes away is health-checked out and reconnected; one that comes back refusing the token makes calls answer :unauthenticated",
+       tls do
+    listen_port = free_port()
 
-    {port, address} = start_remote_worker(tls, "echo_agent", listen_port)
+    {shepherd, address} = start_remote_worker(tls, "echo_agent", listen_port)
     name = remote_agent(address, tls, [])
     await_workers(name)
 
-    kill(port)
+    kill(shepherd)
     eventually(fn -> Agent.workers(name) == [] end, 10_000)
     assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(name, "hi")
 
-    {_port, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
+    {shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
     await_workers(name, 1, 20_000)
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+
+    kill(shepherd)
+    eventually(fn -> Agent.workers(name) == [] end, 10_000)
+    {_shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port, "another-token")
+
+    eventually(
+      fn -> match?({:error, %Error{kind: :unauthenticated}}, Agent.run_sync(name, "hi")) end,
+      20_000
+    )
   end
 
   test "remote workers require TLS and a token" do
