@@ -79,7 +79,7 @@ defmodule SynapseCore.Worker do
 
   require Logger
 
-  alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd, Workers}
+  alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd, Telemetry, Workers}
   alias SynapseCore.Shepherd.Protocol
 
   # Exit codes of `python -m synapse_python.worker` that retrying cannot
@@ -132,6 +132,7 @@ defmodule SynapseCore.Worker do
     :error,
     :stuck_threads,
     :drain_deadline,
+    :started_at,
     retiring: [],
     health_failures: 0,
     attempt: 0,
@@ -234,6 +235,8 @@ defmodule SynapseCore.Worker do
   @impl true
   def handle_event(:internal, :start, :starting, data) do
     startup = {{:timeout, :startup}, data.options.startup_timeout, nil}
+    data = %{data | started_at: System.monotonic_time()}
+    event(:start, %{system_time: System.system_time()}, data, %{attempt: data.attempt})
 
     case start(data) do
       {:ok, data} -> {:keep_state, data, [startup]}
@@ -289,9 +292,11 @@ defmodule SynapseCore.Worker do
   def handle_event({:timeout, :drain}, nil, :draining, data) do
     if Native.channel_load(data.channel.resource) == 0 or
          System.monotonic_time(:millisecond) >= data.drain_deadline do
-      if data.shepherd, do: Shepherd.stop_async(data.shepherd)
       error = Error.new(:unavailable, "the worker was unhealthy and is being replaced")
-      {:next_state, :backing_off, retire(data, error), [{:state_timeout, 0, :restart}]}
+      event(:exit, %{system_time: System.system_time()}, data, %{error: error})
+      event(:restart, %{delay: 0}, data, %{attempt: data.attempt})
+      data = retire(data, error, &Shepherd.stop_async/1)
+      {:next_state, :backing_off, data, [{:state_timeout, 0, :restart}]}
     else
       {:keep_state_and_data, [{{:timeout, :drain}, @drain_poll, nil}]}
     end
@@ -537,9 +542,13 @@ defmodule SynapseCore.Worker do
 
     # While serving, the worker's output was logged as it came: the message
     # need not repeat it.
-    output = if state in [:starting, :loading], do: exit.output, else: []
-    error = worker_error(data, message, output, exit.status)
-    lost(state, data, exit_error(error, exit.status))
+    starting? = state in [:starting, :loading]
+    error = worker_error(data, message, if(starting?, do: exit.output, else: []), exit.status)
+
+    error =
+      if starting?, do: exit_error(error, exit.status), else: %{error | kind: :worker_exited}
+
+    lost(state, data, error)
   end
 
   defp retired(pid, state, data) do
@@ -606,6 +615,7 @@ defmodule SynapseCore.Worker do
 
   defp serving(data, actions) do
     Workers.join(data.options.name, data.channel, data.options.tools)
+    event(:ready, %{duration: System.monotonic_time() - data.started_at}, data, %{})
     if data.attempt > 0, do: Logger.info("Python worker #{data.os_pid} is serving again")
 
     data = outcome(%{data | serving_since: System.monotonic_time(:millisecond), error: nil}, :ok)
@@ -625,6 +635,7 @@ defmodule SynapseCore.Worker do
   # forget the worker and start another after the back-off.
   defp lost(state, data, %Error{} = error) do
     cancel = [{{:timeout, :startup}, :cancel}, {{:timeout, :health}, :cancel}]
+    event(:exit, %{system_time: System.system_time()}, data, %{error: error})
 
     if data.first == :pending and give_up?(data, error) do
       data = retire(data, error)
@@ -659,6 +670,8 @@ defmodule SynapseCore.Worker do
       synapse_error: error.kind
     )
 
+    event(:restart, %{delay: delay}, data, %{attempt: attempt + 1})
+
     # A remote worker that is not up yet does not hold the agent's start.
     data = if data.first == :pending, do: outcome(data, :ok), else: data
 
@@ -681,9 +694,9 @@ defmodule SynapseCore.Worker do
   end
 
   # Forgets the worker: unregisters it (calls now get `error`'s cause),
-  # fails its calls, and has its shepherd kill its processes. The new
-  # worker waits for that shepherd to be gone.
-  defp retire(data, error) do
+  # fails its calls, and has its shepherd kill its processes (or stop them
+  # gracefully). The new worker waits for that shepherd to be gone.
+  defp retire(data, error, stop \\ &Shepherd.kill/1) do
     Workers.down(data.options.name, error)
     if data.channel, do: Channel.close(data.channel)
 
@@ -693,7 +706,7 @@ defmodule SynapseCore.Worker do
           data.retiring
 
         shepherd ->
-          Shepherd.kill(shepherd)
+          stop.(shepherd)
           [shepherd | data.retiring]
       end
 
@@ -713,6 +726,23 @@ defmodule SynapseCore.Worker do
   end
 
   defp outcome(data, _result), do: data
+
+  # A `[:synapse, :worker, name]` event (see `SynapseCore.Telemetry`).
+  defp event(name, measurements, data, metadata) do
+    Telemetry.execute(
+      [:synapse, :worker, name],
+      measurements,
+      Map.merge(
+        %{
+          agent: data.options.name,
+          worker: data.index,
+          location: data.location,
+          os_pid: data.os_pid
+        },
+        metadata
+      )
+    )
+  end
 
   ## Errors
 

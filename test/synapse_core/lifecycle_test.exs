@@ -126,6 +126,44 @@ defmodule SynapseCore.LifecycleTest do
     end
   end
 
+  describe "telemetry" do
+    test "a worker's start, readiness, exit and restart" do
+      name = unique_name()
+      test = self()
+      id = {__MODULE__, make_ref()}
+
+      :ok =
+        :telemetry.attach_many(
+          id,
+          for(event <- [:start, :ready, :exit, :restart], do: [:synapse, :worker, event]),
+          fn event, measurements, metadata, _ ->
+            if metadata.agent == name, do: send(test, {event, measurements, metadata})
+          end,
+          nil
+        )
+
+      on_exit(fn -> :telemetry.detach(id) end)
+
+      {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name))
+      assert_receive {[:synapse, :worker, :start], %{system_time: _}, %{worker: 0, attempt: 0}}
+
+      assert_receive {[:synapse, :worker, :ready], %{duration: duration},
+                      %{location: :local, os_pid: os_pid}}
+
+      assert duration > 0
+      System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+      assert_receive {[:synapse, :worker, :exit], _,
+                      %{os_pid: ^os_pid, error: %Error{kind: :worker_exited}}},
+                     10_000
+
+      assert_receive {[:synapse, :worker, :restart], %{delay: delay}, %{attempt: 1}}
+      assert delay > 0
+      assert_receive {[:synapse, :worker, :start], _, %{attempt: 1}}, 10_000
+      :ok = SynapseCore.stop_agent(name)
+    end
+  end
+
   describe "no orphans" do
     test "stop_agent/1 returns once the worker has exited" do
       name = unique_name()
