@@ -80,12 +80,7 @@ defmodule SynapseCore.Worker do
   require Logger
 
   alias SynapseCore.{Agent.Options, Channel, Error, Native, Python, Shepherd, Telemetry, Workers}
-  alias SynapseCore.Shepherd.Protocol
-
-  # Exit codes of `python -m synapse_python.worker` that retrying cannot
-  # fix: a bad command line, an agent or bridge that does not load; and
-  # the shepherd's own for a program that cannot be started.
-  @permanent_exit_codes [2, 78, 127]
+  alias SynapseCore.Worker.Failure
 
   @typedoc "Where a worker runs: spawned here, or already running at an address."
   @type location :: :local | {:remote, String.t()}
@@ -262,7 +257,10 @@ defmodule SynapseCore.Worker do
     # The shepherd's process died before it reported the worker's end (a
     # bug): end the group from here.
     Shepherd.kill_group(data.os_pid)
-    error = worker_error(data, "the worker's shepherd process exited: #{inspect(reason)}", [])
+
+    error =
+      Failure.worker("the worker's shepherd process exited: #{inspect(reason)}", data.os_pid)
+
     lost(state, %{data | shepherd: nil}, error)
   end
 
@@ -280,7 +278,7 @@ defmodule SynapseCore.Worker do
 
   def handle_event({:timeout, :startup}, nil, state, data) when state in [:starting, :loading] do
     message = "the worker was not ready within #{data.options.startup_timeout} ms"
-    lost(state, data, worker_error(data, message, []))
+    lost(state, data, Failure.worker(message, data.os_pid))
   end
 
   def handle_event({:timeout, :health}, nil, :serving, data) do
@@ -372,7 +370,7 @@ defmodule SynapseCore.Worker do
            health_failures: 0
        }}
     else
-      {:error, %Error{} = error} -> {:error, permanent(error, :spawn_failed), data}
+      {:error, %Error{} = error} -> {:error, Failure.permanent(error, :spawn_failed), data}
     end
   end
 
@@ -450,7 +448,7 @@ defmodule SynapseCore.Worker do
   defp connect(data) do
     case Channel.connect(data.address, connect_options(data)) do
       {:ok, channel} -> {:connected, %{data | channel: channel}}
-      {:error, %Error{} = error} -> {:error, permanent(error, :invalid_argument), data}
+      {:error, %Error{} = error} -> {:error, Failure.permanent(error, :invalid_argument), data}
     end
   end
 
@@ -491,8 +489,11 @@ defmodule SynapseCore.Worker do
       end
 
     case started do
-      {:ok, handle} -> {:next_state, :loading, %{data | pending: {tag, handle, what}}, actions}
-      {:error, %Error{} = error} -> lost(:loading, data, load_error(error, data))
+      {:ok, handle} ->
+        {:next_state, :loading, %{data | pending: {tag, handle, what}}, actions}
+
+      {:error, %Error{} = error} ->
+        lost(:loading, data, Failure.load(error, data.options.source, data.os_pid))
     end
   end
 
@@ -529,26 +530,8 @@ defmodule SynapseCore.Worker do
   defp shepherd_event({:status, _status}, _state, _data), do: :keep_state_and_data
 
   defp shepherd_event({:exited, exit}, state, data) do
-    data = %{data | shepherd: nil}
-
-    message =
-      case {state, exit.status} do
-        {state, status} when state in [:starting, :loading] and status != nil ->
-          "the worker #{Protocol.describe_exit(status)} before it was ready"
-
-        _ ->
-          exit.message
-      end
-
-    # While serving, the worker's output was logged as it came: the message
-    # need not repeat it.
-    starting? = state in [:starting, :loading]
-    error = worker_error(data, message, if(starting?, do: exit.output, else: []), exit.status)
-
-    error =
-      if starting?, do: exit_error(error, exit.status), else: %{error | kind: :worker_exited}
-
-    lost(state, data, error)
+    error = Failure.exited(exit, state in [:starting, :loading], data.os_pid)
+    lost(state, %{data | shepherd: nil}, error)
   end
 
   defp retired(pid, state, data) do
@@ -564,13 +547,15 @@ defmodule SynapseCore.Worker do
   ## Replies of the worker's calls
 
   defp reply(:load, {:ok, _loaded}, _state, data), do: serving(data, [])
-  defp reply(:load, {:error, error}, state, data), do: lost(state, data, load_error(error, data))
+
+  defp reply(:load, {:error, error}, state, data),
+    do: lost(state, data, Failure.load(error, data.options.source, data.os_pid))
 
   # A remote bridge let this node in.
   defp reply(:health, {:ok, _status}, :loading, data), do: serving(data, [])
 
   defp reply(:health, {:error, error}, :loading, data),
-    do: lost(:loading, data, load_error(error, data))
+    do: lost(:loading, data, Failure.load(error, data.options.source, data.os_pid))
 
   defp reply(:health, {:ok, :serving}, :serving, data) do
     {:keep_state, %{data | health_failures: 0}, [health_timer(data)]}
@@ -657,7 +642,7 @@ defmodule SynapseCore.Worker do
   # A first start gives up when retrying cannot help, and for a local
   # worker whose starter waits for it.
   defp give_up?(data, error) do
-    permanent?(error) or (data.location == :local and data.ready_to != nil)
+    Failure.permanent?(error) or (data.location == :local and data.ready_to != nil)
   end
 
   defp backoff(_state, data, error, actions) do
@@ -743,66 +728,6 @@ defmodule SynapseCore.Worker do
       )
     )
   end
-
-  ## Errors
-
-  @doc false
-  # Failures that retrying cannot fix.
-  @spec permanent?(Error.t()) :: boolean()
-  def permanent?(%Error{kind: kind}) when kind in [:unauthenticated, :tls_error], do: true
-  def permanent?(%Error{details: %{permanent: true}}), do: true
-  def permanent?(_error), do: false
-
-  defp permanent(%Error{} = error, reason) do
-    %{error | details: error.details |> Map.put(:permanent, true) |> Map.put_new(:reason, reason)}
-  end
-
-  defp load_error(%Error{kind: :worker_exited}, data) do
-    worker_error(data, "the worker exited while loading the agent", [])
-  end
-
-  # Refused at the door: the error's own kind tells why.
-  defp load_error(%Error{kind: kind} = error, _data) when kind in [:unauthenticated, :tls_error],
-    do: error
-
-  # Not up yet: retried.
-  defp load_error(%Error{kind: kind} = error, _data) when kind in [:unavailable, :timeout],
-    do: error
-
-  defp load_error(%Error{} = error, data) do
-    what =
-      case data.options.source do
-        {:ref, ref} -> "cannot load agent #{inspect(ref)}"
-        {:spec, _} -> "cannot build the agent"
-        {:bridge, module} -> "cannot reach the bridge of #{module}"
-      end
-
-    python = if type = error.details[:type], do: "#{type}: ", else: ""
-
-    permanent(
-      Error.new(:startup_failed, "#{what}: #{python}#{error.message}", error.details),
-      error.kind
-    )
-  end
-
-  defp exit_error(error, {:code, code}) when code in @permanent_exit_codes,
-    do: permanent(error, :exit_status)
-
-  defp exit_error(error, _status), do: error
-
-  defp worker_error(data, message, output, status \\ nil) do
-    hint = if output == [], do: "", else: "\n" <> Enum.join(output, "\n")
-
-    details =
-      %{output: output}
-      |> put_if(:exit_status, status)
-      |> put_if(:os_pid, data.os_pid)
-
-    Error.new(:startup_failed, message <> hint, details)
-  end
-
-  defp put_if(map, _key, nil), do: map
-  defp put_if(map, key, value), do: Map.put(map, key, value)
 
   ## Stopping
 

@@ -6,6 +6,7 @@ defmodule SynapseCore.Workers do
   # (under {:down, name}), so that a call answers the cause.
 
   alias SynapseCore.{Error, Native, Worker}
+  alias SynapseCore.Worker.Failure
 
   @typedoc "A registry entry: the worker's channel and the agent's tools."
   @type worker :: %{channel: SynapseCore.Channel.t(), tools: [SynapseCore.Tool.t()]}
@@ -99,7 +100,7 @@ defmodule SynapseCore.Workers do
     causes =
       for {_pid, error} <- Registry.lookup(SynapseCore.WorkerRegistry, down_key(name)), do: error
 
-    case Enum.find(causes, &Worker.permanent?/1) do
+    case Enum.find(causes, &Failure.permanent?/1) do
       %Error{} = cause ->
         cause
 
