@@ -16,6 +16,7 @@ mod json;
 mod reply;
 mod run;
 mod runtime;
+mod shepherd;
 mod terms;
 
 rustler::init!("Elixir.SynapseCore.Native");
