@@ -73,6 +73,9 @@ defmodule SynapseCore.Native do
   def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)
   def json_decode(_binary), do: :erlang.nif_error(:nif_not_loaded)
 
+  # SIGKILL to an OS process, or (group: true) its process group: :ok | :not_found.
+  def shepherd_kill(_os_pid, _group), do: :erlang.nif_error(:nif_not_loaded)
+
   # Failure injection for tests: where is :nif or :reply. Only the :test
   # build of the NIF has it (the `test-nifs` cargo feature); elsewhere this
   # stub stays, and raises.

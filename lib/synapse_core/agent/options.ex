@@ -28,6 +28,9 @@ defmodule SynapseCore.Agent.Options do
     :health_timeout,
     :max_backoff,
     :max_message_bytes,
+    :log_level,
+    :await_ready,
+    :max_stuck_threads,
     :transport
   ]
 
@@ -55,6 +58,9 @@ defmodule SynapseCore.Agent.Options do
           health_timeout: pos_integer(),
           max_backoff: pos_integer(),
           max_message_bytes: pos_integer(),
+          log_level: SynapseCore.Worker.log_level(),
+          await_ready: boolean(),
+          max_stuck_threads: non_neg_integer(),
           transport: :lane | :grpc
         }
 
@@ -122,13 +128,57 @@ defmodule SynapseCore.Agent.Options do
       default: 30_000,
       doc: """
       milliseconds a worker has to start, import the agent and be ready.
-      A first start that misses it fails `start_link/1`.
+      A worker that misses it fails its start with `:startup_failed`: with
+      `await_ready: true`, `start_link/1` returns that error (in a
+      supervision tree, the application does not start); with
+      `await_ready: false`, see that option.
       """
     ],
     shutdown_timeout: [
       type: {:integer, 0, Options.max_ms()},
       default: 5_000,
-      doc: "milliseconds a stopping worker has between SIGTERM and SIGKILL."
+      doc: """
+      milliseconds a stopping worker has between SIGTERM and SIGKILL; the
+      worker gives its calls in flight most of it to finish.
+      """
+    ],
+    await_ready: [
+      type: :boolean,
+      default: true,
+      doc: """
+      whether `start_link/1` waits for the workers' first start (`true`) or
+      returns as soon as the processes exist (`false`): then the workers
+      start in the background, the agents of a supervision tree start in
+      parallel, and calls get `:unavailable` until a worker serves.
+      `SynapseCore.AwaitReady` (a child placed after the agents) or
+      `SynapseCore.await_ready/2` waits for them, failing with the first
+      worker that cannot start. A worker whose first start fails for good
+      answers every call with that error.
+      """
+    ],
+    log_level: [
+      type: {:in, SynapseCore.Worker.log_levels()},
+      doc: """
+      the level of Python's logging in the workers: records below it are
+      not even written. Each record becomes one Logger entry, at its level,
+      with its traceback in the message and `:agent`, `:worker`,
+      `:worker_os_pid` and `:python_logger` in the metadata; each line of
+      `print()` output one entry at `:info`. A worker's entries are rate
+      limited (#{SynapseCore.Shepherd.Log.rate()} a second, with a summary of
+      what was dropped). Defaults to the application environment's
+      `:python_log_level` (`config :synapse_core, python_log_level: :debug`),
+      else `:info`.
+      """
+    ],
+    max_stuck_threads: [
+      type: {:integer, 0, Options.max_int32()},
+      default: 10,
+      doc: """
+      how many threads of sync Python tools may still run after their run
+      ended (timed out, cancelled: Python cannot stop a thread) before the
+      worker reports itself unhealthy and is replaced, once its calls in
+      flight are done. `SynapseCore.Agent.workers/1` shows the count.
+      """
     ],
     health_interval: [
       type: {:timeout, 1},
@@ -442,8 +492,24 @@ defmodule SynapseCore.Agent.Options do
       health_timeout: options.health_timeout,
       max_backoff: options.max_backoff,
       max_message_bytes: options.max_message_bytes,
+      log_level: options[:log_level] || configured_log_level(),
+      await_ready: options.await_ready,
+      max_stuck_threads: options.max_stuck_threads,
       transport: options.transport
     }
+  end
+
+  defp configured_log_level do
+    level = Application.get_env(:synapse_core, :python_log_level, :info)
+
+    unless level in SynapseCore.Worker.log_levels() do
+      raise ArgumentError,
+            "invalid :python_log_level in the :synapse_core application environment: " <>
+              "expected #{Options.describe({:in, SynapseCore.Worker.log_levels()})}, " <>
+              "got: #{inspect(level)}"
+    end
+
+    level
   end
 
   defp source!(options) do

@@ -159,6 +159,15 @@ impl Lane {
         })
     }
 
+    /// Lets go of the current connection: it closes once the calls on it
+    /// have ended.
+    pub fn close(&self) {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
     /// The current connection, or a new one when there is none or it broke.
     fn connection(&self) -> Arc<Connection> {
         let mut slot = self

@@ -70,6 +70,14 @@ impl Worker {
         self.lane.is_some()
     }
 
+    /// Lets go of the lane's connection: it closes once the calls on it
+    /// have ended (a later call would connect again).
+    pub fn close(&self) {
+        if let Some(lane) = &self.lane {
+            lane.close();
+        }
+    }
+
     /// Calls a method with one request and one response.
     pub async fn unary(
         &self,

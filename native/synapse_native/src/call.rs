@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::bytes::Bytes;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
-use synapse_client::error::is_transport_failure;
+use synapse_client::error::{is_transport_failure, tls_failure};
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -384,7 +384,11 @@ where
     if !is_transport_failure(&status) {
         return Err(Error::from_status(&status));
     }
-    // The connection broke. If the worker died, its AgentProcess closes the
+    // The handshake refused the worker: not a worker that exited.
+    if let Some(error) = tls_failure(&status, &channel.address) {
+        return Err(error);
+    }
+    // The connection broke. If the worker died, its Worker closes the
     // channel as soon as the shepherd reports the exit: wait for that, so the
     // caller learns the real cause.
     tokio::select! {

@@ -136,9 +136,12 @@ fn channel_load(channel: ResourceArc<ChannelResource>) -> usize {
 }
 
 /// Marks the worker gone: every call in flight on the channel, and every
-/// later one, answers `:worker_exited`.
+/// later one, answers `:worker_exited`. The lane's connection closes too
+/// once those calls have let go of it: a worker that is stopping does not
+/// wait for it through its whole grace period.
 #[rustler::nif]
 fn channel_close(channel: ResourceArc<ChannelResource>) -> Atom {
     channel.closed.cancel();
+    channel.worker.close();
     atoms::ok()
 }

@@ -20,6 +20,7 @@ mod probe;
 mod reply;
 mod run;
 mod runtime;
+mod shepherd;
 mod terms;
 
 rustler::init!("Elixir.SynapseCore.Native");
