@@ -337,7 +337,7 @@ defmodule SynapseCore.Agent do
   def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)
 
   @doc """
-  Cancels a run: the gRPC call is cancelled and so is the pydantic-ai run in
+  Cancels a run: the call to the worker is cancelled and so is the pydantic-ai run in
   Python. A run that already finished is left as it is. Returns `:ok`.
 
   When called by the process that receives the run's messages, any message

@@ -11,7 +11,7 @@ defmodule SynapseCore.Worker do
   @moduledoc """
   One Python worker of an agent or a bridge, as a state machine
   (`:gen_statem`): its OS process (through a `synapse-shepherd`, owned by a
-  `SynapseCore.Shepherd`), its gRPC channel, its health.
+  `SynapseCore.Shepherd`), its channel (its lane, or gRPC), its health.
 
   It is not in the path of any call. Once the worker serves, its channel is
   registered in `SynapseCore.WorkerRegistry` under the agent's name; callers

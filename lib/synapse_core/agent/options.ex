@@ -349,7 +349,7 @@ defmodule SynapseCore.Agent.Options do
       milliseconds the run may take. When it passes, the run is cancelled
       in Python and the call returns
       `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
-      with the call as its gRPC deadline, and bounds its tool calls too.
+      with the call (its gRPC or lane deadline), and bounds its tool calls too.
       """
     ],
     tools: [
@@ -376,7 +376,8 @@ defmodule SynapseCore.Agent.Options do
       back-pressure: at most this many events are sent ahead of the
       consumer. A consumer slower than the model never has more than
       `window` events of the run in its mailbox (plus the final one); the
-      worker is slowed down instead, by gRPC's flow control.
+      worker is slowed down instead, by flow control (gRPC's, or the
+      lane's credit).
       """
     ],
     stream_to: [

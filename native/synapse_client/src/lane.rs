@@ -73,13 +73,22 @@ impl Lane {
         request: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<Bytes, Status> {
+        self.start_unary(method, request, timeout)?.answer().await
+    }
+
+    /// Sends the call of a method with one request and one response now,
+    /// on the calling thread (within a tokio runtime's context); its answer
+    /// comes later ([`Unary::answer`]). The frame goes out at once when the
+    /// socket is free: the call waits for no task to be scheduled.
+    pub fn start_unary(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Unary, Status> {
         let (reply, answer) = oneshot::channel();
         let call = self.open(method, request, timeout, 0, Route::Unary(reply))?;
-        let result = answer
-            .await
-            .unwrap_or_else(|_| Err(call.connection.failure()));
-        call.finished();
-        result
+        Ok(Unary { call, answer })
     }
 
     /// Calls a method with one request and streamed responses.
@@ -419,6 +428,25 @@ impl Drop for Open {
         if !self.done {
             self.connection.cancel(self.id);
         }
+    }
+}
+
+/// A unary call sent, waiting for its answer; dropping it before the
+/// answer cancels the call.
+pub struct Unary {
+    call: Open,
+    answer: oneshot::Receiver<Result<Bytes, Status>>,
+}
+
+impl Unary {
+    /// The response, or the call's failure.
+    pub async fn answer(self) -> Result<Bytes, Status> {
+        let Unary { call, answer } = self;
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err(call.connection.failure()));
+        call.finished();
+        result
     }
 }
 

@@ -7,6 +7,8 @@
 //! depend on the transport. Failures are [`Status`]es either way, classified
 //! by [`Error::from_status`](crate::Error::from_status).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use prost::bytes::{Buf, BufMut, Bytes};
@@ -78,21 +80,29 @@ impl Worker {
         }
     }
 
-    /// Calls a method with one request and one response.
-    pub async fn unary(
+    /// Calls a method with one request and one response. On the lane the
+    /// request is sent now, by the calling thread (which must be within a
+    /// tokio runtime's context), and the returned future only waits for the
+    /// answer; over gRPC the call starts when the future is first polled.
+    pub fn unary(
         &self,
         method: &str,
         request: Vec<u8>,
         deadline: Option<Duration>,
-    ) -> Result<Bytes, Status> {
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, Status>> + Send + 'static>> {
         match &self.lane {
-            Some(lane) => lane.unary(method, request, deadline).await,
+            Some(lane) => {
+                let call = lane.start_unary(method, request, deadline);
+                Box::pin(async move { call?.answer().await })
+            }
             None => {
-                let mut grpc = self.ready().await?;
-                let response = grpc
-                    .unary(self.request(request, deadline), path(method)?, RawCodec)
-                    .await?;
-                Ok(response.into_inner())
+                let grpc = self.grpc.clone();
+                let request = self.request(request, deadline);
+                let path = path(method);
+                Box::pin(async move {
+                    let mut grpc = ready(grpc).await?;
+                    Ok(grpc.unary(request, path?, RawCodec).await?.into_inner())
+                })
             }
         }
     }
@@ -109,7 +119,7 @@ impl Worker {
                 lane.server_streaming(method, request, deadline)?,
             )),
             None => {
-                let mut grpc = self.ready().await?;
+                let mut grpc = ready(self.grpc.clone()).await?;
                 let response = grpc
                     .server_streaming(self.request(request, deadline), path(method)?, RawCodec)
                     .await?;
@@ -129,7 +139,7 @@ impl Worker {
         match &self.lane {
             Some(lane) => Ok(Responses::Lane(lane.streaming(method, requests, deadline)?)),
             None => {
-                let mut grpc = self.ready().await?;
+                let mut grpc = ready(self.grpc.clone()).await?;
                 let requests = UnboundedReceiverStream::new(requests);
                 let response = grpc
                     .streaming(self.request(requests, deadline), path(method)?, RawCodec)
@@ -137,14 +147,6 @@ impl Worker {
                 Ok(Responses::Grpc(response.into_inner()))
             }
         }
-    }
-
-    async fn ready(&self) -> Result<tonic::client::Grpc<Channel>, Status> {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| Status::from_error(Box::new(e)))?;
-        Ok(grpc)
     }
 
     fn request<T>(&self, message: T, deadline: Option<Duration>) -> tonic::Request<T> {
@@ -175,6 +177,15 @@ impl Responses {
             Self::Lane(stream) => stream.message().await,
         }
     }
+}
+
+async fn ready(
+    mut grpc: tonic::client::Grpc<Channel>,
+) -> Result<tonic::client::Grpc<Channel>, Status> {
+    grpc.ready()
+        .await
+        .map_err(|e| Status::from_error(Box::new(e)))?;
+    Ok(grpc)
 }
 
 fn path(method: &str) -> Result<PathAndQuery, Status> {

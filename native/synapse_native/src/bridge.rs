@@ -62,12 +62,12 @@ fn bridge_call<'a>(
         channel,
         tag,
         options.timeout,
-        move |channel, deadline| async move {
+        move |channel, deadline| {
+            // Sent now (see `call::spawn`): the future waits for the answer.
             let response = channel
                 .worker
-                .unary(&path(&method), message.encode_to_vec(), deadline)
-                .await?;
-            Ok(decode(&method, response)?)
+                .unary(&path(&method), message.encode_to_vec(), deadline);
+            async move { Ok(decode(&method, response.await?)?) }
         },
         |env, response: DynamicMessage| Ok(dynamic::message_to_term(env, &response)),
     )

@@ -236,12 +236,12 @@ where
         channel,
         tag,
         timeout,
-        move |channel, deadline| async move {
+        move |channel, deadline| {
+            // Sent now (see `spawn`): the future only waits for the answer.
             let response = channel
                 .worker
-                .unary(method, request.encode_to_vec(), deadline)
-                .await?;
-            Ok(decode::<R>(response)?)
+                .unary(method, request.encode_to_vec(), deadline);
+            async move { Ok(decode::<R>(response.await?)?) }
         },
         encode,
     )
@@ -322,7 +322,7 @@ pub fn decode<R: prost::Message + Default>(bytes: Bytes) -> Result<R, Error> {
         .map_err(|e| Error::Protocol(format!("the worker sent a malformed message: {e}")))
 }
 
-/// Runs `rpc` on the runtime and answers `reply` once, whatever happens:
+/// Makes the call with `rpc` and answers `reply` once, whatever happens:
 /// the worker's answer, the deadline, a cancel, the worker exiting, or a
 /// panic. `rpc` gets the deadline to put on the request (so the worker sees
 /// the same one) and `encode` turns the answer into a term on the tokio
@@ -341,8 +341,22 @@ pub fn spawn<T, Fut, E>(
 {
     let cancel = handle.cancel.clone();
     let in_flight = InFlight::enter(channel.clone());
+    // `rpc` runs here, on the caller's thread, so that a call that can be
+    // sent at once (a unary call on the lane) is on its way before any
+    // task is scheduled; the rest (waiting, deadline, cancel) runs on the
+    // runtime.
+    let started = if channel.closed.is_cancelled() {
+        Err(Error::WorkerExited)
+    } else {
+        let _runtime = RUNTIME.enter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rpc(timeout)))
+            .map_err(|_| Error::Internal("starting the call panicked".into()))
+    };
     RUNTIME.spawn(async move {
-        let outcome = run(&channel, &cancel, timeout, rpc).await;
+        let outcome = match started {
+            Ok(call) => run(&channel, &cancel, timeout, call).await,
+            Err(error) => Err(error),
+        };
         drop(in_flight);
         reply.send(outcome, encode);
     });
@@ -352,17 +366,13 @@ async fn run<T, Fut>(
     channel: &ChannelResource,
     cancel: &CancellationToken,
     timeout: Option<Duration>,
-    rpc: impl FnOnce(Option<Duration>) -> Fut,
+    call: Fut,
 ) -> Result<T, Error>
 where
     Fut: Future<Output = Result<T, CallError>>,
 {
-    if channel.closed.is_cancelled() {
-        return Err(Error::WorkerExited);
-    }
     let call = async move {
-        let guarded =
-            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(rpc(timeout)));
+        let guarded = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call));
         match timeout {
             Some(limit) => tokio::time::timeout(limit, guarded)
                 .await
