@@ -41,7 +41,7 @@ defmodule SynapseCore.Agent.Options do
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
           token: (() -> String.t()) | nil,
           tools: [SynapseCore.Tool.t()],
-          python_path: [String.t()],
+          python_path: [SynapseCore.Python.path_entry()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
           shutdown_timeout: non_neg_integer(),
@@ -113,7 +113,7 @@ defmodule SynapseCore.Agent.Options do
       source: nil,
       python: optional_string!(opts, :python),
       cwd: optional_string!(opts, :cwd),
-      python_path: string_list!(opts, :python_path),
+      python_path: SynapseCore.Python.python_path!(Keyword.get(opts, :python_path, [])),
       env: env!(Keyword.get(opts, :env, [])),
       startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
       shutdown_timeout: non_negative_integer!(opts, :shutdown_timeout, 5_000)
@@ -397,23 +397,6 @@ defmodule SynapseCore.Agent.Options do
       value ->
         raise ArgumentError,
               "#{inspect(key)} must be a non-negative integer, got: #{inspect(value)}"
-    end
-  end
-
-  defp string_list!(opts, key) do
-    case Keyword.get(opts, key, []) do
-      list when is_list(list) ->
-        Enum.map(list, fn
-          item when is_binary(item) ->
-            Path.expand(item)
-
-          item ->
-            raise ArgumentError,
-                  "#{inspect(key)} must be a list of strings, got: #{inspect(item)}"
-        end)
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a list of strings, got: #{inspect(other)}"
     end
   end
 
