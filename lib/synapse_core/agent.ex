@@ -79,11 +79,19 @@ defmodule SynapseCore.Agent do
   def child_spec(opts) do
     options = Options.agent!(opts)
 
+    # The validated options, not `opts`: a supervisor's reports show the
+    # start arguments, and validated options keep the token in a closure.
     %{
       id: {__MODULE__, options.name},
-      start: {__MODULE__, :start_link, [opts]},
+      start: {__MODULE__, :start_validated, [options]},
       type: :supervisor
     }
+  end
+
+  @doc false
+  @spec start_validated(Options.t()) :: {:ok, pid()} | {:error, Error.t() | term()}
+  def start_validated(%Options{} = options) do
+    options |> AgentSupervisor.start_and_await() |> unwrap_start_error()
   end
 
   @doc """
@@ -92,42 +100,7 @@ defmodule SynapseCore.Agent do
 
   ## Options
 
-    * `:name` (required) - the agent's name, used for every call. Any term,
-      unique among agents.
-    * `:agent` - the pydantic-ai agent, as `"package.module:attribute"`:
-      a `pydantic_ai.Agent`, or a zero-argument function returning one.
-    * `:model` - any pydantic-ai model string (`"openai:gpt-4o"`,
-      `"anthropic:claude-sonnet-4-5"`, `"test"` for pydantic-ai's offline
-      `TestModel`, ...). With `:agent`, it overrides the agent's own model.
-      Without `:agent`, the agent is defined from Elixir and `:model` is
-      required.
-    * `:instructions` - for an agent defined from Elixir: its instructions
-      (system prompt).
-    * `:output_schema` - for an agent defined from Elixir: a JSON Schema
-      (a map, `"type" => "object"`) for structured output. The model's output
-      is validated against it in Python, and the model is asked to retry
-      when it does not conform; results arrive as maps with string keys (see
-      `SynapseCore.Result`). The supported keywords are those of JSON Schema
-      validation for types, properties, `required`, `additionalProperties`,
-      `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
-    * `:tools` - tools written in Elixir that the model may call in every
-      run of this agent, alongside the Python agent's own: a list of
-      `SynapseCore.Tool` structs and modules that `use SynapseCore.Tools`.
-      Defaults to `[]`.
-    * `:workers` - the number of Python processes serving the agent.
-      Defaults to `1`.
-    * `:python` - the Python interpreter; see `SynapseCore.Python` for the
-      default.
-    * `:python_path` - directories prepended to the worker's `PYTHONPATH`,
-      where the `:agent` module is found. Defaults to `[]`.
-    * `:env` - environment variables for the worker: `{"NAME", "value"}`
-      pairs, or `"NAME"` to pass the BEAM's own value through. Workers do
-      not inherit the BEAM's environment otherwise; see `SynapseCore.Python`.
-    * `:cwd` - the worker's working directory. Defaults to the BEAM's.
-    * `:startup_timeout` - milliseconds a worker has to start, import the
-      agent and be ready. Defaults to `30_000`.
-    * `:shutdown_timeout` - milliseconds a stopping worker has between
-      SIGTERM and SIGKILL. Defaults to `5_000`.
+  #{SynapseCore.Options.docs(Options.agent_schema())}
 
   Raises `ArgumentError` for invalid options. When a worker cannot start
   (no interpreter, a module that does not import, an attribute that is not
@@ -136,7 +109,7 @@ defmodule SynapseCore.Agent do
   """
   @spec start_link([option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts |> Options.agent!() |> AgentSupervisor.start_and_await() |> unwrap_start_error()
+    opts |> Options.agent!() |> start_validated()
   end
 
   @doc false
@@ -152,22 +125,7 @@ defmodule SynapseCore.Agent do
 
   ## Options
 
-    * `:message_history` - the conversation so far: a previous result's
-      `messages` (or the result itself). Defaults to none.
-    * `:model_settings` - pydantic-ai model settings for this run, as a map
-      or keyword list, e.g. `[temperature: 0.2, max_tokens: 200]`.
-    * `:usage_limits` - pydantic-ai usage limits for this run, e.g.
-      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
-      the run with `:usage_limit_exceeded`.
-    * `:timeout` - milliseconds the run may take, or `:infinity`. When it
-      passes, the run is cancelled in Python and the call returns
-      `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
-      with the call as its gRPC deadline, and bounds its tool calls too.
-      Defaults to `60_000`.
-    * `:tools` - tools for this run only (`SynapseCore.Tool` structs or
-      modules that `use SynapseCore.Tools`), in addition to the agent's.
-    * `:deps` - any term, handed to the run's tools in their
-      `SynapseCore.Tool.Context`.
+  #{SynapseCore.Options.docs(Options.call_schema())}
 
   ## Errors
 
@@ -284,9 +242,17 @@ defmodule SynapseCore.Agent do
     }
 
     started =
-      if large?(call.message_history),
-        do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
-        else: Native.run_stream_start(channel.resource, ref, request, options)
+      try do
+        if large?(call.message_history),
+          do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
+          else: Native.run_stream_start(channel.resource, ref, request, options)
+      rescue
+        # Options are validated before; should the NIF still refuse its
+        # arguments, the run's tool runner must not outlive the attempt.
+        error ->
+          if runner, do: ToolRunner.stop(runner)
+          reraise error, __STACKTRACE__
+      end
 
     case started do
       {:ok, handle} ->
@@ -407,19 +373,7 @@ defmodule SynapseCore.Agent do
 
   Those of `run_sync/3` (`:timeout` bounds the whole run), and:
 
-    * `:window` - back-pressure: at most this many events are sent ahead of
-      the consumer. A consumer slower than the model never has more than
-      `window` events of the run in its mailbox (plus the final one); the
-      worker is slowed down instead, by gRPC's flow control. A positive
-      integer or `:infinity`. Defaults to `64`.
-    * `:stream_to` - a pid to deliver the events to as messages, for
-      processes that relay them (a socket, a LiveView). `run_stream/3` then
-      starts the run at once and returns `{:ok, %SynapseCore.Run{}}`; the pid
-      receives `{:synapse_event, run.ref, event}` for each event, ending with
-      `{:synapse_event, run.ref, {:result, result}}` or
-      `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
-      call `ack/2` for the events it has handled, or only `window` events
-      arrive. The run is cancelled if the caller or the receiver exits.
+  #{SynapseCore.Options.docs(Options.stream_schema())}
   """
   @spec run_stream(name(), String.t(), [run_option() | stream_option()]) ::
           Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}

@@ -25,7 +25,7 @@ defmodule SynapseCore.Bridge do
   from the descriptor set embedded in the generated module.
   """
 
-  alias SynapseCore.{AgentSupervisor, Error, Native, Run, Workers}
+  alias SynapseCore.{Error, Native, Run, Workers}
   alias SynapseCore.Agent.Options
 
   @typedoc "A bridge's name, as given to `start_link/1`."
@@ -38,7 +38,12 @@ defmodule SynapseCore.Bridge do
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     options = Options.bridge!(opts)
-    %{id: {__MODULE__, options.name}, start: {__MODULE__, :start_link, [opts]}, type: :supervisor}
+
+    %{
+      id: {__MODULE__, options.name},
+      start: {SynapseCore.Agent, :start_validated, [options]},
+      type: :supervisor
+    }
   end
 
   @doc """
@@ -47,14 +52,10 @@ defmodule SynapseCore.Bridge do
 
   ## Options
 
-    * `:name` (required) - the name calls use (any term, unique among agents
-      and bridges).
-    * `:module` (required) - the Python module the bridge was generated
-      from. Its generated server (`synapse_bridge_<module>.py`) and the
-      module itself must be on the worker's `PYTHONPATH` (see `:python_path`).
-    * `:python_path`, `:python`, `:env`, `:cwd`, `:workers`,
-      `:startup_timeout`, `:shutdown_timeout` - as for
-      `SynapseCore.Agent.start_link/1`.
+  #{SynapseCore.Options.docs(Keyword.take(Options.bridge_schema(), [:name, :module]))}
+
+  and the worker options of `SynapseCore.Agent.start_link/1`:
+  #{Enum.map_join(Options.worker_keys(), ", ", &"`#{inspect(&1)}`")}.
 
   Raises `ArgumentError` for invalid options; a worker that cannot start
   (e.g. the module does not import) gives
@@ -62,10 +63,7 @@ defmodule SynapseCore.Bridge do
   """
   @spec start_link(keyword()) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts
-    |> Options.bridge!()
-    |> AgentSupervisor.start_and_await()
-    |> SynapseCore.Agent.unwrap_start_error()
+    opts |> Options.bridge!() |> SynapseCore.Agent.start_validated()
   end
 
   @doc false
@@ -74,14 +72,14 @@ defmodule SynapseCore.Bridge do
   @spec call(server(), binary(), String.t(), map(), keyword()) ::
           {:ok, map()} | {:error, Error.t()}
   def call(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000)
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
 
     # Bridges serve their own node's callers: Workers.pick_local.
     with {:ok, worker} <- Workers.pick_local(server),
          {:ok, pool} <- pool(descriptor) do
-      options = %{timeout: opts[:timeout], window: :infinity}
+      options = %{timeout: opts.timeout, window: :infinity}
 
-      Run.unary(server, opts[:timeout], fn ref ->
+      Run.unary(server, opts.timeout, fn ref ->
         Native.bridge_call(worker.channel.resource, pool, ref, method, request, options)
       end)
     end
@@ -92,12 +90,12 @@ defmodule SynapseCore.Bridge do
   # a server-streaming `method`. Raises SynapseCore.Error on failure.
   @spec stream(server(), binary(), String.t(), map(), keyword()) :: Enumerable.t()
   def stream(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_stream_schema(), "a bridge stream")
 
     Run.stream_call(server, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(server),
            {:ok, pool} <- pool(descriptor) do
-        options = %{timeout: opts[:timeout], window: opts[:window]}
+        options = %{timeout: opts.timeout, window: opts.window}
         Native.bridge_stream_start(worker.channel.resource, pool, ref, method, request, options)
       end
     end)

@@ -143,40 +143,43 @@ defmodule SynapseCore.Python do
   end
 
   @doc """
-  Validates an agent's `:python_path`: relative paths are expanded against
-  the current directory, `{app, path}` entries are kept as they are (they are
-  resolved when a worker starts) and must name an application in the code
-  path. Raises `ArgumentError` otherwise.
+  Validates an entry of an agent's `:python_path`: a relative path is
+  expanded against the current directory, `{app, path}` is kept as it is (it
+  is resolved when a worker starts) and must name an application in the code
+  path.
 
-      iex> SynapseCore.Python.python_path!(["/app/py", {:synapse_core, "priv/python"}])
-      ["/app/py", {:synapse_core, "priv/python"}]
+      iex> SynapseCore.Python.cast_path_entry("/app/py")
+      {:ok, "/app/py"}
+      iex> SynapseCore.Python.cast_path_entry({:synapse_core, "priv/python"})
+      {:ok, {:synapse_core, "priv/python"}}
+      iex> SynapseCore.Python.cast_path_entry({:no_such_app, "priv/python"})
+      {:error, "names the application :no_such_app, which is not in the code path"}
   """
-  @spec python_path!(term()) :: [path_entry()]
-  def python_path!(entries) when is_list(entries), do: Enum.map(entries, &path_entry!/1)
+  @spec cast_path_entry(term()) :: {:ok, path_entry()} | {:error, String.t()}
+  def cast_path_entry(entry) do
+    case entry do
+      {app, path} when is_atom(app) and is_binary(path) ->
+        cond do
+          not os_path?(path) -> {:error, "expected a path without NUL bytes in #{inspect(entry)}"}
+          :code.lib_dir(app) == {:error, :bad_name} -> {:error, not_in_code_path(app)}
+          true -> {:ok, entry}
+        end
 
-  def python_path!(other) do
-    raise ArgumentError,
-          ":python_path must be a list of paths or {app, path} tuples, got: #{inspect(other)}"
-  end
+      path when is_binary(path) ->
+        if os_path?(path),
+          do: {:ok, Path.expand(path)},
+          else: {:error, "expected a path without NUL bytes"}
 
-  defp path_entry!(path) when is_binary(path), do: Path.expand(path)
-
-  defp path_entry!({app, path} = entry) when is_atom(app) and is_binary(path) do
-    case :code.lib_dir(app) do
-      {:error, :bad_name} ->
-        raise ArgumentError,
-              ":python_path entry #{inspect(entry)} names the application #{inspect(app)}, " <>
-                "which is not in the code path"
-
-      _dir ->
-        entry
+      _other ->
+        {:error, "expected a path or an {app, path} tuple"}
     end
   end
 
-  defp path_entry!(other) do
-    raise ArgumentError,
-          ":python_path entries must be paths or {app, path} tuples, got: #{inspect(other)}"
-  end
+  defp os_path?(path),
+    do: path != "" and String.valid?(path) and not String.contains?(path, <<0>>)
+
+  defp not_in_code_path(app),
+    do: "names the application #{inspect(app)}, which is not in the code path"
 
   @doc """
   The directory a `:python_path` entry names, now: `{app, path}` is `path`

@@ -134,14 +134,23 @@ defmodule SynapseCore.ToolRunner do
     %{state | calls: calls}
   end
 
+  # Every outcome reaches the model: one the NIF refuses (a value with no
+  # JSON form, anything over the message size limit) is replaced by a short
+  # retry prompt that says why.
   defp answer(handle, request_id, name, outcome) do
     case Native.run_tool_result(handle, request_id, outcome) do
       :ok ->
         :ok
 
       {:error, %Error{message: message}} ->
-        Logger.warning("tool #{name} returned a value with no JSON form: #{message}")
-        retry = {:retry, "The tool's result cannot be sent as JSON (#{message})."}
+        what =
+          case outcome do
+            {:ok, _} -> "result"
+            {:retry, _} -> "error message"
+          end
+
+        Logger.warning("tool #{name}: its #{what} cannot be sent to the model: #{message}")
+        retry = {:retry, "The tool's #{what} cannot be sent (#{message})."}
         :ok = Native.run_tool_result(handle, request_id, retry)
     end
   end
@@ -200,7 +209,7 @@ defmodule SynapseCore.ToolRunner do
     text =
       case exception do
         {kind, reason} -> Exception.format_banner(kind, reason)
-        exception -> Exception.format_banner(:error, exception)
+        exception -> "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
       end
 
     Logger.warning(
@@ -210,7 +219,13 @@ defmodule SynapseCore.ToolRunner do
     {:retry, "The tool failed: #{text}"}
   end
 
-  defp reason_text(reason) when is_binary(reason), do: reason
-  defp reason_text(%{__exception__: true} = exception), do: Exception.message(exception)
+  defp reason_text(reason) when is_binary(reason), do: text(reason)
+  defp reason_text(%{__exception__: true} = exception), do: text(Exception.message(exception))
   defp reason_text(reason), do: inspect(reason)
+
+  # Retry prompts are text: bytes that are not UTF-8 are shown escaped, as
+  # `inspect/1` writes them, rather than lost or crashing the call.
+  defp text(binary) do
+    if String.valid?(binary), do: binary, else: inspect(binary, binaries: :as_binaries)
+  end
 end

@@ -40,15 +40,17 @@ defmodule SynapseCore.PythonTest do
 
   describe ":python_path" do
     test "{app, path} entries are checked and kept, paths expanded" do
-      assert Python.python_path!(["rel", {:synapse_core, "priv/python"}]) ==
-               [Path.expand("rel"), {:synapse_core, "priv/python"}]
+      options =
+        SynapseCore.Agent.Options.agent!(
+          name: :x,
+          model: "test",
+          python_path: ["rel", {:synapse_core, "priv/python"}]
+        )
+
+      assert options.python_path == [Path.expand("rel"), {:synapse_core, "priv/python"}]
     end
 
     test "an application that is not in the code path is refused" do
-      assert_raise ArgumentError, ~r/names the application :no_such_app/, fn ->
-        Python.python_path!([{:no_such_app, "priv/python"}])
-      end
-
       assert_raise ArgumentError, ~r/names the application :no_such_app/, fn ->
         SynapseCore.start_agent(
           name: unique_name(),
@@ -59,8 +61,16 @@ defmodule SynapseCore.PythonTest do
     end
 
     test "other entries are refused" do
-      for bad <- [[:atom], [{"app", "path"}], [{:synapse_core, ~c"priv"}], "not a list"] do
-        assert_raise ArgumentError, ~r/:python_path/, fn -> Python.python_path!(bad) end
+      for bad <- [
+            [:atom],
+            [{"app", "path"}],
+            [{:synapse_core, ~c"priv"}],
+            [{:synapse_core, "a\0b"}],
+            "not a list"
+          ] do
+        assert_raise ArgumentError, ~r/:python_path/, fn ->
+          SynapseCore.start_agent(name: unique_name(), agent: "m:a", python_path: bad)
+        end
       end
     end
 
