@@ -8,6 +8,8 @@ defmodule ReleaseApp.MixProject do
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
       deps: [{:synapse_core, path: "../.."}],
+      # `mix test` brings the test environment's Python environment up to date.
+      aliases: [test: ["synapse.setup --quiet", "test"]],
       releases: [
         # The Python environment goes into the release after :assemble.
         release_app: [steps: [:assemble, &SynapseCore.Release.python/1]]
