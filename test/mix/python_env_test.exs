@@ -45,6 +45,24 @@ defmodule Mix.Synapse.PythonEnvTest do
     assert File.read!(env.lock) == lock
   end
 
+  test "SYNAPSE_UV names the uv to use, and must be one", %{tmp_dir: dir} do
+    not_executable = Path.join(dir, "uv")
+    File.write!(not_executable, "")
+
+    try do
+      System.put_env("SYNAPSE_UV", not_executable)
+
+      assert_raise Mix.Error, ~r/SYNAPSE_UV is .*, which is not an executable file/, fn ->
+        PythonEnv.uv!()
+      end
+
+      File.chmod!(not_executable, 0o755)
+      assert PythonEnv.uv!() == not_executable
+    after
+      System.delete_env("SYNAPSE_UV")
+    end
+  end
+
   test "the packages the application declares are validated" do
     for bad <- [[:anthropic], "anthropic", [""], ["a\nb"]] do
       Application.put_env(:synapse_core, :python_packages, bad)

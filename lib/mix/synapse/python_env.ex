@@ -118,21 +118,30 @@ defmodule Mix.Synapse.PythonEnv do
   """
   @spec uv!() :: Path.t()
   def uv! do
-    candidates = [
-      System.get_env("SYNAPSE_UV"),
-      System.find_executable("uv"),
-      Path.expand("~/.local/bin/uv")
-    ]
+    case System.get_env("SYNAPSE_UV") do
+      nil ->
+        Enum.find([System.find_executable("uv"), Path.expand("~/.local/bin/uv")], &executable?/1) ||
+          Mix.raise("""
+          uv is needed to build the Python environment and was not found.
+          Install it from PyPI:
 
-    Enum.find(candidates, &(&1 && File.regular?(&1))) ||
-      Mix.raise("""
-      uv is needed to build the Python environment and was not found.
-      Install it from PyPI:
+              python3 -m pip install --user uv      # or: pipx install uv
 
-          python3 -m pip install --user uv      # or: pipx install uv
+          then run the command again (or set SYNAPSE_UV to its path).
+          """)
 
-      then run the command again (or set SYNAPSE_UV to its path).
-      """)
+      uv ->
+        if executable?(uv),
+          do: uv,
+          else: Mix.raise("SYNAPSE_UV is #{inspect(uv)}, which is not an executable file")
+    end
+  end
+
+  defp executable?(path) do
+    match?(
+      {:ok, %File.Stat{type: :regular, mode: mode}} when Bitwise.band(mode, 0o111) != 0,
+      path && File.stat(path)
+    )
   end
 
   @doc "Runs a command, streaming its output, and raises when it fails."
