@@ -114,7 +114,8 @@ defmodule SynapseCore.Python do
          Error.new(
            :startup_failed,
            "no Python interpreter configured and no Python environment at #{env_dir}: " <>
-             "run `mix synapse.setup`, or set the :python option, " <>
+             "run `mix synapse.setup` (a release gets one from the release step " <>
+             "&SynapseCore.Release.python/1), or set the :python option, " <>
              "`config :synapse_core, python: ...` or SYNAPSE_PYTHON"
          )}
     end

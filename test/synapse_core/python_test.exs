@@ -23,6 +23,7 @@ defmodule SynapseCore.PythonTest do
 
       assert message =~ "no Python environment at #{dir}"
       assert message =~ "run `mix synapse.setup`"
+      assert message =~ "&SynapseCore.Release.python/1"
     end
 
     test "built on an interpreter this machine lacks: names it", %{tmp_dir: dir} do
