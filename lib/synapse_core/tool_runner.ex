@@ -9,7 +9,7 @@ defmodule SynapseCore.ToolRunner do
 
   require Logger
 
-  alias SynapseCore.{Error, Native, Schema, Tool}
+  alias SynapseCore.{Error, Native, Schema, Telemetry, Tool}
   alias SynapseCore.Tool.Context
 
   @type config :: %{
@@ -85,6 +85,15 @@ defmodule SynapseCore.ToolRunner do
   end
 
   defp start_call(state, %{request_id: request_id, name: name} = request) do
+    span =
+      Telemetry.start([:synapse, :tool], %{
+        agent: state.config.agent,
+        tool: name,
+        tool_call_id: request.tool_call_id,
+        run_id: request.run_id,
+        retry: request.retry
+      })
+
     case Map.fetch(state.tools, name) do
       {:ok, tool} ->
         context = %Context{
@@ -107,20 +116,22 @@ defmodule SynapseCore.ToolRunner do
           task: task,
           request_id: request_id,
           name: name,
-          timer: timer
+          timer: timer,
+          span: span
         })
 
       :error ->
-        answer(
-          state.handle,
-          request_id,
-          name,
-          {:retry, "There is no tool named #{inspect(name)}."}
-        )
-
+        outcome = {:retry, "There is no tool named #{inspect(name)}."}
+        answer(state.handle, request_id, name, outcome)
+        report(span, outcome)
         state
     end
   end
+
+  defp report(span, {:ok, _value}), do: Telemetry.stop([:synapse, :tool], :stop, span, %{})
+
+  defp report(span, {:retry, reason}),
+    do: Telemetry.stop([:synapse, :tool], :exception, span, %{reason: reason})
 
   defp call_timeout(tool, :infinity), do: tool.timeout
 
@@ -128,9 +139,12 @@ defmodule SynapseCore.ToolRunner do
     do: max(min(tool.timeout, deadline - System.monotonic_time(:millisecond)), 0)
 
   defp finish(state, ref, outcome) do
-    {%{request_id: request_id, name: name, timer: timer}, calls} = Map.pop(state.calls, ref)
+    {%{request_id: request_id, name: name, timer: timer, span: span}, calls} =
+      Map.pop(state.calls, ref)
+
     Process.cancel_timer(timer)
     answer(state.handle, request_id, name, outcome)
+    report(span, outcome)
     %{state | calls: calls}
   end
 
