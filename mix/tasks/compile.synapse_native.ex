@@ -60,23 +60,23 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     File.read(stamp) != {:ok, Atom.to_string(profile)} or Mix.Utils.stale?(sources, outputs)
   end
 
-  defp target_dir(root) do
-    build = Mix.Project.build_path()
-
+  @doc false
+  # Cargo's target directory for synapse_core at `root` built into the Mix
+  # build directory `build`, given the OS environment `env`.
+  @spec target_dir(Path.t(), Path.t(), %{String.t() => String.t()}) :: Path.t()
+  def target_dir(root, build, env) do
     cond do
-      dir = System.get_env("CARGO_TARGET_DIR") -> Path.expand(dir)
-      own_build?(root, build) -> Path.join(root, "target")
+      dir = env["CARGO_TARGET_DIR"] -> Path.expand(dir)
+      # This repository's own builds (dev, test, benchmarks) keep cargo's default.
+      Path.dirname(build) == Path.join(root, "_build") -> Path.join(root, "target")
       # MIX_BUILD_PATH names one build directory: stay inside it.
-      System.get_env("MIX_BUILD_PATH") -> Path.join(build, "synapse_native")
+      env["MIX_BUILD_PATH"] -> Path.join(build, "synapse_native")
       # _build/<env>: one cargo directory for every environment of the app.
       true -> Path.join(Path.dirname(build), "synapse_native")
     end
   end
 
-  # This repository's own builds (dev, test, benchmarks) keep cargo's default.
-  defp own_build?(root, build) do
-    Path.dirname(build) == Path.join(root, "_build")
-  end
+  defp target_dir(root), do: target_dir(root, Mix.Project.build_path(), System.get_env())
 
   defp build(root, profile) do
     cargo =
