@@ -467,7 +467,14 @@ defmodule SynapseCore.Bench.Report do
   end
 
   defp chart(out) do
-    {:ok, python} = SynapseCore.Python.interpreter()
+    # bench/run draws with an environment of its own: matplotlib is no
+    # package of the workers'.
+    python =
+      case System.get_env("SYNAPSE_BENCH_CHART_PYTHON") do
+        nil -> elem(SynapseCore.Python.interpreter(), 1)
+        path -> path
+      end
+
     chart = Path.expand("../chart.py", __DIR__)
 
     case System.cmd(python, [chart, Path.join(out, "results.json"), Path.join(out, "chart.png")],
