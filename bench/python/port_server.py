@@ -77,9 +77,15 @@ class EtfCodec:
 
 
 def _from_term(term: Any) -> Any:
-    """Python values of decoded terms: binaries and atoms become `str`."""
+    """Python values of decoded terms: binaries and atoms become `str`.
+
+    erlang-py answers a list of small integers, which the VM sends as a `STRING_EXT`,
+    as `bytes`: it is a list, `[1, 2]` in Elixir.
+    """
+    if isinstance(term, erlang.OtpErlangBinary):
+        return term.value.decode()
     if isinstance(term, bytes):
-        return term.decode()
+        return list(term)
     if isinstance(term, erlang.OtpErlangAtom):
         name = term.value.decode()
         return None if name == "nil" else name
