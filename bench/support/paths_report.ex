@@ -72,7 +72,9 @@ defmodule SynapseCore.Bench.PathsReport do
     `getrusage` in the Python contenders) over the measured window, divided by the
     calls: the caller's side (the BEAM, or the grpc.aio client process) and the
     Python side (the worker and its shepherd, the Port's Python process, or the
-    in-process Python itself).
+    in-process Python itself). `/proc` counts in clock ticks (10 ms) per process:
+    a window of `n` calls reads to within 10 ms ÷ `n` per call and per process
+    (the throughput windows, with thousands of calls, read finest).
 
     The contenders:
 
@@ -149,7 +151,7 @@ defmodule SynapseCore.Bench.PathsReport do
       Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
         case lat[name] do
           nil -> "—"
-          row -> "#{time(row["p50_us"])} (#{f(ratios[name]["p50"], 2)}×)"
+          row -> "#{time(row["p50_us"])} (#{ratio(ratios[name]["p50"])}×)"
         end
       end)
 
@@ -162,7 +164,7 @@ defmodule SynapseCore.Bench.PathsReport do
 
     rows =
       for {name, contender} <- @contenders, row = lat[name] do
-        ratio = fn key -> if name == "synapse", do: "1", else: f(ratios[name][key], 2) end
+        ratio = fn key -> if name == "synapse", do: "1", else: ratio(ratios[name][key]) end
 
         "| #{contender} | #{time(row["p50_us"])} | #{time(row["p99_us"])} | #{ratio.("p50")} | #{ratio.("p99")} | #{cpu(row)} |"
       end
@@ -191,7 +193,7 @@ defmodule SynapseCore.Bench.PathsReport do
                 f(point["calls_per_s"])
 
               {point, _} ->
-                "#{f(point["calls_per_s"])} (#{f(point(r, "throughput_ratios", c, w, k, name), 2)})"
+                "#{f(point["calls_per_s"])} (#{ratio(point(r, "throughput_ratios", c, w, k, name))})"
             end
           end)
 
@@ -281,6 +283,14 @@ defmodule SynapseCore.Bench.PathsReport do
       _ -> "#{f(caller)} + #{f(python)} = #{f(caller + python)}"
     end
   end
+
+  # Two significant digits at least, whatever the magnitude.
+  defp ratio(nil), do: "–"
+  defp ratio(x) when x >= 100, do: f(x)
+  defp ratio(x) when x >= 10, do: f(x, 1)
+  defp ratio(x) when x >= 0.1, do: f(x, 2)
+  defp ratio(x) when x > 0, do: f(x, 1 - floor(:math.log10(x)))
+  defp ratio(x), do: f(x, 2)
 
   defp time(nil), do: "—"
   defp time(us) when us >= 1000, do: "#{f(us / 1000, 1)} ms"
