@@ -47,16 +47,16 @@ bench_bridge = Path.join(root, "bench/bridge")
 scale = %{
   rounds: if(quick?, do: 2, else: 5),
   calls: %{
-    "minimal" => if(quick?, do: 40, else: 300),
-    "python_tool" => if(quick?, do: 30, else: 200),
-    "elixir_tool" => if(quick?, do: 30, else: 200),
+    "minimal" => if(quick?, do: 40, else: 200),
+    "python_tool" => if(quick?, do: 30, else: 150),
+    "elixir_tool" => if(quick?, do: 30, else: 100),
     "add" => if(quick?, do: 300, else: 2_000)
   },
   # A plain call in Python takes well under a microsecond: more of them,
   # for a CPU time above /proc's and getrusage's resolution.
   inprocess_add_calls: 200_000,
   throughput_rounds: if(quick?, do: 1, else: 3),
-  seconds: if(quick?, do: 1, else: 2),
+  seconds: if(quick?, do: 1, else: 1.5),
   concurrency: [1, 16, 64],
   workers: [1, 2]
 }
