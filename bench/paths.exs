@@ -47,16 +47,16 @@ bench_bridge = Path.join(root, "bench/bridge")
 scale = %{
   rounds: if(quick?, do: 2, else: 5),
   calls: %{
-    "minimal" => if(quick?, do: 40, else: 200),
-    "python_tool" => if(quick?, do: 30, else: 150),
-    "elixir_tool" => if(quick?, do: 30, else: 100),
-    "add" => if(quick?, do: 300, else: 2_000)
+    "minimal" => if(quick?, do: 40, else: 150),
+    "python_tool" => if(quick?, do: 30, else: 100),
+    "elixir_tool" => if(quick?, do: 30, else: 60),
+    "add" => if(quick?, do: 300, else: 1_500)
   },
   # A plain call in Python takes well under a microsecond: more of them,
   # for a CPU time above /proc's and getrusage's resolution.
   inprocess_add_calls: 200_000,
   throughput_rounds: if(quick?, do: 1, else: 3),
-  seconds: if(quick?, do: 1, else: 1.5),
+  seconds: 1,
   concurrency: [1, 16, 64],
   workers: [1, 2]
 }
@@ -179,41 +179,49 @@ end
 
 {:ok, 3} = apply(bridge_client, :add, [:paths_add_1, 1, 2])
 
+# The Ports' and in-process Python's latency contenders for `function` and
+# `args` (what is called) and `inprocess_case` (bench/python/inprocess.py's).
+baselines = fn function, args, inprocess_case, calls, inprocess_calls ->
+  ports =
+    for codec <- [:etf, :jsonl] do
+      peer = hd(peers[codec])
+
+      {Atom.to_string(codec),
+       fn ->
+         Paths.latency(
+           fn -> {:ok, _} = PortPeer.call(peer, function, args) end,
+           calls,
+           [hd(peer_pids[codec])]
+         )
+       end}
+    end
+
+  inprocess =
+    {"inprocess",
+     fn ->
+       ["latency", "--case", inprocess_case, "--calls", "#{inprocess_calls}"]
+       |> then(&Paths.python("inprocess.py", &1))
+       |> Paths.from_python()
+     end}
+
+  [inprocess | ports]
+end
+
 contenders = fn
   "add" ->
+    calls = scale.calls["add"]
+
     [
       {"synapse",
        fn ->
          Paths.latency(
            fn -> {:ok, 3} = apply(bridge_client, :add, [:paths_add_1, 1, 2]) end,
-           scale.calls["add"],
+           calls,
            worker_pids.(:paths_add_1)
          )
-       end},
-      {"inprocess",
-       fn ->
-         Paths.python("inprocess.py", [
-           "latency",
-           "--case",
-           "add",
-           "--calls",
-           "#{scale.inprocess_add_calls}"
-         ])
-         |> Paths.from_python()
        end}
-    ] ++
-      for codec <- [:etf, :jsonl] do
-        peer = hd(peers[codec])
-
-        {Atom.to_string(codec),
-         fn ->
-           Paths.latency(
-             fn -> {:ok, 3} = PortPeer.call(peer, "add", [1, 2]) end,
-             scale.calls["add"],
-             [hd(peer_pids[codec])]
-           )
-         end}
-      end
+      | baselines.("add", [1, 2], "add", calls, scale.inprocess_add_calls)
+    ]
 
   run_case ->
     name = agent_of[run_case]
@@ -246,25 +254,9 @@ contenders = fn
            [SynapseCore.Python.package_dir()]
          )
          |> Paths.from_python()
-       end},
-      {"inprocess",
-       fn ->
-         Paths.python("inprocess.py", ["latency", "--case", run_case, "--calls", "#{calls}"])
-         |> Paths.from_python()
        end}
-    ] ++
-      for codec <- [:etf, :jsonl] do
-        peer = hd(peers[codec])
-
-        {Atom.to_string(codec),
-         fn ->
-           Paths.latency(
-             fn -> {:ok, %{"output" => _}} = PortPeer.call(peer, "run_#{run_case}", [prompt]) end,
-             calls,
-             [hd(peer_pids[codec])]
-           )
-         end}
-      end
+      | baselines.("run_#{run_case}", [prompt], run_case, calls, calls)
+    ]
 end
 
 cases = ["minimal", "python_tool", "elixir_tool", "add"]
@@ -279,6 +271,7 @@ show = fn label, result ->
 end
 
 IO.puts("== 1. latency, one call in flight (#{scale.rounds} rounds)")
+phase_started = System.monotonic_time(:millisecond)
 
 latency_runs =
   cases
@@ -302,7 +295,9 @@ latency_ratios =
      end}
   end)
 
+latency_s = (System.monotonic_time(:millisecond) - phase_started) / 1000
 IO.puts("== 2. throughput (#{scale.throughput_rounds} rounds of #{scale.seconds} s)")
+phase_started = System.monotonic_time(:millisecond)
 
 # One measurement of case `c` with `w` workers at concurrency `k`, per contender.
 throughput_contenders = fn c, w, k ->
@@ -311,8 +306,8 @@ throughput_contenders = fn c, w, k ->
 
   synapse_call =
     case c do
-      "minimal" -> fn _i -> {:ok, _} = SynapseCore.Agent.run_sync(agent, prompt) end
-      "add" -> fn _i -> {:ok, 3} = apply(bridge_client, :add, [bridge, 1, 2]) end
+      "minimal" -> fn -> {:ok, _} = SynapseCore.Agent.run_sync(agent, prompt) end
+      "add" -> fn -> {:ok, 3} = apply(bridge_client, :add, [bridge, 1, 2]) end
     end
 
   port_args = if c == "add", do: ["add", [1, 2]], else: ["run_minimal", [prompt]]
@@ -336,7 +331,9 @@ throughput_contenders = fn c, w, k ->
       {Atom.to_string(codec),
        fn ->
          Paths.throughput(
-           fn i -> {:ok, _} = apply(PortPeer, :call, [Enum.at(used, rem(i, w)) | port_args]) end,
+           Paths.round_robin(used, fn peer ->
+             {:ok, _} = apply(PortPeer, :call, [peer | port_args])
+           end),
            k,
            scale.seconds,
            Enum.take(peer_pids[codec], w)
@@ -438,6 +435,7 @@ throughput_ratios =
       )
   end)
 
+throughput_s = (System.monotonic_time(:millisecond) - phase_started) / 1000
 elapsed_s = (System.monotonic_time(:millisecond) - load_start["at"]) / 1000
 busy = Proc.machine_busy_seconds() - load_start["busy"]
 bench_cpu = Proc.tree_cpu_seconds() - load_start["bench"]
@@ -454,6 +452,8 @@ results = %{
     "loadavg_start" => load_start["loadavg"],
     "loadavg_end" => Proc.loadavg(),
     "seconds" => elapsed_s,
+    "latency_seconds" => latency_s,
+    "throughput_seconds" => throughput_s,
     "busy_cores" => busy / elapsed_s,
     "bench_cores" => bench_cpu / elapsed_s,
     "other_cores" => max(busy - bench_cpu, 0) / elapsed_s

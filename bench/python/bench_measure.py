@@ -7,10 +7,12 @@ the processes it calls (a worker), so both sides of a call are accounted for.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import resource
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -52,3 +54,19 @@ def proc_cpu_seconds(pids: Iterable[int]) -> float:
 def cpu_per_call(cpu_seconds: float, calls: int) -> float:
     """Microseconds of CPU per call."""
     return cpu_seconds * 1e6 / max(calls, 1)
+
+
+async def concurrent_loops(
+    call: Callable[[], Awaitable[object]], concurrency: int, until: float
+) -> int:
+    """`concurrency` loops awaiting `call()`, one in flight each, until the monotonic
+    clock reaches `until`; answers the calls made."""
+
+    async def loop() -> int:
+        n = 0
+        while time.monotonic() < until:
+            await call()
+            n += 1
+        return n
+
+    return sum(await asyncio.gather(*(loop() for _ in range(concurrency))))

@@ -35,7 +35,13 @@ from typing import Any
 
 import grpc
 from bench_agents import PROMPT, TOOL_DESCRIPTION, TOOL_PARAMETERS, order_status_text
-from bench_measure import cpu_per_call, latency_summary, own_cpu_seconds, proc_cpu_seconds
+from bench_measure import (
+    concurrent_loops,
+    cpu_per_call,
+    latency_summary,
+    own_cpu_seconds,
+    proc_cpu_seconds,
+)
 
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -136,16 +142,7 @@ async def throughput(case: str, workers: list[Worker], args: argparse.Namespace)
     call = caller(case, workers)
 
     async def loops(seconds: float) -> int:
-        until = time.monotonic() + seconds
-
-        async def loop() -> int:
-            n = 0
-            while time.monotonic() < until:
-                await call()
-                n += 1
-            return n
-
-        return sum(await asyncio.gather(*(loop() for _ in range(args.concurrency))))
+        return await concurrent_loops(call, args.concurrency, time.monotonic() + seconds)
 
     await loops(args.warmup_seconds)
     cpu, worker_cpu = own_cpu_seconds(), proc_cpu_seconds(args.worker_pids)

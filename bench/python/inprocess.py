@@ -36,7 +36,7 @@ from typing import Any
 
 from bench_add import add
 from bench_agents import PROMPT, minimal_agent, python_tool_agent
-from bench_measure import cpu_per_call, latency_summary, own_cpu_seconds
+from bench_measure import concurrent_loops, cpu_per_call, latency_summary, own_cpu_seconds
 
 AGENTS = {"minimal": minimal_agent, "python_tool": python_tool_agent}
 AGENTS["elixir_tool"] = python_tool_agent
@@ -71,20 +71,6 @@ async def latency(case: str, calls: int) -> dict[str, Any]:
     return latency_summary(samples) | {"cpu_us_per_call": cpu_per_call(cpu, calls)}
 
 
-async def loops(case: str, concurrency: int, until: float) -> int:
-    """`concurrency` loops with one run in flight each, until `until`; the runs made."""
-    call = run_call(case)
-
-    async def loop() -> int:
-        n = 0
-        while time.monotonic() < until:
-            await call()
-            n += 1
-        return n
-
-    return sum(await asyncio.gather(*(loop() for _ in range(concurrency))))
-
-
 def add_loop(until: float) -> int:
     n = 0
     while time.monotonic() < until:
@@ -102,7 +88,7 @@ def one_process(
     def measure(until: float) -> int:
         if case == "add":
             return add_loop(until)
-        return asyncio.run(loops(case, concurrency, until))
+        return asyncio.run(concurrent_loops(run_call(case), concurrency, until))
 
     measure(time.monotonic() + warmup)
     start.wait()

@@ -118,6 +118,16 @@ defmodule SynapseCore.Bench.PathsReport do
     over rounds of the ratio within a round). The in-process column of the Bridge row
     is a plain Python call.
 
+    The same paths by CPU time per call, both sides together (what throughput comes
+    down to on a busy machine; medians over rounds, and Synapse's divided by the
+    baseline's):
+
+    | path | Synapse | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | Port, JSON lines |
+    |---|---:|---:|---:|---:|
+    #{cpu_summary_row(r, "minimal", "`run_sync`, minimal agent")}
+    #{cpu_summary_row(r, "elixir_tool", "`run_sync` with one Elixir tool")}
+    #{cpu_summary_row(r, "add", "Bridge `add`")}
+
     ## 1. Latency, one call in flight
 
     #{Enum.map_join(@cases, "\n", &latency_table(r, &1))}
@@ -157,6 +167,25 @@ defmodule SynapseCore.Bench.PathsReport do
 
     "| #{label} | #{time(lat["synapse"]["p50_us"])} | #{cells} |"
   end
+
+  defp cpu_summary_row(r, c, label) do
+    lat = r["latency"][c]
+    synapse = total_cpu(lat["synapse"])
+
+    cells =
+      Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
+        case total_cpu(lat[name]) do
+          nil -> "—"
+          total when total > 0 -> "#{us(total)} µs (#{ratio(synapse / total)}×)"
+          total -> "#{us(total)} µs"
+        end
+      end)
+
+    "| #{label} | #{f(synapse)} µs | #{cells} |"
+  end
+
+  defp total_cpu(nil), do: nil
+  defp total_cpu(row), do: (row["caller_cpu_us"] || 0) + row["python_cpu_us"]
 
   defp latency_table(r, {c, label}) do
     lat = r["latency"][c]
@@ -279,8 +308,8 @@ defmodule SynapseCore.Bench.PathsReport do
     python = row["python_cpu_us"]
 
     case caller do
-      nil -> "#{f(python)} (one process)"
-      _ -> "#{f(caller)} + #{f(python)} = #{f(caller + python)}"
+      nil -> "#{us(python)} (one process)"
+      _ -> "#{us(caller)} + #{us(python)} = #{us(caller + python)}"
     end
   end
 
@@ -291,6 +320,11 @@ defmodule SynapseCore.Bench.PathsReport do
   defp ratio(x) when x >= 0.1, do: f(x, 2)
   defp ratio(x) when x > 0, do: f(x, 1 - floor(:math.log10(x)))
   defp ratio(x), do: f(x, 2)
+
+  # Microseconds: whole ones, or the decimals a fraction of one needs.
+  defp us(x) when x >= 10, do: f(x)
+  defp us(x) when x >= 0.1, do: f(x, 1)
+  defp us(x), do: f(x, 3)
 
   defp time(nil), do: "—"
   defp time(us) when us >= 1000, do: "#{f(us / 1000, 1)} ms"

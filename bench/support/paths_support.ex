@@ -103,7 +103,7 @@ defmodule SynapseCore.Bench.Paths do
   # of both sides of a call; rounds interleaved; the Python contenders run
   # as subprocesses that answer the same figures.
 
-  alias SynapseCore.Bench.Proc
+  alias SynapseCore.Bench.{Baselines, Measure, Proc}
 
   @root Path.expand("../..", __DIR__)
 
@@ -111,42 +111,33 @@ defmodule SynapseCore.Bench.Paths do
   def order_status_text(order_id), do: "order #{order_id}: shipped"
 
   @doc """
-  `calls` sequential calls of `fun` after `calls / 10` unmeasured ones:
-  p50, p99 and mean, and the CPU per call of the BEAM (`caller_cpu_us`) and
-  of the Python processes `python_pids` (`python_cpu_us`).
+  p50, p99 and mean of `calls` sequential calls of `fun` (after `calls / 10`
+  unmeasured ones, `Measure.latency/2`), and the CPU per call of the BEAM
+  (`caller_cpu_us`) and of the Python processes `python_pids`
+  (`python_cpu_us`).
   """
-  def latency(fun, calls, python_pids) do
-    for _ <- 1..max(div(calls, 10), 1), do: fun.()
+  def latency(fun, calls, python_pids) when calls >= 10 do
     cpu = cpu_now(python_pids)
+    result = Measure.latency(fun, calls)
+    # The CPU is read around the warm-up calls too.
+    made = calls + div(calls, 10)
 
-    samples =
-      for _ <- 1..calls do
-        started = System.monotonic_time(:nanosecond)
-        fun.()
-        System.monotonic_time(:nanosecond) - started
-      end
-
-    sorted = Enum.sort(samples)
-
-    %{
-      "calls" => calls,
-      "p50_us" => percentile(sorted, 50) / 1000,
-      "p99_us" => percentile(sorted, 99) / 1000,
-      "mean_us" => Enum.sum(sorted) / calls / 1000
-    }
-    |> Map.merge(cpu_per_call(cpu, cpu_now(python_pids), calls))
+    result
+    |> Map.drop(["client"])
+    |> Map.merge(cpu_per_call(cpu, cpu_now(python_pids), made))
   end
 
   @doc """
-  Calls per second of `concurrency` loops, loop `i` calling `fun.(i)` with
-  one call in flight, for `seconds` after a half-second warm-up; with the
-  CPU per call of both sides, as `latency/3`.
+  Calls per second of `concurrency` loops calling `fun` with one call in
+  flight each, for `seconds` after a half-second warm-up; with the CPU per
+  call of both sides, as `latency/3`.
   """
   def throughput(fun, concurrency, seconds, python_pids) do
-    loops(fun, concurrency, System.monotonic_time(:millisecond) + 500)
+    Measure.loop(fun, System.monotonic_time(:millisecond) + 500, concurrency)
     cpu = cpu_now(python_pids)
     started = System.monotonic_time(:microsecond)
-    calls = loops(fun, concurrency, System.monotonic_time(:millisecond) + round(seconds * 1000))
+    deadline = System.monotonic_time(:millisecond) + round(seconds * 1000)
+    calls = Measure.loop(fun, deadline, concurrency)
     elapsed = (System.monotonic_time(:microsecond) - started) / 1.0e6
 
     %{
@@ -158,20 +149,14 @@ defmodule SynapseCore.Bench.Paths do
     |> Map.merge(cpu_per_call(cpu, cpu_now(python_pids), calls))
   end
 
-  defp loops(fun, concurrency, deadline) do
-    0..(concurrency - 1)
-    |> Enum.map(fn i -> Task.async(fn -> count_until(fn -> fun.(i) end, deadline, 0) end) end)
-    |> Task.await_many(:infinity)
-    |> Enum.sum()
-  end
-
-  defp count_until(fun, deadline, n) do
-    if System.monotonic_time(:millisecond) >= deadline do
-      n
-    else
-      fun.()
-      count_until(fun, deadline, n + 1)
-    end
+  @doc """
+  A function that calls `fun` with each of `targets` in turn (a pool called
+  round-robin, as the Python gRPC client calls its workers).
+  """
+  def round_robin(targets, fun) do
+    turn = :atomics.new(1, [])
+    count = length(targets)
+    fn -> fun.(Enum.at(targets, rem(:atomics.add_get(turn, 1, 1), count))) end
   end
 
   defp cpu_now(python_pids), do: {Proc.cpu_seconds([:beam]), Proc.cpu_seconds(python_pids)}
@@ -214,7 +199,7 @@ defmodule SynapseCore.Bench.Paths do
 
     keys
     |> Enum.filter(fn key -> Enum.all?(runs, &is_number(&1[key])) end)
-    |> Map.new(fn key -> {key, median(Enum.map(runs, & &1[key]))} end)
+    |> Map.new(fn key -> {key, Measure.median(Enum.map(runs, & &1[key]))} end)
     |> Map.put("rounds", runs)
   end
 
@@ -226,13 +211,8 @@ defmodule SynapseCore.Bench.Paths do
     a_runs
     |> Enum.zip(b_runs)
     |> Enum.map(fn {a, b} -> a[key] / b[key] end)
-    |> median()
+    |> Measure.median()
   end
-
-  def median(values), do: values |> Enum.sort() |> percentile(50)
-
-  # Nearest rank, as the Python contenders compute it (bench_measure.py).
-  def percentile(sorted, p), do: Enum.at(sorted, max(ceil(p / 100 * length(sorted)), 1) - 1)
 
   @doc """
   Runs a Python contender (`bench/python/<script>`) and answers the JSON
@@ -247,16 +227,9 @@ defmodule SynapseCore.Bench.Paths do
         ":"
       )
 
-    case System.cmd(python, [Path.join(@root, "bench/python/#{script}") | args],
-           env: [{"PYTHONPATH", path}]
-         ) do
-      {json, 0} ->
-        {:ok, result} = SynapseCore.JSON.decode(json)
-        result
-
-      {output, status} ->
-        raise "#{script} #{Enum.join(args, " ")} failed (#{status}): #{output}"
-    end
+    Baselines.run(python, [Path.join(@root, "bench/python/#{script}") | args], [
+      {"PYTHONPATH", path}
+    ])
   end
 
   @doc """
