@@ -59,7 +59,9 @@ defmodule SynapseCore.Bench.PathsReport do
     cores' worth on average, #{f(load["bench_cores"], 2)} of it this benchmark (the BEAM
     and every process it started) and #{f(load["other_cores"], 2)} other processes.
     Absolute figures move with that load; ratios of contenders measured side by side
-    are what to read.
+    are what to read. Wall-clock times also depend on how much of the cores the kernel
+    gives each contender's processes: #{stretch(r)} The CPU time per call
+    (sections 3 and the second summary table) does not depend on that share.
 
     **Method.** Every contender runs the same pydantic-ai agents
     (`bench/python/bench_agents.py`, `TestModel`, offline) or the same Python
@@ -151,6 +153,24 @@ defmodule SynapseCore.Bench.PathsReport do
     #{cpu_table(r)}
     #{echo_section(echo)}
     """
+  end
+
+  # Wall-clock p50 against CPU per call, minimal run, for the contenders that
+  # have both.
+  defp stretch(r) do
+    lat = r["latency"]["minimal"]
+
+    [
+      {"inprocess", "in-process pydantic-ai"},
+      {"etf", "the ErlPort-shaped Port"},
+      {"synapse", "Synapse"}
+    ]
+    |> Enum.map_join("; ", fn {name, label} ->
+      row = lat[name]
+
+      "#{label} took #{time(row["p50_us"])} per minimal run (p50) for #{us(total_cpu(row))} µs of CPU"
+    end)
+    |> Kernel.<>(".")
   end
 
   defp summary_row(r, c, label) do
