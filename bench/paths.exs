@@ -145,6 +145,15 @@ addresses = fn name ->
   name |> SynapseCore.Agent.workers() |> Enum.map_join(",", & &1.address)
 end
 
+# bench/python/grpc_runs.py with `args`, on the workers of agent `name`.
+grpc_runs = fn args, name ->
+  args
+  |> Kernel.++(["--address", addresses.(name)])
+  |> Kernel.++(["--worker-pids", name |> worker_pids.() |> Enum.join(",")])
+  |> then(&Paths.python("grpc_runs.py", &1, [SynapseCore.Python.package_dir()]))
+  |> Paths.from_python()
+end
+
 callbacks = %{"order_status" => fn %{"order_id" => id} -> Paths.order_status_text(id) end}
 
 peers =
@@ -237,24 +246,7 @@ contenders = fn
          )
        end},
       {"grpcio",
-       fn ->
-         Paths.python(
-           "grpc_runs.py",
-           [
-             "latency",
-             "--case",
-             run_case,
-             "--address",
-             addresses.(name),
-             "--calls",
-             "#{calls}",
-             "--worker-pids",
-             name |> worker_pids.() |> Enum.join(",")
-           ],
-           [SynapseCore.Python.package_dir()]
-         )
-         |> Paths.from_python()
-       end}
+       fn -> grpc_runs.(["latency", "--case", run_case, "--calls", "#{calls}"], name) end}
       | baselines.("run_#{run_case}", [prompt], run_case, calls, calls)
     ]
 end
@@ -346,24 +338,9 @@ throughput_contenders = fn c, w, k ->
       [
         {"grpcio",
          fn ->
-           Paths.python(
-             "grpc_runs.py",
-             [
-               "throughput",
-               "--case",
-               "minimal",
-               "--address",
-               addresses.(agent),
-               "--concurrency",
-               "#{k}",
-               "--seconds",
-               "#{scale.seconds}",
-               "--worker-pids",
-               agent |> worker_pids.() |> Enum.join(",")
-             ],
-             [SynapseCore.Python.package_dir()]
-           )
-           |> Paths.from_python()
+           ["throughput", "--case", "minimal", "--concurrency", "#{k}"]
+           |> Kernel.++(["--seconds", "#{scale.seconds}"])
+           |> grpc_runs.(agent)
          end}
       ]
     else
