@@ -123,9 +123,12 @@ defmodule SynapseCore.FaultsTest do
            )
 
     assert Enum.count(replies, &match?({:error, %Error{kind: :unavailable}}, &1)) > 0
-    starts = log |> File.read!() |> String.split("\n", trim: true) |> length()
-    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not hundreds.
-    assert starts in 2..9
+    starts = fn -> log |> File.read!() |> String.split("\n", trim: true) |> length() end
+    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not hundreds...
+    assert starts.() in 1..9
+    # ... and it keeps trying. (Each start imports pydantic-ai: seconds, on a loaded
+    # machine, so how many fit in the 5 s above is not the point.)
+    eventually(fn -> starts.() >= 2 end, 30_000)
 
     File.rm!(flag)
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 40_000)
