@@ -17,6 +17,13 @@ defmodule SynapseCore do
   @spec start_agent([Agent.option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_agent(opts) do
     options = Options.agent!(opts)
+
+    with :ok <- SynapseCore.Application.check_started() do
+      start_validated(options)
+    end
+  end
+
+  defp start_validated(options) do
     ready_to = if options.await_ready, do: AgentSupervisor.ready_to(options)
 
     spec = %{
@@ -88,7 +95,8 @@ defmodule SynapseCore do
   """
   @spec stop_agent(Agent.name()) :: :ok | {:error, Error.t()}
   def stop_agent(name) do
-    with [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
+    with :ok <- SynapseCore.Application.check_started(),
+         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
          :ok <- DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
       :ok
     else
@@ -98,6 +106,9 @@ defmodule SynapseCore do
       {:error, :not_found} ->
         {:error,
          Error.new(:invalid_argument, "agent #{inspect(name)} was not started with start_agent/1")}
+
+      {:error, %Error{} = error} ->
+        {:error, error}
     end
   end
 

@@ -77,12 +77,15 @@ defmodule SynapseCore.Workers do
 
   @spec pick_local(term()) :: {:ok, worker()} | {:error, Error.t()}
   def pick_local(name) do
-    case Registry.lookup(SynapseCore.WorkerRegistry, name) do
+    case lookup(name) do
       [{_pid, worker}] ->
         {:ok, worker}
 
       [_ | _] = workers ->
         {:ok, least_loaded(workers)}
+
+      {:error, error} ->
+        {:error, error}
 
       [] ->
         if Registry.lookup(SynapseCore.AgentRegistry, name) == [] do
@@ -92,6 +95,15 @@ defmodule SynapseCore.Workers do
           {:error, not_ready(name)}
         end
     end
+  end
+
+  # The registry raises when the application is not started: the check
+  # costs nothing on the path of a call that finds its worker.
+  defp lookup(name) do
+    Registry.lookup(SynapseCore.WorkerRegistry, name)
+  rescue
+    error in ArgumentError ->
+      with :ok <- SynapseCore.Application.check_started(), do: reraise(error, __STACKTRACE__)
   end
 
   # No worker serves: the cause, when retrying cannot fix it (a refused

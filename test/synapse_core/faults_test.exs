@@ -11,10 +11,13 @@ defmodule SynapseCore.FaultsTest do
 
   @moduletag capture_log: true
 
+  # A bound for liveness, not a speed: a replacement is a graceful stop
+  # (up to :shutdown_timeout) and a Python start, each several seconds on a
+  # loaded 2-core machine.
   defp replaced(name, old_os_pid) do
     eventually(
       fn -> match?([%{os_pid: new}] when new != old_os_pid, Agent.workers(name)) end,
-      30_000
+      60_000
     )
   end
 

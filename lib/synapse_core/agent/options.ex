@@ -50,7 +50,7 @@ defmodule SynapseCore.Agent.Options do
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
           token: (() -> String.t()) | nil,
           tools: [SynapseCore.Tool.t()],
-          python_path: [String.t()],
+          python_path: [SynapseCore.Python.path_entry()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
           shutdown_timeout: non_neg_integer(),
@@ -102,13 +102,19 @@ defmodule SynapseCore.Agent.Options do
       doc: "the Python interpreter; see `SynapseCore.Python` for the default."
     ],
     python_path: [
-      type: {:list, {:custom, &__MODULE__.cast_path/1, "a path without NUL bytes"}},
+      type:
+        {:list,
+         {:custom, &SynapseCore.Python.cast_path_entry/1,
+          "a path, or {app, path} for a path inside an OTP application"}},
       default: [],
-      doc_type: "a list of paths",
+      doc_type: "a list of paths and `{app, path}` tuples",
       doc: """
       directories prepended to the worker's `PYTHONPATH`, where the
       Python modules are found. Relative paths are expanded against the
-      current directory when the options are validated.
+      current directory when the options are validated; `{app, path}`
+      (such as `{:my_app, "priv/python"}`) is `path` inside the OTP
+      application `app` wherever it is installed, resolved when each
+      worker starts (see `SynapseCore.Python`).
       """
     ],
     env: [
@@ -589,13 +595,6 @@ defmodule SynapseCore.Agent.Options do
   end
 
   def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
-
-  @doc false
-  def cast_path(path) do
-    if Options.cast(:os_string, path) == {:ok, path},
-      do: {:ok, Path.expand(path)},
-      else: {:error, "expected a path without NUL bytes"}
-  end
 
   @doc false
   def cast_env(env) when is_map(env), do: cast_env(Map.to_list(env))
