@@ -31,7 +31,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     profile = profile()
     features = if Mix.env() == :test, do: ["synapse_native/test-nifs"], else: []
     build = Enum.join([profile | features], "+")
-    stamp = Path.join(root, "priv/native/.profile")
+    stamp = stamp_path(root)
     outputs = [nif_path(root), shepherd_path(root)]
 
     if stale?(root, outputs, stamp, build) do
@@ -43,6 +43,21 @@ defmodule Mix.Tasks.Compile.SynapseNative do
       {:noop, []}
     end
   end
+
+  @doc false
+  # The profile (`"release"` or `"debug"`) of the native code installed in
+  # `root`'s priv, for a build that shares it (the release test's); `nil`
+  # when none is installed.
+  @spec installed_profile(Path.t()) :: String.t() | nil
+  def installed_profile(root) do
+    case File.read(stamp_path(root)) do
+      # The profile, then the cargo features it was built with.
+      {:ok, build} -> build |> String.split("+") |> hd()
+      {:error, _} -> nil
+    end
+  end
+
+  defp stamp_path(root), do: Path.join(root, "priv/native/.profile")
 
   defp profile do
     case System.get_env("SYNAPSE_NATIVE_PROFILE") do
