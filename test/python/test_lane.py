@@ -306,7 +306,13 @@ async def test_stopping_ends_calls_in_flight_and_removes_the_socket(tmp_path: Pa
         RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.34").SerializeToString()
     )
     await asyncio.sleep(0.3)
-    await worker.stop(grace=0.1)
+    stopping = asyncio.create_task(worker.stop(grace=0.5))
+    await asyncio.sleep(0.1)
+    # During the grace period a new call is refused.
+    late = client.start(ECHO, probe_pb2.EchoRequest(payload=b"x").SerializeToString())
+    code, message, _ = status(await client.next(late))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    await stopping
     code, message, _ = status(await client.next(call))
     assert code is grpc.StatusCode.UNAVAILABLE
     assert "stopping" in message

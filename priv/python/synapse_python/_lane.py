@@ -77,6 +77,7 @@ class LaneServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._path: str | None = None
+        self.stopping = False
 
     async def start(self, path: str) -> None:
         """Listen on `path` (created 0600; its directory should be 0700)."""
@@ -93,10 +94,11 @@ class LaneServer:
         return _Connection(self)
 
     async def stop(self, grace: float | None) -> None:
-        """Refuse new connections, give calls in flight `grace` seconds, cancel the rest."""
+        """Refuse new connections and calls; give those in flight `grace` seconds, then cancel."""
         server, self._server = self._server, None
         if server is None:
             return
+        self.stopping = True
         server.close()
         calls = [call for connection in self._connections for call in connection.calls.values()]
         tasks = [call.task for call in calls if call.task is not None]
@@ -232,6 +234,9 @@ class _Connection(asyncio.Protocol):
         handler = self._handlers.get(start.method)
         if handler is None:
             self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return
+        if self._server.stopping:
+            self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
             return
         call = LaneContext(self, call_id, handler, start)
         self.calls[call_id] = call
