@@ -29,6 +29,7 @@ defmodule SynapseCore.Agent do
   alias SynapseCore.{
     AgentSupervisor,
     Error,
+    Messages,
     Native,
     Remote,
     Result,
@@ -180,7 +181,8 @@ defmodule SynapseCore.Agent do
   """
   @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
-    with {:ok, run} <- run(name, prompt, opts), do: await(run)
+    with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
+         do: await(run)
   end
 
   @doc """
@@ -212,7 +214,10 @@ defmodule SynapseCore.Agent do
   end
 
   # Starts a run on a worker of this node or, when this node has none ready,
-  # through a relay on a node that has (see SynapseCore.Remote).
+  # through a relay on a node that has (see SynapseCore.Remote). `reply` is
+  # how its outcome is delivered: `:sync` (one reply to a caller that waits
+  # for it; nobody else holds the run), `:unary` (one reply, the run may be
+  # cancelled) or `:stream` (events, then the outcome).
   defp start(name, prompt, call, reply, receiver, window) do
     with :ok <- check_prompt(prompt),
          {:ok, target} <- Workers.pick(name) do
@@ -229,7 +234,7 @@ defmodule SynapseCore.Agent do
           name(),
           String.t(),
           Options.call(),
-          :unary | :stream,
+          :sync | :unary | :stream,
           pid(),
           pos_integer() | :infinity
         ) ::
@@ -240,18 +245,21 @@ defmodule SynapseCore.Agent do
     end
   end
 
+  # A run_sync with no Elixir tools is one unary RPC (RunSync). The others
+  # use the Run stream, on which tool calls come and go and a cancel
+  # travels, so that a cancelled run answers what it did. Either way the
+  # run in Python is a plain `agent.run` unless it is streamed.
   defp start_on(worker, name, prompt, call, reply, receiver, window) do
     case {tools(worker, call), reply} do
-      {[], :unary} ->
+      {[], :sync} ->
         start_unary(name, worker.channel, prompt, call)
 
       {tools, _} ->
-        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, reply)
+        style = if reply == :stream, do: :stream, else: :unary
+        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, style)
     end
   end
 
-  # A run with no Elixir tools is one unary RPC; one with tools needs the
-  # Run stream, on which tool calls come and go.
   defp start_unary(name, channel, prompt, call) do
     ref = make_ref()
     request = request(prompt, call, [], false)
@@ -451,24 +459,35 @@ defmodule SynapseCore.Agent do
     Workers.list(name)
   end
 
-  # Histories past this many messages are converted to JSON on a dirty
-  # scheduler: it can take longer than a normal scheduler slot should.
+  # Histories given as lists past this many messages are converted to JSON
+  # on a dirty scheduler: it can take longer than a normal scheduler slot
+  # should. A SynapseCore.Messages is copied as it is, on a dirty scheduler
+  # only when it is large.
   @dirty_history_length 16
+  @dirty_history_bytes 256 * 1024
 
   defp large?(nil), do: false
+  defp large?(%Messages{json: json}), do: byte_size(json) > @dirty_history_bytes
   defp large?(history), do: length(history) > @dirty_history_length
 
   defp request(prompt, call, tools, quiet) do
     %{
       agent_id: "agent",
       prompt: prompt,
-      message_history: call.message_history,
+      message_history: history(call.message_history),
       model_settings: call.model_settings,
       usage_limits: call.usage_limits,
       tools: tools,
-      quiet: quiet
+      quiet: quiet,
+      deps: call.deps,
+      output_tool_return_content: call.output_tool_return_content
     }
   end
+
+  # pydantic-ai's JSON goes to the worker as it is: the NIF sends a binary
+  # untouched and encodes a list of maps.
+  defp history(%Messages{json: json}), do: json
+  defp history(other), do: other
 
   defp check_prompt(prompt) do
     if String.valid?(prompt),

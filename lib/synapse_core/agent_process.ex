@@ -494,8 +494,14 @@ defmodule SynapseCore.AgentProcess do
 
   ## Errors
 
-  defp load_request(%Options{source: source, model: model}) do
-    base = %{agent_id: @agent_id, reference: nil, spec: nil, model: model || ""}
+  defp load_request(%Options{source: source, model: model, deps_factory: deps_factory}) do
+    base = %{
+      agent_id: @agent_id,
+      reference: nil,
+      spec: nil,
+      model: model || "",
+      deps_factory: deps_factory || ""
+    }
 
     case source do
       {:ref, ref} -> %{base | reference: ref}

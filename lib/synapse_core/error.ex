@@ -10,19 +10,29 @@ defmodule SynapseCore.Error do
       (it is starting or restarting), or its worker cannot be reached
     * `:worker_exited` - the worker process exited while the call was in flight
     * `:timeout` - the call's `:timeout` elapsed; the run was cancelled
-    * `:cancelled` - the call was cancelled
+      (pydantic-ai's `RunTimedOut`)
+    * `:cancelled` - the call was cancelled (`SynapseCore.Agent.cancel/1`)
     * `:startup_failed` - a worker could not be started: the interpreter is
       missing, the agent's module does not import, ...
     * `:not_found` - the worker does not host the agent it was asked for
     * `:invalid_argument` - the request was refused: a message history that
       is not a valid pydantic-ai history, data that has no JSON form, ...
-    * `:python_error` - the agent run raised a Python exception
+    * `:python_error` - the agent run raised a Python exception; the message
+      starts with its class, as Python prints it (`"RuntimeError: boom"`)
     * `:output_validation_failed` - the model's structured output did not
       validate, also after the retries pydantic-ai gave it
     * `:tool_failed` - a tool kept failing (invalid arguments, errors,
       timeouts) until its retries were used up
-    * `:usage_limit_exceeded`, `:unexpected_model_behavior`,
-      `:model_http_error` - pydantic-ai's own failures of those names
+    * `:usage_limit_exceeded`, `:unexpected_model_behavior` - pydantic-ai's
+      own failures of those names
+    * `:model_http_error` - the model provider answered an HTTP error
+      (pydantic-ai's `ModelHTTPError`)
+    * `:model_unavailable` - the model provider could not be reached:
+      connection refused, DNS, TLS, a transport timeout, or no answer within
+      the model's `request_timeout` (pydantic-ai's `ModelConnectionError`,
+      `ModelRequestTimeout`)
+    * `:unrepresentable` - a value from Python that Elixir cannot hold
+      exactly (NaN or an infinite float); the message names where it is
     * `:resource_exhausted` - a limit was hit (e.g. the maximum message size
       or the nesting depth of data)
     * `:unauthenticated` - a remote worker refused the token
@@ -30,7 +40,20 @@ defmodule SynapseCore.Error do
 
   `message` is meant for humans. `details` is a map whose keys depend on the
   kind; errors that come from Python carry `:type` (the exception's class
-  name), `:traceback` and `:grpc_status`.
+  name), `:traceback` and `:grpc_status`. Also, by kind:
+
+    * `:invalid_argument` from a Pydantic validation (of `deps:`, for
+      example): `:errors`, a list of `%{"loc" => [...], "msg" => ...,
+      "type" => ...}`, each `loc` a path of field names and indexes;
+    * `:model_http_error`: `:status_code`, `:body` (the provider's error
+      body, decoded when it is JSON), `:retry_after` (seconds, or `nil`),
+      `:model_name`, `:provider_error_code`, `:provider_error_type`;
+    * `:model_unavailable`: `:model_name` and `:phase` (`"connect"`,
+      `"write"`, `"read"`, `"pool"` or `nil`);
+    * `:timeout` and `:cancelled`, when pydantic-ai kept what the run did
+      before it stopped: `:messages` (a `SynapseCore.Messages` to resume
+      from, as `message_history:`), `:usage` (a `SynapseCore.Usage`, to
+      bill) and `:run_id`.
   """
 
   @type kind ::
@@ -48,6 +71,8 @@ defmodule SynapseCore.Error do
           | :tool_failed
           | :unexpected_model_behavior
           | :model_http_error
+          | :model_unavailable
+          | :unrepresentable
           | :resource_exhausted
           | :unauthenticated
           | :protocol_error

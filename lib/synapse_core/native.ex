@@ -69,6 +69,9 @@ defmodule SynapseCore.Native do
   def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)
   def json_decode(_binary), do: :erlang.nif_error(:nif_not_loaded)
 
+  # A history's messages from an index on, as {:ok, %SynapseCore.Messages{}}.
+  def messages_slice(_json, _from), do: :erlang.nif_error(:nif_not_loaded)
+
   # Failure injection for tests: where is :nif or :reply.
   def debug_panic(_where, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -268,7 +268,12 @@ async def test_python_errors_keep_their_type_and_message(client: BridgeClient) -
         await client.call("fail", message="no luck")
     assert raised.value.code() == grpc.StatusCode.UNKNOWN
     detail = error_detail(raised.value)
-    assert (detail.kind, detail.type, detail.message) == ("python_error", "ValueError", "no luck")
+    assert (detail.kind, detail.type, detail.message) == (
+        "python_error",
+        "ValueError",
+        "ValueError: no luck",
+    )
+    assert raised.value.details() == "ValueError: no luck"
     assert "raise ValueError(message)" in detail.traceback
 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -276,7 +281,8 @@ async def test_python_errors_keep_their_type_and_message(client: BridgeClient) -
     detail = error_detail(raised.value)
     assert (detail.kind, detail.type) == ("python_error", "OverflowError")
     assert detail.message == (
-        "result: 18446744073709551616 does not fit in int64 (a bridge never narrows an int)"
+        "OverflowError: result: 18446744073709551616 does not fit in int64 "
+        "(a bridge never narrows an int)"
     )
 
 

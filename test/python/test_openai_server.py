@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import AgentClient, error_detail, split_events
+from conftest import AgentClient, RunFailed, error_detail, split_events
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,9 +114,9 @@ async def test_a_wrong_key_is_a_model_http_error(
     monkeypatch.setenv("OPENAI_API_KEY", "wrong-key")
     await load_spec_agent(client)
 
-    with pytest.raises(grpc.aio.AioRpcError) as sync_raised:
+    with pytest.raises(RunFailed) as sync_raised:
         await client.run_sync("gpt", "hi")
-    with pytest.raises(grpc.aio.AioRpcError) as stream_raised:
+    with pytest.raises(RunFailed) as stream_raised:
         await client.run("gpt", "hi")
 
     for raised in (sync_raised, stream_raised):

@@ -10,7 +10,7 @@ import pytest
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from conftest import AgentClient, error_detail, split_events
+from conftest import AgentClient, RunFailed, error_detail, split_events
 from synapse_python import _agents
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -54,7 +54,7 @@ async def test_output_that_never_conforms_is_output_validation_failed(client: Ag
     }
     await client.load_agent("code", spec=spec(code))
 
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
+    with pytest.raises(RunFailed) as raised:
         await client.run_sync("code", "which airport?")
 
     assert raised.value.code() == grpc.StatusCode.INTERNAL
@@ -69,9 +69,9 @@ async def test_output_that_never_conforms_is_output_validation_failed(client: Ag
 async def test_an_output_type_never_valid_is_output_validation_failed(client: AgentClient) -> None:
     await client.load_agent("invalid_city", ref="synapse_fixtures.agents:invalid_city_agent")
 
-    with pytest.raises(grpc.aio.AioRpcError) as sync_raised:
+    with pytest.raises(RunFailed) as sync_raised:
         await client.run_sync("invalid_city", "the capital of France")
-    with pytest.raises(grpc.aio.AioRpcError) as stream_raised:
+    with pytest.raises(RunFailed) as stream_raised:
         await client.run("invalid_city", "the capital of France")
 
     for raised in (sync_raised, stream_raised):

@@ -119,7 +119,7 @@ async def test_default_socket_readiness_and_sigterm(tmp_path: Path) -> None:
         assert not socket.exists()
         assert not socket.parent.exists()
         assert await worker.process.stdout.read() == b""
-        assert "RunSync cancelled (agent 'slow')" in worker.stderr()
+        assert "run of agent 'slow' cancelled: its call ended first" in worker.stderr()
 
 
 async def test_given_unix_socket_and_sigint(tmp_path: Path) -> None:

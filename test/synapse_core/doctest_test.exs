@@ -5,5 +5,6 @@ defmodule SynapseCore.DoctestTest do
   doctest SynapseCore.Python
   doctest SynapseCore.Schema
   doctest SynapseCore.JSON
+  doctest SynapseCore.Messages
   doctest SynapseCore.Shepherd
 end

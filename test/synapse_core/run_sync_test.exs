@@ -6,7 +6,7 @@ defmodule SynapseCore.RunSyncTest do
 
   @moduletag capture_log: true
 
-  alias SynapseCore.{Agent, Error, Result, Usage}
+  alias SynapseCore.{Agent, Error, Messages, Result, Usage}
 
   describe "run_sync/3" do
     test "returns the TestModel's output and a non-zero usage" do
@@ -19,7 +19,8 @@ defmodule SynapseCore.RunSyncTest do
       assert usage.requests == 1
       assert usage.input_tokens > 0
       assert usage.output_tokens > 0
-      assert [%{"kind" => "request"}, %{"kind" => "response"}] = messages
+      assert %Messages{count: 2} = messages
+      assert [%{"kind" => "request"}, %{"kind" => "response"}] = Messages.decode!(messages)
     end
 
     test "an agent from a zero-argument factory" do
@@ -31,9 +32,10 @@ defmodule SynapseCore.RunSyncTest do
       name = unique_name()
       start_supervised!({Agent, name: name, model: "test", instructions: "Be terse."})
 
-      assert {:ok, %Result{output: "success (no tool calls)", messages: [request | _]}} =
+      assert {:ok, %Result{output: "success (no tool calls)", messages: messages}} =
                Agent.run_sync(name, "hi")
 
+      assert [request | _] = Messages.decode!(messages)
       assert request["instructions"] == "Be terse."
     end
 
@@ -45,7 +47,7 @@ defmodule SynapseCore.RunSyncTest do
       assert {:ok, %Result{output: "messages=3"} = second} =
                Agent.run_sync(name, "two", message_history: first.messages)
 
-      assert length(second.messages) == 4
+      assert second.messages.count == 4
       # The result itself is accepted as the history, too.
       assert {:ok, %Result{output: "messages=5"}} =
                Agent.run_sync(name, "three", message_history: second)

@@ -10,6 +10,7 @@ defmodule SynapseCore.Agent.Options do
     :model,
     :python,
     :cwd,
+    :deps_factory,
     workers: 1,
     remote: [],
     tls: nil,
@@ -36,6 +37,7 @@ defmodule SynapseCore.Agent.Options do
           model: String.t() | nil,
           python: String.t() | nil,
           cwd: String.t() | nil,
+          deps_factory: String.t() | nil,
           workers: non_neg_integer(),
           remote: [String.t()],
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
@@ -75,14 +77,15 @@ defmodule SynapseCore.Agent.Options do
     opts =
       Keyword.validate!(
         opts,
-        @worker_keys ++ [:agent, :model, :instructions, :output_schema, :tools]
+        @worker_keys ++ [:agent, :model, :instructions, :output_schema, :tools, :deps_factory]
       )
 
     %{
       worker!(opts)
       | source: source!(opts),
         model: optional_string!(opts, :model),
-        tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, []))
+        tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, [])),
+        deps_factory: deps_factory!(opts[:deps_factory])
     }
   end
 
@@ -241,6 +244,20 @@ defmodule SynapseCore.Agent.Options do
         ":remote workers need a :token (a string, {:system, \"VAR\"} or a function)"
       )
 
+  defp deps_factory!(nil), do: nil
+
+  defp deps_factory!(ref) when is_binary(ref) do
+    if String.match?(ref, ~r/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/) do
+      ref
+    else
+      raise ArgumentError,
+            ":deps_factory must look like \"package.module:function\", got: #{inspect(ref)}"
+    end
+  end
+
+  defp deps_factory!(other),
+    do: raise(ArgumentError, ":deps_factory must be a string, got: #{inspect(other)}")
+
   defp schema!(nil), do: nil
   defp schema!(schema) when is_map(schema), do: schema
 
@@ -253,12 +270,14 @@ defmodule SynapseCore.Agent.Options do
     usage_limits: nil,
     timeout: 60_000,
     tools: [],
-    deps: nil
+    deps: nil,
+    output_tool_return_content: nil
   ]
 
   @typedoc "Validated options of one run."
   @type call :: %{
-          message_history: [map()] | nil,
+          message_history: SynapseCore.Messages.t() | [map()] | nil,
+          output_tool_return_content: String.t() | nil,
           model_settings: map() | nil,
           usage_limits: map() | nil,
           timeout: timeout(),
@@ -302,9 +321,14 @@ defmodule SynapseCore.Agent.Options do
       usage_limits: map_option!(opts[:usage_limits], :usage_limits),
       timeout: timeout!(opts[:timeout]),
       tools: SynapseCore.Tool.expand(opts[:tools]),
-      deps: opts[:deps]
+      deps: opts[:deps],
+      output_tool_return_content:
+        string_or_nil!(opts[:output_tool_return_content], :output_tool_return_content)
     }
   end
+
+  defp string_or_nil!(nil, _key), do: nil
+  defp string_or_nil!(value, key), do: string_or_empty!(value, key)
 
   defp stream_to!(nil), do: nil
   defp stream_to!(pid) when is_pid(pid) and node(pid) == node(), do: pid
@@ -323,13 +347,14 @@ defmodule SynapseCore.Agent.Options do
       )
 
   defp history!(nil), do: nil
-  defp history!(%SynapseCore.Result{messages: messages}), do: messages
+  defp history!(%SynapseCore.Result{messages: messages}), do: history!(messages)
+  defp history!(%SynapseCore.Messages{json: json} = messages) when is_binary(json), do: messages
   defp history!(messages) when is_list(messages), do: messages
 
   defp history!(other) do
     raise ArgumentError,
-          ":message_history must be a list of messages (a previous result's `messages`), " <>
-            "got: #{inspect(other)}"
+          ":message_history must be a previous result's `messages` (a SynapseCore.Messages), " <>
+            "the result itself, or a list of message maps, got: #{inspect(other)}"
   end
 
   defp map_option!(nil, _key), do: nil

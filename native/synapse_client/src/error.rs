@@ -3,12 +3,12 @@
 use prost::Message;
 use tonic::{Code, Status};
 
-use crate::proto::ErrorDetail;
+use crate::proto::{ErrorDetail, RunFailure, RunState};
 
 /// The trailing metadata key under which a worker sends an [`ErrorDetail`].
 pub const DETAIL_KEY: &str = "synapse-error-bin";
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The arguments cannot be sent (bad types, invalid UTF-8, data with no
     /// JSON form).
@@ -25,6 +25,9 @@ pub enum Error {
         /// Structured data about the failure (JSON), e.g. a validation
         /// error's per-field errors.
         data: Option<Vec<u8>>,
+        /// What the run had done when it failed (a cancelled or timed-out
+        /// run), as pydantic-ai kept it.
+        run: Option<Box<RunState>>,
     },
     #[error("the call did not finish within its timeout")]
     Timeout,
@@ -38,6 +41,9 @@ pub enum Error {
     /// Data beyond a limit Synapse sets (nesting depth, size).
     #[error("{0}")]
     LimitExceeded(String),
+    /// A value the BEAM cannot hold exactly (NaN, an infinite float).
+    #[error("{0}")]
+    Unrepresentable(String),
     /// The worker answered something that does not follow the protocol.
     #[error("{0}")]
     Protocol(String),
@@ -60,6 +66,8 @@ pub enum RemoteKind {
     OutputValidationFailed,
     ToolFailed,
     ModelHttpError,
+    ModelUnavailable,
+    Unrepresentable,
     Unauthenticated,
     ResourceExhausted,
     Timeout,
@@ -81,6 +89,10 @@ impl RemoteKind {
             "tool_failed" => Self::ToolFailed,
             "unauthenticated" => Self::Unauthenticated,
             "model_http_error" => Self::ModelHttpError,
+            "model_unavailable" => Self::ModelUnavailable,
+            "unrepresentable" => Self::Unrepresentable,
+            "cancelled" => Self::Cancelled,
+            "timeout" => Self::Timeout,
             _ => return None,
         })
     }
@@ -114,6 +126,8 @@ impl RemoteKind {
             Self::ToolFailed => "tool_failed",
             Self::Unauthenticated => "unauthenticated",
             Self::ModelHttpError => "model_http_error",
+            Self::ModelUnavailable => "model_unavailable",
+            Self::Unrepresentable => "unrepresentable",
             Self::ResourceExhausted => "resource_exhausted",
             Self::Timeout => "timeout",
             Self::Cancelled => "cancelled",
@@ -140,19 +154,7 @@ impl Error {
             .and_then(|value| value.to_bytes().ok())
             .and_then(|bytes| ErrorDetail::decode(bytes.as_ref()).ok());
         match detail {
-            Some(detail) => Self::Remote {
-                kind: RemoteKind::from_detail(&detail.kind)
-                    .unwrap_or_else(|| RemoteKind::from_code(status.code())),
-                message: if detail.message.is_empty() {
-                    status.message().to_owned()
-                } else {
-                    detail.message
-                },
-                code: status.code(),
-                python_type: non_empty(detail.r#type),
-                traceback: non_empty(detail.traceback),
-                data: (!detail.data_json.is_empty()).then_some(detail.data_json),
-            },
+            Some(detail) => Self::from_detail(detail, status.code(), status.message(), None),
             None => Self::Remote {
                 kind: RemoteKind::from_code(status.code()),
                 message: status.message().to_owned(),
@@ -160,7 +162,38 @@ impl Error {
                 python_type: None,
                 traceback: None,
                 data: None,
+                run: None,
             },
+        }
+    }
+
+    /// The failure a run ended with, in band (a `RunEvent`'s `failure`).
+    pub fn from_failure(failure: RunFailure) -> Self {
+        let detail = failure.error.unwrap_or_default();
+        let code = Code::from(detail.code);
+        let message = detail.message.clone();
+        Self::from_detail(detail, code, &message, failure.state.map(Box::new))
+    }
+
+    fn from_detail(
+        detail: ErrorDetail,
+        code: Code,
+        fallback_message: &str,
+        run: Option<Box<RunState>>,
+    ) -> Self {
+        Self::Remote {
+            kind: RemoteKind::from_detail(&detail.kind)
+                .unwrap_or_else(|| RemoteKind::from_code(code)),
+            message: if detail.message.is_empty() {
+                fallback_message.to_owned()
+            } else {
+                detail.message
+            },
+            code,
+            python_type: non_empty(detail.r#type),
+            traceback: non_empty(detail.traceback),
+            data: (!detail.data_json.is_empty()).then_some(detail.data_json),
+            run,
         }
     }
 
@@ -174,6 +207,7 @@ impl Error {
             Self::WorkerExited => "worker_exited",
             Self::Unavailable(_) => "unavailable",
             Self::LimitExceeded(_) => "resource_exhausted",
+            Self::Unrepresentable(_) => "unrepresentable",
             Self::Protocol(_) => "protocol_error",
             Self::Internal(_) => "internal",
         }
@@ -251,6 +285,7 @@ mod tests {
                 message: "No module named 'nope'".into(),
                 traceback: "Traceback ...".into(),
                 data_json: br#"{"errors": []}"#.to_vec(),
+                code: 0,
             },
         );
         let error = Error::from_status(&status);
@@ -263,10 +298,39 @@ mod tests {
                 python_type: Some("ModuleNotFoundError".into()),
                 traceback: Some("Traceback ...".into()),
                 data: Some(br#"{"errors": []}"#.to_vec()),
+                run: None,
             }
         );
         assert_eq!(error.kind_name(), "load_failed");
         assert_eq!(error.to_string(), "No module named 'nope'");
+    }
+
+    #[test]
+    fn an_in_band_failure_keeps_its_code_and_the_run_state() {
+        let state = RunState {
+            messages_json: b"[]".to_vec(),
+            message_count: 0,
+            new_message_index: 0,
+            usage: None,
+            run_id: "r1".into(),
+        };
+        let error = Error::from_failure(RunFailure {
+            error: Some(ErrorDetail {
+                kind: "timeout".into(),
+                message: "the run timed out".into(),
+                code: Code::DeadlineExceeded as i32,
+                ..Default::default()
+            }),
+            state: Some(state.clone()),
+        });
+        assert_eq!(error.kind_name(), "timeout");
+        match error {
+            Error::Remote { code, run, .. } => {
+                assert_eq!(code, Code::DeadlineExceeded);
+                assert_eq!(run.as_deref(), Some(&state));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::is_transport_failure;
-use synapse_client::proto::RunInput;
+use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -25,6 +25,10 @@ use crate::runtime::RUNTIME;
 /// calling it plain unavailability.
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
 
+/// How long a run asked to stop (`CallHandle::stop`) has to answer with
+/// what it did before it is cancelled outright.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// What a NIF that starts a call answers: the call's handle, or an error
 /// that stopped it before it was sent.
 pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
@@ -34,6 +38,8 @@ pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 /// when a process it monitors (the caller, a stream's receiver) exits.
 pub struct CallHandle {
     cancel: CancellationToken,
+    /// Asked to stop: the call waits a moment for the worker's answer.
+    stop: CancellationToken,
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
@@ -61,6 +67,25 @@ impl Drop for CallHandle {
 impl CallHandle {
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Asks the call to stop. A run on the `Run` stream is sent a `cancel`
+    /// and answers, within [`STOP_GRACE`], with what it did (a `cancelled`
+    /// failure carrying its messages and usage) or its result if it
+    /// finished first; any other call is cancelled at once.
+    pub fn stop(&self) {
+        let asked = self.inputs.as_ref().is_some_and(|inputs| {
+            inputs
+                .send(RunInput {
+                    input: Some(run_input::Input::Cancel(Cancel {})),
+                })
+                .is_ok()
+        });
+        if asked {
+            self.stop.cancel();
+        } else {
+            self.cancel.cancel();
+        }
     }
 }
 
@@ -131,6 +156,7 @@ pub fn with_limit(
 ) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
         cancel: CancellationToken::new(),
+        stop: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
         inputs,
         max_message_bytes,
@@ -203,9 +229,10 @@ pub fn spawn<T, Fut, E>(
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     let cancel = handle.cancel.clone();
+    let stop = handle.stop.clone();
     let in_flight = InFlight::enter(channel.clone());
     RUNTIME.spawn(async move {
-        let outcome = run(&channel, &cancel, timeout, rpc).await;
+        let outcome = run(&channel, &cancel, &stop, timeout, rpc).await;
         drop(in_flight);
         reply.send(outcome, encode);
     });
@@ -214,6 +241,7 @@ pub fn spawn<T, Fut, E>(
 async fn run<T, Fut>(
     channel: &ChannelResource,
     cancel: &CancellationToken,
+    stop: &CancellationToken,
     timeout: Option<Duration>,
     rpc: impl FnOnce(Option<Duration>) -> Fut,
 ) -> Result<T, Error>
@@ -233,16 +261,25 @@ where
             None => guarded.await,
         }
     };
-    let status = tokio::select! {
+    tokio::pin!(call);
+    let result = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(Error::Cancelled),
         () = channel.closed.cancelled() => return Err(Error::WorkerExited),
-        result = call => match result {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(CallError::Other(error))) => return Err(error),
-            Ok(Err(CallError::Status(status))) => status,
-            Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
+        () = stop.cancelled() => tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Error::Cancelled),
+            () = channel.closed.cancelled() => return Err(Error::WorkerExited),
+            () = tokio::time::sleep(STOP_GRACE) => return Err(Error::Cancelled),
+            result = &mut call => result,
         },
+        result = &mut call => result,
+    };
+    let status = match result {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(CallError::Other(error))) => return Err(error),
+        Ok(Err(CallError::Status(status))) => status,
+        Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
     };
     if !is_transport_failure(&status) {
         return Err(Error::from_status(&status));

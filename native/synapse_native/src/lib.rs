@@ -13,6 +13,7 @@ mod channel;
 mod debug;
 mod error;
 mod json;
+mod messages;
 mod reply;
 mod run;
 mod runtime;

@@ -9,13 +9,30 @@ Mapping of exceptions raised by a run (see `from_run_exception`):
 
 | exception (`pydantic_ai.exceptions`)          | status             | kind                        |
 |-----------------------------------------------|--------------------|-----------------------------|
+| `RunTimedOut` (the run's `timeout_ms` passed) | DEADLINE_EXCEEDED  | `timeout`                   |
+| `RunCancelled` (a `cancel` from the client)   | CANCELLED          | `cancelled`                 |
 | `UsageLimitExceeded`                          | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
 | `UnexpectedModelBehavior`, output retries out | INTERNAL           | `output_validation_failed`  |
 | `UnexpectedModelBehavior`, tool retries out   | INTERNAL           | `tool_failed`               |
 | any other `UnexpectedModelBehavior`           | INTERNAL           | `unexpected_model_behavior` |
 | `ModelHTTPError`                              | UNAVAILABLE        | `model_http_error`          |
+| `ModelConnectionError`, `ModelRequestTimeout` | UNAVAILABLE        | `model_unavailable`         |
 | `UserError` (the run cannot be made as asked) | INVALID_ARGUMENT   | `invalid_argument`          |
 | any other `Exception`                         | UNKNOWN            | `python_error`              |
+
+A `python_error`'s message starts with the exception's class, as Python
+prints it ("RuntimeError: boom", "my_app.errors.BankError: ..."). A
+`model_http_error` carries the provider's answer as data (`data_json`):
+`{"status_code": 429, "body": ..., "retry_after": 1.5, "model_name": ...,
+"provider_error_code": ..., "provider_error_type": ...}`; a
+`model_unavailable` (the provider could not be reached: connection refused,
+DNS, TLS, a transport timeout, or no answer within the model's
+`request_timeout`) carries `{"model_name": ..., "phase": "connect"}` (the
+phase when known). A `timeout` or `cancelled` run's failure carries what
+pydantic-ai kept of the run (`RunFailure.state`).
+
+`unrepresentable` is a value the client cannot hold exactly (NaN or an
+infinite float in the output): INTERNAL, named with its path.
 
 `UserError` is pydantic-ai refusing the request itself (e.g. no prompt, no
 history and no instructions): the caller's to fix, so INVALID_ARGUMENT.
@@ -81,9 +98,14 @@ from typing import Any, NoReturn
 
 import grpc
 import pydantic
+import pydantic_core
 from pydantic_ai.exceptions import (
+    ModelConnectionError,
     ModelHTTPError,
+    ModelRequestTimeout,
     ModelRetry,
+    RunCancelled,
+    RunTimedOut,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
     UserError,
@@ -127,8 +149,12 @@ class ErrorKind(StrEnum):
     OUTPUT_VALIDATION_FAILED = "output_validation_failed"
     TOOL_FAILED = "tool_failed"
     MODEL_HTTP_ERROR = "model_http_error"
+    MODEL_UNAVAILABLE = "model_unavailable"
     PYTHON_ERROR = "python_error"
     UNAUTHENTICATED = "unauthenticated"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    UNREPRESENTABLE = "unrepresentable"
 
 
 class SynapseError(Exception):
@@ -166,6 +192,7 @@ class SynapseError(Exception):
             if self.cause is not None
             else "",
             data_json=self.data_json,
+            code=self.code.value[0],
         )
 
 
@@ -233,9 +260,23 @@ def unauthenticated(message: str) -> SynapseError:
     return SynapseError(grpc.StatusCode.UNAUTHENTICATED, ErrorKind.UNAUTHENTICATED, message)
 
 
+def unrepresentable(message: str) -> SynapseError:
+    """A value the client cannot hold exactly (NaN, an infinite float)."""
+    return SynapseError(grpc.StatusCode.INTERNAL, ErrorKind.UNREPRESENTABLE, message)
+
+
+# A provider's error body can be a whole HTML page: it is kept to this size.
+_MAX_BODY_CHARS = 8192
+
+
 def from_run_exception(exc: Exception) -> SynapseError:
     """Classify an exception raised by an agent run (see the module docstring)."""
-    if isinstance(exc, UsageLimitExceeded):
+    data: dict[str, Any] | None = None
+    if isinstance(exc, RunTimedOut):
+        code, kind, message = grpc.StatusCode.DEADLINE_EXCEEDED, ErrorKind.TIMEOUT, str(exc)
+    elif isinstance(exc, RunCancelled):
+        code, kind, message = grpc.StatusCode.CANCELLED, ErrorKind.CANCELLED, str(exc)
+    elif isinstance(exc, UsageLimitExceeded):
         code, kind, message = (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             ErrorKind.USAGE_LIMIT_EXCEEDED,
@@ -266,11 +307,50 @@ def from_run_exception(exc: Exception) -> SynapseError:
     elif isinstance(exc, ModelHTTPError):
         code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_HTTP_ERROR
         message = f"model request failed with HTTP status {exc.status_code}: {exc}"
+        data = {
+            "status_code": exc.status_code,
+            "body": _bounded_body(exc.body),
+            "retry_after": exc.retry_after,
+            "model_name": exc.model_name,
+            "provider_error_code": exc.provider_error_code,
+            "provider_error_type": exc.provider_error_type,
+        }
+    elif isinstance(exc, ModelConnectionError | ModelRequestTimeout):
+        code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_UNAVAILABLE
+        message = f"the model {exc.model_name!r} cannot be reached: {_with_cause(exc)}"
+        data = {"model_name": exc.model_name, "phase": getattr(exc, "phase", None)}
     elif isinstance(exc, UserError):
         code, kind, message = grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, str(exc)
     else:
-        code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, str(exc)
-    return SynapseError(code, kind, message, cause=exc)
+        code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, python_message(exc)
+    error = SynapseError(code, kind, message, cause=exc)
+    if data is not None:
+        error.data_json = pydantic_core.to_json(data, fallback=str)
+    return error
+
+
+def python_message(exc: BaseException) -> str:
+    """The exception as Python's traceback ends with it: "RuntimeError: boom"."""
+    text = str(exc)
+    return f"{type_name(exc)}: {text}" if text else type_name(exc)
+
+
+def _with_cause(exc: BaseException) -> str:
+    """`exc`'s message, and its cause's when that says more ("Connection error." alone does not)."""
+    cause = exc.__cause__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is None or str(cause) in str(exc):
+        return str(exc)
+    return f"{exc} ({python_message(cause)})"
+
+
+def _bounded_body(body: object) -> object:
+    """A provider's error body as is, or as the head of its text when it is too long."""
+    text = body if isinstance(body, str) else pydantic_core.to_json(body, fallback=str).decode()
+    if len(text) <= _MAX_BODY_CHARS:
+        return body
+    return _head(text, _MAX_BODY_CHARS)
 
 
 def summarize_validation_error(exc: pydantic.ValidationError) -> str:
@@ -311,7 +391,12 @@ def _last_problem(exc: BaseException) -> str | None:
 async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:
     """End the RPC with `error`'s status and its `ErrorDetail` in the trailing metadata."""
     detail = error.detail()
-    details = f"{detail.type}: {detail.message}" if detail.type else detail.message
+    # A python_error's message already starts with the type.
+    details = (
+        f"{detail.type}: {detail.message}"
+        if detail.type and not detail.message.startswith(detail.type)
+        else detail.message
+    )
     await context.abort(
         error.code,
         _head(details, _MAX_STATUS_DETAILS_CHARS),

@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -103,14 +103,19 @@ class Worker:
         source: str | AbstractAgent[Any, Any],
         *,
         model: str | None = None,
+        deps_factory: str | Callable[..., Any] | None = None,
     ) -> None:
         """Host `source` under `agent_id`, replacing any agent with that id.
 
         `source` is an agent or a "package.module:attr" reference to one (or to
         a zero-argument factory returning one). `model` overrides the agent's
-        model on every run. Raises the underlying exception if loading fails.
+        model on every run. `deps_factory` makes each run's deps from the
+        caller's data (see `synapse_python._deps`). Raises the underlying
+        exception if loading fails.
         """
-        self._registry.put(await _agents.load(agent_id, source, model=model))
+        self._registry.put(
+            await _agents.load(agent_id, source, model=model, deps_factory=deps_factory)
+        )
 
     def load_bridge(self, bridge: str | BridgeService) -> BridgeService:
         """Serve a generated Synapse Bridge too (before `start`).
