@@ -317,20 +317,7 @@ defmodule SynapseCore.Agent do
   end
 
   defp start_runner(name, call, tools) do
-    deadline =
-      case call.timeout do
-        :infinity -> :infinity
-        ms -> System.monotonic_time(:millisecond) + ms
-      end
-
-    {:ok, runner} =
-      ToolRunner.start(%{
-        tools: tools,
-        agent: name,
-        deps: call.deps,
-        owner: self(),
-        deadline: deadline
-      })
+    {:ok, runner} = ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self()})
 
     runner
   end

@@ -16,8 +16,7 @@ defmodule SynapseCore.ToolRunner do
           tools: [Tool.t()],
           agent: term(),
           deps: term(),
-          owner: pid(),
-          deadline: integer() | :infinity
+          owner: pid()
         }
 
   @doc "Starts a runner; give it its run with `attach/3`."
@@ -100,7 +99,7 @@ defmodule SynapseCore.ToolRunner do
             execute(tool, request.args, context)
           end)
 
-        ms = call_timeout(tool, state.config.deadline)
+        ms = tool.timeout
         timer = Process.send_after(self(), {:call_timeout, task.ref, ms}, ms)
 
         put_in(state.calls[task.ref], %{
@@ -121,11 +120,6 @@ defmodule SynapseCore.ToolRunner do
         state
     end
   end
-
-  defp call_timeout(tool, :infinity), do: tool.timeout
-
-  defp call_timeout(tool, deadline),
-    do: max(min(tool.timeout, deadline - System.monotonic_time(:millisecond)), 0)
 
   defp finish(state, ref, outcome) do
     {%{request_id: request_id, name: name, timer: timer}, calls} = Map.pop(state.calls, ref)
