@@ -24,6 +24,59 @@ defmodule SynapseCore.Agent do
   Calls go straight from the calling process to a worker through the NIF:
   no GenServer sits in their path, so any number of runs on one agent are
   in flight at once.
+
+  ## As in Python
+
+  A run is pydantic-ai's own `agent.run`: `run_sync/3` and `run/3` make
+  non-streamed model requests, with Elixir tools or without (their calls
+  travel beside the run); only `run_stream/3` streams. The model receives
+  what it would receive from a Python caller of the same agent: the history
+  goes back as pydantic-ai's own bytes (`SynapseCore.Messages`), the deps
+  reach the agent's tools, instructions and validators, the output keeps its
+  Python type's name (`SynapseCore.Result`).
+
+  ## Deps
+
+  pydantic-ai agents get their dependencies in `ctx.deps`. From Elixir, the
+  `:deps` of a run is data (maps, lists, strings, numbers, ...), which
+  reaches Python as JSON and becomes the run's deps in one of two ways:
+
+    * **validated into the agent's `deps_type`** with Pydantic (a dataclass,
+      a Pydantic model, `int`, ...; a date may be given as `"2025-01-10"`):
+
+          # support_agent = Agent(..., deps_type=SupportDeps)
+          SynapseCore.Agent.run_sync(:support, "Hi", deps: %{customer_id: 123, plan: "pro"})
+
+      Data that does not validate fails the run with `:invalid_argument`,
+      `details.errors` listing each problem with its path (`["deps",
+      "customer_id"]`). An agent with no `deps_type` gets the data as plain
+      Python values (dicts with string keys, lists, ...); one whose
+      `deps_type` is `None` gets `None`.
+
+    * **built by a deps factory** the agent names with `:deps_factory`
+      (`"my_app.deps:build"`), for deps that cannot be data (a database
+      connection, an HTTP client). The factory is called for each run with
+      the data (validated against its first parameter's annotation, if it
+      has one; a factory with no parameter is called with none), sync or
+      async, and returns the deps. When it returns a context manager, sync
+      or async (an `@asynccontextmanager`, an `httpx.AsyncClient`), the
+      deps are what entering it gives, and it is exited when the run ends,
+      whether the run succeeds, fails or is cancelled:
+
+          # my_app/deps.py
+          @asynccontextmanager
+          async def build(ref: CustomerRef) -> AsyncIterator[SupportDeps]:
+              async with connect_db() as db:
+                  yield SupportDeps(customer_id=ref.customer_id, db=db)
+
+          {SynapseCore.Agent, name: :support, agent: "my_app.agents:support_agent",
+           deps_factory: "my_app.deps:build"}
+
+  Elixir tools get the `:deps` term itself, unconverted, in their
+  `SynapseCore.Tool.Context` (`context.deps`). A term with no JSON form (a
+  pid, a tuple) can still be given for them: an agent that declares no deps
+  then gets `None`, and one that needs the data fails the run with
+  `:invalid_argument`.
   """
 
   alias SynapseCore.{
@@ -99,9 +152,11 @@ defmodule SynapseCore.Agent do
       a `pydantic_ai.Agent`, or a zero-argument function returning one.
     * `:model` - any pydantic-ai model string (`"openai:gpt-4o"`,
       `"anthropic:claude-sonnet-4-5"`, `"test"` for pydantic-ai's offline
-      `TestModel`, ...). With `:agent`, it overrides the agent's own model.
-      Without `:agent`, the agent is defined from Elixir and `:model` is
-      required.
+      `TestModel`, ...). With `:agent`, it overrides the agent's own model:
+      it is resolved once, when the worker loads the agent (so a typo or a
+      missing key fails the start), and that model is given to every run,
+      as a Python server passing `model=` would. Without `:agent`, the
+      agent is defined from Elixir and `:model` is required.
     * `:instructions` - for an agent defined from Elixir: its instructions
       (system prompt).
     * `:output_schema` - for an agent defined from Elixir: a JSON Schema
@@ -115,6 +170,10 @@ defmodule SynapseCore.Agent do
       run of this agent, alongside the Python agent's own: a list of
       `SynapseCore.Tool` structs and modules that `use SynapseCore.Tools`.
       Defaults to `[]`.
+    * `:deps_factory` - `"package.module:function"`: the Python function
+      that makes each run's deps from the run's `:deps` data (see "Deps"
+      above). Without it, the data is validated into the agent's
+      `deps_type`. A factory that cannot be imported fails the start.
     * `:workers` - the number of Python processes serving the agent.
       Defaults to `1`.
     * `:python` - the Python interpreter; see `SynapseCore.Python` for the
@@ -154,20 +213,35 @@ defmodule SynapseCore.Agent do
   ## Options
 
     * `:message_history` - the conversation so far: a previous result's
-      `messages` (or the result itself). Defaults to none.
+      `messages` (a `SynapseCore.Messages`, sent back byte for byte as
+      pydantic-ai wrote it), or the result itself. A list of message maps
+      (pydantic-ai's JSON form as Elixir data, e.g. from
+      `SynapseCore.Messages.decode/1`) is accepted too, but it is
+      re-encoded (keys sorted), so the model does not receive the exact
+      bytes Python would send. Defaults to none.
+    * `:output_tool_return_content` - pydantic-ai's parameter of that name:
+      for an agent whose output came from an output tool, the content of
+      that tool's return in the result's `messages`, to continue the
+      conversation from it. An agent with text output fails the run with
+      `:invalid_argument`.
     * `:model_settings` - pydantic-ai model settings for this run, as a map
       or keyword list, e.g. `[temperature: 0.2, max_tokens: 200]`.
     * `:usage_limits` - pydantic-ai usage limits for this run, e.g.
       `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
       the run with `:usage_limit_exceeded`.
-    * `:timeout` - milliseconds the run may take, or `:infinity`. When it
-      passes, the run is cancelled in Python and the call returns
-      `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
-      with the call as its gRPC deadline, and bounds its tool calls too.
-      Defaults to `60_000`.
+    * `:timeout` - milliseconds the run may take, or `:infinity`. It is
+      pydantic-ai's own `timeout`: when it passes, the run stops in Python
+      and the call returns `{:error, %SynapseCore.Error{kind: :timeout}}`
+      whose details carry what the run had done (`:messages`, to resume
+      from, and `:usage`). The call's transport deadline is a little
+      longer, so that this answer arrives; a worker that cannot answer
+      (its event loop blocked) is given up on then. Defaults to `60_000`.
     * `:tools` - tools for this run only (`SynapseCore.Tool` structs or
       modules that `use SynapseCore.Tools`), in addition to the agent's.
-    * `:deps` - any term, handed to the run's tools in their
+    * `:deps` - the run's dependencies: data that becomes the Python
+      agent's `ctx.deps` (validated into its `deps_type`, or given to its
+      deps factory; see "Deps" in the module documentation), and any term
+      for the run's Elixir tools, which get it unconverted in their
       `SynapseCore.Tool.Context`.
 
   ## Errors
@@ -175,9 +249,9 @@ defmodule SynapseCore.Agent do
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument`, `:output_validation_failed`, `:tool_failed` or
-  `:python_error`; see `SynapseCore.Error`. Raises `ArgumentError` for
-  invalid options.
+  `:invalid_argument`, `:output_validation_failed`, `:tool_failed`,
+  `:model_http_error`, `:model_unavailable` or `:python_error`; see
+  `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
   @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
@@ -348,7 +422,11 @@ defmodule SynapseCore.Agent do
   With the default `timeout` of `:infinity` it waits as long as the run may
   take (its own `:timeout`). With a shorter one, a run that has not finished
   by then is cancelled and `{:error, %SynapseCore.Error{kind: :timeout}}` is
-  returned. Only the process that started the run may await it.
+  returned, its details carrying what the run had done (`:messages`,
+  `:usage`), as for the run's own timeout. Only the process that started
+  the run may await it. A run cancelled by another process (`cancel/1`)
+  returns `{:error, %SynapseCore.Error{kind: :cancelled}}`, with the same
+  details.
   """
   @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
   def await(%Run{} = run, timeout \\ :infinity), do: Run.await(run, timeout)
@@ -362,11 +440,16 @@ defmodule SynapseCore.Agent do
   def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)
 
   @doc """
-  Cancels a run: the gRPC call is cancelled and so is the pydantic-ai run in
-  Python. A run that already finished is left as it is. Returns `:ok`.
+  Cancels a run: the pydantic-ai run is cancelled in Python, as its
+  `CancellationToken` does, and answers with what it had done (an error of
+  kind `:cancelled` whose details carry `:messages` and `:usage`), which the
+  process awaiting or receiving the run gets. A run that already finished
+  is left as it is. Returns `:ok`.
 
   When called by the process that receives the run's messages, any message
-  of the run still in its mailbox is removed, so nothing arrives afterwards.
+  of the run still in its mailbox is removed (that final error included),
+  so nothing arrives afterwards; to keep what a run did, let `await/2`
+  give up on it, or cancel it from another process.
   """
   @spec cancel(Run.t()) :: :ok
   def cancel(%Run{} = run), do: Run.cancel(run)

@@ -502,6 +502,31 @@ defmodule SynapseCore.FidelityTest do
     end
   end
 
+  test "await/2 giving up keeps what the run did" do
+    name = start!("nonstream_agent")
+    test = self()
+
+    slow =
+      Tool.new(
+        name: "double",
+        parameters: [n: :integer],
+        function: fn _ ->
+          send(test, :tool_called)
+          Process.sleep(5_000)
+        end
+      )
+
+    {:ok, run} = Agent.run(name, "go", tools: [slow])
+    assert_receive :tool_called, 5_000
+
+    assert {:error, %Error{kind: :timeout, message: message, details: details}} =
+             Agent.await(run, 100)
+
+    assert message =~ "did not finish within 100 ms"
+    assert %{messages: %Messages{count: count}, usage: %Usage{requests: 1}} = details
+    assert count >= 2
+  end
+
   describe "issue 15: a run that answered is never cancelled" do
     test "20 successful runs: no cancellation reaches Python, none is logged" do
       name = start!("watched_agent", deps_factory: "synapse_fixtures.fidelity:watched_scope")
