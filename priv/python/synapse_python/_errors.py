@@ -1,9 +1,13 @@
-"""How failures become gRPC statuses.
+"""How failures become data: `ErrorDetail`s, in run failures and gRPC statuses.
 
-Every non-OK status this worker produces carries an `ErrorDetail` protobuf in the
-binary trailing metadata entry `synapse-error-bin`, so the Elixir side gets the
-failure as data (kind, Python type, message, traceback) and never has to parse a
-status message. The `kind` strings are a closed set the Rust client knows.
+A run's failure is its last event, a `RunFailure` carrying an `ErrorDetail`
+(kind, Python type, message, traceback, data, and the gRPC status code it
+stands for) and what pydantic-ai kept of the run (see `_run`). Every non-OK
+status this worker produces (loading agents, bridges, authentication)
+carries the `ErrorDetail` in the binary trailing metadata entry
+`synapse-error-bin`. Either way the Elixir side gets the failure as data and
+never parses a message. The `kind` strings are a closed set the Rust client
+knows.
 
 Mapping of exceptions raised by a run (see `from_run_exception`):
 
