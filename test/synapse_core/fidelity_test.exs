@@ -477,6 +477,16 @@ defmodule SynapseCore.FidelityTest do
                Agent.run_sync(name, "again", message_history: messages, tools: [double()])
     end
 
+    test "a run_sync with no tools (one unary call) that times out keeps its request too" do
+      name = start!("session_agent", deps_factory: "synapse_fixtures.fidelity:make_session")
+
+      assert {:error, %Error{kind: :timeout, details: details}} =
+               Agent.run_sync(name, "sleep 30", deps: %{user: "x"}, timeout: 300)
+
+      assert %{messages: %Messages{count: 1} = messages, usage: %Usage{}} = details
+      assert [%{"parts" => [%{"content" => "sleep 30"}]}] = Messages.decode!(messages)
+    end
+
     test "a cancelled run returns the partial history and usage to its awaiter" do
       name = start!("nonstream_agent")
       test = self()
