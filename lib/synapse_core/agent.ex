@@ -105,6 +105,7 @@ defmodule SynapseCore.Agent do
           | {:instructions, String.t()}
           | {:output_schema, map()}
           | {:tools, [Tool.t() | module()]}
+          | {:deps_factory, String.t()}
           | {:workers, pos_integer()}
           | {:python, String.t()}
           | {:python_path, [Path.t()]}
@@ -115,7 +116,8 @@ defmodule SynapseCore.Agent do
 
   @typedoc "Options of a run; see `run_sync/3`."
   @type run_option ::
-          {:message_history, [map()] | Result.t() | nil}
+          {:message_history, Messages.t() | Result.t() | [map()] | nil}
+          | {:output_tool_return_content, String.t() | nil}
           | {:model_settings, map() | keyword() | nil}
           | {:usage_limits, map() | keyword() | nil}
           | {:timeout, timeout()}
@@ -133,11 +135,19 @@ defmodule SynapseCore.Agent do
   def child_spec(opts) do
     options = Options.agent!(opts)
 
+    # The validated options, not `opts`: a supervisor's reports show the
+    # start arguments, and validated options keep the token in a closure.
     %{
       id: {__MODULE__, options.name},
-      start: {__MODULE__, :start_link, [opts]},
+      start: {__MODULE__, :start_validated, [options]},
       type: :supervisor
     }
+  end
+
+  @doc false
+  @spec start_validated(Options.t()) :: {:ok, pid()} | {:error, Error.t() | term()}
+  def start_validated(%Options{} = options) do
+    options |> AgentSupervisor.start_and_await() |> unwrap_start_error()
   end
 
   @doc """
@@ -146,48 +156,7 @@ defmodule SynapseCore.Agent do
 
   ## Options
 
-    * `:name` (required) - the agent's name, used for every call. Any term,
-      unique among agents.
-    * `:agent` - the pydantic-ai agent, as `"package.module:attribute"`:
-      a `pydantic_ai.Agent`, or a zero-argument function returning one.
-    * `:model` - any pydantic-ai model string (`"openai:gpt-4o"`,
-      `"anthropic:claude-sonnet-4-5"`, `"test"` for pydantic-ai's offline
-      `TestModel`, ...). With `:agent`, it overrides the agent's own model:
-      it is resolved once, when the worker loads the agent (so a typo or a
-      missing key fails the start), and that model is given to every run,
-      as a Python server passing `model=` would. Without `:agent`, the
-      agent is defined from Elixir and `:model` is required.
-    * `:instructions` - for an agent defined from Elixir: its instructions
-      (system prompt).
-    * `:output_schema` - for an agent defined from Elixir: a JSON Schema
-      (a map, `"type" => "object"`) for structured output. The model's output
-      is validated against it in Python, and the model is asked to retry
-      when it does not conform; results arrive as maps with string keys (see
-      `SynapseCore.Result`). The supported keywords are those of JSON Schema
-      validation for types, properties, `required`, `additionalProperties`,
-      `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
-    * `:tools` - tools written in Elixir that the model may call in every
-      run of this agent, alongside the Python agent's own: a list of
-      `SynapseCore.Tool` structs and modules that `use SynapseCore.Tools`.
-      Defaults to `[]`.
-    * `:deps_factory` - `"package.module:function"`: the Python function
-      that makes each run's deps from the run's `:deps` data (see "Deps"
-      above). Without it, the data is validated into the agent's
-      `deps_type`. A factory that cannot be imported fails the start.
-    * `:workers` - the number of Python processes serving the agent.
-      Defaults to `1`.
-    * `:python` - the Python interpreter; see `SynapseCore.Python` for the
-      default.
-    * `:python_path` - directories prepended to the worker's `PYTHONPATH`,
-      where the `:agent` module is found. Defaults to `[]`.
-    * `:env` - environment variables for the worker: `{"NAME", "value"}`
-      pairs, or `"NAME"` to pass the BEAM's own value through. Workers do
-      not inherit the BEAM's environment otherwise; see `SynapseCore.Python`.
-    * `:cwd` - the worker's working directory. Defaults to the BEAM's.
-    * `:startup_timeout` - milliseconds a worker has to start, import the
-      agent and be ready. Defaults to `30_000`.
-    * `:shutdown_timeout` - milliseconds a stopping worker has between
-      SIGTERM and SIGKILL. Defaults to `5_000`.
+  #{SynapseCore.Options.docs(Options.agent_schema())}
 
   Raises `ArgumentError` for invalid options. When a worker cannot start
   (no interpreter, a module that does not import, an attribute that is not
@@ -196,7 +165,7 @@ defmodule SynapseCore.Agent do
   """
   @spec start_link([option()]) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts |> Options.agent!() |> AgentSupervisor.start_and_await() |> unwrap_start_error()
+    opts |> Options.agent!() |> start_validated()
   end
 
   @doc false
@@ -212,37 +181,7 @@ defmodule SynapseCore.Agent do
 
   ## Options
 
-    * `:message_history` - the conversation so far: a previous result's
-      `messages` (a `SynapseCore.Messages`, sent back byte for byte as
-      pydantic-ai wrote it), or the result itself. A list of message maps
-      (pydantic-ai's JSON form as Elixir data, e.g. from
-      `SynapseCore.Messages.decode/1`) is accepted too, but it is
-      re-encoded (keys sorted), so the model does not receive the exact
-      bytes Python would send. Defaults to none.
-    * `:output_tool_return_content` - pydantic-ai's parameter of that name:
-      for an agent whose output came from an output tool, the content of
-      that tool's return in the result's `messages`, to continue the
-      conversation from it. An agent with text output fails the run with
-      `:invalid_argument`.
-    * `:model_settings` - pydantic-ai model settings for this run, as a map
-      or keyword list, e.g. `[temperature: 0.2, max_tokens: 200]`.
-    * `:usage_limits` - pydantic-ai usage limits for this run, e.g.
-      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
-      the run with `:usage_limit_exceeded`.
-    * `:timeout` - milliseconds the run may take, or `:infinity`. It is
-      pydantic-ai's own `timeout`: when it passes, the run stops in Python
-      and the call returns `{:error, %SynapseCore.Error{kind: :timeout}}`
-      whose details carry what the run had done (`:messages`, to resume
-      from, and `:usage`). The call's transport deadline is a little
-      longer, so that this answer arrives; a worker that cannot answer
-      (its event loop blocked) is given up on then. Defaults to `60_000`.
-    * `:tools` - tools for this run only (`SynapseCore.Tool` structs or
-      modules that `use SynapseCore.Tools`), in addition to the agent's.
-    * `:deps` - the run's dependencies: data that becomes the Python
-      agent's `ctx.deps` (validated into its `deps_type`, or given to its
-      deps factory; see "Deps" in the module documentation), and any term
-      for the run's Elixir tools, which get it unconverted in their
-      `SynapseCore.Tool.Context`.
+  #{SynapseCore.Options.docs(Options.call_schema())}
 
   ## Errors
 
@@ -366,9 +305,17 @@ defmodule SynapseCore.Agent do
     }
 
     started =
-      if large?(call.message_history),
-        do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
-        else: Native.run_stream_start(channel.resource, ref, request, options)
+      try do
+        if large?(call.message_history),
+          do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
+          else: Native.run_stream_start(channel.resource, ref, request, options)
+      rescue
+        # Options are validated before; should the NIF still refuse its
+        # arguments, the run's tool runner must not outlive the attempt.
+        error ->
+          if runner, do: ToolRunner.stop(runner)
+          reraise error, __STACKTRACE__
+      end
 
     case started do
       {:ok, handle} ->
@@ -485,19 +432,7 @@ defmodule SynapseCore.Agent do
 
   Those of `run_sync/3` (`:timeout` bounds the whole run), and:
 
-    * `:window` - back-pressure: at most this many events are sent ahead of
-      the consumer. A consumer slower than the model never has more than
-      `window` events of the run in its mailbox (plus the final one); the
-      worker is slowed down instead, by gRPC's flow control. A positive
-      integer or `:infinity`. Defaults to `64`.
-    * `:stream_to` - a pid to deliver the events to as messages, for
-      processes that relay them (a socket, a LiveView). `run_stream/3` then
-      starts the run at once and returns `{:ok, %SynapseCore.Run{}}`; the pid
-      receives `{:synapse_event, run.ref, event}` for each event, ending with
-      `{:synapse_event, run.ref, {:result, result}}` or
-      `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
-      call `ack/2` for the events it has handled, or only `window` events
-      arrive. The run is cancelled if the caller or the receiver exits.
+  #{SynapseCore.Options.docs(Options.stream_schema())}
   """
   @spec run_stream(name(), String.t(), [run_option() | stream_option()]) ::
           Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}

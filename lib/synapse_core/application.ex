@@ -5,6 +5,8 @@ defmodule SynapseCore.Application do
 
   @impl true
   def start(_type, _args) do
+    SynapseCore.Telemetry.load()
+
     children = [
       # Agent name -> the agent's supervisor (one entry per agent).
       {Registry, keys: :unique, name: SynapseCore.AgentRegistry},

@@ -2,12 +2,11 @@ defmodule SynapseCore.Bridge do
   @moduledoc """
   Serves Python functions to Elixir through a generated, typed client.
 
-  `mix synapse.gen.bridge my_module` (or
-  `python -m synapse_python.bridge generate --module my_module --out DIR`)
-  reads the typed functions and Pydantic models of a Python module and
-  writes a `.proto`, a Python gRPC server wrapping the functions, and an
-  Elixir module with one function per Python function. Start the server in
-  your supervision tree:
+  `mix synapse.gen.bridge my_module` reads the typed functions and Pydantic
+  models of a Python module and writes a `.proto`, a Python gRPC server
+  wrapping the functions, and an Elixir module with one function per Python
+  function (see `Mix.Tasks.Synapse.Gen.Bridge`). Start the server in your
+  supervision tree:
 
       children = [
         {SynapseCore.Bridge, name: :my_module, module: "my_module", python_path: ["priv/python"]}
@@ -20,12 +19,29 @@ defmodule SynapseCore.Bridge do
 
   A bridge runs on the same machinery as agents: its workers are Python
   processes under `synapse-shepherd`, supervised and restarted, with no
-  orphans. The generated module calls `call/5` and `stream/5`, which encode
-  requests and decode responses as dynamic protobuf messages in the NIF,
-  from the descriptor set embedded in the generated module.
+  orphans, and across a cluster: the workers join the same `:pg` groups, so
+  a call from a node with none of the bridge's workers runs on a connected
+  node that has them, through a relay there, with the failover and errors
+  of agent runs (`:unknown_agent` when no node serves it, `:worker_exited`
+  when the node goes down mid-call, streams included). The generated
+  module (see `SynapseCore.Bridge.Client`) turns its arguments into plain
+  maps, and the NIF encodes them (and decodes the responses) as dynamic
+  protobuf messages, from the descriptor set embedded in the generated
+  module.
+
+  ## Call options
+
+  Every generated function takes, next to the Python function's own
+  options:
+
+  #{SynapseCore.Options.docs(SynapseCore.Agent.Options.bridge_call_schema())}
+
+  and a streaming function also:
+
+  #{SynapseCore.Options.docs(Keyword.drop(SynapseCore.Agent.Options.bridge_stream_schema(), [:timeout]))}
   """
 
-  alias SynapseCore.{AgentSupervisor, Error, Native, Run, Workers}
+  alias SynapseCore.{Error, Native, Remote, Run, Workers}
   alias SynapseCore.Agent.Options
 
   @typedoc "A bridge's name, as given to `start_link/1`."
@@ -38,7 +54,12 @@ defmodule SynapseCore.Bridge do
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     options = Options.bridge!(opts)
-    %{id: {__MODULE__, options.name}, start: {__MODULE__, :start_link, [opts]}, type: :supervisor}
+
+    %{
+      id: {__MODULE__, options.name},
+      start: {SynapseCore.Agent, :start_validated, [options]},
+      type: :supervisor
+    }
   end
 
   @doc """
@@ -47,14 +68,10 @@ defmodule SynapseCore.Bridge do
 
   ## Options
 
-    * `:name` (required) - the name calls use (any term, unique among agents
-      and bridges).
-    * `:module` (required) - the Python module the bridge was generated
-      from. Its generated server (`synapse_bridge_<module>.py`) and the
-      module itself must be on the worker's `PYTHONPATH` (see `:python_path`).
-    * `:python_path`, `:python`, `:env`, `:cwd`, `:workers`,
-      `:startup_timeout`, `:shutdown_timeout` - as for
-      `SynapseCore.Agent.start_link/1`.
+  #{SynapseCore.Options.docs(Keyword.take(Options.bridge_schema(), [:name, :module]))}
+
+  and the worker options of `SynapseCore.Agent.start_link/1`:
+  #{Enum.map_join(Options.worker_keys(), ", ", &"`#{inspect(&1)}`")}.
 
   Raises `ArgumentError` for invalid options; a worker that cannot start
   (e.g. the module does not import) gives
@@ -62,10 +79,7 @@ defmodule SynapseCore.Bridge do
   """
   @spec start_link(keyword()) :: {:ok, pid()} | {:error, Error.t() | term()}
   def start_link(opts) do
-    opts
-    |> Options.bridge!()
-    |> AgentSupervisor.start_and_await()
-    |> SynapseCore.Agent.unwrap_start_error()
+    opts |> Options.bridge!() |> SynapseCore.Agent.start_validated()
   end
 
   @doc false
@@ -74,16 +88,11 @@ defmodule SynapseCore.Bridge do
   @spec call(server(), binary(), String.t(), map(), keyword()) ::
           {:ok, map()} | {:error, Error.t()}
   def call(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000)
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
+    options = %{timeout: opts.timeout, window: :infinity}
 
-    # Bridges serve their own node's callers: Workers.pick_local.
-    with {:ok, worker} <- Workers.pick_local(server),
-         {:ok, pool} <- pool(descriptor) do
-      options = %{timeout: opts[:timeout], window: :infinity}
-
-      Run.unary(server, opts[:timeout], fn ref ->
-        Native.bridge_call(worker.channel.resource, pool, ref, method, request, options)
-      end)
+    with {:ok, run} <- start(server, descriptor, method, request, :unary, options) do
+      Run.await(run, :infinity)
     end
   end
 
@@ -92,15 +101,64 @@ defmodule SynapseCore.Bridge do
   # a server-streaming `method`. Raises SynapseCore.Error on failure.
   @spec stream(server(), binary(), String.t(), map(), keyword()) :: Enumerable.t()
   def stream(server, descriptor, method, request, opts \\ []) do
-    opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
+    opts = SynapseCore.Options.validate!(opts, Options.bridge_stream_schema(), "a bridge stream")
+    options = %{timeout: opts.timeout, window: opts.window}
 
-    Run.stream_call(server, opts, fn ref ->
-      with {:ok, worker} <- Workers.pick_local(server),
-           {:ok, pool} <- pool(descriptor) do
-        options = %{timeout: opts[:timeout], window: opts[:window]}
-        Native.bridge_stream_start(worker.channel.resource, pool, ref, method, request, options)
+    fn -> start(server, descriptor, method, request, :stream, options) end
+    |> Run.stream(opts.window, :halt)
+    |> Stream.map(fn {:message, message} -> message end)
+  end
+
+  # A call on a worker of this node or, when this node has none ready,
+  # through a relay on a node that has (see SynapseCore.Remote), as for
+  # agents: the caller awaits, streams and cancels it the same way.
+  defp start(server, descriptor, method, request, reply, options) do
+    case Workers.pick(server) do
+      {:ok, {:remote, node}} ->
+        Remote.start_bridge(node, server, descriptor, method, request, reply, options)
+
+      {:ok, worker} ->
+        start_on(worker, server, descriptor, method, request, reply, options)
+
+      {:error, error} ->
+        {:error, error}
+    end
+  end
+
+  @doc false
+  # A call on this node's workers only: what a relay for another node starts.
+  # Its messages go to the calling process.
+  @spec start_local(server(), binary(), String.t(), map(), :unary | :stream, map()) ::
+          {:ok, Run.t()} | {:error, Error.t()}
+  def start_local(server, descriptor, method, request, reply, options) do
+    with {:ok, worker} <- Workers.pick_local(server) do
+      start_on(worker, server, descriptor, method, request, reply, options)
+    end
+  end
+
+  defp start_on(worker, server, descriptor, method, request, reply, options) do
+    ref = make_ref()
+    channel = worker.channel.resource
+
+    started =
+      with {:ok, pool} <- pool(descriptor) do
+        case reply do
+          :unary -> Native.bridge_call(channel, pool, ref, method, request, options)
+          :stream -> Native.bridge_stream_start(channel, pool, ref, method, request, options)
+        end
       end
-    end)
+
+    with {:ok, handle} <- started do
+      {:ok,
+       %Run{
+         ref: ref,
+         handle: handle,
+         agent: server,
+         owner: self(),
+         receiver: if(reply == :stream, do: self()),
+         timeout: options.timeout
+       }}
+    end
   end
 
   # Descriptor pools are built once per descriptor set and kept in

@@ -4,33 +4,54 @@ defmodule SynapseCore.Channel do
   # it points at. Cheap to copy; every call on it shares one HTTP/2
   # connection.
 
-  alias SynapseCore.{Error, Native}
+  alias SynapseCore.{Agent.Options, Error, Native}
 
   @type t :: %__MODULE__{resource: reference(), address: String.t()}
 
   @enforce_keys [:resource, :address]
   defstruct [:resource, :address]
 
-  @default_max_message_bytes 64 * 1024 * 1024
-
   # Options: :max_message_bytes; for TCP workers :tls ([ca_pem: pem,
   # server_name: name]) and :token (a zero-arity function returning it, so
-  # that it never shows in an inspected struct or a crash report).
+  # that it never shows in an inspected struct or a crash report). They were
+  # validated with the agent's options (SynapseCore.Agent.Options).
   @spec connect(String.t(), keyword()) :: {:ok, t()} | {:error, Error.t()}
   def connect(address, opts \\ []) do
     tls = Keyword.get(opts, :tls) || []
 
-    options = %{
-      max_message_bytes: Keyword.get(opts, :max_message_bytes, @default_max_message_bytes),
-      ca_pem: tls[:ca_pem],
-      server_name: tls[:server_name],
-      token: if(token = opts[:token], do: token.())
-    }
+    with {:ok, token} <- token(opts[:token]) do
+      options = %{
+        max_message_bytes:
+          Keyword.get(opts, :max_message_bytes, Options.default_max_message_bytes()),
+        ca_pem: tls[:ca_pem],
+        server_name: tls[:server_name],
+        token: token
+      }
 
-    case Native.channel_connect(address, options) do
-      {:ok, resource} -> {:ok, %__MODULE__{resource: resource, address: address}}
-      {:error, %Error{} = error} -> {:error, error}
+      case Native.channel_connect(address, options) do
+        {:ok, resource} -> {:ok, %__MODULE__{resource: resource, address: address}}
+        {:error, %Error{} = error} -> {:error, error}
+      end
     end
+  end
+
+  # The token goes straight from the user's function into a NIF resource:
+  # `Native.channel_token/1` takes any term and never raises, so the token
+  # is never an argument of anything that can put it in a stack trace.
+  defp token(nil), do: {:ok, nil}
+
+  defp token(fun) do
+    Native.channel_token(fun.())
+  catch
+    # Only the kind: the message of whatever the user's function raised
+    # might quote the token.
+    kind, reason ->
+      what =
+        if kind == :error,
+          do: inspect(Exception.normalize(:error, reason, __STACKTRACE__).__struct__),
+          else: inspect(kind)
+
+      {:error, Error.new(:invalid_argument, "the :token function failed (#{what})")}
   end
 
   @doc "Fails every call in flight on the channel, and later ones, with `:worker_exited`."

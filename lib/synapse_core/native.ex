@@ -25,6 +25,8 @@ defmodule SynapseCore.Native do
   end
 
   def channel_connect(_address, _options), do: :erlang.nif_error(:nif_not_loaded)
+  # Takes any term and never raises: the token's only way into Rust.
+  def channel_token(_token), do: :erlang.nif_error(:nif_not_loaded)
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
   def channel_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
   def channel_load(_channel), do: :erlang.nif_error(:nif_not_loaded)

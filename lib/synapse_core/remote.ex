@@ -1,8 +1,9 @@
 defmodule SynapseCore.Remote do
   @moduledoc false
-  # Runs on an agent of another node. Workers join a `:pg` group per agent
-  # name when they serve; a caller whose node has no ready worker for the
-  # name starts the run through a relay on a node that has one.
+  # Runs on an agent, and calls of a bridge, on another node. Workers join a
+  # `:pg` group per agent (or bridge) name when they serve; a caller whose
+  # node has no ready worker for the name starts the call through a relay on
+  # a node that has one.
   #
   # The relay (a process on that node, under SynapseCore.ToolSupervisor)
   # owns the run there and forwards its messages, unchanged but for the tag,
@@ -14,10 +15,11 @@ defmodule SynapseCore.Remote do
   # to the NIF. Tools given by the caller run on the caller's node: the
   # relay's node calls back for each tool call.
 
-  alias SynapseCore.{Agent, Error, Native, Run, Tool}
+  alias SynapseCore.{Agent, Bridge, Error, Native, Run, Tool}
 
   @start_timeout 15_000
 
+  @doc "Starts a run of the agent `name` on `node`."
   @spec start(
           node(),
           term(),
@@ -28,11 +30,23 @@ defmodule SynapseCore.Remote do
           pos_integer() | :infinity
         ) :: {:ok, Run.t()} | {:error, Error.t()}
   def start(node, name, prompt, call, reply, receiver, window) do
-    ref = make_ref()
     call = %{call | tools: Enum.map(call.tools, &call_back(&1, node()))}
-    args = [receiver, self(), ref, name, prompt, call, reply, window]
+    start_call(node, {:agent, name, prompt, call, reply, window}, reply, receiver, call.timeout)
+  end
 
-    case :erpc.call(node, __MODULE__, :start_relay, args, @start_timeout) do
+  @doc "Starts a call of the bridge `name` on `node` (see `SynapseCore.Bridge.start_local/6`)."
+  @spec start_bridge(node(), term(), binary(), String.t(), map(), :unary | :stream, map()) ::
+          {:ok, Run.t()} | {:error, Error.t()}
+  def start_bridge(node, name, descriptor, method, request, reply, options) do
+    call = {:bridge, name, descriptor, method, request, reply, options}
+    start_call(node, call, reply, self(), options.timeout)
+  end
+
+  defp start_call(node, call, reply, receiver, timeout) do
+    ref = make_ref()
+    name = elem(call, 1)
+
+    case :erpc.call(node, __MODULE__, :start_relay, [receiver, self(), ref, call], @start_timeout) do
       {:ok, relay} ->
         {:ok,
          %Run{
@@ -43,7 +57,7 @@ defmodule SynapseCore.Remote do
            agent: name,
            owner: self(),
            receiver: if(reply == :stream, do: receiver),
-           timeout: call.timeout
+           timeout: timeout
          }}
 
       {:error, %Error{} = error} ->
@@ -74,14 +88,14 @@ defmodule SynapseCore.Remote do
     do: function.(args, context)
 
   @doc false
-  # On the agent's node: starts the relay and the run; answers once the run
-  # started (or could not).
-  def start_relay(receiver, owner, ref, name, prompt, call, reply, window) do
+  # On the agent's (or bridge's) node: starts the relay and the call; answers
+  # once the call started (or could not).
+  def start_relay(receiver, owner, ref, call) do
     starter = self()
 
     {:ok, relay} =
       Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
-        relay(starter, receiver, owner, ref, name, prompt, call, reply, window)
+        relay(starter, receiver, owner, ref, call)
       end)
 
     monitor = Process.monitor(relay)
@@ -96,11 +110,11 @@ defmodule SynapseCore.Remote do
     end
   end
 
-  defp relay(starter, receiver, owner, ref, name, prompt, call, reply, window) do
+  defp relay(starter, receiver, owner, ref, call) do
     Process.monitor(owner)
     if receiver != owner, do: Process.monitor(receiver)
 
-    case Agent.start_local(name, prompt, call, reply, self(), window) do
+    case start_here(call) do
       {:ok, run} ->
         send(starter, {self(), {:ok, self()}})
         forward(run, receiver, ref)
@@ -109,6 +123,13 @@ defmodule SynapseCore.Remote do
         send(starter, {self(), {:error, error}})
     end
   end
+
+  # The call, on this node's workers; its messages come to the relay.
+  defp start_here({:agent, name, prompt, call, reply, window}),
+    do: Agent.start_local(name, prompt, call, reply, self(), window)
+
+  defp start_here({:bridge, name, descriptor, method, request, reply, options}),
+    do: Bridge.start_local(name, descriptor, method, request, reply, options)
 
   defp forward(%Run{ref: run_ref} = run, receiver, ref) do
     receive do

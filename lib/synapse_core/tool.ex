@@ -63,23 +63,57 @@ defmodule SynapseCore.Tool do
     max_retries: nil
   ]
 
+  @schema [
+    name: [
+      type: {:custom, &__MODULE__.cast_name/1, "1 to 64 letters, digits, _ or - (or an atom)"},
+      required: true,
+      doc: "the name the model calls it by: letters, digits, `_` and `-`, as model APIs require."
+    ],
+    description: [
+      type: :string,
+      default: "",
+      doc: "what the tool does and when to use it; the model reads it."
+    ],
+    parameters: [
+      type:
+        {:custom, &__MODULE__.cast_parameters/1,
+         ~s(fields, or a JSON Schema map of "type" "object")},
+      default: [],
+      doc_type: ~s(fields, or a JSON Schema map of "type" "object"),
+      doc: """
+      a keyword list of fields in Synapse's type language (see
+      `SynapseCore.Schema`), or a JSON Schema map of type `"object"`.
+      """
+    ],
+    function: [
+      type: {:custom, &__MODULE__.cast_function/1, "a function of arity 1 or 2"},
+      required: true,
+      doc: """
+      a function of arity 1 (the arguments) or 2 (the arguments and a
+      `SynapseCore.Tool.Context`).
+      """
+    ],
+    timeout: [
+      type: {:integer, 1, SynapseCore.Options.max_ms()},
+      default: 30_000,
+      doc: "milliseconds one call may take."
+    ],
+    max_retries: [
+      type: {:integer, 0, SynapseCore.Options.max_int32()},
+      default: nil,
+      doc: """
+      how many times the model may retry this tool after a failure.
+      Defaults to the agent's own setting.
+      """
+    ]
+  ]
+
   @doc """
   Builds a tool. Raises `ArgumentError` for invalid options.
 
   ## Options
 
-    * `:name` (required) - the name the model calls it by: letters, digits,
-      `_` and `-`, as model APIs require.
-    * `:description` - what the tool does and when to use it; the model reads
-      it. Defaults to `""`.
-    * `:parameters` - a keyword list of fields in Synapse's type language
-      (see `SynapseCore.Schema`), or a JSON Schema map of type `"object"`.
-      Defaults to no parameters.
-    * `:function` (required) - a function of arity 1 (the arguments) or 2
-      (the arguments and a `SynapseCore.Tool.Context`).
-    * `:timeout` - milliseconds one call may take. Defaults to `30_000`.
-    * `:max_retries` - how many times the model may retry this tool after a
-      failure. Defaults to the agent's own setting.
+  #{SynapseCore.Options.docs(@schema)}
 
       iex> tool = SynapseCore.Tool.new(name: "add", parameters: [a: :integer, b: :integer],
       ...>   function: fn %{a: a, b: b} -> a + b end)
@@ -87,30 +121,24 @@ defmodule SynapseCore.Tool do
       ["a", "b"]
   """
   @spec new(keyword()) :: t()
-  def new(opts) when is_list(opts) do
-    opts =
-      Keyword.validate!(opts, [
-        :name,
-        :function,
-        description: "",
-        parameters: [],
-        timeout: 30_000,
-        max_retries: nil
-      ])
-
-    name = name!(opts[:name])
-    {parameters, fields} = parameters!(name, opts[:parameters])
+  def new(opts) do
+    options = SynapseCore.Options.validate!(opts, @schema, "a tool")
+    {parameters, fields} = options.parameters
 
     %__MODULE__{
-      name: name,
-      description: string!(opts[:description], :description),
+      name: options.name,
+      description: options.description,
       parameters: parameters,
       fields: fields,
-      function: function!(opts[:function]),
-      timeout: timeout!(opts[:timeout]),
-      max_retries: max_retries!(opts[:max_retries])
+      function: options.function,
+      timeout: options.timeout,
+      max_retries: options.max_retries
     }
   end
+
+  @doc false
+  @spec option_keys() :: [atom()]
+  def option_keys, do: Keyword.keys(@schema)
 
   @doc """
   The tools in `list`: `SynapseCore.Tool` structs and modules that
@@ -160,58 +188,31 @@ defmodule SynapseCore.Tool do
     }
   end
 
-  defp name!(name) when is_atom(name) and not is_nil(name), do: name!(Atom.to_string(name))
+  @doc false
+  def cast_name(name) when is_atom(name) and not is_nil(name) and not is_boolean(name),
+    do: cast_name(Atom.to_string(name))
 
-  defp name!(name) when is_binary(name) do
-    if String.match?(name, ~r/^[A-Za-z0-9_-]{1,64}$/) do
-      name
-    else
-      raise ArgumentError,
-            "a tool name must be 1 to 64 letters, digits, _ or -, got: #{inspect(name)}"
-    end
+  def cast_name(name) when is_binary(name) do
+    if String.match?(name, ~r/^[A-Za-z0-9_-]{1,64}$/),
+      do: {:ok, name},
+      else: {:error, "a tool name must be 1 to 64 letters, digits, _ or -"}
   end
 
-  defp name!(other), do: raise(ArgumentError, "a tool needs a :name, got: #{inspect(other)}")
+  def cast_name(_other), do: {:error, "a tool name must be 1 to 64 letters, digits, _ or -"}
 
-  defp parameters!(_name, fields) when is_list(fields) do
-    {Schema.to_json_schema(fields), fields}
+  @doc false
+  def cast_parameters(fields) when is_list(fields) do
+    {:ok, {Schema.to_json_schema(fields), fields}}
+  rescue
+    error in ArgumentError -> {:error, Exception.message(error)}
   end
 
-  defp parameters!(name, %{} = schema) do
-    unless schema["type"] == "object" do
-      raise ArgumentError,
-            "the parameters of tool #{name} must be a JSON Schema of \"type\" \"object\", got: #{inspect(schema)}"
-    end
+  def cast_parameters(%{"type" => "object"} = schema), do: {:ok, {schema, nil}}
 
-    {schema, nil}
-  end
+  def cast_parameters(_other),
+    do: {:error, ~s(expected fields, or a JSON Schema map of "type" "object")}
 
-  defp parameters!(name, other),
-    do:
-      raise(
-        ArgumentError,
-        "the parameters of tool #{name} must be fields or a JSON Schema map, got: #{inspect(other)}"
-      )
-
-  defp string!(value, _key) when is_binary(value), do: value
-
-  defp string!(value, key),
-    do: raise(ArgumentError, "#{inspect(key)} must be a string, got: #{inspect(value)}")
-
-  defp function!(fun) when is_function(fun, 1) or is_function(fun, 2), do: fun
-
-  defp function!(other),
-    do: raise(ArgumentError, "a tool's :function must have arity 1 or 2, got: #{inspect(other)}")
-
-  defp timeout!(ms) when is_integer(ms) and ms > 0, do: ms
-
-  defp timeout!(other),
-    do: raise(ArgumentError, ":timeout must be a positive integer, got: #{inspect(other)}")
-
-  defp max_retries!(nil), do: nil
-  defp max_retries!(n) when is_integer(n) and n >= 0, do: n
-
-  defp max_retries!(other),
-    do:
-      raise(ArgumentError, ":max_retries must be a non-negative integer, got: #{inspect(other)}")
+  @doc false
+  def cast_function(fun) when is_function(fun, 1) or is_function(fun, 2), do: {:ok, fun}
+  def cast_function(_other), do: {:error, "expected a function of arity 1 or 2"}
 end

@@ -3,13 +3,14 @@ defmodule SynapseCore.ToolRunner do
   # Executes the Elixir tools of one run. One is started per run that has
   # tools, under SynapseCore.ToolSupervisor; the NIF sends it the run's tool
   # requests. Each call runs in its own supervised Task, bounded by the
-  # tool's timeout and the run's deadline, and is answered through the NIF.
-  # The runner stops when the run is over or its owner exits, killing any
-  # call still running.
+  # tool's timeout, and is answered through the NIF. The runner stops when
+  # the run is over or its owner exits, killing any call still running: the
+  # run's deadline ends the run in Python (which then answers what it did),
+  # and so the calls it was waiting for.
 
   require Logger
 
-  alias SynapseCore.{Error, Native, Schema, Tool}
+  alias SynapseCore.{Error, Native, Schema, Telemetry, Tool}
   alias SynapseCore.Tool.Context
 
   @type config :: %{
@@ -84,6 +85,15 @@ defmodule SynapseCore.ToolRunner do
   end
 
   defp start_call(state, %{request_id: request_id, name: name} = request) do
+    span =
+      Telemetry.start([:synapse, :tool], %{
+        agent: state.config.agent,
+        tool: name,
+        tool_call_id: request.tool_call_id,
+        run_id: request.run_id,
+        retry: request.retry
+      })
+
     case Map.fetch(state.tools, name) do
       {:ok, tool} ->
         context = %Context{
@@ -106,36 +116,50 @@ defmodule SynapseCore.ToolRunner do
           task: task,
           request_id: request_id,
           name: name,
-          timer: timer
+          timer: timer,
+          span: span
         })
 
       :error ->
-        answer(
-          state.handle,
-          request_id,
-          name,
-          {:retry, "There is no tool named #{inspect(name)}."}
-        )
-
+        outcome = {:retry, "There is no tool named #{inspect(name)}."}
+        answer(state.handle, request_id, name, outcome)
+        report(span, outcome)
         state
     end
   end
 
+  defp report(span, {:ok, _value}), do: Telemetry.stop([:synapse, :tool], :stop, span, %{})
+
+  defp report(span, {:retry, reason}),
+    do: Telemetry.stop([:synapse, :tool], :exception, span, %{reason: reason})
+
   defp finish(state, ref, outcome) do
-    {%{request_id: request_id, name: name, timer: timer}, calls} = Map.pop(state.calls, ref)
+    {%{request_id: request_id, name: name, timer: timer, span: span}, calls} =
+      Map.pop(state.calls, ref)
+
     Process.cancel_timer(timer)
     answer(state.handle, request_id, name, outcome)
+    report(span, outcome)
     %{state | calls: calls}
   end
 
+  # Every outcome reaches the model: one the NIF refuses (a value with no
+  # JSON form, anything over the message size limit) is replaced by a short
+  # retry prompt that says why.
   defp answer(handle, request_id, name, outcome) do
     case Native.run_tool_result(handle, request_id, outcome) do
       :ok ->
         :ok
 
       {:error, %Error{message: message}} ->
-        Logger.warning("tool #{name} returned a value with no JSON form: #{message}")
-        retry = {:retry, "The tool's result cannot be sent as JSON (#{message})."}
+        what =
+          case outcome do
+            {:ok, _} -> "result"
+            {:retry, _} -> "error message"
+          end
+
+        Logger.warning("tool #{name}: its #{what} cannot be sent to the model: #{message}")
+        retry = {:retry, "The tool's #{what} cannot be sent (#{message})."}
         :ok = Native.run_tool_result(handle, request_id, retry)
     end
   end
@@ -194,7 +218,7 @@ defmodule SynapseCore.ToolRunner do
     text =
       case exception do
         {kind, reason} -> Exception.format_banner(kind, reason)
-        exception -> Exception.format_banner(:error, exception)
+        exception -> "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
       end
 
     Logger.warning(
@@ -204,7 +228,13 @@ defmodule SynapseCore.ToolRunner do
     {:retry, "The tool failed: #{text}"}
   end
 
-  defp reason_text(reason) when is_binary(reason), do: reason
-  defp reason_text(%{__exception__: true} = exception), do: Exception.message(exception)
+  defp reason_text(reason) when is_binary(reason), do: text(reason)
+  defp reason_text(%{__exception__: true} = exception), do: text(Exception.message(exception))
   defp reason_text(reason), do: inspect(reason)
+
+  # Retry prompts are text: bytes that are not UTF-8 are shown escaped, as
+  # `inspect/1` writes them, rather than lost or crashing the call.
+  defp text(binary) do
+    if String.valid?(binary), do: binary, else: inspect(binary, binaries: :as_binaries)
+  end
 end

@@ -30,7 +30,7 @@ defmodule SynapseCore.Tools do
   compile error.
   """
 
-  @options [:params, :name, :description, :timeout, :max_retries]
+  @options [:params | SynapseCore.Tool.option_keys() -- [:function, :parameters]]
 
   @doc false
   defmacro __using__(_opts) do
@@ -91,14 +91,12 @@ defmodule SynapseCore.Tools do
   defp build(env, {name, arity, spec, description, line}) do
     options = options(spec)
 
-    SynapseCore.Tool.new(
-      name: Keyword.get(options, :name, name),
-      description: Keyword.get(options, :description, description),
-      parameters: Keyword.get(options, :params, []),
-      function: Function.capture(env.module, name, arity),
-      timeout: Keyword.get(options, :timeout, 30_000),
-      max_retries: Keyword.get(options, :max_retries)
-    )
+    {params, options} = Keyword.pop(options, :params, [])
+
+    [name: name, description: description, function: Function.capture(env.module, name, arity)]
+    |> Keyword.merge(options)
+    |> Keyword.put(:parameters, params)
+    |> SynapseCore.Tool.new()
   rescue
     error in ArgumentError ->
       reraise CompileError,

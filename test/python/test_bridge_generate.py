@@ -11,7 +11,6 @@ from synapse_python.bridge import generate
 FIXTURE_FILES = sorted(
     [
         f"{FIXTURE_STEM}.desc",
-        f"{FIXTURE_STEM}.ex",
         f"{FIXTURE_STEM}.ir.json",
         f"{FIXTURE_STEM}.proto",
         f"synapse_bridge_{FIXTURE_STEM}.py",
@@ -30,7 +29,7 @@ def test_generate_writes_the_files(tmp_path: Path) -> None:
     assert sorted(path.name for path in out.iterdir()) == FIXTURE_FILES
     assert result.stdout.splitlines() == [str(out / name) for name in FIXTURE_FILES]
     ir = json.loads((out / f"{FIXTURE_STEM}.ir.json").read_text())
-    assert ir["service"] == "BridgeTypes" and ir["version"] == 1
+    assert ir["service"] == "BridgeTypes" and ir["version"] == 2
     text = (out / f"{FIXTURE_STEM}.ir.json").read_text()
     assert text == json.dumps(ir, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     server = (out / f"synapse_bridge_{FIXTURE_STEM}.py").read_text()
@@ -57,13 +56,13 @@ def test_check(tmp_path: Path) -> None:
     fresh = cli("generate", "--module", FIXTURE, "--out", str(out), "--check")
     assert (fresh.returncode, fresh.stdout, fresh.stderr) == (0, "", "")
 
-    ex = out / f"{FIXTURE_STEM}.ex"
-    ex.write_text(ex.read_text().replace("def describe(", "def describe_old("))
+    proto = out / f"{FIXTURE_STEM}.proto"
+    proto.write_text(proto.read_text().replace("rpc Describe(", "rpc DescribeOld("))
     (out / f"{FIXTURE_STEM}.desc").unlink()
     stale = cli("generate", "--module", FIXTURE, "--out", str(out), "--check")
     assert stale.returncode == 1
     assert stale.stdout == ""
-    assert f"{ex} (differs)" in stale.stderr
+    assert f"{proto} (differs)" in stale.stderr
     assert f"{out / f'{FIXTURE_STEM}.desc'} (missing)" in stale.stderr
     assert f"python -m synapse_python.bridge generate --module {FIXTURE}" in stale.stderr
     assert not (out / f"{FIXTURE_STEM}.desc").exists()  # --check writes nothing
@@ -72,18 +71,14 @@ def test_check(tmp_path: Path) -> None:
 def test_options_are_part_of_the_output(tmp_path: Path) -> None:
     out = tmp_path / "gen"
     args = ["--module", FIXTURE, "--function", "people", "--function", "describe"]
-    assert cli("generate", *args, "--elixir-module", "Fix.Types", "--out", str(out)).returncode == 0
-    ex = (out / f"{FIXTURE_STEM}.ex").read_text()
-    assert ex.startswith("defmodule Fix.Types do\n")
-    assert "def describe(" in ex and "def people(" in ex and "def scalars(" not in ex
-    assert (
-        "--module synapse_fixtures.bridge_types --function people --function describe "
-        "--elixir-module Fix.Types" in ex
-    )
+    assert cli("generate", *args, "--out", str(out)).returncode == 0
+    proto = (out / f"{FIXTURE_STEM}.proto").read_text()
+    assert "rpc Describe(" in proto and "rpc People(" in proto and "rpc Scalars(" not in proto
+    assert "--module synapse_fixtures.bridge_types --function people --function describe" in proto
     # The same options check clean; other options are stale.
-    check = cli("generate", *args, "--elixir-module", "Fix.Types", "--out", str(out), "--check")
+    check = cli("generate", *args, "--out", str(out), "--check")
     assert check.returncode == 0, check.stderr
-    assert cli("generate", *args, "--out", str(out), "--check").returncode == 1
+    assert cli("generate", "--module", FIXTURE, "--out", str(out), "--check").returncode == 1
 
 
 def test_unsupported_type_exits_2_naming_function_parameter_and_type(tmp_path: Path) -> None:
@@ -115,9 +110,3 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     no_out = cli("generate", "--module", FIXTURE)
     assert no_out.returncode == 2
     assert "--out" in no_out.stderr
-
-    bad_name = cli(
-        "generate", "--module", FIXTURE, "--elixir-module", "lower", "--out", str(tmp_path)
-    )
-    assert bad_name.returncode == 2
-    assert "invalid Elixir module name 'lower'" in bad_name.stderr

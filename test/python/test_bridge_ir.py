@@ -37,11 +37,10 @@ def describe(source: str, *names: str, **options: Any) -> IR:
 
 
 def test_module_service_and_functions(ir: IR) -> None:
-    assert (ir.module, ir.package, ir.service, ir.elixir_module) == (
+    assert (ir.module, ir.package, ir.service) == (
         FIXTURE,
         "synapse.bridge.synapse_fixtures_bridge_types",
         "BridgeTypes",
-        "SynapseFixtures.BridgeTypes",
     )
     assert ir.doc is not None and ir.doc.startswith("Every type the Synapse Bridge supports")
     kinds = {f.name: f.kind for f in ir.functions}
@@ -105,20 +104,23 @@ def test_models_fields_descriptions_constraints(ir: IR) -> None:
 
 def test_enums_literals_unions_and_wrappers(ir: IR) -> None:
     color = ir.enum("Color")
-    assert [(v.name, v.number, v.member, v.python, v.elixir) for v in color.values] == [
-        ("COLOR_RED", 1, "RED", "red", "red"),
-        ("COLOR_GREEN", 2, "GREEN", "green", "green"),
-        ("COLOR_BLUE", 3, "BLUE", "blue", "blue"),
+    assert [(v.name, v.number, v.member, v.python) for v in color.values] == [
+        ("COLOR_RED", 1, "RED", "red"),
+        ("COLOR_GREEN", 2, "GREEN", "green"),
+        ("COLOR_BLUE", 3, "BLUE", "blue"),
     ]
     priority = ir.enum("Priority")
-    assert [(v.name, v.python, v.elixir) for v in priority.values] == [
-        ("PRIORITY_LOW", 1, "low"),
-        ("PRIORITY_HIGH", 10, "high"),
+    assert [(v.name, v.member, v.python) for v in priority.values] == [
+        ("PRIORITY_LOW", "LOW", 1),
+        ("PRIORITY_HIGH", "HIGH", 10),
     ]
     # Literals are named after where they are used.
-    assert [v.elixir for v in ir.enum("PersonMode").values] == ["fast", "slow"]
+    assert [(v.member, v.python) for v in ir.enum("PersonMode").values] == [
+        (None, "fast"),
+        (None, "slow"),
+    ]
     first_level = ir.enum("PersonLevel").values[0]
-    assert (first_level.name, first_level.elixir) == ("PERSON_LEVEL_1", 1)
+    assert (first_level.name, first_level.python) == ("PERSON_LEVEL_1", 1)
     assert ir.enum("ChooseMode").python is None
     union = ir.union("Int64OrStringOrAddress")
     assert [(m.field, m.type) for m in union.members] == [
@@ -162,11 +164,12 @@ def test_function_selection() -> None:
         introspect_module(FIXTURE, ["Person"])
 
 
-def test_elixir_module_option() -> None:
-    ir = describe("def f(x: int) -> int: ...", elixir_module="My.Client")
-    assert (ir.elixir_module, ir.service) == ("My.Client", "Client")
-    with pytest.raises(GenerationError, match="invalid Elixir module name"):
-        describe("def f(x: int) -> int: ...", elixir_module="my.client")
+def test_service_name() -> None:
+    assert describe("def f(x: int) -> int: ...").service == "Bridged"
+    assert describe("def f(x: int) -> int: ...", service="Greeter").service == "Greeter"
+    assert introspect_module("synapse_fixtures.bridge_edges").ir.service == "BridgeEdges"
+    with pytest.raises(GenerationError, match=r"invalid service name 'my\.service'"):
+        describe("def f(x: int) -> int: ...", service="my.service")
 
 
 def test_the_unsupported_fixture_names_function_parameter_and_type() -> None:
@@ -240,8 +243,9 @@ def test_the_unsupported_fixture_names_function_parameter_and_type() -> None:
             "the model ProcessRequest clashes with a message of process",
         ),
         (
-            "import enum\nclass E(enum.Enum):\n    NIL = 'n'\ndef f(x: E) -> int: ...",
-            "the value 'n' of E would be the Elixir atom nil",
+            "import enum\nclass E(enum.Enum):\n    A_B = 'x'\n    a_b = 'y'\n"
+            "def f(x: E) -> int: ...",
+            "the values 'x' and 'y' of E get one name (E_A_B); rename one",
         ),
         (
             "def timed(x: int, timeout: float = 1.0) -> int: ...",
@@ -275,7 +279,7 @@ def test_literal_unions_merge_and_optional_literals() -> None:
     params = {p.name: p for p in ir.functions[0].params}
     assert params["x"].type == t("optional", t("enum", name="FX"))
     assert [v.name for v in ir.enum("FX").values] == ["FX_A", "FX_B"]
-    assert [(v.name, v.elixir) for v in ir.enum("FY").values] == [
+    assert [(v.name, v.python) for v in ir.enum("FY").values] == [
         ("FY_IN_PROGRESS", "in progress"),
         ("FY_DONE", "done"),
     ]

@@ -20,6 +20,18 @@ defmodule SynapseCore.TestHelpers do
 
   def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
 
+  @doc """
+  A path for a temporary directory, unique on this machine: other test runs
+  (other checkouts) may be running at the same time, and
+  `System.unique_integer/1` is unique within one VM only.
+  """
+  def tmp_dir(prefix) do
+    Path.join(
+      System.tmp_dir!(),
+      "#{prefix}-#{System.pid()}-#{System.unique_integer([:positive])}"
+    )
+  end
+
   @doc "Starts an agent under the test's supervisor; returns its name."
   def start_fixture_agent!(attr, extra \\ []) do
     opts = fixture_agent(attr, extra)

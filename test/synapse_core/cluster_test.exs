@@ -1,6 +1,6 @@
 defmodule SynapseCore.ClusterTest do
-  # Three BEAM nodes on this machine, started with OTP's :peer: agents on
-  # nodes B and C, calls from this node (A), which has none.
+  # Three BEAM nodes on this machine, started with OTP's :peer: agents and
+  # bridges on nodes B and C, calls from this node (A), which has none.
   use ExUnit.Case, async: false
 
   import SynapseCore.TestHelpers
@@ -9,6 +9,8 @@ defmodule SynapseCore.ClusterTest do
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
+
+  @bridge_module "synapse_fixtures.bridge_types"
 
   setup_all do
     {_, 0} = System.cmd("epmd", ["-daemon"])
@@ -21,7 +23,20 @@ defmodule SynapseCore.ClusterTest do
         )
     end
 
-    :ok
+    # A bridge's files, on the disk the nodes share; its client is compiled
+    # on this node only, which runs no bridge worker.
+    dir = tmp_dir("synapse-cluster")
+    on_exit(fn -> File.rm_rf!(dir) end)
+
+    {:ok, files} =
+      Mix.Tasks.Synapse.Gen.Bridge.generate(@bridge_module,
+        python_path: fixtures_path(),
+        lib: Path.join(dir, "lib"),
+        out: Path.join(dir, "priv")
+      )
+
+    files |> Enum.filter(&String.ends_with?(&1, ".ex")) |> Enum.each(&Code.compile_file/1)
+    %{bridge_path: [Path.join(dir, "priv"), fixtures_path()]}
   end
 
   defp start_peer(tag) do
@@ -109,5 +124,89 @@ defmodule SynapseCore.ClusterTest do
 
     assert {:error, %Error{kind: :worker_exited, message: message}} = Agent.await(run, 10_000)
     assert message =~ "was lost"
+  end
+
+  ## Bridges
+
+  defp start_bridge_on(node, name, python_path) do
+    {:ok, _} =
+      :erpc.call(node, DynamicSupervisor, :start_child, [
+        SynapseCore.AgentsSupervisor,
+        {SynapseCore.Bridge, name: name, module: @bridge_module, python_path: python_path}
+      ])
+
+    eventually(fn -> node in members(name) end, 30_000)
+  end
+
+  defp bridge(function, args), do: apply(SynapseFixtures.BridgeTypes, function, args)
+
+  test "a bridge on another node: calls, streams and errors; the next node takes over", %{
+    bridge_path: python_path
+  } do
+    name = :"bridge_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:bb)
+    {peer_c, node_c} = start_peer(:bc)
+    start_bridge_on(node_b, name, python_path)
+    assert SynapseCore.Agent.workers(name) == []
+
+    person = %{name: "Ann", age: 42, address: %{street: "Main Street 1", city: "Lyon"}}
+    assert bridge(:describe, [name, person]) == {:ok, "Ann (42) from Lyon, likes red"}
+    assert bridge(:add_days!, [name, ~D[2024-02-28], [days: 2]]) == ~D[2024-03-01]
+    assert name |> then(&bridge(:count_up, [&1, 1, 8, [step: 3]])) |> Enum.to_list() == [1, 4, 7]
+    assert name |> then(&bridge(:slow_stream, [&1])) |> Enum.take(2) == [0, 1]
+
+    assert {:error,
+            %Error{kind: :invalid_argument, details: %{errors: [%{"loc" => ["person", "age"]}]}}} =
+             bridge(:describe, [name, %{name: "Ann", age: -1}])
+
+    assert {:error, %Error{kind: :python_error, message: "boom"}} = bridge(:fail, [name, "boom"])
+
+    # Node B goes away: calls go to node C's workers.
+    start_bridge_on(node_c, name, python_path)
+    :peer.stop(peer_b)
+    eventually(fn -> node_b not in members(name) end, 10_000)
+    assert bridge(:describe!, [name, person]) == "Ann (42) from Lyon, likes red"
+    assert members(name) == [node_c]
+
+    :peer.stop(peer_c)
+    eventually(fn -> members(name) == [] end, 10_000)
+
+    assert {:error, %Error{kind: :unknown_agent}} = bridge(:describe, [name, person])
+
+    assert_raise Error, ~r/unknown_agent/, fn ->
+      name |> then(&bridge(:count_up, [&1, 1, 3])) |> Enum.to_list()
+    end
+  end
+
+  test "bridge calls and streams in flight on a node that goes down end with :worker_exited", %{
+    bridge_path: python_path
+  } do
+    name = :"doomed_bridge_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:bd)
+    start_bridge_on(node, name, python_path)
+
+    call = Task.async(fn -> bridge(:slow, [name, 30.0]) end)
+    test = self()
+
+    stream =
+      Task.async(fn ->
+        try do
+          name
+          |> then(&bridge(:slow_stream, [&1]))
+          |> Stream.each(fn _ -> send(test, :streaming) end)
+          |> Stream.run()
+        rescue
+          error in Error -> {:raised, error}
+        end
+      end)
+
+    # Both are under way on node B (the stream has yielded) when it stops.
+    assert_receive :streaming, 15_000
+    Process.sleep(200)
+    :peer.stop(peer)
+
+    assert {:error, %Error{kind: :worker_exited, message: message}} = Task.await(call, 10_000)
+    assert message =~ "was lost"
+    assert {:raised, %Error{kind: :worker_exited}} = Task.await(stream, 10_000)
   end
 end

@@ -74,7 +74,7 @@ defmodule SynapseCore.LifecycleTest do
 
   describe "invalid agent options raise ArgumentError" do
     test "unknown, missing and mistyped options" do
-      assert_raise ArgumentError, ~r/unknown keys \[:bogus\]/, fn ->
+      assert_raise ArgumentError, ~r/unknown option :bogus/, fn ->
         SynapseCore.start_agent(name: :x, model: "test", bogus: true)
       end
 

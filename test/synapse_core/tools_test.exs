@@ -163,7 +163,40 @@ defmodule SynapseCore.ToolsTest do
       prompt = script([call("give_pid", %{"a" => 1})])
 
       assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [pid_giver])
-      assert output =~ ~s("retry": "The tool's result cannot be sent as JSON)
+      assert output =~ ~s("retry": "The tool's result cannot be sent)
+      assert output =~ "no JSON form"
+    end
+
+    test "an error reason or exception message that is not UTF-8", %{name: name} do
+      bad_error = tool("bad_error", fn _ -> {:error, <<0xFF, ?a>>} end)
+      bad_raise = tool("bad_raise", fn _ -> raise <<?b, 0xFE>> end)
+      prompt = script([call("bad_error", %{"a" => 1}), call("bad_raise", %{"a" => 2})])
+
+      assert {:ok, %Result{output: output}} =
+               Agent.run_sync(name, prompt, tools: [bad_error, bad_raise])
+
+      assert output =~ ~s("retry": "<<255, 97>>")
+      assert output =~ ~s["retry": "The tool failed: ** (RuntimeError) <<98, 254>>"]
+    end
+  end
+
+  describe "tool outcomes over the message size limit" do
+    setup do
+      %{name: start_fixture_agent!("calling_agent", max_message_bytes: 64 * 1024)}
+    end
+
+    test "a huge error reason or result becomes a retry prompt saying so", %{name: name} do
+      huge = String.duplicate("x", 200 * 1024)
+      big_error = tool("big_error", fn _ -> {:error, huge} end)
+      big_result = tool("big_result", fn _ -> {:ok, huge} end)
+      prompt = script([call("big_error", %{"a" => 1}), call("big_result", %{"a" => 2})])
+
+      assert {:ok, %Result{output: output}} =
+               Agent.run_sync(name, prompt, tools: [big_error, big_result])
+
+      assert output =~ ~s("retry": "The tool's error message cannot be sent)
+      assert output =~ ~s("retry": "The tool's result cannot be sent)
+      assert output =~ "maximum message size"
     end
   end
 

@@ -1,7 +1,12 @@
 defmodule SynapseCore.Agent.Options do
   @moduledoc false
-  # Validation of the options of `SynapseCore.Agent.start_link/1` and of each
-  # call. Everything is checked here, in Elixir, before it reaches a worker.
+  # The option sets of agents, bridges and runs, each declared once (type,
+  # range, default, doc) as a `SynapseCore.Options` schema: the same
+  # declaration validates a caller's options and writes the option lists of
+  # `SynapseCore.Agent` and `SynapseCore.Bridge` docs. Everything is checked
+  # here, in Elixir, before it reaches a worker or the NIF.
+
+  alias SynapseCore.Options
 
   @enforce_keys [:name, :source]
   defstruct [
@@ -11,19 +16,19 @@ defmodule SynapseCore.Agent.Options do
     :python,
     :cwd,
     :deps_factory,
-    workers: 1,
-    remote: [],
-    tls: nil,
-    token: nil,
-    tools: [],
-    python_path: [],
-    env: [],
-    startup_timeout: 30_000,
-    shutdown_timeout: 5_000,
-    health_interval: 5_000,
-    health_timeout: 5_000,
-    max_backoff: 30_000,
-    max_message_bytes: 64 * 1024 * 1024
+    :workers,
+    :remote,
+    :tls,
+    :token,
+    :tools,
+    :python_path,
+    :env,
+    :startup_timeout,
+    :shutdown_timeout,
+    :health_interval,
+    :health_timeout,
+    :max_backoff,
+    :max_message_bytes
   ]
 
   @type source ::
@@ -53,84 +58,429 @@ defmodule SynapseCore.Agent.Options do
           max_message_bytes: pos_integer()
         }
 
-  # Options every worker has, agent or bridge.
-  @worker_keys [
-    :name,
-    :workers,
-    :python,
-    :python_path,
-    :env,
-    :cwd,
-    :startup_timeout,
-    :shutdown_timeout,
-    :health_interval,
-    :health_timeout,
-    :max_backoff,
-    :max_message_bytes,
-    :remote,
-    :tls,
-    :token
+  @max_workers 256
+  @max_message_bytes 4_294_967_295
+  @default_max_message_bytes 64 * 1024 * 1024
+
+  @doc "The default and upper bound of `:max_message_bytes`."
+  @spec default_max_message_bytes() :: pos_integer()
+  def default_max_message_bytes, do: @default_max_message_bytes
+
+  @tls_schema [
+    ca: [
+      type:
+        {:custom, &__MODULE__.cast_ca/1, "a PEM file path or {:pem, pem} (the CA certificates)"},
+      required: true,
+      doc: "the CA certificates the worker's certificate must chain to."
+    ],
+    server_name: [
+      type: :non_empty_string,
+      doc: "the name the worker's certificate must be valid for; defaults to the host."
+    ]
   ]
 
+  # Options every worker has, agent or bridge.
+  @worker_schema [
+    name: [
+      type: :any,
+      required: true,
+      doc: "the name every call uses: any term, unique among agents and bridges."
+    ],
+    workers: [
+      type: {:integer, 0, @max_workers},
+      default: 1,
+      doc: "the number of Python processes serving it (0 only with `:remote` workers)."
+    ],
+    python: [
+      type: :os_string,
+      doc: "the Python interpreter; see `SynapseCore.Python` for the default."
+    ],
+    python_path: [
+      type: {:list, {:custom, &__MODULE__.cast_path/1, "a path without NUL bytes"}},
+      default: [],
+      doc_type: "a list of paths",
+      doc: """
+      directories prepended to the worker's `PYTHONPATH`, where the
+      Python modules are found. Relative paths are expanded against the
+      current directory when the options are validated.
+      """
+    ],
+    env: [
+      type:
+        {:custom, &__MODULE__.cast_env/1,
+         ~s|a list (or map) of {"NAME", "value"} pairs and "NAME"s|},
+      default: [],
+      doc: """
+      environment variables for the worker: `{"NAME", "value"}` pairs,
+      or `"NAME"` to pass the BEAM's own value through. Workers do not
+      inherit the BEAM's environment otherwise; see `SynapseCore.Python`.
+      """
+    ],
+    cwd: [type: :os_string, doc: "the worker's working directory; defaults to the BEAM's."],
+    startup_timeout: [
+      type: {:integer, 1, Options.max_ms()},
+      default: 30_000,
+      doc: """
+      milliseconds a worker has to start, import the agent and be ready.
+      A first start that misses it fails `start_link/1`.
+      """
+    ],
+    shutdown_timeout: [
+      type: {:integer, 0, Options.max_ms()},
+      default: 5_000,
+      doc: "milliseconds a stopping worker has between SIGTERM and SIGKILL."
+    ],
+    health_interval: [
+      type: {:timeout, 1},
+      default: 5_000,
+      doc: """
+      milliseconds between two health checks of a serving worker
+      (`:infinity`: none). A worker that fails two in a row is killed and
+      replaced.
+      """
+    ],
+    health_timeout: [
+      type: {:integer, 1, Options.max_ms()},
+      default: 5_000,
+      doc: "milliseconds a health check may take before it counts as failed."
+    ],
+    max_backoff: [
+      type: {:integer, 1, Options.max_ms()},
+      default: 30_000,
+      doc: """
+      the longest wait, in milliseconds, before a lost worker is started
+      again (the wait starts at 100 ms and doubles at each failed start).
+      """
+    ],
+    max_message_bytes: [
+      type: {:integer, 1024, @max_message_bytes},
+      default: @default_max_message_bytes,
+      doc: """
+      the largest message, in bytes, either way between the BEAM and a
+      worker. Larger requests are refused before they are sent, larger
+      replies fail the call; both with `:resource_exhausted`.
+      """
+    ],
+    remote: [
+      type: {:list, {:custom, &__MODULE__.cast_remote/1, ~s(an address "tcp://host:port")}},
+      default: [],
+      doc_type: ~s(a list of "tcp://host:port" addresses),
+      doc: """
+      workers started elsewhere (`python -m synapse_python.worker --listen
+      tcp://...`) to attach, next to the `:workers` started here. They are
+      reached over TLS with a bearer token: `:tls` and `:token` are required.
+      """
+    ],
+    tls: [
+      type: {:keyword, @tls_schema},
+      doc_type: "a keyword list: `:ca` (required) and `:server_name`",
+      doc: """
+      for `:remote` workers: `ca:` the CA certificates, as a PEM file path
+      or `{:pem, pem}`; `server_name:` the name their certificate is valid
+      for (defaults to the host).
+      """
+    ],
+    token: [
+      type:
+        {:custom, &__MODULE__.cast_token/1,
+         ~s(a string of visible ASCII, {:system, "VAR"} or a function of arity 0)},
+      secret: true,
+      doc: """
+      for `:remote` workers: the bearer token they require, as a string,
+      `{:system, "VAR"}` (read now) or a function returning it (called at
+      each connection). It stays in a closure and in Rust: no term, log,
+      error or crash report shows it.
+      """
+    ]
+  ]
+
+  @agent_schema [
+    agent: [
+      type: {:custom, &__MODULE__.cast_reference/1, ~s(a string "package.module:attribute")},
+      doc: """
+      the pydantic-ai agent, as `"package.module:attribute"`: a
+      `pydantic_ai.Agent`, or a zero-argument function returning one.
+      """
+    ],
+    model: [
+      type: :non_empty_string,
+      doc: """
+      any pydantic-ai model string (`"openai:gpt-4o"`,
+      `"anthropic:claude-sonnet-4-5"`, `"test"` for pydantic-ai's offline
+      `TestModel`, ...). With `:agent`, it overrides the agent's own model:
+      it is resolved once, when the worker loads the agent (so a typo or a
+      missing key fails the start), and that model is given to every run,
+      as a Python server passing `model=` would. Without `:agent`, the
+      agent is defined from Elixir and `:model` is required.
+      """
+    ],
+    instructions: [
+      type: :string,
+      doc: "for an agent defined from Elixir: its instructions (system prompt)."
+    ],
+    output_schema: [
+      type: :map,
+      doc: """
+      for an agent defined from Elixir: a JSON Schema (a map,
+      `"type" => "object"`) for structured output. The model's output is
+      validated against it in Python, and the model is asked to retry when
+      it does not conform; results arrive as maps with string keys (see
+      `SynapseCore.Result`). The supported keywords are those of JSON Schema
+      validation for types, properties, `required`, `additionalProperties`,
+      `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
+      """
+    ],
+    tools: [
+      type: {:custom, &__MODULE__.cast_tools/1, "a list of tools and modules of tools"},
+      default: [],
+      doc_default: "[]",
+      doc: """
+      tools written in Elixir that the model may call in every run of this
+      agent, alongside the Python agent's own: `SynapseCore.Tool` structs
+      and modules that `use SynapseCore.Tools`.
+      """
+    ],
+    deps_factory: [
+      type: {:custom, &__MODULE__.cast_reference/1, ~s(a string "package.module:function")},
+      doc: """
+      `"package.module:function"`: the Python function that makes each
+      run's deps from the run's `:deps` data (see "Deps" in the module
+      documentation). Without it, the data is validated into the agent's
+      `deps_type`. A factory that cannot be imported fails the start.
+      """
+    ]
+  ]
+
+  @bridge_schema [
+    module: [
+      type: {:custom, &__MODULE__.cast_module/1, "the name of a Python module"},
+      required: true,
+      doc: """
+      the Python module the bridge was generated from. Its generated server
+      (`synapse_bridge_<module>.py`) and the module itself must be on the
+      worker's `PYTHONPATH` (see `:python_path`).
+      """
+    ]
+  ]
+
+  @call_schema [
+    message_history: [
+      type:
+        {:custom, &__MODULE__.cast_history/1,
+         "a previous result's `messages` (a SynapseCore.Messages), a result, or a list of message maps"},
+      default: nil,
+      doc: """
+      the conversation so far: a previous result's `messages` (a
+      `SynapseCore.Messages`, sent back byte for byte as pydantic-ai wrote
+      it), or the result itself. A list of message maps (pydantic-ai's JSON
+      form as Elixir data, e.g. from `SynapseCore.Messages.decode/1`) is
+      accepted too, but it is re-encoded (keys sorted), so the model does
+      not receive the exact bytes Python would send. Defaults to none.
+      """
+    ],
+    output_tool_return_content: [
+      type: :string,
+      default: nil,
+      doc: """
+      pydantic-ai's parameter of that name: for an agent whose output came
+      from an output tool, the content of that tool's return in the
+      result's `messages`, to continue the conversation from it. An agent
+      with text output fails the run with `:invalid_argument`.
+      """
+    ],
+    model_settings: [
+      type: :keyword_or_map,
+      default: nil,
+      doc: """
+      pydantic-ai model settings for this run, e.g.
+      `[temperature: 0.2, max_tokens: 200]`.
+      """
+    ],
+    usage_limits: [
+      type: :keyword_or_map,
+      default: nil,
+      doc: """
+      pydantic-ai usage limits for this run, e.g.
+      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
+      the run with `:usage_limit_exceeded`.
+      """
+    ],
+    timeout: [
+      type: {:timeout, 1},
+      default: 60_000,
+      doc: """
+      milliseconds the run may take. It is pydantic-ai's own `timeout`:
+      when it passes, the run stops in Python and the call returns
+      `{:error, %SynapseCore.Error{kind: :timeout}}` whose details carry
+      what the run had done (`:messages`, to resume from, and `:usage`).
+      The call's transport deadline is a little longer, so that this
+      answer arrives; a worker that cannot answer (its event loop blocked)
+      is given up on then.
+      """
+    ],
+    tools: [
+      type: {:custom, &__MODULE__.cast_tools/1, "a list of tools and modules of tools"},
+      default: [],
+      doc_default: "[]",
+      doc: """
+      tools for this run only (`SynapseCore.Tool` structs or modules that
+      `use SynapseCore.Tools`), in addition to the agent's.
+      """
+    ],
+    deps: [
+      type: :any,
+      default: nil,
+      doc: """
+      the run's dependencies: data that becomes the Python agent's
+      `ctx.deps` (validated into its `deps_type`, or given to its deps
+      factory; see "Deps" in the module documentation), and any term for
+      the run's Elixir tools, which get it unconverted in their
+      `SynapseCore.Tool.Context`.
+      """
+    ]
+  ]
+
+  @stream_schema [
+    window: [
+      type: {:or, [{:integer, 1, Options.max_int32()}, {:in, [:infinity]}]},
+      default: 64,
+      doc: """
+      back-pressure: at most this many events are sent ahead of the
+      consumer. A consumer slower than the model never has more than
+      `window` events of the run in its mailbox (plus the final one); the
+      worker is slowed down instead, by gRPC's flow control.
+      """
+    ],
+    stream_to: [
+      type: {:custom, &__MODULE__.cast_local_pid/1, "a local pid"},
+      default: nil,
+      doc: """
+      a pid to deliver the events to as messages, for processes that relay
+      them (a socket, a LiveView). `run_stream/3` then starts the run at
+      once and returns `{:ok, %SynapseCore.Run{}}`; the pid receives
+      `{:synapse_event, run.ref, event}` for each event, ending with
+      `{:synapse_event, run.ref, {:result, result}}` or
+      `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
+      call `ack/2` for the events it has handled, or only `window` events
+      arrive. The run is cancelled if the caller or the receiver exits.
+      """
+    ]
+  ]
+
+  @bridge_call_schema [
+    timeout: [
+      type: {:timeout, 1},
+      default: 60_000,
+      doc: "milliseconds the call may take; it is cancelled in Python when it passes."
+    ]
+  ]
+
+  @doc "The schema of `SynapseCore.Agent.start_link/1`."
+  @spec agent_schema() :: Options.schema()
+  def agent_schema,
+    do:
+      Keyword.take(@worker_schema, [:name]) ++
+        @agent_schema ++ Keyword.delete(@worker_schema, :name)
+
+  @doc "The schema of `SynapseCore.Bridge.start_link/1`."
+  @spec bridge_schema() :: Options.schema()
+  def bridge_schema,
+    do:
+      Keyword.take(@worker_schema, [:name]) ++
+        @bridge_schema ++ Keyword.delete(@worker_schema, :name)
+
+  @doc "The schema of a run (`SynapseCore.Agent.run_sync/3`)."
+  @spec call_schema() :: Options.schema()
+  def call_schema, do: @call_schema
+
+  @doc "The options a streamed run has beyond a run's."
+  @spec stream_schema() :: Options.schema()
+  def stream_schema, do: @stream_schema
+
+  @doc "The schema of a unary Bridge call."
+  @spec bridge_call_schema() :: Options.schema()
+  def bridge_call_schema, do: @bridge_call_schema
+
+  @doc "The schema of a streamed Bridge call."
+  @spec bridge_stream_schema() :: Options.schema()
+  def bridge_stream_schema, do: @bridge_call_schema ++ Keyword.take(@stream_schema, [:window])
+
+  @doc "The worker options of an agent's, documented once, as a list for a bridge's docs."
+  @spec worker_keys() :: [atom()]
+  def worker_keys, do: Keyword.keys(@worker_schema) -- [:name]
+
+  ## Start options
+
   @spec agent!(keyword()) :: t()
-  def agent!(opts) when is_list(opts) do
-    opts =
-      Keyword.validate!(
-        opts,
-        @worker_keys ++ [:agent, :model, :instructions, :output_schema, :tools, :deps_factory]
-      )
+  def agent!(opts) do
+    options = Options.validate!(opts, agent_schema(), "an agent")
 
     %{
-      worker!(opts)
-      | source: source!(opts),
-        model: optional_string!(opts, :model),
-        tools: SynapseCore.Tool.expand(Keyword.get(opts, :tools, [])),
-        deps_factory: deps_factory!(opts[:deps_factory])
+      worker!(options)
+      | source: source!(options),
+        model: options[:model],
+        tools: options.tools,
+        deps_factory: options[:deps_factory]
     }
   end
-
-  def agent!(other),
-    do: raise(ArgumentError, "expected agent options as a keyword list, got: #{inspect(other)}")
 
   @spec bridge!(keyword()) :: t()
-  def bridge!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, [:module | @worker_keys])
-    module = Keyword.get(opts, :module)
+  def bridge!(opts) do
+    options = Options.validate!(opts, bridge_schema(), "a bridge")
+    %{worker!(options) | source: {:bridge, options.module}, tools: []}
+  end
 
-    unless is_binary(module) and String.match?(module, ~r/^[A-Za-z_][\w.]*$/) do
-      raise ArgumentError,
-            "the :module option must be the name of a Python module, got: #{inspect(module)}"
+  defp worker!(options) do
+    remote = options.remote
+
+    if options.workers == 0 and remote == [] do
+      raise ArgumentError, "invalid :workers option: it may be 0 only with :remote workers"
     end
 
-    %{worker!(opts) | source: {:bridge, module}}
-  end
+    {tls, token} =
+      case {remote, options[:tls], options[:token]} do
+        {[], _tls, _token} ->
+          {nil, nil}
 
-  def bridge!(other),
-    do: raise(ArgumentError, "expected bridge options as a keyword list, got: #{inspect(other)}")
+        {_remote, nil, _token} ->
+          raise ArgumentError, ":remote workers need the :tls option (ca: path)"
 
-  defp worker!(opts) do
-    name = Keyword.get(opts, :name) || raise ArgumentError, "the :name option is required"
+        {_remote, _tls, nil} ->
+          raise ArgumentError,
+                ":remote workers need a :token (a string, {:system, \"VAR\"} or a function)"
+
+        {_remote, tls, token} ->
+          {[ca_pem: tls.ca, server_name: tls[:server_name]], token}
+      end
 
     %__MODULE__{
-      name: name,
+      name: options.name,
       source: nil,
-      python: optional_string!(opts, :python),
-      cwd: optional_string!(opts, :cwd),
-      python_path: string_list!(opts, :python_path),
-      env: env!(Keyword.get(opts, :env, [])),
-      startup_timeout: positive_integer!(opts, :startup_timeout, 30_000),
-      shutdown_timeout: non_negative_integer!(opts, :shutdown_timeout, 5_000)
+      python: options[:python],
+      cwd: options[:cwd],
+      workers: options.workers,
+      remote: remote,
+      tls: tls,
+      token: token,
+      tools: [],
+      python_path: options.python_path,
+      env: options.env,
+      startup_timeout: options.startup_timeout,
+      shutdown_timeout: options.shutdown_timeout,
+      health_interval: options.health_interval,
+      health_timeout: options.health_timeout,
+      max_backoff: options.max_backoff,
+      max_message_bytes: options.max_message_bytes
     }
-    |> worker_options!(opts)
   end
 
-  defp source!(opts) do
+  defp source!(options) do
     spec_keys = [:instructions, :output_schema]
 
-    case {Keyword.get(opts, :agent), Keyword.take(opts, spec_keys)} do
+    case {options[:agent], Map.take(options, spec_keys)} do
       {nil, spec} ->
         model =
-          optional_string!(opts, :model) ||
+          options[:model] ||
             raise ArgumentError,
                   "give either :agent (\"module:attribute\" of a pydantic-ai agent) " <>
                     "or :model (to define the agent from Elixir)"
@@ -138,141 +488,23 @@ defmodule SynapseCore.Agent.Options do
         {:spec,
          %{
            model: model,
-           instructions: string_or_empty!(spec[:instructions], :instructions),
-           output_schema: schema!(spec[:output_schema])
+           instructions: spec[:instructions] || "",
+           output_schema: spec[:output_schema]
          }}
 
-      {ref, []} when is_binary(ref) ->
-        if String.match?(ref, ~r/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/) do
-          {:ref, ref}
-        else
-          raise ArgumentError,
-                "the :agent option must look like \"package.module:attribute\", got: #{inspect(ref)}"
-        end
+      {ref, spec} when spec == %{} ->
+        {:ref, ref}
 
-      {ref, []} ->
-        raise ArgumentError, "the :agent option must be a string, got: #{inspect(ref)}"
+      {_ref, spec} ->
+        [key | _] = spec |> Map.keys() |> Enum.sort()
 
-      {_ref, [{key, _} | _]} ->
         raise ArgumentError,
               "#{inspect(key)} defines an agent from Elixir and cannot be combined with :agent; " <>
                 "set it on the Python agent instead"
     end
   end
 
-  # What remote workers, health checks and limits need.
-  defp worker_options!(options, opts) do
-    remote = remote!(Keyword.get(opts, :remote, []))
-
-    {tls, token} =
-      if remote == [],
-        do: {nil, nil},
-        else: {tls!(opts[:tls]), token!(opts[:token])}
-
-    workers = Keyword.get(opts, :workers, 1)
-
-    unless is_integer(workers) and (workers > 0 or (workers == 0 and remote != [])) do
-      raise ArgumentError,
-            ":workers must be a positive integer (or 0 with :remote workers), got: #{inspect(workers)}"
-    end
-
-    %{
-      options
-      | workers: workers,
-        remote: remote,
-        tls: tls,
-        token: token,
-        health_interval:
-          if(opts[:health_interval] == :infinity,
-            do: :infinity,
-            else: positive_integer!(opts, :health_interval, 5_000)
-          ),
-        health_timeout: positive_integer!(opts, :health_timeout, 5_000),
-        max_backoff: positive_integer!(opts, :max_backoff, 30_000),
-        max_message_bytes: positive_integer!(opts, :max_message_bytes, 64 * 1024 * 1024)
-    }
-  end
-
-  defp remote!(addresses) when is_list(addresses) do
-    Enum.map(addresses, fn
-      "tcp://" <> _ = address ->
-        address
-
-      other ->
-        raise ArgumentError,
-              ":remote addresses must look like \"tcp://host:port\", got: #{inspect(other)}"
-    end)
-  end
-
-  defp remote!(other), do: raise(ArgumentError, ":remote must be a list, got: #{inspect(other)}")
-
-  # Remote workers are reached over TLS only.
-  defp tls!(tls) when is_list(tls) do
-    tls = Keyword.validate!(tls, [:ca, :server_name])
-
-    pem =
-      case tls[:ca] do
-        {:pem, pem} when is_binary(pem) ->
-          pem
-
-        path when is_binary(path) ->
-          File.read!(path)
-
-        other ->
-          raise ArgumentError,
-                ":tls needs :ca (a PEM file path or {:pem, pem}), got: #{inspect(other)}"
-      end
-
-    [ca_pem: pem, server_name: tls[:server_name]]
-  end
-
-  defp tls!(other),
-    do: raise(ArgumentError, ":remote workers need :tls (ca: path), got: #{inspect(other)}")
-
-  # Kept in a function so that no inspect, log or crash report shows it.
-  defp token!(token) when is_binary(token) and token != "", do: fn -> token end
-
-  defp token!({:system, variable}) when is_binary(variable),
-    do: token!(System.fetch_env!(variable))
-
-  defp token!(token) when is_function(token, 0), do: token
-
-  defp token!(_other),
-    do:
-      raise(
-        ArgumentError,
-        ":remote workers need a :token (a string, {:system, \"VAR\"} or a function)"
-      )
-
-  defp deps_factory!(nil), do: nil
-
-  defp deps_factory!(ref) when is_binary(ref) do
-    if String.match?(ref, ~r/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/) do
-      ref
-    else
-      raise ArgumentError,
-            ":deps_factory must look like \"package.module:function\", got: #{inspect(ref)}"
-    end
-  end
-
-  defp deps_factory!(other),
-    do: raise(ArgumentError, ":deps_factory must be a string, got: #{inspect(other)}")
-
-  defp schema!(nil), do: nil
-  defp schema!(schema) when is_map(schema), do: schema
-
-  defp schema!(other),
-    do: raise(ArgumentError, ":output_schema must be a JSON Schema map, got: #{inspect(other)}")
-
-  @call_defaults [
-    message_history: nil,
-    model_settings: nil,
-    usage_limits: nil,
-    timeout: 60_000,
-    tools: [],
-    deps: nil,
-    output_tool_return_content: nil
-  ]
+  ## Call options
 
   @typedoc "Validated options of one run."
   @type call :: %{
@@ -286,12 +518,7 @@ defmodule SynapseCore.Agent.Options do
         }
 
   @spec call!(keyword()) :: call()
-  def call!(opts) when is_list(opts) do
-    opts |> Keyword.validate!(@call_defaults) |> call_from()
-  end
-
-  def call!(other),
-    do: raise(ArgumentError, "expected call options as a keyword list, got: #{inspect(other)}")
+  def call!(opts), do: Options.validate!(opts, @call_schema, "a run")
 
   @typedoc "Validated options of a streaming run."
   @type stream :: %{
@@ -301,163 +528,140 @@ defmodule SynapseCore.Agent.Options do
         }
 
   @spec stream!(keyword()) :: stream()
-  def stream!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, @call_defaults ++ [stream_to: nil, window: 64])
+  def stream!(opts) do
+    options = Options.validate!(opts, @call_schema ++ @stream_schema, "a streamed run")
 
     %{
-      call: opts |> Keyword.take(Keyword.keys(@call_defaults)) |> call_from(),
-      stream_to: stream_to!(opts[:stream_to]),
-      window: window!(opts[:window])
+      call: Map.take(options, Keyword.keys(@call_schema)),
+      stream_to: options.stream_to,
+      window: options.window
     }
   end
 
-  def stream!(other),
-    do: raise(ArgumentError, "expected stream options as a keyword list, got: #{inspect(other)}")
+  ## Casts of the custom types (public for the schemas' captures)
 
-  defp call_from(opts) do
-    %{
-      message_history: history!(opts[:message_history]),
-      model_settings: map_option!(opts[:model_settings], :model_settings),
-      usage_limits: map_option!(opts[:usage_limits], :usage_limits),
-      timeout: timeout!(opts[:timeout]),
-      tools: SynapseCore.Tool.expand(opts[:tools]),
-      deps: opts[:deps],
-      output_tool_return_content:
-        string_or_nil!(opts[:output_tool_return_content], :output_tool_return_content)
-    }
+  @doc false
+  def cast_ca({:pem, pem}) when is_binary(pem) and pem != "", do: {:ok, pem}
+
+  def cast_ca(path) when is_binary(path) do
+    case File.read(path) do
+      {:ok, pem} -> {:ok, pem}
+      {:error, reason} -> {:error, "cannot read #{path}: #{:file.format_error(reason)}"}
+    end
   end
 
-  defp string_or_nil!(nil, _key), do: nil
-  defp string_or_nil!(value, key), do: string_or_empty!(value, key)
+  def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
 
-  defp stream_to!(nil), do: nil
-  defp stream_to!(pid) when is_pid(pid) and node(pid) == node(), do: pid
+  @doc false
+  def cast_path(path) do
+    if Options.cast(:os_string, path) == {:ok, path},
+      do: {:ok, Path.expand(path)},
+      else: {:error, "expected a path without NUL bytes"}
+  end
 
-  defp stream_to!(other),
-    do: raise(ArgumentError, ":stream_to must be a local pid, got: #{inspect(other)}")
+  @doc false
+  def cast_env(env) when is_map(env), do: cast_env(Map.to_list(env))
 
-  defp window!(:infinity), do: :infinity
-  defp window!(n) when is_integer(n) and n > 0, do: n
+  def cast_env(env) when is_list(env) do
+    case Enum.reject(env, &env_entry?/1) do
+      [] ->
+        {:ok, env}
 
-  defp window!(other),
+      [bad | _] ->
+        {:error,
+         ~s|expected {"NAME", "value"} pairs or "NAME"s (names without "=", no NUL bytes), | <>
+           "got the entry #{inspect(bad, limit: 5)}"}
+    end
+  end
+
+  def cast_env(_other), do: {:error, "expected a list or a map"}
+
+  defp env_entry?({name, value}), do: env_name?(name) and os_text?(value)
+  defp env_entry?(name), do: env_name?(name)
+
+  defp env_name?(name),
+    do: Options.cast(:os_string, name) == {:ok, name} and not String.contains?(name, "=")
+
+  defp os_text?(value),
+    do: is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)
+
+  @doc false
+  def cast_remote("tcp://" <> rest = address) when rest != "", do: {:ok, address}
+  def cast_remote(_other), do: {:error, ~s(expected addresses like "tcp://host:port")}
+
+  # The token: never shown. `{:system, var}` is read now; a string is kept
+  # in a closure, so that an inspected struct or a crash report shows a
+  # function, not the token.
+  @doc false
+  def cast_token(token) when is_binary(token) do
+    if header_text?(token),
+      do: {:ok, fn -> token end},
+      else: {:error, "expected a non-empty string of visible ASCII characters"}
+  end
+
+  def cast_token({:system, variable}) when is_binary(variable) do
+    case System.fetch_env(variable) do
+      {:ok, token} -> cast_token(token)
+      :error -> {:error, "the environment variable #{variable} is not set"}
+    end
+  end
+
+  def cast_token(token) when is_function(token, 0), do: {:ok, token}
+
+  def cast_token(_other),
+    do: {:error, ~s(expected a string, {:system, "VAR"} or a function of arity 0)}
+
+  @doc false
+  # What a bearer token may hold: visible ASCII (what an HTTP header value
+  # carries), checked for tokens that functions return too.
+  @spec header_text?(term()) :: boolean()
+  def header_text?(token) when is_binary(token) and token != "",
+    do: token |> :binary.bin_to_list() |> Enum.all?(&(&1 in 0x21..0x7E))
+
+  def header_text?(_token), do: false
+
+  @doc false
+  def cast_reference(ref) when is_binary(ref) do
+    if String.match?(ref, ~r/^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$/),
+      do: {:ok, ref},
+      else: {:error, ~s(expected a string like "package.module:attribute")}
+  end
+
+  def cast_reference(_other), do: {:error, ~s(expected a string like "package.module:attribute")}
+
+  @doc false
+  def cast_module(module) when is_binary(module) do
+    if String.match?(module, ~r/^[A-Za-z_][\w.]*$/),
+      do: {:ok, module},
+      else: {:error, "expected the name of a Python module"}
+  end
+
+  def cast_module(_other), do: {:error, "expected the name of a Python module"}
+
+  @doc false
+  def cast_tools(tools) do
+    {:ok, SynapseCore.Tool.expand(tools)}
+  rescue
+    error in ArgumentError -> {:error, Exception.message(error)}
+  end
+
+  @doc false
+  def cast_history(nil), do: {:ok, nil}
+  def cast_history(%SynapseCore.Result{messages: messages}), do: cast_history(messages)
+
+  def cast_history(%SynapseCore.Messages{json: json} = messages) when is_binary(json),
+    do: {:ok, messages}
+
+  def cast_history(messages) when is_list(messages), do: {:ok, messages}
+
+  def cast_history(_other),
     do:
-      raise(
-        ArgumentError,
-        ":window must be a positive integer or :infinity, got: #{inspect(other)}"
-      )
+      {:error,
+       "expected a previous result's `messages` (a SynapseCore.Messages), a result, " <>
+         "or a list of message maps"}
 
-  defp history!(nil), do: nil
-  defp history!(%SynapseCore.Result{messages: messages}), do: history!(messages)
-  defp history!(%SynapseCore.Messages{json: json} = messages) when is_binary(json), do: messages
-  defp history!(messages) when is_list(messages), do: messages
-
-  defp history!(other) do
-    raise ArgumentError,
-          ":message_history must be a previous result's `messages` (a SynapseCore.Messages), " <>
-            "the result itself, or a list of message maps, got: #{inspect(other)}"
-  end
-
-  defp map_option!(nil, _key), do: nil
-  defp map_option!(map, _key) when is_map(map), do: map
-
-  defp map_option!(list, key) when is_list(list) do
-    if Keyword.keyword?(list) do
-      Map.new(list)
-    else
-      raise ArgumentError, "#{inspect(key)} must be a map or keyword list, got: #{inspect(list)}"
-    end
-  end
-
-  defp map_option!(other, key),
-    do:
-      raise(
-        ArgumentError,
-        "#{inspect(key)} must be a map or keyword list, got: #{inspect(other)}"
-      )
-
-  defp timeout!(:infinity), do: :infinity
-  defp timeout!(ms) when is_integer(ms) and ms > 0, do: ms
-
-  defp timeout!(other),
-    do:
-      raise(
-        ArgumentError,
-        ":timeout must be a positive integer or :infinity, got: #{inspect(other)}"
-      )
-
-  defp optional_string!(opts, key) do
-    case Keyword.get(opts, key) do
-      nil ->
-        nil
-
-      value when is_binary(value) and value != "" ->
-        value
-
-      value ->
-        raise ArgumentError, "#{inspect(key)} must be a non-empty string, got: #{inspect(value)}"
-    end
-  end
-
-  defp string_or_empty!(nil, _key), do: ""
-  defp string_or_empty!(value, _key) when is_binary(value), do: value
-
-  defp string_or_empty!(value, key),
-    do: raise(ArgumentError, "#{inspect(key)} must be a string, got: #{inspect(value)}")
-
-  defp positive_integer!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
-
-      value ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(value)}"
-    end
-  end
-
-  defp non_negative_integer!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value >= 0 ->
-        value
-
-      value ->
-        raise ArgumentError,
-              "#{inspect(key)} must be a non-negative integer, got: #{inspect(value)}"
-    end
-  end
-
-  defp string_list!(opts, key) do
-    case Keyword.get(opts, key, []) do
-      list when is_list(list) ->
-        Enum.map(list, fn
-          item when is_binary(item) ->
-            Path.expand(item)
-
-          item ->
-            raise ArgumentError,
-                  "#{inspect(key)} must be a list of strings, got: #{inspect(item)}"
-        end)
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a list of strings, got: #{inspect(other)}"
-    end
-  end
-
-  defp env!(env) when is_map(env), do: env!(Map.to_list(env))
-
-  defp env!(env) when is_list(env) do
-    Enum.map(env, fn
-      {name, value} when is_binary(name) and is_binary(value) ->
-        {name, value}
-
-      name when is_binary(name) ->
-        name
-
-      other ->
-        raise ArgumentError,
-              ":env entries must be {\"NAME\", \"value\"} or \"NAME\", got: #{inspect(other)}"
-    end)
-  end
-
-  defp env!(other),
-    do: raise(ArgumentError, ":env must be a list or a map, got: #{inspect(other)}")
+  @doc false
+  def cast_local_pid(nil), do: {:ok, nil}
+  def cast_local_pid(pid) when is_pid(pid) and node(pid) == node(), do: {:ok, pid}
+  def cast_local_pid(_other), do: {:error, "expected a local pid"}
 end

@@ -44,6 +44,46 @@ pub struct ChannelResource {
 #[rustler::resource_impl]
 impl Resource for ChannelResource {}
 
+/// A remote worker's bearer token, as the `authorization` header value.
+///
+/// The token travels from Elixir in this resource, made by
+/// [`channel_token`], so that it is never an argument of a NIF that can
+/// raise: a raise's stack frame carries the NIF's arguments into error
+/// terms, logs and crash reports.
+pub struct TokenResource(MetadataValue<Ascii>);
+
+#[rustler::resource_impl]
+impl Resource for TokenResource {}
+
+/// Wraps a token for [`channel_connect`]: `{:ok, token}`, or `{:error,
+/// %SynapseCore.Error{kind: :invalid_argument}}` naming no part of it.
+///
+/// It takes any term and never raises (nothing in it can panic on input):
+/// it is the one function the token is ever an argument of.
+#[rustler::nif]
+fn channel_token<'a>(env: Env<'a>, token: Term<'a>) -> Term<'a> {
+    let header = token
+        .decode::<Binary>()
+        .ok()
+        .filter(|bytes| !bytes.is_empty() && bytes.iter().all(|b| (0x21..=0x7e).contains(b)))
+        .and_then(|bytes| {
+            let mut value = Vec::with_capacity(7 + bytes.len());
+            value.extend_from_slice(b"Bearer ");
+            value.extend_from_slice(bytes.as_slice());
+            MetadataValue::try_from(value).ok()
+        });
+    match header {
+        Some(header) => (atoms::ok(), ResourceArc::new(TokenResource(header))).encode(env),
+        None => (
+            atoms::error(),
+            NifError(Error::InvalidArgument(
+                "the token must be a non-empty binary of visible ASCII characters".into(),
+            )),
+        )
+            .encode(env),
+    }
+}
+
 #[derive(NifMap)]
 pub struct ConnectOptions<'a> {
     /// Largest message, either way, in bytes.
@@ -52,8 +92,8 @@ pub struct ConnectOptions<'a> {
     pub ca_pem: Option<Binary<'a>>,
     /// The name the worker's certificate must be valid for.
     pub server_name: Option<String>,
-    /// The bearer token the worker requires, if any.
-    pub token: Option<String>,
+    /// The bearer token the worker requires, if any (see [`channel_token`]).
+    pub token: Option<ResourceArc<TokenResource>>,
 }
 
 /// Creates the channel without connecting: the first call connects (and a
@@ -75,13 +115,7 @@ fn connect(
         ca_pem: pem.as_slice().to_vec(),
         server_name: options.server_name,
     });
-    let authorization = options
-        .token
-        .map(|token| {
-            MetadataValue::try_from(format!("Bearer {token}"))
-                .map_err(|_| Error::InvalidArgument("the token is not valid header text".into()))
-        })
-        .transpose()?;
+    let authorization = options.token.map(|token| token.0.clone());
     let channel = synapse_client::connect_lazy(&Address::parse(&address)?, tls.as_ref())?;
     let client = synapse_client::agent_client(
         channel.clone(),

@@ -1,7 +1,7 @@
 //! Agent runs: `SynapseCore.Agent.run/3` and `run_sync/3` (one reply) and
 //! `run_stream/3` (events, then one final message).
 
-use rustler::{Atom, Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use std::time::Duration;
 
 use synapse_client::proto::{
@@ -122,36 +122,74 @@ fn run_stream_start_dirty<'a>(
 
 /// Answers a tool request of a run: `{:ok, value}` (sent to the model as
 /// JSON) or `{:retry, message}` (sent back to the model as a retry prompt).
-/// Returns `{:error, error}` when the value has no JSON form. A dirty NIF:
-/// tool results can be large.
+/// Returns `{:error, error}`, and sends nothing, when the value has no JSON
+/// form, the message is not UTF-8, or either is over the channel's
+/// `max_message_bytes`: the runner then answers a retry prompt saying so.
+/// Never raises on the outcome, whatever it holds. A dirty NIF: tool
+/// results can be large.
 #[rustler::nif(schedule = "DirtyCpu")]
 fn run_tool_result<'a>(
     env: Env<'a>,
     handle: ResourceArc<CallHandle>,
     request_id: String,
-    outcome: (Atom, Term<'a>),
-) -> NifResult<Term<'a>> {
-    let (kind, value) = outcome;
-    let outcome = if kind == atoms::ok() {
-        match json::encode(value).and_then(|bytes| fits(bytes, handle.max_message_bytes)) {
-            Ok(bytes) => tool_result::Outcome::ReturnJson(bytes),
-            Err(e) => return Ok((atoms::error(), NifError(e)).encode(env)),
+    outcome: Term<'a>,
+) -> Term<'a> {
+    match tool_outcome(outcome, handle.max_message_bytes) {
+        Ok(outcome) => {
+            if let Some(inputs) = &handle.inputs {
+                // Fails only when the run is over; then nobody waits for the result.
+                let _ = inputs.send(RunInput {
+                    input: Some(run_input::Input::ToolResult(ToolResult {
+                        request_id,
+                        outcome: Some(outcome),
+                    })),
+                });
+            }
+            atoms::ok().encode(env)
         }
-    } else if kind == atoms::retry() {
-        tool_result::Outcome::RetryMessage(value.decode()?)
-    } else {
-        return Err(rustler::Error::BadArg);
-    };
-    if let Some(inputs) = &handle.inputs {
-        // Fails only when the run is over; then nobody waits for the result.
-        let _ = inputs.send(RunInput {
-            input: Some(run_input::Input::ToolResult(ToolResult {
-                request_id,
-                outcome: Some(outcome),
-            })),
-        });
+        Err(error) => (atoms::error(), NifError(error)).encode(env),
     }
-    Ok(atoms::ok().encode(env))
+}
+
+fn tool_outcome(
+    outcome: Term<'_>,
+    max_message_bytes: usize,
+) -> Result<tool_result::Outcome, Error> {
+    let (kind, value) = outcome.decode::<(Atom, Term<'_>)>().map_err(|_| {
+        Error::InvalidArgument("a tool outcome is {:ok, value} or {:retry, message}".into())
+    })?;
+    let outcome = if kind == atoms::ok() {
+        tool_result::Outcome::ReturnJson(json::encode(value)?)
+    } else if kind == atoms::retry() {
+        let message = value
+            .decode::<rustler::Binary>()
+            .ok()
+            .and_then(|bytes| {
+                std::str::from_utf8(bytes.as_slice())
+                    .ok()
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| {
+                Error::InvalidArgument("a retry message must be a UTF-8 binary".into())
+            })?;
+        tool_result::Outcome::RetryMessage(message)
+    } else {
+        return Err(Error::InvalidArgument(
+            "a tool outcome is {:ok, value} or {:retry, message}".into(),
+        ));
+    };
+    // The whole message the worker gets, so that a result within the limit
+    // is never refused by gRPC later.
+    let result = fits(
+        ToolResult {
+            request_id: String::new(),
+            outcome: Some(outcome),
+        },
+        max_message_bytes,
+    )?;
+    result
+        .outcome
+        .ok_or_else(|| Error::Internal("a tool result lost its outcome".into()))
 }
 
 /// Lets a stream send `count` more events.

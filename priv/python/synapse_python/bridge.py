@@ -1,12 +1,12 @@
 """The Synapse Bridge: typed Elixir clients for typed Python functions.
 
     python -m synapse_python.bridge generate --module my_module [--function F ...]
-                                             [--elixir-module Name] --out DIR [--check]
+                                             [--config FILE] --out DIR [--check]
 
 imports `my_module` (from PYTHONPATH), describes its functions (all public
 functions defined in it, or the `--function`s named) and their Pydantic models
 as an intermediate representation (IR, see `synapse_python._bridge._ir`), and
-writes to DIR:
+writes to DIR the Python side of the bridge:
 
 | file                           | what                                                      |
 |--------------------------------|-----------------------------------------------------------|
@@ -14,7 +14,15 @@ writes to DIR:
 | `my_module.proto`              | package `synapse.bridge.my_module`, service `MyModule`    |
 | `my_module.desc`               | the FileDescriptorSet (imports included)                  |
 | `synapse_bridge_my_module.py`  | the Python server module                                  |
-| `my_module.ex`                 | the Elixir client module `MyModule`                       |
+
+The Elixir client module (`MyModule`) is written by `mix synapse.gen.bridge`,
+which runs this command and renders the client from the IR and the descriptor
+set: Elixir is written by Elixir.
+
+`--config FILE` reads the bridge's configuration, a JSON file that may name the
+module, the functions, the gRPC service and custom types (`decimal.Decimal`
+carried as a string, ...); see `synapse_python._bridge._config`, and
+`mix help synapse.gen.bridge` for the whole file, Elixir side included.
 
 (For a dotted module `pkg.mod` the file stem is `pkg_mod`.) The same input
 gives byte-identical files; `--check` makes them in memory and exits 1, listing
@@ -27,6 +35,8 @@ DIR and the directory of `my_module` on PYTHONPATH.
 
 Types
 -----
+
+(The Elixir column is what `mix synapse.gen.bridge` makes of them.)
 
 | Python                     | proto                               | Elixir                       |
 |----------------------------|-------------------------------------|------------------------------|
@@ -48,6 +58,7 @@ Types
 | `A \\| B`                  | `AOrB {oneof value {...}}`          | `A \\| B`                    |
 | `-> None`                  | empty response message              | `{:ok, nil}`                 |
 | a default value            | `optional`: unset is the default    | option; `nil`: the default   |
+| a custom type (`--config`) | its scalar (`string`, ...)          | the scalar, or converted     |
 
 Every singular field has explicit presence (`optional`), so an argument left
 out is "not given" (Python's default, or a "Field required" validation error),
@@ -116,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "generate":  # pragma: no cover - argparse enforces it
         parser.error("unknown command")
     try:
-        generated = generate(args.module, args.function or None, elixir_module=args.elixir_module)
+        generated = generate(args.module, args.function or None, config=args.config)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -128,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = stale(args.out, generated.files)
         if not found:
             return EXIT_OK
-        command = command_line(args.module, args.function, args.elixir_module)
+        command = command_line(args.module, args.function, args.config)
         print(
             f"stale bridge files in {args.out} (regenerate with: {command} --out {args.out}):",
             file=sys.stderr,
@@ -144,17 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m synapse_python.bridge",
-        description="Generate a .proto, a Python gRPC server and a typed Elixir client "
-        "from typed Python functions.",
+        description="Generate a .proto, its descriptor set, the IR and a Python gRPC server "
+        "from typed Python functions (mix synapse.gen.bridge writes the Elixir client from them).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     generate_command = commands.add_parser(
         "generate",
         help="generate (or --check) the files of one module's bridge",
-        description="Generate (or --check) the files of one module's bridge.",
+        description="Generate (or --check) the Python side of one module's bridge: the IR, "
+        "the .proto, its descriptor set and the Python server. The Elixir client is written "
+        "from them by mix synapse.gen.bridge.",
     )
     generate_command.add_argument(
-        "--module", required=True, help="the Python module to bridge (imported from PYTHONPATH)"
+        "--module",
+        help="the Python module to bridge (imported from PYTHONPATH); or the config's module",
     )
     generate_command.add_argument(
         "--function",
@@ -163,10 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a function to export (repeatable; default: every public function the module defines)",
     )
     generate_command.add_argument(
-        "--elixir-module",
-        metavar="NAME",
-        help="the Elixir client module (default: the Python module camelized, "
-        "my_module → MyModule, pkg.sub_mod → Pkg.SubMod)",
+        "--config", metavar="FILE", help="the bridge's configuration file (JSON)"
     )
     generate_command.add_argument("--out", required=True, metavar="DIR", help="where the files go")
     generate_command.add_argument(

@@ -2,8 +2,8 @@
 
 - `_ir`: the intermediate representation, its JSON form and the wire layout rules
 - `_introspect`: Python module → IR
-- `_proto_gen`, `_elixir_gen`, `_python_gen`: IR → `.proto` (+ descriptor set),
-  Elixir client, Python server module
+- `_proto_gen`, `_python_gen`: IR → `.proto` (+ descriptor set), Python server
+  module (the Elixir client is rendered from the IR by `mix synapse.gen.bridge`)
 - `_generate`: the files of one bridge, written or checked
 - `_codec`: protobuf messages ↔ Python values, driven by the IR
 - `_server`: the gRPC service a worker serves for a generated bridge

@@ -11,6 +11,10 @@ Writing a message takes the function's result as Python returned it. It is
 strict: a value that does not fit its annotation (an int beyond int64, a str
 where an int goes) raises `TypeError`/`OverflowError` naming where it sits,
 never a narrowed or coerced value. Naive datetimes are taken as UTC.
+
+A custom type (the bridge config's `types`) is read as its scalar, which
+Pydantic then validates into the type; it is written as what Pydantic
+serializes it to (JSON mode; Python mode for `bytes`), which must be its scalar.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from synapse_python._bridge._ir import (
     IR,
+    CustomType,
     EnumType,
     Function,
     TypeRef,
@@ -113,10 +118,17 @@ class Codec:
         self._classes = dict(classes)
         self._enum_read: dict[str, dict[int, Any]] = {}
         self._enum_write: dict[str, Callable[[Any], int | None]] = {}
+        self._custom_write: dict[str, Callable[[Any], Any]] = {}
         for name, type_def in ir.types.items():
             if isinstance(type_def, EnumType):
                 self._enum_read[name], self._enum_write[name] = self._enum_tables(
                     type_def, self._classes.get(name)
+                )
+            elif isinstance(type_def, CustomType) and name in self._classes:
+                adapter = pydantic.TypeAdapter(self._classes[name])
+                mode = "python" if type_def.of.kind == "bytes" else "json"
+                self._custom_write[name] = lambda value, a=adapter, m=mode: a.dump_python(
+                    value, mode=m
                 )
 
     def message_class(self, name: str) -> type[Message]:
@@ -199,7 +211,7 @@ class Codec:
 
     def _read_single(self, value: Any, t: TypeRef, loc: Loc) -> Any:
         kind = t.kind
-        if kind in ("int", "float", "bool", "str", "bytes"):
+        if kind in ("int", "float", "bool", "str", "bytes", "custom"):
             return value
         if kind == "date":
             try:
@@ -422,6 +434,14 @@ class Codec:
             if number is None:
                 raise _wrong(loc, f"a value of {t.name}", value)
             return number
+        if kind == "custom":
+            assert t.name is not None
+            cls = self._classes.get(t.name)
+            if cls is not None:
+                if not isinstance(value, cls):
+                    raise _wrong(loc, f"a {cls.__qualname__}", value)
+                value = self._custom_write[t.name](value)
+            return self._scalar(self.ir.custom(t.name).of, value, loc)
         raise AssertionError(t)
 
     @staticmethod

@@ -8,7 +8,9 @@ For the Python module `my_module` (dots become underscores: `pkg.mod` → `pkg_m
 | `my_module.proto`              | the service and its messages                                |
 | `my_module.desc`               | its FileDescriptorSet, imports included (protoc)            |
 | `synapse_bridge_my_module.py`  | the Python server module the worker loads (`--bridge`)      |
-| `my_module.ex`                 | the Elixir client, with the descriptor set embedded         |
+
+The Elixir client is not written here: `mix synapse.gen.bridge` renders it from
+the IR and the descriptor set (Elixir is written by Elixir).
 
 Everything is a function of the module's code and the options: no timestamps,
 no absolute paths, no dict or set order, so the same input gives byte-identical
@@ -24,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from synapse_python._bridge import _elixir_gen, _introspect, _proto_gen, _python_gen
+from synapse_python._bridge import _config, _introspect, _proto_gen, _python_gen
 from synapse_python._bridge._introspect import Introspection
+from synapse_python._bridge._ir import GenerationError
 
 
 @dataclass(frozen=True)
@@ -37,27 +40,54 @@ class Generated:
 
 
 def command_line(
-    module: str, functions: Sequence[str] | None = None, elixir_module: str | None = None
+    module: str | None,
+    functions: Sequence[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
 ) -> str:
     """The `generate` command line that makes these files (without `--out`)."""
-    words = ["python", "-m", "synapse_python.bridge", "generate", "--module", module]
+    words = ["python", "-m", "synapse_python.bridge", "generate"]
+    if module is not None:
+        words += ["--module", module]
     for function in functions or ():
         words += ["--function", function]
-    if elixir_module:
-        words += ["--elixir-module", elixir_module]
+    if config is not None:
+        words += ["--config", os.fspath(config)]
     return shlex.join(words)
 
 
 def generate(
-    module: str,
+    module: str | None = None,
     functions: Sequence[str] | None = None,
     *,
-    elixir_module: str | None = None,
+    config: str | os.PathLike[str] | None = None,
 ) -> Generated:
-    """Introspect `module` and make every file of its bridge (raises `GenerationError`)."""
-    introspection = _introspect.introspect_module(module, functions, elixir_module=elixir_module)
+    """Introspect `module` and make the Python side of its bridge (raises `GenerationError`).
+
+    `config` is the bridge's configuration file (see `_config`); what it says
+    may not also be given as an argument.
+    """
+    settings = _config.load(config) if config is not None else _config.Config()
+    if module is not None and settings.module is not None and module != settings.module:
+        raise GenerationError(
+            f"the module is {module!r}, but the bridge config {settings.path} says "
+            f"{settings.module!r}"
+        )
+    if functions and settings.functions is not None:
+        raise GenerationError(
+            f"the functions are given both as arguments and by the bridge config {settings.path}"
+        )
+    module_name = module or settings.module
+    if module_name is None:
+        raise GenerationError("no module to bridge: give --module, or a config with a module")
+    introspection = _introspect.introspect_module(
+        module_name,
+        functions or settings.functions,
+        service=settings.service,
+        custom_types=settings.types,
+        on_loop=settings.on_loop,
+    )
     ir = introspection.ir
-    command = command_line(module, functions, elixir_module)
+    command = command_line(module, functions, config)
     proto = _proto_gen.render(ir, command=command)
     descriptor_set = _proto_gen.compile_descriptor_set(_proto_gen.proto_file_name(ir), proto)
     ir_json = json.dumps(ir.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -68,7 +98,6 @@ def generate(
         f"{_python_gen.server_module_name(ir.module)}.py": _python_gen.render(
             ir, command=command
         ).encode(),
-        f"{ir.stem}.ex": _elixir_gen.render(ir, descriptor_set, command=command).encode(),
     }
     return Generated(introspection, files)
 

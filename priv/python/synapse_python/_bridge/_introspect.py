@@ -26,7 +26,7 @@ import re
 import traceback
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -39,6 +39,7 @@ from synapse_python._bridge._ir import (
     CONSTRAINT_KEYS,
     IR,
     NO_DEFAULT,
+    CustomType,
     EnumType,
     EnumValue,
     Field,
@@ -63,7 +64,6 @@ from synapse_python._bridge._ir import (
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
-_ELIXIR_MODULE = re.compile(r"[A-Z][A-Za-z0-9_]*(\.[A-Z][A-Za-z0-9_]*)*")
 _ASYNC_ITERATORS = (
     collections.abc.AsyncIterator,
     collections.abc.AsyncIterable,
@@ -91,19 +91,21 @@ class Introspection:
     ir: IR
     functions: dict[str, Callable[..., Any]]  # by Python name
     params: dict[str, tuple[ParamSpec, ...]]  # by function name
-    classes: dict[str, type]  # model and Enum classes, by IR type name
+    classes: dict[str, type]  # model, Enum and custom classes, by IR type name
 
 
-def default_elixir_module(module: str) -> str:
-    """`my_module` → `MyModule`, `pkg.sub_mod` → `Pkg.SubMod`."""
-    return ".".join(camel(part) for part in module.split("."))
+def default_service(module: str) -> str:
+    """The gRPC service's default name: `my_module` → `MyModule`, `pkg.sub_mod` → `SubMod`."""
+    return camel(module.rpartition(".")[2])
 
 
 def introspect_module(
     module_name: str,
     function_names: Sequence[str] | None = None,
     *,
-    elixir_module: str | None = None,
+    service: str | None = None,
+    custom_types: Mapping[type, str] | None = None,
+    on_loop: Collection[str] = (),
 ) -> Introspection:
     """Import `module_name` and describe its functions (all public ones it defines by default)."""
     try:
@@ -113,7 +115,13 @@ def introspect_module(
             raise
         detail = "".join(traceback.format_exception(exc)).rstrip()
         raise GenerationError(f"cannot import module {module_name!r}:\n{detail}") from exc
-    return introspect(module, select_functions(module, function_names), elixir_module=elixir_module)
+    return introspect(
+        module,
+        select_functions(module, function_names),
+        service=service,
+        custom_types=custom_types,
+        on_loop=on_loop,
+    )
 
 
 def select_functions(
@@ -152,23 +160,41 @@ def introspect(
     module: types.ModuleType,
     functions: Sequence[tuple[str, Callable[..., Any]]],
     *,
-    elixir_module: str | None = None,
+    service: str | None = None,
+    custom_types: Mapping[type, str] | None = None,
+    on_loop: Collection[str] = (),
 ) -> Introspection:
-    """Describe `functions` (name, function) of `module` as an IR."""
-    elixir_module = elixir_module or default_elixir_module(module.__name__)
-    if not _ELIXIR_MODULE.fullmatch(elixir_module):
-        raise GenerationError(f"invalid Elixir module name {elixir_module!r}")
-    builder = _Builder(module.__name__)
+    """Describe `functions` (name, function) of `module` as an IR.
+
+    `custom_types` maps classes to the IR kind of the scalar each travels as
+    (the `types` of the bridge's config); `on_loop` names the sync functions
+    to call on the event loop rather than in a thread (the config's `on_loop`).
+    """
+    service = service or default_service(module.__name__)
+    if not _TYPE_NAME.fullmatch(service):
+        raise GenerationError(
+            f"invalid service name {service!r}: it must start with an ASCII capital and be an "
+            "identifier"
+        )
+    builder = _Builder(module.__name__, custom_types=dict(custom_types or {}))
     described = []
     for name, function in functions:
         described.append(builder.function(name, function))
+    for index, function in enumerate(described):
+        if function.name in on_loop:
+            if function.kind != "sync":
+                what = "an async generator" if function.kind == "stream" else "async def"
+                raise GenerationError(
+                    f"{module.__name__}.{function.name}: on_loop is for sync functions; this "
+                    f"one is {what}, which runs on the event loop already"
+                )
+            described[index] = replace(function, on_loop=True)
     builder.add_wrappers(described)
     ir = IR(
         module=module.__name__,
         doc=_doc(module.__doc__),
         package=f"synapse.bridge.{module_stem(module.__name__)}",
-        service=elixir_module.rpartition(".")[2],
-        elixir_module=elixir_module,
+        service=service,
         functions=tuple(described),
         types={name: builder.types[name] for name in sorted(builder.types)},
     )
@@ -211,6 +237,7 @@ class _Where:
 @dataclass
 class _Builder:
     module: str
+    custom_types: dict[type, str] = field(default_factory=dict)
     types: dict[str, TypeDef] = field(default_factory=dict)
     classes: dict[str, type] = field(default_factory=dict)
     params: dict[str, tuple[ParamSpec, ...]] = field(default_factory=dict)
@@ -331,6 +358,8 @@ class _Builder:
             if allow_none:
                 return TypeRef("none")
             raise where.error(tp, "None alone is not a value type; use T | None")
+        if isinstance(tp, type) and tp in self.custom_types:
+            return self._custom(tp, where)
         if tp is Any or tp is object:
             raise where.error(tp, f"it has no protobuf form; give a concrete type ({_SUPPORTED})")
         origin = get_origin(tp)
@@ -392,7 +421,6 @@ class _Builder:
                     number=number,
                     member=None,
                     python=value,
-                    elixir=value,
                 )
             )
         self._check_enum_values(name, enum_values, where, tp)
@@ -423,7 +451,6 @@ class _Builder:
                 number=number,
                 member=member.name,
                 python=member.value,
-                elixir=member.name.lower(),
             )
             for number, member in enumerate(members, start=1)
         )
@@ -443,20 +470,15 @@ class _Builder:
     def _check_enum_values(
         self, name: str, values: list[EnumValue], where: _Where, tp: Any
     ) -> None:
-        seen: dict[Any, Any] = {f"{enum_prefix(name)}_UNSPECIFIED": "UNSPECIFIED (value 0)"}
+        seen: dict[str, Any] = {f"{enum_prefix(name)}_UNSPECIFIED": "UNSPECIFIED (value 0)"}
         for value in values:
-            if value.elixir == "nil":
+            if value.name in seen:
                 raise where.error(
-                    tp, f"the value {value.python!r} of {name} would be the Elixir atom nil"
+                    tp,
+                    f"the values {seen[value.name]!r} and {value.python!r} of {name} get one "
+                    f"name ({value.name}); rename one",
                 )
-            for key in (value.name, ("elixir", value.elixir)):
-                if key in seen:
-                    raise where.error(
-                        tp,
-                        f"the values {seen[key]!r} and {value.python!r} of {name} get one "
-                        f"name ({value.name} / {value.elixir!r}); rename one",
-                    )
-                seen[key] = value.python
+            seen[value.name] = value.python
 
     def _model(self, cls: type[pydantic.BaseModel], where: _Where) -> TypeRef:
         name = cls.__name__
@@ -485,6 +507,17 @@ class _Builder:
             fields=tuple(fields),
         )
         return ref
+
+    def _custom(self, cls: type, where: _Where) -> TypeRef:
+        name = cls.__name__
+        if self.classes.get(name) is not cls:
+            self._check_type_name(cls, where)
+            custom = CustomType(
+                python=f"{cls.__module__}:{cls.__qualname__}",
+                of=TypeRef(self.custom_types[cls]),
+            )
+            self._register(name, custom, where, cls)
+        return TypeRef("custom", name=name)
 
     def _check_type_name(self, cls: type, where: _Where) -> None:
         name = cls.__name__
@@ -540,7 +573,7 @@ class _Builder:
         for member in members:
             if member.kind == "optional":
                 raise where.error(tp, f"a union member cannot itself be optional ({member})")
-            shape = self._elixir_shape(member)
+            shape = self._elixir_shape(member, where)
             if shape in shapes:
                 raise where.error(
                     tp,
@@ -561,17 +594,23 @@ class _Builder:
         ref = TypeRef("union", name=name)
         return TypeRef("optional", ref) if nullable else ref
 
-    def _elixir_shape(self, t: TypeRef) -> str:
+    def _elixir_shape(self, t: TypeRef, where: _Where) -> str:
         """What a value of `t` looks like in Elixir; union members must differ in it."""
         if t.kind == "enum":
             enum_type = self.types[t.name]  # type: ignore[index]
             assert isinstance(enum_type, EnumType)
-            is_int = isinstance(enum_type.values[0].elixir, int)
+            # A Literal of ints is integers in Elixir; Enum members and str Literals are atoms.
+            is_int = enum_type.python is None and isinstance(enum_type.values[0].python, int)
             return "integers" if is_int else "atoms"
         if t.kind == "tuple":
             return f"{len(self.types[t.name].items)}-tuples"  # type: ignore[index, union-attr]
         if t.kind == "model":
             return f"{t.name} structs"
+        if t.kind == "custom":
+            raise where.problem(
+                f"the custom type {t.name} cannot be a member of a union (nothing tells which "
+                "member a value is)"
+            )
         return _SHAPES[t.kind]
 
     def _register(

@@ -1,19 +1,20 @@
 """The Bridge's intermediate representation (IR), its JSON form and its wire layout.
 
-Introspection (`_introspect`) turns a Python module into an `IR`; every generator
-(`.proto`, Elixir client, Python server) and the server's runtime codec read only
-the IR. `generate` writes it as `<module>.ir.json` (sorted keys, indent 2).
+Introspection (`_introspect`) turns a Python module into an `IR`; the Python
+generators (`.proto`, Python server) and the server's runtime codec read only the
+IR. `generate` writes it as `<module>.ir.json` (sorted keys, indent 2), and
+`mix synapse.gen.bridge` renders the Elixir client from that file: the IR holds
+no Elixir names (the Elixir side decides them).
 
-JSON form (version 1)
+JSON form (version 2)
 ---------------------
 
     {
-      "version": 1,
+      "version": 2,
       "module": "my_module",                      # the Python module
       "doc": "Module docstring." | null,
       "package": "synapse.bridge.my_module",      # the proto package
       "service": "MyModule",                      # the gRPC service (in that package)
-      "elixir_module": "MyModule",
       "functions": [Function, ...],               # in the module's definition order
       "types": {"Name": TypeDef, ...}             # every named message and enum
     }
@@ -24,6 +25,8 @@ JSON form (version 1)
       "request": "ProcessDataRequest",            # its messages
       "response": "ProcessDataResponse",
       "kind": "sync" | "async" | "stream",        # def / async def / async generator
+      "on_loop": true,                            # only when set (the bridge config): a sync
+                                                  # function called on the event loop
       "doc": "Docstring." | null,
       "params": [Field, ...],                     # in order; the request's fields
       "returns": Type                             # a stream's item type; {"kind": "none"}: -> None
@@ -44,18 +47,20 @@ JSON form (version 1)
       {"kind": "int" | "float" | "bool" | "str" | "bytes" | "datetime" | "date" | "none"}
       | {"kind": "optional" | "list" | "dict", "of": Type}   # T | None, list[T] / tuple[T, ...],
                                                               # dict[str, T]
-      | {"kind": "model" | "enum" | "tuple" | "union", "name": "Name"}   # see "types"
+      | {"kind": "model" | "enum" | "tuple" | "union" | "custom", "name": "Name"}   # see "types"
 
     TypeDef =
       {"kind": "model", "python": "my_module:InputData", "doc": .., "fields": [Field, ...]}
       | {"kind": "enum", "python": "my_module:Color" | null (a Literal), "doc": ..,
          "values": [{"name": "COLOR_RED", "number": 1, "member": "RED" | null,
-                     "python": "red", "elixir": "red" | 1}, ...]}
+                     "python": "red"}, ...]}
       | {"kind": "tuple", "items": [Type, ...]}                  # fields item_0, item_1, ...
       | {"kind": "union", "members": [{"field": "int64_value", "type": Type}, ...]}
       | {"kind": "wrapper", "of": Type}                          # a message whose `value` is `of`
+      | {"kind": "custom", "python": "decimal:Decimal",         # a custom type (the bridge's
+         "of": {"kind": "str"}}                                  # config): the scalar it travels as
 
-Names: models and enums keep their class names; a Literal is an enum named after
+Names: models, enums and custom types keep their class names; a Literal is an enum named after
 where it is used (`InputDataMode` for the field `mode` of `InputData`,
 `ProcessDataMode` for a parameter, `ProcessDataResult` for a return type); a
 fixed tuple is `TupleOf<A>And<B>...`, a union `<A>Or<B>...`, a wrapper the label
@@ -88,10 +93,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-IR_VERSION = 1
+IR_VERSION = 2
 
 SCALARS = ("int", "float", "bool", "str", "bytes", "datetime", "date")
-NAMED = ("model", "enum", "tuple", "union")
+NAMED = ("model", "enum", "tuple", "union", "custom")
 CONTAINERS = ("list", "dict")
 
 FunctionKind = Literal["sync", "async", "stream"]
@@ -234,6 +239,8 @@ class Function:
     doc: str | None
     params: tuple[Field, ...]
     returns: TypeRef
+    # A sync function the config marks to be called on the event loop, not in a thread.
+    on_loop: bool = False
 
     @property
     def request(self) -> str:
@@ -244,7 +251,7 @@ class Function:
         return f"{self.rpc}Response"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "rpc": self.rpc,
             "request": self.request,
@@ -254,6 +261,9 @@ class Function:
             "params": [param.to_json() for param in self.params],
             "returns": self.returns.to_json(),
         }
+        if self.on_loop:
+            data["on_loop"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Function:
@@ -264,6 +274,7 @@ class Function:
             doc=data.get("doc"),
             params=tuple(Field.from_json(param) for param in data["params"]),
             returns=TypeRef.from_json(data["returns"]),
+            on_loop=data.get("on_loop", False),
         )
 
 
@@ -289,7 +300,6 @@ class EnumValue:
     number: int
     member: str | None  # the Enum member's name; None for a Literal
     python: str | int  # the Python value (an Enum member's value, or the Literal)
-    elixir: str | int  # the Elixir atom's name, or the integer of an int Literal
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -297,7 +307,6 @@ class EnumValue:
             "number": self.number,
             "member": self.member,
             "python": self.python,
-            "elixir": self.elixir,
         }
 
 
@@ -353,7 +362,19 @@ class WrapperType:
         return {"kind": self.kind, "of": self.of.to_json()}
 
 
-TypeDef = ModelType | EnumType | TupleType | UnionType | WrapperType
+@dataclass(frozen=True, slots=True)
+class CustomType:
+    """A Python type the bridge's config maps to a scalar; Pydantic converts it."""
+
+    python: str  # module:qualname
+    of: TypeRef  # the scalar it travels as
+    kind: Literal["custom"] = "custom"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "python": self.python, "of": self.of.to_json()}
+
+
+TypeDef = ModelType | EnumType | TupleType | UnionType | WrapperType | CustomType
 
 
 def type_def_from_json(data: Mapping[str, Any]) -> TypeDef:
@@ -380,6 +401,8 @@ def type_def_from_json(data: Mapping[str, Any]) -> TypeDef:
             )
         case "wrapper":
             return WrapperType(of=TypeRef.from_json(data["of"]))
+        case "custom":
+            return CustomType(python=data["python"], of=TypeRef.from_json(data["of"]))
     raise ValueError(f"unknown type kind {data['kind']!r}")
 
 
@@ -389,7 +412,6 @@ class IR:
     doc: str | None
     package: str
     service: str
-    elixir_module: str
     functions: tuple[Function, ...]
     types: Mapping[str, TypeDef]
 
@@ -422,6 +444,11 @@ class IR:
         assert isinstance(type_def, UnionType), name
         return type_def
 
+    def custom(self, name: str) -> CustomType:
+        type_def = self.types[name]
+        assert isinstance(type_def, CustomType), name
+        return type_def
+
     def names(self, kind: str) -> list[str]:
         """The names of the named types of one kind, sorted."""
         return sorted(name for name, type_def in self.types.items() if type_def.kind == kind)
@@ -433,7 +460,6 @@ class IR:
             "doc": self.doc,
             "package": self.package,
             "service": self.service,
-            "elixir_module": self.elixir_module,
             "functions": [function.to_json() for function in self.functions],
             "types": {name: self.types[name].to_json() for name in sorted(self.types)},
         }
@@ -447,7 +473,6 @@ class IR:
             doc=data.get("doc"),
             package=data["package"],
             service=data["service"],
-            elixir_module=data["elixir_module"],
             functions=tuple(Function.from_json(f) for f in data["functions"]),
             types={name: type_def_from_json(t) for name, t in sorted(data["types"].items())},
         )

@@ -86,7 +86,15 @@ def render(ir: IR, *, command: str = "", comments: bool = True) -> str:
         else:
             out.line(f"message {function.request} {{")
             for number, param in enumerate(function.params, start=1):
-                _field(out, param.name, param.type, number, param.presence, _field_comment(param))
+                _field(
+                    out,
+                    ir,
+                    param.name,
+                    param.type,
+                    number,
+                    param.presence,
+                    _field_comment(ir, param),
+                )
             out.line("}")
         out.line()
         what = "Each item" if function.kind == "stream" else "The result"
@@ -95,21 +103,21 @@ def render(ir: IR, *, command: str = "", comments: bool = True) -> str:
             out.line(f"message {function.response} {{}}")
         else:
             out.line(f"message {function.response} {{")
-            _field(out, "value", function.returns, 1, False, None)
+            _field(out, ir, "value", function.returns, 1, False, None)
             out.line("}")
     for kind in ("model", "enum", "tuple", "union", "wrapper"):
         for name in ir.names(kind):
             out.line()
-            _type_def(out, name, ir.types[name])
+            _type_def(out, ir, name, ir.types[name])
     return out.text()
 
 
-def _type_def(out: _Writer, name: str, type_def: Any) -> None:
+def _type_def(out: _Writer, ir: IR, name: str, type_def: Any) -> None:
     if isinstance(type_def, ModelType):
         out.comment(type_def.doc or f"The Pydantic model `{type_def.python.replace(':', '.')}`.")
         out.line(f"message {name} {{")
         for number, f in enumerate(type_def.fields, start=1):
-            _field(out, f.name, f.type, number, f.presence, _field_comment(f))
+            _field(out, ir, f.name, f.type, number, f.presence, _field_comment(ir, f))
         out.line("}")
     elif isinstance(type_def, EnumType):
         python = type_def.python
@@ -125,26 +133,34 @@ def _type_def(out: _Writer, name: str, type_def: Any) -> None:
         out.comment(f"A `tuple[{', '.join(str(item) for item in type_def.items)}]`.")
         out.line(f"message {name} {{")
         for index, item in enumerate(type_def.items):
-            _field(out, f"item_{index}", item, index + 1, False, None)
+            _field(out, ir, f"item_{index}", item, index + 1, False, None)
         out.line("}")
     elif isinstance(type_def, UnionType):
         out.comment(f"One of `{' | '.join(str(m.type) for m in type_def.members)}`.")
         out.line(f"message {name} {{")
         out.line("  oneof value {")
         for number, member in enumerate(type_def.members, start=1):
-            member_type = label(member.type) if member_wrapped(member.type) else _type(member.type)
+            member_type = (
+                label(member.type) if member_wrapped(member.type) else _type(ir, member.type)
+            )
             out.line(f"    {member_type} {member.field} = {number};")
         out.line("  }")
         out.line("}")
     elif isinstance(type_def, WrapperType):
         out.comment(f"Wraps a `{type_def.of}` where protobuf needs a message.")
         out.line(f"message {name} {{")
-        _field(out, "value", type_def.of, 1, False, None)
+        _field(out, ir, "value", type_def.of, 1, False, None)
         out.line("}")
 
 
 def _field(
-    out: _Writer, name: str, t: TypeRef, number: int, presence: bool, comment: str | None
+    out: _Writer,
+    ir: IR,
+    name: str,
+    t: TypeRef,
+    number: int,
+    presence: bool,
+    comment: str | None,
 ) -> None:
     out.comment(comment, indent=1)
     wrapped = field_wrapper(t, presence)
@@ -154,23 +170,25 @@ def _field(
     if t.kind == "optional":
         t = t.inner
     if t.kind == "list":
-        out.line(f"  repeated {_element(t.inner)} {name} = {number};")
+        out.line(f"  repeated {_element(ir, t.inner)} {name} = {number};")
     elif t.kind == "dict":
-        out.line(f"  map<string, {_element(t.inner)}> {name} = {number};")
+        out.line(f"  map<string, {_element(ir, t.inner)}> {name} = {number};")
     elif _is_message(t):
-        out.line(f"  {_type(t)} {name} = {number};")
+        out.line(f"  {_type(ir, t)} {name} = {number};")
     else:
-        out.line(f"  optional {_type(t)} {name} = {number};")
+        out.line(f"  optional {_type(ir, t)} {name} = {number};")
 
 
-def _element(t: TypeRef) -> str:
-    return label(t) if element_wrapped(t) else _type(t)
+def _element(ir: IR, t: TypeRef) -> str:
+    return label(t) if element_wrapped(t) else _type(ir, t)
 
 
-def _type(t: TypeRef) -> str:
+def _type(ir: IR, t: TypeRef) -> str:
     if t.kind in SCALARS:
         return _PROTO_SCALARS[t.kind]
     assert t.name is not None, t
+    if t.kind == "custom":  # travels as its scalar
+        return _type(ir, ir.custom(t.name).of)
     return t.name
 
 
@@ -178,7 +196,7 @@ def _is_message(t: TypeRef) -> bool:
     return t.kind in ("model", "tuple", "union", "datetime")
 
 
-def _field_comment(f: Field) -> str | None:
+def _field_comment(ir: IR, f: Field) -> str | None:
     parts = []
     if f.description:
         parts.append(f.description.rstrip())
@@ -192,6 +210,9 @@ def _field_comment(f: Field) -> str | None:
     ]
     if f.type.kind == "date" or (f.type.of is not None and f.type.of.kind == "date"):
         facts.append('"YYYY-MM-DD"')
+    custom = f.type if f.type.kind == "custom" else f.type.of
+    if custom is not None and custom.kind == "custom" and custom.name is not None:
+        facts.append(f"a {ir.custom(custom.name).python.replace(':', '.')}")
     if facts:
         parts.append(f"({'; '.join(facts)})")
     return " ".join(parts) or None

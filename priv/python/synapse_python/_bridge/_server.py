@@ -8,7 +8,9 @@ live functions. Each RPC:
    with Pydantic (its annotation and `Field` constraints), collecting every
    error with its full location; unset parameters take their Python defaults;
 2. calls the function: a sync function in a worker thread (`asyncio.to_thread`,
-   so it never blocks the event loop), an `async def` awaited, an async
+   so it never blocks the event loop), or directly on the loop when the
+   bridge's config marks it `on_loop` (no thread hop, but nothing else runs
+   meanwhile), an `async def` awaited, an async
    generator iterated with each item written as it comes (`context.write`
    waits for flow control: a slow reader slows the generator down);
 3. writes the result, strictly (an int beyond int64 is an error).
@@ -47,7 +49,8 @@ from synapse_python._bridge._codec import (
     summarize,
     validation_errors,
 )
-from synapse_python._bridge._ir import IR, Function, module_stem
+from synapse_python._bridge._config import resolve_type
+from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
 
 logger = logging.getLogger("synapse_python.bridge")
 
@@ -108,8 +111,17 @@ class BridgeService:
             json.loads((directory / f"{stem}.ir.json").read_text(encoding="utf-8"))
         )
         descriptor_set = (directory / f"{stem}.desc").read_bytes()
+        custom_types = {
+            resolve_type(type_def.python): type_def.of.kind
+            for type_def in stored.types.values()
+            if isinstance(type_def, CustomType)
+        }
         live = _introspect.introspect(
-            module, list(functions.items()), elixir_module=stored.elixir_module
+            module,
+            list(functions.items()),
+            service=stored.service,
+            custom_types=custom_types,
+            on_loop=[function.name for function in stored.functions if function.on_loop],
         )
         if _proto_gen.render(live.ir, comments=False) != _proto_gen.render(stored, comments=False):
             raise StaleBridgeError(
@@ -174,7 +186,11 @@ class BridgeService:
     ) -> Message:
         args, kwargs = self._arguments(function, request)
         target = self._functions[function.name]
-        if function.kind == "sync":
+        if function.on_loop:
+            result = target(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        elif function.kind == "sync":
             result = await asyncio.to_thread(target, *args, **kwargs)
             if inspect.isawaitable(result):  # a decorator hid a coroutine function
                 result = await result

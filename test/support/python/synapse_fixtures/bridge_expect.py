@@ -1,15 +1,16 @@
-"""What the bridge fixture's functions return when called directly.
+"""What the bridge fixtures' functions return when called directly.
 
     python -m synapse_fixtures.bridge_expect CASES.json
 
-For each case of CASES.json (a function name and its arguments in a JSON form
-Pydantic validates: models as objects, enums as values, dates as ISO strings,
-bytes as {"$bytes": base64}), calls the function of
-`synapse_fixtures.bridge_types` directly and prints, as one JSON list, its
-result in a canonical JSON form the Elixir test produces from what the
-generated client returned: models as objects of all their fields, enums as
-their values, dates as ISO strings, datetimes as UTC with microseconds, bytes
-as {"$bytes": base64}, tuples as lists; a stream as the list of its items.
+CASES.json maps a Python module to its cases, each a function name and its
+arguments in a JSON form Pydantic validates (models as objects, enums as
+values, dates as ISO strings, bytes as {"$bytes": base64}, tuples as lists).
+For each case this calls the function directly and prints, as one JSON object
+mapping each module to the list of its results, each result in a canonical
+JSON form the Elixir test produces from what the generated client returned:
+models as objects of all their fields, enums as their values, dates as ISO
+strings, datetimes as UTC with microseconds, bytes as {"$bytes": base64},
+tuples as lists; a stream as the list of its items.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import base64
 import datetime as dt
 import enum
+import importlib
 import inspect
 import json
 import sys
@@ -25,8 +27,6 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
-
-from synapse_fixtures import bridge_types
 
 
 def _from_json(value: Any) -> Any:
@@ -58,8 +58,8 @@ def canonical(value: Any) -> Any:
     return value
 
 
-async def _call(name: str, arguments: dict[str, Any]) -> Any:
-    function = getattr(bridge_types, name)
+async def _call(module: Any, name: str, arguments: dict[str, Any]) -> Any:
+    function = getattr(module, name)
     hints = typing.get_type_hints(function)
     kwargs = {
         key: TypeAdapter(hints[key]).validate_python(_from_json(value))
@@ -71,8 +71,14 @@ async def _call(name: str, arguments: dict[str, Any]) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def expected(cases: list[dict[str, Any]]) -> list[Any]:
-    return [canonical(await _call(case["function"], case["args"])) for case in cases]
+async def expected(cases: dict[str, list[dict[str, Any]]]) -> dict[str, list[Any]]:
+    results = {}
+    for name, module_cases in cases.items():
+        module = importlib.import_module(name)
+        results[name] = [
+            canonical(await _call(module, case["function"], case["args"])) for case in module_cases
+        ]
+    return results
 
 
 if __name__ == "__main__":

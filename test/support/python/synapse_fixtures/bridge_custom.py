@@ -1,0 +1,56 @@
+"""A bridge config's module (test/support/bridge/custom.json): custom types, on_loop.
+
+The config carries Decimal and UUID as protobuf strings; the Elixir side
+converts `Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
+It marks `on_the_loop` to be called on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+
+
+class Price(BaseModel):
+    """An amount of money."""
+
+    amount: Decimal = Field(description="Exact, never a float.")
+    currency: str = "EUR"
+
+
+def total(prices: list[Price], discount: Decimal = Decimal("0")) -> Decimal:
+    """The sum of `prices`, less `discount`."""
+    return sum((price.amount for price in prices), Decimal(0)) - discount
+
+
+def scale(amount: Decimal, exponent: int) -> Decimal:
+    """`amount` times 10 ** `exponent` (`Decimal("1").scaleb(2)` is written `1E+2`)."""
+    return amount.scaleb(exponent)
+
+
+def order_id(number: int) -> uuid.UUID:
+    """A UUID made from `number`."""
+    return uuid.UUID(int=number)
+
+
+def echo_id(id: uuid.UUID | None, others: list[uuid.UUID] = []) -> list[uuid.UUID]:  # noqa: B006
+    """`id` (when given), then `others`, as Python read them."""
+    return ([id] if id is not None else []) + others
+
+
+def on_the_loop() -> str:
+    """The name of the thread it runs in (the config says: the event loop's)."""
+    return threading.current_thread().name
+
+
+def in_a_thread() -> str:
+    """The name of the thread it runs in (a worker thread)."""
+    return threading.current_thread().name
+
+
+def not_exported(x: int) -> int:
+    """Left out by the config's `functions`."""
+    return x

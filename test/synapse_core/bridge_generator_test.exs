@@ -1,0 +1,108 @@
+defmodule SynapseCore.BridgeGeneratorTest do
+  # The Elixir side of generation: names decided in Elixir (the module,
+  # enum atoms, function names) and what cannot be generated, from IRs
+  # written here (no Python needed), and the declarations' own checks.
+  use ExUnit.Case, async: true
+
+  alias SynapseCore.Bridge.Generator
+
+  defp ir(overrides \\ %{}) do
+    Map.merge(
+      %{
+        "version" => 2,
+        "module" => "pkg.sub_mod",
+        "doc" => nil,
+        "package" => "synapse.bridge.pkg_sub_mod",
+        "service" => "SubMod",
+        "functions" => [function("add")],
+        "types" => %{}
+      },
+      overrides
+    )
+  end
+
+  defp function(name, params \\ [param("x", %{"kind" => "int"})]) do
+    %{
+      "name" => name,
+      "rpc" => Macro.camelize(name),
+      "request" => "#{Macro.camelize(name)}Request",
+      "response" => "#{Macro.camelize(name)}Response",
+      "kind" => "sync",
+      "doc" => nil,
+      "params" => params,
+      "returns" => %{"kind" => "int"}
+    }
+  end
+
+  defp param(name, type),
+    do: %{"name" => name, "type" => type, "required" => true, "constraints" => %{}}
+
+  defp enum_ir(values) do
+    values =
+      for {{member, python}, number} <- Enum.with_index(values, 1) do
+        %{"name" => "E_#{number}", "number" => number, "member" => member, "python" => python}
+      end
+
+    ir(%{
+      "functions" => [function("pick", [param("e", %{"kind" => "enum", "name" => "E"})])],
+      "types" => %{"E" => %{"kind" => "enum", "python" => nil, "doc" => nil, "values" => values}}
+    })
+  end
+
+  test "the client's module is the Python module camelized, unless named" do
+    assert {:ok, {"Pkg.SubMod", source}} = Generator.render(ir(), "")
+    assert source =~ "defmodule Pkg.SubMod do\n"
+    assert {:ok, {"My.Client", _}} = Generator.render(ir(), "", elixir_module: "My.Client")
+
+    assert Generator.render(ir(), "", elixir_module: "my.client") ==
+             {:error, ~s(invalid Elixir module name "my.client")}
+  end
+
+  test "enum atoms: an Enum member's name in lower case, a Literal's value" do
+    {:ok, {_, source}} =
+      Generator.render(enum_ir([{"IN_PROGRESS", "x"}, {nil, "in progress"}]), "")
+
+    assert source =~ ~s(values: [in_progress: "E_1", "in progress": "E_2"])
+
+    {:ok, {_, source}} = Generator.render(enum_ir([{nil, 1}, {nil, -2}]), "")
+    assert source =~ ~s(values: [{1, "E_1"}, {-2, "E_2"}])
+  end
+
+  test "enum values that are one atom in Elixir, or nil, are refused" do
+    assert {:error, message} = Generator.render(enum_ir([{"RED", "r"}, {"red", "R"}]), "")
+    assert message == ~s(the values "r" and "R" of E are both :red in Elixir; rename one)
+
+    assert {:error, message} = Generator.render(enum_ir([{"NIL", "n"}]), "")
+    assert message == ~s(the value "n" of E would be the Elixir atom nil; rename it)
+
+    assert {:error, _} = Generator.render(enum_ir([{nil, "nil"}]), "")
+  end
+
+  test "function names Elixir cannot define are refused, with the way out" do
+    for name <- ~w(end Upper __private defbridge) do
+      assert {:error, message} = Generator.render(ir(%{"functions" => [function(name)]}), "")
+      assert message =~ "pkg.sub_mod.#{name}: "
+      assert message =~ "rename it (elixir.functions in the bridge's config)"
+    end
+
+    assert {:ok, _} = Generator.render(ir(%{"functions" => [function("_private")]}), "")
+  end
+
+  test "an IR of another version is refused" do
+    assert {:error, message} = Generator.render(ir(%{"version" => 1}), "")
+    assert message =~ "the bridge IR has version 1, this Synapse reads version 2"
+  end
+
+  test "declarations are checked when the client compiles" do
+    source = """
+    defmodule SynapseCore.BridgeGeneratorTest.Bad do
+      use SynapseCore.Bridge.Client, python_module: "m", service: "p.S", descriptor: ""
+      defbridge(:f, rpc: "F", params: [x: Missing], returns: :int64)
+    end
+    """
+
+    assert_raise ArgumentError, ~r/defbridge :f, x: unknown type Missing/, fn ->
+      Code.compile_string(source)
+    end
+  end
+end

@@ -1,0 +1,194 @@
+defmodule SynapseCore.OptionsTest do
+  # Every option is declared once (type, range, default, doc): these check
+  # that the declaration refuses what the layers below cannot take, before
+  # anything starts, and that it is what the docs show.
+  use ExUnit.Case, async: true
+
+  alias SynapseCore.{Agent, Bridge, Options, Tool}
+  alias SynapseCore.Agent.Options, as: AgentOptions
+
+  @too_long Options.max_ms() + 1
+
+  defp agent_opts(extra), do: Keyword.merge([name: :options_test, model: "test"], extra)
+
+  describe "start options" do
+    for {key, bad} <- [
+          workers: 10_000_000,
+          workers: -1,
+          workers: 1.0,
+          startup_timeout: @too_long,
+          startup_timeout: 0,
+          shutdown_timeout: -1,
+          shutdown_timeout: @too_long,
+          health_interval: 0,
+          health_interval: @too_long,
+          health_timeout: @too_long,
+          max_backoff: 0,
+          max_message_bytes: Integer.pow(2, 64),
+          max_message_bytes: 0,
+          python: "a\0b",
+          python: ~c"python3",
+          cwd: "",
+          python_path: ["ok", "bad\0path"],
+          env: [{"A", "b\0c"}],
+          env: [{"A=B", "c"}],
+          env: [:atom],
+          model: "",
+          agent: "no colon",
+          tools: [:not_a_tool_module]
+        ] do
+      test "#{key}: #{inspect(bad)} is refused, naming the option" do
+        error =
+          assert_raise ArgumentError, fn ->
+            SynapseCore.start_agent(agent_opts([{unquote(key), unquote(Macro.escape(bad))}]))
+          end
+
+        assert Exception.message(error) =~ inspect(unquote(key))
+      end
+    end
+
+    test "the largest accepted values are accepted" do
+      options =
+        AgentOptions.agent!(
+          agent_opts(
+            workers: 256,
+            startup_timeout: Options.max_ms(),
+            shutdown_timeout: 0,
+            health_interval: :infinity,
+            max_message_bytes: 4_294_967_295
+          )
+        )
+
+      assert options.workers == 256
+      assert options.startup_timeout == Options.max_ms()
+      assert options.health_interval == :infinity
+    end
+
+    test "defaults come from the declaration" do
+      options = AgentOptions.agent!(agent_opts([]))
+
+      for {key, spec} <- AgentOptions.agent_schema(),
+          Keyword.has_key?(spec, :default),
+          key != :tools do
+        assert Map.fetch!(options, key) == spec[:default], "default of #{inspect(key)}"
+      end
+    end
+
+    test "an unknown option is named, and no value is shown" do
+      error =
+        assert_raise ArgumentError, fn ->
+          AgentOptions.agent!(agent_opts(bogus: "value-not-shown", other: 1))
+        end
+
+      assert Exception.message(error) =~ ":bogus, :other"
+      refute Exception.message(error) =~ "value-not-shown"
+    end
+
+    test "a bridge needs its module" do
+      assert_raise ArgumentError, ~r/:module option is required/, fn ->
+        Bridge.child_spec(name: :b)
+      end
+
+      assert_raise ArgumentError, ~r/:module/, fn ->
+        Bridge.child_spec(name: :b, module: "a-b")
+      end
+    end
+  end
+
+  describe "run options" do
+    for {key, bad} <- [
+          timeout: @too_long,
+          timeout: 0,
+          timeout: "1000",
+          model_settings: [1, 2],
+          usage_limits: "none",
+          message_history: "none",
+          tools: :none
+        ] do
+      test "#{key}: #{inspect(bad)} is refused before anything runs" do
+        assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
+          Agent.run_sync(:no_such_agent, "hi", [{unquote(key), unquote(Macro.escape(bad))}])
+        end
+      end
+    end
+
+    for {key, bad} <- [window: 0, window: Options.max_int32() + 1, stream_to: :name] do
+      test "stream #{key}: #{inspect(bad)} is refused" do
+        assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
+          Agent.run_stream(:no_such_agent, "hi", [{unquote(key), unquote(Macro.escape(bad))}])
+        end
+      end
+    end
+
+    test "bridge calls check their timeout and window" do
+      assert_raise ArgumentError, ~r/:timeout/, fn ->
+        Bridge.call(:no_such_bridge, "", "p.S/M", %{}, timeout: @too_long)
+      end
+
+      assert_raise ArgumentError, ~r/:window/, fn ->
+        Bridge.stream(:no_such_bridge, "", "p.S/M", %{}, window: 0) |> Enum.take(1)
+      end
+    end
+  end
+
+  describe "tool options" do
+    for {key, bad} <- [
+          max_retries: Options.max_int32() + 1,
+          max_retries: -1,
+          timeout: @too_long,
+          timeout: 0,
+          name: "has space",
+          description: 5,
+          parameters: %{"type" => "array"}
+        ] do
+      test "#{key}: #{inspect(bad)} is refused" do
+        assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
+          Tool.new(
+            Keyword.merge([name: "t", function: fn _ -> :ok end], [
+              {unquote(key), unquote(Macro.escape(bad))}
+            ])
+          )
+        end
+      end
+    end
+  end
+
+  describe "the docs are the declaration" do
+    defp doc(module, function, arity) do
+      {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(module)
+
+      Enum.find_value(docs, fn
+        {{:function, ^function, ^arity}, _, _, %{"en" => text}, _} -> text
+        _ -> nil
+      end)
+    end
+
+    test "every option of every set is documented where it is taken" do
+      for {module, function, arity, schema} <- [
+            {Agent, :start_link, 1, AgentOptions.agent_schema()},
+            {Agent, :run_sync, 3, AgentOptions.call_schema()},
+            {Agent, :run_stream, 3, AgentOptions.stream_schema()},
+            {Tool, :new, 1, []}
+          ],
+          {key, _spec} <- schema do
+        assert doc(module, function, arity) =~ "`#{inspect(key)}`",
+               "#{inspect(key)} is not in the docs of #{inspect(module)}.#{function}/#{arity}"
+      end
+
+      for key <- Tool.option_keys() do
+        assert doc(Tool, :new, 1) =~ "`#{inspect(key)}`"
+      end
+
+      for key <- AgentOptions.worker_keys() do
+        assert doc(Bridge, :start_link, 1) =~ "`#{inspect(key)}`"
+      end
+    end
+
+    test "the docs give ranges and defaults" do
+      text = doc(Agent, :start_link, 1)
+      assert text =~ "`:workers` - "
+      assert text =~ "from 0 to 256"
+      assert text =~ "Defaults to `30_000`"
+    end
+  end
+end
