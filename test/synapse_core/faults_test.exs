@@ -124,8 +124,10 @@ defmodule SynapseCore.FaultsTest do
 
     assert Enum.count(replies, &match?({:error, %Error{kind: :unavailable}}, &1)) > 0
     starts = log |> File.read!() |> String.split("\n", trim: true) |> length()
-    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not hundreds.
-    assert starts in 2..9
+    # Back-off of 100, 200, 400, 800, 1600, 3200 ms: a handful of starts, not
+    # hundreds. (On a loaded machine a start that dies at import takes seconds
+    # of its own, so one start in the window is possible too.)
+    assert starts in 1..9
 
     File.rm!(flag)
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 40_000)
