@@ -1,6 +1,6 @@
 """Draws the benchmark results as one PNG: echo latency, and throughput against concurrency.
 
-    priv/python/.venv/bin/python bench/chart.py RESULTS_JSON OUT_PNG
+    PYTHON bench/chart.py RESULTS_JSON OUT_PNG   (an interpreter with matplotlib)
 
 RESULTS_JSON holds (every key optional; what is missing is left out of the chart):
 

@@ -18,9 +18,17 @@ defmodule SynapseCore do
   def start_agent(opts) do
     options = Options.agent!(opts)
 
+    with :ok <- SynapseCore.Application.check_started() do
+      start_validated(options)
+    end
+  end
+
+  defp start_validated(options) do
+    ready_to = if options.await_ready, do: AgentSupervisor.ready_to(options)
+
     spec = %{
       id: {Agent, options.name},
-      start: {AgentSupervisor, :start_link, [options]},
+      start: {AgentSupervisor, :start_link, [options, ready_to]},
       type: :supervisor,
       restart: :transient
     }
@@ -28,18 +36,56 @@ defmodule SynapseCore do
     # The supervisor returns once the agent's processes exist; the workers
     # start in parallel and are awaited here, outside it, so that agents
     # started together start together.
-    with {:ok, pid} <-
-           SynapseCore.AgentsSupervisor
-           |> DynamicSupervisor.start_child(spec)
-           |> Agent.unwrap_start_error() do
-      case AgentSupervisor.await_ready(pid, options.startup_timeout + 5_000) do
-        :ok ->
-          {:ok, pid}
+    case SynapseCore.AgentsSupervisor
+         |> DynamicSupervisor.start_child(spec)
+         |> Agent.unwrap_start_error() do
+      {:ok, pid} ->
+        case ready_to && AgentSupervisor.await_started(pid, options, ready_to) do
+          result when result in [nil, :ok] ->
+            {:ok, pid}
 
-        {:error, error} ->
-          DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid)
-          {:error, error}
+          {:error, error} ->
+            DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid)
+            {:error, error}
+        end
+
+      {:error, error} ->
+        AgentSupervisor.forget(ready_to)
+        {:error, error}
+    end
+  end
+
+  @doc """
+  Waits until every worker of the agents (or bridges) `names` has started:
+  `:ok` once they serve, or the first error (a worker whose first start
+  failed). For agents started with `await_ready: false`; in a supervision
+  tree, `SynapseCore.AwaitReady` does this as a child.
+
+  Each worker has its agent's `:startup_timeout` to start; `timeout` bounds
+  the whole wait on top of that (default `:infinity`).
+  """
+  @spec await_ready(Agent.name() | [Agent.name()], timeout()) :: :ok | {:error, Error.t()}
+  def await_ready(names, timeout \\ :infinity)
+
+  def await_ready(names, timeout) when is_list(names) do
+    Enum.reduce_while(names, :ok, fn name, :ok ->
+      case await_one(name, timeout) do
+        :ok -> {:cont, :ok}
+        {:error, error} -> {:halt, {:error, error}}
       end
+    end)
+  end
+
+  def await_ready(name, timeout), do: await_ready([name], timeout)
+
+  defp await_one(name, timeout) do
+    case Registry.lookup(SynapseCore.AgentRegistry, name) do
+      [{supervisor, _}] ->
+        AgentSupervisor.await_ready(supervisor, timeout)
+
+      [] ->
+        {:error,
+         Error.new(:unknown_agent, "no agent or bridge named #{inspect(name)} is running")}
     end
   end
 
@@ -49,7 +95,8 @@ defmodule SynapseCore do
   """
   @spec stop_agent(Agent.name()) :: :ok | {:error, Error.t()}
   def stop_agent(name) do
-    with [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
+    with :ok <- SynapseCore.Application.check_started(),
+         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
          :ok <- DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
       :ok
     else
@@ -59,6 +106,9 @@ defmodule SynapseCore do
       {:error, :not_found} ->
         {:error,
          Error.new(:invalid_argument, "agent #{inspect(name)} was not started with start_agent/1")}
+
+      {:error, %Error{} = error} ->
+        {:error, error}
     end
   end
 

@@ -56,7 +56,8 @@ defmodule SynapseCore.Bench.Measure do
     }
   end
 
-  defp loop(fun, deadline, concurrency) do
+  @doc "`concurrency` loops calling `fun` with one call in flight each until `deadline`: the calls made."
+  def loop(fun, deadline, concurrency) do
     1..concurrency
     |> Enum.map(fn _ -> Task.async(fn -> count_until(fun, deadline, 0) end) end)
     |> Task.await_many(:infinity)
@@ -343,7 +344,8 @@ defmodule SynapseCore.Bench.Baselines do
     run(python, [Path.join(@root, "bench/python/grpc_client.py") | args], env)
   end
 
-  defp run(executable, args, env) do
+  @doc "Runs `executable` with `args` and `env`; answers the JSON object it prints."
+  def run(executable, args, env) do
     case System.cmd(executable, args, env: env, stderr_to_stdout: false) do
       {json, 0} ->
         {:ok, result} = SynapseCore.JSON.decode(json)
@@ -467,7 +469,9 @@ defmodule SynapseCore.Bench.Report do
   end
 
   defp chart(out) do
+    # bench/run installs matplotlib into the environment the benchmarks run in.
     {:ok, python} = SynapseCore.Python.interpreter()
+
     chart = Path.expand("../chart.py", __DIR__)
 
     case System.cmd(python, [chart, Path.join(out, "results.json"), Path.join(out, "chart.png")],

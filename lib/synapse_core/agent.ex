@@ -89,6 +89,7 @@ defmodule SynapseCore.Agent do
     Run,
     Tool,
     ToolRunner,
+    Worker,
     Workers
   }
 
@@ -113,6 +114,9 @@ defmodule SynapseCore.Agent do
           | {:cwd, Path.t()}
           | {:startup_timeout, pos_integer()}
           | {:shutdown_timeout, non_neg_integer()}
+          | {:await_ready, boolean()}
+          | {:log_level, SynapseCore.Worker.log_level()}
+          | {:max_stuck_threads, non_neg_integer()}
 
   @typedoc "Options of a run; see `run_sync/3`."
   @type run_option ::
@@ -152,7 +156,7 @@ defmodule SynapseCore.Agent do
 
   @doc """
   Starts an agent and links it to the caller. Returns once every worker is
-  ready and has loaded the agent.
+  ready and has loaded the agent (unless `await_ready: false`).
 
   ## Options
 
@@ -275,7 +279,7 @@ defmodule SynapseCore.Agent do
 
   defp start_unary(name, channel, prompt, call) do
     ref = make_ref()
-    request = request(prompt, call, [], false)
+    request = request(name, prompt, call, [], false)
 
     started =
       if large?(call.message_history),
@@ -294,7 +298,7 @@ defmodule SynapseCore.Agent do
   defp start_on_stream(name, channel, prompt, call, tools, receiver, window, reply) do
     ref = make_ref()
     runner = tools != [] && start_runner(name, call, tools)
-    request = request(prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
+    request = request(name, prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
 
     options = %{
       receiver: receiver,
@@ -456,10 +460,19 @@ defmodule SynapseCore.Agent do
   end
 
   @doc """
-  The workers currently ready to serve `name`: their `SynapseCore.AgentProcess`
-  pid, OS pid and address.
+  The workers currently ready to serve `name`: their `SynapseCore.Worker`
+  pid, OS pid, address, location and stuck tool threads (see
+  `SynapseCore.Worker.info/1`).
   """
-  @spec workers(name()) :: [%{pid: pid(), os_pid: pos_integer(), address: String.t()}]
+  @spec workers(name()) :: [
+          %{
+            pid: pid(),
+            os_pid: pos_integer() | nil,
+            address: String.t(),
+            location: SynapseCore.Worker.location(),
+            stuck_threads: non_neg_integer() | nil
+          }
+        ]
   def workers(name) do
     Workers.list(name)
   end
@@ -475,9 +488,10 @@ defmodule SynapseCore.Agent do
   defp large?(%Messages{json: json}), do: byte_size(json) > @dirty_history_bytes
   defp large?(history), do: length(history) > @dirty_history_length
 
-  defp request(prompt, call, tools, quiet) do
+  defp request(name, prompt, call, tools, quiet) do
     %{
-      agent_id: "agent",
+      # The id the worker hosts the agent under: its name, in Python's logs too.
+      agent_id: Worker.agent_id(name),
       prompt: prompt,
       message_history: history(call.message_history),
       model_settings: call.model_settings,

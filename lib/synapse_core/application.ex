@@ -24,4 +24,24 @@ defmodule SynapseCore.Application do
 
     Supervisor.start_link(children, strategy: :one_for_one, name: SynapseCore.Supervisor)
   end
+
+  @doc """
+  `:ok` when the application runs; otherwise the error every call answers,
+  saying so (rather than the `unknown registry` its registries' absence
+  would raise).
+  """
+  @spec check_started() :: :ok | {:error, SynapseCore.Error.t()}
+  def check_started do
+    if Process.whereis(SynapseCore.Supervisor) do
+      :ok
+    else
+      {:error,
+       SynapseCore.Error.new(
+         :unavailable,
+         "the :synapse_core application is not started: list it in your mix.exs " <>
+           "dependencies (it then starts before your application) or call " <>
+           "Application.ensure_all_started(:synapse_core)"
+       )}
+    end
+  end
 end

@@ -7,13 +7,21 @@ defmodule SynapseCore.Error do
 
     * `:unknown_agent` - no agent is registered under that name
     * `:unavailable` - the agent exists but has no worker ready to serve
-      (it is starting or restarting), or its worker cannot be reached
+      (it is starting or restarting), or its worker cannot be reached.
+      Transient: the agent keeps trying. `details.last_error`, when
+      present, is why its last worker was lost
     * `:worker_exited` - the worker process exited while the call was in flight
     * `:timeout` - the call's `:timeout` elapsed; the run was cancelled
       (pydantic-ai's `RunTimedOut`)
-    * `:cancelled` - the call was cancelled (`SynapseCore.Agent.cancel/1`)
+    * `:cancelled` - the call was cancelled (`SynapseCore.Agent.cancel/1`); or
+      the agent was stopped (`SynapseCore.stop_agent/1`) while its start
+      waited for it
     * `:startup_failed` - a worker could not be started: the interpreter is
-      missing, the agent's module does not import, ...
+      missing, the agent's module does not import, ... Returned by the start
+      of an agent, and by calls while the agent's workers cannot start for
+      a reason that retrying cannot fix (`details.permanent` is then
+      `true`; `details.reason` says which: `:load_failed`, `:spawn_failed`,
+      `:exit_status`, ...)
     * `:not_found` - the worker does not host the agent it was asked for
     * `:invalid_argument` - the request was refused: a message history that
       is not a valid pydantic-ai history, data that has no JSON form, ...
@@ -35,7 +43,11 @@ defmodule SynapseCore.Error do
       exactly (NaN or an infinite float); the message names where it is
     * `:resource_exhausted` - a limit was hit (e.g. the maximum message size
       or the nesting depth of data)
-    * `:unauthenticated` - a remote worker refused the token
+    * `:unauthenticated` - a remote worker refused the token: from the
+      agent's start, and from calls while it refuses it
+    * `:tls_error` - the TLS handshake with a remote worker failed (its
+      certificate is not valid for `:server_name`, or not signed by the
+      `:ca` given, ...): from the agent's start, and from calls
     * `:protocol_error`, `:internal` - a bug in Synapse; please report it
 
   `message` is meant for humans. `details` is a map whose keys depend on the
@@ -75,6 +87,7 @@ defmodule SynapseCore.Error do
           | :unrepresentable
           | :resource_exhausted
           | :unauthenticated
+          | :tls_error
           | :protocol_error
           | :internal
           | :load_failed

@@ -74,6 +74,9 @@ defmodule SynapseCore.Native do
   # A history's messages from an index on, as {:ok, %SynapseCore.Messages{}}.
   def messages_slice(_json, _from), do: :erlang.nif_error(:nif_not_loaded)
 
+  # SIGKILL to an OS process, or (group: true) its process group: :ok | :not_found.
+  def shepherd_kill(_os_pid, _group), do: :erlang.nif_error(:nif_not_loaded)
+
   # Failure injection for tests: where is :nif or :reply.
   def debug_panic(_where, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -8,12 +8,27 @@ defmodule SynapseCore.Python do
   The first of these that is set wins:
 
     1. the agent's `:python` option;
-    2. the application environment: `config :synapse_core, python: "/path/to/python"`;
+    2. the application environment: `config :synapse_core, python: "/path/to/python"`
+       (set it in `config/runtime.exs` to choose it when a release starts);
     3. the `SYNAPSE_PYTHON` environment variable;
-    4. the virtualenv `mix synapse.setup` creates, `priv/python/.venv`.
+    4. the environment `mix synapse.setup` builds for the application, in
+       `_build/<MIX_ENV>/synapse_python/.venv`, or, in a release, the one
+       `SynapseCore.Release` puts in the release's `synapse_python/.venv`
+       (see `env_dir/0`).
 
-  Whatever interpreter is used needs the packages of
-  `priv/python/requirements.txt` installed.
+  Whatever interpreter is used needs the packages of synapse_core's
+  `priv/python/requirements.txt` installed, and those of the application's
+  agents.
+
+  ## Python paths
+
+  The `:python_path` of an agent lists directories put before Synapse's own
+  package on the worker's `PYTHONPATH`. An entry is either a path (relative
+  ones are relative to the current directory when the agent starts) or
+  `{app, path}`: `path` inside the directory of the OTP application `app`,
+  resolved when each worker starts, so that it is right wherever a release
+  is installed. `{:my_app, "priv/python"}` is the usual place for an
+  application's own agents.
 
   ## The environment
 
@@ -34,6 +49,9 @@ defmodule SynapseCore.Python do
   @inherited ~w(PATH HOME USER LOGNAME LANG LC_ALL LC_CTYPE TZ TMPDIR SSL_CERT_FILE SSL_CERT_DIR
                 HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy)
 
+  @typedoc "An entry of an agent's `:python_path`: a directory, or one inside an OTP application."
+  @type path_entry :: String.t() | {atom(), String.t()}
+
   @typedoc "The `:env` option of an agent."
   @type env_option :: [String.t() | {String.t(), String.t()}] | %{String.t() => String.t()}
 
@@ -41,9 +59,20 @@ defmodule SynapseCore.Python do
   @spec package_dir() :: String.t()
   def package_dir, do: Path.join(priv_dir(), "python")
 
-  @doc "The virtualenv `mix synapse.setup` manages."
-  @spec venv_dir() :: String.t()
-  def venv_dir, do: Path.join(package_dir(), ".venv")
+  @doc """
+  The environment built by `mix synapse.setup` (or carried by a release).
+
+  It sits next to the directory of compiled applications: under
+  `_build/<MIX_ENV>/` in a Mix project, at the root of a release.
+  """
+  @spec env_dir() :: String.t()
+  def env_dir do
+    :synapse_core
+    |> :code.lib_dir()
+    |> to_string()
+    |> Path.join("../../synapse_python/.venv")
+    |> Path.expand()
+  end
 
   @doc """
   Resolves the interpreter, `explicit` being the agent's `:python` option.
@@ -55,24 +84,52 @@ defmodule SynapseCore.Python do
         System.get_env("SYNAPSE_PYTHON")
 
     case candidate do
-      nil -> venv_interpreter()
+      nil -> env_interpreter(env_dir())
       path -> check_interpreter(path)
     end
   end
 
-  defp venv_interpreter do
-    path = Path.join(venv_dir(), "bin/python")
+  @doc false
+  @spec env_interpreter(String.t()) :: {:ok, String.t()} | {:error, Error.t()}
+  def env_interpreter(env_dir) do
+    path = Path.join(env_dir, "bin/python")
 
-    if File.exists?(path) do
-      {:ok, path}
+    cond do
+      File.exists?(path) ->
+        {:ok, path}
+
+      # A virtualenv links to the interpreter it was built on: a release
+      # moved to a machine that lacks it has a dangling link.
+      match?({:ok, %{type: :symlink}}, File.lstat(path)) ->
+        {:error,
+         Error.new(
+           :startup_failed,
+           "the Python environment at #{env_dir} was built on the interpreter in " <>
+             "#{base_home(env_dir)}, which is missing on this machine: install the same " <>
+             "Python version there, or set `config :synapse_core, python: ...` or SYNAPSE_PYTHON"
+         )}
+
+      true ->
+        {:error,
+         Error.new(
+           :startup_failed,
+           "no Python interpreter configured and no Python environment at #{env_dir}: " <>
+             "run `mix synapse.setup` (a release gets one from the release step " <>
+             "&SynapseCore.Release.python/1), or set the :python option, " <>
+             "`config :synapse_core, python: ...` or SYNAPSE_PYTHON"
+         )}
+    end
+  end
+
+  @doc false
+  # The directory of the interpreter a virtualenv was built on.
+  @spec base_home(String.t()) :: String.t()
+  def base_home(env_dir) do
+    with {:ok, cfg} <- File.read(Path.join(env_dir, "pyvenv.cfg")),
+         [_, home] <- Regex.run(~r/^home\s*=\s*(.+)$/m, cfg) do
+      String.trim(home)
     else
-      {:error,
-       Error.new(
-         :startup_failed,
-         "no Python interpreter configured and no Synapse virtualenv at #{venv_dir()}: " <>
-           "run `mix synapse.setup`, or set the :python option, " <>
-           "`config :synapse_core, python: ...` or SYNAPSE_PYTHON"
-       )}
+      _ -> "(no home in #{Path.join(env_dir, "pyvenv.cfg")})"
     end
   end
 
@@ -87,6 +144,58 @@ defmodule SynapseCore.Python do
   end
 
   @doc """
+  Validates an entry of an agent's `:python_path`: a relative path is
+  expanded against the current directory, `{app, path}` is kept as it is (it
+  is resolved when a worker starts) and must name an application in the code
+  path.
+
+      iex> SynapseCore.Python.cast_path_entry("/app/py")
+      {:ok, "/app/py"}
+      iex> SynapseCore.Python.cast_path_entry({:synapse_core, "priv/python"})
+      {:ok, {:synapse_core, "priv/python"}}
+      iex> SynapseCore.Python.cast_path_entry({:no_such_app, "priv/python"})
+      {:error, "names the application :no_such_app, which is not in the code path"}
+  """
+  @spec cast_path_entry(term()) :: {:ok, path_entry()} | {:error, String.t()}
+  def cast_path_entry(entry) do
+    case entry do
+      {app, path} when is_atom(app) and is_binary(path) ->
+        cond do
+          not os_path?(path) -> {:error, "expected a path without NUL bytes in #{inspect(entry)}"}
+          :code.lib_dir(app) == {:error, :bad_name} -> {:error, not_in_code_path(app)}
+          true -> {:ok, entry}
+        end
+
+      path when is_binary(path) ->
+        if os_path?(path),
+          do: {:ok, Path.expand(path)},
+          else: {:error, "expected a path without NUL bytes"}
+
+      _other ->
+        {:error, "expected a path or an {app, path} tuple"}
+    end
+  end
+
+  defp os_path?(path),
+    do: path != "" and String.valid?(path) and not String.contains?(path, <<0>>)
+
+  defp not_in_code_path(app),
+    do: "names the application #{inspect(app)}, which is not in the code path"
+
+  @doc """
+  The directory a `:python_path` entry names, now: `{app, path}` is `path`
+  inside the application's directory wherever it is installed.
+
+      iex> SynapseCore.Python.resolve_path("/app/py")
+      "/app/py"
+      iex> SynapseCore.Python.resolve_path({:synapse_core, "priv/python"}) == SynapseCore.Python.package_dir()
+      true
+  """
+  @spec resolve_path(path_entry()) :: String.t()
+  def resolve_path({app, path}), do: Application.app_dir(app, path)
+  def resolve_path(path) when is_binary(path), do: path
+
+  @doc """
   Builds a worker's environment from the BEAM's (`system`), the agent's
   `:python_path` and its `:env` option.
 
@@ -96,14 +205,14 @@ defmodule SynapseCore.Python do
       [{"MODE", "dev"}, {"PATH", "/bin"}, {"PYTHONPATH", "/app/py:/synapse/python"},
        {"PYTHONUNBUFFERED", "1"}, {"TOKEN", "t"}]
   """
-  @spec worker_env(%{String.t() => String.t()}, [String.t()], env_option(), String.t()) ::
+  @spec worker_env(%{String.t() => String.t()}, [path_entry()], env_option(), String.t()) ::
           [{String.t(), String.t()}]
   def worker_env(system, python_path, env_option, package_dir \\ package_dir()) do
     inherited = Map.take(system, @inherited)
 
     base =
       Map.merge(inherited, %{
-        "PYTHONPATH" => Enum.join(python_path ++ [package_dir], ":"),
+        "PYTHONPATH" => Enum.map_join(python_path ++ [package_dir], ":", &resolve_path/1),
         "PYTHONUNBUFFERED" => "1"
       })
 

@@ -1,10 +1,12 @@
 defmodule SynapseCore.Workers do
   @moduledoc false
   # The ready workers of agents and bridges, as registered by their
-  # AgentProcess in SynapseCore.WorkerRegistry: what every call reads to
-  # find a channel.
+  # SynapseCore.Worker in SynapseCore.WorkerRegistry: what every call reads
+  # to find a channel. A worker that is not ready registers why instead
+  # (under {:down, name}), so that a call answers the cause.
 
-  alias SynapseCore.{AgentProcess, Error, Native}
+  alias SynapseCore.{Error, Native, Worker}
+  alias SynapseCore.Worker.Failure
 
   @typedoc "A registry entry: the worker's channel and the agent's tools."
   @type worker :: %{channel: SynapseCore.Channel.t(), tools: [SynapseCore.Tool.t()]}
@@ -28,6 +30,39 @@ defmodule SynapseCore.Workers do
     end
   end
 
+  @doc """
+  Registers the calling worker's channel under `name`: it serves, on this
+  node and, through `:pg`, to the cluster.
+  """
+  @spec join(term(), SynapseCore.Channel.t(), [SynapseCore.Tool.t()]) :: :ok
+  def join(name, channel, tools) do
+    Registry.unregister(SynapseCore.WorkerRegistry, down_key(name))
+
+    {:ok, _} =
+      Registry.register(SynapseCore.WorkerRegistry, name, %{channel: channel, tools: tools})
+
+    :ok = :pg.join(SynapseCore.PG, group(name), self())
+  end
+
+  @doc "Unregisters the calling worker: it gets no new calls."
+  @spec leave(term()) :: :ok
+  def leave(name) do
+    Registry.unregister(SynapseCore.WorkerRegistry, name)
+    :pg.leave(SynapseCore.PG, group(name), self())
+    :ok
+  end
+
+  @doc "Unregisters the calling worker, and records why it does not serve."
+  @spec down(term(), Error.t()) :: :ok
+  def down(name, %Error{} = error) do
+    leave(name)
+    Registry.unregister(SynapseCore.WorkerRegistry, down_key(name))
+    {:ok, _} = Registry.register(SynapseCore.WorkerRegistry, down_key(name), error)
+    :ok
+  end
+
+  defp down_key(name), do: {__MODULE__, :down, name}
+
   @doc "The `:pg` group of the serving workers of `name`, across the cluster."
   @spec group(term()) :: {:synapse_worker, term()}
   def group(name), do: {:synapse_worker, name}
@@ -42,24 +77,51 @@ defmodule SynapseCore.Workers do
 
   @spec pick_local(term()) :: {:ok, worker()} | {:error, Error.t()}
   def pick_local(name) do
-    case Registry.lookup(SynapseCore.WorkerRegistry, name) do
+    case lookup(name) do
       [{_pid, worker}] ->
         {:ok, worker}
 
       [_ | _] = workers ->
         {:ok, least_loaded(workers)}
 
+      {:error, error} ->
+        {:error, error}
+
       [] ->
         if Registry.lookup(SynapseCore.AgentRegistry, name) == [] do
           {:error,
            Error.new(:unknown_agent, "no agent or bridge named #{inspect(name)} is running")}
         else
-          {:error,
-           Error.new(
-             :unavailable,
-             "#{inspect(name)} has no worker ready (it is starting or restarting)"
-           )}
+          {:error, not_ready(name)}
         end
+    end
+  end
+
+  # The registry raises when the application is not started: the check
+  # costs nothing on the path of a call that finds its worker.
+  defp lookup(name) do
+    Registry.lookup(SynapseCore.WorkerRegistry, name)
+  rescue
+    error in ArgumentError ->
+      with :ok <- SynapseCore.Application.check_started(), do: reraise(error, __STACKTRACE__)
+  end
+
+  # No worker serves: the cause, when retrying cannot fix it (a refused
+  # token, a module that does not load, ...), else :unavailable.
+  defp not_ready(name) do
+    causes =
+      for {_pid, error} <- Registry.lookup(SynapseCore.WorkerRegistry, down_key(name)), do: error
+
+    case Enum.find(causes, &Failure.permanent?/1) do
+      %Error{} = cause ->
+        cause
+
+      nil ->
+        Error.new(
+          :unavailable,
+          "#{inspect(name)} has no worker ready (it is starting or restarting)",
+          if(causes == [], do: %{}, else: %{last_error: hd(causes)})
+        )
     end
   end
 
@@ -75,17 +137,23 @@ defmodule SynapseCore.Workers do
   end
 
   @spec list(term()) :: [
-          %{pid: pid(), os_pid: pos_integer() | nil, address: String.t(), location: term()}
+          %{
+            pid: pid(),
+            os_pid: pos_integer() | nil,
+            address: String.t(),
+            location: term(),
+            stuck_threads: non_neg_integer() | nil
+          }
         ]
   def list(name) do
     for {pid, _value} <- Registry.lookup(SynapseCore.WorkerRegistry, name),
         # A worker being replaced is still registered for a moment.
         %{serving: true} = info <- [safe_info(pid)],
-        do: info |> Map.put(:pid, pid) |> Map.drop([:agent, :serving])
+        do: info |> Map.put(:pid, pid) |> Map.drop([:agent, :serving, :state])
   end
 
   defp safe_info(pid) do
-    AgentProcess.info(pid)
+    Worker.info(pid)
   catch
     :exit, _ -> nil
   end

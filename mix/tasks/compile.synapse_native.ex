@@ -9,6 +9,13 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   installed files, or when the profile changed. The profile is `release` in
   the `:prod` environment and `debug` otherwise; set
   `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly.
+
+  Cargo's target directory is `$CARGO_TARGET_DIR` when set. Otherwise it is
+  `target/` in this repository when synapse_core is the project being built,
+  and `synapse_native/` in the application's build directory (`_build/`,
+  shared by its Mix environments) when synapse_core is a dependency: nothing
+  is built inside the dependency's sources but the installed files. Keep that
+  directory between CI runs or Docker builds to skip the first compile.
   """
 
   use Mix.Task.Compiler
@@ -53,6 +60,24 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     File.read(stamp) != {:ok, Atom.to_string(profile)} or Mix.Utils.stale?(sources, outputs)
   end
 
+  @doc false
+  # Cargo's target directory for synapse_core at `root` built into the Mix
+  # build directory `build`, given the OS environment `env`.
+  @spec target_dir(Path.t(), Path.t(), %{String.t() => String.t()}) :: Path.t()
+  def target_dir(root, build, env) do
+    cond do
+      dir = env["CARGO_TARGET_DIR"] -> Path.expand(dir)
+      # This repository's own builds (dev, test, benchmarks) keep cargo's default.
+      Path.dirname(build) == Path.join(root, "_build") -> Path.join(root, "target")
+      # MIX_BUILD_PATH names one build directory: stay inside it.
+      env["MIX_BUILD_PATH"] -> Path.join(build, "synapse_native")
+      # _build/<env>: one cargo directory for every environment of the app.
+      true -> Path.join(Path.dirname(build), "synapse_native")
+    end
+  end
+
+  defp target_dir(root), do: target_dir(root, Mix.Project.build_path(), System.get_env())
+
   defp build(root, profile) do
     cargo =
       System.find_executable("cargo") ||
@@ -65,16 +90,22 @@ defmodule Mix.Tasks.Compile.SynapseNative do
       ["build", "--locked", "-p", "synapse_native", "-p", "synapse_shepherd"] ++
         if(profile == :release, do: ["--release"], else: [])
 
-    Mix.shell().info("Compiling synapse_core native code (cargo, #{profile})")
+    target = target_dir(root)
 
-    case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream()) do
+    Mix.shell().info(
+      "Compiling synapse_core native code (cargo, #{profile}, in #{Path.relative_to_cwd(target)})"
+    )
+
+    env = [{"CARGO_TARGET_DIR", target}]
+
+    case System.cmd(cargo, args, cd: root, env: env, stderr_to_stdout: true, into: IO.stream()) do
       {_, 0} -> :ok
       {_, status} -> Mix.raise("cargo build failed with exit status #{status}")
     end
   end
 
   defp install(root, profile) do
-    target = Path.join([root, "target", Atom.to_string(profile)])
+    target = Path.join(target_dir(root), Atom.to_string(profile))
 
     built_nif =
       Enum.find(

@@ -367,7 +367,7 @@ async def test_a_bridge_that_does_not_load_stops_the_worker_before_readiness(
     async with worker_process(
         tmp_path, "--bridge", "my_module", pythonpath=python_path()
     ) as worker:
-        assert await worker.exit_code() == 1
+        assert await worker.exit_code() == 78  # EX_CONFIG: failed before it was ready
         assert await worker.process.stdout.read() == b""
         assert "Traceback" in worker.stderr()
         assert "No module named 'synapse_bridge_my_module'" in worker.stderr()
@@ -383,7 +383,7 @@ async def test_a_stale_bridge_stops_the_worker_before_readiness(
     async with worker_process(
         tmp_path, "--bridge", FIXTURE, pythonpath=python_path(stale)
     ) as worker:
-        assert await worker.exit_code() == 1
+        assert await worker.exit_code() == 78  # EX_CONFIG: failed before it was ready
         assert await worker.process.stdout.read() == b""
         assert "StaleBridgeError" in worker.stderr()
 

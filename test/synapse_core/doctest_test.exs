@@ -6,5 +6,6 @@ defmodule SynapseCore.DoctestTest do
   doctest SynapseCore.Schema
   doctest SynapseCore.JSON
   doctest SynapseCore.Messages
-  doctest SynapseCore.Shepherd
+  doctest SynapseCore.Shepherd.Protocol
+  doctest SynapseCore.Worker
 end

@@ -4,7 +4,7 @@ defmodule SynapseCore.LifecycleTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Result}
+  alias SynapseCore.{Agent, Error, Probe, Result}
 
   @moduletag capture_log: true
 
@@ -117,8 +117,50 @@ defmodule SynapseCore.LifecycleTest do
 
       assert {:error, %Error{kind: :worker_exited}} = Task.await(caller, 10_000)
 
-      eventually(fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end)
+      eventually(
+        fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end,
+        30_000
+      )
+
       assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
+    end
+  end
+
+  describe "telemetry" do
+    test "a worker's start, readiness, exit and restart" do
+      name = unique_name()
+      test = self()
+      id = {__MODULE__, make_ref()}
+
+      :ok =
+        :telemetry.attach_many(
+          id,
+          for(event <- [:start, :ready, :exit, :restart], do: [:synapse, :worker, event]),
+          fn event, measurements, metadata, _ ->
+            if metadata.agent == name, do: send(test, {event, measurements, metadata})
+          end,
+          nil
+        )
+
+      on_exit(fn -> :telemetry.detach(id) end)
+
+      {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name))
+      assert_receive {[:synapse, :worker, :start], %{system_time: _}, %{worker: 0, attempt: 0}}
+
+      assert_receive {[:synapse, :worker, :ready], %{duration: duration},
+                      %{location: :local, os_pid: os_pid}}
+
+      assert duration > 0
+      System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+      assert_receive {[:synapse, :worker, :exit], _,
+                      %{os_pid: ^os_pid, error: %Error{kind: :worker_exited}}},
+                     10_000
+
+      assert_receive {[:synapse, :worker, :restart], %{delay: delay}, %{attempt: 1}}
+      assert delay > 0
+      assert_receive {[:synapse, :worker, :start], _, %{attempt: 1}}, 10_000
+      :ok = SynapseCore.stop_agent(name)
     end
   end
 
@@ -142,6 +184,95 @@ defmodule SynapseCore.LifecycleTest do
       assert File.exists?(socket)
       :ok = SynapseCore.stop_agent(name)
       refute File.exists?(Path.dirname(socket))
+    end
+  end
+
+  describe "lifecycle races" do
+    test "a starter that dies before a failing first start reports leaves no agent behind" do
+      name = unique_name()
+      opts = fixture_agent("x", name: name, agent: "synapse_fixtures.broken_import:agent")
+
+      starter = spawn(fn -> SynapseCore.start_agent(opts) end)
+      eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) != [] end)
+      Process.exit(starter, :kill)
+
+      # The failed start takes the agent down by itself: the name is free.
+      eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) == [] end, 30_000)
+      assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, "hi")
+      assert {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name))
+      assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+      :ok = SynapseCore.stop_agent(name)
+    end
+
+    test "stop_agent during start_agent: the starter gets an error, not an exit" do
+      name = unique_name()
+
+      starting =
+        Task.async(fn -> SynapseCore.start_agent(fixture_agent("echo_agent", name: name)) end)
+
+      eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) != [] end)
+
+      assert :ok = SynapseCore.stop_agent(name)
+
+      assert {:error, %Error{kind: :cancelled, message: message}} = Task.await(starting, 30_000)
+      assert message =~ "stopped"
+      assert Registry.lookup(SynapseCore.AgentRegistry, name) == []
+    end
+
+    test "stop_agent after a probe is not held up by the probe's session" do
+      # A worker grace far longer than the bound below: were the session
+      # stream left open, the worker would wait for it that long.
+      name = unique_name()
+
+      {:ok, _} =
+        SynapseCore.start_agent(fixture_agent("echo_agent", name: name, shutdown_timeout: 60_000))
+
+      [%{os_pid: os_pid}] = await_workers(name)
+      assert {:ok, "ping"} = Probe.echo(name, "ping")
+
+      stopping = Task.async(fn -> SynapseCore.stop_agent(name) end)
+      assert {:ok, :ok} = Task.yield(stopping, 20_000) || Task.shutdown(stopping)
+      refute os_alive?(os_pid)
+    end
+  end
+
+  describe "a permanent misconfiguration fails calls fast too" do
+    test "a worker that can no longer load its agent: calls answer :startup_failed" do
+      dir = Path.join(System.tmp_dir!(), "synapse-gone-#{System.unique_integer([:positive])}")
+      File.mkdir_p!(Path.join(dir, "gone_pkg"))
+      File.write!(Path.join(dir, "gone_pkg/__init__.py"), "")
+
+      File.write!(
+        Path.join(dir, "gone_pkg/agents.py"),
+        "from pydantic_ai import Agent\nagent = Agent('test')\n"
+      )
+
+      on_exit(fn -> File.rm_rf!(dir) end)
+
+      name =
+        start_fixture_agent!("x",
+          agent: "gone_pkg.agents:agent",
+          python_path: [dir],
+          max_backoff: 200
+        )
+
+      os_pid = worker_os_pid(name)
+      File.rm_rf!(Path.join(dir, "gone_pkg"))
+      System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+      {:error, error} =
+        eventually(
+          fn ->
+            case Agent.run_sync(name, "hi") do
+              {:error, %Error{kind: :startup_failed}} = failed -> failed
+              _other -> false
+            end
+          end,
+          30_000
+        )
+
+      assert error.message =~ "No module named 'gone_pkg'"
+      assert error.details.permanent
     end
   end
 end

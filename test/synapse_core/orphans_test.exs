@@ -4,7 +4,108 @@ defmodule SynapseCore.OrphansTest do
 
   import SynapseCore.TestHelpers
 
+  alias SynapseCore.{Agent, Result, Shepherd}
+
   @moduletag capture_log: true
+
+  # An agent whose worker starts a long-lived subprocess (`sleep`), in the
+  # worker's process group; returns what the tests look at, and a function
+  # reading the pids of every such subprocess started so far.
+  defp start_grandchild_agent(extra \\ []) do
+    dir = Path.join(System.tmp_dir!(), "synapse-orphans-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    pids = Path.join(dir, "pids")
+    name = unique_name()
+
+    opts =
+      fixture_agent("x",
+        name: name,
+        agent: "synapse_fixtures.grandchild:agent",
+        env: [{"SYNAPSE_TEST_GRANDCHILD_PID", pids}]
+      )
+
+    {:ok, _} = SynapseCore.start_agent(Keyword.merge(opts, extra))
+
+    on_exit(fn ->
+      SynapseCore.stop_agent(name)
+      File.rm_rf!(dir)
+    end)
+
+    grandchildren = fn -> read_pids(pids) end
+    [%{pid: worker}] = await_workers(name)
+    Map.merge(%{name: name, grandchildren: grandchildren}, processes(worker, grandchildren))
+  end
+
+  # The worker's processes, on both sides.
+  defp processes(worker, grandchildren) do
+    {_state, data} = :sys.get_state(worker)
+
+    %{
+      worker: worker,
+      os_pid: data.os_pid,
+      grandchild: List.last(grandchildren.()),
+      shepherd: data.shepherd,
+      shepherd_os_pid: Shepherd.os_pid(data.shepherd)
+    }
+  end
+
+  defp read_pids(file) do
+    file |> File.read!() |> String.split("\n", trim: true) |> Enum.map(&String.to_integer/1)
+  end
+
+  defp signal(os_pid, signal), do: System.cmd("kill", ["-#{signal}", Integer.to_string(os_pid)])
+
+  defp all_gone?(os_pids), do: not Enum.any?(os_pids, &os_alive?/1)
+
+  describe "no process of a worker's group survives" do
+    test "a SIGKILLed shepherd: its worker's subprocess dies too, and a new worker serves" do
+      agent = start_grandchild_agent()
+
+      signal(agent.shepherd_os_pid, "KILL")
+
+      eventually(fn -> all_gone?([agent.os_pid, agent.grandchild]) end)
+      eventually(fn -> length(agent.grandchildren.()) == 2 end, 30_000)
+      await_workers(agent.name)
+      assert {:ok, %Result{}} = Agent.run_sync(agent.name, "hi")
+    end
+
+    test "a stopped (SIGSTOP) shepherd: stop_agent ends the group and the shepherd itself" do
+      agent = start_grandchild_agent(shutdown_timeout: 500)
+
+      signal(agent.shepherd_os_pid, "STOP")
+      assert :ok = SynapseCore.stop_agent(agent.name)
+
+      assert all_gone?([agent.os_pid, agent.grandchild, agent.shepherd_os_pid])
+    end
+
+    test "the BEAM-side processes killed: the worker's group goes with them" do
+      agent = start_grandchild_agent()
+
+      Process.exit(agent.worker, :kill)
+      eventually(fn -> all_gone?([agent.os_pid, agent.grandchild]) end, 10_000)
+      eventually(fn -> not Process.alive?(agent.shepherd) end)
+
+      # Its replacement; then the same with the shepherd's BEAM process.
+      eventually(fn -> length(agent.grandchildren.()) == 2 end, 30_000)
+      [%{pid: worker}] = await_workers(agent.name)
+      replacement = processes(worker, agent.grandchildren)
+
+      Process.exit(replacement.shepherd, :kill)
+      eventually(fn -> all_gone?([replacement.os_pid, replacement.grandchild]) end, 10_000)
+    end
+
+    test "the BEAM-side process killed while its shepherd is stopped" do
+      agent = start_grandchild_agent(shutdown_timeout: 500)
+
+      signal(agent.shepherd_os_pid, "STOP")
+      Process.exit(agent.worker, :kill)
+
+      eventually(
+        fn -> all_gone?([agent.os_pid, agent.grandchild, agent.shepherd_os_pid]) end,
+        10_000
+      )
+    end
+  end
 
   test "stopping the application stops every worker" do
     name = unique_name()

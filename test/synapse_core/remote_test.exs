@@ -20,11 +20,10 @@ defmodule SynapseCore.RemoteTest do
   end
 
   # Starts `python -m synapse_python.worker` on TCP, as another system
-  # would; returns {port, address}. It runs under synapse-shepherd only so
-  # that it cannot outlive the test.
-  defp start_remote_worker(tls, agent, listen_port \\ 0) do
+  # would; returns {shepherd, address}. It runs under synapse-shepherd only
+  # so that it cannot outlive the test.
+  defp start_remote_worker(tls, agent, listen_port \\ 0, token \\ @token) do
     {:ok, python} = SynapseCore.Python.interpreter()
-    shepherd = Path.join(SynapseCore.Python.priv_dir(), "bin/synapse-shepherd")
 
     config = %{
       argv: [
@@ -43,54 +42,61 @@ defmodule SynapseCore.RemoteTest do
       env: [
         {"PATH", System.get_env("PATH")},
         {"PYTHONPATH", "#{SynapseCore.Python.package_dir()}:#{fixtures_path()}"},
-        {"SYNAPSE_WORKER_TOKEN", @token}
+        {"SYNAPSE_WORKER_TOKEN", token},
+        Shepherd.log_fd_env()
       ],
       cwd: nil,
       grace_ms: 1_000,
       cleanup: nil
     }
 
-    port = Port.open({:spawn_executable, shepherd}, [:binary, {:packet, 4}, :exit_status])
-    Port.command(port, Shepherd.encode_config(config))
-    {port, await_ready(port)}
+    {:ok, shepherd} = Shepherd.start_link(config)
+    {shepherd, await_ready(shepherd)}
   end
 
-  defp await_ready(port) do
+  defp await_ready(shepherd) do
     receive do
-      {^port, {:data, data}} ->
-        case Shepherd.decode(data) do
-          {:ready, address} -> address
-          {:exited, status} -> flunk("the remote worker exited: #{inspect(status)}")
-          _output -> await_ready(port)
-        end
+      {:shepherd, ^shepherd, {:ready, address}} ->
+        address
+
+      {:shepherd, ^shepherd, {:exited, exit}} ->
+        flunk("the remote worker exited: #{exit.message}")
     after
       30_000 -> flunk("the remote worker did not start")
     end
   end
 
-  defp kill(port), do: Port.command(port, Shepherd.encode_signal(9))
+  defp kill(shepherd), do: Shepherd.kill(shepherd)
+
+  # A port nothing listens on (for a while): where a worker will come later.
+  defp free_port do
+    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+    {:ok, port} = :inet.port(socket)
+    :gen_tcp.close(socket)
+    port
+  end
 
   defp remote_agent(address, tls, extra) do
-    name = unique_name()
+    opts = remote_options(address, tls, extra)
+    start_supervised!({Agent, opts}, id: opts[:name])
+    opts[:name]
+  end
 
-    opts =
-      Keyword.merge(
-        [
-          name: name,
-          agent: "synapse_fixtures.agents:echo_agent",
-          workers: 0,
-          remote: [address],
-          tls: [ca: tls.cert, server_name: "localhost"],
-          token: @token,
-          health_interval: 200,
-          health_timeout: 500,
-          max_backoff: 500
-        ],
-        extra
-      )
-
-    start_supervised!({Agent, opts}, id: name)
-    name
+  defp remote_options(address, tls, extra) do
+    Keyword.merge(
+      [
+        name: unique_name(),
+        agent: "synapse_fixtures.agents:echo_agent",
+        workers: 0,
+        remote: [address],
+        tls: [ca: tls.cert, server_name: "localhost"],
+        token: @token,
+        health_interval: 200,
+        health_timeout: 500,
+        max_backoff: 500
+      ],
+      extra
+    )
   end
 
   test "a remote worker attached by address serves the agent", tls do
@@ -104,19 +110,64 @@ defmodule SynapseCore.RemoteTest do
     assert {:result, %Result{}} = List.last(events)
   end
 
-  test "a wrong token is refused: the worker never serves the agent", tls do
-    {_port, address} = start_remote_worker(tls, "echo_agent")
+  describe "a remote worker that refuses the agent fails its start with its own kind" do
+    test "a wrong token", tls do
+      {_shepherd, address} = start_remote_worker(tls, "echo_agent")
 
-    log =
-      capture_log(fn ->
-        name = remote_agent(address, tls, token: "not-the-token")
-        Process.sleep(1_500)
-        assert Agent.workers(name) == []
-        assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(name, "hi")
-      end)
+      log =
+        capture_log(fn ->
+          assert {:error, %Error{kind: :unauthenticated} = error} =
+                   SynapseCore.start_agent(remote_options(address, tls, token: "not-the-token"))
 
-    assert log =~ "unauthenticated" or log =~ "missing or invalid bearer token"
-    refute log =~ @token
+          refute inspect(error, limit: :infinity) =~ @token
+        end)
+
+      refute log =~ @token
+    end
+
+    test "a certificate not valid for the server name", tls do
+      {_shepherd, address} = start_remote_worker(tls, "echo_agent")
+      tls_options = [ca: tls.cert, server_name: "elsewhere.example"]
+
+      assert {:error, %Error{kind: :tls_error, message: message}} =
+               SynapseCore.start_agent(remote_options(address, tls, tls: tls_options))
+
+      assert message =~ "certificate"
+    end
+
+    test "a certificate from an unknown authority", tls do
+      {_shepherd, address} = start_remote_worker(tls, "echo_agent")
+      other = Path.join(Path.dirname(tls.cert), "other")
+      {_, 0} = System.cmd(Path.expand("../support/make_test_cert.sh", __DIR__), [other])
+      tls_options = [ca: Path.join(other, "cert.pem"), server_name: "localhost"]
+
+      assert {:error, %Error{kind: :tls_error}} =
+               SynapseCore.start_agent(remote_options(address, tls, tls: tls_options))
+    end
+
+    test "a module the remote worker cannot import", tls do
+      {_shepherd, address} = start_remote_worker(tls, "echo_agent")
+
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               SynapseCore.start_agent(
+                 remote_options(address, tls, agent: "synapse_fixtures.nope:agent")
+               )
+
+      assert message =~ "No module named 'synapse_fixtures.nope'"
+    end
+  end
+
+  test "a remote worker not up yet is waited for in the background", tls do
+    listen_port = free_port()
+    address = "tcp://127.0.0.1:#{listen_port}"
+
+    {:ok, _} = SynapseCore.start_agent(remote_options(address, tls, name: name = unique_name()))
+    on_exit(fn -> SynapseCore.stop_agent(name) end)
+    assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(name, "hi")
+
+    {_shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
+    await_workers(name, 1, 20_000)
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
   end
 
   test "the token never shows in inspected state, crash reports or logs", tls do
@@ -142,22 +193,30 @@ defmodule SynapseCore.RemoteTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
   end
 
-  test "a remote worker that goes away is health-checked out and reconnected", tls do
-    {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
-    {:ok, listen_port} = :inet.port(socket)
-    :gen_tcp.close(socket)
+  test "a remote worker that goes away is health-checked out and reconnected; one that comes back refusing the token makes calls answer :unauthenticated",
+       tls do
+    listen_port = free_port()
 
-    {port, address} = start_remote_worker(tls, "echo_agent", listen_port)
+    {shepherd, address} = start_remote_worker(tls, "echo_agent", listen_port)
     name = remote_agent(address, tls, [])
     await_workers(name)
 
-    kill(port)
+    kill(shepherd)
     eventually(fn -> Agent.workers(name) == [] end, 10_000)
     assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(name, "hi")
 
-    {_port, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
+    {shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
     await_workers(name, 1, 20_000)
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+
+    kill(shepherd)
+    eventually(fn -> Agent.workers(name) == [] end, 10_000)
+    {_shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port, "another-token")
+
+    eventually(
+      fn -> match?({:error, %Error{kind: :unauthenticated}}, Agent.run_sync(name, "hi")) end,
+      20_000
+    )
   end
 
   test "remote workers require TLS and a token" do

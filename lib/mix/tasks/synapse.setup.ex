@@ -1,133 +1,105 @@
 defmodule Mix.Tasks.Synapse.Setup do
-  @shortdoc "Creates the Python virtualenv for Synapse's workers"
+  @shortdoc "Builds the application's Python environment for Synapse's workers (uv)"
   @moduledoc """
-  Prepares the Python side of Synapse: creates the virtualenv at
-  `priv/python/.venv`, installs the pinned packages of
-  `priv/python/requirements.txt` into it, and generates the Python gRPC
-  stubs from `proto/`.
+  Builds the Python environment Synapse's workers run in, from the packages
+  the application declares, with [uv](https://docs.astral.sh/uv/):
 
-      mix synapse.setup [--dev] [--python python3.11]
+      # config/config.exs
+      config :synapse_core,
+        python_packages: ["pydantic-ai-slim[anthropic,google,logfire]", "my-lib>=1.2"],
+        python_dev_packages: ["pytest"]
 
-    * `--dev` - also installs the test and lint tools
-      (`priv/python/requirements-dev.txt`).
-    * `--python` - the interpreter that creates the virtualenv (Python 3.11
-      or later). Defaults to `$SYNAPSE_BOOTSTRAP_PYTHON`, then `python3`.
+      mix synapse.setup [--dev | --no-dev] [--python PYTHON] [--locked | --upgrade] [--quiet]
 
-  Safe to run again: packages are reinstalled only when the requirements
-  changed, stubs only when the proto files did.
+  Synapse's own pinned runtime packages (`priv/python/requirements.txt` of
+  synapse_core) are added to `:python_packages`. Any PEP 508 requirement
+  works (versions, extras, markers, URLs). Put both keys in
+  `config/config.exs`: every Mix environment reads the same lock.
+
+  What it does:
+
+    1. locks the packages into `python.lock` at the application's root
+       (uv's lock format, for every platform): commit it. An existing lock is
+       kept as it is as far as the config allows, so adding a package does
+       not upgrade the others;
+    2. installs exactly the locked packages into
+       `_build/<MIX_ENV>/synapse_python/.venv`: the dev packages in the dev
+       and test environments, never in `:prod`;
+    3. generates the Python gRPC stubs of Synapse's wire contract.
+
+  Nothing is written inside the synapse_core dependency but those stubs.
+  When neither the config, the lock nor the options changed since the last
+  run, it only checks that and returns. `SynapseCore.Python` finds the
+  environment at run time; releases build their own with
+  `SynapseCore.Release`.
+
+  uv comes from PyPI (`python3 -m pip install --user uv`, or `pipx install
+  uv`); `./script/setup` of synapse_core installs it. Set `SYNAPSE_UV` to use
+  a particular executable.
+
+  Options:
+
+    * `--dev` / `--no-dev` - install the `:python_dev_packages` or not.
+      Defaults to `--dev` in every environment but `:prod`.
+    * `--python` - the interpreter uv builds the environment on: a path, a
+      command or a version (`3.12`). Defaults to `$SYNAPSE_BOOTSTRAP_PYTHON`,
+      then uv's own choice (the first Python 3.11+ it finds).
+    * `--locked` - fail instead of changing `python.lock` (for CI).
+    * `--upgrade` - upgrade every package to the newest allowed version.
+    * `--quiet` - print only errors.
   """
 
   use Mix.Task
 
-  @runtime_requirements "priv/python/requirements.txt"
-  @dev_requirements "priv/python/requirements-dev.txt"
+  alias Mix.Synapse.PythonEnv
+
+  @switches [dev: :boolean, python: :string, locked: :boolean, upgrade: :boolean, quiet: :boolean]
 
   @impl Mix.Task
   def run(args) do
-    {opts, _} = OptionParser.parse!(args, strict: [dev: :boolean, python: :string])
-    root = root()
-    venv = Path.join(root, "priv/python/.venv")
-    python = Path.join(venv, "bin/python")
+    {opts, _} = OptionParser.parse!(args, strict: @switches)
+    started = System.monotonic_time(:millisecond)
+    env = PythonEnv.declared()
+    remove_legacy_venv(env.synapse_root)
 
-    unless File.exists?(python), do: create_venv(venv, bootstrap_python(opts[:python]))
+    build_opts = [
+      dev: Keyword.get(opts, :dev, Mix.env() != :prod),
+      python: opts[:python] || System.get_env("SYNAPSE_BOOTSTRAP_PYTHON"),
+      lock: lock_mode(opts),
+      quiet: Keyword.get(opts, :quiet, false)
+    ]
 
-    requirements =
-      Path.join(root, if(opts[:dev], do: @dev_requirements, else: @runtime_requirements))
+    {status, python} = PythonEnv.build(env, PythonEnv.build_dir(), build_opts)
+    stubs = Path.join(env.synapse_root, "priv/python/synapse_python/_proto")
+    PythonEnv.generate_stubs(python, env.synapse_root, stubs)
 
-    install(python, requirements, venv, root)
-    generate_stubs(python, root)
-    Mix.shell().info("Synapse's Python environment is ready: #{python}")
-  end
+    unless opts[:quiet] do
+      elapsed = System.monotonic_time(:millisecond) - started
+      what = if status == :noop, do: "up to date", else: "ready"
 
-  defp root do
-    if Mix.Project.config()[:app] == :synapse_core,
-      do: File.cwd!(),
-      else: Mix.Project.deps_paths() |> Map.fetch!(:synapse_core)
-  end
-
-  defp bootstrap_python(explicit) do
-    candidate = explicit || System.get_env("SYNAPSE_BOOTSTRAP_PYTHON") || "python3"
-
-    python =
-      System.find_executable(candidate) ||
-        Mix.raise("Python not found: #{candidate}. Install Python 3.11 or later.")
-
-    {version, 0} = System.cmd(python, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-
-    [major, minor] =
-      version |> String.trim() |> String.split(".") |> Enum.map(&String.to_integer/1)
-
-    if {major, minor} < {3, 11} do
-      Mix.raise("Synapse needs Python 3.11 or later; #{python} is #{String.trim(version)}")
-    end
-
-    python
-  end
-
-  defp create_venv(venv, python) do
-    Mix.shell().info("Creating the Python virtualenv at #{venv}")
-
-    cmd!(
-      python,
-      ["-m", "venv", venv],
-      "creating the virtualenv (on Debian: apt-get install python3-venv)"
-    )
-  end
-
-  defp install(python, requirements, venv, root) do
-    # Hash of every requirements file, so that a change in the base file
-    # also reinstalls a --dev environment.
-    digest =
-      [@runtime_requirements, @dev_requirements, requirements]
-      |> Enum.map(&File.read!(Path.expand(&1, root)))
-      |> then(&:erlang.md5(&1))
-      |> Base.encode16()
-
-    stamp = Path.join(venv, ".synapse-requirements")
-
-    if File.read(stamp) != {:ok, digest <> Path.basename(requirements)} do
-      Mix.shell().info("Installing #{Path.relative_to(requirements, root)} into the virtualenv")
-      cmd!(python, ["-m", "pip", "install", "--quiet", "--upgrade", "pip"], "upgrading pip")
-      cmd!(python, ["-m", "pip", "install", "--quiet", "-r", requirements], "installing packages")
-      File.write!(stamp, digest <> Path.basename(requirements))
-    end
-  end
-
-  defp generate_stubs(python, root) do
-    # Only our own contract: the health protocol comes with grpcio-health-checking.
-    protos = Path.wildcard(Path.join(root, "proto/synapse/**/*.proto"))
-    out = Path.join(root, "priv/python/synapse_python/_proto")
-    outputs = Enum.map(protos, &stub_path(&1, root, out))
-
-    if Mix.Utils.stale?(protos, outputs) do
-      File.rm_rf!(out)
-      File.mkdir_p!(out)
-
-      cmd!(
-        python,
-        [
-          "-m",
-          "grpc_tools.protoc",
-          "-I",
-          Path.join(root, "proto"),
-          "--python_out=" <> out,
-          "--pyi_out=" <> out
-        ] ++
-          protos,
-        "generating the Python stubs"
+      Mix.shell().info(
+        "Python environment #{what}: #{Path.relative_to_cwd(python)} (#{elapsed} ms)"
       )
     end
   end
 
-  defp stub_path(proto, root, out) do
-    relative = Path.relative_to(proto, Path.join(root, "proto"))
-    Path.join(out, Path.rootname(relative) <> "_pb2.py")
+  defp lock_mode(opts) do
+    case {opts[:locked], opts[:upgrade]} do
+      {true, true} -> Mix.raise("--locked and --upgrade cannot be combined")
+      {true, _} -> :check
+      {_, true} -> :upgrade
+      _ -> :update
+    end
   end
 
-  defp cmd!(executable, args, what) do
-    case System.cmd(executable, args, stderr_to_stdout: true, into: IO.stream()) do
-      {_, 0} -> :ok
-      {_, status} -> Mix.raise("#{what} failed (exit status #{status})")
+  # Before uv, the environment lived in the dependency's own priv directory,
+  # where `mix release` copied it into every release.
+  defp remove_legacy_venv(synapse_root) do
+    legacy = Path.join(synapse_root, "priv/python/.venv")
+
+    if File.dir?(legacy) do
+      Mix.shell().info("==> removing the old environment at #{Path.relative_to_cwd(legacy)}")
+      File.rm_rf!(legacy)
     end
   end
 end

@@ -28,7 +28,10 @@ defmodule SynapseCore.Agent.Options do
     :health_interval,
     :health_timeout,
     :max_backoff,
-    :max_message_bytes
+    :max_message_bytes,
+    :log_level,
+    :await_ready,
+    :max_stuck_threads
   ]
 
   @type source ::
@@ -48,14 +51,17 @@ defmodule SynapseCore.Agent.Options do
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
           token: (() -> String.t()) | nil,
           tools: [SynapseCore.Tool.t()],
-          python_path: [String.t()],
+          python_path: [SynapseCore.Python.path_entry()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
           shutdown_timeout: non_neg_integer(),
           health_interval: pos_integer() | :infinity,
           health_timeout: pos_integer(),
           max_backoff: pos_integer(),
-          max_message_bytes: pos_integer()
+          max_message_bytes: pos_integer(),
+          log_level: SynapseCore.Worker.log_level(),
+          await_ready: boolean(),
+          max_stuck_threads: non_neg_integer()
         }
 
   @max_workers 256
@@ -96,13 +102,19 @@ defmodule SynapseCore.Agent.Options do
       doc: "the Python interpreter; see `SynapseCore.Python` for the default."
     ],
     python_path: [
-      type: {:list, {:custom, &__MODULE__.cast_path/1, "a path without NUL bytes"}},
+      type:
+        {:list,
+         {:custom, &SynapseCore.Python.cast_path_entry/1,
+          "a path, or {app, path} for a path inside an OTP application"}},
       default: [],
-      doc_type: "a list of paths",
+      doc_type: "a list of paths and `{app, path}` tuples",
       doc: """
       directories prepended to the worker's `PYTHONPATH`, where the
       Python modules are found. Relative paths are expanded against the
-      current directory when the options are validated.
+      current directory when the options are validated; `{app, path}`
+      (such as `{:my_app, "priv/python"}`) is `path` inside the OTP
+      application `app` wherever it is installed, resolved when each
+      worker starts (see `SynapseCore.Python`).
       """
     ],
     env: [
@@ -122,13 +134,57 @@ defmodule SynapseCore.Agent.Options do
       default: 30_000,
       doc: """
       milliseconds a worker has to start, import the agent and be ready.
-      A first start that misses it fails `start_link/1`.
+      A worker that misses it fails its start with `:startup_failed`: with
+      `await_ready: true`, `start_link/1` returns that error (in a
+      supervision tree, the application does not start); with
+      `await_ready: false`, see that option.
       """
     ],
     shutdown_timeout: [
       type: {:integer, 0, Options.max_ms()},
       default: 5_000,
-      doc: "milliseconds a stopping worker has between SIGTERM and SIGKILL."
+      doc: """
+      milliseconds a stopping worker has between SIGTERM and SIGKILL; the
+      worker gives its calls in flight most of it to finish.
+      """
+    ],
+    await_ready: [
+      type: :boolean,
+      default: true,
+      doc: """
+      whether `start_link/1` waits for the workers' first start (`true`) or
+      returns as soon as the processes exist (`false`): then the workers
+      start in the background, the agents of a supervision tree start in
+      parallel, and calls get `:unavailable` until a worker serves.
+      `SynapseCore.AwaitReady` (a child placed after the agents) or
+      `SynapseCore.await_ready/2` waits for them, failing with the first
+      worker that cannot start. A worker whose first start fails for good
+      answers every call with that error.
+      """
+    ],
+    log_level: [
+      type: {:in, SynapseCore.Worker.log_levels()},
+      doc: """
+      the level of Python's logging in the workers: records below it are
+      not even written. Each record becomes one Logger entry, at its level,
+      with its traceback in the message and `:agent`, `:worker`,
+      `:worker_os_pid` and `:python_logger` in the metadata; each line of
+      `print()` output one entry at `:info`. A worker's entries are rate
+      limited (#{SynapseCore.Shepherd.Log.rate()} a second, with a summary of
+      what was dropped). Defaults to the application environment's
+      `:python_log_level` (`config :synapse_core, python_log_level: :debug`),
+      else `:info`.
+      """
+    ],
+    max_stuck_threads: [
+      type: {:integer, 0, Options.max_int32()},
+      default: 10,
+      doc: """
+      how many threads of sync Python tools may still run after their run
+      ended (timed out, cancelled: Python cannot stop a thread) before the
+      worker reports itself unhealthy and is replaced, once its calls in
+      flight are done. `SynapseCore.Agent.workers/1` shows the count.
+      """
     ],
     health_interval: [
       type: {:timeout, 1},
@@ -470,8 +526,24 @@ defmodule SynapseCore.Agent.Options do
       health_interval: options.health_interval,
       health_timeout: options.health_timeout,
       max_backoff: options.max_backoff,
-      max_message_bytes: options.max_message_bytes
+      max_message_bytes: options.max_message_bytes,
+      log_level: options[:log_level] || configured_log_level(),
+      await_ready: options.await_ready,
+      max_stuck_threads: options.max_stuck_threads
     }
+  end
+
+  defp configured_log_level do
+    level = Application.get_env(:synapse_core, :python_log_level, :info)
+
+    unless level in SynapseCore.Worker.log_levels() do
+      raise ArgumentError,
+            "invalid :python_log_level in the :synapse_core application environment: " <>
+              "expected #{Options.describe({:in, SynapseCore.Worker.log_levels()})}, " <>
+              "got: #{inspect(level)}"
+    end
+
+    level
   end
 
   defp source!(options) do
@@ -551,13 +623,6 @@ defmodule SynapseCore.Agent.Options do
   end
 
   def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
-
-  @doc false
-  def cast_path(path) do
-    if Options.cast(:os_string, path) == {:ok, path},
-      do: {:ok, Path.expand(path)},
-      else: {:error, "expected a path without NUL bytes"}
-  end
 
   @doc false
   def cast_env(env) when is_map(env), do: cast_env(Map.to_list(env))

@@ -38,6 +38,11 @@ pub enum Error {
     /// The worker cannot be reached (connection refused, socket gone).
     #[error("{0}")]
     Unavailable(String),
+    /// The TLS handshake with a worker failed: its certificate is not valid
+    /// for the name, not signed by the given CA, expired, ... Retrying does
+    /// not help; the configuration must change.
+    #[error("{0}")]
+    Tls(String),
     /// Data beyond a limit Synapse sets (nesting depth, size).
     #[error("{0}")]
     LimitExceeded(String),
@@ -206,6 +211,7 @@ impl Error {
             Self::Cancelled => "cancelled",
             Self::WorkerExited => "worker_exited",
             Self::Unavailable(_) => "unavailable",
+            Self::Tls(_) => "tls_error",
             Self::LimitExceeded(_) => "resource_exhausted",
             Self::Unrepresentable(_) => "unrepresentable",
             Self::Protocol(_) => "protocol_error",
@@ -219,6 +225,29 @@ impl Error {
 /// A deadline tonic enforced itself is not a transport failure.
 pub fn is_transport_failure(status: &Status) -> bool {
     std::error::Error::source(status).is_some() && !is_client_deadline(status)
+}
+
+/// The TLS failure behind a transport failure, if that is what it is: the
+/// handshake refused the worker's certificate (or the worker refused ours).
+pub fn tls_failure(status: &Status, address: &str) -> Option<Error> {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        // `io::Error::source` skips the error it wraps: look inside.
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(error), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(Error::Tls(format!(
+                    "the TLS handshake with the worker at {address} failed: {tls} \
+                     (check the :tls option's :ca and :server_name)"
+                )));
+            }
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// True when tonic cancelled the call because the request's own deadline
@@ -395,6 +424,24 @@ mod tests {
         assert!(!is_transport_failure(&Status::unavailable("x")));
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         assert!(is_transport_failure(&Status::from_error(Box::new(io))));
+    }
+
+    #[test]
+    fn tls_failures_are_found_inside_io_errors() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let status = Status::from_error(Box::new(io));
+        let error = tls_failure(&status, "tcp://h:1").expect("a TLS failure");
+        assert_eq!(error.kind_name(), "tls_error");
+        assert!(error.to_string().contains("tcp://h:1"), "{error}");
+
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            tls_failure(&Status::from_error(Box::new(refused)), "tcp://h:1"),
+            None
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Loading agents into a worker (`SynapseCore.AgentProcess`).
+//! Loading agents into a worker (`SynapseCore.Worker`).
 
 use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
 

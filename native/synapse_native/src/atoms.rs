@@ -12,6 +12,7 @@ rustler::atoms! {
     synapse_run_done,
     serving,
     nif,
+    not_found,
     not_serving,
     unknown,
     tool_call,

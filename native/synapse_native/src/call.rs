@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
-use synapse_client::error::is_transport_failure;
+use synapse_client::error::{is_transport_failure, tls_failure};
 use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
@@ -284,7 +284,11 @@ where
     if !is_transport_failure(&status) {
         return Err(Error::from_status(&status));
     }
-    // The connection broke. If the worker died, its AgentProcess closes the
+    // The handshake refused the worker: not a worker that exited.
+    if let Some(error) = tls_failure(&status, &channel.address) {
+        return Err(error);
+    }
+    // The connection broke. If the worker died, its Worker closes the
     // channel as soon as the shepherd reports the exit: wait for that, so the
     // caller learns the real cause.
     tokio::select! {

@@ -300,9 +300,16 @@ fn channel_load(channel: ResourceArc<ChannelResource>) -> usize {
 }
 
 /// Marks the worker gone: every call in flight on the channel, and every
-/// later one, answers `:worker_exited`.
+/// later one, answers `:worker_exited`. The channel's session stream ends
+/// too (its last sender dropped, it half-closes): a worker that is stopping
+/// does not wait for it through its whole grace period.
 #[rustler::nif]
 fn channel_close(channel: ResourceArc<ChannelResource>) -> Atom {
     channel.closed.cancel();
+    channel
+        .session
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     atoms::ok()
 }

@@ -17,6 +17,7 @@ mod messages;
 mod reply;
 mod run;
 mod runtime;
+mod shepherd;
 mod terms;
 
 rustler::init!("Elixir.SynapseCore.Native");

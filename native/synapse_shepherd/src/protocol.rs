@@ -20,6 +20,9 @@ pub const TAG_CONFIG: u8 = b'C';
 pub const TAG_KILL: u8 = b'K';
 /// Tag of the graceful stop frame (BEAM -> shepherd).
 pub const TAG_STOP: u8 = b'S';
+/// Tag of the acknowledgement of output frames (BEAM -> shepherd): a
+/// big-endian `u32` count of "O", "E", "L" and "R" frames handled.
+pub const TAG_ACK: u8 = b'A';
 
 /// Tag of the "worker spawned" frame (shepherd -> BEAM).
 pub const TAG_PID: u8 = b'P';
@@ -27,6 +30,9 @@ pub const TAG_PID: u8 = b'P';
 pub const TAG_STDOUT: u8 = b'O';
 /// Tag of a worker stderr line, also used for the shepherd's own diagnostics.
 pub const TAG_STDERR: u8 = b'E';
+/// Tag of a line the worker wrote on its log descriptor (shepherd -> BEAM):
+/// one structured log record per line.
+pub const TAG_LOG: u8 = b'L';
 /// Tag of the readiness announcement (shepherd -> BEAM).
 pub const TAG_READY: u8 = b'R';
 /// Tag of the spawn failure report (shepherd -> BEAM).
@@ -128,6 +134,8 @@ pub enum Command {
     Kill(u8),
     /// SIGTERM the group, SIGKILL it after the grace period.
     Stop,
+    /// The BEAM handled this many output frames: as many more may be sent.
+    Ack(u32),
     /// Anything else; the message explains what was wrong, and is reported
     /// to the BEAM but otherwise ignored.
     Invalid(String),
@@ -143,6 +151,11 @@ pub fn decode_command(payload: &[u8]) -> Command {
             rest.len()
         )),
         [TAG_STOP] => Command::Stop,
+        [TAG_ACK, a, b, c, d] => Command::Ack(u32::from_be_bytes([*a, *b, *c, *d])),
+        [TAG_ACK, rest @ ..] => Command::Invalid(format!(
+            "malformed A frame ignored: expected a 4-byte count, got {} bytes",
+            rest.len()
+        )),
         [TAG_STOP, rest @ ..] => Command::Invalid(format!(
             "malformed S frame ignored: expected no payload, got {} bytes",
             rest.len()
@@ -165,6 +178,13 @@ pub struct Config {
     pub grace: Duration,
     /// Directory removed recursively once the worker is gone.
     pub cleanup: Option<PathBuf>,
+    /// Output frames ("O", "E", "L", "R") that may be sent before the BEAM
+    /// acknowledges them; past it, the worker's pipes are no longer read,
+    /// and a worker that writes more blocks until the BEAM catches up.
+    pub window: u32,
+    /// The descriptor number (3 or more) on which the worker finds the write
+    /// end of its log pipe, whose lines become "L" frames; 0 for none.
+    pub log_fd: u32,
 }
 
 /// Why a config frame was rejected.
@@ -184,6 +204,10 @@ pub enum ConfigError {
     NoProgram,
     /// An environment entry had no `=` or an empty key.
     BadEnv(String),
+    /// The window was zero: no output could ever be sent.
+    NoWindow,
+    /// The log descriptor would replace the worker's stdin, stdout or stderr.
+    BadLogFd(u32),
 }
 
 impl fmt::Display for ConfigError {
@@ -209,6 +233,11 @@ impl fmt::Display for ConfigError {
                     "environment entry {entry:?} is not of the form KEY=VALUE"
                 )
             }
+            Self::NoWindow => write!(f, "config frame has a window of 0 frames"),
+            Self::BadLogFd(fd) => write!(
+                f,
+                "config frame asks for log descriptor {fd}; it must be 0 (none) or 3 or more"
+            ),
         }
     }
 }
@@ -277,9 +306,17 @@ impl Config {
         let cwd = non_empty_path(cur.bytes("cwd")?);
         let grace = Duration::from_millis(u64::from(cur.u32("grace_ms")?));
         let cleanup = non_empty_path(cur.bytes("cleanup")?);
+        let window = cur.u32("window")?;
+        let log_fd = cur.u32("log_fd")?;
 
         if !cur.rest.is_empty() {
             return Err(ConfigError::TrailingBytes(cur.rest.len()));
+        }
+        if window == 0 {
+            return Err(ConfigError::NoWindow);
+        }
+        if matches!(log_fd, 1..=2) || i32::try_from(log_fd).is_err() {
+            return Err(ConfigError::BadLogFd(log_fd));
         }
         Ok(Self {
             argv,
@@ -287,6 +324,8 @@ impl Config {
             cwd,
             grace,
             cleanup,
+            window,
+            log_fd,
         })
     }
 
@@ -328,6 +367,8 @@ impl Config {
                 .as_deref()
                 .map_or(&[][..], |p| p.as_os_str().as_bytes()),
         );
+        buf.extend_from_slice(&self.window.to_be_bytes());
+        buf.extend_from_slice(&self.log_fd.to_be_bytes());
         buf
     }
 }
@@ -400,6 +441,8 @@ mod tests {
             cwd: Some("/tmp/work".into()),
             grace: Duration::from_millis(5000),
             cleanup: Some("/tmp/rt".into()),
+            window: 64,
+            log_fd: 3,
         }
     }
 
@@ -466,7 +509,17 @@ mod tests {
     fn commands_decode() {
         assert_eq!(decode_command(&[b'K', 15]), Command::Kill(15));
         assert_eq!(decode_command(b"S"), Command::Stop);
-        for bad in [&b""[..], b"K", b"K12", b"Sx", b"Cabc", b"Z"] {
+        assert_eq!(decode_command(&[b'A', 0, 0, 1, 2]), Command::Ack(258));
+        for bad in [
+            &b""[..],
+            b"K",
+            b"K12",
+            b"Sx",
+            b"Cabc",
+            b"Z",
+            b"A",
+            b"A12345",
+        ] {
             assert!(
                 matches!(decode_command(bad), Command::Invalid(_)),
                 "{bad:?} should be invalid"
@@ -488,6 +541,8 @@ mod tests {
             cwd: None,
             grace: Duration::ZERO,
             cleanup: None,
+            window: 1,
+            log_fd: 0,
         };
         let parsed = Config::parse(&config.encode()).unwrap();
         assert_eq!(parsed, config);
@@ -505,12 +560,16 @@ mod tests {
         p.extend(0u32.to_be_bytes());
         p.extend(250u32.to_be_bytes());
         p.extend(0u32.to_be_bytes());
+        p.extend(16u32.to_be_bytes());
+        p.extend(0u32.to_be_bytes());
         let config = Config::parse(&p).unwrap();
         assert_eq!(config.argv, vec![OsString::from("sh")]);
         assert_eq!(config.env, vec![("A".into(), "1=2".into())]);
         assert_eq!(config.cwd, None);
         assert_eq!(config.grace, Duration::from_millis(250));
         assert_eq!(config.cleanup, None);
+        assert_eq!(config.window, 16);
+        assert_eq!(config.log_fd, 0);
     }
 
     #[test]
@@ -541,6 +600,22 @@ mod tests {
             Err(ConfigError::NoProgram)
         );
 
+        let no_window = Config {
+            window: 0,
+            ..sample()
+        };
+        assert_eq!(
+            Config::parse(&no_window.encode()),
+            Err(ConfigError::NoWindow)
+        );
+        for log_fd in [1, 2, u32::MAX] {
+            let stdio = Config { log_fd, ..sample() };
+            assert_eq!(
+                Config::parse(&stdio.encode()),
+                Err(ConfigError::BadLogFd(log_fd))
+            );
+        }
+
         // A huge count must fail on truncation, not allocate.
         let mut huge = vec![b'C'];
         huge.extend(u32::MAX.to_be_bytes());
@@ -559,6 +634,8 @@ mod tests {
             p.extend(bad.as_bytes());
             p.extend(0u32.to_be_bytes());
             p.extend(0u32.to_be_bytes());
+            p.extend(0u32.to_be_bytes());
+            p.extend(1u32.to_be_bytes());
             p.extend(0u32.to_be_bytes());
             assert_eq!(Config::parse(&p), Err(ConfigError::BadEnv(bad.to_owned())));
         }

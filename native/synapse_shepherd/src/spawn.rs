@@ -1,7 +1,9 @@
 //! Starting the worker and signalling its process group.
 
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -31,12 +33,19 @@ impl std::fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
+/// A started worker, and the read end of its log pipe if it has one.
+#[derive(Debug)]
+pub struct Spawned {
+    pub child: Child,
+    pub log: Option<File>,
+}
+
 /// Starts the worker described by `config`.
 ///
 /// Must be called from the main thread: `PR_SET_PDEATHSIG` fires when the
 /// *thread* that forked the child exits, and the main thread is the one that
 /// lives until the shepherd exits.
-pub fn spawn_worker(config: &Config) -> Result<Child, SpawnError> {
+pub fn spawn_worker(config: &Config) -> Result<Spawned, SpawnError> {
     // `Config::parse` guarantees a non-empty argv.
     let (program, args) = config
         .argv
@@ -82,19 +91,70 @@ pub fn spawn_worker(config: &Config) -> Result<Child, SpawnError> {
         cmd.current_dir(cwd);
     }
 
+    let log = match config.log_fd {
+        0 => None,
+        fd => Some((
+            log_pipe().map_err(|err| SpawnError(format!("cannot create the log pipe: {err}")))?,
+            // `Config::parse` guarantees it fits.
+            libc::c_int::try_from(fd).unwrap_or(libc::c_int::MAX),
+        )),
+    };
+    let log_target = log
+        .as_ref()
+        .map(|((_, write), fd)| (write.as_raw_fd(), *fd));
+
     let shepherd_pid = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes async-signal-safe calls (prctl, getppid, _exit, rt_sigaction,
-    // sigprocmask); it allocates nothing and takes no locks.
+    // sigprocmask, dup2, fcntl); it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
             child_setup(shepherd_pid);
+            if let Some((write, fd)) = log_target {
+                give_descriptor(write, fd)?;
+            }
             Ok(())
         });
     }
 
-    cmd.spawn()
-        .map_err(|err| SpawnError(format!("{err}: {program_display}")))
+    let child = cmd
+        .spawn()
+        .map_err(|err| SpawnError(format!("{err}: {program_display}")))?;
+    // The worker has its copy of the write end; ours must go, or the reader
+    // would never see end of file.
+    Ok(Spawned {
+        child,
+        log: log.map(|((read, _write), _)| File::from(read)),
+    })
+}
+
+/// A pipe whose both ends are closed on exec: only the descriptor the
+/// worker gets (see [`give_descriptor`]) survives into it.
+fn log_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes `from` available as descriptor `to` in the child, open across exec.
+///
+/// # Safety
+/// Async-signal-safe; meant for the child between fork and exec.
+unsafe fn give_descriptor(from: libc::c_int, to: libc::c_int) -> io::Result<()> {
+    if from == to {
+        // dup2 onto itself keeps close-on-exec: clear it instead.
+        let flags = libc::fcntl(from, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    } else if libc::dup2(from, to) < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs in the forked child, between fork and exec.
@@ -244,6 +304,8 @@ mod tests {
             cwd: cwd.map(PathBuf::from),
             grace: Duration::ZERO,
             cleanup: None,
+            window: 1,
+            log_fd: 0,
         }
     }
 

@@ -12,20 +12,24 @@ use std::path::Path;
 use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::lines::{LineSplitter, Piece};
 use crate::protocol::{
     self, decode_command, read_frame, Command, Config, ConfigError, ExitKind, Inbound,
-    READY_PREFIX, SPAWN_FAILED_CODE, TAG_EXIT, TAG_FAILED, TAG_PID, TAG_READY, TAG_STDERR,
+    READY_PREFIX, SPAWN_FAILED_CODE, TAG_EXIT, TAG_FAILED, TAG_LOG, TAG_PID, TAG_READY, TAG_STDERR,
     TAG_STDOUT,
 };
-use crate::spawn::{signal_group, spawn_worker};
+use crate::spawn::{signal_group, spawn_worker, Spawned};
 
-/// How long output is still drained after the worker exited: a descendant
-/// that escaped the process group could hold the pipes open forever.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long output is still drained after the worker exited without any
+/// coming (a descendant that escaped could hold the pipes open forever),
+/// and in all: the output already written is relayed as fast as the BEAM
+/// acknowledges it, but not forever.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Upper bound on how long the main loop sleeps, so that a termination
 /// signal received by the shepherd is acted upon promptly.
@@ -33,7 +37,7 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// How often the parent pid is compared with the original one, as a fallback
 /// for platforms without `PR_SET_PDEATHSIG` and for a stdin that never
-/// reports EOF.
+/// reports EOF; and how often adopted descendants that exited are reaped.
 const PARENT_POLL: Duration = Duration::from_secs(1);
 
 /// Signal (SIGTERM/SIGINT/SIGHUP) received by the shepherd, or 0.
@@ -44,11 +48,16 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
 }
 
+/// How long descendants the worker left behind (adopted by the shepherd,
+/// its subreaper) are hunted after the worker exited.
+const ORPHAN_HUNT: Duration = Duration::from_secs(1);
+
 /// Which of the worker's output pipes a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
     Stdout,
     Stderr,
+    Log,
 }
 
 impl Stream {
@@ -56,9 +65,55 @@ impl Stream {
         match self {
             Self::Stdout => TAG_STDOUT,
             Self::Stderr => TAG_STDERR,
+            Self::Log => TAG_LOG,
         }
     }
 }
+
+/// Output frames the shepherd may still send before the BEAM acknowledges
+/// some: the flow control between the worker's pipes and the BEAM's
+/// mailbox. Readers take one unit before relaying a piece and wait while
+/// there is none, so a worker that writes faster than the BEAM handles its
+/// output blocks in `write`, and the BEAM's memory stays bounded.
+struct Credit {
+    units: Mutex<i64>,
+    available: Condvar,
+}
+
+impl Credit {
+    fn new(window: u32) -> Self {
+        Self {
+            units: Mutex::new(i64::from(window)),
+            available: Condvar::new(),
+        }
+    }
+
+    /// Waits for a unit and takes it.
+    fn take(&self) {
+        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        while *units <= 0 {
+            units = self
+                .available
+                .wait(units)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *units -= 1;
+    }
+
+    /// Takes a unit without waiting, for the shepherd's own diagnostics: the
+    /// BEAM acknowledges them like any output frame.
+    fn charge(&self) {
+        *self.units.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+    }
+
+    fn give(&self, count: u32) {
+        *self.units.lock().unwrap_or_else(PoisonError::into_inner) += i64::from(count);
+        self.available.notify_all();
+    }
+}
+
+/// One of the worker's output pipes, read on its own thread.
+type Pipe = Box<dyn Read + Send>;
 
 /// Everything the main thread reacts to.
 enum Event {
@@ -76,6 +131,8 @@ enum Event {
 struct Port {
     out: io::Stdout,
     broken: bool,
+    /// Set once the worker runs: diagnostics then count against it.
+    credit: Option<Arc<Credit>>,
 }
 
 impl Port {
@@ -83,6 +140,7 @@ impl Port {
         Self {
             out: io::stdout(),
             broken: false,
+            credit: None,
         }
     }
 
@@ -95,6 +153,9 @@ impl Port {
     /// Reports a problem of the shepherd itself, on the worker's stderr
     /// channel so that it lands in the same log.
     fn diag(&mut self, message: &str) {
+        if let Some(credit) = &self.credit {
+            credit.charge();
+        }
         self.send(
             TAG_STDERR,
             format!("synapse-shepherd: {message}").as_bytes(),
@@ -113,6 +174,7 @@ impl Port {
 pub fn run() {
     // Before any thread exists, so that every thread inherits the mask.
     prepare_signals();
+    become_subreaper();
     let original_ppid = parent_pid();
     let mut port = Port::new();
 
@@ -125,8 +187,8 @@ pub fn run() {
         }
     };
 
-    let child = match spawn_worker(&config) {
-        Ok(child) => child,
+    let spawned = match spawn_worker(&config) {
+        Ok(spawned) => spawned,
         Err(err) => {
             port.send(TAG_FAILED, err.to_string().as_bytes());
             remove_cleanup_dir(&mut port, config.cleanup.as_deref());
@@ -135,7 +197,7 @@ pub fn run() {
         }
     };
 
-    let mut supervisor = Supervisor::start(child, &config, port, original_ppid);
+    let mut supervisor = Supervisor::start(spawned, &config, port, original_ppid);
     let kind = supervisor.run();
     remove_cleanup_dir(&mut supervisor.port, config.cleanup.as_deref());
     supervisor.port.exit(kind);
@@ -177,6 +239,18 @@ fn prepare_signals() {
     }
 }
 
+/// Makes the shepherd the parent of every process the worker leaves
+/// behind: a subprocess whose parent exits is adopted by the shepherd rather
+/// than by init, so that none outlives the worker, even one that left the
+/// worker's process group (see [`Supervisor::reap`]).
+fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
 fn parent_pid() -> libc::pid_t {
     // SAFETY: getppid cannot fail and has no preconditions.
     unsafe { libc::getppid() }
@@ -209,33 +283,46 @@ struct Supervisor {
     kill_at: Option<Instant>,
     ready_sent: bool,
     open_streams: usize,
+    credit: Arc<Credit>,
 }
 
 impl Supervisor {
     fn start(
-        mut child: Child,
+        spawned: Spawned,
         config: &Config,
         mut port: Port,
         original_ppid: libc::pid_t,
     ) -> Self {
+        let Spawned { mut child, log } = spawned;
         let pid = child.id();
         port.send(TAG_PID, &pid.to_be_bytes());
+        let credit = Arc::new(Credit::new(config.window));
+        port.credit = Some(credit.clone());
 
         let (tx, rx) = mpsc::channel();
         let mut open_streams = 0;
-        if let Some(out) = child.stdout.take() {
-            spawn_helper(&mut port, "stdout reader", {
-                let tx = tx.clone();
-                move || relay_output(out, Stream::Stdout, &tx)
-            });
-            open_streams += 1;
-        }
-        if let Some(err) = child.stderr.take() {
-            spawn_helper(&mut port, "stderr reader", {
-                let tx = tx.clone();
-                move || relay_output(err, Stream::Stderr, &tx)
-            });
-            open_streams += 1;
+        let pipes: [(Option<Pipe>, Stream, &str); 3] = [
+            (
+                child.stdout.take().map(|p| Box::new(p) as _),
+                Stream::Stdout,
+                "stdout reader",
+            ),
+            (
+                child.stderr.take().map(|p| Box::new(p) as _),
+                Stream::Stderr,
+                "stderr reader",
+            ),
+            (log.map(|p| Box::new(p) as _), Stream::Log, "log reader"),
+        ];
+        for (pipe, stream, name) in pipes {
+            if let Some(pipe) = pipe {
+                spawn_helper(&mut port, name, {
+                    let tx = tx.clone();
+                    let credit = credit.clone();
+                    move || relay_output(pipe, stream, &tx, &credit)
+                });
+                open_streams += 1;
+            }
         }
         spawn_helper(&mut port, "waiter", {
             let tx = tx.clone();
@@ -262,6 +349,7 @@ impl Supervisor {
             kill_at: None,
             ready_sent: false,
             open_streams,
+            credit,
         }
     }
 
@@ -279,15 +367,23 @@ impl Supervisor {
             self.check_stop_triggers();
         };
 
-        let drain_until = Instant::now() + DRAIN_TIMEOUT;
+        let limit = Instant::now() + DRAIN_LIMIT;
+        let mut idle_until = Instant::now() + DRAIN_IDLE;
         while self.open_streams > 0 {
-            let left = drain_until.saturating_duration_since(Instant::now());
+            let left = idle_until
+                .min(limit)
+                .saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             match self.events.recv_timeout(left) {
-                // Commands can no longer apply: the group is gone.
-                Ok(event @ (Event::Output(..) | Event::OutputClosed)) => self.handle(event),
+                // Commands can no longer apply, the group is gone; but
+                // acknowledgements still let the output through.
+                Ok(event @ (Event::Output(..) | Event::OutputClosed)) => {
+                    idle_until = Instant::now() + DRAIN_IDLE;
+                    self.handle(event);
+                }
+                Ok(event @ Event::Command(Command::Ack(_))) => self.handle(event),
                 Ok(_) => {}
                 Err(_) => break,
             }
@@ -299,6 +395,7 @@ impl Supervisor {
         match event {
             Event::Command(Command::Kill(sig)) => self.signal(libc::c_int::from(sig)),
             Event::Command(Command::Stop) | Event::StdinClosed => self.stop(),
+            Event::Command(Command::Ack(count)) => self.credit.give(count),
             Event::Command(Command::Invalid(message)) => self.port.diag(&message),
             Event::Output(stream, piece) => self.forward(stream, piece),
             Event::OutputClosed => self.open_streams = self.open_streams.saturating_sub(1),
@@ -352,22 +449,26 @@ impl Supervisor {
             if parent_pid() != self.original_ppid {
                 self.stop();
             }
+            reap_adopted(self.pid);
         }
     }
 
-    /// Kills what is left of the group, then collects the leader's status.
+    /// Kills what is left of the group and every descendant the shepherd
+    /// adopted, then collects the leader's status.
     fn reap(&mut self) -> ExitKind {
         // The leader is a zombie here, so the pgid is still ours; no
         // descendant may outlive the worker.
         let _ = signal_group(self.pid, libc::SIGKILL);
-        match self.child.wait() {
+        let status = match self.child.wait() {
             Ok(status) => exit_kind(status),
             Err(err) => {
                 self.port
                     .diag(&format!("cannot collect the worker's exit status: {err}"));
                 ExitKind::Code(SPAWN_FAILED_CODE)
             }
-        }
+        };
+        kill_adopted(Instant::now() + ORPHAN_HUNT);
+        status
     }
 }
 
@@ -407,7 +508,9 @@ fn wait_for_exit(pid: u32) {
     }
 }
 
-fn relay_output<R: Read>(mut pipe: R, stream: Stream, tx: &Sender<Event>) {
+/// Relays one pipe, a piece at a time and only with credit: while the BEAM
+/// is behind, the pipe is not read and the worker's writes block.
+fn relay_output<R: Read>(mut pipe: R, stream: Stream, tx: &Sender<Event>, credit: &Credit) {
     let mut splitter = LineSplitter::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -418,15 +521,96 @@ fn relay_output<R: Read>(mut pipe: R, stream: Stream, tx: &Sender<Event>) {
             Err(_) => break,
         };
         for piece in pieces {
+            credit.take();
             if tx.send(Event::Output(stream, piece)).is_err() {
                 return;
             }
         }
     }
     for piece in splitter.finish() {
+        credit.take();
         let _ = tx.send(Event::Output(stream, piece));
     }
     let _ = tx.send(Event::OutputClosed);
+}
+
+/// Reaps the descendants the shepherd adopted that already exited, so that
+/// they do not linger as zombies while the worker runs. Leaves the worker
+/// itself to the waiter.
+fn reap_adopted(worker: u32) {
+    loop {
+        // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT only looks.
+        let pid = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            if rc != 0 {
+                return;
+            }
+            info.si_pid()
+        };
+        if pid <= 0 || u32::try_from(pid).ok() == Some(worker) {
+            return;
+        }
+        // SAFETY: reaps a child known to have exited.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+}
+
+/// Kills and reaps every child the shepherd still has once the worker is
+/// gone: descendants the worker left behind, adopted because the shepherd
+/// is their subreaper, including those that left its process group. Each
+/// is the shepherd's own unreaped child, so its pid cannot belong to a
+/// stranger. Killing one may orphan its own children onto the shepherd,
+/// hence the loop, bounded by `deadline`.
+fn kill_adopted(deadline: Instant) {
+    loop {
+        let children = own_children();
+        if children.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in &children {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        for pid in children {
+            // SAFETY: waitpid on our own child; blocking is bounded since
+            // it was just sent SIGKILL.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}
+
+/// The pids of the shepherd's children, from /proc; empty where there is
+/// no /proc (elsewhere than Linux the shepherd is no subreaper either).
+fn own_children() -> Vec<libc::pid_t> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            entry
+                .ok()?
+                .file_name()
+                .to_str()?
+                .parse::<libc::pid_t>()
+                .ok()
+        })
+        .filter(|pid| parent_of(*pid) == Some(me))
+        .collect()
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat` (the fourth field, after
+/// the parenthesised command name, which may contain anything).
+fn parent_of(pid: libc::pid_t) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn relay_commands<R: Read>(input: &mut R, tx: &Sender<Event>) {

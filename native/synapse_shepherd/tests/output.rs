@@ -5,6 +5,7 @@ mod common;
 
 use common::{config, errs, outs, path_str, sh, temp_dir, Frame, Shepherd};
 use std::collections::BTreeSet;
+use std::time::Duration;
 use synapse_shepherd::protocol::{ExitKind, MAX_LINE_CHUNK};
 
 #[test]
@@ -282,4 +283,82 @@ fn a_final_line_is_sent_even_when_the_worker_is_killed() {
     let (frames, kind) = shepherd.finish();
     assert_eq!(kind, ExitKind::Signal(9));
     assert_eq!(frames, vec![Frame::Out(b"partial".to_vec())]);
+}
+
+#[test]
+fn the_log_descriptor_relays_its_lines_as_l_frames() {
+    let mut cfg = sh("echo 'first record' >&3; echo out; printf 'second\\nthird' >&3");
+    cfg.log_fd = 3;
+    let mut shepherd = Shepherd::start(&cfg);
+    shepherd.expect_pid();
+    let (frames, kind) = shepherd.finish();
+    assert_eq!(kind, ExitKind::Code(0));
+    let logs: Vec<&[u8]> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Log(line) => Some(line.as_slice()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logs, vec![&b"first record"[..], b"second", b"third"]);
+    assert_eq!(outs(&frames), vec![b"out".to_vec()]);
+}
+
+#[test]
+fn without_a_log_descriptor_the_worker_has_none() {
+    let mut shepherd = Shepherd::start(&sh("echo x >&3 || echo no fd 3"));
+    shepherd.expect_pid();
+    let (frames, _) = shepherd.finish();
+    assert_eq!(outs(&frames), vec![b"no fd 3".to_vec()]);
+}
+
+#[test]
+fn output_beyond_the_window_waits_for_acknowledgements() {
+    // Far more than a pipe buffer holds: unacknowledged, the worker blocks
+    // in write before it reaches the end and creates the marker file.
+    let dir = temp_dir("flow");
+    let marker = dir.join("done");
+    let lines = 20_000;
+    let mut cfg = sh(&format!(
+        "i=0; while [ $i -lt {lines} ]; do echo line$i; i=$((i+1)); done; touch {}",
+        path_str(&marker)
+    ));
+    cfg.window = 4;
+    let mut shepherd = Shepherd::start_manual_ack(&cfg);
+    shepherd.expect_pid();
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        received.push(shepherd.expect_out());
+    }
+    // The window is spent: nothing more comes, and the worker is stuck.
+    assert!(
+        shepherd
+            .next_if_within(Duration::from_millis(300))
+            .is_none(),
+        "a fifth frame arrived without an acknowledgement"
+    );
+    assert!(!marker.exists(), "the worker was not slowed down");
+
+    // Acknowledged one by one, everything arrives, in order.
+    shepherd.ack(4);
+    let kind = loop {
+        match shepherd.next() {
+            Some(Frame::Out(line)) => {
+                received.push(line);
+                shepherd.ack(1);
+            }
+            Some(Frame::Exit(kind)) => break kind,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(kind, ExitKind::Code(0));
+    let expected: Vec<Vec<u8>> = (0..lines)
+        .map(|i| format!("line{i}").into_bytes())
+        .collect();
+    assert_eq!(received.len(), expected.len(), "lines received");
+    assert!(
+        received == expected,
+        "the lines arrived changed or out of order"
+    );
+    assert!(marker.exists());
 }

@@ -147,11 +147,21 @@ def cleanup(endpoint: Endpoint, owned_directory: str | None) -> None:
         shutil.rmtree(owned_directory, ignore_errors=True)
 
 
+_announced = False
+
+
 def announce_ready(address: str, stream: TextIO | None = None) -> None:
     """Print the one readiness line the process manager waits for."""
+    global _announced
     stream = stream if stream is not None else sys.stdout
     stream.write(f"{READY_PREFIX} {address}\n")
     stream.flush()
+    _announced = True
+
+
+def announced() -> bool:
+    """Whether this process announced its readiness: a failure after it is not a startup one."""
+    return _announced
 
 
 def max_message_bytes_from_env() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -12,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+from pydantic_ai import Agent
 from pydantic_ai.agent import AbstractAgent
 
-from synapse_python import _agents, _auth, _server, _service
+from synapse_python import _agents, _auth, _logging, _server, _service, _threads
 from synapse_python._server import DEFAULT_SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ logger = logging.getLogger("synapse_python.worker")
 # giving up on it: a worker asked to stop must exit, not hang.
 _STOP_SLACK = 5.0
 
+MAX_STUCK_THREADS_ENV = "SYNAPSE_MAX_STUCK_THREADS"
+DEFAULT_MAX_STUCK_THREADS = 10
+
 
 class Worker:
     """Hosts pydantic-ai agents and serves them as `synapse.v1.AgentService` over gRPC.
@@ -34,6 +39,13 @@ class Worker:
     coroutine on that loop, so N concurrent calls are N concurrent runs. The
     standard gRPC health service reports SERVING for "", the agent service and
     every bridge service (`load_bridge`) while it runs.
+
+    Sync tools run in a bounded pool of threads (`_threads.ToolThreads`). A
+    tool still running after its run ended (timed out, cancelled) holds its
+    thread, stuck, until it returns: Python cannot stop it. Past
+    `max_stuck_threads` stuck threads the worker reports NOT_SERVING, so
+    that its process manager replaces it once its other calls are done; the
+    number is reported as a status record (`_logging.report_status`).
 
         worker = Worker()
         await worker.load_agent("support", "my_app.agents:support_agent")
@@ -54,6 +66,7 @@ class Worker:
         tls_cert: _auth.PemSource | None = None,
         tls_key: _auth.PemSource | None = None,
         token: str | _auth.BearerToken | None = None,
+        max_stuck_threads: int | None = None,
     ) -> None:
         """`max_message_bytes` caps gRPC messages both ways.
 
@@ -68,6 +81,8 @@ class Worker:
         <token>` or is refused UNAUTHENTICATED. A TCP address requires both
         (see `start`). Neither the token nor the key shows in this object's
         repr, in logs or in errors.
+
+        `max_stuck_threads` defaults to `SYNAPSE_MAX_STUCK_THREADS` or 10.
         """
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
@@ -85,6 +100,13 @@ class Worker:
         self._owned_directory: str | None = None
         self._address: str | None = None
         self._bridges: dict[str, BridgeService] = {}
+        self._max_stuck_threads = (
+            max_stuck_threads if max_stuck_threads is not None else _max_stuck_threads_from_env()
+        )
+        self._tool_threads = _threads.ToolThreads(on_stuck=self._on_stuck)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._healthy = True
+        self._health_update: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -185,14 +207,19 @@ class Worker:
             port = _server.bind(
                 server, endpoint, self._tls.server_credentials() if self._tls else None
             )
-            await server.start()
-            for service in ("", _service.SERVICE_NAME, *self._bridges):
+            # The server's calls run in contexts copied from this one now:
+            # each runs its sync tools in the worker's threads.
+            with Agent.using_thread_executor(self._tool_threads):
+                await server.start()
+            for service in self._health_services():
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
             await server.stop(None)
             _server.cleanup(endpoint, owned_directory)
             raise
         self._server, self._health = server, health
+        self._loop = asyncio.get_running_loop()
+        _logging.report_status(stuck_threads=self._tool_threads.stuck)
         self._endpoint, self._owned_directory = endpoint, owned_directory
         self._address = endpoint.announced(port)
         logger.info(
@@ -223,15 +250,61 @@ class Worker:
             except TimeoutError:
                 logger.warning("gRPC server did not stop within %.1f s; exiting anyway", timeout)
         finally:
+            self._tool_threads.shutdown()
             _server.cleanup(self._endpoint, self._owned_directory)
             self._address = None
             logger.info("stopped")
+
+    @property
+    def stuck_threads(self) -> int:
+        """Threads of sync tools still running after their run ended."""
+        return self._tool_threads.stuck
+
+    def _health_services(self) -> tuple[str, ...]:
+        return ("", _service.SERVICE_NAME, *self._bridges)
+
+    def _on_stuck(self, stuck: int) -> None:
+        # From any thread: the health service lives on the event loop.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stuck_changed, stuck)
+
+    def _stuck_changed(self, stuck: int) -> None:
+        _logging.report_status(stuck_threads=stuck)
+        healthy = stuck <= self._max_stuck_threads
+        if healthy == self._healthy or self._health is None or self._server is None:
+            return
+        self._healthy = healthy
+        if healthy:
+            logger.info("%d tool threads are stuck: healthy again", stuck)
+            status = health_pb2.HealthCheckResponse.SERVING
+        else:
+            logger.error(
+                "%d tool threads are stuck (sync tools still running after their run "
+                "ended), more than %d: reporting NOT_SERVING so that the worker is replaced",
+                stuck,
+                self._max_stuck_threads,
+            )
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        self._health_update = asyncio.ensure_future(self._set_health(self._health, status))
+
+    async def _set_health(self, health: health_aio.HealthServicer, status: int) -> None:
+        for service in self._health_services():
+            await health.set(service, status)
 
     async def __aenter__(self) -> Worker:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+def _max_stuck_threads_from_env() -> int:
+    raw = os.environ.get(MAX_STUCK_THREADS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_STUCK_THREADS
+    if not raw.isdigit():
+        raise ValueError(f"{MAX_STUCK_THREADS_ENV} must be a non-negative integer, got {raw!r}")
+    return int(raw)
 
 
 async def serve(

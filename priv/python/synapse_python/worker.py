@@ -22,11 +22,15 @@ metadata `authorization: Bearer <token>`, on a Unix socket too; without it the
 call fails UNAUTHENTICATED. `--tls-cert`/`--tls-key` on a Unix socket make it
 speak TLS too.
 
-Stdout carries exactly one line, `SYNAPSE_READY <address>`, once the server
-accepts connections; logs go to stderr (level from SYNAPSE_LOG_LEVEL, default
-INFO). SIGTERM or SIGINT stop the worker gracefully with exit code 0. Exit code 1
-means the worker failed (e.g. an --agent or a --bridge did not load, with its
-traceback on stderr, before any readiness line), 2 a bad command line.
+Stdout carries one line of its own, `SYNAPSE_READY <address>`, once the server
+accepts connections (and whatever the agents print). Logs go to the log pipe
+whose descriptor is in SYNAPSE_LOG_FD, as structured records, or without it to
+stderr as text; the level comes from SYNAPSE_LOG_LEVEL (default INFO): see
+`synapse_python._logging`. SIGTERM or SIGINT stop the worker gracefully with
+exit code 0. Exit code 78 (EX_CONFIG) means the worker failed before it was
+ready (an --agent or a --bridge did not load, the address cannot be bound, ...:
+starting it again will not help), with the error logged; 1 that it failed
+later; 2 a bad command line.
 """
 
 from __future__ import annotations
@@ -39,13 +43,14 @@ import ssl
 import sys
 from collections.abc import Sequence
 
+from synapse_python import _logging, _server
 from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
 from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
 
 logger = logging.getLogger("synapse_python.worker")
 
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-LOG_LEVEL_ENV = "SYNAPSE_LOG_LEVEL"
+EXIT_FAILED = 1
+EXIT_STARTUP_FAILED = 78
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--agent must be ID=package.module:attr, got {item!r}")
         agents[agent_id] = ref
 
-    _configure_logging()
+    _logging.configure()
     # Only now: a bad command line fails fast, without loading pydantic-ai.
     from synapse_python import serve
 
@@ -95,8 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     except Exception:
-        logger.exception("worker failed")
-        return 1
+        if _server.announced():
+            logger.exception("worker failed")
+            return EXIT_FAILED
+        logger.exception("worker failed to start")
+        return EXIT_STARTUP_FAILED
     return 0
 
 
@@ -210,17 +218,6 @@ def _token(
         return BearerToken(value)
     except ValueError as exc:
         parser.error(f"{source}: {exc}")
-
-
-def _configure_logging() -> None:
-    raw = os.environ.get(LOG_LEVEL_ENV, "").strip()
-    level: int | str = int(raw) if raw.isdigit() else (raw.upper() or "INFO")
-    logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT)
-    try:
-        logging.getLogger().setLevel(level)
-    except ValueError:
-        logging.getLogger().setLevel(logging.INFO)
-        logger.warning("ignoring unknown %s=%r", LOG_LEVEL_ENV, raw)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ pub enum Frame {
     Pid(u32),
     Out(Vec<u8>),
     Err(Vec<u8>),
+    Log(Vec<u8>),
     Ready(Vec<u8>),
     Failed(String),
     Exit(ExitKind),
@@ -30,11 +32,20 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// Whether the BEAM acknowledges this frame (flow control).
+    fn is_output(&self) -> bool {
+        matches!(
+            self,
+            Self::Out(_) | Self::Err(_) | Self::Log(_) | Self::Ready(_)
+        )
+    }
+
     fn decode(payload: Vec<u8>) -> Self {
         match payload.split_first() {
             Some((b'P', [a, b, c, d])) => Self::Pid(u32::from_be_bytes([*a, *b, *c, *d])),
             Some((b'O', rest)) => Self::Out(rest.to_vec()),
             Some((b'E', rest)) => Self::Err(rest.to_vec()),
+            Some((b'L', rest)) => Self::Log(rest.to_vec()),
             Some((b'R', rest)) => Self::Ready(rest.to_vec()),
             Some((b'F', rest)) => Self::Failed(String::from_utf8_lossy(rest).into_owned()),
             Some((b'X', _)) => match ExitKind::decode(&payload) {
@@ -54,6 +65,8 @@ pub fn config(argv: &[&str]) -> Config {
         cwd: None,
         grace: Duration::from_millis(2000),
         cleanup: None,
+        window: 64,
+        log_fd: 0,
     }
 }
 
@@ -64,9 +77,12 @@ pub fn sh(script: &str) -> Config {
 
 pub struct Shepherd {
     child: Child,
-    stdin: Option<ChildStdin>,
+    stdin: Arc<Mutex<Option<ChildStdin>>>,
     frames: Receiver<Frame>,
     worker: Option<u32>,
+    /// Whether output frames are acknowledged as they arrive, as the BEAM
+    /// does; off, the test acknowledges with `ack`.
+    auto_ack: Arc<AtomicBool>,
 }
 
 impl Shepherd {
@@ -78,13 +94,22 @@ impl Shepherd {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start synapse-shepherd");
-        let stdin = child.stdin.take();
+        let stdin = Arc::new(Mutex::new(child.stdin.take()));
+        let auto_ack = Arc::new(AtomicBool::new(true));
         let mut stdout = child.stdout.take().expect("stdout pipe");
         let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            while let Ok(Inbound::Frame(payload)) = read_frame(&mut stdout) {
-                if tx.send(Frame::decode(payload)).is_err() {
-                    break;
+        thread::spawn({
+            let stdin = stdin.clone();
+            let auto_ack = auto_ack.clone();
+            move || {
+                while let Ok(Inbound::Frame(payload)) = read_frame(&mut stdout) {
+                    let frame = Frame::decode(payload);
+                    if frame.is_output() && auto_ack.load(Ordering::SeqCst) {
+                        write_ack(&stdin, 1);
+                    }
+                    if tx.send(frame).is_err() {
+                        break;
+                    }
                 }
             }
         });
@@ -93,7 +118,21 @@ impl Shepherd {
             stdin,
             frames: rx,
             worker: None,
+            auto_ack,
         }
+    }
+
+    /// Starts the shepherd with `config`; the test acknowledges output.
+    pub fn start_manual_ack(config: &Config) -> Self {
+        let mut shepherd = Self::spawn_raw();
+        shepherd.auto_ack.store(false, Ordering::SeqCst);
+        shepherd.send_payload(&config.encode());
+        shepherd
+    }
+
+    /// Acknowledges `count` output frames.
+    pub fn ack(&self, count: u32) {
+        write_ack(&self.stdin, count);
     }
 
     /// Starts the shepherd and sends it `config`.
@@ -121,7 +160,8 @@ impl Shepherd {
     }
 
     pub fn send(&mut self, tag: u8, payload: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
+        let mut guard = self.stdin.lock().unwrap();
+        let stdin = guard.as_mut().expect("stdin still open");
         stdin
             .write_all(&encode_frame(tag, payload))
             .and_then(|()| stdin.flush())
@@ -129,12 +169,13 @@ impl Shepherd {
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin still open");
+        let mut guard = self.stdin.lock().unwrap();
+        let stdin = guard.as_mut().expect("stdin still open");
         stdin.write_all(bytes).expect("write to shepherd");
     }
 
     pub fn close_stdin(&mut self) {
-        self.stdin = None;
+        *self.stdin.lock().unwrap() = None;
     }
 
     /// The next frame, or `None` if the shepherd closed its stdout.
@@ -152,6 +193,11 @@ impl Shepherd {
                 panic!("no frame from the shepherd within {timeout:?}")
             }
         }
+    }
+
+    /// The next frame if one arrives within `timeout`, else `None`.
+    pub fn next_if_within(&mut self, timeout: Duration) -> Option<Frame> {
+        self.frames.recv_timeout(timeout).ok()
     }
 
     pub fn next(&mut self) -> Option<Frame> {
@@ -226,6 +272,15 @@ impl Drop for Shepherd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn write_ack(stdin: &Mutex<Option<ChildStdin>>, count: u32) {
+    if let Some(stdin) = stdin.lock().unwrap().as_mut() {
+        // The shepherd may be gone already; the test notices otherwise.
+        let _ = stdin
+            .write_all(&encode_frame(b'A', &count.to_be_bytes()))
+            .and_then(|()| stdin.flush());
     }
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -99,3 +100,49 @@ async def _pid_after(messages: list[ModelMessage], info: AgentInfo) -> ModelResp
 
 # Sleeps `prompt` seconds, then answers the worker's OS pid: which worker served.
 pid_agent = Agent(FunctionModel(_pid_after))
+
+
+def _call_stuck_tool(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    from pydantic_ai.messages import ToolCallPart, ToolReturnPart
+
+    if any(isinstance(part, ToolReturnPart) for message in messages for part in message.parts):
+        return ModelResponse(parts=[TextPart("unstuck")])
+    return ModelResponse(parts=[ToolCallPart("stuck", {"seconds": float(_prompt(messages))})])
+
+
+# Calls a sync tool that sleeps `prompt` seconds and cannot be cancelled:
+# a run that times out meanwhile leaves its thread stuck until it returns.
+stuck_tool_agent = Agent(FunctionModel(_call_stuck_tool))
+
+
+@stuck_tool_agent.tool_plain
+def stuck(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def _flood(prompt: str) -> str:
+    # `prompt` MiB on stdout, in lines of 1 KiB: print() as a user's code would.
+    line = "x" * 1023
+    for _ in range(int(prompt) * 1024):
+        print(line)
+    return "flooded"
+
+
+flood_agent = Agent(_model(_flood))
+
+_chatty_log = logging.getLogger("synapse_fixtures.chatty")
+
+
+def _chatty(prompt: str) -> str:
+    print("a line of print() output")
+    _chatty_log.warning("a warning record")
+    try:
+        raise ValueError("the inner problem")
+    except ValueError:
+        _chatty_log.exception("a failure, with its traceback")
+    return "logged"
+
+
+# Prints a line and logs a warning and an error with a traceback, then answers.
+chatty_agent = Agent(_model(_chatty))

@@ -1,0 +1,119 @@
+"""Sync tools' threads: bounded, and the stuck ones counted and reported through health."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from conftest import AgentClient
+from synapse_python import Worker
+from synapse_python._threads import ToolThreads
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_call_abandoned_while_it_runs_is_stuck_until_it_returns() -> None:
+    changes: list[int] = []
+    threads = ToolThreads(on_stuck=changes.append)
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    running = threads.submit(blocked)
+    assert started.wait(10)
+    assert running.cancel() is False  # a running thread cannot be stopped
+    assert running.cancel() is False  # counted once
+    assert threads.stuck == 1
+    release.set()
+    assert running.result(10) == "done"
+    assert threads.stuck == 0
+    assert changes == [1, 0]
+
+
+def test_a_call_cancelled_before_it_runs_never_runs() -> None:
+    threads = ToolThreads(max_threads=1)
+    release = threading.Event()
+    first = threads.submit(release.wait, 10)
+    waiting = threads.submit(lambda: pytest.fail("ran after its cancel"))
+    assert waiting.cancel() is True
+    release.set()
+    assert first.result(10) is True
+    assert threads.stuck == 0
+
+
+def test_calls_beyond_max_threads_wait_for_a_thread() -> None:
+    threads = ToolThreads(max_threads=2)
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+    peak = 0
+    lock = threading.Lock()
+    active = 0
+
+    def work() -> None:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        inside.release()
+        release.wait(10)
+        with lock:
+            active -= 1
+
+    futures = [threads.submit(work) for _ in range(5)]
+    assert inside.acquire(timeout=10) and inside.acquire(timeout=10)
+    release.set()
+    for future in futures:
+        future.result(10)
+    assert peak == 2
+
+
+async def test_a_worker_past_its_stuck_threads_limit_reports_not_serving(tmp_path: Path) -> None:
+    worker = Worker(max_stuck_threads=1)
+    await worker.load_agent("stuck", "synapse_fixtures.faults:stuck_tool_agent")
+    address = await worker.start(f"unix:{tmp_path / 'worker.sock'}")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AgentClient(channel)
+
+            async def health() -> int:
+                request = health_pb2.HealthCheckRequest(service="")
+                return (await client.health.Check(request, timeout=5)).status
+
+            async def time_out() -> None:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await client.run_sync("stuck", "3", timeout=0.3)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+            await time_out()
+            await wait_for(lambda: worker.stuck_threads == 1)
+            assert await health() == SERVING
+            await time_out()
+            await wait_for(lambda: worker.stuck_threads == 2)
+            await wait_for_async(lambda: health(), NOT_SERVING)
+            # The tools return at last: the worker is healthy again.
+            await wait_for(lambda: worker.stuck_threads == 0, seconds=10)
+            await wait_for_async(lambda: health(), SERVING)
+    finally:
+        await worker.stop(grace=0)
+
+
+async def wait_for(condition: Callable[[], bool], seconds: float = 5) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 (a counter of threads, not of tasks)
+            await asyncio.sleep(0.02)
+
+
+async def wait_for_async(read: Callable[[], Awaitable[int]], expected: int) -> None:
+    async with asyncio.timeout(5):
+        while await read() != expected:  # noqa: ASYNC110 (polls the health service)
+            await asyncio.sleep(0.02)

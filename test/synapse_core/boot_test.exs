@@ -1,0 +1,74 @@
+defmodule SynapseCore.BootTest do
+  # Agents in a supervision tree: started in parallel, with the boot waiting
+  # for them (or not).
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, AwaitReady, Error, Result}
+
+  @moduletag capture_log: true
+
+  # Agents whose workers' imports wait for each other: they only load when
+  # all of them start at once (synapse_fixtures.rendezvous).
+  defp rendezvous_agents(count, extra) do
+    dir = Path.join(System.tmp_dir!(), "synapse-boot-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+
+    for _ <- 1..count do
+      fixture_agent("x",
+        agent: "synapse_fixtures.rendezvous:agent",
+        env: [
+          {"SYNAPSE_TEST_RENDEZVOUS_DIR", dir},
+          {"SYNAPSE_TEST_RENDEZVOUS_COUNT", Integer.to_string(count)}
+        ]
+      )
+      |> Keyword.merge(extra)
+    end
+  end
+
+  test "agents with await_ready: false start in parallel; AwaitReady holds the boot until they serve" do
+    agents = rendezvous_agents(3, await_ready: false)
+    names = Enum.map(agents, & &1[:name])
+    children = Enum.map(agents, &{Agent, &1}) ++ [{AwaitReady, names}]
+
+    {:ok, _tree} =
+      start_supervised(%{
+        id: :tree,
+        start: {Supervisor, :start_link, [children, [strategy: :one_for_one]]},
+        type: :supervisor
+      })
+
+    # The tree's start returned: every agent serves.
+    for name <- names do
+      assert [%{os_pid: _}] = Agent.workers(name)
+      assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+    end
+  end
+
+  test "without a barrier the boot does not wait; calls meanwhile are :unavailable" do
+    [opts] = rendezvous_agents(1, await_ready: false)
+    start_supervised!({Agent, opts})
+    assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(opts[:name], "hi")
+    assert :ok = SynapseCore.await_ready(opts[:name])
+    assert {:ok, %Result{}} = Agent.run_sync(opts[:name], "hi")
+  end
+
+  test "a failed first start fails the barrier, and every call, with its error" do
+    opts = fixture_agent("x", agent: "synapse_fixtures.broken_import:agent", await_ready: false)
+    start_supervised!({Agent, opts})
+
+    assert {:error, %Error{kind: :startup_failed, message: message}} =
+             AwaitReady.start_link([opts[:name]])
+
+    assert message =~ "boom at import"
+
+    assert {:error, %Error{kind: :startup_failed, message: ^message}} =
+             Agent.run_sync(opts[:name], "hi")
+  end
+
+  test "the barrier names an agent that is not there" do
+    assert {:error, %Error{kind: :unknown_agent}} = SynapseCore.await_ready([unique_name()])
+  end
+end
