@@ -5,6 +5,8 @@ defmodule SynapseCore.WorkerOutputTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
+
+  require Logger
   import SynapseCore.TestHelpers
 
   alias SynapseCore.{Agent, Result, Worker}
@@ -113,6 +115,10 @@ defmodule SynapseCore.WorkerOutputTest do
       capture_log(fn ->
         # 96 MiB in 98,304 lines of print().
         assert {:ok, %Result{output: "flooded"}} = Agent.run_sync(name, "96", timeout: 300_000)
+        # The summary comes within a second of the first dropped line, which
+        # may be after the run answered (on a fast machine, it is).
+        Process.sleep(1_100)
+        Logger.flush()
       end)
 
     peak = stop_sampler(sampler)
