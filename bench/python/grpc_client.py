@@ -27,11 +27,11 @@ from collections.abc import Sequence
 
 import grpc
 
-from synapse_python._proto.synapse.v1 import probe_pb2
+from synapse_python._proto.synapse.v1 import agent_pb2, probe_pb2
 
 ECHO = "/synapse.v1.ProbeService/Echo"
 ECHO_STREAM = "/synapse.v1.ProbeService/EchoStream"
-MAX_MESSAGE = 64 * 1024 * 1024
+MAX_MESSAGE = agent_pb2.LIMIT_DEFAULT_MAX_MESSAGE_BYTES
 
 
 class Client:

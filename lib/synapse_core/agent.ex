@@ -24,11 +24,65 @@ defmodule SynapseCore.Agent do
   Calls go straight from the calling process to a worker through the NIF:
   no GenServer sits in their path, so any number of runs on one agent are
   in flight at once.
+
+  ## As in Python
+
+  A run is pydantic-ai's own `agent.run`: `run_sync/3` and `run/3` make
+  non-streamed model requests, with Elixir tools or without (their calls
+  travel beside the run); only `run_stream/3` streams. The model receives
+  what it would receive from a Python caller of the same agent: the history
+  goes back as pydantic-ai's own bytes (`SynapseCore.Messages`), the deps
+  reach the agent's tools, instructions and validators, the output keeps its
+  Python type's name (`SynapseCore.Result`).
+
+  ## Deps
+
+  pydantic-ai agents get their dependencies in `ctx.deps`. From Elixir, the
+  `:deps` of a run is data (maps, lists, strings, numbers, ...), which
+  reaches Python as JSON and becomes the run's deps in one of two ways:
+
+    * **validated into the agent's `deps_type`** with Pydantic (a dataclass,
+      a Pydantic model, `int`, ...; a date may be given as `"2025-01-10"`):
+
+          # support_agent = Agent(..., deps_type=SupportDeps)
+          SynapseCore.Agent.run_sync(:support, "Hi", deps: %{customer_id: 123, plan: "pro"})
+
+      Data that does not validate fails the run with `:invalid_argument`,
+      `details.errors` listing each problem with its path (`["deps",
+      "customer_id"]`). An agent with no `deps_type` gets the data as plain
+      Python values (dicts with string keys, lists, ...); one whose
+      `deps_type` is `None` gets `None`.
+
+    * **built by a deps factory** the agent names with `:deps_factory`
+      (`"my_app.deps:build"`), for deps that cannot be data (a database
+      connection, an HTTP client). The factory is called for each run with
+      the data (validated against its first parameter's annotation, if it
+      has one; a factory with no parameter is called with none), sync or
+      async, and returns the deps. When it returns a context manager, sync
+      or async (an `@asynccontextmanager`, an `httpx.AsyncClient`), the
+      deps are what entering it gives, and it is exited when the run ends,
+      whether the run succeeds, fails or is cancelled:
+
+          # my_app/deps.py
+          @asynccontextmanager
+          async def build(ref: CustomerRef) -> AsyncIterator[SupportDeps]:
+              async with connect_db() as db:
+                  yield SupportDeps(customer_id=ref.customer_id, db=db)
+
+          {SynapseCore.Agent, name: :support, agent: "my_app.agents:support_agent",
+           deps_factory: "my_app.deps:build"}
+
+  Elixir tools get the `:deps` term itself, unconverted, in their
+  `SynapseCore.Tool.Context` (`context.deps`). A term with no JSON form (a
+  pid, a tuple) can still be given for them: an agent that declares no deps
+  then gets `None`, and one that needs the data fails the run with
+  `:invalid_argument`.
   """
 
   alias SynapseCore.{
     AgentSupervisor,
     Error,
+    Messages,
     Native,
     Remote,
     Result,
@@ -52,6 +106,7 @@ defmodule SynapseCore.Agent do
           | {:instructions, String.t()}
           | {:output_schema, map()}
           | {:tools, [Tool.t() | module()]}
+          | {:deps_factory, String.t()}
           | {:workers, pos_integer()}
           | {:python, String.t()}
           | {:python_path, [Path.t()]}
@@ -65,7 +120,8 @@ defmodule SynapseCore.Agent do
 
   @typedoc "Options of a run; see `run_sync/3`."
   @type run_option ::
-          {:message_history, [map()] | Result.t() | nil}
+          {:message_history, Messages.t() | Result.t() | [map()] | nil}
+          | {:output_tool_return_content, String.t() | nil}
           | {:model_settings, map() | keyword() | nil}
           | {:usage_limits, map() | keyword() | nil}
           | {:timeout, timeout()}
@@ -136,13 +192,14 @@ defmodule SynapseCore.Agent do
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument`, `:output_validation_failed`, `:tool_failed` or
-  `:python_error`; see `SynapseCore.Error`. Raises `ArgumentError` for
-  invalid options.
+  `:invalid_argument`, `:output_validation_failed`, `:tool_failed`,
+  `:model_http_error`, `:model_unavailable` or `:python_error`; see
+  `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
   @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
-    with {:ok, run} <- run(name, prompt, opts), do: await(run)
+    with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
+         do: await(run)
   end
 
   @doc """
@@ -174,7 +231,10 @@ defmodule SynapseCore.Agent do
   end
 
   # Starts a run on a worker of this node or, when this node has none ready,
-  # through a relay on a node that has (see SynapseCore.Remote).
+  # through a relay on a node that has (see SynapseCore.Remote). `reply` is
+  # how its outcome is delivered: `:sync` (one reply to a caller that waits
+  # for it; nobody else holds the run), `:unary` (one reply, the run may be
+  # cancelled) or `:stream` (events, then the outcome).
   defp start(name, prompt, call, reply, receiver, window) do
     with :ok <- check_prompt(prompt),
          {:ok, target} <- Workers.pick(name) do
@@ -191,7 +251,7 @@ defmodule SynapseCore.Agent do
           name(),
           String.t(),
           Options.call(),
-          :unary | :stream,
+          :sync | :unary | :stream,
           pid(),
           pos_integer() | :infinity
         ) ::
@@ -202,18 +262,21 @@ defmodule SynapseCore.Agent do
     end
   end
 
+  # A run_sync with no Elixir tools is one unary RPC (RunSync). The others
+  # use the Run stream, on which tool calls come and go and a cancel
+  # travels, so that a cancelled run answers what it did. Either way the
+  # run in Python is a plain `agent.run` unless it is streamed.
   defp start_on(worker, name, prompt, call, reply, receiver, window) do
     case {tools(worker, call), reply} do
-      {[], :unary} ->
+      {[], :sync} ->
         start_unary(name, worker.channel, prompt, call)
 
       {tools, _} ->
-        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, reply)
+        style = if reply == :stream, do: :stream, else: :unary
+        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, style)
     end
   end
 
-  # A run with no Elixir tools is one unary RPC; one with tools needs the
-  # Run stream, on which tool calls come and go.
   defp start_unary(name, channel, prompt, call) do
     ref = make_ref()
     request = request(name, prompt, call, [], false)
@@ -279,20 +342,7 @@ defmodule SynapseCore.Agent do
   end
 
   defp start_runner(name, call, tools) do
-    deadline =
-      case call.timeout do
-        :infinity -> :infinity
-        ms -> System.monotonic_time(:millisecond) + ms
-      end
-
-    {:ok, runner} =
-      ToolRunner.start(%{
-        tools: tools,
-        agent: name,
-        deps: call.deps,
-        owner: self(),
-        deadline: deadline
-      })
+    {:ok, runner} = ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self()})
 
     runner
   end
@@ -323,7 +373,11 @@ defmodule SynapseCore.Agent do
   With the default `timeout` of `:infinity` it waits as long as the run may
   take (its own `:timeout`). With a shorter one, a run that has not finished
   by then is cancelled and `{:error, %SynapseCore.Error{kind: :timeout}}` is
-  returned. Only the process that started the run may await it.
+  returned, its details carrying what the run had done (`:messages`,
+  `:usage`), as for the run's own timeout. Only the process that started
+  the run may await it. A run cancelled by another process (`cancel/1`)
+  returns `{:error, %SynapseCore.Error{kind: :cancelled}}`, with the same
+  details.
   """
   @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
   def await(%Run{} = run, timeout \\ :infinity), do: Run.await(run, timeout)
@@ -337,11 +391,16 @@ defmodule SynapseCore.Agent do
   def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)
 
   @doc """
-  Cancels a run: the call to the worker is cancelled and so is the pydantic-ai run in
-  Python. A run that already finished is left as it is. Returns `:ok`.
+  Cancels a run: the pydantic-ai run is cancelled in Python, as its
+  `CancellationToken` does, and answers with what it had done (an error of
+  kind `:cancelled` whose details carry `:messages` and `:usage`), which the
+  process awaiting or receiving the run gets. A run that already finished
+  is left as it is. Returns `:ok`.
 
   When called by the process that receives the run's messages, any message
-  of the run still in its mailbox is removed, so nothing arrives afterwards.
+  of the run still in its mailbox is removed (that final error included),
+  so nothing arrives afterwards; to keep what a run did, let `await/2`
+  give up on it, or cancel it from another process.
   """
   @spec cancel(Run.t()) :: :ok
   def cancel(%Run{} = run), do: Run.cancel(run)
@@ -420,11 +479,15 @@ defmodule SynapseCore.Agent do
     Workers.list(name)
   end
 
-  # Histories past this many messages are converted to JSON on a dirty
-  # scheduler: it can take longer than a normal scheduler slot should.
+  # Histories given as lists past this many messages are converted to JSON
+  # on a dirty scheduler: it can take longer than a normal scheduler slot
+  # should. A SynapseCore.Messages is copied as it is, on a dirty scheduler
+  # only when it is large.
   @dirty_history_length 16
+  @dirty_history_bytes 256 * 1024
 
   defp large?(nil), do: false
+  defp large?(%Messages{json: json}), do: byte_size(json) > @dirty_history_bytes
   defp large?(history), do: length(history) > @dirty_history_length
 
   defp request(name, prompt, call, tools, quiet) do
@@ -432,13 +495,20 @@ defmodule SynapseCore.Agent do
       # The id the worker hosts the agent under: its name, in Python's logs too.
       agent_id: Worker.agent_id(name),
       prompt: prompt,
-      message_history: call.message_history,
+      message_history: history(call.message_history),
       model_settings: call.model_settings,
       usage_limits: call.usage_limits,
       tools: tools,
-      quiet: quiet
+      quiet: quiet,
+      deps: call.deps,
+      output_tool_return_content: call.output_tool_return_content
     }
   end
+
+  # pydantic-ai's JSON goes to the worker as it is: the NIF sends a binary
+  # untouched and encodes a list of maps.
+  defp history(%Messages{json: json}), do: json
+  defp history(other), do: other
 
   defp check_prompt(prompt) do
     if String.valid?(prompt),

@@ -73,6 +73,9 @@ defmodule SynapseCore.Native do
   def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)
   def json_decode(_binary), do: :erlang.nif_error(:nif_not_loaded)
 
+  # A history's messages from an index on, as {:ok, %SynapseCore.Messages{}}.
+  def messages_slice(_json, _from), do: :erlang.nif_error(:nif_not_loaded)
+
   # SIGKILL to an OS process, or (group: true) its process group: :ok | :not_found.
   def shepherd_kill(_os_pid, _group), do: :erlang.nif_error(:nif_not_loaded)
 

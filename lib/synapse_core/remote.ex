@@ -25,7 +25,7 @@ defmodule SynapseCore.Remote do
           term(),
           String.t(),
           map(),
-          :unary | :stream,
+          :sync | :unary | :stream,
           pid(),
           pos_integer() | :infinity
         ) :: {:ok, Run.t()} | {:error, Error.t()}

@@ -4,25 +4,49 @@ defmodule SynapseCore.Result do
 
     * `output` - a string for agents whose output is text; for agents with a
       structured output type, the output decoded from JSON: maps with
-      *string* keys, lists, numbers, booleans and `nil`. String keys because
-      the keys come from the Python side and atoms are never created from
-      external data (they are not garbage collected).
+      *string* keys, lists, numbers (integers of any size), booleans and
+      `nil`. String keys because the keys come from the Python side and
+      atoms are never created from external data (they are not garbage
+      collected).
+    * `output_type` - the Python class of the output, as
+      `type(output).__qualname__`: `"str"`, `"int"`, `"dict"`, or a model's
+      name. For an agent whose output type is a union (`SeatPreference |
+      Failed`), it says which member the output is, even when two members
+      decode to the same map (`Failed()` and an empty model are both `%{}`).
     * `usage` - a `SynapseCore.Usage`.
     * `messages` - the whole conversation so far (the history that was given
-      plus this run's messages) in pydantic-ai's JSON form, decoded the same
-      way as `output`. Pass it as `message_history:` to continue the
-      conversation; it can be stored as is.
+      plus this run's messages): a `SynapseCore.Messages` holding
+      pydantic-ai's own JSON bytes. Pass it (or the result) as
+      `message_history:` to continue the conversation; store
+      `messages.json`; read it with `SynapseCore.Messages.decode/1`.
+    * `new_message_index` - where this run's messages begin in `messages`;
+      `new_messages/1` gives them (pydantic-ai's `new_messages()`).
     * `run_id` - pydantic-ai's id of this run.
   """
 
-  alias SynapseCore.Usage
+  alias SynapseCore.{Messages, Usage}
 
   @type t :: %__MODULE__{
           output: String.t() | term(),
+          output_type: String.t(),
           usage: Usage.t(),
-          messages: [map()],
+          messages: Messages.t(),
+          new_message_index: non_neg_integer(),
           run_id: String.t()
         }
 
-  defstruct output: nil, usage: %Usage{}, messages: [], run_id: ""
+  defstruct output: nil,
+            output_type: "",
+            usage: %Usage{},
+            messages: %Messages{json: "[]", count: 0},
+            new_message_index: 0,
+            run_id: ""
+
+  @doc """
+  The messages this run added to the conversation: pydantic-ai's
+  `new_messages()`, each message's bytes as they are in `messages`.
+  """
+  @spec new_messages(t()) :: Messages.t()
+  def new_messages(%__MODULE__{messages: messages, new_message_index: index}),
+    do: Messages.slice(messages, index)
 end

@@ -91,10 +91,36 @@ defmodule SynapseCore.Run do
   def await(%__MODULE__{} = run, timeout) do
     check_owner!(run, :await)
 
-    receive_reply(run, wait_limit(run, timeout), fn ->
-      cancel(run)
-      {:error, Error.new(:timeout, "the run did not finish within #{timeout_text(run, timeout)}")}
-    end)
+    receive_reply(run, wait_limit(run, timeout), fn -> give_up(run, timeout) end)
+  end
+
+  # The wait is over: the run is cancelled, and what it did (its messages
+  # and usage, when it answers them in time) is kept in the error; a result
+  # that arrives meanwhile is returned.
+  defp give_up(run, timeout) do
+    message = "the run did not finish within #{timeout_text(run, timeout)}"
+
+    case stop(run) do
+      {:ok, _result} = finished -> finished
+      {:error, %Error{details: details}} -> {:error, Error.new(:timeout, message, kept(details))}
+      nil -> {:error, Error.new(:timeout, message)}
+    end
+  end
+
+  defp kept(details), do: Map.take(details, [:messages, :usage, :run_id])
+
+  # Cancels the run and takes its final message (and any event before it)
+  # out of the mailbox; returns it, or nil if none came.
+  defp stop(%__MODULE__{relay: nil, handle: handle, ref: ref}) do
+    :ok = Native.run_cancel(handle)
+    final(ref)
+  end
+
+  defp stop(%__MODULE__{relay: relay, ref: ref} = run) do
+    send(relay, :relay_cancel)
+    final = final(ref)
+    forget_relay(run)
+    final
   end
 
   @doc false
@@ -246,13 +272,18 @@ defmodule SynapseCore.Run do
   # `:cancelled` error, unless the call finished first); take it, and any
   # events before it, out of the mailbox.
   defp flush(ref) do
+    final(ref)
+    :ok
+  end
+
+  defp final(ref) do
     receive do
-      {:synapse_reply, ^ref, _reply} -> :ok
-      {:synapse_event, ^ref, {:result, _}} -> :ok
-      {:synapse_event, ^ref, {:error, _}} -> :ok
-      {:synapse_event, ^ref, _event} -> flush(ref)
+      {:synapse_reply, ^ref, reply} -> reply
+      {:synapse_event, ^ref, {:result, result}} -> {:ok, result}
+      {:synapse_event, ^ref, {:error, _} = error} -> error
+      {:synapse_event, ^ref, _event} -> final(ref)
     after
-      @reply_margin -> :ok
+      @reply_margin -> nil
     end
   end
 end

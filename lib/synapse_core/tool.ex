@@ -29,10 +29,11 @@ defmodule SynapseCore.Tool do
   The function returns `{:ok, value}` or a plain `value`, which goes back to
   the model as JSON, or `{:error, reason}`. Invalid arguments, an
   `{:error, reason}`, an exception, a value with no JSON form and a call
-  that outlives the tool's `:timeout` (or the run's deadline) all go back to
-  the model as a retry prompt saying what went wrong, as pydantic-ai's
-  `ModelRetry` does; once the tool's retries are used up, the run fails with
-  `{:error, %SynapseCore.Error{kind: :tool_failed}}`.
+  that outlives the tool's `:timeout` all go back to the model as a retry
+  prompt saying what went wrong, as pydantic-ai's `ModelRetry` does; once
+  the tool's retries are used up, the run fails with
+  `{:error, %SynapseCore.Error{kind: :tool_failed}}`. A call still running
+  when the run ends (its deadline passed, it was cancelled) is stopped.
   """
 
   alias SynapseCore.Schema

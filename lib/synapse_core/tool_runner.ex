@@ -3,9 +3,10 @@ defmodule SynapseCore.ToolRunner do
   # Executes the Elixir tools of one run. One is started per run that has
   # tools, under SynapseCore.ToolSupervisor; the NIF sends it the run's tool
   # requests. Each call runs in its own supervised Task, bounded by the
-  # tool's timeout and the run's deadline, and is answered through the NIF.
-  # The runner stops when the run is over or its owner exits, killing any
-  # call still running.
+  # tool's timeout, and is answered through the NIF. The runner stops when
+  # the run is over or its owner exits, killing any call still running: the
+  # run's deadline ends the run in Python (which then answers what it did),
+  # and so the calls it was waiting for.
 
   require Logger
 
@@ -16,8 +17,7 @@ defmodule SynapseCore.ToolRunner do
           tools: [Tool.t()],
           agent: term(),
           deps: term(),
-          owner: pid(),
-          deadline: integer() | :infinity
+          owner: pid()
         }
 
   @doc "Starts a runner; give it its run with `attach/3`."
@@ -109,7 +109,7 @@ defmodule SynapseCore.ToolRunner do
             execute(tool, request.args, context)
           end)
 
-        ms = call_timeout(tool, state.config.deadline)
+        ms = tool.timeout
         timer = Process.send_after(self(), {:call_timeout, task.ref, ms}, ms)
 
         put_in(state.calls[task.ref], %{
@@ -132,11 +132,6 @@ defmodule SynapseCore.ToolRunner do
 
   defp report(span, {:retry, reason}),
     do: Telemetry.stop([:synapse, :tool], :exception, span, %{reason: reason})
-
-  defp call_timeout(tool, :infinity), do: tool.timeout
-
-  defp call_timeout(tool, deadline),
-    do: max(min(tool.timeout, deadline - System.monotonic_time(:millisecond)), 0)
 
   defp finish(state, ref, outcome) do
     {%{request_id: request_id, name: name, timer: timer, span: span}, calls} =

@@ -514,8 +514,14 @@ defmodule SynapseCore.Worker do
     end
   end
 
-  defp load_request(%Options{source: source, model: model, name: name}) do
-    base = %{agent_id: agent_id(name), reference: nil, spec: nil, model: model || ""}
+  defp load_request(%Options{source: source, model: model, name: name} = options) do
+    base = %{
+      agent_id: agent_id(name),
+      reference: nil,
+      spec: nil,
+      model: model || "",
+      deps_factory: options.deps_factory || ""
+    }
 
     case source do
       {:ref, ref} -> %{base | reference: ref}

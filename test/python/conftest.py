@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2_grpc
 
 from synapse_python import Worker
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 ERROR_KEY = "synapse-error-bin"
@@ -46,7 +47,7 @@ class AgentClient:
         self._run = channel.unary_unary(
             prefix + "RunSync",
             request_serializer=agent_pb2.RunRequest.SerializeToString,
-            response_deserializer=agent_pb2.RunResult.FromString,
+            response_deserializer=agent_pb2.RunEvent.FromString,
         )
         self._run_stream = channel.stream_stream(
             prefix + "Run",
@@ -64,7 +65,8 @@ class AgentClient:
         return self._run(request, timeout=timeout)
 
     async def run_sync(self, agent_id: str, prompt: str = "", **fields: Any) -> agent_pb2.RunResult:
-        return await self.run_sync_call(agent_id, prompt, **fields)
+        """The run's result; raises `RunFailed` for its `failure`."""
+        return outcome([await self.run_sync_call(agent_id, prompt, **fields)])
 
     def run_call(self, *, timeout: float = 10) -> grpc.aio.StreamStreamCall:
         """A `Run` call with nothing sent yet."""
@@ -97,13 +99,39 @@ class AgentClient:
                 if inspect.isawaitable(result):
                     result = await result
                 await call.write(agent_pb2.RunInput(tool_result=result))
+        outcome(events)
         return events
 
 
+class RunFailed(Exception):
+    """A run that ended with a `failure`: RunSync's answer, or Run's last event."""
+
+    def __init__(self, failure: agent_pb2.RunFailure, events: list[agent_pb2.RunEvent]) -> None:
+        super().__init__(f"{kind_name(failure.error.kind)}: {failure.error.message}")
+        self.failure = failure
+        self.detail = failure.error
+        self.events = events
+
+    def code(self) -> grpc.StatusCode:
+        return next(code for code in grpc.StatusCode if code.value[0] == self.detail.code)
+
+
+def outcome(events: list[agent_pb2.RunEvent]) -> agent_pb2.RunResult:
+    """The result the events end with; raises `RunFailed` when they end with a failure."""
+    assert events, "the run sent no event"
+    last = events[-1]
+    if last.WhichOneof("event") == "failure":
+        raise RunFailed(last.failure, events)
+    assert last.WhichOneof("event") == "result", last
+    return last.result
+
+
 async def read_all(call: grpc.aio.StreamStreamCall) -> list[agent_pb2.RunEvent]:
+    """Every event of a `Run`; raises `RunFailed` when the last one is a failure."""
     events = []
     while (event := await call.read()) is not grpc.aio.EOF:
         events.append(event)
+    outcome(events)
     return events
 
 
@@ -171,8 +199,10 @@ async def client(served: Served) -> AgentClient:
     return served.client
 
 
-def error_detail(error: grpc.aio.AioRpcError) -> agent_pb2.ErrorDetail:
-    """The `ErrorDetail` the worker put in the trailing metadata (fails if absent)."""
+def error_detail(error: grpc.aio.AioRpcError | RunFailed) -> agent_pb2.ErrorDetail:
+    """The `ErrorDetail` of a failed run, or the one a status carries in its trailing metadata."""
+    if isinstance(error, RunFailed):
+        return error.detail
     values = [value for key, value in error.trailing_metadata() or () if key == ERROR_KEY]
     assert len(values) == 1, f"expected one {ERROR_KEY} entry, got {error.trailing_metadata()!r}"
     assert isinstance(values[0], bytes)

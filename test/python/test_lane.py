@@ -107,7 +107,7 @@ async def test_a_unary_call_is_one_frame_each_way(lane: tuple[Worker, LaneClient
     await load(client, "echo", "echo_agent")
     frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="echo", prompt="hi"))
     assert frame.WhichOneof("body") == "message"
-    result = agent_pb2.RunResult.FromString(frame.message)
+    result = agent_pb2.RunEvent.FromString(frame.message).result
     assert result.text == "success (no tool calls)"
     assert result.usage.requests == 1
     # Nothing else arrives for the call.
@@ -129,11 +129,21 @@ async def test_calls_interleave_on_one_connection(lane: tuple[Worker, LaneClient
 
 async def test_errors_carry_the_same_detail_as_grpc(lane: tuple[Worker, LaneClient]) -> None:
     _, client = lane
+    request = agent_pb2.LoadAgentRequest(agent_id="broken", ref="synapse_fixtures.nope:agent")
+    code, message, detail = status(await client.unary(LOAD, request))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "synapse_fixtures.nope" in message
+    assert detail.kind == agent_pb2.ERROR_KIND_LOAD_FAILED
+    assert detail.type == "ModuleNotFoundError"
+
+
+async def test_a_run_fails_in_band_as_on_grpc(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
     frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="nobody", prompt="x"))
-    code, message, detail = status(frame)
-    assert code is grpc.StatusCode.NOT_FOUND
-    assert "nobody" in message
-    assert detail.kind == "not_found"
+    assert frame.WhichOneof("body") == "message", frame
+    failure = agent_pb2.RunEvent.FromString(frame.message).failure
+    assert failure.error.kind == agent_pb2.ERROR_KIND_NOT_FOUND
+    assert "nobody" in failure.error.message
 
 
 async def test_an_unknown_method_is_unimplemented(lane: tuple[Worker, LaneClient]) -> None:
@@ -259,7 +269,7 @@ async def test_messages_over_the_maximum_size_are_refused_both_ways(tmp_path: Pa
         assert "Sent message larger than max" in message
         # The connection goes on.
         frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="big", prompt="3"))
-        assert agent_pb2.RunResult.FromString(frame.message).text == "xxx"
+        assert agent_pb2.RunEvent.FromString(frame.message).result.text == "xxx"
         # A frame far beyond the maximum is not read: the client is broken.
         client.start(ECHO, probe_pb2.EchoRequest(payload=b"x" * 300_000).SerializeToString())
         await asyncio.wait_for(client.closed.wait(), 5)

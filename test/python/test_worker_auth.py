@@ -13,10 +13,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import synapse_fixtures.bridge_types as bt
 from bridge_support import FIXTURE, BridgeClient
-from conftest import MAKE_TEST_CERT, TOKEN, AgentClient, TlsFiles, error_detail, tls_channel
+from conftest import (
+    MAKE_TEST_CERT,
+    TOKEN,
+    AgentClient,
+    RunFailed,
+    TlsFiles,
+    error_detail,
+    tls_channel,
+)
 from synapse_python import Worker
 from synapse_python._auth import BearerToken, TlsCredentials
-from synapse_python._errors import ErrorKind
+from synapse_python._errors import kind_name
+from synapse_python._proto.synapse.v1 import agent_pb2
 
 SERVICE = "synapse.v1.AgentService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -36,7 +45,7 @@ def assert_refused(error: grpc.aio.AioRpcError) -> None:
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
     assert error.details() == REFUSED
     detail = error_detail(error)
-    assert (detail.kind, detail.message, detail.type) == ("unauthenticated", REFUSED, "")
+    assert (kind_name(detail.kind), detail.message, detail.type) == ("unauthenticated", REFUSED, "")
 
 
 async def every_kind_of_call(channel: grpc.aio.Channel) -> None:
@@ -227,10 +236,10 @@ async def test_the_token_appears_in_no_log_error_or_repr(
     async with tls_channel(address, tls_files, TOKEN) as channel:
         client = AgentClient(channel)
         assert (await client.run_sync("echo", "hi")).text == "success (no tool calls)"
-        with pytest.raises(grpc.aio.AioRpcError) as raised:  # an error past the check
+        with pytest.raises(RunFailed) as failed:  # an error past the check
             await client.run_sync("nobody", "hi")
-        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-        seen += [str(raised.value), repr(raised.value.trailing_metadata())]
+        assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+        seen += [str(failed.value), repr(failed.value.failure)]
 
     assert "refused /synapse.v1.AgentService/RunSync from ipv4:127.0.0.1:" in caplog.text
     seen += [caplog.text, *(repr(vars(record)) for record in caplog.records)]
@@ -277,4 +286,4 @@ async def test_tcp_requires_tls_and_a_token(tls_files: TlsFiles, tmp_path: Path)
 
 
 def test_unauthenticated_is_an_error_kind() -> None:
-    assert ErrorKind("unauthenticated") is ErrorKind.UNAUTHENTICATED
+    assert kind_name(agent_pb2.ERROR_KIND_UNAUTHENTICATED) == "unauthenticated"

@@ -104,9 +104,10 @@ defmodule SynapseCore.TestHelpers do
   @doc """
   Starts the fake OpenAI-compatible server (synapse_fixtures.openai_server)
   for the calling test; returns its base URL. It exits when the test process
-  does: its stdin is the port, and it stops at EOF.
+  does: its stdin is the port, and it stops at EOF. `args` are the server's
+  options (`["--script", path, "--record", path]`, ...).
   """
-  def start_openai_server! do
+  def start_openai_server!(args \\ []) do
     {:ok, python} = SynapseCore.Python.interpreter()
 
     port =
@@ -114,7 +115,7 @@ defmodule SynapseCore.TestHelpers do
         :binary,
         :exit_status,
         {:line, 1024},
-        args: ["-m", "synapse_fixtures.openai_server", "--port", "0"],
+        args: ["-m", "synapse_fixtures.openai_server", "--port", "0" | args],
         env: [{~c"PYTHONPATH", String.to_charlist(@fixtures)}]
       ])
 
@@ -127,6 +128,11 @@ defmodule SynapseCore.TestHelpers do
     after
       15_000 -> flunk("the fake OpenAI server did not start")
     end
+  end
+
+  @doc "The environment a worker needs to use the fake OpenAI server at `base_url`."
+  def openai_env(base_url) do
+    [{"OPENAI_BASE_URL", base_url}, {"OPENAI_API_KEY", "test-key"}, {"NO_PROXY", "127.0.0.1"}]
   end
 
   @doc "Waits until `name` has `count` ready workers; returns them."

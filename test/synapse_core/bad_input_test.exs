@@ -6,7 +6,7 @@ defmodule SynapseCore.BadInputTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Native, Result}
+  alias SynapseCore.{Agent, Error, Messages, Native, Result}
 
   @moduletag capture_log: true
 
@@ -38,9 +38,10 @@ defmodule SynapseCore.BadInputTest do
     end
 
     test "large, under the limit", %{name: name} do
-      assert {:ok, %Result{messages: [request | _]}} =
+      assert {:ok, %Result{messages: messages}} =
                Agent.run_sync(name, String.duplicate("é", 200_000))
 
+      assert [request | _] = Messages.decode!(messages)
       assert [%{"content" => content}] = request["parts"]
       assert String.length(content) == 200_000
     end
@@ -91,7 +92,7 @@ defmodule SynapseCore.BadInputTest do
 
     assert map_size(output) == 20
     assert Enum.all?(Map.keys(output), &is_binary/1)
-    assert is_list(messages)
+    assert [_ | _] = Messages.decode!(messages)
 
     # The keys are random: none exists as an atom unless the result made it
     # (checked per key, not with the atom count, which other tests running

@@ -139,8 +139,12 @@ defmodule SynapseCore.BridgeTest do
   end
 
   test "other exceptions keep their type and message; bang variants raise", %{name: name} do
-    assert {:error, %Error{kind: :python_error, message: "boom", details: %{type: "ValueError"}}} =
-             types(:fail, [name, "boom"])
+    assert {:error,
+            %Error{
+              kind: :python_error,
+              message: "ValueError: boom",
+              details: %{type: "ValueError"}
+            }} = types(:fail, [name, "boom"])
 
     assert_raise Error, ~r/boom/, fn -> types(:fail!, [name, "boom"]) end
   end

@@ -159,7 +159,8 @@ defmodule SynapseCore.ClusterTest do
             %Error{kind: :invalid_argument, details: %{errors: [%{"loc" => ["person", "age"]}]}}} =
              bridge(:describe, [name, %{name: "Ann", age: -1}])
 
-    assert {:error, %Error{kind: :python_error, message: "boom"}} = bridge(:fail, [name, "boom"])
+    assert {:error, %Error{kind: :python_error, message: "ValueError: boom"}} =
+             bridge(:fail, [name, "boom"])
 
     # Node B goes away: calls go to node C's workers.
     start_bridge_on(node_c, name, python_path)

@@ -5,6 +5,7 @@ defmodule SynapseCore.DoctestTest do
   doctest SynapseCore.Python
   doctest SynapseCore.Schema
   doctest SynapseCore.JSON
+  doctest SynapseCore.Messages
   doctest SynapseCore.Shepherd.Protocol
   doctest SynapseCore.Worker
 end

@@ -52,7 +52,8 @@ defmodule SynapseCore.PayloadPropertyTest do
           :ok
 
         {:error, %Error{kind: kind}} ->
-          assert kind in [:invalid_argument, :resource_exhausted], failure(n, bytes)
+          assert kind in [:invalid_argument, :resource_exhausted, :unrepresentable],
+                 failure(n, bytes)
       end
     end
   end
@@ -79,7 +80,8 @@ defmodule SynapseCore.PayloadPropertyTest do
       2 -> :rand.uniform(2) == 1
       3 -> :rand.uniform(1_000_000) - 500_000
       4 -> Enum.random([9_223_372_036_854_775_807, -9_223_372_036_854_775_808, 0])
-      5 -> 18_446_744_073_709_551_615
+      # Beyond 64 bits too: JSON numbers have no size, and nothing narrows them.
+      5 -> Enum.random([18_446_744_073_709_551_615, 2 ** 70, -(2 ** 100) - 1])
       6 -> (:rand.uniform() - 0.5) * :math.pow(10, :rand.uniform(40) - 20)
       7 -> Enum.random([0.1, 1.0e300, -2.5e-300, 1.5])
       _ -> string()
@@ -128,9 +130,9 @@ defmodule SynapseCore.PayloadPropertyTest do
         [1 | 2],
         <<0xFF, 0xFE>>,
         <<1::3>>,
-        18_446_744_073_709_551_616,
-        -9_223_372_036_854_775_809,
         %{{:tuple, :key} => 1},
+        # Two keys of one name: one value would be lost.
+        %{:dup => 1, "dup" => 2},
         Enum.reduce(1..200, 1, fn _, acc -> [acc] end)
       ])
 

@@ -7,7 +7,7 @@ defmodule SynapseCore.RunSyncTest do
 
   @moduletag capture_log: true
 
-  alias SynapseCore.{Agent, Error, Result, Usage}
+  alias SynapseCore.{Agent, Error, Messages, Result, Usage}
 
   describe "run_sync/3" do
     test "returns the TestModel's output and a non-zero usage" do
@@ -20,7 +20,8 @@ defmodule SynapseCore.RunSyncTest do
       assert usage.requests == 1
       assert usage.input_tokens > 0
       assert usage.output_tokens > 0
-      assert [%{"kind" => "request"}, %{"kind" => "response"}] = messages
+      assert %Messages{count: 2} = messages
+      assert [%{"kind" => "request"}, %{"kind" => "response"}] = Messages.decode!(messages)
     end
 
     test "an agent from a zero-argument factory" do
@@ -35,9 +36,10 @@ defmodule SynapseCore.RunSyncTest do
         {Agent, name: name, model: "test", instructions: "Be terse.", transport: transport()}
       )
 
-      assert {:ok, %Result{output: "success (no tool calls)", messages: [request | _]}} =
+      assert {:ok, %Result{output: "success (no tool calls)", messages: messages}} =
                Agent.run_sync(name, "hi")
 
+      assert [request | _] = Messages.decode!(messages)
       assert request["instructions"] == "Be terse."
     end
 
@@ -49,7 +51,7 @@ defmodule SynapseCore.RunSyncTest do
       assert {:ok, %Result{output: "messages=3"} = second} =
                Agent.run_sync(name, "two", message_history: first.messages)
 
-      assert length(second.messages) == 4
+      assert second.messages.count == 4
       # The result itself is accepted as the history, too.
       assert {:ok, %Result{output: "messages=5"}} =
                Agent.run_sync(name, "three", message_history: second)

@@ -5,6 +5,8 @@ defmodule SynapseCore.WorkerOutputTest do
   use ExUnit.Case, async: false
 
   import ExUnit.CaptureLog
+
+  require Logger
   import SynapseCore.TestHelpers
 
   alias SynapseCore.{Agent, Result, Worker}

@@ -15,6 +15,7 @@ defmodule SynapseCore.Agent.Options do
     :model,
     :python,
     :cwd,
+    :deps_factory,
     :workers,
     :remote,
     :tls,
@@ -45,6 +46,7 @@ defmodule SynapseCore.Agent.Options do
           model: String.t() | nil,
           python: String.t() | nil,
           cwd: String.t() | nil,
+          deps_factory: String.t() | nil,
           workers: non_neg_integer(),
           remote: [String.t()],
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
@@ -66,9 +68,13 @@ defmodule SynapseCore.Agent.Options do
 
   @max_workers 256
   @max_message_bytes 4_294_967_295
-  @default_max_message_bytes 64 * 1024 * 1024
+  @external_resource SynapseCore.Proto.path()
+  @default_max_message_bytes SynapseCore.Proto.enum_value(
+                               "Limit",
+                               "LIMIT_DEFAULT_MAX_MESSAGE_BYTES"
+                             )
 
-  @doc "The default and upper bound of `:max_message_bytes`."
+  @doc "The default of `:max_message_bytes` (the wire contract's `Limit`)."
   @spec default_max_message_bytes() :: pos_integer()
   def default_max_message_bytes, do: @default_max_message_bytes
 
@@ -275,9 +281,11 @@ defmodule SynapseCore.Agent.Options do
       doc: """
       any pydantic-ai model string (`"openai:gpt-4o"`,
       `"anthropic:claude-sonnet-4-5"`, `"test"` for pydantic-ai's offline
-      `TestModel`, ...). With `:agent`, it overrides the agent's own model.
-      Without `:agent`, the agent is defined from Elixir and `:model` is
-      required.
+      `TestModel`, ...). With `:agent`, it overrides the agent's own model:
+      it is resolved once, when the worker loads the agent (so a typo or a
+      missing key fails the start), and that model is given to every run,
+      as a Python server passing `model=` would. Without `:agent`, the
+      agent is defined from Elixir and `:model` is required.
       """
     ],
     instructions: [
@@ -305,6 +313,15 @@ defmodule SynapseCore.Agent.Options do
       agent, alongside the Python agent's own: `SynapseCore.Tool` structs
       and modules that `use SynapseCore.Tools`.
       """
+    ],
+    deps_factory: [
+      type: {:custom, &__MODULE__.cast_reference/1, ~s(a string "package.module:function")},
+      doc: """
+      `"package.module:function"`: the Python function that makes each
+      run's deps from the run's `:deps` data (see "Deps" in the module
+      documentation). Without it, the data is validated into the agent's
+      `deps_type`. A factory that cannot be imported fails the start.
+      """
     ]
   ]
 
@@ -324,11 +341,25 @@ defmodule SynapseCore.Agent.Options do
     message_history: [
       type:
         {:custom, &__MODULE__.cast_history/1,
-         "a list of messages (a previous result's `messages`) or a result"},
+         "a previous result's `messages` (a SynapseCore.Messages), a result, or a list of message maps"},
       default: nil,
       doc: """
-      the conversation so far: a previous result's `messages` (or the
-      result itself). Defaults to none.
+      the conversation so far: a previous result's `messages` (a
+      `SynapseCore.Messages`, sent back byte for byte as pydantic-ai wrote
+      it), or the result itself. A list of message maps (pydantic-ai's JSON
+      form as Elixir data, e.g. from `SynapseCore.Messages.decode/1`) is
+      accepted too, but it is re-encoded (keys sorted), so the model does
+      not receive the exact bytes Python would send. Defaults to none.
+      """
+    ],
+    output_tool_return_content: [
+      type: :string,
+      default: nil,
+      doc: """
+      pydantic-ai's parameter of that name: for an agent whose output came
+      from an output tool, the content of that tool's return in the
+      result's `messages`, to continue the conversation from it. An agent
+      with text output fails the run with `:invalid_argument`.
       """
     ],
     model_settings: [
@@ -352,10 +383,13 @@ defmodule SynapseCore.Agent.Options do
       type: {:timeout, 1},
       default: 60_000,
       doc: """
-      milliseconds the run may take. When it passes, the run is cancelled
-      in Python and the call returns
-      `{:error, %SynapseCore.Error{kind: :timeout}}`. The deadline travels
-      with the call (its gRPC or lane deadline), and bounds its tool calls too.
+      milliseconds the run may take. It is pydantic-ai's own `timeout`:
+      when it passes, the run stops in Python and the call returns
+      `{:error, %SynapseCore.Error{kind: :timeout}}` whose details carry
+      what the run had done (`:messages`, to resume from, and `:usage`).
+      The call's transport deadline (gRPC's or the lane's) is a little longer, so that this
+      answer arrives; a worker that cannot answer (its event loop blocked)
+      is given up on then.
       """
     ],
     tools: [
@@ -370,7 +404,13 @@ defmodule SynapseCore.Agent.Options do
     deps: [
       type: :any,
       default: nil,
-      doc: "any term, handed to the run's Elixir tools in their `SynapseCore.Tool.Context`."
+      doc: """
+      the run's dependencies: data that becomes the Python agent's
+      `ctx.deps` (validated into its `deps_type`, or given to its deps
+      factory; see "Deps" in the module documentation), and any term for
+      the run's Elixir tools, which get it unconverted in their
+      `SynapseCore.Tool.Context`.
+      """
     ]
   ]
 
@@ -449,7 +489,14 @@ defmodule SynapseCore.Agent.Options do
   @spec agent!(keyword()) :: t()
   def agent!(opts) do
     options = Options.validate!(opts, agent_schema(), "an agent")
-    %{worker!(options) | source: source!(options), model: options[:model], tools: options.tools}
+
+    %{
+      worker!(options)
+      | source: source!(options),
+        model: options[:model],
+        tools: options.tools,
+        deps_factory: options[:deps_factory]
+    }
   end
 
   @spec bridge!(keyword()) :: t()
@@ -553,7 +600,8 @@ defmodule SynapseCore.Agent.Options do
 
   @typedoc "Validated options of one run."
   @type call :: %{
-          message_history: [map()] | nil,
+          message_history: SynapseCore.Messages.t() | [map()] | nil,
+          output_tool_return_content: String.t() | nil,
           model_settings: map() | nil,
           usage_limits: map() | nil,
           timeout: timeout(),
@@ -684,11 +732,18 @@ defmodule SynapseCore.Agent.Options do
 
   @doc false
   def cast_history(nil), do: {:ok, nil}
-  def cast_history(%SynapseCore.Result{messages: messages}), do: {:ok, messages}
+  def cast_history(%SynapseCore.Result{messages: messages}), do: cast_history(messages)
+
+  def cast_history(%SynapseCore.Messages{json: json} = messages) when is_binary(json),
+    do: {:ok, messages}
+
   def cast_history(messages) when is_list(messages), do: {:ok, messages}
 
   def cast_history(_other),
-    do: {:error, "expected a list of messages (a previous result's `messages`) or a result"}
+    do:
+      {:error,
+       "expected a previous result's `messages` (a SynapseCore.Messages), a result, " <>
+         "or a list of message maps"}
 
   @doc false
   def cast_local_pid(nil), do: {:ok, nil}

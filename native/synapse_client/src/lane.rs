@@ -755,7 +755,8 @@ mod tests {
         let frame = peer.next().await;
         assert_eq!(start_of(&frame).timeout_us, 0);
         let detail = ErrorDetail {
-            kind: "not_found".into(),
+            // Not the kind the code implies: the detail's kind must win.
+            kind: crate::proto::ErrorKind::LoadFailed.into(),
             message: "no agent".into(),
             ..Default::default()
         };
@@ -771,7 +772,7 @@ mod tests {
         let status = call.await.unwrap().unwrap_err();
         assert!(!is_transport_failure(&status));
         let error = Error::from_status(&status);
-        assert_eq!(error.kind_name(), "not_found");
+        assert_eq!(error.kind_name(), "load_failed");
         assert_eq!(error.to_string(), "no agent");
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -12,5 +12,5 @@ pub mod proto;
 pub mod worker;
 
 pub use address::{connect_lazy, Address, Tls};
-pub use error::{Error, RemoteKind};
+pub use error::Error;
 pub use worker::{Responses, Worker, WorkerOptions};

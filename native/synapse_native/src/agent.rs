@@ -28,6 +28,8 @@ pub struct LoadArgs<'a> {
     spec: Option<SpecArgs<'a>>,
     /// Model override, `""` for none.
     model: String,
+    /// `"module:function"` making each run's deps, `""` for none.
+    deps_factory: String,
 }
 
 /// Asks the worker to load an agent; answers
@@ -61,6 +63,7 @@ fn agent_load<'a>(
         agent_id: request.agent_id,
         source: Some(source),
         model: request.model,
+        deps_factory: request.deps_factory,
     };
     call::unary_method(
         env,

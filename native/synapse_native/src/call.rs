@@ -10,6 +10,7 @@ use std::time::Duration;
 use prost::bytes::Bytes;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::{is_transport_failure, tls_failure};
+use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -27,6 +28,10 @@ use crate::runtime::RUNTIME;
 /// calling it plain unavailability.
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
 
+/// How long a run asked to stop (`CallHandle::stop`) has to answer with
+/// what it did before it is cancelled outright.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// What a NIF that starts a call answers: the call's handle, or an error
 /// that stopped it before it was sent.
 pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
@@ -36,6 +41,8 @@ pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 /// when a process it monitors (the caller, a stream's receiver) exits.
 pub struct CallHandle {
     cancel: CancellationToken,
+    /// Asked to stop: the call waits a moment for the worker's answer.
+    stop: CancellationToken,
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
@@ -64,6 +71,25 @@ impl Drop for CallHandle {
 impl CallHandle {
     pub fn cancel(&self) {
         self.cancel.cancel();
+    }
+
+    /// Asks the call to stop. A run on the `Run` stream is sent a `cancel`
+    /// and answers, within [`STOP_GRACE`], with what it did (a `cancelled`
+    /// failure carrying its messages and usage) or its result if it
+    /// finished first; any other call is cancelled at once.
+    pub fn stop(&self) {
+        let asked = self.inputs.as_ref().is_some_and(|inputs| {
+            inputs
+                .send(prost::Message::encode_to_vec(&RunInput {
+                    input: Some(run_input::Input::Cancel(Cancel {})),
+                }))
+                .is_ok()
+        });
+        if asked {
+            self.stop.cancel();
+        } else {
+            self.cancel.cancel();
+        }
     }
 }
 
@@ -134,6 +160,7 @@ pub fn with_limit(
 ) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
         cancel: CancellationToken::new(),
+        stop: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
         inputs,
         max_message_bytes,
@@ -201,7 +228,23 @@ where
     Fut: Future<Output = Result<T, CallError>> + Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    let timeout = decode_timeout(timeout)?;
+    unary_within(env, channel, tag, decode_timeout(timeout)?, rpc, encode)
+}
+
+/// [`unary`] with its deadline decoded.
+pub fn unary_within<T, Fut, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Option<Duration>,
+    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
+    encode: E,
+) -> Started
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
     let caller = env.pid();
     let handle = self::handle(env, &[caller], 0, None);
     let target = channel.clone();
@@ -340,6 +383,7 @@ pub fn spawn<T, Fut, E>(
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     let cancel = handle.cancel.clone();
+    let stop = handle.stop.clone();
     let in_flight = InFlight::enter(channel.clone());
     // `rpc` runs here, on the caller's thread, so that a call that can be
     // sent at once (a unary call on the lane) is on its way before any
@@ -354,7 +398,7 @@ pub fn spawn<T, Fut, E>(
     };
     RUNTIME.spawn(async move {
         let outcome = match started {
-            Ok(call) => run(&channel, &cancel, timeout, call).await,
+            Ok(call) => run(&channel, &cancel, &stop, timeout, call).await,
             Err(error) => Err(error),
         };
         drop(in_flight);
@@ -365,6 +409,7 @@ pub fn spawn<T, Fut, E>(
 async fn run<T, Fut>(
     channel: &ChannelResource,
     cancel: &CancellationToken,
+    stop: &CancellationToken,
     timeout: Option<Duration>,
     call: Fut,
 ) -> Result<T, Error>
@@ -380,16 +425,25 @@ where
             None => guarded.await,
         }
     };
-    let status = tokio::select! {
+    tokio::pin!(call);
+    let result = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(Error::Cancelled),
         () = channel.closed.cancelled() => return Err(Error::WorkerExited),
-        result = call => match result {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(CallError::Other(error))) => return Err(error),
-            Ok(Err(CallError::Status(status))) => status,
-            Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
+        () = stop.cancelled() => tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Error::Cancelled),
+            () = channel.closed.cancelled() => return Err(Error::WorkerExited),
+            () = tokio::time::sleep(STOP_GRACE) => return Err(Error::Cancelled),
+            result = &mut call => result,
         },
+        result = &mut call => result,
+    };
+    let status = match result {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(CallError::Other(error))) => return Err(error),
+        Ok(Err(CallError::Status(status))) => status,
+        Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
     };
     if !is_transport_failure(&status) {
         return Err(Error::from_status(&status));

@@ -12,6 +12,8 @@ pub use synapse_client::Error;
 
 use crate::atoms;
 use crate::json;
+use crate::messages;
+use crate::run::encode_usage;
 use crate::terms::elixir_struct;
 
 /// [`Error`] as a NIF return value.
@@ -29,6 +31,22 @@ impl Encoder for NifError {
     }
 }
 
+/// Keys of the worker's failure data that become keys of `details`, as
+/// atoms (a fixed set: atoms are never made from the worker's strings).
+/// Other keys stay in `details.data`.
+fn data_keys() -> [Atom; 8] {
+    [
+        atoms::errors(),
+        atoms::status_code(),
+        atoms::body(),
+        atoms::retry_after(),
+        atoms::model_name(),
+        atoms::provider_error_code(),
+        atoms::provider_error_type(),
+        atoms::phase(),
+    ]
+}
+
 pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
     let mut details = Term::map_new(env);
     if let Error::Remote {
@@ -36,6 +54,7 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
         python_type,
         traceback,
         data,
+        run,
         ..
     } = error
     {
@@ -43,11 +62,7 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
             .as_deref()
             .and_then(|bytes| json::decode(env, bytes).ok())
         {
-            // A validation error's per-field errors get a key of their own.
-            match data.map_get(json::string(env, "errors")) {
-                Ok(errors) => details = put(details, atoms::errors(), errors),
-                Err(_) => details = put(details, atoms::data(), data),
-            }
+            details = put_data(env, details, data);
         }
         details = put(
             details,
@@ -60,22 +75,53 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
         if let Some(tb) = traceback {
             details = put(details, atoms::traceback(), tb.as_str().encode(env));
         }
+        if let Some(run) = run {
+            details = put(
+                details,
+                atoms::messages(),
+                messages::encode(env, &run.messages_json, run.message_count),
+            );
+            details = put(
+                details,
+                atoms::usage(),
+                encode_usage(env, run.usage.unwrap_or_default()),
+            );
+            details = put(details, atoms::run_id(), json::string(env, &run.run_id));
+        }
     }
     elixir_struct(
         env,
         atoms::error_module(),
         &[
             (atoms::__exception__(), true.encode(env)),
-            (atoms::kind(), known_atom(env, error.kind_name())),
+            (atoms::kind(), known_atom(env, &error.kind_name())),
             (atoms::message(), error.to_string().encode(env)),
             (atoms::details(), details),
         ],
     )
 }
 
-/// Kind and status-code names come from fixed tables in `synapse_client`,
-/// never from the worker, so making atoms of them is safe.
-fn known_atom<'a>(env: Env<'a>, name: &'static str) -> Term<'a> {
+/// The known keys of the failure's data as `details` keys; the rest (if
+/// any) as `details.data`.
+fn put_data<'a>(env: Env<'a>, mut details: Term<'a>, data: Term<'a>) -> Term<'a> {
+    let mut rest = data;
+    for key in data_keys() {
+        let name = json::string(env, &key.to_term(env).atom_to_string().unwrap_or_default());
+        if let Ok(value) = data.map_get(name) {
+            details = put(details, key, value);
+            rest = rest.map_remove(name).unwrap_or(rest);
+        }
+    }
+    if rest.map_size().is_ok_and(|size| size > 0) || rest.map_size().is_err() {
+        details = put(details, atoms::data(), rest);
+    }
+    details
+}
+
+/// Kind and status-code names come from fixed tables (the proto's
+/// `ErrorKind`, tonic's codes), never from the worker's strings, so making
+/// atoms of them is safe.
+fn known_atom<'a>(env: Env<'a>, name: &str) -> Term<'a> {
     Atom::from_str(env, name)
         .map(|atom| atom.encode(env))
         .unwrap_or_else(|_| atoms::internal().encode(env))

@@ -3,15 +3,22 @@
 //! converted here.
 //!
 //! Elixir -> JSON: `nil` is null, `true`/`false` are booleans, other atoms
-//! are strings, integers and floats are numbers, binaries must be UTF-8
-//! strings, lists are arrays, maps (binary or atom keys) are objects.
-//! Tuples, pids, refs and functions have no JSON form and are refused.
+//! are strings, integers (of any size) and floats are numbers, binaries must
+//! be UTF-8 strings, lists are arrays, maps (binary or atom keys) are
+//! objects. Tuples, pids, refs and functions have no JSON form and are
+//! refused, and so is a map with two keys of one name (`:a` and `"a"`).
 //!
 //! JSON -> Elixir: null is `nil`, objects are maps with *binary* keys (a
-//! payload from Python never creates atoms), strings are binaries.
+//! payload from Python never creates atoms), strings are binaries, integers
+//! of any size are integers (never floats). NaN and infinities (which Python
+//! writes but JSON does not have, and Elixir floats cannot hold) are an
+//! `Unrepresentable` error.
 
-use rustler::{Binary, Encoder, Env, NewBinary, Term, TermType};
+use std::str::FromStr;
 
+use rustler::{BigInt, Binary, Encoder, Env, NewBinary, Term, TermType};
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::atoms;
@@ -45,16 +52,63 @@ pub fn decode<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
 }
 
 fn decode_inner<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        if e.to_string().starts_with("recursion limit exceeded") {
-            Error::LimitExceeded(format!(
-                "the worker's data is nested deeper than {MAX_DEPTH} levels"
-            ))
-        } else {
-            Error::Protocol(format!("the worker sent invalid JSON: {e}"))
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e))?;
+    from_value(env, &value)
+}
+
+fn parse_error(bytes: &[u8], e: &serde_json::Error) -> Error {
+    if e.to_string().starts_with("recursion limit exceeded") {
+        Error::LimitExceeded(format!(
+            "the worker's data is nested deeper than {MAX_DEPTH} levels"
+        ))
+    } else if let Some(token) = non_finite_at(bytes, e.line(), e.column()) {
+        Error::Unrepresentable(format!(
+            "the worker's data holds {token}, which neither JSON nor an Elixir float can hold"
+        ))
+    } else {
+        Error::Protocol(format!("the worker sent invalid JSON: {e}"))
+    }
+}
+
+/// Python's `json` writes NaN and infinities as bare `NaN`, `Infinity` and
+/// `-Infinity`, which are not JSON: the token where parsing stopped (line
+/// and 1-based column, as serde_json reports them), if it is one of those.
+fn non_finite_at(bytes: &[u8], line: usize, column: usize) -> Option<&'static str> {
+    let line_start: usize = bytes
+        .split(|b| *b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    let at = (line_start + column).saturating_sub(1);
+    // The error points at the token, or a byte into it (after a '-').
+    (at.saturating_sub(2)..=at).find_map(|from| {
+        let rest = bytes.get(from..)?;
+        ["NaN", "Infinity", "-Infinity"]
+            .into_iter()
+            .find(|token| rest.starts_with(token.as_bytes()))
+    })
+}
+
+/// The elements of a JSON array, each exactly as its bytes are in `bytes`.
+pub fn array_elements(bytes: &[u8]) -> Result<Vec<&RawValue>, Error> {
+    serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e))
+}
+
+/// The JSON array of `elements`, written as pydantic writes arrays (no
+/// spaces): a slice of an array pydantic wrote is what it would write for
+/// that slice.
+pub fn array_of(elements: &[&RawValue]) -> Vec<u8> {
+    let size = elements.iter().map(|e| e.get().len() + 1).sum::<usize>() + 1;
+    let mut out = Vec::with_capacity(size);
+    out.push(b'[');
+    for (index, element) in elements.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
         }
-    })?;
-    Ok(from_value(env, &value))
+        out.extend_from_slice(element.get().as_bytes());
+    }
+    out.push(b']');
+    out
 }
 
 /// Runs `f` with enough native stack for one more level of recursion.
@@ -97,7 +151,14 @@ fn to_value_inner(term: Term<'_>, depth: usize) -> Result<Value, Error> {
                 .ok_or_else(|| Error::InvalidArgument("unreadable map".into()))?;
             let mut object = Map::new();
             for (key, value) in iter {
-                object.insert(key_string(key)?, to_value(value, depth + 1)?);
+                let name = key_string(key)?;
+                if object.contains_key(&name) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a map has two keys named {name:?} (e.g. :{name} and \"{name}\"); \
+                         JSON objects have one value per name"
+                    )));
+                }
+                object.insert(name, to_value(value, depth + 1)?);
             }
             Ok(Value::Object(object))
         }
@@ -135,9 +196,13 @@ fn integer_value(term: Term<'_>) -> Result<Value, Error> {
     } else if let Ok(u) = term.decode::<u64>() {
         Ok(Value::Number(u.into()))
     } else {
-        Err(Error::InvalidArgument(
-            "integers beyond 64 bits cannot be sent as JSON".into(),
-        ))
+        // Beyond 64 bits: JSON numbers have no size limit, and Python reads them exactly.
+        let big: BigInt = term
+            .decode()
+            .map_err(|_| Error::InvalidArgument("cannot read an integer".into()))?;
+        Number::from_str(&big.to_string())
+            .map(Value::Number)
+            .map_err(|e| Error::Internal(format!("an integer has no JSON form: {e}")))
     }
 }
 
@@ -178,34 +243,55 @@ fn type_name(t: TermType) -> &'static str {
 
 /// Builds the term for a JSON value. The recursion is bounded because every
 /// value comes from `serde_json`, whose parser refuses depths beyond 128.
-pub fn from_value<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
+pub fn from_value<'a>(env: Env<'a>, value: &Value) -> Result<Term<'a>, Error> {
     with_stack(|| from_value_inner(env, value))
 }
 
-fn from_value_inner<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
-    match value {
+fn from_value_inner<'a>(env: Env<'a>, value: &Value) -> Result<Term<'a>, Error> {
+    Ok(match value {
         Value::Null => atoms::nil().encode(env),
         Value::Bool(b) => b.encode(env),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.encode(env)
-            } else if let Some(u) = n.as_u64() {
-                u.encode(env)
-            } else {
-                n.as_f64().unwrap_or_default().encode(env)
-            }
-        }
+        Value::Number(n) => number(env, n)?,
         Value::String(s) => string(env, s),
         Value::Array(items) => {
-            let terms: Vec<Term<'a>> = items.iter().map(|v| from_value(env, v)).collect();
+            let terms = items
+                .iter()
+                .map(|v| from_value(env, v))
+                .collect::<Result<Vec<_>, _>>()?;
             terms.encode(env)
         }
         Value::Object(object) => {
             let keys: Vec<Term<'a>> = object.keys().map(|k| string(env, k)).collect();
-            let values: Vec<Term<'a>> = object.values().map(|v| from_value(env, v)).collect();
+            let values = object
+                .values()
+                .map(|v| from_value(env, v))
+                .collect::<Result<Vec<_>, _>>()?;
             // serde_json's map has unique keys, so building the map cannot fail.
             Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
         }
+    })
+}
+
+/// A JSON number as an integer when it is written as one (of any size),
+/// else as a float.
+fn number<'a>(env: Env<'a>, n: &Number) -> Result<Term<'a>, Error> {
+    if let Some(i) = n.as_i64() {
+        return Ok(i.encode(env));
+    }
+    if let Some(u) = n.as_u64() {
+        return Ok(u.encode(env));
+    }
+    let text = n.to_string();
+    if !text.contains(['.', 'e', 'E']) {
+        let big = BigInt::from_str(&text)
+            .map_err(|e| Error::Protocol(format!("the worker sent a malformed integer: {e}")))?;
+        return Ok(big.encode(env));
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() => Ok(f.encode(env)),
+        _ => Err(Error::Unrepresentable(format!(
+            "the number {text} is beyond the range of an Elixir float"
+        ))),
     }
 }
 

@@ -16,6 +16,7 @@ mod debug;
 mod error;
 mod json;
 mod json_nifs;
+mod messages;
 mod probe;
 mod reply;
 mod run;

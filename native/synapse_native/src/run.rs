@@ -2,6 +2,8 @@
 //! `run_stream/3` (events, then one final message).
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
+use std::time::Duration;
+
 use synapse_client::proto::{
     methods, run_event, run_input, run_result, tool_result, RunEvent, RunInput, RunRequest,
     RunResult, ToolCall, ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
@@ -13,20 +15,32 @@ use crate::call::{self, fits, CallError, CallHandle, Started};
 use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
+use crate::messages;
 use crate::reply::{Events, Reply, Runner, Style};
 use crate::terms::elixir_struct;
+
+/// How much longer than the run's own timeout its call may take: the
+/// worker's pydantic-ai run stops at the timeout and answers with what it
+/// did (its messages and usage), which takes a moment to arrive.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(NifMap)]
 pub struct RunArgs<'a> {
     agent_id: String,
     prompt: String,
+    /// pydantic-ai's JSON of a history (a binary: sent as it is), a list of
+    /// message maps (encoded to JSON), or `nil`.
     message_history: Term<'a>,
     model_settings: Term<'a>,
     usage_limits: Term<'a>,
     /// Tools executed in Elixir (streaming runs only).
     tools: Vec<ToolArgs<'a>>,
-    /// No display events: only tool requests and the result.
+    /// No display events and no streamed model requests: only tool
+    /// requests and the result.
     quiet: bool,
+    /// Any term: sent to the worker as JSON when it has a JSON form.
+    deps: Term<'a>,
+    output_tool_return_content: Option<String>,
 }
 
 #[derive(NifMap)]
@@ -186,10 +200,11 @@ fn run_ack(handle: ResourceArc<CallHandle>, count: usize) -> Atom {
 }
 
 /// Cancels a call; its receiver gets a `:cancelled` error unless the call
-/// already answered.
+/// already answered. A run on the `Run` stream is asked to stop first, and
+/// its error then carries what it did (see `CallHandle::stop`).
 #[rustler::nif]
 fn run_cancel(handle: ResourceArc<CallHandle>) -> Atom {
-    handle.cancel();
+    handle.stop();
     atoms::ok()
 }
 
@@ -200,17 +215,40 @@ fn start_unary<'a>(
     request: RunArgs<'a>,
     timeout: Term<'a>,
 ) -> Started {
-    let request = match request_from(request).and_then(|r| fits(r, channel.max_message_bytes)) {
+    let timeout = call::decode_timeout(timeout)?;
+    let request = request_from(request, timeout);
+    let timeout = timeout.map(|t| t + ANSWER_GRACE);
+    let request = match request.and_then(|r| fits(r, channel.max_message_bytes)) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
-    call::unary_method(
+    call::unary_within(
         env,
         channel,
         tag,
         timeout,
-        methods::AGENT_SERVICE_RUN_SYNC,
-        request,
+        move |channel, deadline| {
+            // Sent now (see `call::spawn`): the future only waits for the
+            // answer, a result or the run's failure (in band).
+            let response = channel.worker.unary(
+                methods::AGENT_SERVICE_RUN_SYNC,
+                prost::Message::encode_to_vec(&request),
+                deadline,
+            );
+            async move {
+                let last: RunEvent = call::decode(response.await?)?;
+                match last.event {
+                    Some(run_event::Event::Result(result)) => Ok(result),
+                    Some(run_event::Event::Failure(failure)) => {
+                        Err(CallError::Other(Error::from_failure(failure)))
+                    }
+                    _ => Err(Error::Protocol(
+                        "RunSync answered neither a result nor a failure".into(),
+                    )
+                    .into()),
+                }
+            }
+        },
         encode_result,
     )
 }
@@ -223,6 +261,8 @@ fn start_stream<'a>(
     options: StreamOptions<'a>,
 ) -> Started {
     let timeout = call::decode_timeout(options.timeout)?;
+    let request = request_from(request, timeout);
+    let timeout = timeout.map(|t| t + ANSWER_GRACE);
     let window = call::decode_window(options.window)?;
     let style = if options.reply == atoms::stream() {
         Style::Stream
@@ -231,7 +271,7 @@ fn start_stream<'a>(
     } else {
         return Err(rustler::Error::BadArg);
     };
-    let request = match request_from(request).and_then(|r| fits(r, channel.max_message_bytes)) {
+    let request = match request.and_then(|r| fits(r, channel.max_message_bytes)) {
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
@@ -327,6 +367,9 @@ async fn stream(
                 relay.request_tool(request);
             }
             Some(run_event::Event::Result(result)) => return Ok(result),
+            Some(run_event::Event::Failure(failure)) => {
+                return Err(Error::from_failure(failure).into());
+            }
             None => {
                 return Err(Error::Protocol("the worker sent an empty event".into()).into());
             }
@@ -412,7 +455,7 @@ fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
     )
 }
 
-fn request_from(args: RunArgs<'_>) -> Result<RunRequest, Error> {
+fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunRequest, Error> {
     let tools = args
         .tools
         .into_iter()
@@ -426,18 +469,45 @@ fn request_from(args: RunArgs<'_>) -> Result<RunRequest, Error> {
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
+    // Deps with no JSON form are for the Elixir tools only; the worker
+    // fails the run with the reason if its agent needs them.
+    let (deps_json, deps_error) = if is_nil(args.deps) {
+        (None, String::new())
+    } else {
+        match json::encode(args.deps) {
+            Ok(bytes) => (Some(bytes), String::new()),
+            Err(e) => (None, e.to_string()),
+        }
+    };
     Ok(RunRequest {
         tools,
         quiet: args.quiet,
         agent_id: args.agent_id,
         prompt: args.prompt,
-        message_history_json: json::encode_optional(args.message_history)
+        message_history_json: history_json(args.message_history)
             .map_err(|e| context("message_history", e))?,
+        deps_json,
+        deps_error,
+        timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        output_tool_return_content: args.output_tool_return_content,
         model_settings_json: json::encode_optional(args.model_settings)
             .map_err(|e| context("model_settings", e))?,
         usage_limits_json: json::encode_optional(args.usage_limits)
             .map_err(|e| context("usage_limits", e))?,
     })
+}
+
+/// A history given as pydantic-ai's own JSON (a binary) goes as it is, byte
+/// for byte; a list of maps is encoded.
+fn history_json(history: Term<'_>) -> Result<Vec<u8>, Error> {
+    match history.decode::<rustler::Binary<'_>>() {
+        Ok(bytes) => Ok(bytes.as_slice().to_vec()),
+        Err(_) => json::encode_optional(history),
+    }
+}
+
+fn is_nil(term: Term<'_>) -> bool {
+    term.decode::<Atom>().is_ok_and(|atom| atom == atoms::nil())
 }
 
 fn context(what: &str, error: Error) -> Error {
@@ -447,17 +517,13 @@ fn context(what: &str, error: Error) -> Error {
     }
 }
 
-/// `%SynapseCore.Result{output:, usage: %SynapseCore.Usage{}, messages:, run_id:}`
+/// `%SynapseCore.Result{output:, output_type:, usage: %SynapseCore.Usage{},
+/// messages: %SynapseCore.Messages{}, new_message_index:, run_id:}`
 fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
     let output = match result.output {
         Some(run_result::Output::Text(text)) => json::string(env, &text),
         Some(run_result::Output::Json(bytes)) => json::decode(env, &bytes)?,
         None => return Err(Error::Protocol("the worker's result has no output".into())),
-    };
-    let messages = if result.messages_json.is_empty() {
-        Vec::<Term<'_>>::new().encode(env)
-    } else {
-        json::decode(env, &result.messages_json)?
     };
     let usage = encode_usage(env, result.usage.unwrap_or_default());
     Ok(elixir_struct(
@@ -465,14 +531,22 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
         atoms::result_module(),
         &[
             (atoms::output(), output),
+            (atoms::output_type(), json::string(env, &result.output_type)),
             (atoms::usage(), usage),
-            (atoms::messages(), messages),
+            (
+                atoms::messages(),
+                messages::encode(env, &result.messages_json, result.message_count),
+            ),
+            (
+                atoms::new_message_index(),
+                result.new_message_index.encode(env),
+            ),
             (atoms::run_id(), json::string(env, &result.run_id)),
         ],
     ))
 }
 
-fn encode_usage(env: Env<'_>, usage: Usage) -> Term<'_> {
+pub fn encode_usage(env: Env<'_>, usage: Usage) -> Term<'_> {
     let count = |n: i64| n.encode(env);
     elixir_struct(
         env,

@@ -23,7 +23,7 @@ from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.output import StructuredDict
 
-from synapse_python import _json_schema
+from synapse_python import _deps, _json_schema
 
 AnyAgent: TypeAlias = AbstractAgent[Any, Any]
 OutputKind: TypeAlias = Literal["text", "json"]
@@ -55,6 +55,7 @@ class LoadedAgent:
     agent_id: str
     agent: AnyAgent
     model: Model | None
+    deps: _deps.Deps
 
     @property
     def name(self) -> str:
@@ -86,14 +87,22 @@ class AgentRegistry:
 
 
 async def load(
-    agent_id: str, source: str | AgentSpec | AnyAgent, *, model: str | None = None
+    agent_id: str,
+    source: str | AgentSpec | AnyAgent,
+    *,
+    model: str | None = None,
+    deps_factory: str | Callable[..., Any] | None = None,
 ) -> LoadedAgent:
     """Build the agent `source` describes; `model`, when given, overrides its model.
 
+    `deps_factory` (a "package.module:function" reference, or the function)
+    makes each run's deps from the caller's data (see `_deps`).
+
     Raises whatever went wrong, unwrapped (the caller reports the exception's own
     type and message): `ModuleNotFoundError`, the user's import-time error,
-    `AttributeError`, `TypeError` for something that is not an agent,
-    pydantic-ai's `UserError` for a bad model string, ...
+    `AttributeError`, `TypeError` for something that is not an agent (or a
+    factory that is not callable), pydantic-ai's `UserError` for a bad model
+    string, ...
     """
     override = infer_model(model) if model else None
     if isinstance(source, AgentSpec):
@@ -104,7 +113,19 @@ async def load(
         agent = source
     else:
         raise TypeError(f"cannot load an agent from {type(source).__name__}")
-    return LoadedAgent(agent_id=agent_id, agent=agent, model=override)
+    factory: Callable[..., Any] | None
+    if isinstance(deps_factory, str):
+        factory = _resolve(deps_factory)
+        if not callable(factory):
+            raise TypeError(f"the deps factory {deps_factory} is {type(factory).__name__}")
+    else:
+        factory = deps_factory
+    deps = _deps.Deps.for_agent(
+        getattr(agent, "deps_type", object),
+        factory,
+        deps_factory if isinstance(deps_factory, str) else repr(deps_factory),
+    )
+    return LoadedAgent(agent_id=agent_id, agent=agent, model=override, deps=deps)
 
 
 def _from_spec(spec: AgentSpec, *, has_override: bool) -> AnyAgent:
@@ -168,13 +189,19 @@ def _conforms_to(schema: _json_schema.Schema) -> Callable[[dict[str, Any]], dict
     return conforms
 
 
-async def _from_ref(ref: str) -> AnyAgent:
+def _resolve(ref: str) -> Any:
+    """The object "package.module:attribute" names (the module imported as needed)."""
     module_name, sep, attr_path = ref.partition(":")
     if not sep or not module_name or not attr_path:
-        raise ValueError(f"agent reference {ref!r} is not of the form 'package.module:attribute'")
+        raise ValueError(f"reference {ref!r} is not of the form 'package.module:attribute'")
     target: Any = _import(module_name)
     for attr in attr_path.split("."):
         target = getattr(target, attr)
+    return target
+
+
+async def _from_ref(ref: str) -> AnyAgent:
+    target = _resolve(ref)
     if isinstance(target, AbstractAgent):
         return target
     if not callable(target):

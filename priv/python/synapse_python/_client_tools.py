@@ -5,11 +5,12 @@ Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
 the client over the run's stream and waits for its answer:
 
 1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
-   registers a future under it and emits a `ToolRequested` event into the
-   run's own event stream (`RunContext.emit`). The run's writer sends it as a
-   `tool_request`, in stream order: after the call's `tool_call` event and
-   before its `tool_return`, whatever the scheduling;
-2. the Run handler's input reader hands each `tool_result` to `resolve`, which
+   registers a future under it and sends a `tool_request` itself, through the
+   run's sender (`_run.Send`). Not through pydantic-ai's event stream: a run
+   with no stream consumer has none (its model requests are not streamed),
+   and in a streamed run the client routes tool requests apart from the
+   events anyway;
+2. the run's input reader hands each `tool_result` to `resolve`, which
    completes the future with the same `request_id`: `return_json` is decoded
    and returned to the model, `retry_message` is raised as `ModelRetry` (the
    model gets it as a retry prompt, within the tool's retry budget);
@@ -35,12 +36,12 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
-from pydantic_ai import CustomEvent, ModelRetry, RunContext, Tool
+from pydantic_ai import ModelRetry, RunContext, Tool
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import SchemaValidator, core_schema
@@ -60,29 +61,6 @@ _ARGS_VALIDATOR = SchemaValidator(core_schema.dict_schema(core_schema.str_schema
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-@dataclass(kw_only=True)
-class ToolRequested(CustomEvent, name="synapse_tool_request", ui=False):
-    """A client tool was called: the wire's `tool_request`.
-
-    `tool_call_id` and `tool_name` are `CustomEvent`'s own fields.
-    """
-
-    request_id: str
-    args_json: bytes
-    run_id: str
-    retry: int
-
-    def to_proto(self) -> agent_pb2.ToolRequest:
-        return agent_pb2.ToolRequest(
-            request_id=self.request_id,
-            name=self.tool_name or "",
-            args_json=self.args_json,
-            tool_call_id=self.tool_call_id or "",
-            run_id=self.run_id,
-            retry=self.retry,
-        )
-
-
 @dataclass(frozen=True, slots=True)
 class _Retry:
     message: str
@@ -94,8 +72,17 @@ class ClientTools:
     Everything runs on the event loop's thread: no lock.
     """
 
-    def __init__(self, defs: Sequence[agent_pb2.ToolDef], agent: AbstractAgent[Any, Any]) -> None:
-        """Check `defs` (INVALID_ARGUMENT for a bad one) and build their tools."""
+    def __init__(
+        self,
+        defs: Sequence[agent_pb2.ToolDef],
+        agent: AbstractAgent[Any, Any],
+        send: Callable[[agent_pb2.RunEvent], Awaitable[None]],
+    ) -> None:
+        """Check `defs` (INVALID_ARGUMENT for a bad one) and build their tools.
+
+        `send` sends the tool requests (one writer at a time: the caller's business).
+        """
+        self._send = send
         taken = _function_tool_names(agent) if defs else set()
         tools: list[Tool[Any]] = []
         for tool_def in defs:
@@ -141,14 +128,16 @@ class ClientTools:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            await ctx.emit(
-                ToolRequested(
-                    request_id=request_id,
-                    args_json=pydantic_core.to_json(args),
-                    run_id=ctx.run_id or "",
-                    retry=ctx.retry,
-                    tool_call_id=ctx.tool_call_id,
-                    tool_name=name,
+            await self._send(
+                agent_pb2.RunEvent(
+                    tool_request=agent_pb2.ToolRequest(
+                        request_id=request_id,
+                        name=name,
+                        args_json=pydantic_core.to_json(args),
+                        tool_call_id=ctx.tool_call_id or "",
+                        run_id=ctx.run_id or "",
+                        retry=ctx.retry,
+                    )
                 )
             )
             outcome = await future
@@ -164,11 +153,7 @@ class ClientTools:
         """Answer the request `result` names; one not pending is logged and ignored."""
         future = self._pending.pop(result.request_id, None)
         if future is None or future.done():
-            logger.warning(
-                "ignoring a tool_result for request %r: no such request is pending "
-                "(unknown, already answered, or its call was cancelled)",
-                result.request_id,
-            )
+            ignore_unknown(result)
             return
         match result.WhichOneof("outcome"):
             case "return_json":
@@ -206,6 +191,15 @@ class ClientTools:
         pending, self._pending = list(self._pending.values()), {}
         for future in pending:
             future.cancel()
+
+
+def ignore_unknown(result: agent_pb2.ToolResult) -> None:
+    """Log a `tool_result` that answers no pending request."""
+    logger.warning(
+        "ignoring a tool_result for request %r: no such request is pending "
+        "(unknown, already answered, or its call was cancelled)",
+        result.request_id,
+    )
 
 
 def _parameters(tool_def: agent_pb2.ToolDef) -> dict[str, Any]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import typing
 from typing import Any
 
 import pydantic
 import pydantic_core
-from pydantic_ai import ModelMessagesTypeAdapter
+from pydantic_ai import ModelMessagesTypeAdapter, RunCancelled
 from pydantic_ai.messages import (
     AgentStreamEvent,
     FunctionToolCallEvent,
@@ -28,11 +29,10 @@ from pydantic_ai.messages import (
     TextPartDelta,
     ToolReturnPart,
 )
-from pydantic_ai.run import AgentRunResult, AgentRunResultEvent
+from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage, UsageLimits
 
-from synapse_python._client_tools import ToolRequested
-from synapse_python._errors import invalid_argument, summarize_validation_error
+from synapse_python._errors import invalid_argument, summarize_validation_error, unrepresentable
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 
@@ -120,10 +120,8 @@ def _describe_usage_limit_errors(exc: pydantic.ValidationError) -> str:
     return "; ".join(described)
 
 
-def run_event(
-    event: AgentStreamEvent | AgentRunResultEvent[Any], *, quiet: bool = False
-) -> agent_pb2.RunEvent | None:
-    """The wire form of a pydantic-ai run event, or None for events not sent.
+def run_event(event: AgentStreamEvent) -> agent_pb2.RunEvent | None:
+    """The wire form of a pydantic-ai stream event, or None for events not sent.
 
     Text: the content a `TextPart` starts with and every `TextPartDelta`, in
     order; empty ones are skipped. When the output is the text of the run's only
@@ -135,22 +133,12 @@ def run_event(
     emits them: a `FunctionToolCallEvent` is a `tool_call` (the call's arguments
     as the model gave them), a `FunctionToolResultEvent` a `tool_return` (see
     `tool_return`). The calls of one model response all come before their
-    returns, which come as the calls finish. A client tool's call also asks the
-    client to execute it (`ToolRequested` → `tool_request`), between its
-    `tool_call` and its `tool_return`.
+    returns, which come as the calls finish.
 
-    The run's result comes last. `quiet` drops the display events (text,
-    `tool_call`, `tool_return`): only `tool_request`s and the result are sent.
-    Other events (output tools, thinking, ...) have no wire form: adding one is
-    a case here and a field in `RunEvent`.
+    Other events (output tools, thinking, part ends, ...) have no wire form yet:
+    adding one is a case here and a field in `RunEvent`.
     """
     match event:
-        case ToolRequested():
-            return agent_pb2.RunEvent(tool_request=event.to_proto())
-        case AgentRunResultEvent(result=result):
-            return agent_pb2.RunEvent(result=run_result(result))
-        case _ if quiet:
-            return None
         case PartStartEvent(part=TextPart(content=text)) if text:
             return agent_pb2.RunEvent(text_delta=text)
         case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
@@ -195,18 +183,81 @@ def tool_return(part: ToolReturnPart) -> agent_pb2.ToolReturn:
     )
 
 
-def run_result(result: AgentRunResult[Any]) -> agent_pb2.RunResult:
-    """The wire form of a finished run: text or JSON output, usage, all messages."""
+def run_result(
+    result: AgentRunResult[Any], output_tool_return_content: str | None = None
+) -> agent_pb2.RunResult:
+    """The wire form of a finished run: output, its class, usage, all messages.
+
+    The messages are pydantic-ai's own `all_messages_json()` bytes, untouched
+    (with `output_tool_return_content` given to it when set): the client
+    hands them back as they are, so the next turn's history is byte for byte
+    the one a Python caller would pass.
+    """
+    try:
+        messages_json = result.all_messages_json(
+            output_tool_return_content=output_tool_return_content
+        )
+    except (ValueError, LookupError) as exc:
+        raise invalid_argument(f"output_tool_return_content: {exc}", cause=exc) from exc
+    output = result.output
     message = agent_pb2.RunResult(
         usage=usage(result.usage),
-        messages_json=result.all_messages_json(),
+        messages_json=messages_json,
         run_id=result.run_id,
+        output_type=type(output).__qualname__,
+        message_count=len(result.all_messages()),
+        new_message_index=result._new_message_index,  # what new_messages() slices from
     )
-    if isinstance(result.output, str):
-        message.text = result.output
+    if isinstance(output, str):
+        message.text = output
     else:
-        message.json = pydantic_core.to_json(result.output)
+        message.json = output_json(output)
     return message
+
+
+def run_state(cancelled: RunCancelled) -> agent_pb2.RunState:
+    """What pydantic-ai kept of a cancelled or timed-out run."""
+    messages = cancelled.all_messages()
+    return agent_pb2.RunState(
+        messages_json=cancelled.all_messages_json(),
+        message_count=len(messages),
+        new_message_index=len(messages) - len(cancelled.new_messages()),
+        usage=usage(cancelled.usage),
+        run_id=cancelled.run_id or "",
+    )
+
+
+def output_json(output: object) -> bytes:
+    """Structured output as JSON, exactly, or an `unrepresentable` error naming the value.
+
+    Pydantic writes NaN and infinities as `null` in models (and as bare `NaN`
+    elsewhere, which is not JSON): neither reaches Elixir as what Python
+    had, and Elixir floats have no such values, so they are refused here.
+    Integers of any size are exact (the client makes them bignums).
+    """
+    data = pydantic_core.to_jsonable_python(output)
+    if (found := _non_finite(data, "the output")) is not None:
+        path, value = found
+        raise unrepresentable(
+            f"{path} is {value!r}, which neither JSON nor an Elixir float can hold"
+        )
+    return pydantic_core.to_json(data)
+
+
+def _non_finite(data: object, path: str) -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinite float in `data`, or None."""
+    match data:
+        case float() if not math.isfinite(data):
+            return path, data
+        case dict():
+            for key, value in data.items():
+                if (found := _non_finite(value, f"{path}.{key}")) is not None:
+                    return found
+        case list() | tuple():
+            for index, value in enumerate(data):
+                if (found := _non_finite(value, f"{path}[{index}]")) is not None:
+                    return found
+    return None
 
 
 def usage(run_usage: RunUsage) -> agent_pb2.Usage:

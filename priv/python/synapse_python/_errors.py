@@ -1,21 +1,42 @@
-"""How failures become gRPC statuses.
+"""How failures become data: `ErrorDetail`s, in run failures and gRPC statuses.
 
-Every non-OK status this worker produces carries an `ErrorDetail` protobuf in the
-binary trailing metadata entry `synapse-error-bin`, so the Elixir side gets the
-failure as data (kind, Python type, message, traceback) and never has to parse a
-status message. The `kind` strings are a closed set the Rust client knows.
+A run's failure is its last event, a `RunFailure` carrying an `ErrorDetail`
+(kind, Python type, message, traceback, data, and the gRPC status code it
+stands for) and what pydantic-ai kept of the run (see `_run`). Every non-OK
+status this worker produces (loading agents, bridges, authentication)
+carries the `ErrorDetail` in the binary trailing metadata entry
+`synapse-error-bin`. Either way the Elixir side gets the failure as data and
+never parses a message. The kinds are the proto's `ErrorKind` enum, the one
+list of them; below they are spelled as the Elixir side spells them.
 
 Mapping of exceptions raised by a run (see `from_run_exception`):
 
 | exception (`pydantic_ai.exceptions`)          | status             | kind                        |
 |-----------------------------------------------|--------------------|-----------------------------|
+| `RunTimedOut` (the run's `timeout_ms` passed) | DEADLINE_EXCEEDED  | `timeout`                   |
+| `RunCancelled` (a `cancel` from the client)   | CANCELLED          | `cancelled`                 |
 | `UsageLimitExceeded`                          | RESOURCE_EXHAUSTED | `usage_limit_exceeded`      |
 | `UnexpectedModelBehavior`, output retries out | INTERNAL           | `output_validation_failed`  |
 | `UnexpectedModelBehavior`, tool retries out   | INTERNAL           | `tool_failed`               |
 | any other `UnexpectedModelBehavior`           | INTERNAL           | `unexpected_model_behavior` |
 | `ModelHTTPError`                              | UNAVAILABLE        | `model_http_error`          |
+| `ModelConnectionError`, `ModelRequestTimeout` | UNAVAILABLE        | `model_unavailable`         |
 | `UserError` (the run cannot be made as asked) | INVALID_ARGUMENT   | `invalid_argument`          |
 | any other `Exception`                         | UNKNOWN            | `python_error`              |
+
+A `python_error`'s message starts with the exception's class, as Python
+prints it ("RuntimeError: boom", "my_app.errors.BankError: ..."). A
+`model_http_error` carries the provider's answer as data (`data_json`):
+`{"status_code": 429, "body": ..., "retry_after": 1.5, "model_name": ...,
+"provider_error_code": ..., "provider_error_type": ...}`; a
+`model_unavailable` (the provider could not be reached: connection refused,
+DNS, TLS, a transport timeout, or no answer within the model's
+`request_timeout`) carries `{"model_name": ..., "phase": "connect"}` (the
+phase when known). A `timeout` or `cancelled` run's failure carries what
+pydantic-ai kept of the run (`RunFailure.state`).
+
+`unrepresentable` is a value the client cannot hold exactly (NaN or an
+infinite float in the output): INTERNAL, named with its path.
 
 `UserError` is pydantic-ai refusing the request itself (e.g. no prompt, no
 history and no instructions): the caller's to fix, so INVALID_ARGUMENT.
@@ -76,14 +97,18 @@ import builtins
 import json
 import re
 import traceback
-from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import pydantic
+import pydantic_core
 from pydantic_ai.exceptions import (
+    ModelConnectionError,
     ModelHTTPError,
+    ModelRequestTimeout,
     ModelRetry,
+    RunCancelled,
+    RunTimedOut,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
     UserError,
@@ -116,19 +141,14 @@ _OUTPUT_RETRIES_EXCEEDED = "Exceeded maximum output retries"
 _TOOL_RETRIES_EXCEEDED = re.compile(r"Tool '.*' exceeded max retries count of \d+", re.DOTALL)
 
 
-class ErrorKind(StrEnum):
-    """The closed set of `ErrorDetail.kind` values the client understands."""
+# The kinds are the proto's `ErrorKind` enum (agent.proto), the one list of
+# them for this worker, the Rust client and `SynapseCore.Error`.
+ErrorKind: TypeAlias = agent_pb2.ErrorKind.ValueType
 
-    NOT_FOUND = "not_found"
-    INVALID_ARGUMENT = "invalid_argument"
-    LOAD_FAILED = "load_failed"
-    USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
-    UNEXPECTED_MODEL_BEHAVIOR = "unexpected_model_behavior"
-    OUTPUT_VALIDATION_FAILED = "output_validation_failed"
-    TOOL_FAILED = "tool_failed"
-    MODEL_HTTP_ERROR = "model_http_error"
-    PYTHON_ERROR = "python_error"
-    UNAUTHENTICATED = "unauthenticated"
+
+def kind_name(kind: ErrorKind) -> str:
+    """A kind as the Elixir side spells it: `ERROR_KIND_NOT_FOUND` is "not_found"."""
+    return agent_pb2.ErrorKind.Name(kind).removeprefix("ERROR_KIND_").lower()
 
 
 class SynapseError(Exception):
@@ -159,13 +179,14 @@ class SynapseError(Exception):
     def detail(self) -> agent_pb2.ErrorDetail:
         """The `ErrorDetail` sent to the client, truncated to fit in trailing metadata."""
         return agent_pb2.ErrorDetail(
-            kind=self.kind.value,
+            kind=self.kind,
             type=type_name(self.cause) if self.cause is not None else "",
             message=_head(self.message, _MAX_MESSAGE_CHARS),
             traceback=_tail(format_traceback(self.cause), _MAX_TRACEBACK_CHARS)
             if self.cause is not None
             else "",
             data_json=self.data_json,
+            code=self.code.value[0],
         )
 
 
@@ -185,14 +206,17 @@ def format_traceback(exc: BaseException) -> str:
 def load_failed(exc: BaseException) -> SynapseError:
     """Any failure while importing, building or resolving an agent."""
     return SynapseError(
-        grpc.StatusCode.FAILED_PRECONDITION, ErrorKind.LOAD_FAILED, str(exc), cause=exc
+        grpc.StatusCode.FAILED_PRECONDITION, agent_pb2.ERROR_KIND_LOAD_FAILED, str(exc), cause=exc
     )
 
 
 def invalid_argument(message: str, *, cause: BaseException | None = None) -> SynapseError:
     """A request field the worker cannot use."""
     return SynapseError(
-        grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, message, cause=cause
+        grpc.StatusCode.INVALID_ARGUMENT,
+        agent_pb2.ERROR_KIND_INVALID_ARGUMENT,
+        message,
+        cause=cause,
     )
 
 
@@ -225,20 +249,40 @@ def validation_failed(
 
 def not_found(message: str) -> SynapseError:
     """A request naming something this worker does not have."""
-    return SynapseError(grpc.StatusCode.NOT_FOUND, ErrorKind.NOT_FOUND, message)
+    return SynapseError(grpc.StatusCode.NOT_FOUND, agent_pb2.ERROR_KIND_NOT_FOUND, message)
 
 
 def unauthenticated(message: str) -> SynapseError:
     """A call without the bearer token the worker requires (never says what was sent)."""
-    return SynapseError(grpc.StatusCode.UNAUTHENTICATED, ErrorKind.UNAUTHENTICATED, message)
+    return SynapseError(
+        grpc.StatusCode.UNAUTHENTICATED, agent_pb2.ERROR_KIND_UNAUTHENTICATED, message
+    )
+
+
+def unrepresentable(message: str) -> SynapseError:
+    """A value the client cannot hold exactly (NaN, an infinite float)."""
+    return SynapseError(grpc.StatusCode.INTERNAL, agent_pb2.ERROR_KIND_UNREPRESENTABLE, message)
+
+
+# A provider's error body can be a whole HTML page: it is kept to this size.
+_MAX_BODY_CHARS = 8192
 
 
 def from_run_exception(exc: Exception) -> SynapseError:
     """Classify an exception raised by an agent run (see the module docstring)."""
-    if isinstance(exc, UsageLimitExceeded):
+    data: dict[str, Any] | None = None
+    if isinstance(exc, RunTimedOut):
+        code, kind, message = (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            agent_pb2.ERROR_KIND_TIMEOUT,
+            str(exc),
+        )
+    elif isinstance(exc, RunCancelled):
+        code, kind, message = grpc.StatusCode.CANCELLED, agent_pb2.ERROR_KIND_CANCELLED, str(exc)
+    elif isinstance(exc, UsageLimitExceeded):
         code, kind, message = (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            ErrorKind.USAGE_LIMIT_EXCEEDED,
+            agent_pb2.ERROR_KIND_USAGE_LIMIT_EXCEEDED,
             str(exc),
         )
     elif isinstance(exc, UnexpectedModelBehavior) and exc.message.startswith(
@@ -246,7 +290,7 @@ def from_run_exception(exc: Exception) -> SynapseError:
     ):
         code, kind, message = (
             grpc.StatusCode.INTERNAL,
-            ErrorKind.OUTPUT_VALIDATION_FAILED,
+            agent_pb2.ERROR_KIND_OUTPUT_VALIDATION_FAILED,
             str(exc),
         )
         if problem := _last_problem(exc):
@@ -254,23 +298,74 @@ def from_run_exception(exc: Exception) -> SynapseError:
     elif isinstance(exc, UnexpectedModelBehavior) and (
         exceeded := _TOOL_RETRIES_EXCEEDED.match(exc.message)
     ):
-        code, kind, message = grpc.StatusCode.INTERNAL, ErrorKind.TOOL_FAILED, exceeded.group()
+        code, kind, message = (
+            grpc.StatusCode.INTERNAL,
+            agent_pb2.ERROR_KIND_TOOL_FAILED,
+            exceeded.group(),
+        )
         if problem := _last_problem(exc):
             message = f"{message}; last problem: {problem}"
     elif isinstance(exc, UnexpectedModelBehavior):
         code, kind, message = (
             grpc.StatusCode.INTERNAL,
-            ErrorKind.UNEXPECTED_MODEL_BEHAVIOR,
+            agent_pb2.ERROR_KIND_UNEXPECTED_MODEL_BEHAVIOR,
             str(exc),
         )
     elif isinstance(exc, ModelHTTPError):
-        code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_HTTP_ERROR
+        code, kind = grpc.StatusCode.UNAVAILABLE, agent_pb2.ERROR_KIND_MODEL_HTTP_ERROR
         message = f"model request failed with HTTP status {exc.status_code}: {exc}"
+        data = {
+            "status_code": exc.status_code,
+            "body": _bounded_body(exc.body),
+            "retry_after": exc.retry_after,
+            "model_name": exc.model_name,
+            "provider_error_code": exc.provider_error_code,
+            "provider_error_type": exc.provider_error_type,
+        }
+    elif isinstance(exc, ModelConnectionError | ModelRequestTimeout):
+        code, kind = grpc.StatusCode.UNAVAILABLE, agent_pb2.ERROR_KIND_MODEL_UNAVAILABLE
+        message = f"the model {exc.model_name!r} cannot be reached: {_with_cause(exc)}"
+        data = {"model_name": exc.model_name, "phase": getattr(exc, "phase", None)}
     elif isinstance(exc, UserError):
-        code, kind, message = grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, str(exc)
+        code, kind, message = (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            agent_pb2.ERROR_KIND_INVALID_ARGUMENT,
+            str(exc),
+        )
     else:
-        code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, str(exc)
-    return SynapseError(code, kind, message, cause=exc)
+        code, kind, message = (
+            grpc.StatusCode.UNKNOWN,
+            agent_pb2.ERROR_KIND_PYTHON_ERROR,
+            python_message(exc),
+        )
+    error = SynapseError(code, kind, message, cause=exc)
+    if data is not None:
+        error.data_json = pydantic_core.to_json(data, fallback=str)
+    return error
+
+
+def python_message(exc: BaseException) -> str:
+    """The exception as Python's traceback ends with it: "RuntimeError: boom"."""
+    text = str(exc)
+    return f"{type_name(exc)}: {text}" if text else type_name(exc)
+
+
+def _with_cause(exc: BaseException) -> str:
+    """`exc`'s message, and its cause's when that says more ("Connection error." alone does not)."""
+    cause = exc.__cause__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is None or str(cause) in str(exc):
+        return str(exc)
+    return f"{exc} ({python_message(cause)})"
+
+
+def _bounded_body(body: object) -> object:
+    """A provider's error body as is, or as the head of its text when it is too long."""
+    text = body if isinstance(body, str) else pydantic_core.to_json(body, fallback=str).decode()
+    if len(text) <= _MAX_BODY_CHARS:
+        return body
+    return _head(text, _MAX_BODY_CHARS)
 
 
 def summarize_validation_error(exc: pydantic.ValidationError) -> str:
@@ -311,7 +406,12 @@ def _last_problem(exc: BaseException) -> str | None:
 async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:
     """End the RPC with `error`'s status and its `ErrorDetail` in the trailing metadata."""
     detail = error.detail()
-    details = f"{detail.type}: {detail.message}" if detail.type else detail.message
+    # A python_error's message already starts with the type.
+    details = (
+        f"{detail.type}: {detail.message}"
+        if detail.type and not detail.message.startswith(detail.type)
+        else detail.message
+    )
     await context.abort(
         error.code,
         _head(details, _MAX_STATUS_DETAILS_CHARS),

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from synapse_python import _agents, _client_tools, _convert, _errors, _server
+from synapse_python import _agents, _errors, _run, _server
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -61,7 +61,7 @@ def _reports_errors(
             error = exc
         except Exception as exc:
             error = _errors.from_run_exception(exc)
-            if error.kind is _errors.ErrorKind.PYTHON_ERROR:
+            if error.kind is agent_pb2.ERROR_KIND_PYTHON_ERROR:
                 logger.exception("%s failed (%s)", handler.__name__, _describe(request))
             else:
                 logger.warning(
@@ -80,7 +80,8 @@ class AgentService:
     """Loads agents into a registry and runs them, one pydantic-ai run per RPC.
 
     Runs are not serialized: N concurrent `RunSync` calls are N concurrent
-    `agent.run` coroutines on the worker's event loop.
+    `agent.run` coroutines on the worker's event loop. A run's failures are
+    its last event (`RunFailure`), not a status: see `_run`.
     """
 
     def __init__(self, registry: _agents.AgentRegistry) -> None:
@@ -106,7 +107,12 @@ class AgentService:
             case _:
                 raise _errors.invalid_argument("LoadAgentRequest needs a ref or a spec")
         try:
-            loaded = await _agents.load(request.agent_id, source, model=request.model or None)
+            loaded = await _agents.load(
+                request.agent_id,
+                source,
+                model=request.model or None,
+                deps_factory=request.deps_factory or None,
+            )
         except (Exception, SystemExit) as exc:
             # SystemExit too: a user module calling sys.exit() at import must fail
             # the load, not stop the event loop and the whole worker.
@@ -120,36 +126,43 @@ class AgentService:
             agent_id=loaded.agent_id, name=loaded.name, output_kind=loaded.output_kind
         )
 
-    @_reports_errors
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.RunResult:
+    ) -> agent_pb2.RunEvent:
+        """A quiet run (`_run.Run`); its last event is the response."""
+        _call_agent_id.set(request.agent_id)
         if request.tools:
-            raise _errors.invalid_argument(
-                "tools need the Run stream (RunSync cannot ask the client)"
+            return _failed(
+                _errors.invalid_argument(
+                    "tools need the Run stream (RunSync cannot ask the client)"
+                )
             )
-        agent, arguments = self._run_arguments(request)
-        result = await agent.run(**arguments)
-        return _convert.run_result(result)
 
-    @_reports_errors
+        async def no_events(event: agent_pb2.RunEvent) -> None:
+            raise _errors.invalid_argument("RunSync cannot send events")
+
+        run = _run.Run(self._registry, request, no_events, quiet=True)
+        return await _cancellation_logged(run.execute(), run)
+
     async def Run(  # named as in agent.proto
         self, requests: AsyncIterator[agent_pb2.RunInput], context: grpc.aio.ServicerContext
     ) -> None:
-        """Stream a run's events; the client's first message is its `start` request.
+        """A run (`_run.Run`) whose events go out on the stream; the first message is its `start`.
 
         The run and the reading of the client's later messages are two tasks:
         the client keeps its side open during the run to answer the run's
-        `tool_request`s with `tool_result`s (`_client_tools`), so the handler
-        neither waits for it to half-close nor leaves the reader behind when the
-        run ends. A client may half-close once it has no request to answer: a
-        request then pending, or a later call of a client tool, ends the run
-        with INVALID_ARGUMENT. Leaving this handler in any way (result written,
-        error, or the RPC cancelled by the client, its deadline or the server
-        stopping) cancels both tasks and waits for them, and cancels the tool
-        requests still pending; `run_stream_events` cancels and drains
-        pydantic-ai's background run when its context exits, so no model or
-        tool call outlives the RPC.
+        `tool_request`s with `tool_result`s, or to `cancel` it, so the handler
+        neither waits for it to half-close nor leaves the reader behind when
+        the run ends. A client may half-close once it has no request to
+        answer: a request then pending, or a later call of a client tool,
+        fails the run with INVALID_ARGUMENT, as does a message that breaks
+        the protocol.
+
+        The run's last event is written last, once the run is over (deps
+        cleaned up included), and the handler returns right after: a client
+        that drops the call as soon as it has the result cancels nothing. The
+        RPC ending before that (cancelled by the client, its deadline, the
+        server stopping) cancels the run.
 
         Messages are read with `context.read()`; `requests` (grpc's iterator
         over the same messages) is left alone.
@@ -157,98 +170,57 @@ class AgentService:
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("input") != "start":
             got = "end of stream" if first is grpc.aio.EOF else first.WhichOneof("input") or "empty"
-            raise _errors.invalid_argument(
-                f"the first RunInput of a Run must be `start`, got {got}"
+            await context.write(
+                _failed(
+                    _errors.invalid_argument(
+                        f"the first RunInput of a Run must be `start`, got {got}"
+                    )
+                )
             )
+            return
         start = first.start
         _call_agent_id.set(start.agent_id)
-        agent, arguments = self._run_arguments(start)
-        tools = _client_tools.ClientTools(start.tools, agent)
-        if tools.toolset is not None:
-            arguments["toolsets"] = [tools.toolset]
-        run = asyncio.create_task(
-            _stream_run(agent, arguments, context, quiet=start.quiet), name="synapse-run"
-        )
-        inputs = asyncio.create_task(_read_run_inputs(context, tools), name="synapse-run-inputs")
+        run = _run.Run(self._registry, start, context.write, quiet=start.quiet)
+        inputs = asyncio.create_task(_read_run_inputs(context, run), name="synapse-run-inputs")
         try:
-            await asyncio.wait((run, inputs), return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():
-                inputs.result()  # raises a protocol error; returns on the client's half-close
-                tools.input_closed()
-            await run
+            last = await _cancellation_logged(run.execute(), run)
         finally:
-            for task in (run, inputs):
-                task.cancel()
-            await asyncio.gather(run, inputs, return_exceptions=True)
-            tools.close()
-
-    def _run_arguments(
-        self, request: agent_pb2.RunRequest
-    ) -> tuple[_agents.AnyAgent, dict[str, Any]]:
-        """The agent `request` names and the arguments of its pydantic-ai run."""
-        loaded = self._registry.get(request.agent_id)
-        if loaded is None:
-            raise _errors.not_found(f"no agent loaded with id {request.agent_id!r}")
-        return loaded.agent, {
-            # An empty prompt continues from the history without a new user message.
-            "user_prompt": request.prompt or None,
-            "message_history": _convert.parse_message_history(request.message_history_json),
-            "model_settings": _convert.parse_model_settings(request.model_settings_json),
-            "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),
-            "model": loaded.model,
-            # pydantic-ai would otherwise name the agent after a local variable of ours.
-            "infer_name": False,
-        }
+            inputs.cancel()
+        await context.write(last)
 
 
-async def _stream_run(
-    agent: _agents.AnyAgent,
-    arguments: dict[str, Any],
-    context: grpc.aio.ServicerContext,
-    *,
-    quiet: bool,
-) -> None:
-    """Run `agent`, writing each event that has a wire form (the result last).
-
-    This is the only writer of the stream: client tool requests are events of
-    the run too (`_client_tools.ToolRequested`), written in their place.
-
-    `context.write` returns once gRPC's flow control accepts the message, and
-    pydantic-ai's event stream has no buffer: a slow reader slows the run down.
-    """
-    async with agent.run_stream_events(**arguments) as events:
-        async for event in events:
-            message = _convert.run_event(event, quiet=quiet)
-            if message is not None:
-                await context.write(message)
+async def _cancellation_logged(
+    execution: Awaitable[agent_pb2.RunEvent], run: _run.Run
+) -> agent_pb2.RunEvent:
+    try:
+        return await execution
+    except asyncio.CancelledError:
+        logger.info("run of agent %r cancelled: its call ended first", run.agent_id)
+        raise
 
 
-async def _read_run_inputs(
-    context: grpc.aio.ServicerContext, tools: _client_tools.ClientTools
-) -> None:
-    """Read the client's messages after `start` until it half-closes.
+def _failed(error: _errors.SynapseError) -> agent_pb2.RunEvent:
+    logger.warning("run refused: %s", error.message)
+    return agent_pb2.RunEvent(failure=agent_pb2.RunFailure(error=error.detail()))
 
-    Each `tool_result` answers its tool request (`ClientTools.resolve`). Any
-    other message (another `start`, an empty `RunInput`) or a malformed
-    `tool_result` is a protocol error: it ends the run with INVALID_ARGUMENT. A
-    read that fails means the RPC is ending (finished, aborted, server
+
+async def _read_run_inputs(context: grpc.aio.ServicerContext, run: _run.Run) -> None:
+    """Read the client's messages after `start` and hand them to the run until it half-closes.
+
+    A read that fails means the RPC is ending (finished, cancelled, server
     stopped): that is the handler's business, not the client's input, so it
     ends the reading quietly.
     """
-    while True:
+    while not run.done:
         try:
             message = await context.read()
         except Exception as exc:
             logger.debug("Run stopped reading its inputs: %s: %s", _errors.type_name(exc), exc)
             return
         if message is grpc.aio.EOF:
+            run.input_closed()
             return
-        kind = message.WhichOneof("input")
-        if kind != "tool_result":
-            raise _errors.invalid_argument(
-                f"unexpected {kind or 'an empty RunInput'} after a Run's `start`"
-            )
-        tools.resolve(message.tool_result)
+        run.deliver(message)
 
 
 def generic_handler(

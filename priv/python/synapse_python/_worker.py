@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -70,7 +70,7 @@ class Worker:
     ) -> None:
         """`max_message_bytes` caps gRPC messages both ways.
 
-        It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or 64 MiB: message histories
+        It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or the contract's 64 MiB: message histories
         grow with a conversation and gRPC's own 4 MiB default is too small.
 
         `tls_cert` (the server's certificate chain) and `tls_key` (its private
@@ -126,14 +126,19 @@ class Worker:
         source: str | AbstractAgent[Any, Any],
         *,
         model: str | None = None,
+        deps_factory: str | Callable[..., Any] | None = None,
     ) -> None:
         """Host `source` under `agent_id`, replacing any agent with that id.
 
         `source` is an agent or a "package.module:attr" reference to one (or to
         a zero-argument factory returning one). `model` overrides the agent's
-        model on every run. Raises the underlying exception if loading fails.
+        model on every run. `deps_factory` makes each run's deps from the
+        caller's data (see `synapse_python._deps`). Raises the underlying
+        exception if loading fails.
         """
-        self._registry.put(await _agents.load(agent_id, source, model=model))
+        self._registry.put(
+            await _agents.load(agent_id, source, model=model, deps_factory=deps_factory)
+        )
 
     def load_bridge(self, bridge: str | BridgeService) -> BridgeService:
         """Serve a generated Synapse Bridge too (before `start`).

@@ -1,0 +1,208 @@
+"""One agent run, whatever transport carries it.
+
+A `Run` is made from the run's `start` request and a coroutine that sends a
+`RunEvent` to the client. `execute` runs the agent and returns the run's last
+event (its `result` or its `failure`) once the run is over, deps cleaned up
+included: the transport sends it, and nothing of the run is left to cancel.
+What the client sends during the run (answers to tool requests, a cancel)
+is handed to `deliver`; the end of the client's input to `input_closed`.
+The gRPC `RunSync` and `Run` handlers (`_service`) are adapters over this.
+
+The run is pydantic-ai's `agent.run`:
+
+* quiet (`RunSync`, or `Run` with `quiet`): no event stream handler, so the
+  model requests are not streamed, exactly as a Python caller's `agent.run`.
+  Client tools still work: a client tool's call sends its `tool_request`
+  from the tool's own coroutine.
+* streamed (`Run` without `quiet`): an event stream handler sends the events
+  that have a wire form (`_convert.run_event`) as the model streams them.
+
+Every failure the run meets is returned as a `failure` event, not raised:
+request problems (unknown agent, malformed fields), the run's exceptions
+(`_errors.from_run_exception`), a cancel or a `timeout_ms` passing (with
+what pydantic-ai kept of the run). Only `asyncio.CancelledError` (the
+transport cancelled the call: its deadline, the client going away, the
+server stopping) propagates, as it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+from pydantic_ai import CancellationToken, RunCancelled, RunContext
+from pydantic_ai.messages import AgentStreamEvent
+
+from synapse_python import _agents, _client_tools, _convert, _errors
+from synapse_python._proto.synapse.v1 import agent_pb2
+
+logger = logging.getLogger("synapse_python.service")
+
+Send = Callable[[agent_pb2.RunEvent], Awaitable[None]]
+"""Sends one event to the client; returns once the transport took it (flow control)."""
+
+
+class Run:
+    """One run of an agent; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: _agents.AgentRegistry,
+        request: agent_pb2.RunRequest,
+        send: Send,
+        *,
+        quiet: bool,
+    ) -> None:
+        self._registry = registry
+        self._request = request
+        self._send = _serialized(send)
+        self._quiet = quiet
+        self._tools: _client_tools.ClientTools | None = None
+        self._cancellation = CancellationToken()
+        # Why the run must stop, when the client broke the protocol mid-run.
+        self._protocol_error: _errors.SynapseError | None = None
+        self.done = False
+
+    @property
+    def agent_id(self) -> str:
+        return self._request.agent_id
+
+    async def execute(self) -> agent_pb2.RunEvent:
+        """Run the agent; return the run's last event (`result` or `failure`)."""
+        try:
+            return await self._execute()
+        except _errors.SynapseError as error:
+            return self._failure(error)
+        except RunCancelled as cancelled:
+            error = self._protocol_error or _errors.from_run_exception(cancelled)
+            return self._failure(error, cancelled)
+        except Exception as exc:
+            return self._failure(_errors.from_run_exception(exc))
+        finally:
+            self.done = True
+            if self._tools is not None:
+                self._tools.close()
+
+    async def _execute(self) -> agent_pb2.RunEvent:
+        request = self._request
+        loaded = self._registry.get(request.agent_id)
+        if loaded is None:
+            raise _errors.not_found(f"no agent loaded with id {request.agent_id!r}")
+        arguments = _run_arguments(request, loaded)
+        tools = self._tools = _client_tools.ClientTools(request.tools, loaded.agent, self._send)
+        if tools.toolset is not None:
+            arguments["toolsets"] = [tools.toolset]
+        if not self._quiet:
+            arguments["event_stream_handler"] = self._stream_events
+        async with contextlib.AsyncExitStack() as stack:
+            deps = await loaded.deps.enter(
+                stack,
+                request.deps_json if request.HasField("deps_json") else None,
+                request.deps_error,
+            )
+            result = await loaded.agent.run(
+                **arguments, deps=deps, cancellation_token=self._cancellation
+            )
+        content = (
+            request.output_tool_return_content
+            if request.HasField("output_tool_return_content")
+            else None
+        )
+        return agent_pb2.RunEvent(result=_convert.run_result(result, content))
+
+    async def _stream_events(
+        self, ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]
+    ) -> None:
+        # `send` returns once the transport accepts the event, and pydantic-ai's
+        # stream has no buffer: a slow reader slows the run down.
+        async for event in events:
+            message = _convert.run_event(event)
+            if message is not None:
+                await self._send(message)
+
+    def deliver(self, message: agent_pb2.RunInput) -> None:
+        """Hand the run a message the client sent after `start`.
+
+        A message that breaks the protocol (another `start`, an empty one, a
+        malformed `tool_result`) stops the run with INVALID_ARGUMENT.
+        """
+        kind = message.WhichOneof("input")
+        try:
+            match kind:
+                case "tool_result" if self._tools is not None:
+                    self._tools.resolve(message.tool_result)
+                case "tool_result":
+                    _client_tools.ignore_unknown(message.tool_result)
+                case "cancel":
+                    self.cancel()
+                case _:
+                    raise _errors.invalid_argument(
+                        f"unexpected {kind or 'an empty RunInput'} after a Run's `start`"
+                    )
+        except _errors.SynapseError as error:
+            self.fail(error)
+
+    def input_closed(self) -> None:
+        """The client will send nothing more: tool requests can no longer be answered."""
+        if self._tools is None:
+            return
+        try:
+            self._tools.input_closed()
+        except _errors.SynapseError as error:
+            self.fail(error)
+
+    def cancel(self) -> None:
+        """Cancel the run as pydantic-ai does: it ends with what it had done."""
+        self._cancellation.cancel()
+
+    def fail(self, error: _errors.SynapseError) -> None:
+        """Stop the run with `error` (the first one wins)."""
+        if self._protocol_error is None:
+            self._protocol_error = error
+        self.cancel()
+
+    def _failure(
+        self, error: _errors.SynapseError, cancelled: RunCancelled | None = None
+    ) -> agent_pb2.RunEvent:
+        _log_failure(error, self.agent_id)
+        failure = agent_pb2.RunFailure(error=error.detail())
+        if cancelled is not None and cancelled.run_id is not None:
+            failure.state.CopyFrom(_convert.run_state(cancelled))
+        return agent_pb2.RunEvent(failure=failure)
+
+
+def _run_arguments(request: agent_pb2.RunRequest, loaded: _agents.LoadedAgent) -> dict[str, Any]:
+    """The arguments of the pydantic-ai run `request` asks for (but deps and tools)."""
+    return {
+        # An empty prompt continues from the history without a new user message.
+        "user_prompt": request.prompt or None,
+        "message_history": _convert.parse_message_history(request.message_history_json),
+        "model_settings": _convert.parse_model_settings(request.model_settings_json),
+        "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),
+        "timeout": request.timeout_ms / 1000 if request.HasField("timeout_ms") else None,
+        "model": loaded.model,
+        # pydantic-ai would otherwise name the agent after a local variable of ours.
+        "infer_name": False,
+    }
+
+
+def _serialized(send: Send) -> Send:
+    """`send` for several writers (the event stream, client tools' requests), one at a time."""
+    lock = asyncio.Lock()
+
+    async def serialized(event: agent_pb2.RunEvent) -> None:
+        async with lock:
+            await send(event)
+
+    return serialized
+
+
+def _log_failure(error: _errors.SynapseError, agent_id: str) -> None:
+    if error.kind is agent_pb2.ERROR_KIND_PYTHON_ERROR and error.cause is not None:
+        logger.error("run of agent %r failed", agent_id, exc_info=error.cause)
+    else:
+        cause = f" ({_errors.type_name(error.cause)})" if error.cause is not None else ""
+        logger.warning("run of agent %r failed%s: %s", agent_id, cause, error.message)

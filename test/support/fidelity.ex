@@ -1,0 +1,170 @@
+defmodule SynapseCore.Fidelity do
+  @moduledoc false
+  # Runs a conversation with an agent through Synapse and directly in Python
+  # (synapse_fixtures.direct_run, plain pydantic-ai), and puts both in one
+  # comparable form. See test/synapse_core/fidelity_examples_test.exs.
+  #
+  # A conversation is a list of turns, maps with "prompt" and optionally
+  # "deps" (the data; a key present with nil means "deps: nil"), "history"
+  # (true: pass the previous turn's messages), "stream" (true: run_stream),
+  # "model_settings" and "output_tool_return_content".
+
+  import ExUnit.Assertions
+
+  alias SynapseCore.{Agent, JSON, Messages, Result, TestHelpers}
+
+  # What two runs of one agent never share (see synapse_fixtures.recording).
+  @volatile ["timestamp", "run_id", "conversation_id"]
+
+  @doc "A fresh file path for a test's records."
+  def record_path(label) do
+    dir = Path.join(System.tmp_dir!(), "synapse-fidelity-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf!(dir) end)
+    Path.join(dir, "#{label}.jsonl")
+  end
+
+  @doc "The JSON lines of `path`, decoded ([] when it does not exist)."
+  def records(path) do
+    case File.read(path) do
+      {:ok, text} -> text |> String.split("\n", trim: true) |> Enum.map(&decode!/1)
+      {:error, :enoent} -> []
+    end
+  end
+
+  @doc """
+  Runs `cases` with synapse_fixtures.direct_run (see its docstring) in a
+  Python of Synapse's environment; `env` is added to the process's.
+  """
+  def direct_run!(cases, env \\ []) do
+    {:ok, python} = SynapseCore.Python.interpreter()
+    dir = Path.dirname(record_path("direct"))
+    cases_path = Path.join(dir, "cases.json")
+    out_path = Path.join(dir, "out.json")
+    {:ok, json} = JSON.encode(cases)
+    File.write!(cases_path, json)
+
+    {output, status} =
+      System.cmd(python, ["-m", "synapse_fixtures.direct_run", cases_path, out_path],
+        env: [{"PYTHONPATH", TestHelpers.fixtures_path()} | env],
+        stderr_to_stdout: true
+      )
+
+    assert status == 0, "direct_run failed:\n#{output}"
+    out_path |> File.read!() |> decode!()
+  end
+
+  @doc """
+  Runs `turns` on the agent `name` through Synapse; returns per turn the
+  outcome in direct_run's form (plus "result", the `SynapseCore.Result`).
+  """
+  def synapse_run(name, turns, extra_opts \\ []) do
+    {outcomes, _} =
+      Enum.map_reduce(turns, nil, fn turn, previous ->
+        opts =
+          extra_opts
+          |> put_if(Map.has_key?(turn, "deps"), :deps, turn["deps"])
+          |> put_if(turn["history"] == true, :message_history, previous)
+          |> put_if(Map.has_key?(turn, "model_settings"), :model_settings, turn["model_settings"])
+          |> put_if(
+            Map.has_key?(turn, "output_tool_return_content"),
+            :output_tool_return_content,
+            turn["output_tool_return_content"]
+          )
+
+        case run(name, turn, opts) do
+          {:ok, result, events} -> {outcome(result, events), result}
+          {:error, error} -> {%{"error" => error}, previous}
+        end
+      end)
+
+    outcomes
+  end
+
+  defp run(name, %{"stream" => true, "prompt" => prompt}, opts) do
+    events = name |> Agent.run_stream(prompt, opts) |> Enum.to_list()
+    {:result, result} = List.last(events)
+    {:ok, result, Enum.flat_map(events, &event/1)}
+  rescue
+    error in SynapseCore.Error -> {:error, error}
+  end
+
+  defp run(name, %{"prompt" => prompt}, opts) do
+    with {:ok, result} <- Agent.run_sync(name, prompt, opts), do: {:ok, result, []}
+  end
+
+  defp event({:text_delta, text}), do: [["text_delta", text]]
+  defp event({:tool_call, %{name: name, args: args}}), do: [["tool_call", name, args]]
+
+  defp event({:tool_result, %{name: name, content: content}}),
+    do: [["tool_result", name, content]]
+
+  defp event({:result, _}), do: []
+
+  defp outcome(%Result{} = result, events) do
+    %{
+      "output" => result.output,
+      "output_type" => result.output_type,
+      "usage" => usage(result.usage),
+      "messages_json" => result.messages.json,
+      "new_messages_json" => Result.new_messages(result).json,
+      "events" => events,
+      "result" => result
+    }
+  end
+
+  defp usage(usage) do
+    usage |> Map.from_struct() |> Map.new(fn {key, value} -> {Atom.to_string(key), value} end)
+  end
+
+  @doc """
+  Asserts that a Synapse outcome and a direct one are the same run: output,
+  its type, usage, the stream's events, and the messages (all and new), but
+  for the values that differ between any two runs (timestamps, ids).
+  """
+  def assert_same_run(synapse, direct, label) do
+    refute Map.has_key?(synapse, "error"), "#{label}: Synapse failed: #{inspect(synapse)}"
+    refute Map.has_key?(direct, "error"), "#{label}: Python failed: #{inspect(direct)}"
+    # {label, value} on both sides: a failure's diff names the turn.
+    assert {label, synapse["output"], synapse["output_type"]} ==
+             {label, direct["output"], direct["output_type"]}
+
+    assert {label, synapse["usage"]} ==
+             {label, Map.take(direct["usage"], Map.keys(synapse["usage"]))}
+
+    assert {label, synapse["events"]} == {label, direct["events"]}
+
+    assert {label, messages(synapse["messages_json"])} ==
+             {label, messages(direct["messages_json"])}
+
+    assert {label, messages(synapse["new_messages_json"])} ==
+             {label, messages(direct["new_messages_json"])}
+  end
+
+  @doc "A history's messages, decoded, without the values no two runs share."
+  def messages(json) when is_binary(json) do
+    {:ok, %Messages{} = messages} = Messages.from_json(json)
+    messages |> Messages.decode!() |> without_volatile()
+  end
+
+  defp without_volatile(map) when is_map(map),
+    do: for({k, v} <- map, k not in @volatile, into: %{}, do: {k, without_volatile(v)})
+
+  defp without_volatile(list) when is_list(list), do: Enum.map(list, &without_volatile/1)
+  defp without_volatile(other), do: other
+
+  @doc "The tool calls of a history, in order: `{name, args}`."
+  def tool_calls(json) do
+    for %{"kind" => "response", "parts" => parts} <- messages(json),
+        %{"part_kind" => "tool-call", "tool_name" => name, "args" => args} <- parts,
+        do: {name, if(is_binary(args), do: decode!(args), else: args)}
+  end
+
+  defp put_if(opts, true, key, value), do: Keyword.put(opts, key, value)
+  defp put_if(opts, false, _key, _value), do: opts
+
+  defp decode!(json) do
+    {:ok, term} = JSON.decode(json)
+    term
+  end
+end
