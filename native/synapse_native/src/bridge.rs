@@ -61,7 +61,7 @@ fn bridge_call<'a>(
         env,
         channel,
         tag,
-        options.timeout,
+        call::decode_timeout(options.timeout)?,
         move |channel, deadline| {
             // Sent now (see `call::spawn`): the future waits for the answer.
             let response = channel

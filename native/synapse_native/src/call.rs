@@ -214,25 +214,9 @@ impl From<Error> for CallError {
 /// Starts a call with one answer, sent to the calling process as
 /// `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
 /// `rpc` makes the call on the channel (given the deadline to send), and
-/// `encode` turns its answer into `term` on the tokio thread.
+/// `encode` turns its answer into `term` on the tokio thread. `timeout` is
+/// the call's, as [`decode_timeout`] reads it.
 pub fn unary<T, Fut, E>(
-    env: Env<'_>,
-    channel: ResourceArc<ChannelResource>,
-    tag: Term<'_>,
-    timeout: Term<'_>,
-    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
-    encode: E,
-) -> Started
-where
-    T: Send + 'static,
-    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
-    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
-{
-    unary_within(env, channel, tag, decode_timeout(timeout)?, rpc, encode)
-}
-
-/// [`unary`] with its deadline decoded.
-pub fn unary_within<T, Fut, E>(
     env: Env<'_>,
     channel: ResourceArc<ChannelResource>,
     tag: Term<'_>,
@@ -278,7 +262,7 @@ where
         env,
         channel,
         tag,
-        timeout,
+        decode_timeout(timeout)?,
         move |channel, deadline| {
             // Sent now (see `spawn`): the future only waits for the answer.
             let response = channel

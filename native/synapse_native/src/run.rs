@@ -222,7 +222,7 @@ fn start_unary<'a>(
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
-    call::unary_within(
+    call::unary(
         env,
         channel,
         tag,
