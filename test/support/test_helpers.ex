@@ -13,9 +13,26 @@ defmodule SynapseCore.TestHelpers do
   @doc "Agent options for a fixture agent of `synapse_fixtures.agents`."
   def fixture_agent(attr, extra \\ []) do
     Keyword.merge(
-      [name: unique_name(), agent: "synapse_fixtures.agents:#{attr}", python_path: [@fixtures]],
+      [
+        name: unique_name(),
+        agent: "synapse_fixtures.agents:#{attr}",
+        python_path: [@fixtures],
+        transport: transport()
+      ],
       extra
     )
+  end
+
+  @doc """
+  The transport of the workers this test process starts: the test's
+  (`SynapseCore.Transports`), else the default, the lane.
+  """
+  def transport, do: Process.get({__MODULE__, :transport}, :lane)
+
+  @doc false
+  def put_transport(transport) when transport in [:lane, :grpc] do
+    Process.put({__MODULE__, :transport}, transport)
+    :ok
   end
 
   def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
