@@ -499,7 +499,8 @@ defmodule SynapseCore.Agent do
       tools: tools,
       quiet: quiet,
       deps: call.deps,
-      output_tool_return_content: call.output_tool_return_content
+      output_tool_return_content: call.output_tool_return_content,
+      events: call |> Map.get(:events, []) |> SynapseCore.Event.wire_names()
     }
   end
 

@@ -397,6 +397,18 @@ defmodule SynapseCore.Agent.Options do
   ]
 
   @stream_schema [
+    events: [
+      type: {:or, [{:in, [:all]}, {:list, {:in, SynapseCore.Event.kinds()}}]},
+      default: SynapseCore.Event.default_kinds(),
+      doc_type: "`:all` or a list of event kinds",
+      doc: """
+      the kinds of events to receive (see `SynapseCore.Event`): `:all`, or a
+      list such as `[:text_delta, :thinking_delta, :tool_call_delta]`.
+      Events of other kinds are not even sent by the worker. `:output`
+      events (the output validated as it grows) make the worker validate
+      the output at each delta, as pydantic-ai's `stream_output` does.
+      """
+    ],
     window: [
       type: {:or, [{:integer, 1, Options.max_int32()}, {:in, [:infinity]}]},
       default: 64,
@@ -580,6 +592,8 @@ defmodule SynapseCore.Agent.Options do
 
   @typedoc "Validated options of one run."
   @type call :: %{
+          # streamed runs only
+          optional(:events) => [SynapseCore.Event.kind()],
           message_history: SynapseCore.Messages.t() | [map()] | nil,
           output_tool_return_content: String.t() | nil,
           model_settings: map() | nil,
@@ -603,8 +617,13 @@ defmodule SynapseCore.Agent.Options do
   def stream!(opts) do
     options = Options.validate!(opts, @call_schema ++ @stream_schema, "a streamed run")
 
+    events = if options.events == :all, do: SynapseCore.Event.kinds(), else: options.events
+
     %{
-      call: Map.take(options, Keyword.keys(@call_schema)),
+      call:
+        options
+        |> Map.take(Keyword.keys(@call_schema))
+        |> Map.put(:events, Enum.uniq(events)),
       stream_to: options.stream_to,
       window: options.window
     }

@@ -12,6 +12,7 @@ mod call;
 mod channel;
 mod debug;
 mod error;
+mod event;
 mod json;
 mod messages;
 mod reply;
