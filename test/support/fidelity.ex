@@ -154,6 +154,8 @@ defmodule SynapseCore.Fidelity do
     do: [["deferred_tool_requests", without_volatile(Map.new(requests, &string_key/1))]]
 
   defp event({:event, %{kind: kind, data: data}}), do: [["event", kind, without_volatile(data)]]
+  # Outputs are compared with Python's `stream_output` ("stream_output" turns).
+  defp event({:output, _}), do: []
   defp event({:result, _}), do: []
 
   defp string_key({key, value}), do: {Atom.to_string(key), value}

@@ -75,6 +75,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import DeferredToolRequests
 
 from synapse_fixtures.recording import RECORD_ENV, without_volatile
 
@@ -125,6 +126,7 @@ def _dump(adapter: pydantic.TypeAdapter[Any], value: Any) -> Any:
 _PARTS = pydantic.TypeAdapter(ModelResponsePart)
 _DELTAS = pydantic.TypeAdapter(ModelResponsePartDelta)
 _EVENTS = pydantic.TypeAdapter(AgentStreamEvent)
+_DEFERRED = pydantic.TypeAdapter(DeferredToolRequests)
 
 
 def _start(event: PartStartEvent) -> list[list[Any]]:
@@ -184,7 +186,7 @@ def _event(event: Any) -> list[list[Any]]:
             )
             return [[kind, part.tool_name, _json(part.content)]]
         case DeferredToolRequestsEvent(requests=requests):
-            return [["deferred_tool_requests", _json(requests)]]
+            return [["deferred_tool_requests", _dump(_DEFERRED, requests)]]
     return [["event", event.event_kind, _dump(_EVENTS, event)]]
 
 

@@ -4,8 +4,10 @@
 calls `double` with its arguments in fragments; once it has the tool's
 result, it calls the output tool, its arguments in fragments too, so that
 the output grows. `double` emits a custom event. `slow_args_agent`'s model
-streams a tool call's arguments slowly: the prompt "N DELAY" gives N
-fragments DELAY seconds apart.
+streams a tool call's arguments in lockstep with its reader: the prompt
+"N DIR" gives N fragments, fragment i only once the file DIR/i exists (the
+reader creates it when it has seen the fragment before), so that a test
+knows each fragment reached it while the model was still streaming.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import BaseModel
-from pydantic_ai import Agent, CustomEvent, RunContext
+from pydantic_ai import Agent, CustomEvent, DeferredToolRequests, RunContext
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -102,11 +105,19 @@ async def double(ctx: RunContext[None], n: int) -> int:
     return n * 2
 
 
-def _slow_plan(messages: list[ModelMessage]) -> tuple[int, float]:
+def _slow_plan(messages: list[ModelMessage]) -> tuple[int, Path]:
     first = messages[0]
     assert isinstance(first, ModelRequest)
-    count, delay = str(first.parts[-1].content).split()
-    return int(count), float(delay)
+    count, gate = str(first.parts[-1].content).split()
+    return int(count), Path(gate)
+
+
+async def _wait_for(path: Path, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if path.exists():
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"nobody created {path}")
 
 
 async def _slow_args(
@@ -115,11 +126,11 @@ async def _slow_args(
     if _tool_returned(messages):
         yield "done"
         return
-    count, delay = _slow_plan(messages)
+    count, gate = _slow_plan(messages)
     yield {0: DeltaToolCall(name="collect", tool_call_id="slow_1")}
     yield {0: DeltaToolCall(json_args='{"items": [')}
     for index in range(count):
-        await asyncio.sleep(delay)
+        await _wait_for(gate / str(index))
         separator = ", " if index else ""
         yield {0: DeltaToolCall(json_args=f'{separator}"item{index + 1}"')}
     yield {0: DeltaToolCall(json_args="]}")}
@@ -132,3 +143,24 @@ slow_args_agent = Agent(FunctionModel(stream_function=_slow_args, model_name="sl
 def collect(items: list[str]) -> int:
     """Counts the items."""
     return len(items)
+
+
+async def _delete_stream(
+    messages: list[ModelMessage], info: AgentInfo
+) -> AsyncIterator[str | DeltaToolCalls]:
+    record(True, messages, info)
+    yield {
+        0: DeltaToolCall(name="delete_file", json_args='{"path": "a.txt"}', tool_call_id="del_1")
+    }
+
+
+approval_agent = Agent(
+    FunctionModel(stream_function=_delete_stream, model_name="approval"),
+    output_type=[str, DeferredToolRequests],
+)
+
+
+@approval_agent.tool_plain(requires_approval=True)
+def delete_file(path: str) -> str:
+    """Deletes a file (once approved)."""
+    return f"deleted {path}"
