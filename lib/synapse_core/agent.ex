@@ -84,6 +84,7 @@ defmodule SynapseCore.Agent do
     Error,
     Messages,
     Native,
+    Prompt,
     Remote,
     Result,
     Run,
@@ -196,8 +197,8 @@ defmodule SynapseCore.Agent do
   `:model_http_error`, `:model_unavailable` or `:python_error`; see
   `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
-  @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
-  def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
+  @spec run_sync(name(), Prompt.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
+  def run_sync(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
          do: await(run)
   end
@@ -206,7 +207,7 @@ defmodule SynapseCore.Agent do
   Like `run_sync/3`, but returns the result directly and raises
   `SynapseCore.Error` on failure.
   """
-  @spec run_sync!(name(), String.t(), [run_option()]) :: Result.t()
+  @spec run_sync!(name(), Prompt.t(), [run_option()]) :: Result.t()
   def run_sync!(name, prompt, opts \\ []) do
     case run_sync(name, prompt, opts) do
       {:ok, result} -> result
@@ -225,8 +226,8 @@ defmodule SynapseCore.Agent do
       # ... other work ...
       {:ok, result} = SynapseCore.Agent.await(run)
   """
-  @spec run(name(), String.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
-  def run(name, prompt, opts \\ []) when is_binary(prompt) do
+  @spec run(name(), Prompt.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
+  def run(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     start(name, prompt, Options.call!(opts), :unary, self(), :infinity)
   end
 
@@ -249,7 +250,7 @@ defmodule SynapseCore.Agent do
   # A run on this node's workers only: what a relay for another node starts.
   @spec start_local(
           name(),
-          String.t(),
+          Prompt.t(),
           Options.call(),
           :sync | :unary | :stream,
           pid(),
@@ -282,7 +283,7 @@ defmodule SynapseCore.Agent do
     request = request(name, prompt, call, [], false)
 
     started =
-      if large?(call.message_history),
+      if large?(call.message_history) or large_prompt?(prompt),
         do: Native.run_start_dirty(channel.resource, ref, request, call.timeout),
         else: Native.run_start(channel.resource, ref, request, call.timeout)
 
@@ -310,7 +311,7 @@ defmodule SynapseCore.Agent do
 
     started =
       try do
-        if large?(call.message_history),
+        if large?(call.message_history) or large_prompt?(prompt),
           do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
           else: Native.run_stream_start(channel.resource, ref, request, options)
       rescue
@@ -438,9 +439,9 @@ defmodule SynapseCore.Agent do
 
   #{SynapseCore.Options.docs(Options.stream_schema())}
   """
-  @spec run_stream(name(), String.t(), [run_option() | stream_option()]) ::
+  @spec run_stream(name(), Prompt.t(), [run_option() | stream_option()]) ::
           Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}
-  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) do
+  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     options = Options.stream!(opts)
 
     case options.stream_to do
@@ -488,11 +489,30 @@ defmodule SynapseCore.Agent do
   defp large?(%Messages{json: json}), do: byte_size(json) > @dirty_history_bytes
   defp large?(history), do: length(history) > @dirty_history_length
 
+  # A prompt whose binaries are large is copied into the request on a
+  # dirty scheduler, as a large history is.
+  defp large_prompt?(prompt) when is_binary(prompt), do: byte_size(prompt) > @dirty_history_bytes
+
+  defp large_prompt?(parts) do
+    Enum.reduce_while(parts, 0, fn
+      {:binary, data, _, _}, size -> sized(size + byte_size(data))
+      {:binary, data, _}, size -> sized(size + byte_size(data))
+      text, size when is_binary(text) -> sized(size + byte_size(text))
+      _, size -> {:cont, size}
+    end) == :large
+  end
+
+  defp sized(size) when size > @dirty_history_bytes, do: {:halt, :large}
+  defp sized(size), do: {:cont, size}
+
   defp request(name, prompt, call, tools, quiet) do
+    {text, parts} = Prompt.wire(prompt)
+
     %{
       # The id the worker hosts the agent under: its name, in Python's logs too.
       agent_id: Worker.agent_id(name),
-      prompt: prompt,
+      prompt: text,
+      prompt_parts: parts,
       message_history: history(call.message_history),
       model_settings: call.model_settings,
       usage_limits: call.usage_limits,
@@ -509,11 +529,7 @@ defmodule SynapseCore.Agent do
   defp history(%Messages{json: json}), do: json
   defp history(other), do: other
 
-  defp check_prompt(prompt) do
-    if String.valid?(prompt),
-      do: :ok,
-      else: {:error, Error.new(:invalid_argument, "the prompt is not valid UTF-8")}
-  end
+  defp check_prompt(prompt), do: Prompt.validate(prompt)
 
   ## Streams
 

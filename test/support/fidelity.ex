@@ -8,6 +8,7 @@ defmodule SynapseCore.Fidelity do
   # "deps" (the data; a key present with nil means "deps: nil"), "history"
   # (true: pass the previous turn's messages), "stream" (true: run_stream),
   # "events" (a streamed turn's kinds: "all" or a list of names),
+  # a "prompt" of parts (direct_run's JSON form of them, see `prompt/1`),
   # "stream_output" (true: run_stream with `:output` events, compared with
   # Python's `stream_output`), "model_settings" and
   # "output_tool_return_content".
@@ -64,6 +65,8 @@ defmodule SynapseCore.Fidelity do
   def synapse_run(name, turns, extra_opts \\ []) do
     {outcomes, _} =
       Enum.map_reduce(turns, nil, fn turn, previous ->
+        turn = Map.update!(turn, "prompt", &prompt/1)
+
         opts =
           extra_opts
           |> put_if(Map.has_key?(turn, "deps"), :deps, turn["deps"])
@@ -106,6 +109,38 @@ defmodule SynapseCore.Fidelity do
 
   defp run(name, %{"prompt" => prompt}, opts) do
     with {:ok, result} <- Agent.run_sync(name, prompt, opts), do: {:ok, result, [], []}
+  end
+
+  @doc """
+  A prompt in direct_run's JSON form as `SynapseCore.Prompt` parts: strings
+  as they are, and maps with a "kind" (a "binary"'s "data" in base64), their
+  other keys the part's options.
+  """
+  def prompt(text) when is_binary(text), do: text
+  def prompt(parts) when is_list(parts), do: Enum.map(parts, &part/1)
+
+  defp part(text) when is_binary(text), do: text
+
+  defp part(%{"kind" => "binary", "data" => data, "media_type" => type} = part),
+    do: {:binary, Base.decode64!(data), type, part_options(part, ~w(kind data media_type))}
+
+  defp part(%{"kind" => "uploaded-file", "file_id" => id, "provider_name" => provider} = part),
+    do: {:uploaded_file, id, provider, part_options(part, ~w(kind file_id provider_name))}
+
+  defp part(%{"kind" => "text-content", "content" => text} = part),
+    do: {:text, text, part_options(part, ~w(kind content))}
+
+  defp part(%{"kind" => "cache-point"} = part), do: {:cache_point, part_options(part, ~w(kind))}
+
+  defp part(%{"kind" => kind, "url" => url} = part),
+    do:
+      {kind |> String.replace("-", "_") |> String.to_atom(), url,
+       part_options(part, ~w(kind url))}
+
+  defp part_options(part, taken) do
+    for {key, value} <- Map.drop(part, taken) do
+      {String.to_atom(key), if(value == "allow-local", do: :allow_local, else: value)}
+    end
   end
 
   defp kinds("all"), do: :all

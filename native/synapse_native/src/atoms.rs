@@ -28,6 +28,10 @@ rustler::atoms! {
     result,
     text_delta,
 
+    // prompt parts (see `crate::prompt`)
+    text,
+    binary,
+
     // events of a streamed run (see `crate::event`)
     thinking_delta,
     part_start,

@@ -15,6 +15,7 @@ mod error;
 mod event;
 mod json;
 mod messages;
+mod prompt;
 mod reply;
 mod run;
 mod runtime;

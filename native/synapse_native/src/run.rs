@@ -18,6 +18,7 @@ use crate::error::{Error, NifError};
 use crate::event::{self, lenient_json, map};
 use crate::json;
 use crate::messages;
+use crate::prompt;
 use crate::reply::{Events, Reply, Runner, Style};
 use crate::terms::elixir_struct;
 
@@ -45,6 +46,8 @@ pub struct RunArgs<'a> {
     output_tool_return_content: Option<String>,
     /// Streamed runs: the kinds of events to send (`RunEvent` field names).
     events: Vec<String>,
+    /// A prompt made of parts (`crate::prompt`); `prompt` is then empty.
+    prompt_parts: Vec<Term<'a>>,
 }
 
 #[derive(NifMap)]
@@ -451,6 +454,7 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
         timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         output_tool_return_content: args.output_tool_return_content,
         events: args.events,
+        prompt_parts: prompt::parts(&args.prompt_parts)?,
         model_settings_json: json::encode_optional(args.model_settings)
             .map_err(|e| context("model_settings", e))?,
         usage_limits_json: json::encode_optional(args.usage_limits)

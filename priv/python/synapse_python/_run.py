@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic_ai import CancellationToken, RunCancelled
 
-from synapse_python import _agents, _client_tools, _convert, _errors, _events
+from synapse_python import _agents, _client_tools, _convert, _errors, _events, _prompt
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -168,8 +168,7 @@ class Run:
 def _run_arguments(request: agent_pb2.RunRequest, loaded: _agents.LoadedAgent) -> dict[str, Any]:
     """The arguments of the pydantic-ai run `request` asks for (but deps and tools)."""
     return {
-        # An empty prompt continues from the history without a new user message.
-        "user_prompt": request.prompt or None,
+        "user_prompt": _prompt.user_prompt(request),
         "message_history": _convert.parse_message_history(request.message_history_json),
         "model_settings": _convert.parse_model_settings(request.model_settings_json),
         "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),

@@ -13,7 +13,10 @@ CASES.json is a list of cases, each a conversation with one agent:
 Each turn is one `agent.run` (or, with `"stream": true`, one
 `agent.run_stream_events` read to its end; with `"stream_output": true`, one
 `agent.run_stream` whose `stream_output(debounce_by=None)` is read to its
-end), as a Python caller writes it:
+end), as a Python caller writes it. A prompt may be a list of parts: strings,
+and objects with a "kind" built with pydantic-ai's classes as a caller builds
+them (`BinaryContent(data, media_type=...)` from a "binary" whose "data" is
+base64, `ImageUrl(url, ...)` from an "image-url", ...; see `_user_prompt`):
 `deps` (when the key is there) is made by the deps factory (called with the
 data, awaited if async, entered if a context manager) or validated into the
 agent's `deps_type` with Pydantic; `history` passes the previous turn's
@@ -39,6 +42,7 @@ does ("all", or a list; by default text deltas, tool calls and results).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import importlib
@@ -54,11 +58,17 @@ import pydantic_core
 from pydantic_ai import Agent, AgentRunResultEvent
 from pydantic_ai.messages import (
     AgentStreamEvent,
+    AudioUrl,
     BaseToolCallPart,
+    BinaryContent,
+    CachePoint,
     DeferredToolRequestsEvent,
+    DocumentUrl,
+    FileUrl,
     FinalResultEvent,
     FunctionToolCallEvent,
     FunctionToolResultEvent,
+    ImageUrl,
     ModelMessage,
     ModelResponsePart,
     ModelResponsePartDelta,
@@ -67,11 +77,15 @@ from pydantic_ai.messages import (
     PartDeltaEvent,
     PartEndEvent,
     PartStartEvent,
+    TextContent,
     TextPart,
     TextPartDelta,
     ThinkingPart,
     ThinkingPartDelta,
     ToolCallPartDelta,
+    UploadedFile,
+    UserContent,
+    VideoUrl,
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
@@ -110,6 +124,40 @@ async def _deps(
     if isinstance(made, contextlib.AbstractContextManager):
         return stack.enter_context(made)
     return made
+
+
+_URL_CLASSES: dict[str, type[FileUrl]] = {
+    "image-url": ImageUrl,
+    "audio-url": AudioUrl,
+    "video-url": VideoUrl,
+    "document-url": DocumentUrl,
+}
+
+
+def _user_prompt(prompt: str | list[Any]) -> str | list[UserContent]:
+    """A turn's prompt as a Python caller writes it: each part built with its class."""
+    if isinstance(prompt, str):
+        return prompt
+    parts: list[UserContent] = []
+    for item in prompt:
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        fields = dict(item)
+        match fields.pop("kind"):
+            case "binary":
+                parts.append(BinaryContent(base64.b64decode(fields.pop("data")), **fields))
+            case "uploaded-file":
+                parts.append(
+                    UploadedFile(fields.pop("file_id"), fields.pop("provider_name"), **fields)
+                )
+            case "text-content":
+                parts.append(TextContent(fields.pop("content"), **fields))
+            case "cache-point":
+                parts.append(CachePoint(**fields))
+            case kind:
+                parts.append(_URL_CLASSES[kind](fields.pop("url"), **fields))
+    return parts
 
 
 _DEFAULT_KINDS = ["text_delta", "tool_call", "tool_result"]
@@ -216,20 +264,22 @@ async def _turn(
             arguments["deps"] = await _deps(stack, agent, factory, turn)
             result: AgentRunResult[Any]
             if turn.get("stream_output"):
-                async with agent.run_stream(turn["prompt"], **arguments) as streamed:
+                async with agent.run_stream(_user_prompt(turn["prompt"]), **arguments) as streamed:
                     async for output in streamed.stream_output(debounce_by=None):
                         outputs.append([_json(output), type(output).__qualname__])
                     result = streamed.result
             elif turn.get("stream"):
                 kept = _kept(turn)
-                async with agent.run_stream_events(turn["prompt"], **arguments) as stream:
+                async with agent.run_stream_events(
+                    _user_prompt(turn["prompt"]), **arguments
+                ) as stream:
                     async for event in stream:
                         if isinstance(event, AgentRunResultEvent):
                             result = event.result
                         else:
                             events += [e for e in _event(event) if kept is None or e[0] in kept]
             else:
-                result = await agent.run(turn["prompt"], **arguments)
+                result = await agent.run(_user_prompt(turn["prompt"]), **arguments)
     except Exception as exc:
         return {"error": {"type": type(exc).__name__, "message": str(exc)}}, history
     content = turn.get("output_tool_return_content")
