@@ -184,6 +184,11 @@ defmodule SynapseCore.Agent do
   @doc """
   Runs the agent on `prompt` and waits for its result.
 
+  `prompt` is a string, or a list of parts for multimodal input (text,
+  images, audio, documents as binaries or URLs; see `SynapseCore.Prompt`):
+
+      SynapseCore.Agent.run_sync(:vision, ["What is this?", {:binary, png, "image/png"}])
+
   ## Options
 
   #{SynapseCore.Options.docs(Options.call_schema())}
@@ -191,9 +196,11 @@ defmodule SynapseCore.Agent do
   ## Errors
 
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
+  `:invalid_argument` (a prompt that is not valid, see `SynapseCore.Prompt`),
+  `:resource_exhausted` (a request over `:max_message_bytes`),
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument`, `:output_validation_failed`, `:tool_failed`,
+  `:output_validation_failed`, `:tool_failed`,
   `:model_http_error`, `:model_unavailable` or `:python_error`; see
   `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
@@ -410,17 +417,24 @@ defmodule SynapseCore.Agent do
   Runs the agent on `prompt` and streams its events.
 
   Returns a lazy `Stream`: the run starts when the stream is enumerated, in
-  the enumerating process, and its events are:
+  the enumerating process. Its events are pydantic-ai's stream events as
+  Elixir terms, in the order pydantic-ai emits them (`SynapseCore.Event`
+  lists them all), of the kinds the `:events` option names; by default:
 
     * `{:text_delta, text}` - a piece of the model's text, in order. The text
       of every model response of the run is streamed: when the run has one
       model response and text output, the deltas concatenate to the output;
-    * `{:tool_call, %{id: id, name: name, args: args}}` - the model called a
-      tool (one of the agent's Python tools or an Elixir tool);
-    * `{:tool_result, %{id: id, name: name, content: content, retry: retry?}}` -
-      that call's outcome: its return value, or (`retry: true`) the retry
-      prompt the model got back. It follows its `:tool_call`;
+    * `{:tool_call, %{id: id, name: name, args: args, args_valid: valid?}}` -
+      the model called a tool (one of the agent's Python tools or an Elixir
+      tool);
+    * `{:tool_result, %{id: id, name: name, content: content, retry: retry?,
+      outcome: outcome}}` - that call's outcome: its return value, or
+      (`retry: true`) the retry prompt the model got back. It follows its
+      `:tool_call`;
     * `{:result, %SynapseCore.Result{}}` - always the last event.
+
+  `SynapseCore.StreamState` folds events into the message being written
+  (text, thinking, tool calls, output so far).
 
   A failed run raises `SynapseCore.Error` from the stream (after any events
   that came before the failure). Halting the stream early (`Enum.take/2`,

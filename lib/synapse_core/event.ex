@@ -9,6 +9,26 @@ defmodule SynapseCore.Event do
   tool calls), `:all` for every kind below. `SynapseCore.StreamState` folds
   them into the message being written, for a process that shows it.
 
+  | event | pydantic-ai |
+  |-------|-------------|
+  | `{:part_start, %{index:, part:, previous_part_kind:}}` | `PartStartEvent` (the part without its content) |
+  | `{:text_delta, text}` | `TextPartDelta` (and the text a `TextPart` starts with) |
+  | `{:thinking_delta, text}` | `ThinkingPartDelta` (and the text a `ThinkingPart` starts with) |
+  | `{:tool_call_delta, %{index:, tool_call_id:, tool_name_delta:, args_delta:}}` | `ToolCallPartDelta` (and the arguments a tool call part starts with) |
+  | `{:part_delta, %{index:, delta:}}` | the rest of a `PartDeltaEvent`'s delta (signatures, provider details, ...) |
+  | `{:part_end, %{index:, part:, next_part_kind:}}` | `PartEndEvent` |
+  | `{:final_result, %{tool_name:, tool_call_id:}}` | `FinalResultEvent` |
+  | `{:tool_call, %{id:, name:, args:, args_valid:}}` | `FunctionToolCallEvent` |
+  | `{:tool_result, %{id:, name:, content:, retry:, outcome:}}` | `FunctionToolResultEvent` |
+  | `{:output_tool_call, %{id:, name:, args:, args_valid:}}` | `OutputToolCallEvent` |
+  | `{:output_tool_result, %{id:, name:, content:, retry:, outcome:}}` | `OutputToolResultEvent` |
+  | `{:deferred_tool_requests, %{calls:, approvals:, metadata:}}` | `DeferredToolRequestsEvent` |
+  | `{:output, %{output:, output_type:, partial:}}` | the output validated so far, as `AgentStream.stream_output` yields it |
+  | `{:event, %{kind:, data:}}` | any other event (`event_kind` and its JSON): custom events, enqueued messages, ... |
+  | `{:result, %SynapseCore.Result{}}` | the run's result: always last |
+
+  Each is described below.
+
   ## The model's response, part by part
 
   A model response is made of parts (text, thinking, tool calls, ...),

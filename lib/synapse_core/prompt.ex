@@ -43,6 +43,22 @@ defmodule SynapseCore.Prompt do
     ]
   ]
 
+  structured_schema = [
+    tag: [
+      type: :non_empty_string,
+      doc: "the tag the value is wrapped in for the model, e.g. `\"ui_state\"`."
+    ],
+    description: [
+      type: :non_empty_string,
+      doc: "what the value is, for the model, written before it."
+    ],
+    format: [
+      type: {:in, [:json, :xml]},
+      doc:
+        "how the value is rendered as text (pydantic-ai's `'json'` or `'xml'`); its `render` by default."
+    ]
+  ]
+
   @moduledoc """
   A run's prompt: a string, or a list of parts (multimodal input), which
   becomes the list a Python caller passes as pydantic-ai's `user_prompt`.
@@ -62,6 +78,7 @@ defmodule SynapseCore.Prompt do
   | `{:audio_url, url}`, `{:audio_url, url, opts}` | `AudioUrl(url, ...)` |
   | `{:video_url, url}`, `{:video_url, url, opts}` | `VideoUrl(url, ...)` |
   | `{:document_url, url}`, `{:document_url, url, opts}` | `DocumentUrl(url, ...)` |
+  | `{:structured, value}`, `{:structured, value, opts}` | `StructuredContent(value, ...)` (`value` as JSON data) |
   | `{:uploaded_file, file_id, provider_name}`, `{:uploaded_file, file_id, provider_name, opts}` | `UploadedFile(file_id, provider_name, ...)` |
   | `:cache_point`, `{:cache_point, opts}` | `CachePoint(...)` |
 
@@ -92,6 +109,10 @@ defmodule SynapseCore.Prompt do
 
   #{SynapseCore.Options.docs(text_schema)}
 
+  ## Options of structured content
+
+  #{SynapseCore.Options.docs(structured_schema)}
+
   ## Options of cache points
 
   #{SynapseCore.Options.docs(cache_schema)}
@@ -104,6 +125,7 @@ defmodule SynapseCore.Prompt do
   @uploaded_schema uploaded_schema
   @cache_schema cache_schema
   @text_schema text_schema
+  @structured_schema structured_schema
 
   # Each URL part and pydantic-ai's `kind` of it.
   @url_kinds %{
@@ -123,6 +145,8 @@ defmodule SynapseCore.Prompt do
           | {:binary, binary(), String.t(), keyword()}
           | {url_kind(), String.t()}
           | {url_kind(), String.t(), keyword()}
+          | {:structured, term()}
+          | {:structured, term(), keyword()}
           | {:uploaded_file, String.t(), String.t()}
           | {:uploaded_file, String.t(), String.t(), keyword()}
           | :cache_point
@@ -161,6 +185,9 @@ defmodule SynapseCore.Prompt do
   end
 
   def wire([_ | _] = parts) do
+    if Enum.all?(parts, &is_integer/1),
+      do: raise(ArgumentError, "the prompt is a charlist: give a string (or a list of parts)")
+
     wired =
       parts
       |> Enum.with_index()
@@ -210,6 +237,11 @@ defmodule SynapseCore.Prompt do
     content("uploaded-file", fields, opts, @uploaded_schema)
   end
 
+  defp part({:structured, value}), do: part({:structured, value, []})
+
+  defp part({:structured, value, opts}),
+    do: content("structured-content", %{"value" => value}, opts, @structured_schema)
+
   defp part(:cache_point), do: part({:cache_point, []})
   defp part({:cache_point, opts}), do: content("cache-point", %{}, opts, @cache_schema)
 
@@ -231,6 +263,7 @@ defmodule SynapseCore.Prompt do
   end
 
   defp json(:allow_local), do: "allow-local"
+  defp json(format) when format in [:json, :xml], do: Atom.to_string(format)
   defp json(value), do: value
 
   defp text!(text) when is_binary(text) do

@@ -130,6 +130,9 @@ defmodule SynapseCore.Fidelity do
   defp part(%{"kind" => "text-content", "content" => text} = part),
     do: {:text, text, part_options(part, ~w(kind content))}
 
+  defp part(%{"kind" => "structured-content", "value" => value} = part),
+    do: {:structured, value, part_options(part, ~w(kind value))}
+
   defp part(%{"kind" => "cache-point"} = part), do: {:cache_point, part_options(part, ~w(kind))}
 
   defp part(%{"kind" => kind, "url" => url} = part),
@@ -139,9 +142,13 @@ defmodule SynapseCore.Fidelity do
 
   defp part_options(part, taken) do
     for {key, value} <- Map.drop(part, taken) do
-      {String.to_atom(key), if(value == "allow-local", do: :allow_local, else: value)}
+      {String.to_atom(key), option(key, value)}
     end
   end
+
+  defp option("force_download", "allow-local"), do: :allow_local
+  defp option("format", format), do: String.to_atom(format)
+  defp option(_key, value), do: value
 
   defp kinds("all"), do: :all
   defp kinds(names), do: Enum.map(names, &String.to_existing_atom/1)

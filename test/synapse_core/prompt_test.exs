@@ -47,6 +47,14 @@ defmodule SynapseCore.PromptTest do
       %{"kind" => "document-url", "url" => "https://example.com/d.pdf", "identifier" => "doc"},
       %{"kind" => "uploaded-file", "file_id" => "file-123", "provider_name" => "openai"},
       %{"kind" => "text-content", "content" => "tagged text", "metadata" => %{"source" => "crm"}},
+      %{"kind" => "structured-content", "value" => %{"page" => "cart", "items" => [1, 2]}},
+      %{
+        "kind" => "structured-content",
+        "value" => %{"page" => "cart"},
+        "tag" => "ui_state",
+        "description" => "What the user sees.",
+        "format" => "xml"
+      },
       %{"kind" => "cache-point", "ttl" => "1h"},
       "And that is all."
     ]
@@ -102,6 +110,11 @@ defmodule SynapseCore.PromptTest do
              %{"class" => "DocumentUrl", "derived" => %{"identifier" => "doc"}},
              %{"class" => "UploadedFile", "fields" => %{"file_id" => "file-123"}},
              %{"class" => "TextContent", "fields" => %{"metadata" => %{"source" => "crm"}}},
+             %{"class" => "StructuredContent", "fields" => %{"value" => %{"items" => [1, 2]}}},
+             %{
+               "class" => "StructuredContent",
+               "fields" => %{"content" => "What the user sees." <> _}
+             },
              %{"class" => "CachePoint", "fields" => %{"ttl" => "1h"}},
              %{"class" => "str", "value" => "And that is all."}
            ] = described
@@ -164,6 +177,7 @@ defmodule SynapseCore.PromptTest do
             {[{:binary, "x", "image/png", vendor_metadata: "high"}],
              ~r/prompt part 0: invalid :vendor_metadata/},
             {[{:cache_point, ttl: "2h"}], ~r/prompt part 0: invalid :ttl/},
+            {[{:structured, %{}, format: "yaml"}], ~r/prompt part 0: invalid :format/},
             {[], ~r/empty list/},
             {<<0xFF>>, ~r/not valid UTF-8/}
           ] do
@@ -187,6 +201,12 @@ defmodule SynapseCore.PromptTest do
 
       assert message =~ "prompt part 0"
       assert message =~ "provider_name"
+
+      # pydantic-ai refuses a framing tag when it renders the value.
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Agent.run_sync(name, [{:structured, %{"a" => 1}, tag: "system"}])
+
+      assert message =~ "prompt part 0"
     end
 
     test "a binary larger than :max_message_bytes is :resource_exhausted; smaller ones still pass" do

@@ -6,7 +6,8 @@ built from its bytes as a caller builds one (`BinaryContent(data,
 media_type=..., identifier=..., vendor_metadata=...)`), and any other part
 pydantic-ai's own JSON form of it, validated into its class (`ImageUrl`,
 `AudioUrl`, `VideoUrl`, `DocumentUrl`, `UploadedFile`, `TextContent`,
-`CachePoint`) by its "kind".
+`StructuredContent`, `CachePoint`) by its "kind" (a structured content's
+`format` is applied as its constructor applies it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic_ai.messages import (
     CachePoint,
     DocumentUrl,
     ImageUrl,
+    StructuredContent,
     TextContent,
     UploadedFile,
     UserContent,
@@ -34,7 +36,14 @@ from synapse_python._proto.synapse.v1 import agent_pb2
 
 # The parts that travel as pydantic-ai's JSON; `kind` says which class.
 _JsonContent = Annotated[
-    ImageUrl | AudioUrl | VideoUrl | DocumentUrl | UploadedFile | TextContent | CachePoint,
+    ImageUrl
+    | AudioUrl
+    | VideoUrl
+    | DocumentUrl
+    | UploadedFile
+    | TextContent
+    | StructuredContent
+    | CachePoint,
     pydantic.Discriminator("kind"),
 ]
 

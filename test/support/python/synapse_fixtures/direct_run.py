@@ -77,6 +77,7 @@ from pydantic_ai.messages import (
     PartDeltaEvent,
     PartEndEvent,
     PartStartEvent,
+    StructuredContent,
     TextContent,
     TextPart,
     TextPartDelta,
@@ -153,6 +154,8 @@ def _user_prompt(prompt: str | list[Any]) -> str | list[UserContent]:
                 )
             case "text-content":
                 parts.append(TextContent(fields.pop("content"), **fields))
+            case "structured-content":
+                parts.append(StructuredContent(fields.pop("value"), **fields))
             case "cache-point":
                 parts.append(CachePoint(**fields))
             case kind:
