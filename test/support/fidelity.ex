@@ -59,6 +59,25 @@ defmodule SynapseCore.Fidelity do
   end
 
   @doc """
+  Runs `turns` on the agent `name` (the pydantic-ai agent `ref`, started
+  with `SYNAPSE_FIDELITY_RECORD` set to `record`) through Synapse and
+  directly in Python; asserts that every turn is the same run and that the
+  model got the same requests. Returns Synapse's outcomes.
+  """
+  def assert_same_as_python!(name, ref, turns, record) do
+    direct_record = record_path("python")
+    synapse = synapse_run(name, turns)
+    [direct] = direct_run!([%{"agent" => ref, "record" => direct_record, "turns" => turns}])
+
+    for {{ours, theirs}, turn} <- synapse |> Enum.zip(direct) |> Enum.with_index(1) do
+      assert_same_run(ours, theirs, "#{ref}, turn #{turn}")
+    end
+
+    assert records(record) == records(direct_record)
+    synapse
+  end
+
+  @doc """
   Runs `turns` on the agent `name` through Synapse; returns per turn the
   outcome in direct_run's form (plus "result", the `SynapseCore.Result`).
   """

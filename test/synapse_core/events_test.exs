@@ -19,19 +19,8 @@ defmodule SynapseCore.EventsTest do
   # the same run (events, outputs, messages, what the model got).
   defp same_as_python!(ref, turns) do
     record = Fidelity.record_path("synapse")
-    direct_record = Fidelity.record_path("python")
     name = start_fixture_agent!("events", agent: ref, env: [{"SYNAPSE_FIDELITY_RECORD", record}])
-    synapse = Fidelity.synapse_run(name, turns)
-
-    [direct] =
-      Fidelity.direct_run!([%{"agent" => ref, "record" => direct_record, "turns" => turns}])
-
-    for {{ours, theirs}, turn} <- synapse |> Enum.zip(direct) |> Enum.with_index(1) do
-      Fidelity.assert_same_run(ours, theirs, "#{ref}, turn #{turn}")
-    end
-
-    assert Fidelity.records(record) == Fidelity.records(direct_record)
-    synapse
+    Fidelity.assert_same_as_python!(name, ref, turns, record)
   end
 
   describe "every event pydantic-ai streams, in its order" do

@@ -60,9 +60,8 @@ defmodule SynapseCore.PromptTest do
     ]
   end
 
-  test "every kind of part reaches the model as Python's objects: run_sync, run with tools, run_stream" do
+  test "every kind of part reaches the model as Python's objects: run_sync, run_stream, with a history" do
     record = Fidelity.record_path("synapse")
-    direct_record = Fidelity.record_path("python")
     name = start!(env: [{"SYNAPSE_FIDELITY_RECORD", record}])
 
     turns = [
@@ -71,16 +70,7 @@ defmodule SynapseCore.PromptTest do
       %{"prompt" => ["again", hd(tl(parts()))], "history" => true}
     ]
 
-    synapse = Fidelity.synapse_run(name, turns)
-
-    [direct] =
-      Fidelity.direct_run!([%{"agent" => @agent, "record" => direct_record, "turns" => turns}])
-
-    for {{ours, theirs}, turn} <- synapse |> Enum.zip(direct) |> Enum.with_index(1) do
-      Fidelity.assert_same_run(ours, theirs, "turn #{turn}")
-    end
-
-    assert Fidelity.records(record) == Fidelity.records(direct_record)
+    synapse = Fidelity.assert_same_as_python!(name, @agent, turns, record)
 
     # What the model got, per part (checked against Python above; here
     # against what was sent).
