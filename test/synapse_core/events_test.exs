@@ -84,7 +84,13 @@ defmodule SynapseCore.EventsTest do
       assert Enum.all?(events, fn {kind, _} -> kind in [:result | Event.kinds()] end)
     end
 
-    test "unknown kinds are refused" do
+    test "unknown kinds, and no kinds at all, are refused" do
+      assert_raise ArgumentError,
+                   ~r/invalid :events option: expected :all or a non-empty list/,
+                   fn ->
+                     Agent.run_stream(:any, "x", events: [])
+                   end
+
       assert_raise ArgumentError, ~r/events/, fn ->
         Agent.run_stream(:any, "x", events: [:nope])
       end

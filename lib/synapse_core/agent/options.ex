@@ -402,9 +402,9 @@ defmodule SynapseCore.Agent.Options do
 
   @stream_schema [
     events: [
-      type: {:or, [{:in, [:all]}, {:list, {:in, SynapseCore.Event.kinds()}}]},
+      type:
+        {:custom, &__MODULE__.cast_event_kinds/1, "`:all` or a non-empty list of event kinds"},
       default: SynapseCore.Event.default_kinds(),
-      doc_type: "`:all` or a list of event kinds",
       doc: """
       the kinds of events to receive (see `SynapseCore.Event`): `:all`, or a
       list such as `[:text_delta, :thinking_delta, :tool_call_delta]`.
@@ -621,13 +621,11 @@ defmodule SynapseCore.Agent.Options do
   def stream!(opts) do
     options = Options.validate!(opts, @call_schema ++ @stream_schema, "a streamed run")
 
-    events = if options.events == :all, do: SynapseCore.Event.kinds(), else: options.events
-
     %{
       call:
         options
         |> Map.take(Keyword.keys(@call_schema))
-        |> Map.put(:events, Enum.uniq(events)),
+        |> Map.put(:events, options.events),
       stream_to: options.stream_to,
       window: options.window
     }
@@ -747,6 +745,19 @@ defmodule SynapseCore.Agent.Options do
       {:error,
        "expected a previous result's `messages` (a SynapseCore.Messages), a result, " <>
          "or a list of message maps"}
+
+  @doc false
+  def cast_event_kinds(:all), do: {:ok, SynapseCore.Event.kinds()}
+
+  def cast_event_kinds([_ | _] = kinds) do
+    case Enum.reject(kinds, &(&1 in SynapseCore.Event.kinds())) do
+      [] -> {:ok, Enum.uniq(kinds)}
+      _unknown -> {:error, "expected :all or a list of #{inspect(SynapseCore.Event.kinds())}"}
+    end
+  end
+
+  def cast_event_kinds(_other),
+    do: {:error, "expected :all or a non-empty list of #{inspect(SynapseCore.Event.kinds())}"}
 
   @doc false
   def cast_local_pid(nil), do: {:ok, nil}
