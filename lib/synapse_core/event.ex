@@ -1,11 +1,13 @@
 defmodule SynapseCore.Event do
+  @default_kinds [:text_delta, :tool_call, :tool_result]
+
   @moduledoc """
   The events of a streamed run (`SynapseCore.Agent.run_stream/3`): every
   event pydantic-ai streams, as Elixir terms, in the order pydantic-ai
   emits them, then `{:result, %SynapseCore.Result{}}`.
 
   A run sends the kinds its `:events` option names: by default
-  `#{inspect([:text_delta, :tool_call, :tool_result])}` (the text and the
+  `#{inspect(@default_kinds)}` (the text and the
   tool calls), `:all` for every kind below. `SynapseCore.StreamState` folds
   them into the message being written, for a process that shows it.
 
@@ -180,8 +182,6 @@ defmodule SynapseCore.Event do
     output: "output",
     event: "other"
   ]
-
-  @default_kinds [:text_delta, :tool_call, :tool_result]
 
   @doc """
   Every kind of event, in the order this documentation lists them.
