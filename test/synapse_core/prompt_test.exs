@@ -168,6 +168,11 @@ defmodule SynapseCore.PromptTest do
              ~r/prompt part 0: invalid :vendor_metadata/},
             {[{:cache_point, ttl: "2h"}], ~r/prompt part 0: invalid :ttl/},
             {[{:structured, %{}, format: "yaml"}], ~r/prompt part 0: invalid :format/},
+            # Data with no JSON form, found as the request is encoded.
+            {["ok", {:structured, {1, 2}}], ~r/prompt part 1: tuples have no JSON form/},
+            {[{:text, "x", metadata: self()}], ~r/prompt part 0: a pid has no JSON form/},
+            {[{:binary, "x", "image/png", vendor_metadata: %{"a" => self()}}],
+             ~r/prompt part 0: vendor_metadata: a pid has no JSON form/},
             {[], ~r/empty list/},
             {<<0xFF>>, ~r/not valid UTF-8/}
           ] do
