@@ -84,6 +84,30 @@ defmodule SynapseCore.EventsTest do
       assert Enum.all?(events, fn {kind, _} -> kind in [:result | Event.kinds()] end)
     end
 
+    test "every kind has its field in the wire contract, and every event field its kind" do
+      {:ok, python} = SynapseCore.Python.interpreter()
+
+      script = """
+      from synapse_python import _events
+      print(" ".join(sorted(_events._KINDS)))
+      """
+
+      {out, 0} =
+        System.cmd(python, ["-c", script],
+          env: [{"PYTHONPATH", SynapseCore.Python.package_dir()}],
+          stderr_to_stdout: true
+        )
+
+      assert Enum.sort(Event.wire_names(Event.kinds())) == String.split(out)
+      # The type lists every kind, and the kinds are the documented ones.
+      {:ok, types} = Code.Typespec.fetch_types(Event)
+
+      [{:type, {:kind, {:type, _, :union, members}, []}}] =
+        for {_, {:kind, _, _}} = t <- types, do: t
+
+      assert Enum.sort(for {:atom, _, kind} <- members, do: kind) == Enum.sort(Event.kinds())
+    end
+
     test "unknown kinds, and no kinds at all, are refused" do
       assert_raise ArgumentError,
                    ~r/invalid :events option: expected :all or a non-empty list/,
