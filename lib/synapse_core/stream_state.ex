@@ -76,7 +76,8 @@ defmodule SynapseCore.StreamState do
             done?: false,
             # The current response's parts by index, and the index the text
             # and thinking deltas go to; `response?` is false between model
-            # responses (after the tool events that follow one).
+            # responses (after its last part ends, or the tool events that
+            # follow it).
             by_index: %{},
             current: nil,
             response?: false
@@ -141,8 +142,10 @@ defmodule SynapseCore.StreamState do
     end
   end
 
-  def apply_event(state, {:part_end, %{index: index, part: part}}) do
-    state = put_part(state, index, part)
+  def apply_event(state, {:part_end, %{index: index, part: part} = details}) do
+    # The last part of a response has no next part: the next start begins
+    # a new response.
+    state = %{put_part(state, index, part) | response?: details[:next_part_kind] != nil}
 
     case part do
       %{"part_kind" => "tool-call", "tool_name" => name, "args" => args} = call ->

@@ -240,6 +240,33 @@ defmodule SynapseCore.EventsTest do
       assert folded == responses
     end
 
+    test "a response that follows one with no tool call starts its parts over" do
+      text = fn index, content, next ->
+        [
+          {:part_start,
+           %{
+             index: index,
+             part: %{"part_kind" => "text", "content" => ""},
+             previous_part_kind: nil
+           }},
+          {:text_delta, content},
+          {:part_end,
+           %{
+             index: index,
+             part: %{"part_kind" => "text", "content" => content},
+             next_part_kind: next
+           }}
+        ]
+      end
+
+      # An output retry: the first response's two parts, then a new one.
+      state =
+        StreamState.from_events(text.(0, "a", "text") ++ text.(1, "b", nil) ++ text.(0, "c", nil))
+
+      assert state.parts == [%{"part_kind" => "text", "content" => "c"}]
+      assert state.text == "abc"
+    end
+
     test "while the arguments stream, the call shows their text so far" do
       name = start_fixture_agent!("events", agent: @thinking)
 
