@@ -130,7 +130,10 @@ defmodule SynapseCore.Agent do
           | {:deps, term()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
-  @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
+  @type stream_option ::
+          {:window, pos_integer() | :infinity}
+          | {:stream_to, pid()}
+          | {:events, :all | [SynapseCore.Event.kind(), ...]}
 
   @doc """
   A child specification, so that an agent can be put in a supervision tree.
