@@ -33,6 +33,9 @@ defmodule SynapseCore.StreamState do
     * `parts` - the parts of the model response being written, in order
       (pydantic-ai's JSON form as Elixir data, as `SynapseCore.Event`
       describes them), their content so far included;
+    * `deferred` - the tool calls waiting for an approval or a result from
+      outside (`:deferred_tool_requests`: `%{calls:, approvals:, metadata:}`),
+      or `nil`;
     * `result` - the `SynapseCore.Result`, once the run is over (`done?`).
 
   Events of any kind may be missing (a run sends the kinds its `:events`
@@ -64,6 +67,7 @@ defmodule SynapseCore.StreamState do
           output: term(),
           parts: [Event.part()],
           result: Result.t() | nil,
+          deferred: %{calls: [Event.part()], approvals: [Event.part()], metadata: map()} | nil,
           done?: boolean()
         }
 
@@ -72,6 +76,7 @@ defmodule SynapseCore.StreamState do
             tool_calls: [],
             output: nil,
             parts: [],
+            deferred: nil,
             result: nil,
             done?: false,
             # The current response's parts by index, and the index the text
@@ -174,11 +179,13 @@ defmodule SynapseCore.StreamState do
 
   def apply_event(state, {:output, %{output: output}}), do: %{state | output: output}
 
+  def apply_event(state, {:deferred_tool_requests, requests}), do: %{state | deferred: requests}
+
   def apply_event(state, {:result, %Result{} = result}),
     do: %{state | result: result, output: result.output, done?: true}
 
   def apply_event(state, {kind, _details})
-      when kind in [:final_result, :deferred_tool_requests, :event],
+      when kind in [:final_result, :event],
       do: state
 
   def apply_event(state, _unknown), do: state

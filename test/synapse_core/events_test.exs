@@ -60,6 +60,11 @@ defmodule SynapseCore.EventsTest do
 
       assert [["deferred_tool_requests", %{"approvals" => [%{"tool_name" => "delete_file"}]}]] =
                Enum.filter(outcome["events"], &match?(["deferred_tool_requests" | _], &1))
+
+      # StreamState holds them, for a process that shows what waits.
+      name = start_fixture_agent!("approval", agent: "synapse_fixtures.events:approval_agent")
+      state = name |> Agent.run_stream("delete it", events: :all) |> StreamState.from_events()
+      assert %{approvals: [%{"tool_call_id" => "del_1"}], calls: []} = state.deferred
     end
 
     test "the terms: atoms for Synapse's keys, pydantic-ai's JSON with binary keys" do
