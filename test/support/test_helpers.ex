@@ -102,6 +102,23 @@ defmodule SynapseCore.TestHelpers do
   end
 
   @doc """
+  Makes sure epmd runs and answers, for tests that start distribution.
+
+  The epmd of this VM's Erlang is shared by every node on the machine (a
+  release's BEAM would otherwise start one from its own directory).
+  `epmd -daemon` returns before the daemon listens, so a `Node.start/2`
+  right after it can fail with `:nodistribution`: wait until it answers.
+  """
+  def start_epmd! do
+    erts = Path.join(:code.root_dir(), "erts-#{:erlang.system_info(:version)}")
+    epmd = Path.join(erts, "bin/epmd")
+    epmd = if File.exists?(epmd), do: epmd, else: System.find_executable("epmd")
+    {_, 0} = System.cmd(epmd, ["-daemon"])
+    eventually(fn -> match?({:ok, _}, :net_adm.names()) end, 10_000)
+    :ok
+  end
+
+  @doc """
   Starts the fake OpenAI-compatible server (synapse_fixtures.openai_server)
   for the calling test; returns its base URL. It exits when the test process
   does: its stdin is the port, and it stops at EOF. `args` are the server's
