@@ -5,8 +5,11 @@ defmodule SynapseCore.Run do
 
   Like a `Task`, a run belongs to the process that started it: only that
   process can `SynapseCore.Agent.await/2` or `SynapseCore.Agent.yield/2` it,
-  and if that process exits, the run is cancelled (in Python too). Any
-  process may `SynapseCore.Agent.cancel/1` it.
+  and if that process exits, the run is cancelled (in Python too), as it is
+  when a streamed run's receiver exits. Any process may
+  `SynapseCore.Agent.cancel/1` it. Nothing else ends a run before its result
+  or its `:timeout`: a process may keep only `ref` and drop the struct (a
+  receiver matching on the tag, say), and the run goes on.
 
   The fields are for reading: `ref` tags every message of the run
   (`{:synapse_event, ref, event}` for streamed runs), `agent` is the agent's

@@ -34,8 +34,11 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 
 /// The handle of one in-flight call, held by the caller. The call is
-/// cancelled when the handle is cancelled, when it is garbage collected, and
-/// when a process it monitors (the caller, a stream's receiver) exits.
+/// cancelled when the handle is cancelled and when a process it monitors
+/// (the caller, a stream's receiver, a run's tool runner) exits; never
+/// because the caller dropped it: the call's own task holds the handle
+/// until the call answers (see [`spawn`]), so garbage collection neither
+/// cancels the call nor removes the monitors that end it.
 pub struct CallHandle {
     cancel: CancellationToken,
     /// Asked to stop: the call waits a moment for the worker's answer.
@@ -218,7 +221,7 @@ impl From<Error> for CallError {
 /// thread, off the schedulers.
 pub fn spawn<T, Fut, E>(
     channel: ResourceArc<ChannelResource>,
-    handle: &CallHandle,
+    handle: &ResourceArc<CallHandle>,
     reply: Reply,
     timeout: Option<Duration>,
     rpc: impl FnOnce(Option<Duration>) -> Fut + Send + 'static,
@@ -231,10 +234,15 @@ pub fn spawn<T, Fut, E>(
     let cancel = handle.cancel.clone();
     let stop = handle.stop.clone();
     let in_flight = InFlight::enter(channel.clone());
+    // Kept until the call answers: a caller that keeps only the call's tag
+    // (a receiver of `{:synapse_event, tag, _}`) must not lose the call to
+    // garbage collection, nor the monitors on its owners with it.
+    let held = handle.clone();
     RUNTIME.spawn(async move {
         let outcome = run(&channel, &cancel, &stop, timeout, rpc).await;
         drop(in_flight);
         reply.send(outcome, encode);
+        drop(held);
     });
 }
 
