@@ -1,24 +1,29 @@
 defmodule SynapseCore.SoakTest do
   # The short soak (bench/soak.exs runs the long one): concurrent callers
-  # while workers are killed at random. Counts the whole VM's processes and
-  # ports, so it runs alone.
+  # while every fault of the soak is injected: workers and shepherds killed
+  # or stopped, floods, tools failing with bad bytes, dropped Run structs,
+  # agents started and stopped in races. Counts the whole VM's processes,
+  # ports and file descriptors, so it runs alone.
   use ExUnit.Case, async: false
 
   Code.require_file("../../bench/soak/soak.ex", __DIR__)
 
+  alias SynapseCore.Bench.Soak
+
   @moduletag capture_log: true
-  @moduletag timeout: 180_000
+  @moduletag timeout: 300_000
 
-  test "every call gets one typed reply and nothing leaks while workers are killed" do
-    report = SynapseCore.Bench.Soak.run(duration: 8_000, callers: 24, workers: 2, kill_every: 600)
+  test "every call, start and stop gets one typed reply and nothing leaks, whatever the faults" do
+    report = Soak.run(duration: 10_000, callers: 16, workers: 2, kill_every: 600)
 
-    assert report.kills > 0
-    assert report.calls > 100
+    # Each signal was sent, and each kind of call made.
+    for fault <- [:worker_kill, :shepherd_kill, :shepherd_stop] do
+      assert report.injected[fault] > 0, "no #{fault} injected: #{inspect(report.injected)}"
+    end
+
+    assert report.calls > 50
     assert report.outcomes[:ok] > 0
-
-    unexpected = Map.drop(report.outcomes, SynapseCore.Bench.Soak.typed_outcomes())
-
-    assert unexpected == %{}, "unexpected outcomes: #{inspect(unexpected)}"
-    assert report.leaks == [], "leaked: #{inspect(report.leaks)}"
+    assert Map.values(report.lifecycle) |> Enum.sum() > 0
+    assert Soak.failures(report) == [], inspect(report, pretty: true, limit: :infinity)
   end
 end
