@@ -96,21 +96,31 @@ defmodule SynapseCore do
   @spec stop_agent(Agent.name()) :: :ok | {:error, Error.t()}
   def stop_agent(name) do
     with :ok <- SynapseCore.Application.check_started(),
-         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
-         :ok <- DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
-      :ok
+         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name) do
+      case DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
+        :ok ->
+          :ok
+
+        # The registry forgets a process a moment after it exits: an agent
+        # that has just stopped (or crashed) is not one started elsewhere.
+        {:error, :not_found} ->
+          if Process.alive?(pid),
+            do:
+              {:error,
+               Error.new(
+                 :invalid_argument,
+                 "agent #{inspect(name)} was not started with start_agent/1"
+               )},
+            else: {:error, not_running(name)}
+      end
     else
-      [] ->
-        {:error, Error.new(:unknown_agent, "no agent named #{inspect(name)} is running")}
-
-      {:error, :not_found} ->
-        {:error,
-         Error.new(:invalid_argument, "agent #{inspect(name)} was not started with start_agent/1")}
-
-      {:error, %Error{} = error} ->
-        {:error, error}
+      [] -> {:error, not_running(name)}
+      {:error, %Error{} = error} -> {:error, error}
     end
   end
+
+  defp not_running(name),
+    do: Error.new(:unknown_agent, "no agent named #{inspect(name)} is running")
 
   @doc false
   def via(name), do: AgentSupervisor.via(name)

@@ -463,7 +463,7 @@ defmodule SynapseCore.Bench.Soak do
 
       # Whatever happened, the name is free again once stopped.
       stopped = SynapseCore.stop_agent(name)
-      freed = Registry.lookup(SynapseCore.AgentRegistry, name) == []
+      freed = not name_held?(name)
       outcomes = [stop_outcome(stopped) | outcomes] ++ if(freed, do: [], else: [:name_kept])
       counts = Enum.reduce(outcomes, counts, fn o, acc -> Map.update(acc, o, 1, &(&1 + 1)) end)
       lifecycle_loop(deadline, n + 1, counts)
@@ -509,7 +509,7 @@ defmodule SynapseCore.Bench.Soak do
 
     Stream.repeatedly(fn -> SynapseCore.stop_agent(name) end)
     |> Enum.find(fn _ ->
-      Registry.lookup(SynapseCore.AgentRegistry, name) == [] or
+      not name_held?(name) or
         System.monotonic_time(:millisecond) > deadline or (Process.sleep(50) && false)
     end)
 
@@ -520,6 +520,14 @@ defmodule SynapseCore.Bench.Soak do
       {:error, %Error{message: message}} -> {:name_kept, message}
       other -> {:untyped, other}
     end
+  end
+
+  # A live process holds the name (the registry forgets a dead one a moment
+  # after its exit).
+  defp name_held?(name) do
+    SynapseCore.AgentRegistry
+    |> Registry.lookup(name)
+    |> Enum.any?(fn {pid, _} -> Process.alive?(pid) end)
   end
 
   defp good_agent, do: "synapse_fixtures.agents:echo_agent"
