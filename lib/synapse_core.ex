@@ -68,6 +68,8 @@ defmodule SynapseCore do
   def await_ready(names, timeout \\ :infinity)
 
   def await_ready(names, timeout) when is_list(names) do
+    timeout = SynapseCore.Options.timeout!(timeout, "await_ready/2")
+
     Enum.reduce_while(names, :ok, fn name, :ok ->
       case await_one(name, timeout) do
         :ok -> {:cont, :ok}

@@ -17,7 +17,7 @@ defmodule SynapseCore.Run do
   run's events go.
   """
 
-  alias SynapseCore.{Error, Native}
+  alias SynapseCore.{Error, Native, Options}
 
   @type t :: %__MODULE__{
           ref: reference(),
@@ -92,6 +92,7 @@ defmodule SynapseCore.Run do
   @doc false
   @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def await(%__MODULE__{} = run, timeout) do
+    timeout = Options.timeout!(timeout, "await/2")
     check_owner!(run, :await)
 
     receive_reply(run, wait_limit(run, timeout), fn -> give_up(run, timeout) end)
@@ -129,6 +130,7 @@ defmodule SynapseCore.Run do
   @doc false
   @spec yield(t(), timeout()) :: {:ok, term()} | {:error, Error.t()} | nil
   def yield(%__MODULE__{} = run, timeout) do
+    timeout = Options.timeout!(timeout, "yield/2")
     check_owner!(run, :yield)
     receive_reply(run, timeout, fn -> nil end)
   end
