@@ -31,6 +31,8 @@ defmodule SynapseCore.Bench.Soak do
 
   alias SynapseCore.{Agent, Error, Result, Run, Tool}
 
+  # MIX_ENV=test: the fixtures are the test suite's, and so are its helpers.
+
   @fixtures Path.expand("../../test/support/python", __DIR__)
 
   @all_faults [
@@ -578,7 +580,8 @@ defmodule SynapseCore.Bench.Soak do
     %{
       worker_processes: names |> Enum.flat_map(&Agent.workers/1) |> length(),
       os_processes: length(os_processes()),
-      grandchildren: grandchildren |> grandchild_pids() |> Enum.count(&os_alive?/1),
+      grandchildren:
+        grandchildren |> grandchild_pids() |> Enum.count(&SynapseCore.TestHelpers.os_alive?/1),
       fds: open_fds(),
       ports: length(Port.list()),
       registry_entries:
@@ -631,17 +634,6 @@ defmodule SynapseCore.Bench.Soak do
   end
 
   defp open_fds, do: "/proc/self/fd" |> File.ls!() |> length()
-
-  defp os_alive?(os_pid) do
-    case File.read("/proc/#{os_pid}/stat") do
-      {:ok, stat} ->
-        [_, after_name] = String.split(stat, ") ", parts: 2)
-        not String.starts_with?(after_name, ["Z", "X"])
-
-      {:error, _} ->
-        false
-    end
-  end
 
   defp worker_os_pids, do: for(%{python?: true} = p <- os_processes(), do: p.pid)
   defp shepherd_os_pids, do: for(%{python?: false} = p <- os_processes(), do: p.pid)

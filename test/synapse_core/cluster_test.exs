@@ -55,12 +55,12 @@ defmodule SynapseCore.ClusterTest do
     {peer, node}
   end
 
-  defp start_agent_on(node, name) do
+  defp start_agent_on(node, name, attr \\ "calling_agent") do
     {:ok, _} =
       :erpc.call(node, SynapseCore, :start_agent, [
         [
           name: name,
-          agent: "synapse_fixtures.agents:calling_agent",
+          agent: "synapse_fixtures.agents:#{attr}",
           python_path: [fixtures_path()]
         ]
       ])
@@ -129,17 +129,7 @@ defmodule SynapseCore.ClusterTest do
   test "a stream to another process, on a node that goes down: the receiver gets the end" do
     name = :"doomed_stream_#{System.unique_integer([:positive])}"
     {peer, node} = start_peer(:s)
-
-    {:ok, _} =
-      :erpc.call(node, SynapseCore, :start_agent, [
-        [
-          name: name,
-          agent: "synapse_fixtures.agents:slow_stream_agent",
-          python_path: [fixtures_path()]
-        ]
-      ])
-
-    eventually(fn -> node in members(name) end, 30_000)
+    start_agent_on(node, name, "slow_stream_agent")
     test = self()
 
     receiver =
