@@ -68,6 +68,8 @@ defmodule SynapseCore do
   def await_ready(names, timeout \\ :infinity)
 
   def await_ready(names, timeout) when is_list(names) do
+    timeout = SynapseCore.Options.timeout!(timeout, "await_ready/2")
+
     Enum.reduce_while(names, :ok, fn name, :ok ->
       case await_one(name, timeout) do
         :ok -> {:cont, :ok}
@@ -96,21 +98,31 @@ defmodule SynapseCore do
   @spec stop_agent(Agent.name()) :: :ok | {:error, Error.t()}
   def stop_agent(name) do
     with :ok <- SynapseCore.Application.check_started(),
-         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name),
-         :ok <- DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
-      :ok
+         [{pid, _}] <- Registry.lookup(SynapseCore.AgentRegistry, name) do
+      case DynamicSupervisor.terminate_child(SynapseCore.AgentsSupervisor, pid) do
+        :ok ->
+          :ok
+
+        # The registry forgets a process a moment after it exits: an agent
+        # that has just stopped (or crashed) is not one started elsewhere.
+        {:error, :not_found} ->
+          if Process.alive?(pid),
+            do:
+              {:error,
+               Error.new(
+                 :invalid_argument,
+                 "agent #{inspect(name)} was not started with start_agent/1"
+               )},
+            else: {:error, not_running(name)}
+      end
     else
-      [] ->
-        {:error, Error.new(:unknown_agent, "no agent named #{inspect(name)} is running")}
-
-      {:error, :not_found} ->
-        {:error,
-         Error.new(:invalid_argument, "agent #{inspect(name)} was not started with start_agent/1")}
-
-      {:error, %Error{} = error} ->
-        {:error, error}
+      [] -> {:error, not_running(name)}
+      {:error, %Error{} = error} -> {:error, error}
     end
   end
+
+  defp not_running(name),
+    do: Error.new(:unknown_agent, "no agent named #{inspect(name)} is running")
 
   @doc false
   def via(name), do: AgentSupervisor.via(name)

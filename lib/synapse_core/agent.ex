@@ -39,7 +39,10 @@ defmodule SynapseCore.Agent do
 
   pydantic-ai agents get their dependencies in `ctx.deps`. From Elixir, the
   `:deps` of a run is data (maps, lists, strings, numbers, ...), which
-  reaches Python as JSON and becomes the run's deps in one of two ways:
+  reaches Python as JSON and becomes the run's deps in one of two ways
+  (dates and times, `Date`, `Time`, `NaiveDateTime` and `DateTime`, go as
+  their ISO 8601 text, as in tool results; other structs are refused with
+  an error naming them):
 
     * **validated into the agent's `deps_type`** with Pydantic (a dataclass,
       a Pydantic model, `int`, ...; a date may be given as `"2025-01-10"`):

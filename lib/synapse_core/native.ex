@@ -10,8 +10,9 @@ defmodule SynapseCore.Native do
   #   * `{:synapse_tool_request, tag, request}` for each call of an Elixir
   #     tool, then `{:synapse_run_done, tag, :ok}`, to the run's tool runner.
   #
-  # A call is cancelled when its handle is cancelled or garbage collected, or
-  # when its caller (or a stream's receiver) exits.
+  # A call is cancelled when its handle is cancelled, or when its caller (or
+  # a stream's receiver, or a run's tool runner) exits; never when its handle
+  # is garbage collected: the call holds its handle until it answers.
   #
   # Public modules wrap these; nothing here is part of the API.
   @moduledoc false

@@ -55,6 +55,22 @@ defmodule SynapseCore.Options do
   def max_int32, do: 2_147_483_647
 
   @doc """
+  `value` if it is a timeout the BEAM's timers take (milliseconds from 0 to
+  `max_ms/0`, or `:infinity`), else raises `ArgumentError` naming `what`: for
+  waits that take their timeout as an argument (`SynapseCore.Agent.await/2`).
+  """
+  @spec timeout!(term(), String.t()) :: timeout()
+  def timeout!(value, what) do
+    case cast({:timeout, 0}, value) do
+      {:ok, timeout} ->
+        timeout
+
+      {:error, reason} ->
+        raise ArgumentError, "invalid timeout for #{what}: #{reason}, got: #{show(value)}"
+    end
+  end
+
+  @doc """
   Validates `opts` (a keyword list) against `schema`; returns a map of every
   option given or defaulted. `what` names the option set in errors.
   """

@@ -6,7 +6,20 @@ defmodule SynapseCore.Probe do
   answers them with its `synapse.v1.ProbeService`.
   """
 
-  alias SynapseCore.{Error, Native, Run, Workers}
+  alias SynapseCore.{Error, Native, Options, Run, Workers}
+
+  @echo_schema [
+    timeout: [type: {:timeout, 1}, default: 5_000, doc: "For the round trip."]
+  ]
+
+  @stream_schema [
+    timeout: [type: {:timeout, 1}, default: 60_000, doc: "For the whole stream."],
+    window: [
+      type: {:or, [{:integer, 1, Options.max_int32()}, {:in, [:infinity]}]},
+      default: 64,
+      doc: "Copies sent ahead of the consumer."
+    ]
+  ]
 
   @doc """
   Sends `payload` to one of `name`'s workers, which sends it back.
@@ -17,7 +30,7 @@ defmodule SynapseCore.Probe do
   """
   @spec echo(term(), binary(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
   def echo(name, payload, opts \\ []) when is_binary(payload) do
-    opts = Keyword.validate!(opts, timeout: 5_000)
+    opts = Options.validate!(opts, @echo_schema, "SynapseCore.Probe.echo/3")
 
     with {:ok, worker} <- Workers.pick_local(name) do
       Run.unary(name, opts[:timeout], fn ref ->
@@ -35,7 +48,7 @@ defmodule SynapseCore.Probe do
   """
   @spec echo_stream(term(), binary(), non_neg_integer(), keyword()) :: Enumerable.t()
   def echo_stream(name, payload, count, opts \\ []) when is_binary(payload) do
-    opts = Keyword.validate!(opts, timeout: 60_000, window: 64)
+    opts = Options.validate!(opts, @stream_schema, "SynapseCore.Probe.echo_stream/4")
 
     Run.stream_call(name, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(name) do

@@ -218,6 +218,8 @@ defmodule SynapseCore.Python do
 
     env_option
     |> Enum.reduce(base, fn
+      # A value validated options keep out of sight (see SynapseCore.Agent.Options).
+      {name, value}, acc when is_function(value, 0) -> Map.put(acc, to_string(name), value.())
       {name, value}, acc -> Map.put(acc, to_string(name), to_string(value))
       name, acc when is_binary(name) -> put_inherited(acc, system, name)
     end)

@@ -7,12 +7,13 @@ defmodule SynapseCore.Remote do
   #
   # The relay (a process on that node, under SynapseCore.ToolSupervisor)
   # owns the run there and forwards its messages, unchanged but for the tag,
-  # to the caller's receiver: the caller awaits, streams and cancels exactly
-  # as for a local run. The relay monitors the caller and the receiver (either
-  # exiting cancels the run); the caller monitors the relay (the node going
-  # down ends the run with :worker_exited). Stream credit goes end to end:
-  # the consumer's acknowledgements travel to the relay, which passes them
-  # to the NIF. Tools given by the caller run on the caller's node: the
+  # to the caller's receiver, through a guard on the caller's node: the
+  # caller awaits, streams and cancels exactly as for a local run. The relay
+  # monitors the caller and the guard, which exits with the receiver (either
+  # exiting cancels the run); the guard monitors the relay (the node going
+  # down ends the run with :worker_exited, the receiver's one final
+  # message). Stream credit goes end to end: the consumer's acknowledgements
+  # travel to the relay, which passes them to the NIF. Tools given by the caller run on the caller's node: the
   # relay's node calls back for each tool call.
 
   alias SynapseCore.{Agent, Bridge, Error, Native, Run, Tool}
@@ -44,25 +45,31 @@ defmodule SynapseCore.Remote do
 
   defp start_call(node, call, reply, receiver, timeout) do
     ref = make_ref()
-    name = elem(call, 1)
+    guard = start_guard(receiver, ref, reply)
 
-    case :erpc.call(node, __MODULE__, :start_relay, [receiver, self(), ref, call], @start_timeout) do
+    case relay_on(node, guard, ref, call) do
       {:ok, relay} ->
+        send(guard, {:relay, relay})
+
         {:ok,
          %Run{
            ref: ref,
            handle: nil,
            relay: relay,
-           monitor: Process.monitor(relay),
-           agent: name,
+           agent: elem(call, 1),
            owner: self(),
            receiver: if(reply == :stream, do: receiver),
            timeout: timeout
          }}
 
       {:error, %Error{} = error} ->
+        Process.exit(guard, :kill)
         {:error, error}
     end
+  end
+
+  defp relay_on(node, guard, ref, call) do
+    :erpc.call(node, __MODULE__, :start_relay, [guard, self(), ref, call], @start_timeout)
   catch
     :error, {:erpc, reason} ->
       {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
@@ -70,6 +77,63 @@ defmodule SynapseCore.Remote do
     :exit, reason ->
       {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
   end
+
+  # The relay's messages reach the receiver through a guard on this node,
+  # which knows whether the final one came: if the relay is lost first (its
+  # node went down), the guard sends the receiver the run's end itself, so
+  # that whoever receives the run (the caller, or another process with
+  # `:stream_to`) gets exactly one final message, and nobody a stray
+  # monitor message. The guard exits with its receiver, which the relay
+  # (monitoring the guard) takes as the receiver's exit: the run is
+  # cancelled.
+  defp start_guard(receiver, ref, reply) do
+    {:ok, guard} =
+      Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
+        receiver_monitor = Process.monitor(receiver)
+
+        receive do
+          {:relay, relay} ->
+            guard(receiver, ref, final_tag(reply), Process.monitor(relay), receiver_monitor)
+
+          {:DOWN, ^receiver_monitor, :process, _, _} ->
+            :ok
+        end
+      end)
+
+    guard
+  end
+
+  defp final_tag(:stream), do: :synapse_event
+  defp final_tag(_unary), do: :synapse_reply
+
+  defp guard(receiver, ref, tag, relay_monitor, receiver_monitor) do
+    receive do
+      {:synapse_reply, ^ref, _reply} = final ->
+        send(receiver, final)
+
+      {:synapse_event, ^ref, {kind, _}} = final when kind in [:result, :error] ->
+        send(receiver, final)
+
+      {:synapse_event, ^ref, _event} = event ->
+        send(receiver, event)
+        guard(receiver, ref, tag, relay_monitor, receiver_monitor)
+
+      {:DOWN, ^relay_monitor, :process, relay, reason} ->
+        error =
+          Error.new(
+            :worker_exited,
+            "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
+          )
+
+        send(receiver, final_message(tag, ref, error))
+
+      {:DOWN, ^receiver_monitor, :process, _, _} ->
+        :ok
+    end
+  end
+
+  defp final_message(:synapse_event, ref, error), do: {:synapse_event, ref, {:error, error}}
+  defp final_message(:synapse_reply, ref, error), do: {:synapse_reply, ref, {:error, error}}
 
   # The tool's function, called from the relay's node, runs on `origin`.
   defp call_back(%Tool{function: function, timeout: timeout} = tool, origin) do

@@ -5,8 +5,11 @@ defmodule SynapseCore.Run do
 
   Like a `Task`, a run belongs to the process that started it: only that
   process can `SynapseCore.Agent.await/2` or `SynapseCore.Agent.yield/2` it,
-  and if that process exits, the run is cancelled (in Python too). Any
-  process may `SynapseCore.Agent.cancel/1` it.
+  and if that process exits, the run is cancelled (in Python too), as it is
+  when a streamed run's receiver exits. Any process may
+  `SynapseCore.Agent.cancel/1` it. Nothing else ends a run before its result
+  or its `:timeout`: a process may keep only `ref` and drop the struct (a
+  receiver matching on the tag, say), and the run goes on.
 
   The fields are for reading: `ref` tags every message of the run
   (`{:synapse_event, ref, event}` for streamed runs), `agent` is the agent's
@@ -14,7 +17,7 @@ defmodule SynapseCore.Run do
   run's events go.
   """
 
-  alias SynapseCore.{Error, Native}
+  alias SynapseCore.{Error, Native, Options}
 
   @type t :: %__MODULE__{
           ref: reference(),
@@ -89,6 +92,7 @@ defmodule SynapseCore.Run do
   @doc false
   @spec await(t(), timeout()) :: {:ok, term()} | {:error, Error.t()}
   def await(%__MODULE__{} = run, timeout) do
+    timeout = Options.timeout!(timeout, "await/2")
     check_owner!(run, :await)
 
     receive_reply(run, wait_limit(run, timeout), fn -> give_up(run, timeout) end)
@@ -126,6 +130,7 @@ defmodule SynapseCore.Run do
   @doc false
   @spec yield(t(), timeout()) :: {:ok, term()} | {:error, Error.t()} | nil
   def yield(%__MODULE__{} = run, timeout) do
+    timeout = Options.timeout!(timeout, "yield/2")
     check_owner!(run, :yield)
     receive_reply(run, timeout, fn -> nil end)
   end

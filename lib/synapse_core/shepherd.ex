@@ -277,9 +277,14 @@ defmodule SynapseCore.Shepherd do
   # this returns once they are dead.
   defp finish(state, status, message) do
     if status == nil do
+      # Every descendant, taken while the tree still holds them (the kills
+      # break it): the group's kill misses a subprocess that left it (a
+      # session of its own, as an MCP stdio server has).
+      escaped = descendants([state.shepherd_os_pid | List.wrap(state.os_pid)])
       Native.shepherd_kill(state.shepherd_os_pid, false)
       kill_group(state.os_pid)
-      await_dead(state.os_pid, state.shepherd_os_pid)
+      Enum.each(escaped, &kill_same/1)
+      await_dead(state.os_pid, [state.shepherd_os_pid | Enum.map(escaped, &elem(&1, 0))])
     end
 
     close(state.port)
@@ -292,17 +297,18 @@ defmodule SynapseCore.Shepherd do
   end
 
   # SIGKILL is not instant: wait (a little) until no process of the group,
-  # nor the shepherd, is still running (zombies do not count).
+  # nor the shepherd or a descendant killed apart, is still running
+  # (zombies do not count).
   @dead_poll 10
   @dead_limit 1_000
 
-  defp await_dead(pgid, shepherd_os_pid) do
-    await_dead(pgid, shepherd_os_pid, System.monotonic_time(:millisecond) + @dead_limit)
+  defp await_dead(pgid, os_pids) do
+    await_dead(pgid, os_pids, System.monotonic_time(:millisecond) + @dead_limit)
   end
 
-  defp await_dead(pgid, shepherd_os_pid, deadline) do
+  defp await_dead(pgid, os_pids, deadline) do
     cond do
-      not running?(shepherd_os_pid) and group_running(pgid) == [] ->
+      not Enum.any?(os_pids, &running?/1) and group_running(pgid) == [] ->
         :ok
 
       System.monotonic_time(:millisecond) >= deadline ->
@@ -310,8 +316,50 @@ defmodule SynapseCore.Shepherd do
 
       true ->
         Process.sleep(@dead_poll)
-        await_dead(pgid, shepherd_os_pid, deadline)
+        await_dead(pgid, os_pids, deadline)
     end
+  end
+
+  # The processes below `roots` (ppid links, whatever their group or
+  # session), each with its start time: {os_pid, starttime}.
+  defp descendants(roots) do
+    table = process_table()
+    children = Enum.group_by(table, fn {_pid, ppid, _start} -> ppid end)
+    walk(Enum.map(roots, &Integer.to_string/1), children, [])
+  end
+
+  defp walk([], _children, found), do: found
+
+  defp walk([pid | rest], children, found) do
+    below = for {child, _ppid, start} <- Map.get(children, pid, []), do: {child, start}
+    walk(Enum.map(below, &elem(&1, 0)) ++ rest, children, below ++ found)
+  end
+
+  # {pid, ppid, starttime} of every live process, from /proc.
+  defp process_table do
+    case File.ls("/proc") do
+      {:ok, entries} ->
+        for entry <- entries,
+            entry =~ ~r/^\d+$/,
+            {:ok, stat} <- [File.read("/proc/#{entry}/stat")],
+            [state, ppid | _] = fields <- [stat_fields(stat)],
+            state not in ["Z", "X"],
+            do: {entry, ppid, Enum.at(fields, 19)}
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  # SIGKILL to a process taken from /proc, unless its pid now names another
+  # process (a different start time).
+  defp kill_same({os_pid, start}) do
+    with {:ok, stat} <- File.read("/proc/#{os_pid}/stat"),
+         ^start <- Enum.at(stat_fields(stat), 19) do
+      Native.shepherd_kill(String.to_integer(os_pid), false)
+    end
+
+    :ok
   end
 
   # From /proc where there is one; elsewhere the kill is trusted.

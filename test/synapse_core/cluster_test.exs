@@ -144,6 +144,39 @@ defmodule SynapseCore.ClusterTest do
     assert message =~ "was lost"
   end
 
+  test "a stream to another process, on a node that goes down: the receiver gets the end" do
+    name = :"doomed_stream_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:s)
+    start_agent_on(node, name, "synapse_fixtures.agents:slow_stream_agent")
+    test = self()
+
+    receiver =
+      spawn_link(fn ->
+        ref = receive(do: ({:ref, ref} -> ref))
+        send(test, {:ended, final_event(ref)})
+      end)
+
+    {:ok, run} = Agent.run_stream(name, "300 0.1", stream_to: receiver, window: :infinity)
+    send(receiver, {:ref, run.ref})
+    Process.sleep(300)
+    :peer.stop(peer)
+
+    assert_receive {:ended, {:error, %Error{kind: :worker_exited, message: message}}}, 10_000
+    assert message =~ "was lost"
+    # Nothing of the run is left for the process that started it.
+    refute_receive _, 500
+  end
+
+  defp final_event(ref) do
+    receive do
+      {:synapse_event, ^ref, {:error, _} = error} -> error
+      {:synapse_event, ^ref, {:result, _} = result} -> result
+      {:synapse_event, ^ref, _event} -> final_event(ref)
+    after
+      20_000 -> :no_end
+    end
+  end
+
   ## Bridges
 
   defp start_bridge_on(node, name, python_path) do

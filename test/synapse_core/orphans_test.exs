@@ -16,18 +16,23 @@ defmodule SynapseCore.OrphansTest do
     File.mkdir_p!(dir)
     pids = Path.join(dir, "pids")
     name = unique_name()
+    # session: true puts the subprocess in a session (and group) of its own.
+    {session, extra} = Keyword.pop(extra, :session, false)
+    session_env = if session, do: [{"SYNAPSE_TEST_GRANDCHILD_SESSION", "1"}], else: []
 
     opts =
       fixture_agent("x",
         name: name,
         agent: "synapse_fixtures.grandchild:agent",
-        env: [{"SYNAPSE_TEST_GRANDCHILD_PID", pids}]
+        env: [{"SYNAPSE_TEST_GRANDCHILD_PID", pids} | session_env]
       )
 
     {:ok, _} = SynapseCore.start_agent(Keyword.merge(opts, extra))
 
     on_exit(fn ->
       SynapseCore.stop_agent(name)
+      # A test that failed must not leave its subprocesses behind.
+      for pid <- read_pids(pids), do: System.cmd("kill", ["-9", Integer.to_string(pid)])
       File.rm_rf!(dir)
     end)
 
@@ -71,6 +76,15 @@ defmodule SynapseCore.OrphansTest do
 
     test "a stopped (SIGSTOP) shepherd: stop_agent ends the group and the shepherd itself" do
       agent = start_grandchild_agent(shutdown_timeout: 500)
+
+      signal(agent.shepherd_os_pid, "STOP")
+      assert :ok = SynapseCore.stop_agent(agent.name)
+
+      assert all_gone?([agent.os_pid, agent.grandchild, agent.shepherd_os_pid])
+    end
+
+    test "a subprocess in a session of its own, its shepherd stopped: stop_agent ends it too" do
+      agent = start_grandchild_agent(shutdown_timeout: 500, session: true)
 
       signal(agent.shepherd_os_pid, "STOP")
       assert :ok = SynapseCore.stop_agent(agent.name)

@@ -128,6 +128,7 @@ defmodule SynapseCore.Agent.Options do
         {:custom, &__MODULE__.cast_env/1,
          ~s|a list (or map) of {"NAME", "value"} pairs and "NAME"s|},
       default: [],
+      secret: true,
       doc: """
       environment variables for the worker: `{"NAME", "value"}` pairs,
       or `"NAME"` to pass the BEAM's own value through. Workers do not
@@ -667,16 +668,25 @@ defmodule SynapseCore.Agent.Options do
   def cast_env(env) when is_list(env) do
     case Enum.reject(env, &env_entry?/1) do
       [] ->
-        {:ok, env}
+        # Values kept in closures, as the token is: an inspected struct or
+        # a crash report shows a function, not a key.
+        {:ok, Enum.map(env, &hide_value/1)}
 
       [bad | _] ->
         {:error,
          ~s|expected {"NAME", "value"} pairs or "NAME"s (names without "=", no NUL bytes), | <>
-           "got the entry #{inspect(bad, limit: 5)}"}
+           "got the entry #{show_entry(bad)}"}
     end
   end
 
   def cast_env(_other), do: {:error, "expected a list or a map"}
+
+  defp hide_value({name, value}), do: {name, fn -> value end}
+  defp hide_value(name), do: name
+
+  # A pair's value may be a key: only its name is shown.
+  defp show_entry({name, _value}), do: "{#{inspect(name, limit: 5)}, (value not shown)}"
+  defp show_entry(other), do: inspect(other, limit: 5)
 
   defp env_entry?({name, value}), do: env_name?(name) and os_text?(value)
   defp env_entry?(name), do: env_name?(name)

@@ -37,8 +37,11 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 pub type Started = NifResult<Result<ResourceArc<CallHandle>, NifError>>;
 
 /// The handle of one in-flight call, held by the caller. The call is
-/// cancelled when the handle is cancelled, when it is garbage collected, and
-/// when a process it monitors (the caller, a stream's receiver) exits.
+/// cancelled when the handle is cancelled and when a process it monitors
+/// (the caller, a stream's receiver, a run's tool runner) exits; never
+/// because the caller dropped it: the call's own task holds the handle
+/// until the call answers (see [`spawn`]), so garbage collection neither
+/// cancels the call nor removes the monitors that end it.
 pub struct CallHandle {
     cancel: CancellationToken,
     /// Asked to stop: the call waits a moment for the worker's answer.
@@ -356,7 +359,7 @@ pub fn decode<R: prost::Message + Default>(bytes: Bytes) -> Result<R, Error> {
 /// thread, off the schedulers.
 pub fn spawn<T, Fut, E>(
     channel: ResourceArc<ChannelResource>,
-    handle: &CallHandle,
+    handle: &ResourceArc<CallHandle>,
     reply: Reply,
     timeout: Option<Duration>,
     rpc: impl FnOnce(Option<Duration>) -> Fut + Send + 'static,
@@ -369,6 +372,10 @@ pub fn spawn<T, Fut, E>(
     let cancel = handle.cancel.clone();
     let stop = handle.stop.clone();
     let in_flight = InFlight::enter(channel.clone());
+    // Kept until the call answers: a caller that keeps only the call's tag
+    // (a receiver of `{:synapse_event, tag, _}`) must not lose the call to
+    // garbage collection, nor the monitors on its owners with it.
+    let held = handle.clone();
     // `rpc` runs here, on the caller's thread, so that a call that can be
     // sent at once (a unary call on the lane) is on its way before any
     // task is scheduled; the rest (waiting, deadline, cancel) runs on the
@@ -387,6 +394,7 @@ pub fn spawn<T, Fut, E>(
         };
         drop(in_flight);
         reply.send(outcome, encode);
+        drop(held);
     });
 }
 

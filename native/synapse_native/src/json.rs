@@ -146,6 +146,7 @@ fn to_value_inner(term: Term<'_>, depth: usize) -> Result<Value, Error> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
         }
+        TermType::Map if term.map_get(atoms::__struct__()).is_ok() => struct_value(term),
         TermType::Map => {
             let iter = rustler::MapIterator::new(term)
                 .ok_or_else(|| Error::InvalidArgument("unreadable map".into()))?;
@@ -170,6 +171,96 @@ fn to_value_inner(term: Term<'_>, depth: usize) -> Result<Value, Error> {
             type_name(other)
         ))),
     }
+}
+
+/// A struct has no JSON form of its own: a date or time of `Calendar.ISO`
+/// becomes the ISO 8601 text its module writes (which Python's `date`,
+/// `time` and `datetime` read back exactly); any other struct is refused by
+/// name rather than sent as its internals.
+fn struct_value(term: Term<'_>) -> Result<Value, Error> {
+    let module = term
+        .map_get(atoms::__struct__())
+        .and_then(|m| m.atom_to_string())
+        .map_err(|_| {
+            Error::InvalidArgument("a map with a __struct__ key that is no atom".into())
+        })?;
+    let shown = module.strip_prefix("Elixir.").unwrap_or(&module).to_owned();
+    let refused = || {
+        Error::InvalidArgument(format!(
+            "a %{shown}{{}} struct has no JSON form: give a map (Map.from_struct/1), \
+             a list or a string"
+        ))
+    };
+    let field = |name: &str| -> Result<Term<'_>, Error> {
+        rustler::Atom::from_str(term.get_env(), name)
+            .and_then(|key| term.map_get(key))
+            .map_err(|_| refused())
+    };
+    let int =
+        |name: &str| -> Result<i64, Error> { field(name)?.decode::<i64>().map_err(|_| refused()) };
+    let iso = field("calendar")
+        .ok()
+        .and_then(|c| c.atom_to_string().ok())
+        .is_some_and(|c| c == "Elixir.Calendar.ISO");
+    if !iso {
+        return Err(refused());
+    }
+    let date = || -> Result<String, Error> {
+        let year = int("year")?;
+        let sign = if year < 0 { "-" } else { "" };
+        Ok(format!(
+            "{sign}{:04}-{:02}-{:02}",
+            year.abs(),
+            int("month")?,
+            int("day")?
+        ))
+    };
+    let time = || -> Result<String, Error> {
+        let (micro, precision) = field("microsecond")?
+            .decode::<(u32, usize)>()
+            .map_err(|_| refused())?;
+        let fraction = format!("{micro:06}");
+        let fraction = match fraction.get(..precision.min(6)) {
+            Some("") | None => String::new(),
+            Some(digits) => format!(".{digits}"),
+        };
+        Ok(format!(
+            "{:02}:{:02}:{:02}{fraction}",
+            int("hour")?,
+            int("minute")?,
+            int("second")?
+        ))
+    };
+    let text = match module.as_str() {
+        "Elixir.Date" => date()?,
+        "Elixir.Time" => time()?,
+        "Elixir.NaiveDateTime" => format!("{}T{}", date()?, time()?),
+        "Elixir.DateTime" => {
+            let utc = field("time_zone")?
+                .decode::<String>()
+                .map_err(|_| refused())?
+                == "Etc/UTC";
+            let offset = int("utc_offset")? + int("std_offset")?;
+            let zone = if utc && offset == 0 {
+                "Z".to_owned()
+            } else {
+                let sign = if offset < 0 { '-' } else { '+' };
+                let (hours, minutes, seconds) = (
+                    offset.abs() / 3600,
+                    offset.abs() % 3600 / 60,
+                    offset.abs() % 60,
+                );
+                if seconds == 0 {
+                    format!("{sign}{hours:02}:{minutes:02}")
+                } else {
+                    format!("{sign}{hours:02}:{minutes:02}:{seconds:02}")
+                }
+            };
+            format!("{}T{}{zone}", date()?, time()?)
+        }
+        _ => return Err(refused()),
+    };
+    Ok(Value::String(text))
 }
 
 /// The elements of a proper list. Improper lists are refused before

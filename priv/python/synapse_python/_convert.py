@@ -24,6 +24,7 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 
 from synapse_python._errors import invalid_argument, summarize_validation_error, unrepresentable
 from synapse_python._proto.synapse.v1 import agent_pb2
+from synapse_python._utf8 import unencodable
 
 
 def parse_message_history(data: bytes) -> list[ModelMessage] | None:
@@ -124,6 +125,10 @@ def run_result(
         messages_json = result.all_messages_json(
             output_tool_return_content=output_tool_return_content
         )
+    except pydantic_core.PydanticSerializationError as exc:
+        # What the run holds (a string UTF-8 cannot encode, an object with
+        # no JSON form), not what the caller asked.
+        raise unrepresentable(f"the run's messages have no JSON form: {exc}") from exc
     except (ValueError, LookupError) as exc:
         raise invalid_argument(f"output_tool_return_content: {exc}", cause=exc) from exc
     output = result.output
@@ -136,7 +141,7 @@ def run_result(
         new_message_index=result._new_message_index,  # what new_messages() slices from
     )
     if isinstance(output, str):
-        message.text = output
+        message.text = wire_text(output, "the output")
     else:
         message.json = output_json(output)
     return message
@@ -169,6 +174,15 @@ def output_json(output: object) -> bytes:
             f"{path} is {value!r}, which neither JSON nor an Elixir float can hold"
         )
     return pydantic_core.to_json(data)
+
+
+def wire_text(text: str, what: str) -> str:
+    """`text`, or an `unrepresentable` error if UTF-8 cannot carry it as it is."""
+    if (found := unencodable(text)) is not None:
+        raise unrepresentable(
+            f"{what} holds {found}, a lone surrogate, which UTF-8 (and so Elixir) cannot hold"
+        )
+    return text
 
 
 def _non_finite(data: object, path: str) -> tuple[str, float] | None:

@@ -115,6 +115,7 @@ from pydantic_ai.exceptions import (
 )
 
 from synapse_python._proto.synapse.v1 import agent_pb2
+from synapse_python._utf8 import escaped
 
 ERROR_METADATA_KEY = "synapse-error-bin"
 """Trailing metadata key of the serialized `ErrorDetail` (binary: gRPC base64s it)."""
@@ -181,8 +182,10 @@ class SynapseError(Exception):
         return agent_pb2.ErrorDetail(
             kind=self.kind,
             type=type_name(self.cause) if self.cause is not None else "",
-            message=_head(self.message, _MAX_MESSAGE_CHARS),
-            traceback=_tail(format_traceback(self.cause), _MAX_TRACEBACK_CHARS)
+            # An exception's text may hold what UTF-8 cannot (a file name
+            # that is not UTF-8): escaped, else the error itself fails to send.
+            message=_head(escaped(self.message), _MAX_MESSAGE_CHARS),
+            traceback=_tail(escaped(format_traceback(self.cause)), _MAX_TRACEBACK_CHARS)
             if self.cause is not None
             else "",
             data_json=self.data_json,

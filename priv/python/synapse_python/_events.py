@@ -219,7 +219,8 @@ def _split_start(
 
 
 def _text_deltas(field: str, text: str) -> list[agent_pb2.RunEvent]:
-    return [agent_pb2.RunEvent(**{field: text})] if text else []
+    what = "the model's text" if field == "text_delta" else "the model's thinking"
+    return [agent_pb2.RunEvent(**{field: _convert.wire_text(text, what)})] if text else []
 
 
 def _delta_events(index: int, delta: Any) -> Iterator[agent_pb2.RunEvent]:

@@ -28,6 +28,8 @@ import threading
 from types import TracebackType
 from typing import Any, TextIO
 
+from synapse_python._utf8 import escaped
+
 LOG_FD_ENV = "SYNAPSE_LOG_FD"
 LOG_LEVEL_ENV = "SYNAPSE_LOG_LEVEL"
 HUMAN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -65,7 +67,9 @@ class _RecordFormatter(logging.Formatter):
 def _fit(build: Any, message: str, exception: str) -> str:
     """`build(message, exception)` as JSON, both cut until the line fits."""
     while True:
-        line = json.dumps(build(message, exception), separators=(",", ":"))
+        # Lone surrogates escaped: JSON's "\\udce9" for one is no text the
+        # BEAM decodes, and the record would reach Logger as raw JSON.
+        line = json.dumps(build(escaped(message), escaped(exception)), separators=(",", ":"))
         if len(line) <= MAX_RECORD_BYTES:
             return line
         if len(exception) >= len(message):

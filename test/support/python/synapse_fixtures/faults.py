@@ -146,3 +146,20 @@ def _chatty(prompt: str) -> str:
 
 # Prints a line and logs a warning and an error with a traceback, then answers.
 chatty_agent = Agent(_model(_chatty))
+
+
+def _surrogate(prompt: str) -> str:
+    # A str Python holds but UTF-8 cannot: a lone surrogate, as
+    # os.fsdecode gives for a file name that is not UTF-8.
+    name = os.fsdecode(b"caf\xe9")
+    if prompt == "raise":
+        raise ValueError(f"no such file: {name}")
+    if prompt == "log":
+        logging.getLogger("synapse_fixtures.surrogate").warning("no such file: %s", name)
+        return "logged"
+    return f"name: {name}"
+
+
+# Answers text holding a lone surrogate ("raise": raises an error whose
+# message holds one; "log": logs a warning that holds one).
+surrogate_agent = Agent(_model(_surrogate))

@@ -8,7 +8,11 @@ import subprocess
 
 from pydantic_ai import Agent
 
-_sleeper = subprocess.Popen(["sleep", "1000"])
+# With SYNAPSE_TEST_GRANDCHILD_SESSION set, the subprocess leaves the worker's
+# process group (a session of its own, as daemons make).
+_sleeper = subprocess.Popen(
+    ["sleep", "1000"], start_new_session="SYNAPSE_TEST_GRANDCHILD_SESSION" in os.environ
+)
 
 _pid_file = os.environ.get("SYNAPSE_TEST_GRANDCHILD_PID")
 if _pid_file:
