@@ -125,6 +125,7 @@ fn bridge_stream_start<'a>(
     let reply = Reply::new(caller, tag, Style::Stream);
     let mut events = reply.events();
     let credit = handle.credit.clone();
+    let waits = handle.waits.clone();
     let mut grpc = grpc_client(&channel);
     let build = request_builder(&channel);
     call::spawn(
@@ -143,7 +144,7 @@ fn bridge_stream_start<'a>(
                 .await?
                 .into_inner();
             loop {
-                call::take_credit(&credit).await?;
+                call::take_credit(&credit, &waits).await?;
                 match responses.message().await? {
                     Some(response) => {
                         events.send(|env| {

@@ -2,8 +2,9 @@
 //! token, the channel it runs on, and exactly one reply.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::{is_transport_failure, tls_failure};
@@ -43,6 +44,8 @@ pub struct CallHandle {
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
+    /// How often, and how long, the stream waited for credit.
+    pub waits: Arc<Waits>,
     /// The request side of a streaming run, for tool results.
     pub inputs: Option<UnboundedSender<RunInput>>,
     /// The largest message the call may send.
@@ -111,14 +114,44 @@ pub fn decode_window(term: Term<'_>) -> NifResult<usize> {
     term.decode()
 }
 
+/// The back-pressure a stream met: how many times it had no credit left,
+/// and how long it waited for its receiver's acknowledgements in all.
+#[derive(Default)]
+pub struct Waits {
+    count: AtomicU64,
+    nanoseconds: AtomicU64,
+}
+
+impl Waits {
+    /// `(count, nanoseconds)` so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.nanoseconds.load(Ordering::Relaxed),
+        )
+    }
+
+    fn add(&self, waited: Duration) {
+        let nanoseconds = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.nanoseconds.fetch_add(nanoseconds, Ordering::Relaxed);
+    }
+}
+
 /// Waits until the receiver has room for one more event; `run_ack` gives
-/// the credit back.
-pub async fn take_credit(credit: &Semaphore) -> Result<(), CallError> {
+/// the credit back. A wait is counted in `waits`.
+pub async fn take_credit(credit: &Semaphore, waits: &Waits) -> Result<(), CallError> {
+    if let Ok(permit) = credit.try_acquire() {
+        permit.forget();
+        return Ok(());
+    }
+    let since = Instant::now();
     credit
         .acquire()
         .await
         .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
         .forget();
+    waits.add(since.elapsed());
     Ok(())
 }
 
@@ -158,6 +191,7 @@ pub fn with_limit(
         cancel: CancellationToken::new(),
         stop: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
+        waits: Arc::default(),
         inputs,
         max_message_bytes,
     });

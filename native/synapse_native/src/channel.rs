@@ -218,6 +218,7 @@ fn channel_echo_stream<'a>(
     let reply = Reply::new(caller, tag, Style::Stream);
     let mut events = reply.events();
     let credit = handle.credit.clone();
+    let waits = handle.waits.clone();
     let mut client = channel.client.clone();
     let build = request_builder(&channel);
     let request = EchoStreamRequest {
@@ -235,7 +236,7 @@ fn channel_echo_stream<'a>(
                 .await?
                 .into_inner();
             loop {
-                call::take_credit(&credit).await?;
+                call::take_credit(&credit, &waits).await?;
                 match replies.message().await? {
                     Some(reply) => {
                         events.send(|env| {

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic_ai import CancellationToken, RunCancelled, RunContext
 from pydantic_ai.messages import AgentStreamEvent
 
-from synapse_python import _agents, _client_tools, _convert, _errors
+from synapse_python import _agents, _client_tools, _convert, _errors, _tracing
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -98,6 +98,8 @@ class Run:
         if not self._quiet:
             arguments["event_stream_handler"] = self._stream_events
         async with contextlib.AsyncExitStack() as stack:
+            # The caller's trace, for the deps factory and the run's spans.
+            stack.enter_context(_tracing.joined(request.trace_context))
             deps = await loaded.deps.enter(
                 stack,
                 request.deps_json if request.HasField("deps_json") else None,
