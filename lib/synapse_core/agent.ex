@@ -253,7 +253,8 @@ defmodule SynapseCore.Agent do
       started =
         case target do
           {:remote, node} ->
-            Remote.start(node, name, prompt, call, reply, receiver, window)
+            observer = if stream_to, do: span
+            Remote.start(node, name, prompt, call, reply, receiver, window, observer)
 
           worker ->
             observer = if stream_to, do: span

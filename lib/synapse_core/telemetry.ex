@@ -51,9 +51,10 @@ defmodule SynapseCore.Telemetry do
   `cancel/1`, which takes the final answer out of its mailbox), the
   enumerator of a `run_stream/3` stream (halting it early ends the run with
   a `:cancelled` `:exception`). A run streamed to a `:stream_to` receiver
-  emits them from the process that executes its tools, as the run answers;
-  for such a run on another node of the cluster, they are not emitted. A
-  run started with `run/3` that is never awaited emits no `:stop`.
+  emits them from a process of Synapse's that is told the run's outcome as
+  it answers (the run's tool runner or, for a run on another node of the
+  cluster, an observer on the caller's node). A run started with `run/3`
+  that is never awaited emits no `:stop`.
 
   Attach to all of them with
 
