@@ -240,7 +240,7 @@ defmodule SynapseCore.Agent do
   # cancelled) or `:stream` (events, then the outcome). The run's telemetry
   # span starts here, in the caller, and ends where its answer is received:
   # in the caller's `Run`, or (`stream_to`, when the receiver is not ours
-  # to watch) in the run's tool runner.
+  # to watch) in the run's tool runner or, on another node, an observer.
   defp start(name, prompt, call, reply, receiver, window, stream_to \\ false) do
     # The caller's trace context, here, in the caller: a run on another node
     # carries it there.
@@ -249,15 +249,14 @@ defmodule SynapseCore.Agent do
     with :ok <- check_prompt(prompt),
          {:ok, target} <- Workers.pick(name) do
       span = run_span(name, reply, target)
+      observer = if stream_to, do: span
 
       started =
         case target do
           {:remote, node} ->
-            observer = if stream_to, do: span
             Remote.start(node, name, prompt, call, reply, receiver, window, observer)
 
           worker ->
-            observer = if stream_to, do: span
             start_on(worker, name, prompt, call, reply, receiver, window, observer)
         end
 
