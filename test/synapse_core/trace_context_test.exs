@@ -3,8 +3,10 @@ defmodule SynapseCore.TraceContextTest do
   # instrumentation there (an in-memory exporter of the Python OpenTelemetry
   # SDK, synapse_fixtures.traced) are children of the caller's span. The
   # caller's OpenTelemetry context comes from the in-repo stand-in of
-  # `:otel_propagator_text_map` (test/support/otel_stand_in.ex).
+  # `:otel_propagator_text_map` (test/support/otel_stand_in.ex). On each
+  # transport a local call takes.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -82,7 +84,8 @@ defmodule SynapseCore.TraceContextTest do
   end
 
   test "trace contexts that cannot be carried are refused before the run" do
-    name = start_traced!()
+    # Options are checked before any worker is looked for.
+    name = unique_name()
 
     for {bad, message} <- [
           {%{"traceparent" => "00-xyz-00f067aa0ba902b7-01"}, "is not a W3C traceparent"},
