@@ -252,12 +252,20 @@ defmodule SynapseCore.Agent do
       observer = if stream_to, do: span
 
       started =
-        case target do
-          {:remote, node} ->
-            Remote.start(node, name, prompt, call, reply, receiver, window, observer)
+        try do
+          case target do
+            {:remote, node} ->
+              Remote.start(node, name, prompt, call, reply, receiver, window, observer)
 
-          worker ->
-            start_on(worker, name, prompt, call, reply, receiver, window, observer)
+            worker ->
+              start_on(worker, name, prompt, call, reply, receiver, window, observer)
+          end
+        rescue
+          # Tools that clash with the agent's: the span ends before the raise.
+          error in ArgumentError ->
+            failure = Error.new(:invalid_argument, Exception.message(error))
+            Telemetry.run_stop(span, {:error, failure})
+            reraise error, __STACKTRACE__
         end
 
       case started do

@@ -125,6 +125,25 @@ defmodule SynapseCore.TelemetryTest do
                       %{telemetry_span_context: ^span, error_kind: :unknown_agent}}
     end
 
+    test "a run refused as it starts (its tools clash with the agent's) ends its span" do
+      name =
+        start_fixture_agent!("echo_agent",
+          tools: [Tool.new(name: "twice", parameters: [], function: &Function.identity/1)]
+        )
+
+      attach(name)
+      clash = Tool.new(name: "twice", parameters: [], function: &Function.identity/1)
+
+      assert_raise ArgumentError, ~r/both have a tool named "twice"/, fn ->
+        Agent.run_sync(name, "hello", tools: [clash])
+      end
+
+      assert_receive {:event, [:synapse, :run, :start], _, %{telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :run, :exception], _,
+                      %{telemetry_span_context: ^span, error_kind: :invalid_argument}}
+    end
+
     test "run_stream: :stop when the stream ends, :exception (cancelled) when halted early" do
       name = start_fixture_agent!("echo_stream_agent")
       attach(name)
