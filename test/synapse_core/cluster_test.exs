@@ -55,14 +55,10 @@ defmodule SynapseCore.ClusterTest do
     {peer, node}
   end
 
-  defp start_agent_on(node, name) do
+  defp start_agent_on(node, name, agent \\ "synapse_fixtures.agents:calling_agent") do
     {:ok, _} =
       :erpc.call(node, SynapseCore, :start_agent, [
-        [
-          name: name,
-          agent: "synapse_fixtures.agents:calling_agent",
-          python_path: [fixtures_path()]
-        ]
+        [name: name, agent: agent, python_path: [fixtures_path()]]
       ])
 
     # The worker joins the cluster-wide group once it serves.
@@ -215,16 +211,7 @@ defmodule SynapseCore.ClusterTest do
     name = :"traced_#{System.unique_integer([:positive])}"
     {peer, node} = start_peer(:t)
 
-    {:ok, _} =
-      :erpc.call(node, SynapseCore, :start_agent, [
-        [
-          name: name,
-          agent: "synapse_fixtures.traced:traced_agent",
-          python_path: [fixtures_path()]
-        ]
-      ])
-
-    eventually(fn -> node in members(name) end, 30_000)
+    start_agent_on(node, name, "synapse_fixtures.traced:traced_agent")
 
     test = self()
     id = {__MODULE__, make_ref()}
