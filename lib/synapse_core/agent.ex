@@ -91,7 +91,9 @@ defmodule SynapseCore.Agent do
     Remote,
     Result,
     Run,
+    Telemetry,
     Tool,
+    TraceContext,
     ToolRunner,
     Worker,
     Workers
@@ -131,6 +133,7 @@ defmodule SynapseCore.Agent do
           | {:timeout, timeout()}
           | {:tools, [Tool.t() | module()]}
           | {:deps, term()}
+          | {:trace_context, %{String.t() => String.t()} | keyword(String.t()) | nil}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
   @type stream_option ::
@@ -248,15 +251,56 @@ defmodule SynapseCore.Agent do
   # through a relay on a node that has (see SynapseCore.Remote). `reply` is
   # how its outcome is delivered: `:sync` (one reply to a caller that waits
   # for it; nobody else holds the run), `:unary` (one reply, the run may be
-  # cancelled) or `:stream` (events, then the outcome).
-  defp start(name, prompt, call, reply, receiver, window) do
+  # cancelled) or `:stream` (events, then the outcome). The run's telemetry
+  # span starts here, in the caller, and ends where its answer is received:
+  # in the caller's `Run`, or (`stream_to`, when the receiver is not ours
+  # to watch) in the run's tool runner or, on another node, an observer.
+  defp start(name, prompt, call, reply, receiver, window, stream_to \\ false) do
+    # The caller's trace context, here, in the caller: a run on another node
+    # carries it there.
+    call = %{call | trace_context: call.trace_context || TraceContext.current()}
+
     with :ok <- check_prompt(prompt),
          {:ok, target} <- Workers.pick(name) do
-      case target do
-        {:remote, node} -> Remote.start(node, name, prompt, call, reply, receiver, window)
-        worker -> start_on(worker, name, prompt, call, reply, receiver, window)
+      span = run_span(name, reply, target)
+      observer = if stream_to, do: span
+
+      started =
+        try do
+          case target do
+            {:remote, node} ->
+              Remote.start(node, name, prompt, call, reply, receiver, window, observer)
+
+            worker ->
+              start_on(worker, name, prompt, call, reply, receiver, window, observer)
+          end
+        rescue
+          # Tools that clash with the agent's: the span ends before the raise.
+          error in ArgumentError ->
+            failure = Error.new(:invalid_argument, Exception.message(error))
+            Telemetry.run_stop(span, {:error, failure})
+            reraise error, __STACKTRACE__
+        end
+
+      case started do
+        {:ok, run} -> {:ok, %{run | span: if(not stream_to, do: span)}}
+        {:error, error} -> Telemetry.run_stop(span, {:error, error})
       end
+    else
+      {:error, error} -> name |> run_span(reply, nil) |> Telemetry.run_stop({:error, error})
     end
+  end
+
+  defp run_span(name, reply, target) do
+    {node, worker} =
+      case target do
+        {:remote, node} -> {node, nil}
+        %{index: index} -> {node(), index}
+        nil -> {nil, nil}
+      end
+
+    mode = %{sync: :sync, unary: :async, stream: :stream}[reply]
+    Telemetry.run_start(%{agent: name, mode: mode, node: node, worker: worker})
   end
 
   @doc false
@@ -272,22 +316,24 @@ defmodule SynapseCore.Agent do
           {:ok, Run.t()} | {:error, Error.t()}
   def start_local(name, prompt, call, reply, receiver, window) do
     with {:ok, worker} <- Workers.pick_local(name) do
-      start_on(worker, name, prompt, call, reply, receiver, window)
+      start_on(worker, name, prompt, call, reply, receiver, window, nil)
     end
   end
 
   # A run_sync with no Elixir tools is one unary RPC (RunSync). The others
   # use the Run stream, on which tool calls come and go and a cancel
   # travels, so that a cancelled run answers what it did. Either way the
-  # run in Python is a plain `agent.run` unless it is streamed.
-  defp start_on(worker, name, prompt, call, reply, receiver, window) do
+  # run in Python is a plain `agent.run` unless it is streamed. `observer`
+  # is the telemetry span of a run whose tool runner reports its end.
+  defp start_on(worker, name, prompt, call, reply, receiver, window, observer) do
     case {tools(worker, call), reply} do
       {[], :sync} ->
         start_unary(name, worker.channel, prompt, call)
 
       {tools, _} ->
         style = if reply == :stream, do: :stream, else: :unary
-        start_on_stream(name, worker.channel, prompt, call, tools, receiver, window, style)
+        run = {call, tools, receiver, window, style, observer}
+        start_on_stream(name, worker.channel, prompt, run)
     end
   end
 
@@ -309,9 +355,9 @@ defmodule SynapseCore.Agent do
     end
   end
 
-  defp start_on_stream(name, channel, prompt, call, tools, receiver, window, reply) do
+  defp start_on_stream(name, channel, prompt, {call, tools, receiver, window, reply, observer}) do
     ref = make_ref()
-    runner = tools != [] && start_runner(name, call, tools)
+    runner = (tools != [] or observer != nil) && start_runner(name, call, tools, observer)
     request = request(name, prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
 
     options = %{
@@ -355,8 +401,9 @@ defmodule SynapseCore.Agent do
     end
   end
 
-  defp start_runner(name, call, tools) do
-    {:ok, runner} = ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self()})
+  defp start_runner(name, call, tools, span) do
+    {:ok, runner} =
+      ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self(), span: span})
 
     runner
   end
@@ -542,6 +589,7 @@ defmodule SynapseCore.Agent do
       quiet: quiet,
       deps: call.deps,
       output_tool_return_content: call.output_tool_return_content,
+      trace_context: call.trace_context || %{},
       events: call |> Map.get(:events, []) |> SynapseCore.Event.wire_names()
     }
   end
@@ -556,10 +604,11 @@ defmodule SynapseCore.Agent do
   ## Streams
 
   defp start_stream(name, prompt, options, receiver) do
-    start(name, prompt, options.call, :stream, receiver, options.window)
+    start(name, prompt, options.call, :stream, receiver, options.window, true)
   end
 
   defp event_stream(name, prompt, options) do
-    Run.stream(fn -> start_stream(name, prompt, options, self()) end, options.window, :emit)
+    start = fn -> start(name, prompt, options.call, :stream, self(), options.window) end
+    Run.stream(start, options.window, :emit)
   end
 end

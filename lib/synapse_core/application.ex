@@ -6,6 +6,7 @@ defmodule SynapseCore.Application do
   @impl true
   def start(_type, _args) do
     SynapseCore.Telemetry.load()
+    SynapseCore.TraceContext.load()
 
     children = [
       # Agent name -> the agent's supervisor (one entry per agent).

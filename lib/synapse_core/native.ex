@@ -8,7 +8,9 @@ defmodule SynapseCore.Native do
   #     `{:synapse_event, tag, {:result, result} | {:error, error}}`, to the
   #     stream's receiver;
   #   * `{:synapse_tool_request, tag, request}` for each call of an Elixir
-  #     tool, then `{:synapse_run_done, tag, :ok}`, to the run's tool runner.
+  #     tool, then `{:synapse_run_done, tag, {:ok, %SynapseCore.Usage{}} |
+  #     {:error, %SynapseCore.Error{}}}` as the run answers, to the run's tool
+  #     runner.
   #
   # A call is cancelled when its handle is cancelled, or when its caller (or
   # a stream's receiver, or a run's tool runner) exits; never when its handle
@@ -57,6 +59,9 @@ defmodule SynapseCore.Native do
   def run_tool_result(_handle, _request_id, _outcome), do: :erlang.nif_error(:nif_not_loaded)
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
+
+  # A stream's back-pressure so far: {waits for credit, nanoseconds waited}.
+  def run_waits(_handle), do: :erlang.nif_error(:nif_not_loaded)
 
   # Bridge: a descriptor pool from a FileDescriptorSet, then calls by method
   # name ("package.Service/Method") with wire maps.

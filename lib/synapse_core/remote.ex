@@ -16,11 +16,16 @@ defmodule SynapseCore.Remote do
   # travel to the relay, which passes them to the NIF. Tools given by the caller run on the caller's node: the
   # relay's node calls back for each tool call.
 
-  alias SynapseCore.{Agent, Bridge, Error, Native, Run, Tool}
+  alias SynapseCore.{Agent, Bridge, Error, Native, Run, Telemetry, Tool}
 
   @start_timeout 15_000
 
-  @doc "Starts a run of the agent `name` on `node`."
+  @doc """
+  Starts a run of the agent `name` on `node`. With a telemetry `span`, the
+  run's end is reported by an observer on this node, which the relay tells
+  the run's outcome (for a `:stream_to` receiver, whose messages Synapse
+  does not see).
+  """
   @spec start(
           node(),
           term(),
@@ -28,11 +33,56 @@ defmodule SynapseCore.Remote do
           map(),
           :sync | :unary | :stream,
           pid(),
-          pos_integer() | :infinity
+          pos_integer() | :infinity,
+          Telemetry.span() | nil
         ) :: {:ok, Run.t()} | {:error, Error.t()}
-  def start(node, name, prompt, call, reply, receiver, window) do
+  def start(node, name, prompt, call, reply, receiver, window, span \\ nil) do
     call = %{call | tools: Enum.map(call.tools, &call_back(&1, node()))}
-    start_call(node, {:agent, name, prompt, call, reply, window}, reply, receiver, call.timeout)
+    observer = if span, do: observe(span)
+    agent = {:agent, name, prompt, call, reply, window, observer}
+
+    case start_call(node, agent, reply, receiver, call.timeout) do
+      {:ok, run} when observer != nil ->
+        send(observer, {:watch, run.relay})
+        {:ok, run}
+
+      {:error, _} = failed when observer != nil ->
+        Process.exit(observer, :kill)
+        failed
+
+      started ->
+        started
+    end
+  end
+
+  # Ends the run's telemetry span when the relay tells the run's outcome,
+  # or, if the relay ends first, with why.
+  defp observe(span) do
+    {:ok, observer} =
+      Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
+        receive do
+          {:watch, relay} ->
+            monitor = Process.monitor(relay)
+
+            receive do
+              {:synapse_run_done, _ref, outcome} ->
+                Telemetry.run_stop(span, outcome)
+
+              {:DOWN, ^monitor, :process, _, :normal} ->
+                # The relay stops so when the run's caller or receiver exits.
+                error = Error.new(:cancelled, "the run's caller or receiver exited")
+                Telemetry.run_stop(span, {:error, error})
+
+              {:DOWN, ^monitor, :process, _, reason} ->
+                message =
+                  "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
+
+                Telemetry.run_stop(span, {:error, Error.new(:worker_exited, message)})
+            end
+        end
+      end)
+
+    observer
   end
 
   @doc "Starts a call of the bridge `name` on `node` (see `SynapseCore.Bridge.start_local/6`)."
@@ -181,43 +231,51 @@ defmodule SynapseCore.Remote do
     case start_here(call) do
       {:ok, run} ->
         send(starter, {self(), {:ok, self()}})
-        forward(run, receiver, ref)
+        forward(run, receiver, ref, observer(call))
 
       {:error, error} ->
         send(starter, {self(), {:error, error}})
     end
   end
 
+  defp observer({:agent, _name, _prompt, _call, _reply, _window, observer}), do: observer
+  defp observer(_bridge), do: nil
+
   # The call, on this node's workers; its messages come to the relay.
-  defp start_here({:agent, name, prompt, call, reply, window}),
+  defp start_here({:agent, name, prompt, call, reply, window, _observer}),
     do: Agent.start_local(name, prompt, call, reply, self(), window)
 
   defp start_here({:bridge, name, descriptor, method, request, reply, options}),
     do: Bridge.start_local(name, descriptor, method, request, reply, options)
 
-  defp forward(%Run{ref: run_ref} = run, receiver, ref) do
+  defp forward(%Run{ref: run_ref} = run, receiver, ref, observer) do
     receive do
       {:synapse_reply, ^run_ref, reply} ->
         send(receiver, {:synapse_reply, ref, reply})
 
-      {:synapse_event, ^run_ref, {final, _} = event} when final in [:result, :error] ->
+      {:synapse_event, ^run_ref, {final, outcome} = event} when final in [:result, :error] ->
         send(receiver, {:synapse_event, ref, event})
+        if observer, do: send(observer, {:synapse_run_done, ref, done(final, outcome)})
 
       {:synapse_event, ^run_ref, event} ->
         send(receiver, {:synapse_event, ref, event})
-        forward(run, receiver, ref)
+        forward(run, receiver, ref, observer)
 
       :relay_cancel ->
         # The final message (a :cancelled error) still comes and is forwarded.
         Native.run_cancel(run.handle)
-        forward(run, receiver, ref)
+        forward(run, receiver, ref, observer)
 
       {:relay_ack, count} ->
         Native.run_ack(run.handle, count)
-        forward(run, receiver, ref)
+        forward(run, receiver, ref, observer)
 
       {:DOWN, _monitor, :process, _pid, _reason} ->
         Native.run_cancel(run.handle)
     end
   end
+
+  # What an observer is told of a run's outcome, as a tool runner is.
+  defp done(:result, %{usage: usage}), do: {:ok, usage}
+  defp done(:error, error), do: {:error, error}
 end

@@ -22,6 +22,14 @@ defmodule SynapseCore.Result do
     * `new_message_index` - where this run's messages begin in `messages`;
       `new_messages/1` gives them (pydantic-ai's `new_messages()`).
     * `run_id` - pydantic-ai's id of this run.
+
+  In iex (`inspect/2`), a result shows its output, output type, usage, the
+  number of messages (and how many are new) and its run id, not the
+  conversation itself:
+
+      #SynapseCore.Result<output: "Hello!", output_type: "str",
+       usage: #SynapseCore.Usage<input_tokens: 51, output_tokens: 4, requests: 1, tool_calls: 0>,
+       messages: 4 (2 new), run_id: "...">
   """
 
   alias SynapseCore.{Messages, Usage}
@@ -49,4 +57,30 @@ defmodule SynapseCore.Result do
   @spec new_messages(t()) :: Messages.t()
   def new_messages(%__MODULE__{messages: messages, new_message_index: index}),
     do: Messages.slice(messages, index)
+
+  defimpl Inspect do
+    import Inspect.Algebra
+
+    def inspect(result, opts) do
+      count = result.messages.count
+      messages = "#{count} (#{count - result.new_message_index} new)"
+
+      fields = [
+        output: result.output,
+        output_type: result.output_type,
+        usage: result.usage,
+        messages: messages,
+        run_id: result.run_id
+      ]
+
+      container_doc("#SynapseCore.Result<", fields, ">", opts, &field/2,
+        separator: ",",
+        break: :flex
+      )
+    end
+
+    # `messages` is a summary, shown as it is, not as a string.
+    defp field({:messages, summary}, _opts), do: "messages: " <> summary
+    defp field({key, value}, opts), do: concat(["#{key}: ", to_doc(value, opts)])
+  end
 end

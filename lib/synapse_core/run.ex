@@ -17,7 +17,7 @@ defmodule SynapseCore.Run do
   run's events go.
   """
 
-  alias SynapseCore.{Error, Native, Options}
+  alias SynapseCore.{Error, Native, Options, Telemetry}
 
   @type t :: %__MODULE__{
           ref: reference(),
@@ -27,11 +27,13 @@ defmodule SynapseCore.Run do
           receiver: pid() | nil,
           timeout: timeout(),
           relay: pid() | nil,
-          monitor: reference() | nil
+          monitor: reference() | nil,
+          span: Telemetry.span() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
-  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor]
+  # `span`: the run's telemetry span, ended where its answer is received.
+  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor, :span]
 
   # What follows is the message protocol of a call in flight (see
   # SynapseCore.Native), shared by agents' runs and bridges' calls.
@@ -95,7 +97,7 @@ defmodule SynapseCore.Run do
     timeout = Options.timeout!(timeout, "await/2")
     check_owner!(run, :await)
 
-    receive_reply(run, wait_limit(run, timeout), fn -> give_up(run, timeout) end)
+    receive_reply(run, wait_limit(run, timeout), fn -> over(run, give_up(run, timeout)) end)
   end
 
   # The wait is over: the run is cancelled, and what it did (its messages
@@ -139,10 +141,10 @@ defmodule SynapseCore.Run do
     receive do
       {:synapse_reply, ^ref, reply} ->
         forget_relay(run)
-        reply
+        over(run, reply)
 
       {:DOWN, ^monitor, :process, _, reason} ->
-        relay_lost(run, reason)
+        over(run, relay_lost(run, reason))
     after
       wait -> on_timeout.()
     end
@@ -150,18 +152,42 @@ defmodule SynapseCore.Run do
 
   @doc false
   @spec cancel(t()) :: :ok
-  def cancel(%__MODULE__{relay: nil, handle: handle} = run) do
-    :ok = Native.run_cancel(handle)
-    if receiver(run) == self(), do: flush(run.ref)
+  def cancel(run) do
+    # The caller took the run's answer out of its mailbox: the run is over.
+    case cancel_and_flush(run) do
+      nil -> :ok
+      final -> over(run, final)
+    end
+
     :ok
   end
 
-  def cancel(%__MODULE__{relay: relay} = run) do
-    send(relay, :relay_cancel)
-    if receiver(run) == self(), do: flush(run.ref)
-    forget_relay(run)
-    :ok
+  # Cancels the run; when the caller is its receiver, returns its final
+  # answer (taken out of the mailbox), or nil.
+  defp cancel_and_flush(%__MODULE__{relay: nil, handle: handle} = run) do
+    :ok = Native.run_cancel(handle)
+    if receiver(run) == self(), do: final(run.ref)
   end
+
+  defp cancel_and_flush(%__MODULE__{relay: relay} = run) do
+    send(relay, :relay_cancel)
+    final = if receiver(run) == self(), do: final(run.ref)
+    forget_relay(run)
+    final
+  end
+
+  # The run's answer reached the process that receives it: its telemetry
+  # span ends.
+  defp over(%__MODULE__{span: span}, reply), do: Telemetry.run_stop(span, reply)
+
+  # The same for a stream this process enumerates, which also reports the
+  # back-pressure its worker met (known here for a worker of this node).
+  defp stream_over(%__MODULE__{relay: nil} = run, reply) do
+    Telemetry.backpressure(run.agent, run.handle, run.span)
+    over(run, reply)
+  end
+
+  defp stream_over(run, reply), do: over(run, reply)
 
   @doc false
   @spec ack(t(), pos_integer()) :: :ok
@@ -212,13 +238,15 @@ defmodule SynapseCore.Run do
 
   defp next_event(%{run: %__MODULE__{ref: ref, monitor: monitor} = run} = stream) do
     receive do
-      {:synapse_event, ^ref, {:result, _} = event} ->
+      {:synapse_event, ^ref, {:result, result} = event} ->
         forget_relay(run)
+        stream_over(run, {:ok, result})
         emitted = if stream.on_result == :emit, do: [event], else: []
         {emitted, %{stream | state: :done}}
 
       {:synapse_event, ^ref, {:error, error}} ->
         forget_relay(run)
+        stream_over(run, {:error, error})
         # Raised on the next pull, once the state says the call is over, so
         # that closing the stream does not cancel a finished call.
         {[], %{stream | state: {:failed, error}}}
@@ -227,15 +255,16 @@ defmodule SynapseCore.Run do
         {[event], acknowledge(stream)}
 
       {:DOWN, ^monitor, :process, _, reason} ->
-        {:error, error} = relay_lost(run, reason)
+        {:error, error} = stream_over(run, relay_lost(run, reason))
         {[], %{stream | state: {:failed, error}}}
     after
       wait_limit(run, :infinity) ->
-        cancel(run)
+        cancel_and_flush(run)
 
         error =
           Error.new(:timeout, "the stream did not finish within #{timeout_text(run, :infinity)}")
 
+        stream_over(run, {:error, error})
         {[], %{stream | state: {:failed, error}}}
     end
   end
@@ -253,7 +282,16 @@ defmodule SynapseCore.Run do
     end
   end
 
-  defp close_stream(%{state: :running, run: run}), do: cancel(run)
+  # Halted early: the run is cancelled, and its answer taken.
+  defp close_stream(%{state: :running, run: run}) do
+    case cancel_and_flush(run) do
+      nil -> :ok
+      final -> stream_over(run, final)
+    end
+
+    :ok
+  end
+
   defp close_stream(_stream), do: :ok
 
   defp check_owner!(%__MODULE__{owner: owner}, action) do
@@ -276,11 +314,6 @@ defmodule SynapseCore.Run do
   # After a cancel the NIF still sends the call's one final message (a
   # `:cancelled` error, unless the call finished first); take it, and any
   # events before it, out of the mailbox.
-  defp flush(ref) do
-    final(ref)
-    :ok
-  end
-
   defp final(ref) do
     receive do
       {:synapse_reply, ^ref, reply} -> reply

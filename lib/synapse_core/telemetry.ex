@@ -1,7 +1,9 @@
 defmodule SynapseCore.Telemetry do
   @events [
     {[:synapse, :run, :start], "`system_time`, `monotonic_time`",
-     "`agent`, `mode` (`:sync`, `:async` or `:stream`), `node` (where the worker runs), `telemetry_span_context`"},
+     "`agent`, `mode` (`:sync` for `run_sync/3`, `:async` for `run/3`, `:stream` for " <>
+       "`run_stream/3`), `node` (where the worker runs; `nil` when no worker was found), " <>
+       "`worker` (its index, for a worker of this node), `telemetry_span_context`"},
     {[:synapse, :run, :stop], "`duration`, `monotonic_time`",
      "those of `:start`, and `usage` (a `SynapseCore.Usage`)"},
     {[:synapse, :run, :exception], "`duration`, `monotonic_time`",
@@ -21,8 +23,11 @@ defmodule SynapseCore.Telemetry do
      "`agent`, `worker`, `location`, `os_pid`, `error` (a `SynapseCore.Error` saying why)"},
     {[:synapse, :worker, :restart], "`delay` (milliseconds before the next start)",
      "`agent`, `worker`, `location`, `attempt`"},
-    {[:synapse, :stream, :backpressure], "`count` (waits), `duration` (time spent waiting)",
-     "`agent`; emitted when a stream ends, if its producer had to wait for its consumer"}
+    {[:synapse, :stream, :backpressure],
+     "`count` (times the worker had to wait), `duration` (time it waited in all)",
+     "`agent` (or bridge), and the run's `telemetry_span_context`; emitted when a stream " <>
+       "of a worker of this node ends, if its producer had to wait for its consumer " <>
+       "(`:window` events unacknowledged), just before the run's `:stop` or `:exception`"}
   ]
 
   @moduledoc """
@@ -38,11 +43,20 @@ defmodule SynapseCore.Telemetry do
   |---|---|---|
   #{Enum.map_join(@events, "\n", fn {event, measurements, metadata} -> "| `#{inspect(event)}` | #{measurements} | #{metadata} |" end)}
 
-  A run's `:stop` or `:exception` is emitted in the process that receives
-  its result through Synapse (`run_sync/3`, `await/2`, `yield/2`, a
-  `run_stream/3` stream); a run streamed to a `:stream_to` receiver emits
-  them when the receiver calls `SynapseCore.Agent.ack/2` on its final event
-  or, if it never does, not at all. Attach to all of them with
+  A run's `:start` is emitted in the calling process, once a worker is
+  picked (a run that cannot start emits its `:start` and `:exception` at
+  once; invalid options raise before anything is emitted). Its `:stop` or
+  `:exception` is emitted in the process that receives its result through
+  Synapse: the caller of `run_sync/3`, `await/2` or `yield/2` (or of
+  `cancel/1`, which takes the final answer out of its mailbox), the
+  enumerator of a `run_stream/3` stream (halting it early ends the run with
+  a `:cancelled` `:exception`). A run streamed to a `:stream_to` receiver
+  emits them from a process of Synapse's that is told the run's outcome as
+  it answers (the run's tool runner or, for a run on another node of the
+  cluster, an observer on the caller's node). A run started with `run/3`
+  that is never awaited emits no `:stop`.
+
+  Attach to all of them with
 
       :telemetry.attach_many("my-handler", SynapseCore.Telemetry.events(), &handle/4, nil)
   """
@@ -60,6 +74,63 @@ defmodule SynapseCore.Telemetry do
       do: :telemetry.execute(event, measurements, metadata)
 
     :ok
+  end
+
+  @doc false
+  @spec enabled?() :: boolean()
+  def enabled?, do: function_exported?(:telemetry, :execute, 3)
+
+  @typedoc false
+  @type span :: {integer(), map()}
+
+  @doc false
+  # A run's `:start`, when `:telemetry` is loaded: its span, or nil.
+  @spec run_start(map()) :: span() | nil
+  def run_start(metadata), do: if(enabled?(), do: start([:synapse, :run], metadata))
+
+  @doc false
+  # A run's `:stop` or `:exception`, from its outcome (or its usage, as a
+  # tool runner is told it). Returns the outcome.
+  @spec run_stop(span() | nil, outcome) :: outcome when outcome: term()
+  def run_stop(nil, outcome), do: outcome
+
+  def run_stop(span, {:ok, %SynapseCore.Result{usage: usage}} = outcome),
+    do: run_stopped(span, usage, outcome)
+
+  def run_stop(span, {:ok, %SynapseCore.Usage{} = usage} = outcome),
+    do: run_stopped(span, usage, outcome)
+
+  def run_stop(span, {:error, %SynapseCore.Error{kind: kind} = error} = outcome) do
+    stop([:synapse, :run], :exception, span, %{error: error, error_kind: kind})
+    outcome
+  end
+
+  defp run_stopped(span, usage, outcome) do
+    stop([:synapse, :run], :stop, span, %{usage: usage})
+    outcome
+  end
+
+  @doc false
+  # `[:synapse, :stream, :backpressure]` for a stream that ended, if it
+  # waited for its consumer. `handle` is its NIF call handle.
+  @spec backpressure(term(), reference(), span() | nil) :: :ok
+  def backpressure(agent, handle, span) do
+    with true <- enabled?(),
+         {count, nanoseconds} when count > 0 <- SynapseCore.Native.run_waits(handle) do
+      context =
+        case span do
+          {_started, %{telemetry_span_context: context}} -> context
+          nil -> nil
+        end
+
+      execute(
+        [:synapse, :stream, :backpressure],
+        %{count: count, duration: System.convert_time_unit(nanoseconds, :nanosecond, :native)},
+        %{agent: agent, telemetry_span_context: context}
+      )
+    else
+      _ -> :ok
+    end
   end
 
   @doc false

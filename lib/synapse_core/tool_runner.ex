@@ -7,6 +7,11 @@ defmodule SynapseCore.ToolRunner do
   # the run is over or its owner exits, killing any call still running: the
   # run's deadline ends the run in Python (which then answers what it did),
   # and so the calls it was waiting for.
+  #
+  # The runner of a run streamed to a `:stream_to` receiver (started for it
+  # even when the run has no tools, while :telemetry is loaded) also ends
+  # the run's telemetry span: it is told the run's outcome as the run
+  # answers, and nobody else in Synapse sees the receiver's messages.
 
   require Logger
 
@@ -17,7 +22,8 @@ defmodule SynapseCore.ToolRunner do
           tools: [Tool.t()],
           agent: term(),
           deps: term(),
-          owner: pid()
+          owner: pid(),
+          span: Telemetry.span() | nil
         }
 
   @doc "Starts a runner; give it its run with `attach/3`."
@@ -76,12 +82,31 @@ defmodule SynapseCore.ToolRunner do
       {:call_timeout, _ref, _ms} ->
         loop(state)
 
-      {:synapse_run_done, ^tag, _} ->
+      {:synapse_run_done, ^tag, outcome} ->
         stop_calls(state)
+        report_run(state, outcome)
 
       {:DOWN, ^owner, :process, _, _} ->
         stop_calls(state)
+        # The owner's exit cancels the run, which still answers.
+        if state.config.span, do: await_done(state)
     end
+  end
+
+  defp await_done(%{tag: tag} = state) do
+    receive do
+      {:synapse_run_done, ^tag, outcome} -> report_run(state, outcome)
+    after
+      5_000 -> :ok
+    end
+  end
+
+  defp report_run(%{config: %{span: nil}}, _outcome), do: :ok
+
+  defp report_run(%{config: config, handle: handle}, outcome) do
+    Telemetry.backpressure(config.agent, handle, config.span)
+    Telemetry.run_stop(config.span, outcome)
+    :ok
   end
 
   defp start_call(state, %{request_id: request_id, name: name} = request) do

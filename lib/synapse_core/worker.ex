@@ -622,7 +622,7 @@ defmodule SynapseCore.Worker do
   ## Serving
 
   defp serving(data, actions) do
-    Workers.join(data.options.name, data.channel, data.options.tools)
+    Workers.join(data.options.name, data.channel, data.options.tools, data.index)
     event(:ready, %{duration: System.monotonic_time() - data.started_at}, data, %{})
     if data.attempt > 0, do: Logger.info("Python worker #{data.os_pid} is serving again")
 

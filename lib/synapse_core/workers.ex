@@ -8,8 +8,12 @@ defmodule SynapseCore.Workers do
   alias SynapseCore.{Error, Native, Worker}
   alias SynapseCore.Worker.Failure
 
-  @typedoc "A registry entry: the worker's channel and the agent's tools."
-  @type worker :: %{channel: SynapseCore.Channel.t(), tools: [SynapseCore.Tool.t()]}
+  @typedoc "A registry entry: the worker's channel, the agent's tools and the worker's index."
+  @type worker :: %{
+          channel: SynapseCore.Channel.t(),
+          tools: [SynapseCore.Tool.t()],
+          index: non_neg_integer()
+        }
 
   @doc """
   A worker for a call to `name`: one of this node's, the least loaded of
@@ -34,12 +38,11 @@ defmodule SynapseCore.Workers do
   Registers the calling worker's channel under `name`: it serves, on this
   node and, through `:pg`, to the cluster.
   """
-  @spec join(term(), SynapseCore.Channel.t(), [SynapseCore.Tool.t()]) :: :ok
-  def join(name, channel, tools) do
+  @spec join(term(), SynapseCore.Channel.t(), [SynapseCore.Tool.t()], non_neg_integer()) :: :ok
+  def join(name, channel, tools, index) do
     Registry.unregister(SynapseCore.WorkerRegistry, down_key(name))
-
-    {:ok, _} =
-      Registry.register(SynapseCore.WorkerRegistry, name, %{channel: channel, tools: tools})
+    worker = %{channel: channel, tools: tools, index: index}
+    {:ok, _} = Registry.register(SynapseCore.WorkerRegistry, name, worker)
 
     :ok = :pg.join(SynapseCore.PG, group(name), self())
   end

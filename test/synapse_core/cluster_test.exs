@@ -261,4 +261,57 @@ defmodule SynapseCore.ClusterTest do
     assert message =~ "was lost"
     assert {:raised, %Error{kind: :worker_exited}} = Task.await(stream, 10_000)
   end
+
+  test "a run on another node: telemetry on the caller's node, the caller's trace in Python" do
+    name = :"traced_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:t)
+
+    start_agent_on(node, name, "synapse_fixtures.traced:traced_agent")
+
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    handler = fn event, _measurements, metadata, _ ->
+      if metadata[:agent] == name, do: send(test, {:event, event, metadata})
+    end
+
+    :ok = :telemetry.attach_many(id, SynapseCore.Telemetry.events(), handler, nil)
+    on_exit(fn -> :telemetry.detach(id) end)
+
+    trace = Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
+    parent = "00f067aa0ba902b7"
+    :otel_propagator_text_map.put_current("00-#{trace}-#{parent}-01")
+    {:ok, result} = Agent.run_sync(name, "hi")
+
+    assert_receive {:event, [:synapse, :run, :start],
+                    %{mode: :sync, node: ^node, worker: nil, telemetry_span_context: span}}
+
+    assert_receive {:event, [:synapse, :run, :stop],
+                    %{telemetry_span_context: ^span, usage: usage}}
+
+    assert usage == result.usage
+
+    # Streamed to a receiver: the end is reported on this node too.
+    {:ok, run} = Agent.run_stream(name, "hi", stream_to: self())
+    ref = run.ref
+    assert_receive {:synapse_event, ^ref, {:result, _}}, 10_000
+
+    assert_receive {:event, [:synapse, :run, :start],
+                    %{mode: :stream, telemetry_span_context: streamed}}
+
+    assert_receive {:event, [:synapse, :run, :stop], %{telemetry_span_context: ^streamed}}, 5_000
+
+    :otel_propagator_text_map.put_current(nil)
+    {:ok, %{output: json}} = Agent.run_sync(name, "spans?")
+    {:ok, spans} = SynapseCore.JSON.decode(json)
+
+    runs =
+      for %{"trace_id" => ^trace, "parent_id" => ^parent, "remote_parent" => true} = span <-
+            spans,
+          do: span
+
+    # The run_sync and the stream, both in the caller's trace.
+    assert length(runs) == 2
+    :peer.stop(peer)
+  end
 end

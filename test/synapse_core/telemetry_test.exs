@@ -58,6 +58,187 @@ defmodule SynapseCore.TelemetryTest do
 
     assert is_binary(run_id)
   end
+
+  describe "runs" do
+    test "run_sync: :start with the agent, mode, node and worker, :stop with the usage" do
+      name = start_fixture_agent!("echo_agent")
+      attach(name)
+
+      {:ok, result} = Agent.run_sync(name, "hello")
+
+      assert_receive {:event, [:synapse, :run, :start], %{system_time: _, monotonic_time: _},
+                      %{mode: :sync, node: node, worker: 0, telemetry_span_context: span}}
+
+      assert node == node()
+
+      assert_receive {:event, [:synapse, :run, :stop], %{duration: duration},
+                      %{mode: :sync, telemetry_span_context: ^span, usage: usage}}
+
+      assert usage == result.usage and usage.requests == 1
+      assert is_integer(duration) and duration >= 0
+      refute_received {:event, [:synapse, :run, _], _, _}
+    end
+
+    test "run/3 and await/2: a failing run's :exception carries the error and its kind" do
+      name = start_fixture_agent!("failing_agent")
+      attach(name)
+
+      {:ok, run} = Agent.run(name, "boom")
+      assert_receive {:event, [:synapse, :run, :start], _, %{mode: :async}}
+      refute_received {:event, [:synapse, :run, _], _, _}
+
+      {:error, error} = Agent.await(run)
+
+      assert_receive {:event, [:synapse, :run, :exception], %{duration: _},
+                      %{mode: :async, error: ^error, error_kind: kind}}
+
+      assert kind == error.kind
+    end
+
+    test "a run with Elixir tools: one :start and one :stop around its tool calls" do
+      name = start_fixture_agent!("calling_agent")
+      attach(name)
+      tool = Tool.new(name: "good", parameters: [a: :integer], function: fn %{a: a} -> a end)
+
+      {:ok, result} = Agent.run_sync(name, script([{"good", 1}]), tools: [tool])
+
+      assert_receive {:event, [:synapse, :run, :start], _, %{telemetry_span_context: span}}
+      assert_receive {:event, [:synapse, :tool, :stop], _, %{tool: "good"}}
+
+      assert_receive {:event, [:synapse, :run, :stop], _,
+                      %{telemetry_span_context: ^span, usage: usage}}
+
+      assert usage == result.usage
+      refute_received {:event, [:synapse, :run, _], _, _}
+    end
+
+    test "a run that cannot start emits its :start and :exception at once" do
+      name = unique_name()
+      attach(name)
+
+      {:error, %{kind: :unknown_agent}} = Agent.run_sync(name, "hello")
+
+      assert_receive {:event, [:synapse, :run, :start], _,
+                      %{mode: :sync, node: nil, worker: nil, telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :run, :exception], _,
+                      %{telemetry_span_context: ^span, error_kind: :unknown_agent}}
+    end
+
+    test "a run refused as it starts (its tools clash with the agent's) ends its span" do
+      name =
+        start_fixture_agent!("echo_agent",
+          tools: [Tool.new(name: "twice", parameters: [], function: &Function.identity/1)]
+        )
+
+      attach(name)
+      clash = Tool.new(name: "twice", parameters: [], function: &Function.identity/1)
+
+      assert_raise ArgumentError, ~r/both have a tool named "twice"/, fn ->
+        Agent.run_sync(name, "hello", tools: [clash])
+      end
+
+      assert_receive {:event, [:synapse, :run, :start], _, %{telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :run, :exception], _,
+                      %{telemetry_span_context: ^span, error_kind: :invalid_argument}}
+    end
+
+    test "run_stream: :stop when the stream ends, :exception (cancelled) when halted early" do
+      name = start_fixture_agent!("echo_stream_agent")
+      attach(name)
+
+      events = name |> Agent.run_stream("one two three") |> Enum.to_list()
+      {:result, result} = List.last(events)
+
+      assert_receive {:event, [:synapse, :run, :start], _,
+                      %{mode: :stream, telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :run, :stop], _,
+                      %{telemetry_span_context: ^span, usage: usage}}
+
+      assert usage == result.usage
+
+      [_first] = name |> Agent.run_stream("four five six") |> Enum.take(1)
+
+      assert_receive {:event, [:synapse, :run, :start], _,
+                      %{mode: :stream, telemetry_span_context: halted}}
+
+      assert_receive {:event, [:synapse, :run, :exception], _,
+                      %{telemetry_span_context: ^halted, error_kind: :cancelled}}
+    end
+
+    test "stream_to: the run's :stop is emitted as it answers, the receiver doing nothing more" do
+      name = start_fixture_agent!("echo_stream_agent")
+      attach(name)
+
+      {:ok, run} = Agent.run_stream(name, "one two", stream_to: self())
+      ref = run.ref
+      assert_receive {:synapse_event, ^ref, {:result, result}}, 10_000
+
+      assert_receive {:event, [:synapse, :run, :start], _,
+                      %{mode: :stream, telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :run, :stop], _,
+                      %{telemetry_span_context: ^span, usage: usage}}
+
+      assert usage == result.usage
+    end
+  end
+
+  describe "stream back-pressure" do
+    # The worker streams the words at once; the consumer takes its time
+    # over them, so the worker waits for room in the window.
+    @words Enum.map_join(1..8, " ", &"w#{&1}")
+
+    test "an enumerated stream reports the waits of its worker before its :stop" do
+      name = start_fixture_agent!("echo_stream_agent")
+      attach(name)
+
+      name
+      |> Agent.run_stream(@words, window: 1)
+      |> Enum.each(fn _event -> Process.sleep(20) end)
+
+      assert_receive {:event, [:synapse, :run, :start], _, %{telemetry_span_context: span}}
+
+      assert_receive {:event, [:synapse, :stream, :backpressure],
+                      %{count: count, duration: waited}, %{telemetry_span_context: ^span}}
+
+      assert count >= 1 and waited > 0
+      assert_receive {:event, [:synapse, :run, :stop], _, %{telemetry_span_context: ^span}}
+    end
+
+    test "a stream_to run reports them too; a window that is never full, none" do
+      name = start_fixture_agent!("echo_stream_agent")
+      attach(name)
+
+      {:ok, run} = Agent.run_stream(name, @words, stream_to: self(), window: 1)
+      ref = run.ref
+      slow_receiver(ref, run)
+
+      assert_receive {:event, [:synapse, :stream, :backpressure], %{count: count}, _}
+      assert count >= 1
+      assert_receive {:event, [:synapse, :run, :stop], _, _}
+
+      _ = name |> Agent.run_stream(@words, window: :infinity) |> Enum.to_list()
+      assert_receive {:event, [:synapse, :run, :stop], _, _}
+      refute_received {:event, [:synapse, :stream, :backpressure], _, _}
+    end
+  end
+
+  defp slow_receiver(ref, run) do
+    receive do
+      {:synapse_event, ^ref, {:result, _}} ->
+        :ok
+
+      {:synapse_event, ^ref, _event} ->
+        Process.sleep(20)
+        Agent.ack(run)
+        slow_receiver(ref, run)
+    after
+      10_000 -> flunk("the stream did not end")
+    end
+  end
 end
 
 defmodule SynapseCore.TelemetryAbsentTest do

@@ -402,6 +402,18 @@ defmodule SynapseCore.Agent.Options do
       `use SynapseCore.Tools`), in addition to the agent's.
       """
     ],
+    trace_context: [
+      type:
+        {:custom, &SynapseCore.TraceContext.cast/1,
+         "a map of trace context headers (\"traceparent\", ...)"},
+      default: nil,
+      doc: """
+      the trace the run's spans in Python join: headers such as W3C
+      `traceparent` and `tracestate`. By default, the calling process's
+      current OpenTelemetry context, when the application has
+      OpenTelemetry; `%{}` for none. See `SynapseCore.TraceContext`.
+      """
+    ],
     deps: [
       type: :any,
       default: nil,
@@ -621,6 +633,7 @@ defmodule SynapseCore.Agent.Options do
           usage_limits: map() | nil,
           timeout: timeout(),
           tools: [SynapseCore.Tool.t()],
+          trace_context: %{String.t() => String.t()} | nil,
           deps: term()
         }
 

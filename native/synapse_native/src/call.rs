@@ -3,9 +3,9 @@
 //! most calls take ([`unary`], [`server_stream`]), set up once.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::bytes::Bytes;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
@@ -49,6 +49,8 @@ pub struct CallHandle {
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
+    /// How often, and how long, the stream waited for credit.
+    pub waits: Arc<Waits>,
     /// The request side of a streaming run, for tool results (serialized
     /// `RunInput`s).
     pub inputs: Option<UnboundedSender<Vec<u8>>>,
@@ -118,14 +120,44 @@ pub fn decode_window(term: Term<'_>) -> NifResult<usize> {
     term.decode()
 }
 
+/// The back-pressure a stream met: how many times it had no credit left,
+/// and how long it waited for its receiver's acknowledgements in all.
+#[derive(Default)]
+pub struct Waits {
+    count: AtomicU64,
+    nanoseconds: AtomicU64,
+}
+
+impl Waits {
+    /// `(count, nanoseconds)` so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.nanoseconds.load(Ordering::Relaxed),
+        )
+    }
+
+    fn add(&self, waited: Duration) {
+        let nanoseconds = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.nanoseconds.fetch_add(nanoseconds, Ordering::Relaxed);
+    }
+}
+
 /// Waits until the receiver has room for one more event; `run_ack` gives
-/// the credit back.
-pub async fn take_credit(credit: &Semaphore) -> Result<(), CallError> {
+/// the credit back. A wait is counted in `waits`.
+pub async fn take_credit(credit: &Semaphore, waits: &Waits) -> Result<(), CallError> {
+    if let Ok(permit) = credit.try_acquire() {
+        permit.forget();
+        return Ok(());
+    }
+    let since = Instant::now();
     credit
         .acquire()
         .await
         .map_err(|_| Error::Internal("the credit semaphore was closed".into()))?
         .forget();
+    waits.add(since.elapsed());
     Ok(())
 }
 
@@ -165,6 +197,7 @@ pub fn with_limit(
         cancel: CancellationToken::new(),
         stop: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
+        waits: Arc::default(),
         inputs,
         max_message_bytes,
     });
@@ -313,6 +346,7 @@ where
     let reply = Reply::new(caller, tag, Style::Stream);
     let mut events = reply.events();
     let credit = handle.credit.clone();
+    let waits = handle.waits.clone();
     let target = channel.clone();
     let ServerStream {
         method,
@@ -331,7 +365,7 @@ where
                 .server_streaming(&method, request(), deadline)
                 .await?;
             loop {
-                take_credit(&credit).await?;
+                take_credit(&credit, &waits).await?;
                 match responses.message().await? {
                     Some(response) => {
                         let message = decode(response)?;

@@ -8,8 +8,10 @@
 //!   `{:synapse_event, tag, {:result, value} | {:error, %SynapseCore.Error{}}}`
 //! * runs with tools executed in Elixir: `{:synapse_tool_request, tag,
 //!   request}` to the tool runner for each call, and `{:synapse_run_done,
-//!   tag, :ok}` after the final answer
+//!   tag, {:ok, summary} | {:error, %SynapseCore.Error{}}}` as the call
+//!   answers (the summary of its value: see [`Reply::with_runner`])
 
+use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
@@ -28,10 +30,15 @@ pub enum Style {
 pub struct Reply {
     target: Target,
     style: Style,
-    /// Told `{:synapse_run_done, tag}` after the final answer: the process
-    /// that executes the run's tools, so it stops with the run.
-    runner: Option<Target>,
+    /// Told `{:synapse_run_done, tag, outcome}` as the call answers: the
+    /// process that executes the run's tools, so it stops with the run
+    /// (and reports it, for a receiver that Synapse does not see).
+    runner: Option<(Target, Summary)>,
 }
+
+/// What the runner is told of a call's value (a run's usage): the value is
+/// the call's own, as [`Reply::send`] gets it.
+pub type Summary = for<'a> fn(Env<'a>, &dyn Any) -> Term<'a>;
 
 /// Where a run's tool requests go: `{:synapse_tool_request, tag, request}`.
 pub struct Runner {
@@ -123,10 +130,10 @@ impl Reply {
         }
     }
 
-    /// Also tells `runner` when the call is over; returns the sender of its
-    /// tool requests.
-    pub fn with_runner(&mut self, runner: LocalPid) -> Runner {
-        self.runner = Some(self.target.to(runner));
+    /// Also tells `runner` when the call is over, with `summary` of its
+    /// value; returns the sender of its tool requests.
+    pub fn with_runner(&mut self, runner: LocalPid, summary: Summary) -> Runner {
+        self.runner = Some((self.target.to(runner), summary));
         Runner {
             target: self.target.to(runner),
         }
@@ -141,10 +148,21 @@ impl Reply {
 
     /// Sends the final answer. Must run on a non-BEAM thread (a tokio
     /// worker): `OwnedEnv::send_and_clear` panics on scheduler threads.
-    pub fn send<T, E>(mut self, result: Result<T, Error>, encode: E)
+    pub fn send<T: 'static, E>(mut self, result: Result<T, Error>, encode: E)
     where
         E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error>,
     {
+        // The runner first: the answer takes the value.
+        if let Some((mut runner, summary)) = self.runner.take() {
+            runner.send(
+                atoms::synapse_run_done(),
+                |env| match &result {
+                    Ok(value) => (atoms::ok(), summary(env, value)).encode(env),
+                    Err(e) => (atoms::error(), error::encode(env, e)).encode(env),
+                },
+                panicked,
+            );
+        }
         let (kind, ok) = match self.style {
             Style::Unary => (atoms::synapse_reply(), atoms::ok()),
             Style::Stream => (atoms::synapse_event(), atoms::result()),
@@ -157,13 +175,6 @@ impl Reply {
             },
             panicked,
         );
-        if let Some(mut runner) = self.runner {
-            runner.send(
-                atoms::synapse_run_done(),
-                |env| atoms::ok().encode(env),
-                panicked,
-            );
-        }
     }
 }
 

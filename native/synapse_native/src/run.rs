@@ -43,6 +43,8 @@ pub struct RunArgs<'a> {
     /// Any term: sent to the worker as JSON when it has a JSON form.
     deps: Term<'a>,
     output_tool_return_content: Option<String>,
+    /// The caller's trace context headers (validated in Elixir).
+    trace_context: std::collections::HashMap<String, String>,
     /// Streamed runs: the kinds of events to send (`RunEvent` field names).
     events: Vec<String>,
     /// A prompt made of parts (`crate::prompt`); `prompt` is then empty.
@@ -205,6 +207,12 @@ fn run_ack(handle: ResourceArc<CallHandle>, count: usize) -> Atom {
     atoms::ok()
 }
 
+/// The back-pressure a stream met so far: `{waits, nanoseconds waited}`.
+#[rustler::nif]
+fn run_waits(handle: ResourceArc<CallHandle>) -> (u64, u64) {
+    handle.waits.get()
+}
+
 /// Cancels a call; its receiver gets a `:cancelled` error unless the call
 /// already answered. A run on the `Run` stream is asked to stop first, and
 /// its error then carries what it did (see `CallHandle::stop`).
@@ -305,12 +313,15 @@ fn start_stream<'a>(
         channel.max_message_bytes,
     );
     let mut reply = Reply::new(options.receiver, tag, style);
-    let runner = options.runner.map(|pid| reply.with_runner(pid));
+    let runner = options
+        .runner
+        .map(|pid| reply.with_runner(pid, usage_of_result));
     let relay = Relay {
         events: reply.events(),
         runner,
         inputs,
         credit: handle.credit.clone(),
+        waits: handle.waits.clone(),
     };
     let target = channel.clone();
     call::spawn(
@@ -331,6 +342,7 @@ struct Relay {
     /// To answer tool requests nobody can execute.
     inputs: mpsc::UnboundedSender<Vec<u8>>,
     credit: std::sync::Arc<tokio::sync::Semaphore>,
+    waits: std::sync::Arc<call::Waits>,
 }
 
 /// Relays a run's events while the receiver has credit. Without credit it
@@ -350,7 +362,7 @@ async fn stream(
         .streaming(methods::AGENT_SERVICE_RUN, requests, deadline)
         .await?;
     loop {
-        call::take_credit(&relay.credit).await?;
+        call::take_credit(&relay.credit, &relay.waits).await?;
         let event = responses.message().await?.ok_or_else(|| {
             Error::Protocol("the worker ended the stream without a result".into())
         })?;
@@ -453,6 +465,7 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
         deps_error,
         timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         output_tool_return_content: args.output_tool_return_content,
+        trace_context: args.trace_context,
         events: args.events,
         prompt_parts: prompt::parts(&args.prompt_parts)?,
         model_settings_json: json::encode_optional(args.model_settings)
@@ -509,6 +522,15 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
             (atoms::run_id(), json::string(env, &result.run_id)),
         ],
     ))
+}
+
+/// The usage of a run's result, for its runner: `%SynapseCore.Usage{}`.
+fn usage_of_result<'a>(env: Env<'a>, value: &dyn std::any::Any) -> Term<'a> {
+    let usage = value
+        .downcast_ref::<RunResult>()
+        .and_then(|result| result.usage)
+        .unwrap_or_default();
+    encode_usage(env, usage)
 }
 
 pub fn encode_usage(env: Env<'_>, usage: Usage) -> Term<'_> {

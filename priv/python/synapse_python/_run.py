@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic_ai import CancellationToken, RunCancelled
 
-from synapse_python import _agents, _client_tools, _convert, _errors, _events, _prompt
+from synapse_python import _agents, _client_tools, _convert, _errors, _events, _prompt, _tracing
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -97,6 +97,8 @@ class Run:
         if relay is not None:
             arguments["event_stream_handler"] = relay.handle
         async with contextlib.AsyncExitStack() as stack:
+            # The caller's trace, for the deps factory and the run's spans.
+            stack.enter_context(_tracing.joined(request.trace_context))
             deps = await loaded.deps.enter(
                 stack,
                 request.deps_json if request.HasField("deps_json") else None,
