@@ -55,6 +55,10 @@ defmodule SynapseCore.Native do
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
 
+  # decision: {:approve, args | nil} | {:deny, message | nil}
+  def run_approval_result(_handle, _request_id, _decision),
+    do: :erlang.nif_error(:nif_not_loaded)
+
   # Bridge: a descriptor pool from a FileDescriptorSet, then calls by method
   # name ("package.Service/Method") with wire maps.
   def bridge_pool(_descriptor_set), do: :erlang.nif_error(:nif_not_loaded)

@@ -6,6 +6,7 @@
 //! `SynapseCore.Native` for the Elixir side of each function.
 
 mod agent;
+mod approval;
 mod atoms;
 mod bridge;
 mod call;

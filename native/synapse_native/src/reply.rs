@@ -9,6 +9,8 @@
 //! * runs with tools executed in Elixir: `{:synapse_tool_request, tag,
 //!   request}` to the tool runner for each call, and `{:synapse_run_done,
 //!   tag, :ok}` after the final answer
+//! * runs with inline approvals: `{:synapse_approval_request, tag, request}`
+//!   to the tool runner for each call that needs approval
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -176,6 +178,16 @@ impl Runner {
     {
         self.target
             .send(atoms::synapse_tool_request(), build, panicked)
+    }
+
+    /// Sends `{:synapse_approval_request, tag, request}`; false when the
+    /// runner has exited.
+    pub fn send_approval<F>(&mut self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        self.target
+            .send(atoms::synapse_approval_request(), build, panicked)
     }
 }
 

@@ -5,12 +5,14 @@ use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use std::time::Duration;
 
 use synapse_client::proto::{
-    run_event, run_input, run_result, tool_result, RunInput, RunRequest, RunResult, ToolCall,
-    ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
+    approval_decision, run_event, run_input, run_result, tool_result, ApprovalAnswer,
+    ApprovalDecision, ApprovalRequest, Denied, RunInput, RunRequest, RunResult, ToolCall, ToolDef,
+    ToolRequest, ToolResult, ToolReturn, Usage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use crate::approval;
 use crate::atoms;
 use crate::call::{self, fits, CallError, CallHandle, Started};
 use crate::channel::{request_builder, ChannelResource};
@@ -42,6 +44,10 @@ pub struct RunArgs<'a> {
     /// Any term: sent to the worker as JSON when it has a JSON form.
     deps: Term<'a>,
     output_tool_return_content: Option<String>,
+    /// `nil` or the normalised decisions of `SynapseCore.DeferredToolResults`.
+    deferred_tool_results: Term<'a>,
+    /// Calls needing approval are asked of the runner during the run.
+    inline_approvals: bool,
 }
 
 #[derive(NifMap)]
@@ -51,6 +57,7 @@ pub struct ToolArgs<'a> {
     /// A JSON Schema map.
     parameters: Term<'a>,
     max_retries: Option<i32>,
+    requires_approval: bool,
 }
 
 /// How a streaming run is delivered.
@@ -366,6 +373,11 @@ async fn stream(
                 relay.credit.add_permits(1);
                 relay.request_tool(request);
             }
+            Some(run_event::Event::ApprovalRequest(request)) => {
+                // Not an event for the receiver either: it goes to the runner.
+                relay.credit.add_permits(1);
+                relay.request_approval(request);
+            }
             Some(run_event::Event::Result(result)) => return Ok(result),
             Some(run_event::Event::Failure(failure)) => {
                 return Err(Error::from_failure(failure).into());
@@ -378,6 +390,26 @@ async fn stream(
 }
 
 impl Relay {
+    fn request_approval(&mut self, request: ApprovalRequest) {
+        let delivered = match &mut self.runner {
+            Some(runner) => runner.send_approval(|env| approval::encode_request(env, &request)),
+            None => false,
+        };
+        if !delivered {
+            // Nobody can decide: the call is denied, and the model told why.
+            let _ = self.inputs.send(RunInput {
+                input: Some(run_input::Input::Approval(ApprovalAnswer {
+                    request_id: request.request_id,
+                    decision: Some(ApprovalDecision {
+                        decision: Some(approval_decision::Decision::Denied(Denied {
+                            message: Some("Nobody can approve this tool call.".into()),
+                        })),
+                    }),
+                })),
+            });
+        }
+    }
+
     fn request_tool(&mut self, request: ToolRequest) {
         let delivered = match &mut self.runner {
             Some(runner) => runner.send(|env| encode_tool_request(env, &request)),
@@ -400,11 +432,11 @@ impl Relay {
 
 /// JSON from the worker, or the raw text when it is not valid JSON (a
 /// model's tool arguments can be malformed).
-fn lenient_json<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+pub(crate) fn lenient_json<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     json::decode(env, bytes).unwrap_or_else(|_| json::string(env, &String::from_utf8_lossy(bytes)))
 }
 
-fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
+pub(crate) fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
     let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
     let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
@@ -466,6 +498,7 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
                 name: tool.name,
                 description: tool.description,
                 max_retries: tool.max_retries,
+                requires_approval: tool.requires_approval,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -494,6 +527,8 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
             .map_err(|e| context("model_settings", e))?,
         usage_limits_json: json::encode_optional(args.usage_limits)
             .map_err(|e| context("usage_limits", e))?,
+        deferred_tool_results: approval::results_from(args.deferred_tool_results)?,
+        inline_approvals: args.inline_approvals,
     })
 }
 
@@ -506,11 +541,11 @@ fn history_json(history: Term<'_>) -> Result<Vec<u8>, Error> {
     }
 }
 
-fn is_nil(term: Term<'_>) -> bool {
+pub(crate) fn is_nil(term: Term<'_>) -> bool {
     term.decode::<Atom>().is_ok_and(|atom| atom == atoms::nil())
 }
 
-fn context(what: &str, error: Error) -> Error {
+pub(crate) fn context(what: &str, error: Error) -> Error {
     match error {
         Error::InvalidArgument(message) => Error::InvalidArgument(format!("{what}: {message}")),
         other => other,
@@ -523,6 +558,7 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
     let output = match result.output {
         Some(run_result::Output::Text(text)) => json::string(env, &text),
         Some(run_result::Output::Json(bytes)) => json::decode(env, &bytes)?,
+        Some(run_result::Output::Deferred(deferred)) => approval::encode_output(env, &deferred)?,
         None => return Err(Error::Protocol("the worker's result has no output".into())),
     };
     let usage = encode_usage(env, result.usage.unwrap_or_default());
