@@ -31,7 +31,7 @@ from synapse_python._proto.synapse.v1 import agent_pb2
 
 ECHO = "/synapse.v1.AgentService/Echo"
 ECHO_STREAM = "/synapse.v1.AgentService/EchoStream"
-MAX_MESSAGE = 64 * 1024 * 1024
+MAX_MESSAGE = agent_pb2.LIMIT_DEFAULT_MAX_MESSAGE_BYTES
 
 
 class Client:

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2_grpc
 
 from synapse_python import Worker
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 ERROR_KEY = "synapse-error-bin"
@@ -106,7 +107,7 @@ class RunFailed(Exception):
     """A run that ended with a `failure`: RunSync's answer, or Run's last event."""
 
     def __init__(self, failure: agent_pb2.RunFailure, events: list[agent_pb2.RunEvent]) -> None:
-        super().__init__(f"{failure.error.kind}: {failure.error.message}")
+        super().__init__(f"{kind_name(failure.error.kind)}: {failure.error.message}")
         self.failure = failure
         self.detail = failure.error
         self.events = events

@@ -19,6 +19,7 @@ from bridge_support import EDGES, FIXTURE, FIXTURE_STEM, BridgeClient, error_det
 from synapse_fixtures import bridge_edges as be
 from synapse_fixtures import bridge_types as bt
 from synapse_python import Worker
+from synapse_python._errors import kind_name
 from synapse_python.bridge import BridgeService, StaleBridgeError
 from test_worker_process import worker_process
 
@@ -224,7 +225,7 @@ async def test_validation_errors_carry_field_paths(client: BridgeClient) -> None
         await client.call("describe", person=person)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     detail = error_detail(raised.value)
-    assert (detail.kind, detail.type, detail.traceback) == ("invalid_argument", "", "")
+    assert (kind_name(detail.kind), detail.type, detail.traceback) == ("invalid_argument", "", "")
     assert detail.message.startswith("4 validation error(s): person.name: String should have")
     errors = json.loads(detail.data_json)["errors"]
     assert [(e["loc"], e["type"]) for e in errors] == [
@@ -268,7 +269,7 @@ async def test_python_errors_keep_their_type_and_message(client: BridgeClient) -
         await client.call("fail", message="no luck")
     assert raised.value.code() == grpc.StatusCode.UNKNOWN
     detail = error_detail(raised.value)
-    assert (detail.kind, detail.type, detail.message) == (
+    assert (kind_name(detail.kind), detail.type, detail.message) == (
         "python_error",
         "ValueError",
         "ValueError: no luck",
@@ -279,7 +280,7 @@ async def test_python_errors_keep_their_type_and_message(client: BridgeClient) -
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await client.call("overflow")
     detail = error_detail(raised.value)
-    assert (detail.kind, detail.type) == ("python_error", "OverflowError")
+    assert (kind_name(detail.kind), detail.type) == ("python_error", "OverflowError")
     assert detail.message == (
         "OverflowError: result: 18446744073709551616 does not fit in int64 "
         "(a bridge never narrows an int)"

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from conftest import AgentClient, error_detail
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 
@@ -136,7 +137,7 @@ async def test_load_failures_are_failed_precondition_with_details(
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert message in raised.value.details()
     detail = error_detail(raised.value)
-    assert detail.kind == "load_failed"
+    assert kind_name(detail.kind) == "load_failed"
     assert detail.type == error_type
     assert message in detail.message
     assert detail.traceback.startswith("Traceback")
@@ -175,5 +176,5 @@ async def test_malformed_load_requests_are_invalid_argument(
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     detail = error_detail(raised.value)
-    assert detail.kind == "invalid_argument"
+    assert kind_name(detail.kind) == "invalid_argument"
     assert message in detail.message

@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from conftest import AgentClient, RunFailed, error_detail, split_events
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,7 +123,7 @@ async def test_a_wrong_key_is_a_model_http_error(
     for raised in (sync_raised, stream_raised):
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         detail = error_detail(raised.value)
-        assert detail.kind == "model_http_error"
+        assert kind_name(detail.kind) == "model_http_error"
         assert "HTTP status 401" in detail.message
         assert "Incorrect API key" in detail.message
 

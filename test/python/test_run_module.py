@@ -21,6 +21,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from conftest import tool_def
 from synapse_python import _agents, _run
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 
@@ -116,7 +117,7 @@ async def test_a_cancel_ends_the_run_with_what_it_did() -> None:
     last = await execution
 
     failure = last.failure
-    assert (failure.error.kind, failure.error.code) == ("cancelled", 1)
+    assert (kind_name(failure.error.kind), failure.error.code) == ("cancelled", 1)
     assert failure.state.message_count == 1  # the request the model was answering
     assert json.loads(failure.state.messages_json)[0]["parts"][0]["content"] == "x"
 
@@ -131,7 +132,7 @@ async def test_a_timeout_ends_the_run_with_what_it_did() -> None:
 
     last = await _run.Run(registry, request, Client().send, quiet=True).execute()
 
-    assert last.failure.error.kind == "timeout"
+    assert kind_name(last.failure.error.kind) == "timeout"
     assert last.failure.state.message_count == 1
 
 
@@ -177,7 +178,7 @@ async def test_deps_are_validated_into_the_deps_type() -> None:
         "Account(ada, 2)"
     )
     failure = (await _run.Run(registry, bad, Client().send, quiet=True).execute()).failure
-    assert failure.error.kind == "invalid_argument"
+    assert kind_name(failure.error.kind) == "invalid_argument"
     assert json.loads(failure.error.data_json)["errors"][0]["loc"] == ["deps", "balance"]
 
 
@@ -210,5 +211,5 @@ async def test_deps_with_no_json_form_fail_an_agent_that_needs_them() -> None:
 
     failure = (await _run.Run(registry, request, Client().send, quiet=True).execute()).failure
 
-    assert failure.error.kind == "invalid_argument"
+    assert kind_name(failure.error.kind) == "invalid_argument"
     assert "a pid has no JSON form" in failure.error.message

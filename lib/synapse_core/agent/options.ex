@@ -66,9 +66,13 @@ defmodule SynapseCore.Agent.Options do
 
   @max_workers 256
   @max_message_bytes 4_294_967_295
-  @default_max_message_bytes 64 * 1024 * 1024
+  @external_resource SynapseCore.Proto.path()
+  @default_max_message_bytes SynapseCore.Proto.enum_value(
+                               "Limit",
+                               "LIMIT_DEFAULT_MAX_MESSAGE_BYTES"
+                             )
 
-  @doc "The default and upper bound of `:max_message_bytes`."
+  @doc "The default of `:max_message_bytes` (the wire contract's `Limit`)."
   @spec default_max_message_bytes() :: pos_integer()
   def default_max_message_bytes, do: @default_max_message_bytes
 

@@ -50,7 +50,7 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
-            max_message_bytes: 64 * 1024 * 1024,
+            max_message_bytes: crate::proto::Limit::DefaultMaxMessageBytes as usize,
         }
     }
 }

@@ -3,7 +3,7 @@
 use prost::Message;
 use tonic::{Code, Status};
 
-use crate::proto::{ErrorDetail, RunFailure, RunState};
+use crate::proto::{ErrorDetail, ErrorKind, RunFailure, RunState};
 
 /// The trailing metadata key under which a worker sends an [`ErrorDetail`].
 pub const DETAIL_KEY: &str = "synapse-error-bin";
@@ -17,7 +17,7 @@ pub enum Error {
     /// The worker answered with an error status.
     #[error("{message}")]
     Remote {
-        kind: RemoteKind,
+        kind: ErrorKind,
         message: String,
         code: Code,
         python_type: Option<String>,
@@ -57,89 +57,39 @@ pub enum Error {
     Internal(String),
 }
 
-/// Error kinds a worker may report in its [`ErrorDetail`]. Unknown kinds
-/// fall back to the status code: a remote string never names a kind the
-/// client does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoteKind {
-    NotFound,
-    InvalidArgument,
-    LoadFailed,
-    PythonError,
-    UsageLimitExceeded,
-    UnexpectedModelBehavior,
-    OutputValidationFailed,
-    ToolFailed,
-    ModelHttpError,
-    ModelUnavailable,
-    Unrepresentable,
-    Unauthenticated,
-    ResourceExhausted,
-    Timeout,
-    Cancelled,
-    Unavailable,
-    Internal,
+/// The kinds a worker reports in its [`ErrorDetail`] are the proto's
+/// [`ErrorKind`]: the one list of kinds, shared with the Python worker and
+/// `SynapseCore.Error`. A kind this client does not know (a newer
+/// worker's) falls back to the one the status code implies.
+fn kind_from_detail(kind: i32) -> Option<ErrorKind> {
+    ErrorKind::try_from(kind)
+        .ok()
+        .filter(|kind| *kind != ErrorKind::Unspecified)
 }
 
-impl RemoteKind {
-    fn from_detail(kind: &str) -> Option<Self> {
-        Some(match kind {
-            "not_found" => Self::NotFound,
-            "invalid_argument" => Self::InvalidArgument,
-            "load_failed" => Self::LoadFailed,
-            "python_error" => Self::PythonError,
-            "usage_limit_exceeded" => Self::UsageLimitExceeded,
-            "unexpected_model_behavior" => Self::UnexpectedModelBehavior,
-            "output_validation_failed" => Self::OutputValidationFailed,
-            "tool_failed" => Self::ToolFailed,
-            "unauthenticated" => Self::Unauthenticated,
-            "model_http_error" => Self::ModelHttpError,
-            "model_unavailable" => Self::ModelUnavailable,
-            "unrepresentable" => Self::Unrepresentable,
-            "cancelled" => Self::Cancelled,
-            "timeout" => Self::Timeout,
-            _ => return None,
-        })
+/// The kind of a status that carries no detail of ours: one produced by
+/// grpc itself (message too large, deadline) rather than by our handlers.
+fn kind_from_code(code: Code) -> ErrorKind {
+    match code {
+        Code::NotFound => ErrorKind::NotFound,
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::DeadlineExceeded => ErrorKind::Timeout,
+        Code::Cancelled => ErrorKind::Cancelled,
+        Code::Unavailable => ErrorKind::Unavailable,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::Unknown => ErrorKind::PythonError,
+        _ => ErrorKind::Internal,
     }
+}
 
-    /// The kind of a status that carries no detail of ours: one produced by
-    /// grpc itself (message too large, deadline) rather than by our handlers.
-    fn from_code(code: Code) -> Self {
-        match code {
-            Code::NotFound => Self::NotFound,
-            Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument,
-            Code::ResourceExhausted => Self::ResourceExhausted,
-            Code::DeadlineExceeded => Self::Timeout,
-            Code::Cancelled => Self::Cancelled,
-            Code::Unavailable => Self::Unavailable,
-            Code::Unauthenticated => Self::Unauthenticated,
-            Code::Unknown => Self::PythonError,
-            _ => Self::Internal,
-        }
-    }
-
-    /// The kind's name, as the Elixir side spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::InvalidArgument => "invalid_argument",
-            Self::LoadFailed => "load_failed",
-            Self::PythonError => "python_error",
-            Self::UsageLimitExceeded => "usage_limit_exceeded",
-            Self::UnexpectedModelBehavior => "unexpected_model_behavior",
-            Self::OutputValidationFailed => "output_validation_failed",
-            Self::ToolFailed => "tool_failed",
-            Self::Unauthenticated => "unauthenticated",
-            Self::ModelHttpError => "model_http_error",
-            Self::ModelUnavailable => "model_unavailable",
-            Self::Unrepresentable => "unrepresentable",
-            Self::ResourceExhausted => "resource_exhausted",
-            Self::Timeout => "timeout",
-            Self::Cancelled => "cancelled",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
+/// A kind's name as the Elixir side spells it (an atom's name):
+/// `ERROR_KIND_NOT_FOUND` is `not_found`.
+pub fn kind_name(kind: ErrorKind) -> String {
+    let name = kind.as_str_name();
+    name.strip_prefix("ERROR_KIND_")
+        .unwrap_or(name)
+        .to_ascii_lowercase()
 }
 
 impl Error {
@@ -161,7 +111,7 @@ impl Error {
         match detail {
             Some(detail) => Self::from_detail(detail, status.code(), status.message(), None),
             None => Self::Remote {
-                kind: RemoteKind::from_code(status.code()),
+                kind: kind_from_code(status.code()),
                 message: status.message().to_owned(),
                 code: status.code(),
                 python_type: None,
@@ -187,8 +137,7 @@ impl Error {
         run: Option<Box<RunState>>,
     ) -> Self {
         Self::Remote {
-            kind: RemoteKind::from_detail(&detail.kind)
-                .unwrap_or_else(|| RemoteKind::from_code(code)),
+            kind: kind_from_detail(detail.kind).unwrap_or_else(|| kind_from_code(code)),
             message: if detail.message.is_empty() {
                 fallback_message.to_owned()
             } else {
@@ -202,21 +151,26 @@ impl Error {
         }
     }
 
-    /// The error's kind, as the Elixir side spells it.
-    pub fn kind_name(&self) -> &'static str {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidArgument(_) => "invalid_argument",
-            Self::Remote { kind, .. } => kind.name(),
-            Self::Timeout => "timeout",
-            Self::Cancelled => "cancelled",
-            Self::WorkerExited => "worker_exited",
-            Self::Unavailable(_) => "unavailable",
-            Self::Tls(_) => "tls_error",
-            Self::LimitExceeded(_) => "resource_exhausted",
-            Self::Unrepresentable(_) => "unrepresentable",
-            Self::Protocol(_) => "protocol_error",
-            Self::Internal(_) => "internal",
+            Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Self::Remote { kind, .. } => *kind,
+            Self::Timeout => ErrorKind::Timeout,
+            Self::Cancelled => ErrorKind::Cancelled,
+            Self::WorkerExited => ErrorKind::WorkerExited,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
+            Self::Tls(_) => ErrorKind::TlsError,
+            Self::LimitExceeded(_) => ErrorKind::ResourceExhausted,
+            Self::Unrepresentable(_) => ErrorKind::Unrepresentable,
+            Self::Protocol(_) => ErrorKind::ProtocolError,
+            Self::Internal(_) => ErrorKind::Internal,
         }
+    }
+
+    /// The error's kind, as the Elixir side spells it.
+    pub fn kind_name(&self) -> String {
+        kind_name(self.kind())
     }
 }
 
@@ -309,7 +263,7 @@ mod tests {
         let status = status_with_detail(
             Code::FailedPrecondition,
             ErrorDetail {
-                kind: "load_failed".into(),
+                kind: ErrorKind::LoadFailed.into(),
                 r#type: "ModuleNotFoundError".into(),
                 message: "No module named 'nope'".into(),
                 traceback: "Traceback ...".into(),
@@ -321,7 +275,7 @@ mod tests {
         assert_eq!(
             error,
             Error::Remote {
-                kind: RemoteKind::LoadFailed,
+                kind: ErrorKind::LoadFailed,
                 message: "No module named 'nope'".into(),
                 code: Code::FailedPrecondition,
                 python_type: Some("ModuleNotFoundError".into()),
@@ -345,7 +299,7 @@ mod tests {
         };
         let error = Error::from_failure(RunFailure {
             error: Some(ErrorDetail {
-                kind: "timeout".into(),
+                kind: ErrorKind::Timeout.into(),
                 message: "the run timed out".into(),
                 code: Code::DeadlineExceeded as i32,
                 ..Default::default()
@@ -367,13 +321,13 @@ mod tests {
         let status = status_with_detail(
             Code::NotFound,
             ErrorDetail {
-                kind: "something_new".into(),
+                kind: 9999,
                 ..Default::default()
             },
         );
         match Error::from_status(&status) {
             Error::Remote { kind, message, .. } => {
-                assert_eq!(kind, RemoteKind::NotFound);
+                assert_eq!(kind, ErrorKind::NotFound);
                 assert_eq!(message, "status message");
             }
             other => panic!("unexpected {other:?}"),

@@ -11,4 +11,4 @@ pub mod proto;
 pub mod session;
 
 pub use address::{agent_client, connect_lazy, Address, ConnectOptions, Tls};
-pub use error::{Error, RemoteKind};
+pub use error::Error;

@@ -94,7 +94,7 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
         atoms::error_module(),
         &[
             (atoms::__exception__(), true.encode(env)),
-            (atoms::kind(), known_atom(env, error.kind_name())),
+            (atoms::kind(), known_atom(env, &error.kind_name())),
             (atoms::message(), error.to_string().encode(env)),
             (atoms::details(), details),
         ],
@@ -118,9 +118,10 @@ fn put_data<'a>(env: Env<'a>, mut details: Term<'a>, data: Term<'a>) -> Term<'a>
     details
 }
 
-/// Kind and status-code names come from fixed tables in `synapse_client`,
-/// never from the worker, so making atoms of them is safe.
-fn known_atom<'a>(env: Env<'a>, name: &'static str) -> Term<'a> {
+/// Kind and status-code names come from fixed tables (the proto's
+/// `ErrorKind`, tonic's codes), never from the worker's strings, so making
+/// atoms of them is safe.
+fn known_atom<'a>(env: Env<'a>, name: &str) -> Term<'a> {
     Atom::from_str(env, name)
         .map(|atom| atom.encode(env))
         .unwrap_or_else(|_| atoms::internal().encode(env))

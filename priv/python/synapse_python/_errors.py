@@ -6,8 +6,8 @@ stands for) and what pydantic-ai kept of the run (see `_run`). Every non-OK
 status this worker produces (loading agents, bridges, authentication)
 carries the `ErrorDetail` in the binary trailing metadata entry
 `synapse-error-bin`. Either way the Elixir side gets the failure as data and
-never parses a message. The `kind` strings are a closed set the Rust client
-knows.
+never parses a message. The kinds are the proto's `ErrorKind` enum, the one
+list of them; below they are spelled as the Elixir side spells them.
 
 Mapping of exceptions raised by a run (see `from_run_exception`):
 
@@ -97,8 +97,7 @@ import builtins
 import json
 import re
 import traceback
-from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import pydantic
@@ -142,23 +141,14 @@ _OUTPUT_RETRIES_EXCEEDED = "Exceeded maximum output retries"
 _TOOL_RETRIES_EXCEEDED = re.compile(r"Tool '.*' exceeded max retries count of \d+", re.DOTALL)
 
 
-class ErrorKind(StrEnum):
-    """The closed set of `ErrorDetail.kind` values the client understands."""
+# The kinds are the proto's `ErrorKind` enum (agent.proto), the one list of
+# them for this worker, the Rust client and `SynapseCore.Error`.
+ErrorKind: TypeAlias = agent_pb2.ErrorKind.ValueType
 
-    NOT_FOUND = "not_found"
-    INVALID_ARGUMENT = "invalid_argument"
-    LOAD_FAILED = "load_failed"
-    USAGE_LIMIT_EXCEEDED = "usage_limit_exceeded"
-    UNEXPECTED_MODEL_BEHAVIOR = "unexpected_model_behavior"
-    OUTPUT_VALIDATION_FAILED = "output_validation_failed"
-    TOOL_FAILED = "tool_failed"
-    MODEL_HTTP_ERROR = "model_http_error"
-    MODEL_UNAVAILABLE = "model_unavailable"
-    PYTHON_ERROR = "python_error"
-    UNAUTHENTICATED = "unauthenticated"
-    CANCELLED = "cancelled"
-    TIMEOUT = "timeout"
-    UNREPRESENTABLE = "unrepresentable"
+
+def kind_name(kind: ErrorKind) -> str:
+    """A kind as the Elixir side spells it: `ERROR_KIND_NOT_FOUND` is "not_found"."""
+    return agent_pb2.ErrorKind.Name(kind).removeprefix("ERROR_KIND_").lower()
 
 
 class SynapseError(Exception):
@@ -189,7 +179,7 @@ class SynapseError(Exception):
     def detail(self) -> agent_pb2.ErrorDetail:
         """The `ErrorDetail` sent to the client, truncated to fit in trailing metadata."""
         return agent_pb2.ErrorDetail(
-            kind=self.kind.value,
+            kind=self.kind,
             type=type_name(self.cause) if self.cause is not None else "",
             message=_head(self.message, _MAX_MESSAGE_CHARS),
             traceback=_tail(format_traceback(self.cause), _MAX_TRACEBACK_CHARS)
@@ -216,14 +206,17 @@ def format_traceback(exc: BaseException) -> str:
 def load_failed(exc: BaseException) -> SynapseError:
     """Any failure while importing, building or resolving an agent."""
     return SynapseError(
-        grpc.StatusCode.FAILED_PRECONDITION, ErrorKind.LOAD_FAILED, str(exc), cause=exc
+        grpc.StatusCode.FAILED_PRECONDITION, agent_pb2.ERROR_KIND_LOAD_FAILED, str(exc), cause=exc
     )
 
 
 def invalid_argument(message: str, *, cause: BaseException | None = None) -> SynapseError:
     """A request field the worker cannot use."""
     return SynapseError(
-        grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, message, cause=cause
+        grpc.StatusCode.INVALID_ARGUMENT,
+        agent_pb2.ERROR_KIND_INVALID_ARGUMENT,
+        message,
+        cause=cause,
     )
 
 
@@ -256,17 +249,19 @@ def validation_failed(
 
 def not_found(message: str) -> SynapseError:
     """A request naming something this worker does not have."""
-    return SynapseError(grpc.StatusCode.NOT_FOUND, ErrorKind.NOT_FOUND, message)
+    return SynapseError(grpc.StatusCode.NOT_FOUND, agent_pb2.ERROR_KIND_NOT_FOUND, message)
 
 
 def unauthenticated(message: str) -> SynapseError:
     """A call without the bearer token the worker requires (never says what was sent)."""
-    return SynapseError(grpc.StatusCode.UNAUTHENTICATED, ErrorKind.UNAUTHENTICATED, message)
+    return SynapseError(
+        grpc.StatusCode.UNAUTHENTICATED, agent_pb2.ERROR_KIND_UNAUTHENTICATED, message
+    )
 
 
 def unrepresentable(message: str) -> SynapseError:
     """A value the client cannot hold exactly (NaN, an infinite float)."""
-    return SynapseError(grpc.StatusCode.INTERNAL, ErrorKind.UNREPRESENTABLE, message)
+    return SynapseError(grpc.StatusCode.INTERNAL, agent_pb2.ERROR_KIND_UNREPRESENTABLE, message)
 
 
 # A provider's error body can be a whole HTML page: it is kept to this size.
@@ -277,13 +272,17 @@ def from_run_exception(exc: Exception) -> SynapseError:
     """Classify an exception raised by an agent run (see the module docstring)."""
     data: dict[str, Any] | None = None
     if isinstance(exc, RunTimedOut):
-        code, kind, message = grpc.StatusCode.DEADLINE_EXCEEDED, ErrorKind.TIMEOUT, str(exc)
+        code, kind, message = (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            agent_pb2.ERROR_KIND_TIMEOUT,
+            str(exc),
+        )
     elif isinstance(exc, RunCancelled):
-        code, kind, message = grpc.StatusCode.CANCELLED, ErrorKind.CANCELLED, str(exc)
+        code, kind, message = grpc.StatusCode.CANCELLED, agent_pb2.ERROR_KIND_CANCELLED, str(exc)
     elif isinstance(exc, UsageLimitExceeded):
         code, kind, message = (
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            ErrorKind.USAGE_LIMIT_EXCEEDED,
+            agent_pb2.ERROR_KIND_USAGE_LIMIT_EXCEEDED,
             str(exc),
         )
     elif isinstance(exc, UnexpectedModelBehavior) and exc.message.startswith(
@@ -291,7 +290,7 @@ def from_run_exception(exc: Exception) -> SynapseError:
     ):
         code, kind, message = (
             grpc.StatusCode.INTERNAL,
-            ErrorKind.OUTPUT_VALIDATION_FAILED,
+            agent_pb2.ERROR_KIND_OUTPUT_VALIDATION_FAILED,
             str(exc),
         )
         if problem := _last_problem(exc):
@@ -299,17 +298,21 @@ def from_run_exception(exc: Exception) -> SynapseError:
     elif isinstance(exc, UnexpectedModelBehavior) and (
         exceeded := _TOOL_RETRIES_EXCEEDED.match(exc.message)
     ):
-        code, kind, message = grpc.StatusCode.INTERNAL, ErrorKind.TOOL_FAILED, exceeded.group()
+        code, kind, message = (
+            grpc.StatusCode.INTERNAL,
+            agent_pb2.ERROR_KIND_TOOL_FAILED,
+            exceeded.group(),
+        )
         if problem := _last_problem(exc):
             message = f"{message}; last problem: {problem}"
     elif isinstance(exc, UnexpectedModelBehavior):
         code, kind, message = (
             grpc.StatusCode.INTERNAL,
-            ErrorKind.UNEXPECTED_MODEL_BEHAVIOR,
+            agent_pb2.ERROR_KIND_UNEXPECTED_MODEL_BEHAVIOR,
             str(exc),
         )
     elif isinstance(exc, ModelHTTPError):
-        code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_HTTP_ERROR
+        code, kind = grpc.StatusCode.UNAVAILABLE, agent_pb2.ERROR_KIND_MODEL_HTTP_ERROR
         message = f"model request failed with HTTP status {exc.status_code}: {exc}"
         data = {
             "status_code": exc.status_code,
@@ -320,13 +323,21 @@ def from_run_exception(exc: Exception) -> SynapseError:
             "provider_error_type": exc.provider_error_type,
         }
     elif isinstance(exc, ModelConnectionError | ModelRequestTimeout):
-        code, kind = grpc.StatusCode.UNAVAILABLE, ErrorKind.MODEL_UNAVAILABLE
+        code, kind = grpc.StatusCode.UNAVAILABLE, agent_pb2.ERROR_KIND_MODEL_UNAVAILABLE
         message = f"the model {exc.model_name!r} cannot be reached: {_with_cause(exc)}"
         data = {"model_name": exc.model_name, "phase": getattr(exc, "phase", None)}
     elif isinstance(exc, UserError):
-        code, kind, message = grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_ARGUMENT, str(exc)
+        code, kind, message = (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            agent_pb2.ERROR_KIND_INVALID_ARGUMENT,
+            str(exc),
+        )
     else:
-        code, kind, message = grpc.StatusCode.UNKNOWN, ErrorKind.PYTHON_ERROR, python_message(exc)
+        code, kind, message = (
+            grpc.StatusCode.UNKNOWN,
+            agent_pb2.ERROR_KIND_PYTHON_ERROR,
+            python_message(exc),
+        )
     error = SynapseError(code, kind, message, cause=exc)
     if data is not None:
         error.data_json = pydantic_core.to_json(data, fallback=str)

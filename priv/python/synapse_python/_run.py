@@ -214,7 +214,7 @@ def _serialized(send: Send) -> Send:
 
 
 def _log_failure(error: _errors.SynapseError, agent_id: str) -> None:
-    if error.kind is _errors.ErrorKind.PYTHON_ERROR and error.cause is not None:
+    if error.kind is agent_pb2.ERROR_KIND_PYTHON_ERROR and error.cause is not None:
         logger.error("run of agent %r failed", agent_id, exc_info=error.cause)
     else:
         cause = f" ({_errors.type_name(error.cause)})" if error.cause is not None else ""

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from synapse_python._proto.synapse.v1 import agent_pb2
+
 logger = logging.getLogger("synapse_python.server")
 
 DEFAULT_SHUTDOWN_GRACE = 3.0
@@ -33,7 +35,7 @@ always gets to cancel its runs and remove its socket itself.
 """
 
 READY_PREFIX = "SYNAPSE_READY"
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = agent_pb2.LIMIT_DEFAULT_MAX_MESSAGE_BYTES
 MAX_MESSAGE_BYTES_ENV = "SYNAPSE_MAX_MESSAGE_BYTES"
 SOCKET_NAME = "worker.sock"
 
@@ -165,7 +167,7 @@ def announced() -> bool:
 
 
 def max_message_bytes_from_env() -> int:
-    """`SYNAPSE_MAX_MESSAGE_BYTES`, or 64 MiB."""
+    """`SYNAPSE_MAX_MESSAGE_BYTES`, or the contract's default (agent.proto's `Limit`)."""
     raw = os.environ.get(MAX_MESSAGE_BYTES_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_MESSAGE_BYTES

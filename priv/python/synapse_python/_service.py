@@ -62,7 +62,7 @@ def _reports_errors(
             error = exc
         except Exception as exc:
             error = _errors.from_run_exception(exc)
-            if error.kind is _errors.ErrorKind.PYTHON_ERROR:
+            if error.kind is agent_pb2.ERROR_KIND_PYTHON_ERROR:
                 logger.exception("%s failed (%s)", handler.__name__, _describe(request))
             else:
                 logger.warning(

@@ -70,7 +70,7 @@ class Worker:
     ) -> None:
         """`max_message_bytes` caps gRPC messages both ways.
 
-        It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or 64 MiB: message histories
+        It defaults to `SYNAPSE_MAX_MESSAGE_BYTES` or the contract's 64 MiB: message histories
         grow with a conversation and gRPC's own 4 MiB default is too small.
 
         `tls_cert` (the server's certificate chain) and `tls_key` (its private
