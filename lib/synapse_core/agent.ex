@@ -127,6 +127,9 @@ defmodule SynapseCore.Agent do
           | {:timeout, timeout()}
           | {:tools, [Tool.t() | module()]}
           | {:deps, term()}
+          | {:deferred_tool_results, SynapseCore.DeferredToolResults.t() | nil}
+          | {:approver, SynapseCore.Approval.approver() | nil}
+          | {:approval_timeout, timeout()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
   @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
@@ -268,7 +271,7 @@ defmodule SynapseCore.Agent do
   # run in Python is a plain `agent.run` unless it is streamed.
   defp start_on(worker, name, prompt, call, reply, receiver, window) do
     case {tools(worker, call), reply} do
-      {[], :sync} ->
+      {[], :sync} when call.approver == nil ->
         start_unary(name, worker.channel, prompt, call)
 
       {tools, _} ->
@@ -297,7 +300,7 @@ defmodule SynapseCore.Agent do
 
   defp start_on_stream(name, channel, prompt, call, tools, receiver, window, reply) do
     ref = make_ref()
-    runner = tools != [] && start_runner(name, call, tools)
+    runner = (tools != [] or call.approver != nil) && start_runner(name, call, tools)
     request = request(name, prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
 
     options = %{
@@ -342,7 +345,15 @@ defmodule SynapseCore.Agent do
   end
 
   defp start_runner(name, call, tools) do
-    {:ok, runner} = ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self()})
+    {:ok, runner} =
+      ToolRunner.start(%{
+        tools: tools,
+        agent: name,
+        deps: call.deps,
+        owner: self(),
+        approver: call.approver,
+        approval_timeout: call.approval_timeout
+      })
 
     runner
   end
@@ -404,6 +415,43 @@ defmodule SynapseCore.Agent do
   """
   @spec cancel(Run.t()) :: :ok
   def cancel(%Run{} = run), do: Run.cancel(run)
+
+  @doc """
+  Approves a call a run's `:approver` was asked about (a
+  `SynapseCore.Approval`), from any process on any connected node: the
+  tool runs, with `args` (a map) instead of the model's arguments when
+  given. Returns once the run has the decision.
+
+  Returns `{:error, %SynapseCore.Error{kind: :invalid_argument}}`, and the
+  request stays as it was, for arguments that are not a map or have no
+  JSON form, or when the request cannot be decided any more:
+  `details.reason` is `:already_settled` (decided by someone else, or
+  denied by its `:approval_timeout`), `:run_ended` (the run is over) or
+  `:unknown_request`. `{:error, %SynapseCore.Error{kind: :timeout}}` when
+  the run's node does not answer in time.
+
+  ## Options
+
+  #{SynapseCore.Options.docs(SynapseCore.Approval.decide_schema())}
+  """
+  @spec approve(SynapseCore.Approval.t(), map() | nil, keyword()) :: :ok | {:error, Error.t()}
+  def approve(approval, args \\ nil, opts \\ [])
+  def approve(approval, nil, opts), do: SynapseCore.Approval.decide(approval, :approve, opts)
+
+  def approve(approval, args, opts),
+    do: SynapseCore.Approval.decide(approval, {:approve, args}, opts)
+
+  @doc """
+  Denies a call a run's `:approver` was asked about: the tool does not run,
+  and the model is told `message` (pydantic-ai's default message when
+  `nil`). Answers as `approve/3` does.
+  """
+  @spec deny(SynapseCore.Approval.t(), String.t() | nil, keyword()) :: :ok | {:error, Error.t()}
+  def deny(approval, message \\ nil, opts \\ [])
+  def deny(approval, nil, opts), do: SynapseCore.Approval.decide(approval, :deny, opts)
+
+  def deny(approval, message, opts),
+    do: SynapseCore.Approval.decide(approval, {:deny, message}, opts)
 
   @doc """
   Runs the agent on `prompt` and streams its events.
@@ -499,7 +547,9 @@ defmodule SynapseCore.Agent do
       tools: tools,
       quiet: quiet,
       deps: call.deps,
-      output_tool_return_content: call.output_tool_return_content
+      output_tool_return_content: call.output_tool_return_content,
+      deferred_tool_results: call.deferred_tool_results,
+      inline_approvals: call.approver != nil
     }
   end
 

@@ -23,6 +23,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from conftest import tool_def
 from synapse_python import _agents, _run
+from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 
@@ -200,7 +201,7 @@ async def test_malformed_deferred_tool_results_are_invalid_argument() -> None:
         agent_pb2.DeferredToolResults(metadata_json={"c1": b"{"}),
     ]:
         last = await _run_once(agent, message_history_json=history, deferred_tool_results=results)
-        assert last.failure.error.kind == "invalid_argument", results
+        assert kind_name(last.failure.error.kind) == "invalid_argument", results
 
 
 async def test_a_client_tool_can_require_approval() -> None:
@@ -279,7 +280,7 @@ async def test_an_unknown_or_malformed_approval() -> None:
     assert not task.done()
     run.deliver(agent_pb2.RunInput(approval=agent_pb2.ApprovalAnswer(request_id="1")))
     last = await task
-    assert last.failure.error.kind == "invalid_argument"
+    assert kind_name(last.failure.error.kind) == "invalid_argument"
     assert "neither approved nor denied" in last.failure.error.message
 
 
@@ -295,7 +296,7 @@ async def test_half_closing_with_an_approval_pending_is_invalid_argument() -> No
     run.input_closed()
 
     last = await task
-    assert last.failure.error.kind == "invalid_argument"
+    assert kind_name(last.failure.error.kind) == "invalid_argument"
     assert "approval requests unanswered" in last.failure.error.message
 
 
@@ -309,4 +310,4 @@ async def test_an_approval_without_inline_approvals_is_a_protocol_error() -> Non
     run.deliver(agent_pb2.RunInput(approval=agent_pb2.ApprovalAnswer(request_id="1")))
 
     last = await run.execute()
-    assert last.failure.error.kind == "invalid_argument"
+    assert kind_name(last.failure.error.kind) == "invalid_argument"

@@ -7,11 +7,12 @@ defmodule SynapseCore.Fidelity do
   # A conversation is a list of turns, maps with "prompt" and optionally
   # "deps" (the data; a key present with nil means "deps: nil"), "history"
   # (true: pass the previous turn's messages), "stream" (true: run_stream),
-  # "model_settings" and "output_tool_return_content".
+  # "model_settings", "output_tool_return_content" and "deferred_tool_results"
+  # (direct_run's JSON form; a turn with it may have no "prompt").
 
   import ExUnit.Assertions
 
-  alias SynapseCore.{Agent, JSON, Messages, Result, TestHelpers}
+  alias SynapseCore.{Agent, DeferredToolRequests, JSON, Messages, Result, TestHelpers}
 
   # What two runs of one agent never share (see synapse_fixtures.recording).
   @volatile ["timestamp", "run_id", "conversation_id"]
@@ -71,6 +72,11 @@ defmodule SynapseCore.Fidelity do
             :output_tool_return_content,
             turn["output_tool_return_content"]
           )
+          |> put_if(
+            Map.has_key?(turn, "deferred_tool_results"),
+            :deferred_tool_results,
+            deferred_tool_results(turn["deferred_tool_results"])
+          )
 
         case run(name, turn, opts) do
           {:ok, result, events} -> {outcome(result, events), result}
@@ -81,16 +87,37 @@ defmodule SynapseCore.Fidelity do
     outcomes
   end
 
-  defp run(name, %{"stream" => true, "prompt" => prompt}, opts) do
-    events = name |> Agent.run_stream(prompt, opts) |> Enum.to_list()
+  defp run(name, %{"stream" => true} = turn, opts) do
+    events = name |> Agent.run_stream(Map.get(turn, "prompt", ""), opts) |> Enum.to_list()
     {:result, result} = List.last(events)
     {:ok, result, Enum.flat_map(events, &event/1)}
   rescue
     error in SynapseCore.Error -> {:error, error}
   end
 
-  defp run(name, %{"prompt" => prompt}, opts) do
+  defp run(name, turn, opts) do
+    prompt = Map.get(turn, "prompt", "")
+
     with {:ok, result} <- Agent.run_sync(name, prompt, opts), do: {:ok, result, []}
+  end
+
+  # direct_run's JSON form of deferred tool results, as Synapse takes them.
+  defp deferred_tool_results(given) do
+    approvals =
+      Map.new(given["approvals"] || %{}, fn
+        {id, decision} when is_boolean(decision) -> {id, decision}
+        {id, %{"override_args" => args}} -> {id, {:approve, args}}
+        {id, %{"message" => message}} -> {id, {:deny, message}}
+      end)
+
+    calls =
+      Map.new(given["calls"] || %{}, fn
+        {id, %{"return" => value}} -> {id, {:ok, value}}
+        {id, %{"retry" => message}} -> {id, {:retry, message}}
+        {id, %{"failed" => message}} -> {id, {:failed, message}}
+      end)
+
+    %{approvals: approvals, calls: calls}
   end
 
   defp event({:text_delta, text}), do: [["text_delta", text]]
@@ -103,7 +130,7 @@ defmodule SynapseCore.Fidelity do
 
   defp outcome(%Result{} = result, events) do
     %{
-      "output" => result.output,
+      "output" => output(result.output),
       "output_type" => result.output_type,
       "usage" => usage(result.usage),
       "messages_json" => result.messages.json,
@@ -112,6 +139,22 @@ defmodule SynapseCore.Fidelity do
       "result" => result
     }
   end
+
+  # A DeferredToolRequests in direct_run's JSON form.
+  defp output(%DeferredToolRequests{approvals: approvals, calls: calls}) do
+    call = fn call ->
+      call
+      |> Map.from_struct()
+      |> Map.new(fn
+        {:kind, kind} -> {"kind", Atom.to_string(kind)}
+        {key, value} -> {Atom.to_string(key), value}
+      end)
+    end
+
+    %{"approvals" => Enum.map(approvals, call), "calls" => Enum.map(calls, call)}
+  end
+
+  defp output(output), do: output
 
   defp usage(usage) do
     usage |> Map.from_struct() |> Map.new(fn {key, value} -> {Atom.to_string(key), value} end)

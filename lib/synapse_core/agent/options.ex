@@ -397,6 +397,43 @@ defmodule SynapseCore.Agent.Options do
       the run's Elixir tools, which get it unconverted in their
       `SynapseCore.Tool.Context`.
       """
+    ],
+    deferred_tool_results: [
+      type:
+        {:custom, &SynapseCore.DeferredToolResults.cast/1,
+         "a map of :approvals, :calls and :metadata"},
+      default: nil,
+      doc: """
+      pydantic-ai's `deferred_tool_results`: the decisions on the calls a
+      previous run ended with (its output a
+      `SynapseCore.DeferredToolRequests`), whose result is this run's
+      `:message_history`. See `SynapseCore.DeferredToolResults`.
+      """
+    ],
+    approver: [
+      type:
+        {:custom, &SynapseCore.Approval.cast_approver/1,
+         SynapseCore.Approval.approver_description()},
+      default: nil,
+      doc: """
+      who decides, during the run, on the tool calls that need approval:
+      a pid (on any node), a registered name, `{name, node}`,
+      `{:global, name}`, `{:via, module, name}`, or `{:pg, group}` /
+      `{:pg, scope, group}` (every member gets each request; the first
+      decision wins). It receives a `SynapseCore.Approval` per call and
+      answers with `approve/3` or `deny/3`; the run waits meanwhile. A call
+      nobody can receive is denied. Without an approver, such calls end
+      the run (see "Human in the loop").
+      """
+    ],
+    approval_timeout: [
+      type: {:timeout, 1},
+      default: :infinity,
+      doc: """
+      milliseconds an approval request may wait for its decision before
+      it is denied (the model is told so). Whatever it is, the run's
+      `:timeout` bounds the wait.
+      """
     ]
   ]
 
@@ -590,7 +627,10 @@ defmodule SynapseCore.Agent.Options do
           usage_limits: map() | nil,
           timeout: timeout(),
           tools: [SynapseCore.Tool.t()],
-          deps: term()
+          deps: term(),
+          deferred_tool_results: map() | nil,
+          approver: SynapseCore.Approval.approver() | nil,
+          approval_timeout: timeout()
         }
 
   @spec call!(keyword()) :: call()

@@ -8,22 +8,29 @@ CASES.json is a list of cases, each a conversation with one agent:
      "model": "openai-chat:gpt-4o-mini" | null, "record": "PATH" | null,
      "env": {"OPENAI_BASE_URL": "..."} | null, "rewind": "http://127.0.0.1:PORT" | null,
      "turns": [{"prompt": "...", "deps": <data>, "history": true, "stream": false,
-                "model_settings": {...}, "output_tool_return_content": "..."}]}
+                "model_settings": {...}, "output_tool_return_content": "...",
+                "deferred_tool_results": {...}}]}
 
 Each turn is one `agent.run` (or, with `"stream": true`, one
 `agent.run_stream_events` read to its end), as a Python caller writes it:
 `deps` (when the key is there) is made by the deps factory (called with the
 data, awaited if async, entered if a context manager) or validated into the
 agent's `deps_type` with Pydantic; `history` passes the previous turn's
-`result.all_messages()`. `record` is put in `SYNAPSE_FIDELITY_RECORD` while the
-case runs, for the recorded models of `synapse_fixtures.recording`. `model`
-is resolved once per case (`infer_model`) and that model passed to every
-run, as Synapse does with its `model:` option. `rewind` names a fake OpenAI
-server (`synapse_fixtures.openai_server`) whose script starts over first.
+`result.all_messages()`; a turn without "prompt" has none (`None`);
+`deferred_tool_results` is `{"approvals": {id: true | false | {"override_args":
+{...}} | {"message": "..."}}, "calls": {id: {"return": value} | {"retry":
+"..."} | {"failed": "..."}}}` (see `_deferred_results`). `record` is put in
+`SYNAPSE_FIDELITY_RECORD` while the case runs, for the recorded models of
+`synapse_fixtures.recording`. `model` is resolved once per case (`infer_model`)
+and that model passed to every run, as Synapse does with its `model:` option.
+`rewind` names a fake OpenAI server (`synapse_fixtures.openai_server`) whose
+script starts over first.
 
 OUT.json gets, per case, a list with per turn either the outcome
 (`output` as JSON data, `output_type`, `usage`, `messages_json` as text,
-`new_messages_json`, `events` for streamed turns) or `{"error": {"type":
+`new_messages_json`, `events` for streamed turns; a `DeferredToolRequests`
+output as `{"approvals": [call], "calls": [call]}`, each call `{"tool_call_id",
+"tool_name", "args", "metadata", "kind"}`) or `{"error": {"type":
 ..., "message": ...}}`.
 """
 
@@ -41,7 +48,16 @@ from typing import Any
 
 import pydantic
 import pydantic_core
-from pydantic_ai import Agent, AgentRunResultEvent
+from pydantic_ai import (
+    Agent,
+    AgentRunResultEvent,
+    DeferredToolRequests,
+    DeferredToolResults,
+    ModelRetry,
+    ToolApproved,
+    ToolDenied,
+    ToolFailed,
+)
 from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
@@ -103,6 +119,46 @@ def _event(event: Any) -> list[Any] | None:
     return None
 
 
+def _deferred_results(given: dict[str, Any] | None) -> DeferredToolResults | None:
+    if given is None:
+        return None
+    results = DeferredToolResults()
+    for tool_call_id, decision in given.get("approvals", {}).items():
+        if isinstance(decision, bool):
+            results.approvals[tool_call_id] = decision
+        elif "override_args" in decision:
+            results.approvals[tool_call_id] = ToolApproved(override_args=decision["override_args"])
+        else:
+            results.approvals[tool_call_id] = ToolDenied(decision["message"])
+    for tool_call_id, outcome in given.get("calls", {}).items():
+        if "return" in outcome:
+            results.calls[tool_call_id] = outcome["return"]
+        elif "retry" in outcome:
+            results.calls[tool_call_id] = ModelRetry(outcome["retry"])
+        else:
+            results.calls[tool_call_id] = ToolFailed(outcome["failed"])
+    return results
+
+
+def _output(output: Any) -> Any:
+    if not isinstance(output, DeferredToolRequests):
+        return pydantic_core.to_jsonable_python(output)
+
+    def call(part: Any) -> dict[str, Any]:
+        return {
+            "tool_call_id": part.tool_call_id,
+            "tool_name": part.tool_name,
+            "args": part.args_as_dict(),
+            "metadata": output.metadata.get(part.tool_call_id),
+            "kind": output.kind(part.tool_call_id),
+        }
+
+    return {
+        "approvals": [call(part) for part in output.approvals],
+        "calls": [call(part) for part in output.calls],
+    }
+
+
 async def _turn(
     agent: Agent[Any, Any],
     case: dict[str, Any],
@@ -115,6 +171,7 @@ async def _turn(
         "message_history": history if turn.get("history") else None,
         "model_settings": turn.get("model_settings"),
         "model": model,
+        "deferred_tool_results": _deferred_results(turn.get("deferred_tool_results")),
     }
     events: list[Any] = []
     try:
@@ -122,19 +179,19 @@ async def _turn(
             arguments["deps"] = await _deps(stack, agent, factory, turn)
             result: AgentRunResult[Any]
             if turn.get("stream"):
-                async with agent.run_stream_events(turn["prompt"], **arguments) as stream:
+                async with agent.run_stream_events(turn.get("prompt"), **arguments) as stream:
                     async for event in stream:
                         if isinstance(event, AgentRunResultEvent):
                             result = event.result
                         elif (shown := _event(event)) is not None:
                             events.append(shown)
             else:
-                result = await agent.run(turn["prompt"], **arguments)
+                result = await agent.run(turn.get("prompt"), **arguments)
     except Exception as exc:
         return {"error": {"type": type(exc).__name__, "message": str(exc)}}, history
     content = turn.get("output_tool_return_content")
     outcome = {
-        "output": pydantic_core.to_jsonable_python(result.output),
+        "output": _output(result.output),
         "output_type": type(result.output).__qualname__,
         "usage": pydantic_core.to_jsonable_python(result.usage),
         "messages_json": result.all_messages_json(output_tool_return_content=content).decode(),

@@ -1,0 +1,56 @@
+defmodule SynapseCore.TestApprover do
+  @moduledoc false
+  # An approver process for tests, on any node (this module is on every
+  # peer's code path): it forwards the approval messages it gets to
+  # `parent`, tagged with its pid, and decides when told to, from its own
+  # node, answering `parent` what `approve/3` or `deny/3` returned.
+
+  @doc "Starts one on this node, in the :pg group `{scope, group}` when given (starting the scope if needed)."
+  def start(parent, pg \\ nil) do
+    starter = self()
+
+    pid =
+      spawn(fn ->
+        with {scope, group} <- pg do
+          case :pg.start(scope) do
+            {:ok, _} -> :ok
+            {:error, {:already_started, _}} -> :ok
+          end
+
+          :ok = :pg.join(scope, group, self())
+        end
+
+        send(starter, {self(), :ready})
+        loop(parent)
+      end)
+
+    receive do
+      {^pid, :ready} -> pid
+    end
+  end
+
+  @doc "Tells `approver` to call `SynapseCore.Agent.<function>(approval, argument)`; returns what it returned."
+  def decide(approver, function, approval, argument) do
+    send(approver, {:decide, self(), function, approval, argument})
+
+    receive do
+      {^approver, :decided, answer} -> answer
+    after
+      10_000 -> flunk_decision(approver)
+    end
+  end
+
+  defp flunk_decision(approver), do: raise("approver #{inspect(approver)} did not answer")
+
+  defp loop(parent) do
+    receive do
+      {:decide, from, function, approval, argument} ->
+        send(from, {self(), :decided, apply(SynapseCore.Agent, function, [approval, argument])})
+
+      message ->
+        send(parent, {self(), node(), message})
+    end
+
+    loop(parent)
+  end
+end
