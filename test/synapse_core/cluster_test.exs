@@ -5,7 +5,7 @@ defmodule SynapseCore.ClusterTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Result, Tool}
+  alias SynapseCore.{Agent, Error, Result, TestApprover, Tool}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -55,12 +55,12 @@ defmodule SynapseCore.ClusterTest do
     {peer, node}
   end
 
-  defp start_agent_on(node, name) do
+  defp start_agent_on(node, name, agent \\ "synapse_fixtures.agents:calling_agent") do
     {:ok, _} =
       :erpc.call(node, SynapseCore, :start_agent, [
         [
           name: name,
-          agent: "synapse_fixtures.agents:calling_agent",
+          agent: agent,
           python_path: [fixtures_path()]
         ]
       ])
@@ -124,6 +124,59 @@ defmodule SynapseCore.ClusterTest do
 
     assert {:error, %Error{kind: :worker_exited, message: message}} = Agent.await(run, 10_000)
     assert message =~ "was lost"
+  end
+
+  test "approvals across nodes: the run on B, approvers on A and C, decided from anywhere" do
+    name = :"approvals_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:b)
+    {peer_c, node_c} = start_peer(:c)
+    start_agent_on(node_b, name, "synapse_fixtures.approvals:inline_agent")
+    delete = ~s({"calls": [{"name": "delete", "args": {"path": "a.txt"}}]})
+
+    # A :pg group with a member here and one on C; B, which asks, runs the scope too.
+    scope = :"reviewers_#{System.unique_integer([:positive])}"
+    start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+    {:ok, _} = :erpc.call(node_b, :pg, :start, [scope])
+    here = TestApprover.start(self(), {scope, :reviewers})
+    there = :erpc.call(node_c, TestApprover, :start, [self(), {scope, :reviewers}])
+    eventually(fn -> length(:erpc.call(node_b, :pg, :get_members, [scope, :reviewers])) == 2 end)
+
+    {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers})
+    assert_receive {^here, _, {:synapse_approval, approval}}, 30_000
+    assert_receive {^there, ^node_c, {:synapse_approval, ^approval}}, 30_000
+    assert node(approval.runner) == node_b
+    assert :ok = TestApprover.decide(there, :approve, approval, %{"path" => "b.txt"})
+
+    assert {:error, %Error{kind: :invalid_argument, details: %{reason: :already_settled}}} =
+             Agent.deny(approval)
+
+    for approver <- [here, there] do
+      assert_receive {^approver, _, {:synapse_approval_closed, id, {:approved, _}}}, 5_000
+      assert id == approval.id
+    end
+
+    assert {:ok, %Result{output: output}} = Agent.await(run)
+    assert output == ~s([{"name": "delete", "content": "deleted b.txt"}])
+
+    # A name registered on the caller's node is asked there, though the run is on B.
+    registered = :"approver_#{System.unique_integer([:positive])}"
+    Process.register(self(), registered)
+    {:ok, run} = Agent.run(name, delete, approver: registered)
+    assert_receive {:synapse_approval, approval}, 30_000
+    assert :ok = TestApprover.decide(there, :deny, approval, "No.")
+    assert {:ok, %Result{output: output}} = Agent.await(run)
+    assert output == ~s([{"name": "delete", "denied": "No."}])
+
+    # The run's node goes down while a request waits: it cannot be decided any more.
+    {:ok, run} = Agent.run(name, delete, approver: registered)
+    assert_receive {:synapse_approval, approval}, 30_000
+    :peer.stop(peer_b)
+    assert {:error, %Error{kind: :worker_exited}} = Agent.await(run, 10_000)
+
+    assert {:error, %Error{kind: :invalid_argument, details: %{reason: :run_ended}}} =
+             TestApprover.decide(there, :approve, approval, nil)
+
+    :peer.stop(peer_c)
   end
 
   ## Bridges
