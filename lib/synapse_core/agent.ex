@@ -77,6 +77,27 @@ defmodule SynapseCore.Agent do
   pid, a tuple) can still be given for them: an agent that declares no deps
   then gets `None`, and one that needs the data fails the run with
   `:invalid_argument`.
+
+  ## Human in the loop
+
+  Tool calls that need a person's decision (pydantic-ai's deferred tools: a
+  Python tool with `requires_approval=True` or raising `ApprovalRequired` or
+  `CallDeferred`, an Elixir tool with `requires_approval: true`) are carried
+  two ways:
+
+    * **the run ends with them**, as in pydantic-ai: its output is a
+      `SynapseCore.DeferredToolRequests` (the agent's output type must allow
+      it), and a later run resumes it with the result as `:message_history`
+      and the decisions as `:deferred_tool_results`
+      (`SynapseCore.DeferredToolResults`), usually with an empty prompt;
+    * **the run asks while it waits**, when given an `:approver` (a pid,
+      a name, `{:via, ...}`, a `:pg` group, on any node): the approver
+      receives `{:synapse_approval, %SynapseCore.Approval{}}` per call and
+      answers with `approve/3` or `deny/3` from any process on any node.
+      A request is denied when `:approval_timeout` passes; the run's
+      `:timeout` bounds the wait; its caller exiting cancels it.
+
+  See the repository's `docs/approvals.md` for both, with a LiveView.
   """
 
   alias SynapseCore.{
