@@ -153,7 +153,9 @@ defmodule SynapseCore.Agent do
           | {:approval_timeout, timeout()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
-  @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
+  @type stream_option ::
+          {:window, pos_integer() | :infinity}
+          | {:stream_to, pid() | [pid()] | {:pg, term()} | {:pg, atom(), term()}}
 
   @doc """
   A child specification, so that an agent can be put in a supervision tree.
@@ -513,8 +515,16 @@ defmodule SynapseCore.Agent do
     options = Options.stream!(opts)
 
     case options.stream_to do
-      nil -> event_stream(name, prompt, options)
-      receiver -> start_stream(name, prompt, options, receiver)
+      nil ->
+        event_stream(name, prompt, options)
+
+      {:fan_out, subscribers} ->
+        SynapseCore.FanOut.start(subscribers, options.window, fn hub ->
+          start_stream(name, prompt, options, hub)
+        end)
+
+      receiver ->
+        start_stream(name, prompt, options, receiver)
     end
   end
 

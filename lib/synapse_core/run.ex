@@ -11,7 +11,8 @@ defmodule SynapseCore.Run do
   The fields are for reading: `ref` tags every message of the run
   (`{:synapse_event, ref, event}` for streamed runs), `agent` is the agent's
   name, `owner` the process that started it, `receiver` where a streamed
-  run's events go.
+  run's events go, `fan_out` the process that delivers them to several
+  subscribers (`stream_to:` a list or a `:pg` group).
   """
 
   alias SynapseCore.{Error, Native}
@@ -24,11 +25,12 @@ defmodule SynapseCore.Run do
           receiver: pid() | nil,
           timeout: timeout(),
           relay: pid() | nil,
-          monitor: reference() | nil
+          monitor: reference() | nil,
+          fan_out: pid() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
-  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor]
+  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor, :fan_out]
 
   # What follows is the message protocol of a call in flight (see
   # SynapseCore.Native), shared by agents' runs and bridges' calls.
@@ -145,6 +147,14 @@ defmodule SynapseCore.Run do
 
   @doc false
   @spec cancel(t()) :: :ok
+  # A run streamed to several subscribers is cancelled through its hub
+  # (SynapseCore.FanOut), which forwards the final message to them all.
+  def cancel(%__MODULE__{fan_out: hub} = run) when is_pid(hub) do
+    send(hub, :relay_cancel)
+    if run.receiver == self(), do: flush(run.ref)
+    :ok
+  end
+
   def cancel(%__MODULE__{relay: nil, handle: handle} = run) do
     :ok = Native.run_cancel(handle)
     if receiver(run) == self(), do: flush(run.ref)
@@ -160,6 +170,11 @@ defmodule SynapseCore.Run do
 
   @doc false
   @spec ack(t(), pos_integer()) :: :ok
+  def ack(%__MODULE__{fan_out: hub}, count) when is_pid(hub) do
+    send(hub, {:synapse_fan_out_ack, self(), count})
+    :ok
+  end
+
   def ack(%__MODULE__{relay: nil, handle: handle}, count), do: Native.run_ack(handle, count)
 
   def ack(%__MODULE__{relay: relay}, count) do

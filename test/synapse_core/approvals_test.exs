@@ -15,7 +15,7 @@ defmodule SynapseCore.ApprovalsTest do
     Fidelity,
     JSON,
     Result,
-    TestApprover,
+    TestListener,
     Tool
   }
 
@@ -435,16 +435,16 @@ defmodule SynapseCore.ApprovalsTest do
 
       scope = :"scope_#{System.unique_integer([:positive])}"
       start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
-      first = TestApprover.start(self(), {scope, :reviewers})
-      second = TestApprover.start(self(), {scope, :reviewers})
+      first = TestListener.start(self(), {scope, :reviewers})
+      second = TestListener.start(self(), {scope, :reviewers})
       {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers})
 
       assert_receive {^first, _, {:synapse_approval, approval}}, 30_000
       assert_receive {^second, _, {:synapse_approval, ^approval}}, 30_000
-      assert :ok = TestApprover.decide(second, :deny, approval, "No.")
+      assert :ok = TestListener.decide(second, :deny, approval, "No.")
 
       assert {:error, %Error{details: %{reason: :already_settled}}} =
-               TestApprover.decide(first, :approve, approval, nil)
+               TestListener.decide(first, :approve, approval, nil)
 
       for approver <- [first, second] do
         assert_receive {^approver, _, {:synapse_approval_closed, id, {:denied, "No."}}}

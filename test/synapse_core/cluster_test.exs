@@ -5,7 +5,7 @@ defmodule SynapseCore.ClusterTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Result, TestApprover, Tool}
+  alias SynapseCore.{Agent, Error, Result, TestListener, Tool}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -137,15 +137,15 @@ defmodule SynapseCore.ClusterTest do
     scope = :"reviewers_#{System.unique_integer([:positive])}"
     start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
     {:ok, _} = :erpc.call(node_b, :pg, :start, [scope])
-    here = TestApprover.start(self(), {scope, :reviewers})
-    there = :erpc.call(node_c, TestApprover, :start, [self(), {scope, :reviewers}])
+    here = TestListener.start(self(), {scope, :reviewers})
+    there = :erpc.call(node_c, TestListener, :start, [self(), {scope, :reviewers}])
     eventually(fn -> length(:erpc.call(node_b, :pg, :get_members, [scope, :reviewers])) == 2 end)
 
     {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers})
     assert_receive {^here, _, {:synapse_approval, approval}}, 30_000
     assert_receive {^there, ^node_c, {:synapse_approval, ^approval}}, 30_000
     assert node(approval.runner) == node_b
-    assert :ok = TestApprover.decide(there, :approve, approval, %{"path" => "b.txt"})
+    assert :ok = TestListener.decide(there, :approve, approval, %{"path" => "b.txt"})
 
     assert {:error, %Error{kind: :invalid_argument, details: %{reason: :already_settled}}} =
              Agent.deny(approval)
@@ -163,7 +163,7 @@ defmodule SynapseCore.ClusterTest do
     Process.register(self(), registered)
     {:ok, run} = Agent.run(name, delete, approver: registered)
     assert_receive {:synapse_approval, approval}, 30_000
-    assert :ok = TestApprover.decide(there, :deny, approval, "No.")
+    assert :ok = TestListener.decide(there, :deny, approval, "No.")
     assert {:ok, %Result{output: output}} = Agent.await(run)
     assert output == ~s([{"name": "delete", "denied": "No."}])
 
@@ -174,7 +174,7 @@ defmodule SynapseCore.ClusterTest do
     assert {:error, %Error{kind: :worker_exited}} = Agent.await(run, 10_000)
 
     assert {:error, %Error{kind: :invalid_argument, details: %{reason: :run_ended}}} =
-             TestApprover.decide(there, :approve, approval, nil)
+             TestListener.decide(there, :approve, approval, nil)
 
     :peer.stop(peer_c)
   end

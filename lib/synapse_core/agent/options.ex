@@ -449,7 +449,7 @@ defmodule SynapseCore.Agent.Options do
       """
     ],
     stream_to: [
-      type: {:custom, &__MODULE__.cast_local_pid/1, "a local pid"},
+      type: {:custom, &SynapseCore.FanOut.cast_stream_to/1, SynapseCore.FanOut.description()},
       default: nil,
       doc: """
       a pid to deliver the events to as messages, for processes that relay
@@ -460,6 +460,16 @@ defmodule SynapseCore.Agent.Options do
       `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
       call `ack/2` for the events it has handled, or only `window` events
       arrive. The run is cancelled if the caller or the receiver exits.
+
+      Several subscribers, on any node, get the same events when
+      `stream_to` is a list of pids or a `:pg` group (`{:pg, group}` in
+      OTP's default scope, `{:pg, scope, group}`; its members when the run
+      starts). Each first receives `{:synapse_subscribed, run}`, the run
+      it acknowledges events of with `ack/2`. An event counts as handled
+      once every subscriber acknowledged it: no subscriber ever has more
+      than `window` events waiting, and the slowest sets the run's pace. A
+      subscriber that exits is dropped; the run is cancelled when none is
+      left.
       """
     ]
   ]
@@ -639,7 +649,7 @@ defmodule SynapseCore.Agent.Options do
   @typedoc "Validated options of a streaming run."
   @type stream :: %{
           call: call(),
-          stream_to: pid() | nil,
+          stream_to: pid() | {:fan_out, term()} | nil,
           window: pos_integer() | :infinity
         }
 
@@ -768,9 +778,4 @@ defmodule SynapseCore.Agent.Options do
       {:error,
        "expected a previous result's `messages` (a SynapseCore.Messages), a result, " <>
          "or a list of message maps"}
-
-  @doc false
-  def cast_local_pid(nil), do: {:ok, nil}
-  def cast_local_pid(pid) when is_pid(pid) and node(pid) == node(), do: {:ok, pid}
-  def cast_local_pid(_other), do: {:error, "expected a local pid"}
 end

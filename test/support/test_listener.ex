@@ -1,9 +1,10 @@
-defmodule SynapseCore.TestApprover do
+defmodule SynapseCore.TestListener do
   @moduledoc false
-  # An approver process for tests, on any node (this module is on every
-  # peer's code path): it forwards the approval messages it gets to
-  # `parent`, tagged with its pid, and decides when told to, from its own
-  # node, answering `parent` what `approve/3` or `deny/3` returned.
+  # A process for tests, on any node (this module is on every peer's code
+  # path): it forwards every message it gets to `parent`, tagged with its
+  # pid and node; as a subscriber of a streamed run it acknowledges each
+  # event it forwarded; as an approver it decides when told to, from its
+  # own node, answering `parent` what `approve/3` or `deny/3` returned.
 
   @doc "Starts one on this node, in the :pg group `{scope, group}` when given (starting the scope if needed)."
   def start(parent, pg \\ nil) do
@@ -21,7 +22,7 @@ defmodule SynapseCore.TestApprover do
         end
 
         send(starter, {self(), :ready})
-        loop(parent)
+        loop(parent, nil)
       end)
 
     receive do
@@ -42,15 +43,24 @@ defmodule SynapseCore.TestApprover do
 
   defp flunk_decision(approver), do: raise("approver #{inspect(approver)} did not answer")
 
-  defp loop(parent) do
+  defp loop(parent, run) do
     receive do
       {:decide, from, function, approval, argument} ->
         send(from, {self(), :decided, apply(SynapseCore.Agent, function, [approval, argument])})
+        loop(parent, run)
+
+      {:synapse_subscribed, run} = message ->
+        send(parent, {self(), node(), message})
+        loop(parent, run)
+
+      {:synapse_event, _ref, _event} = message ->
+        send(parent, {self(), node(), message})
+        :ok = SynapseCore.Agent.ack(run)
+        loop(parent, run)
 
       message ->
         send(parent, {self(), node(), message})
+        loop(parent, run)
     end
-
-    loop(parent)
   end
 end
