@@ -30,6 +30,23 @@ defmodule SynapseCore.TestListener do
     end
   end
 
+  @doc """
+  In the parent: the events of run `ref` that `listener` forwarded, up to
+  and including the final one.
+  """
+  def events(listener, ref, events \\ []) do
+    receive do
+      {^listener, _, {:synapse_event, ^ref, {final, _} = event}}
+      when final in [:result, :error] ->
+        Enum.reverse([event | events])
+
+      {^listener, _, {:synapse_event, ^ref, event}} ->
+        events(listener, ref, [event | events])
+    after
+      15_000 -> raise "#{inspect(listener)}'s stream stalled"
+    end
+  end
+
   @doc "Tells `approver` to call `SynapseCore.Agent.<function>(approval, argument)`; returns what it returned."
   def decide(approver, function, approval, argument) do
     send(approver, {:decide, self(), function, approval, argument})

@@ -5,7 +5,7 @@ defmodule SynapseCore.ClusterTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Result, TestListener, Tool}
+  alias SynapseCore.{Agent, Error, Result, Run, TestListener, Tool}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -177,6 +177,40 @@ defmodule SynapseCore.ClusterTest do
              TestListener.decide(there, :approve, approval, nil)
 
     :peer.stop(peer_c)
+  end
+
+  test "fan-out across nodes: the run on B, subscribers on A and C, C lost mid-run" do
+    name = :"fan_out_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:b)
+    {peer_c, node_c} = start_peer(:c)
+    start_agent_on(node_b, name, "synapse_fixtures.agents:slow_stream_agent")
+
+    scope = :"tabs_#{System.unique_integer([:positive])}"
+    start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+    here = TestListener.start(self(), {scope, :tabs})
+    there = :erpc.call(node_c, TestListener, :start, [self(), {scope, :tabs}])
+    eventually(fn -> length(:pg.get_members(scope, :tabs)) == 2 end)
+
+    {:ok, %Run{ref: ref}} =
+      Agent.run_stream(name, "30 0", stream_to: {:pg, scope, :tabs}, window: 4)
+
+    [ours, theirs] = Enum.map([here, there], &TestListener.events(&1, ref))
+    assert ours == theirs
+    assert {:result, %Result{output: output}} = List.last(ours)
+    assert Enum.join(for {:text_delta, text} <- ours, do: text) == output
+
+    # Node C goes down mid-run: its subscriber is dropped, the run goes on here.
+    {:ok, %Run{ref: ref}} =
+      Agent.run_stream(name, "200 0.01", stream_to: [here, there], window: 4)
+
+    assert_receive {^there, ^node_c, {:synapse_event, ^ref, _}}, 10_000
+    :peer.stop(peer_c)
+    events = TestListener.events(here, ref)
+    assert {:result, %Result{output: output}} = List.last(events)
+    assert Enum.join(for {:text_delta, text} <- events, do: text) == output
+    assert length(events) == 201
+
+    :peer.stop(peer_b)
   end
 
   ## Bridges

@@ -11,20 +11,6 @@ defmodule SynapseCore.FanOutTest do
 
   @moduletag capture_log: true
 
-  # The events a TestListener forwarded, up to and including the final one.
-  defp events_of(listener, ref, events \\ []) do
-    receive do
-      {^listener, _, {:synapse_event, ^ref, {final, _} = event}}
-      when final in [:result, :error] ->
-        Enum.reverse([event | events])
-
-      {^listener, _, {:synapse_event, ^ref, event}} ->
-        events_of(listener, ref, [event | events])
-    after
-      15_000 -> flunk("#{inspect(listener)}'s stream stalled")
-    end
-  end
-
   defp take_events(ref, taken \\ []) do
     receive do
       {:synapse_event, ^ref, event} -> take_events(ref, [event | taken])
@@ -43,7 +29,7 @@ defmodule SynapseCore.FanOutTest do
     [first | others] =
       for listener <- listeners do
         assert_receive {^listener, _, {:synapse_subscribed, %Run{ref: ^ref, receiver: ^listener}}}
-        events_of(listener, ref)
+        TestListener.events(listener, ref)
       end
 
     assert Enum.all?(others, &(&1 == first))
@@ -135,7 +121,8 @@ defmodule SynapseCore.FanOutTest do
     :ok = Agent.cancel(run)
 
     for listener <- listeners do
-      assert {:error, %Error{kind: :cancelled}} = listener |> events_of(ref) |> List.last()
+      assert {:error, %Error{kind: :cancelled}} =
+               listener |> TestListener.events(ref) |> List.last()
     end
   end
 
@@ -146,7 +133,7 @@ defmodule SynapseCore.FanOutTest do
     listeners = for _ <- 1..2, do: TestListener.start(self(), {scope, :tabs})
 
     {:ok, %Run{ref: ref}} = Agent.run_stream(name, "5 0", stream_to: {:pg, scope, :tabs})
-    [first, second] = Enum.map(listeners, &events_of(&1, ref))
+    [first, second] = Enum.map(listeners, &TestListener.events(&1, ref))
     assert first == second
     assert {:result, %Result{output: "chunk1 chunk2 chunk3 chunk4 chunk5 "}} = List.last(first)
 
