@@ -11,6 +11,7 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from pydantic_ai import (
     Agent,
     ApprovalRequired,
@@ -112,6 +113,15 @@ async def _run_once(
     return await run.execute()
 
 
+async def _resume(
+    agent: Agent[None, Any], first: agent_pb2.RunEvent, results: agent_pb2.DeferredToolResults
+) -> agent_pb2.RunEvent:
+    """Runs `agent` again from the end of `first`, with `results`."""
+    return await _run_once(
+        agent, message_history_json=first.result.messages_json, deferred_tool_results=results
+    )
+
+
 def approved(args: dict[str, Any] | None = None) -> agent_pb2.ApprovalDecision:
     approval = agent_pb2.Approved()
     if args is not None:
@@ -144,44 +154,53 @@ async def test_the_run_ends_with_its_deferred_calls_as_its_output() -> None:
     assert json.loads(call.metadata_json) == {"job": 7}
 
 
-async def test_deferred_tool_results_resume_the_run() -> None:
+@pytest.mark.parametrize(
+    ("results", "outcomes"),
+    [
+        (
+            agent_pb2.DeferredToolResults(
+                approvals={"c1": denied("Not that file."), "c2": approved({"amount": 50})},
+                calls={"c3": agent_pb2.DeferredCallResult(return_json=b"14")},
+            ),
+            [
+                ["compute", "success", "14"],
+                ["delete", "denied", "Not that file."],
+                ["pay", "success", "paid 50"],
+            ],
+        ),
+        (
+            agent_pb2.DeferredToolResults(
+                approvals={"c1": approved(), "c2": denied()},
+                calls={"c3": agent_pb2.DeferredCallResult(failed_message="The job crashed.")},
+            ),
+            [
+                ["compute", "failed", '{"error":"The job crashed."}'],
+                ["delete", "success", "deleted a.txt"],
+                ["pay", "denied", "The tool call was denied."],
+            ],
+        ),
+        (
+            agent_pb2.DeferredToolResults(
+                approvals={"c1": approved(), "c2": approved()},
+                calls={"c3": agent_pb2.DeferredCallResult(retry_message="Later.")},
+            ),
+            [
+                ["compute", "retried", '{"error":"Later."}'],
+                ["delete", "success", "deleted a.txt"],
+                ["pay", "success", "paid 500"],
+            ],
+        ),
+    ],
+)
+async def test_deferred_tool_results_resume_the_run(
+    results: agent_pb2.DeferredToolResults, outcomes: list[list[str]]
+) -> None:
     agent = _agent()
     first = await _run_once(agent, prompt="go")
-    results = agent_pb2.DeferredToolResults(
-        approvals={"c1": denied("Not that file."), "c2": approved({"amount": 50})},
-        calls={"c3": agent_pb2.DeferredCallResult(return_json=b"14")},
-    )
 
-    last = await _run_once(
-        agent,
-        message_history_json=first.result.messages_json,
-        deferred_tool_results=results,
-    )
+    last = await _resume(agent, first, results)
 
-    assert json.loads(last.result.text) == [
-        ["compute", "success", "14"],
-        ["delete", "denied", "Not that file."],
-        ["pay", "success", "paid 50"],
-    ]
-
-
-async def test_deferred_call_results_can_be_retries_and_failures() -> None:
-    agent = _agent()
-    first = await _run_once(agent, prompt="go")
-    results = agent_pb2.DeferredToolResults(
-        approvals={"c1": approved(), "c2": denied()},
-        calls={"c3": agent_pb2.DeferredCallResult(failed_message="The job crashed.")},
-    )
-
-    last = await _run_once(
-        agent, message_history_json=first.result.messages_json, deferred_tool_results=results
-    )
-
-    assert json.loads(last.result.text) == [
-        ["compute", "failed", '{"error":"The job crashed."}'],
-        ["delete", "success", "deleted a.txt"],
-        ["pay", "denied", "The tool call was denied."],
-    ]
+    assert json.loads(last.result.text) == outcomes
 
 
 async def test_malformed_deferred_tool_results_are_invalid_argument() -> None:

@@ -44,6 +44,19 @@ defmodule SynapseCore.ApprovalsTest do
 
   @three_calls [{"delete", %{path: "a.txt"}}, {"pay", %{amount: 500}}, {"compute", %{x: 2}}]
 
+  # An Elixir tool needing approval; `test` hears of each call.
+  defp note_tool(test) do
+    Tool.new(
+      name: "note",
+      parameters: [text: :string],
+      requires_approval: true,
+      function: fn %{text: text} ->
+        send(test, {:noted, text})
+        "noted #{text}"
+      end
+    )
+  end
+
   defp returns(%Result{output: output}) do
     {:ok, returns} = JSON.decode(output)
     returns |> Enum.sort_by(& &1["name"])
@@ -154,16 +167,7 @@ defmodule SynapseCore.ApprovalsTest do
       name = start_agent!("ops_agent")
       test = self()
 
-      note =
-        Tool.new(
-          name: "note",
-          parameters: [text: :string],
-          requires_approval: true,
-          function: fn %{text: text} ->
-            send(test, {:noted, text})
-            "noted #{text}"
-          end
-        )
+      note = note_tool(test)
 
       {:ok, first} = Agent.run_sync(name, script([{"note", %{text: "hi"}}]), tools: [note])
 
@@ -295,13 +299,7 @@ defmodule SynapseCore.ApprovalsTest do
       name = start_agent!("inline_agent")
       test = self()
 
-      note =
-        Tool.new(
-          name: "note",
-          parameters: [text: :string],
-          requires_approval: true,
-          function: fn %{text: text} -> "noted #{text}" end
-        )
+      note = note_tool(test)
 
       approver =
         spawn_link(fn ->

@@ -11,14 +11,6 @@ defmodule SynapseCore.FanOutTest do
 
   @moduletag capture_log: true
 
-  defp take_events(ref, taken \\ []) do
-    receive do
-      {:synapse_event, ^ref, event} -> take_events(ref, [event | taken])
-    after
-      0 -> Enum.reverse(taken)
-    end
-  end
-
   test "every subscriber gets every event, in order, then the result" do
     name = start_fixture_agent!("slow_stream_agent")
     listeners = for _ <- 1..3, do: TestListener.start(self())
