@@ -59,7 +59,17 @@ defmodule SynapseCore.FanOut do
             init(members, window)
           end)
 
-        case start_run.(hub) do
+        started =
+          try do
+            start_run.(hub)
+          rescue
+            # The hub must not outlive a start that raised.
+            error ->
+              Process.exit(hub, :kill)
+              reraise error, __STACKTRACE__
+          end
+
+        case started do
           {:ok, run} ->
             send(hub, {:run, run})
             {:ok, %Run{run | fan_out: hub}}
