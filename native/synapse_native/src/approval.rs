@@ -53,9 +53,9 @@ fn run_approval_result<'a>(
         Ok(answer) => {
             if let Some(inputs) = &handle.inputs {
                 // Fails only when the run is over; then nobody waits for the answer.
-                let _ = inputs.send(RunInput {
+                let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
                     input: Some(run_input::Input::Approval(answer)),
-                });
+                }));
             }
             atoms::ok().encode(env)
         }
