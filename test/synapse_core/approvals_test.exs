@@ -2,8 +2,10 @@ defmodule SynapseCore.ApprovalsTest do
   # Tool calls that wait for a person's decision, both ways, through real
   # pydantic-ai runs (synapse_fixtures.approvals): the run ends with them
   # and is resumed with the decisions (compared with the same agent run
-  # directly in Python), or the run asks an approver while it waits.
+  # directly in Python), or the run asks an approver while it waits. On
+  # each transport (SynapseCore.Transports).
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -25,14 +27,8 @@ defmodule SynapseCore.ApprovalsTest do
 
   @fixtures "synapse_fixtures.approvals"
 
-  defp start_agent!(attr, extra \\ []) do
-    name = unique_name()
-
-    opts = [name: name, agent: "#{@fixtures}:#{attr}", python_path: [fixtures_path()]] ++ extra
-
-    start_supervised!({Agent, opts}, id: name)
-    name
-  end
+  defp start_agent!(attr, extra \\ []),
+    do: start_fixture_agent!(attr, [agent: "#{@fixtures}:#{attr}"] ++ extra)
 
   # The fixtures' model calls the tools its prompt lists ("call-0", "call-1", ...).
   defp script(calls) do
