@@ -24,8 +24,9 @@ use synapse_client::proto::{
 use crate::atoms;
 use crate::call::{fits, CallHandle};
 use crate::error::{Error, NifError};
+use crate::event::{lenient_json, map};
 use crate::json;
-use crate::run::{context as within, is_nil, lenient_json, map};
+use crate::run::{context as within, is_nil};
 use crate::terms::elixir_struct;
 
 /// Answers an approval request of a run: `{:approve, args | nil}` or
