@@ -80,6 +80,27 @@ defmodule SynapseCore.Agent do
   pid, a tuple) can still be given for them: an agent that declares no deps
   then gets `None`, and one that needs the data fails the run with
   `:invalid_argument`.
+
+  ## Human in the loop
+
+  Tool calls that need a person's decision (pydantic-ai's deferred tools: a
+  Python tool with `requires_approval=True` or raising `ApprovalRequired` or
+  `CallDeferred`, an Elixir tool with `requires_approval: true`) are carried
+  two ways:
+
+    * **the run ends with them**, as in pydantic-ai: its output is a
+      `SynapseCore.DeferredToolRequests` (the agent's output type must allow
+      it), and a later run resumes it with the result as `:message_history`
+      and the decisions as `:deferred_tool_results`
+      (`SynapseCore.DeferredToolResults`), usually with an empty prompt;
+    * **the run asks while it waits**, when given an `:approver` (a pid,
+      a name, `{:via, ...}`, a `:pg` group, on any node): the approver
+      receives `{:synapse_approval, %SynapseCore.Approval{}}` per call and
+      answers with `approve/3` or `deny/3` from any process on any node.
+      A request is denied when `:approval_timeout` passes; the run's
+      `:timeout` bounds the wait; its caller exiting cancels it.
+
+  See the repository's `docs/approvals.md` for both, with a LiveView.
   """
 
   alias SynapseCore.{
@@ -134,11 +155,14 @@ defmodule SynapseCore.Agent do
           | {:tools, [Tool.t() | module()]}
           | {:deps, term()}
           | {:trace_context, %{String.t() => String.t()} | keyword(String.t()) | nil}
+          | {:deferred_tool_results, SynapseCore.DeferredToolResults.t() | nil}
+          | {:approver, SynapseCore.Approval.approver() | nil}
+          | {:approval_timeout, timeout()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
   @type stream_option ::
           {:window, pos_integer() | :infinity}
-          | {:stream_to, pid()}
+          | {:stream_to, pid() | [pid()] | {:pg, term()} | {:pg, atom(), term()}}
           | {:events, :all | [SynapseCore.Event.kind(), ...]}
 
   @doc """
@@ -327,7 +351,7 @@ defmodule SynapseCore.Agent do
   # is the telemetry span of a run whose tool runner reports its end.
   defp start_on(worker, name, prompt, call, reply, receiver, window, observer) do
     case {tools(worker, call), reply} do
-      {[], :sync} ->
+      {[], :sync} when call.approver == nil ->
         start_unary(name, worker.channel, prompt, call)
 
       {tools, _} ->
@@ -357,7 +381,11 @@ defmodule SynapseCore.Agent do
 
   defp start_on_stream(name, channel, prompt, {call, tools, receiver, window, reply, observer}) do
     ref = make_ref()
-    runner = (tools != [] or observer != nil) && start_runner(name, call, tools, observer)
+
+    runner =
+      (tools != [] or observer != nil or call.approver != nil) &&
+        start_runner(name, call, tools, observer)
+
     request = request(name, prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
 
     options = %{
@@ -403,7 +431,15 @@ defmodule SynapseCore.Agent do
 
   defp start_runner(name, call, tools, span) do
     {:ok, runner} =
-      ToolRunner.start(%{tools: tools, agent: name, deps: call.deps, owner: self(), span: span})
+      ToolRunner.start(%{
+        tools: tools,
+        agent: name,
+        deps: call.deps,
+        owner: self(),
+        span: span,
+        approver: call.approver,
+        approval_timeout: call.approval_timeout
+      })
 
     runner
   end
@@ -467,6 +503,43 @@ defmodule SynapseCore.Agent do
   def cancel(%Run{} = run), do: Run.cancel(run)
 
   @doc """
+  Approves a call a run's `:approver` was asked about (a
+  `SynapseCore.Approval`), from any process on any connected node: the
+  tool runs, with `args` (a map) instead of the model's arguments when
+  given. Returns once the run has the decision.
+
+  Returns `{:error, %SynapseCore.Error{kind: :invalid_argument}}`, and the
+  request stays as it was, for arguments that are not a map or have no
+  JSON form, or when the request cannot be decided any more:
+  `details.reason` is `:already_settled` (decided by someone else, or
+  denied by its `:approval_timeout`), `:run_ended` (the run is over) or
+  `:unknown_request`. `{:error, %SynapseCore.Error{kind: :timeout}}` when
+  the run's node does not answer in time.
+
+  ## Options
+
+  #{SynapseCore.Options.docs(SynapseCore.Approval.decide_schema())}
+  """
+  @spec approve(SynapseCore.Approval.t(), map() | nil, keyword()) :: :ok | {:error, Error.t()}
+  def approve(approval, args \\ nil, opts \\ [])
+  def approve(approval, nil, opts), do: SynapseCore.Approval.decide(approval, :approve, opts)
+
+  def approve(approval, args, opts),
+    do: SynapseCore.Approval.decide(approval, {:approve, args}, opts)
+
+  @doc """
+  Denies a call a run's `:approver` was asked about: the tool does not run,
+  and the model is told `message` (pydantic-ai's default message when
+  `nil`). Answers as `approve/3` does.
+  """
+  @spec deny(SynapseCore.Approval.t(), String.t() | nil, keyword()) :: :ok | {:error, Error.t()}
+  def deny(approval, message \\ nil, opts \\ [])
+  def deny(approval, nil, opts), do: SynapseCore.Approval.decide(approval, :deny, opts)
+
+  def deny(approval, message, opts),
+    do: SynapseCore.Approval.decide(approval, {:deny, message}, opts)
+
+  @doc """
   Runs the agent on `prompt` and streams its events.
 
   Returns a lazy `Stream`: the run starts when the stream is enumerated, in
@@ -512,8 +585,16 @@ defmodule SynapseCore.Agent do
     options = Options.stream!(opts)
 
     case options.stream_to do
-      nil -> event_stream(name, prompt, options)
-      receiver -> start_stream(name, prompt, options, receiver)
+      nil ->
+        event_stream(name, prompt, options)
+
+      {:fan_out, subscribers} ->
+        SynapseCore.FanOut.start(subscribers, options.window, fn hub ->
+          start_stream(name, prompt, options, hub)
+        end)
+
+      receiver ->
+        start_stream(name, prompt, options, receiver)
     end
   end
 
@@ -590,6 +671,8 @@ defmodule SynapseCore.Agent do
       deps: call.deps,
       output_tool_return_content: call.output_tool_return_content,
       trace_context: call.trace_context || %{},
+      deferred_tool_results: call.deferred_tool_results,
+      inline_approvals: call.approver != nil,
       events: call |> Map.get(:events, []) |> SynapseCore.Event.wire_names()
     }
   end

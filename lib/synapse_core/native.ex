@@ -62,6 +62,9 @@ defmodule SynapseCore.Native do
 
   # A stream's back-pressure so far: {waits for credit, nanoseconds waited}.
   def run_waits(_handle), do: :erlang.nif_error(:nif_not_loaded)
+  # decision: {:approve, args | nil} | {:deny, message | nil}
+  def run_approval_result(_handle, _request_id, _decision),
+    do: :erlang.nif_error(:nif_not_loaded)
 
   # Bridge: a descriptor pool from a FileDescriptorSet, then calls by method
   # name ("package.Service/Method") with wire maps.

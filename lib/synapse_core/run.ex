@@ -14,7 +14,8 @@ defmodule SynapseCore.Run do
   The fields are for reading: `ref` tags every message of the run
   (`{:synapse_event, ref, event}` for streamed runs), `agent` is the agent's
   name, `owner` the process that started it, `receiver` where a streamed
-  run's events go.
+  run's events go, `fan_out` the process that delivers them to several
+  subscribers (`stream_to:` a list or a `:pg` group).
   """
 
   alias SynapseCore.{Error, Native, Options, Telemetry}
@@ -28,12 +29,24 @@ defmodule SynapseCore.Run do
           timeout: timeout(),
           relay: pid() | nil,
           monitor: reference() | nil,
-          span: Telemetry.span() | nil
+          span: Telemetry.span() | nil,
+          fan_out: pid() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
   # `span`: the run's telemetry span, ended where its answer is received.
-  defstruct [:ref, :handle, :agent, :owner, :receiver, :timeout, :relay, :monitor, :span]
+  defstruct [
+    :ref,
+    :handle,
+    :agent,
+    :owner,
+    :receiver,
+    :timeout,
+    :relay,
+    :monitor,
+    :span,
+    :fan_out
+  ]
 
   # What follows is the message protocol of a call in flight (see
   # SynapseCore.Native), shared by agents' runs and bridges' calls.
@@ -163,7 +176,14 @@ defmodule SynapseCore.Run do
   end
 
   # Cancels the run; when the caller is its receiver, returns its final
-  # answer (taken out of the mailbox), or nil.
+  # answer (taken out of the mailbox), or nil. A run streamed to several
+  # subscribers is cancelled through its hub (SynapseCore.FanOut), which
+  # forwards the final message to them all.
+  defp cancel_and_flush(%__MODULE__{fan_out: hub} = run) when is_pid(hub) do
+    send(hub, :relay_cancel)
+    if run.receiver == self(), do: final(run.ref)
+  end
+
   defp cancel_and_flush(%__MODULE__{relay: nil, handle: handle} = run) do
     :ok = Native.run_cancel(handle)
     if receiver(run) == self(), do: final(run.ref)
@@ -191,6 +211,11 @@ defmodule SynapseCore.Run do
 
   @doc false
   @spec ack(t(), pos_integer()) :: :ok
+  def ack(%__MODULE__{fan_out: hub}, count) when is_pid(hub) do
+    send(hub, {:synapse_fan_out_ack, self(), count})
+    :ok
+  end
+
   def ack(%__MODULE__{relay: nil, handle: handle}, count), do: Native.run_ack(handle, count)
 
   def ack(%__MODULE__{relay: relay}, count) do

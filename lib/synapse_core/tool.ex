@@ -49,7 +49,8 @@ defmodule SynapseCore.Tool do
           fields: Schema.fields() | nil,
           function: function_spec(),
           timeout: pos_integer(),
-          max_retries: non_neg_integer() | nil
+          max_retries: non_neg_integer() | nil,
+          requires_approval: boolean()
         }
 
   @enforce_keys [:name, :parameters, :function]
@@ -60,7 +61,8 @@ defmodule SynapseCore.Tool do
     :function,
     description: "",
     timeout: 30_000,
-    max_retries: nil
+    max_retries: nil,
+    requires_approval: false
   ]
 
   @schema [
@@ -105,6 +107,17 @@ defmodule SynapseCore.Tool do
       how many times the model may retry this tool after a failure.
       Defaults to the agent's own setting.
       """
+    ],
+    requires_approval: [
+      type: :boolean,
+      default: false,
+      doc: """
+      pydantic-ai's `requires_approval`: a call waits for a person's
+      decision before it runs. A run given an `:approver` asks it during
+      the run; otherwise the run ends with the call in its output, a
+      `SynapseCore.DeferredToolRequests` (see "Human in the loop" in
+      `SynapseCore.Agent`).
+      """
     ]
   ]
 
@@ -132,7 +145,8 @@ defmodule SynapseCore.Tool do
       fields: fields,
       function: options.function,
       timeout: options.timeout,
-      max_retries: options.max_retries
+      max_retries: options.max_retries,
+      requires_approval: options.requires_approval
     }
   end
 
@@ -184,7 +198,8 @@ defmodule SynapseCore.Tool do
       name: tool.name,
       description: tool.description,
       parameters: tool.parameters,
-      max_retries: tool.max_retries
+      max_retries: tool.max_retries,
+      requires_approval: tool.requires_approval
     }
   end
 

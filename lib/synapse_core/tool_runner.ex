@@ -6,7 +6,9 @@ defmodule SynapseCore.ToolRunner do
   # tool's timeout, and is answered through the NIF. The runner stops when
   # the run is over or its owner exits, killing any call still running: the
   # run's deadline ends the run in Python (which then answers what it did),
-  # and so the calls it was waiting for.
+  # and so the calls it was waiting for. A run with an :approver has a
+  # runner too, which asks the approver about each call needing approval
+  # and takes its decisions (SynapseCore.Approval).
   #
   # The runner of a run streamed to a `:stream_to` receiver (started for it
   # even when the run has no tools, while :telemetry is loaded) also ends
@@ -15,7 +17,7 @@ defmodule SynapseCore.ToolRunner do
 
   require Logger
 
-  alias SynapseCore.{Error, Native, Schema, Telemetry, Tool}
+  alias SynapseCore.{Approval, Error, Native, Schema, Telemetry, Tool}
   alias SynapseCore.Tool.Context
 
   @type config :: %{
@@ -23,7 +25,9 @@ defmodule SynapseCore.ToolRunner do
           agent: term(),
           deps: term(),
           owner: pid(),
-          span: Telemetry.span() | nil
+          span: Telemetry.span() | nil,
+          approver: Approval.approver() | nil,
+          approval_timeout: timeout()
         }
 
   @doc "Starts a runner; give it its run with `attach/3`."
@@ -52,7 +56,17 @@ defmodule SynapseCore.ToolRunner do
     receive do
       {:attach, handle, tag} ->
         tools = Map.new(config.tools, &{&1.name, &1})
-        loop(%{config: config, tools: tools, handle: handle, tag: tag, owner: owner, calls: %{}})
+        approvals = Approval.state(config.approver, config.approval_timeout)
+
+        loop(%{
+          config: config,
+          tools: tools,
+          handle: handle,
+          tag: tag,
+          owner: owner,
+          calls: %{},
+          approvals: approvals
+        })
 
       {:DOWN, ^owner, :process, _, _} ->
         :ok
@@ -81,6 +95,19 @@ defmodule SynapseCore.ToolRunner do
 
       {:call_timeout, _ref, _ms} ->
         loop(state)
+
+      {:synapse_approval_request, ^tag, request} ->
+        approvals = Approval.request(state.approvals, request, state.handle, state.config.agent)
+        loop(%{state | approvals: approvals})
+
+      {:synapse_approval_decide, from, request_id, decision} ->
+        approvals =
+          Approval.decide_request(state.approvals, from, request_id, decision, state.handle)
+
+        loop(%{state | approvals: approvals})
+
+      {:synapse_approval_timeout, request_id} ->
+        loop(%{state | approvals: Approval.expire(state.approvals, request_id, state.handle)})
 
       {:synapse_run_done, ^tag, outcome} ->
         stop_calls(state)
@@ -190,6 +217,8 @@ defmodule SynapseCore.ToolRunner do
   end
 
   defp stop_calls(state) do
+    Approval.run_ended(state.approvals)
+
     for {_ref, %{task: task}} <- state.calls do
       Task.Supervisor.terminate_child(SynapseCore.ToolSupervisor, task.pid)
     end

@@ -10,12 +10,13 @@ defmodule SynapseCore.Fidelity do
   # "events" (a streamed turn's kinds: "all" or a list of names),
   # a "prompt" of parts (direct_run's JSON form of them, see `prompt/1`),
   # "stream_output" (true: run_stream with `:output` events, compared with
-  # Python's `stream_output`), "model_settings" and
-  # "output_tool_return_content".
+  # Python's `stream_output`), "model_settings",
+  # "output_tool_return_content" and "deferred_tool_results" (direct_run's
+  # JSON form; a turn with it may have no "prompt").
 
   import ExUnit.Assertions
 
-  alias SynapseCore.{Agent, JSON, Messages, Result, TestHelpers}
+  alias SynapseCore.{Agent, DeferredToolRequests, JSON, Messages, Result, TestHelpers}
 
   # What two runs of one agent never share (see synapse_fixtures.recording).
   @volatile ["timestamp", "run_id", "conversation_id"]
@@ -84,7 +85,8 @@ defmodule SynapseCore.Fidelity do
   def synapse_run(name, turns, extra_opts \\ []) do
     {outcomes, _} =
       Enum.map_reduce(turns, nil, fn turn, previous ->
-        turn = Map.update!(turn, "prompt", &prompt/1)
+        # (A turn resuming deferred calls may have no prompt.)
+        turn = Map.update(turn, "prompt", "", &prompt/1)
 
         opts =
           extra_opts
@@ -95,6 +97,11 @@ defmodule SynapseCore.Fidelity do
             Map.has_key?(turn, "output_tool_return_content"),
             :output_tool_return_content,
             turn["output_tool_return_content"]
+          )
+          |> put_if(
+            Map.has_key?(turn, "deferred_tool_results"),
+            :deferred_tool_results,
+            deferred_tool_results(turn["deferred_tool_results"])
           )
 
         case run(name, turn, opts) do
@@ -137,6 +144,24 @@ defmodule SynapseCore.Fidelity do
   """
   def prompt(text) when is_binary(text), do: text
   def prompt(parts) when is_list(parts), do: Enum.map(parts, &part/1)
+  # direct_run's JSON form of deferred tool results, as Synapse takes them.
+  defp deferred_tool_results(given) do
+    approvals =
+      Map.new(given["approvals"] || %{}, fn
+        {id, decision} when is_boolean(decision) -> {id, decision}
+        {id, %{"override_args" => args}} -> {id, {:approve, args}}
+        {id, %{"message" => message}} -> {id, {:deny, message}}
+      end)
+
+    calls =
+      Map.new(given["calls"] || %{}, fn
+        {id, %{"return" => value}} -> {id, {:ok, value}}
+        {id, %{"retry" => message}} -> {id, {:retry, message}}
+        {id, %{"failed" => message}} -> {id, {:failed, message}}
+      end)
+
+    %{approvals: approvals, calls: calls}
+  end
 
   defp part(text) when is_binary(text), do: text
 
@@ -223,7 +248,7 @@ defmodule SynapseCore.Fidelity do
 
   defp outcome(%Result{} = result, events, outputs) do
     %{
-      "output" => result.output,
+      "output" => output(result.output),
       "output_type" => result.output_type,
       "usage" => usage(result.usage),
       "messages_json" => result.messages.json,
@@ -233,6 +258,22 @@ defmodule SynapseCore.Fidelity do
       "result" => result
     }
   end
+
+  # A DeferredToolRequests in direct_run's JSON form.
+  defp output(%DeferredToolRequests{approvals: approvals, calls: calls}) do
+    call = fn call ->
+      call
+      |> Map.from_struct()
+      |> Map.new(fn
+        {:kind, kind} -> {"kind", Atom.to_string(kind)}
+        {key, value} -> {Atom.to_string(key), value}
+      end)
+    end
+
+    %{"approvals" => Enum.map(approvals, call), "calls" => Enum.map(calls, call)}
+  end
+
+  defp output(output), do: output
 
   defp usage(usage) do
     usage |> Map.from_struct() |> Map.new(fn {key, value} -> {Atom.to_string(key), value} end)

@@ -35,6 +35,19 @@ defmodule SynapseCore.TestHelpers do
     :ok
   end
 
+  @doc """
+  The events of run `ref` in the mailbox now. (Not Process.info/2: messages
+  the NIF sent from its own threads may still be in transit to the mailbox,
+  and only a receive is sure to see them.)
+  """
+  def take_events(ref, taken \\ []) do
+    receive do
+      {:synapse_event, ^ref, event} -> take_events(ref, [event | taken])
+    after
+      0 -> Enum.reverse(taken)
+    end
+  end
+
   def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
 
   @doc """

@@ -5,7 +5,7 @@ defmodule SynapseCore.ClusterTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Error, Result, Tool}
+  alias SynapseCore.{Agent, Error, Result, Run, TestListener, Tool}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -175,6 +175,93 @@ defmodule SynapseCore.ClusterTest do
     after
       20_000 -> :no_end
     end
+  end
+
+  test "approvals across nodes: the run on B, approvers on A and C, decided from anywhere" do
+    name = :"approvals_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:b)
+    {peer_c, node_c} = start_peer(:c)
+    start_agent_on(node_b, name, "synapse_fixtures.approvals:inline_agent")
+    delete = ~s({"calls": [{"name": "delete", "args": {"path": "a.txt"}}]})
+
+    # A :pg group with a member here and one on C; B, which asks, runs the scope too.
+    scope = :"reviewers_#{System.unique_integer([:positive])}"
+    start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+    {:ok, _} = :erpc.call(node_b, :pg, :start, [scope])
+    here = TestListener.start(self(), {scope, :reviewers})
+    there = :erpc.call(node_c, TestListener, :start, [self(), {scope, :reviewers}])
+    eventually(fn -> length(:erpc.call(node_b, :pg, :get_members, [scope, :reviewers])) == 2 end)
+
+    {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers})
+    assert_receive {^here, _, {:synapse_approval, approval}}, 30_000
+    assert_receive {^there, ^node_c, {:synapse_approval, ^approval}}, 30_000
+    assert node(approval.runner) == node_b
+    assert :ok = TestListener.decide(there, :approve, approval, %{"path" => "b.txt"})
+
+    assert {:error, %Error{kind: :invalid_argument, details: %{reason: :already_settled}}} =
+             Agent.deny(approval)
+
+    for approver <- [here, there] do
+      assert_receive {^approver, _, {:synapse_approval_closed, id, {:approved, _}}}, 5_000
+      assert id == approval.id
+    end
+
+    assert {:ok, %Result{output: output}} = Agent.await(run)
+    assert output == ~s([{"name": "delete", "content": "deleted b.txt"}])
+
+    # A name registered on the caller's node is asked there, though the run is on B.
+    registered = :"approver_#{System.unique_integer([:positive])}"
+    Process.register(self(), registered)
+    {:ok, run} = Agent.run(name, delete, approver: registered)
+    assert_receive {:synapse_approval, approval}, 30_000
+    assert :ok = TestListener.decide(there, :deny, approval, "No.")
+    assert {:ok, %Result{output: output}} = Agent.await(run)
+    assert output == ~s([{"name": "delete", "denied": "No."}])
+
+    # The run's node goes down while a request waits: it cannot be decided any more.
+    {:ok, run} = Agent.run(name, delete, approver: registered)
+    assert_receive {:synapse_approval, approval}, 30_000
+    :peer.stop(peer_b)
+    assert {:error, %Error{kind: :worker_exited}} = Agent.await(run, 10_000)
+
+    assert {:error, %Error{kind: :invalid_argument, details: %{reason: :run_ended}}} =
+             TestListener.decide(there, :approve, approval, nil)
+
+    :peer.stop(peer_c)
+  end
+
+  test "fan-out across nodes: the run on B, subscribers on A and C, C lost mid-run" do
+    name = :"fan_out_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:b)
+    {peer_c, node_c} = start_peer(:c)
+    start_agent_on(node_b, name, "synapse_fixtures.agents:slow_stream_agent")
+
+    scope = :"tabs_#{System.unique_integer([:positive])}"
+    start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+    here = TestListener.start(self(), {scope, :tabs})
+    there = :erpc.call(node_c, TestListener, :start, [self(), {scope, :tabs}])
+    eventually(fn -> length(:pg.get_members(scope, :tabs)) == 2 end)
+
+    {:ok, %Run{ref: ref}} =
+      Agent.run_stream(name, "30 0", stream_to: {:pg, scope, :tabs}, window: 4)
+
+    [ours, theirs] = Enum.map([here, there], &TestListener.events(&1, ref))
+    assert ours == theirs
+    assert {:result, %Result{output: output}} = List.last(ours)
+    assert Enum.join(for {:text_delta, text} <- ours, do: text) == output
+
+    # Node C goes down mid-run: its subscriber is dropped, the run goes on here.
+    {:ok, %Run{ref: ref}} =
+      Agent.run_stream(name, "200 0.01", stream_to: [here, there], window: 4)
+
+    assert_receive {^there, ^node_c, {:synapse_event, ^ref, _}}, 10_000
+    :peer.stop(peer_c)
+    events = TestListener.events(here, ref)
+    assert {:result, %Result{output: output}} = List.last(events)
+    assert Enum.join(for {:text_delta, text} <- events, do: text) == output
+    assert length(events) == 201
+
+    :peer.stop(peer_b)
   end
 
   ## Bridges

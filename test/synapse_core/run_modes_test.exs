@@ -256,17 +256,6 @@ defmodule SynapseCore.RunModesTest do
     end
   end
 
-  # What is in the mailbox now. (Not Process.info/2: messages the NIF sent
-  # from its own threads may still be in transit to the mailbox, and only a
-  # receive is sure to see them.)
-  defp take_events(ref, taken \\ []) do
-    receive do
-      {:synapse_event, ^ref, event} -> take_events(ref, [event | taken])
-    after
-      0 -> Enum.reverse(taken)
-    end
-  end
-
   describe "concurrency" do
     @tag timeout: 120_000
     test "1,000 concurrent streams on one agent all complete with their own output" do

@@ -424,6 +424,43 @@ defmodule SynapseCore.Agent.Options do
       the run's Elixir tools, which get it unconverted in their
       `SynapseCore.Tool.Context`.
       """
+    ],
+    deferred_tool_results: [
+      type:
+        {:custom, &SynapseCore.DeferredToolResults.cast/1,
+         "a map of :approvals, :calls and :metadata"},
+      default: nil,
+      doc: """
+      pydantic-ai's `deferred_tool_results`: the decisions on the calls a
+      previous run ended with (its output a
+      `SynapseCore.DeferredToolRequests`), whose result is this run's
+      `:message_history`. See `SynapseCore.DeferredToolResults`.
+      """
+    ],
+    approver: [
+      type:
+        {:custom, &SynapseCore.Approval.cast_approver/1,
+         SynapseCore.Approval.approver_description()},
+      default: nil,
+      doc: """
+      who decides, during the run, on the tool calls that need approval:
+      a pid (on any node), a registered name, `{name, node}`,
+      `{:global, name}`, `{:via, module, name}`, or `{:pg, group}` /
+      `{:pg, scope, group}` (every member gets each request; the first
+      decision wins). It receives a `SynapseCore.Approval` per call and
+      answers with `approve/3` or `deny/3`; the run waits meanwhile. A call
+      nobody can receive is denied. Without an approver, such calls end
+      the run (see "Human in the loop").
+      """
+    ],
+    approval_timeout: [
+      type: {:timeout, 1},
+      default: :infinity,
+      doc: """
+      milliseconds an approval request may wait for its decision before
+      it is denied (the model is told so). Whatever it is, the run's
+      `:timeout` bounds the wait.
+      """
     ]
   ]
 
@@ -452,7 +489,7 @@ defmodule SynapseCore.Agent.Options do
       """
     ],
     stream_to: [
-      type: {:custom, &__MODULE__.cast_local_pid/1, "a local pid"},
+      type: {:custom, &SynapseCore.FanOut.cast_stream_to/1, SynapseCore.FanOut.description()},
       default: nil,
       doc: """
       a pid to deliver the events to as messages, for processes that relay
@@ -463,6 +500,16 @@ defmodule SynapseCore.Agent.Options do
       `{:synapse_event, run.ref, {:error, %SynapseCore.Error{}}}`. It must
       call `ack/2` for the events it has handled, or only `window` events
       arrive. The run is cancelled if the caller or the receiver exits.
+
+      Several subscribers, on any node, get the same events when
+      `stream_to` is a list of pids or a `:pg` group (`{:pg, group}` in
+      OTP's default scope, `{:pg, scope, group}`; its members when the run
+      starts). Each first receives `{:synapse_subscribed, run}`, the run
+      it acknowledges events of with `ack/2`. An event counts as handled
+      once every subscriber acknowledged it: no subscriber ever has more
+      than `window` events waiting, and the slowest sets the run's pace. A
+      subscriber that exits is dropped; the run is cancelled when none is
+      left.
       """
     ]
   ]
@@ -634,7 +681,10 @@ defmodule SynapseCore.Agent.Options do
           timeout: timeout(),
           tools: [SynapseCore.Tool.t()],
           trace_context: %{String.t() => String.t()} | nil,
-          deps: term()
+          deps: term(),
+          deferred_tool_results: map() | nil,
+          approver: SynapseCore.Approval.approver() | nil,
+          approval_timeout: timeout()
         }
 
   @spec call!(keyword()) :: call()
@@ -643,7 +693,7 @@ defmodule SynapseCore.Agent.Options do
   @typedoc "Validated options of a streaming run."
   @type stream :: %{
           call: call(),
-          stream_to: pid() | nil,
+          stream_to: pid() | {:fan_out, term()} | nil,
           window: pos_integer() | :infinity
         }
 
@@ -797,9 +847,4 @@ defmodule SynapseCore.Agent.Options do
 
   def cast_event_kinds(_other),
     do: {:error, "expected :all or a non-empty list of #{inspect(SynapseCore.Event.kinds())}"}
-
-  @doc false
-  def cast_local_pid(nil), do: {:ok, nil}
-  def cast_local_pid(pid) when is_pid(pid) and node(pid) == node(), do: {:ok, pid}
-  def cast_local_pid(_other), do: {:error, "expected a local pid"}
 end

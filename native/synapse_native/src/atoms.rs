@@ -10,6 +10,7 @@ rustler::atoms! {
     synapse_event,
     synapse_tool_request,
     synapse_run_done,
+    synapse_approval_request,
     serving,
     nif,
     not_found,
@@ -102,4 +103,14 @@ rustler::atoms! {
     provider_error_code,
     provider_error_type,
     phase,
+
+    // deferred tool calls and approvals (see `approval`)
+    approve,
+    deny,
+    failed,
+    approval,
+    external,
+    question,
+    deferred_tool_requests_module = "Elixir.SynapseCore.DeferredToolRequests",
+    deferred_call_module = "Elixir.SynapseCore.DeferredToolRequests.Call",
 }

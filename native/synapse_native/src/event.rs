@@ -14,7 +14,7 @@ use crate::atoms;
 use crate::json;
 
 /// The term of an event for the stream's receiver; `None` for the messages
-/// that are not events (tool requests, the result, a failure).
+/// that are not events (tool and approval requests, the result, a failure).
 pub fn encode<'a>(env: Env<'a>, event: run_event::Event) -> Option<Term<'a>> {
     use run_event::Event;
     let term = match event {
@@ -92,7 +92,10 @@ pub fn encode<'a>(env: Env<'a>, event: run_event::Event) -> Option<Term<'a>> {
                 ],
             ),
         ),
-        Event::ToolRequest(_) | Event::Result(_) | Event::Failure(_) => return None,
+        Event::ToolRequest(_)
+        | Event::ApprovalRequest(_)
+        | Event::Result(_)
+        | Event::Failure(_) => return None,
     };
     Some(term)
 }

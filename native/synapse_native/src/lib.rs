@@ -7,6 +7,7 @@
 //! function.
 
 mod agent;
+mod approval;
 mod atoms;
 mod bridge;
 mod call;

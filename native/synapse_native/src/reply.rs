@@ -10,6 +10,8 @@
 //!   request}` to the tool runner for each call, and `{:synapse_run_done,
 //!   tag, {:ok, summary} | {:error, %SynapseCore.Error{}}}` as the call
 //!   answers (the summary of its value: see [`Reply::with_runner`])
+//! * runs with inline approvals: `{:synapse_approval_request, tag, request}`
+//!   to the tool runner for each call that needs approval
 
 use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -187,6 +189,16 @@ impl Runner {
     {
         self.target
             .send(atoms::synapse_tool_request(), build, panicked)
+    }
+
+    /// Sends `{:synapse_approval_request, tag, request}`; false when the
+    /// runner has exited.
+    pub fn send_approval<F>(&mut self, build: F) -> bool
+    where
+        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+    {
+        self.target
+            .send(atoms::synapse_approval_request(), build, panicked)
     }
 }
 

@@ -5,11 +5,13 @@ use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use std::time::Duration;
 
 use synapse_client::proto::{
-    methods, run_event, run_input, run_result, tool_result, RunEvent, RunInput, RunRequest,
-    RunResult, ToolDef, ToolRequest, ToolResult, Usage,
+    approval_decision, methods, run_event, run_input, run_result, tool_result, ApprovalAnswer,
+    ApprovalDecision, ApprovalRequest, Denied, RunEvent, RunInput, RunRequest, RunResult, ToolDef,
+    ToolRequest, ToolResult, Usage,
 };
 use tokio::sync::mpsc;
 
+use crate::approval;
 use crate::atoms;
 use crate::call::{self, fits, CallError, CallHandle, Started};
 use crate::channel::ChannelResource;
@@ -45,6 +47,10 @@ pub struct RunArgs<'a> {
     output_tool_return_content: Option<String>,
     /// The caller's trace context headers (validated in Elixir).
     trace_context: std::collections::HashMap<String, String>,
+    /// `nil` or the normalised decisions of `SynapseCore.DeferredToolResults`.
+    deferred_tool_results: Term<'a>,
+    /// Calls needing approval are asked of the runner during the run.
+    inline_approvals: bool,
     /// Streamed runs: the kinds of events to send (`RunEvent` field names).
     events: Vec<String>,
     /// A prompt made of parts (`crate::prompt`); `prompt` is then empty.
@@ -58,6 +64,7 @@ pub struct ToolArgs<'a> {
     /// A JSON Schema map.
     parameters: Term<'a>,
     max_retries: Option<i32>,
+    requires_approval: bool,
 }
 
 /// How a streaming run is delivered.
@@ -373,6 +380,11 @@ async fn stream(
                 relay.credit.add_permits(1);
                 relay.request_tool(request);
             }
+            Some(run_event::Event::ApprovalRequest(request)) => {
+                // Not an event for the receiver either: it goes to the runner.
+                relay.credit.add_permits(1);
+                relay.request_approval(request);
+            }
             Some(run_event::Event::Result(result)) => return Ok(result),
             Some(run_event::Event::Failure(failure)) => {
                 return Err(Error::from_failure(failure).into());
@@ -392,6 +404,26 @@ async fn stream(
 }
 
 impl Relay {
+    fn request_approval(&mut self, request: ApprovalRequest) {
+        let delivered = match &mut self.runner {
+            Some(runner) => runner.send_approval(|env| approval::encode_request(env, &request)),
+            None => false,
+        };
+        if !delivered {
+            // Nobody can decide: the call is denied, and the model told why.
+            let _ = self.inputs.send(prost::Message::encode_to_vec(&RunInput {
+                input: Some(run_input::Input::Approval(ApprovalAnswer {
+                    request_id: request.request_id,
+                    decision: Some(ApprovalDecision {
+                        decision: Some(approval_decision::Decision::Denied(Denied {
+                            message: Some("Nobody can approve this tool call.".into()),
+                        })),
+                    }),
+                })),
+            }));
+        }
+    }
+
     fn request_tool(&mut self, request: ToolRequest) {
         let delivered = match &mut self.runner {
             Some(runner) => runner.send(|env| encode_tool_request(env, &request)),
@@ -441,6 +473,7 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
                 name: tool.name,
                 description: tool.description,
                 max_retries: tool.max_retries,
+                requires_approval: tool.requires_approval,
             })
         })
         .collect::<Result<Vec<_>, Error>>()?;
@@ -472,6 +505,8 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
             .map_err(|e| context("model_settings", e))?,
         usage_limits_json: json::encode_optional(args.usage_limits)
             .map_err(|e| context("usage_limits", e))?,
+        deferred_tool_results: approval::results_from(args.deferred_tool_results)?,
+        inline_approvals: args.inline_approvals,
     })
 }
 
@@ -484,11 +519,11 @@ fn history_json(history: Term<'_>) -> Result<Vec<u8>, Error> {
     }
 }
 
-fn is_nil(term: Term<'_>) -> bool {
+pub(crate) fn is_nil(term: Term<'_>) -> bool {
     term.decode::<Atom>().is_ok_and(|atom| atom == atoms::nil())
 }
 
-fn context(what: &str, error: Error) -> Error {
+pub(crate) fn context(what: &str, error: Error) -> Error {
     match error {
         Error::InvalidArgument(message) => Error::InvalidArgument(format!("{what}: {message}")),
         other => other,
@@ -501,6 +536,7 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
     let output = match result.output {
         Some(run_result::Output::Text(text)) => json::string(env, &text),
         Some(run_result::Output::Json(bytes)) => json::decode(env, &bytes)?,
+        Some(run_result::Output::Deferred(deferred)) => approval::encode_output(env, &deferred)?,
         None => return Err(Error::Protocol("the worker's result has no output".into())),
     };
     let usage = encode_usage(env, result.usage.unwrap_or_default());

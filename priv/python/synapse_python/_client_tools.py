@@ -1,8 +1,10 @@
 """Tools the client executes (Elixir functions), for one `Run`.
 
 Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
-`FunctionToolset`, added to the agent's own tools for that run. Calling one asks
-the client over the run's stream and waits for its answer:
+`FunctionToolset`, added to the agent's own tools for that run (with
+pydantic-ai's `requires_approval` when the definition asks for it). Calling
+one asks the client over the run's stream and waits for its answer
+(`_pending.PendingRequests`):
 
 1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
    registers a future under it and sends a `tool_request` itself, through the
@@ -32,8 +34,6 @@ with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,6 +47,7 @@ from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import SchemaValidator, core_schema
 
 from synapse_python import _errors
+from synapse_python._pending import PendingRequests
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -95,9 +96,7 @@ class ClientTools:
             taken.add(tool_def.name)
             tools.append(self._tool(tool_def))
         self.toolset: FunctionToolset[Any] | None = FunctionToolset(tools) if tools else None
-        self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._ids = itertools.count(1)
-        self._input_closed = False
+        self._requests = PendingRequests("tool requests")
 
     def _tool(self, tool_def: agent_pb2.ToolDef) -> Tool[Any]:
         name = tool_def.name
@@ -116,18 +115,11 @@ class ClientTools:
                     f"tool {name!r}: max_retries must be >= 0, got {tool_def.max_retries}"
                 )
             tool.max_retries = tool_def.max_retries
+        tool.requires_approval = tool_def.requires_approval
         return tool
 
     async def _request(self, ctx: RunContext[Any], name: str, args: dict[str, Any]) -> Any:
-        if self._input_closed:
-            raise _errors.invalid_argument(
-                f"tool {name!r} was called after the client half-closed the Run: "
-                "it can no longer answer tool requests"
-            )
-        request_id = str(next(self._ids))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
+        async def send(request_id: str) -> None:
             await self._send(
                 agent_pb2.RunEvent(
                     tool_request=agent_pb2.ToolRequest(
@@ -140,19 +132,19 @@ class ClientTools:
                     )
                 )
             )
-            outcome = await future
-        finally:
-            if self._pending.get(request_id) is future:
-                del self._pending[request_id]
-            future.cancel()  # a no-op once it has its result
+
+        outcome = await self._requests.ask(
+            send,
+            f"tool {name!r} was called after the client half-closed the Run: "
+            "it can no longer answer tool requests",
+        )
         if isinstance(outcome, _Retry):
             raise ModelRetry(outcome.message)
         return outcome
 
     def resolve(self, result: agent_pb2.ToolResult) -> None:
         """Answer the request `result` names; one not pending is logged and ignored."""
-        future = self._pending.pop(result.request_id, None)
-        if future is None or future.done():
+        if not self._requests.is_pending(result.request_id):
             ignore_unknown(result)
             return
         match result.WhichOneof("outcome"):
@@ -165,9 +157,9 @@ class ClientTools:
                         f"return_json is not valid JSON: {exc}",
                         cause=exc,
                     ) from exc
-                future.set_result(value)
+                self._requests.answer(result.request_id, value)
             case "retry_message":
-                future.set_result(_Retry(result.retry_message))
+                self._requests.answer(result.request_id, _Retry(result.retry_message))
             case _:
                 raise _errors.invalid_argument(
                     f"the tool_result for request {result.request_id!r} "
@@ -179,18 +171,11 @@ class ClientTools:
 
         Raises INVALID_ARGUMENT if requests are pending; later calls raise it too.
         """
-        self._input_closed = True
-        if self._pending:
-            pending = ", ".join(repr(request_id) for request_id in self._pending)
-            raise _errors.invalid_argument(
-                f"the client half-closed the Run with tool requests unanswered: {pending}"
-            )
+        self._requests.input_closed()
 
     def close(self) -> None:
         """Cancel every pending request (the run is over)."""
-        pending, self._pending = list(self._pending.values()), {}
-        for future in pending:
-            future.cancel()
+        self._requests.close()
 
 
 def ignore_unknown(result: agent_pb2.ToolResult) -> None:

@@ -17,11 +17,12 @@ from typing import Any
 
 import pydantic
 import pydantic_core
-from pydantic_ai import ModelMessagesTypeAdapter, RunCancelled
+from pydantic_ai import DeferredToolRequests, ModelMessagesTypeAdapter, RunCancelled
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage, UsageLimits
 
+from synapse_python._approvals import deferred_output
 from synapse_python._errors import invalid_argument, summarize_validation_error, unrepresentable
 from synapse_python._proto.synapse.v1 import agent_pb2
 from synapse_python._utf8 import unencodable
@@ -116,6 +117,9 @@ def run_result(
 ) -> agent_pb2.RunResult:
     """The wire form of a finished run: output, its class, usage, all messages.
 
+    An output that is pydantic-ai's `DeferredToolRequests` (the run ended with
+    tool calls awaiting approval or an external result) has a form of its own.
+
     The messages are pydantic-ai's own `all_messages_json()` bytes, untouched
     (with `output_tool_return_content` given to it when set): the client
     hands them back as they are, so the next turn's history is byte for byte
@@ -142,6 +146,8 @@ def run_result(
     )
     if isinstance(output, str):
         message.text = wire_text(output, "the output")
+    elif isinstance(output, DeferredToolRequests):
+        message.deferred.CopyFrom(deferred_output(output))
     else:
         message.json = output_json(output)
     return message

@@ -330,11 +330,12 @@ def _deferred_adapter() -> pydantic.TypeAdapter[DeferredToolRequests]:
     return pydantic.TypeAdapter(DeferredToolRequests)
 
 
-# The `RunEvent` fields that are events (not the tool requests, result and failure).
+# The `RunEvent` fields that are events (not the tool and approval requests, the
+# result and the failure).
 _KINDS = frozenset(
     field.name
     for field in agent_pb2.RunEvent.DESCRIPTOR.oneofs_by_name["event"].fields
-    if field.name not in {"tool_request", "result", "failure"}
+    if field.name not in {"tool_request", "approval_request", "result", "failure"}
 )
 
 

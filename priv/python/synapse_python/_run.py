@@ -18,6 +18,10 @@ The run is pydantic-ai's `agent.run`:
   event as the model streams it (`_events`), and, with `partial_output`, the
   output validated so far.
 
+Tool calls that need approval end the run with `DeferredToolRequests`, as in
+pydantic-ai, unless the request asks for `inline_approvals`: then each is
+asked of the client and waits for its decision (`_approvals`).
+
 Every failure the run meets is returned as a `failure` event, not raised:
 request problems (unknown agent, malformed fields), the run's exceptions
 (`_errors.from_run_exception`), a cancel or a `timeout_ms` passing (with
@@ -35,7 +39,16 @@ from typing import Any
 
 from pydantic_ai import CancellationToken, RunCancelled
 
-from synapse_python import _agents, _client_tools, _convert, _errors, _events, _prompt, _tracing
+from synapse_python import (
+    _agents,
+    _approvals,
+    _client_tools,
+    _convert,
+    _errors,
+    _events,
+    _prompt,
+    _tracing,
+)
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -59,6 +72,7 @@ class Run:
         self._send = _serialized(send)
         self._quiet = quiet
         self._tools: _client_tools.ClientTools | None = None
+        self._approvals: _approvals.InlineApprovals | None = None
         self._cancellation = CancellationToken()
         # Why the run must stop, when the client broke the protocol mid-run.
         self._protocol_error: _errors.SynapseError | None = None
@@ -83,6 +97,8 @@ class Run:
             self.done = True
             if self._tools is not None:
                 self._tools.close()
+            if self._approvals is not None:
+                self._approvals.close()
 
     async def _execute(self) -> agent_pb2.RunEvent:
         request = self._request
@@ -93,6 +109,9 @@ class Run:
         tools = self._tools = _client_tools.ClientTools(request.tools, loaded.agent, self._send)
         if tools.toolset is not None:
             arguments["toolsets"] = [tools.toolset]
+        if request.inline_approvals:
+            self._approvals = _approvals.InlineApprovals(self._send)
+            arguments["capabilities"] = [self._approvals.capability]
         relay = None if self._quiet else _events.EventRelay(self._send, frozenset(request.events))
         if relay is not None:
             arguments["event_stream_handler"] = relay.handle
@@ -129,6 +148,8 @@ class Run:
                     self._tools.resolve(message.tool_result)
                 case "tool_result":
                     _client_tools.ignore_unknown(message.tool_result)
+                case "approval" if self._approvals is not None:
+                    self._approvals.resolve(message.approval)
                 case "cancel":
                     self.cancel()
                 case _:
@@ -139,11 +160,11 @@ class Run:
             self.fail(error)
 
     def input_closed(self) -> None:
-        """The client will send nothing more: tool requests can no longer be answered."""
-        if self._tools is None:
-            return
+        """The client will send nothing more: requests can no longer be answered."""
         try:
-            self._tools.input_closed()
+            for pending in (self._tools, self._approvals):
+                if pending is not None:
+                    pending.input_closed()
         except _errors.SynapseError as error:
             self.fail(error)
 
@@ -174,6 +195,7 @@ def _run_arguments(request: agent_pb2.RunRequest, loaded: _agents.LoadedAgent) -
         "message_history": _convert.parse_message_history(request.message_history_json),
         "model_settings": _convert.parse_model_settings(request.model_settings_json),
         "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),
+        "deferred_tool_results": _approvals.deferred_tool_results(request),
         "timeout": request.timeout_ms / 1000 if request.HasField("timeout_ms") else None,
         "model": loaded.model,
         # pydantic-ai would otherwise name the agent after a local variable of ours.

@@ -131,10 +131,11 @@ class AgentService:
     ) -> agent_pb2.RunEvent:
         """A quiet run (`_run.Run`); its last event is the response."""
         _call_agent_id.set(request.agent_id)
-        if request.tools:
+        if request.tools or request.inline_approvals:
             return _failed(
                 _errors.invalid_argument(
-                    "tools need the Run stream (RunSync cannot ask the client)"
+                    "tools need the Run stream, and so do inline approvals "
+                    "(RunSync cannot ask the client)"
                 )
             )
 

@@ -8,7 +8,8 @@ CASES.json is a list of cases, each a conversation with one agent:
      "model": "openai-chat:gpt-4o-mini" | null, "record": "PATH" | null,
      "env": {"OPENAI_BASE_URL": "..."} | null, "rewind": "http://127.0.0.1:PORT" | null,
      "turns": [{"prompt": "...", "deps": <data>, "history": true, "stream": false,
-                "model_settings": {...}, "output_tool_return_content": "..."}]}
+                "model_settings": {...}, "output_tool_return_content": "...",
+                "deferred_tool_results": {...}}]}
 
 Each turn is one `agent.run` (or, with `"stream": true`, one
 `agent.run_stream_events` read to its end; with `"stream_output": true`, one
@@ -20,14 +21,22 @@ base64, `ImageUrl(url, ...)` from an "image-url", ...; see `_user_prompt`):
 `deps` (when the key is there) is made by the deps factory (called with the
 data, awaited if async, entered if a context manager) or validated into the
 agent's `deps_type` with Pydantic; `history` passes the previous turn's
-`result.all_messages()`. `record` is put in `SYNAPSE_FIDELITY_RECORD` while the
-case runs, for the recorded models of `synapse_fixtures.recording`. `model`
-is resolved once per case (`infer_model`) and that model passed to every
-run, as Synapse does with its `model:` option. `rewind` names a fake OpenAI
-server (`synapse_fixtures.openai_server`) whose script starts over first.
+`result.all_messages()`; a turn without "prompt" has none (`None`);
+`deferred_tool_results` is `{"approvals": {id: true | false | {"override_args":
+{...}} | {"message": "..."}}, "calls": {id: {"return": value} | {"retry":
+"..."} | {"failed": "..."}}}` (see `_deferred_results`). `record` is put in
+`SYNAPSE_FIDELITY_RECORD` while the case runs, for the recorded models of
+`synapse_fixtures.recording`. `model` is resolved once per case (`infer_model`)
+and that model passed to every run, as Synapse does with its `model:` option.
+`rewind` names a fake OpenAI server (`synapse_fixtures.openai_server`) whose
+script starts over first.
 
 OUT.json gets, per case, a list with per turn either the outcome
 (`output` as JSON data, `output_type`, `usage`, `messages_json` as text,
+`new_messages_json`, `events` for streamed turns; a `DeferredToolRequests`
+output as `{"approvals": [call], "calls": [call]}`, each call `{"tool_call_id",
+"tool_name", "args", "metadata", "kind"}`) or `{"error": {"type":
+..., "message": ...}}`.
 `new_messages_json`, `events` for streamed turns, `outputs` for
 `stream_output` turns) or `{"error": {"type": ..., "message": ...}}`.
 
@@ -55,7 +64,16 @@ from typing import Any
 
 import pydantic
 import pydantic_core
-from pydantic_ai import Agent, AgentRunResultEvent
+from pydantic_ai import (
+    Agent,
+    AgentRunResultEvent,
+    DeferredToolRequests,
+    DeferredToolResults,
+    ModelRetry,
+    ToolApproved,
+    ToolDenied,
+    ToolFailed,
+)
 from pydantic_ai.messages import (
     AgentStreamEvent,
     AudioUrl,
@@ -90,7 +108,6 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
-from pydantic_ai.tools import DeferredToolRequests
 
 from synapse_fixtures.recording import RECORD_ENV, without_volatile
 
@@ -135,9 +152,9 @@ _URL_CLASSES: dict[str, type[FileUrl]] = {
 }
 
 
-def _user_prompt(prompt: str | list[Any]) -> str | list[UserContent]:
+def _user_prompt(prompt: str | list[Any] | None) -> str | list[UserContent] | None:
     """A turn's prompt as a Python caller writes it: each part built with its class."""
-    if isinstance(prompt, str):
+    if prompt is None or isinstance(prompt, str):
         return prompt
     parts: list[UserContent] = []
     for item in prompt:
@@ -247,6 +264,46 @@ def _kept(turn: dict[str, Any]) -> set[str] | None:
     return None if kinds == "all" else set(kinds)
 
 
+def _deferred_results(given: dict[str, Any] | None) -> DeferredToolResults | None:
+    if given is None:
+        return None
+    results = DeferredToolResults()
+    for tool_call_id, decision in given.get("approvals", {}).items():
+        if isinstance(decision, bool):
+            results.approvals[tool_call_id] = decision
+        elif "override_args" in decision:
+            results.approvals[tool_call_id] = ToolApproved(override_args=decision["override_args"])
+        else:
+            results.approvals[tool_call_id] = ToolDenied(decision["message"])
+    for tool_call_id, outcome in given.get("calls", {}).items():
+        if "return" in outcome:
+            results.calls[tool_call_id] = outcome["return"]
+        elif "retry" in outcome:
+            results.calls[tool_call_id] = ModelRetry(outcome["retry"])
+        else:
+            results.calls[tool_call_id] = ToolFailed(outcome["failed"])
+    return results
+
+
+def _output(output: Any) -> Any:
+    if not isinstance(output, DeferredToolRequests):
+        return pydantic_core.to_jsonable_python(output)
+
+    def call(part: Any) -> dict[str, Any]:
+        return {
+            "tool_call_id": part.tool_call_id,
+            "tool_name": part.tool_name,
+            "args": part.args_as_dict(),
+            "metadata": output.metadata.get(part.tool_call_id),
+            "kind": output.kind(part.tool_call_id),
+        }
+
+    return {
+        "approvals": [call(part) for part in output.approvals],
+        "calls": [call(part) for part in output.calls],
+    }
+
+
 async def _turn(
     agent: Agent[Any, Any],
     case: dict[str, Any],
@@ -259,6 +316,7 @@ async def _turn(
         "message_history": history if turn.get("history") else None,
         "model_settings": turn.get("model_settings"),
         "model": model,
+        "deferred_tool_results": _deferred_results(turn.get("deferred_tool_results")),
     }
     events: list[Any] = []
     outputs: list[Any] = []
@@ -267,14 +325,16 @@ async def _turn(
             arguments["deps"] = await _deps(stack, agent, factory, turn)
             result: AgentRunResult[Any]
             if turn.get("stream_output"):
-                async with agent.run_stream(_user_prompt(turn["prompt"]), **arguments) as streamed:
+                async with agent.run_stream(
+                    _user_prompt(turn.get("prompt")), **arguments
+                ) as streamed:
                     async for output in streamed.stream_output(debounce_by=None):
                         outputs.append([_json(output), type(output).__qualname__])
                     result = streamed.result
             elif turn.get("stream"):
                 kept = _kept(turn)
                 async with agent.run_stream_events(
-                    _user_prompt(turn["prompt"]), **arguments
+                    _user_prompt(turn.get("prompt")), **arguments
                 ) as stream:
                     async for event in stream:
                         if isinstance(event, AgentRunResultEvent):
@@ -282,12 +342,12 @@ async def _turn(
                         else:
                             events += [e for e in _event(event) if kept is None or e[0] in kept]
             else:
-                result = await agent.run(_user_prompt(turn["prompt"]), **arguments)
+                result = await agent.run(_user_prompt(turn.get("prompt")), **arguments)
     except Exception as exc:
         return {"error": {"type": type(exc).__name__, "message": str(exc)}}, history
     content = turn.get("output_tool_return_content")
     outcome = {
-        "output": pydantic_core.to_jsonable_python(result.output),
+        "output": _output(result.output),
         "output_type": type(result.output).__qualname__,
         "usage": pydantic_core.to_jsonable_python(result.usage),
         "messages_json": result.all_messages_json(output_tool_return_content=content).decode(),

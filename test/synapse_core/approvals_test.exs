@@ -1,0 +1,476 @@
+defmodule SynapseCore.ApprovalsTest do
+  # Tool calls that wait for a person's decision, both ways, through real
+  # pydantic-ai runs (synapse_fixtures.approvals): the run ends with them
+  # and is resumed with the decisions (compared with the same agent run
+  # directly in Python), or the run asks an approver while it waits. On
+  # each transport (SynapseCore.Transports).
+  use ExUnit.Case, async: true
+  use SynapseCore.Transports
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{
+    Agent,
+    Approval,
+    DeferredToolRequests,
+    Error,
+    Fidelity,
+    JSON,
+    Result,
+    TestListener,
+    Tool
+  }
+
+  alias SynapseCore.DeferredToolRequests.Call
+
+  @moduletag capture_log: true
+
+  @fixtures "synapse_fixtures.approvals"
+
+  defp start_agent!(attr, extra \\ []),
+    do: start_fixture_agent!(attr, [agent: "#{@fixtures}:#{attr}"] ++ extra)
+
+  # The fixtures' model calls the tools its prompt lists ("call-0", "call-1", ...).
+  defp script(calls) do
+    {:ok, json} =
+      JSON.encode(%{"calls" => Enum.map(calls, fn {name, args} -> %{name: name, args: args} end)})
+
+    json
+  end
+
+  @three_calls [{"delete", %{path: "a.txt"}}, {"pay", %{amount: 500}}, {"compute", %{x: 2}}]
+
+  # An Elixir tool needing approval; `test` hears of each call.
+  defp note_tool(test) do
+    Tool.new(
+      name: "note",
+      parameters: [text: :string],
+      requires_approval: true,
+      function: fn %{text: text} ->
+        send(test, {:noted, text})
+        "noted #{text}"
+      end
+    )
+  end
+
+  defp returns(%Result{output: output}) do
+    {:ok, returns} = JSON.decode(output)
+    returns |> Enum.sort_by(& &1["name"])
+  end
+
+  describe "as pydantic-ai does it: the run ends with its deferred calls" do
+    test "and is resumed with the decisions, exactly as in Python" do
+      record = Fidelity.record_path("synapse")
+      direct_record = Fidelity.record_path("python")
+      name = start_agent!("ops_agent", env: [{"SYNAPSE_FIDELITY_RECORD", record}])
+
+      decisions = %{
+        "approvals" => %{
+          "call-0" => %{"message" => "Not that file."},
+          "call-1" => %{"override_args" => %{"amount" => 50}}
+        },
+        "calls" => %{"call-2" => %{"return" => 14}}
+      }
+
+      turns = [
+        %{"prompt" => script(@three_calls)},
+        %{"history" => true, "deferred_tool_results" => decisions},
+        # The same decisions again, from the same first turn, streamed.
+        %{"prompt" => script(@three_calls), "stream" => true},
+        %{"history" => true, "deferred_tool_results" => decisions, "stream" => true}
+      ]
+
+      synapse = Fidelity.synapse_run(name, turns)
+
+      [direct] =
+        Fidelity.direct_run!([
+          %{"agent" => "#{@fixtures}:ops_agent", "record" => direct_record, "turns" => turns}
+        ])
+
+      for {{ours, theirs}, index} <- synapse |> Enum.zip(direct) |> Enum.with_index(1) do
+        Fidelity.assert_same_run(ours, theirs, "ops_agent, turn #{index}")
+      end
+
+      assert Fidelity.records(record) == Fidelity.records(direct_record)
+
+      [first, second | _] = synapse
+      assert %Result{output_type: "DeferredToolRequests", output: deferred} = first["result"]
+
+      # In pydantic-ai's order (calls raising ApprovalRequired first); by id here.
+      assert [
+               %Call{
+                 tool_call_id: "call-0",
+                 tool_name: "delete",
+                 args: %{"path" => "a.txt"},
+                 metadata: nil,
+                 kind: :approval
+               },
+               %Call{
+                 tool_call_id: "call-1",
+                 tool_name: "pay",
+                 args: %{"amount" => 500},
+                 metadata: %{"limit" => 100},
+                 kind: :approval
+               }
+             ] = Enum.sort_by(deferred.approvals, & &1.tool_call_id)
+
+      assert [
+               %Call{
+                 tool_call_id: "call-2",
+                 tool_name: "compute",
+                 args: %{"x" => 2},
+                 metadata: %{"queue" => "batch"},
+                 kind: :external
+               }
+             ] = deferred.calls
+
+      assert returns(second["result"]) == [
+               %{"name" => "compute", "content" => 14},
+               %{"name" => "delete", "denied" => "Not that file."},
+               %{"name" => "pay", "content" => "paid 50"}
+             ]
+    end
+
+    test "every form of decision and outcome" do
+      name = start_agent!("ops_agent")
+      {:ok, first} = Agent.run_sync(name, script(@three_calls))
+
+      for {approvals, calls, expected} <- [
+            {%{"call-0" => true, "call-1" => :deny}, %{"call-2" => {:retry, "Try later."}},
+             [
+               %{"name" => "compute", "retry" => "Try later."},
+               %{"name" => "delete", "content" => "deleted a.txt"},
+               %{"name" => "pay", "denied" => "The tool call was denied."}
+             ]},
+            {%{"call-0" => :approve, "call-1" => false}, %{"call-2" => {:failed, "It broke."}},
+             [
+               %{"name" => "compute", "failed" => "It broke."},
+               %{"name" => "delete", "content" => "deleted a.txt"},
+               %{"name" => "pay", "denied" => "The tool call was denied."}
+             ]}
+          ] do
+        assert {:ok, result} =
+                 Agent.run_sync(name, "",
+                   message_history: first,
+                   deferred_tool_results: [approvals: approvals, calls: calls]
+                 )
+
+        assert returns(result) == expected
+      end
+    end
+
+    test "an Elixir tool declared as needing approval" do
+      name = start_agent!("ops_agent")
+      test = self()
+
+      note = note_tool(test)
+
+      {:ok, first} = Agent.run_sync(name, script([{"note", %{text: "hi"}}]), tools: [note])
+
+      assert %DeferredToolRequests{
+               approvals: [
+                 %Call{tool_name: "note", tool_call_id: "call-0", args: %{"text" => "hi"}}
+               ],
+               calls: []
+             } = first.output
+
+      refute_received {:noted, _}
+
+      assert {:ok, result} =
+               Agent.run_sync(name, "",
+                 message_history: first,
+                 tools: [note],
+                 deferred_tool_results: %{
+                   approvals: %{"call-0" => {:approve, %{"text" => "edited"}}}
+                 }
+               )
+
+      assert_received {:noted, "edited"}
+      assert returns(result) == [%{"name" => "note", "content" => "noted edited"}]
+    end
+
+    test "decisions that do not match the deferred calls fail the run and lose nothing" do
+      name = start_agent!("ops_agent")
+      {:ok, first} = Agent.run_sync(name, script([{"delete", %{path: "a.txt"}}]))
+
+      for approvals <- [%{"call-0" => true, "nope" => true}, %{}] do
+        assert {:error, %Error{kind: :invalid_argument, message: message}} =
+                 Agent.run_sync(name, "",
+                   message_history: first,
+                   deferred_tool_results: %{approvals: approvals}
+                 )
+
+        assert message =~ "deferred tool calls"
+      end
+
+      # The same history, resumed with the right decisions.
+      assert {:ok, result} =
+               Agent.run_sync(name, "",
+                 message_history: first,
+                 deferred_tool_results: %{approvals: %{"call-0" => true}}
+               )
+
+      assert returns(result) == [%{"name" => "delete", "content" => "deleted a.txt"}]
+    end
+
+    test "malformed decisions are refused before the run" do
+      for bad <- [
+            %{approvals: %{"c" => :maybe}},
+            %{approvals: %{"c" => {:approve, [1]}}},
+            %{approvals: %{"c" => {:deny, :no}}},
+            %{approvals: %{c: true}},
+            %{calls: %{"c" => 14}},
+            %{calls: %{"c" => {:retry, 1}}},
+            %{metadata: %{"c" => [1]}},
+            %{approvals: [{"c", true}]},
+            %{approval: %{}},
+            [1, 2],
+            "yes"
+          ] do
+        assert_raise ArgumentError, ~r/deferred_tool_results/, fn ->
+          Agent.run_sync(:no_agent, "", deferred_tool_results: bad)
+        end
+      end
+
+      # Data with no JSON form, found when the request is made.
+      name = start_agent!("ops_agent")
+      {:ok, first} = Agent.run_sync(name, script([{"delete", %{path: "a.txt"}}]))
+
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Agent.run_sync(name, "",
+                 message_history: first,
+                 deferred_tool_results: %{approvals: %{"call-0" => {:approve, %{"p" => self()}}}}
+               )
+
+      assert message =~ "call-0"
+    end
+  end
+
+  # A process that approves the first call it is asked about.
+  defp approver_once do
+    spawn_link(fn ->
+      receive do
+        {:synapse_approval, approval} -> :ok = Agent.approve(approval)
+      end
+    end)
+  end
+
+  describe "inline: the run asks its approver and waits" do
+    test "approve, approve with edited arguments, deny with a message" do
+      name = start_agent!("inline_agent")
+      calls = [{"delete", %{path: "a.txt"}}, {"pay", %{amount: 500}}, {"pay", %{amount: 20}}]
+      {:ok, run} = Agent.run(name, script(calls), approver: self())
+
+      assert_receive {:synapse_approval, %Approval{tool_name: "delete"} = delete}, 30_000
+      assert_receive {:synapse_approval, %Approval{tool_name: "pay"} = pay}, 30_000
+      # pay(20) needs no approval.
+      refute_received {:synapse_approval, _}
+
+      assert %Approval{agent: ^name, args: %{"path" => "a.txt"}, metadata: nil} = delete
+      assert %Approval{args: %{"amount" => 500}, metadata: %{"limit" => 100}} = pay
+      assert delete.id != pay.id
+
+      assert :ok = Agent.deny(delete, "Not that file.")
+      assert_receive {:synapse_approval_closed, id, {:denied, "Not that file."}}
+      assert id == delete.id
+      assert :ok = Agent.approve(pay, %{"amount" => 50})
+      assert_receive {:synapse_approval_closed, id, {:approved, %{"amount" => 50}}}
+      assert id == pay.id
+
+      assert {:ok, result} = Agent.await(run)
+      assert result.output_type == "str"
+
+      assert returns(result) == [
+               %{"name" => "delete", "denied" => "Not that file."},
+               %{"name" => "pay", "content" => "paid 50"},
+               %{"name" => "pay", "content" => "paid 20"}
+             ]
+
+      # Decided already, and the run is over (its runner may still be
+      # finishing: either reason may come first).
+      assert {:error, %Error{kind: :invalid_argument, details: %{reason: reason}}} =
+               Agent.approve(pay)
+
+      assert reason in [:already_settled, :run_ended]
+    end
+
+    test "run_sync, run_stream and an Elixir tool needing approval" do
+      name = start_agent!("inline_agent")
+      test = self()
+
+      note = note_tool(test)
+
+      approver =
+        spawn_link(fn ->
+          for _ <- 1..2 do
+            receive do
+              {:synapse_approval, approval} ->
+                send(test, {:asked, approval.tool_name})
+                :ok = Agent.approve(approval)
+            end
+          end
+        end)
+
+      calls = [{"note", %{text: "hi"}}, {"delete", %{path: "b"}}]
+
+      assert {:ok, result} =
+               Agent.run_sync(name, script(calls), tools: [note], approver: approver)
+
+      assert_received {:asked, "note"}
+      assert_received {:asked, "delete"}
+
+      assert returns(result) == [
+               %{"name" => "delete", "content" => "deleted b"},
+               %{"name" => "note", "content" => "noted hi"}
+             ]
+
+      events =
+        name
+        |> Agent.run_stream(script([{"delete", %{path: "c"}}]), approver: approver_once())
+        |> Enum.to_list()
+
+      assert {:result, %Result{} = streamed} = List.last(events)
+      assert returns(streamed) == [%{"name" => "delete", "content" => "deleted c"}]
+    end
+
+    test "a request nobody answers in time is denied, and the model told so" do
+      name = start_agent!("inline_agent")
+
+      {:ok, run} =
+        Agent.run(name, script([{"delete", %{path: "a.txt"}}]),
+          approver: self(),
+          approval_timeout: 200
+        )
+
+      assert_receive {:synapse_approval, approval}, 30_000
+      assert_receive {:synapse_approval_closed, id, :timed_out}, 5_000
+      assert id == approval.id
+      assert {:ok, result} = Agent.await(run)
+
+      assert returns(result) == [
+               %{
+                 "name" => "delete",
+                 "denied" => "Nobody decided on this tool call within 200 ms."
+               }
+             ]
+    end
+
+    test "the run's deadline ends a run that waits, keeping what it did" do
+      name = start_agent!("inline_agent")
+
+      {:ok, run} =
+        Agent.run(name, script([{"delete", %{path: "a.txt"}}]), approver: self(), timeout: 1_500)
+
+      assert_receive {:synapse_approval, approval}, 30_000
+
+      assert {:error, %Error{kind: :timeout, details: %{messages: messages}}} = Agent.await(run)
+      assert {"delete", %{"path" => "a.txt"}} in Fidelity.tool_calls(messages.json)
+      assert_receive {:synapse_approval_closed, _, :run_ended}, 5_000
+
+      assert {:error, %Error{kind: :invalid_argument, details: %{reason: :run_ended}}} =
+               Agent.approve(approval)
+    end
+
+    test "the caller exiting cancels the run and closes its requests" do
+      name = start_agent!("inline_agent")
+      test = self()
+
+      caller =
+        spawn(fn ->
+          {:ok, _run} = Agent.run(name, script([{"delete", %{path: "a.txt"}}]), approver: test)
+          Process.sleep(:infinity)
+        end)
+
+      assert_receive {:synapse_approval, approval}, 30_000
+      Process.exit(caller, :kill)
+      assert_receive {:synapse_approval_closed, id, :run_ended}, 5_000
+      assert id == approval.id
+    end
+
+    test "bad decisions get a typed error and the request stays open" do
+      name = start_agent!("inline_agent")
+      {:ok, run} = Agent.run(name, script([{"delete", %{path: "a.txt"}}]), approver: self())
+      assert_receive {:synapse_approval, approval}, 30_000
+
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.approve(approval, [1])
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.deny(approval, :no)
+      # Accepted by Elixir, refused by the NIF: no JSON form, not UTF-8.
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.approve(approval, %{"p" => self()})
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.deny(approval, <<0xFF>>)
+
+      assert {:error, %Error{kind: :invalid_argument, details: %{reason: :unknown_request}}} =
+               Agent.approve(%{approval | request_id: "99"})
+
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.approve(:not_an_approval)
+      assert_raise ArgumentError, fn -> Agent.approve(approval, nil, timeout: 0) end
+      refute_received {:synapse_approval_closed, _, _}
+
+      assert :ok = Agent.approve(approval, %{"path" => "b.txt"})
+
+      assert {:error, %Error{kind: :invalid_argument, details: %{reason: :already_settled}}} =
+               Agent.deny(approval)
+
+      assert {:ok, result} = Agent.await(run)
+      assert returns(result) == [%{"name" => "delete", "content" => "deleted b.txt"}]
+    end
+
+    test "approvers by name: registered, {:via, ...}, :pg (first decision wins), nobody" do
+      name = start_agent!("inline_agent")
+      registered = :"approver_#{System.unique_integer([:positive])}"
+      Process.register(self(), registered)
+      registry = :"registry_#{System.unique_integer([:positive])}"
+      start_supervised!({Registry, keys: :unique, name: registry})
+      {:ok, _} = Registry.register(registry, :approver, nil)
+      delete = script([{"delete", %{path: "a.txt"}}])
+
+      for approver <- [registered, {registered, node()}, {:via, Registry, {registry, :approver}}] do
+        {:ok, run} = Agent.run(name, delete, approver: approver)
+        assert_receive {:synapse_approval, approval}, 30_000
+        :ok = Agent.approve(approval)
+        assert {:ok, _} = Agent.await(run)
+      end
+
+      scope = :"scope_#{System.unique_integer([:positive])}"
+      start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+      first = TestListener.start(self(), {scope, :reviewers})
+      second = TestListener.start(self(), {scope, :reviewers})
+      {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers})
+
+      assert_receive {^first, _, {:synapse_approval, approval}}, 30_000
+      assert_receive {^second, _, {:synapse_approval, ^approval}}, 30_000
+      assert :ok = TestListener.decide(second, :deny, approval, "No.")
+
+      assert {:error, %Error{details: %{reason: :already_settled}}} =
+               TestListener.decide(first, :approve, approval, nil)
+
+      for approver <- [first, second] do
+        assert_receive {^approver, _, {:synapse_approval_closed, id, {:denied, "No."}}}
+        assert id == approval.id
+      end
+
+      assert {:ok, result} = Agent.await(run)
+      assert returns(result) == [%{"name" => "delete", "denied" => "No."}]
+
+      # Nobody to ask: denied at once.
+      for nobody <- [:"nobody_#{System.unique_integer([:positive])}", {:pg, scope, :empty}] do
+        assert {:ok, result} = Agent.run_sync(name, delete, approver: nobody)
+
+        assert returns(result) == [
+                 %{"name" => "delete", "denied" => "Nobody can approve this tool call."}
+               ]
+      end
+    end
+
+    test "bad approvers are refused with the option's name" do
+      for bad <- ["me", {:pg}, {:via, "m", :x}, 12] do
+        assert_raise ArgumentError, ~r/:approver/, fn ->
+          Agent.run_sync(:no_agent, "hi", approver: bad)
+        end
+      end
+
+      assert_raise ArgumentError, ~r/:approval_timeout/, fn ->
+        Agent.run_sync(:no_agent, "hi", approver: self(), approval_timeout: 0)
+      end
+    end
+  end
+end
