@@ -72,4 +72,17 @@ rustler::atoms! {
     provider_error_code,
     provider_error_type,
     phase,
+
+    // usage: cost, details and the usage of each model response
+    request_usage_module = "Elixir.SynapseCore.RequestUsage",
+    cost,
+    cache_write_1h_tokens,
+    input_audio_tokens,
+    cache_audio_read_tokens,
+    output_audio_tokens,
+    output_reasoning_tokens,
+    audio_seconds,
+    unmeasured_requests,
+    by_request,
+    provider_name,
 }

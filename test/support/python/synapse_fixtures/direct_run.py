@@ -22,7 +22,8 @@ run, as Synapse does with its `model:` option. `rewind` names a fake OpenAI
 server (`synapse_fixtures.openai_server`) whose script starts over first.
 
 OUT.json gets, per case, a list with per turn either the outcome
-(`output` as JSON data, `output_type`, `usage`, `messages_json` as text,
+(`output` as JSON data, `output_type`, `usage` (every field, `by_request`
+the usage of each model response), `messages_json` as text,
 `new_messages_json`, `events` for streamed turns) or `{"error": {"type":
 ..., "message": ...}}`.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import json
@@ -46,6 +48,7 @@ from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     ModelMessage,
+    ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
@@ -53,6 +56,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import RunUsage, UsageBase
 
 from synapse_fixtures.recording import RECORD_ENV
 
@@ -136,12 +140,31 @@ async def _turn(
     outcome = {
         "output": pydantic_core.to_jsonable_python(result.output),
         "output_type": type(result.output).__qualname__,
-        "usage": pydantic_core.to_jsonable_python(result.usage),
+        "usage": _usage(result.usage, result.new_messages()),
         "messages_json": result.all_messages_json(output_tool_return_content=content).decode(),
         "new_messages_json": result.new_messages_json(output_tool_return_content=content).decode(),
         "events": events,
     }
     return outcome, result.all_messages()
+
+
+def _usage_fields(usage: UsageBase) -> dict[str, Any]:
+    """Every field of a usage dataclass, its cost as the exact decimal string."""
+    fields = {field.name: getattr(usage, field.name) for field in dataclasses.fields(usage)}
+    fields["cost"] = None if usage.cost is None else str(usage.cost)
+    return pydantic_core.to_jsonable_python(fields)
+
+
+def _usage(usage: RunUsage, new_messages: list[ModelMessage]) -> dict[str, Any]:
+    """The run's usage, every field, and each model response's (`by_request`)."""
+    return _usage_fields(usage) | {
+        "by_request": [
+            _usage_fields(message.usage)
+            | {"model_name": message.model_name or "", "provider_name": message.provider_name or ""}
+            for message in new_messages
+            if isinstance(message, ModelResponse)
+        ]
+    }
 
 
 def _rewind(base_url: str) -> None:
