@@ -7,7 +7,7 @@ defmodule SynapseCore.Fidelity do
   # A conversation is a list of turns, maps with "prompt" and optionally
   # "deps" (the data; a key present with nil means "deps: nil"), "history"
   # (true: pass the previous turn's messages), "stream" (true: run_stream),
-  # "model_settings" and "output_tool_return_content".
+  # "model_settings", "usage_limits" and "output_tool_return_content".
 
   import ExUnit.Assertions
 
@@ -66,6 +66,7 @@ defmodule SynapseCore.Fidelity do
           |> put_if(Map.has_key?(turn, "deps"), :deps, turn["deps"])
           |> put_if(turn["history"] == true, :message_history, previous)
           |> put_if(Map.has_key?(turn, "model_settings"), :model_settings, turn["model_settings"])
+          |> put_if(Map.has_key?(turn, "usage_limits"), :usage_limits, turn["usage_limits"])
           |> put_if(
             Map.has_key?(turn, "output_tool_return_content"),
             :output_tool_return_content,

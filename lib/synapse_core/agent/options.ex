@@ -360,9 +360,19 @@ defmodule SynapseCore.Agent.Options do
       type: :keyword_or_map,
       default: nil,
       doc: """
-      pydantic-ai usage limits for this run, e.g.
-      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
-      the run with `:usage_limit_exceeded`.
+      pydantic-ai usage limits for this run (its `UsageLimits`), e.g.
+      `[request_limit: 3, tool_calls_limit: 5, cost_limit: "0.05"]`. Every
+      field of the installed pydantic-ai's `UsageLimits` is accepted, and
+      only those: in pydantic-ai 2.68 `request_limit` (defaults to 50; `nil`
+      lifts it), `tool_calls_limit`, `input_tokens_limit`,
+      `output_tokens_limit`, `total_tokens_limit`,
+      `per_request_input_tokens_limit` (integers), `cost_limit` (USD, a
+      number or a decimal string, compared with `SynapseCore.Usage`'s
+      `cost`; a model genai-prices cannot price has no cost to limit) and
+      `count_tokens_before_request` (a boolean). Exceeding one fails the
+      run with `:usage_limit_exceeded` and pydantic-ai's message; an unknown
+      field, or a value of the wrong type, fails it with `:invalid_argument`
+      naming the field.
       """
     ],
     timeout: [

@@ -8,7 +8,8 @@ CASES.json is a list of cases, each a conversation with one agent:
      "model": "openai-chat:gpt-4o-mini" | null, "record": "PATH" | null,
      "env": {"OPENAI_BASE_URL": "..."} | null, "rewind": "http://127.0.0.1:PORT" | null,
      "turns": [{"prompt": "...", "deps": <data>, "history": true, "stream": false,
-                "model_settings": {...}, "output_tool_return_content": "..."}]}
+                "model_settings": {...}, "output_tool_return_content": "...",
+                "usage_limits": {"tool_calls_limit": 1, ...}}]}
 
 Each turn is one `agent.run` (or, with `"stream": true`, one
 `agent.run_stream_events` read to its end), as a Python caller writes it:
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import decimal
 import importlib
 import inspect
 import json
@@ -56,7 +58,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
-from pydantic_ai.usage import RunUsage, UsageBase
+from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
 from synapse_fixtures.recording import RECORD_ENV
 
@@ -107,6 +109,13 @@ def _event(event: Any) -> list[Any] | None:
     return None
 
 
+def _usage_limits(fields: dict[str, Any]) -> UsageLimits:
+    """`UsageLimits` of JSON data, a cost limit (a number or a decimal string) as a Decimal."""
+    if fields.get("cost_limit") is not None:
+        fields = fields | {"cost_limit": decimal.Decimal(str(fields["cost_limit"]))}
+    return UsageLimits(**fields)
+
+
 async def _turn(
     agent: Agent[Any, Any],
     case: dict[str, Any],
@@ -118,6 +127,7 @@ async def _turn(
     arguments: dict[str, Any] = {
         "message_history": history if turn.get("history") else None,
         "model_settings": turn.get("model_settings"),
+        "usage_limits": _usage_limits(turn["usage_limits"]) if "usage_limits" in turn else None,
         "model": model,
     }
     events: list[Any] = []
