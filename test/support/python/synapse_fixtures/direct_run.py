@@ -4,7 +4,9 @@
 
 CASES.json is a list of cases, each a conversation with one agent:
 
-    {"agent": "module:attr", "deps_factory": "module:function" | null,
+    {"agent": "module:attr" (or "spec": {...} for `Agent.from_spec`, or
+     "spec_file": "PATH" for `Agent.from_file`, with "spec_kwargs": {...}),
+     "deps_factory": "module:function" | null,
      "model": "openai-chat:gpt-4o-mini" | null, "record": "PATH" | null,
      "env": {"OPENAI_BASE_URL": "..."} | null, "rewind": "http://127.0.0.1:PORT" | null,
      "turns": [{"prompt": "...", "deps": <data>, "history": true, "stream": false,
@@ -182,15 +184,25 @@ def _rewind(base_url: str) -> None:
     urllib.request.urlopen(request, timeout=10).close()
 
 
+def _agent(case: dict[str, Any]) -> Agent[Any, Any]:
+    """The case's agent: a reference, or one built with `Agent.from_spec` / `Agent.from_file`."""
+    kwargs = case.get("spec_kwargs") or {}
+    if "spec" in case:
+        return Agent.from_spec(case["spec"], **kwargs)
+    if "spec_file" in case:
+        return Agent.from_file(case["spec_file"], **kwargs)
+    return _resolve(case["agent"])
+
+
 async def run_cases(cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     outcomes = []
     for case in cases:
-        agent = _resolve(case["agent"])
         if case.get("record"):
             os.environ[RECORD_ENV] = case["record"]
         else:
             os.environ.pop(RECORD_ENV, None)
         os.environ.update(case.get("env") or {})
+        agent = _agent(case)
         if case.get("rewind"):
             await asyncio.to_thread(_rewind, case["rewind"])
         model = infer_model(case["model"]) if case.get("model") else None
