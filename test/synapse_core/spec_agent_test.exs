@@ -190,6 +190,20 @@ defmodule SynapseCore.SpecAgentTest do
     end
   end
 
+  test "{app, path}: a spec file inside an OTP application" do
+    # The fixture, named relative to synapse_core's own directory.
+    lib_dir = :synapse_core |> :code.lib_dir() |> to_string() |> Path.split()
+    specs = Path.split(@specs)
+    common = Enum.zip(lib_dir, specs) |> Enum.take_while(fn {a, b} -> a == b end) |> length()
+    ups = List.duplicate("..", length(lib_dir) - common)
+    relative = Path.join(ups ++ Enum.drop(specs, common) ++ ["tools.json"])
+
+    name = unique_name()
+    start_supervised!({Agent, name: name, spec: {:synapse_core, relative}, model: "test"})
+    assert {:ok, %Result{output: "success (no tool calls)"} = result} = Agent.run_sync(name, "hi")
+    assert result.messages.json =~ "Use the tools."
+  end
+
   describe "bad specs" do
     test "a field of the wrong type in a file: :invalid_argument with its path" do
       error = start_error(spec: Path.join(@specs, "bad_type.yaml"))

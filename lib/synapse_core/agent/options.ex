@@ -280,12 +280,17 @@ defmodule SynapseCore.Agent.Options do
       it is resolved once, when the worker loads the agent (so a typo or a
       missing key fails the start), and that model is given to every run,
       as a Python server passing `model=` would. Without `:agent`, the
-      agent is defined from Elixir and `:model` is required.
+      agent is defined from Elixir (see "Agents defined from Elixir" in the
+      module documentation) and `:model` is its model, required unless a
+      `:spec` file names one.
       """
     ],
     instructions: [
       type: :string,
-      doc: "for an agent defined from Elixir: its instructions (system prompt)."
+      doc: """
+      for an agent defined from Elixir: its instructions (system prompt),
+      added after a `:spec` file's.
+      """
     ],
     output_schema: [
       type: :map,
