@@ -23,8 +23,8 @@ defmodule SynapseCore.Usage do
       newer than the installed prices), which is not a zero cost.
       `usage_limits: [cost_limit: ...]` bounds it.
     * `by_request` - the usage of each model response of the run, in order:
-      `SynapseCore.RequestUsage` structs (pydantic-ai's `ModelResponse.usage`,
-      with the model that answered).
+      `SynapseCore.RequestUsage` structs (the model that answered, and its
+      response's usage as a `SynapseCore.Usage`).
   """
 
   @type t :: %__MODULE__{

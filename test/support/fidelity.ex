@@ -11,7 +11,7 @@ defmodule SynapseCore.Fidelity do
 
   import ExUnit.Assertions
 
-  alias SynapseCore.{Agent, JSON, Messages, Result, TestHelpers, Usage}
+  alias SynapseCore.{Agent, JSON, Messages, RequestUsage, Result, TestHelpers, Usage}
 
   # What two runs of one agent never share (see synapse_fixtures.recording).
   @volatile ["timestamp", "run_id", "conversation_id"]
@@ -114,8 +114,17 @@ defmodule SynapseCore.Fidelity do
     }
   end
 
+  # Usage as direct_run writes it: every field; each response's flat, with
+  # its model (pydantic-ai's RequestUsage has no requests or tool calls).
   defp usage(%Usage{by_request: by_request} = usage),
-    do: usage |> string_keys() |> Map.put("by_request", Enum.map(by_request, &string_keys/1))
+    do: usage |> string_keys() |> Map.put("by_request", Enum.map(by_request, &request_usage/1))
+
+  defp request_usage(%RequestUsage{usage: usage} = request) do
+    usage
+    |> string_keys()
+    |> Map.drop(["requests", "tool_calls", "by_request"])
+    |> Map.merge(%{"model_name" => request.model_name, "provider_name" => request.provider_name})
+  end
 
   defp string_keys(struct),
     do:

@@ -69,8 +69,8 @@ defmodule SynapseCore.UsageTest do
         # genai-prices knows gpt-4o-mini: a positive decimal, as a string.
         assert cost =~ ~r/^0\.\d*[1-9]\d*$/
         assert %RequestUsage{model_name: "gpt-4o-mini", provider_name: "openai"} = request
-        assert request.cost == cost
-        assert request.input_tokens == usage.input_tokens
+        assert %Usage{requests: 1, cost: ^cost, input_tokens: input} = request.usage
+        assert input == usage.input_tokens
       end
     end
 
@@ -79,8 +79,11 @@ defmodule SynapseCore.UsageTest do
         compare!("history_tool_agent", [%{"prompt" => "the weather?"}])
 
       assert %Usage{requests: 2, tool_calls: 1, cost: nil, by_request: [first, second]} = usage
-      assert %RequestUsage{cost: nil, model_name: "function:_weather_once:"} = first
-      assert first.input_tokens + second.input_tokens == usage.input_tokens
+
+      assert %RequestUsage{usage: %Usage{cost: nil}, model_name: "function:_weather_once:"} =
+               first
+
+      assert first.usage.input_tokens + second.usage.input_tokens == usage.input_tokens
     end
   end
 

@@ -553,12 +553,23 @@ pub fn encode_usage(env: Env<'_>, usage: Usage) -> Term<'_> {
         .iter()
         .map(|request| {
             let mut fields = usage_counts(env, request.usage.as_ref());
-            fields.push((atoms::model_name(), json::string(env, &request.model_name)));
-            fields.push((
-                atoms::provider_name(),
-                json::string(env, &request.provider_name),
-            ));
-            elixir_struct(env, atoms::request_usage_module(), &fields)
+            // One response, whose tool calls are counted by the run.
+            fields.push((atoms::requests(), count(1)));
+            fields.push((atoms::tool_calls(), count(0)));
+            fields.push((atoms::by_request(), Vec::<Term<'_>>::new().encode(env)));
+            let usage = elixir_struct(env, atoms::usage_module(), &fields);
+            elixir_struct(
+                env,
+                atoms::request_usage_module(),
+                &[
+                    (atoms::model_name(), json::string(env, &request.model_name)),
+                    (
+                        atoms::provider_name(),
+                        json::string(env, &request.provider_name),
+                    ),
+                    (atoms::usage(), usage),
+                ],
+            )
         })
         .collect();
     let mut fields = usage_counts(env, Some(&usage));
