@@ -133,6 +133,14 @@ defmodule SynapseCore.UsageTest do
       assert {:ok, %Result{usage: %Usage{requests: 2}}} =
                Agent.run_sync(name, "add", usage_limits: limits)
 
+      # Reaches the model, which cannot count tokens ahead (as in Python).
+      assert {:error, %Error{kind: :python_error, message: message}} =
+               Agent.run_sync(name, "add",
+                 usage_limits: [count_tokens_before_request: true, input_tokens_limit: 100]
+               )
+
+      assert message =~ "Token counting ahead of the request is not supported by TestModel"
+
       for {key, limit} <- [
             request_limit: 1,
             input_tokens_limit: 1,

@@ -45,7 +45,13 @@ async def main() -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        server.streamable_http_app(),
+        log_level="warning",
+        lifespan="on",
+        # Open MCP sessions do not keep it alive once stdin closes.
+        timeout_graceful_shutdown=2,
+    )
     http = uvicorn.Server(config)
     serving = asyncio.create_task(http.serve(sockets=[listener]))
     while not http.started:
