@@ -18,7 +18,9 @@ defmodule SynapseCore.MixProject do
       deps: [],
       test_coverage: [ignore_modules: [~r/^Mix\.Tasks\./]],
       description: "Run, supervise and call pydantic-ai agents from the BEAM",
-      source_url: "https://example.invalid/synapse"
+      # For ex_doc, when an application adds it: the README and the
+      # architecture beside the module docs.
+      docs: [main: "readme", extras: ["README.md", "docs/architecture.md"]]
     ]
   end
 

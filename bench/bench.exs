@@ -36,9 +36,12 @@ start = fn name, workers ->
   {:ok, _} =
     SynapseCore.start_agent(name: name, model: "test", workers: workers, health_interval: 30_000)
 
-  addresses = name |> SynapseCore.Agent.workers() |> Enum.map(& &1.address) |> Enum.sort()
-  addresses
+  # Each worker's gRPC address and its lane.
+  name |> SynapseCore.Agent.workers() |> Enum.map(&Map.take(&1, [:address, :lane])) |> Enum.sort()
 end
+
+addresses = fn workers -> workers |> Enum.map(& &1.address) |> Enum.join(",") end
+lanes = fn workers -> workers |> Enum.map(& &1.lane) |> Enum.join(",") end
 
 IO.puts("== workers")
 one = start.(:bench_one, 1)
@@ -53,7 +56,7 @@ calls = "#{scale.latency_calls}"
 
 tonic_latency = fn extra ->
   Baselines.tonic(
-    ["latency" | extra] ++ ["--address", hd(one), "--calls", calls, "--payload", "64"]
+    ["latency" | extra] ++ ["--address", addresses.(one), "--calls", calls, "--payload", "64"]
   )
 end
 
@@ -64,10 +67,18 @@ latency_clients = %{
       scale.latency_calls
     )
   end,
-  "tonic_session" => fn -> tonic_latency.(["--session"]) end,
+  "tonic_lane" => fn -> tonic_latency.(["--lane", lanes.(one)]) end,
   "tonic" => fn -> tonic_latency.([]) end,
   "grpcio" => fn ->
-    Baselines.grpcio(["latency", "--address", hd(one), "--calls", calls, "--payload", "64"])
+    Baselines.grpcio([
+      "latency",
+      "--address",
+      addresses.(one),
+      "--calls",
+      calls,
+      "--payload",
+      "64"
+    ])
   end,
   "port_jsonl" => fn -> Baselines.port_jsonl(payload, scale.latency_calls) end
 }
@@ -77,12 +88,13 @@ IO.inspect(Map.new(latency, fn {k, v} -> {k, Map.take(v, ["p50_us", "p99_us"])} 
 
 IO.puts("== 2. throughput")
 
-tonic_throughput = fn addresses, c ->
+tonic_throughput = fn workers, c ->
   Baselines.tonic([
     "throughput",
-    "--session",
     "--address",
-    Enum.join(addresses, ","),
+    addresses.(workers),
+    "--lane",
+    lanes.(workers),
     "--concurrency",
     "#{c}",
     "--seconds",
@@ -97,7 +109,7 @@ synapse_throughput = fn name, c ->
 end
 
 throughput =
-  for {label, name, addresses} <- [{"1", :bench_one, one}, {"2", :bench_two, two}], reduce: %{} do
+  for {label, name, workers} <- [{"1", :bench_one, one}, {"2", :bench_two, two}], reduce: %{} do
     acc ->
       points =
         for c <- scale.concurrency do
@@ -105,7 +117,7 @@ throughput =
             Measure.rounds(
               %{
                 "synapse" => fn -> synapse_throughput.(name, c) end,
-                "tonic" => fn -> tonic_throughput.(addresses, c) end
+                "tonic" => fn -> tonic_throughput.(workers, c) end
               },
               scale.rounds,
               "calls_per_s"
@@ -137,7 +149,7 @@ streaming = %{
     Baselines.tonic([
       "stream",
       "--address",
-      hd(one),
+      addresses.(one),
       "--count",
       "#{scale.stream_count}",
       "--repeat",

@@ -27,7 +27,13 @@ alias SynapseCore.Bench.{Machine, Paths, PathsReport, PortPeer, Proc}
 
 {opts, _} =
   OptionParser.parse!(System.argv(),
-    strict: [quick: :boolean, out: :string, command: :string, report_only: :boolean]
+    strict: [
+      quick: :boolean,
+      out: :string,
+      command: :string,
+      report_only: :boolean,
+      transport: :string
+    ]
   )
 
 out = Keyword.get(opts, :out, Path.expand("results", __DIR__))
@@ -99,6 +105,15 @@ tool =
     function: fn %{order_id: id}, _context -> {:ok, Paths.order_status_text(id)} end
   )
 
+# `--transport lane|grpc`: how Synapse's calls reach its local workers
+# (default: the library's default, which `:transport` documents).
+transport =
+  case opts[:transport] do
+    nil -> []
+    name when name in ["lane", "grpc"] -> [transport: String.to_atom(name)]
+    other -> raise ArgumentError, "--transport is lane or grpc, got: #{inspect(other)}"
+  end
+
 start_agent = fn name, agent, workers, extra ->
   {:ok, _} =
     SynapseCore.start_agent(
@@ -108,7 +123,7 @@ start_agent = fn name, agent, workers, extra ->
         python_path: [bench_python],
         workers: workers,
         health_interval: 30_000
-      ] ++ extra
+      ] ++ transport ++ extra
     )
 end
 
@@ -120,11 +135,13 @@ start_agent.(:paths_elixir_tool, "minimal_agent", 1, tools: [tool])
 for workers <- scale.workers do
   {:ok, _} =
     SynapseCore.Bridge.start_link(
-      name: :"paths_add_#{workers}",
-      module: "bench_add",
-      python_path: [Path.join(generated, "priv"), bench_bridge],
-      workers: workers,
-      health_interval: 30_000
+      [
+        name: :"paths_add_#{workers}",
+        module: "bench_add",
+        python_path: [Path.join(generated, "priv"), bench_bridge],
+        workers: workers,
+        health_interval: 30_000
+      ] ++ transport
     )
 end
 
@@ -420,6 +437,7 @@ bench_cpu = Proc.tree_cpu_seconds() - load_start["bench"]
 results = %{
   "machine" => Machine.describe(),
   "command" => Keyword.get(opts, :command, "bench/run" <> if(quick?, do: " --quick", else: "")),
+  "transport" => opts[:transport],
   "commit" =>
     root
     |> then(&System.cmd("git", ["-C", &1, "rev-parse", "--short", "HEAD"]))

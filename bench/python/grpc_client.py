@@ -27,10 +27,10 @@ from collections.abc import Sequence
 
 import grpc
 
-from synapse_python._proto.synapse.v1 import agent_pb2
+from synapse_python._proto.synapse.v1 import agent_pb2, probe_pb2
 
-ECHO = "/synapse.v1.AgentService/Echo"
-ECHO_STREAM = "/synapse.v1.AgentService/EchoStream"
+ECHO = "/synapse.v1.ProbeService/Echo"
+ECHO_STREAM = "/synapse.v1.ProbeService/EchoStream"
 MAX_MESSAGE = agent_pb2.LIMIT_DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -55,19 +55,19 @@ class Client:
         )
         self.echo = self.channel.unary_unary(
             ECHO,
-            request_serializer=agent_pb2.EchoRequest.SerializeToString,
-            response_deserializer=agent_pb2.EchoReply.FromString,
+            request_serializer=probe_pb2.EchoRequest.SerializeToString,
+            response_deserializer=probe_pb2.EchoReply.FromString,
             _registered_method=True,
         )
         self.echo_stream = self.channel.unary_stream(
             ECHO_STREAM,
-            request_serializer=agent_pb2.EchoStreamRequest.SerializeToString,
-            response_deserializer=agent_pb2.EchoReply.FromString,
+            request_serializer=probe_pb2.EchoStreamRequest.SerializeToString,
+            response_deserializer=probe_pb2.EchoReply.FromString,
             _registered_method=True,
         )
 
 
-async def echo(client: Client, request: agent_pb2.EchoRequest) -> None:
+async def echo(client: Client, request: probe_pb2.EchoRequest) -> None:
     reply = await client.echo(request)
     if len(reply.payload) != len(request.payload):
         raise RuntimeError("Echo answered a different payload")
@@ -89,7 +89,7 @@ def cpu_seconds() -> float:
 
 
 async def latency(clients: list[Client], args: argparse.Namespace) -> dict[str, object]:
-    request = agent_pb2.EchoRequest(payload=b"x" * args.payload)
+    request = probe_pb2.EchoRequest(payload=b"x" * args.payload)
     for i in range(max(args.warmup, len(clients))):
         await echo(clients[i % len(clients)], request)
     samples = []
@@ -111,7 +111,7 @@ async def latency(clients: list[Client], args: argparse.Namespace) -> dict[str, 
 
 
 async def loops(
-    clients: list[Client], concurrency: int, seconds: float, request: agent_pb2.EchoRequest
+    clients: list[Client], concurrency: int, seconds: float, request: probe_pb2.EchoRequest
 ) -> int:
     """`concurrency` loops, one call in flight each, until `seconds` pass; answers the calls."""
     deadline = time.monotonic() + seconds
@@ -127,7 +127,7 @@ async def loops(
 
 
 async def throughput(clients: list[Client], args: argparse.Namespace) -> dict[str, object]:
-    request = agent_pb2.EchoRequest(payload=b"x" * args.payload)
+    request = probe_pb2.EchoRequest(payload=b"x" * args.payload)
     for client in clients:
         await echo(client, request)
     if args.warmup_seconds > 0:
@@ -148,7 +148,7 @@ async def throughput(clients: list[Client], args: argparse.Namespace) -> dict[st
 
 
 async def one_stream(
-    client: Client, request: agent_pb2.EchoStreamRequest
+    client: Client, request: probe_pb2.EchoStreamRequest
 ) -> tuple[float, float, float]:
     """One EchoStream: microseconds to the first reply, per reply after it, to the end."""
     clock = time.perf_counter_ns
@@ -170,7 +170,7 @@ async def one_stream(
 
 
 async def stream(clients: list[Client], args: argparse.Namespace) -> dict[str, object]:
-    request = agent_pb2.EchoStreamRequest(payload=b"x" * args.payload, count=args.count)
+    request = probe_pb2.EchoStreamRequest(payload=b"x" * args.payload, count=args.count)
     for i in range(max(args.warmup, len(clients))):
         await one_stream(clients[i % len(clients)], request)
     runs = [await one_stream(clients[i % len(clients)], request) for i in range(args.repeat)]

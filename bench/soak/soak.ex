@@ -29,15 +29,19 @@ defmodule SynapseCore.Bench.Soak do
     workers = Keyword.get(opts, :workers, 2)
     kill_every = Keyword.get(opts, :kill_every, 700)
     log = Keyword.get(opts, :log, fn _ -> :ok end)
+    # How calls reach the local workers; by default, the library's default.
+    transport = Keyword.take(opts, [:transport])
 
     {:ok, _} = Application.ensure_all_started(:synapse_core)
-    names = start_agents(workers)
+    names = start_agents(workers, transport)
     Enum.each(names, &await_ready(&1, workers))
     # One warm-up round so that caches and lazily created tables exist
     # before the baseline is taken.
     [stream_agent, tools_agent] = names
     {:ok, _} = Agent.run_sync(stream_agent, "1 0")
     {:ok, _} = Agent.run_sync(tools_agent, ~s({"calls": []}))
+    # Which way the calls went: the lane address of each worker, or nil.
+    lanes = names |> Enum.flat_map(&Agent.workers/1) |> Enum.map(& &1.lane)
     before = measure(names)
     log.("baseline: #{inspect(before, pretty: true)}")
 
@@ -63,6 +67,7 @@ defmodule SynapseCore.Bench.Soak do
       duration_ms: duration,
       callers: callers,
       workers_per_agent: workers,
+      lanes: lanes,
       kills: kills,
       calls: calls,
       outcomes: counts,
@@ -73,17 +78,19 @@ defmodule SynapseCore.Bench.Soak do
     }
   end
 
-  defp start_agents(workers) do
+  defp start_agents(workers, transport) do
     for {attr, name} <- [{"slow_stream_agent", :soak_stream}, {"calling_agent", :soak_tools}] do
       {:ok, _} =
         SynapseCore.start_agent(
-          name: name,
-          agent: "synapse_fixtures.agents:#{attr}",
-          python_path: [@fixtures],
-          workers: workers,
-          health_interval: 1_000,
-          health_timeout: 1_000,
-          max_backoff: 1_000
+          [
+            name: name,
+            agent: "synapse_fixtures.agents:#{attr}",
+            python_path: [@fixtures],
+            workers: workers,
+            health_interval: 1_000,
+            health_timeout: 1_000,
+            max_backoff: 1_000
+          ] ++ transport
         )
 
       name

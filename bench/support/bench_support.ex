@@ -505,8 +505,8 @@ defmodule SynapseCore.Bench.Report do
 
     | client | p50 µs | p99 µs | SynapseCore p50 ÷ this | SynapseCore p50 − this (µs) |
     |---|---:|---:|---:|---:|
-    #{for {name, label} <- [{"synapse", "SynapseCore (Elixir → NIF → tonic → Python, on the worker's session)"}, {"tonic_session", "pure Rust tonic client, same session protocol"}, {"tonic", "pure Rust tonic client, one Echo RPC per call"}, {"grpcio", "Python grpc.aio client, one Echo RPC per call"}, {"port_jsonl", "Erlang Port, JSON lines"}], row = lat[name], do: "| #{label} | #{f(row["p50_us"])} | #{f(row["p99_us"])} | #{f(synapse["p50_us"] / row["p50_us"], 2)} | #{f(synapse["p50_us"] - row["p50_us"])} |\n"}
-    ## 2. Throughput (echo, calls/s; client CPU µs per call; both on the session protocol)
+    #{for {name, label} <- [{"synapse", "SynapseCore (Elixir → NIF → the worker's lane → Python)"}, {"tonic_lane", "pure Rust client (synapse_client), on the lane"}, {"tonic", "pure Rust tonic client, one Echo RPC per call"}, {"grpcio", "Python grpc.aio client, one Echo RPC per call"}, {"port_jsonl", "Erlang Port, JSON lines"}], row = lat[name], do: "| #{label} | #{f(row["p50_us"])} | #{f(row["p99_us"])} | #{f(synapse["p50_us"] / row["p50_us"], 2)} | #{f(synapse["p50_us"] - row["p50_us"])} |\n"}
+    ## 2. Throughput (echo, calls/s; client CPU µs per call; both on the lane)
 
     | concurrency | #{Enum.map_join(throughput_keys(r), " | ", & &1)} | SynapseCore ÷ tonic (1 worker) | SynapseCore ÷ tonic (2 workers) |
     |---:|#{Enum.map_join(throughput_keys(r), "|", fn _ -> "---:" end)}|---:|---:|

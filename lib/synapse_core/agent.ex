@@ -500,7 +500,8 @@ defmodule SynapseCore.Agent do
 
   @doc """
   The workers currently ready to serve `name`: their `SynapseCore.Worker`
-  pid, OS pid, address, location and stuck tool threads (see
+  pid, OS pid, address, lane (the socket calls take to a local worker, `nil`
+  when they take gRPC), location and stuck tool threads (see
   `SynapseCore.Worker.info/1`).
   """
   @spec workers(name()) :: [
@@ -508,6 +509,7 @@ defmodule SynapseCore.Agent do
             pid: pid(),
             os_pid: pos_integer() | nil,
             address: String.t(),
+            lane: String.t() | nil,
             location: SynapseCore.Worker.location(),
             stuck_threads: non_neg_integer() | nil
           }

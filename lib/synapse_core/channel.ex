@@ -1,8 +1,8 @@
 defmodule SynapseCore.Channel do
   @moduledoc false
   # A connection to one worker: the NIF's channel resource and the address
-  # it points at. Cheap to copy; every call on it shares one HTTP/2
-  # connection.
+  # it points at. Cheap to copy; every call on it shares one connection: the
+  # worker's lane when it has one (a local worker), else HTTP/2.
 
   alias SynapseCore.{Agent.Options, Error, Native}
 
@@ -11,7 +11,8 @@ defmodule SynapseCore.Channel do
   @enforce_keys [:resource, :address]
   defstruct [:resource, :address]
 
-  # Options: :max_message_bytes; for TCP workers :tls ([ca_pem: pem,
+  # Options: :max_message_bytes; :lane, the worker's lane ("unix:PATH"),
+  # which every call then takes; for TCP workers :tls ([ca_pem: pem,
   # server_name: name]) and :token (a zero-arity function returning it, so
   # that it never shows in an inspected struct or a crash report). They were
   # validated with the agent's options (SynapseCore.Agent.Options).
@@ -23,6 +24,7 @@ defmodule SynapseCore.Channel do
       options = %{
         max_message_bytes:
           Keyword.get(opts, :max_message_bytes, Options.default_max_message_bytes()),
+        lane: opts[:lane],
         ca_pem: tls[:ca_pem],
         server_name: tls[:server_name],
         token: token

@@ -28,11 +28,13 @@ defmodule SynapseCore.Native do
   # Takes any term and never raises: the token's only way into Rust.
   def channel_token(_token), do: :erlang.nif_error(:nif_not_loaded)
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
-  def channel_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
   def channel_load(_channel), do: :erlang.nif_error(:nif_not_loaded)
-  def channel_echo(_channel, _tag, _payload, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 
-  def channel_echo_stream(_channel, _tag, _payload, _count, _timeout, _window),
+  # Probes: the worker's health service, and round trips with no agent.
+  def probe_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+  def probe_echo(_channel, _tag, _payload, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+
+  def probe_echo_stream(_channel, _tag, _payload, _count, _timeout, _window),
     do: :erlang.nif_error(:nif_not_loaded)
 
   def agent_load(_channel, _tag, _request, _timeout), do: :erlang.nif_error(:nif_not_loaded)
@@ -77,6 +79,8 @@ defmodule SynapseCore.Native do
   # SIGKILL to an OS process, or (group: true) its process group: :ok | :not_found.
   def shepherd_kill(_os_pid, _group), do: :erlang.nif_error(:nif_not_loaded)
 
-  # Failure injection for tests: where is :nif or :reply.
+  # Failure injection for tests: where is :nif or :reply. Only the :test
+  # build of the NIF has it (the `test-nifs` cargo feature); elsewhere this
+  # stub stays, and raises.
   def debug_panic(_where, _tag), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -1,8 +1,9 @@
 defmodule SynapseCore.Probe do
   @moduledoc """
   Round trips to an agent's (or a bridge's) worker with no model in them:
-  the cost of the path itself (Elixir, the NIF, gRPC, the Python worker's
-  event loop), for health probes and benchmarks.
+  the cost of the path itself (Elixir, the NIF, the transport, the Python
+  worker's event loop), for health probes and benchmarks. The worker
+  answers them with its `synapse.v1.ProbeService`.
   """
 
   alias SynapseCore.{Error, Native, Run, Workers}
@@ -20,7 +21,7 @@ defmodule SynapseCore.Probe do
 
     with {:ok, worker} <- Workers.pick_local(name) do
       Run.unary(name, opts[:timeout], fn ref ->
-        Native.channel_echo(worker.channel.resource, ref, payload, opts[:timeout])
+        Native.probe_echo(worker.channel.resource, ref, payload, opts[:timeout])
       end)
     end
   end
@@ -39,7 +40,7 @@ defmodule SynapseCore.Probe do
     Run.stream_call(name, opts, fn ref ->
       with {:ok, worker} <- Workers.pick_local(name) do
         resource = worker.channel.resource
-        Native.channel_echo_stream(resource, ref, payload, count, opts[:timeout], opts[:window])
+        Native.probe_echo_stream(resource, ref, payload, count, opts[:timeout], opts[:window])
       end
     end)
   end

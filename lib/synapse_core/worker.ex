@@ -11,7 +11,7 @@ defmodule SynapseCore.Worker do
   @moduledoc """
   One Python worker of an agent or a bridge, as a state machine
   (`:gen_statem`): its OS process (through a `synapse-shepherd`, owned by a
-  `SynapseCore.Shepherd`), its gRPC channel, its health.
+  `SynapseCore.Shepherd`), its channel (its lane, or gRPC), its health.
 
   It is not in the path of any call. Once the worker serves, its channel is
   registered in `SynapseCore.WorkerRegistry` under the agent's name; callers
@@ -104,6 +104,7 @@ defmodule SynapseCore.Worker do
   @type info :: %{
           os_pid: pos_integer() | nil,
           address: String.t() | nil,
+          lane: String.t() | nil,
           agent: term(),
           state: atom(),
           serving: boolean(),
@@ -283,7 +284,7 @@ defmodule SynapseCore.Worker do
 
   def handle_event({:timeout, :health}, nil, :serving, data) do
     tag = make_ref()
-    {:ok, handle} = Native.channel_health(data.channel.resource, tag, data.options.health_timeout)
+    {:ok, handle} = Native.probe_health(data.channel.resource, tag, data.options.health_timeout)
     {:keep_state, %{data | pending: {tag, handle, :health}}}
   end
 
@@ -326,6 +327,7 @@ defmodule SynapseCore.Worker do
     info = %{
       os_pid: data.os_pid,
       address: data.address,
+      lane: data.address && lane_address(data, data.dir),
       agent: data.options.name,
       state: state,
       serving: state == :serving,
@@ -405,12 +407,27 @@ defmodule SynapseCore.Worker do
     %{
       argv:
         [python, "-m", "synapse_python.worker", "--listen", "unix:" <> socket] ++
-          ["--grace", grace(options)] ++ source,
+          lane_argv(data, dir) ++ ["--grace", grace(options)] ++ source,
       env: env,
       cwd: options.cwd,
       grace_ms: options.shutdown_timeout,
       cleanup: dir
     }
+  end
+
+  # A local worker also serves its calls on its lane, a second socket in
+  # its private directory, which they then take; unless the agent asks for
+  # gRPC (`:transport`).
+  defp lane_address(%{location: :local, options: %{transport: :lane}}, dir) when is_binary(dir),
+    do: "unix:" <> Path.join(dir, "lane.sock")
+
+  defp lane_address(_data, _dir), do: nil
+
+  defp lane_argv(data, dir) do
+    case lane_address(data, dir) do
+      nil -> []
+      address -> ["--lane", address]
+    end
   end
 
   # The worker's own grace for its calls in flight, within the shepherd's
@@ -452,8 +469,8 @@ defmodule SynapseCore.Worker do
     end
   end
 
-  defp connect_options(%{location: :local, options: options}) do
-    [max_message_bytes: options.max_message_bytes]
+  defp connect_options(%{location: :local, options: options} = data) do
+    [max_message_bytes: options.max_message_bytes, lane: lane_address(data, data.dir)]
   end
 
   defp connect_options(%{options: options}) do
@@ -485,7 +502,7 @@ defmodule SynapseCore.Worker do
           )
 
         :health ->
-          Native.channel_health(data.channel.resource, tag, options.startup_timeout)
+          Native.probe_health(data.channel.resource, tag, options.startup_timeout)
       end
 
     case started do

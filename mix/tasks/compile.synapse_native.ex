@@ -6,9 +6,12 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   `priv/native/libsynapse_native.so` and `priv/bin/synapse-shepherd`.
 
   The build runs only when a Rust, Cargo or proto source is newer than the
-  installed files, or when the profile changed. The profile is `release` in
+  installed files, or when the build changed. The profile is `release` in
   the `:prod` environment and `debug` otherwise; set
-  `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly.
+  `SYNAPSE_NATIVE_PROFILE=release` (or `debug`) to choose it explicitly. In
+  synapse_core's own `:test` environment the NIF also gets the NIFs that
+  exist only for the test suite (the `test-nifs` cargo feature: failure
+  injection); no other build has them.
 
   Cargo's target directory is `$CARGO_TARGET_DIR` when set. Otherwise it is
   `target/` in this repository when synapse_core is the project being built,
@@ -26,18 +29,35 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   def run(_args) do
     root = Path.expand("../..", __DIR__)
     profile = profile()
-    stamp = Path.join(root, "priv/native/.profile")
+    features = if Mix.env() == :test, do: ["synapse_native/test-nifs"], else: []
+    build = Enum.join([profile | features], "+")
+    stamp = stamp_path(root)
     outputs = [nif_path(root), shepherd_path(root)]
 
-    if stale?(root, outputs, stamp, profile) do
-      build(root, profile)
+    if stale?(root, outputs, stamp, build) do
+      build(root, profile, features)
       install(root, profile)
-      File.write!(stamp, Atom.to_string(profile))
+      File.write!(stamp, build)
       {:ok, []}
     else
       {:noop, []}
     end
   end
+
+  @doc false
+  # The profile (`"release"` or `"debug"`) of the native code installed in
+  # `root`'s priv, for a build that shares it (the release test's); `nil`
+  # when none is installed.
+  @spec installed_profile(Path.t()) :: String.t() | nil
+  def installed_profile(root) do
+    case File.read(stamp_path(root)) do
+      # The profile, then the cargo features it was built with.
+      {:ok, build} -> build |> String.split("+") |> hd()
+      {:error, _} -> nil
+    end
+  end
+
+  defp stamp_path(root), do: Path.join(root, "priv/native/.profile")
 
   defp profile do
     case System.get_env("SYNAPSE_NATIVE_PROFILE") do
@@ -48,7 +68,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     end
   end
 
-  defp stale?(root, outputs, stamp, profile) do
+  defp stale?(root, outputs, stamp, build) do
     sources =
       Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
         Path.wildcard(Path.join(root, "proto/**/*.proto")) ++
@@ -57,7 +77,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
           &File.exists?/1
         )
 
-    File.read(stamp) != {:ok, Atom.to_string(profile)} or Mix.Utils.stale?(sources, outputs)
+    File.read(stamp) != {:ok, build} or Mix.Utils.stale?(sources, outputs)
   end
 
   @doc false
@@ -78,7 +98,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
 
   defp target_dir(root), do: target_dir(root, Mix.Project.build_path(), System.get_env())
 
-  defp build(root, profile) do
+  defp build(root, profile, features) do
     cargo =
       System.find_executable("cargo") ||
         Mix.raise("""
@@ -88,12 +108,14 @@ defmodule Mix.Tasks.Compile.SynapseNative do
 
     args =
       ["build", "--locked", "-p", "synapse_native", "-p", "synapse_shepherd"] ++
-        if(profile == :release, do: ["--release"], else: [])
+        if(profile == :release, do: ["--release"], else: []) ++
+        Enum.flat_map(features, &["--features", &1])
 
     target = target_dir(root)
 
     Mix.shell().info(
-      "Compiling synapse_core native code (cargo, #{profile}, in #{Path.relative_to_cwd(target)})"
+      "Compiling synapse_core native code (cargo, " <>
+        "#{Enum.join([profile | features], ", ")}, in #{Path.relative_to_cwd(target)})"
     )
 
     env = [{"CARGO_TARGET_DIR", target}]

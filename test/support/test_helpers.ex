@@ -13,9 +13,26 @@ defmodule SynapseCore.TestHelpers do
   @doc "Agent options for a fixture agent of `synapse_fixtures.agents`."
   def fixture_agent(attr, extra \\ []) do
     Keyword.merge(
-      [name: unique_name(), agent: "synapse_fixtures.agents:#{attr}", python_path: [@fixtures]],
+      [
+        name: unique_name(),
+        agent: "synapse_fixtures.agents:#{attr}",
+        python_path: [@fixtures],
+        transport: transport()
+      ],
       extra
     )
+  end
+
+  @doc """
+  The transport of the workers this test process starts: the test's
+  (`SynapseCore.Transports`), else the default, the lane.
+  """
+  def transport, do: Process.get({__MODULE__, :transport}, :lane)
+
+  @doc false
+  def put_transport(transport) when transport in [:lane, :grpc] do
+    Process.put({__MODULE__, :transport}, transport)
+    :ok
   end
 
   def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
@@ -82,6 +99,23 @@ defmodule SynapseCore.TestHelpers do
           poll(fun, deadline, interval)
         end
     end
+  end
+
+  @doc """
+  Makes sure epmd runs and answers, for tests that start distribution.
+
+  The epmd of this VM's Erlang is shared by every node on the machine (a
+  release's BEAM would otherwise start one from its own directory).
+  `epmd -daemon` returns before the daemon listens, so a `Node.start/2`
+  right after it can fail with `:nodistribution`: wait until it answers.
+  """
+  def start_epmd! do
+    erts = Path.join(:code.root_dir(), "erts-#{:erlang.system_info(:version)}")
+    epmd = Path.join(erts, "bin/epmd")
+    epmd = if File.exists?(epmd), do: epmd, else: System.find_executable("epmd")
+    {_, 0} = System.cmd(epmd, ["-daemon"])
+    eventually(fn -> match?({:ok, _}, :net_adm.names()) end, 10_000)
+    :ok
   end
 
   @doc """

@@ -2,6 +2,7 @@ defmodule SynapseCore.BadInputTest do
   # Hostile and malformed input: each gets a clear typed error and leaves
   # the agent serving.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 

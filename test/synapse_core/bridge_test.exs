@@ -5,6 +5,7 @@ defmodule SynapseCore.BridgeTest do
   # Each result is compared with what calling the Python function directly
   # returns (synapse_fixtures.bridge_expect, on test/support/bridge/cases.json).
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -32,27 +33,49 @@ defmodule SynapseCore.BridgeTest do
         {:ok, ir} =
           dir |> Path.join("priv/#{stem}.ir.json") |> File.read!() |> SynapseCore.JSON.decode()
 
-        name = :"bridge_#{System.unique_integer([:positive])}"
+        # One bridge per transport: each test calls those of its transport.
+        started =
+          for transport <- SynapseCore.Transports.all(), into: %{} do
+            name = :"bridge_#{System.unique_integer([:positive])}"
 
-        {:ok, bridge} =
-          Bridge.start_link(
-            name: name,
-            module: module,
-            python_path: [Path.join(dir, "priv"), fixtures_path()]
-          )
+            {:ok, bridge} =
+              Bridge.start_link(
+                name: name,
+                module: module,
+                python_path: [Path.join(dir, "priv"), fixtures_path()],
+                transport: transport
+              )
 
-        Process.unlink(bridge)
+            Process.unlink(bridge)
 
-        {module,
-         %{name: name, ir: ir, client: client, pid: bridge, source: source, warnings: warnings}}
+            {transport,
+             %{
+               name: name,
+               ir: ir,
+               client: client,
+               pid: bridge,
+               source: source,
+               warnings: warnings
+             }}
+          end
+
+        {module, started}
       end
 
     on_exit(fn ->
-      Enum.each(bridges, fn {_, bridge} -> Process.exit(bridge.pid, :shutdown) end)
+      for {_module, started} <- bridges, {_transport, bridge} <- started do
+        Process.exit(bridge.pid, :shutdown)
+      end
+
       File.rm_rf!(dir)
     end)
 
-    %{bridges: bridges, dir: dir, opts: opts, name: bridges[@types].name}
+    %{started: bridges, dir: dir, opts: opts}
+  end
+
+  setup %{started: started, transport: transport} do
+    bridges = Map.new(started, fn {module, by_transport} -> {module, by_transport[transport]} end)
+    %{bridges: bridges, name: bridges[@types].name}
   end
 
   test "every function returns through the Elixir client what it returns in Python", %{
@@ -253,7 +276,11 @@ defmodule SynapseCore.BridgeTest do
     name = :"my_module_#{System.unique_integer([:positive])}"
 
     start_supervised!(
-      {Bridge, name: name, module: "my_module", python_path: [Path.join(dir, "priv"), examples]}
+      {Bridge,
+       name: name,
+       module: "my_module",
+       python_path: [Path.join(dir, "priv"), examples],
+       transport: transport()}
     )
 
     assert {:ok, "Hello, Alice! You are 30 years old."} =

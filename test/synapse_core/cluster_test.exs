@@ -13,7 +13,7 @@ defmodule SynapseCore.ClusterTest do
   @bridge_module "synapse_fixtures.bridge_types"
 
   setup_all do
-    {_, 0} = System.cmd("epmd", ["-daemon"])
+    start_epmd!()
 
     unless Node.alive?() do
       {:ok, _} =

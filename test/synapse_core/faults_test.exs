@@ -3,6 +3,7 @@ defmodule SynapseCore.FaultsTest do
   # loops, a dead shepherd. Each fault must end every call with one typed
   # reply and leave the agent serving again.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -100,6 +101,7 @@ defmodule SynapseCore.FaultsTest do
            name: name,
            agent: "synapse_fixtures.crash_loop:agent",
            python_path: [fixtures_path()],
+           transport: transport(),
            env: [{"SYNAPSE_TEST_CRASH_FLAG", flag}, {"SYNAPSE_TEST_CRASH_LOG", log}]}
         )
       end)

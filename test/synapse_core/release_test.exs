@@ -35,7 +35,7 @@ defmodule SynapseCore.ReleaseTest do
     runtime = Path.join(tmp, "runtime")
     File.mkdir_p!(elsewhere)
     File.mkdir_p!(runtime)
-    ensure_epmd()
+    start_epmd!()
     env = release_env(runtime)
     bin = Path.join(release, "bin/release_app")
 
@@ -130,9 +130,10 @@ defmodule SynapseCore.ReleaseTest do
   end
 
   # The example builds synapse_core from this checkout, whose priv it shares:
-  # the native code of the same profile is already built and is kept.
+  # the native code of the same profile is already built (cargo keeps it, the
+  # test suite's with its test-only NIFs too).
   defp build_env do
-    profile = File.read!(Path.join(@root, "priv/native/.profile"))
+    profile = Mix.Tasks.Compile.SynapseNative.installed_profile(@root)
 
     [
       {"MIX_ENV", "prod"},
@@ -158,15 +159,6 @@ defmodule SynapseCore.ReleaseTest do
 
   defp rpc(bin, cd, env, expression) do
     System.cmd(bin, ["rpc", expression], cd: cd, env: env, stderr_to_stdout: true)
-  end
-
-  # The release's BEAM would start epmd from its own directory if none ran;
-  # one started from this VM's Erlang is shared by every node on the machine.
-  defp ensure_epmd do
-    erts = Path.join(:code.root_dir(), "erts-#{:erlang.system_info(:version)}")
-    epmd = Path.join(erts, "bin/epmd")
-    epmd = if File.exists?(epmd), do: epmd, else: System.find_executable("epmd")
-    {_, 0} = System.cmd(epmd, ["-daemon"])
   end
 
   # Command lines of the live processes that run something from `dir`.

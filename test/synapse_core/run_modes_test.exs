@@ -2,6 +2,7 @@ defmodule SynapseCore.RunModesTest do
   # run/await/yield/cancel, run_stream, deadlines and cancellation, each
   # observed on the Python side, against real workers.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -331,7 +332,10 @@ defmodule SynapseCore.RunModesTest do
 
     test "an agent defined in Elixir with a JSON Schema answers Elixir data" do
       name = unique_name()
-      start_supervised!({Agent, name: name, model: "test", output_schema: @schema})
+
+      start_supervised!(
+        {Agent, name: name, model: "test", output_schema: @schema, transport: transport()}
+      )
 
       assert {:ok, %Result{output: %{"priority" => priority, "summary" => summary}}} =
                Agent.run_sync(name, "File a ticket")
@@ -369,6 +373,7 @@ defmodule SynapseCore.RunModesTest do
         start_supervised!(
           {Agent,
            name: name,
+           transport: transport(),
            model: "openai-chat:gpt-4o-mini",
            env: [
              {"OPENAI_BASE_URL", base_url},

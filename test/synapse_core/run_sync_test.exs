@@ -1,6 +1,7 @@
 defmodule SynapseCore.RunSyncTest do
   # Against real Python workers under the real shepherd, through the NIF.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 
@@ -30,7 +31,10 @@ defmodule SynapseCore.RunSyncTest do
 
     test "an agent defined from Elixir, with a model and instructions" do
       name = unique_name()
-      start_supervised!({Agent, name: name, model: "test", instructions: "Be terse."})
+
+      start_supervised!(
+        {Agent, name: name, model: "test", instructions: "Be terse.", transport: transport()}
+      )
 
       assert {:ok, %Result{output: "success (no tool calls)", messages: messages}} =
                Agent.run_sync(name, "hi")

@@ -1,6 +1,7 @@
 defmodule SynapseCore.ToolsTest do
   # Tools written in Elixir, called by real pydantic-ai runs in real workers.
   use ExUnit.Case, async: true
+  use SynapseCore.Transports
 
   import SynapseCore.TestHelpers
 

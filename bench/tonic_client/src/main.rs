@@ -1,44 +1,44 @@
 //! `tonic-echo`: the pure Rust baseline of Synapse's benchmarks. It calls a
-//! worker's `Echo` and `EchoStream` RPCs with the same client stack as the
-//! NIF (synapse_client: one lazily connected tonic channel per address,
-//! cloned per call), with no BEAM in the way.
+//! worker's `synapse.v1.ProbeService` (`Echo`, `EchoStream`) with the same
+//! client stack as the NIF (`synapse_client::Worker`: one lazily connected
+//! tonic channel per address, or with `--lane` the worker's lane), with no
+//! BEAM in the way.
 //!
 //! ```text
-//! tonic-echo latency    --address A --calls N --warmup W --payload BYTES [--session]
-//! tonic-echo throughput --address A --concurrency C --seconds S --payload BYTES
-//!                       [--warmup-seconds S] [--session]
-//! tonic-echo stream     --address A --count N --payload BYTES --repeat R [--warmup R]
+//! tonic-echo latency    --address A [--lane L] --calls N --warmup W --payload BYTES
+//! tonic-echo throughput --address A [--lane L] --concurrency C --seconds S --payload BYTES
+//!                       [--warmup-seconds S]
+//! tonic-echo stream     --address A [--lane L] --count N --payload BYTES --repeat R [--warmup R]
 //! ```
 //!
 //! `A` is `unix:PATH` or `tcp://HOST:PORT`, or several of them separated by
-//! commas (a pool: calls go round-robin over them). Every subcommand also
+//! commas (a pool: calls go round-robin over them); `L`, as many lane
+//! sockets (`unix:PATH`), one per address: calls then take them. Every
+//! subcommand also
 //! takes `--max-seconds S` (default 300): past it the process gives up with
 //! exit code 3, so a stuck worker never hangs the harness. The result is one
 //! JSON object on stdout; errors go to stderr, with a non-zero exit code.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use synapse_client::proto::agent_service_client::AgentServiceClient;
-use synapse_client::proto::{EchoRequest, EchoStreamRequest};
-use synapse_client::{agent_client, connect_lazy, session, Address, ConnectOptions};
-use tonic::transport::Channel;
+use prost::Message;
+use synapse_client::proto::{methods, EchoReply, EchoRequest, EchoStreamRequest};
+use synapse_client::{Address, Worker, WorkerOptions};
 
-/// A worker's client: one tonic channel, used either with an `Echo` RPC per
-/// call or, with `--session`, through the worker's `Session` stream (as the
-/// NIF's echo does).
-#[derive(Clone)]
-struct Client {
-    rpc: AgentServiceClient<Channel>,
-    session: Option<session::Sender>,
-}
+/// A worker's client, as the NIF's: gRPC, or its lane.
+type Client = Arc<Worker>;
+
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 const USAGE: &str = "usage:
-  tonic-echo latency    --address A --calls N --warmup W --payload BYTES [--session]
-  tonic-echo throughput --address A --concurrency C --seconds S --payload BYTES [--warmup-seconds S] [--session]
-  tonic-echo stream     --address A --count N --payload BYTES --repeat R [--warmup R]
-A: unix:PATH or tcp://HOST:PORT, several comma-separated for a pool (round-robin).
+  tonic-echo latency    --address A [--lane L] --calls N --warmup W --payload BYTES
+  tonic-echo throughput --address A [--lane L] --concurrency C --seconds S --payload BYTES [--warmup-seconds S]
+  tonic-echo stream     --address A [--lane L] --count N --payload BYTES --repeat R [--warmup R]
+A: unix:PATH or tcp://HOST:PORT, several comma-separated for a pool (round-robin);
+L: the workers' lanes (unix:PATH), one per address, for calls on the lane.
 Every subcommand also takes --max-seconds S (default 300).";
 
 fn main() -> ExitCode {
@@ -65,7 +65,7 @@ fn run(argv: Vec<String>) -> Result<String, String> {
     let mut args = Args::parse(rest)?;
     let addresses = args.take_str("address", None)?;
     let payload = vec![b'x'; args.take("payload", Some(64))?];
-    let use_session = args.flag("session");
+    let lanes = args.take_str("lane", Some(""))?;
     let max_seconds: f64 = args.take("max-seconds", Some(300.0))?;
     let command = match command.as_str() {
         "latency" => Command::Latency {
@@ -92,7 +92,8 @@ fn run(argv: Vec<String>) -> Result<String, String> {
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
     runtime.block_on(async move {
-        let clients = clients(&addresses, use_session)?;
+        let clients = clients(&addresses, &lanes)?;
+        let lane = !lanes.is_empty();
         let workers = clients.len();
         match command {
             Command::Latency { calls, warmup } => latency(&clients, calls, warmup, &payload).await,
@@ -109,7 +110,7 @@ fn run(argv: Vec<String>) -> Result<String, String> {
         }
         .map(|json| {
             format!(
-                "{{\"client\": \"tonic\", \"session\": {use_session}, \"workers\": {workers}, \"payload\": {}, {json}}}",
+                "{{\"client\": \"tonic\", \"lane\": {lane}, \"workers\": {workers}, \"payload\": {}, {json}}}",
                 payload.len()
             )
         })
@@ -133,34 +134,49 @@ enum Command {
     },
 }
 
-/// One channel (one HTTP/2 connection) per address, and with `session`
-/// one session per channel.
-fn clients(addresses: &str, use_session: bool) -> Result<Vec<Client>, String> {
+/// One client per address: one HTTP/2 connection, or one lane connection.
+fn clients(addresses: &str, lanes: &str) -> Result<Vec<Client>, String> {
+    let addresses: Vec<&str> = addresses.split(',').map(str::trim).collect();
+    let lanes: Vec<Option<&str>> = if lanes.is_empty() {
+        vec![None; addresses.len()]
+    } else {
+        lanes.split(',').map(|lane| Some(lane.trim())).collect()
+    };
+    if lanes.len() != addresses.len() {
+        return Err("give one --lane per --address".to_owned());
+    }
     addresses
-        .split(',')
-        .map(|address| {
-            let parsed = Address::parse(address.trim()).map_err(|e| e.to_string())?;
-            let channel = connect_lazy(&parsed, None).map_err(|e| e.to_string())?;
-            let rpc = agent_client(channel, ConnectOptions::default());
-            let session = use_session.then(|| session::start(rpc.clone(), None));
-            Ok(Client { rpc, session })
+        .iter()
+        .zip(lanes)
+        .map(|(address, lane)| {
+            let lane = match lane.map(Address::parse).transpose() {
+                Ok(None) => None,
+                Ok(Some(Address::Unix(path))) => Some(path),
+                Ok(Some(Address::Tcp(_))) => return Err("a lane is unix:PATH".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            };
+            let worker = Worker::connect(WorkerOptions {
+                address: &Address::parse(address).map_err(|e| e.to_string())?,
+                lane,
+                tls: None,
+                authorization: None,
+                max_message_bytes: MAX_MESSAGE_BYTES,
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(Arc::new(worker))
         })
         .collect()
 }
 
 async fn echo(client: &Client, payload: &[u8]) -> Result<(), String> {
-    let reply = match &client.session {
-        Some(sender) => session::echo(sender, payload.to_vec()).await,
-        None => client
-            .rpc
-            .clone()
-            .echo(EchoRequest {
-                payload: payload.to_vec(),
-            })
-            .await
-            .map(tonic::Response::into_inner),
-    }
-    .map_err(|status| format!("Echo failed: {status}"))?;
+    let request = EchoRequest {
+        payload: payload.to_vec(),
+    };
+    let reply = client
+        .unary(methods::PROBE_SERVICE_ECHO, request.encode_to_vec(), None)
+        .await
+        .map_err(|status| format!("Echo failed: {status}"))?;
+    let reply = EchoReply::decode(reply).map_err(|e| format!("Echo answered garbage: {e}"))?;
     if reply.payload.len() != payload.len() {
         return Err("Echo answered a different payload".to_owned());
     }
@@ -293,12 +309,13 @@ async fn one_stream(
         count: i32::try_from(count).map_err(|_| "count too large".to_owned())?,
     };
     let mut replies = client
-        .rpc
-        .clone()
-        .echo_stream(request)
+        .server_streaming(
+            methods::PROBE_SERVICE_ECHO_STREAM,
+            request.encode_to_vec(),
+            None,
+        )
         .await
-        .map_err(|status| format!("EchoStream failed: {status}"))?
-        .into_inner();
+        .map_err(|status| format!("EchoStream failed: {status}"))?;
     let (mut first, mut last, mut received) = (start, start, 0usize);
     while let Some(reply) = replies
         .message()
@@ -310,6 +327,8 @@ async fn one_stream(
             first = last;
         }
         received += 1;
+        let reply =
+            EchoReply::decode(reply).map_err(|e| format!("EchoStream answered garbage: {e}"))?;
         if reply.payload.len() != payload.len() {
             return Err("EchoStream answered a different payload".to_owned());
         }
@@ -402,8 +421,6 @@ impl Args {
                 .ok_or_else(|| format!("unexpected argument {flag:?}\n{USAGE}"))?;
             let (name, value) = match name.split_once('=') {
                 Some((name, value)) => (name, value.to_owned()),
-                // The one flag that takes no value.
-                None if name == "session" => (name, "true".to_owned()),
                 None => (
                     name,
                     it.next()
@@ -416,10 +433,6 @@ impl Args {
             }
         }
         Ok(Self(map))
-    }
-
-    fn flag(&mut self, name: &str) -> bool {
-        self.0.remove(name).is_some_and(|value| value == "true")
     }
 
     fn take_str(&mut self, name: &str, default: Option<&str>) -> Result<String, String> {

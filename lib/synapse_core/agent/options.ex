@@ -31,7 +31,8 @@ defmodule SynapseCore.Agent.Options do
     :max_message_bytes,
     :log_level,
     :await_ready,
-    :max_stuck_threads
+    :max_stuck_threads,
+    :transport
   ]
 
   @type source ::
@@ -70,7 +71,8 @@ defmodule SynapseCore.Agent.Options do
           max_message_bytes: pos_integer(),
           log_level: SynapseCore.Worker.log_level(),
           await_ready: boolean(),
-          max_stuck_threads: non_neg_integer()
+          max_stuck_threads: non_neg_integer(),
+          transport: :lane | :grpc
         }
 
   @max_workers 256
@@ -228,6 +230,18 @@ defmodule SynapseCore.Agent.Options do
       the largest message, in bytes, either way between the BEAM and a
       worker. Larger requests are refused before they are sent, larger
       replies fail the call; both with `:resource_exhausted`.
+      """
+    ],
+    transport: [
+      type: {:in, [:lane, :grpc]},
+      default: :lane,
+      doc: """
+      how calls reach the workers started here. `:lane`: a second private
+      Unix socket of each worker carrying the same calls as its gRPC
+      services with far less work per call (one length-prefixed frame each
+      way for a unary call). `:grpc`: one gRPC call per call, as remote
+      workers are always reached. Both carry the same messages with the
+      same deadlines, cancellation, back-pressure, size limit and errors.
       """
     ],
     remote: [
@@ -486,7 +500,7 @@ defmodule SynapseCore.Agent.Options do
       when it passes, the run stops in Python and the call returns
       `{:error, %SynapseCore.Error{kind: :timeout}}` whose details carry
       what the run had done (`:messages`, to resume from, and `:usage`).
-      The call's transport deadline is a little longer, so that this
+      The call's transport deadline (gRPC's or the lane's) is a little longer, so that this
       answer arrives; a worker that cannot answer (its event loop blocked)
       is given up on then.
       """
@@ -521,7 +535,8 @@ defmodule SynapseCore.Agent.Options do
       back-pressure: at most this many events are sent ahead of the
       consumer. A consumer slower than the model never has more than
       `window` events of the run in its mailbox (plus the final one); the
-      worker is slowed down instead, by gRPC's flow control.
+      worker is slowed down instead, by flow control (gRPC's, or the
+      lane's credit).
       """
     ],
     stream_to: [
@@ -646,7 +661,8 @@ defmodule SynapseCore.Agent.Options do
       max_message_bytes: options.max_message_bytes,
       log_level: options[:log_level] || configured_log_level(),
       await_ready: options.await_ready,
-      max_stuck_threads: options.max_stuck_threads
+      max_stuck_threads: options.max_stuck_threads,
+      transport: options.transport
     }
   end
 

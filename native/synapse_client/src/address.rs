@@ -7,7 +7,6 @@ use tokio::net::UnixStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::error::Error;
-use crate::proto::agent_service_client::AgentServiceClient;
 
 /// A worker's address, as announced on its readiness line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,20 +36,6 @@ impl Address {
             Err(Error::InvalidArgument(format!(
                 "unsupported worker address {address:?}: expected unix:PATH or tcp://HOST:PORT"
             )))
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectOptions {
-    /// Largest message, either way, in bytes.
-    pub max_message_bytes: usize,
-}
-
-impl Default for ConnectOptions {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: crate::proto::Limit::DefaultMaxMessageBytes as usize,
         }
     }
 }
@@ -97,13 +82,6 @@ pub fn connect_lazy(address: &Address, tls: Option<&Tls>) -> Result<Channel, Err
             }
         },
     })
-}
-
-/// The agent service's client on `channel`.
-pub fn agent_client(channel: Channel, options: ConnectOptions) -> AgentServiceClient<Channel> {
-    AgentServiceClient::new(channel)
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes)
 }
 
 fn endpoint(uri: &str) -> Result<Endpoint, Error> {

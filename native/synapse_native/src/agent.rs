@@ -1,15 +1,15 @@
 //! Loading agents into a worker (`SynapseCore.Worker`).
 
 use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
+use synapse_client::proto::{
+    load_agent_request, methods, AgentSpec, LoadAgentRequest, LoadAgentResponse,
+};
 
 use crate::atoms;
 use crate::call::{self, Started};
-use crate::channel::{request_builder, ChannelResource};
+use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
-use crate::reply::Reply;
-use crate::reply::Style;
-use synapse_client::proto::{load_agent_request, AgentSpec, LoadAgentRequest, LoadAgentResponse};
 
 #[derive(NifMap)]
 pub struct SpecArgs<'a> {
@@ -48,7 +48,6 @@ fn agent_load<'a>(
     request: LoadArgs<'a>,
     timeout: Term<'a>,
 ) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
     let source = match (request.reference, request.spec) {
         (Some(reference), None) => load_agent_request::Source::Ref(reference),
         (None, Some(spec)) => load_agent_request::Source::Spec(AgentSpec {
@@ -79,24 +78,15 @@ fn agent_load<'a>(
         model: request.model,
         deps_factory: request.deps_factory,
     };
-    let mut client = channel.client.clone();
-    let build = request_builder(&channel);
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0, None);
-    call::spawn(
+    call::unary_method(
+        env,
         channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
+        tag,
         timeout,
-        move |deadline| async move {
-            Ok(client
-                .load_agent(build(request, deadline))
-                .await?
-                .into_inner())
-        },
+        methods::AGENT_SERVICE_LOAD_AGENT,
+        request,
         encode_loaded,
-    );
-    Ok(Ok(handle))
+    )
 }
 
 fn encode_loaded(env: Env<'_>, loaded: LoadAgentResponse) -> Result<Term<'_>, Error> {

@@ -1,11 +1,14 @@
 //! What every call to a worker has in common: its deadline, its cancel
-//! token, the channel it runs on, and exactly one reply.
+//! token, the channel it runs on, and exactly one reply; and the two shapes
+//! most calls take ([`unary`], [`server_stream`]), set up once.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustler::{Atom, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
+use prost::bytes::Bytes;
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::{is_transport_failure, tls_failure};
 use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::Error;
@@ -17,7 +20,7 @@ use tonic::Status;
 use crate::atoms;
 use crate::channel::ChannelResource;
 use crate::error::NifError;
-use crate::reply::Reply;
+use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
 
 /// How long a call that lost its connection waits to learn whether the
@@ -43,8 +46,9 @@ pub struct CallHandle {
     /// Events a stream may still send before the receiver acknowledges
     /// some: see `run_ack`.
     pub credit: Arc<Semaphore>,
-    /// The request side of a streaming run, for tool results.
-    pub inputs: Option<UnboundedSender<RunInput>>,
+    /// The request side of a streaming run, for tool results (serialized
+    /// `RunInput`s).
+    pub inputs: Option<UnboundedSender<Vec<u8>>>,
     /// The largest message the call may send.
     pub max_message_bytes: usize,
 }
@@ -76,9 +80,9 @@ impl CallHandle {
     pub fn stop(&self) {
         let asked = self.inputs.as_ref().is_some_and(|inputs| {
             inputs
-                .send(RunInput {
+                .send(prost::Message::encode_to_vec(&RunInput {
                     input: Some(run_input::Input::Cancel(Cancel {})),
-                })
+                }))
                 .is_ok()
         });
         if asked {
@@ -140,7 +144,7 @@ pub fn handle(
     env: Env<'_>,
     owners: &[LocalPid],
     credit: usize,
-    inputs: Option<UnboundedSender<RunInput>>,
+    inputs: Option<UnboundedSender<Vec<u8>>>,
 ) -> ResourceArc<CallHandle> {
     with_limit(env, owners, credit, inputs, usize::MAX)
 }
@@ -151,7 +155,7 @@ pub fn with_limit(
     env: Env<'_>,
     owners: &[LocalPid],
     credit: usize,
-    inputs: Option<UnboundedSender<RunInput>>,
+    inputs: Option<UnboundedSender<Vec<u8>>>,
     max_message_bytes: usize,
 ) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
@@ -177,18 +181,14 @@ struct InFlight(ResourceArc<ChannelResource>);
 
 impl InFlight {
     fn enter(channel: ResourceArc<ChannelResource>) -> Self {
-        channel
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        channel.in_flight.fetch_add(1, Ordering::Relaxed);
         Self(channel)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -211,7 +211,161 @@ impl From<Error> for CallError {
     }
 }
 
-/// Runs `rpc` on the runtime and answers `reply` once, whatever happens:
+/// Starts a call with one answer, sent to the calling process as
+/// `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
+/// `rpc` makes the call on the channel (given the deadline to send), and
+/// `encode` turns its answer into `term` on the tokio thread.
+pub fn unary<T, Fut, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Term<'_>,
+    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
+    encode: E,
+) -> Started
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    unary_within(env, channel, tag, decode_timeout(timeout)?, rpc, encode)
+}
+
+/// [`unary`] with its deadline decoded.
+pub fn unary_within<T, Fut, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Option<Duration>,
+    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
+    encode: E,
+) -> Started
+where
+    T: Send + 'static,
+    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    let caller = env.pid();
+    let handle = self::handle(env, &[caller], 0, None);
+    let target = channel.clone();
+    spawn(
+        channel,
+        &handle,
+        Reply::new(caller, tag, Style::Unary),
+        timeout,
+        move |deadline| rpc(target, deadline),
+        encode,
+    );
+    Ok(Ok(handle))
+}
+
+/// [`unary`] for a method whose request and response are the messages
+/// `request` and `R`.
+pub fn unary_method<R, E>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    timeout: Term<'_>,
+    method: &'static str,
+    request: impl prost::Message + 'static,
+    encode: E,
+) -> Started
+where
+    R: prost::Message + Default + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, R) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    unary(
+        env,
+        channel,
+        tag,
+        timeout,
+        move |channel, deadline| {
+            // Sent now (see `spawn`): the future only waits for the answer.
+            let response = channel
+                .worker
+                .unary(method, request.encode_to_vec(), deadline);
+            async move { Ok(decode::<R>(response.await?)?) }
+        },
+        encode,
+    )
+}
+
+/// A method with one request and streamed responses, and how each
+/// response becomes a term.
+pub struct ServerStream<R, D, T> {
+    /// The method's path.
+    pub method: String,
+    /// Serializes the request (on the tokio thread).
+    pub request: R,
+    /// Reads a response.
+    pub decode: D,
+    /// A response's term.
+    pub to_term: T,
+}
+
+/// Starts a [`ServerStream`] call. The calling process gets
+/// `{:synapse_event, tag, {:message, term}}` for each response, at most
+/// `window` ahead of its acknowledgements (`run_ack`), then
+/// `{:synapse_event, tag, {:result, nil} | {:error, %SynapseCore.Error{}}}`.
+pub fn server_stream<R, M, D, T>(
+    env: Env<'_>,
+    channel: ResourceArc<ChannelResource>,
+    tag: Term<'_>,
+    (timeout, window): (Term<'_>, Term<'_>),
+    call: ServerStream<R, D, T>,
+) -> Started
+where
+    R: FnOnce() -> Vec<u8> + Send + 'static,
+    M: Send + 'static,
+    D: Fn(Bytes) -> Result<M, Error> + Send + 'static,
+    T: for<'a> Fn(Env<'a>, &M) -> Term<'a> + Send + 'static,
+{
+    let timeout = decode_timeout(timeout)?;
+    let caller = env.pid();
+    let handle = self::handle(env, &[caller], decode_window(window)?, None);
+    let reply = Reply::new(caller, tag, Style::Stream);
+    let mut events = reply.events();
+    let credit = handle.credit.clone();
+    let target = channel.clone();
+    let ServerStream {
+        method,
+        request,
+        decode,
+        to_term,
+    } = call;
+    spawn(
+        channel,
+        &handle,
+        reply,
+        timeout,
+        move |deadline| async move {
+            let mut responses = target
+                .worker
+                .server_streaming(&method, request(), deadline)
+                .await?;
+            loop {
+                take_credit(&credit).await?;
+                match responses.message().await? {
+                    Some(response) => {
+                        let message = decode(response)?;
+                        events.send(|env| (atoms::message(), to_term(env, &message)).encode(env));
+                    }
+                    None => return Ok::<(), CallError>(()),
+                }
+            }
+        },
+        |env, ()| Ok(atoms::nil().encode(env)),
+    );
+    Ok(Ok(handle))
+}
+
+/// A worker's response, as the message it must be.
+pub fn decode<R: prost::Message + Default>(bytes: Bytes) -> Result<R, Error> {
+    R::decode(bytes)
+        .map_err(|e| Error::Protocol(format!("the worker sent a malformed message: {e}")))
+}
+
+/// Makes the call with `rpc` and answers `reply` once, whatever happens:
 /// the worker's answer, the deadline, a cancel, the worker exiting, or a
 /// panic. `rpc` gets the deadline to put on the request (so the worker sees
 /// the same one) and `encode` turns the answer into a term on the tokio
@@ -231,8 +385,22 @@ pub fn spawn<T, Fut, E>(
     let cancel = handle.cancel.clone();
     let stop = handle.stop.clone();
     let in_flight = InFlight::enter(channel.clone());
+    // `rpc` runs here, on the caller's thread, so that a call that can be
+    // sent at once (a unary call on the lane) is on its way before any
+    // task is scheduled; the rest (waiting, deadline, cancel) runs on the
+    // runtime.
+    let started = if channel.closed.is_cancelled() {
+        Err(Error::WorkerExited)
+    } else {
+        let _runtime = RUNTIME.enter();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rpc(timeout)))
+            .map_err(|_| Error::Internal("starting the call panicked".into()))
+    };
     RUNTIME.spawn(async move {
-        let outcome = run(&channel, &cancel, &stop, timeout, rpc).await;
+        let outcome = match started {
+            Ok(call) => run(&channel, &cancel, &stop, timeout, call).await,
+            Err(error) => Err(error),
+        };
         drop(in_flight);
         reply.send(outcome, encode);
     });
@@ -243,17 +411,13 @@ async fn run<T, Fut>(
     cancel: &CancellationToken,
     stop: &CancellationToken,
     timeout: Option<Duration>,
-    rpc: impl FnOnce(Option<Duration>) -> Fut,
+    call: Fut,
 ) -> Result<T, Error>
 where
     Fut: Future<Output = Result<T, CallError>>,
 {
-    if channel.closed.is_cancelled() {
-        return Err(Error::WorkerExited);
-    }
     let call = async move {
-        let guarded =
-            futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(rpc(timeout)));
+        let guarded = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call));
         match timeout {
             Some(limit) => tokio::time::timeout(limit, guarded)
                 .await

@@ -1,41 +1,26 @@
-//! Connections to workers: one tonic channel per worker, shared by every
-//! call on it (HTTP/2 multiplexes them; cloning the client is cheap).
+//! Connections to workers (`SynapseCore.Channel`): one per worker, shared by
+//! every call on it. A local worker is reached over its lane, unless gRPC is
+//! asked for; a remote one over gRPC. Calls do not care which
+//! (`synapse_client::Worker`).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustler::{Atom, Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
-use synapse_client::proto::agent_service_client::AgentServiceClient;
-use synapse_client::proto::health::health_check_response::ServingStatus;
-use synapse_client::proto::health::health_client::HealthClient;
-use synapse_client::proto::health::{HealthCheckRequest, HealthCheckResponse};
-use synapse_client::proto::{EchoReply, EchoRequest, EchoStreamRequest};
-use synapse_client::{Address, Error, Tls};
+use synapse_client::{Address, Error, Tls, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 
 use crate::atoms;
-use crate::call::{self, CallError, Started};
 use crate::error::NifError;
-use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
-use synapse_client::session;
 
 /// A worker's channel. `closed` is cancelled when the worker is known to be
 /// gone, which fails every call in flight on it at once.
 pub struct ChannelResource {
-    /// `Bearer <token>` for workers that require one. Kept here, in Rust
-    /// only: it never reaches a term, a log line or an error.
-    authorization: Option<MetadataValue<Ascii>>,
-    /// The worker's session, started by the first call that uses it.
-    session: std::sync::Mutex<Option<session::Sender>>,
+    pub worker: Worker,
     /// Calls in flight on this channel, for least-loaded routing.
-    pub in_flight: std::sync::atomic::AtomicUsize,
-    pub client: AgentServiceClient<Channel>,
-    /// The same connection, for calls to services known only at run time
-    /// (the Bridge).
-    pub channel: Channel,
+    pub in_flight: AtomicUsize,
     pub max_message_bytes: usize,
     pub closed: CancellationToken,
     pub address: String,
@@ -88,6 +73,9 @@ fn channel_token<'a>(env: Env<'a>, token: Term<'a>) -> Term<'a> {
 pub struct ConnectOptions<'a> {
     /// Largest message, either way, in bytes.
     pub max_message_bytes: usize,
+    /// The worker's lane (`"unix:PATH"`): every call takes it; `nil` for
+    /// gRPC.
+    pub lane: Option<String>,
     /// PEM of the CA that signed a TCP worker's certificate; `nil` for no TLS.
     pub ca_pem: Option<Binary<'a>>,
     /// The name the worker's certificate must be valid for.
@@ -115,201 +103,45 @@ fn connect(
         ca_pem: pem.as_slice().to_vec(),
         server_name: options.server_name,
     });
-    let authorization = options.token.map(|token| token.0.clone());
-    let channel = synapse_client::connect_lazy(&Address::parse(&address)?, tls.as_ref())?;
-    let client = synapse_client::agent_client(
-        channel.clone(),
-        synapse_client::ConnectOptions {
-            max_message_bytes: options.max_message_bytes,
-        },
-    );
+    let lane = options.lane.as_deref().map(lane_path).transpose()?;
+    let worker = Worker::connect(WorkerOptions {
+        address: &Address::parse(&address)?,
+        lane,
+        tls: tls.as_ref(),
+        authorization: options.token.map(|token| token.0.clone()),
+        max_message_bytes: options.max_message_bytes,
+    })?;
     Ok(ResourceArc::new(ChannelResource {
-        session: std::sync::Mutex::new(None),
-        authorization,
-        in_flight: std::sync::atomic::AtomicUsize::new(0),
-        client,
-        channel,
+        worker,
+        in_flight: AtomicUsize::new(0),
         max_message_bytes: options.max_message_bytes,
         closed: CancellationToken::new(),
         address,
     }))
 }
 
-/// Asks the worker's health service whether it serves; answers
-/// `{:synapse_reply, tag, {:ok, :serving | :not_serving | :unknown} | {:error, error}}`.
-#[rustler::nif]
-fn channel_health<'a>(
-    env: Env<'a>,
-    channel: ResourceArc<ChannelResource>,
-    tag: Term<'a>,
-    timeout: Term<'a>,
-) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0, None);
-    let mut client = HealthClient::new(channel.channel.clone());
-    let request = request_builder(&channel);
-    call::spawn(
-        channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
-        timeout,
-        move |deadline| async move {
-            let request = request(HealthCheckRequest::default(), deadline);
-            Ok(client.check(request).await?.into_inner())
-        },
-        |env, response: HealthCheckResponse| {
-            Ok(match ServingStatus::try_from(response.status) {
-                Ok(ServingStatus::Serving) => atoms::serving(),
-                Ok(ServingStatus::NotServing) => atoms::not_serving(),
-                _ => atoms::unknown(),
-            }
-            .encode(env))
-        },
-    );
-    Ok(Ok(handle))
-}
-
-/// Echo: the worker answers `payload`; the caller gets
-/// `{:synapse_reply, tag, {:ok, payload} | {:error, error}}`.
-#[rustler::nif]
-fn channel_echo<'a>(
-    env: Env<'a>,
-    channel: ResourceArc<ChannelResource>,
-    tag: Term<'a>,
-    payload: Binary<'a>,
-    timeout: Term<'a>,
-) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0, None);
-    let request = EchoRequest {
-        payload: payload.as_slice().to_vec(),
-    };
-    let session = session_of(&channel);
-    call::spawn(
-        channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
-        timeout,
-        // The deadline is enforced around the call (call::spawn): a frame
-        // on the session has no deadline of its own.
-        move |_deadline| async move { Ok(session::echo(&session, request.payload).await?) },
-        |env, reply: EchoReply| Ok(bytes_term(env, &reply.payload)),
-    );
-    Ok(Ok(handle))
-}
-
-/// EchoStream: `count` replies of `payload`, as events `{:message, payload}`
-/// then `{:result, nil}`, at most `window` ahead of `run_ack`.
-#[rustler::nif]
-fn channel_echo_stream<'a>(
-    env: Env<'a>,
-    channel: ResourceArc<ChannelResource>,
-    tag: Term<'a>,
-    payload: Binary<'a>,
-    count: i32,
-    timeout: Term<'a>,
-    window: Term<'a>,
-) -> Started {
-    let timeout = call::decode_timeout(timeout)?;
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], call::decode_window(window)?, None);
-    let reply = Reply::new(caller, tag, Style::Stream);
-    let mut events = reply.events();
-    let credit = handle.credit.clone();
-    let mut client = channel.client.clone();
-    let build = request_builder(&channel);
-    let request = EchoStreamRequest {
-        payload: payload.as_slice().to_vec(),
-        count,
-    };
-    call::spawn(
-        channel,
-        &handle,
-        reply,
-        timeout,
-        move |deadline| async move {
-            let mut replies = client
-                .echo_stream(build(request, deadline))
-                .await?
-                .into_inner();
-            loop {
-                call::take_credit(&credit).await?;
-                match replies.message().await? {
-                    Some(reply) => {
-                        events.send(|env| {
-                            (atoms::message(), bytes_term(env, &reply.payload)).encode(env)
-                        });
-                    }
-                    None => return Ok::<(), CallError>(()),
-                }
-            }
-        },
-        |env, ()| Ok(atoms::nil().encode(env)),
-    );
-    Ok(Ok(handle))
-}
-
-/// The channel's session, started on first use or after the last one broke.
-fn session_of(channel: &ResourceArc<ChannelResource>) -> session::Sender {
-    let mut slot = channel
-        .session
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match slot.as_ref() {
-        Some(sender) if !sender.is_closed() => sender.clone(),
-        _ => {
-            let _runtime = RUNTIME.enter();
-            let sender = session::start(channel.client.clone(), channel.authorization.clone());
-            *slot = Some(sender.clone());
-            sender
-        }
-    }
-}
-
-fn bytes_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    let mut binary = rustler::NewBinary::new(env, bytes.len());
-    binary.as_mut_slice().copy_from_slice(bytes);
-    binary.into()
-}
-
-/// Builds requests for a call's future, which cannot borrow the channel.
-pub fn request_builder<T>(
-    channel: &ResourceArc<ChannelResource>,
-) -> impl Fn(T, Option<Duration>) -> tonic::Request<T> + Send + 'static {
-    let authorization = Arc::new(channel.authorization.clone());
-    move |message, deadline| {
-        let mut request = tonic::Request::new(message);
-        if let Some(deadline) = deadline {
-            request.set_timeout(deadline);
-        }
-        if let Some(authorization) = authorization.as_ref() {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
-        request
+fn lane_path(address: &str) -> Result<PathBuf, Error> {
+    match Address::parse(address)? {
+        Address::Unix(path) => Ok(path),
+        Address::Tcp(_) => Err(Error::InvalidArgument(format!(
+            "a lane is a Unix socket (unix:PATH), not {address:?}"
+        ))),
     }
 }
 
 /// The number of calls in flight on the channel.
 #[rustler::nif]
 fn channel_load(channel: ResourceArc<ChannelResource>) -> usize {
-    channel.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    channel.in_flight.load(Ordering::Relaxed)
 }
 
 /// Marks the worker gone: every call in flight on the channel, and every
-/// later one, answers `:worker_exited`. The channel's session stream ends
-/// too (its last sender dropped, it half-closes): a worker that is stopping
-/// does not wait for it through its whole grace period.
+/// later one, answers `:worker_exited`. The lane's connection closes too
+/// once those calls have let go of it: a worker that is stopping does not
+/// wait for it through its whole grace period.
 #[rustler::nif]
 fn channel_close(channel: ResourceArc<ChannelResource>) -> Atom {
     channel.closed.cancel();
-    channel
-        .session
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
+    channel.worker.close();
     atoms::ok()
 }

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use crate::atoms;
-use crate::error::Error;
+use synapse_client::Error;
 
 /// Deeper terms are refused. It bounds the recursion (and so the native
 /// stack used on a scheduler thread); serde_json's own parser stops at 128.
@@ -300,37 +300,4 @@ pub fn string<'a>(env: Env<'a>, s: &str) -> Term<'a> {
     let mut binary = NewBinary::new(env, s.len());
     binary.as_mut_slice().copy_from_slice(s.as_bytes());
     binary.into()
-}
-
-/// `{:ok, json_binary} | {:error, error}`: the conversion every request
-/// payload goes through, exposed for `SynapseCore.JSON`.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
-    match encode(term) {
-        Ok(bytes) => {
-            let mut binary = NewBinary::new(env, bytes.len());
-            binary.as_mut_slice().copy_from_slice(&bytes);
-            (atoms::ok(), Term::from(binary)).encode(env)
-        }
-        Err(e) => (atoms::error(), crate::error::NifError(e)).encode(env),
-    }
-}
-
-/// `{:ok, term} | {:error, error}`: the conversion every reply payload goes
-/// through, exposed for `SynapseCore.JSON`.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn json_decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
-    match decode(env, json.as_slice()) {
-        Ok(term) => (atoms::ok(), term).encode(env),
-        // Not from a worker here: just invalid input.
-        Err(Error::Protocol(message)) => {
-            let message = message.replace("the worker sent invalid JSON", "invalid JSON");
-            (
-                atoms::error(),
-                crate::error::NifError(Error::InvalidArgument(message)),
-            )
-                .encode(env)
-        }
-        Err(e) => (atoms::error(), crate::error::NifError(e)).encode(env),
-    }
 }

@@ -1,19 +1,23 @@
 //! Synapse's NIF: the hot path between the BEAM and Python agent workers.
 //!
-//! Every NIF here returns at once. Work that waits (gRPC calls to a worker)
-//! runs on one shared tokio runtime and answers the calling Erlang process by
-//! message, so no BEAM scheduler ever blocks on the network. See
-//! `SynapseCore.Native` for the Elixir side of each function.
+//! Every NIF here returns at once. Work that waits (calls to a worker, over
+//! its lane or gRPC) runs on one shared tokio runtime and answers the
+//! calling Erlang process by message, so no BEAM scheduler ever blocks on
+//! the network. See `SynapseCore.Native` for the Elixir side of each
+//! function.
 
 mod agent;
 mod atoms;
 mod bridge;
 mod call;
 mod channel;
+#[cfg(feature = "test-nifs")]
 mod debug;
 mod error;
 mod json;
+mod json_nifs;
 mod messages;
+mod probe;
 mod reply;
 mod run;
 mod runtime;

@@ -5,15 +5,14 @@ use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
 use std::time::Duration;
 
 use synapse_client::proto::{
-    run_event, run_input, run_result, tool_result, RunInput, RunRequest, RunResult, ToolCall,
-    ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
+    methods, run_event, run_input, run_result, tool_result, RunEvent, RunInput, RunRequest,
+    RunResult, ToolCall, ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
 };
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::atoms;
 use crate::call::{self, fits, CallError, CallHandle, Started};
-use crate::channel::{request_builder, ChannelResource};
+use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::json;
 use crate::messages;
@@ -138,12 +137,12 @@ fn run_tool_result<'a>(
         Ok(outcome) => {
             if let Some(inputs) = &handle.inputs {
                 // Fails only when the run is over; then nobody waits for the result.
-                let _ = inputs.send(RunInput {
+                let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
                     input: Some(run_input::Input::ToolResult(ToolResult {
                         request_id,
                         outcome: Some(outcome),
                     })),
-                });
+                }));
             }
             atoms::ok().encode(env)
         }
@@ -223,31 +222,35 @@ fn start_unary<'a>(
         Ok(request) => request,
         Err(e) => return Ok(Err(NifError(e))),
     };
-    let caller = env.pid();
-    let handle = call::handle(env, &[caller], 0, None);
-    let mut client = channel.client.clone();
-    let build = request_builder(&channel);
-    call::spawn(
+    call::unary_within(
+        env,
         channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
+        tag,
         timeout,
-        move |deadline| async move {
-            let last = client.run_sync(build(request, deadline)).await?;
-            match last.into_inner().event {
-                Some(run_event::Event::Result(result)) => Ok(result),
-                Some(run_event::Event::Failure(failure)) => {
-                    Err(CallError::Other(Error::from_failure(failure)))
+        move |channel, deadline| {
+            // Sent now (see `call::spawn`): the future only waits for the
+            // answer, a result or the run's failure (in band).
+            let response = channel.worker.unary(
+                methods::AGENT_SERVICE_RUN_SYNC,
+                prost::Message::encode_to_vec(&request),
+                deadline,
+            );
+            async move {
+                let last: RunEvent = call::decode(response.await?)?;
+                match last.event {
+                    Some(run_event::Event::Result(result)) => Ok(result),
+                    Some(run_event::Event::Failure(failure)) => {
+                        Err(CallError::Other(Error::from_failure(failure)))
+                    }
+                    _ => Err(Error::Protocol(
+                        "RunSync answered neither a result nor a failure".into(),
+                    )
+                    .into()),
                 }
-                _ => Err(
-                    Error::Protocol("RunSync answered neither a result nor a failure".into())
-                        .into(),
-                ),
             }
         },
         encode_result,
-    );
-    Ok(Ok(handle))
+    )
 }
 
 fn start_stream<'a>(
@@ -282,14 +285,12 @@ fn start_stream<'a>(
             owners.push(pid);
         }
     }
-    let (inputs, inputs_stream) = mpsc::unbounded_channel();
-    // The first message is the start request; the receiving end is the
-    // request stream, open for tool results until the run ends.
-    inputs
-        .send(RunInput {
-            input: Some(run_input::Input::Start(request)),
-        })
-        .map_err(|_| rustler::Error::BadArg)?;
+    // The request stream: the start request, then tool results until the
+    // run ends.
+    let (inputs, requests) = mpsc::unbounded_channel();
+    let start = RunInput {
+        input: Some(run_input::Input::Start(request)),
+    };
     let handle = call::with_limit(
         env,
         &owners,
@@ -305,20 +306,13 @@ fn start_stream<'a>(
         inputs,
         credit: handle.credit.clone(),
     };
-    let client = channel.client.clone();
-    let build = request_builder(&channel);
+    let target = channel.clone();
     call::spawn(
         channel,
         &handle,
         reply,
         timeout,
-        move |deadline| {
-            stream(
-                client,
-                build(UnboundedReceiverStream::new(inputs_stream), deadline),
-                relay,
-            )
-        },
+        move |deadline| stream(target, start, requests, deadline, relay),
         encode_result,
     );
     Ok(Ok(handle))
@@ -329,26 +323,32 @@ struct Relay {
     events: Events,
     runner: Option<Runner>,
     /// To answer tool requests nobody can execute.
-    inputs: mpsc::UnboundedSender<RunInput>,
+    inputs: mpsc::UnboundedSender<Vec<u8>>,
     credit: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Relays a run's events while the receiver has credit. Without credit it
-/// stops reading, so HTTP/2 flow control slows the worker down instead of
-/// events piling up in the receiver's mailbox.
+/// stops reading, so flow control (HTTP/2's, or the lane's credit) slows the
+/// worker down instead of events piling up in the receiver's mailbox.
 async fn stream(
-    mut client: synapse_client::proto::agent_service_client::AgentServiceClient<
-        tonic::transport::Channel,
-    >,
-    request: tonic::Request<UnboundedReceiverStream<RunInput>>,
+    channel: ResourceArc<ChannelResource>,
+    start: RunInput,
+    requests: mpsc::UnboundedReceiver<Vec<u8>>,
+    deadline: Option<std::time::Duration>,
     mut relay: Relay,
 ) -> Result<RunResult, CallError> {
-    let mut responses = client.run(request).await?.into_inner();
+    // The receiving end lives as long as `requests`.
+    let _ = relay.inputs.send(prost::Message::encode_to_vec(&start));
+    let mut responses = channel
+        .worker
+        .streaming(methods::AGENT_SERVICE_RUN, requests, deadline)
+        .await?;
     loop {
         call::take_credit(&relay.credit).await?;
         let event = responses.message().await?.ok_or_else(|| {
             Error::Protocol("the worker ended the stream without a result".into())
         })?;
+        let event: RunEvent = call::decode(event)?;
         match event.event {
             Some(run_event::Event::TextDelta(text)) => {
                 relay
@@ -385,7 +385,7 @@ impl Relay {
         };
         if !delivered {
             // Without a runner the call can only fail; tell the model.
-            let _ = self.inputs.send(RunInput {
+            let _ = self.inputs.send(prost::Message::encode_to_vec(&RunInput {
                 input: Some(run_input::Input::ToolResult(ToolResult {
                     request_id: request.request_id,
                     outcome: Some(tool_result::Outcome::RetryMessage(format!(
@@ -393,7 +393,7 @@ impl Relay {
                         request.name
                     ))),
                 })),
-            });
+            }));
         }
     }
 }

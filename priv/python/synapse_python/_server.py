@@ -16,12 +16,14 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, TextIO
 from urllib.parse import urlsplit
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -231,3 +233,34 @@ def _umask(mask: int) -> Iterator[None]:
         yield
     finally:
         os.umask(previous)
+
+
+def method_table(service: ServiceDescriptor, servicer: object) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of every method of `service`, bound to `servicer`'s methods of the same names.
+
+    Built from the descriptor, not written by hand: the `.proto` stays the single
+    list of methods, and a method the servicer does not implement fails at startup
+    instead of answering UNIMPLEMENTED at run time.
+    """
+    table: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        implementation = getattr(servicer, method.name, None)
+        if implementation is None:
+            raise TypeError(
+                f"{type(servicer).__name__} does not implement {service.full_name}/{method.name}"
+            )
+        make = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        table[method.name] = make(
+            implementation,
+            request_deserializer=GetMessageClass(method.input_type).FromString,
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    return table
+
+
+_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}

@@ -17,9 +17,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
-from google.protobuf.message_factory import GetMessageClass
 
-from synapse_python import _agents, _errors, _run
+from synapse_python import _agents, _errors, _run, _server
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -133,32 +132,6 @@ class AgentService:
             agent_id=loaded.agent_id, name=loaded.name, output_kind=loaded.output_kind
         )
 
-    async def Echo(  # named as in agent.proto
-        self, request: agent_pb2.EchoRequest, context: grpc.aio.ServicerContext
-    ) -> agent_pb2.EchoReply:
-        # No decorator, no logging: the bare cost of a call is what it measures.
-        return agent_pb2.EchoReply(payload=request.payload)
-
-    async def EchoStream(  # named as in agent.proto
-        self, request: agent_pb2.EchoStreamRequest, context: grpc.aio.ServicerContext
-    ) -> None:
-        reply = agent_pb2.EchoReply(payload=request.payload)
-        for _ in range(request.count):
-            await context.write(reply)
-
-    async def Session(  # named as in agent.proto
-        self, requests: AsyncIterator[agent_pb2.SessionFrame], context: grpc.aio.ServicerContext
-    ) -> None:
-        # Frames are answered in the coroutine that reads them: no task and
-        # no new RPC per call, which is the point of a session.
-        async for frame in requests:
-            if frame.WhichOneof("body") == "echo":
-                await context.write(
-                    agent_pb2.SessionFrame(
-                        id=frame.id, echo_reply=agent_pb2.EchoReply(payload=frame.echo.payload)
-                    )
-                )
-
     async def RunSync(  # named as in agent.proto
         self, request: agent_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RunEvent:
@@ -264,28 +237,8 @@ def generic_handler(
     Returns the generic handler and the method table (for
     `add_registered_method_handlers`, grpc's faster path), as generated code does.
     """
-    table: dict[str, grpc.RpcMethodHandler] = {}
-    for method in SERVICE.methods:
-        implementation = getattr(servicer, method.name, None)
-        if implementation is None:
-            raise TypeError(
-                f"{type(servicer).__name__} does not implement {SERVICE_NAME}/{method.name}"
-            )
-        make = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
-        table[method.name] = make(
-            implementation,
-            request_deserializer=GetMessageClass(method.input_type).FromString,
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
-        )
+    table = _server.method_table(SERVICE, servicer)
     return grpc.method_handlers_generic_handler(SERVICE_NAME, table), table
-
-
-_HANDLER_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def _describe(request: object) -> str:

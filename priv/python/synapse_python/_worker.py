@@ -16,7 +16,7 @@ from grpc_health.v1.health import aio as health_aio
 from pydantic_ai import Agent
 from pydantic_ai.agent import AbstractAgent
 
-from synapse_python import _agents, _auth, _logging, _server, _service, _threads
+from synapse_python import _agents, _auth, _lane, _logging, _probe, _server, _service, _threads
 from synapse_python._server import DEFAULT_SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Worker:
         self._endpoint: _server.Endpoint | None = None
         self._owned_directory: str | None = None
         self._address: str | None = None
+        self._lane: _lane.LaneServer | None = None
         self._bridges: dict[str, BridgeService] = {}
         self._max_stuck_threads = (
             max_stuck_threads if max_stuck_threads is not None else _max_stuck_threads_from_env()
@@ -164,7 +165,13 @@ class Worker:
         self._bridges[bridge.name] = bridge
         return bridge
 
-    async def start(self, listen: str | None = None, *, allow_remote: bool = False) -> str:
+    async def start(
+        self,
+        listen: str | None = None,
+        *,
+        allow_remote: bool = False,
+        lane: str | None = None,
+    ) -> str:
         """Bind and start serving; returns the address clients connect to.
 
         `listen` is `unix:PATH` (its directory must exist, and should be 0700)
@@ -172,9 +179,16 @@ class Worker:
         required, see `Worker`, and non-loopback hosts need `allow_remote`
         too). Without it the socket goes in a fresh private directory, removed
         again by `stop`. An address it refuses raises `ValueError`.
+
+        `lane` (`unix:PATH`) serves every method on the local lane too
+        (`synapse_python._lane`): the same calls for a client on this machine,
+        at a fraction of a gRPC call's cost.
         """
         if self._server is not None:
             raise RuntimeError("worker already started")
+        lane_endpoint = _server.parse_listen(lane) if lane else None
+        if lane_endpoint is not None and lane_endpoint.scheme != "unix":
+            raise ValueError(f"the lane must be a Unix socket (unix:PATH), got {lane!r}")
         if listen:
             endpoint, owned_directory = (
                 _server.parse_listen(listen, allow_remote=allow_remote),
@@ -194,42 +208,68 @@ class Worker:
             options=_server.server_options(self._max_message_bytes),
             interceptors=[_auth.TokenInterceptor(self._token)] if self._token is not None else None,
         )
-        handler, table = _service.generic_handler(_service.AgentService(self._registry))
-        server.add_generic_rpc_handlers((handler,))
-        server.add_registered_method_handlers(_service.SERVICE_NAME, table)
-        for name, bridge in self._bridges.items():
-            bridge_handler, bridge_table = bridge.handlers()
-            server.add_generic_rpc_handlers((bridge_handler,))
-            server.add_registered_method_handlers(name, bridge_table)
         health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        services = self._services(health)
+        for name, table in services.items():
+            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
+            server.add_registered_method_handlers(name, table)
+        lane_server = None
         try:
             port = _server.bind(
                 server, endpoint, self._tls.server_credentials() if self._tls else None
             )
-            # The server's calls run in contexts copied from this one now:
-            # each runs its sync tools in the worker's threads.
+            # The servers' calls run in contexts copied from this one now
+            # (the lane's: from its listening socket's): each runs its sync
+            # tools in the worker's threads.
             with Agent.using_thread_executor(self._tool_threads):
                 await server.start()
+                if lane_endpoint is not None:
+                    lane_server = _lane.LaneServer(
+                        {
+                            f"/{name}/{method}": handler
+                            for name, table in services.items()
+                            for method, handler in table.items()
+                        },
+                        max_message_bytes=self._max_message_bytes,
+                        token=self._token,
+                    )
+                    await lane_server.start(lane_endpoint.path)
             for service in self._health_services():
                 await health.set(service, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
+            if lane_server is not None:
+                await lane_server.stop(None)
             await server.stop(None)
             _server.cleanup(endpoint, owned_directory)
             raise
-        self._server, self._health = server, health
+        self._server, self._health, self._lane = server, health, lane_server
         self._loop = asyncio.get_running_loop()
         _logging.report_status(stuck_threads=self._tool_threads.stuck)
         self._endpoint, self._owned_directory = endpoint, owned_directory
         self._address = endpoint.announced(port)
         logger.info(
-            "serving %s on %s (%s, %s)",
+            "serving %s on %s (%s, %s)%s",
             ", ".join([_service.SERVICE_NAME, *self._bridges]),
             self._address,
             "TLS" if self._tls else "no TLS",
             "bearer token required" if self._token is not None else "no token",
+            f", and on the lane {lane}" if lane_endpoint is not None else "",
         )
         return self._address
+
+    def _services(
+        self, health: health_aio.HealthServicer
+    ) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        """Every service this worker serves: method handlers by method name, by service."""
+        services = _ServiceTables()
+        _, table = _service.generic_handler(_service.AgentService(self._registry))
+        services.add_registered_method_handlers(_service.SERVICE_NAME, table)
+        services.add_registered_method_handlers(_probe.SERVICE_NAME, _probe.method_table())
+        for name, bridge in self._bridges.items():
+            _, bridge_table = bridge.handlers()
+            services.add_registered_method_handlers(name, bridge_table)
+        health_pb2_grpc.add_HealthServicer_to_server(health, services)
+        return services.tables
 
     async def stop(self, grace: float | None = DEFAULT_SHUTDOWN_GRACE) -> None:
         """Stop serving: refuse new calls, give in-flight runs `grace` seconds, cancel the rest.
@@ -242,13 +282,15 @@ class Worker:
         if server is None:
             return
         assert self._health is not None and self._endpoint is not None
+        lane, self._lane = self._lane, None
         try:
             await self._health.enter_graceful_shutdown()
             timeout = (grace or 0.0) + _STOP_SLACK
+            stopping = [server.stop(grace)] + ([lane.stop(grace)] if lane is not None else [])
             try:
-                await asyncio.wait_for(server.stop(grace), timeout)
+                await asyncio.wait_for(asyncio.gather(*stopping), timeout)
             except TimeoutError:
-                logger.warning("gRPC server did not stop within %.1f s; exiting anyway", timeout)
+                logger.warning("the servers did not stop within %.1f s; exiting anyway", timeout)
         finally:
             self._tool_threads.shutdown()
             _server.cleanup(self._endpoint, self._owned_directory)
@@ -298,6 +340,21 @@ class Worker:
         await self.stop()
 
 
+class _ServiceTables:
+    """Collects method tables as a grpc server would be given them (generated `add_*_to_server`)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the registered tables below hold the same handlers
+
+    def add_registered_method_handlers(
+        self, service: str, table: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.tables[service] = dict(table)
+
+
 def _max_stuck_threads_from_env() -> int:
     raw = os.environ.get(MAX_STUCK_THREADS_ENV, "").strip()
     if not raw:
@@ -318,6 +375,7 @@ async def serve(
     tls_cert: _auth.PemSource | None = None,
     tls_key: _auth.PemSource | None = None,
     token: str | _auth.BearerToken | None = None,
+    lane: str | None = None,
 ) -> None:
     """Run a worker until SIGTERM or SIGINT, announcing readiness on stdout.
 
@@ -328,7 +386,8 @@ async def serve(
     the server accepts connections, exactly one line `SYNAPSE_READY <address>`
     is printed to stdout, which is what the process manager waits for. A signal
     stops the worker gracefully (see `Worker.stop`) and `serve` returns.
-    `tls_cert`, `tls_key` and `token` are `Worker`'s (required for TCP).
+    `tls_cert`, `tls_key` and `token` are `Worker`'s (required for TCP);
+    `lane` is `Worker.start`'s.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -355,7 +414,7 @@ async def serve(
             logger.info("loaded the bridge of %s (%s)", module, service.name)
         if stopping.is_set():
             return
-        address = await worker.start(listen, allow_remote=allow_remote)
+        address = await worker.start(listen, allow_remote=allow_remote, lane=lane)
         try:
             _server.announce_ready(address)
             await stopping.wait()

@@ -1,6 +1,6 @@
 """Command line entry point of a worker process: `python -m synapse_python.worker`.
 
-    python -m synapse_python.worker [--listen unix:PATH | tcp://HOST:PORT]
+    python -m synapse_python.worker [--listen unix:PATH | tcp://HOST:PORT] [--lane unix:PATH]
                                     [--agent ID=package.module:attr]... [--bridge MODULE]...
                                     [--tls-cert PEM --tls-key PEM] [--token-file PATH]
                                     [--allow-remote] [--grace SECONDS]
@@ -10,6 +10,11 @@
 DIR`): DIR (holding `synapse_bridge_my_module.py`, `my_module.ir.json` and
 `my_module.desc`) and the directory `my_module` is imported from must be on
 PYTHONPATH.
+
+`--lane unix:PATH` serves every method on the local lane as well
+(`proto/synapse/v1/lane.proto`): the same calls, for a client on this machine,
+over far cheaper framing than gRPC's. It is how `SynapseCore` reaches the
+workers it starts.
 
 `tcp://HOST:PORT` requires TLS (`--tls-cert` and `--tls-key`, PEM files) and a
 bearer token, and a host that is not loopback `--allow-remote` as well. The
@@ -60,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_token = os.environ.pop(TOKEN_ENV, None)
     tls = _tls(parser, args.tls_cert, args.tls_key)
     token = _token(parser, args.token_file, env_token)
+    if args.lane and not args.lane.startswith("unix:"):
+        parser.error(f"--lane must be unix:PATH, got {args.lane!r}")
     if args.listen:
         try:
             endpoint = parse_listen(args.listen, allow_remote=args.allow_remote)
@@ -97,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tls_cert=tls.certificate_chain if tls else None,
                 tls_key=tls.private_key if tls else None,
                 token=token,
+                lane=args.lane,
             )
         )
     except Exception:
@@ -120,6 +128,11 @@ def _parser() -> argparse.ArgumentParser:
         "--listen",
         metavar="ADDRESS",
         help="unix:PATH or tcp://HOST:PORT (default: a socket in a new private directory)",
+    )
+    parser.add_argument(
+        "--lane",
+        metavar="ADDRESS",
+        help="also serve every method on the local lane at unix:PATH",
     )
     parser.add_argument(
         "--agent",

@@ -1,0 +1,899 @@
+//! The client side of the local lane (`proto/synapse/v1/lane.proto`): a
+//! worker's gRPC methods, called over one connection to its second Unix
+//! socket with one frame each way per unary call.
+//!
+//! A [`Lane`] connects on first use and again after its connection broke.
+//! A call writes its frame to the socket itself when nothing is waiting to
+//! be written (one non-blocking write, no task woken); otherwise the frame
+//! joins the others waiting, which the connection's writer sends together.
+//! The connection's reader hands each frame from the worker to its call by
+//! id. Calls answer as tonic does: `Ok` with the response
+//! bytes, or a [`Status`] — the worker's status with its `ErrorDetail` in
+//! the same trailing-metadata entry the gRPC path uses, so that
+//! [`Error::from_status`](crate::Error::from_status) classifies both alike;
+//! or, when the connection broke, a status whose source is the I/O error,
+//! which [`is_transport_failure`](crate::error::is_transport_failure)
+//! recognizes.
+//!
+//! A call dropped before its end (its caller gave up, its deadline passed)
+//! sends `cancel`, which cancels the handler's task in the worker.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use prost::bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+
+use crate::error::DETAIL_KEY;
+use crate::proto::{lane_frame, LaneFrame, LaneHello, LaneStart, LaneStatus};
+
+/// Room for a frame's own fields around a message of the maximum size (as
+/// the worker allows).
+const FRAME_SLACK: usize = 64 * 1024;
+/// Responses a streamed call may have on their way before its reader takes
+/// them: it gives credit back as it reads.
+const WINDOW: u32 = 32;
+
+/// A worker's lane: a connection made on first use, and made again when it
+/// broke.
+pub struct Lane {
+    path: PathBuf,
+    /// `Bearer <token>`, sent in the connection's `hello`.
+    authorization: Option<String>,
+    max_message_bytes: usize,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+impl Lane {
+    /// A lane to the socket at `path`. Connects on first use (within a
+    /// tokio runtime), so this never waits.
+    pub fn new(path: PathBuf, authorization: Option<String>, max_message_bytes: usize) -> Self {
+        Self {
+            path,
+            authorization,
+            max_message_bytes,
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Calls a method with one request and one response.
+    pub async fn unary(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Status> {
+        self.start_unary(method, request, timeout)?.answer().await
+    }
+
+    /// Sends the call of a method with one request and one response now,
+    /// on the calling thread (within a tokio runtime's context); its answer
+    /// comes later ([`Unary::answer`]). The frame goes out at once when the
+    /// socket is free: the call waits for no task to be scheduled.
+    pub fn start_unary(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Unary, Status> {
+        let (reply, answer) = oneshot::channel();
+        let call = self.open(method, request, timeout, 0, Route::Unary(reply))?;
+        Ok(Unary { call, answer })
+    }
+
+    /// Calls a method with one request and streamed responses.
+    pub fn server_streaming(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Responses, Status> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let call = self.open(method, request, timeout, WINDOW, Route::Stream(events))?;
+        Ok(Responses::new(call, receiver))
+    }
+
+    /// Calls a method whose requests and responses both stream: the
+    /// requests are sent as `requests` yields them, then the call is
+    /// half-closed.
+    pub fn streaming(
+        &self,
+        method: &str,
+        mut requests: mpsc::UnboundedReceiver<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<Responses, Status> {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let call = self.open(method, Vec::new(), timeout, WINDOW, Route::Stream(events))?;
+        let (connection, id) = (call.connection.clone(), call.id);
+        let (ended, mut ended_signal) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    request = requests.recv() => match request {
+                        Some(message) => connection.send(id, lane_frame::Body::Message(message)),
+                        None => {
+                            connection.send(id, lane_frame::Body::HalfClose(true));
+                            return;
+                        }
+                    },
+                    // The call is over: nobody reads its responses any more.
+                    _ = &mut ended_signal => return,
+                }
+            }
+        });
+        let mut responses = Responses::new(call, receiver);
+        responses.ended = Some(ended);
+        Ok(responses)
+    }
+
+    fn open(
+        &self,
+        method: &str,
+        message: Vec<u8>,
+        timeout: Option<Duration>,
+        credit: u32,
+        route: Route,
+    ) -> Result<Open, Status> {
+        let connection = self.connection();
+        let id = connection.register(route)?;
+        let timeout_us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+        connection.send(
+            id,
+            lane_frame::Body::Start(LaneStart {
+                method: method.to_owned(),
+                // 0 means none: a deadline of 0 µs is 1 µs.
+                timeout_us: if timeout.is_some() {
+                    timeout_us.max(1)
+                } else {
+                    0
+                },
+                message,
+                credit,
+            }),
+        );
+        Ok(Open {
+            connection,
+            id,
+            done: false,
+        })
+    }
+
+    /// Lets go of the current connection: it closes once the calls on it
+    /// have ended.
+    pub fn close(&self) {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// The current connection, or a new one when there is none or it broke.
+    fn connection(&self) -> Arc<Connection> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(connection) if !connection.is_broken() => connection.clone(),
+            _ => {
+                let connection = Connection::start(
+                    self.path.clone(),
+                    self.authorization.clone(),
+                    self.max_message_bytes + FRAME_SLACK,
+                );
+                *slot = Some(connection.clone());
+                connection
+            }
+        }
+    }
+}
+
+/// Where a call's frames go.
+enum Route {
+    Unary(oneshot::Sender<Result<Bytes, Status>>),
+    Stream(mpsc::UnboundedSender<Event>),
+}
+
+enum Event {
+    Message(Bytes),
+    End(Result<(), Status>),
+}
+
+struct Calls {
+    next_id: u64,
+    routes: HashMap<u64, Route>,
+    /// Why the connection broke; no call is registered after that.
+    broken: Option<String>,
+}
+
+struct Connection {
+    calls: Mutex<Calls>,
+    output: Arc<Output>,
+}
+
+/// The writing side, shared by the calls and the connection's writer.
+struct Output {
+    /// The socket, once connected.
+    socket: OnceLock<OwnedWriteHalf>,
+    pending: Mutex<Pending>,
+    /// Wakes the writer: frames are waiting, or the connection is gone.
+    wake: Notify,
+    /// Nobody holds the connection any more.
+    closed: AtomicBool,
+}
+
+struct Pending {
+    /// Frames waiting to be written, in order.
+    bytes: Vec<u8>,
+    /// The writer is writing: calls leave their frames to it.
+    flushing: bool,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.output.closed.store(true, Ordering::Release);
+        self.output.wake.notify_one();
+    }
+}
+
+impl Connection {
+    fn start(path: PathBuf, authorization: Option<String>, max_frame: usize) -> Arc<Self> {
+        let output = Arc::new(Output {
+            socket: OnceLock::new(),
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                flushing: false,
+            }),
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let connection = Arc::new(Self {
+            calls: Mutex::new(Calls {
+                next_id: 0,
+                routes: HashMap::new(),
+                broken: None,
+            }),
+            output: output.clone(),
+        });
+        if let Some(authorization) = authorization {
+            connection.send(0, lane_frame::Body::Hello(LaneHello { authorization }));
+        }
+        tokio::spawn(run(Arc::downgrade(&connection), output, path, max_frame));
+        connection
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+
+    fn register(&self, route: Route) -> Result<u64, Status> {
+        let mut calls = self.lock();
+        if let Some(reason) = &calls.broken {
+            return Err(transport_failure(reason));
+        }
+        calls.next_id += 1;
+        let id = calls.next_id;
+        calls.routes.insert(id, route);
+        Ok(id)
+    }
+
+    /// Writes a frame: at once when the socket is free, else after the
+    /// frames waiting before it. A write that fails breaks the connection,
+    /// which the reader reports to every call.
+    fn send(&self, call: u64, body: lane_frame::Body) {
+        let frame = LaneFrame {
+            call,
+            body: Some(body),
+        };
+        let length = frame.encoded_len();
+        let mut bytes = Vec::with_capacity(4 + length);
+        // Frames are bounded by the maximum message size, far below 4 GiB.
+        bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+        frame.encode_raw(&mut bytes);
+        self.output.send(&bytes);
+    }
+
+    /// The call is over on this side: forget it, and tell the worker.
+    fn cancel(&self, id: u64) {
+        if self.lock().routes.remove(&id).is_some() {
+            self.send(id, lane_frame::Body::Cancel(true));
+        }
+    }
+
+    /// The failure of a call whose route was dropped with the connection.
+    fn failure(&self) -> Status {
+        transport_failure(self.lock().broken.as_deref().unwrap_or("the lane closed"))
+    }
+
+    fn route(&self, frame: LaneFrame) -> Result<(), String> {
+        let id = frame.call;
+        let body = frame
+            .body
+            .ok_or_else(|| format!("the worker sent a frame with no body for call {id}"))?;
+        let mut calls = self.lock();
+        match body {
+            lane_frame::Body::Message(message) => match calls.routes.get(&id) {
+                Some(Route::Stream(events)) => {
+                    let _ = events.send(Event::Message(Bytes::from(message)));
+                }
+                Some(Route::Unary(_)) => {
+                    if let Some(Route::Unary(reply)) = calls.routes.remove(&id) {
+                        let _ = reply.send(Ok(Bytes::from(message)));
+                    }
+                }
+                // Cancelled meanwhile.
+                None => {}
+            },
+            lane_frame::Body::Status(status) => {
+                let status = status_from(status);
+                match calls.routes.remove(&id) {
+                    Some(Route::Unary(reply)) => {
+                        let _ = reply.send(Err(if status.code() == Code::Ok {
+                            Status::internal("the worker ended a unary call without a response")
+                        } else {
+                            status
+                        }));
+                    }
+                    Some(Route::Stream(events)) => {
+                        let end = if status.code() == Code::Ok {
+                            Ok(())
+                        } else {
+                            Err(status)
+                        };
+                        let _ = events.send(Event::End(end));
+                    }
+                    None => {}
+                }
+            }
+            other => return Err(format!("the worker sent a client's frame: {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: every call on it fails, and so does every
+    /// later one (the lane then makes a new connection).
+    fn break_off(&self, reason: String) {
+        let routes = {
+            let mut calls = self.lock();
+            if calls.broken.is_none() {
+                calls.broken = Some(reason.clone());
+            }
+            std::mem::take(&mut calls.routes)
+        };
+        for (_, route) in routes {
+            match route {
+                Route::Unary(reply) => {
+                    let _ = reply.send(Err(transport_failure(&reason)));
+                }
+                Route::Stream(events) => {
+                    let _ = events.send(Event::End(Err(transport_failure(&reason))));
+                }
+            }
+        }
+    }
+}
+
+impl Output {
+    fn send(&self, frame: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = match self.socket.get() {
+            Some(socket) if !pending.flushing => match socket.try_write(frame) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                // The reader sees the broken connection too, and fails every
+                // call on it.
+                Err(_) => return,
+            },
+            _ => 0,
+        };
+        if written < frame.len() {
+            pending.bytes.extend_from_slice(&frame[written..]);
+            if !pending.flushing {
+                pending.flushing = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// A call registered on a connection: cancelled if dropped before its end.
+struct Open {
+    connection: Arc<Connection>,
+    id: u64,
+    done: bool,
+}
+
+impl Open {
+    fn finished(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if !self.done {
+            self.connection.cancel(self.id);
+        }
+    }
+}
+
+/// A unary call sent, waiting for its answer; dropping it before the
+/// answer cancels the call.
+pub struct Unary {
+    call: Open,
+    answer: oneshot::Receiver<Result<Bytes, Status>>,
+}
+
+impl Unary {
+    /// The response, or the call's failure.
+    pub async fn answer(self) -> Result<Bytes, Status> {
+        let Unary { call, answer } = self;
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err(call.connection.failure()));
+        call.finished();
+        result
+    }
+}
+
+/// The responses of a streamed call, read with [`Responses::message`];
+/// dropping it before the end cancels the call.
+pub struct Responses {
+    call: Open,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// Responses read since credit was last given back.
+    taken: u32,
+    /// Ends the request forwarder of a call whose requests stream.
+    ended: Option<oneshot::Sender<()>>,
+}
+
+impl Responses {
+    fn new(call: Open, events: mpsc::UnboundedReceiver<Event>) -> Self {
+        Self {
+            call,
+            events,
+            taken: 0,
+            ended: None,
+        }
+    }
+
+    /// The next response, `None` at the end, or the call's failure.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, Status> {
+        if self.call.done {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(Event::Message(message)) => {
+                self.taken += 1;
+                if self.taken >= WINDOW / 2 {
+                    self.call
+                        .connection
+                        .send(self.call.id, lane_frame::Body::Credit(self.taken));
+                    self.taken = 0;
+                }
+                Ok(Some(message))
+            }
+            Some(Event::End(end)) => {
+                self.call.done = true;
+                self.ended.take();
+                end.map(|()| None)
+            }
+            None => {
+                self.call.done = true;
+                Err(self.call.connection.failure())
+            }
+        }
+    }
+}
+
+/// The connection's life: connect, then write and read until either side
+/// fails or nobody holds the connection any more (the lane replaced it and
+/// its last call ended).
+async fn run(connection: Weak<Connection>, output: Arc<Output>, path: PathBuf, max_frame: usize) {
+    let reason = match UnixStream::connect(&path).await {
+        Ok(stream) => {
+            let (reader, writer) = stream.into_split();
+            // Set once, here; frames sent meanwhile wait for the writer.
+            let _ = output.socket.set(writer);
+            tokio::select! {
+                reason = write(&output) => reason,
+                reason = read(&connection, reader, max_frame) => reason,
+            }
+        }
+        Err(e) => format!("cannot connect to the lane at {}: {e}", path.display()),
+    };
+    if let Some(connection) = connection.upgrade() {
+        connection.break_off(reason);
+    }
+}
+
+/// Writes the frames calls could not write themselves, all that are
+/// waiting in one write.
+async fn write(output: &Output) -> String {
+    let Some(socket) = output.socket.get() else {
+        return "the lane is not connected".to_owned();
+    };
+    loop {
+        let batch = {
+            let mut pending = output
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pending.bytes.is_empty() {
+                pending.flushing = false;
+                None
+            } else {
+                pending.flushing = true;
+                Some(std::mem::take(&mut pending.bytes))
+            }
+        };
+        match batch {
+            Some(batch) => {
+                if let Err(e) = write_all(socket, &batch).await {
+                    return format!("the lane connection failed: {e}");
+                }
+            }
+            None => {
+                if output.closed.load(Ordering::Acquire) {
+                    return "the lane was closed".to_owned();
+                }
+                output.wake.notified().await;
+            }
+        }
+    }
+}
+
+async fn write_all(socket: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read(
+    connection: &Weak<Connection>,
+    mut socket: OwnedReadHalf,
+    max_frame: usize,
+) -> String {
+    let mut buffer = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let frame = match next_frame(&mut socket, &mut buffer, max_frame).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return "the worker closed the lane".to_owned(),
+            Err(reason) => return reason,
+        };
+        let Some(connection) = connection.upgrade() else {
+            return "the lane was closed".to_owned();
+        };
+        if let Err(reason) = connection.route(frame) {
+            return reason;
+        }
+    }
+}
+
+/// Reads the next frame; `None` at a clean end of the stream.
+async fn next_frame(
+    socket: &mut OwnedReadHalf,
+    buffer: &mut BytesMut,
+    max_frame: usize,
+) -> Result<Option<LaneFrame>, String> {
+    loop {
+        if buffer.len() >= 4 {
+            let length = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+            if length > max_frame {
+                return Err(format!(
+                    "the worker sent a frame of {length} bytes, over the maximum of {max_frame}"
+                ));
+            }
+            if buffer.len() >= 4 + length {
+                let _ = buffer.split_to(4);
+                let frame = buffer.split_to(length).freeze();
+                return LaneFrame::decode(frame)
+                    .map(Some)
+                    .map_err(|e| format!("the worker sent a malformed frame: {e}"));
+            }
+            buffer.reserve(4 + length - buffer.len());
+        }
+        match socket.read_buf(buffer).await {
+            Ok(0) if buffer.is_empty() => return Ok(None),
+            Ok(0) => return Err("the worker closed the lane in the middle of a frame".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading from the lane failed: {e}")),
+        }
+    }
+}
+
+/// The worker's status as tonic would give it, `ErrorDetail` included.
+fn status_from(status: LaneStatus) -> Status {
+    let mut metadata = MetadataMap::new();
+    if !status.detail.is_empty() {
+        metadata.insert_bin(DETAIL_KEY, MetadataValue::from_bytes(&status.detail));
+    }
+    Status::with_metadata(Code::from(status.code), status.message, metadata)
+}
+
+/// A failure of the connection rather than a status from the worker.
+fn transport_failure(reason: &str) -> Status {
+    Status::from_error(Box::new(io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        reason.to_owned(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{is_transport_failure, Error};
+    use crate::proto::ErrorDetail;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixListener;
+
+    /// A worker's side of the lane, scripted by each test.
+    struct Peer {
+        socket: UnixStream,
+        buffer: BytesMut,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> LaneFrame {
+            let (mut reader, _) = self.socket.split();
+            let frame = loop {
+                if self.buffer.len() >= 4 {
+                    let n = u32::from_be_bytes(self.buffer[..4].try_into().unwrap()) as usize;
+                    if self.buffer.len() >= 4 + n {
+                        let _ = self.buffer.split_to(4);
+                        break self.buffer.split_to(n).freeze();
+                    }
+                }
+                assert!(
+                    reader.read_buf(&mut self.buffer).await.unwrap() > 0,
+                    "closed"
+                );
+            };
+            LaneFrame::decode(frame).unwrap()
+        }
+
+        async fn send(&mut self, call: u64, body: lane_frame::Body) {
+            let frame = LaneFrame {
+                call,
+                body: Some(body),
+            }
+            .encode_to_vec();
+            let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+            bytes.extend(frame);
+            self.socket.write_all(&bytes).await.unwrap();
+        }
+    }
+
+    async fn lane(authorization: Option<&str>) -> (Lane, UnixListener, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "synapse-lane-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lane.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let lane = Lane::new(path, authorization.map(str::to_owned), 1024);
+        (lane, listener, dir)
+    }
+
+    async fn accept(listener: &UnixListener) -> Peer {
+        Peer {
+            socket: listener.accept().await.unwrap().0,
+            buffer: BytesMut::new(),
+        }
+    }
+
+    fn start_of(frame: &LaneFrame) -> &LaneStart {
+        match &frame.body {
+            Some(lane_frame::Body::Start(start)) => start,
+            other => panic!("expected a start, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unary_call_is_one_frame_each_way() {
+        let (lane, listener, dir) = lane(Some("Bearer secret")).await;
+        let call = tokio::spawn(async move {
+            lane.unary(
+                "/p.S/M",
+                b"request".to_vec(),
+                Some(Duration::from_millis(1500)),
+            )
+            .await
+        });
+        let mut peer = accept(&listener).await;
+        let hello = peer.next().await;
+        assert_eq!(
+            hello.body,
+            Some(lane_frame::Body::Hello(LaneHello {
+                authorization: "Bearer secret".into()
+            }))
+        );
+        let frame = peer.next().await;
+        let start = start_of(&frame);
+        assert_eq!(start.method, "/p.S/M");
+        assert_eq!(start.message, b"request");
+        assert_eq!(start.timeout_us, 1_500_000);
+        peer.send(frame.call, lane_frame::Body::Message(b"response".to_vec()))
+            .await;
+        assert_eq!(
+            call.await.unwrap().unwrap(),
+            Bytes::from_static(b"response")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_status_is_classified_as_the_grpc_path_would() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        assert_eq!(start_of(&frame).timeout_us, 0);
+        let detail = ErrorDetail {
+            // Not the kind the code implies: the detail's kind must win.
+            kind: crate::proto::ErrorKind::LoadFailed.into(),
+            message: "no agent".into(),
+            ..Default::default()
+        };
+        peer.send(
+            frame.call,
+            lane_frame::Body::Status(LaneStatus {
+                code: Code::NotFound as i32,
+                message: "status message".into(),
+                detail: detail.encode_to_vec(),
+            }),
+        )
+        .await;
+        let status = call.await.unwrap().unwrap_err();
+        assert!(!is_transport_failure(&status));
+        let error = Error::from_status(&status);
+        assert_eq!(error.kind_name(), "load_failed");
+        assert_eq!(error.to_string(), "no agent");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_fails_every_call_as_a_transport_failure() {
+        let (lane, listener, dir) = lane(None).await;
+        let lane = Arc::new(lane);
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let lane = lane.clone();
+                tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await })
+            })
+            .collect();
+        let mut peer = accept(&listener).await;
+        for _ in 0..3 {
+            peer.next().await;
+        }
+        drop(peer);
+        for call in calls {
+            let status = call.await.unwrap().unwrap_err();
+            assert!(is_transport_failure(&status), "{status:?}");
+        }
+        // The next call connects again.
+        let again = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(again.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_is_cancelled() {
+        let (lane, listener, dir) = lane(None).await;
+        let lane = Arc::new(lane);
+        let first = lane.clone();
+        let call = tokio::spawn(async move { first.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        call.abort();
+        let cancel = peer.next().await;
+        assert_eq!(cancel.call, frame.call);
+        assert_eq!(cancel.body, Some(lane_frame::Body::Cancel(true)));
+        // A late answer for it is dropped; the connection goes on.
+        peer.send(frame.call, lane_frame::Body::Message(b"late".to_vec()))
+            .await;
+        let next = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let frame = peer.next().await;
+        assert_ne!(frame.call, cancel.call);
+        peer.send(frame.call, lane_frame::Body::Message(b"fresh".to_vec()))
+            .await;
+        assert_eq!(next.await.unwrap().unwrap(), Bytes::from_static(b"fresh"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn streamed_responses_give_credit_back_as_they_are_read() {
+        let (lane, listener, dir) = lane(None).await;
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let call = tokio::spawn(async move {
+            let mut responses = lane.streaming("/p.S/Bidi", receiver, None)?;
+            let mut got = vec![];
+            while let Some(message) = responses.message().await? {
+                got.push(message);
+            }
+            Ok::<_, Status>(got)
+        });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        let id = frame.call;
+        assert_eq!(start_of(&frame).credit, WINDOW);
+        assert!(start_of(&frame).message.is_empty());
+        requests.send(b"one".to_vec()).unwrap();
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::Message(b"one".to_vec()))
+        );
+        drop(requests);
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::HalfClose(true))
+        );
+        for n in 0..WINDOW {
+            peer.send(id, lane_frame::Body::Message(vec![n as u8]))
+                .await;
+        }
+        // Read as they arrive: credit comes back every half window.
+        for _ in 0..2 {
+            assert_eq!(
+                peer.next().await.body,
+                Some(lane_frame::Body::Credit(WINDOW / 2))
+            );
+        }
+        peer.send(
+            id,
+            lane_frame::Body::Status(LaneStatus {
+                code: 0,
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert_eq!(call.await.unwrap().unwrap().len(), WINDOW as usize);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_maximum_breaks_the_connection() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(
+            frame.call,
+            lane_frame::Body::Message(vec![0; 1024 + FRAME_SLACK + 1]),
+        )
+        .await;
+        let status = call.await.unwrap().unwrap_err();
+        assert!(is_transport_failure(&status));
+        assert!(status.message().contains("over the maximum"), "{status:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

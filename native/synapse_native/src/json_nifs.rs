@@ -1,0 +1,37 @@
+//! The NIFs of `SynapseCore.JSON`: the conversions every payload goes
+//! through (`crate::json`), for Elixir code that needs JSON itself.
+
+use rustler::{Binary, Encoder, Env, NewBinary, Term};
+
+use crate::atoms;
+use crate::error::{Error, NifError};
+use crate::json;
+
+/// `{:ok, json_binary} | {:error, error}`: the conversion every request
+/// payload goes through, exposed for `SynapseCore.JSON`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    match json::encode(term) {
+        Ok(bytes) => {
+            let mut binary = NewBinary::new(env, bytes.len());
+            binary.as_mut_slice().copy_from_slice(&bytes);
+            (atoms::ok(), Term::from(binary)).encode(env)
+        }
+        Err(e) => (atoms::error(), NifError(e)).encode(env),
+    }
+}
+
+/// `{:ok, term} | {:error, error}`: the conversion every reply payload goes
+/// through, exposed for `SynapseCore.JSON`.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
+    match json::decode(env, json.as_slice()) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        // Not from a worker here: just invalid input.
+        Err(Error::Protocol(message)) => {
+            let message = message.replace("the worker sent invalid JSON", "invalid JSON");
+            (atoms::error(), NifError(Error::InvalidArgument(message))).encode(env)
+        }
+        Err(e) => (atoms::error(), NifError(e)).encode(env),
+    }
+}

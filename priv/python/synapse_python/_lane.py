@@ -1,0 +1,566 @@
+"""The local lane (`proto/synapse/v1/lane.proto`): a worker's gRPC handlers on a second Unix socket.
+
+A gRPC call costs far more than the work of a small call: an HTTP/2 stream,
+headers both ways, and grpc.aio's per-call machinery. On the lane a call is
+one length-prefixed `LaneFrame` each way (more for streams), many calls share
+one connection, and each call is answered by the same `grpc.RpcMethodHandler`
+the worker's grpc.aio server uses: the handler gets a `LaneContext`, which
+implements the `grpc.aio.ServicerContext` our handlers use (`read`, `write`,
+`abort` with the `synapse-error-bin` trailer, `time_remaining`, ...). So agent
+runs, Elixir tool calls on the `Run` stream, probes, Bridge calls and health
+checks behave the same on either path, errors included.
+
+What each call keeps from gRPC:
+
+* exactly one end: for a method with one response, its `message` frame or a
+  `status`; for streamed responses, `message`s then one `status`;
+* its deadline (`LaneStart.timeout_us`) cancels the handler's task and ends
+  the call DEADLINE_EXCEEDED; the client's `cancel` cancels the task too;
+* streamed responses wait for the client's credit (`context.write` returns
+  once the client may take the message, as gRPC's flow control would), and
+  for the socket to drain when the client reads slowly;
+* messages over the worker's maximum size are refused both ways with
+  RESOURCE_EXHAUSTED, as grpc does;
+* a handler's unexpected exception ends its call UNKNOWN, and the connection
+  breaking cancels every call on it.
+
+Frames are written in batches: the first frame of a loop iteration goes out at
+once, and the rest of what the iteration produces in one write after it. With a
+bearer token configured, a connection's first frame must be a `hello` carrying
+it, or the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import os
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from synapse_python import _auth
+from synapse_python._errors import ERROR_METADATA_KEY
+from synapse_python._proto.synapse.v1 import lane_pb2
+
+logger = logging.getLogger("synapse_python.lane")
+
+_HEADER = struct.Struct(">I")
+# Room for a frame's own fields around a message of the maximum size.
+_FRAME_SLACK = 64 * 1024
+
+LaneFrame = lane_pb2.LaneFrame
+LaneStatus = lane_pb2.LaneStatus
+
+Handlers = Mapping[str, grpc.RpcMethodHandler]
+"""Method handlers by gRPC method path ("/package.Service/Method")."""
+
+
+class LaneServer:
+    """Serves `handlers` on a Unix socket, for as long as it runs."""
+
+    def __init__(
+        self,
+        handlers: Handlers,
+        *,
+        max_message_bytes: int,
+        token: _auth.BearerToken | None = None,
+    ) -> None:
+        self._handlers = dict(handlers)
+        self._max_message_bytes = max_message_bytes
+        self._token = token
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._path: str | None = None
+        self.stopping = False
+
+    async def start(self, path: str) -> None:
+        """Listen on `path` (created 0600; its directory should be 0700)."""
+        loop = asyncio.get_running_loop()
+        previous = os.umask(0o177)
+        try:
+            self._server = await loop.create_unix_server(self._connection, path)
+        finally:
+            os.umask(previous)
+        os.chmod(path, 0o600)
+        self._path = path
+
+    def _connection(self) -> _Connection:
+        return _Connection(self)
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new connections and calls; give those in flight `grace` seconds, then cancel."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.stopping = True
+        server.close()
+        calls = [call for connection in self._connections for call in connection.calls.values()]
+        tasks = [call.task for call in calls if call.task is not None]
+        if tasks and grace:
+            await asyncio.wait(tasks, timeout=grace)
+        for call in calls:
+            call.stop("the worker is stopping")
+        if tasks:
+            await asyncio.wait(tasks)
+        for connection in list(self._connections):
+            connection.close()
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+
+
+class _Connection(asyncio.Protocol):
+    """One client's connection: frames in, calls dispatched, frames out in batches."""
+
+    def __init__(self, server: LaneServer) -> None:
+        self._server = server
+        self._handlers = server._handlers
+        self.max_message_bytes = server._max_message_bytes
+        self._max_frame = server._max_message_bytes + _FRAME_SLACK
+        self._authorized = server._token is None
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._needed = 0
+        self._outgoing: list[bytes] = []
+        self._batching = False
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.calls: dict[int, LaneContext] = {}
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        self._transport = None
+        self._outgoing.clear()
+        for call in list(self.calls.values()):
+            call.stop(None)
+        self.calls.clear()
+        self._resume()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._resume()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            # The rest of a frame: parse once it is complete, not at every chunk.
+            buffer += data
+            if len(buffer) < self._needed:
+                return
+            data = bytes(buffer)
+            buffer.clear()
+        view = memoryview(data)
+        size = len(data)
+        offset = 0
+        needed = 4
+        try:
+            while size - offset >= 4:
+                (length,) = _HEADER.unpack_from(data, offset)
+                if length > self._max_frame:
+                    raise _ProtocolError(
+                        f"a frame of {length} bytes, over the maximum of {self._max_frame}"
+                    )
+                end = offset + 4 + length
+                if end > size:
+                    needed = 4 + length
+                    break
+                frame = LaneFrame.FromString(view[offset + 4 : end])
+                offset = end
+                self._dispatch(frame)
+        except Exception as exc:  # a broken client: drop it, never the worker
+            logger.warning("closing a lane connection: %s", exc)
+            self.close()
+            return
+        if offset < size:
+            buffer += view[offset:]
+            self._needed = needed
+
+    # ---- frames in ----
+
+    def _dispatch(self, frame: Any) -> None:
+        kind = frame.WhichOneof("body")
+        if not self._authorized:
+            self._hello(frame if kind == "hello" else None)
+            return
+        if kind == "start":
+            self._start(frame.call, frame.start)
+            return
+        call = self.calls.get(frame.call)
+        if kind == "message":
+            if call is not None:
+                call.received(frame.message)
+        elif kind == "credit":
+            if call is not None:
+                call.credited(frame.credit)
+        elif kind == "cancel":
+            if call is not None:
+                call.stop(None)
+        elif kind == "half_close":
+            if call is not None:
+                call.received(None)
+        elif kind == "hello":
+            pass  # a token that is not required is not checked
+        else:
+            raise _ProtocolError(f"a frame with no known body ({kind})")
+
+    def _hello(self, frame: Any) -> None:
+        token = self._server._token
+        authorization = frame.hello.authorization if frame is not None else ""
+        scheme, presented = authorization[:7], authorization[7:]
+        if token is None or scheme.lower() != "bearer " or not token.matches(presented.encode()):
+            raise _ProtocolError("missing or invalid bearer token")
+        self._authorized = True
+
+    def _start(self, call_id: int, start: Any) -> None:
+        if call_id in self.calls:
+            raise _ProtocolError(f"call {call_id} started twice")
+        handler = self._handlers.get(start.method)
+        if handler is None:
+            self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return
+        if self._server.stopping:
+            self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
+            return
+        call = LaneContext(self, call_id, handler, start)
+        self.calls[call_id] = call
+        call.begin()
+
+    # ---- frames out ----
+
+    def send(self, frame: Any) -> None:
+        if self._transport is None:
+            return
+        data = frame.SerializeToString()
+        if self._batching:
+            self._outgoing.append(_HEADER.pack(len(data)))
+            self._outgoing.append(data)
+        else:
+            # The first frame of a loop iteration goes out at once (a lone
+            # call waits for nothing); the next ones wait for the end of the
+            # iteration and go out together.
+            self._transport.write(_HEADER.pack(len(data)) + data)
+            self._batching = True
+            self._loop.call_soon(self._flush)
+
+    def send_status(
+        self, call_id: int, code: grpc.StatusCode, message: str, detail: bytes = b""
+    ) -> None:
+        self.send(
+            LaneFrame(
+                call=call_id,
+                status=LaneStatus(code=code.value[0], message=message, detail=detail),
+            )
+        )
+
+    def _flush(self) -> None:
+        self._batching = False
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None and outgoing:
+            self._transport.write(b"".join(outgoing))
+
+    async def drained(self) -> None:
+        """Returns once the socket takes more (at once, unless the client reads slowly)."""
+        if not self._paused:
+            return
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        await asyncio.shield(self._drained)
+
+    def _resume(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _ProtocolError(Exception):
+    """The client broke the lane protocol: its connection is closed."""
+
+
+class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
+    """One call on the lane, as the servicer context its handler gets."""
+
+    def __init__(self, connection: _Connection, call_id: int, handler: Any, start: Any) -> None:
+        self._connection = connection
+        self._id = call_id
+        self._handler = handler
+        self._method: str = start.method
+        self._first: bytes = start.message
+        self._credit: int = start.credit
+        self._timeout = start.timeout_us / 1e6 if start.timeout_us else None
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._inputs: collections.deque[bytes | None] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._code = grpc.StatusCode.OK
+        self._details = ""
+        self._detail = b""
+        self._ended = False
+        self._cancelled = False
+        # The status a cancelled handler ends with: None when the client
+        # cancelled or left, and expects nothing more.
+        self._cancel_status: tuple[grpc.StatusCode, str] | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        loop = self._connection._loop
+        if self._timeout is not None:
+            self._deadline = loop.time() + self._timeout
+            self._timer = loop.call_at(self._deadline, self._expire)
+        self.task = loop.create_task(self._run())
+
+    # ---- what the connection tells the call ----
+
+    def received(self, message: bytes | None) -> None:
+        """A request (None: the client's half-close)."""
+        if message is not None and len(message) > self._connection.max_message_bytes:
+            self._cancel((grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Received", message)))
+            return
+        self._inputs.append(message)
+        self._wake()
+
+    def credited(self, count: int) -> None:
+        self._credit += count
+        self._wake()
+
+    def stop(self, reason: str | None) -> None:
+        """Cancel the handler: the client cancelled or left (`None`), or the worker stops."""
+        if reason is None:
+            self._cancel(None)
+        else:
+            self._cancel((grpc.StatusCode.UNAVAILABLE, reason))
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._cancel((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    def _cancel(self, status: tuple[grpc.StatusCode, str] | None) -> None:
+        if self._ended or self._cancelled:
+            return
+        self._cancelled = True
+        self._cancel_status = status
+        if self.task is not None:
+            self.task.cancel()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = self._connection._loop.create_future()
+        await self._waiter
+
+    # ---- running the handler ----
+
+    async def _run(self) -> None:
+        handler = self._handler
+        connection = self._connection
+        try:
+            if len(self._first) > connection.max_message_bytes:
+                self._set_status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Received", self._first)
+                )
+                raise grpc.aio.AbortError()
+            if handler.request_streaming:
+                request: Any = self._requests()  # they come in `message` frames
+            else:
+                request = handler.request_deserializer(self._first)
+            self._first = b""
+            if handler.unary_unary is not None:
+                response = await handler.unary_unary(request, self)
+                self._respond(response)
+            elif handler.stream_unary is not None:
+                response = await handler.stream_unary(request, self)
+                self._respond(response)
+            else:
+                behaviour = handler.unary_stream or handler.stream_stream
+                produced = behaviour(request, self)
+                if inspect.isasyncgen(produced):
+                    async for response in produced:
+                        await self.write(response)
+                else:
+                    await produced
+                self._end()
+        except grpc.aio.AbortError:  # abort(), or a message over the size limit
+            self._end()
+        except asyncio.CancelledError:
+            if self._cancel_status is None:
+                self._ended = True  # the client cancelled or left: it expects nothing
+            else:
+                self._set_status(*self._cancel_status)
+                self._end()
+        except Exception as exc:
+            logger.exception("%s failed", self._method)
+            self._set_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            self._end()
+        finally:
+            self._finish()
+
+    def _respond(self, response: Any) -> None:
+        """Sends the one response of a unary method (or its failure)."""
+        if self._code is not grpc.StatusCode.OK:
+            self._end()
+            return
+        data = self._handler.response_serializer(response)
+        if len(data) > self._connection.max_message_bytes:
+            self._set_status(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Sent", data))
+            self._end()
+            return
+        self._ended = True
+        self._connection.send(LaneFrame(call=self._id, message=data))
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._connection.send_status(self._id, self._code, self._details, self._detail)
+
+    def _finish(self) -> None:
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._connection.calls.pop(self._id, None)
+        for callback in self._callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("a done callback of %s failed", self._method)
+
+    def _too_large(self, direction: str, message: bytes) -> str:
+        """grpc's own words for a message over the maximum size."""
+        limit = self._connection.max_message_bytes
+        return f"{direction} message larger than max ({len(message)} vs. {limit})"
+
+    def _set_status(self, code: grpc.StatusCode, details: str, detail: bytes = b"") -> None:
+        """The call's end status; the first failure decided stays (as with grpc's abort)."""
+        if self._code is grpc.StatusCode.OK:
+            self._code, self._details, self._detail = code, details, detail
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        while True:
+            request = await self.read()
+            if request is grpc.aio.EOF:
+                return
+            yield request
+
+    # ---- grpc.aio.ServicerContext ----
+
+    async def read(self) -> Any:
+        while not self._inputs:
+            if self._ended:
+                return grpc.aio.EOF
+            await self._wait()
+        message = self._inputs.popleft()
+        if message is None:
+            self._inputs.appendleft(None)  # stays at EOF
+            return grpc.aio.EOF
+        return self._handler.request_deserializer(message)
+
+    async def write(self, message: Any) -> None:
+        if self._ended:
+            raise RuntimeError("the call is over")
+        while self._credit <= 0:
+            await self._wait()
+        data = self._handler.response_serializer(message)
+        if len(data) > self._connection.max_message_bytes:
+            self._set_status(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Sent", data))
+            raise grpc.aio.AbortError()
+        self._credit -= 1
+        self._connection.send(LaneFrame(call=self._id, message=data))
+        await self._connection.drained()
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn:
+        detail = b""
+        for key, value in trailing_metadata or ():
+            if key == ERROR_METADATA_KEY and isinstance(value, bytes):
+                detail = value
+        self._set_status(code, details, detail)
+        raise grpc.aio.AbortError()
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self.abort(status.code, status.details, status.trailing_metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        for key, value in trailing_metadata:
+            if key == ERROR_METADATA_KEY and isinstance(value, bytes):
+                self._detail = value
+
+    def trailing_metadata(self) -> Sequence[tuple[str, str | bytes]]:
+        return ((ERROR_METADATA_KEY, self._detail),) if self._detail else ()
+
+    async def send_initial_metadata(self, initial_metadata: Iterable[tuple[str, Any]]) -> None:
+        pass  # the lane carries none
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - self._connection._loop.time())
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._ended
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+    def peer(self) -> str:
+        return "lane"
+
+    def peer_identities(self) -> None:
+        return None
+
+    def peer_identity_key(self) -> None:
+        return None
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def set_compression(self, compression: grpc.Compression) -> None:
+        pass
+
+    def disable_next_message_compression(self) -> None:
+        pass

@@ -1,0 +1,344 @@
+"""The local lane: a worker's gRPC handlers answering frames on a second Unix socket.
+
+A small lane client speaks the frames of `proto/synapse/v1/lane.proto` to a real
+worker; each test checks one of the guarantees the lane keeps from gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+import synapse_fixtures.agents as fixtures
+from conftest import TOKEN
+from synapse_python import Worker
+from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2, probe_pb2
+
+HEADER = struct.Struct(">I")
+RUN_SYNC = "/synapse.v1.AgentService/RunSync"
+RUN = "/synapse.v1.AgentService/Run"
+LOAD = "/synapse.v1.AgentService/LoadAgent"
+ECHO = "/synapse.v1.ProbeService/Echo"
+ECHO_STREAM = "/synapse.v1.ProbeService/EchoStream"
+
+
+class LaneClient:
+    """Frames to and from a worker's lane, sorted by call."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.frames: dict[int, asyncio.Queue[lane_pb2.LaneFrame]] = defaultdict(asyncio.Queue)
+        self.closed = asyncio.Event()
+        self._next = 0
+        self._reading = asyncio.create_task(self._read())
+
+    @classmethod
+    async def connect(cls, path: Path) -> LaneClient:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                (length,) = HEADER.unpack(await self.reader.readexactly(4))
+                frame = lane_pb2.LaneFrame.FromString(await self.reader.readexactly(length))
+                self.frames[frame.call].put_nowait(frame)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.set()
+
+    def send(self, frame: lane_pb2.LaneFrame) -> None:
+        data = frame.SerializeToString()
+        self.writer.write(HEADER.pack(len(data)) + data)
+
+    def start(
+        self, method: str, request: bytes = b"", *, timeout: float = 0, credit: int = 0
+    ) -> int:
+        self._next += 1
+        start = lane_pb2.LaneStart(
+            method=method, message=request, timeout_us=int(timeout * 1e6), credit=credit
+        )
+        self.send(lane_pb2.LaneFrame(call=self._next, start=start))
+        return self._next
+
+    async def next(self, call: int) -> lane_pb2.LaneFrame:
+        return await asyncio.wait_for(self.frames[call].get(), 10)
+
+    async def unary(self, method: str, request: Any, **options: Any) -> lane_pb2.LaneFrame:
+        return await self.next(self.start(method, request.SerializeToString(), **options))
+
+    async def close(self) -> None:
+        self.writer.close()
+        self._reading.cancel()
+
+
+@pytest.fixture
+async def lane(tmp_path: Path) -> AsyncIterator[tuple[Worker, LaneClient]]:
+    worker = Worker()
+    await worker.start(f"unix:{tmp_path / 'worker.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    client = await LaneClient.connect(tmp_path / "lane.sock")
+    yield worker, client
+    await client.close()
+    await worker.stop(grace=0)
+
+
+async def load(client: LaneClient, agent_id: str, attr: str) -> None:
+    request = agent_pb2.LoadAgentRequest(agent_id=agent_id, ref=f"synapse_fixtures.agents:{attr}")
+    frame = await client.unary(LOAD, request)
+    assert frame.WhichOneof("body") == "message", frame
+
+
+def status(frame: lane_pb2.LaneFrame) -> tuple[grpc.StatusCode, str, agent_pb2.ErrorDetail]:
+    assert frame.WhichOneof("body") == "status", frame
+    code = next(code for code in grpc.StatusCode if code.value[0] == frame.status.code)
+    return code, frame.status.message, agent_pb2.ErrorDetail.FromString(frame.status.detail)
+
+
+async def test_a_unary_call_is_one_frame_each_way(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    await load(client, "echo", "echo_agent")
+    frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="echo", prompt="hi"))
+    assert frame.WhichOneof("body") == "message"
+    result = agent_pb2.RunEvent.FromString(frame.message).result
+    assert result.text == "success (no tool calls)"
+    assert result.usage.requests == 1
+    # Nothing else arrives for the call.
+    await asyncio.sleep(0.05)
+    assert client.frames[1].empty() and client.frames[2].empty()
+
+
+async def test_calls_interleave_on_one_connection(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    payloads = [f"payload {i}".encode() for i in range(200)]
+    calls = [
+        client.start(ECHO, probe_pb2.EchoRequest(payload=payload).SerializeToString())
+        for payload in payloads
+    ]
+    for call, payload in zip(calls, payloads, strict=True):
+        frame = await client.next(call)
+        assert probe_pb2.EchoReply.FromString(frame.message).payload == payload
+
+
+async def test_errors_carry_the_same_detail_as_grpc(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    request = agent_pb2.LoadAgentRequest(agent_id="broken", ref="synapse_fixtures.nope:agent")
+    code, message, detail = status(await client.unary(LOAD, request))
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "synapse_fixtures.nope" in message
+    assert detail.kind == agent_pb2.ERROR_KIND_LOAD_FAILED
+    assert detail.type == "ModuleNotFoundError"
+
+
+async def test_a_run_fails_in_band_as_on_grpc(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="nobody", prompt="x"))
+    assert frame.WhichOneof("body") == "message", frame
+    failure = agent_pb2.RunEvent.FromString(frame.message).failure
+    assert failure.error.kind == agent_pb2.ERROR_KIND_NOT_FOUND
+    assert "nobody" in failure.error.message
+
+
+async def test_an_unknown_method_is_unimplemented(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    frame = await client.next(client.start("/synapse.v1.Nothing/Here"))
+    assert status(frame)[0] is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_deadline_cancels_the_run(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    await load(client, "slow", "slow_agent")
+    request = agent_pb2.RunRequest(agent_id="slow", prompt="30.31")
+    frame = await client.unary(RUN_SYNC, request, timeout=0.3)
+    assert status(frame)[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_until_cancelled("30.31")
+
+
+async def test_a_cancel_frame_cancels_the_run(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    await load(client, "slow", "slow_agent")
+    request = agent_pb2.RunRequest(agent_id="slow", prompt="30.32")
+    call = client.start(RUN_SYNC, request.SerializeToString())
+    await asyncio.sleep(0.3)
+    client.send(lane_pb2.LaneFrame(call=call, cancel=True))
+    await wait_until_cancelled("30.32")
+    # A cancelled call gets nothing more.
+    await asyncio.sleep(0.1)
+    assert client.frames[call].empty()
+
+
+async def test_a_lost_connection_cancels_its_calls(tmp_path: Path) -> None:
+    worker = Worker()
+    await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    try:
+        client = await LaneClient.connect(tmp_path / "lane.sock")
+        await load(client, "slow", "slow_agent")
+        client.start(
+            RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.33").SerializeToString()
+        )
+        await asyncio.sleep(0.3)
+        await client.close()
+        await wait_until_cancelled("30.33")
+        # The worker still serves new connections.
+        again = await LaneClient.connect(tmp_path / "lane.sock")
+        frame = await again.unary(ECHO, probe_pb2.EchoRequest(payload=b"x"))
+        assert probe_pb2.EchoReply.FromString(frame.message).payload == b"x"
+        await again.close()
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_streamed_responses_wait_for_credit(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    request = probe_pb2.EchoStreamRequest(payload=b"p", count=5)
+    call = client.start(ECHO_STREAM, request.SerializeToString(), credit=2)
+    first = [await client.next(call) for _ in range(2)]
+    assert [frame.WhichOneof("body") for frame in first] == ["message", "message"]
+    await asyncio.sleep(0.2)
+    assert client.frames[call].empty()  # no credit, no response
+    client.send(lane_pb2.LaneFrame(call=call, credit=10))
+    rest = [await client.next(call) for _ in range(4)]
+    assert [frame.WhichOneof("body") for frame in rest] == ["message"] * 3 + ["status"]
+    assert rest[-1].status.code == 0
+
+
+async def test_a_run_with_client_tools_over_the_lane(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    await load(client, "calling", "calling_agent")
+    call = client.start(RUN, credit=100)
+    prompt = json.dumps({"calls": [{"name": "lookup", "args": {"id": 7}}]})
+    start = agent_pb2.RunRequest(
+        agent_id="calling",
+        prompt=prompt,
+        quiet=True,
+        tools=[agent_pb2.ToolDef(name="lookup", parameters_json=b'{"type": "object"}')],
+    )
+    client.send(
+        lane_pb2.LaneFrame(call=call, message=agent_pb2.RunInput(start=start).SerializeToString())
+    )
+    frame = await client.next(call)
+    event = agent_pb2.RunEvent.FromString(frame.message)
+    assert event.WhichOneof("event") == "tool_request"
+    assert json.loads(event.tool_request.args_json) == {"id": 7}
+    result = agent_pb2.ToolResult(request_id=event.tool_request.request_id, return_json=b'"found"')
+    client.send(
+        lane_pb2.LaneFrame(
+            call=call, message=agent_pb2.RunInput(tool_result=result).SerializeToString()
+        )
+    )
+    client.send(lane_pb2.LaneFrame(call=call, half_close=True))
+    frames = [await client.next(call)]
+    while frames[-1].WhichOneof("body") == "message":
+        frames.append(await client.next(call))
+    assert frames[-1].status.code == 0, frames[-1]
+    last = agent_pb2.RunEvent.FromString(frames[-2].message)
+    assert last.WhichOneof("event") == "result"
+    assert json.loads(last.result.text) == [{"name": "lookup", "content": "found"}]
+
+
+async def test_health_checks_over_the_lane(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    frame = await client.unary("/grpc.health.v1.Health/Check", health_pb2.HealthCheckRequest())
+    response = health_pb2.HealthCheckResponse.FromString(frame.message)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_messages_over_the_maximum_size_are_refused_both_ways(tmp_path: Path) -> None:
+    worker = Worker(max_message_bytes=100_000)
+    await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    try:
+        client = await LaneClient.connect(tmp_path / "lane.sock")
+        frame = await client.unary(ECHO, probe_pb2.EchoRequest(payload=b"x" * 150_000))
+        code, message, _ = status(frame)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Received message larger than max" in message
+        request = agent_pb2.LoadAgentRequest(
+            agent_id="big", ref="synapse_fixtures.faults:big_agent"
+        )
+        assert (await client.unary(LOAD, request)).WhichOneof("body") == "message"
+        frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="big", prompt="300000"))
+        code, message, _ = status(frame)
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Sent message larger than max" in message
+        # The connection goes on.
+        frame = await client.unary(RUN_SYNC, agent_pb2.RunRequest(agent_id="big", prompt="3"))
+        assert agent_pb2.RunEvent.FromString(frame.message).result.text == "xxx"
+        # A frame far beyond the maximum is not read: the client is broken.
+        client.start(ECHO, probe_pb2.EchoRequest(payload=b"x" * 300_000).SerializeToString())
+        await asyncio.wait_for(client.closed.wait(), 5)
+        await client.close()
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_a_broken_client_is_dropped_and_others_go_on(lane: tuple[Worker, LaneClient]) -> None:
+    worker, client = lane
+    broken = await LaneClient.connect(Path(worker_lane_path(worker)))
+    broken.writer.write(HEADER.pack(3) + b"\xff\xff\xff")
+    await asyncio.wait_for(broken.closed.wait(), 5)
+    frame = await client.unary(ECHO, probe_pb2.EchoRequest(payload=b"still"))
+    assert probe_pb2.EchoReply.FromString(frame.message).payload == b"still"
+
+
+async def test_a_worker_with_a_token_wants_it_first(tmp_path: Path) -> None:
+    worker = Worker(token=TOKEN)
+    await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    try:
+        refused = await LaneClient.connect(tmp_path / "lane.sock")
+        refused.start(ECHO, probe_pb2.EchoRequest(payload=b"x").SerializeToString())
+        await asyncio.wait_for(refused.closed.wait(), 5)
+        wrong = await LaneClient.connect(tmp_path / "lane.sock")
+        wrong.send(lane_pb2.LaneFrame(hello=lane_pb2.LaneHello(authorization="Bearer nope")))
+        await asyncio.wait_for(wrong.closed.wait(), 5)
+        client = await LaneClient.connect(tmp_path / "lane.sock")
+        client.send(lane_pb2.LaneFrame(hello=lane_pb2.LaneHello(authorization=f"Bearer {TOKEN}")))
+        frame = await client.unary(ECHO, probe_pb2.EchoRequest(payload=b"ok"))
+        assert probe_pb2.EchoReply.FromString(frame.message).payload == b"ok"
+        await client.close()
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_stopping_ends_calls_in_flight_and_removes_the_socket(tmp_path: Path) -> None:
+    worker = Worker()
+    path = tmp_path / "lane.sock"
+    await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{path}")
+    client = await LaneClient.connect(path)
+    await load(client, "slow", "slow_agent")
+    call = client.start(
+        RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.34").SerializeToString()
+    )
+    await asyncio.sleep(0.3)
+    stopping = asyncio.create_task(worker.stop(grace=0.5))
+    await asyncio.sleep(0.1)
+    # During the grace period a new call is refused.
+    late = client.start(ECHO, probe_pb2.EchoRequest(payload=b"x").SerializeToString())
+    code, message, _ = status(await client.next(late))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    await stopping
+    code, message, _ = status(await client.next(call))
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert "stopping" in message
+    assert not path.exists()
+    await client.close()
+
+
+def worker_lane_path(worker: Worker) -> str:
+    lane = worker._lane
+    assert lane is not None and lane._path is not None
+    return lane._path
+
+
+async def wait_until_cancelled(prompt: str) -> None:
+    async def poll() -> None:
+        while prompt not in fixtures.cancelled:  # noqa: ASYNC110 (a fixture's plain list)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), 5)
