@@ -135,6 +135,37 @@ defmodule SynapseCore.SpecAgentTest do
     end
   end
 
+  test "a secret argument read from the worker's environment, in no term" do
+    url = start_mcp_server!()
+    variable = "SYNAPSE_TEST_MCP_TOKEN_#{System.unique_integer([:positive])}"
+    System.put_env(variable, "s3cret-token")
+    on_exit(fn -> System.delete_env(variable) end)
+
+    opts = [
+      name: unique_name(),
+      model: "test",
+      capabilities: [{"MCP", url: url, authorization_token: {:system, variable}}],
+      env: [variable]
+    ]
+
+    refute inspect(SynapseCore.Agent.Options.agent!(opts), limit: :infinity) =~ "s3cret"
+    start_supervised!({Agent, opts})
+    assert {:ok, %Result{output: output}} = Agent.run_sync(opts[:name], "use the tools")
+    assert SynapseCore.JSON.decode(output) == {:ok, %{"add" => 0, "shout" => "A"}}
+
+    # Not passed to the worker: a typed error with the argument's path.
+    error = start_error(Keyword.delete(opts, :name) |> Keyword.put(:env, []))
+
+    assert %Error{
+             details: %{
+               reason: :invalid_argument,
+               errors: [%{"loc" => ["capabilities", 0, "MCP", "authorization_token"]}]
+             }
+           } = error
+
+    assert error.message =~ "the environment variable #{variable} is not set in the worker"
+  end
+
   describe "from a spec file" do
     test "a YAML file, supplemented by options as Agent.from_file's arguments do" do
       url = start_openai_server!()

@@ -377,6 +377,10 @@ defmodule SynapseCore.Agent.Options do
       (keyword arguments) or any other value (one positional argument):
       `{"MCP", url: "https://mcp.example.com/mcp", tool_prefix: "docs"}`
       connects the agent to an MCP server, whose tools the model may call.
+      A secret argument is best given as `{:system, "VAR"}`
+      (`authorization_token: {:system, "DOCS_MCP_TOKEN"}`, with
+      `env: ["DOCS_MCP_TOKEN"]`): the worker reads it from its own
+      environment, so that no term, log or crash report holds it.
       An unknown name, or arguments the capability refuses, fails the start
       (see "Agents defined from Elixir").
       """
@@ -878,9 +882,12 @@ defmodule SynapseCore.Agent.Options do
   def cast_capability(name) when is_binary(name) and name != "", do: {:ok, name}
 
   def cast_capability({name, arguments}) when is_binary(name) and name != "" do
-    if is_list(arguments) and arguments != [] and Keyword.keyword?(arguments),
-      do: {:ok, %{name => Map.new(arguments)}},
-      else: {:ok, %{name => arguments}}
+    arguments =
+      if is_list(arguments) and arguments != [] and Keyword.keyword?(arguments),
+        do: Map.new(arguments),
+        else: arguments
+
+    {:ok, %{name => worker_env_refs(arguments)}}
   end
 
   def cast_capability(%{} = capability)
@@ -893,6 +900,20 @@ defmodule SynapseCore.Agent.Options do
 
   def cast_capability(_other),
     do: {:error, ~s|expected "Name", {"Name", arguments} or %{"Name" => arguments}|}
+
+  # `{:system, "VAR"}` in a capability's arguments (an MCP server's
+  # `authorization_token`, a header): the worker's environment variable
+  # VAR, read by the worker (see `synapse_python._spec`), so that the secret
+  # is in no term here. The marker is what the worker looks for.
+  @worker_env_ref "$synapse_worker_env"
+  defp worker_env_refs({:system, variable}) when is_binary(variable),
+    do: %{@worker_env_ref => variable}
+
+  defp worker_env_refs(map) when is_map(map) and not is_struct(map),
+    do: Map.new(map, fn {key, value} -> {key, worker_env_refs(value)} end)
+
+  defp worker_env_refs(list) when is_list(list), do: Enum.map(list, &worker_env_refs/1)
+  defp worker_env_refs(other), do: other
 
   @doc false
   def cast_reference(ref) when is_binary(ref) do

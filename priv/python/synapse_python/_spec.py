@@ -12,6 +12,7 @@ the path of what is wrong (`validation_failed`'s `errors`).
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
@@ -33,6 +34,8 @@ _ADDED = frozenset({"instructions", "capabilities", "model_settings"})
 def merged(spec: AgentSpec) -> PydanticAgentSpec:
     """One pydantic-ai `AgentSpec`: the spec file's, supplemented by the fields given."""
     given: dict[str, Any] = _object(spec.spec_json, "the agent spec") if spec.spec_json else {}
+    if "capabilities" in given:
+        given["capabilities"] = _from_worker_env(given["capabilities"], ["capabilities"])
     if spec.model:
         given["model"] = spec.model
     if spec.instructions:
@@ -65,6 +68,36 @@ def build(
         return Agent.from_spec(spec, model=model, output_type=output_type, name=name)
     except ValueError as exc:
         raise _capability_error(spec) or exc from exc
+
+
+# How Elixir marks `{:system, "VAR"}`: this worker's environment variable VAR.
+_WORKER_ENV_REF = "$synapse_worker_env"
+
+
+def _from_worker_env(value: Any, path: list[Any]) -> Any:
+    """`value` with every `{"$synapse_worker_env": "VAR"}` replaced by VAR's value here."""
+    if isinstance(value, dict):
+        if set(value) == {_WORKER_ENV_REF}:
+            name = value[_WORKER_ENV_REF]
+            found = os.environ.get(name)
+            if found is None:
+                message = (
+                    f"the environment variable {name} is not set in the worker "
+                    "(pass it with the agent's env option)"
+                )
+                raise validation_failed(
+                    f"the agent spec's {_dotted(path)}: {message}",
+                    [{"loc": path, "msg": message, "type": "missing_env"}],
+                )
+            return found
+        return {key: _from_worker_env(item, [*path, key]) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_worker_env(item, [*path, index]) for index, item in enumerate(value)]
+    return value
+
+
+def _dotted(path: list[Any]) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)[1:]
 
 
 def _object(data: bytes, what: str) -> dict[str, Any]:
