@@ -123,6 +123,7 @@ defmodule SynapseCore.Agent do
     Error,
     Messages,
     Native,
+    Prompt,
     Remote,
     Result,
     Run,
@@ -168,7 +169,10 @@ defmodule SynapseCore.Agent do
           | {:deps, term()}
 
   @typedoc "Options of a streamed run; see `run_stream/3`."
-  @type stream_option :: {:window, pos_integer() | :infinity} | {:stream_to, pid()}
+  @type stream_option ::
+          {:window, pos_integer() | :infinity}
+          | {:stream_to, pid()}
+          | {:events, :all | [SynapseCore.Event.kind(), ...]}
 
   @doc """
   A child specification, so that an agent can be put in a supervision tree.
@@ -222,6 +226,11 @@ defmodule SynapseCore.Agent do
   @doc """
   Runs the agent on `prompt` and waits for its result.
 
+  `prompt` is a string, or a list of parts for multimodal input (text,
+  images, audio, documents as binaries or URLs; see `SynapseCore.Prompt`):
+
+      SynapseCore.Agent.run_sync(:vision, ["What is this?", {:binary, png, "image/png"}])
+
   ## Options
 
   #{SynapseCore.Options.docs(Options.call_schema())}
@@ -229,14 +238,16 @@ defmodule SynapseCore.Agent do
   ## Errors
 
   Returns `{:error, %SynapseCore.Error{}}` whose `kind` is, among others,
+  `:invalid_argument` (a prompt that is not valid, see `SynapseCore.Prompt`),
+  `:resource_exhausted` (a request over `:max_message_bytes`),
   `:unknown_agent` (no agent has that name), `:unavailable` (no worker is
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
-  `:invalid_argument`, `:output_validation_failed`, `:tool_failed`,
+  `:output_validation_failed`, `:tool_failed`,
   `:model_http_error`, `:model_unavailable` or `:python_error`; see
   `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
-  @spec run_sync(name(), String.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
-  def run_sync(name, prompt, opts \\ []) when is_binary(prompt) do
+  @spec run_sync(name(), Prompt.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
+  def run_sync(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
          do: await(run)
   end
@@ -245,7 +256,7 @@ defmodule SynapseCore.Agent do
   Like `run_sync/3`, but returns the result directly and raises
   `SynapseCore.Error` on failure.
   """
-  @spec run_sync!(name(), String.t(), [run_option()]) :: Result.t()
+  @spec run_sync!(name(), Prompt.t(), [run_option()]) :: Result.t()
   def run_sync!(name, prompt, opts \\ []) do
     case run_sync(name, prompt, opts) do
       {:ok, result} -> result
@@ -264,8 +275,8 @@ defmodule SynapseCore.Agent do
       # ... other work ...
       {:ok, result} = SynapseCore.Agent.await(run)
   """
-  @spec run(name(), String.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
-  def run(name, prompt, opts \\ []) when is_binary(prompt) do
+  @spec run(name(), Prompt.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
+  def run(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     start(name, prompt, Options.call!(opts), :unary, self(), :infinity)
   end
 
@@ -288,7 +299,7 @@ defmodule SynapseCore.Agent do
   # A run on this node's workers only: what a relay for another node starts.
   @spec start_local(
           name(),
-          String.t(),
+          Prompt.t(),
           Options.call(),
           :sync | :unary | :stream,
           pid(),
@@ -321,7 +332,7 @@ defmodule SynapseCore.Agent do
     request = request(name, prompt, call, [], false)
 
     started =
-      if large?(call.message_history),
+      if large?(call.message_history) or large_prompt?(prompt),
         do: Native.run_start_dirty(channel.resource, ref, request, call.timeout),
         else: Native.run_start(channel.resource, ref, request, call.timeout)
 
@@ -349,7 +360,7 @@ defmodule SynapseCore.Agent do
 
     started =
       try do
-        if large?(call.message_history),
+        if large?(call.message_history) or large_prompt?(prompt),
           do: Native.run_stream_start_dirty(channel.resource, ref, request, options),
           else: Native.run_stream_start(channel.resource, ref, request, options)
       rescue
@@ -448,17 +459,24 @@ defmodule SynapseCore.Agent do
   Runs the agent on `prompt` and streams its events.
 
   Returns a lazy `Stream`: the run starts when the stream is enumerated, in
-  the enumerating process, and its events are:
+  the enumerating process. Its events are pydantic-ai's stream events as
+  Elixir terms, in the order pydantic-ai emits them (`SynapseCore.Event`
+  lists them all), of the kinds the `:events` option names; by default:
 
     * `{:text_delta, text}` - a piece of the model's text, in order. The text
       of every model response of the run is streamed: when the run has one
       model response and text output, the deltas concatenate to the output;
-    * `{:tool_call, %{id: id, name: name, args: args}}` - the model called a
-      tool (one of the agent's Python tools or an Elixir tool);
-    * `{:tool_result, %{id: id, name: name, content: content, retry: retry?}}` -
-      that call's outcome: its return value, or (`retry: true`) the retry
-      prompt the model got back. It follows its `:tool_call`;
+    * `{:tool_call, %{id: id, name: name, args: args, args_valid: valid?}}` -
+      the model called a tool (one of the agent's Python tools or an Elixir
+      tool);
+    * `{:tool_result, %{id: id, name: name, content: content, retry: retry?,
+      outcome: outcome}}` - that call's outcome: its return value, or
+      (`retry: true`) the retry prompt the model got back. It follows its
+      `:tool_call`;
     * `{:result, %SynapseCore.Result{}}` - always the last event.
+
+  `SynapseCore.StreamState` folds events into the message being written
+  (text, thinking, tool calls, output so far).
 
   A failed run raises `SynapseCore.Error` from the stream (after any events
   that came before the failure). Halting the stream early (`Enum.take/2`,
@@ -477,9 +495,9 @@ defmodule SynapseCore.Agent do
 
   #{SynapseCore.Options.docs(Options.stream_schema())}
   """
-  @spec run_stream(name(), String.t(), [run_option() | stream_option()]) ::
+  @spec run_stream(name(), Prompt.t(), [run_option() | stream_option()]) ::
           Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}
-  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) do
+  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
     options = Options.stream!(opts)
 
     case options.stream_to do
@@ -529,18 +547,38 @@ defmodule SynapseCore.Agent do
   defp large?(%Messages{json: json}), do: byte_size(json) > @dirty_history_bytes
   defp large?(history), do: length(history) > @dirty_history_length
 
+  # A prompt whose binaries are large is copied into the request on a
+  # dirty scheduler, as a large history is.
+  defp large_prompt?(prompt) when is_binary(prompt), do: byte_size(prompt) > @dirty_history_bytes
+
+  defp large_prompt?(parts) do
+    Enum.reduce_while(parts, 0, fn
+      {:binary, data, _, _}, size -> sized(size + byte_size(data))
+      {:binary, data, _}, size -> sized(size + byte_size(data))
+      text, size when is_binary(text) -> sized(size + byte_size(text))
+      _, size -> {:cont, size}
+    end) == :large
+  end
+
+  defp sized(size) when size > @dirty_history_bytes, do: {:halt, :large}
+  defp sized(size), do: {:cont, size}
+
   defp request(name, prompt, call, tools, quiet) do
+    {text, parts} = Prompt.wire(prompt)
+
     %{
       # The id the worker hosts the agent under: its name, in Python's logs too.
       agent_id: Worker.agent_id(name),
-      prompt: prompt,
+      prompt: text,
+      prompt_parts: parts,
       message_history: history(call.message_history),
       model_settings: call.model_settings,
       usage_limits: call.usage_limits,
       tools: tools,
       quiet: quiet,
       deps: call.deps,
-      output_tool_return_content: call.output_tool_return_content
+      output_tool_return_content: call.output_tool_return_content,
+      events: call |> Map.get(:events, []) |> SynapseCore.Event.wire_names()
     }
   end
 
@@ -549,11 +587,7 @@ defmodule SynapseCore.Agent do
   defp history(%Messages{json: json}), do: json
   defp history(other), do: other
 
-  defp check_prompt(prompt) do
-    if String.valid?(prompt),
-      do: :ok,
-      else: {:error, Error.new(:invalid_argument, "the prompt is not valid UTF-8")}
-  end
+  defp check_prompt(prompt), do: Prompt.validate(prompt)
 
   ## Streams
 

@@ -128,7 +128,9 @@ async def test_a_timeout_ends_the_run_with_what_it_did() -> None:
         return ModelResponse(parts=[TextPart("late")])
 
     registry = await registry_with(Agent(FunctionModel(slow)))
-    request = agent_pb2.RunRequest(agent_id="a", prompt="x", timeout_ms=100)
+    # Long enough for the run to reach the model on a loaded machine: the
+    # request it was answering is what the run did.
+    request = agent_pb2.RunRequest(agent_id="a", prompt="x", timeout_ms=2_000)
 
     last = await _run.Run(registry, request, Client().send, quiet=True).execute()
 

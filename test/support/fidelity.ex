@@ -7,7 +7,11 @@ defmodule SynapseCore.Fidelity do
   # A conversation is a list of turns, maps with "prompt" and optionally
   # "deps" (the data; a key present with nil means "deps: nil"), "history"
   # (true: pass the previous turn's messages), "stream" (true: run_stream),
-  # "model_settings", "usage_limits" and "output_tool_return_content".
+  # "events" (a streamed turn's kinds: "all" or a list of names),
+  # a "prompt" of parts (direct_run's JSON form of them, see `prompt/1`),
+  # "stream_output" (true: run_stream with `:output` events, compared with
+  # Python's `stream_output`), "model_settings", "usage_limits" and
+  # "output_tool_return_content".
 
   import ExUnit.Assertions
 
@@ -55,12 +59,33 @@ defmodule SynapseCore.Fidelity do
   end
 
   @doc """
+  Runs `turns` on the agent `name` (the pydantic-ai agent `ref`, started
+  with `SYNAPSE_FIDELITY_RECORD` set to `record`) through Synapse and
+  directly in Python; asserts that every turn is the same run and that the
+  model got the same requests. Returns Synapse's outcomes.
+  """
+  def assert_same_as_python!(name, ref, turns, record) do
+    direct_record = record_path("python")
+    synapse = synapse_run(name, turns)
+    [direct] = direct_run!([%{"agent" => ref, "record" => direct_record, "turns" => turns}])
+
+    for {{ours, theirs}, turn} <- synapse |> Enum.zip(direct) |> Enum.with_index(1) do
+      assert_same_run(ours, theirs, "#{ref}, turn #{turn}")
+    end
+
+    assert records(record) == records(direct_record)
+    synapse
+  end
+
+  @doc """
   Runs `turns` on the agent `name` through Synapse; returns per turn the
   outcome in direct_run's form (plus "result", the `SynapseCore.Result`).
   """
   def synapse_run(name, turns, extra_opts \\ []) do
     {outcomes, _} =
       Enum.map_reduce(turns, nil, fn turn, previous ->
+        turn = Map.update!(turn, "prompt", &prompt/1)
+
         opts =
           extra_opts
           |> put_if(Map.has_key?(turn, "deps"), :deps, turn["deps"])
@@ -74,7 +99,7 @@ defmodule SynapseCore.Fidelity do
           )
 
         case run(name, turn, opts) do
-          {:ok, result, events} -> {outcome(result, events), result}
+          {:ok, result, events, outputs} -> {outcome(result, events, outputs), result}
           {:error, error} -> {%{"error" => error}, previous}
         end
       end)
@@ -82,27 +107,122 @@ defmodule SynapseCore.Fidelity do
     outcomes
   end
 
-  defp run(name, %{"stream" => true, "prompt" => prompt}, opts) do
+  defp run(name, %{"stream_output" => true, "prompt" => prompt}, opts) do
+    events = name |> Agent.run_stream(prompt, [events: [:output]] ++ opts) |> Enum.to_list()
+    {:result, result} = List.last(events)
+
+    outputs = for {:output, %{output: output, output_type: type}} <- events, do: [output, type]
+
+    {:ok, result, [], outputs}
+  rescue
+    error in SynapseCore.Error -> {:error, error}
+  end
+
+  defp run(name, %{"stream" => true, "prompt" => prompt} = turn, opts) do
+    opts = if kinds = turn["events"], do: [events: kinds(kinds)] ++ opts, else: opts
     events = name |> Agent.run_stream(prompt, opts) |> Enum.to_list()
     {:result, result} = List.last(events)
-    {:ok, result, Enum.flat_map(events, &event/1)}
+    {:ok, result, Enum.flat_map(events, &event/1), []}
   rescue
     error in SynapseCore.Error -> {:error, error}
   end
 
   defp run(name, %{"prompt" => prompt}, opts) do
-    with {:ok, result} <- Agent.run_sync(name, prompt, opts), do: {:ok, result, []}
+    with {:ok, result} <- Agent.run_sync(name, prompt, opts), do: {:ok, result, [], []}
   end
 
-  defp event({:text_delta, text}), do: [["text_delta", text]]
-  defp event({:tool_call, %{name: name, args: args}}), do: [["tool_call", name, args]]
+  @doc """
+  A prompt in direct_run's JSON form as `SynapseCore.Prompt` parts: strings
+  as they are, and maps with a "kind" (a "binary"'s "data" in base64), their
+  other keys the part's options.
+  """
+  def prompt(text) when is_binary(text), do: text
+  def prompt(parts) when is_list(parts), do: Enum.map(parts, &part/1)
 
-  defp event({:tool_result, %{name: name, content: content}}),
-    do: [["tool_result", name, content]]
+  defp part(text) when is_binary(text), do: text
 
+  defp part(%{"kind" => "binary", "data" => data, "media_type" => type} = part),
+    do: {:binary, Base.decode64!(data), type, part_options(part, ~w(kind data media_type))}
+
+  defp part(%{"kind" => "uploaded-file", "file_id" => id, "provider_name" => provider} = part),
+    do: {:uploaded_file, id, provider, part_options(part, ~w(kind file_id provider_name))}
+
+  defp part(%{"kind" => "text-content", "content" => text} = part),
+    do: {:text, text, part_options(part, ~w(kind content))}
+
+  defp part(%{"kind" => "structured-content", "value" => value} = part),
+    do: {:structured, value, part_options(part, ~w(kind value))}
+
+  defp part(%{"kind" => "cache-point"} = part), do: {:cache_point, part_options(part, ~w(kind))}
+
+  defp part(%{"kind" => kind, "url" => url} = part),
+    do:
+      {kind |> String.replace("-", "_") |> String.to_atom(), url,
+       part_options(part, ~w(kind url))}
+
+  defp part_options(part, taken) do
+    for {key, value} <- Map.drop(part, taken) do
+      {String.to_atom(key), option(key, value)}
+    end
+  end
+
+  defp option("force_download", "allow-local"), do: :allow_local
+  defp option("format", format), do: String.to_atom(format)
+  defp option(_key, value), do: value
+
+  defp kinds("all"), do: :all
+  defp kinds(names), do: Enum.map(names, &String.to_existing_atom/1)
+
+  # An event as direct_run writes pydantic-ai's (without the values no two
+  # runs share).
+  defp event({kind, text}) when kind in [:text_delta, :thinking_delta],
+    do: [[Atom.to_string(kind), text]]
+
+  defp event({kind, %{index: index, part: part} = details}) when kind in [:part_start, :part_end],
+    do: [
+      [
+        Atom.to_string(kind),
+        index,
+        without_volatile(part),
+        details[:previous_part_kind] || details[:next_part_kind]
+      ]
+    ]
+
+  defp event({:tool_call_delta, delta}),
+    do: [
+      [
+        "tool_call_delta",
+        delta.index,
+        delta.tool_call_id,
+        delta.tool_name_delta,
+        delta.args_delta
+      ]
+    ]
+
+  defp event({:part_delta, %{index: index, delta: delta}}),
+    do: [["part_delta", index, without_volatile(delta)]]
+
+  defp event({:final_result, %{tool_name: name, tool_call_id: id}}),
+    do: [["final_result", name, id]]
+
+  defp event({kind, %{name: name, args: args}}) when kind in [:tool_call, :output_tool_call],
+    do: [[Atom.to_string(kind), name, args]]
+
+  defp event({kind, %{name: name, content: content}})
+       when kind in [:tool_result, :output_tool_result],
+       do: [[Atom.to_string(kind), name, without_volatile(content)]]
+
+  defp event({:deferred_tool_requests, requests}),
+    do: [["deferred_tool_requests", without_volatile(Map.new(requests, &string_key/1))]]
+
+  defp event({:event, %{kind: kind, data: data}}), do: [["event", kind, without_volatile(data)]]
+  # Outputs are compared with Python's `stream_output` ("stream_output" turns).
+  defp event({:output, _}), do: []
   defp event({:result, _}), do: []
 
-  defp outcome(%Result{} = result, events) do
+  defp string_key({key, value}), do: {Atom.to_string(key), value}
+
+  defp outcome(%Result{} = result, events, outputs) do
     %{
       "output" => result.output,
       "output_type" => result.output_type,
@@ -110,6 +230,7 @@ defmodule SynapseCore.Fidelity do
       "messages_json" => result.messages.json,
       "new_messages_json" => Result.new_messages(result).json,
       "events" => events,
+      "outputs" => outputs,
       "result" => result
     }
   end
@@ -145,6 +266,7 @@ defmodule SynapseCore.Fidelity do
     assert {label, synapse["usage"]} == {label, direct["usage"]}
 
     assert {label, synapse["events"]} == {label, direct["events"]}
+    assert {label, synapse["outputs"]} == {label, direct["outputs"]}
 
     assert {label, messages(synapse["messages_json"])} ==
              {label, messages(direct["messages_json"])}
@@ -159,11 +281,12 @@ defmodule SynapseCore.Fidelity do
     messages |> Messages.decode!() |> without_volatile()
   end
 
-  defp without_volatile(map) when is_map(map),
+  @doc "`data` without the values no two runs share (timestamps, run ids), at any depth."
+  def without_volatile(map) when is_map(map),
     do: for({k, v} <- map, k not in @volatile, into: %{}, do: {k, without_volatile(v)})
 
-  defp without_volatile(list) when is_list(list), do: Enum.map(list, &without_volatile/1)
-  defp without_volatile(other), do: other
+  def without_volatile(list) when is_list(list), do: Enum.map(list, &without_volatile/1)
+  def without_volatile(other), do: other
 
   @doc "The tool calls of a history, in order: `{name, args}`."
   def tool_calls(json) do

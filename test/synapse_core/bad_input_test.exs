@@ -16,9 +16,15 @@ defmodule SynapseCore.BadInputTest do
     end
 
     test "of the wrong type", %{name: name} do
-      for prompt <- [nil, 42, ~c"charlist", %{}, {:tuple}] do
+      for prompt <- [nil, 42, %{}, {:tuple}] do
         assert_raise FunctionClauseError, fn -> Agent.run_sync(name, prompt) end
       end
+
+      # A list is a prompt of parts (SynapseCore.Prompt); a charlist is not.
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Agent.run_sync(name, ~c"charlist")
+
+      assert message =~ "charlist"
     end
 
     test "empty", %{name: name} do

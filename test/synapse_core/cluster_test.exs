@@ -55,14 +55,10 @@ defmodule SynapseCore.ClusterTest do
     {peer, node}
   end
 
-  defp start_agent_on(node, name) do
+  defp start_agent_on(node, name, agent \\ "synapse_fixtures.agents:calling_agent") do
     {:ok, _} =
       :erpc.call(node, SynapseCore, :start_agent, [
-        [
-          name: name,
-          agent: "synapse_fixtures.agents:calling_agent",
-          python_path: [fixtures_path()]
-        ]
+        [name: name, agent: agent, python_path: [fixtures_path()]]
       ])
 
     # The worker joins the cluster-wide group once it serves.
@@ -106,6 +102,28 @@ defmodule SynapseCore.ClusterTest do
     eventually(fn -> members(name) == [] end, 10_000)
 
     assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, ~s({"calls": []}))
+  end
+
+  test "an agent on another node: multimodal prompts and every kind of event" do
+    name = :"multimodal_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:m)
+    start_agent_on(node, name, "synapse_fixtures.multimodal:describing_agent")
+    bytes = :binary.copy(<<0, 255, 128>>, 1000)
+    prompt = ["what is it?", {:binary, bytes, "image/png"}, {:image_url, "https://e.com/a.png"}]
+
+    assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt)
+    assert {:ok, [[_text, binary, %{"class" => "ImageUrl"}]]} = SynapseCore.JSON.decode(output)
+    sha256 = :crypto.hash(:sha256, bytes) |> Base.encode16(case: :lower)
+    assert %{"class" => "BinaryContent", "fields" => %{"data" => %{"sha256" => ^sha256}}} = binary
+
+    events = name |> Agent.run_stream(prompt, events: :all) |> Enum.to_list()
+    assert [{:part_start, %{part: %{"part_kind" => "text"}}} | _] = events
+
+    assert {:part_end, %{part: %{"content" => ^output}}} =
+             Enum.find(events, &match?({:part_end, _}, &1))
+
+    assert {:result, %Result{output: ^output}} = List.last(events)
+    :peer.stop(peer)
   end
 
   test "a run in flight on a node that goes down ends with :worker_exited" do

@@ -6,6 +6,9 @@ defmodule SynapseCore.DoctestTest do
   doctest SynapseCore.Schema
   doctest SynapseCore.JSON
   doctest SynapseCore.Messages
+  doctest SynapseCore.Event
+  doctest SynapseCore.Prompt
+  doctest SynapseCore.StreamState
   doctest SynapseCore.Shepherd.Protocol
   doctest SynapseCore.Worker
 end

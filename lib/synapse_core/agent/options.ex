@@ -532,6 +532,18 @@ defmodule SynapseCore.Agent.Options do
   ]
 
   @stream_schema [
+    events: [
+      type:
+        {:custom, &__MODULE__.cast_event_kinds/1, "`:all` or a non-empty list of event kinds"},
+      default: SynapseCore.Event.default_kinds(),
+      doc: """
+      the kinds of events to receive (see `SynapseCore.Event`): `:all`, or a
+      list such as `[:text_delta, :thinking_delta, :tool_call_delta]`.
+      Events of other kinds are not even sent by the worker. `:output`
+      events (the output validated as it grows) make the worker validate
+      the output at each delta, as pydantic-ai's `stream_output` does.
+      """
+    ],
     window: [
       type: {:or, [{:integer, 1, Options.max_int32()}, {:in, [:infinity]}]},
       default: 64,
@@ -744,6 +756,8 @@ defmodule SynapseCore.Agent.Options do
 
   @typedoc "Validated options of one run."
   @type call :: %{
+          # streamed runs only
+          optional(:events) => [SynapseCore.Event.kind()],
           message_history: SynapseCore.Messages.t() | [map()] | nil,
           output_tool_return_content: String.t() | nil,
           model_settings: map() | nil,
@@ -768,7 +782,10 @@ defmodule SynapseCore.Agent.Options do
     options = Options.validate!(opts, @call_schema ++ @stream_schema, "a streamed run")
 
     %{
-      call: Map.take(options, Keyword.keys(@call_schema)),
+      call:
+        options
+        |> Map.take(Keyword.keys(@call_schema))
+        |> Map.put(:events, options.events),
       stream_to: options.stream_to,
       window: options.window
     }
@@ -954,6 +971,19 @@ defmodule SynapseCore.Agent.Options do
       {:error,
        "expected a previous result's `messages` (a SynapseCore.Messages), a result, " <>
          "or a list of message maps"}
+
+  @doc false
+  def cast_event_kinds(:all), do: {:ok, SynapseCore.Event.kinds()}
+
+  def cast_event_kinds([_ | _] = kinds) do
+    case Enum.reject(kinds, &(&1 in SynapseCore.Event.kinds())) do
+      [] -> {:ok, Enum.uniq(kinds)}
+      _unknown -> {:error, "expected :all or a list of #{inspect(SynapseCore.Event.kinds())}"}
+    end
+  end
+
+  def cast_event_kinds(_other),
+    do: {:error, "expected :all or a non-empty list of #{inspect(SynapseCore.Event.kinds())}"}
 
   @doc false
   def cast_local_pid(nil), do: {:ok, nil}

@@ -14,10 +14,12 @@ mod channel;
 #[cfg(feature = "test-nifs")]
 mod debug;
 mod error;
+mod event;
 mod json;
 mod json_nifs;
 mod messages;
 mod probe;
+mod prompt;
 mod reply;
 mod run;
 mod runtime;

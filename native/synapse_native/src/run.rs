@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use synapse_client::proto::{
     methods, run_event, run_input, run_result, tool_result, RunEvent, RunInput, RunRequest,
-    RunResult, ToolCall, ToolDef, ToolRequest, ToolResult, ToolReturn, Usage,
+    RunResult, ToolDef, ToolRequest, ToolResult, Usage,
 };
 use tokio::sync::mpsc;
 
@@ -14,8 +14,10 @@ use crate::atoms;
 use crate::call::{self, fits, CallError, CallHandle, Started};
 use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
+use crate::event::{self, lenient_json, map};
 use crate::json;
 use crate::messages;
+use crate::prompt;
 use crate::reply::{Events, Reply, Runner, Style};
 use crate::terms::elixir_struct;
 
@@ -41,6 +43,10 @@ pub struct RunArgs<'a> {
     /// Any term: sent to the worker as JSON when it has a JSON form.
     deps: Term<'a>,
     output_tool_return_content: Option<String>,
+    /// Streamed runs: the kinds of events to send (`RunEvent` field names).
+    events: Vec<String>,
+    /// A prompt made of parts (`crate::prompt`); `prompt` is then empty.
+    prompt_parts: Vec<Term<'a>>,
 }
 
 #[derive(NifMap)]
@@ -350,17 +356,6 @@ async fn stream(
         })?;
         let event: RunEvent = call::decode(event)?;
         match event.event {
-            Some(run_event::Event::TextDelta(text)) => {
-                relay
-                    .events
-                    .send(|env| (atoms::text_delta(), json::string(env, &text)).encode(env));
-            }
-            Some(run_event::Event::ToolCall(call)) => {
-                relay.events.send(|env| encode_tool_call(env, &call));
-            }
-            Some(run_event::Event::ToolReturn(returned)) => {
-                relay.events.send(|env| encode_tool_return(env, &returned));
-            }
             Some(run_event::Event::ToolRequest(request)) => {
                 // Not an event for the receiver: give its credit back.
                 relay.credit.add_permits(1);
@@ -369,6 +364,13 @@ async fn stream(
             Some(run_event::Event::Result(result)) => return Ok(result),
             Some(run_event::Event::Failure(failure)) => {
                 return Err(Error::from_failure(failure).into());
+            }
+            // Every other message is an event for the receiver (`crate::event`).
+            // (`encode` has a term for each of them.)
+            Some(shown) => {
+                relay.events.send(move |env| {
+                    event::encode(env, shown).unwrap_or_else(|| atoms::nil().encode(env))
+                });
             }
             None => {
                 return Err(Error::Protocol("the worker sent an empty event".into()).into());
@@ -396,45 +398,6 @@ impl Relay {
             }));
         }
     }
-}
-
-/// JSON from the worker, or the raw text when it is not valid JSON (a
-/// model's tool arguments can be malformed).
-fn lenient_json<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
-    json::decode(env, bytes).unwrap_or_else(|_| json::string(env, &String::from_utf8_lossy(bytes)))
-}
-
-fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> Term<'a> {
-    let keys: Vec<Term<'a>> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-    let values: Vec<Term<'a>> = pairs.iter().map(|(_, v)| *v).collect();
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
-}
-
-/// `{:tool_call, %{id:, name:, args:}}`
-fn encode_tool_call<'a>(env: Env<'a>, call: &ToolCall) -> Term<'a> {
-    let details = map(
-        env,
-        &[
-            (atoms::id(), json::string(env, &call.id)),
-            (atoms::name(), json::string(env, &call.name)),
-            (atoms::args(), lenient_json(env, &call.args_json)),
-        ],
-    );
-    (atoms::tool_call(), details).encode(env)
-}
-
-/// `{:tool_result, %{id:, name:, content:, retry:}}`
-fn encode_tool_return<'a>(env: Env<'a>, returned: &ToolReturn) -> Term<'a> {
-    let details = map(
-        env,
-        &[
-            (atoms::id(), json::string(env, &returned.id)),
-            (atoms::name(), json::string(env, &returned.name)),
-            (atoms::content(), lenient_json(env, &returned.content_json)),
-            (atoms::retry(), returned.retry.encode(env)),
-        ],
-    );
-    (atoms::tool_result(), details).encode(env)
 }
 
 /// `%{request_id:, name:, args:, tool_call_id:, run_id:, retry:}`
@@ -490,6 +453,8 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
         deps_error,
         timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         output_tool_return_content: args.output_tool_return_content,
+        events: args.events,
+        prompt_parts: prompt::parts(&args.prompt_parts)?,
         model_settings_json: json::encode_optional(args.model_settings)
             .map_err(|e| context("model_settings", e))?,
         usage_limits_json: json::encode_optional(args.usage_limits)

@@ -3,7 +3,7 @@
 Message histories, model settings, usage limits and structured outputs cross the
 wire as JSON in pydantic-ai's own forms (see agent.proto): the worker validates
 them here, against pydantic-ai's own types, and never invents a schema of its
-own. Run events are mapped here too (`run_event`).
+own. (Run events are mapped in `_events`.)
 """
 
 from __future__ import annotations
@@ -19,18 +19,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 from pydantic_ai import ModelMessagesTypeAdapter, RunCancelled
-from pydantic_ai.messages import (
-    AgentStreamEvent,
-    FunctionToolCallEvent,
-    FunctionToolResultEvent,
-    ModelMessage,
-    ModelResponse,
-    PartDeltaEvent,
-    PartStartEvent,
-    TextPart,
-    TextPartDelta,
-    ToolReturnPart,
-)
+from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
@@ -120,69 +109,6 @@ def _describe_usage_limit_errors(exc: pydantic.ValidationError) -> str:
         else:
             described.append(error["msg"])
     return "; ".join(described)
-
-
-def run_event(event: AgentStreamEvent) -> agent_pb2.RunEvent | None:
-    """The wire form of a pydantic-ai stream event, or None for events not sent.
-
-    Text: the content a `TextPart` starts with and every `TextPartDelta`, in
-    order; empty ones are skipped. When the output is the text of the run's only
-    model response, the deltas concatenate to it exactly. Every response's text
-    is streamed, though: in a run with several (text beside a tool call, or an
-    output retry) the deltas also hold the earlier responses' text.
-
-    Tools, any tool (the agent's own and the client's), in the order pydantic-ai
-    emits them: a `FunctionToolCallEvent` is a `tool_call` (the call's arguments
-    as the model gave them), a `FunctionToolResultEvent` a `tool_return` (see
-    `tool_return`). The calls of one model response all come before their
-    returns, which come as the calls finish.
-
-    Other events (output tools, thinking, part ends, ...) have no wire form yet:
-    adding one is a case here and a field in `RunEvent`.
-    """
-    match event:
-        case PartStartEvent(part=TextPart(content=text)) if text:
-            return agent_pb2.RunEvent(text_delta=text)
-        case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
-            return agent_pb2.RunEvent(text_delta=text)
-        case FunctionToolCallEvent(part=part):
-            return agent_pb2.RunEvent(
-                tool_call=agent_pb2.ToolCall(
-                    id=part.tool_call_id,
-                    name=part.tool_name,
-                    args_json=part.args_as_json_str().encode(),
-                )
-            )
-        case FunctionToolResultEvent(part=part):
-            return agent_pb2.RunEvent(tool_return=tool_return(part))
-        case _:
-            return None
-
-
-def tool_return(part: ToolReturnPart) -> agent_pb2.ToolReturn:
-    """A tool call's outcome: its return value as JSON, or the retry prompt the model gets.
-
-    A retried call (the tool raised `ModelRetry`, the client answered a
-    `retry_message`, the arguments did not validate, the tool is unknown) has
-    `retry` set and its content is the retry prompt's text as a JSON string:
-    the `ModelRetry` message as is, a validation error's details as JSON text.
-    Any other outcome (success, or pydantic-ai's `failed`/`denied`) carries the
-    part's content as JSON; values JSON cannot hold (bytes, arbitrary objects)
-    are encoded leniently (base64, `str`) rather than failing the run.
-    """
-    if part.outcome == "retried":
-        content = part.model_response_str(wrap_if_error=False)
-        return agent_pb2.ToolReturn(
-            id=part.tool_call_id,
-            name=part.tool_name,
-            content_json=pydantic_core.to_json(content),
-            retry=True,
-        )
-    return agent_pb2.ToolReturn(
-        id=part.tool_call_id,
-        name=part.tool_name,
-        content_json=pydantic_core.to_json(part.content, bytes_mode="base64", fallback=str),
-    )
 
 
 def run_result(

@@ -14,8 +14,9 @@ The run is pydantic-ai's `agent.run`:
   model requests are not streamed, exactly as a Python caller's `agent.run`.
   Client tools still work: a client tool's call sends its `tool_request`
   from the tool's own coroutine.
-* streamed (`Run` without `quiet`): an event stream handler sends the events
-  that have a wire form (`_convert.run_event`) as the model streams them.
+* streamed (`Run` without `quiet`): an event stream handler sends every
+  event as the model streams it (`_events`), and, with `partial_output`, the
+  output validated so far.
 
 Every failure the run meets is returned as a `failure` event, not raised:
 request problems (unknown agent, malformed fields), the run's exceptions
@@ -30,19 +31,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
-from pydantic_ai import CancellationToken, RunCancelled, RunContext
-from pydantic_ai.messages import AgentStreamEvent
+from pydantic_ai import CancellationToken, RunCancelled
 
-from synapse_python import _agents, _client_tools, _convert, _errors
+from synapse_python import _agents, _client_tools, _convert, _errors, _events, _prompt
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
 
-Send = Callable[[agent_pb2.RunEvent], Awaitable[None]]
-"""Sends one event to the client; returns once the transport took it (flow control)."""
+Send = _events.Send
 
 
 class Run:
@@ -95,8 +93,9 @@ class Run:
         tools = self._tools = _client_tools.ClientTools(request.tools, loaded.agent, self._send)
         if tools.toolset is not None:
             arguments["toolsets"] = [tools.toolset]
-        if not self._quiet:
-            arguments["event_stream_handler"] = self._stream_events
+        relay = None if self._quiet else _events.EventRelay(self._send, frozenset(request.events))
+        if relay is not None:
+            arguments["event_stream_handler"] = relay.handle
         async with contextlib.AsyncExitStack() as stack:
             deps = await loaded.deps.enter(
                 stack,
@@ -106,22 +105,14 @@ class Run:
             result = await loaded.agent.run(
                 **arguments, deps=deps, cancellation_token=self._cancellation
             )
+        if relay is not None:
+            await relay.final_output(result.output)
         content = (
             request.output_tool_return_content
             if request.HasField("output_tool_return_content")
             else None
         )
         return agent_pb2.RunEvent(result=_convert.run_result(result, content))
-
-    async def _stream_events(
-        self, ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]
-    ) -> None:
-        # `send` returns once the transport accepts the event, and pydantic-ai's
-        # stream has no buffer: a slow reader slows the run down.
-        async for event in events:
-            message = _convert.run_event(event)
-            if message is not None:
-                await self._send(message)
 
     def deliver(self, message: agent_pb2.RunInput) -> None:
         """Hand the run a message the client sent after `start`.
@@ -177,8 +168,7 @@ class Run:
 def _run_arguments(request: agent_pb2.RunRequest, loaded: _agents.LoadedAgent) -> dict[str, Any]:
     """The arguments of the pydantic-ai run `request` asks for (but deps and tools)."""
     return {
-        # An empty prompt continues from the history without a new user message.
-        "user_prompt": request.prompt or None,
+        "user_prompt": _prompt.user_prompt(request),
         "message_history": _convert.parse_message_history(request.message_history_json),
         "model_settings": _convert.parse_model_settings(request.model_settings_json),
         "usage_limits": _convert.parse_usage_limits(request.usage_limits_json),

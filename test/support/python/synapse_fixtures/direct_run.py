@@ -14,7 +14,12 @@ CASES.json is a list of cases, each a conversation with one agent:
                 "usage_limits": {"tool_calls_limit": 1, ...}}]}
 
 Each turn is one `agent.run` (or, with `"stream": true`, one
-`agent.run_stream_events` read to its end), as a Python caller writes it:
+`agent.run_stream_events` read to its end; with `"stream_output": true`, one
+`agent.run_stream` whose `stream_output(debounce_by=None)` is read to its
+end), as a Python caller writes it. A prompt may be a list of parts: strings,
+and objects with a "kind" built with pydantic-ai's classes as a caller builds
+them (`BinaryContent(data, media_type=...)` from a "binary" whose "data" is
+base64, `ImageUrl(url, ...)` from an "image-url", ...; see `_user_prompt`):
 `deps` (when the key is there) is made by the deps factory (called with the
 data, awaited if async, entered if a context manager) or validated into the
 agent's `deps_type` with Pydantic; `history` passes the previous turn's
@@ -27,13 +32,21 @@ server (`synapse_fixtures.openai_server`) whose script starts over first.
 OUT.json gets, per case, a list with per turn either the outcome
 (`output` as JSON data, `output_type`, `usage` (every field, `by_request`
 the usage of each model response), `messages_json` as text,
-`new_messages_json`, `events` for streamed turns) or `{"error": {"type":
-..., "message": ...}}`.
+`new_messages_json`, `events` for streamed turns, `outputs` for
+`stream_output` turns) or `{"error": {"type": ..., "message": ...}}`.
+
+A streamed turn's `events` are pydantic-ai's events in the form the
+Elixir side of the test gives Synapse's (`SynapseCore.Fidelity`), written
+here from pydantic-ai's own events: a part starts empty, the content it
+starts with following as its first delta (see `SynapseCore.Event`). The
+turn's `"events"` names the kinds kept, as `run_stream`'s `:events` option
+does ("all", or a list; by default text deltas, tool calls and results).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import decimal
@@ -49,20 +62,44 @@ import pydantic
 import pydantic_core
 from pydantic_ai import Agent, AgentRunResultEvent
 from pydantic_ai.messages import (
+    AgentStreamEvent,
+    AudioUrl,
+    BaseToolCallPart,
+    BinaryContent,
+    CachePoint,
+    DeferredToolRequestsEvent,
+    DocumentUrl,
+    FileUrl,
+    FinalResultEvent,
     FunctionToolCallEvent,
     FunctionToolResultEvent,
+    ImageUrl,
     ModelMessage,
     ModelResponse,
+    ModelResponsePart,
+    ModelResponsePartDelta,
+    OutputToolCallEvent,
+    OutputToolResultEvent,
     PartDeltaEvent,
+    PartEndEvent,
     PartStartEvent,
+    StructuredContent,
+    TextContent,
     TextPart,
     TextPartDelta,
+    ThinkingPart,
+    ThinkingPartDelta,
+    ToolCallPartDelta,
+    UploadedFile,
+    UserContent,
+    VideoUrl,
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
-from synapse_fixtures.recording import RECORD_ENV
+from synapse_fixtures.recording import RECORD_ENV, without_volatile
 
 
 def _resolve(ref: str) -> Any:
@@ -97,18 +134,124 @@ async def _deps(
     return made
 
 
-def _event(event: Any) -> list[Any] | None:
-    """A stream event as Synapse's run_stream gives it, or None."""
+_URL_CLASSES: dict[str, type[FileUrl]] = {
+    "image-url": ImageUrl,
+    "audio-url": AudioUrl,
+    "video-url": VideoUrl,
+    "document-url": DocumentUrl,
+}
+
+
+def _user_prompt(prompt: str | list[Any]) -> str | list[UserContent]:
+    """A turn's prompt as a Python caller writes it: each part built with its class."""
+    if isinstance(prompt, str):
+        return prompt
+    parts: list[UserContent] = []
+    for item in prompt:
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        fields = dict(item)
+        match fields.pop("kind"):
+            case "binary":
+                parts.append(BinaryContent(base64.b64decode(fields.pop("data")), **fields))
+            case "uploaded-file":
+                parts.append(
+                    UploadedFile(fields.pop("file_id"), fields.pop("provider_name"), **fields)
+                )
+            case "text-content":
+                parts.append(TextContent(fields.pop("content"), **fields))
+            case "structured-content":
+                parts.append(StructuredContent(fields.pop("value"), **fields))
+            case "cache-point":
+                parts.append(CachePoint(**fields))
+            case kind:
+                parts.append(_URL_CLASSES[kind](fields.pop("url"), **fields))
+    return parts
+
+
+_DEFAULT_KINDS = ["text_delta", "tool_call", "tool_result"]
+
+
+def _json(value: Any) -> Any:
+    return without_volatile(pydantic_core.to_jsonable_python(value))
+
+
+def _dump(adapter: pydantic.TypeAdapter[Any], value: Any) -> Any:
+    return without_volatile(adapter.dump_python(value, mode="json"))
+
+
+_PARTS = pydantic.TypeAdapter(ModelResponsePart)
+_DELTAS = pydantic.TypeAdapter(ModelResponsePartDelta)
+_EVENTS = pydantic.TypeAdapter(AgentStreamEvent)
+_DEFERRED = pydantic.TypeAdapter(DeferredToolRequests)
+
+
+def _start(event: PartStartEvent) -> list[list[Any]]:
+    part, index, first = event.part, event.index, []
+    if isinstance(part, TextPart | ThinkingPart):
+        kind = "text_delta" if isinstance(part, TextPart) else "thinking_delta"
+        first = [[kind, part.content]] if part.content else []
+        part = dataclasses.replace(part, content="")
+    elif isinstance(part, BaseToolCallPart) and part.args:
+        first = [["tool_call_delta", index, part.tool_call_id, None, part.args]]
+        part = dataclasses.replace(part, args=None)
+    return [["part_start", index, _dump(_PARTS, part), event.previous_part_kind], *first]
+
+
+def _delta(index: int, delta: Any) -> list[list[Any]]:
+    match delta:
+        case TextPartDelta() | ThinkingPartDelta():
+            kind = "text_delta" if isinstance(delta, TextPartDelta) else "thinking_delta"
+            shown = [[kind, delta.content_delta]] if delta.content_delta else []
+            empty = "" if isinstance(delta, TextPartDelta) else None
+            rest = dataclasses.replace(delta, content_delta=empty)
+            if rest != type(delta)(content_delta=empty):
+                shown.append(["part_delta", index, _dump(_DELTAS, rest)])
+            return shown
+        case ToolCallPartDelta():
+            return [
+                [
+                    "tool_call_delta",
+                    index,
+                    delta.tool_call_id,
+                    delta.tool_name_delta,
+                    delta.args_delta,
+                ]
+            ]
+    return [["part_delta", index, _dump(_DELTAS, delta)]]
+
+
+def _event(event: Any) -> list[list[Any]]:
+    """A stream event as the Elixir side of the test shows Synapse's (a list per event)."""
     match event:
-        case PartStartEvent(part=TextPart(content=text)) if text:
-            return ["text_delta", text]
-        case PartDeltaEvent(delta=TextPartDelta(content_delta=text)) if text:
-            return ["text_delta", text]
-        case FunctionToolCallEvent(part=part):
-            return ["tool_call", part.tool_name, part.args_as_dict()]
-        case FunctionToolResultEvent(part=part):
-            return ["tool_result", part.tool_name, pydantic_core.to_jsonable_python(part.content)]
-    return None
+        case PartStartEvent():
+            return _start(event)
+        case PartDeltaEvent(index=index, delta=delta):
+            return _delta(index, delta)
+        case PartEndEvent(index=index, part=part):
+            return [["part_end", index, _dump(_PARTS, part), event.next_part_kind]]
+        case FinalResultEvent(tool_name=name, tool_call_id=call_id):
+            return [["final_result", name, call_id]]
+        case FunctionToolCallEvent(part=part) | OutputToolCallEvent(part=part):
+            kind = "tool_call" if isinstance(event, FunctionToolCallEvent) else "output_tool_call"
+            return [[kind, part.tool_name, part.args_as_dict()]]
+        case FunctionToolResultEvent(part=part) | OutputToolResultEvent(part=part):
+            kind = (
+                "tool_result"
+                if isinstance(event, FunctionToolResultEvent)
+                else "output_tool_result"
+            )
+            return [[kind, part.tool_name, _json(part.content)]]
+        case DeferredToolRequestsEvent(requests=requests):
+            return [["deferred_tool_requests", _dump(_DEFERRED, requests)]]
+    return [["event", event.event_kind, _dump(_EVENTS, event)]]
+
+
+def _kept(turn: dict[str, Any]) -> set[str] | None:
+    """The kinds of events a streamed turn keeps; None for all."""
+    kinds = turn.get("events", _DEFAULT_KINDS)
+    return None if kinds == "all" else set(kinds)
 
 
 def _usage_limits(fields: dict[str, Any]) -> UsageLimits:
@@ -133,19 +276,28 @@ async def _turn(
         "model": model,
     }
     events: list[Any] = []
+    outputs: list[Any] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             arguments["deps"] = await _deps(stack, agent, factory, turn)
             result: AgentRunResult[Any]
-            if turn.get("stream"):
-                async with agent.run_stream_events(turn["prompt"], **arguments) as stream:
+            if turn.get("stream_output"):
+                async with agent.run_stream(_user_prompt(turn["prompt"]), **arguments) as streamed:
+                    async for output in streamed.stream_output(debounce_by=None):
+                        outputs.append([_json(output), type(output).__qualname__])
+                    result = streamed.result
+            elif turn.get("stream"):
+                kept = _kept(turn)
+                async with agent.run_stream_events(
+                    _user_prompt(turn["prompt"]), **arguments
+                ) as stream:
                     async for event in stream:
                         if isinstance(event, AgentRunResultEvent):
                             result = event.result
-                        elif (shown := _event(event)) is not None:
-                            events.append(shown)
+                        else:
+                            events += [e for e in _event(event) if kept is None or e[0] in kept]
             else:
-                result = await agent.run(turn["prompt"], **arguments)
+                result = await agent.run(_user_prompt(turn["prompt"]), **arguments)
     except Exception as exc:
         return {"error": {"type": type(exc).__name__, "message": str(exc)}}, history
     content = turn.get("output_tool_return_content")
@@ -156,6 +308,7 @@ async def _turn(
         "messages_json": result.all_messages_json(output_tool_return_content=content).decode(),
         "new_messages_json": result.new_messages_json(output_tool_return_content=content).decode(),
         "events": events,
+        "outputs": outputs,
     }
     return outcome, result.all_messages()
 
