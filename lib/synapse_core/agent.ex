@@ -101,6 +101,44 @@ defmodule SynapseCore.Agent do
       `:timeout` bounds the wait; its caller exiting cancels it.
 
   See the repository's `docs/approvals.md` for both, with a LiveView.
+  ## Agents defined from Elixir
+
+  Without `:agent`, the agent is pydantic-ai's declarative agent spec (its
+  `AgentSpec`), built in the worker with `Agent.from_spec`, with no Python
+  file of yours. Every field of the spec is an option:
+
+      {SynapseCore.Agent,
+       name: :docs,
+       model: "openai:gpt-4o",
+       instructions: "Answer from the documentation.",
+       model_settings: [temperature: 0.2],
+       retries: [tools: 2, output: 3],
+       capabilities: [
+         {"MCP", url: "https://docs.example.com/mcp", tool_prefix: "docs"},
+         {"Thinking", effort: "low"}
+       ],
+       output_schema: %{"type" => "object", "properties" => %{"answer" => %{"type" => "string"}}},
+       env: ["OPENAI_API_KEY"]}
+
+  `:capabilities` are the capabilities pydantic-ai's spec knows, by name
+  (`"MCP"` for an MCP server's tools, `"WebSearch"`, `"Thinking"`,
+  `"PrefixTools"`, ...), with their arguments. A spec can also be a file,
+  YAML or JSON, as `Agent.from_file` reads it, kept in your application:
+
+      {SynapseCore.Agent, name: :support, spec: {:my_app, "priv/agents/support.yaml"}}
+
+  The file is read when the agent starts, and the other options supplement
+  it as `Agent.from_spec`'s arguments supplement a spec (instructions and
+  capabilities are added, model settings merged, the rest replaced).
+
+  A spec that pydantic-ai does not accept fails the start with
+  `:startup_failed`, `details.reason` `:invalid_argument` and
+  `details.errors` listing each problem with its path: a field of the wrong
+  type (`["retries"]`), a field the spec does not have (refused, where
+  pydantic-ai would ignore it), an unknown capability or arguments it
+  refuses (`["capabilities", 1]`). Options of the wrong type or range, and
+  a spec file that cannot be read, raise `ArgumentError` before anything
+  starts.
   """
 
   alias SynapseCore.{

@@ -10,13 +10,22 @@ defmodule SynapseCore.Fidelity do
   # "events" (a streamed turn's kinds: "all" or a list of names),
   # a "prompt" of parts (direct_run's JSON form of them, see `prompt/1`),
   # "stream_output" (true: run_stream with `:output` events, compared with
-  # Python's `stream_output`), "model_settings",
+  # Python's `stream_output`), "model_settings", "usage_limits",
   # "output_tool_return_content" and "deferred_tool_results" (direct_run's
   # JSON form; a turn with it may have no "prompt").
 
   import ExUnit.Assertions
 
-  alias SynapseCore.{Agent, DeferredToolRequests, JSON, Messages, Result, TestHelpers}
+  alias SynapseCore.{
+    Agent,
+    DeferredToolRequests,
+    JSON,
+    Messages,
+    RequestUsage,
+    Result,
+    TestHelpers,
+    Usage
+  }
 
   # What two runs of one agent never share (see synapse_fixtures.recording).
   @volatile ["timestamp", "run_id", "conversation_id"]
@@ -93,6 +102,7 @@ defmodule SynapseCore.Fidelity do
           |> put_if(Map.has_key?(turn, "deps"), :deps, turn["deps"])
           |> put_if(turn["history"] == true, :message_history, previous)
           |> put_if(Map.has_key?(turn, "model_settings"), :model_settings, turn["model_settings"])
+          |> put_if(Map.has_key?(turn, "usage_limits"), :usage_limits, turn["usage_limits"])
           |> put_if(
             Map.has_key?(turn, "output_tool_return_content"),
             :output_tool_return_content,
@@ -275,9 +285,21 @@ defmodule SynapseCore.Fidelity do
 
   defp output(output), do: output
 
-  defp usage(usage) do
-    usage |> Map.from_struct() |> Map.new(fn {key, value} -> {Atom.to_string(key), value} end)
+  # Usage as direct_run writes it: every field; each response's flat, with
+  # its model (pydantic-ai's RequestUsage has no requests or tool calls).
+  defp usage(%Usage{by_request: by_request} = usage),
+    do: usage |> string_keys() |> Map.put("by_request", Enum.map(by_request, &request_usage/1))
+
+  defp request_usage(%RequestUsage{usage: usage} = request) do
+    usage
+    |> string_keys()
+    |> Map.drop(["requests", "tool_calls", "by_request"])
+    |> Map.merge(%{"model_name" => request.model_name, "provider_name" => request.provider_name})
   end
+
+  defp string_keys(struct),
+    do:
+      struct |> Map.from_struct() |> Map.new(fn {key, value} -> {Atom.to_string(key), value} end)
 
   @doc """
   Asserts that a Synapse outcome and a direct one are the same run: output,
@@ -291,8 +313,7 @@ defmodule SynapseCore.Fidelity do
     assert {label, synapse["output"], synapse["output_type"]} ==
              {label, direct["output"], direct["output_type"]}
 
-    assert {label, synapse["usage"]} ==
-             {label, Map.take(direct["usage"], Map.keys(synapse["usage"]))}
+    assert {label, synapse["usage"]} == {label, direct["usage"]}
 
     assert {label, synapse["events"]} == {label, direct["events"]}
     assert {label, synapse["outputs"]} == {label, direct["outputs"]}

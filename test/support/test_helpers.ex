@@ -138,6 +138,21 @@ defmodule SynapseCore.TestHelpers do
   options (`["--script", path, "--record", path]`, ...).
   """
   def start_openai_server!(args \\ []) do
+    number = start_listening_fixture!("openai_server", ["--port", "0" | args])
+    "http://127.0.0.1:#{number}/v1"
+  end
+
+  @doc """
+  Starts synapse_fixtures.mcp_server (an MCP server, streamable HTTP, tools
+  `add` and `shout`) for the test; returns its URL.
+  """
+  def start_mcp_server! do
+    "http://127.0.0.1:#{start_listening_fixture!("mcp_server", [])}/mcp"
+  end
+
+  # Starts `python -m synapse_fixtures.<module>`, which prints "LISTENING
+  # <port>" once it serves and exits when its stdin (the port) closes.
+  defp start_listening_fixture!(module, args) do
     {:ok, python} = SynapseCore.Python.interpreter()
 
     port =
@@ -145,18 +160,18 @@ defmodule SynapseCore.TestHelpers do
         :binary,
         :exit_status,
         {:line, 1024},
-        args: ["-m", "synapse_fixtures.openai_server", "--port", "0" | args],
+        args: ["-m", "synapse_fixtures.#{module}" | args],
         env: [{~c"PYTHONPATH", String.to_charlist(@fixtures)}]
       ])
 
     receive do
       {^port, {:data, {:eol, "LISTENING " <> number}}} ->
-        "http://127.0.0.1:#{number}/v1"
+        number
 
       {^port, {:exit_status, status}} ->
-        flunk("the fake OpenAI server exited with #{status}")
+        flunk("synapse_fixtures.#{module} exited with #{status}")
     after
-      15_000 -> flunk("the fake OpenAI server did not start")
+      30_000 -> flunk("synapse_fixtures.#{module} did not start")
     end
   end
 

@@ -38,7 +38,16 @@ defmodule SynapseCore.Agent.Options do
   @type source ::
           {:bridge, String.t()}
           | {:ref, String.t()}
-          | {:spec, %{model: String.t(), instructions: String.t(), output_schema: map() | nil}}
+          | {:spec,
+             %{
+               model: String.t(),
+               instructions: String.t(),
+               output_schema: map() | nil,
+               fields: map() | nil,
+               file_text: String.t(),
+               file_format: String.t(),
+               file_path: String.t()
+             }}
 
   @type t :: %__MODULE__{
           name: term(),
@@ -286,12 +295,17 @@ defmodule SynapseCore.Agent.Options do
       it is resolved once, when the worker loads the agent (so a typo or a
       missing key fails the start), and that model is given to every run,
       as a Python server passing `model=` would. Without `:agent`, the
-      agent is defined from Elixir and `:model` is required.
+      agent is defined from Elixir (see "Agents defined from Elixir" in the
+      module documentation) and `:model` is its model, required unless a
+      `:spec` file names one.
       """
     ],
     instructions: [
       type: :string,
-      doc: "for an agent defined from Elixir: its instructions (system prompt)."
+      doc: """
+      for an agent defined from Elixir: its instructions (system prompt),
+      added after a `:spec` file's.
+      """
     ],
     output_schema: [
       type: :map,
@@ -303,6 +317,99 @@ defmodule SynapseCore.Agent.Options do
       `SynapseCore.Result`). The supported keywords are those of JSON Schema
       validation for types, properties, `required`, `additionalProperties`,
       `items`, `enum`, `const`, bounds, lengths, `pattern` and `anyOf`.
+      """
+    ],
+    spec: [
+      type:
+        {:custom, &__MODULE__.cast_spec_file/1,
+         ~s|a path or {app, path} of a ".yaml", ".yml" or ".json" file|},
+      doc: """
+      for an agent defined from Elixir: a pydantic-ai agent spec file (its
+      declarative `AgentSpec`, as `Agent.from_file` reads it), e.g.
+      `{:my_app, "priv/agents/support.yaml"}` (a path inside the OTP
+      application, wherever it is installed) or a path. The file is read
+      when the options are validated and sent to every worker (remote ones
+      too). The options below (`:model`, `:instructions`,
+      `:model_settings`, `:capabilities`, ...) supplement it as
+      `Agent.from_spec`'s arguments do: `:instructions` and `:capabilities`
+      are added after the file's, `:model_settings` merged over the
+      file's, the others replace the file's. With `:spec`, `:model` may
+      come from the file. See "Agents defined from Elixir" in the module
+      documentation.
+      """
+    ],
+    model_settings: [
+      type: :keyword_or_map,
+      doc: """
+      for an agent defined from Elixir: the agent's pydantic-ai model
+      settings (`[temperature: 0.2, max_tokens: 500]`), under the run's
+      own `:model_settings`.
+      """
+    ],
+    retries: [
+      type:
+        {:or,
+         [
+           {:integer, 0, Options.max_int32()},
+           {:keyword,
+            [
+              tools: [type: {:integer, 0, Options.max_int32()}, doc: false],
+              output: [type: {:integer, 0, Options.max_int32()}, doc: false]
+            ]}
+         ]},
+      doc_type: "a non-negative integer, or a keyword list of `:tools` and `:output`",
+      doc: """
+      for an agent defined from Elixir: pydantic-ai's `retries`, the
+      retries the model gets for a failing tool call and for output that
+      does not validate (an integer for both, or `[tools: 2, output: 3]`).
+      pydantic-ai's default is 1.
+      """
+    ],
+    capabilities: [
+      type:
+        {:list,
+         {:custom, &__MODULE__.cast_capability/1,
+          ~s|a capability: "Name", {"Name", arguments} or %{"Name" => arguments}|}},
+      doc_type: ~s|a list of capabilities: "Name", {"Name", arguments} or %{"Name" => arguments}|,
+      doc: """
+      for an agent defined from Elixir: pydantic-ai capabilities, by the
+      names its agent spec knows (`"MCP"`, `"WebSearch"`, `"Thinking"`,
+      `"PrefixTools"`, ...), with their arguments as a keyword list or map
+      (keyword arguments) or any other value (one positional argument):
+      `{"MCP", url: "https://mcp.example.com/mcp", tool_prefix: "docs"}`
+      connects the agent to an MCP server, whose tools the model may call.
+      A secret argument is best given as `{:system, "VAR"}`
+      (`authorization_token: {:system, "DOCS_MCP_TOKEN"}`, with
+      `env: ["DOCS_MCP_TOKEN"]`): the worker reads it from its own
+      environment, so that no term, log or crash report holds it.
+      An unknown name, or arguments the capability refuses, fails the start
+      (see "Agents defined from Elixir").
+      """
+    ],
+    end_strategy: [
+      type: {:in, [:early, :graceful, :exhaustive]},
+      doc: """
+      for an agent defined from Elixir: pydantic-ai's `end_strategy`, what
+      happens to the other tool calls of a response that has the final
+      output. pydantic-ai's default is `:graceful`.
+      """
+    ],
+    tool_timeout: [
+      type: {:integer, 1, Options.max_ms()},
+      doc: """
+      for an agent defined from Elixir: milliseconds each tool call may
+      take by default (pydantic-ai's `tool_timeout`).
+      """
+    ],
+    description: [
+      type: :string,
+      doc: "for an agent defined from Elixir: pydantic-ai's agent `description`."
+    ],
+    metadata: [
+      type: :map,
+      doc: """
+      for an agent defined from Elixir: pydantic-ai's agent `metadata`, a
+      map of JSON data kept with each run.
       """
     ],
     tools: [
@@ -375,9 +482,19 @@ defmodule SynapseCore.Agent.Options do
       type: :keyword_or_map,
       default: nil,
       doc: """
-      pydantic-ai usage limits for this run, e.g.
-      `[request_limit: 3, total_tokens_limit: 2_000]`. Exceeding one fails
-      the run with `:usage_limit_exceeded`.
+      pydantic-ai usage limits for this run (its `UsageLimits`), e.g.
+      `[request_limit: 3, tool_calls_limit: 5, cost_limit: "0.05"]`. Every
+      field of the installed pydantic-ai's `UsageLimits` is accepted, and
+      only those: in pydantic-ai 2.68 `request_limit` (defaults to 50; `nil`
+      lifts it), `tool_calls_limit`, `input_tokens_limit`,
+      `output_tokens_limit`, `total_tokens_limit`,
+      `per_request_input_tokens_limit` (integers), `cost_limit` (USD, a
+      number or a decimal string, compared with `SynapseCore.Usage`'s
+      `cost`; a model genai-prices cannot price has no cost to limit) and
+      `count_tokens_before_request` (a boolean). Exceeding one fails the
+      run with `:usage_limit_exceeded` and pydantic-ai's message; an unknown
+      field, or a value of the wrong type, fails it with `:invalid_argument`
+      naming the field.
       """
     ],
     timeout: [
@@ -638,22 +755,41 @@ defmodule SynapseCore.Agent.Options do
     level
   end
 
-  defp source!(options) do
-    spec_keys = [:instructions, :output_schema]
+  # The options that define an agent from Elixir, and the `AgentSpec`
+  # fields of pydantic-ai they become (beside :model and :instructions).
+  @spec_fields [
+    :model_settings,
+    :retries,
+    :capabilities,
+    :end_strategy,
+    :tool_timeout,
+    :description,
+    :metadata
+  ]
+  @spec_keys [:instructions, :output_schema, :spec | @spec_fields]
 
-    case {options[:agent], Map.take(options, spec_keys)} do
+  defp source!(options) do
+    case {options[:agent], Map.take(options, @spec_keys)} do
       {nil, spec} ->
+        file = spec[:spec]
+
         model =
-          options[:model] ||
+          options[:model] || if(file, do: "") ||
             raise ArgumentError,
-                  "give either :agent (\"module:attribute\" of a pydantic-ai agent) " <>
-                    "or :model (to define the agent from Elixir)"
+                  "give either :agent (\"module:attribute\" of a pydantic-ai agent), " <>
+                    ":model or :spec (to define the agent from Elixir)"
+
+        fields = spec |> Map.take(@spec_fields) |> Map.new(&spec_field/1)
 
         {:spec,
          %{
            model: model,
            instructions: spec[:instructions] || "",
-           output_schema: spec[:output_schema]
+           output_schema: spec[:output_schema],
+           fields: if(fields == %{}, do: nil, else: fields),
+           file_text: if(file, do: file.text, else: ""),
+           file_format: if(file, do: file.format, else: ""),
+           file_path: if(file, do: file.path, else: "")
          }}
 
       {ref, spec} when spec == %{} ->
@@ -667,6 +803,14 @@ defmodule SynapseCore.Agent.Options do
                 "set it on the Python agent instead"
     end
   end
+
+  # An option as pydantic-ai's AgentSpec field (JSON data, string keys).
+  defp spec_field({:retries, retries}) when is_map(retries),
+    do: {"retries", Map.new(retries, fn {key, value} -> {Atom.to_string(key), value} end)}
+
+  defp spec_field({:end_strategy, strategy}), do: {"end_strategy", Atom.to_string(strategy)}
+  defp spec_field({:tool_timeout, ms}), do: {"tool_timeout", ms / 1000}
+  defp spec_field({key, value}), do: {Atom.to_string(key), value}
 
   ## Call options
 
@@ -794,6 +938,72 @@ defmodule SynapseCore.Agent.Options do
     do: token |> :binary.bin_to_list() |> Enum.all?(&(&1 in 0x21..0x7E))
 
   def header_text?(_token), do: false
+
+  @doc false
+  # A spec file: read now, so that a missing or unreadable file fails the
+  # start at once, and every worker (remote ones too) gets its text.
+  def cast_spec_file(entry) do
+    with {:ok, entry} <- SynapseCore.Python.cast_path_entry(entry),
+         path = SynapseCore.Python.resolve_path(entry),
+         {:ok, format} <- spec_format(path) do
+      case File.read(path) do
+        {:ok, text} ->
+          if String.valid?(text),
+            do: {:ok, %{path: path, format: format, text: text}},
+            else: {:error, "#{path} is not UTF-8 text"}
+
+        {:error, reason} ->
+          {:error, "cannot read #{path}: #{:file.format_error(reason)}"}
+      end
+    end
+  end
+
+  defp spec_format(path) do
+    case path |> Path.extname() |> String.downcase() do
+      ext when ext in [".yaml", ".yml"] -> {:ok, "yaml"}
+      ".json" -> {:ok, "json"}
+      _other -> {:error, ~s|expected a ".yaml", ".yml" or ".json" file, got #{path}|}
+    end
+  end
+
+  @doc false
+  # A capability in pydantic-ai's spec form: "Name", or %{"Name" => arguments}
+  # (a map of keyword arguments, or one positional argument).
+  def cast_capability(name) when is_binary(name) and name != "", do: {:ok, name}
+
+  def cast_capability({name, arguments}) when is_binary(name) and name != "" do
+    arguments =
+      if is_list(arguments) and arguments != [] and Keyword.keyword?(arguments),
+        do: Map.new(arguments),
+        else: arguments
+
+    {:ok, %{name => worker_env_refs(arguments)}}
+  end
+
+  def cast_capability(%{} = capability)
+      when map_size(capability) == 1 and not is_struct(capability) do
+    case Map.to_list(capability) do
+      [{name, arguments}] when is_binary(name) -> cast_capability({name, arguments})
+      _other -> cast_capability(nil)
+    end
+  end
+
+  def cast_capability(_other),
+    do: {:error, ~s|expected "Name", {"Name", arguments} or %{"Name" => arguments}|}
+
+  # `{:system, "VAR"}` in a capability's arguments (an MCP server's
+  # `authorization_token`, a header): the worker's environment variable
+  # VAR, read by the worker (see `synapse_python._spec`), so that the secret
+  # is in no term here. The marker is what the worker looks for.
+  @worker_env_ref "$synapse_worker_env"
+  defp worker_env_refs({:system, variable}) when is_binary(variable),
+    do: %{@worker_env_ref => variable}
+
+  defp worker_env_refs(map) when is_map(map) and not is_struct(map),
+    do: Map.new(map, fn {key, value} -> {key, worker_env_refs(value)} end)
+
+  defp worker_env_refs(list) when is_list(list), do: Enum.map(list, &worker_env_refs/1)
+  defp worker_env_refs(other), do: other
 
   @doc false
   def cast_reference(ref) when is_binary(ref) do

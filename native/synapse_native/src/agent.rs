@@ -18,6 +18,12 @@ pub struct SpecArgs<'a> {
     name: String,
     /// A JSON Schema map, or `nil` for text output.
     output_schema: Term<'a>,
+    /// pydantic-ai `AgentSpec` fields (a map with string keys), or `nil`.
+    fields: Term<'a>,
+    /// A spec file's text, format (`"yaml"`, `"json"`) and path; `""` for none.
+    file_text: String,
+    file_format: String,
+    file_path: String,
 }
 
 #[derive(NifMap)]
@@ -52,6 +58,13 @@ fn agent_load<'a>(
                 Ok(schema) => schema,
                 Err(e) => return Ok(Err(NifError(e))),
             },
+            spec_json: match json::encode_optional(spec.fields) {
+                Ok(fields) => fields,
+                Err(e) => return Ok(Err(NifError(e))),
+            },
+            spec_file_text: spec.file_text,
+            spec_file_format: spec.file_format,
+            spec_file_path: spec.file_path,
         }),
         _ => {
             return Ok(Err(NifError(Error::InvalidArgument(

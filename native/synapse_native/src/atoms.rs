@@ -113,4 +113,16 @@ rustler::atoms! {
     question,
     deferred_tool_requests_module = "Elixir.SynapseCore.DeferredToolRequests",
     deferred_call_module = "Elixir.SynapseCore.DeferredToolRequests.Call",
+    // usage: cost, details and the usage of each model response
+    request_usage_module = "Elixir.SynapseCore.RequestUsage",
+    cost,
+    cache_write_1h_tokens,
+    input_audio_tokens,
+    cache_audio_read_tokens,
+    output_audio_tokens,
+    output_reasoning_tokens,
+    audio_seconds,
+    unmeasured_requests,
+    by_request,
+    provider_name,
 }

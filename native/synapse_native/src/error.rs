@@ -84,7 +84,7 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
             details = put(
                 details,
                 atoms::usage(),
-                encode_usage(env, run.usage.unwrap_or_default()),
+                encode_usage(env, run.usage.clone().unwrap_or_default()),
             );
             details = put(details, atoms::run_id(), json::string(env, &run.run_id));
         }

@@ -564,23 +564,94 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
 fn usage_of_result<'a>(env: Env<'a>, value: &dyn std::any::Any) -> Term<'a> {
     let usage = value
         .downcast_ref::<RunResult>()
-        .and_then(|result| result.usage)
-        .unwrap_or_default();
-    encode_usage(env, usage)
+        .and_then(|result| result.usage.as_ref());
+    encode_usage(env, usage.cloned().unwrap_or_default())
 }
 
 pub fn encode_usage(env: Env<'_>, usage: Usage) -> Term<'_> {
     let count = |n: i64| n.encode(env);
-    elixir_struct(
-        env,
-        atoms::usage_module(),
-        &[
-            (atoms::input_tokens(), count(usage.input_tokens)),
-            (atoms::output_tokens(), count(usage.output_tokens)),
-            (atoms::requests(), count(usage.requests)),
-            (atoms::tool_calls(), count(usage.tool_calls)),
-            (atoms::cache_read_tokens(), count(usage.cache_read_tokens)),
-            (atoms::cache_write_tokens(), count(usage.cache_write_tokens)),
-        ],
-    )
+    let by_request: Vec<Term<'_>> = usage
+        .by_request
+        .iter()
+        .map(|request| {
+            let mut fields = usage_counts(env, request.usage.as_ref());
+            // One response, whose tool calls are counted by the run.
+            fields.push((atoms::requests(), count(1)));
+            fields.push((atoms::tool_calls(), count(0)));
+            fields.push((atoms::by_request(), Vec::<Term<'_>>::new().encode(env)));
+            let usage = elixir_struct(env, atoms::usage_module(), &fields);
+            elixir_struct(
+                env,
+                atoms::request_usage_module(),
+                &[
+                    (atoms::model_name(), json::string(env, &request.model_name)),
+                    (
+                        atoms::provider_name(),
+                        json::string(env, &request.provider_name),
+                    ),
+                    (atoms::usage(), usage),
+                ],
+            )
+        })
+        .collect();
+    let mut fields = usage_counts(env, Some(&usage));
+    fields.push((atoms::requests(), count(usage.requests)));
+    fields.push((atoms::tool_calls(), count(usage.tool_calls)));
+    fields.push((atoms::by_request(), by_request.encode(env)));
+    elixir_struct(env, atoms::usage_module(), &fields)
+}
+
+/// The fields a run's usage and a model response's share: counts, cost
+/// (a decimal string, or `nil` when pydantic-ai could not price the model)
+/// and details (a map of string keys).
+fn usage_counts<'a>(env: Env<'a>, usage: Option<&Usage>) -> Vec<(Atom, Term<'a>)> {
+    let default = Usage::default();
+    let usage = usage.unwrap_or(&default);
+    let count = |n: i64| n.encode(env);
+    let details: Vec<(Term<'a>, Term<'a>)> = {
+        // A protobuf map has no order: sorted, so that equal usages encode alike.
+        let mut entries: Vec<(&String, &i64)> = usage.details.iter().collect();
+        entries.sort();
+        entries
+            .into_iter()
+            .map(|(key, value)| (json::string(env, key), value.encode(env)))
+            .collect()
+    };
+    let details = Term::map_from_pairs(env, &details).unwrap_or_else(|_| Term::map_new(env));
+    vec![
+        (atoms::input_tokens(), count(usage.input_tokens)),
+        (atoms::output_tokens(), count(usage.output_tokens)),
+        (atoms::cache_read_tokens(), count(usage.cache_read_tokens)),
+        (atoms::cache_write_tokens(), count(usage.cache_write_tokens)),
+        (
+            atoms::cache_write_1h_tokens(),
+            count(usage.cache_write_1h_tokens),
+        ),
+        (atoms::input_audio_tokens(), count(usage.input_audio_tokens)),
+        (
+            atoms::cache_audio_read_tokens(),
+            count(usage.cache_audio_read_tokens),
+        ),
+        (
+            atoms::output_audio_tokens(),
+            count(usage.output_audio_tokens),
+        ),
+        (
+            atoms::output_reasoning_tokens(),
+            count(usage.output_reasoning_tokens),
+        ),
+        (atoms::audio_seconds(), usage.audio_seconds.encode(env)),
+        (
+            atoms::unmeasured_requests(),
+            count(usage.unmeasured_requests),
+        ),
+        (
+            atoms::cost(),
+            match &usage.cost {
+                Some(cost) => json::string(env, cost),
+                None => atoms::nil().encode(env),
+            },
+        ),
+        (atoms::details(), details),
+    ]
 }

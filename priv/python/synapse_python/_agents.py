@@ -1,8 +1,8 @@
 """Finding, building and keeping the agents a worker hosts.
 
 An agent comes from a reference to the user's Python code ("package.module:attr",
-an agent or a zero-argument factory), from a spec sent by Elixir (model,
-instructions, name, output JSON schema), or, for embedders, from an agent object. Model strings are
+an agent or a zero-argument factory), from a spec sent by Elixir (pydantic-ai's
+declarative agent spec, see `_spec`), or, for embedders, from an agent object. Model strings are
 resolved with pydantic-ai's `infer_model` when the agent is loaded, so a typo or
 a missing API key fails the load rather than every later run.
 """
@@ -12,18 +12,19 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, TypeAlias
 
-from pydantic_ai import Agent, ModelRetry
+from pydantic_ai import ModelRetry
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.output import StructuredDict
 
-from synapse_python import _deps, _json_schema
+from synapse_python import _deps, _json_schema, _spec
 
 AnyAgent: TypeAlias = AbstractAgent[Any, Any]
 OutputKind: TypeAlias = Literal["text", "json"]
@@ -36,12 +37,20 @@ class AgentSpec:
     `output_schema_json`, when not empty, is a JSON Schema of type "object" in
     the subset `_json_schema` supports: the agent's output is then a JSON object
     that conforms to it (see `_structured_output`).
+
+    The agent is pydantic-ai's declarative one (`Agent.from_spec`): `spec_json`
+    holds the other fields of pydantic-ai's `AgentSpec`, and `spec_file_text` a
+    spec file's text, which the other fields supplement (see `_spec.merged`).
     """
 
     model: str = ""
     instructions: str = ""
     name: str = ""
     output_schema_json: bytes = b""
+    spec_json: bytes = b""
+    spec_file_text: str = ""
+    spec_file_format: str = ""
+    spec_file_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +138,21 @@ async def load(
 
 
 def _from_spec(spec: AgentSpec, *, has_override: bool) -> AnyAgent:
-    if not spec.model and not has_override:
+    merged = _spec.merged(spec)
+    if not merged.model and not has_override:
         raise ValueError("the agent spec has no model: set its model or the load's model override")
-    schema = _output_schema(spec.output_schema_json) if spec.output_schema_json else None
-    agent: Agent[None, Any] = Agent(
-        infer_model(spec.model) if spec.model else None,
+    # An output schema, given here or in the spec file, is validated by Synapse
+    # (pydantic-ai's `StructuredDict` only checks for a JSON object).
+    schema_data = spec.output_schema_json or (
+        json.dumps(merged.output_schema).encode() if merged.output_schema is not None else b""
+    )
+    schema = _output_schema(schema_data) if schema_data else None
+    agent = _spec.build(
+        merged.model_copy(update={"output_schema": None}),
+        model=infer_model(merged.model) if merged.model else None,
         output_type=_structured_output(schema) if schema else str,
-        instructions=spec.instructions or None,
-        name=spec.name or None,
+        # The file's name, else the Elixir agent's.
+        name=merged.name or spec.name or None,
     )
     if schema is not None:
         agent.output_validator(_conforms_to(schema))

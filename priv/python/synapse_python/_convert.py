@@ -13,14 +13,15 @@ import functools
 import json
 import math
 import typing
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic
 import pydantic_core
 from pydantic_ai import DeferredToolRequests, ModelMessagesTypeAdapter, RunCancelled
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.run import AgentRunResult
-from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
 from synapse_python._approvals import deferred_output
 from synapse_python._errors import invalid_argument, summarize_validation_error, unrepresentable
@@ -137,7 +138,7 @@ def run_result(
         raise invalid_argument(f"output_tool_return_content: {exc}", cause=exc) from exc
     output = result.output
     message = agent_pb2.RunResult(
-        usage=usage(result.usage),
+        usage=usage(result.usage, result.new_messages()),
         messages_json=messages_json,
         run_id=result.run_id,
         output_type=type(output).__qualname__,
@@ -160,7 +161,7 @@ def run_state(cancelled: RunCancelled) -> agent_pb2.RunState:
         messages_json=cancelled.all_messages_json(),
         message_count=len(messages),
         new_message_index=len(messages) - len(cancelled.new_messages()),
-        usage=usage(cancelled.usage),
+        usage=usage(cancelled.usage, cancelled.new_messages()),
         run_id=cancelled.run_id or "",
     )
 
@@ -207,12 +208,40 @@ def _non_finite(data: object, path: str) -> tuple[str, float] | None:
     return None
 
 
-def usage(run_usage: RunUsage) -> agent_pb2.Usage:
-    return agent_pb2.Usage(
-        input_tokens=run_usage.input_tokens,
-        output_tokens=run_usage.output_tokens,
-        requests=run_usage.requests,
-        tool_calls=run_usage.tool_calls,
-        cache_read_tokens=run_usage.cache_read_tokens,
-        cache_write_tokens=run_usage.cache_write_tokens,
+def usage(run_usage: RunUsage, new_messages: Sequence[ModelMessage] = ()) -> agent_pb2.Usage:
+    """A run's usage, with the usage of each of its model responses (`new_messages`')."""
+    message = _usage_counts(run_usage)
+    message.requests = run_usage.requests
+    message.tool_calls = run_usage.tool_calls
+    message.by_request.extend(
+        agent_pb2.RequestUsage(
+            usage=_usage_counts(response.usage),
+            model_name=response.model_name or "",
+            provider_name=response.provider_name or "",
+        )
+        for response in new_messages
+        if isinstance(response, ModelResponse)
     )
+    return message
+
+
+def _usage_counts(counted: UsageBase) -> agent_pb2.Usage:
+    """Every count pydantic-ai's `UsageBase` has, and its cost (exact, as a decimal string)."""
+    message = agent_pb2.Usage(
+        input_tokens=counted.input_tokens,
+        output_tokens=counted.output_tokens,
+        cache_read_tokens=counted.cache_read_tokens,
+        cache_write_tokens=counted.cache_write_tokens,
+        cache_write_1h_tokens=counted.cache_write_1h_tokens,
+        # Provider data may hold a None despite the annotation: it is no count.
+        details={key: value for key, value in counted.details.items() if isinstance(value, int)},
+        input_audio_tokens=counted.input_audio_tokens,
+        cache_audio_read_tokens=counted.cache_audio_read_tokens,
+        output_audio_tokens=counted.output_audio_tokens,
+        output_reasoning_tokens=counted.output_reasoning_tokens,
+        audio_seconds=counted.audio_seconds,
+        unmeasured_requests=counted.unmeasured_requests,
+    )
+    if counted.cost is not None:
+        message.cost = str(counted.cost)
+    return message

@@ -103,6 +103,10 @@ class AgentService:
                     instructions=request.spec.instructions,
                     name=request.spec.name,
                     output_schema_json=request.spec.output_schema_json,
+                    spec_json=request.spec.spec_json,
+                    spec_file_text=request.spec.spec_file_text,
+                    spec_file_format=request.spec.spec_file_format,
+                    spec_file_path=request.spec.spec_file_path,
                 )
             case _:
                 raise _errors.invalid_argument("LoadAgentRequest needs a ref or a spec")
@@ -113,6 +117,8 @@ class AgentService:
                 model=request.model or None,
                 deps_factory=request.deps_factory or None,
             )
+        except _errors.SynapseError:
+            raise  # already classified: a spec that does not validate
         except (Exception, SystemExit) as exc:
             # SystemExit too: a user module calling sys.exit() at import must fail
             # the load, not stop the event loop and the whole worker.

@@ -4,12 +4,15 @@
 
 CASES.json is a list of cases, each a conversation with one agent:
 
-    {"agent": "module:attr", "deps_factory": "module:function" | null,
+    {"agent": "module:attr" (or "spec": {...} for `Agent.from_spec`, or
+     "spec_file": "PATH" for `Agent.from_file`, with "spec_kwargs": {...}),
+     "deps_factory": "module:function" | null,
      "model": "openai-chat:gpt-4o-mini" | null, "record": "PATH" | null,
      "env": {"OPENAI_BASE_URL": "..."} | null, "rewind": "http://127.0.0.1:PORT" | null,
      "turns": [{"prompt": "...", "deps": <data>, "history": true, "stream": false,
                 "model_settings": {...}, "output_tool_return_content": "...",
-                "deferred_tool_results": {...}}]}
+                "deferred_tool_results": {...},
+                "usage_limits": {"tool_calls_limit": 1, ...}}]}
 
 Each turn is one `agent.run` (or, with `"stream": true`, one
 `agent.run_stream_events` read to its end; with `"stream_output": true`, one
@@ -32,13 +35,12 @@ and that model passed to every run, as Synapse does with its `model:` option.
 script starts over first.
 
 OUT.json gets, per case, a list with per turn either the outcome
-(`output` as JSON data, `output_type`, `usage`, `messages_json` as text,
-`new_messages_json`, `events` for streamed turns; a `DeferredToolRequests`
-output as `{"approvals": [call], "calls": [call]}`, each call `{"tool_call_id",
-"tool_name", "args", "metadata", "kind"}`) or `{"error": {"type":
-..., "message": ...}}`.
+(`output` as JSON data, `output_type`, `usage` (every field, `by_request`
+the usage of each model response), `messages_json` as text,
 `new_messages_json`, `events` for streamed turns, `outputs` for
-`stream_output` turns) or `{"error": {"type": ..., "message": ...}}`.
+`stream_output` turns; a `DeferredToolRequests` output as `{"approvals":
+[call], "calls": [call]}`, each call `{"tool_call_id", "tool_name", "args",
+"metadata", "kind"}`) or `{"error": {"type": ..., "message": ...}}`.
 
 A streamed turn's `events` are pydantic-ai's events in the form the
 Elixir side of the test gives Synapse's (`SynapseCore.Fidelity`), written
@@ -54,6 +56,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import decimal
 import importlib
 import inspect
 import json
@@ -88,6 +91,7 @@ from pydantic_ai.messages import (
     FunctionToolResultEvent,
     ImageUrl,
     ModelMessage,
+    ModelResponse,
     ModelResponsePart,
     ModelResponsePartDelta,
     OutputToolCallEvent,
@@ -108,6 +112,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.run import AgentRunResult
+from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
 from synapse_fixtures.recording import RECORD_ENV, without_volatile
 
@@ -304,6 +309,13 @@ def _output(output: Any) -> Any:
     }
 
 
+def _usage_limits(fields: dict[str, Any]) -> UsageLimits:
+    """`UsageLimits` of JSON data, a cost limit (a number or a decimal string) as a Decimal."""
+    if fields.get("cost_limit") is not None:
+        fields = fields | {"cost_limit": decimal.Decimal(str(fields["cost_limit"]))}
+    return UsageLimits(**fields)
+
+
 async def _turn(
     agent: Agent[Any, Any],
     case: dict[str, Any],
@@ -315,6 +327,7 @@ async def _turn(
     arguments: dict[str, Any] = {
         "message_history": history if turn.get("history") else None,
         "model_settings": turn.get("model_settings"),
+        "usage_limits": _usage_limits(turn["usage_limits"]) if "usage_limits" in turn else None,
         "model": model,
         "deferred_tool_results": _deferred_results(turn.get("deferred_tool_results")),
     }
@@ -349,7 +362,7 @@ async def _turn(
     outcome = {
         "output": _output(result.output),
         "output_type": type(result.output).__qualname__,
-        "usage": pydantic_core.to_jsonable_python(result.usage),
+        "usage": _usage(result.usage, result.new_messages()),
         "messages_json": result.all_messages_json(output_tool_return_content=content).decode(),
         "new_messages_json": result.new_messages_json(output_tool_return_content=content).decode(),
         "events": events,
@@ -358,20 +371,49 @@ async def _turn(
     return outcome, result.all_messages()
 
 
+def _usage_fields(usage: UsageBase) -> dict[str, Any]:
+    """Every field of a usage dataclass, its cost as the exact decimal string."""
+    fields = {field.name: getattr(usage, field.name) for field in dataclasses.fields(usage)}
+    fields["cost"] = None if usage.cost is None else str(usage.cost)
+    return pydantic_core.to_jsonable_python(fields)
+
+
+def _usage(usage: RunUsage, new_messages: list[ModelMessage]) -> dict[str, Any]:
+    """The run's usage, every field, and each model response's (`by_request`)."""
+    return _usage_fields(usage) | {
+        "by_request": [
+            _usage_fields(message.usage)
+            | {"model_name": message.model_name or "", "provider_name": message.provider_name or ""}
+            for message in new_messages
+            if isinstance(message, ModelResponse)
+        ]
+    }
+
+
 def _rewind(base_url: str) -> None:
     request = urllib.request.Request(base_url + "/_control/rewind", method="POST")
     urllib.request.urlopen(request, timeout=10).close()
 
 
+def _agent(case: dict[str, Any]) -> Agent[Any, Any]:
+    """The case's agent: a reference, or one built with `Agent.from_spec` / `Agent.from_file`."""
+    kwargs = case.get("spec_kwargs") or {}
+    if "spec" in case:
+        return Agent.from_spec(case["spec"], **kwargs)
+    if "spec_file" in case:
+        return Agent.from_file(case["spec_file"], **kwargs)
+    return _resolve(case["agent"])
+
+
 async def run_cases(cases: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     outcomes = []
     for case in cases:
-        agent = _resolve(case["agent"])
         if case.get("record"):
             os.environ[RECORD_ENV] = case["record"]
         else:
             os.environ.pop(RECORD_ENV, None)
         os.environ.update(case.get("env") or {})
+        agent = _agent(case)
         if case.get("rewind"):
             await asyncio.to_thread(_rewind, case["rewind"])
         model = infer_model(case["model"]) if case.get("model") else None

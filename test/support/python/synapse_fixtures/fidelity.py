@@ -240,3 +240,10 @@ def _double_or_report(messages: list[ModelMessage], info: AgentInfo) -> ModelRes
 
 
 watched_agent = Agent(FunctionModel(_double_or_report), deps_type=Session)
+
+
+# -- Cost and limits ---------------------------------------------------------
+
+# No model of its own: given one (`model:`), e.g. an OpenAI model on the fake
+# server, that genai-prices can price.
+plain_agent = Agent()
