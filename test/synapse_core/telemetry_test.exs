@@ -159,7 +159,10 @@ defmodule SynapseCore.TelemetryTest do
 
       assert usage == result.usage
 
-      [_first] = name |> Agent.run_stream("four five six") |> Enum.take(1)
+      # A stream still running when halted: 5 chunks, 1 s apart.
+      slow = start_fixture_agent!("slow_stream_agent")
+      attach(slow)
+      [_first] = slow |> Agent.run_stream("5 1") |> Enum.take(1)
 
       assert_receive {:event, [:synapse, :run, :start], _,
                       %{mode: :stream, telemetry_span_context: halted}}
