@@ -115,6 +115,18 @@ defmodule SynapseCore.TestHelpers do
   end
 
   @doc """
+  Stops an agent or bridge started with `start_link` and unlinked, from any
+  process (an `on_exit` callback runs in another one). Its supervisor traps
+  exits and ignores an exit signal from a process that is not its parent, so
+  `Process.exit(pid, :shutdown)` from there would leave it running.
+  """
+  def stop_unlinked(pid) do
+    GenServer.stop(pid, :shutdown, :infinity)
+  catch
+    :exit, _already_gone -> :ok
+  end
+
+  @doc """
   Makes sure epmd runs and answers, for tests that start distribution.
 
   The epmd of this VM's Erlang is shared by every node on the machine (a

@@ -52,7 +52,7 @@ defmodule SynapseCore.BridgeConfigTest do
     Process.unlink(bridge)
 
     on_exit(fn ->
-      Process.exit(bridge, :shutdown)
+      stop_unlinked(bridge)
       File.rm_rf!(dir)
     end)
 

@@ -64,7 +64,7 @@ defmodule SynapseCore.BridgeTest do
 
     on_exit(fn ->
       for {_module, started} <- bridges, {_transport, bridge} <- started do
-        Process.exit(bridge.pid, :shutdown)
+        stop_unlinked(bridge.pid)
       end
 
       File.rm_rf!(dir)
