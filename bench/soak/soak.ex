@@ -122,7 +122,7 @@ defmodule SynapseCore.Bench.Soak do
     deadline = System.monotonic_time(:millisecond) + duration
     parent = self()
     signals = Enum.filter(@signals, &(&1 in faults))
-    faulter = spawn_link(fn -> fault_loop(signals, kill_every, parent, %{}) end)
+    faulter = spawn_link(fn -> fault_loop({signals, names}, kill_every, parent, %{}) end)
 
     lifecycle =
       if :start_stop in faults,
@@ -392,7 +392,9 @@ defmodule SynapseCore.Bench.Soak do
 
   ## Signals
 
-  defp fault_loop(signals, every, parent, counts) do
+  # Faults hit the soak's own agents only: the workers of other agents in
+  # this VM (a test suite's) are not the soak's to kill.
+  defp fault_loop({signals, names} = plan, every, parent, counts) do
     receive do
       :stop ->
         # Shepherds still waiting for their SIGCONT get it now; those left
@@ -402,16 +404,17 @@ defmodule SynapseCore.Bench.Soak do
 
       {:resume, os_pid} ->
         signal(os_pid, "CONT")
-        fault_loop(signals, every, parent, counts)
+        fault_loop(plan, every, parent, counts)
     after
       div(every, 2) + :rand.uniform(every) ->
         case signals do
           [] ->
-            fault_loop(signals, every, parent, counts)
+            fault_loop(plan, every, parent, counts)
 
           [fault | rest] ->
-            counts = if inject(fault), do: Map.update(counts, fault, 1, &(&1 + 1)), else: counts
-            fault_loop(rest ++ [fault], every, parent, counts)
+            injected? = inject(fault, names)
+            counts = if injected?, do: Map.update(counts, fault, 1, &(&1 + 1)), else: counts
+            fault_loop({rest ++ [fault], names}, every, parent, counts)
         end
     end
   end
@@ -424,14 +427,14 @@ defmodule SynapseCore.Bench.Soak do
     end
   end
 
-  defp inject(:worker_kill) do
-    random_signal(worker_os_pids(), "KILL")
+  defp inject(:worker_kill, names) do
+    random_signal(worker_os_pids(names), "KILL")
   end
 
-  defp inject(:shepherd_kill), do: random_signal(shepherd_os_pids(), "KILL")
+  defp inject(:shepherd_kill, names), do: random_signal(shepherd_os_pids(names), "KILL")
 
-  defp inject(:shepherd_stop) do
-    case shepherd_os_pids() do
+  defp inject(:shepherd_stop, names) do
+    case shepherd_os_pids(names) do
       [] ->
         false
 
@@ -642,8 +645,14 @@ defmodule SynapseCore.Bench.Soak do
 
   defp open_fds, do: "/proc/self/fd" |> File.ls!() |> length()
 
-  defp worker_os_pids, do: for(%{python?: true} = p <- os_processes(), do: p.pid)
-  defp shepherd_os_pids, do: for(%{python?: false} = p <- os_processes(), do: p.pid)
+  # The Python workers of the agents named, and their shepherds.
+  defp worker_os_pids(names),
+    do: for(name <- names, %{os_pid: os_pid} <- Agent.workers(name), os_pid, do: os_pid)
+
+  defp shepherd_os_pids(names) do
+    workers = worker_os_pids(names)
+    for %{python?: true, pid: pid, ppid: ppid} <- os_processes(), pid in workers, do: ppid
+  end
 
   # Shepherds and Python workers descending from this BEAM.
   defp os_processes do
