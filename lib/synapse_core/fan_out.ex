@@ -98,7 +98,7 @@ defmodule SynapseCore.FanOut do
             send(
               pid,
               {:synapse_subscribed,
-               %Run{run | handle: nil, relay: nil, monitor: nil, receiver: pid, fan_out: self()}}
+               %Run{run | handle: nil, relay: nil, receiver: pid, fan_out: self()}}
             )
 
             {pid, %{monitor: Process.monitor(pid), acked: 0}}
@@ -142,8 +142,7 @@ defmodule SynapseCore.FanOut do
         loop(state)
 
       {:DOWN, ^relay, :process, _, reason} ->
-        message = "the node running the agent (#{node(state.run.relay)}) was lost: "
-        forward(state, {:error, Error.new(:worker_exited, message <> inspect(reason))})
+        forward(state, {:error, SynapseCore.Remote.node_lost(state.run.relay, reason)})
 
       {:DOWN, monitor, :process, pid, _reason} ->
         case Map.pop(state.subscribers, pid) do

@@ -74,10 +74,7 @@ defmodule SynapseCore.Remote do
                 Telemetry.run_stop(span, {:error, error})
 
               {:DOWN, ^monitor, :process, _, reason} ->
-                message =
-                  "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
-
-                Telemetry.run_stop(span, {:error, Error.new(:worker_exited, message)})
+                Telemetry.run_stop(span, {:error, node_lost(relay, reason)})
             end
         end
       end)
@@ -169,11 +166,7 @@ defmodule SynapseCore.Remote do
         guard(receiver, ref, tag, relay_monitor, receiver_monitor)
 
       {:DOWN, ^relay_monitor, :process, relay, reason} ->
-        error =
-          Error.new(
-            :worker_exited,
-            "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
-          )
+        error = node_lost(relay, reason)
 
         send(receiver, final_message(tag, ref, error))
 
@@ -278,4 +271,14 @@ defmodule SynapseCore.Remote do
   # What an observer is told of a run's outcome, as a tool runner is.
   defp done(:result, %{usage: usage}), do: {:ok, usage}
   defp done(:error, error), do: {:error, error}
+
+  @doc false
+  # The error of a run whose relay (on the node running the agent) is gone.
+  @spec node_lost(pid(), term()) :: Error.t()
+  def node_lost(relay, reason) do
+    Error.new(
+      :worker_exited,
+      "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
+    )
+  end
 end

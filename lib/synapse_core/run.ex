@@ -28,7 +28,6 @@ defmodule SynapseCore.Run do
           receiver: pid() | nil,
           timeout: timeout(),
           relay: pid() | nil,
-          monitor: reference() | nil,
           span: Telemetry.span() | nil,
           fan_out: pid() | nil
         }
@@ -43,7 +42,6 @@ defmodule SynapseCore.Run do
     :receiver,
     :timeout,
     :relay,
-    :monitor,
     :span,
     :fan_out
   ]
@@ -135,11 +133,9 @@ defmodule SynapseCore.Run do
     final(ref)
   end
 
-  defp stop(%__MODULE__{relay: relay, ref: ref} = run) do
+  defp stop(%__MODULE__{relay: relay, ref: ref}) do
     send(relay, :relay_cancel)
-    final = final(ref)
-    forget_relay(run)
-    final
+    final(ref)
   end
 
   @doc false
@@ -150,14 +146,9 @@ defmodule SynapseCore.Run do
     receive_reply(run, timeout, fn -> nil end)
   end
 
-  defp receive_reply(%__MODULE__{ref: ref, monitor: monitor} = run, wait, on_timeout) do
+  defp receive_reply(%__MODULE__{ref: ref} = run, wait, on_timeout) do
     receive do
-      {:synapse_reply, ^ref, reply} ->
-        forget_relay(run)
-        over(run, reply)
-
-      {:DOWN, ^monitor, :process, _, reason} ->
-        over(run, relay_lost(run, reason))
+      {:synapse_reply, ^ref, reply} -> over(run, reply)
     after
       wait -> on_timeout.()
     end
@@ -191,9 +182,7 @@ defmodule SynapseCore.Run do
 
   defp cancel_and_flush(%__MODULE__{relay: relay} = run) do
     send(relay, :relay_cancel)
-    final = if receiver(run) == self(), do: final(run.ref)
-    forget_relay(run)
-    final
+    if receiver(run) == self(), do: final(run.ref)
   end
 
   # The run's answer reached the process that receives it: its telemetry
@@ -223,19 +212,6 @@ defmodule SynapseCore.Run do
     :ok
   end
 
-  # A run on another node goes through a relay there (SynapseCore.Remote),
-  # which the owner monitors: the node going down ends the run.
-  defp relay_lost(run, reason) do
-    {:error,
-     Error.new(
-       :worker_exited,
-       "the node running the agent (#{node(run.relay)}) was lost: #{inspect(reason)}"
-     )}
-  end
-
-  defp forget_relay(%__MODULE__{monitor: nil}), do: :ok
-  defp forget_relay(%__MODULE__{monitor: monitor}), do: Process.demonitor(monitor, [:flush])
-
   @doc false
   # A lazy stream over a streamed call that `start` starts in the
   # enumerating process. With `:emit`, the final `{:result, _}` event is part
@@ -261,16 +237,14 @@ defmodule SynapseCore.Run do
   defp next_event(%{state: :done} = stream), do: {:halt, stream}
   defp next_event(%{state: {:failed, error}}), do: raise(error)
 
-  defp next_event(%{run: %__MODULE__{ref: ref, monitor: monitor} = run} = stream) do
+  defp next_event(%{run: %__MODULE__{ref: ref} = run} = stream) do
     receive do
       {:synapse_event, ^ref, {:result, result} = event} ->
-        forget_relay(run)
         stream_over(run, {:ok, result})
         emitted = if stream.on_result == :emit, do: [event], else: []
         {emitted, %{stream | state: :done}}
 
       {:synapse_event, ^ref, {:error, error}} ->
-        forget_relay(run)
         stream_over(run, {:error, error})
         # Raised on the next pull, once the state says the call is over, so
         # that closing the stream does not cancel a finished call.
@@ -278,10 +252,6 @@ defmodule SynapseCore.Run do
 
       {:synapse_event, ^ref, event} ->
         {[event], acknowledge(stream)}
-
-      {:DOWN, ^monitor, :process, _, reason} ->
-        {:error, error} = stream_over(run, relay_lost(run, reason))
-        {[], %{stream | state: {:failed, error}}}
     after
       wait_limit(run, :infinity) ->
         cancel_and_flush(run)

@@ -26,6 +26,18 @@ defmodule SynapseCore.FidelityTest do
     )
   end
 
+  # A tool that tells `test` it was called, then takes longer than the test waits.
+  defp slow_double(test) do
+    Tool.new(
+      name: "double",
+      parameters: [n: :integer],
+      function: fn _ ->
+        send(test, :tool_called)
+        Process.sleep(5_000)
+      end
+    )
+  end
+
   describe "run_sync and run are agent.run: model requests are not streamed" do
     test "a FunctionModel with no stream function works, with Elixir tools" do
       name = start!("nonstream_agent")
@@ -489,17 +501,7 @@ defmodule SynapseCore.FidelityTest do
 
     test "a cancelled run returns the partial history and usage to its awaiter" do
       name = start!("nonstream_agent")
-      test = self()
-
-      slow =
-        Tool.new(
-          name: "double",
-          parameters: [n: :integer],
-          function: fn _ ->
-            send(test, :tool_called)
-            Process.sleep(5_000)
-          end
-        )
+      slow = slow_double(self())
 
       {:ok, run} = Agent.run(name, "go", tools: [slow])
       assert_receive :tool_called, 5_000
@@ -514,17 +516,7 @@ defmodule SynapseCore.FidelityTest do
 
   test "await/2 giving up keeps what the run did" do
     name = start!("nonstream_agent")
-    test = self()
-
-    slow =
-      Tool.new(
-        name: "double",
-        parameters: [n: :integer],
-        function: fn _ ->
-          send(test, :tool_called)
-          Process.sleep(5_000)
-        end
-      )
+    slow = slow_double(self())
 
     {:ok, run} = Agent.run(name, "go", tools: [slow])
     assert_receive :tool_called, 5_000
