@@ -6,13 +6,16 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
-from pydantic_ai import Agent
+from pydantic_ai import Agent, Tool
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.toolsets import FunctionToolset
+from pydantic_ai.toolsets.abstract import AGENT_TOOLSET_ID
 
 from conftest import (
     AgentClient,
@@ -26,7 +29,7 @@ from conftest import (
     split_events,
     tool_def,
 )
-from synapse_python import _json_schema
+from synapse_python import _client_tools, _json_schema
 from synapse_python._errors import kind_name
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -511,3 +514,98 @@ async def test_calling_agent_also_answers_run_sync(client: AgentClient) -> None:
     assert json.loads(result.text) == [
         {"name": "nope", "retry": "Unknown tool name: 'nope'. No tools available."}
     ]
+
+
+def _recording_agent(seen: list[AgentInfo], **options: Any) -> Agent[None, str]:
+    """An agent on FunctionModel that records what each request offered the model; calls no tool."""
+
+    def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        seen.append(info)
+        return ModelResponse(parts=[TextPart("no thanks")])
+
+    return Agent(FunctionModel(model), **options)
+
+
+def _own_tool(agent: Agent[None, str]) -> None:
+    @agent.tool_plain
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "no tools of its own",  # the client tools join the agent's for the run
+        "a tool of its own",  # likewise, after the agent's own
+        "a tool timeout",  # it would apply to the client tools: run toolset
+        "a toolset of its own",  # the client tools come after it: run toolset
+    ],
+)
+async def test_the_model_gets_the_client_tools_a_run_given_them_as_a_toolset_gets(
+    served: Served, shape: str
+) -> None:
+    """Whichever way the worker gives the run its client tools (`ClientTools.attach`),
+    the model gets what a Python caller's `agent.run(..., toolsets=[...])` gives it."""
+    seen: list[AgentInfo] = []
+    options: dict[str, Any] = {}
+    if shape == "a tool timeout":
+        options["tool_timeout"] = 30
+    if shape == "a toolset of its own":
+        options["toolsets"] = [FunctionToolset([Tool(_own_tool_function)])]
+    agent = _recording_agent(seen, **options)
+    if shape != "no tools of its own":
+        _own_tool(agent)
+    own_before = dict(agent.toolsets[0].tools)
+    await served.worker.load_agent("recorder", agent)
+    defs = [lookup(), tool_def("ping", description="Are you there?")]
+
+    await served.client.run("recorder", "hi", tools=defs, quiet=True)
+    client_toolset = _client_tools.ClientTools(defs, agent, _never_sent).toolset
+    assert client_toolset is not None
+    await agent.run("hi", toolsets=[client_toolset])
+
+    via_synapse, direct = seen
+    # Joined to the agent's tools, they carry its toolset id, which no model is sent.
+    assert [replace(tool, toolset_id=None) for tool in via_synapse.function_tools] == [
+        replace(tool, toolset_id=None) for tool in direct.function_tools
+    ]
+    joined = shape in ("no tools of its own", "a tool of its own")
+    assert [tool.toolset_id for tool in via_synapse.function_tools][-2:] == (
+        [AGENT_TOOLSET_ID] * 2 if joined else [None, None]
+    )
+    assert [tool.name for tool in direct.function_tools][-2:] == ["lookup", "ping"]
+    assert agent.toolsets[0].tools == own_before  # the agent itself is unchanged
+
+
+def _own_tool_function(text: str) -> str:
+    """Echo the text."""
+    return text
+
+
+async def _never_sent(event: agent_pb2.RunEvent) -> None:
+    raise AssertionError("no tool is called")
+
+
+async def test_concurrent_runs_of_one_agent_see_only_their_own_client_tools(
+    served: Served,
+) -> None:
+    offered: dict[str, list[str]] = {}
+    both_in_flight = asyncio.Event()
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        prompt = messages[0].parts[-1].content
+        offered[prompt] = [tool.name for tool in info.function_tools]
+        if len(offered) == 2:
+            both_in_flight.set()
+        await asyncio.wait_for(both_in_flight.wait(), 5)
+        return ModelResponse(parts=[TextPart("done")])
+
+    await served.worker.load_agent("shared", Agent(FunctionModel(model)))
+
+    await asyncio.gather(
+        served.client.run("shared", "a", tools=[tool_def("alpha")], quiet=True),
+        served.client.run("shared", "b", tools=[tool_def("beta"), tool_def("gamma")], quiet=True),
+    )
+
+    assert offered == {"a": ["alpha"], "b": ["beta", "gamma"]}

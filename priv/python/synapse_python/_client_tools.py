@@ -1,8 +1,8 @@
 """Tools the client executes (Elixir functions), for one `Run`.
 
 Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
-`FunctionToolset`, added to the agent's own tools for that run (with
-pydantic-ai's `requires_approval` when the definition asks for it). Calling
+`FunctionToolset`, which joins the agent's own tools for that run (`attach`;
+with pydantic-ai's `requires_approval` when the definition asks for it). Calling
 one asks the client over the run's stream and waits for its answer
 (`_pending.PendingRequests`):
 
@@ -34,6 +34,7 @@ with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
-from pydantic_ai import ModelRetry, RunContext, Tool
+from pydantic_ai import Agent, ModelRetry, RunContext, Tool
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import SchemaValidator, core_schema
@@ -97,6 +98,39 @@ class ClientTools:
             tools.append(self._tool(tool_def))
         self.toolset: FunctionToolset[Any] | None = FunctionToolset(tools) if tools else None
         self._requests = PendingRequests("tool requests")
+
+    def attach(
+        self, agent: AbstractAgent[Any, Any], arguments: dict[str, Any]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Give the run of `agent` with `arguments` these tools; enter what this returns around it.
+
+        pydantic-ai combines an agent's toolsets with a run's `toolsets=` into a
+        toolset that, at every step, asks each member in a task group of its
+        own: a run given one tool that way costs a tenth more CPU than the
+        same run with the tool on the agent. When the run behaves the same
+        either way, the tools join the agent's own function tools for this run
+        (`Agent.override(tools=...)`, a context variable: the agent and its
+        other runs do not see them). That is when the agent's only toolset is
+        its function toolset, with no default tool timeout (it would apply to
+        these tools too), and the run adds no capability (whose toolset would
+        come before these): the model then gets the same tools, in the same
+        order, as from `toolsets=`, which is used otherwise. The one trace of
+        the join is on the tools' definitions, which the model is not sent:
+        their `toolset_id` is the agent's.
+        """
+        if self.toolset is None:
+            return contextlib.nullcontext()
+        own = agent.toolsets if isinstance(agent, Agent) else ()
+        if (
+            len(own) == 1
+            and isinstance(own[0], FunctionToolset)
+            and own[0].timeout is None
+            and "capabilities" not in arguments
+        ):
+            tools = [*own[0].tools.values(), *self.toolset.tools.values()]
+            return agent.override(tools=tools)
+        arguments["toolsets"] = [self.toolset]
+        return contextlib.nullcontext()
 
     def _tool(self, tool_def: agent_pb2.ToolDef) -> Tool[Any]:
         name = tool_def.name

@@ -107,8 +107,6 @@ class Run:
             raise _errors.not_found(f"no agent loaded with id {request.agent_id!r}")
         arguments = _run_arguments(request, loaded)
         tools = self._tools = _client_tools.ClientTools(request.tools, loaded.agent, self._send)
-        if tools.toolset is not None:
-            arguments["toolsets"] = [tools.toolset]
         if request.inline_approvals:
             self._approvals = _approvals.InlineApprovals(self._send)
             arguments["capabilities"] = [self._approvals.capability]
@@ -118,6 +116,7 @@ class Run:
         async with contextlib.AsyncExitStack() as stack:
             # The caller's trace, for the deps factory and the run's spans.
             stack.enter_context(_tracing.joined(request.trace_context))
+            stack.enter_context(tools.attach(loaded.agent, arguments))
             deps = await loaded.deps.enter(
                 stack,
                 request.deps_json if request.HasField("deps_json") else None,
