@@ -55,8 +55,11 @@ defmodule SynapseCore.Native do
   def run_stream_start_dirty(_channel, _tag, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  # outcome: {:ok, term} | {:retry, message}
+  # outcome: {:ok, term} | {:retry, message}; the dirty twin for large ones
   def run_tool_result(_handle, _request_id, _outcome), do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_tool_result_dirty(_handle, _request_id, _outcome),
+    do: :erlang.nif_error(:nif_not_loaded)
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -78,9 +81,11 @@ defmodule SynapseCore.Native do
 
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 
-  # The JSON conversion of every payload (dirty schedulers).
+  # The JSON conversion of every payload; the dirty twins for large ones.
   def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)
+  def json_encode_dirty(_term), do: :erlang.nif_error(:nif_not_loaded)
   def json_decode(_binary), do: :erlang.nif_error(:nif_not_loaded)
+  def json_decode_dirty(_binary), do: :erlang.nif_error(:nif_not_loaded)
 
   # A history's messages from an index on, as {:ok, %SynapseCore.Messages{}}.
   def messages_slice(_json, _from), do: :erlang.nif_error(:nif_not_loaded)

@@ -199,7 +199,7 @@ defmodule SynapseCore.ToolRunner do
   # JSON form, anything over the message size limit) is replaced by a short
   # retry prompt that says why.
   defp answer(handle, request_id, name, outcome) do
-    case Native.run_tool_result(handle, request_id, outcome) do
+    case send_result(handle, request_id, outcome) do
       :ok ->
         :ok
 
@@ -214,6 +214,14 @@ defmodule SynapseCore.ToolRunner do
         retry = {:retry, "The tool's #{what} cannot be sent (#{message})."}
         :ok = Native.run_tool_result(handle, request_id, retry)
     end
+  end
+
+  # The NIF encodes the outcome as JSON, on a dirty scheduler only when it
+  # is not surely small (see SynapseCore.JSON).
+  defp send_result(handle, request_id, outcome) do
+    if SynapseCore.JSON.small?(outcome),
+      do: Native.run_tool_result(handle, request_id, outcome),
+      else: Native.run_tool_result_dirty(handle, request_id, outcome)
   end
 
   defp stop_calls(state) do

@@ -181,6 +181,35 @@ defmodule SynapseCore.ToolsTest do
     end
   end
 
+  describe "tool outcomes of every size" do
+    # The runner encodes small outcomes on its own scheduler and the others
+    # on a dirty one: both reach the model exactly.
+    test "reach the model as they were returned" do
+      name = start_fixture_agent!("calling_agent")
+      long = String.duplicate("é", 20 * 1024)
+      many = Enum.to_list(1..500)
+      wide = Map.new(1..100, &{"k#{&1}", &1})
+      big = 2 ** 70
+
+      outcomes = %{
+        "small" => %{"a" => [1, 2.5, nil, true], "b" => "text"},
+        "long" => long,
+        "many" => many,
+        "wide" => wide,
+        "big" => big,
+        "nested" => Enum.reduce(1..70, [], &[&1, &2])
+      }
+
+      tools = for {tool_name, value} <- outcomes, do: tool(tool_name, fn _ -> {:ok, value} end)
+      prompt = script(for {tool_name, _} <- outcomes, do: call(tool_name, %{"a" => 1}))
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: tools)
+      {:ok, returned} = SynapseCore.JSON.decode(output)
+
+      assert Map.new(returned, &{&1["name"], &1["content"]}) == outcomes
+    end
+  end
+
   describe "tool outcomes over the message size limit" do
     setup do
       %{name: start_fixture_agent!("calling_agent", max_message_bytes: 64 * 1024)}

@@ -1,5 +1,7 @@
 //! The NIFs of `SynapseCore.JSON`: the conversions every payload goes
-//! through (`crate::json`), for Elixir code that needs JSON itself.
+//! through (`crate::json`), for Elixir code that needs JSON itself. Each has
+//! a twin on a dirty scheduler, which `SynapseCore.JSON` takes for payloads
+//! that are not surely small.
 
 use rustler::{Binary, Encoder, Env, NewBinary, Term};
 
@@ -9,8 +11,29 @@ use crate::json;
 
 /// `{:ok, json_binary} | {:error, error}`: the conversion every request
 /// payload goes through, exposed for `SynapseCore.JSON`.
-#[rustler::nif(schedule = "DirtyCpu")]
+#[rustler::nif]
 fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    encode(env, term)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_encode_dirty<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
+    encode(env, term)
+}
+
+/// `{:ok, term} | {:error, error}`: the conversion every reply payload goes
+/// through, exposed for `SynapseCore.JSON`.
+#[rustler::nif]
+fn json_decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
+    decode(env, json)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn json_decode_dirty<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
+    decode(env, json)
+}
+
+fn encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     match json::encode(term) {
         Ok(bytes) => {
             let mut binary = NewBinary::new(env, bytes.len());
@@ -21,10 +44,7 @@ fn json_encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
     }
 }
 
-/// `{:ok, term} | {:error, error}`: the conversion every reply payload goes
-/// through, exposed for `SynapseCore.JSON`.
-#[rustler::nif(schedule = "DirtyCpu")]
-fn json_decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
+fn decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
     match json::decode(env, json.as_slice()) {
         Ok(term) => (atoms::ok(), term).encode(env),
         // Not from a worker here: just invalid input.

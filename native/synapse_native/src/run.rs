@@ -139,12 +139,33 @@ fn run_stream_start_dirty<'a>(
 /// Returns `{:error, error}`, and sends nothing, when the value has no JSON
 /// form, the message is not UTF-8, or either is over the channel's
 /// `max_message_bytes`: the runner then answers a retry prompt saying so.
-/// Never raises on the outcome, whatever it holds. A dirty NIF: tool
-/// results can be large.
-#[rustler::nif(schedule = "DirtyCpu")]
+/// Never raises on the outcome, whatever it holds. For small outcomes
+/// (`SynapseCore.ToolRunner` tells); `run_tool_result_dirty` takes the others.
+#[rustler::nif]
 fn run_tool_result<'a>(
     env: Env<'a>,
     handle: ResourceArc<CallHandle>,
+    request_id: String,
+    outcome: Term<'a>,
+) -> Term<'a> {
+    tool_result(env, &handle, request_id, outcome)
+}
+
+/// `run_tool_result` on a dirty scheduler: encoding a large outcome may take
+/// longer than a normal scheduler slot.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn run_tool_result_dirty<'a>(
+    env: Env<'a>,
+    handle: ResourceArc<CallHandle>,
+    request_id: String,
+    outcome: Term<'a>,
+) -> Term<'a> {
+    tool_result(env, &handle, request_id, outcome)
+}
+
+fn tool_result<'a>(
+    env: Env<'a>,
+    handle: &CallHandle,
     request_id: String,
     outcome: Term<'a>,
 ) -> Term<'a> {
