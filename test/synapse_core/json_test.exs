@@ -54,5 +54,11 @@ defmodule SynapseCore.JSONTest do
     assert {:error, %Error{kind: :unrepresentable}} = JSON.decode(~s({"x": NaN}))
     nan_long = ~s({"x": NaN, "pad": ") <> String.duplicate("p", 20 * 1024) <> ~s("})
     assert {:error, %Error{kind: :unrepresentable}} = JSON.decode(nan_long)
+
+    # Nesting beyond the limit, in a payload small enough for a normal scheduler.
+    deep = String.duplicate("[", 5_000) <> String.duplicate("]", 5_000)
+    assert byte_size(deep) <= 16 * 1024
+    assert {:error, %Error{kind: :resource_exhausted, message: message}} = JSON.decode(deep)
+    assert message =~ "nested deeper than 128 levels"
   end
 end
