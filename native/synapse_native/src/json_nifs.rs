@@ -45,13 +45,20 @@ fn encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 }
 
 fn decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
-    match json::decode(env, json.as_slice()) {
-        Ok(term) => (atoms::ok(), term).encode(env),
-        // Not from a worker here: just invalid input.
+    // Not from a worker here: the caller's own input, which the messages of
+    // the reply path would blame on the worker.
+    let error = match json::decode(env, json.as_slice()) {
+        Ok(term) => return (atoms::ok(), term).encode(env),
         Err(Error::Protocol(message)) => {
-            let message = message.replace("the worker sent invalid JSON", "invalid JSON");
-            (atoms::error(), NifError(Error::InvalidArgument(message))).encode(env)
+            Error::InvalidArgument(message.replace("the worker sent invalid JSON", "invalid JSON"))
         }
-        Err(e) => (atoms::error(), NifError(e)).encode(env),
-    }
+        Err(Error::LimitExceeded(message)) => {
+            Error::LimitExceeded(message.replace("the worker's data", "the data"))
+        }
+        Err(Error::Unrepresentable(message)) => {
+            Error::Unrepresentable(message.replace("the worker's data", "the data"))
+        }
+        Err(e) => e,
+    };
+    (atoms::error(), NifError(error)).encode(env)
 }
