@@ -46,27 +46,49 @@ pub fn encode_optional(term: Term<'_>) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// Decodes JSON bytes into a term.
-pub fn decode<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
-    stacker::maybe_grow(256 * 1024, 2 * 1024 * 1024, || decode_inner(env, bytes))
+/// Who wrote the JSON being decoded: what its errors blame.
+#[derive(Clone, Copy)]
+pub enum Origin {
+    /// A worker's reply: invalid JSON is a protocol error.
+    Worker,
+    /// The caller's own input (`SynapseCore.JSON`): invalid JSON is an
+    /// invalid argument.
+    Caller,
 }
 
-fn decode_inner<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e))?;
+/// Decodes JSON bytes from a worker into a term.
+pub fn decode<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
+    decode_from(env, bytes, Origin::Worker)
+}
+
+/// Decodes JSON bytes written by `origin` into a term.
+pub fn decode_from<'a>(env: Env<'a>, bytes: &[u8], origin: Origin) -> Result<Term<'a>, Error> {
+    stacker::maybe_grow(256 * 1024, 2 * 1024 * 1024, || {
+        decode_inner(env, bytes, origin)
+    })
+}
+
+fn decode_inner<'a>(env: Env<'a>, bytes: &[u8], origin: Origin) -> Result<Term<'a>, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e, origin))?;
     from_value(env, &value)
 }
 
-fn parse_error(bytes: &[u8], e: &serde_json::Error) -> Error {
+fn parse_error(bytes: &[u8], e: &serde_json::Error, origin: Origin) -> Error {
+    let data = match origin {
+        Origin::Worker => "the worker's data",
+        Origin::Caller => "the data",
+    };
     if e.to_string().starts_with("recursion limit exceeded") {
-        Error::LimitExceeded(format!(
-            "the worker's data is nested deeper than {MAX_DEPTH} levels"
-        ))
+        Error::LimitExceeded(format!("{data} is nested deeper than {MAX_DEPTH} levels"))
     } else if let Some(token) = non_finite_at(bytes, e.line(), e.column()) {
         Error::Unrepresentable(format!(
-            "the worker's data holds {token}, which neither JSON nor an Elixir float can hold"
+            "{data} holds {token}, which neither JSON nor an Elixir float can hold"
         ))
     } else {
-        Error::Protocol(format!("the worker sent invalid JSON: {e}"))
+        match origin {
+            Origin::Worker => Error::Protocol(format!("the worker sent invalid JSON: {e}")),
+            Origin::Caller => Error::InvalidArgument(format!("invalid JSON: {e}")),
+        }
     }
 }
 
@@ -91,7 +113,7 @@ fn non_finite_at(bytes: &[u8], line: usize, column: usize) -> Option<&'static st
 
 /// The elements of a JSON array, each exactly as its bytes are in `bytes`.
 pub fn array_elements(bytes: &[u8]) -> Result<Vec<&RawValue>, Error> {
-    serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e))
+    serde_json::from_slice(bytes).map_err(|e| parse_error(bytes, &e, Origin::Worker))
 }
 
 /// The JSON array of `elements`, written as pydantic writes arrays (no

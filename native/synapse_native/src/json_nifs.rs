@@ -6,7 +6,7 @@
 use rustler::{Binary, Encoder, Env, NewBinary, Term};
 
 use crate::atoms;
-use crate::error::{Error, NifError};
+use crate::error::NifError;
 use crate::json;
 
 /// `{:ok, json_binary} | {:error, error}`: the conversion every request
@@ -45,20 +45,8 @@ fn encode<'a>(env: Env<'a>, term: Term<'a>) -> Term<'a> {
 }
 
 fn decode<'a>(env: Env<'a>, json: Binary<'a>) -> Term<'a> {
-    // Not from a worker here: the caller's own input, which the messages of
-    // the reply path would blame on the worker.
-    let error = match json::decode(env, json.as_slice()) {
-        Ok(term) => return (atoms::ok(), term).encode(env),
-        Err(Error::Protocol(message)) => {
-            Error::InvalidArgument(message.replace("the worker sent invalid JSON", "invalid JSON"))
-        }
-        Err(Error::LimitExceeded(message)) => {
-            Error::LimitExceeded(message.replace("the worker's data", "the data"))
-        }
-        Err(Error::Unrepresentable(message)) => {
-            Error::Unrepresentable(message.replace("the worker's data", "the data"))
-        }
-        Err(e) => e,
-    };
-    (atoms::error(), NifError(error)).encode(env)
+    match json::decode_from(env, json.as_slice(), json::Origin::Caller) {
+        Ok(term) => (atoms::ok(), term).encode(env),
+        Err(e) => (atoms::error(), NifError(e)).encode(env),
+    }
 }
