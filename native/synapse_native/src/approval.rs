@@ -18,7 +18,7 @@ use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use synapse_client::proto::{
     approval_decision, deferred_call_result, run_input, ApprovalAnswer, ApprovalDecision,
     ApprovalRequest, Approved, DeferredCall, DeferredCallResult, DeferredOutput,
-    DeferredToolResults, Denied, RunInput,
+    DeferredToolResults, Denied,
 };
 
 use crate::atoms;
@@ -52,12 +52,7 @@ fn run_approval_result<'a>(
     });
     match answer {
         Ok(answer) => {
-            if let Some(inputs) = &handle.inputs {
-                // Fails only when the run is over; then nobody waits for the answer.
-                let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
-                    input: Some(run_input::Input::Approval(answer)),
-                }));
-            }
+            handle.send_input(run_input::Input::Approval(answer));
             atoms::ok().encode(env)
         }
         Err(error) => (atoms::error(), NifError(error)).encode(env),

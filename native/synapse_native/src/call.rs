@@ -74,6 +74,18 @@ impl Drop for CallHandle {
 }
 
 impl CallHandle {
+    /// Sends `input` to a run on the `Run` stream: false when the call has
+    /// no input (not a stream) or is over (then nobody waits for it).
+    pub fn send_input(&self, input: run_input::Input) -> bool {
+        self.inputs.as_ref().is_some_and(|inputs| {
+            inputs
+                .send(prost::Message::encode_to_vec(&RunInput {
+                    input: Some(input),
+                }))
+                .is_ok()
+        })
+    }
+
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -83,14 +95,7 @@ impl CallHandle {
     /// failure carrying its messages and usage) or its result if it
     /// finished first; any other call is cancelled at once.
     pub fn stop(&self) {
-        let asked = self.inputs.as_ref().is_some_and(|inputs| {
-            inputs
-                .send(prost::Message::encode_to_vec(&RunInput {
-                    input: Some(run_input::Input::Cancel(Cancel {})),
-                }))
-                .is_ok()
-        });
-        if asked {
+        if self.send_input(run_input::Input::Cancel(Cancel {})) {
             self.stop.cancel();
         } else {
             self.cancel.cancel();

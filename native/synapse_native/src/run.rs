@@ -171,15 +171,10 @@ fn tool_result<'a>(
 ) -> Term<'a> {
     match tool_outcome(outcome, handle.max_message_bytes) {
         Ok(outcome) => {
-            if let Some(inputs) = &handle.inputs {
-                // Fails only when the run is over; then nobody waits for the result.
-                let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
-                    input: Some(run_input::Input::ToolResult(ToolResult {
-                        request_id,
-                        outcome: Some(outcome),
-                    })),
-                }));
-            }
+            handle.send_input(run_input::Input::ToolResult(ToolResult {
+                request_id,
+                outcome: Some(outcome),
+            }));
             atoms::ok().encode(env)
         }
         Err(error) => (atoms::error(), NifError(error)).encode(env),
