@@ -17,13 +17,19 @@
 //!
 //! A call dropped before its end (its caller gave up, its deadline passed)
 //! sends `cancel`, which cancels the handler's task in the worker.
+//!
+//! A unary call may also be made with [`Lane::call`], for callers that
+//! should not need a task of their own per call: its [`Answer`] is handed
+//! its [`Outcome`] by whichever side ends the call (the connection's reader
+//! for a response or a failure, its deadline timer, or the caller's
+//! [`Ticket::cancel`] and [`Lane::abandon`]), exactly once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::bytes::{Bytes, BytesMut};
 use prost::Message;
@@ -87,8 +93,46 @@ impl Lane {
         timeout: Option<Duration>,
     ) -> Result<Unary, Status> {
         let (reply, answer) = oneshot::channel();
-        let call = self.open(method, request, timeout, 0, Route::Unary(reply))?;
-        Ok(Unary { call, answer })
+        let ticket = self
+            .call(method, request, timeout, Box::new(Replier(reply)))
+            .map_err(|(status, _)| status)?;
+        Ok(Unary { ticket, answer })
+    }
+
+    /// Sends the call of a method with one request and one response now,
+    /// on the calling thread (within a tokio runtime's context), and hands
+    /// its outcome to `answer` when it ends: no task waits for it. The
+    /// deadline is kept by the connection. When the lane cannot take the
+    /// call (its connection broke), the failure and `answer` come back.
+    pub fn call(
+        &self,
+        method: &str,
+        request: Vec<u8>,
+        timeout: Option<Duration>,
+        answer: Box<dyn Answer>,
+    ) -> Result<Ticket, (Status, Box<dyn Answer>)> {
+        let connection = self.connection();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let id = connection.register_answer(answer, deadline)?;
+        connection.send(id, start(method, request, timeout, 0));
+        Ok(Ticket {
+            connection: Arc::downgrade(&connection),
+            id,
+        })
+    }
+
+    /// Ends every call made with [`Lane::call`] that is still waiting for
+    /// its answer: each is told `cancel` and answered
+    /// [`Outcome::Abandoned`] (on the calling thread).
+    pub fn abandon(&self) {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(connection) = connection {
+            connection.abandon();
+        }
     }
 
     /// Calls a method with one request and streamed responses.
@@ -146,21 +190,7 @@ impl Lane {
     ) -> Result<Open, Status> {
         let connection = self.connection();
         let id = connection.register(route)?;
-        let timeout_us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
-        connection.send(
-            id,
-            lane_frame::Body::Start(LaneStart {
-                method: method.to_owned(),
-                // 0 means none: a deadline of 0 µs is 1 µs.
-                timeout_us: if timeout.is_some() {
-                    timeout_us.max(1)
-                } else {
-                    0
-                },
-                message,
-                credit,
-            }),
-        );
+        connection.send(id, start(method, message, timeout, credit));
         Ok(Open {
             connection,
             id,
@@ -198,10 +228,71 @@ impl Lane {
     }
 }
 
+/// A call's `start` frame.
+fn start(
+    method: &str,
+    message: Vec<u8>,
+    timeout: Option<Duration>,
+    credit: u32,
+) -> lane_frame::Body {
+    let timeout_us = timeout.map_or(0, |t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX));
+    lane_frame::Body::Start(LaneStart {
+        method: method.to_owned(),
+        // 0 means none: a deadline of 0 µs is 1 µs.
+        timeout_us: if timeout.is_some() {
+            timeout_us.max(1)
+        } else {
+            0
+        },
+        message,
+        credit,
+    })
+}
+
+/// How a call made with [`Lane::call`] ended.
+pub enum Outcome {
+    /// The worker's response.
+    Response(Bytes),
+    /// The worker's status, or the connection's failure (see
+    /// [`is_transport_failure`](crate::error::is_transport_failure)).
+    Failed(Status),
+    /// The call's deadline passed first; the worker was told `cancel`.
+    Expired,
+    /// [`Ticket::cancel`] ended it; the worker was told `cancel`.
+    Cancelled,
+    /// [`Lane::abandon`] ended it; the worker was told `cancel`.
+    Abandoned,
+}
+
+/// Takes the outcome of a call made with [`Lane::call`]. It is called
+/// exactly once, on the thread that ended the call: a runtime thread for a
+/// response, a failure or the deadline; the caller's own for
+/// [`Ticket::cancel`] and [`Lane::abandon`].
+pub trait Answer: Send + 'static {
+    fn answer(self: Box<Self>, outcome: Outcome);
+}
+
+/// A call made with [`Lane::call`], to cancel it.
+pub struct Ticket {
+    connection: Weak<Connection>,
+    id: u64,
+}
+
+impl Ticket {
+    /// Ends the call if it is still waiting: the worker is told `cancel`,
+    /// and its answer [`Outcome::Cancelled`], on this thread.
+    pub fn cancel(&self) {
+        if let Some(connection) = self.connection.upgrade() {
+            connection.withdraw(self.id, Outcome::Cancelled);
+        }
+    }
+}
+
 /// Where a call's frames go.
 enum Route {
-    Unary(oneshot::Sender<Result<Bytes, Status>>),
     Stream(mpsc::UnboundedSender<Event>),
+    /// A call made with [`Lane::call`], and its deadline.
+    Answer(Box<dyn Answer>, Option<Instant>),
 }
 
 enum Event {
@@ -214,11 +305,39 @@ struct Calls {
     routes: HashMap<u64, Route>,
     /// Why the connection broke; no call is registered after that.
     broken: Option<String>,
+    /// The deadlines of the calls in `routes` made with [`Lane::call`].
+    deadlines: BTreeSet<(Instant, u64)>,
+    /// When the deadline timer wakes next, if it waits for one. It is only
+    /// moved earlier: a call that ends leaves it be, so that calls made one
+    /// after another with the same timeout do not wake the timer.
+    armed: Option<Instant>,
+}
+
+impl Calls {
+    /// Takes the route of call `id` if it is one made with [`Lane::call`].
+    fn take_answer(&mut self, id: u64) -> Option<Box<dyn Answer>> {
+        match self.routes.remove(&id) {
+            Some(Route::Answer(answer, deadline)) => {
+                if let Some(at) = deadline {
+                    self.deadlines.remove(&(at, id));
+                }
+                Some(answer)
+            }
+            Some(other) => {
+                self.routes.insert(id, other);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 struct Connection {
     calls: Mutex<Calls>,
     output: Arc<Output>,
+    /// Wakes the deadline timer: a deadline earlier than the one it waits
+    /// for.
+    timer: Arc<Notify>,
 }
 
 /// The writing side, shared by the calls and the connection's writer.
@@ -262,13 +381,22 @@ impl Connection {
                 next_id: 0,
                 routes: HashMap::new(),
                 broken: None,
+                deadlines: BTreeSet::new(),
+                armed: None,
             }),
             output: output.clone(),
+            timer: Arc::new(Notify::new()),
         });
         if let Some(authorization) = authorization {
             connection.send(0, lane_frame::Body::Hello(LaneHello { authorization }));
         }
-        tokio::spawn(run(Arc::downgrade(&connection), output, path, max_frame));
+        tokio::spawn(run(
+            Arc::downgrade(&connection),
+            output,
+            connection.timer.clone(),
+            path,
+            max_frame,
+        ));
         connection
     }
 
@@ -289,6 +417,83 @@ impl Connection {
         let id = calls.next_id;
         calls.routes.insert(id, route);
         Ok(id)
+    }
+
+    fn register_answer(
+        &self,
+        answer: Box<dyn Answer>,
+        deadline: Option<Instant>,
+    ) -> Result<u64, (Status, Box<dyn Answer>)> {
+        let mut calls = self.lock();
+        if let Some(reason) = &calls.broken {
+            return Err((transport_failure(reason), answer));
+        }
+        calls.next_id += 1;
+        let id = calls.next_id;
+        calls.routes.insert(id, Route::Answer(answer, deadline));
+        if let Some(at) = deadline {
+            calls.deadlines.insert((at, id));
+            if calls.armed.is_none_or(|armed| at < armed) {
+                calls.armed = Some(at);
+                self.timer.notify_one();
+            }
+        }
+        Ok(id)
+    }
+
+    /// Ends call `id`, made with [`Lane::call`], with `outcome` if it is
+    /// still waiting, and tells the worker `cancel`.
+    fn withdraw(&self, id: u64, outcome: Outcome) {
+        let answer = self.lock().take_answer(id);
+        if let Some(answer) = answer {
+            self.send(id, lane_frame::Body::Cancel(true));
+            answer.answer(outcome);
+        }
+    }
+
+    /// [`Lane::abandon`].
+    fn abandon(&self) {
+        let answers: Vec<(u64, Box<dyn Answer>)> = {
+            let mut calls = self.lock();
+            let ids: Vec<u64> = calls
+                .routes
+                .iter()
+                .filter(|(_, route)| matches!(route, Route::Answer(..)))
+                .map(|(&id, _)| id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| calls.take_answer(id).map(|answer| (id, answer)))
+                .collect()
+        };
+        for (id, answer) in answers {
+            self.send(id, lane_frame::Body::Cancel(true));
+            answer.answer(Outcome::Abandoned);
+        }
+    }
+
+    /// Ends the calls whose deadline has passed; returns when the timer
+    /// should wake next.
+    fn expire(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut calls = self.lock();
+            let mut expired = Vec::new();
+            while let Some(&(at, id)) = calls.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                if let Some(answer) = calls.take_answer(id) {
+                    expired.push((id, answer));
+                }
+            }
+            calls.armed = calls.deadlines.first().map(|&(at, _)| at);
+            (expired, calls.armed)
+        };
+        for (id, answer) in expired {
+            self.send(id, lane_frame::Body::Cancel(true));
+            answer.answer(Outcome::Expired);
+        }
+        next
     }
 
     /// Writes a frame: at once when the socket is free, else after the
@@ -324,42 +529,53 @@ impl Connection {
         let body = frame
             .body
             .ok_or_else(|| format!("the worker sent a frame with no body for call {id}"))?;
-        let mut calls = self.lock();
-        match body {
-            lane_frame::Body::Message(message) => match calls.routes.get(&id) {
-                Some(Route::Stream(events)) => {
-                    let _ = events.send(Event::Message(Bytes::from(message)));
-                }
-                Some(Route::Unary(_)) => {
-                    if let Some(Route::Unary(reply)) = calls.routes.remove(&id) {
-                        let _ = reply.send(Ok(Bytes::from(message)));
-                    }
-                }
-                // Cancelled meanwhile.
-                None => {}
-            },
-            lane_frame::Body::Status(status) => {
-                let status = status_from(status);
-                match calls.routes.remove(&id) {
-                    Some(Route::Unary(reply)) => {
-                        let _ = reply.send(Err(if status.code() == Code::Ok {
-                            Status::internal("the worker ended a unary call without a response")
-                        } else {
-                            status
-                        }));
-                    }
+        let answered = {
+            let mut calls = self.lock();
+            match body {
+                lane_frame::Body::Message(message) => match calls.routes.get(&id) {
                     Some(Route::Stream(events)) => {
-                        let end = if status.code() == Code::Ok {
-                            Ok(())
-                        } else {
-                            Err(status)
-                        };
-                        let _ = events.send(Event::End(end));
+                        let _ = events.send(Event::Message(Bytes::from(message)));
+                        None
                     }
-                    None => {}
+                    Some(Route::Answer(..)) => calls
+                        .take_answer(id)
+                        .map(|answer| (answer, Outcome::Response(Bytes::from(message)))),
+                    // Cancelled meanwhile.
+                    None => None,
+                },
+                lane_frame::Body::Status(status) => {
+                    let status = status_from(status);
+                    match calls.routes.remove(&id) {
+                        Some(Route::Stream(events)) => {
+                            let end = if status.code() == Code::Ok {
+                                Ok(())
+                            } else {
+                                Err(status)
+                            };
+                            let _ = events.send(Event::End(end));
+                            None
+                        }
+                        Some(Route::Answer(answer, deadline)) => {
+                            if let Some(at) = deadline {
+                                calls.deadlines.remove(&(at, id));
+                            }
+                            // A unary call must end with its response.
+                            let failure = if status.code() == Code::Ok {
+                                Status::internal("the worker ended a unary call without a response")
+                            } else {
+                                status
+                            };
+                            Some((answer, Outcome::Failed(failure)))
+                        }
+                        None => None,
+                    }
                 }
+                other => return Err(format!("the worker sent a client's frame: {other:?}")),
             }
-            other => return Err(format!("the worker sent a client's frame: {other:?}")),
+        };
+        // Outside the lock: answering builds and sends the caller's reply.
+        if let Some((answer, outcome)) = answered {
+            answer.answer(outcome);
         }
         Ok(())
     }
@@ -372,12 +588,13 @@ impl Connection {
             if calls.broken.is_none() {
                 calls.broken = Some(reason.clone());
             }
+            calls.deadlines.clear();
             std::mem::take(&mut calls.routes)
         };
         for (_, route) in routes {
             match route {
-                Route::Unary(reply) => {
-                    let _ = reply.send(Err(transport_failure(&reason)));
+                Route::Answer(answer, _) => {
+                    answer.answer(Outcome::Failed(transport_failure(&reason)))
                 }
                 Route::Stream(events) => {
                     let _ = events.send(Event::End(Err(transport_failure(&reason))));
@@ -417,12 +634,6 @@ struct Open {
     done: bool,
 }
 
-impl Open {
-    fn finished(mut self) {
-        self.done = true;
-    }
-}
-
 impl Drop for Open {
     fn drop(&mut self) {
         if !self.done {
@@ -434,19 +645,39 @@ impl Drop for Open {
 /// A unary call sent, waiting for its answer; dropping it before the
 /// answer cancels the call.
 pub struct Unary {
-    call: Open,
+    ticket: Ticket,
     answer: oneshot::Receiver<Result<Bytes, Status>>,
 }
 
 impl Unary {
     /// The response, or the call's failure.
-    pub async fn answer(self) -> Result<Bytes, Status> {
-        let Unary { call, answer } = self;
-        let result = answer
+    pub async fn answer(mut self) -> Result<Bytes, Status> {
+        (&mut self.answer)
             .await
-            .unwrap_or_else(|_| Err(call.connection.failure()));
-        call.finished();
-        result
+            .unwrap_or_else(|_| Err(Status::internal("the lane dropped the call")))
+    }
+}
+
+impl Drop for Unary {
+    fn drop(&mut self) {
+        // Nothing to do once the call has answered.
+        self.ticket.cancel();
+    }
+}
+
+/// Answers a [`Unary`] as tonic would.
+struct Replier(oneshot::Sender<Result<Bytes, Status>>);
+
+impl Answer for Replier {
+    fn answer(self: Box<Self>, outcome: Outcome) {
+        let _ = self.0.send(match outcome {
+            Outcome::Response(response) => Ok(response),
+            Outcome::Failed(status) => Err(status),
+            Outcome::Expired => Err(Status::deadline_exceeded("Deadline Exceeded")),
+            Outcome::Cancelled | Outcome::Abandoned => {
+                Err(Status::cancelled("the call was cancelled"))
+            }
+        });
     }
 }
 
@@ -503,7 +734,13 @@ impl Responses {
 /// The connection's life: connect, then write and read until either side
 /// fails or nobody holds the connection any more (the lane replaced it and
 /// its last call ended).
-async fn run(connection: Weak<Connection>, output: Arc<Output>, path: PathBuf, max_frame: usize) {
+async fn run(
+    connection: Weak<Connection>,
+    output: Arc<Output>,
+    timer: Arc<Notify>,
+    path: PathBuf,
+    max_frame: usize,
+) {
     let reason = match UnixStream::connect(&path).await {
         Ok(stream) => {
             let (reader, writer) = stream.into_split();
@@ -512,12 +749,31 @@ async fn run(connection: Weak<Connection>, output: Arc<Output>, path: PathBuf, m
             tokio::select! {
                 reason = write(&output) => reason,
                 reason = read(&connection, reader, max_frame) => reason,
+                reason = expire(&connection, &timer) => reason,
             }
         }
         Err(e) => format!("cannot connect to the lane at {}: {e}", path.display()),
     };
     if let Some(connection) = connection.upgrade() {
         connection.break_off(reason);
+    }
+}
+
+/// Ends the calls made with [`Lane::call`] whose deadline passed.
+async fn expire(connection: &Weak<Connection>, timer: &Notify) -> String {
+    let mut next = None;
+    loop {
+        match next {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                () = timer.notified() => {}
+            },
+            None => timer.notified().await,
+        }
+        let Some(connection) = connection.upgrade() else {
+            return "the lane was closed".to_owned();
+        };
+        next = connection.expire();
     }
 }
 
@@ -827,6 +1083,94 @@ mod tests {
         peer.send(frame.call, lane_frame::Body::Message(b"fresh".to_vec()))
             .await;
         assert_eq!(next.await.unwrap().unwrap(), Bytes::from_static(b"fresh"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An [`Answer`] that reports its outcome on a channel.
+    struct Told(mpsc::UnboundedSender<&'static str>);
+
+    impl Answer for Told {
+        fn answer(self: Box<Self>, outcome: Outcome) {
+            let _ = self.0.send(match outcome {
+                Outcome::Response(_) => "response",
+                Outcome::Failed(status) if is_transport_failure(&status) => "broken",
+                Outcome::Failed(_) => "status",
+                Outcome::Expired => "expired",
+                Outcome::Cancelled => "cancelled",
+                Outcome::Abandoned => "abandoned",
+            });
+        }
+    }
+
+    fn told() -> (Box<Told>, mpsc::UnboundedReceiver<&'static str>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Box::new(Told(sender)), receiver)
+    }
+
+    async fn expect_cancel(peer: &mut Peer, call: u64) {
+        let frame = peer.next().await;
+        assert_eq!(frame.call, call);
+        assert_eq!(frame.body, Some(lane_frame::Body::Cancel(true)));
+    }
+
+    #[tokio::test]
+    async fn an_answered_call_is_told_its_outcome_once_whatever_ends_it() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = |timeout| {
+            let (answer, outcome) = told();
+            let ticket = lane.call("/p.S/M", vec![], timeout, answer).ok().unwrap();
+            (ticket, outcome)
+        };
+        // A response.
+        let (ticket, mut outcome) = call(None);
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(outcome.recv().await, Some("response"));
+        // Too late: nothing is sent, nothing told.
+        ticket.cancel();
+        // The worker's status.
+        let (_ticket, mut outcome) = call(None);
+        let frame = peer.next().await;
+        let status = LaneStatus {
+            code: Code::NotFound as i32,
+            ..Default::default()
+        };
+        peer.send(frame.call, lane_frame::Body::Status(status))
+            .await;
+        assert_eq!(outcome.recv().await, Some("status"));
+        // The caller's cancel: the worker is told.
+        let (ticket, mut outcome) = call(None);
+        let frame = peer.next().await;
+        ticket.cancel();
+        assert_eq!(outcome.recv().await, Some("cancelled"));
+        expect_cancel(&mut peer, frame.call).await;
+        // The deadline, kept by the lane itself: a later call with a longer
+        // timeout does not delay an earlier one's.
+        let (_ticket, mut short) = call(Some(Duration::from_millis(30)));
+        let first = peer.next().await;
+        let (_ticket, mut long) = call(Some(Duration::from_secs(60)));
+        let second = peer.next().await;
+        assert_eq!(short.recv().await, Some("expired"));
+        expect_cancel(&mut peer, first.call).await;
+        // Abandoned by its owner.
+        lane.abandon();
+        assert_eq!(long.recv().await, Some("abandoned"));
+        expect_cancel(&mut peer, second.call).await;
+        // A late answer to any of them is dropped, and each was told once.
+        for id in [first.call, second.call] {
+            peer.send(id, lane_frame::Body::Message(b"late".to_vec()))
+                .await;
+        }
+        // The connection breaking.
+        let (_ticket, mut outcome) = call(Some(Duration::from_secs(60)));
+        let _ = peer.next().await;
+        drop(peer);
+        assert_eq!(outcome.recv().await, Some("broken"));
+        for mut told in [short, long, outcome] {
+            assert_eq!(told.recv().await, None);
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

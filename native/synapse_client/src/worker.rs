@@ -72,6 +72,11 @@ impl Worker {
         self.lane.is_some()
     }
 
+    /// The lane, for a local worker reached over it.
+    pub fn lane(&self) -> Option<&Lane> {
+        self.lane.as_ref()
+    }
+
     /// Lets go of the lane's connection: it closes once the calls on it
     /// have ended (a later call would connect again).
     pub fn close(&self) {

@@ -62,13 +62,9 @@ fn bridge_call<'a>(
         channel,
         tag,
         call::decode_timeout(options.timeout)?,
-        move |channel, deadline| {
-            // Sent now (see `call::spawn`): the future waits for the answer.
-            let response = channel
-                .worker
-                .unary(&path(&method), message.encode_to_vec(), deadline);
-            async move { Ok(decode(&method, response.await?)?) }
-        },
+        path(&method),
+        message.encode_to_vec(),
+        move |response| decode(&method, response),
         |env, response: DynamicMessage| Ok(dynamic::message_to_term(env, &response)),
     )
 }

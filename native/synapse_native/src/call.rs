@@ -3,13 +3,15 @@
 //! most calls take ([`unary`], [`server_stream`]), set up once.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prost::bytes::Bytes;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::{is_transport_failure, tls_failure};
+use synapse_client::lane::{self, Lane, Outcome, Ticket};
 use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::Error;
 use tokio::sync::mpsc::UnboundedSender;
@@ -27,6 +29,11 @@ use crate::runtime::RUNTIME;
 /// worker exited (the shepherd reports it within milliseconds) before
 /// calling it plain unavailability.
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
+
+/// The largest response a unary call on the lane turns into a term on the
+/// lane's reader: larger ones are converted in a task of their own, so that
+/// one large answer does not hold back the other calls on the connection.
+const INLINE_ANSWER_BYTES: usize = 64 * 1024;
 
 /// How long a run asked to stop (`CallHandle::stop`) has to answer with
 /// what it did before it is cancelled outright.
@@ -56,6 +63,9 @@ pub struct CallHandle {
     pub inputs: Option<UnboundedSender<Vec<u8>>>,
     /// The largest message the call may send.
     pub max_message_bytes: usize,
+    /// A unary call on the lane, which no task of its own waits for: its
+    /// cancel goes to the lane.
+    lane: OnceLock<Ticket>,
 }
 
 #[rustler::resource_impl]
@@ -63,7 +73,7 @@ impl Resource for CallHandle {
     const IMPLEMENTS_DOWN: bool = true;
 
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
-        self.cancel.cancel();
+        self.cancel();
     }
 }
 
@@ -88,6 +98,9 @@ impl CallHandle {
 
     pub fn cancel(&self) {
         self.cancel.cancel();
+        if let Some(ticket) = self.lane.get() {
+            ticket.cancel();
+        }
     }
 
     /// Asks the call to stop. A run on the `Run` stream is sent a `cancel`
@@ -98,7 +111,7 @@ impl CallHandle {
         if self.send_input(run_input::Input::Cancel(Cancel {})) {
             self.stop.cancel();
         } else {
-            self.cancel.cancel();
+            self.cancel();
         }
     }
 }
@@ -205,6 +218,7 @@ pub fn with_limit(
         waits: Arc::default(),
         inputs,
         max_message_bytes,
+        lane: OnceLock::new(),
     });
     for owner in owners {
         // A process that is already gone fails the monitor; its call is
@@ -252,35 +266,59 @@ impl From<Error> for CallError {
     }
 }
 
-/// Starts a call with one answer, sent to the calling process as
-/// `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
-/// `rpc` makes the call on the channel (given the deadline to send), and
-/// `encode` turns its answer into `term` on the tokio thread. `timeout` is
-/// the call's, as [`decode_timeout`] reads it.
-pub fn unary<T, Fut, E>(
+/// Starts a call of `method` with one answer, sent to the calling process
+/// as `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
+/// `decode` reads the response and `encode` turns it into `term`, off the
+/// schedulers. `timeout` is the call's, as [`decode_timeout`] reads it.
+///
+/// On the lane, the request is written here and the lane's reader answers
+/// the caller ([`LaneAnswer`]): no task is spawned, nor woken, per call.
+/// Over gRPC the call runs in a task ([`spawn`]).
+#[allow(clippy::too_many_arguments)]
+pub fn unary<T, D, E>(
     env: Env<'_>,
     channel: ResourceArc<ChannelResource>,
     tag: Term<'_>,
     timeout: Option<Duration>,
-    rpc: impl FnOnce(ResourceArc<ChannelResource>, Option<Duration>) -> Fut + Send + 'static,
+    method: String,
+    request: Vec<u8>,
+    decode: D,
     encode: E,
 ) -> Started
 where
     T: Send + 'static,
-    Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    D: FnOnce(Bytes) -> Result<T, Error> + Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     let caller = env.pid();
     let handle = self::handle(env, &[caller], 0, None);
+    let reply = Reply::new(caller, tag, Style::Unary);
     let target = channel.clone();
-    spawn(
-        channel,
-        &handle,
-        Reply::new(caller, tag, Style::Unary),
-        timeout,
-        move |deadline| rpc(target, deadline),
-        encode,
-    );
+    if let Some(lane) = target.worker.lane() {
+        on_lane(
+            channel,
+            lane,
+            &handle,
+            reply,
+            timeout,
+            (method, request),
+            decode,
+            encode,
+        );
+    } else {
+        let target = channel.clone();
+        spawn(
+            channel,
+            &handle,
+            reply,
+            timeout,
+            move |deadline| {
+                let response = target.worker.unary(&method, request, deadline);
+                async move { Ok(decode(response.await?)?) }
+            },
+            encode,
+        );
+    }
     Ok(Ok(handle))
 }
 
@@ -304,15 +342,133 @@ where
         channel,
         tag,
         decode_timeout(timeout)?,
-        move |channel, deadline| {
-            // Sent now (see `spawn`): the future only waits for the answer.
-            let response = channel
-                .worker
-                .unary(method, request.encode_to_vec(), deadline);
-            async move { Ok(decode::<R>(response.await?)?) }
-        },
+        method.to_owned(),
+        request.encode_to_vec(),
+        decode::<R>,
         encode,
     )
+}
+
+/// A unary call on the lane: sent now, answered by the lane.
+#[allow(clippy::too_many_arguments)]
+fn on_lane<T, D, E>(
+    channel: ResourceArc<ChannelResource>,
+    lane: &Lane,
+    handle: &ResourceArc<CallHandle>,
+    reply: Reply,
+    timeout: Option<Duration>,
+    (method, request): (String, Vec<u8>),
+    decode: D,
+    encode: E,
+) where
+    T: Send + 'static,
+    D: FnOnce(Bytes) -> Result<T, Error> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    let finish = Finish {
+        in_flight: InFlight::enter(channel.clone()),
+        channel: channel.clone(),
+        // Kept until the call answers, as in `spawn`.
+        handle: handle.clone(),
+        reply,
+        encode,
+        value: PhantomData,
+    };
+    if channel.closed.is_cancelled() {
+        return finish.later(Err(Error::WorkerExited));
+    }
+    // The lane connects on first use, within the runtime.
+    let _runtime = RUNTIME.enter();
+    match lane.call(
+        &method,
+        request,
+        timeout,
+        Box::new(LaneAnswer { decode, finish }),
+    ) {
+        // Set before the handle reaches the caller, who alone can cancel it.
+        Ok(ticket) => {
+            let _ = handle.lane.set(ticket);
+        }
+        // The connection broke: answered from a task, as this is a scheduler.
+        Err((status, answer)) => {
+            RUNTIME.spawn(async move { answer.answer(Outcome::Failed(status)) });
+        }
+    }
+}
+
+/// What answers the caller of a unary call on the lane ([`on_lane`]).
+struct LaneAnswer<T, D, E> {
+    decode: D,
+    finish: Finish<T, E>,
+}
+
+/// The reply of a unary call on the lane, and what it holds until then.
+struct Finish<T, E> {
+    channel: ResourceArc<ChannelResource>,
+    handle: ResourceArc<CallHandle>,
+    reply: Reply,
+    encode: E,
+    in_flight: InFlight,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T, E> Finish<T, E>
+where
+    T: Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    /// Answers now: on a runtime thread only (see [`Reply::send`]).
+    fn now(self, result: Result<T, Error>) {
+        let Self {
+            reply,
+            encode,
+            in_flight,
+            handle,
+            ..
+        } = self;
+        drop(in_flight);
+        reply.send(result, encode);
+        drop(handle);
+    }
+
+    /// Answers from a task: for a caller that may be a scheduler.
+    fn later(self, result: Result<T, Error>) {
+        RUNTIME.spawn(async move { self.now(result) });
+    }
+}
+
+impl<T, D, E> lane::Answer for LaneAnswer<T, D, E>
+where
+    T: Send + 'static,
+    D: FnOnce(Bytes) -> Result<T, Error> + Send + 'static,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    fn answer(self: Box<Self>, outcome: Outcome) {
+        let LaneAnswer { decode, finish } = *self;
+        match outcome {
+            // From the lane's tasks (its reader, its deadline timer).
+            Outcome::Response(bytes) if bytes.len() <= INLINE_ANSWER_BYTES => {
+                finish.now(decode(bytes));
+            }
+            Outcome::Response(bytes) => {
+                RUNTIME.spawn(async move { finish.now(decode(bytes)) });
+            }
+            Outcome::Failed(status) if !is_transport_failure(&status) => {
+                finish.now(Err(Error::from_status(&status)));
+            }
+            Outcome::Failed(status) => {
+                RUNTIME.spawn(async move {
+                    let cancel = finish.handle.cancel.clone();
+                    let error = confirm_exit(&finish.channel, &cancel, &status).await;
+                    finish.now(Err(error));
+                });
+            }
+            Outcome::Expired => finish.now(Err(Error::Timeout)),
+            // From the caller's side, which may be a scheduler.
+            Outcome::Cancelled => finish.later(Err(Error::Cancelled)),
+            Outcome::Abandoned => finish.later(Err(Error::WorkerExited)),
+        }
+    }
 }
 
 /// A method with one request and streamed responses, and how each
@@ -483,16 +639,24 @@ where
     if let Some(error) = tls_failure(&status, &channel.address) {
         return Err(error);
     }
-    // The connection broke. If the worker died, its Worker closes the
-    // channel as soon as the shepherd reports the exit: wait for that, so the
-    // caller learns the real cause.
+    Err(confirm_exit(channel, cancel, &status).await)
+}
+
+/// The error of a call whose connection broke. If the worker died, its
+/// Worker closes the channel as soon as the shepherd reports the exit: wait
+/// for that, so the caller learns the real cause.
+async fn confirm_exit(
+    channel: &ChannelResource,
+    cancel: &CancellationToken,
+    status: &Status,
+) -> Error {
     tokio::select! {
-        () = channel.closed.cancelled() => Err(Error::WorkerExited),
-        () = cancel.cancelled() => Err(Error::Cancelled),
-        () = tokio::time::sleep(EXIT_CONFIRMATION) => Err(Error::Unavailable(format!(
+        () = channel.closed.cancelled() => Error::WorkerExited,
+        () = cancel.cancelled() => Error::Cancelled,
+        () = tokio::time::sleep(EXIT_CONFIRMATION) => Error::Unavailable(format!(
             "the worker at {} cannot be reached: {}",
             channel.address,
             status.message()
-        ))),
+        )),
     }
 }

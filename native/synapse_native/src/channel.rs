@@ -142,6 +142,10 @@ fn channel_load(channel: ResourceArc<ChannelResource>) -> usize {
 #[rustler::nif]
 fn channel_close(channel: ResourceArc<ChannelResource>) -> Atom {
     channel.closed.cancel();
+    // Unary calls on the lane have no task watching `closed`.
+    if let Some(lane) = channel.worker.lane() {
+        lane.abandon();
+    }
     channel.worker.close();
     atoms::ok()
 }

@@ -264,26 +264,17 @@ fn start_unary<'a>(
         channel,
         tag,
         timeout,
-        move |channel, deadline| {
-            // Sent now (see `call::spawn`): the future only waits for the
-            // answer, a result or the run's failure (in band).
-            let response = channel.worker.unary(
-                methods::AGENT_SERVICE_RUN_SYNC,
-                prost::Message::encode_to_vec(&request),
-                deadline,
-            );
-            async move {
-                let last: RunEvent = call::decode(response.await?)?;
-                match last.event {
-                    Some(run_event::Event::Result(result)) => Ok(result),
-                    Some(run_event::Event::Failure(failure)) => {
-                        Err(CallError::Other(Error::from_failure(failure)))
-                    }
-                    _ => Err(Error::Protocol(
-                        "RunSync answered neither a result nor a failure".into(),
-                    )
-                    .into()),
-                }
+        methods::AGENT_SERVICE_RUN_SYNC.to_owned(),
+        prost::Message::encode_to_vec(&request),
+        // The answer is a result or the run's failure (in band).
+        |response| {
+            let last: RunEvent = call::decode(response)?;
+            match last.event {
+                Some(run_event::Event::Result(result)) => Ok(result),
+                Some(run_event::Event::Failure(failure)) => Err(Error::from_failure(failure)),
+                _ => Err(Error::Protocol(
+                    "RunSync answered neither a result nor a failure".into(),
+                )),
             }
         },
         encode_result,
