@@ -36,9 +36,15 @@ def test_the_config_selects_names_and_maps_types() -> None:
         "order_id",
         "echo_id",
         "on_the_loop",
+        "on_the_loop_checked",
+        "on_the_loop_later",
         "in_a_thread",
     ]
-    assert [f.name for f in ir.functions if f.on_loop] == ["on_the_loop"]
+    assert [f.name for f in ir.functions if f.on_loop] == [
+        "on_the_loop",
+        "on_the_loop_checked",
+        "on_the_loop_later",
+    ]
     assert ir.types["Decimal"] == CustomType(python="decimal:Decimal", of=TypeRef("str"))
     assert ir.types["UUID"] == CustomType(python="uuid:UUID", of=TypeRef("str"))
     total = ir.functions[0]

@@ -51,12 +51,27 @@ defmodule SynapseCore.BridgeConfigTest do
 
     Process.unlink(bridge)
 
+    # The same bridge over gRPC: on the lane, calls of a function on the
+    # loop are answered at once, without a task.
+    grpc = :"shop_grpc_#{System.unique_integer([:positive])}"
+
+    {:ok, grpc_bridge} =
+      Bridge.start_link(
+        name: grpc,
+        module: "synapse_fixtures.bridge_custom",
+        python_path: [Path.join(dir, "priv"), fixtures_path()],
+        transport: :grpc
+      )
+
+    Process.unlink(grpc_bridge)
+
     on_exit(fn ->
       stop_unlinked(bridge)
+      stop_unlinked(grpc_bridge)
       File.rm_rf!(dir)
     end)
 
-    %{name: name, source: source, dir: dir, opts: opts}
+    %{name: name, grpc: grpc, source: source, dir: dir, opts: opts}
   end
 
   defp shop(function, args), do: apply(@client, function, args)
@@ -130,6 +145,59 @@ defmodule SynapseCore.BridgeConfigTest do
     assert doc =~
              "called on the worker's event loop: while it runs, the worker serves nothing else."
   end
+
+  test "a function on the loop answers on the lane as over gRPC, failures included",
+       %{name: name, grpc: grpc} do
+    calls = [
+      on_the_loop_checked: [3],
+      on_the_loop_checked: [0],
+      on_the_loop_checked: [-1],
+      on_the_loop_checked: [2, [fail: "value"]],
+      on_the_loop_checked: [2, [fail: "model"]],
+      on_the_loop_checked: [2, [fail: "model"]],
+      on_the_loop_later: [7],
+      on_the_loop: []
+    ]
+
+    for {function, args} <- calls do
+      on_lane = shop(function, [name | args])
+
+      assert user_part(on_lane) == user_part(shop(function, [grpc | args])),
+             "#{function} #{inspect(args)}"
+
+      case {function, args} do
+        {:on_the_loop_checked, [3]} ->
+          assert on_lane == {:ok, [0, 1, 2]}
+
+        {:on_the_loop_checked, [-1]} ->
+          assert {:error, %Error{kind: :invalid_argument, details: %{errors: [error]}}} = on_lane
+          assert error["loc"] == ["count"]
+
+        {:on_the_loop_checked, [2, [fail: "value"]]} ->
+          assert {:error, %Error{kind: :python_error, message: message}} = on_lane
+          assert message =~ "ValueError: no counting today"
+
+        {:on_the_loop_checked, [2, [fail: "model"]]} ->
+          assert {:error, %Error{kind: :invalid_argument, details: %{errors: [error]}}} = on_lane
+          assert error["loc"] == ["amount"]
+
+        {:on_the_loop_later, [7]} ->
+          assert on_lane == {:ok, "7 after waiting in MainThread"}
+
+        _ ->
+          assert {:ok, _} = on_lane
+      end
+    end
+  end
+
+  # A Python traceback's frames from the user's code on: the frames of
+  # Synapse's own that call the function differ between the two paths.
+  defp user_part({:error, %Error{details: %{traceback: traceback} = details} = error}) do
+    [_synapse, user] = String.split(traceback, ~r/(?=  File "[^"]*synapse_fixtures)/, parts: 2)
+    {:error, %{error | details: %{details | traceback: user}}}
+  end
+
+  defp user_part(outcome), do: outcome
 
   test "docs and specs show the custom types" do
     {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(@client)

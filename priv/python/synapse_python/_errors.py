@@ -406,8 +406,10 @@ def _last_problem(exc: BaseException) -> str | None:
     return fallback
 
 
-async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:
-    """End the RPC with `error`'s status and its `ErrorDetail` in the trailing metadata."""
+def abort_status(
+    error: SynapseError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """`error`'s status: its code, its details, and its `ErrorDetail` as trailing metadata."""
     detail = error.detail()
     # A python_error's message already starts with the type.
     details = (
@@ -415,11 +417,17 @@ async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoRet
         if detail.type and not detail.message.startswith(detail.type)
         else detail.message
     )
-    await context.abort(
+    return (
         error.code,
         _head(details, _MAX_STATUS_DETAILS_CHARS),
-        trailing_metadata=((ERROR_METADATA_KEY, detail.SerializeToString()),),
+        ((ERROR_METADATA_KEY, detail.SerializeToString()),),
     )
+
+
+async def abort(context: grpc.aio.ServicerContext, error: SynapseError) -> NoReturn:
+    """End the RPC with `error`'s status and its `ErrorDetail` in the trailing metadata."""
+    code, details, trailing_metadata = abort_status(error)
+    await context.abort(code, details, trailing_metadata=trailing_metadata)
 
 
 def _head(text: str, limit: int) -> str:

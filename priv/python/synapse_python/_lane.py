@@ -24,10 +24,16 @@ What each call keeps from gRPC:
 * a handler's unexpected exception ends its call UNKNOWN, and the connection
   breaking cancels every call on it.
 
-Frames are written in batches: the first frame of a loop iteration goes out at
-once, and the rest of what the iteration produces in one write after it. With a
-bearer token configured, a connection's first frame must be a `hello` carrying
-it, or the connection is closed.
+A method whose behaviour is marked with `answer_at_once` (the Bridge's `on_loop`
+functions: sync code that never waits) is answered in the callback that reads
+its `start`, with no task and no deadline timer: nothing could interrupt it in a
+task either. Its context variables are a copy, as a task's would be.
+
+Frames are written in batches: what the calls of one read answer at once goes
+out in one write after it; otherwise the first frame of a loop iteration goes
+out at once, and the rest of what the iteration produces in one write after it.
+With a bearer token configured, a connection's first frame must be a `hello`
+carrying it, or the connection is closed.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import inspect
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -59,6 +66,20 @@ LaneStatus = lane_pb2.LaneStatus
 
 Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
+
+AtOnce = Callable[[Any, "LaneContext"], Any]
+"""Answers a unary call without waiting: `(request, context)` to the response,
+or to an awaitable of it when it has to wait after all (the rest then runs in a
+task, as any call); fails with `context.fail`, as `abort` would."""
+
+_AT_ONCE = "_synapse_lane_at_once"
+
+
+def answer_at_once(behaviour: Callable[..., Any], at_once: AtOnce) -> None:
+    """Lets the lane answer the calls of a unary method whose behaviour (the
+    `unary_unary` of its handler) is `behaviour` with `at_once` instead, in
+    the callback that reads them; gRPC still calls `behaviour`."""
+    setattr(behaviour, _AT_ONCE, at_once)
 
 
 class LaneServer:
@@ -158,6 +179,15 @@ class _Connection(asyncio.Protocol):
         self._resume()
 
     def data_received(self, data: bytes) -> None:
+        # What the calls answer at once goes out in one write, after them.
+        batching, self._batching = self._batching, True
+        try:
+            self._read(data)
+        finally:
+            if not batching:
+                self._flush()
+
+    def _read(self, data: bytes) -> None:
         buffer = self._buffer
         if buffer:
             # The rest of a frame: parse once it is complete, not at every chunk.
@@ -324,11 +354,31 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self.task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
-        loop = self._connection._loop
+        at_once = getattr(self._handler.unary_unary, _AT_ONCE, None)
+        if at_once is not None:
+            self._answer_at_once(at_once)
+        else:
+            self._arm_deadline()
+            self.task = self._connection._loop.create_task(self._run())
+
+    def _arm_deadline(self) -> None:
         if self._timeout is not None:
+            loop = self._connection._loop
             self._deadline = loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._expire)
-        self.task = loop.create_task(self._run())
+
+    def _answer_at_once(self, at_once: AtOnce) -> None:
+        context = contextvars.copy_context()
+        try:
+            response = context.run(at_once, self._request(), self)
+            if inspect.isawaitable(response):
+                self._arm_deadline()
+                self.task = self._connection._loop.create_task(self._run(response), context=context)
+                return
+            self._respond(response)
+        except (grpc.aio.AbortError, Exception) as exc:
+            self._failed(exc)
+        self._finish()
 
     # ---- what the connection tells the call ----
 
@@ -374,49 +424,67 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     # ---- running the handler ----
 
-    async def _run(self) -> None:
-        handler = self._handler
-        connection = self._connection
+    async def _run(self, pending: Awaitable[Any] | None = None) -> None:
+        """Runs the handler, or awaits the response `pending` of one answered at once."""
         try:
-            if len(self._first) > connection.max_message_bytes:
-                self._set_status(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Received", self._first)
-                )
-                raise grpc.aio.AbortError()
-            if handler.request_streaming:
-                request: Any = self._requests()  # they come in `message` frames
+            if pending is None:
+                await self._call()
             else:
-                request = handler.request_deserializer(self._first)
-            self._first = b""
-            if handler.unary_unary is not None:
-                response = await handler.unary_unary(request, self)
-                self._respond(response)
-            elif handler.stream_unary is not None:
-                response = await handler.stream_unary(request, self)
-                self._respond(response)
+                self._respond(await pending)
+        except (grpc.aio.AbortError, asyncio.CancelledError, Exception) as exc:
+            self._failed(exc)
+        finally:
+            self._finish()
+
+    async def _call(self) -> None:
+        handler = self._handler
+        if handler.request_streaming:
+            first, self._first = self._first, b""
+            if len(first) > self._connection.max_message_bytes:
+                self._refuse(first)
+            request: Any = self._requests()  # they come in `message` frames
+        else:
+            request = self._request()
+        if handler.unary_unary is not None:
+            self._respond(await handler.unary_unary(request, self))
+        elif handler.stream_unary is not None:
+            self._respond(await handler.stream_unary(request, self))
+        else:
+            behaviour = handler.unary_stream or handler.stream_stream
+            produced = behaviour(request, self)
+            if inspect.isasyncgen(produced):
+                async for response in produced:
+                    await self.write(response)
             else:
-                behaviour = handler.unary_stream or handler.stream_stream
-                produced = behaviour(request, self)
-                if inspect.isasyncgen(produced):
-                    async for response in produced:
-                        await self.write(response)
-                else:
-                    await produced
-                self._end()
-        except grpc.aio.AbortError:  # abort(), or a message over the size limit
+                await produced
             self._end()
-        except asyncio.CancelledError:
+
+    def _request(self) -> Any:
+        """The call's one request, read."""
+        first, self._first = self._first, b""
+        if len(first) > self._connection.max_message_bytes:
+            self._refuse(first)
+        return self._handler.request_deserializer(first)
+
+    def _refuse(self, message: bytes) -> NoReturn:
+        """Ends the call: `message` is over the maximum size."""
+        self._set_status(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Received", message))
+        raise grpc.aio.AbortError()
+
+    def _failed(self, exc: BaseException) -> None:
+        """Ends the call as the way its handler failed says."""
+        if isinstance(exc, grpc.aio.AbortError):  # abort(), or a message over the size limit
+            self._end()
+        elif isinstance(exc, asyncio.CancelledError):
             if self._cancel_status is None:
                 self._ended = True  # the client cancelled or left: it expects nothing
             else:
                 self._set_status(*self._cancel_status)
                 self._end()
-        except Exception as exc:
-            logger.exception("%s failed", self._method)
+        else:
+            logger.error("%s failed", self._method, exc_info=exc)
             self._set_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
             self._end()
-        finally:
-            self._finish()
 
     def _respond(self, response: Any) -> None:
         """Sends the one response of a unary method (or its failure)."""
@@ -497,6 +565,15 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         details: str = "",
         trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> NoReturn:
+        self.fail(code, details, trailing_metadata)
+
+    def fail(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> NoReturn:
+        """`abort`, for code that cannot await (an `AtOnce`)."""
         detail = b""
         for key, value in trailing_metadata or ():
             if key == ERROR_METADATA_KEY and isinstance(value, bytes):

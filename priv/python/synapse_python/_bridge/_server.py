@@ -10,7 +10,8 @@ live functions. Each RPC:
 2. calls the function: a sync function in a worker thread (`asyncio.to_thread`,
    so it never blocks the event loop), or directly on the loop when the
    bridge's config marks it `on_loop` (no thread hop, but nothing else runs
-   meanwhile), an `async def` awaited, an async
+   meanwhile; on the lane, such a call is answered as its request is read,
+   with no task: `_lane.answer_at_once`), an `async def` awaited, an async
    generator iterated with each item written as it comes (`context.write`
    waits for flow control: a slow reader slows the generator down);
 3. writes the result, strictly (an int beyond int64 is an error).
@@ -41,7 +42,7 @@ import grpc
 import pydantic
 from google.protobuf.message import Message
 
-from synapse_python import _errors
+from synapse_python import _errors, _lane
 from synapse_python._bridge import _introspect, _proto_gen
 from synapse_python._bridge._codec import (
     Codec,
@@ -157,46 +158,82 @@ class BridgeService:
         call = self._stream if function.kind == "stream" else self._unary
 
         async def handle(request: Message, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await call(function, request, context)
-            except asyncio.CancelledError:
-                logger.info("%s cancelled", self._describe(function))
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except _errors.SynapseError as exc:
-                error = exc
-            except InvalidArguments as exc:
-                logger.info("%s: invalid arguments: %s", self._describe(function), exc)
-                error = _errors.validation_failed(str(exc), exc.errors)
-            except pydantic.ValidationError as exc:
-                errors = validation_errors(exc)
-                logger.info("%s raised %s", self._describe(function), summarize(errors))
-                error = _errors.validation_failed(summarize(errors), errors, cause=exc)
-            except Exception as exc:
-                error = _errors.from_run_exception(exc)
-                logger.exception("%s failed", self._describe(function))
-            await _errors.abort(context, error)
+            return await self._guarded(function, call(function, request, context), context)
 
         handle.__name__ = function.rpc
+        if function.on_loop:
+
+            def at_once(request: Message, context: _lane.LaneContext) -> Any:
+                try:
+                    response = self._call_on_loop(function, request)
+                except Exception as exc:
+                    error = self._error(function, exc)
+                else:
+                    if inspect.isawaitable(response):
+                        return self._guarded(function, response, context)
+                    return response
+                context.fail(*_errors.abort_status(error))
+
+            _lane.answer_at_once(handle, at_once)
         return handle
+
+    async def _guarded(
+        self, function: Function, work: Awaitable[Any], context: grpc.aio.ServicerContext
+    ) -> Any:
+        """What `work` returns; if it raises, the call ends with the error it stands for."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            logger.info("%s cancelled", self._describe(function))
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            error = self._error(function, exc)
+        await _errors.abort(context, error)
+
+    def _error(self, function: Function, exc: Exception) -> _errors.SynapseError:
+        """The error a function's failure stands for (logged)."""
+        if isinstance(exc, _errors.SynapseError):
+            return exc
+        if isinstance(exc, InvalidArguments):
+            logger.info("%s: invalid arguments: %s", self._describe(function), exc)
+            return _errors.validation_failed(str(exc), exc.errors)
+        if isinstance(exc, pydantic.ValidationError):
+            errors = validation_errors(exc)
+            logger.info("%s raised %s", self._describe(function), summarize(errors))
+            return _errors.validation_failed(summarize(errors), errors, cause=exc)
+        error = _errors.from_run_exception(exc)
+        logger.error("%s failed", self._describe(function), exc_info=exc)
+        return error
 
     async def _unary(
         self, function: Function, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
+        if function.on_loop:
+            response = self._call_on_loop(function, request)
+            return await response if inspect.isawaitable(response) else response
         args, kwargs = self._arguments(function, request)
         target = self._functions[function.name]
-        if function.on_loop:
-            result = target(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        elif function.kind == "sync":
+        if function.kind == "sync":
             result = await asyncio.to_thread(target, *args, **kwargs)
             if inspect.isawaitable(result):  # a decorator hid a coroutine function
                 result = await result
         else:
             result = await target(*args, **kwargs)
         return self._codec.write_response(function, result)
+
+    def _call_on_loop(self, function: Function, request: Message) -> Message | Awaitable[Message]:
+        """Calls an `on_loop` function: its response, or an awaitable of it when the
+        function returned one (a decorator hid a coroutine function)."""
+        args, kwargs = self._arguments(function, request)
+        result = self._functions[function.name](*args, **kwargs)
+        if inspect.isawaitable(result):
+            return self._respond_later(function, result)
+        return self._codec.write_response(function, result)
+
+    async def _respond_later(self, function: Function, result: Awaitable[Any]) -> Message:
+        return self._codec.write_response(function, await result)
 
     async def _stream(
         self, function: Function, request: Message, context: grpc.aio.ServicerContext

@@ -2,14 +2,19 @@
 
 The config carries Decimal and UUID as protobuf strings; the Elixir side
 converts `Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
-It marks `on_the_loop` to be called on the worker's event loop.
+It marks the `on_the_loop*` functions to be called on the worker's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
 import uuid
+from collections.abc import Callable, Coroutine
 from decimal import Decimal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -44,6 +49,40 @@ def echo_id(id: uuid.UUID | None, others: list[uuid.UUID] = []) -> list[uuid.UUI
 def on_the_loop() -> str:
     """The name of the thread it runs in (the config says: the event loop's)."""
     return threading.current_thread().name
+
+
+_seen: contextvars.ContextVar[bool] = contextvars.ContextVar("seen", default=False)
+
+
+def on_the_loop_checked(count: Annotated[int, Field(ge=0)], fail: str = "") -> list[int]:
+    """`count` numbers from 0, or a failure: `fail` "value" raises a ValueError,
+    "model" a Pydantic ValidationError. Each call must find a context variable it
+    sets unset: a call has its own context, as a task would."""
+    if _seen.get():
+        raise RuntimeError("a context variable leaked from another call")
+    _seen.set(True)
+    if fail == "value":
+        raise ValueError("no counting today")
+    if fail == "model":
+        Price.model_validate({"amount": "not money"})
+    return list(range(count))
+
+
+def _plain(function: Callable[..., Coroutine[Any, Any, str]]) -> Callable[..., Any]:
+    """Hides a coroutine function behind a plain one, as some decorators do."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return call
+
+
+@_plain
+async def on_the_loop_later(count: int) -> str:
+    """Waits (a plain function on the loop that returns a coroutine), then says so."""
+    await asyncio.sleep(0.01)
+    return f"{count} after waiting in {threading.current_thread().name}"
 
 
 def in_a_thread() -> str:
