@@ -362,6 +362,15 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.output.closed.store(true, Ordering::Release);
         self.output.wake.notify_one();
+        // Calls made with `Lane::call` do not hold the connection: one let go
+        // of with calls still waiting (`Lane::close` without
+        // `Lane::abandon`) fails them, as a broken one would.
+        let calls = self.calls.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (_, route) in calls.routes.drain() {
+            if let Route::Answer(answer, _) = route {
+                answer.answer(Outcome::Failed(transport_failure("the lane was closed")));
+            }
+        }
     }
 }
 
@@ -1171,6 +1180,18 @@ mod tests {
         for mut told in [short, long, outcome] {
             assert_eq!(told.recv().await, None);
         }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_waiting_on_a_connection_let_go_of_is_answered() {
+        let (lane, listener, dir) = lane(None).await;
+        let (answer, mut outcome) = told();
+        let _ticket = lane.call("/p.S/M", vec![], None, answer).ok().unwrap();
+        let mut peer = accept(&listener).await;
+        let _ = peer.next().await;
+        lane.close();
+        assert_eq!(outcome.recv().await, Some("broken"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
