@@ -1,0 +1,124 @@
+# Where a call's CPU goes: the BEAM's and the worker's, per call, for the
+# paths of bench/lane.exs (run_sync on a minimal agent, a Bridge `add` in a
+# thread or on the worker's loop), with no baseline:
+#
+#   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
+#     MIX_ENV=prod SYNAPSE_NATIVE_PROFILE=release \
+#     mix run bench/split.exs [--path run|thread|on_loop] [--concurrency C] \
+#       [--calls N] [--rounds R] [--transport lane|grpc]
+#
+# Prints one line per round: wall time per call, then the CPU time per call
+# of this VM and of the worker process, from /proc (clock ticks of 10 ms: a
+# round of N calls reads to within 10 ms ÷ N per call). Made for A/B
+# comparisons of two builds run alternately on the same machine, where a
+# difference in a few µs matters and a contender's own baseline does not.
+{opts, _} =
+  OptionParser.parse!(System.argv(),
+    strict: [
+      path: :string,
+      concurrency: :integer,
+      calls: :integer,
+      rounds: :integer,
+      transport: :string
+    ]
+  )
+
+path = Keyword.get(opts, :path, "on_loop")
+concurrency = Keyword.get(opts, :concurrency, 1)
+rounds = Keyword.get(opts, :rounds, 3)
+
+transport =
+  case Keyword.get(opts, :transport, "lane") do
+    "lane" -> :lane
+    "grpc" -> :grpc
+  end
+
+calls = Keyword.get(opts, :calls, if(path == "run", do: 2_000, else: 20_000))
+
+Logger.configure(level: :error)
+{:ok, _} = Application.ensure_all_started(:synapse_core)
+here = Path.expand("python", __DIR__)
+dir = Path.join(System.tmp_dir!(), "synapse-split-#{System.pid()}")
+
+call =
+  case path do
+    "run" ->
+      {:ok, _} =
+        SynapseCore.start_agent(
+          name: :split,
+          agent: "lane_bench:agent",
+          python_path: [here],
+          health_interval: :infinity,
+          transport: transport
+        )
+
+      fn -> {:ok, _} = SynapseCore.Agent.run_sync(:split, "hello") end
+
+    how when how in ["thread", "on_loop"] ->
+      File.mkdir_p!(dir)
+      config = Path.join(dir, "bridge.json")
+      options = if how == "on_loop", do: %{"on_loop" => true}, else: %{}
+
+      {:ok, json} =
+        SynapseCore.JSON.encode(%{"module" => "lane_bench", "functions" => %{"add" => options}})
+
+      File.write!(config, json)
+
+      {:ok, files} =
+        Mix.Tasks.Synapse.Gen.Bridge.generate(nil,
+          config: config,
+          python_path: here,
+          elixir_module: "SplitBench",
+          lib: Path.join(dir, "lib"),
+          out: Path.join(dir, "priv")
+        )
+
+      files |> Enum.filter(&String.ends_with?(&1, ".ex")) |> Enum.each(&Code.compile_file/1)
+
+      {:ok, _} =
+        SynapseCore.Bridge.start_link(
+          name: :split,
+          module: "lane_bench",
+          python_path: [Path.join(dir, "priv"), here],
+          health_interval: :infinity,
+          transport: transport
+        )
+
+      client = SplitBench
+      fn -> {:ok, 42} = client.add(:split, 20, 22) end
+  end
+
+[worker] = :split |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid)
+
+# User and system CPU time of an OS process, in µs (clock ticks of 10 ms).
+cpu_us = fn pid ->
+  [_, after_name] = String.split(File.read!("/proc/#{pid}/stat"), ") ", parts: 2)
+  fields = String.split(after_name, " ")
+  (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
+end
+
+run = fn n ->
+  1..concurrency
+  |> Enum.map(fn _ -> Task.async(fn -> for _ <- 1..div(n, concurrency), do: call.() end) end)
+  |> Task.await_many(:infinity)
+end
+
+# Warm-up: the first calls load modules and fill caches on both sides.
+run.(div(calls, 10))
+
+for _ <- 1..rounds do
+  beam = cpu_us.(System.pid())
+  python = cpu_us.(worker)
+  started = System.monotonic_time(:microsecond)
+  run.(calls)
+  wall = System.monotonic_time(:microsecond) - started
+  per_call = fn us -> Float.round(us / calls, 1) end
+
+  IO.puts(
+    "#{path} c=#{concurrency} (#{transport}): wall #{per_call.(wall)} µs/call; " <>
+      "CPU per call: BEAM #{per_call.(cpu_us.(System.pid()) - beam)} µs, " <>
+      "worker #{per_call.(cpu_us.(worker) - python)} µs"
+  )
+end
+
+File.rm_rf!(dir)
