@@ -283,7 +283,7 @@ impl Ticket {
     /// and its answer [`Outcome::Cancelled`], on this thread.
     pub fn cancel(&self) {
         if let Some(connection) = self.connection.upgrade() {
-            connection.withdraw(self.id, Outcome::Cancelled);
+            connection.withdraw(self.id, || Outcome::Cancelled);
         }
     }
 }
@@ -314,15 +314,19 @@ struct Calls {
 }
 
 impl Calls {
+    /// Takes the route of call `id`, and its deadline with it.
+    fn remove(&mut self, id: u64) -> Option<Route> {
+        let route = self.routes.remove(&id);
+        if let Some(Route::Answer(_, Some(at))) = &route {
+            self.deadlines.remove(&(*at, id));
+        }
+        route
+    }
+
     /// Takes the route of call `id` if it is one made with [`Lane::call`].
     fn take_answer(&mut self, id: u64) -> Option<Box<dyn Answer>> {
-        match self.routes.remove(&id) {
-            Some(Route::Answer(answer, deadline)) => {
-                if let Some(at) = deadline {
-                    self.deadlines.remove(&(at, id));
-                }
-                Some(answer)
-            }
+        match self.remove(id) {
+            Some(Route::Answer(answer, _)) => Some(answer),
             Some(other) => {
                 self.routes.insert(id, other);
                 None
@@ -452,11 +456,21 @@ impl Connection {
 
     /// Ends call `id`, made with [`Lane::call`], with `outcome` if it is
     /// still waiting, and tells the worker `cancel`.
-    fn withdraw(&self, id: u64, outcome: Outcome) {
+    fn withdraw(&self, id: u64, outcome: fn() -> Outcome) {
         let answer = self.lock().take_answer(id);
-        if let Some(answer) = answer {
+        self.end(answer.map(|answer| (id, answer)), outcome);
+    }
+
+    /// Ends calls taken out of the table (outside its lock): the worker is
+    /// told `cancel`, and each answer `outcome`.
+    fn end(
+        &self,
+        ended: impl IntoIterator<Item = (u64, Box<dyn Answer>)>,
+        outcome: fn() -> Outcome,
+    ) {
+        for (id, answer) in ended {
             self.send(id, lane_frame::Body::Cancel(true));
-            answer.answer(outcome);
+            answer.answer(outcome());
         }
     }
 
@@ -474,10 +488,7 @@ impl Connection {
                 .filter_map(|id| calls.take_answer(id).map(|answer| (id, answer)))
                 .collect()
         };
-        for (id, answer) in answers {
-            self.send(id, lane_frame::Body::Cancel(true));
-            answer.answer(Outcome::Abandoned);
-        }
+        self.end(answers, || Outcome::Abandoned);
     }
 
     /// Ends the calls whose deadline has passed; returns when the timer
@@ -498,10 +509,7 @@ impl Connection {
             calls.armed = calls.deadlines.first().map(|&(at, _)| at);
             (expired, calls.armed)
         };
-        for (id, answer) in expired {
-            self.send(id, lane_frame::Body::Cancel(true));
-            answer.answer(Outcome::Expired);
-        }
+        self.end(expired, || Outcome::Expired);
         next
     }
 
@@ -554,7 +562,7 @@ impl Connection {
                 },
                 lane_frame::Body::Status(status) => {
                     let status = status_from(status);
-                    match calls.routes.remove(&id) {
+                    match calls.remove(id) {
                         Some(Route::Stream(events)) => {
                             let end = if status.code() == Code::Ok {
                                 Ok(())
@@ -564,10 +572,7 @@ impl Connection {
                             let _ = events.send(Event::End(end));
                             None
                         }
-                        Some(Route::Answer(answer, deadline)) => {
-                            if let Some(at) = deadline {
-                                calls.deadlines.remove(&(at, id));
-                            }
+                        Some(Route::Answer(answer, _)) => {
                             // A unary call must end with its response.
                             let failure = if status.code() == Code::Ok {
                                 Status::internal("the worker ended a unary call without a response")
@@ -663,7 +668,8 @@ impl Unary {
     pub async fn answer(mut self) -> Result<Bytes, Status> {
         (&mut self.answer)
             .await
-            .unwrap_or_else(|_| Err(Status::internal("the lane dropped the call")))
+            // Every route is answered; a lost one reads as the lane closing.
+            .unwrap_or_else(|_| Err(transport_failure("the lane closed")))
     }
 }
 

@@ -293,10 +293,9 @@ where
     let caller = env.pid();
     let handle = self::handle(env, &[caller], 0, None);
     let reply = Reply::new(caller, tag, Style::Unary);
-    let target = channel.clone();
-    if let Some(lane) = target.worker.lane() {
+    if let Some(lane) = channel.worker.lane() {
         on_lane(
-            channel,
+            channel.clone(),
             lane,
             &handle,
             reply,

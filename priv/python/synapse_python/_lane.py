@@ -376,7 +376,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 self.task = self._connection._loop.create_task(self._run(response), context=context)
                 return
             self._respond(response)
-        except (grpc.aio.AbortError, Exception) as exc:
+        except Exception as exc:  # abort(), a failure: `_failed` tells them apart
             self._failed(exc)
         self._finish()
 
@@ -431,7 +431,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 await self._call()
             else:
                 self._respond(await pending)
-        except (grpc.aio.AbortError, asyncio.CancelledError, Exception) as exc:
+        except (asyncio.CancelledError, Exception) as exc:
             self._failed(exc)
         finally:
             self._finish()
