@@ -147,37 +147,34 @@ impl Lane {
         Ok(Responses::new(call, receiver))
     }
 
-    /// Calls a method whose requests and responses both stream: the
-    /// requests are sent as `requests` yields them, then the call is
-    /// half-closed.
+    /// Calls a method whose requests and responses both stream, now, on
+    /// the calling thread (within a tokio runtime's context): the `start`
+    /// frame and the `first` request go out in one write. Later requests
+    /// are sent with the returned [`Requests`], from any thread; the call
+    /// is half-closed when the last of its clones is dropped.
     pub fn streaming(
         &self,
         method: &str,
-        mut requests: mpsc::UnboundedReceiver<Vec<u8>>,
+        first: Vec<u8>,
         timeout: Option<Duration>,
-    ) -> Result<Responses, Status> {
+    ) -> Result<(Requests, Responses), Status> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let call = self.open(method, Vec::new(), timeout, WINDOW, Route::Stream(events))?;
-        let (connection, id) = (call.connection.clone(), call.id);
-        let (ended, mut ended_signal) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    request = requests.recv() => match request {
-                        Some(message) => connection.send(id, lane_frame::Body::Message(message)),
-                        None => {
-                            connection.send(id, lane_frame::Body::HalfClose(true));
-                            return;
-                        }
-                    },
-                    // The call is over: nobody reads its responses any more.
-                    _ = &mut ended_signal => return,
-                }
-            }
-        });
-        let mut responses = Responses::new(call, receiver);
-        responses.ended = Some(ended);
-        Ok(responses)
+        let connection = self.connection();
+        let id = connection.register(Route::Stream(events))?;
+        connection.send_frames([
+            (id, start(method, Vec::new(), timeout, WINDOW)),
+            (id, lane_frame::Body::Message(first)),
+        ]);
+        let requests = Requests(Arc::new(Writer {
+            connection: Arc::downgrade(&connection),
+            id,
+        }));
+        let call = Open {
+            connection,
+            id,
+            done: false,
+        };
+        Ok((requests, Responses::new(call, receiver)))
     }
 
     fn open(
@@ -517,16 +514,34 @@ impl Connection {
     /// frames waiting before it. A write that fails breaks the connection,
     /// which the reader reports to every call.
     fn send(&self, call: u64, body: lane_frame::Body) {
-        let frame = LaneFrame {
-            call,
-            body: Some(body),
-        };
-        let length = frame.encoded_len();
-        let mut bytes = Vec::with_capacity(4 + length);
-        // Frames are bounded by the maximum message size, far below 4 GiB.
-        bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
-        frame.encode_raw(&mut bytes);
+        self.send_frames([(call, body)]);
+    }
+
+    /// Writes frames, in order, as one write.
+    fn send_frames(&self, frames: impl IntoIterator<Item = (u64, lane_frame::Body)>) {
+        let mut bytes = Vec::new();
+        for (call, body) in frames {
+            let frame = LaneFrame {
+                call,
+                body: Some(body),
+            };
+            let length = frame.encoded_len();
+            bytes.reserve(4 + length);
+            // Frames are bounded by the maximum message size, far below 4 GiB.
+            bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+            frame.encode_raw(&mut bytes);
+        }
         self.output.send(&bytes);
+    }
+
+    /// Writes a frame of call `id` if the call is still on: false when it
+    /// ended (its frame would reach nobody).
+    fn send_if_on(&self, id: u64, body: lane_frame::Body) -> bool {
+        let on = self.lock().routes.contains_key(&id);
+        if on {
+            self.send(id, body);
+        }
+        on
     }
 
     /// The call is over on this side: forget it, and tell the worker.
@@ -703,8 +718,6 @@ pub struct Responses {
     events: mpsc::UnboundedReceiver<Event>,
     /// Responses read since credit was last given back.
     taken: u32,
-    /// Ends the request forwarder of a call whose requests stream.
-    ended: Option<oneshot::Sender<()>>,
 }
 
 impl Responses {
@@ -713,7 +726,6 @@ impl Responses {
             call,
             events,
             taken: 0,
-            ended: None,
         }
     }
 
@@ -735,7 +747,6 @@ impl Responses {
             }
             Some(Event::End(end)) => {
                 self.call.done = true;
-                self.ended.take();
                 end.map(|()| None)
             }
             None => {
@@ -743,6 +754,40 @@ impl Responses {
                 Err(self.call.connection.failure())
             }
         }
+    }
+}
+
+/// The requests of a call whose requests stream ([`Lane::streaming`]):
+/// each is written by the thread that sends it, with no task in between.
+/// Dropping the last clone half-closes the call.
+#[derive(Clone)]
+pub struct Requests(Arc<Writer>);
+
+impl Requests {
+    /// Sends a request; false when the call is over (nobody would read it).
+    pub fn send(&self, message: Vec<u8>) -> bool {
+        self.0.send(lane_frame::Body::Message(message))
+    }
+}
+
+struct Writer {
+    /// Weak: a `Requests` kept after its call ended (by a caller that holds
+    /// on to it) does not keep a connection the lane let go of open.
+    connection: Weak<Connection>,
+    id: u64,
+}
+
+impl Writer {
+    fn send(&self, body: lane_frame::Body) -> bool {
+        self.connection
+            .upgrade()
+            .is_some_and(|connection| connection.send_if_on(self.id, body))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.send(lane_frame::Body::HalfClose(true));
     }
 }
 
@@ -1204,9 +1249,8 @@ mod tests {
     #[tokio::test]
     async fn streamed_responses_give_credit_back_as_they_are_read() {
         let (lane, listener, dir) = lane(None).await;
-        let (requests, receiver) = mpsc::unbounded_channel();
+        let (requests, mut responses) = lane.streaming("/p.S/Bidi", b"one".to_vec(), None).unwrap();
         let call = tokio::spawn(async move {
-            let mut responses = lane.streaming("/p.S/Bidi", receiver, None)?;
             let mut got = vec![];
             while let Some(message) = responses.message().await? {
                 got.push(message);
@@ -1218,11 +1262,16 @@ mod tests {
         let id = frame.call;
         assert_eq!(start_of(&frame).credit, WINDOW);
         assert!(start_of(&frame).message.is_empty());
-        requests.send(b"one".to_vec()).unwrap();
         assert_eq!(
             peer.next().await.body,
             Some(lane_frame::Body::Message(b"one".to_vec()))
         );
+        assert!(requests.clone().send(b"two".to_vec()));
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::Message(b"two".to_vec()))
+        );
+        // The last clone gone, the requests end.
         drop(requests);
         assert_eq!(
             peer.next().await.body,
@@ -1248,6 +1297,31 @@ mod tests {
         )
         .await;
         assert_eq!(call.await.unwrap().unwrap().len(), WINDOW as usize);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_after_its_call_ended_goes_nowhere() {
+        let (lane, listener, dir) = lane(None).await;
+        let (requests, mut responses) = lane.streaming("/p.S/Bidi", b"one".to_vec(), None).unwrap();
+        let mut peer = accept(&listener).await;
+        let id = peer.next().await.call;
+        let _first = peer.next().await;
+        peer.send(
+            id,
+            lane_frame::Body::Status(LaneStatus {
+                code: 0,
+                ..Default::default()
+            }),
+        )
+        .await;
+        assert!(responses.message().await.unwrap().is_none());
+        assert!(!requests.send(b"late".to_vec()));
+        // Nor is the end of its requests told: the next frame is the next call's.
+        drop(requests);
+        let _next = lane.streaming("/p.S/Other", b"two".to_vec(), None).unwrap();
+        let frame = peer.next().await;
+        assert_eq!(start_of(&frame).method, "/p.S/Other");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -133,23 +133,40 @@ impl Worker {
         }
     }
 
-    /// Calls a method whose requests and responses both stream; the
-    /// requests end when every sender of `requests` is gone.
-    pub async fn streaming(
+    /// Calls a method whose requests and responses both stream, `first`
+    /// being its first request; later ones go with the returned
+    /// [`Requests`], and the requests end when every clone of it is gone.
+    /// On the lane the call and `first` are sent now, by the calling thread
+    /// (which must be within a tokio runtime's context), and later requests
+    /// are written by the threads that send them; over gRPC the call starts
+    /// when the future is first polled.
+    pub fn streaming(
         &self,
         method: &str,
-        requests: mpsc::UnboundedReceiver<Vec<u8>>,
+        first: Vec<u8>,
         deadline: Option<Duration>,
-    ) -> Result<Responses, Status> {
+    ) -> (Requests, Opening) {
         match &self.lane {
-            Some(lane) => Ok(Responses::Lane(lane.streaming(method, requests, deadline)?)),
+            Some(lane) => match lane.streaming(method, first, deadline) {
+                Ok((requests, responses)) => (
+                    Requests::Lane(requests),
+                    Box::pin(std::future::ready(Ok(Responses::Lane(responses)))),
+                ),
+                Err(status) => (Requests::Refused, Box::pin(std::future::ready(Err(status)))),
+            },
             None => {
-                let mut grpc = ready(self.grpc.clone()).await?;
-                let requests = UnboundedReceiverStream::new(requests);
-                let response = grpc
-                    .streaming(self.request(requests, deadline), path(method)?, RawCodec)
-                    .await?;
-                Ok(Responses::Grpc(response.into_inner()))
+                let (sender, receiver) = mpsc::unbounded_channel();
+                // The receiver is still here: this cannot fail.
+                let _ = sender.send(first);
+                let grpc = self.grpc.clone();
+                let request = self.request(UnboundedReceiverStream::new(receiver), deadline);
+                let path = path(method);
+                let responses = Box::pin(async move {
+                    let mut grpc = ready(grpc).await?;
+                    let response = grpc.streaming(request, path?, RawCodec).await?;
+                    Ok(Responses::Grpc(response.into_inner()))
+                });
+                (Requests::Grpc(sender), responses)
             }
         }
     }
@@ -165,6 +182,30 @@ impl Worker {
                 .insert("authorization", authorization.clone());
         }
         request
+    }
+}
+
+/// The responses of a call made with [`Worker::streaming`], once it is open.
+pub type Opening = Pin<Box<dyn Future<Output = Result<Responses, Status>> + Send + 'static>>;
+
+/// The requests of a call made with [`Worker::streaming`], sent from any
+/// thread, in order.
+#[derive(Clone)]
+pub enum Requests {
+    Grpc(mpsc::UnboundedSender<Vec<u8>>),
+    Lane(lane::Requests),
+    /// The call could not start: nothing is sent.
+    Refused,
+}
+
+impl Requests {
+    /// Sends a request; false when the call is over (nobody would read it).
+    pub fn send(&self, message: Vec<u8>) -> bool {
+        match self {
+            Self::Grpc(sender) => sender.send(message).is_ok(),
+            Self::Lane(requests) => requests.send(message),
+            Self::Refused => false,
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, Resour
 use synapse_client::error::{is_transport_failure, tls_failure};
 use synapse_client::lane::{self, Lane, Outcome, Ticket};
 use synapse_client::proto::{run_input, Cancel, RunInput};
+use synapse_client::worker::Requests;
 use synapse_client::Error;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -59,8 +59,8 @@ pub struct CallHandle {
     /// How often, and how long, the stream waited for credit.
     pub waits: Arc<Waits>,
     /// The request side of a streaming run, for tool results (serialized
-    /// `RunInput`s).
-    pub inputs: Option<UnboundedSender<Vec<u8>>>,
+    /// `RunInput`s); set as the run starts (see [`CallHandle::set_inputs`]).
+    inputs: OnceLock<Requests>,
     /// The largest message the call may send.
     pub max_message_bytes: usize,
     /// A unary call on the lane, which no task of its own waits for: its
@@ -87,13 +87,20 @@ impl CallHandle {
     /// Sends `input` to a run on the `Run` stream: false when the call has
     /// no input (not a stream) or is over (then nobody waits for it).
     pub fn send_input(&self, input: run_input::Input) -> bool {
-        self.inputs.as_ref().is_some_and(|inputs| {
-            inputs
-                .send(prost::Message::encode_to_vec(&RunInput {
-                    input: Some(input),
-                }))
-                .is_ok()
+        self.inputs.get().is_some_and(|inputs| {
+            inputs.send(prost::Message::encode_to_vec(&RunInput {
+                input: Some(input),
+            }))
         })
+    }
+
+    /// Gives a streaming run its request side: what [`send_input`] sends
+    /// on. Set once, by the NIF that starts the run, before the caller has
+    /// the handle.
+    ///
+    /// [`send_input`]: CallHandle::send_input
+    pub fn set_inputs(&self, inputs: Requests) {
+        let _ = self.inputs.set(inputs);
     }
 
     pub fn cancel(&self) {
@@ -193,13 +200,8 @@ pub fn fits<M: prost::Message>(message: M, max_message_bytes: usize) -> Result<M
 }
 
 /// A new handle whose call is cancelled if any of `owners` exits.
-pub fn handle(
-    env: Env<'_>,
-    owners: &[LocalPid],
-    credit: usize,
-    inputs: Option<UnboundedSender<Vec<u8>>>,
-) -> ResourceArc<CallHandle> {
-    with_limit(env, owners, credit, inputs, usize::MAX)
+pub fn handle(env: Env<'_>, owners: &[LocalPid], credit: usize) -> ResourceArc<CallHandle> {
+    with_limit(env, owners, credit, usize::MAX)
 }
 
 /// [`handle`] for a call that sends more messages after its start (tool
@@ -208,7 +210,6 @@ pub fn with_limit(
     env: Env<'_>,
     owners: &[LocalPid],
     credit: usize,
-    inputs: Option<UnboundedSender<Vec<u8>>>,
     max_message_bytes: usize,
 ) -> ResourceArc<CallHandle> {
     let handle = ResourceArc::new(CallHandle {
@@ -216,7 +217,7 @@ pub fn with_limit(
         stop: CancellationToken::new(),
         credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
         waits: Arc::default(),
-        inputs,
+        inputs: OnceLock::new(),
         max_message_bytes,
         lane: OnceLock::new(),
     });
@@ -291,7 +292,7 @@ where
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     let caller = env.pid();
-    let handle = self::handle(env, &[caller], 0, None);
+    let handle = self::handle(env, &[caller], 0);
     let reply = Reply::new(caller, tag, Style::Unary);
     if let Some(lane) = channel.worker.lane() {
         on_lane(
@@ -502,7 +503,7 @@ where
 {
     let timeout = decode_timeout(timeout)?;
     let caller = env.pid();
-    let handle = self::handle(env, &[caller], decode_window(window)?, None);
+    let handle = self::handle(env, &[caller], decode_window(window)?);
     let reply = Reply::new(caller, tag, Style::Stream);
     let mut events = reply.events();
     let credit = handle.credit.clone();

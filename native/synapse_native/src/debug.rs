@@ -18,7 +18,7 @@ fn debug_panic<'a>(env: Env<'a>, place: Atom, tag: Term<'a>) -> Atom {
     if place == atoms::nif() {
         panic!("debug_panic in the NIF");
     }
-    let handle = call::handle(env, &[env.pid()], 0, None);
+    let handle = call::handle(env, &[env.pid()], 0);
     let reply = Reply::new(env.pid(), tag, Style::Unary);
     RUNTIME.spawn(async move {
         let _keep = handle;

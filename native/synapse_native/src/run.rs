@@ -2,6 +2,7 @@
 //! `run_stream/3` (events, then one final message).
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
+use std::future::Future;
 use std::time::Duration;
 
 use synapse_client::proto::{
@@ -9,7 +10,9 @@ use synapse_client::proto::{
     ApprovalDecision, ApprovalRequest, Denied, RunEvent, RunInput, RunRequest, RunResult, ToolDef,
     ToolRequest, ToolResult, Usage,
 };
-use tokio::sync::mpsc;
+use synapse_client::worker::Requests;
+use synapse_client::Responses;
+use tonic::Status;
 
 use crate::approval;
 use crate::atoms;
@@ -313,37 +316,43 @@ fn start_stream<'a>(
             owners.push(pid);
         }
     }
-    // The request stream: the start request, then tool results until the
-    // run ends.
-    let (inputs, requests) = mpsc::unbounded_channel();
-    let start = RunInput {
-        input: Some(run_input::Input::Start(request)),
-    };
-    let handle = call::with_limit(
-        env,
-        &owners,
-        window,
-        Some(inputs.clone()),
-        channel.max_message_bytes,
-    );
+    let handle = call::with_limit(env, &owners, window, channel.max_message_bytes);
     let mut reply = Reply::new(options.receiver, tag, style);
     let runner = options
         .runner
         .map(|pid| reply.with_runner(pid, usage_of_result));
-    let relay = Relay {
-        events: reply.events(),
-        runner,
-        inputs,
-        credit: handle.credit.clone(),
-        waits: handle.waits.clone(),
-    };
+    let events = reply.events();
+    let credit = handle.credit.clone();
+    let waits = handle.waits.clone();
+    let inputs_of = handle.clone();
     let target = channel.clone();
+    // The request stream: the start request, then tool results until the
+    // run ends. It opens on this thread (on the lane, the start is on its
+    // way before the NIF returns); tool results are sent by the threads
+    // that call `run_tool_result`.
+    let start = prost::Message::encode_to_vec(&RunInput {
+        input: Some(run_input::Input::Start(request)),
+    });
     call::spawn(
         channel,
         &handle,
         reply,
         timeout,
-        move |deadline| stream(target, start, requests, deadline, relay),
+        move |deadline| {
+            let (inputs, responses) =
+                target
+                    .worker
+                    .streaming(methods::AGENT_SERVICE_RUN, start, deadline);
+            inputs_of.set_inputs(inputs.clone());
+            let relay = Relay {
+                events,
+                runner,
+                inputs,
+                credit,
+                waits,
+            };
+            stream(responses, relay)
+        },
         encode_result,
     );
     Ok(Ok(handle))
@@ -354,7 +363,7 @@ struct Relay {
     events: Events,
     runner: Option<Runner>,
     /// To answer tool requests nobody can execute.
-    inputs: mpsc::UnboundedSender<Vec<u8>>,
+    inputs: Requests,
     credit: std::sync::Arc<tokio::sync::Semaphore>,
     waits: std::sync::Arc<call::Waits>,
 }
@@ -363,18 +372,10 @@ struct Relay {
 /// stops reading, so flow control (HTTP/2's, or the lane's credit) slows the
 /// worker down instead of events piling up in the receiver's mailbox.
 async fn stream(
-    channel: ResourceArc<ChannelResource>,
-    start: RunInput,
-    requests: mpsc::UnboundedReceiver<Vec<u8>>,
-    deadline: Option<std::time::Duration>,
+    responses: impl Future<Output = Result<Responses, Status>>,
     mut relay: Relay,
 ) -> Result<RunResult, CallError> {
-    // The receiving end lives as long as `requests`.
-    let _ = relay.inputs.send(prost::Message::encode_to_vec(&start));
-    let mut responses = channel
-        .worker
-        .streaming(methods::AGENT_SERVICE_RUN, requests, deadline)
-        .await?;
+    let mut responses = responses.await?;
     loop {
         call::take_credit(&relay.credit, &relay.waits).await?;
         let event = responses.message().await?.ok_or_else(|| {
