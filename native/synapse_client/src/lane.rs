@@ -1023,6 +1023,14 @@ mod tests {
         }
     }
 
+    /// A call's end, with no error.
+    fn ok_status() -> lane_frame::Body {
+        lane_frame::Body::Status(LaneStatus {
+            code: 0,
+            ..Default::default()
+        })
+    }
+
     fn start_of(frame: &LaneFrame) -> &LaneStart {
         match &frame.body {
             Some(lane_frame::Body::Start(start)) => start,
@@ -1288,14 +1296,7 @@ mod tests {
                 Some(lane_frame::Body::Credit(WINDOW / 2))
             );
         }
-        peer.send(
-            id,
-            lane_frame::Body::Status(LaneStatus {
-                code: 0,
-                ..Default::default()
-            }),
-        )
-        .await;
+        peer.send(id, ok_status()).await;
         assert_eq!(call.await.unwrap().unwrap().len(), WINDOW as usize);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -1307,14 +1308,7 @@ mod tests {
         let mut peer = accept(&listener).await;
         let id = peer.next().await.call;
         let _first = peer.next().await;
-        peer.send(
-            id,
-            lane_frame::Body::Status(LaneStatus {
-                code: 0,
-                ..Default::default()
-            }),
-        )
-        .await;
+        peer.send(id, ok_status()).await;
         assert!(responses.message().await.unwrap().is_none());
         assert!(!requests.send(b"late".to_vec()));
         // Nor is the end of its requests told: the next frame is the next call's.
