@@ -169,7 +169,7 @@ async def test_awkward_names_and_deep_nesting(
 
 async def test_every_function_is_covered() -> None:
     called = {name for name, _ in CASES}
-    special = {"overflow", "fail", "count_up", "people", "slow", "slow_stream"}
+    special = {"overflow", "fail", "count_up", "people", "slow", "slow_stream", "wait"}
     exported = {
         f for f, v in vars(bt).items() if inspect.isfunction(v) and v.__module__ == bt.__name__
     }
@@ -300,6 +300,18 @@ async def test_a_cancelled_call_cancels_the_function(client: BridgeClient) -> No
         await client.call("slow", seconds=30, tag="deadline", deadline=0.3)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await _eventually(lambda: "deadline" in bt.CANCELLED)
+
+
+async def test_a_sync_function_outliving_its_call_is_a_stuck_thread_of_the_worker(
+    client: BridgeClient, worker: tuple[Worker, str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.call("wait", seconds=1.0, deadline=0.2)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await _eventually(lambda: worker[0].stuck_threads == 1)
+    # It returns at last; its result goes nowhere, and its thread is free.
+    await _eventually(lambda: worker[0].stuck_threads == 0)
+    assert await client.call("wait", seconds=0.0) == 0.0
 
 
 async def test_a_cancelled_stream_closes_the_generator(client: BridgeClient) -> None:

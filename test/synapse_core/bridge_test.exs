@@ -106,8 +106,8 @@ defmodule SynapseCore.BridgeTest do
 
   test "every function of the fixtures has a case", %{bridges: bridges} do
     {:ok, cases} = @cases |> File.read!() |> SynapseCore.JSON.decode()
-    # slow*, fail and overflow have tests of their own.
-    untested = ~w(slow slow_stream fail overflow)
+    # slow*, wait, fail and overflow have tests of their own.
+    untested = ~w(slow slow_stream wait fail overflow)
 
     for {module, bridge} <- bridges do
       called = cases[module] |> Enum.map(& &1["function"]) |> MapSet.new()
@@ -165,6 +165,15 @@ defmodule SynapseCore.BridgeTest do
     assert_raise ArgumentError, ~r/unknown option :colour for a bridge stream/, fn ->
       types(:people, [name, ["x"], [colour: :red]]) |> Enum.to_list()
     end
+  end
+
+  test "a sync function still running when its call times out holds up no other call", %{
+    name: name
+  } do
+    assert {:error, %Error{kind: :timeout}} = types(:wait, [name, 1.0, [timeout: 200]])
+    # The first one's thread is still blocked: this one runs in another.
+    assert {:ok, waited} = types(:wait, [name, 0.0])
+    assert waited == 0.0
   end
 
   test "a stream is lazy and can be halted early", %{name: name} do

@@ -1,21 +1,30 @@
-"""The threads a worker runs sync tools (and other sync callbacks of pydantic-ai) in.
+"""The threads a worker runs sync user code in: tools, Bridge functions, pydantic-ai callbacks.
 
-pydantic-ai runs a plain `def` tool in a thread. When its run ends first (its
-deadline passed, it was cancelled), the run stops waiting, but Python cannot
-stop a thread: the tool goes on until it returns, forever if it never does.
-`ToolThreads` is the executor the worker gives pydantic-ai
-(`Agent.using_thread_executor`) so that such threads are bounded and counted:
+pydantic-ai runs a plain `def` tool in a thread, and the Bridge a plain `def`
+function. When the call that waits for it ends first (its deadline passed, it
+was cancelled), it stops waiting, but Python cannot stop a thread: the
+function goes on until it returns, forever if it never does. `SyncThreads`
+holds these threads so that they are bounded and counted:
 
-* at most `max_threads` threads run callbacks; more calls wait for one;
-* a thread whose call was abandoned by its run while still running is *stuck*
-  until it returns; `on_stuck` hears of every change of their number, from
-  whichever thread it happens in;
+* at most `max_threads` threads run functions; more calls wait for one;
+* a thread whose call was abandoned while still running is *stuck* until it
+  returns; `on_stuck` hears of every change of their number, from whichever
+  thread it happens in;
 * its threads are daemon threads: a stuck one never keeps the worker from
   exiting.
+
+It is the executor the worker gives pydantic-ai (`Agent.using_thread_executor`),
+and coroutines await a function in it with `run` (the Bridge's sync functions),
+which hands the outcome back to the event loop in one `call_soon_threadsafe`:
+no `concurrent.futures.Future` chained to an asyncio one, as
+`asyncio.to_thread` does, whose callbacks and locks cost more CPU than the
+hop itself, most of all with many calls in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -28,13 +37,11 @@ DEFAULT_MAX_THREADS = 40
 _IDLE_TIMEOUT = 60.0
 """Seconds an idle thread waits for work before it ends."""
 
-_Work = tuple["_ToolFuture", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
 
 class _ToolFuture(Future):  # type: ignore[type-arg]
-    """A call's future; cancelling it while it runs abandons its thread (see `ToolThreads`)."""
+    """A submitted call's future; cancelling it while it runs abandons its thread."""
 
-    def __init__(self, threads: ToolThreads) -> None:
+    def __init__(self, threads: SyncThreads) -> None:
         super().__init__()
         self._threads = threads
         self.abandoned = False
@@ -46,7 +53,34 @@ class _ToolFuture(Future):  # type: ignore[type-arg]
         return False
 
 
-class ToolThreads(Executor):
+class _Call:
+    """A call awaited by a coroutine (`SyncThreads.run`); its flags change under the pool's lock."""
+
+    __slots__ = ("abandoned", "args", "context", "fn", "kwargs", "loop", "running", "waiter")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.loop = loop
+        self.waiter: asyncio.Future[Any] = loop.create_future()
+        # The caller's context variables, as `asyncio.to_thread` gives them.
+        self.context = contextvars.copy_context()
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.running = False
+        # Its coroutine no longer waits: it is not run, or, if running, stuck.
+        self.abandoned = False
+
+
+_Work = tuple[_ToolFuture, Callable[..., Any], tuple[Any, ...], dict[str, Any]] | _Call
+
+
+class SyncThreads(Executor):
     """A bounded pool of daemon threads that counts the stuck ones (see the module doc)."""
 
     def __init__(
@@ -67,19 +101,28 @@ class ToolThreads(Executor):
 
     @property
     def stuck(self) -> int:
-        """Threads still running a call whose run no longer waits for it."""
+        """Threads still running a call that nobody waits for any more."""
         return self._stuck
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[type-arg]
         future = _ToolFuture(self)
-        with self._lock:
-            if self._shut_down:
-                raise RuntimeError("cannot run a tool after the worker stopped")
-            self._work.put((future, fn, args, kwargs))
-            if self._idle == 0 and self._threads < self._max_threads:
-                self._threads += 1
-                threading.Thread(target=self._serve, name="synapse-tool", daemon=True).start()
+        self._put((future, fn, args, kwargs))
         return future
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in one of the threads, in a copy of the caller's context.
+
+        Cancelling the awaiting task abandons the call: one still waiting for
+        a thread never runs; one running is stuck until it returns, and what
+        it returns is dropped.
+        """
+        call = _Call(asyncio.get_running_loop(), fn, args, kwargs)
+        self._put(call)
+        try:
+            return await call.waiter
+        except asyncio.CancelledError:
+            self._abandon(call)
+            raise
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls and let idle threads end; never waits for a stuck one."""
@@ -88,6 +131,15 @@ class ToolThreads(Executor):
             threads = self._threads
         for _ in range(threads):
             self._work.put(None)
+
+    def _put(self, work: _Work) -> None:
+        with self._lock:
+            if self._shut_down:
+                raise RuntimeError("cannot run a function after the worker stopped")
+            self._work.put(work)
+            if self._idle == 0 and self._threads < self._max_threads:
+                self._threads += 1
+                threading.Thread(target=self._serve, name="synapse-sync", daemon=True).start()
 
     def _serve(self) -> None:
         while True:
@@ -105,24 +157,65 @@ class ToolThreads(Executor):
                         self._threads -= 1
                         return
                     continue
-            future, fn, args, kwargs = work
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                future.set_exception(exc)
+            if isinstance(work, _Call):
+                self._call(work)
             else:
-                future.set_result(result)
-            finally:
-                del work, fn, args, kwargs
-            self._finished(future)
+                self._submitted(*work)
+            del work
 
-    def _abandon(self, future: _ToolFuture) -> None:
+    def _submitted(
+        self,
+        future: _ToolFuture,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            del fn, args, kwargs
+        self._finished(future)
+
+    def _call(self, call: _Call) -> None:
         with self._lock:
-            if future.abandoned or not future.running():
+            if call.abandoned:
                 return
-            future.abandoned = True
+            call.running = True
+        try:
+            result, failure = call.context.run(call.fn, *call.args, **call.kwargs), None
+        except BaseException as exc:
+            result, failure = None, exc
+        with self._lock:
+            call.running = False
+            abandoned = call.abandoned
+            if abandoned:
+                self._stuck -= 1
+                stuck = self._stuck
+        if abandoned:
+            self._notify(stuck)
+            return
+        try:
+            call.loop.call_soon_threadsafe(_settle, call.waiter, result, failure)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    def _abandon(self, work: _ToolFuture | _Call) -> None:
+        """Nobody waits for `work` any more: if it runs, its thread is stuck until it returns."""
+        with self._lock:
+            running = work.running if isinstance(work, _Call) else work.running()
+            if work.abandoned:
+                return
+            if isinstance(work, _Call):
+                work.abandoned = True  # one not started yet never will be
+            if not running:
+                return
+            work.abandoned = True
             self._stuck += 1
             stuck = self._stuck
         self._notify(stuck)
@@ -138,3 +231,17 @@ class ToolThreads(Executor):
     def _notify(self, stuck: int) -> None:
         if self._on_stuck is not None:
             self._on_stuck(stuck)
+
+
+def _settle(waiter: asyncio.Future[Any], result: Any, failure: BaseException | None) -> None:
+    """Hand a call's outcome to the coroutine awaiting it, unless it stopped waiting."""
+    if waiter.cancelled():
+        return
+    if failure is None:
+        waiter.set_result(result)
+    elif isinstance(failure, StopIteration):
+        # An asyncio future cannot hold StopIteration (it would end the
+        # awaiting coroutine's frame); tasks turn it into a RuntimeError too.
+        waiter.set_exception(RuntimeError(f"the function raised StopIteration: {failure}"))
+    else:
+        waiter.set_exception(failure)

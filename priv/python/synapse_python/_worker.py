@@ -40,9 +40,10 @@ class Worker:
     standard gRPC health service reports SERVING for "", the agent service and
     every bridge service (`load_bridge`) while it runs.
 
-    Sync tools run in a bounded pool of threads (`_threads.ToolThreads`). A
-    tool still running after its run ended (timed out, cancelled) holds its
-    thread, stuck, until it returns: Python cannot stop it. Past
+    Sync tools, and the sync functions of bridges (but `on_loop` ones), run
+    in a bounded pool of threads (`_threads.SyncThreads`). One still running
+    after its call ended (timed out, cancelled) holds its thread, stuck,
+    until it returns: Python cannot stop it. Past
     `max_stuck_threads` stuck threads the worker reports NOT_SERVING, so
     that its process manager replaces it once its other calls are done; the
     number is reported as a status record (`_logging.report_status`).
@@ -104,7 +105,7 @@ class Worker:
         self._max_stuck_threads = (
             max_stuck_threads if max_stuck_threads is not None else _max_stuck_threads_from_env()
         )
-        self._tool_threads = _threads.ToolThreads(on_stuck=self._on_stuck)
+        self._sync_threads = _threads.SyncThreads(on_stuck=self._on_stuck)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._healthy = True
         self._health_update: asyncio.Future[None] | None = None
@@ -221,7 +222,7 @@ class Worker:
             # The servers' calls run in contexts copied from this one now
             # (the lane's: from its listening socket's): each runs its sync
             # tools in the worker's threads.
-            with Agent.using_thread_executor(self._tool_threads):
+            with Agent.using_thread_executor(self._sync_threads):
                 await server.start()
                 if lane_endpoint is not None:
                     lane_server = _lane.LaneServer(
@@ -244,7 +245,7 @@ class Worker:
             raise
         self._server, self._health, self._lane = server, health, lane_server
         self._loop = asyncio.get_running_loop()
-        _logging.report_status(stuck_threads=self._tool_threads.stuck)
+        _logging.report_status(stuck_threads=self._sync_threads.stuck)
         self._endpoint, self._owned_directory = endpoint, owned_directory
         self._address = endpoint.announced(port)
         logger.info(
@@ -266,7 +267,7 @@ class Worker:
         services.add_registered_method_handlers(_service.SERVICE_NAME, table)
         services.add_registered_method_handlers(_probe.SERVICE_NAME, _probe.method_table())
         for name, bridge in self._bridges.items():
-            _, bridge_table = bridge.handlers()
+            _, bridge_table = bridge.handlers(self._sync_threads)
             services.add_registered_method_handlers(name, bridge_table)
         health_pb2_grpc.add_HealthServicer_to_server(health, services)
         return services.tables
@@ -292,7 +293,7 @@ class Worker:
             except TimeoutError:
                 logger.warning("the servers did not stop within %.1f s; exiting anyway", timeout)
         finally:
-            self._tool_threads.shutdown()
+            self._sync_threads.shutdown()
             _server.cleanup(self._endpoint, self._owned_directory)
             self._address = None
             logger.info("stopped")
@@ -300,7 +301,7 @@ class Worker:
     @property
     def stuck_threads(self) -> int:
         """Threads of sync tools still running after their run ended."""
-        return self._tool_threads.stuck
+        return self._sync_threads.stuck
 
     def _health_services(self) -> tuple[str, ...]:
         return ("", _service.SERVICE_NAME, *self._bridges)

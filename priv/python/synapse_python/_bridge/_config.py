@@ -19,8 +19,9 @@ owns: the `elixir` section is `mix synapse.gen.bridge`'s (this module only
 checks that it is an object). Every error names the file and the key.
 
 `"on_loop": true` makes the server call a sync function directly on the
-worker's event loop instead of in a thread (`asyncio.to_thread`): it saves the
-thread hop of each call (about 100 µs), but while the function runs the worker
+worker's event loop instead of in one of the worker's threads
+(`_threads.SyncThreads`): it saves the thread hop of each call, but while the
+function runs the worker
 does nothing else (no other call, no health check, no cancellation), so it is
 only for quick functions that never block.
 

@@ -7,8 +7,9 @@ live functions. Each RPC:
 1. reads the request into raw values (`_codec`) and validates each parameter
    with Pydantic (its annotation and `Field` constraints), collecting every
    error with its full location; unset parameters take their Python defaults;
-2. calls the function: a sync function in a worker thread (`asyncio.to_thread`,
-   so it never blocks the event loop), or directly on the loop when the
+2. calls the function: a sync function in a worker thread (`_threads.SyncThreads`,
+   the worker's, where a function still running after its call ended counts as a
+   stuck thread; it never blocks the event loop), or directly on the loop when the
    bridge's config marks it `on_loop` (no thread hop, but nothing else runs
    meanwhile; on the lane, such a call is answered as its request is read,
    with no task: `_lane.answer_at_once`), an `async def` awaited, an async
@@ -52,6 +53,7 @@ from synapse_python._bridge._codec import (
 )
 from synapse_python._bridge._config import resolve_type
 from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
+from synapse_python._threads import SyncThreads
 
 logger = logging.getLogger("synapse_python.bridge")
 
@@ -85,6 +87,9 @@ class BridgeService:
         self._signatures = {
             name: inspect.signature(function) for name, function in self._functions.items()
         }
+        # Where sync functions run: a pool of this service's, until `handlers`
+        # is given the worker's.
+        self._threads = SyncThreads()
 
     @property
     def name(self) -> str:
@@ -132,8 +137,16 @@ class BridgeService:
             )
         return cls(live, descriptor_set)
 
-    def handlers(self) -> tuple[grpc.GenericRpcHandler, dict[str, grpc.RpcMethodHandler]]:
-        """The generic handler and the method table, for a grpc.aio server."""
+    def handlers(
+        self, threads: SyncThreads | None = None
+    ) -> tuple[grpc.GenericRpcHandler, dict[str, grpc.RpcMethodHandler]]:
+        """The generic handler and the method table, for a grpc.aio server.
+
+        Sync functions run in `threads` (a worker gives its own), or in a pool
+        of this service's.
+        """
+        if threads is not None:
+            self._threads = threads
         table: dict[str, grpc.RpcMethodHandler] = {}
         for function in self.ir.functions:
             request_class = self._codec.message_class(function.request)
@@ -216,7 +229,7 @@ class BridgeService:
         args, kwargs = self._arguments(function, request)
         target = self._functions[function.name]
         if function.kind == "sync":
-            result = await asyncio.to_thread(target, *args, **kwargs)
+            result = await self._threads.run(target, *args, **kwargs)
             if inspect.isawaitable(result):  # a decorator hid a coroutine function
                 result = await result
         else:

@@ -2,13 +2,14 @@
 
 The Bridge's test fixture: the Python and Elixir suites generate a bridge for
 this module and check that each function called through it returns what
-calling it directly returns. All functions but the `slow*` ones are pure.
+calling it directly returns. All functions but the `slow*` ones and `wait` are pure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 from enum import IntEnum, StrEnum
 from typing import Annotated, Literal
@@ -194,6 +195,12 @@ async def slow(seconds: float, tag: str = "slow") -> str:
         CANCELLED.append(tag)
         raise
     return tag
+
+
+def wait(seconds: float) -> float:
+    """Blocks its thread for `seconds` (no cancel can stop a sync function), then returns them."""
+    time.sleep(seconds)
+    return seconds
 
 
 async def slow_stream(tag: str = "slow_stream") -> AsyncIterator[int]:

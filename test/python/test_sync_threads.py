@@ -1,8 +1,10 @@
-"""Sync tools' threads: bounded, and the stuck ones counted and reported through health."""
+"""The threads of sync tools and Bridge functions: bounded, and the stuck ones counted and
+reported through health."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from grpc_health.v1 import health_pb2
 
 from conftest import AgentClient
 from synapse_python import Worker
-from synapse_python._threads import ToolThreads
+from synapse_python._threads import SyncThreads
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -21,7 +23,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def test_a_call_abandoned_while_it_runs_is_stuck_until_it_returns() -> None:
     changes: list[int] = []
-    threads = ToolThreads(on_stuck=changes.append)
+    threads = SyncThreads(on_stuck=changes.append)
     started, release = threading.Event(), threading.Event()
 
     def blocked() -> str:
@@ -41,7 +43,7 @@ def test_a_call_abandoned_while_it_runs_is_stuck_until_it_returns() -> None:
 
 
 def test_a_call_cancelled_before_it_runs_never_runs() -> None:
-    threads = ToolThreads(max_threads=1)
+    threads = SyncThreads(max_threads=1)
     release = threading.Event()
     first = threads.submit(release.wait, 10)
     waiting = threads.submit(lambda: pytest.fail("ran after its cancel"))
@@ -52,7 +54,7 @@ def test_a_call_cancelled_before_it_runs_never_runs() -> None:
 
 
 def test_calls_beyond_max_threads_wait_for_a_thread() -> None:
-    threads = ToolThreads(max_threads=2)
+    threads = SyncThreads(max_threads=2)
     inside = threading.Semaphore(0)
     release = threading.Event()
     peak = 0
@@ -75,6 +77,74 @@ def test_calls_beyond_max_threads_wait_for_a_thread() -> None:
     for future in futures:
         future.result(10)
     assert peak == 2
+
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
+
+
+async def test_run_awaits_the_function_in_a_thread_in_a_copy_of_the_callers_context() -> None:
+    threads = SyncThreads()
+    _SEEN.set("caller")
+
+    def work(a: int, *, b: int) -> tuple[int, str, bool]:
+        seen = _SEEN.get()
+        _SEEN.set("thread")  # not seen by the caller
+        return a + b, seen, threading.current_thread() is threading.main_thread()
+
+    assert await threads.run(work, 1, b=2) == (3, "caller", False)
+    assert _SEEN.get() == "caller"
+
+    def fail() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await threads.run(fail)
+
+    def stop() -> None:
+        raise StopIteration("done")
+
+    # A future cannot carry StopIteration: it is a RuntimeError, as in a task.
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await threads.run(stop)
+
+
+async def test_a_run_cancelled_while_it_runs_is_stuck_until_it_returns() -> None:
+    changes: list[int] = []
+    threads = SyncThreads(on_stuck=changes.append)
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    call = asyncio.create_task(threads.run(blocked))
+    assert await asyncio.to_thread(started.wait, 10)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert threads.stuck == 1
+    release.set()
+    await wait_for(lambda: threads.stuck == 0)
+    assert changes == [1, 0]
+
+
+async def test_a_run_cancelled_before_it_starts_never_runs() -> None:
+    threads = SyncThreads(max_threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+    first = asyncio.create_task(threads.run(release.wait, 10))
+    waiting = asyncio.create_task(threads.run(ran.append, "ran after its cancel"))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    assert await first is True
+    # The one thread served the cancelled call too (by skipping it): it is free.
+    assert await threads.run(lambda: "next") == "next"
+    assert ran == []
+    assert threads.stuck == 0
 
 
 async def test_a_worker_past_its_stuck_threads_limit_reports_not_serving(tmp_path: Path) -> None:
