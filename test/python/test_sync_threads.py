@@ -24,13 +24,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_a_call_abandoned_while_it_runs_is_stuck_until_it_returns() -> None:
     changes: list[int] = []
     threads = SyncThreads(on_stuck=changes.append)
-    started, release = threading.Event(), threading.Event()
-
-    def blocked() -> str:
-        started.set()
-        release.wait(10)
-        return "done"
-
+    started, release, blocked = _blocking()
     running = threads.submit(blocked)
     assert started.wait(10)
     assert running.cancel() is False  # a running thread cannot be stopped
@@ -79,6 +73,18 @@ def test_calls_beyond_max_threads_wait_for_a_thread() -> None:
     assert peak == 2
 
 
+def _blocking() -> tuple[threading.Event, threading.Event, Callable[[], str]]:
+    """A function that says it started, then blocks until released."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    return started, release, blocked
+
+
 _SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="unset")
 
 
@@ -111,13 +117,7 @@ async def test_run_awaits_the_function_in_a_thread_in_a_copy_of_the_callers_cont
 async def test_a_run_cancelled_while_it_runs_is_stuck_until_it_returns() -> None:
     changes: list[int] = []
     threads = SyncThreads(on_stuck=changes.append)
-    started, release = threading.Event(), threading.Event()
-
-    def blocked() -> str:
-        started.set()
-        release.wait(10)
-        return "done"
-
+    started, release, blocked = _blocking()
     call = asyncio.create_task(threads.run(blocked))
     assert await asyncio.to_thread(started.wait, 10)
     call.cancel()
