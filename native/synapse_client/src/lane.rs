@@ -143,7 +143,7 @@ impl Lane {
         timeout: Option<Duration>,
     ) -> Result<Responses, Status> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let call = self.open(method, request, timeout, WINDOW, Route::Stream(events))?;
+        let call = self.open(method, request, None, timeout, Route::Stream(events))?;
         Ok(Responses::new(call, receiver))
     }
 
@@ -159,35 +159,36 @@ impl Lane {
         timeout: Option<Duration>,
     ) -> Result<(Requests, Responses), Status> {
         let (events, receiver) = mpsc::unbounded_channel();
-        let connection = self.connection();
-        let id = connection.register(Route::Stream(events))?;
-        connection.send_frames([
-            (id, start(method, Vec::new(), timeout, WINDOW)),
-            (id, lane_frame::Body::Message(first)),
-        ]);
+        let call = self.open(
+            method,
+            Vec::new(),
+            Some(first),
+            timeout,
+            Route::Stream(events),
+        )?;
         let requests = Requests(Arc::new(Writer {
-            connection: Arc::downgrade(&connection),
-            id,
+            connection: Arc::downgrade(&call.connection),
+            id: call.id,
         }));
-        let call = Open {
-            connection,
-            id,
-            done: false,
-        };
         Ok((requests, Responses::new(call, receiver)))
     }
 
+    /// Opens a call with streamed responses: its `start` frame (carrying
+    /// `message`, the request of a method with one) and, for a method whose
+    /// requests stream, its `first` request, in one write.
     fn open(
         &self,
         method: &str,
         message: Vec<u8>,
+        first: Option<Vec<u8>>,
         timeout: Option<Duration>,
-        credit: u32,
         route: Route,
     ) -> Result<Open, Status> {
         let connection = self.connection();
         let id = connection.register(route)?;
-        connection.send(id, start(method, message, timeout, credit));
+        let start = (id, start(method, message, timeout, WINDOW));
+        let first = first.map(|request| (id, lane_frame::Body::Message(request)));
+        connection.send_frames(std::iter::once(start).chain(first));
         Ok(Open {
             connection,
             id,

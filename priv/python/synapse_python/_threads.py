@@ -191,14 +191,7 @@ class SyncThreads(Executor):
             result, failure = call.context.run(call.fn, *call.args, **call.kwargs), None
         except BaseException as exc:
             result, failure = None, exc
-        with self._lock:
-            call.running = False
-            abandoned = call.abandoned
-            if abandoned:
-                self._stuck -= 1
-                stuck = self._stuck
-        if abandoned:
-            self._notify(stuck)
+        if self._finished(call):
             return
         try:
             call.loop.call_soon_threadsafe(_settle, call.waiter, result, failure)
@@ -206,27 +199,34 @@ class SyncThreads(Executor):
             pass  # the loop is closed: nobody waits any more
 
     def _abandon(self, work: _ToolFuture | _Call) -> None:
-        """Nobody waits for `work` any more: if it runs, its thread is stuck until it returns."""
+        """Nobody waits for `work` any more: one not started never will be, one running is stuck."""
         with self._lock:
-            running = work.running if isinstance(work, _Call) else work.running()
+            if isinstance(work, _Call):
+                running = work.running  # cleared by `_finished`, under this lock
+            elif work.running():
+                running = True
+            else:
+                return  # done: its thread may be on its way into `_finished`
             if work.abandoned:
                 return
-            if isinstance(work, _Call):
-                work.abandoned = True  # one not started yet never will be
+            work.abandoned = True
             if not running:
                 return
-            work.abandoned = True
             self._stuck += 1
             stuck = self._stuck
         self._notify(stuck)
 
-    def _finished(self, future: _ToolFuture) -> None:
+    def _finished(self, work: _ToolFuture | _Call) -> bool:
+        """`work` returned: true when nobody waited for it any more (its thread was stuck)."""
         with self._lock:
-            if not future.abandoned:
-                return
+            if isinstance(work, _Call):
+                work.running = False
+            if not work.abandoned:
+                return False
             self._stuck -= 1
             stuck = self._stuck
         self._notify(stuck)
+        return True
 
     def _notify(self, stuck: int) -> None:
         if self._on_stuck is not None:

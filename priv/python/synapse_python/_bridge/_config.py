@@ -21,9 +21,8 @@ checks that it is an object). Every error names the file and the key.
 `"on_loop": true` makes the server call a sync function directly on the
 worker's event loop instead of in one of the worker's threads
 (`_threads.SyncThreads`): it saves the thread hop of each call, but while the
-function runs the worker
-does nothing else (no other call, no health check, no cancellation), so it is
-only for quick functions that never block.
+function runs the worker does nothing else (no other call, no health check, no
+cancellation), so it is only for quick functions that never block.
 
 A custom type is converted by Pydantic: a value arrives as the scalar and is
 validated into the type (Pydantic validates `Decimal` and `UUID` from strings),
