@@ -1,1 +1,1 @@
-ExUnit.start()
+ExUnit.start(formatters: [ExUnit.CLIFormatter, SynapseCore.FailureSummary])
