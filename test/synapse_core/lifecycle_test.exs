@@ -68,7 +68,7 @@ defmodule SynapseCore.LifecycleTest do
       assert {:error, %Error{}} = SynapseCore.start_agent(opts)
       # The registries forget an exited process asynchronously.
       eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) == [] end)
-      assert Registry.lookup(SynapseCore.WorkerRegistry, name) == []
+      eventually(fn -> Registry.lookup(SynapseCore.WorkerRegistry, name) == [] end)
     end
   end
 
@@ -216,7 +216,8 @@ defmodule SynapseCore.LifecycleTest do
 
       assert {:error, %Error{kind: :cancelled, message: message}} = Task.await(starting, 30_000)
       assert message =~ "stopped"
-      assert Registry.lookup(SynapseCore.AgentRegistry, name) == []
+      # The registry forgets the stopped supervisor asynchronously.
+      eventually(fn -> Registry.lookup(SynapseCore.AgentRegistry, name) == [] end)
     end
 
     test "stop_agent after a probe is not held up by the probe's session" do
