@@ -649,7 +649,7 @@ defmodule SynapseCore.Agent do
   @doc """
   The workers currently ready to serve `name`: their `SynapseCore.Worker`
   pid, OS pid, address, lane (the socket calls take to a local worker, `nil`
-  when they take gRPC), location and stuck tool threads (see
+  when they take gRPC), location and stuck threads (see
   `SynapseCore.Worker.info/1`).
   """
   @spec workers(name()) :: [

@@ -26,7 +26,7 @@ defmodule SynapseCore.Worker do
       `:starting`, bounded by `:startup_timeout`.
     * `:serving` - registered; health-checked every `:health_interval`.
     * `:draining` - the worker reports itself unhealthy (more stuck threads
-      of sync tools than `:max_stuck_threads`): it gets no new calls and is
+      of sync tools or Bridge functions than `:max_stuck_threads`): it gets no new calls and is
       replaced once its calls in flight are done (at most
       #{div(@drain_limit, 1000)} s later).
     * `:backing_off` - the worker was lost; another starts after a back-off
@@ -161,11 +161,11 @@ defmodule SynapseCore.Worker do
     do: :gen_statem.start_link(__MODULE__, arg, [])
 
   @doc """
-  The worker's OS pid, address, state and stuck tool threads, for
+  The worker's OS pid, address, state and stuck threads, for
   observability. `os_pid` is `nil` while the worker is being restarted
   and for remote workers; `stuck_threads` is the number of threads of sync
-  Python tools still running after their run ended (timed out, cancelled),
-  `nil` when unknown (remote workers).
+  Python tools or Bridge functions still running after their call ended
+  (timed out, cancelled), `nil` when unknown (remote workers).
   """
   @spec info(pid()) :: info()
   def info(pid), do: :gen_statem.call(pid, :info)
@@ -589,7 +589,7 @@ defmodule SynapseCore.Worker do
   defp reply(:health, {:ok, :not_serving}, :serving, data) do
     Logger.warning(
       "Python worker #{data.os_pid} reports itself unhealthy " <>
-        "(#{data.stuck_threads || "unknown"} stuck tool threads); " <>
+        "(#{data.stuck_threads || "unknown"} stuck threads); " <>
         "replacing it once its calls in flight are done"
     )
 

@@ -196,8 +196,9 @@ defmodule SynapseCore.Agent.Options do
       type: {:integer, 0, Options.max_int32()},
       default: 10,
       doc: """
-      how many threads of sync Python tools may still run after their run
-      ended (timed out, cancelled: Python cannot stop a thread) before the
+      how many threads of sync Python tools or Bridge functions may still
+      run after their call ended (timed out, cancelled: Python cannot stop a
+      thread) before the
       worker reports itself unhealthy and is replaced, once its calls in
       flight are done. `SynapseCore.Agent.workers/1` shows the count.
       """

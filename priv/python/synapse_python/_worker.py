@@ -300,7 +300,7 @@ class Worker:
 
     @property
     def stuck_threads(self) -> int:
-        """Threads of sync tools still running after their run ended."""
+        """Threads of sync tools or Bridge functions still running after their call ended."""
         return self._sync_threads.stuck
 
     def _health_services(self) -> tuple[str, ...]:
@@ -318,12 +318,13 @@ class Worker:
             return
         self._healthy = healthy
         if healthy:
-            logger.info("%d tool threads are stuck: healthy again", stuck)
+            logger.info("%d threads are stuck: healthy again", stuck)
             status = health_pb2.HealthCheckResponse.SERVING
         else:
             logger.error(
-                "%d tool threads are stuck (sync tools still running after their run "
-                "ended), more than %d: reporting NOT_SERVING so that the worker is replaced",
+                "%d threads are stuck (sync tools or Bridge functions still running after "
+                "their call ended), more than %d: reporting NOT_SERVING so that the worker "
+                "is replaced",
                 stuck,
                 self._max_stuck_threads,
             )
