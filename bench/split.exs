@@ -4,12 +4,16 @@
 #
 #   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #     MIX_ENV=prod SYNAPSE_NATIVE_PROFILE=release \
-#     mix run bench/split.exs [--path run|thread|on_loop] [--concurrency C] \
-#       [--calls N] [--rounds R] [--transport lane|grpc]
+#     mix run bench/split.exs [--path run|tool|thread|on_loop] [--concurrency C] \
+#       [--calls N] [--rounds R] [--transport lane|grpc] [--threads]
 #
 # Prints one line per round: wall time per call, then the CPU time per call
 # of this VM and of the worker process, from /proc (clock ticks of 10 ms: a
-# round of N calls reads to within 10 ms ÷ N per call). Made for A/B
+# round of N calls reads to within 10 ms ÷ N per call). `tool` is `run` with
+# one Elixir tool, which the agent calls once per run. `--threads` adds, per
+# round, each of this VM's threads (by name) that ran: its context switches
+# and CPU per call (where the BEAM's time goes: its schedulers, its aux
+# thread, the NIF's tokio threads). Made for A/B
 # comparisons of two builds run alternately on the same machine, where a
 # difference in a few µs matters and a contender's own baseline does not.
 {opts, _} =
@@ -19,7 +23,8 @@
       concurrency: :integer,
       calls: :integer,
       rounds: :integer,
-      transport: :string
+      transport: :string,
+      threads: :boolean
     ]
   )
 
@@ -33,23 +38,43 @@ transport =
     "grpc" -> :grpc
   end
 
-calls = Keyword.get(opts, :calls, if(path == "run", do: 2_000, else: 20_000))
+calls = Keyword.get(opts, :calls, if(path in ["run", "tool"], do: 2_000, else: 20_000))
 
 Logger.configure(level: :error)
 {:ok, _} = Application.ensure_all_started(:synapse_core)
 here = Path.expand("python", __DIR__)
 dir = Path.join(System.tmp_dir!(), "synapse-split-#{System.pid()}")
 
+defmodule SplitBench.Tool do
+  @moduledoc false
+  # Compiled (a script's closures are interpreted): the tool costs what it
+  # would in an application.
+  def order_status(%{order_id: id}, _context), do: {:ok, "order #{id}: shipped"}
+end
+
 call =
   case path do
-    "run" ->
+    run when run in ["run", "tool"] ->
+      tools =
+        if run == "tool",
+          do: [
+            SynapseCore.Tool.new(
+              name: "order_status",
+              description: "The shipping status of an order.",
+              parameters: [order_id: [type: :integer]],
+              function: &SplitBench.Tool.order_status/2
+            )
+          ],
+          else: []
+
       {:ok, _} =
         SynapseCore.start_agent(
           name: :split,
           agent: "lane_bench:agent",
           python_path: [here],
           health_interval: :infinity,
-          transport: transport
+          transport: transport,
+          tools: tools
         )
 
       fn -> {:ok, _} = SynapseCore.Agent.run_sync(:split, "hello") end
@@ -97,6 +122,39 @@ cpu_us = fn pid ->
   (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
 end
 
+# This VM's threads by name (several tokio threads share one): context
+# switches, voluntary or not, and CPU time in µs.
+threads = fn ->
+  task = "/proc/#{System.pid()}/task"
+
+  for id <- File.ls!(task), reduce: %{} do
+    acc ->
+      dir = Path.join(task, id)
+
+      with {:ok, status} <- File.read(Path.join(dir, "status")),
+           {:ok, stat} <- File.read(Path.join(dir, "stat")) do
+        switches =
+          ~r/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/m
+          |> Regex.scan(status, capture: :all_but_first)
+          |> Enum.map(fn [n] -> String.to_integer(n) end)
+          |> Enum.sum()
+
+        [name, after_name] = String.split(stat, ") ", parts: 2)
+        name = name |> String.split("(", parts: 2) |> List.last()
+        fields = String.split(after_name, " ")
+
+        cpu =
+          (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) *
+            10_000
+
+        Map.update(acc, name, {switches, cpu}, fn {s, c} -> {s + switches, c + cpu} end)
+      else
+        # A thread that ended meanwhile.
+        _ -> acc
+      end
+  end
+end
+
 run = fn n ->
   1..concurrency
   |> Enum.map(fn _ -> Task.async(fn -> for _ <- 1..div(n, concurrency), do: call.() end) end)
@@ -107,6 +165,7 @@ end
 run.(div(calls, 10))
 
 for _ <- 1..rounds do
+  before = if opts[:threads], do: threads.(), else: %{}
   beam = cpu_us.(System.pid())
   python = cpu_us.(worker)
   started = System.monotonic_time(:microsecond)
@@ -119,6 +178,17 @@ for _ <- 1..rounds do
       "CPU per call: BEAM #{per_call.(cpu_us.(System.pid()) - beam)} µs, " <>
       "worker #{per_call.(cpu_us.(worker) - python)} µs"
   )
+
+  if opts[:threads] do
+    for {name, {switches, cpu}} <- Enum.sort(threads.()),
+        {switches_before, cpu_before} = Map.get(before, name, {0, 0}),
+        (switches - switches_before) / calls >= 0.01 do
+      IO.puts(
+        "  #{name}: #{Float.round((switches - switches_before) / calls, 2)} switches, " <>
+          "#{per_call.(cpu - cpu_before)} µs CPU per call"
+      )
+    end
+  end
 end
 
 File.rm_rf!(dir)
