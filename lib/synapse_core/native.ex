@@ -33,6 +33,11 @@ defmodule SynapseCore.Native do
   def channel_close(_channel), do: :erlang.nif_error(:nif_not_loaded)
   def channel_load(_channel), do: :erlang.nif_error(:nif_not_loaded)
 
+  # The lane's reader (SynapseCore.Channel.LaneReader).
+  def lane_received(_inbound, _bytes), do: :erlang.nif_error(:nif_not_loaded)
+  def lane_ended(_inbound, _reason), do: :erlang.nif_error(:nif_not_loaded)
+  def lane_release(_inbound), do: :erlang.nif_error(:nif_not_loaded)
+
   # Probes: the worker's health service, and round trips with no agent.
   def probe_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
   def probe_echo(_channel, _tag, _payload, _timeout), do: :erlang.nif_error(:nif_not_loaded)

@@ -265,6 +265,14 @@ defmodule SynapseCore.Worker do
     lost(state, %{data | shepherd: nil}, error)
   end
 
+  def handle_event(:info, {:EXIT, pid, reason}, state, %{channel: %{reader: pid}} = data) do
+    # The process reading the worker's lane died (a bug): its calls cannot
+    # be answered any more.
+    error = Failure.worker("the worker's lane reader exited: #{inspect(reason)}", data.os_pid)
+
+    lost(state, data, error)
+  end
+
   def handle_event(:info, {:EXIT, pid, _reason}, state, data) do
     if pid in data.retiring, do: retired(pid, state, data), else: :keep_state_and_data
   end

@@ -23,9 +23,17 @@
 //! its [`Outcome`] by whichever side ends the call (the connection's reader
 //! for a response or a failure, its deadline timer, or the caller's
 //! [`Ticket::cancel`] and [`Lane::abandon`]), exactly once.
+//!
+//! A lane given a [`Reader`] ([`Lane::with_reader`]) makes those calls on a
+//! connection of their own, which that reader reads instead of a tokio task:
+//! the NIF hands it to the BEAM, whose schedulers poll it as they poll a
+//! Port's, so that an answer reaches its caller with no thread of ours in
+//! between (see [`Inbound`]). Streamed calls keep a connection read by a
+//! task, where their responses are consumed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -33,7 +41,8 @@ use std::time::{Duration, Instant};
 
 use prost::bytes::{Bytes, BytesMut};
 use prost::Message;
-use tokio::io::AsyncReadExt;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -50,6 +59,9 @@ const FRAME_SLACK: usize = 64 * 1024;
 /// them: it gives credit back as it reads.
 const WINDOW: u32 = 32;
 
+/// Where a lane keeps a connection: none until the first call.
+type Slot = Mutex<Option<Arc<Connection>>>;
+
 /// A worker's lane: a connection made on first use, and made again when it
 /// broke.
 pub struct Lane {
@@ -57,7 +69,10 @@ pub struct Lane {
     /// `Bearer <token>`, sent in the connection's `hello`.
     authorization: Option<String>,
     max_message_bytes: usize,
-    connection: Mutex<Option<Arc<Connection>>>,
+    connection: Slot,
+    /// Set by [`Lane::with_reader`]: the connection of the calls made with
+    /// [`Lane::call`], and what reads it.
+    answers: Option<(Arc<dyn Reader>, Slot)>,
 }
 
 impl Lane {
@@ -69,7 +84,17 @@ impl Lane {
             authorization,
             max_message_bytes,
             connection: Mutex::new(None),
+            answers: None,
         }
+    }
+
+    /// The same lane, whose calls made with [`Lane::call`] (unary calls
+    /// answered without a task) take a connection of their own that
+    /// `reader` reads.
+    #[must_use]
+    pub fn with_reader(mut self, reader: Arc<dyn Reader>) -> Self {
+        self.answers = Some((reader, Mutex::new(None)));
+        self
     }
 
     /// Calls a method with one request and one response.
@@ -111,7 +136,10 @@ impl Lane {
         timeout: Option<Duration>,
         answer: Box<dyn Answer>,
     ) -> Result<Ticket, (Status, Box<dyn Answer>)> {
-        let connection = self.connection();
+        let connection = match &self.answers {
+            Some((reader, slot)) => self.connect(slot, Some(reader)),
+            None => self.connection(),
+        };
         let deadline = timeout.map(|t| Instant::now() + t);
         let id = connection.register_answer(answer, deadline)?;
         connection.send(id, start(method, request, timeout, 0));
@@ -125,14 +153,17 @@ impl Lane {
     /// its answer: each is told `cancel` and answered
     /// [`Outcome::Abandoned`] (on the calling thread).
     pub fn abandon(&self) {
-        let connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(connection) = connection {
-            connection.abandon();
+        for slot in self.slots() {
+            let connection = slot.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            if let Some(connection) = connection {
+                connection.abandon();
+            }
         }
+    }
+
+    /// Where the lane keeps its connections.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::once(&self.connection).chain(self.answers.as_ref().map(|(_, slot)| slot))
     }
 
     /// Calls a method with one request and streamed responses.
@@ -199,18 +230,21 @@ impl Lane {
     /// Lets go of the current connection: it closes once the calls on it
     /// have ended.
     pub fn close(&self) {
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        for slot in self.slots() {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
     }
 
-    /// The current connection, or a new one when there is none or it broke.
+    /// The current connection read by a task, or a new one when there is
+    /// none or it broke.
     fn connection(&self) -> Arc<Connection> {
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        self.connect(&self.connection, None)
+    }
+
+    /// The connection in `slot`, or a new one (read by `reader`, or by a
+    /// task) when there is none or it broke.
+    fn connect(&self, slot: &Slot, reader: Option<&Arc<dyn Reader>>) -> Arc<Connection> {
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             Some(connection) if !connection.is_broken() => connection.clone(),
             _ => {
@@ -218,6 +252,7 @@ impl Lane {
                     self.path.clone(),
                     self.authorization.clone(),
                     self.max_message_bytes + FRAME_SLACK,
+                    reader.cloned(),
                 );
                 *slot = Some(connection.clone());
                 connection
@@ -286,6 +321,100 @@ impl Ticket {
     }
 }
 
+/// Reads the connections of a lane's unary calls in place of a task (see
+/// [`Lane::with_reader`]).
+pub trait Reader: Send + Sync + 'static {
+    /// Starts reading a new connection: the reader polls
+    /// [`Inbound::fd`] and hands what it reads to [`Inbound::received`]
+    /// until [`Inbound::received`] fails or the stream ends
+    /// ([`Inbound::ended`]). Called on a tokio thread, once connected.
+    fn adopt(&self, inbound: Arc<Inbound>);
+}
+
+/// The reading side of a connection read by a [`Reader`]. It owns a
+/// descriptor of its own for the socket, closed when the last holder lets
+/// go of it: the reader must hold it for as long as it polls the
+/// descriptor.
+pub struct Inbound {
+    fd: OwnedFd,
+    /// Bytes read that do not make a whole frame yet.
+    buffer: Mutex<BytesMut>,
+    max_frame: usize,
+    connection: Weak<Connection>,
+    /// Why reading ended, for the connection's task (see [`run`]).
+    end: Mutex<Option<String>>,
+    ended: Notify,
+}
+
+impl Inbound {
+    /// The descriptor to poll and read.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Hands the frames in `bytes` (read from [`Inbound::fd`]; empty to
+    /// go on after `Ok(true)`) to their calls, in order. Returns once
+    /// every whole frame is handed on, or once `budget` has passed with
+    /// whole frames left (`Ok(true)`: call again); `Err` when the worker
+    /// broke the protocol, or nobody holds the connection any more: the
+    /// connection is then over, and the reader stops.
+    pub fn received(&self, bytes: &[u8], budget: Duration) -> Result<bool, String> {
+        let started = Instant::now();
+        let mut buffer = self.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        buffer.extend_from_slice(bytes);
+        loop {
+            let frame = match take_frame(&mut buffer, self.max_frame) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(false),
+                Err(reason) => return Err(self.fail(reason)),
+            };
+            let Some(connection) = self.connection.upgrade() else {
+                return Err(self.fail("the lane was closed".to_owned()));
+            };
+            if let Err(reason) = connection.route(frame) {
+                return Err(self.fail(reason));
+            }
+            if started.elapsed() >= budget {
+                return Ok(whole_frame(&buffer).is_some());
+            }
+        }
+    }
+
+    /// The reader stopped reading, for `reason` (the worker closed the
+    /// connection, reading failed, the reader is stopping): every call on
+    /// the connection fails, and the lane connects again for later ones.
+    pub fn ended(&self, reason: String) {
+        self.fail(reason);
+    }
+
+    fn fail(&self, reason: String) -> String {
+        if let Some(connection) = self.connection.upgrade() {
+            connection.break_off(reason.clone());
+        }
+        let mut end = self.end.lock().unwrap_or_else(PoisonError::into_inner);
+        if end.is_none() {
+            *end = Some(reason.clone());
+            self.ended.notify_one();
+        }
+        reason
+    }
+
+    /// Waits until reading ended; why.
+    async fn wait(&self) -> String {
+        loop {
+            if let Some(reason) = self
+                .end
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+            {
+                return reason;
+            }
+            self.ended.notified().await;
+        }
+    }
+}
+
 /// Where a call's frames go.
 enum Route {
     Stream(mpsc::UnboundedSender<Event>),
@@ -345,7 +474,7 @@ struct Connection {
 /// The writing side, shared by the calls and the connection's writer.
 struct Output {
     /// The socket, once connected.
-    socket: OnceLock<OwnedWriteHalf>,
+    socket: OnceLock<Socket>,
     pending: Mutex<Pending>,
     /// Wakes the writer: frames are waiting, or the connection is gone.
     wake: Notify,
@@ -376,8 +505,74 @@ impl Drop for Connection {
     }
 }
 
+/// The writing side of a connection's socket.
+enum Socket {
+    /// A connection read by a task, which has the reading half.
+    Task(OwnedWriteHalf),
+    /// A connection read by a [`Reader`], which has a descriptor of its
+    /// own. Not registered with tokio but while the writer waits for room
+    /// (see [`Socket::writable`]): a registration would wake a tokio thread
+    /// each time the worker reads, for nothing.
+    External(std::os::unix::net::UnixStream),
+}
+
+impl Socket {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Task(socket) => socket.try_write(bytes),
+            Self::External(socket) => send(socket, bytes),
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Self::Task(socket) => socket.writable().await,
+            Self::External(socket) => {
+                // A descriptor of its own, registered for this wait only.
+                let waiting = socket.try_clone()?;
+                // SAFETY: the stream owns its descriptor, and the `AsyncFd`
+                // owns the stream, until it is dropped below.
+                let waiting =
+                    unsafe { AsyncFd::register_with_interest(waiting, Interest::WRITABLE) }
+                        .map_err(io::Error::from)?;
+                let _ready = waiting.writable().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the connection both ways, for its reader too.
+    fn shutdown(&self) {
+        if let Self::External(socket) = self {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Writes what the socket takes now. Never waits, whatever the mode of
+/// the socket: the reader's polling (a Port's) may set it blocking when it
+/// stops; and a closed peer is an error, not a signal.
+fn send(socket: &std::os::unix::net::UnixStream, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length; the descriptor is open
+    // for as long as `socket` is.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
 impl Connection {
-    fn start(path: PathBuf, authorization: Option<String>, max_frame: usize) -> Arc<Self> {
+    fn start(
+        path: PathBuf,
+        authorization: Option<String>,
+        max_frame: usize,
+        reader: Option<Arc<dyn Reader>>,
+    ) -> Arc<Self> {
         let output = Arc::new(Output {
             socket: OnceLock::new(),
             pending: Mutex::new(Pending {
@@ -407,6 +602,7 @@ impl Connection {
             connection.timer.clone(),
             path,
             max_frame,
+            reader,
         ));
         connection
     }
@@ -801,23 +997,63 @@ async fn run(
     timer: Arc<Notify>,
     path: PathBuf,
     max_frame: usize,
+    reader: Option<Arc<dyn Reader>>,
 ) {
-    let reason = match UnixStream::connect(&path).await {
-        Ok(stream) => {
+    let reason = match (UnixStream::connect(&path).await, reader) {
+        (Ok(stream), None) => {
             let (reader, writer) = stream.into_split();
             // Set once, here; frames sent meanwhile wait for the writer.
-            let _ = output.socket.set(writer);
+            let _ = output.socket.set(Socket::Task(writer));
             tokio::select! {
                 reason = write(&output) => reason,
                 reason = read(&connection, reader, max_frame) => reason,
                 reason = expire(&connection, &timer) => reason,
             }
         }
-        Err(e) => format!("cannot connect to the lane at {}: {e}", path.display()),
+        (Ok(stream), Some(reader)) => match external(&connection, &output, stream, max_frame) {
+            Ok(inbound) => {
+                reader.adopt(inbound.clone());
+                let reason = tokio::select! {
+                    reason = write(&output) => reason,
+                    reason = inbound.wait() => reason,
+                    reason = expire(&connection, &timer) => reason,
+                };
+                // The reader sees the end of the stream and stops.
+                if let Some(socket) = output.socket.get() {
+                    socket.shutdown();
+                }
+                reason
+            }
+            Err(e) => format!("cannot read the lane at {}: {e}", path.display()),
+        },
+        (Err(e), _) => format!("cannot connect to the lane at {}: {e}", path.display()),
     };
     if let Some(connection) = connection.upgrade() {
         connection.break_off(reason);
     }
+}
+
+/// Sets a connection up for a [`Reader`]: the connection's task keeps the
+/// socket for writing, the reader gets a descriptor of its own.
+fn external(
+    connection: &Weak<Connection>,
+    output: &Output,
+    stream: UnixStream,
+    max_frame: usize,
+) -> io::Result<Arc<Inbound>> {
+    // Leaves tokio's registration (reads would wake it), nonblocking still.
+    let stream = stream.into_std()?;
+    let inbound = Arc::new(Inbound {
+        fd: OwnedFd::from(stream.try_clone()?),
+        buffer: Mutex::new(BytesMut::new()),
+        max_frame,
+        connection: connection.clone(),
+        end: Mutex::new(None),
+        ended: Notify::new(),
+    });
+    // Set once, here; frames sent meanwhile wait for the writer.
+    let _ = output.socket.set(Socket::External(stream));
+    Ok(inbound)
 }
 
 /// Ends the calls made with [`Lane::call`] whose deadline passed.
@@ -874,7 +1110,7 @@ async fn write(output: &Output) -> String {
     }
 }
 
-async fn write_all(socket: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(socket: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         socket.writable().await?;
         match socket.try_write(bytes) {
@@ -914,21 +1150,8 @@ async fn next_frame(
     max_frame: usize,
 ) -> Result<Option<LaneFrame>, String> {
     loop {
-        if buffer.len() >= 4 {
-            let length = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
-            if length > max_frame {
-                return Err(format!(
-                    "the worker sent a frame of {length} bytes, over the maximum of {max_frame}"
-                ));
-            }
-            if buffer.len() >= 4 + length {
-                let _ = buffer.split_to(4);
-                let frame = buffer.split_to(length).freeze();
-                return LaneFrame::decode(frame)
-                    .map(Some)
-                    .map_err(|e| format!("the worker sent a malformed frame: {e}"));
-            }
-            buffer.reserve(4 + length - buffer.len());
+        if let Some(frame) = take_frame(buffer, max_frame)? {
+            return Ok(Some(frame));
         }
         match socket.read_buf(buffer).await {
             Ok(0) if buffer.is_empty() => return Ok(None),
@@ -937,6 +1160,37 @@ async fn next_frame(
             Err(e) => return Err(format!("reading from the lane failed: {e}")),
         }
     }
+}
+
+/// The length of the frame at the start of `buffer`, once it is all there.
+fn whole_frame(buffer: &[u8]) -> Option<usize> {
+    let header: [u8; 4] = buffer.get(..4)?.try_into().ok()?;
+    let length = u32::from_be_bytes(header) as usize;
+    (buffer.len() >= 4 + length).then_some(length)
+}
+
+/// Takes the frame at the start of `buffer` if it is all there (making
+/// room for the rest otherwise); fails on a frame over `max_frame` bytes
+/// (as soon as its length is known) or a malformed one.
+fn take_frame(buffer: &mut BytesMut, max_frame: usize) -> Result<Option<LaneFrame>, String> {
+    if buffer.len() < 4 {
+        return Ok(None);
+    }
+    let length = u32::from_be_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+    if length > max_frame {
+        return Err(format!(
+            "the worker sent a frame of {length} bytes, over the maximum of {max_frame}"
+        ));
+    }
+    if whole_frame(buffer).is_none() {
+        buffer.reserve(4 + length - buffer.len());
+        return Ok(None);
+    }
+    let _ = buffer.split_to(4);
+    let frame = buffer.split_to(length).freeze();
+    LaneFrame::decode(frame)
+        .map(Some)
+        .map_err(|e| format!("the worker sent a malformed frame: {e}"))
 }
 
 /// The worker's status as tonic would give it, `ErrorDetail` included.
@@ -1037,6 +1291,170 @@ mod tests {
             Some(lane_frame::Body::Start(start)) => start,
             other => panic!("expected a start, got {other:?}"),
         }
+    }
+
+    /// A [`Reader`] as the NIF's works: something outside the lane's tasks
+    /// reads the adopted descriptor and hands the bytes on. Here, a task
+    /// polling a descriptor of its own; it says what it adopted.
+    struct PollingReader(mpsc::UnboundedSender<Arc<Inbound>>);
+
+    impl Reader for PollingReader {
+        fn adopt(&self, inbound: Arc<Inbound>) {
+            let _ = self.0.send(inbound.clone());
+            tokio::spawn(async move {
+                // A descriptor of the reader's own, as the NIF's Port has;
+                // the inbound's stays open as long as the inbound.
+                let fd = inbound.fd.try_clone().unwrap();
+                // SAFETY: the `AsyncFd` owns the descriptor until dropped.
+                let socket = unsafe { AsyncFd::register(fd) }.unwrap();
+                let mut chunk = vec![0; 7];
+                loop {
+                    let mut ready = socket.readable().await.unwrap();
+                    match ready.try_io(|fd| {
+                        let read = unsafe {
+                            libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len())
+                        };
+                        usize::try_from(read).map_err(|_| io::Error::last_os_error())
+                    }) {
+                        Ok(Ok(0)) => {
+                            inbound.ended("the worker closed the lane".into());
+                            return;
+                        }
+                        Ok(Ok(n)) => {
+                            // A tiny budget, to go through `Ok(true)`.
+                            let mut more = inbound.received(&chunk[..n], Duration::ZERO);
+                            while let Ok(true) = more {
+                                more = inbound.received(&[], Duration::ZERO);
+                            }
+                            if more.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            inbound.ended(format!("reading failed: {e}"));
+                            return;
+                        }
+                        Err(_would_block) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    /// The next connection the reader adopted, if one comes within seconds.
+    async fn adopted(inbounds: &mut mpsc::UnboundedReceiver<Arc<Inbound>>) -> Arc<Inbound> {
+        tokio::time::timeout(Duration::from_secs(5), inbounds.recv())
+            .await
+            .expect("no connection adopted")
+            .unwrap()
+    }
+
+    async fn lane_with_reader() -> (
+        Lane,
+        UnixListener,
+        PathBuf,
+        mpsc::UnboundedReceiver<Arc<Inbound>>,
+    ) {
+        let (lane, listener, dir) = lane(None).await;
+        let (adopted, inbounds) = mpsc::unbounded_channel();
+        let lane = lane.with_reader(Arc::new(PollingReader(adopted)));
+        (lane, listener, dir, inbounds)
+    }
+
+    #[tokio::test]
+    async fn unary_calls_with_a_reader_take_its_connection_and_streams_a_task_read_one() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let lane = Arc::new(lane);
+        let unary = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.unary("/p.S/M", b"one".to_vec(), None).await })
+        };
+        let mut answers = accept(&listener).await;
+        let frame = answers.next().await;
+        assert_eq!(start_of(&frame).message, b"one");
+        // Split in chunks smaller than a frame by the reader.
+        answers
+            .send(
+                frame.call,
+                lane_frame::Body::Message(b"a longer response".to_vec()),
+            )
+            .await;
+        assert_eq!(
+            unary.await.unwrap().unwrap(),
+            Bytes::from_static(b"a longer response")
+        );
+        adopted(&mut inbounds).await;
+
+        let streamed = {
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                let mut responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
+                let first = responses.message().await;
+                (first, responses.message().await)
+            })
+        };
+        let mut streams = accept(&listener).await;
+        let frame = streams.next().await;
+        assert_eq!(start_of(&frame).method, "/p.S/S");
+        streams
+            .send(frame.call, lane_frame::Body::Message(b"m".to_vec()))
+            .await;
+        streams.send(frame.call, ok_status()).await;
+        let (first, end) = streamed.await.unwrap();
+        assert_eq!(first.unwrap(), Some(Bytes::from_static(b"m")));
+        assert_eq!(end.unwrap(), None);
+        // The stream took no connection of the reader's.
+        assert!(inbounds.try_recv().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reader_connection_that_ends_fails_its_calls_and_the_next_call_connects_again() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let lane = Arc::new(lane);
+        let (told, mut outcomes) = told();
+        let _ticket = lane
+            .call("/p.S/M", vec![], None, told)
+            .unwrap_or_else(|_| panic!("not taken"));
+        let mut peer = accept(&listener).await;
+        let _ = peer.next().await;
+        drop(peer);
+        assert_eq!(outcomes.recv().await, Some("broken"));
+        let first = adopted(&mut inbounds).await;
+        assert!(first.connection.upgrade().is_none_or(|c| c.is_broken()));
+
+        let again = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await })
+        };
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(again.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
+        assert!(!Arc::ptr_eq(&first, &adopted(&mut inbounds).await));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_maximum_from_a_reader_fails_the_call_and_ends_the_connection() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let call = tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await });
+        let mut peer = accept(&listener).await;
+        let _ = peer.next().await;
+        peer.socket
+            .write_all(&(1024 + FRAME_SLACK as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        let status = call.await.unwrap().unwrap_err();
+        assert!(is_transport_failure(&status));
+        assert!(status.to_string().contains("over the maximum"), "{status}");
+        // The connection's task ends it: the worker sees its end.
+        let mut rest = Vec::new();
+        assert_eq!(peer.socket.read_to_end(&mut rest).await.unwrap(), 0);
+        let inbound = adopted(&mut inbounds).await;
+        assert!(inbound.received(&[], Duration::ZERO).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -42,6 +42,9 @@ pub struct WorkerOptions<'a> {
     pub authorization: Option<MetadataValue<Ascii>>,
     /// Largest message, either way, in bytes.
     pub max_message_bytes: usize,
+    /// Reads the connection of the lane's unary calls (see
+    /// [`Lane::with_reader`]); without one a task does.
+    pub lane_reader: Option<std::sync::Arc<dyn lane::Reader>>,
 }
 
 impl Worker {
@@ -58,7 +61,11 @@ impl Worker {
                 .as_ref()
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
-            Lane::new(path, authorization, options.max_message_bytes)
+            let lane = Lane::new(path, authorization, options.max_message_bytes);
+            match options.lane_reader {
+                Some(reader) => lane.with_reader(reader),
+                None => lane,
+            }
         });
         Ok(Self {
             grpc,

@@ -2,6 +2,8 @@
 //! boundary (Python strings stay binaries); only these fixed ones exist.
 
 rustler::atoms! {
+    more,
+    synapse_lane_inbound,
     ok,
     error,
     nil,

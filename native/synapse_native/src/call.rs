@@ -31,9 +31,11 @@ use crate::runtime::RUNTIME;
 const EXIT_CONFIRMATION: Duration = Duration::from_secs(2);
 
 /// The largest response a unary call on the lane turns into a term on the
-/// lane's reader: larger ones are converted in a task of their own, so that
-/// one large answer does not hold back the other calls on the connection.
-const INLINE_ANSWER_BYTES: usize = 64 * 1024;
+/// lane's reader (the scheduler of `SynapseCore.Channel.LaneReader`, see
+/// [`crate::lane_reader`], or a tokio thread): larger ones are converted in
+/// a task of their own, so that one large answer neither holds a scheduler
+/// long nor holds back the other calls on the connection.
+const INLINE_ANSWER_BYTES: usize = 16 * 1024;
 
 /// How long a run asked to stop (`CallHandle::stop`) has to answer with
 /// what it did before it is cancelled outright.
@@ -270,11 +272,13 @@ impl From<Error> for CallError {
 /// Starts a call of `method` with one answer, sent to the calling process
 /// as `{:synapse_reply, tag, {:ok, term} | {:error, %SynapseCore.Error{}}}`:
 /// `decode` reads the response and `encode` turns it into `term`, off the
-/// schedulers. `timeout` is the call's, as [`decode_timeout`] reads it.
+/// caller's process. `timeout` is the call's, as [`decode_timeout`] reads it.
 ///
 /// On the lane, the request is written here and the lane's reader answers
 /// the caller ([`LaneAnswer`]): no task is spawned, nor woken, per call.
-/// Over gRPC the call runs in a task ([`spawn`]).
+/// The reader is the channel's reader process, when it has one: then
+/// `decode` and `encode` run on its scheduler, for answers of at most
+/// [`INLINE_ANSWER_BYTES`]. Over gRPC the call runs in a task ([`spawn`]).
 #[allow(clippy::too_many_arguments)]
 pub fn unary<T, D, E>(
     env: Env<'_>,
@@ -417,7 +421,8 @@ where
     T: Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    /// Answers now: on a runtime thread only (see [`Reply::send`]).
+    /// Answers now: on a runtime thread, or within
+    /// [`crate::reply::from_process`] (see [`Reply::send`]).
     fn now(self, result: Result<T, Error>) {
         let Self {
             reply,
@@ -446,7 +451,8 @@ where
     fn answer(self: Box<Self>, outcome: Outcome) {
         let LaneAnswer { decode, finish } = *self;
         match outcome {
-            // From the lane's tasks (its reader, its deadline timer).
+            // From the lane's reader (a process's NIF, or a task) or its
+            // deadline timer's task.
             Outcome::Response(bytes) if bytes.len() <= INLINE_ANSWER_BYTES => {
                 finish.now(decode(bytes));
             }

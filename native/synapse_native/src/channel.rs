@@ -5,14 +5,17 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use rustler::{Atom, Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifMap, Resource, ResourceArc, Term};
+use synapse_client::lane::Reader;
 use synapse_client::{Address, Error, Tls, Worker, WorkerOptions};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 
 use crate::atoms;
 use crate::error::NifError;
+use crate::lane_reader::ProcessReader;
 use crate::runtime::RUNTIME;
 
 /// A worker's channel. `closed` is cancelled when the worker is known to be
@@ -82,6 +85,9 @@ pub struct ConnectOptions<'a> {
     pub server_name: Option<String>,
     /// The bearer token the worker requires, if any (see [`channel_token`]).
     pub token: Option<ResourceArc<TokenResource>>,
+    /// The process that reads the lane's unary calls (see
+    /// [`crate::lane_reader`]); `nil` for a task of the NIF's.
+    pub lane_reader: Option<LocalPid>,
 }
 
 /// Creates the channel without connecting: the first call connects (and a
@@ -110,6 +116,9 @@ fn connect(
         tls: tls.as_ref(),
         authorization: options.token.map(|token| token.0.clone()),
         max_message_bytes: options.max_message_bytes,
+        lane_reader: options
+            .lane_reader
+            .map(|pid| Arc::new(ProcessReader { pid }) as Arc<dyn Reader>),
     })?;
     Ok(ResourceArc::new(ChannelResource {
         worker,

@@ -1,4 +1,5 @@
-//! Messages to Erlang processes, sent from tokio threads.
+//! Messages to Erlang processes, sent from tokio threads, or from the
+//! scheduler of a process that answers calls ([`from_process`]).
 //!
 //! A call answers exactly once, with its [`Reply`]; a streaming call may
 //! first send any number of events through its [`Events`].
@@ -14,8 +15,11 @@
 //!   to the tool runner for each call that needs approval
 
 use std::any::Any;
+use std::cell::Cell;
+use std::ptr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rustler::sys::ErlNifEnv;
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
@@ -94,6 +98,19 @@ impl Target {
     {
         let tag = &self.tag;
         let pid = self.pid;
+        // `build` is only called on one of the two paths.
+        let mut build = Some(build);
+        let from_process = send_from_process(
+            pid,
+            tag,
+            kind,
+            |env| (build.take().expect("built once"))(env),
+            &fallback,
+        );
+        if let Some(sent) = from_process {
+            return sent;
+        }
+        let build = build.expect("not built yet");
         let mut env = self.env.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             env.send_and_clear(&pid, |env| (kind, load_tag(env, tag), build(env)))
@@ -108,6 +125,57 @@ impl Target {
             }
         }
     }
+}
+
+thread_local! {
+    /// The env of the process whose NIF runs [`from_process`] on this
+    /// thread (a scheduler), or null.
+    static PROCESS_ENV: Cell<*mut ErlNifEnv> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// Runs `f`, in a NIF called by a process that answers calls (the lane's
+/// reader), so that the messages `f` sends are built in that process's env
+/// and sent from it: on a scheduler, where an `OwnedEnv` cannot send.
+pub fn from_process<R>(env: Env<'_>, f: impl FnOnce() -> R) -> R {
+    struct Restore(*mut ErlNifEnv);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PROCESS_ENV.with(|current| current.set(self.0));
+        }
+    }
+    let _restore = Restore(PROCESS_ENV.with(|current| current.replace(env.as_c_arg())));
+    f()
+}
+
+/// Sends `{kind, tag, build(env)}` from the process of [`from_process`],
+/// if this thread runs one; `None` otherwise.
+fn send_from_process<F>(
+    pid: LocalPid,
+    tag: &[u8],
+    kind: Atom,
+    build: F,
+    fallback: impl for<'a> Fn(Env<'a>) -> Term<'a>,
+) -> Option<bool>
+where
+    F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
+{
+    let raw = PROCESS_ENV.with(Cell::get);
+    if raw.is_null() {
+        return None;
+    }
+    let marker = ();
+    // SAFETY: `raw` is the env of the NIF running `from_process` on this
+    // thread, valid until it returns, which it has not: this runs within it.
+    let env = unsafe { Env::new(&marker, raw) };
+    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        env.send(&pid, (kind, load_tag(env, tag), build(env)))
+    }));
+    Some(match sent {
+        Ok(result) => result.is_ok(),
+        Err(_) => env
+            .send(&pid, (kind, load_tag(env, tag), fallback(env)))
+            .is_ok(),
+    })
 }
 
 fn load_tag<'a>(env: Env<'a>, tag: &[u8]) -> Term<'a> {
@@ -149,7 +217,7 @@ impl Reply {
     }
 
     /// Sends the final answer. Must run on a non-BEAM thread (a tokio
-    /// worker): `OwnedEnv::send_and_clear` panics on scheduler threads.
+    /// worker), where `OwnedEnv` sends, or within [`from_process`].
     pub fn send<T: 'static, E>(mut self, result: Result<T, Error>, encode: E)
     where
         E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error>,

@@ -1,0 +1,87 @@
+defmodule SynapseCore.LaneReaderTest do
+  # The process that reads a local worker's lane for its unary calls
+  # (SynapseCore.Channel.LaneReader), with a real worker: what its loss does
+  # to the calls, and that the descriptors it reads are let go of.
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  alias SynapseCore.{Agent, Error, Result}
+
+  @moduletag capture_log: true
+
+  defp reader(name) do
+    [%{pid: worker}] = Agent.workers(name)
+    {_state, data} = :sys.get_state(worker)
+    data.channel.reader
+  end
+
+  defp ports(reader) do
+    {:links, links} = Process.info(reader, :links)
+    Enum.filter(links, &is_port/1)
+  end
+
+  # What the descriptor a Port on a descriptor reads ("in/out") is.
+  defp socket_of(port) do
+    {:name, name} = Port.info(port, :name)
+    [fd, fd] = name |> to_string() |> String.split("/")
+    {:ok, "socket:" <> _ = socket} = File.read_link("/proc/self/fd/#{fd}")
+    socket
+  end
+
+  # This VM's descriptors open on `socket`.
+  defp open_on(socket) do
+    "/proc/self/fd"
+    |> File.ls!()
+    |> Enum.filter(&(File.read_link("/proc/self/fd/#{&1}") == {:ok, socket}))
+  end
+
+  test "a unary call is answered through the reader's Port on the worker's lane" do
+    name = start_fixture_agent!("echo_agent")
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+    reader = reader(name)
+    assert [port] = ports(reader)
+    # The NIF's descriptor for writing, and the one the Port reads.
+    assert [_, _] = port |> socket_of() |> open_on()
+  end
+
+  test "the reader killed: calls in flight get :worker_exited and the worker is replaced" do
+    name = start_fixture_agent!("slow_agent")
+    os_pid = worker_os_pid(name)
+    call = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
+    # Long enough for the run to reach the worker.
+    Process.sleep(400)
+    reader = reader(name)
+
+    Process.exit(reader, :kill)
+
+    assert {:error, %Error{kind: :worker_exited}} = Task.await(call)
+
+    eventually(
+      fn -> match?([%{os_pid: new}] when new != os_pid, Agent.workers(name)) end,
+      60_000
+    )
+
+    assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
+    refute reader(name) == reader
+  end
+
+  test "an agent stopped lets go of its lane: the reader's Port closes, the socket is closed" do
+    opts = fixture_agent("echo_agent")
+    {:ok, supervisor} = SynapseCore.start_agent(opts)
+    name = opts[:name]
+
+    for _ <- 1..3, do: assert({:ok, %Result{}} = Agent.run_sync(name, "hi"))
+    reader = reader(name)
+    [port] = ports(reader)
+    socket = socket_of(port)
+    ref = Process.monitor(reader)
+
+    :ok = SynapseCore.stop_agent(name)
+
+    assert_receive {:DOWN, ^ref, :process, ^reader, _}, 30_000
+    refute Port.info(port)
+    refute Process.alive?(supervisor)
+    eventually(fn -> open_on(socket) == [] end, 10_000)
+  end
+end
