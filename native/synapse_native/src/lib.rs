@@ -4,7 +4,7 @@
 //! its lane or gRPC) runs on one shared tokio runtime and answers the
 //! calling Erlang process by message, so no BEAM scheduler ever blocks on
 //! the network; the answers of unary calls on a lane are read by an Erlang
-//! process instead, through a Port ([`lane_reader`]). See
+//! process instead, through a Port (`lane_reader`). See
 //! `SynapseCore.Native` for the Elixir side of each function.
 
 mod agent;
