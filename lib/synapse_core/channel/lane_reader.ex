@@ -86,11 +86,17 @@ defmodule SynapseCore.Channel.LaneReader do
 
   defp close(ports, port, reason) do
     {inbound, ports} = Map.pop!(ports, port)
-    # Already closed when it exited.
-    if Port.info(port) != nil, do: Port.close(port)
+    close_port(port)
     if reason, do: Native.lane_ended(inbound, reason)
     Native.lane_release(inbound)
     ports
+  end
+
+  defp close_port(port) do
+    Port.close(port)
+  rescue
+    # It had exited already.
+    ArgumentError -> :ok
   end
 
   defp close_all(ports) do
