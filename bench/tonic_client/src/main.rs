@@ -161,6 +161,8 @@ fn clients(addresses: &str, lanes: &str) -> Result<Vec<Client>, String> {
                 tls: None,
                 authorization: None,
                 max_message_bytes: MAX_MESSAGE_BYTES,
+                // A pure Rust client: tokio reads the lane.
+                lane_reader: None,
             })
             .map_err(|e| e.to_string())?;
             Ok(Arc::new(worker))
