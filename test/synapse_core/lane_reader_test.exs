@@ -45,6 +45,35 @@ defmodule SynapseCore.LaneReaderTest do
     assert [_, _] = port |> socket_of() |> open_on()
   end
 
+  test "the unary connection ending fails its calls; the next call connects again" do
+    name = start_fixture_agent!("slow_agent")
+    os_pid = worker_os_pid(name)
+    call = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
+    # Long enough for the run to reach the worker.
+    Process.sleep(400)
+    reader = reader(name)
+    [port] = ports(reader)
+
+    # The connection ends under the reader's Port, as when the worker closes
+    # it: shut down through a descriptor of the test's own.
+    {:name, fds} = Port.info(port, :name)
+    [fd, _] = fds |> to_string() |> String.split("/")
+    {:ok, socket} = :socket.open(String.to_integer(fd), %{dup: true})
+    :ok = :socket.shutdown(socket, :read_write)
+    :ok = :socket.close(socket)
+
+    assert {:error, %Error{kind: :unavailable, message: message}} = Task.await(call, 10_000)
+    assert message =~ "the worker closed the lane"
+    eventually(fn -> ports(reader) == [] end)
+
+    # The same worker, on a new connection read by the same reader.
+    assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
+    assert worker_os_pid(name) == os_pid
+    assert reader(name) == reader
+    assert [new_port] = ports(reader)
+    assert new_port != port
+  end
+
   test "the reader killed: calls in flight get :worker_exited and the worker is replaced" do
     name = start_fixture_agent!("slow_agent")
     os_pid = worker_os_pid(name)
