@@ -21,12 +21,28 @@ defmodule SynapseCore.LaneReaderTest do
     Enum.filter(links, &is_port/1)
   end
 
-  # What the descriptor a Port on a descriptor reads ("in/out") is.
-  defp socket_of(port) do
+  # The descriptor a Port on a descriptor reads (its name is "in/out").
+  defp port_fd(port) do
     {:name, name} = Port.info(port, :name)
     [fd, fd] = name |> to_string() |> String.split("/")
-    {:ok, "socket:" <> _ = socket} = File.read_link("/proc/self/fd/#{fd}")
+    String.to_integer(fd)
+  end
+
+  # What that descriptor is open on.
+  defp socket_of(port) do
+    {:ok, "socket:" <> _ = socket} = File.read_link("/proc/self/fd/#{port_fd(port)}")
     socket
+  end
+
+  # A slow agent with a run in flight on it: its name, its worker's OS pid,
+  # the run's task and the agent's reader.
+  defp slow_run_in_flight do
+    name = start_fixture_agent!("slow_agent")
+    os_pid = worker_os_pid(name)
+    call = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
+    # Long enough for the run to reach the worker.
+    Process.sleep(400)
+    {name, os_pid, call, reader(name)}
   end
 
   # This VM's descriptors open on `socket`.
@@ -46,19 +62,12 @@ defmodule SynapseCore.LaneReaderTest do
   end
 
   test "the unary connection ending fails its calls; the next call connects again" do
-    name = start_fixture_agent!("slow_agent")
-    os_pid = worker_os_pid(name)
-    call = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
-    # Long enough for the run to reach the worker.
-    Process.sleep(400)
-    reader = reader(name)
+    {name, os_pid, call, reader} = slow_run_in_flight()
     [port] = ports(reader)
 
     # The connection ends under the reader's Port, as when the worker closes
     # it: shut down through a descriptor of the test's own.
-    {:name, fds} = Port.info(port, :name)
-    [fd, _] = fds |> to_string() |> String.split("/")
-    {:ok, socket} = :socket.open(String.to_integer(fd), %{dup: true})
+    {:ok, socket} = :socket.open(port_fd(port), %{dup: true})
     :ok = :socket.shutdown(socket, :read_write)
     :ok = :socket.close(socket)
 
@@ -75,12 +84,7 @@ defmodule SynapseCore.LaneReaderTest do
   end
 
   test "the reader killed: calls in flight get :worker_exited and the worker is replaced" do
-    name = start_fixture_agent!("slow_agent")
-    os_pid = worker_os_pid(name)
-    call = Task.async(fn -> Agent.run_sync(name, "30", timeout: 60_000) end)
-    # Long enough for the run to reach the worker.
-    Process.sleep(400)
-    reader = reader(name)
+    {name, os_pid, call, reader} = slow_run_in_flight()
 
     Process.exit(reader, :kill)
 
