@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -114,6 +115,33 @@ async def test_run_awaits_the_function_in_a_thread_in_a_copy_of_the_callers_cont
         await threads.run(stop)
 
 
+async def test_outcomes_that_come_back_together_wake_the_loop_once() -> None:
+    threads = SyncThreads()
+    loop = asyncio.get_running_loop()
+    wakes: list[object] = []
+    call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def counted(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+        wakes.append(callback)
+        return call_soon_threadsafe(callback, *args)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        calls = [asyncio.create_task(threads.run(pow, n, 2)) for n in range(8)]
+        await asyncio.sleep(0)  # the calls are handed to the threads
+        # The loop is blocked (no await) until every call's outcome is back.
+
+        def handed_back() -> int:
+            # Waiting for the loop, or each with a wake-up of its own.
+            return max(len(getattr(threads, "_outcomes", {}).get(loop, ())), len(wakes))
+
+        _block_until(lambda: handed_back() == 8)
+        assert await asyncio.gather(*calls) == [n * n for n in range(8)]
+        assert len(wakes) == 1
+    finally:
+        del loop.call_soon_threadsafe
+
+
 async def test_a_run_cancelled_while_it_runs_is_stuck_until_it_returns() -> None:
     changes: list[int] = []
     threads = SyncThreads(on_stuck=changes.append)
@@ -175,6 +203,13 @@ async def test_a_worker_past_its_stuck_threads_limit_reports_not_serving(tmp_pat
             await wait_for_async(lambda: health(), SERVING)
     finally:
         await worker.stop(grace=0)
+
+
+def _block_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Waits for `condition` without yielding: blocks the event loop, on purpose."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 5) -> None:

@@ -18,7 +18,9 @@ and coroutines await a function in it with `run` (the Bridge's sync functions),
 which hands the outcome back to the event loop in one `call_soon_threadsafe`:
 no `concurrent.futures.Future` chained to an asyncio one, as
 `asyncio.to_thread` does, whose callbacks and locks cost more CPU than the
-hop itself, most of all with many calls in flight.
+hop itself, most of all with many calls in flight. Outcomes that come back
+before the loop has run that callback join it: with many calls in flight
+the loop is woken once for several of them, not once each.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class SyncThreads(Executor):
         self._idle = 0
         self._stuck = 0
         self._shut_down = False
+        # Outcomes on their way back to each event loop, handed over in one
+        # `call_soon_threadsafe` for all those that finish before it runs.
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[tuple[_Call, Any, Any]]] = {}
 
     @property
     def stuck(self) -> int:
@@ -193,10 +198,28 @@ class SyncThreads(Executor):
             result, failure = None, exc
         if self._finished(call):
             return
+        loop = call.loop
+        if loop.is_closed():
+            return  # nobody waits any more
+        with self._lock:
+            outcomes = self._outcomes.get(loop)
+            if outcomes is not None:
+                outcomes.append((call, result, failure))
+                return
+            self._outcomes[loop] = [(call, result, failure)]
         try:
-            call.loop.call_soon_threadsafe(_settle, call.waiter, result, failure)
+            loop.call_soon_threadsafe(self._settle_all, loop)
         except RuntimeError:
-            pass  # the loop is closed: nobody waits any more
+            # The loop is closed: nobody waits any more.
+            with self._lock:
+                self._outcomes.pop(loop, None)
+
+    def _settle_all(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`: the outcomes that came back for it since it was last woken."""
+        with self._lock:
+            outcomes = self._outcomes.pop(loop, [])
+        for call, result, failure in outcomes:
+            _settle(call.waiter, result, failure)
 
     def _abandon(self, work: _ToolFuture | _Call) -> None:
         """Nobody waits for `work` any more: one not started never will be, one running is stuck."""
