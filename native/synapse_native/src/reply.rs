@@ -57,11 +57,13 @@ pub struct Events {
 }
 
 /// A receiver of a call's messages. Every target of a call shares one
-/// scratch env (all of a call's messages are sent from its one task), and
-/// the tag travels as its external term format, decoded into each message:
-/// one env per call, however many messages it sends.
+/// scratch env (all of a call's messages are sent from its one task),
+/// made when the first message is sent from a tokio thread (a call answered
+/// from a process's scheduler needs none), and the tag travels as its
+/// external term format, decoded into each message: at most one env per
+/// call, however many messages it sends.
 struct Target {
-    env: Arc<Mutex<OwnedEnv>>,
+    env: Arc<Mutex<Option<OwnedEnv>>>,
     pid: LocalPid,
     tag: Arc<[u8]>,
 }
@@ -69,7 +71,7 @@ struct Target {
 impl Target {
     fn new(pid: LocalPid, tag: Term<'_>) -> Self {
         Self {
-            env: Arc::new(Mutex::new(OwnedEnv::new())),
+            env: Arc::new(Mutex::new(None)),
             pid,
             tag: tag.to_binary().as_slice().into(),
         }
@@ -98,20 +100,25 @@ impl Target {
     {
         let tag = &self.tag;
         let pid = self.pid;
-        // `build` is only called on one of the two paths.
-        let mut build = Some(build);
-        let from_process = send_from_process(
-            pid,
-            tag,
-            kind,
-            |env| (build.take().expect("built once"))(env),
-            &fallback,
-        );
-        if let Some(sent) = from_process {
-            return sent;
+        let raw = PROCESS_ENV.with(Cell::get);
+        if !raw.is_null() {
+            let marker = ();
+            // SAFETY: `raw` is the env of the NIF running `from_process` on
+            // this thread, valid until it returns, which it has not: this
+            // runs within it.
+            let env = unsafe { Env::new(&marker, raw) };
+            let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                env.send(&pid, (kind, load_tag(env, tag), build(env)))
+            }));
+            return match sent {
+                Ok(result) => result.is_ok(),
+                Err(_) => env
+                    .send(&pid, (kind, load_tag(env, tag), fallback(env)))
+                    .is_ok(),
+            };
         }
-        let build = build.expect("not built yet");
-        let mut env = self.env.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.env.lock().unwrap_or_else(PoisonError::into_inner);
+        let env = slot.get_or_insert_with(OwnedEnv::new);
         let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             env.send_and_clear(&pid, |env| (kind, load_tag(env, tag), build(env)))
         }));
@@ -145,37 +152,6 @@ pub fn from_process<R>(env: Env<'_>, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(PROCESS_ENV.with(|current| current.replace(env.as_c_arg())));
     f()
-}
-
-/// Sends `{kind, tag, build(env)}` from the process of [`from_process`],
-/// if this thread runs one; `None` otherwise.
-fn send_from_process<F>(
-    pid: LocalPid,
-    tag: &[u8],
-    kind: Atom,
-    build: F,
-    fallback: impl for<'a> Fn(Env<'a>) -> Term<'a>,
-) -> Option<bool>
-where
-    F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
-{
-    let raw = PROCESS_ENV.with(Cell::get);
-    if raw.is_null() {
-        return None;
-    }
-    let marker = ();
-    // SAFETY: `raw` is the env of the NIF running `from_process` on this
-    // thread, valid until it returns, which it has not: this runs within it.
-    let env = unsafe { Env::new(&marker, raw) };
-    let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        env.send(&pid, (kind, load_tag(env, tag), build(env)))
-    }));
-    Some(match sent {
-        Ok(result) => result.is_ok(),
-        Err(_) => env
-            .send(&pid, (kind, load_tag(env, tag), fallback(env)))
-            .is_ok(),
-    })
 }
 
 fn load_tag<'a>(env: Env<'a>, tag: &[u8]) -> Term<'a> {
