@@ -1,8 +1,9 @@
 defmodule SynapseCore.Channel do
   @moduledoc false
   # A connection to one worker: the NIF's channel resource and the address
-  # it points at. Cheap to copy; every call on it shares one connection: the
-  # worker's lane when it has one (a local worker), else HTTP/2.
+  # it points at. Cheap to copy; every call on it shares its connections:
+  # the worker's lane when it has one (a local worker: one connection for
+  # unary calls, read by the channel's reader, one for streams), else HTTP/2.
 
   alias SynapseCore.{Agent.Options, Channel.LaneReader, Error, Native}
 

@@ -1182,7 +1182,7 @@ fn take_frame(buffer: &mut BytesMut, max_frame: usize) -> Result<Option<LaneFram
             "the worker sent a frame of {length} bytes, over the maximum of {max_frame}"
         ));
     }
-    if whole_frame(buffer).is_none() {
+    if buffer.len() < 4 + length {
         buffer.reserve(4 + length - buffer.len());
         return Ok(None);
     }

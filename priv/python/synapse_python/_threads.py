@@ -79,6 +79,9 @@ class _Call:
         self.abandoned = False
 
 
+_Outcome = tuple[_Call, Any, BaseException | None]
+"""A call, and what its function returned or raised."""
+
 _Work = tuple[_ToolFuture, Callable[..., Any], tuple[Any, ...], dict[str, Any]] | _Call
 
 
@@ -102,7 +105,7 @@ class SyncThreads(Executor):
         self._shut_down = False
         # Outcomes on their way back to each event loop, handed over in one
         # `call_soon_threadsafe` for all those that finish before it runs.
-        self._outcomes: dict[asyncio.AbstractEventLoop, list[tuple[_Call, Any, Any]]] = {}
+        self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
 
     @property
     def stuck(self) -> int:
