@@ -52,6 +52,7 @@ from typing import Any, NoReturn
 import grpc
 
 from synapse_python import _auth
+from synapse_python._awaitables import is_awaitable
 from synapse_python._errors import ERROR_METADATA_KEY
 from synapse_python._proto.synapse.v1 import lane_pb2
 
@@ -371,7 +372,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         context = contextvars.copy_context()
         try:
             response = context.run(at_once, self._request(), self)
-            if inspect.isawaitable(response):
+            if is_awaitable(response):
                 self._arm_deadline()
                 self.task = self._connection._loop.create_task(self._run(response), context=context)
                 return

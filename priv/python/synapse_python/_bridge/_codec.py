@@ -45,6 +45,10 @@ INT64_MAX = 2**63 - 1
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MESSAGE_KINDS = ("model", "tuple", "union", "datetime")
+# Kinds whose field holds the value itself, read as it is.
+_AS_IS = ("int", "float", "bool", "str", "bytes", "custom")
+# Kinds written with one `setattr` of `_scalar`'s value.
+_SET_AS_SCALAR = frozenset({"int", "float", "bool", "str", "bytes", "custom", "date", "enum"})
 
 Loc = tuple[str | int, ...]
 
@@ -119,6 +123,7 @@ class Codec:
         self._enum_read: dict[str, dict[int, Any]] = {}
         self._enum_write: dict[str, Callable[[Any], int | None]] = {}
         self._custom_write: dict[str, Callable[[Any], Any]] = {}
+        self._message_classes: dict[str, type[Message]] = {}
         for name, type_def in ir.types.items():
             if isinstance(type_def, EnumType):
                 self._enum_read[name], self._enum_write[name] = self._enum_tables(
@@ -133,7 +138,11 @@ class Codec:
 
     def message_class(self, name: str) -> type[Message]:
         """The class of the message `name` (in the bridge's package)."""
-        return GetMessageClass(self.pool.FindMessageTypeByName(f"{self.ir.package}.{name}"))
+        found = self._message_classes.get(name)
+        if found is None:
+            found = GetMessageClass(self.pool.FindMessageTypeByName(f"{self.ir.package}.{name}"))
+            self._message_classes[name] = found
+        return found
 
     def function(self, name: str) -> Function:
         for function in self.ir.functions:
@@ -147,6 +156,10 @@ class Codec:
         """The parameters `request` sets, as raw values (unset ones left out)."""
         values = {}
         for param in function.params:
+            if param.type.kind in _AS_IS:  # what `_read_field` does for them, inline
+                if request.HasField(param.name):
+                    values[param.name] = getattr(request, param.name)
+                continue
             value = self._read_field(request, param.name, param.type, param.presence, (param.name,))
             if value is not ABSENT:
                 values[param.name] = value
@@ -166,7 +179,10 @@ class Codec:
     def write_response(self, function: Function, value: Any) -> Message:
         """The response message for one result (or stream item) of `function`."""
         response = self.message_class(function.response)()
-        if function.returns.kind != "none":
+        kind = function.returns.kind
+        if kind in _SET_AS_SCALAR:  # what `_write_field` does for them, inline
+            response.value = self._scalar(function.returns, value, ("result",))  # type: ignore[attr-defined]
+        elif kind != "none":
             self._write_field(response, "value", function.returns, False, value, ("result",))
         return response
 

@@ -44,6 +44,7 @@ import pydantic
 from google.protobuf.message import Message
 
 from synapse_python import _errors, _lane
+from synapse_python._awaitables import is_awaitable
 from synapse_python._bridge import _introspect, _proto_gen
 from synapse_python._bridge._codec import (
     Codec,
@@ -84,8 +85,13 @@ class BridgeService:
             }
             for name in self._functions
         }
-        self._signatures = {
-            name: inspect.signature(function) for name, function in self._functions.items()
+        # Each function's parameters in order: name, whether positional-only, default.
+        self._parameters = {
+            name: [
+                (parameter.name, parameter.kind is parameter.POSITIONAL_ONLY, parameter.default)
+                for parameter in inspect.signature(function).parameters.values()
+            ]
+            for name, function in self._functions.items()
         }
         # Where sync functions run: a pool of this service's, until `handlers`
         # is given the worker's.
@@ -182,7 +188,7 @@ class BridgeService:
                 except Exception as exc:
                     error = self._error(function, exc)
                 else:
-                    if inspect.isawaitable(response):
+                    if is_awaitable(response):
                         return self._guarded(function, response, context)
                     return response
                 context.fail(*_errors.abort_status(error))
@@ -225,12 +231,12 @@ class BridgeService:
     ) -> Message:
         if function.on_loop:
             response = self._call_on_loop(function, request)
-            return await response if inspect.isawaitable(response) else response
+            return await response if is_awaitable(response) else response
         args, kwargs = self._arguments(function, request)
         target = self._functions[function.name]
         if function.kind == "sync":
             result = await self._threads.run(target, *args, **kwargs)
-            if inspect.isawaitable(result):  # a decorator hid a coroutine function
+            if is_awaitable(result):  # a decorator hid a coroutine function
                 result = await result
         else:
             result = await target(*args, **kwargs)
@@ -241,7 +247,7 @@ class BridgeService:
         function returned one (a decorator hid a coroutine function)."""
         args, kwargs = self._arguments(function, request)
         result = self._functions[function.name](*args, **kwargs)
-        if inspect.isawaitable(result):
+        if is_awaitable(result):
             return self._respond_later(function, result)
         return self._codec.write_response(function, result)
 
@@ -272,7 +278,9 @@ class BridgeService:
                     errors.append({"loc": [param.name], "msg": "Field required", "type": "missing"})
                 continue
             try:
-                values[param.name] = adapters[param.name].validate_python(
+                # The adapter's validator itself: `TypeAdapter.validate_python`
+                # only forwards to it, at a cost per call the size of the check.
+                values[param.name] = adapters[param.name].validator.validate_python(
                     raw[param.name], by_alias=False, by_name=True
                 )
             except pydantic.ValidationError as exc:
@@ -281,11 +289,11 @@ class BridgeService:
             raise InvalidArguments(errors)
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        for parameter in self._signatures[function.name].parameters.values():
-            if parameter.kind is parameter.POSITIONAL_ONLY:
-                args.append(values.get(parameter.name, parameter.default))
-            elif parameter.name in values:
-                kwargs[parameter.name] = values[parameter.name]
+        for name, positional_only, default in self._parameters[function.name]:
+            if positional_only:
+                args.append(values.get(name, default))
+            elif name in values:
+                kwargs[name] = values[name]
         return args, kwargs
 
     def _describe(self, function: Function) -> str:
