@@ -187,6 +187,7 @@ defmodule SynapseCore.Agent do
   @type run_option ::
           {:message_history, Messages.t() | Result.t() | [map()] | nil}
           | {:output_tool_return_content, String.t() | nil}
+          | {:messages, boolean()}
           | {:model_settings, map() | keyword() | nil}
           | {:usage_limits, map() | keyword() | nil}
           | {:timeout, timeout()}
@@ -708,6 +709,7 @@ defmodule SynapseCore.Agent do
       quiet: quiet,
       deps: call.deps,
       output_tool_return_content: call.output_tool_return_content,
+      messages: call.messages,
       trace_context: call.trace_context || %{},
       deferred_tool_results: call.deferred_tool_results,
       inline_approvals: call.approver != nil,

@@ -18,7 +18,8 @@ defmodule SynapseCore.Result do
       plus this run's messages): a `SynapseCore.Messages` holding
       pydantic-ai's own JSON bytes. Pass it (or the result) as
       `message_history:` to continue the conversation; store
-      `messages.json`; read it with `SynapseCore.Messages.decode/1`.
+      `messages.json`; read it with `SynapseCore.Messages.decode/1`. `nil`
+      for a run with `messages: false`.
     * `new_message_index` - where this run's messages begin in `messages`;
       `new_messages/1` gives them (pydantic-ai's `new_messages()`).
     * `run_id` - pydantic-ai's id of this run.
@@ -38,7 +39,7 @@ defmodule SynapseCore.Result do
           output: String.t() | term(),
           output_type: String.t(),
           usage: Usage.t(),
-          messages: Messages.t(),
+          messages: Messages.t() | nil,
           new_message_index: non_neg_integer(),
           run_id: String.t()
         }
@@ -52,9 +53,12 @@ defmodule SynapseCore.Result do
 
   @doc """
   The messages this run added to the conversation: pydantic-ai's
-  `new_messages()`, each message's bytes as they are in `messages`.
+  `new_messages()`, each message's bytes as they are in `messages` (`nil`
+  when the run left its messages out).
   """
-  @spec new_messages(t()) :: Messages.t()
+  @spec new_messages(t()) :: Messages.t() | nil
+  def new_messages(%__MODULE__{messages: nil}), do: nil
+
   def new_messages(%__MODULE__{messages: messages, new_message_index: index}),
     do: Messages.slice(messages, index)
 
@@ -62,8 +66,11 @@ defmodule SynapseCore.Result do
     import Inspect.Algebra
 
     def inspect(result, opts) do
-      count = result.messages.count
-      messages = "#{count} (#{count - result.new_message_index} new)"
+      messages =
+        case result.messages do
+          nil -> "left out"
+          %{count: count} -> "#{count} (#{count - result.new_message_index} new)"
+        end
 
       fields = [
         output: result.output,

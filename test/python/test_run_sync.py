@@ -59,6 +59,23 @@ async def test_message_history_round_trips(client: AgentClient) -> None:
     assert len(messages) == 4
 
 
+async def test_omit_messages_leaves_only_the_messages_out(client: AgentClient) -> None:
+    await load(client, "history")
+    first = await client.run_sync("history", "one")
+
+    kept = await client.run_sync("history", "two", message_history_json=first.messages_json)
+    left = await client.run_sync(
+        "history", "two", message_history_json=first.messages_json, omit_messages=True
+    )
+
+    assert kept.messages_json
+    assert left.messages_json == b""
+    assert left.text == kept.text == "messages=3"
+    assert left.usage == kept.usage
+    assert (left.message_count, left.new_message_index) == (4, 2)
+    assert (kept.message_count, kept.new_message_index) == (4, 2)
+
+
 async def test_an_empty_prompt_continues_from_the_history(client: AgentClient) -> None:
     await load(client, "history")
     first = await client.run_sync("history", "one")

@@ -57,6 +57,58 @@ defmodule SynapseCore.RunSyncTest do
                Agent.run_sync(name, "three", message_history: second)
     end
 
+    test "messages: false leaves the conversation out of a result, and nothing else" do
+      name = start_fixture_agent!("history_agent")
+
+      assert {:ok, %Result{messages: %Messages{}} = kept} = Agent.run_sync(name, "one")
+      assert {:ok, %Result{messages: nil} = left} = Agent.run_sync(name, "one", messages: false)
+
+      assert Map.take(left, [:output, :output_type, :usage, :new_message_index]) ==
+               Map.take(kept, [:output, :output_type, :usage, :new_message_index])
+
+      assert Result.new_messages(left) == nil
+      assert inspect(left) =~ "messages: left out"
+
+      # With a history: the run sees it, and only the result leaves it out.
+      assert {:ok, %Result{output: "messages=3", messages: nil}} =
+               Agent.run_sync(name, "two", message_history: kept, messages: false)
+
+      # Such a result has no conversation to continue.
+      assert_raise ArgumentError, ~r/messages: false/, fn ->
+        Agent.run_sync(name, "two", message_history: left)
+      end
+
+      assert_raise ArgumentError, ~r/output_tool_return_content/, fn ->
+        Agent.run_sync(name, "two", messages: false, output_tool_return_content: "ok")
+      end
+
+      assert_raise ArgumentError, ~r/:messages/, fn ->
+        Agent.run_sync(name, "two", messages: :no)
+      end
+    end
+
+    test "messages: false on the Run stream: a run with an Elixir tool, and a streamed run" do
+      name = start_fixture_agent!("echo_agent")
+
+      tool =
+        SynapseCore.Tool.new(
+          name: "lookup",
+          parameters: [id: :integer],
+          function: fn %{id: id} -> {:ok, "item #{id}"} end
+        )
+
+      assert {:ok, %Result{messages: nil, usage: %Usage{tool_calls: 1}}} =
+               Agent.run_sync(name, "hi", tools: [tool], messages: false)
+
+      assert {:ok, %Result{messages: %Messages{count: 4}}} =
+               Agent.run_sync(name, "hi", tools: [tool])
+
+      events = name |> Agent.run_stream("hi", messages: false) |> Enum.to_list()
+
+      assert {:result, %Result{output: "success (no tool calls)", messages: nil}} =
+               List.last(events)
+    end
+
     test "model settings reach the model" do
       name = start_fixture_agent!("settings_agent")
 

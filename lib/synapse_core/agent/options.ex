@@ -471,6 +471,18 @@ defmodule SynapseCore.Agent.Options do
       with text output fails the run with `:invalid_argument`.
       """
     ],
+    messages: [
+      type: :boolean,
+      default: true,
+      doc: """
+      whether the result carries the conversation (`SynapseCore.Result`'s
+      `messages`, to continue it). With `false` its `messages` is `nil`, and
+      the worker does not write the messages' JSON, which is most of what
+      handing back a short run costs beyond pydantic-ai's own work (a few
+      percent of a `TestModel` run); such a result cannot be given as
+      `:message_history`, and `:output_tool_return_content` is refused.
+      """
+    ],
     model_settings: [
       type: :keyword_or_map,
       default: nil,
@@ -821,6 +833,7 @@ defmodule SynapseCore.Agent.Options do
           optional(:events) => [SynapseCore.Event.kind()],
           message_history: SynapseCore.Messages.t() | [map()] | nil,
           output_tool_return_content: String.t() | nil,
+          messages: boolean(),
           model_settings: map() | nil,
           usage_limits: map() | nil,
           timeout: timeout(),
@@ -833,7 +846,7 @@ defmodule SynapseCore.Agent.Options do
         }
 
   @spec call!(keyword()) :: call()
-  def call!(opts), do: Options.validate!(opts, @call_schema, "a run")
+  def call!(opts), do: opts |> Options.validate!(@call_schema, "a run") |> check_messages!()
 
   @typedoc "Validated options of a streaming run."
   @type stream :: %{
@@ -844,7 +857,10 @@ defmodule SynapseCore.Agent.Options do
 
   @spec stream!(keyword()) :: stream()
   def stream!(opts) do
-    options = Options.validate!(opts, @call_schema ++ @stream_schema, "a streamed run")
+    options =
+      opts
+      |> Options.validate!(@call_schema ++ @stream_schema, "a streamed run")
+      |> check_messages!()
 
     %{
       call:
@@ -855,6 +871,18 @@ defmodule SynapseCore.Agent.Options do
       window: options.window
     }
   end
+
+  # The content of the output tool's return is written into the messages.
+  defp check_messages!(%{messages: false, output_tool_return_content: content})
+       when content != nil,
+       do:
+         raise(
+           ArgumentError,
+           ":output_tool_return_content sets content in the result's messages, " <>
+             "which `messages: false` leaves out"
+         )
+
+  defp check_messages!(options), do: options
 
   ## Casts of the custom types (public for the schemas' captures)
 
@@ -1033,6 +1061,10 @@ defmodule SynapseCore.Agent.Options do
 
   @doc false
   def cast_history(nil), do: {:ok, nil}
+
+  def cast_history(%SynapseCore.Result{messages: nil}),
+    do: {:error, "a result run with `messages: false` carries no conversation to continue"}
+
   def cast_history(%SynapseCore.Result{messages: messages}), do: cast_history(messages)
 
   def cast_history(%SynapseCore.Messages{json: json} = messages) when is_binary(json),

@@ -48,6 +48,8 @@ pub struct RunArgs<'a> {
     /// Any term: sent to the worker as JSON when it has a JSON form.
     deps: Term<'a>,
     output_tool_return_content: Option<String>,
+    /// Whether the result carries the run's messages.
+    messages: bool,
     /// The caller's trace context headers (validated in Elixir).
     trace_context: std::collections::HashMap<String, String>,
     /// `nil` or the normalised decisions of `SynapseCore.DeferredToolResults`.
@@ -506,6 +508,7 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
         deps_error,
         timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         output_tool_return_content: args.output_tool_return_content,
+        omit_messages: !args.messages,
         trace_context: args.trace_context,
         events: args.events,
         prompt_parts: prompt::parts(&args.prompt_parts)?,
@@ -539,7 +542,9 @@ pub(crate) fn context(what: &str, error: Error) -> Error {
 }
 
 /// `%SynapseCore.Result{output:, output_type:, usage: %SynapseCore.Usage{},
-/// messages: %SynapseCore.Messages{}, new_message_index:, run_id:}`
+/// messages: %SynapseCore.Messages{} | nil, new_message_index:, run_id:}`:
+/// `messages` is `nil` when the run left them out (`omit_messages`; a run
+/// that kept them has at least one, never empty JSON).
 fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
     let output = match result.output {
         Some(run_result::Output::Text(text)) => json::string(env, &text),
@@ -548,6 +553,11 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
         None => return Err(Error::Protocol("the worker's result has no output".into())),
     };
     let usage = encode_usage(env, result.usage.unwrap_or_default());
+    let messages = if result.messages_json.is_empty() {
+        atoms::nil().encode(env)
+    } else {
+        messages::encode(env, &result.messages_json, result.message_count)
+    };
     Ok(elixir_struct(
         env,
         atoms::result_module(),
@@ -555,10 +565,7 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
             (atoms::output(), output),
             (atoms::output_type(), json::string(env, &result.output_type)),
             (atoms::usage(), usage),
-            (
-                atoms::messages(),
-                messages::encode(env, &result.messages_json, result.message_count),
-            ),
+            (atoms::messages(), messages),
             (
                 atoms::new_message_index(),
                 result.new_message_index.encode(env),

@@ -114,7 +114,10 @@ def _describe_usage_limit_errors(exc: pydantic.ValidationError) -> str:
 
 
 def run_result(
-    result: AgentRunResult[Any], output_tool_return_content: str | None = None
+    result: AgentRunResult[Any],
+    output_tool_return_content: str | None = None,
+    *,
+    messages: bool = True,
 ) -> agent_pb2.RunResult:
     """The wire form of a finished run: output, its class, usage, all messages.
 
@@ -124,11 +127,15 @@ def run_result(
     The messages are pydantic-ai's own `all_messages_json()` bytes, untouched
     (with `output_tool_return_content` given to it when set): the client
     hands them back as they are, so the next turn's history is byte for byte
-    the one a Python caller would pass.
+    the one a Python caller would pass. Without `messages` (the caller will
+    not continue the conversation), `messages_json` is left empty: the
+    messages' JSON is most of what converting a short run costs.
     """
     try:
-        messages_json = result.all_messages_json(
-            output_tool_return_content=output_tool_return_content
+        messages_json = (
+            result.all_messages_json(output_tool_return_content=output_tool_return_content)
+            if messages
+            else b""
         )
     except pydantic_core.PydanticSerializationError as exc:
         # What the run holds (a string UTF-8 cannot encode, an object with

@@ -132,7 +132,9 @@ class Run:
             if request.HasField("output_tool_return_content")
             else None
         )
-        return agent_pb2.RunEvent(result=_convert.run_result(result, content))
+        return agent_pb2.RunEvent(
+            result=_convert.run_result(result, content, messages=not request.omit_messages)
+        )
 
     def deliver(self, message: agent_pb2.RunInput) -> None:
         """Hand the run a message the client sent after `start`.
