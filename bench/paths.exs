@@ -262,6 +262,16 @@ contenders = fn
            worker_pids.(name)
          )
        end},
+      # The same run, its result without the message history (as the Ports'
+      # and in-process Python's, which hand back output and usage only).
+      {"synapse_lean",
+       fn ->
+         Paths.latency(
+           fn -> {:ok, _} = SynapseCore.Agent.run_sync(name, prompt, messages: false) end,
+           calls,
+           worker_pids.(name)
+         )
+       end},
       {"grpcio",
        fn -> grpc_runs.(["latency", "--case", run_case, "--calls", "#{calls}"], name) end}
       | baselines.("run_#{run_case}", [prompt], run_case, calls, calls)
@@ -292,17 +302,25 @@ latency =
     put_in(acc, [Access.key(c, %{}), name], Paths.summarize(runs))
   end)
 
-latency_ratios =
+# Ratios of Synapse's contender `who` to every other contender of each case.
+ratios_of = fn who ->
   Map.new(cases, fn c ->
     {c,
-     for {{^c, name}, runs} <- latency_runs, name != "synapse", into: %{} do
+     for {{^c, name}, runs} <- latency_runs,
+         latency_runs[{c, who}] != nil,
+         name != who,
+         into: %{} do
        {name,
         %{
-          "p50" => Paths.ratio(latency_runs[{c, "synapse"}], runs, "p50_us"),
-          "p99" => Paths.ratio(latency_runs[{c, "synapse"}], runs, "p99_us")
+          "p50" => Paths.ratio(latency_runs[{c, who}], runs, "p50_us"),
+          "p99" => Paths.ratio(latency_runs[{c, who}], runs, "p99_us")
         }}
      end}
   end)
+end
+
+latency_ratios = ratios_of.("synapse")
+latency_ratios_lean = ratios_of.("synapse_lean")
 
 latency_s = (System.monotonic_time(:millisecond) - phase_started) / 1000
 IO.puts("== 2. throughput (#{scale.throughput_rounds} rounds of #{scale.seconds} s)")
@@ -456,6 +474,7 @@ results = %{
   "scale" => Map.new(scale, fn {k, v} -> {Atom.to_string(k), v} end),
   "latency" => latency,
   "latency_ratios" => latency_ratios,
+  "latency_ratios_lean" => latency_ratios_lean,
   "throughput" => throughput,
   "throughput_ratios" => throughput_ratios
 }

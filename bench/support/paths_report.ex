@@ -6,6 +6,7 @@ defmodule SynapseCore.Bench.PathsReport do
 
   @contenders [
     {"synapse", "Synapse"},
+    {"synapse_lean", "Synapse, `messages: false`"},
     {"etf", "ErlPort-shaped: Port + packet 4 + ETF"},
     {"jsonl", "Port, JSON lines"},
     {"inprocess", "in-process Python"},
@@ -109,7 +110,8 @@ defmodule SynapseCore.Bench.PathsReport do
       reachable from this machine, so it could not be installed or measured here.
 
     The Ports and in-process Python hand back each run's output and usage; Synapse's
-    result also carries the run's message history.
+    result also carries the run's message history, which the contender
+    **Synapse, `messages: false`** (the same call with that option) leaves out.
 
     ![latency and throughput per path](chart.png)
 
@@ -117,9 +119,7 @@ defmodule SynapseCore.Bench.PathsReport do
 
     | path | Synapse p50 | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | Port, JSON lines |
     |---|---:|---:|---:|---:|
-    #{summary_row(r, "minimal", "`run_sync`, minimal agent")}
-    #{summary_row(r, "elixir_tool", "`run_sync` with one Elixir tool (ErlPort-shaped: an Erlang callback)")}
-    #{summary_row(r, "add", "Bridge `def add(a: int, b: int) -> int`")}
+    #{summary_rows(r)}
 
     In each cell: the baseline's p50, and Synapse's p50 divided by it (the median
     over rounds of the ratio within a round). The in-process column of the Bridge row
@@ -131,9 +131,7 @@ defmodule SynapseCore.Bench.PathsReport do
 
     | path | Synapse | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | Port, JSON lines |
     |---|---:|---:|---:|---:|
-    #{cpu_summary_row(r, "minimal", "`run_sync`, minimal agent")}
-    #{cpu_summary_row(r, "elixir_tool", "`run_sync` with one Elixir tool")}
-    #{cpu_summary_row(r, "add", "Bridge `add`")}
+    #{cpu_summary_rows(r)}
 
     ## 1. Latency, one call in flight
 
@@ -178,9 +176,34 @@ defmodule SynapseCore.Bench.PathsReport do
     |> Kernel.<>(".")
   end
 
-  defp summary_row(r, c, label) do
+  # The summary's rows: each path, and the runs again with `messages: false`.
+  @summary_rows [
+    {"minimal", "`run_sync`, minimal agent", "synapse"},
+    {"minimal", "`run_sync`, minimal agent, `messages: false`", "synapse_lean"},
+    {"elixir_tool", "`run_sync` with one Elixir tool (ErlPort-shaped: an Erlang callback)",
+     "synapse"},
+    {"elixir_tool", "`run_sync` with one Elixir tool, `messages: false`", "synapse_lean"},
+    {"add", "Bridge `def add(a: int, b: int) -> int`", "synapse"}
+  ]
+
+  defp summary_rows(r),
+    do: rows(for {c, label, who} <- @summary_rows, do: summary_row(r, c, label, who))
+
+  defp cpu_summary_rows(r),
+    do: rows(for {c, label, who} <- @summary_rows, do: cpu_summary_row(r, c, label, who))
+
+  # Table rows, one per line, leaving out those with nothing to show: a
+  # result written before `who` was measured has no row of `who`'s.
+  defp rows(rows), do: rows |> Enum.reject(&is_nil/1) |> Enum.join("\n")
+
+  # A row of `who`, Synapse's contender ("synapse" or "synapse_lean").
+  defp summary_row(r, c, label, who) do
+    if r["latency"][c][who], do: summary_row!(r, c, label, who)
+  end
+
+  defp summary_row!(r, c, label, who) do
     lat = r["latency"][c]
-    ratios = r["latency_ratios"][c]
+    ratios = if who == "synapse", do: r["latency_ratios"][c], else: r["latency_ratios_lean"][c]
 
     cells =
       Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
@@ -190,12 +213,16 @@ defmodule SynapseCore.Bench.PathsReport do
         end
       end)
 
-    "| #{label} | #{time(lat["synapse"]["p50_us"])} | #{cells} |"
+    "| #{label} | #{time(lat[who]["p50_us"])} | #{cells} |"
   end
 
-  defp cpu_summary_row(r, c, label) do
+  defp cpu_summary_row(r, c, label, who) do
+    if r["latency"][c][who], do: cpu_summary_row!(r, c, label, who)
+  end
+
+  defp cpu_summary_row!(r, c, label, who) do
     lat = r["latency"][c]
-    synapse = total_cpu(lat["synapse"])
+    synapse = total_cpu(lat[who])
 
     cells =
       Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
