@@ -227,7 +227,7 @@ class Codec:
 
     def _read_single(self, value: Any, t: TypeRef, loc: Loc) -> Any:
         kind = t.kind
-        if kind in ("int", "float", "bool", "str", "bytes", "custom"):
+        if kind in _AS_IS:
             return value
         if kind == "date":
             try:
