@@ -187,21 +187,24 @@ defmodule SynapseCore.Bench.PathsReport do
   ]
 
   defp summary_rows(r),
-    do: rows(for {c, label, who} <- @summary_rows, do: summary_row(r, c, label, who))
+    do:
+      Enum.map_join(summary_rows_of(r), "\n", fn {c, label, who} ->
+        summary_row(r, c, label, who)
+      end)
 
   defp cpu_summary_rows(r),
-    do: rows(for {c, label, who} <- @summary_rows, do: cpu_summary_row(r, c, label, who))
+    do:
+      Enum.map_join(summary_rows_of(r), "\n", fn {c, label, who} ->
+        cpu_summary_row(r, c, label, who)
+      end)
 
-  # Table rows, one per line, leaving out those with nothing to show: a
-  # result written before `who` was measured has no row of `who`'s.
-  defp rows(rows), do: rows |> Enum.reject(&is_nil/1) |> Enum.join("\n")
+  # The rows `r` has figures for: a result written before `messages: false`
+  # was measured has no row of it.
+  defp summary_rows_of(r),
+    do: for({c, _label, who} = row <- @summary_rows, r["latency"][c][who], do: row)
 
   # A row of `who`, Synapse's contender ("synapse" or "synapse_lean").
   defp summary_row(r, c, label, who) do
-    if r["latency"][c][who], do: summary_row!(r, c, label, who)
-  end
-
-  defp summary_row!(r, c, label, who) do
     lat = r["latency"][c]
     ratios = if who == "synapse", do: r["latency_ratios"][c], else: r["latency_ratios_lean"][c]
 
@@ -217,10 +220,6 @@ defmodule SynapseCore.Bench.PathsReport do
   end
 
   defp cpu_summary_row(r, c, label, who) do
-    if r["latency"][c][who], do: cpu_summary_row!(r, c, label, who)
-  end
-
-  defp cpu_summary_row!(r, c, label, who) do
     lat = r["latency"][c]
     synapse = total_cpu(lat[who])
 

@@ -46,9 +46,9 @@ INT64_MAX = 2**63 - 1
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MESSAGE_KINDS = ("model", "tuple", "union", "datetime")
 # Kinds whose field holds the value itself, read as it is.
-_AS_IS = ("int", "float", "bool", "str", "bytes", "custom")
+_AS_IS = frozenset({"int", "float", "bool", "str", "bytes", "custom"})
 # Kinds written with one `setattr` of `_scalar`'s value.
-_SET_AS_SCALAR = frozenset({"int", "float", "bool", "str", "bytes", "custom", "date", "enum"})
+_SET_AS_SCALAR = _AS_IS | {"date", "enum"}
 
 Loc = tuple[str | int, ...]
 
