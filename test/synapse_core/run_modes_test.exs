@@ -114,6 +114,24 @@ defmodule SynapseCore.RunModesTest do
     end
   end
 
+  describe "a run that cannot answer its cancel" do
+    # A run asked to stop answers what it did; one whose worker cannot
+    # answer in time is given up after a grace, and its caller still gets
+    # exactly one reply.
+    test "ends :cancelled after the grace, and the worker serves on" do
+      name = start_fixture_agent!("blocking_agent")
+      {:ok, run} = Agent.run(name, "6")
+      Process.sleep(200)
+      spawn(fn -> Agent.cancel(run) end)
+
+      # The grace is 1 s; the worker answers after 6 s, and waiting 4 s
+      # would end the wait with :timeout instead.
+      assert {:error, %Error{kind: :cancelled}} = Agent.await(run, 4_000)
+      assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "0")
+      refute_received {:synapse_reply, _, _}
+    end
+  end
+
   describe "run_stream/3" do
     test "the deltas concatenate to the final output" do
       name = start_fixture_agent!("echo_agent")

@@ -210,6 +210,35 @@ defmodule SynapseCore.ToolsTest do
     end
   end
 
+  describe "tool requests of every size" do
+    # On the lane, a run's tool requests are consumed where they are read,
+    # and from the first large one on by a task: in order either way.
+    test "a large request and the small ones after it reach their tools" do
+      name = start_fixture_agent!("calling_agent")
+      long = String.duplicate("é", 20 * 1024)
+      test = self()
+
+      echo =
+        Tool.new(
+          name: "echo",
+          parameters: [text: :string],
+          function: fn %{text: text} ->
+            send(test, {:echoed, text})
+            {:ok, byte_size(text)}
+          end
+        )
+
+      texts = [long, "short", "also short"]
+      calls = Enum.map(texts, &call("echo", %{"text" => &1}))
+      {:ok, prompt} = SynapseCore.JSON.encode(%{"calls" => calls, "retry_calls" => false})
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [echo])
+      {:ok, returned} = SynapseCore.JSON.decode(output)
+      assert Enum.map(returned, & &1["content"]) == Enum.map(texts, &byte_size/1)
+      for text <- texts, do: assert_received({:echoed, ^text})
+    end
+  end
+
   describe "tool outcomes over the message size limit" do
     setup do
       %{name: start_fixture_agent!("calling_agent", max_message_bytes: 64 * 1024)}

@@ -28,8 +28,11 @@
 //! connection of their own, which that reader reads instead of a tokio task:
 //! the NIF hands it to the BEAM, whose schedulers poll it as they poll a
 //! Port's, so that an answer reaches its caller with no thread of ours in
-//! between (see [`Inbound`]). Streamed calls keep a connection read by a
-//! task, where their responses are consumed.
+//! between (see [`Inbound`]). So do calls made with [`Lane::handled`],
+//! whose requests and responses stream but whose responses are taken by a
+//! [`Handler`] where they are read, and which end as those calls do. Other
+//! streamed calls keep a connection read by a task, where their responses
+//! are consumed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -141,7 +144,12 @@ impl Lane {
             None => self.connection(),
         };
         let deadline = timeout.map(|t| Instant::now() + t);
-        let id = connection.register_answer(answer, deadline)?;
+        let id = connection
+            .register_waiting(Route::Answer(answer, deadline), deadline)
+            .map_err(|(status, route)| match route {
+                Route::Answer(answer, _) => (status, answer),
+                _ => unreachable!("the route given back is the one registered"),
+            })?;
         connection.send(id, start(method, request, timeout, 0));
         Ok(Ticket {
             connection: Arc::downgrade(&connection),
@@ -149,8 +157,55 @@ impl Lane {
         })
     }
 
-    /// Ends every call made with [`Lane::call`] that is still waiting for
-    /// its answer: each is told `cancel` and answered
+    /// Opens a call whose requests and responses both stream, now, on the
+    /// calling thread (within a tokio runtime's context), whose responses
+    /// go to `handler` as they are read, on the thread that reads them: the
+    /// connection of [`Lane::call`]'s calls, so that with a [`Reader`] no
+    /// task wakes for them either. The `start` frame and the `first`
+    /// request go out in one write; later requests are sent with the
+    /// returned [`Requests`]. The call ends like one made with
+    /// [`Lane::call`] (its deadline kept by the connection, cancelled with
+    /// the returned [`Ticket`], ended by [`Lane::abandon`]), and `handler`
+    /// is told how, exactly once ([`Handler::end`]). Credit goes back to
+    /// the worker as responses are handed on: the handler takes each at
+    /// once.
+    pub fn handled(
+        &self,
+        method: &str,
+        first: Vec<u8>,
+        timeout: Option<Duration>,
+        handler: Arc<dyn Handler>,
+    ) -> Result<(Requests, Ticket), Status> {
+        let connection = match &self.answers {
+            Some((reader, slot)) => self.connect(slot, Some(reader)),
+            None => self.connection(),
+        };
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let route = Route::Handled {
+            handler,
+            deadline,
+            taken: 0,
+        };
+        let id = connection
+            .register_waiting(route, deadline)
+            .map_err(|(status, _)| status)?;
+        connection.send_frames([
+            (id, start(method, Vec::new(), timeout, WINDOW)),
+            (id, lane_frame::Body::Message(first)),
+        ]);
+        let requests = Requests(Arc::new(Writer {
+            connection: Arc::downgrade(&connection),
+            id,
+        }));
+        let ticket = Ticket {
+            connection: Arc::downgrade(&connection),
+            id,
+        };
+        Ok((requests, ticket))
+    }
+
+    /// Ends every call made with [`Lane::call`] or [`Lane::handled`] that
+    /// is still waiting for its end: each is told `cancel` and ended
     /// [`Outcome::Abandoned`] (on the calling thread).
     pub fn abandon(&self) {
         for slot in self.slots() {
@@ -295,6 +350,9 @@ pub enum Outcome {
     Cancelled,
     /// [`Lane::abandon`] ended it; the worker was told `cancel`.
     Abandoned,
+    /// The worker ended a call made with [`Lane::handled`] with an OK
+    /// status (never the outcome of a unary call).
+    Finished,
 }
 
 /// Takes the outcome of a call made with [`Lane::call`]. It is called
@@ -305,7 +363,22 @@ pub trait Answer: Send + 'static {
     fn answer(self: Box<Self>, outcome: Outcome);
 }
 
-/// A call made with [`Lane::call`], to cancel it.
+/// Takes the responses of a call made with [`Lane::handled`], in order,
+/// on the thread that reads them (a [`Reader`]'s, or the connection's
+/// task), then its end.
+pub trait Handler: Send + Sync + 'static {
+    /// A response of the call. Not called once the call has ended.
+    fn message(&self, message: Bytes);
+    /// How the call ended, told exactly once, on the thread that ended it
+    /// (as [`Answer::answer`] is): [`Outcome::Finished`] or
+    /// [`Outcome::Failed`] from the reader, [`Outcome::Expired`] from the
+    /// deadline timer, the caller's own for [`Outcome::Cancelled`] and
+    /// [`Outcome::Abandoned`].
+    fn end(&self, outcome: Outcome);
+}
+
+/// A call made with [`Lane::call`] or [`Lane::handled`], to cancel it.
+#[derive(Clone)]
 pub struct Ticket {
     connection: Weak<Connection>,
     id: u64,
@@ -420,6 +493,38 @@ enum Route {
     Stream(mpsc::UnboundedSender<Event>),
     /// A call made with [`Lane::call`], and its deadline.
     Answer(Box<dyn Answer>, Option<Instant>),
+    /// A call made with [`Lane::handled`], its deadline, and the responses
+    /// handed on since credit was last given back.
+    Handled {
+        handler: Arc<dyn Handler>,
+        deadline: Option<Instant>,
+        taken: u32,
+    },
+}
+
+impl Route {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Self::Stream(_) => None,
+            Self::Answer(_, deadline) | Self::Handled { deadline, .. } => *deadline,
+        }
+    }
+}
+
+/// A call that ends with one outcome, taken out of the table by whoever
+/// ends it.
+enum Waiting {
+    Answer(Box<dyn Answer>),
+    Handled(Arc<dyn Handler>),
+}
+
+impl Waiting {
+    fn finish(self, outcome: Outcome) {
+        match self {
+            Self::Answer(answer) => answer.answer(outcome),
+            Self::Handled(handler) => handler.end(outcome),
+        }
+    }
 }
 
 enum Event {
@@ -444,16 +549,18 @@ impl Calls {
     /// Takes the route of call `id`, and its deadline with it.
     fn remove(&mut self, id: u64) -> Option<Route> {
         let route = self.routes.remove(&id);
-        if let Some(Route::Answer(_, Some(at))) = &route {
-            self.deadlines.remove(&(*at, id));
+        if let Some(at) = route.as_ref().and_then(Route::deadline) {
+            self.deadlines.remove(&(at, id));
         }
         route
     }
 
-    /// Takes the route of call `id` if it is one made with [`Lane::call`].
-    fn take_answer(&mut self, id: u64) -> Option<Box<dyn Answer>> {
+    /// Takes the route of call `id` if it is one made with [`Lane::call`]
+    /// or [`Lane::handled`].
+    fn take_waiting(&mut self, id: u64) -> Option<Waiting> {
         match self.remove(id) {
-            Some(Route::Answer(answer, _)) => Some(answer),
+            Some(Route::Answer(answer, _)) => Some(Waiting::Answer(answer)),
+            Some(Route::Handled { handler, .. }) => Some(Waiting::Handled(handler)),
             Some(other) => {
                 self.routes.insert(id, other);
                 None
@@ -498,8 +605,11 @@ impl Drop for Connection {
         // `Lane::abandon`) fails them, as a broken one would.
         let calls = self.calls.get_mut().unwrap_or_else(PoisonError::into_inner);
         for (_, route) in calls.routes.drain() {
-            if let Route::Answer(answer, _) = route {
-                answer.answer(Outcome::Failed(transport_failure("the lane was closed")));
+            let failure = || Outcome::Failed(transport_failure("the lane was closed"));
+            match route {
+                Route::Answer(answer, _) => answer.answer(failure()),
+                Route::Handled { handler, .. } => handler.end(failure()),
+                Route::Stream(_) => {}
             }
         }
     }
@@ -626,18 +736,20 @@ impl Connection {
         Ok(id)
     }
 
-    fn register_answer(
+    /// Registers a call made with [`Lane::call`] or [`Lane::handled`]
+    /// (`route`), whose deadline the connection keeps.
+    fn register_waiting(
         &self,
-        answer: Box<dyn Answer>,
+        route: Route,
         deadline: Option<Instant>,
-    ) -> Result<u64, (Status, Box<dyn Answer>)> {
+    ) -> Result<u64, (Status, Route)> {
         let mut calls = self.lock();
         if let Some(reason) = &calls.broken {
-            return Err((transport_failure(reason), answer));
+            return Err((transport_failure(reason), route));
         }
         calls.next_id += 1;
         let id = calls.next_id;
-        calls.routes.insert(id, Route::Answer(answer, deadline));
+        calls.routes.insert(id, route);
         if let Some(at) = deadline {
             calls.deadlines.insert((at, id));
             if calls.armed.is_none_or(|armed| at < armed) {
@@ -648,41 +760,37 @@ impl Connection {
         Ok(id)
     }
 
-    /// Ends call `id`, made with [`Lane::call`], with `outcome` if it is
-    /// still waiting, and tells the worker `cancel`.
+    /// Ends call `id`, made with [`Lane::call`] or [`Lane::handled`], with
+    /// `outcome` if it is still waiting, and tells the worker `cancel`.
     fn withdraw(&self, id: u64, outcome: fn() -> Outcome) {
-        let answer = self.lock().take_answer(id);
-        self.end(answer.map(|answer| (id, answer)), outcome);
+        let waiting = self.lock().take_waiting(id);
+        self.end(waiting.map(|waiting| (id, waiting)), outcome);
     }
 
     /// Ends calls taken out of the table (outside its lock): the worker is
-    /// told `cancel`, and each answer `outcome`.
-    fn end(
-        &self,
-        ended: impl IntoIterator<Item = (u64, Box<dyn Answer>)>,
-        outcome: fn() -> Outcome,
-    ) {
-        for (id, answer) in ended {
+    /// told `cancel`, and each call `outcome`.
+    fn end(&self, ended: impl IntoIterator<Item = (u64, Waiting)>, outcome: fn() -> Outcome) {
+        for (id, waiting) in ended {
             self.send(id, lane_frame::Body::Cancel(true));
-            answer.answer(outcome());
+            waiting.finish(outcome());
         }
     }
 
     /// [`Lane::abandon`].
     fn abandon(&self) {
-        let answers: Vec<(u64, Box<dyn Answer>)> = {
+        let waiting: Vec<(u64, Waiting)> = {
             let mut calls = self.lock();
             let ids: Vec<u64> = calls
                 .routes
                 .iter()
-                .filter(|(_, route)| matches!(route, Route::Answer(..)))
+                .filter(|(_, route)| !matches!(route, Route::Stream(_)))
                 .map(|(&id, _)| id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| calls.take_answer(id).map(|answer| (id, answer)))
+                .filter_map(|id| calls.take_waiting(id).map(|waiting| (id, waiting)))
                 .collect()
         };
-        self.end(answers, || Outcome::Abandoned);
+        self.end(waiting, || Outcome::Abandoned);
     }
 
     /// Ends the calls whose deadline has passed; returns when the timer
@@ -696,8 +804,8 @@ impl Connection {
                 if at > now {
                     break;
                 }
-                if let Some(answer) = calls.take_answer(id) {
-                    expired.push((id, answer));
+                if let Some(waiting) = calls.take_waiting(id) {
+                    expired.push((id, waiting));
                 }
             }
             calls.armed = calls.deadlines.first().map(|&(at, _)| at);
@@ -758,17 +866,24 @@ impl Connection {
         let body = frame
             .body
             .ok_or_else(|| format!("the worker sent a frame with no body for call {id}"))?;
-        let answered = {
+        let mut handled = None;
+        let ended = {
             let mut calls = self.lock();
             match body {
-                lane_frame::Body::Message(message) => match calls.routes.get(&id) {
+                lane_frame::Body::Message(message) => match calls.routes.get_mut(&id) {
                     Some(Route::Stream(events)) => {
                         let _ = events.send(Event::Message(Bytes::from(message)));
                         None
                     }
                     Some(Route::Answer(..)) => calls
-                        .take_answer(id)
+                        .take_waiting(id)
                         .map(|answer| (answer, Outcome::Response(Bytes::from(message)))),
+                    Some(Route::Handled { handler, taken, .. }) => {
+                        *taken += 1;
+                        let credit = (*taken >= WINDOW / 2).then(|| std::mem::take(taken));
+                        handled = Some((handler.clone(), Bytes::from(message), credit));
+                        None
+                    }
                     // Cancelled meanwhile.
                     None => None,
                 },
@@ -791,7 +906,15 @@ impl Connection {
                             } else {
                                 status
                             };
-                            Some((answer, Outcome::Failed(failure)))
+                            Some((Waiting::Answer(answer), Outcome::Failed(failure)))
+                        }
+                        Some(Route::Handled { handler, .. }) => {
+                            let outcome = if status.code() == Code::Ok {
+                                Outcome::Finished
+                            } else {
+                                Outcome::Failed(status)
+                            };
+                            Some((Waiting::Handled(handler), outcome))
                         }
                         None => None,
                     }
@@ -799,9 +922,16 @@ impl Connection {
                 other => return Err(format!("the worker sent a client's frame: {other:?}")),
             }
         };
-        // Outside the lock: answering builds and sends the caller's reply.
-        if let Some((answer, outcome)) = answered {
-            answer.answer(outcome);
+        // Outside the lock: answering builds and sends the caller's reply,
+        // and a handler may send requests of its call.
+        if let Some((handler, message, credit)) = handled {
+            if let Some(count) = credit {
+                self.send(id, lane_frame::Body::Credit(count));
+            }
+            handler.message(message);
+        }
+        if let Some((waiting, outcome)) = ended {
+            waiting.finish(outcome);
         }
         Ok(())
     }
@@ -821,6 +951,9 @@ impl Connection {
             match route {
                 Route::Answer(answer, _) => {
                     answer.answer(Outcome::Failed(transport_failure(&reason)))
+                }
+                Route::Handled { handler, .. } => {
+                    handler.end(Outcome::Failed(transport_failure(&reason)))
                 }
                 Route::Stream(events) => {
                     let _ = events.send(Event::End(Err(transport_failure(&reason))));
@@ -904,6 +1037,9 @@ impl Answer for Replier {
             Outcome::Cancelled | Outcome::Abandoned => {
                 Err(Status::cancelled("the call was cancelled"))
             }
+            Outcome::Finished => Err(Status::internal(
+                "the worker ended a unary call without a response",
+            )),
         });
     }
 }
@@ -1585,8 +1721,134 @@ mod tests {
                 Outcome::Expired => "expired",
                 Outcome::Cancelled => "cancelled",
                 Outcome::Abandoned => "abandoned",
+                Outcome::Finished => "finished",
             });
         }
+    }
+
+    /// A [`Handler`] that reports what it is handed on a channel: each
+    /// response as it is, and its end as [`Told`] words it.
+    struct Handled(mpsc::UnboundedSender<Vec<u8>>);
+
+    impl Handler for Handled {
+        fn message(&self, message: Bytes) {
+            let _ = self.0.send(message.to_vec());
+        }
+
+        fn end(&self, outcome: Outcome) {
+            let (told, mut word) = told();
+            told.answer(outcome);
+            let word = word.try_recv().unwrap();
+            let _ = self.0.send(format!("end: {word}").into_bytes());
+        }
+    }
+
+    fn handled() -> (Arc<Handled>, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (Arc::new(Handled(sender)), receiver)
+    }
+
+    #[tokio::test]
+    async fn a_handled_call_takes_the_readers_connection_and_hands_on_its_responses_in_order() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let (handler, mut handed) = handled();
+        let (requests, _ticket) = lane
+            .handled("/p.S/Bidi", b"one".to_vec(), None, handler)
+            .unwrap();
+        let mut peer = accept(&listener).await;
+        adopted(&mut inbounds).await;
+        // The start and the first request, with the window's credit.
+        let frame = peer.next().await;
+        let id = frame.call;
+        assert_eq!(start_of(&frame).credit, WINDOW);
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::Message(b"one".to_vec()))
+        );
+        assert!(requests.send(b"two".to_vec()));
+        assert_eq!(
+            peer.next().await.body,
+            Some(lane_frame::Body::Message(b"two".to_vec()))
+        );
+        // Handed on as they are read, credit back every half window.
+        for n in 0..WINDOW {
+            peer.send(id, lane_frame::Body::Message(vec![n as u8]))
+                .await;
+        }
+        for n in 0..WINDOW {
+            assert_eq!(handed.recv().await, Some(vec![n as u8]));
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                peer.next().await.body,
+                Some(lane_frame::Body::Credit(WINDOW / 2))
+            );
+        }
+        peer.send(id, ok_status()).await;
+        assert_eq!(handed.recv().await, Some(b"end: finished".to_vec()));
+        // Over: a late response reaches nobody, a request goes nowhere.
+        peer.send(id, lane_frame::Body::Message(b"late".to_vec()))
+            .await;
+        assert!(!requests.send(b"three".to_vec()));
+        drop(requests);
+        drop(lane);
+        assert_eq!(handed.recv().await, None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_handled_call_is_told_its_end_once_whatever_ends_it() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = |timeout| {
+            let (handler, handed) = handled();
+            let (requests, ticket) = lane.handled("/p.S/Bidi", vec![], timeout, handler).unwrap();
+            (requests, ticket, handed)
+        };
+        let opened = async |peer: &mut Peer| {
+            let frame = peer.next().await;
+            let _first = peer.next().await;
+            frame.call
+        };
+        // The worker's status.
+        let (_requests, _ticket, mut handed) = call(None);
+        let mut peer = accept(&listener).await;
+        let id = opened(&mut peer).await;
+        let status = LaneStatus {
+            code: Code::NotFound as i32,
+            ..Default::default()
+        };
+        peer.send(id, lane_frame::Body::Status(status)).await;
+        assert_eq!(handed.recv().await, Some(b"end: status".to_vec()));
+        // The caller's cancel: the worker is told; a later response is dropped.
+        let (_requests, ticket, mut handed) = call(None);
+        let id = opened(&mut peer).await;
+        ticket.cancel();
+        assert_eq!(handed.recv().await, Some(b"end: cancelled".to_vec()));
+        expect_cancel(&mut peer, id).await;
+        peer.send(id, lane_frame::Body::Message(b"late".to_vec()))
+            .await;
+        // The deadline, kept by the connection.
+        let (_requests, _ticket, mut short) = call(Some(Duration::from_millis(30)));
+        let id = opened(&mut peer).await;
+        assert_eq!(short.recv().await, Some(b"end: expired".to_vec()));
+        expect_cancel(&mut peer, id).await;
+        // Abandoned by its owner.
+        let (_requests, _ticket, mut abandoned) = call(None);
+        let id = opened(&mut peer).await;
+        lane.abandon();
+        assert_eq!(abandoned.recv().await, Some(b"end: abandoned".to_vec()));
+        expect_cancel(&mut peer, id).await;
+        // The connection breaking.
+        let (_requests, _ticket, mut broken) = call(None);
+        let _ = opened(&mut peer).await;
+        drop(peer);
+        assert_eq!(broken.recv().await, Some(b"end: broken".to_vec()));
+        // Each was told once.
+        drop(lane);
+        for mut told in [handed, short, abandoned, broken] {
+            assert_eq!(told.recv().await, None);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn told() -> (Box<Told>, mpsc::UnboundedReceiver<&'static str>) {

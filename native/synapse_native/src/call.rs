@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use prost::bytes::Bytes;
@@ -119,6 +119,13 @@ impl CallHandle {
     pub fn stop(&self) {
         if self.send_input(run_input::Input::Cancel(Cancel {})) {
             self.stop.cancel();
+            // A run handled on the lane has no task to keep the grace.
+            if let Some(ticket) = self.lane.get().cloned() {
+                RUNTIME.spawn(async move {
+                    tokio::time::sleep(STOP_GRACE).await;
+                    ticket.cancel();
+                });
+            }
         } else {
             self.cancel();
         }
@@ -440,6 +447,30 @@ where
     fn later(self, result: Result<T, Error>) {
         RUNTIME.spawn(async move { self.now(result) });
     }
+
+    /// Answers as a call on the lane that `outcome` ended without its
+    /// value (see [`lane::Answer`] for which thread that is).
+    fn ended(self, outcome: Outcome) {
+        match outcome {
+            Outcome::Response(_) | Outcome::Finished => self.now(Err(Error::Protocol(
+                "the worker ended the call without its answer".into(),
+            ))),
+            Outcome::Failed(status) if !is_transport_failure(&status) => {
+                self.now(Err(Error::from_status(&status)));
+            }
+            Outcome::Failed(status) => {
+                RUNTIME.spawn(async move {
+                    let cancel = self.handle.cancel.clone();
+                    let error = confirm_exit(&self.channel, &cancel, &status).await;
+                    self.now(Err(error));
+                });
+            }
+            Outcome::Expired => self.now(Err(Error::Timeout)),
+            // From the caller's side, which may be a scheduler.
+            Outcome::Cancelled => self.later(Err(Error::Cancelled)),
+            Outcome::Abandoned => self.later(Err(Error::WorkerExited)),
+        }
+    }
 }
 
 impl<T, D, E> lane::Answer for LaneAnswer<T, D, E>
@@ -459,20 +490,218 @@ where
             Outcome::Response(bytes) => {
                 RUNTIME.spawn(async move { finish.now(decode(bytes)) });
             }
-            Outcome::Failed(status) if !is_transport_failure(&status) => {
-                finish.now(Err(Error::from_status(&status)));
+            other => finish.ended(other),
+        }
+    }
+}
+
+/// What a call made with [`stream_on_lane`] makes of each response, on
+/// the lane's reader.
+pub trait Consume<T>: Send + 'static {
+    /// Takes the next response: `Some` with the call's value or failure
+    /// when it was the call's last. `requests` sends the call more
+    /// requests.
+    fn response(&mut self, response: Bytes, requests: &Requests) -> Option<Result<T, Error>>;
+}
+
+/// Starts a call of `method` whose requests and responses stream on the
+/// lane, with `first` as its first request, answered once like a unary
+/// call ([`unary`]: `reply`, `encode`): each response goes to `consume` on
+/// the lane's reader as it is read (the scheduler of the channel's reader
+/// process, when it has one), until one is the last. No task runs the
+/// call, and none wakes for its responses: its deadline is the
+/// connection's, a cancel withdraws it ([`CallHandle::cancel`]), and the
+/// grace of a stop is a timer of its own ([`CallHandle::stop`]). Returns
+/// the call's requests, for the handle's inputs; `None` when the call
+/// could not be sent (then `reply` has its failure).
+#[allow(clippy::too_many_arguments)]
+pub fn stream_on_lane<T, C, E>(
+    channel: ResourceArc<ChannelResource>,
+    lane: &Lane,
+    handle: &ResourceArc<CallHandle>,
+    reply: Reply,
+    timeout: Option<Duration>,
+    (method, first): (&str, Vec<u8>),
+    consume: C,
+    encode: E,
+) -> Option<Requests>
+where
+    T: Send + 'static,
+    C: Consume<T>,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    let finish = Finish {
+        in_flight: InFlight::enter(channel.clone()),
+        channel: channel.clone(),
+        handle: handle.clone(),
+        reply,
+        encode,
+        value: PhantomData,
+    };
+    if channel.closed.is_cancelled() {
+        finish.later(Err(Error::WorkerExited));
+        return None;
+    }
+    let state = Arc::new(Mutex::new(Handled {
+        call: Some((consume, finish)),
+        requests: Requests::Refused,
+        backlog: None,
+        ticket: None,
+    }));
+    let handler = Arc::new(HandledCall(state.clone()));
+    // Held while the call is sent: its first response, which the reader
+    // may read at once, waits for the call's requests and ticket.
+    let mut sending = lock(&state);
+    let _runtime = RUNTIME.enter();
+    match lane.handled(method, first, timeout, handler) {
+        Ok((requests, ticket)) => {
+            let _ = handle.lane.set(ticket.clone());
+            sending.ticket = Some(ticket);
+            sending.requests = Requests::Lane(requests.clone());
+            Some(Requests::Lane(requests))
+        }
+        // The connection broke: answered from a task, as this is a scheduler.
+        Err(status) => {
+            if let Some((_, finish)) = sending.call.take() {
+                RUNTIME.spawn(async move { finish.ended(Outcome::Failed(status)) });
             }
-            Outcome::Failed(status) => {
-                RUNTIME.spawn(async move {
-                    let cancel = finish.handle.cancel.clone();
-                    let error = confirm_exit(&finish.channel, &cancel, &status).await;
-                    finish.now(Err(error));
-                });
+            None
+        }
+    }
+}
+
+/// A call of [`stream_on_lane`], as the lane's [`lane::Handler`].
+struct HandledCall<T, C, E>(Arc<Mutex<Handled<T, C, E>>>);
+
+struct Handled<T, C, E> {
+    /// Until the call has answered.
+    call: Option<(C, Finish<T, E>)>,
+    /// The call's requests, for `consume`.
+    requests: Requests,
+    /// Set once a response was too large to be consumed on the reader
+    /// ([`INLINE_ANSWER_BYTES`]): it, and everything after it, is
+    /// consumed by a task instead, in order.
+    backlog: Option<tokio::sync::mpsc::UnboundedSender<Step>>,
+    /// To withdraw the call when a response ended it before its status.
+    ticket: Option<Ticket>,
+}
+
+enum Step {
+    Response(Bytes),
+    End(Outcome),
+}
+
+fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<T, C, E> Handled<T, C, E>
+where
+    T: Send + 'static,
+    C: Consume<T>,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    /// Consumes a response; the ticket to withdraw the call with when the
+    /// response was its last but failed (the worker's run may go on).
+    fn take(&mut self, response: Bytes) -> Option<Ticket> {
+        let (consume, _) = self.call.as_mut()?;
+        let result = consume.response(response, &self.requests)?;
+        let (_, finish) = self.call.take()?;
+        let failed = result.is_err();
+        finish.now(result);
+        if failed {
+            self.ticket.clone()
+        } else {
+            None
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if let Some((_, finish)) = self.call.take() {
+            finish.ended(outcome);
+        }
+    }
+
+    fn step(&mut self, step: Step) -> Option<Ticket> {
+        match step {
+            Step::Response(response) => self.take(response),
+            Step::End(outcome) => {
+                self.end(outcome);
+                None
             }
-            Outcome::Expired => finish.now(Err(Error::Timeout)),
-            // From the caller's side, which may be a scheduler.
-            Outcome::Cancelled => finish.later(Err(Error::Cancelled)),
-            Outcome::Abandoned => finish.later(Err(Error::WorkerExited)),
+        }
+    }
+}
+
+impl<T, C, E> lane::Handler for HandledCall<T, C, E>
+where
+    T: Send + 'static,
+    C: Consume<T>,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    fn message(&self, message: Bytes) {
+        let withdraw = {
+            let mut state = lock(&self.0);
+            if state.call.is_none() {
+                return;
+            }
+            if state.backlog.is_none() && message.len() > INLINE_ANSWER_BYTES {
+                let (backlog, steps) = tokio::sync::mpsc::unbounded_channel();
+                state.backlog = Some(backlog);
+                RUNTIME.spawn(consume_backlog(self.0.clone(), steps));
+            }
+            match &state.backlog {
+                Some(backlog) => {
+                    let _ = backlog.send(Step::Response(message));
+                    None
+                }
+                None => state.take(message),
+            }
+        };
+        // Outside the lock: withdrawing ends the call, which takes it.
+        if let Some(ticket) = withdraw {
+            ticket.cancel();
+        }
+    }
+
+    fn end(&self, outcome: Outcome) {
+        let mut state = lock(&self.0);
+        match &state.backlog {
+            // After the responses before it.
+            Some(backlog) => {
+                let _ = backlog.send(Step::End(outcome));
+            }
+            None => state.end(outcome),
+        }
+    }
+}
+
+/// Consumes the responses of a call of [`stream_on_lane`] handed to a task,
+/// in order, until the call has answered.
+async fn consume_backlog<T, C, E>(
+    state: Arc<Mutex<Handled<T, C, E>>>,
+    mut steps: tokio::sync::mpsc::UnboundedReceiver<Step>,
+) where
+    T: Send + 'static,
+    C: Consume<T>,
+    E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
+{
+    while let Some(step) = steps.recv().await {
+        let (withdraw, over) = {
+            let mut state = lock(&state);
+            let withdraw = state.step(step);
+            let over = state.call.is_none();
+            if over {
+                // Later steps go nowhere; the task ends.
+                state.backlog = None;
+            }
+            (withdraw, over)
+        };
+        if let Some(ticket) = withdraw {
+            ticket.cancel();
+        }
+        if over {
+            return;
         }
     }
 }

@@ -323,11 +323,6 @@ fn start_stream<'a>(
     let runner = options
         .runner
         .map(|pid| reply.with_runner(pid, usage_of_result));
-    let events = reply.events();
-    let credit = handle.credit.clone();
-    let waits = handle.waits.clone();
-    let inputs_of = handle.clone();
-    let target = channel.clone();
     // The request stream: the start request, then tool results until the
     // run ends. It opens on this thread (on the lane, the start is on its
     // way before the NIF returns); tool results are sent by the threads
@@ -335,6 +330,30 @@ fn start_stream<'a>(
     let start = prost::Message::encode_to_vec(&RunInput {
         input: Some(run_input::Input::Start(request)),
     });
+    // A quiet run sends its caller nothing but tool requests and its end:
+    // on the lane, each is consumed where it is read, with no task.
+    if let (Style::Unary, Some(lane)) = (style, channel.worker.lane()) {
+        let quiet = Quiet { runner };
+        let inputs = call::stream_on_lane(
+            channel.clone(),
+            lane,
+            &handle,
+            reply,
+            timeout,
+            (methods::AGENT_SERVICE_RUN, start),
+            quiet,
+            encode_result,
+        );
+        if let Some(inputs) = inputs {
+            handle.set_inputs(inputs);
+        }
+        return Ok(Ok(handle));
+    }
+    let events = reply.events();
+    let credit = handle.credit.clone();
+    let waits = handle.waits.clone();
+    let inputs_of = handle.clone();
+    let target = channel.clone();
     call::spawn(
         channel,
         &handle,
@@ -415,42 +434,90 @@ async fn stream(
 
 impl Relay {
     fn request_approval(&mut self, request: ApprovalRequest) {
-        let delivered = match &mut self.runner {
-            Some(runner) => runner.send_approval(|env| approval::encode_request(env, &request)),
-            None => false,
-        };
-        if !delivered {
-            // Nobody can decide: the call is denied, and the model told why.
-            let _ = self.inputs.send(prost::Message::encode_to_vec(&RunInput {
-                input: Some(run_input::Input::Approval(ApprovalAnswer {
-                    request_id: request.request_id,
-                    decision: Some(ApprovalDecision {
-                        decision: Some(approval_decision::Decision::Denied(Denied {
-                            message: Some("Nobody can approve this tool call.".into()),
-                        })),
-                    }),
-                })),
-            }));
-        }
+        request_approval(&mut self.runner, &self.inputs, request);
     }
 
     fn request_tool(&mut self, request: ToolRequest) {
-        let delivered = match &mut self.runner {
-            Some(runner) => runner.send(|env| encode_tool_request(env, &request)),
-            None => false,
+        request_tool(&mut self.runner, &self.inputs, request);
+    }
+}
+
+/// Where a quiet run's responses go on the lane (`call::stream_on_lane`):
+/// its tool and approval requests to its runner, as [`stream`] sends them.
+struct Quiet {
+    runner: Option<Runner>,
+}
+
+impl call::Consume<RunResult> for Quiet {
+    fn response(
+        &mut self,
+        response: prost::bytes::Bytes,
+        inputs: &Requests,
+    ) -> Option<Result<RunResult, Error>> {
+        let event: RunEvent = match call::decode(response) {
+            Ok(event) => event,
+            Err(error) => return Some(Err(error)),
         };
-        if !delivered {
-            // Without a runner the call can only fail; tell the model.
-            let _ = self.inputs.send(prost::Message::encode_to_vec(&RunInput {
-                input: Some(run_input::Input::ToolResult(ToolResult {
-                    request_id: request.request_id,
-                    outcome: Some(tool_result::Outcome::RetryMessage(format!(
-                        "the tool {:?} is not available",
-                        request.name
-                    ))),
-                })),
-            }));
+        match event.event {
+            Some(run_event::Event::ToolRequest(request)) => {
+                request_tool(&mut self.runner, inputs, request);
+                None
+            }
+            Some(run_event::Event::ApprovalRequest(request)) => {
+                request_approval(&mut self.runner, inputs, request);
+                None
+            }
+            Some(run_event::Event::Result(result)) => Some(Ok(result)),
+            Some(run_event::Event::Failure(failure)) => Some(Err(Error::from_failure(failure))),
+            Some(_) => Some(Err(Error::Protocol(
+                "the worker sent an event to a run that asked for none".into(),
+            ))),
+            None => Some(Err(Error::Protocol(
+                "the worker sent an empty event".into(),
+            ))),
         }
+    }
+}
+
+/// Hands an approval request to the run's runner, or denies it when there
+/// is none.
+fn request_approval(runner: &mut Option<Runner>, inputs: &Requests, request: ApprovalRequest) {
+    let delivered = match runner {
+        Some(runner) => runner.send_approval(|env| approval::encode_request(env, &request)),
+        None => false,
+    };
+    if !delivered {
+        // Nobody can decide: the call is denied, and the model told why.
+        let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
+            input: Some(run_input::Input::Approval(ApprovalAnswer {
+                request_id: request.request_id,
+                decision: Some(ApprovalDecision {
+                    decision: Some(approval_decision::Decision::Denied(Denied {
+                        message: Some("Nobody can approve this tool call.".into()),
+                    })),
+                }),
+            })),
+        }));
+    }
+}
+
+/// Hands a tool request to the run's runner; without one (or once it has
+/// exited) the call can only fail, and the model is told so.
+fn request_tool(runner: &mut Option<Runner>, inputs: &Requests, request: ToolRequest) {
+    let delivered = match runner {
+        Some(runner) => runner.send(|env| encode_tool_request(env, &request)),
+        None => false,
+    };
+    if !delivered {
+        let _ = inputs.send(prost::Message::encode_to_vec(&RunInput {
+            input: Some(run_input::Input::ToolResult(ToolResult {
+                request_id: request.request_id,
+                outcome: Some(tool_result::Outcome::RetryMessage(format!(
+                    "the tool {:?} is not available",
+                    request.name
+                ))),
+            })),
+        }));
     }
 }
 

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -154,6 +155,17 @@ async def _sleep(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
 
 
 slow_agent = Agent(_text_model(_sleep))
+
+
+# Blocks the worker's event loop for the prompt's number of seconds, then
+# answers "done": a worker that cannot answer a cancel in time (the client
+# gives up on the run after a grace).
+async def _block(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    time.sleep(float(_prompt(messages)))  # noqa: ASYNC251 (blocking is the point)
+    return _text("done")
+
+
+blocking_agent = Agent(_text_model(_block))
 
 
 # The prompt is "N DELAY" (e.g. "5 0.2"): streams N chunks "chunk1 ", "chunk2 ",
