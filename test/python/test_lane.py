@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2
 
 import synapse_fixtures.agents as fixtures
 from conftest import TOKEN
-from synapse_python import Worker
+from synapse_python import Worker, _lane
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2, probe_pb2
 
 HEADER = struct.Struct(">I")
@@ -342,3 +342,47 @@ async def wait_until_cancelled(prompt: str) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), 5)
+
+
+class _RecordingTransport(asyncio.Transport):
+    """A transport that keeps each write, to see which frames went out together."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[list[lane_pb2.LaneFrame]] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data, frames = bytes(data), []
+        while data:
+            (length,) = HEADER.unpack_from(data)
+            frames.append(lane_pb2.LaneFrame.FromString(data[4 : 4 + length]))
+            data = data[4 + length :]
+        self.writes.append(frames)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_streams_last_response_and_its_status_go_out_in_one_write() -> None:
+    async def two(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.sleep(0.01)
+        yield b"last"
+
+    method = "/test.S/Two"
+    handler = grpc.unary_stream_rpc_method_handler(
+        two, request_deserializer=bytes, response_serializer=bytes
+    )
+    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
+    connection = _lane._Connection(server)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    start = lane_pb2.LaneStart(method=method, credit=10)
+    data = lane_pb2.LaneFrame(call=1, start=start).SerializeToString()
+    connection.data_received(HEADER.pack(len(data)) + data)
+    for _ in range(100):
+        if connection.calls:
+            await asyncio.sleep(0.01)
+    bodies = [[frame.WhichOneof("body") for frame in write] for write in transport.writes]
+    assert bodies == [["message"], ["message", "status"]], bodies
+    assert transport.writes[1][0].message == b"last"

@@ -31,7 +31,10 @@ task either. Its context variables are a copy, as a task's would be.
 
 Frames are written in batches: what the calls of one read answer at once goes
 out in one write after it; otherwise the first frame of a loop iteration goes
-out at once, and the rest of what the iteration produces in one write after it.
+out at once (a unary call's response, a status), and the rest of what the
+iteration produces in one write after it. Streamed responses always wait for
+that write: a stream's last response and its status, which its handler sends
+as it returns, go out together (one wake-up of the client, not two).
 With a bearer token configured, a connection's first frame must be a `hello`
 carrying it, or the connection is closed.
 """
@@ -275,13 +278,18 @@ class _Connection(asyncio.Protocol):
 
     # ---- frames out ----
 
-    def send(self, frame: Any) -> None:
+    def send(self, frame: Any, *, at_once: bool = True) -> None:
+        """Writes `frame`: now if it is the first of this loop iteration and
+        `at_once`, else with the rest of the iteration's frames after it."""
         if self._transport is None:
             return
         data = frame.SerializeToString()
-        if self._batching:
+        if self._batching or not at_once:
             self._outgoing.append(_HEADER.pack(len(data)))
             self._outgoing.append(data)
+            if not self._batching:
+                self._batching = True
+                self._loop.call_soon(self._flush)
         else:
             # The first frame of a loop iteration goes out at once (a lone
             # call waits for nothing); the next ones wait for the end of the
@@ -557,7 +565,9 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
             self._set_status(grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Sent", data))
             raise grpc.aio.AbortError()
         self._credit -= 1
-        self._connection.send(LaneFrame(call=self._id, message=data))
+        # With the iteration's other frames: a stream's last response and its
+        # status, sent as the handler returns, then reach the client together.
+        self._connection.send(LaneFrame(call=self._id, message=data), at_once=False)
         await self._connection.drained()
 
     async def abort(
