@@ -113,7 +113,7 @@ defmodule SynapseCore.Bench.Soak do
     agents = start_agents(workers, grandchildren, transport)
     names = Map.values(agents)
     Enum.each(names, &await_ready(&1, workers_of(&1, agents, workers)))
-    warm_up(agents)
+    warm_up(agents, workers)
     # Which way the calls went: the lane address of each worker, or nil.
     lanes = names |> Enum.flat_map(&SynapseCore.Agent.workers/1) |> Enum.map(& &1.lane)
     before = measure(names, grandchildren)
@@ -205,10 +205,12 @@ defmodule SynapseCore.Bench.Soak do
     if name in [agents.stream, agents.tools], do: workers, else: 1
   end
 
-  # One round of every kind of call, so that caches and lazily created
-  # tables exist before the baseline is taken.
-  defp warm_up(agents) do
-    for kind <- 1..10, do: one_call(agents, kind)
+  # Every kind of call, once per worker (a pool takes turns), so that caches,
+  # lazily created tables and each worker's lane connections exist before
+  # the baseline is taken: a worker's connection for streams, for one, is
+  # made by its first run_stream.
+  defp warm_up(agents, workers) do
+    for kind <- 1..10, _ <- 1..workers, do: one_call(agents, kind)
     :ok
   end
 
