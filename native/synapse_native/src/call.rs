@@ -376,18 +376,9 @@ fn on_lane<T, D, E>(
     D: FnOnce(Bytes) -> Result<T, Error> + Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    let finish = Finish {
-        in_flight: InFlight::enter(channel.clone()),
-        channel: channel.clone(),
-        // Kept until the call answers, as in `spawn`.
-        handle: handle.clone(),
-        reply,
-        encode,
-        value: PhantomData,
+    let Some(finish) = Finish::open(&channel, handle, reply, encode) else {
+        return;
     };
-    if channel.closed.is_cancelled() {
-        return finish.later(Err(Error::WorkerExited));
-    }
     // The lane connects on first use, within the runtime.
     let _runtime = RUNTIME.enter();
     match lane.call(
@@ -428,6 +419,31 @@ where
     T: Send + 'static,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
+    /// What a call on the lane holds until it answers, counted in flight;
+    /// `None` when the worker is known to have exited (the caller is then
+    /// answered so, from a task).
+    fn open(
+        channel: &ResourceArc<ChannelResource>,
+        handle: &ResourceArc<CallHandle>,
+        reply: Reply,
+        encode: E,
+    ) -> Option<Self> {
+        let finish = Self {
+            in_flight: InFlight::enter(channel.clone()),
+            channel: channel.clone(),
+            // Kept until the call answers, as in `spawn`.
+            handle: handle.clone(),
+            reply,
+            encode,
+            value: PhantomData,
+        };
+        if channel.closed.is_cancelled() {
+            finish.later(Err(Error::WorkerExited));
+            return None;
+        }
+        Some(finish)
+    }
+
     /// Answers now: on a runtime thread, or within
     /// [`crate::reply::from_process`] (see [`Reply::send`]).
     fn now(self, result: Result<T, Error>) {
@@ -530,18 +546,7 @@ where
     C: Consume<T>,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    let finish = Finish {
-        in_flight: InFlight::enter(channel.clone()),
-        channel: channel.clone(),
-        handle: handle.clone(),
-        reply,
-        encode,
-        value: PhantomData,
-    };
-    if channel.closed.is_cancelled() {
-        finish.later(Err(Error::WorkerExited));
-        return None;
-    }
+    let finish = Finish::open(&channel, handle, reply, encode)?;
     let state = Arc::new(Mutex::new(Handled {
         call: Some((consume, finish)),
         requests: Requests::Refused,
