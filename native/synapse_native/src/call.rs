@@ -548,12 +548,16 @@ where
 {
     let finish = Finish::open(&channel, handle, reply, encode)?;
     let state = Arc::new(Mutex::new(Handled {
-        call: Some((consume, finish)),
-        requests: Requests::Refused,
+        call: Some(HandledCall {
+            consume,
+            finish,
+            requests: Requests::Refused,
+            ticket: None,
+        }),
         backlog: None,
-        ticket: None,
+        ended: None,
     }));
-    let handler = Arc::new(HandledCall(state.clone()));
+    let handler = Arc::new(StreamOnLane(state.clone()));
     // Held while the call is sent: its first response, which the reader
     // may read at once, waits for the call's requests and ticket.
     let mut sending = lock(&state);
@@ -561,14 +565,16 @@ where
     match lane.handled(method, first, timeout, handler) {
         Ok((requests, ticket)) => {
             let _ = handle.lane.set(ticket.clone());
-            sending.ticket = Some(ticket);
-            sending.requests = Requests::Lane(requests.clone());
+            if let Some(call) = &mut sending.call {
+                call.ticket = Some(ticket);
+                call.requests = Requests::Lane(requests.clone());
+            }
             Some(Requests::Lane(requests))
         }
         // The connection broke: answered from a task, as this is a scheduler.
         Err(status) => {
-            if let Some((_, finish)) = sending.call.take() {
-                RUNTIME.spawn(async move { finish.ended(Outcome::Failed(status)) });
+            if let Some(call) = sending.call.take() {
+                RUNTIME.spawn(async move { call.finish.ended(Outcome::Failed(status)) });
             }
             None
         }
@@ -576,17 +582,27 @@ where
 }
 
 /// A call of [`stream_on_lane`], as the lane's [`lane::Handler`].
-struct HandledCall<T, C, E>(Arc<Mutex<Handled<T, C, E>>>);
+struct StreamOnLane<T, C, E>(Arc<Mutex<Handled<T, C, E>>>);
 
 struct Handled<T, C, E> {
-    /// Until the call has answered.
-    call: Option<(C, Finish<T, E>)>,
+    /// Until the call has answered, or its responses were handed to a task.
+    call: Option<HandledCall<T, C, E>>,
+    /// Set once a response was too large to be consumed on the reader
+    /// ([`INLINE_ANSWER_BYTES`]): that response, and every step after it,
+    /// goes to the task that took the call over, in order. The task holds
+    /// no lock of the reader's while it decodes and answers.
+    backlog: Option<tokio::sync::mpsc::UnboundedSender<Step>>,
+    /// How the call ended while the reader was consuming a response
+    /// outside the lock: the call is answered so once that is done.
+    ended: Option<Outcome>,
+}
+
+/// What answers a call of [`stream_on_lane`], and what it needs until then.
+struct HandledCall<T, C, E> {
+    consume: C,
+    finish: Finish<T, E>,
     /// The call's requests, for `consume`.
     requests: Requests,
-    /// Set once a response was too large to be consumed on the reader
-    /// ([`INLINE_ANSWER_BYTES`]): it, and everything after it, is
-    /// consumed by a task instead, in order.
-    backlog: Option<tokio::sync::mpsc::UnboundedSender<Step>>,
     /// To withdraw the call when a response ended it before its status.
     ticket: Option<Ticket>,
 }
@@ -600,112 +616,111 @@ fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<T, C, E> Handled<T, C, E>
+impl<T, C, E> HandledCall<T, C, E>
 where
     T: Send + 'static,
     C: Consume<T>,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
-    /// Consumes a response; the ticket to withdraw the call with when the
-    /// response was its last but failed (the worker's run may go on).
-    fn take(&mut self, response: Bytes) -> Option<Ticket> {
-        let (consume, _) = self.call.as_mut()?;
-        let result = consume.response(response, &self.requests)?;
-        let (_, finish) = self.call.take()?;
+    /// Consumes a response: the call back while it waits for more.
+    fn take(mut self, response: Bytes) -> Option<Self> {
+        let Some(result) = self.consume.response(response, &self.requests) else {
+            return Some(self);
+        };
         let failed = result.is_err();
-        finish.now(result);
-        if failed {
-            self.ticket.clone()
-        } else {
-            None
+        self.finish.now(result);
+        // The worker's run may go on after a response that failed the call.
+        if let (true, Some(ticket)) = (failed, self.ticket) {
+            ticket.cancel();
         }
-    }
-
-    fn end(&mut self, outcome: Outcome) {
-        if let Some((_, finish)) = self.call.take() {
-            finish.ended(outcome);
-        }
-    }
-
-    fn step(&mut self, step: Step) -> Option<Ticket> {
-        match step {
-            Step::Response(response) => self.take(response),
-            Step::End(outcome) => {
-                self.end(outcome);
-                None
-            }
-        }
+        None
     }
 }
 
-impl<T, C, E> lane::Handler for HandledCall<T, C, E>
+impl<T, C, E> lane::Handler for StreamOnLane<T, C, E>
 where
     T: Send + 'static,
     C: Consume<T>,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
     fn message(&self, message: Bytes) {
-        let withdraw = {
+        let call = {
             let mut state = lock(&self.0);
-            if state.call.is_none() {
+            if let Some(backlog) = &state.backlog {
+                let _ = backlog.send(Step::Response(message));
                 return;
             }
-            if state.backlog.is_none() && message.len() > INLINE_ANSWER_BYTES {
+            let Some(call) = state.call.take() else {
+                return;
+            };
+            if message.len() > INLINE_ANSWER_BYTES {
                 let (backlog, steps) = tokio::sync::mpsc::unbounded_channel();
+                let _ = backlog.send(Step::Response(message));
                 state.backlog = Some(backlog);
-                RUNTIME.spawn(consume_backlog(self.0.clone(), steps));
+                RUNTIME.spawn(consume_backlog(call, steps));
+                return;
             }
-            match &state.backlog {
-                Some(backlog) => {
-                    let _ = backlog.send(Step::Response(message));
-                    None
-                }
-                None => state.take(message),
-            }
+            // Consumed outside the lock, so that a cancel from another
+            // thread never waits for it (see `ended`); the reader's next
+            // response comes on this same thread, after it.
+            drop(state);
+            call.take(message)
         };
-        // Outside the lock: withdrawing ends the call, which takes it.
-        if let Some(ticket) = withdraw {
-            ticket.cancel();
+        if let Some(call) = call {
+            let mut state = lock(&self.0);
+            match state.ended.take() {
+                None => state.call = Some(call),
+                // Ended meanwhile (a cancel, the deadline, from another
+                // thread): answered that way now.
+                Some(outcome) => {
+                    drop(state);
+                    call.finish.ended(outcome);
+                }
+            }
         }
     }
 
     fn end(&self, outcome: Outcome) {
-        let mut state = lock(&self.0);
-        match &state.backlog {
-            // After the responses before it.
-            Some(backlog) => {
+        let call = {
+            let mut state = lock(&self.0);
+            if let Some(backlog) = &state.backlog {
+                // After the responses before it.
                 let _ = backlog.send(Step::End(outcome));
+                return;
             }
-            None => state.end(outcome),
-        }
+            match state.call.take() {
+                Some(call) => call,
+                // Being consumed by the reader (or already answered).
+                None => {
+                    state.ended = Some(outcome);
+                    return;
+                }
+            }
+        };
+        call.finish.ended(outcome);
     }
 }
 
 /// Consumes the responses of a call of [`stream_on_lane`] handed to a task,
 /// in order, until the call has answered.
 async fn consume_backlog<T, C, E>(
-    state: Arc<Mutex<Handled<T, C, E>>>,
+    call: HandledCall<T, C, E>,
     mut steps: tokio::sync::mpsc::UnboundedReceiver<Step>,
 ) where
     T: Send + 'static,
     C: Consume<T>,
     E: for<'a> FnOnce(Env<'a>, T) -> Result<Term<'a>, Error> + Send + 'static,
 {
+    let mut call = Some(call);
     while let Some(step) = steps.recv().await {
-        let (withdraw, over) = {
-            let mut state = lock(&state);
-            let withdraw = state.step(step);
-            let over = state.call.is_none();
-            if over {
-                // Later steps go nowhere; the task ends.
-                state.backlog = None;
-            }
-            (withdraw, over)
+        let Some(waiting) = call.take() else {
+            return;
         };
-        if let Some(ticket) = withdraw {
-            ticket.cancel();
+        match step {
+            Step::Response(response) => call = waiting.take(response),
+            Step::End(outcome) => waiting.finish.ended(outcome),
         }
-        if over {
+        if call.is_none() {
             return;
         }
     }
