@@ -367,7 +367,9 @@ pub trait Answer: Send + 'static {
 /// on the thread that reads them (a [`Reader`]'s, or the connection's
 /// task), then its end.
 pub trait Handler: Send + Sync + 'static {
-    /// A response of the call. Not called once the call has ended.
+    /// A response of the call. An end from another thread (a cancel, the
+    /// deadline) may come before a response the reader was handing on:
+    /// what comes after its end, the handler ignores.
     fn message(&self, message: Bytes);
     /// How the call ended, told exactly once, on the thread that ended it
     /// (as [`Answer::answer`] is): [`Outcome::Finished`] or
