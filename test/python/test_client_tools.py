@@ -609,3 +609,39 @@ async def test_concurrent_runs_of_one_agent_see_only_their_own_client_tools(
     )
 
     assert offered == {"a": ["alpha"], "b": ["beta", "gamma"]}
+
+
+async def test_concurrent_runs_with_the_same_tool_definition_each_answer_their_own_calls(
+    client: AgentClient,
+) -> None:
+    # The `Tool` made from a definition is kept for the runs that send it again:
+    # each call must still reach the run that made it, and its answer that run.
+    await load(client, "calling")
+    both_asked = asyncio.Event()
+    asked: list[str] = []
+
+    def answerer(run: str) -> Any:
+        async def answer(request: agent_pb2.ToolRequest) -> agent_pb2.ToolResult:
+            asked.append(run)
+            if len(asked) == 2:
+                both_asked.set()
+            await asyncio.wait_for(both_asked.wait(), 5)
+            return returns(request, f"{run}: {json.loads(request.args_json)['order_id']}")
+
+        return answer
+
+    prompts = {
+        run: calls({"name": "lookup", "args": {"order_id": n}}) for n, run in enumerate("ab")
+    }
+    runs = [
+        client.run("calling", prompts[run], tools=[lookup()], quiet=True, answer=answerer(run))
+        for run in "ab"
+    ]
+    results = [split_events(events)[1] for events in await asyncio.gather(*runs)]
+
+    assert sorted(asked) == ["a", "b"]
+    assert [json.loads(result.text) for result in results] == [
+        [{"name": "lookup", "content": "a: 0"}],
+        [{"name": "lookup", "content": "b: 1"}],
+    ]
+    assert _client_tools._cached_tool.cache_info().currsize >= 1

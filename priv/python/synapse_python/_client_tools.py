@@ -2,9 +2,12 @@
 
 Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
 `FunctionToolset`, which joins the agent's own tools for that run (`attach`;
-with pydantic-ai's `requires_approval` when the definition asks for it). Calling
-one asks the client over the run's stream and waits for its answer
-(`_pending.PendingRequests`):
+with pydantic-ai's `requires_approval` when the definition asks for it). The
+tool made from a definition is kept for the runs that send the same one again
+(making it is most of what a run's client tools cost): its function asks the
+client tools of the run that calls it, which `attach` makes the run's in a
+context variable. Calling one asks the client over the run's stream and waits
+for its answer (`_pending.PendingRequests`):
 
 1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
    registers a future under it and sends a `tool_request` itself, through the
@@ -35,9 +38,11 @@ with INVALID_ARGUMENT.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +66,14 @@ logger = logging.getLogger("synapse_python.service")
 _ARGS_VALIDATOR = SchemaValidator(core_schema.dict_schema(core_schema.str_schema()))
 
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+# The client tools of the run in progress: what a client tool's function asks.
+# Set around the run (`ClientTools.attach`), so that the `Tool` made from a
+# definition serves every run that sends the same one (`_cached_tool`).
+_running: contextvars.ContextVar[ClientTools] = contextvars.ContextVar("synapse_client_tools")
+
+# Distinct tool definitions whose `Tool` is kept for the runs that send them again.
+_CACHED_TOOLS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +108,7 @@ class ClientTools:
                     f"tool {tool_def.name!r} is defined twice (in the run's tools or the agent's)"
                 )
             taken.add(tool_def.name)
-            tools.append(self._tool(tool_def))
+            tools.append(_cached_tool(tool_def.SerializeToString()))
         self.toolset: FunctionToolset[Any] | None = FunctionToolset(tools) if tools else None
         self._requests = PendingRequests("tool requests")
 
@@ -128,29 +141,19 @@ class ClientTools:
             and "capabilities" not in arguments
         ):
             tools = [*own[0].tools.values(), *self.toolset.tools.values()]
-            return agent.override(tools=tools)
+            return self._running(agent.override(tools=tools))
         arguments["toolsets"] = [self.toolset]
-        return contextlib.nullcontext()
+        return self._running(contextlib.nullcontext())
 
-    def _tool(self, tool_def: agent_pb2.ToolDef) -> Tool[Any]:
-        name = tool_def.name
-        schema = _parameters(tool_def)
-
-        async def call_client(ctx: RunContext[Any], /, **args: Any) -> Any:
-            return await self._request(ctx, name, args)
-
-        tool = Tool.from_schema(
-            call_client, name, tool_def.description or None, schema, takes_ctx=True
-        )
-        tool.function_schema.validator = _ARGS_VALIDATOR
-        if tool_def.HasField("max_retries"):
-            if tool_def.max_retries < 0:
-                raise _errors.invalid_argument(
-                    f"tool {name!r}: max_retries must be >= 0, got {tool_def.max_retries}"
-                )
-            tool.max_retries = tool_def.max_retries
-        tool.requires_approval = tool_def.requires_approval
-        return tool
+    @contextlib.contextmanager
+    def _running(self, within: contextlib.AbstractContextManager[Any]) -> Iterator[None]:
+        """`within`, with these tools as the run's (`_running`)."""
+        token = _running.set(self)
+        try:
+            with within:
+                yield
+        finally:
+            _running.reset(token)
 
     async def _request(self, ctx: RunContext[Any], name: str, args: dict[str, Any]) -> Any:
         async def send(request_id: str) -> None:
@@ -210,6 +213,34 @@ class ClientTools:
     def close(self) -> None:
         """Cancel every pending request (the run is over)."""
         self._requests.close()
+
+
+@functools.lru_cache(maxsize=_CACHED_TOOLS)
+def _cached_tool(definition: bytes) -> Tool[Any]:
+    """The pydantic-ai tool of a serialized `ToolDef`, made once per distinct one.
+
+    Raises INVALID_ARGUMENT for a bad definition (not kept: the next run
+    that sends it is told again). The tool asks the client tools of the run
+    that calls it (`_running`): one `Tool` serves every run, as an agent's own
+    tools do.
+    """
+    tool_def = agent_pb2.ToolDef.FromString(definition)
+    name = tool_def.name
+    schema = _parameters(tool_def)
+
+    async def call_client(ctx: RunContext[Any], /, **args: Any) -> Any:
+        return await _running.get()._request(ctx, name, args)
+
+    tool = Tool.from_schema(call_client, name, tool_def.description or None, schema, takes_ctx=True)
+    tool.function_schema.validator = _ARGS_VALIDATOR
+    if tool_def.HasField("max_retries"):
+        if tool_def.max_retries < 0:
+            raise _errors.invalid_argument(
+                f"tool {name!r}: max_retries must be >= 0, got {tool_def.max_retries}"
+            )
+        tool.max_retries = tool_def.max_retries
+    tool.requires_approval = tool_def.requires_approval
+    return tool
 
 
 def ignore_unknown(result: agent_pb2.ToolResult) -> None:
