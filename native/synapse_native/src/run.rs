@@ -407,12 +407,12 @@ async fn stream(
             Some(run_event::Event::ToolRequest(request)) => {
                 // Not an event for the receiver: give its credit back.
                 relay.credit.add_permits(1);
-                relay.request_tool(request);
+                request_tool(&mut relay.runner, &relay.inputs, request);
             }
             Some(run_event::Event::ApprovalRequest(request)) => {
                 // Not an event for the receiver either: it goes to the runner.
                 relay.credit.add_permits(1);
-                relay.request_approval(request);
+                request_approval(&mut relay.runner, &relay.inputs, request);
             }
             Some(run_event::Event::Result(result)) => return Ok(result),
             Some(run_event::Event::Failure(failure)) => {
@@ -429,16 +429,6 @@ async fn stream(
                 return Err(Error::Protocol("the worker sent an empty event".into()).into());
             }
         }
-    }
-}
-
-impl Relay {
-    fn request_approval(&mut self, request: ApprovalRequest) {
-        request_approval(&mut self.runner, &self.inputs, request);
-    }
-
-    fn request_tool(&mut self, request: ToolRequest) {
-        request_tool(&mut self.runner, &self.inputs, request);
     }
 }
 

@@ -287,14 +287,12 @@ class _Connection(asyncio.Protocol):
         if self._batching or not at_once:
             self._outgoing.append(_HEADER.pack(len(data)))
             self._outgoing.append(data)
-            if not self._batching:
-                self._batching = True
-                self._loop.call_soon(self._flush)
         else:
             # The first frame of a loop iteration goes out at once (a lone
             # call waits for nothing); the next ones wait for the end of the
             # iteration and go out together.
             self._transport.write(_HEADER.pack(len(data)) + data)
+        if not self._batching:
             self._batching = True
             self._loop.call_soon(self._flush)
 
