@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2
 import synapse_fixtures.agents as fixtures
 from conftest import TOKEN
 from synapse_python import Worker, _lane
+from synapse_python._errors import ERROR_METADATA_KEY as ERROR_KEY
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2, probe_pb2
 
 HEADER = struct.Struct(">I")
@@ -386,3 +387,66 @@ async def test_a_streams_last_response_and_its_status_go_out_in_one_write() -> N
     bodies = [[frame.WhichOneof("body") for frame in write] for write in transport.writes]
     assert bodies == [["message"], ["message", "status"]], bodies
     assert transport.writes[1][0].message == b"last"
+
+
+async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> None:
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        raise AssertionError("the lane answers with at_once")
+
+    async def later(request: bytes) -> bytes:
+        await asyncio.sleep(0)
+        if request == b"refuse later":
+            raise _lane.Refused(grpc.StatusCode.NOT_FOUND, "gone", ((ERROR_KEY, b"why"),))
+        return request.upper()
+
+    def at_once(request: bytes) -> Any:
+        if request == b"refuse":
+            raise _lane.Refused(grpc.StatusCode.INVALID_ARGUMENT, "no", ((ERROR_KEY, b"detail"),))
+        if request == b"break":
+            raise RuntimeError("broken")
+        return later(request) if request.endswith(b"later") else request[::-1]
+
+    method = "/test.S/AtOnce"
+    handler = grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=bytes, response_serializer=bytes
+    )
+    _lane.answer_at_once(behaviour, at_once)
+    server = _lane.LaneServer({method: handler}, max_message_bytes=16)
+    connection = _lane._Connection(server)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    requests = [b"abc", b"refuse", b"break", b"x" * 17, b"later", b"refuse later"]
+    data = b""
+    for call, request in enumerate(requests, 1):
+        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=1_000_000)
+        frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
+        data += HEADER.pack(len(frame)) + frame
+    connection.data_received(data)
+    # The first four ended in the callback, in one write; the last two wait in tasks.
+    [answered] = transport.writes
+    assert sorted(connection.calls) == [5, 6]
+    assert [(f.call, f.WhichOneof("body")) for f in answered] == [
+        (1, "message"),
+        (2, "status"),
+        (3, "status"),
+        (4, "status"),
+    ]
+    assert answered[0].message == b"cba"
+    assert (answered[1].status.code, answered[1].status.message, answered[1].status.detail) == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+        "no",
+        b"detail",
+    )
+    assert answered[2].status.code == grpc.StatusCode.UNKNOWN.value[0]
+    assert "RuntimeError" in answered[2].status.message
+    assert answered[3].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    for _ in range(100):
+        if connection.calls:
+            await asyncio.sleep(0.01)
+    ended = {frame.call: frame for write in transport.writes[1:] for frame in write}
+    assert ended[5].message == b"LATER"
+    assert (ended[6].status.code, ended[6].status.message, ended[6].status.detail) == (
+        grpc.StatusCode.NOT_FOUND.value[0],
+        "gone",
+        b"why",
+    )

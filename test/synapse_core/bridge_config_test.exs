@@ -156,6 +156,7 @@ defmodule SynapseCore.BridgeConfigTest do
       on_the_loop_checked: [2, [fail: "model"]],
       on_the_loop_checked: [2, [fail: "model"]],
       on_the_loop_later: [7],
+      on_the_loop_later: [7, [fail: true]],
       on_the_loop: []
     ]
 
@@ -183,6 +184,10 @@ defmodule SynapseCore.BridgeConfigTest do
 
         {:on_the_loop_later, [7]} ->
           assert on_lane == {:ok, "7 after waiting in MainThread"}
+
+        {:on_the_loop_later, [7, [fail: true]]} ->
+          assert {:error, %Error{kind: :python_error, message: message}} = on_lane
+          assert message =~ "ValueError: 7 was too late"
 
         _ ->
           assert {:ok, _} = on_lane

@@ -26,8 +26,11 @@ What each call keeps from gRPC:
 
 A method whose behaviour is marked with `answer_at_once` (the Bridge's `on_loop`
 functions: sync code that never waits) is answered in the callback that reads
-its `start`, with no task and no deadline timer: nothing could interrupt it in a
-task either. Its context variables are a copy, as a task's would be.
+its `start`, with no task, no deadline timer and no `LaneContext`: nothing could
+interrupt it in a task either, and it ends its call with `Refused` rather than
+`abort`. Its context variables are a copy, as a task's would be. Only when it
+hands back an awaitable (it has to wait after all) does the call become one
+like any other, in a task.
 
 Frames are written in batches: what the calls of one read answer at once goes
 out in one write after it; otherwise the first frame of a loop iteration goes
@@ -71,10 +74,11 @@ LaneStatus = lane_pb2.LaneStatus
 Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
 
-AtOnce = Callable[[Any, "LaneContext"], Any]
-"""Answers a unary call without waiting: `(request, context)` to the response,
-or to an awaitable of it when it has to wait after all (the rest then runs in a
-task, as any call); fails with `context.fail`, as `abort` would."""
+AtOnce = Callable[[Any], Any]
+"""Answers a unary call without waiting: its request to the response, or to an
+awaitable of it when it has to wait after all (the rest then runs in a task, as
+any call); raises (or the awaitable raises) `Refused` to end the call with
+another status, as `abort` would."""
 
 _AT_ONCE = "_synapse_lane_at_once"
 
@@ -84,6 +88,35 @@ def answer_at_once(behaviour: Callable[..., Any], at_once: AtOnce) -> None:
     `unary_unary` of its handler) is `behaviour` with `at_once` instead, in
     the callback that reads them; gRPC still calls `behaviour`."""
     setattr(behaviour, _AT_ONCE, at_once)
+
+
+class Refused(Exception):
+    """Ends a call answered at once with a status, as `abort` ends a handler's:
+    `code`, `details`, and the `synapse-error-bin` entry of `trailing_metadata`."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+    ) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+        self.detail = _error_detail(trailing_metadata)
+
+
+def _error_detail(trailing_metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes:
+    """The serialized `ErrorDetail` a status carries in its trailing metadata (or none)."""
+    for key, value in trailing_metadata or ():
+        if key == ERROR_METADATA_KEY and isinstance(value, bytes):
+            return value
+    return b""
+
+
+def _too_large(direction: str, size: int, limit: int) -> str:
+    """grpc's own words for a message over the maximum size."""
+    return f"{direction} message larger than max ({size} vs. {limit})"
 
 
 class LaneServer:
@@ -97,6 +130,13 @@ class LaneServer:
         token: _auth.BearerToken | None = None,
     ) -> None:
         self._handlers = dict(handlers)
+        # The methods answered at once: their `AtOnce`, request deserializer
+        # and response serializer, looked up once here rather than per call.
+        self._at_once: dict[str, tuple[AtOnce, Callable[[bytes], Any], Callable[[Any], bytes]]] = {
+            method: (at_once, handler.request_deserializer, handler.response_serializer)
+            for method, handler in self._handlers.items()
+            if (at_once := getattr(handler.unary_unary, _AT_ONCE, None)) is not None
+        }
         self._max_message_bytes = max_message_bytes
         self._token = token
         self._server: asyncio.AbstractServer | None = None
@@ -146,6 +186,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: LaneServer) -> None:
         self._server = server
         self._handlers = server._handlers
+        self._at_once = server._at_once
         self.max_message_bytes = server._max_message_bytes
         self._max_frame = server._max_message_bytes + _FRAME_SLACK
         self._authorized = server._token is None
@@ -272,9 +313,55 @@ class _Connection(asyncio.Protocol):
         if self._server.stopping:
             self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
             return
+        at_once = self._at_once.get(start.method)
+        if at_once is not None:
+            self._answer_at_once(call_id, handler, start, *at_once)
+            return
         call = LaneContext(self, call_id, handler, start)
         self.calls[call_id] = call
         call.begin()
+
+    def _answer_at_once(
+        self,
+        call_id: int,
+        handler: Any,
+        start: Any,
+        at_once: AtOnce,
+        deserialize: Callable[[bytes], Any],
+        serialize: Callable[[Any], bytes],
+    ) -> None:
+        """Answers a call with `at_once`, in this callback: one frame out, nothing kept."""
+        message = start.message
+        limit = self.max_message_bytes
+        if len(message) > limit:
+            code, details = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                _too_large("Received", len(message), limit),
+            )
+            self.send_status(call_id, code, details)
+            return
+        context = contextvars.copy_context()
+        try:
+            response = context.run(at_once, deserialize(message))
+            if is_awaitable(response):
+                # It has to wait after all: a call like any other, awaiting it.
+                call = LaneContext(self, call_id, handler, start)
+                self.calls[call_id] = call
+                call.await_response(response, context)
+                return
+            data = serialize(response)
+        except Refused as refused:
+            self.send_status(call_id, refused.code, refused.details, refused.detail)
+            return
+        except Exception as exc:  # as an unexpected exception of a handler ends its call
+            logger.error("%s failed", start.method, exc_info=exc)
+            self.send_status(call_id, *_unexpected(exc))
+            return
+        if len(data) > limit:
+            code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large("Sent", len(data), limit)
+            self.send_status(call_id, code, details)
+            return
+        self.send(LaneFrame(call=call_id, message=data))
 
     # ---- frames out ----
 
@@ -361,31 +448,21 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self.task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
-        at_once = getattr(self._handler.unary_unary, _AT_ONCE, None)
-        if at_once is not None:
-            self._answer_at_once(at_once)
-        else:
-            self._arm_deadline()
-            self.task = self._connection._loop.create_task(self._run())
+        """Runs the handler, in a task of its own."""
+        self._arm_deadline()
+        self.task = self._connection._loop.create_task(self._run())
+
+    def await_response(self, response: Awaitable[Any], context: contextvars.Context) -> None:
+        """Awaits the response of a call answered at once that had to wait after all."""
+        self._first = b""
+        self._arm_deadline()
+        self.task = self._connection._loop.create_task(self._run(response), context=context)
 
     def _arm_deadline(self) -> None:
         if self._timeout is not None:
             loop = self._connection._loop
             self._deadline = loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._expire)
-
-    def _answer_at_once(self, at_once: AtOnce) -> None:
-        context = contextvars.copy_context()
-        try:
-            response = context.run(at_once, self._request(), self)
-            if is_awaitable(response):
-                self._arm_deadline()
-                self.task = self._connection._loop.create_task(self._run(response), context=context)
-                return
-            self._respond(response)
-        except Exception as exc:  # abort(), a failure: `_failed` tells them apart
-            self._failed(exc)
-        self._finish()
 
     # ---- what the connection tells the call ----
 
@@ -482,6 +559,9 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         """Ends the call as the way its handler failed says."""
         if isinstance(exc, grpc.aio.AbortError):  # abort(), or a message over the size limit
             self._end()
+        elif isinstance(exc, Refused):  # the awaitable of a call answered at once
+            self._set_status(exc.code, exc.details, exc.detail)
+            self._end()
         elif isinstance(exc, asyncio.CancelledError):
             if self._cancel_status is None:
                 self._ended = True  # the client cancelled or left: it expects nothing
@@ -490,7 +570,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 self._end()
         else:
             logger.error("%s failed", self._method, exc_info=exc)
-            self._set_status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+            self._set_status(*_unexpected(exc))
             self._end()
 
     def _respond(self, response: Any) -> None:
@@ -524,9 +604,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 logger.exception("a done callback of %s failed", self._method)
 
     def _too_large(self, direction: str, message: bytes) -> str:
-        """grpc's own words for a message over the maximum size."""
-        limit = self._connection.max_message_bytes
-        return f"{direction} message larger than max ({len(message)} vs. {limit})"
+        return _too_large(direction, len(message), self._connection.max_message_bytes)
 
     def _set_status(self, code: grpc.StatusCode, details: str, detail: bytes = b"") -> None:
         """The call's end status; the first failure decided stays (as with grpc's abort)."""
@@ -574,20 +652,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         details: str = "",
         trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> NoReturn:
-        self.fail(code, details, trailing_metadata)
-
-    def fail(
-        self,
-        code: grpc.StatusCode,
-        details: str = "",
-        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> NoReturn:
-        """`abort`, for code that cannot await (an `AtOnce`)."""
-        detail = b""
-        for key, value in trailing_metadata or ():
-            if key == ERROR_METADATA_KEY and isinstance(value, bytes):
-                detail = value
-        self._set_status(code, details, detail)
+        self._set_status(code, details, _error_detail(trailing_metadata))
         raise grpc.aio.AbortError()
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
@@ -606,9 +671,9 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         return self._details
 
     def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        for key, value in trailing_metadata:
-            if key == ERROR_METADATA_KEY and isinstance(value, bytes):
-                self._detail = value
+        detail = _error_detail(trailing_metadata)
+        if detail:
+            self._detail = detail
 
     def trailing_metadata(self) -> Sequence[tuple[str, str | bytes]]:
         return ((ERROR_METADATA_KEY, self._detail),) if self._detail else ()
@@ -650,3 +715,8 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     def disable_next_message_compression(self) -> None:
         pass
+
+
+def _unexpected(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status a handler's unexpected exception ends its call with (grpc's words)."""
+    return grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}"

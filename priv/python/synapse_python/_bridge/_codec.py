@@ -152,18 +152,27 @@ class Codec:
 
     # ---- the two sides of a call ----
 
-    def read_request(self, function: Function, request: Message) -> dict[str, Any]:
-        """The parameters `request` sets, as raw values (unset ones left out)."""
-        values = {}
-        for param in function.params:
-            if param.type.kind in _AS_IS:  # what `_read_field` does for them, inline
-                if request.HasField(param.name):
-                    values[param.name] = getattr(request, param.name)
-                continue
-            value = self._read_field(request, param.name, param.type, param.presence, (param.name,))
-            if value is not ABSENT:
-                values[param.name] = value
-        return values
+    def request_reader(self, function: Function) -> Callable[[Message], dict[str, Any]]:
+        """What reads the parameters a request of `function` sets, as raw values
+        (unset ones left out); made once per function, used per call."""
+        # Scalars are read as they are (what `_read_field` does for them, inline).
+        plain = [param.name for param in function.params if param.type.kind in _AS_IS]
+        others = [
+            (param.name, param.type, param.presence)
+            for param in function.params
+            if param.type.kind not in _AS_IS
+        ]
+        read_field = self._read_field
+
+        def read(request: Message) -> dict[str, Any]:
+            values = {name: getattr(request, name) for name in plain if request.HasField(name)}
+            for name, t, presence in others:
+                value = read_field(request, name, t, presence, (name,))
+                if value is not ABSENT:
+                    values[name] = value
+            return values
+
+        return read
 
     def write_request(self, function: Function, arguments: Mapping[str, Any]) -> Message:
         """The request message for `arguments` (a client's side; None or absent: unset)."""
@@ -176,15 +185,23 @@ class Codec:
                 )
         return request
 
-    def write_response(self, function: Function, value: Any) -> Message:
-        """The response message for one result (or stream item) of `function`."""
-        response = self.message_class(function.response)()
-        kind = function.returns.kind
-        if kind in _SET_AS_SCALAR:  # what `_write_field` does for them, inline
-            response.value = self._scalar(function.returns, value, ("result",))  # type: ignore[attr-defined]
-        elif kind != "none":
-            self._write_field(response, "value", function.returns, False, value, ("result",))
-        return response
+    def response_writer(self, function: Function) -> Callable[[Any], Message]:
+        """What writes the response message for one result (or stream item) of
+        `function`; made once per function, used per call."""
+        response_class = self.message_class(function.response)
+        returns = function.returns
+        kind = returns.kind
+        scalar, write_field = self._scalar, self._write_field
+
+        def write(value: Any) -> Message:
+            response = response_class()
+            if kind in _SET_AS_SCALAR:  # what `_write_field` does for them, inline
+                response.value = scalar(returns, value, ("result",))  # type: ignore[attr-defined]
+            elif kind != "none":
+                write_field(response, "value", returns, False, value, ("result",))
+            return response
+
+        return write
 
     def read_response(self, function: Function, response: Message) -> Any:
         """The raw value a response carries (a client's side)."""

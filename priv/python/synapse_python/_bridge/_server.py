@@ -93,6 +93,20 @@ class BridgeService:
             ]
             for name, function in self._functions.items()
         }
+        # Each function's reader of its arguments from a request, writer of
+        # its responses, and the callers of `on_loop` functions: made once,
+        # used per call.
+        self._write_response = {
+            function.name: self._codec.response_writer(function) for function in self.ir.functions
+        }
+        self._arguments = {
+            function.name: self._arguments_reader(function) for function in self.ir.functions
+        }
+        self._on_loop = {
+            function.name: self._on_loop_caller(function)
+            for function in self.ir.functions
+            if function.on_loop
+        }
         # Where sync functions run: a pool of this service's, until `handlers`
         # is given the worker's.
         self._threads = SyncThreads()
@@ -181,20 +195,32 @@ class BridgeService:
 
         handle.__name__ = function.rpc
         if function.on_loop:
+            call_on_loop = self._on_loop[function.name]
 
-            def at_once(request: Message, context: _lane.LaneContext) -> Any:
+            def at_once(request: Message) -> Any:
                 try:
-                    response = self._call_on_loop(function, request)
+                    response = call_on_loop(request)
                 except Exception as exc:
-                    error = self._error(function, exc)
-                else:
-                    if is_awaitable(response):
-                        return self._guarded(function, response, context)
-                    return response
-                context.fail(*_errors.abort_status(error))
+                    raise self._refused(function, exc) from None
+                if is_awaitable(response):
+                    return self._refused_on_failure(function, response)
+                return response
 
             _lane.answer_at_once(handle, at_once)
         return handle
+
+    async def _refused_on_failure(self, function: Function, work: Awaitable[Any]) -> Any:
+        """What `work` returns; if it raises, `_lane.Refused` with the error it stands for."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            logger.info("%s cancelled", self._describe(function))
+            raise
+        except Exception as exc:
+            raise self._refused(function, exc) from None
+
+    def _refused(self, function: Function, exc: Exception) -> _lane.Refused:
+        return _lane.Refused(*_errors.abort_status(self._error(function, exc)))
 
     async def _guarded(
         self, function: Function, work: Awaitable[Any], context: grpc.aio.ServicerContext
@@ -230,9 +256,9 @@ class BridgeService:
         self, function: Function, request: Message, context: grpc.aio.ServicerContext
     ) -> Message:
         if function.on_loop:
-            response = self._call_on_loop(function, request)
+            response = self._on_loop[function.name](request)
             return await response if is_awaitable(response) else response
-        args, kwargs = self._arguments(function, request)
+        args, kwargs = self._arguments[function.name](request)
         target = self._functions[function.name]
         if function.kind == "sync":
             result = await self._threads.run(target, *args, **kwargs)
@@ -240,61 +266,82 @@ class BridgeService:
                 result = await result
         else:
             result = await target(*args, **kwargs)
-        return self._codec.write_response(function, result)
+        return self._write_response[function.name](result)
 
-    def _call_on_loop(self, function: Function, request: Message) -> Message | Awaitable[Message]:
-        """Calls an `on_loop` function: its response, or an awaitable of it when the
-        function returned one (a decorator hid a coroutine function)."""
-        args, kwargs = self._arguments(function, request)
-        result = self._functions[function.name](*args, **kwargs)
-        if is_awaitable(result):
-            return self._respond_later(function, result)
-        return self._codec.write_response(function, result)
+    def _on_loop_caller(
+        self, function: Function
+    ) -> Callable[[Message], Message | Awaitable[Message]]:
+        """What calls an `on_loop` function for a request: its response, or an
+        awaitable of it when the function returned one (a decorator hid a
+        coroutine function). Made once per function: the lookups are done."""
+        arguments = self._arguments[function.name]
+        target = self._functions[function.name]
+        write_response = self._write_response[function.name]
+
+        def call(request: Message) -> Message | Awaitable[Message]:
+            args, kwargs = arguments(request)
+            result = target(*args, **kwargs)
+            if is_awaitable(result):
+                return self._respond_later(function, result)
+            return write_response(result)
+
+        return call
 
     async def _respond_later(self, function: Function, result: Awaitable[Any]) -> Message:
-        return self._codec.write_response(function, await result)
+        return self._write_response[function.name](await result)
 
     async def _stream(
         self, function: Function, request: Message, context: grpc.aio.ServicerContext
     ) -> None:
-        args, kwargs = self._arguments(function, request)
+        args, kwargs = self._arguments[function.name](request)
         items: AsyncIterator[Any] = self._functions[function.name](*args, **kwargs)
         try:
             async for item in items:
-                await context.write(self._codec.write_response(function, item))
+                await context.write(self._write_response[function.name](item))
         finally:
             with contextlib.suppress(Exception):
                 await items.aclose()  # type: ignore[attr-defined]
 
-    def _arguments(self, function: Function, request: Message) -> tuple[list[Any], dict[str, Any]]:
-        """The validated arguments of a call: positional-only ones, then the rest by name."""
-        raw = self._codec.read_request(function, request)
+    def _arguments_reader(
+        self, function: Function
+    ) -> Callable[[Message], tuple[list[Any], dict[str, Any]]]:
+        """What reads the validated arguments of a call of `function` from its
+        request: positional-only ones, then the rest by name."""
+        read_request = self._codec.request_reader(function)
         adapters = self._adapters[function.name]
-        values: dict[str, Any] = {}
-        errors: list[dict[str, Any]] = []
-        for param in function.params:
-            if param.name not in raw:
-                if param.required:
-                    errors.append({"loc": [param.name], "msg": "Field required", "type": "missing"})
-                continue
-            try:
-                # The adapter's validator itself: `TypeAdapter.validate_python`
-                # only forwards to it, at a cost per call the size of the check.
-                values[param.name] = adapters[param.name].validator.validate_python(
-                    raw[param.name], by_alias=False, by_name=True
-                )
-            except pydantic.ValidationError as exc:
-                errors.extend(validation_errors(exc, (param.name,)))
-        if errors:
-            raise InvalidArguments(errors)
-        args: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        for name, positional_only, default in self._parameters[function.name]:
-            if positional_only:
-                args.append(values.get(name, default))
-            elif name in values:
-                kwargs[name] = values[name]
-        return args, kwargs
+        # The adapter's validator itself: `TypeAdapter.validate_python` only
+        # forwards to it, at a cost per call the size of the check.
+        checks = [
+            (param.name, param.required, adapters[param.name].validator.validate_python)
+            for param in function.params
+        ]
+        parameters = self._parameters[function.name]
+
+        def read(request: Message) -> tuple[list[Any], dict[str, Any]]:
+            raw = read_request(request)
+            values: dict[str, Any] = {}
+            errors: list[dict[str, Any]] = []
+            for name, required, validate in checks:
+                if name not in raw:
+                    if required:
+                        errors.append({"loc": [name], "msg": "Field required", "type": "missing"})
+                    continue
+                try:
+                    values[name] = validate(raw[name], by_alias=False, by_name=True)
+                except pydantic.ValidationError as exc:
+                    errors.extend(validation_errors(exc, (name,)))
+            if errors:
+                raise InvalidArguments(errors)
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            for name, positional_only, default in parameters:
+                if positional_only:
+                    args.append(values.get(name, default))
+                elif name in values:
+                    kwargs[name] = values[name]
+            return args, kwargs
+
+        return read
 
     def _describe(self, function: Function) -> str:
         return f"{self.ir.module}.{function.name}"

@@ -79,9 +79,12 @@ def _plain(function: Callable[..., Coroutine[Any, Any, str]]) -> Callable[..., A
 
 
 @_plain
-async def on_the_loop_later(count: int) -> str:
-    """Waits (a plain function on the loop that returns a coroutine), then says so."""
+async def on_the_loop_later(count: int, fail: bool = False) -> str:
+    """Waits (a plain function on the loop that returns a coroutine), then says
+    so, or fails when `fail`."""
     await asyncio.sleep(0.01)
+    if fail:
+        raise ValueError(f"{count} was too late")
     return f"{count} after waiting in {threading.current_thread().name}"
 
 
