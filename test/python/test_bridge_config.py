@@ -39,6 +39,8 @@ def test_the_config_selects_names_and_maps_types() -> None:
         "on_the_loop_checked",
         "on_the_loop_later",
         "in_a_thread",
+        "in_a_thread_checked",
+        "in_a_thread_later",
     ]
     assert [f.name for f in ir.functions if f.on_loop] == [
         "on_the_loop",

@@ -450,3 +450,69 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
         "gone",
         b"why",
     )
+
+
+async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it() -> None:
+    loop = asyncio.get_running_loop()
+    futures: dict[bytes, asyncio.Future[Any]] = {}
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        raise AssertionError("the lane answers with at_once")
+
+    def at_once(request: bytes) -> asyncio.Future[Any]:
+        futures[request] = loop.create_future()
+        return futures[request]
+
+    method = "/test.S/Later"
+    handler = grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=bytes, response_serializer=bytes
+    )
+    _lane.answer_at_once(behaviour, at_once)
+    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
+    connection = _lane._Connection(server)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+
+    def start(call: int, request: bytes, timeout_us: int = 10_000_000) -> None:
+        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=timeout_us)
+        frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
+        connection.data_received(HEADER.pack(len(frame)) + frame)
+
+    def cancel(call: int) -> None:
+        frame = lane_pb2.LaneFrame(call=call, cancel=True).SerializeToString()
+        connection.data_received(HEADER.pack(len(frame)) + frame)
+
+    start(1, b"answered")
+    start(2, b"refused")
+    start(3, b"cancelled")
+    start(4, b"late", timeout_us=20_000)
+    start(5, b"awaits")
+    assert sorted(connection.calls) == [1, 2, 3, 4, 5]
+    futures[b"answered"].set_result(b"yes")
+    futures[b"refused"].set_exception(_lane.Refused(grpc.StatusCode.ABORTED, "no"))
+    cancel(3)
+    await asyncio.sleep(0.05)  # call 4's deadline passes
+
+    async def later() -> bytes:
+        return b"awaited"
+
+    futures[b"awaits"].set_result(later())  # an awaitable: the call goes on in a task
+    for _ in range(100):
+        if connection.calls:
+            await asyncio.sleep(0.01)
+    assert not connection.calls
+    ends: dict[int, list[Any]] = defaultdict(list)
+    for write in transport.writes:
+        for frame in write:
+            ends[frame.call].append(frame)
+    assert sorted(ends) == [1, 2, 4, 5]  # a cancelled call expects nothing
+    assert all(len(frames) == 1 for frames in ends.values()), ends
+    assert ends[1][0].message == b"yes"
+    assert (ends[2][0].status.code, ends[2][0].status.message) == (
+        grpc.StatusCode.ABORTED.value[0],
+        "no",
+    )
+    assert futures[b"cancelled"].cancelled()
+    assert ends[4][0].status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert futures[b"late"].cancelled()  # its deadline abandoned the work
+    assert ends[5][0].message == b"awaited"

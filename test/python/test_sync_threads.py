@@ -115,6 +115,24 @@ async def test_run_awaits_the_function_in_a_thread_in_a_copy_of_the_callers_cont
         await threads.run(stop)
 
 
+async def test_start_gives_a_future_whose_cancel_abandons_the_call() -> None:
+    changes: list[int] = []
+    threads = SyncThreads(on_stuck=changes.append)
+    assert await threads.start(lambda a, b: a * b, 6, 7) == 42
+    started, release, blocked = _blocking()
+    running = threads.start(blocked)
+    assert await asyncio.to_thread(started.wait, 10)
+    running.cancel()
+    await asyncio.sleep(0)  # the future's callbacks run
+    assert threads.stuck == 1
+    release.set()
+    for _ in range(100):
+        if threads.stuck == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert changes == [1, 0]
+
+
 async def test_outcomes_that_come_back_together_wake_the_loop_once() -> None:
     threads = SyncThreads()
     loop = asyncio.get_running_loop()

@@ -146,7 +146,7 @@ defmodule SynapseCore.BridgeConfigTest do
              "called on the worker's event loop: while it runs, the worker serves nothing else."
   end
 
-  test "a function on the loop answers on the lane as over gRPC, failures included",
+  test "a sync function, on the loop or in a thread, answers on the lane as over gRPC, failures included",
        %{name: name, grpc: grpc} do
     calls = [
       on_the_loop_checked: [3],
@@ -157,7 +157,14 @@ defmodule SynapseCore.BridgeConfigTest do
       on_the_loop_checked: [2, [fail: "model"]],
       on_the_loop_later: [7],
       on_the_loop_later: [7, [fail: true]],
-      on_the_loop: []
+      on_the_loop: [],
+      in_a_thread: [],
+      in_a_thread_checked: [3],
+      in_a_thread_checked: [-1],
+      in_a_thread_checked: [2, [fail: "value"]],
+      in_a_thread_checked: [2, [fail: "model"]],
+      in_a_thread_later: [7],
+      in_a_thread_later: [7, [fail: true]]
     ]
 
     for {function, args} <- calls do
@@ -167,27 +174,32 @@ defmodule SynapseCore.BridgeConfigTest do
              "#{function} #{inspect(args)}"
 
       case {function, args} do
-        {:on_the_loop_checked, [3]} ->
+        {checked, [3]} when checked in [:on_the_loop_checked, :in_a_thread_checked] ->
           assert on_lane == {:ok, [0, 1, 2]}
 
-        {:on_the_loop_checked, [-1]} ->
+        {checked, [-1]} when checked in [:on_the_loop_checked, :in_a_thread_checked] ->
           assert {:error, %Error{kind: :invalid_argument, details: %{errors: [error]}}} = on_lane
           assert error["loc"] == ["count"]
 
-        {:on_the_loop_checked, [2, [fail: "value"]]} ->
+        {checked, [2, [fail: "value"]]}
+        when checked in [:on_the_loop_checked, :in_a_thread_checked] ->
           assert {:error, %Error{kind: :python_error, message: message}} = on_lane
           assert message =~ "ValueError: no counting today"
 
-        {:on_the_loop_checked, [2, [fail: "model"]]} ->
+        {checked, [2, [fail: "model"]]}
+        when checked in [:on_the_loop_checked, :in_a_thread_checked] ->
           assert {:error, %Error{kind: :invalid_argument, details: %{errors: [error]}}} = on_lane
           assert error["loc"] == ["amount"]
 
-        {:on_the_loop_later, [7]} ->
+        {later, [7]} when later in [:on_the_loop_later, :in_a_thread_later] ->
           assert on_lane == {:ok, "7 after waiting in MainThread"}
 
-        {:on_the_loop_later, [7, [fail: true]]} ->
+        {later, [7, [fail: true]]} when later in [:on_the_loop_later, :in_a_thread_later] ->
           assert {:error, %Error{kind: :python_error, message: message}} = on_lane
           assert message =~ "ValueError: 7 was too late"
+
+        {:in_a_thread, []} ->
+          assert {:ok, "synapse-sync"} = on_lane
 
         _ ->
           assert {:ok, _} = on_lane

@@ -28,9 +28,12 @@ A method whose behaviour is marked with `answer_at_once` (the Bridge's `on_loop`
 functions: sync code that never waits) is answered in the callback that reads
 its `start`, with no task, no deadline timer and no `LaneContext`: nothing could
 interrupt it in a task either, and it ends its call with `Refused` rather than
-`abort`. Its context variables are a copy, as a task's would be. Only when it
-hands back an awaitable (it has to wait after all) does the call become one
-like any other, in a task.
+`abort`. Its context variables are a copy, as a task's would be. It may hand
+back a future instead (the Bridge's sync functions, which run in a worker
+thread): the call then waits for it with no task, its deadline, a cancel or
+the connection's loss cancelling the future. Only when it hands back another
+awaitable (it has to wait after all) does the call become one like any other,
+in a task.
 
 Frames are written in batches: what the calls of one read answer at once goes
 out in one write after it; otherwise the first frame of a loop iteration goes
@@ -75,10 +78,12 @@ Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
 
 AtOnce = Callable[[Any], Any]
-"""Answers a unary call without waiting: its request to the response, or to an
-awaitable of it when it has to wait after all (the rest then runs in a task, as
-any call); raises (or the awaitable raises) `Refused` to end the call with
-another status, as `abort` would."""
+"""Answers a unary call without waiting: its request to the response; or to an
+`asyncio.Future` of it, when the work goes on elsewhere (a worker thread: no
+task waits for it, the future's callback answers); or to any other awaitable
+of it when it has to wait after all (the rest then runs in a task, as any
+call). Raises (or the future or awaitable raises) `Refused` to end the call
+with another status, as `abort` would."""
 
 _AT_ONCE = "_synapse_lane_at_once"
 
@@ -198,7 +203,7 @@ class _Connection(asyncio.Protocol):
         self._batching = False
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
-        self.calls: dict[int, LaneContext] = {}
+        self.calls: dict[int, LaneContext | _Pending] = {}
 
     # ---- asyncio.Protocol ----
 
@@ -330,7 +335,8 @@ class _Connection(asyncio.Protocol):
         deserialize: Callable[[bytes], Any],
         serialize: Callable[[Any], bytes],
     ) -> None:
-        """Answers a call with `at_once`, in this callback: one frame out, nothing kept."""
+        """Answers a call with `at_once`: in this callback, or once the future it
+        hands back is done."""
         message = start.message
         limit = self.max_message_bytes
         if len(message) > limit:
@@ -343,25 +349,55 @@ class _Connection(asyncio.Protocol):
         context = contextvars.copy_context()
         try:
             response = context.run(at_once, deserialize(message))
-            if is_awaitable(response):
-                # It has to wait after all: a call like any other, awaiting it.
-                call = LaneContext(self, call_id, handler, start)
-                self.calls[call_id] = call
-                call.await_response(response, context)
-                return
+        except Exception as exc:
+            self.answer_failed(call_id, start.method, exc)
+            return
+        if isinstance(response, asyncio.Future):
+            # Its work goes on elsewhere (a worker thread): no task waits for it.
+            self.calls[call_id] = _Pending(
+                self, call_id, handler, start, context, response, serialize
+            )
+        else:
+            self.answer(call_id, handler, start, context, response, serialize)
+
+    def answer(
+        self,
+        call_id: int,
+        handler: Any,
+        start: Any,
+        context: contextvars.Context,
+        response: Any,
+        serialize: Callable[[Any], bytes],
+        deadline: float | None = None,
+    ) -> None:
+        """Ends a call answered at once with its `response`; when that is
+        awaitable (it has to wait after all), the call becomes one like any
+        other, in a task, its deadline `deadline` if it already has one."""
+        if is_awaitable(response):
+            call = LaneContext(self, call_id, handler, start)
+            self.calls[call_id] = call
+            call.await_response(response, context, deadline)
+            return
+        try:
             data = serialize(response)
-        except Refused as refused:
-            self.send_status(call_id, refused.code, refused.details, refused.detail)
+        except Exception as exc:
+            self.answer_failed(call_id, start.method, exc)
             return
-        except Exception as exc:  # as an unexpected exception of a handler ends its call
-            logger.error("%s failed", start.method, exc_info=exc)
-            self.send_status(call_id, *_unexpected(exc))
-            return
+        limit = self.max_message_bytes
         if len(data) > limit:
             code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large("Sent", len(data), limit)
             self.send_status(call_id, code, details)
             return
         self.send(LaneFrame(call=call_id, message=data))
+
+    def answer_failed(self, call_id: int, method: str, exc: BaseException) -> None:
+        """Ends a call answered at once that failed: with the status it was
+        `Refused`, or, as a handler's unexpected exception, UNKNOWN."""
+        if isinstance(exc, Refused):
+            self.send_status(call_id, exc.code, exc.details, exc.detail)
+        else:
+            logger.error("%s failed", method, exc_info=exc)
+            self.send_status(call_id, *_unexpected(exc))
 
     # ---- frames out ----
 
@@ -421,6 +457,97 @@ class _ProtocolError(Exception):
     """The client broke the lane protocol: its connection is closed."""
 
 
+class _Pending:
+    """A call answered at once whose response a future gives later (a function
+    in a worker thread). No task waits for it: the future's callback answers.
+    Its deadline, a cancel, the connection's loss and the worker's stop cancel
+    the future, as they would a handler's task, and end the call as they would."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        call_id: int,
+        handler: Any,
+        start: Any,
+        context: contextvars.Context,
+        future: asyncio.Future[Any],
+        serialize: Callable[[Any], bytes],
+    ) -> None:
+        self._connection = connection
+        self._id = call_id
+        self._handler = handler
+        self._start = start
+        self._context = context
+        self._serialize = serialize
+        self._ended = False
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if start.timeout_us:
+            loop = connection._loop
+            self._deadline = loop.time() + start.timeout_us / 1e6
+            self._timer = loop.call_at(self._deadline, self._expire)
+        # What the worker's stop waits for, as for a handler's task.
+        self.task = future
+        future.add_done_callback(self._done)
+
+    def received(self, message: bytes | None) -> None:
+        """A unary call's half-close; it has its one request already."""
+
+    def credited(self, count: int) -> None:
+        """A unary call's one response needs no credit."""
+
+    def stop(self, reason: str | None) -> None:
+        """The client cancelled or left (`None`), or the worker stops."""
+        self._end(None if reason is None else (grpc.StatusCode.UNAVAILABLE, reason))
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._end((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+    def _end(self, status: tuple[grpc.StatusCode, str] | None) -> None:
+        """Ends the call before its response came, with `status` unless the
+        client expects nothing more; the work is abandoned."""
+        if self._ended:
+            return
+        self._ended = True
+        self._forget()
+        self.task.cancel()
+        if status is not None:
+            self._connection.send_status(self._id, *status)
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._forget()
+        connection = self._connection
+        if future.cancelled():  # by nothing of the lane's: its work was stopped
+            connection.send_status(
+                self._id, grpc.StatusCode.CANCELLED, "the call's work was cancelled"
+            )
+            return
+        failure = future.exception()
+        if failure is not None:
+            connection.answer_failed(self._id, self._start.method, failure)
+        else:
+            connection.answer(
+                self._id,
+                self._handler,
+                self._start,
+                self._context,
+                future.result(),
+                self._serialize,
+                self._deadline,
+            )
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connection.calls.get(self._id) is self:
+            del self._connection.calls[self._id]
+
+
 class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
     """One call on the lane, as the servicer context its handler gets."""
 
@@ -452,16 +579,19 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self._arm_deadline()
         self.task = self._connection._loop.create_task(self._run())
 
-    def await_response(self, response: Awaitable[Any], context: contextvars.Context) -> None:
-        """Awaits the response of a call answered at once that had to wait after all."""
+    def await_response(
+        self, response: Awaitable[Any], context: contextvars.Context, deadline: float | None
+    ) -> None:
+        """Awaits the response of a call answered at once that had to wait
+        after all (its deadline `deadline`, when it was already set)."""
         self._first = b""
-        self._arm_deadline()
+        self._arm_deadline(deadline)
         self.task = self._connection._loop.create_task(self._run(response), context=context)
 
-    def _arm_deadline(self) -> None:
+    def _arm_deadline(self, deadline: float | None = None) -> None:
         if self._timeout is not None:
             loop = self._connection._loop
-            self._deadline = loop.time() + self._timeout
+            self._deadline = deadline if deadline is not None else loop.time() + self._timeout
             self._timer = loop.call_at(self._deadline, self._expire)
 
     # ---- what the connection tells the call ----

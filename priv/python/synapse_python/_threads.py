@@ -132,6 +132,18 @@ class SyncThreads(Executor):
             self._abandon(call)
             raise
 
+    def start(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        """`fn(*args, **kwargs)` in one of the threads, in a copy of the caller's
+        context: a future of the running loop's, of what it returns or raises.
+
+        Cancelling the future abandons the call, as cancelling `run`'s task
+        does (once the loop runs the future's callbacks).
+        """
+        call = _Call(asyncio.get_running_loop(), fn, args, kwargs)
+        self._put(call)
+        call.waiter.add_done_callback(lambda waiter: waiter.cancelled() and self._abandon(call))
+        return call.waiter
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls and let idle threads end; never waits for a stuck one."""
         with self._lock:

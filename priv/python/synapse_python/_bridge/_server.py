@@ -9,7 +9,8 @@ live functions. Each RPC:
    error with its full location; unset parameters take their Python defaults;
 2. calls the function: a sync function in a worker thread (`_threads.SyncThreads`,
    the worker's, where a function still running after its call ended counts as a
-   stuck thread; it never blocks the event loop), or directly on the loop when the
+   stuck thread; it never blocks the event loop; on the lane, the call waits
+   for the thread's future with no task), or directly on the loop when the
    bridge's config marks it `on_loop` (no thread hop, but nothing else runs
    meanwhile; on the lane, such a call is answered as its request is read,
    with no task: `_lane.answer_at_once`), an `async def` awaited, an async
@@ -207,7 +208,35 @@ class BridgeService:
                 return response
 
             _lane.answer_at_once(handle, at_once)
+        elif function.kind == "sync":
+            _lane.answer_at_once(handle, self._thread_starter(function))
         return handle
+
+    def _thread_starter(self, function: Function) -> _lane.AtOnce:
+        """On the lane, a call of a sync function: its arguments read on the
+        loop, then the function and its response's writing in a worker thread,
+        whose future the lane waits for with no task."""
+        arguments = self._arguments[function.name]
+        target = self._functions[function.name]
+        write_response = self._write_response[function.name]
+
+        def respond(args: list[Any], kwargs: dict[str, Any]) -> Any:  # in the thread
+            try:
+                result = target(*args, **kwargs)
+                if is_awaitable(result):  # a decorator hid a coroutine function
+                    return self._refused_on_failure(function, self._respond_later(function, result))
+                return write_response(result)
+            except Exception as exc:
+                raise self._refused(function, exc) from None
+
+        def start(request: Message) -> asyncio.Future[Any]:
+            try:
+                args, kwargs = arguments(request)
+            except Exception as exc:
+                raise self._refused(function, exc) from None
+            return self._threads.start(respond, args, kwargs)
+
+        return start
 
     async def _refused_on_failure(self, function: Function, work: Awaitable[Any]) -> Any:
         """What `work` returns; if it raises, `_lane.Refused` with the error it stands for."""

@@ -2,7 +2,8 @@
 
 The config carries Decimal and UUID as protobuf strings; the Elixir side
 converts `Decimal` with `SynapseCore.TestDecimal` and leaves `UUID` a string.
-It marks the `on_the_loop*` functions to be called on the worker's event loop.
+It marks the `on_the_loop*` functions to be called on the worker's event loop;
+the `in_a_thread*` ones run in a worker thread, as sync functions do by default.
 """
 
 from __future__ import annotations
@@ -91,6 +92,18 @@ async def on_the_loop_later(count: int, fail: bool = False) -> str:
 def in_a_thread() -> str:
     """The name of the thread it runs in (a worker thread)."""
     return threading.current_thread().name
+
+
+def in_a_thread_checked(count: Annotated[int, Field(ge=0)], fail: str = "") -> list[int]:
+    """`on_the_loop_checked`, in a worker thread (the config does not mark it)."""
+    return on_the_loop_checked(count, fail)
+
+
+@_plain
+async def in_a_thread_later(count: int, fail: bool = False) -> str:
+    """`on_the_loop_later`, but its plain function is called in a worker thread
+    (the coroutine it returns is awaited on the loop)."""
+    return await on_the_loop_later(count, fail)
 
 
 def not_exported(x: int) -> int:
