@@ -52,6 +52,7 @@ soak: #{report.duration_ms} ms of calls (#{System.monotonic_time(:millisecond) -
 faults: #{inspect(report.faults)}
 injected: #{inspect(report.injected)}
 calls: #{report.calls}
+calls by kind: #{inspect(report.calls_by_kind)}
 outcomes: #{inspect(report.outcomes)}
 starts and stops: #{inspect(report.lifecycle)}
 before: #{inspect(report.before)}

@@ -12,6 +12,11 @@ defmodule SynapseCore.Bench.Soak do
       deal with (its stop must still end the shepherd and its worker's
       group).
 
+  Beside agent runs, the callers make Bridge calls (a sync function answered
+  on the worker's loop, one in a worker thread, one whose coroutine is
+  awaited after its thread, some of them past their timeout) on a bridge of
+  the test fixtures, generated as a user generates one.
+
   The callers mix in faults of their own: workers flooding their output,
   Elixir tools failing with bytes that are not UTF-8 or with errors too
   large to send, runs whose `Run` struct is dropped (only `run.ref` kept)
@@ -34,6 +39,9 @@ defmodule SynapseCore.Bench.Soak do
   # MIX_ENV=test: the fixtures are the test suite's, and so are its helpers.
 
   @fixtures Path.expand("../../test/support/python", __DIR__)
+  @bridge_config Path.expand("../../test/support/bridge/custom.json", __DIR__)
+  # The client `mix synapse.gen.bridge` writes from that config.
+  @shop SynapseFixtures.Shop
 
   @all_faults [
     :worker_kill,
@@ -44,6 +52,23 @@ defmodule SynapseCore.Bench.Soak do
     :dropped_runs,
     :start_stop
   ]
+
+  # The kinds of call the callers make (`one_call/2`), by number.
+  @kind_names %{
+    1 => :run_sync,
+    2 => :run_stream,
+    3 => :run_stream_halted,
+    4 => :run_cancelled,
+    5 => :elixir_tool,
+    6 => :bad_tool_error,
+    7 => :dropped_run,
+    8 => :dropped_stream,
+    9 => :flood,
+    10 => :grandchild,
+    11 => :bridge_on_loop,
+    12 => :bridge_in_a_thread,
+    13 => :bridge_coroutine_after_thread
+  }
 
   # Signals sent by the fault loop, in turn.
   @signals [:worker_kill, :shepherd_kill, :shepherd_stop]
@@ -109,8 +134,9 @@ defmodule SynapseCore.Bench.Soak do
     # creates for good, such as the NIF's runtime, is there already).
     lifecycle(:start_call_stop, :soak_lifecycle_warm_up)
     :ok = SynapseCore.stop_agent(:soak_lifecycle_warm_up)
+    bridge_priv = generate_bridge(Path.join(dir, "bridge"))
     empty = quiet(fn -> measure([], grandchildren) end)
-    agents = start_agents(workers, grandchildren, transport)
+    agents = start_agents(workers, grandchildren, transport, bridge_priv)
     names = Map.values(agents)
     Enum.each(names, &await_ready(&1, workers_of(&1, agents, workers)))
     warm_up(agents, workers)
@@ -140,9 +166,11 @@ defmodule SynapseCore.Bench.Soak do
     Enum.each(names, &await_ready(&1, workers_of(&1, agents, workers), 60_000))
     after_run = settle(fn -> measure(names, grandchildren) end, before)
     counts = Enum.reduce(results, %{}, &Map.merge(&1, &2, fn _k, a, b -> a + b end))
-    calls = counts |> Map.values() |> Enum.sum()
+    {by_kind, counts} = Enum.split_with(counts, &match?({{:kind, _}, _}, &1))
+    counts = Map.new(counts)
+    calls = by_kind |> Enum.map(&elem(&1, 1)) |> Enum.sum()
 
-    stops = Map.new(names, &{&1, SynapseCore.stop_agent(&1)})
+    stops = Map.new(names, &{&1, stop(&1, agents)})
     final = settle(fn -> measure([], grandchildren) end, empty)
     final_leaks = leaks(empty, final) ++ for {n, r} <- stops, r != :ok, do: {:stop, n, r}
     cleanup(final, dir)
@@ -156,6 +184,8 @@ defmodule SynapseCore.Bench.Soak do
       injected: injected,
       kills: Map.get(injected, :worker_kill, 0),
       calls: calls,
+      calls_by_kind:
+        Map.new(by_kind, fn {{:kind, kind}, n} -> {Map.fetch!(@kind_names, kind), n} end),
       outcomes: counts,
       untyped: Map.get(counts, :untyped, 0),
       lifecycle: lifecycle,
@@ -170,7 +200,30 @@ defmodule SynapseCore.Bench.Soak do
 
   ## Agents
 
-  defp start_agents(workers, grandchildren, transport) do
+  # The fixtures' bridge, generated and its client compiled: its Python files' directory.
+  defp generate_bridge(dir) do
+    {:ok, files} =
+      Mix.Tasks.Synapse.Gen.Bridge.generate(nil,
+        config: @bridge_config,
+        python_path: @fixtures,
+        lib: Path.join(dir, "lib"),
+        out: Path.join(dir, "priv")
+      )
+
+    files |> Enum.filter(&String.ends_with?(&1, ".ex")) |> Enum.each(&Code.compile_file/1)
+    Path.join(dir, "priv")
+  end
+
+  defp stop(name, %{bridge: name}) do
+    [{pid, _}] = Registry.lookup(SynapseCore.AgentRegistry, name)
+    GenServer.stop(pid, :shutdown, :infinity)
+  catch
+    :exit, reason -> {:exit, reason}
+  end
+
+  defp stop(name, _agents), do: SynapseCore.stop_agent(name)
+
+  defp start_agents(workers, grandchildren, transport, bridge_priv) do
     common =
       transport ++
         [
@@ -194,15 +247,30 @@ defmodule SynapseCore.Bench.Soak do
          workers: 1, env: [{"SYNAPSE_TEST_GRANDCHILD_PID", grandchildren}]}
     ]
 
-    Map.new(agents, fn {role, {agent, extra}} ->
-      name = :"soak_#{role}"
-      {:ok, _} = SynapseCore.start_agent([name: name, agent: agent] ++ extra ++ common)
-      {role, name}
-    end)
+    started =
+      Map.new(agents, fn {role, {agent, extra}} ->
+        name = :"soak_#{role}"
+        {:ok, _} = SynapseCore.start_agent([name: name, agent: agent] ++ extra ++ common)
+        {role, name}
+      end)
+
+    {:ok, bridge} =
+      SynapseCore.Bridge.start_link(
+        [
+          name: :soak_bridge,
+          module: "synapse_fixtures.bridge_custom",
+          workers: workers,
+          python_path: [bridge_priv, @fixtures]
+        ] ++ Keyword.delete(common, :python_path)
+      )
+
+    # Stopped by the soak, not by its caller's exit.
+    Process.unlink(bridge)
+    Map.put(started, :bridge, :soak_bridge)
   end
 
   defp workers_of(name, agents, workers) do
-    if name in [agents.stream, agents.tools], do: workers, else: 1
+    if name in [agents.stream, agents.tools, agents.bridge], do: workers, else: 1
   end
 
   # Every kind of call, once per worker (a pool takes turns), so that caches,
@@ -210,7 +278,7 @@ defmodule SynapseCore.Bench.Soak do
   # the baseline is taken: a worker's connection for streams, for one, is
   # made by its first run_stream.
   defp warm_up(agents, workers) do
-    for kind <- 1..10, _ <- 1..workers, do: one_call(agents, kind)
+    for kind <- 1..13, _ <- 1..workers, do: one_call(agents, kind)
     :ok
   end
 
@@ -233,14 +301,21 @@ defmodule SynapseCore.Bench.Soak do
       {:message_queue_len, left} = Process.info(self(), :message_queue_len)
       if left == 0, do: counts, else: Map.update(counts, :stray_messages, left, &(&1 + left))
     else
-      outcome = one_call(agents, pick_kind(faults))
+      kind = pick_kind(faults)
+      outcome = one_call(agents, kind)
       # No worker ready: a real caller would not spin either.
       if outcome == :unavailable, do: Process.sleep(20)
-      caller_loop(agents, faults, deadline, Map.update(counts, outcome, 1, &(&1 + 1)))
+
+      counts =
+        counts
+        |> Map.update(outcome, 1, &(&1 + 1))
+        |> Map.update({:kind, kind}, 1, &(&1 + 1))
+
+      caller_loop(agents, faults, deadline, counts)
     end
   end
 
-  # Kinds 1-5 are plain calls; the others are the callers' faults.
+  # Kinds 1-5 and 10-13 are plain calls; the others are the callers' faults.
   @kinds_of_fault %{flood: [9], bad_tool_errors: [6], dropped_runs: [7, 8]}
 
   defp pick_kind(faults) do
@@ -248,7 +323,7 @@ defmodule SynapseCore.Bench.Soak do
       Enum.to_list(1..5) ++
         Enum.flat_map(@kinds_of_fault, fn {fault, kinds} ->
           if fault in faults, do: kinds, else: []
-        end) ++ [10]
+        end) ++ Enum.to_list(10..13)
 
     Enum.random(kinds)
   end
@@ -307,6 +382,23 @@ defmodule SynapseCore.Bench.Soak do
 
       10 ->
         classify(Agent.run_sync(agents.grandchild, "hi", timeout: 5_000))
+
+      # Bridge calls: answered on the worker's loop as it reads them, in a
+      # worker thread, and a coroutine awaited after its thread (its 10 ms
+      # sleep past a 5 ms timeout one time in four).
+      11 ->
+        bridge(@shop.on_the_loop_checked(agents.bridge, 3, timeout: 5_000), [0, 1, 2])
+
+      12 ->
+        bridge(@shop.in_a_thread_checked(agents.bridge, 3, timeout: 5_000), [0, 1, 2])
+
+      13 ->
+        timeout = Enum.random([5, 5_000, 5_000, 5_000])
+
+        bridge(
+          @shop.in_a_thread_later(agents.bridge, 7, timeout: timeout),
+          "7 after waiting in MainThread"
+        )
     end
   catch
     kind, reason -> {:crashed, kind, reason}
@@ -315,6 +407,9 @@ defmodule SynapseCore.Bench.Soak do
   defp classify({:ok, %Result{}}), do: :ok
   defp classify({:error, %Error{kind: kind}}), do: kind
   defp classify(_other), do: :untyped
+
+  defp bridge({:ok, expected}, expected), do: :ok
+  defp bridge(outcome, _expected), do: classify(outcome)
 
   # A tool failing with what a retry prompt cannot carry as it is: the model
   # must still get a retry prompt (the run answers), whatever the tool did.

@@ -1,6 +1,6 @@
 defmodule SynapseCore.SoakTest do
   # The short soak (bench/soak.exs runs the long one): concurrent callers
-  # while every fault of the soak is injected: workers and shepherds killed
+  # (agent runs and Bridge calls) while every fault of the soak is injected: workers and shepherds killed
   # or stopped, floods, tools failing with bad bytes, dropped Run structs,
   # agents started and stopped in races; once per transport (the lane, the
   # default, and gRPC). Counts the whole VM's processes, ports and file
@@ -33,6 +33,8 @@ defmodule SynapseCore.SoakTest do
     end
 
     assert report.calls > 50
+    # Agent runs of every kind and Bridge calls (on the loop, in a thread).
+    assert map_size(report.calls_by_kind) == 13, inspect(report.calls_by_kind)
     assert report.outcomes[:ok] > 0
     assert Map.values(report.lifecycle) |> Enum.sum() > 0
     assert Soak.failures(report) == [], inspect(report, pretty: true, limit: :infinity)
