@@ -363,6 +363,9 @@ class _RecordingTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
 
 async def test_a_streams_last_response_and_its_status_go_out_in_one_write() -> None:
     async def two(request: bytes, context: Any) -> AsyncIterator[bytes]:
@@ -516,3 +519,47 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it() -> N
     assert ends[4][0].status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert futures[b"late"].cancelled()  # its deadline abandoned the work
     assert ends[5][0].message == b"awaited"
+
+
+async def test_a_call_whose_answer_is_a_future_ends_with_its_connection_or_the_worker() -> None:
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[Any]] = []
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        raise AssertionError("the lane answers with at_once")
+
+    def at_once(request: bytes) -> asyncio.Future[Any]:
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    method = "/test.S/Later"
+    handler = grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=bytes, response_serializer=bytes
+    )
+    _lane.answer_at_once(behaviour, at_once)
+    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
+    connections = [_lane._Connection(server) for _ in range(2)]
+    transports = [_RecordingTransport() for _ in connections]
+    for connection, transport in zip(connections, transports, strict=True):
+        connection.connection_made(transport)
+        frame = lane_pb2.LaneFrame(call=1, start=lane_pb2.LaneStart(method=method))
+        data = frame.SerializeToString()
+        connection.data_received(HEADER.pack(len(data)) + data)
+    # The first connection breaks: its call's work is abandoned, nothing is sent.
+    connections[0].connection_lost(None)
+    await asyncio.sleep(0)
+    assert futures[0].cancelled() and not connections[0].calls
+    # The worker stops: the call still waiting after the grace ends UNAVAILABLE.
+    server._server = _Closable()  # type: ignore[assignment]  # as if it listened
+    await server.stop(0.05)
+    assert futures[1].cancelled() and not connections[1].calls
+    [[status]] = transports[1].writes
+    assert (status.call, status.status.code) == (1, grpc.StatusCode.UNAVAILABLE.value[0])
+    assert transports[0].writes == []
+
+
+class _Closable:
+    """Stands for the listening server `LaneServer.stop` closes."""
+
+    def close(self) -> None:
+        pass
