@@ -393,9 +393,6 @@ async def test_a_streams_last_response_and_its_status_go_out_in_one_write() -> N
 
 
 async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> None:
-    async def behaviour(request: bytes, context: Any) -> bytes:
-        raise AssertionError("the lane answers with at_once")
-
     async def later(request: bytes) -> bytes:
         await asyncio.sleep(0)
         if request == b"refuse later":
@@ -410,14 +407,8 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
         return later(request) if request.endswith(b"later") else request[::-1]
 
     method = "/test.S/AtOnce"
-    handler = grpc.unary_unary_rpc_method_handler(
-        behaviour, request_deserializer=bytes, response_serializer=bytes
-    )
-    _lane.answer_at_once(behaviour, at_once)
-    server = _lane.LaneServer({method: handler}, max_message_bytes=16)
-    connection = _lane._Connection(server)
-    transport = _RecordingTransport()
-    connection.connection_made(transport)
+    server = _answered_at_once(method, at_once, max_message_bytes=16)
+    connection, transport = _connected(server)
     requests = [b"abc", b"refuse", b"break", b"x" * 17, b"later", b"refuse later"]
     data = b""
     for call, request in enumerate(requests, 1):
@@ -459,22 +450,13 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it() -> N
     loop = asyncio.get_running_loop()
     futures: dict[bytes, asyncio.Future[Any]] = {}
 
-    async def behaviour(request: bytes, context: Any) -> bytes:
-        raise AssertionError("the lane answers with at_once")
-
     def at_once(request: bytes) -> asyncio.Future[Any]:
         futures[request] = loop.create_future()
         return futures[request]
 
     method = "/test.S/Later"
-    handler = grpc.unary_unary_rpc_method_handler(
-        behaviour, request_deserializer=bytes, response_serializer=bytes
-    )
-    _lane.answer_at_once(behaviour, at_once)
-    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
-    connection = _lane._Connection(server)
-    transport = _RecordingTransport()
-    connection.connection_made(transport)
+    server = _answered_at_once(method, at_once, max_message_bytes=1024)
+    connection, transport = _connected(server)
 
     def start(call: int, request: bytes, timeout_us: int = 10_000_000) -> None:
         start = lane_pb2.LaneStart(method=method, message=request, timeout_us=timeout_us)
@@ -525,23 +507,14 @@ async def test_a_call_whose_answer_is_a_future_ends_with_its_connection_or_the_w
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[Any]] = []
 
-    async def behaviour(request: bytes, context: Any) -> bytes:
-        raise AssertionError("the lane answers with at_once")
-
     def at_once(request: bytes) -> asyncio.Future[Any]:
         futures.append(loop.create_future())
         return futures[-1]
 
     method = "/test.S/Later"
-    handler = grpc.unary_unary_rpc_method_handler(
-        behaviour, request_deserializer=bytes, response_serializer=bytes
-    )
-    _lane.answer_at_once(behaviour, at_once)
-    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
-    connections = [_lane._Connection(server) for _ in range(2)]
-    transports = [_RecordingTransport() for _ in connections]
-    for connection, transport in zip(connections, transports, strict=True):
-        connection.connection_made(transport)
+    server = _answered_at_once(method, at_once, max_message_bytes=1024)
+    connections, transports = zip(*(_connected(server) for _ in range(2)), strict=True)
+    for connection in connections:
         frame = lane_pb2.LaneFrame(call=1, start=lane_pb2.LaneStart(method=method))
         data = frame.SerializeToString()
         connection.data_received(HEADER.pack(len(data)) + data)
@@ -563,3 +536,24 @@ class _Closable:
 
     def close(self) -> None:
         pass
+
+
+def _answered_at_once(method: str, at_once: _lane.AtOnce, *, max_message_bytes: int) -> Any:
+    """A lane server of one unary method, answered at once by `at_once`."""
+
+    async def behaviour(request: bytes, context: Any) -> bytes:
+        raise AssertionError("the lane answers with at_once")
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        behaviour, request_deserializer=bytes, response_serializer=bytes
+    )
+    _lane.answer_at_once(behaviour, at_once)
+    return _lane.LaneServer({method: handler}, max_message_bytes=max_message_bytes)
+
+
+def _connected(server: Any) -> tuple[Any, _RecordingTransport]:
+    """A connection to `server`, writing to a recording transport."""
+    connection = _lane._Connection(server)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    return connection, transport
