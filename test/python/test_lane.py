@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -446,7 +447,10 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
     )
 
 
-async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it() -> None:
+async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="synapse_python.lane")
     loop = asyncio.get_running_loop()
     futures: dict[bytes, asyncio.Future[Any]] = {}
 
@@ -500,6 +504,11 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it() -> N
     assert futures[b"cancelled"].cancelled()
     assert ends[4][0].status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert futures[b"late"].cancelled()  # its deadline abandoned the work
+    # Each abandoned call is said to be, as a handler's cancelled task is.
+    assert [record.getMessage() for record in caplog.records] == [
+        "/test.S/Later cancelled: the client cancelled or left",
+        "/test.S/Later cancelled: Deadline Exceeded",
+    ]
     assert ends[5][0].message == b"awaited"
 
 

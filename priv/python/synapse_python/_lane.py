@@ -506,12 +506,15 @@ class _Pending:
 
     def _end(self, status: tuple[grpc.StatusCode, str] | None) -> None:
         """Ends the call before its response came, with `status` unless the
-        client expects nothing more; the work is abandoned."""
+        client expects nothing more; the work is abandoned (and said so, as a
+        handler's cancelled task is)."""
         if self._ended:
             return
         self._ended = True
         self._forget()
         self.task.cancel()
+        why = "the client cancelled or left" if status is None else status[1]
+        logger.info("%s cancelled: %s", self._start.method, why)
         if status is not None:
             self._connection.send_status(self._id, *status)
 
