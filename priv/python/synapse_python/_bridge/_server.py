@@ -55,6 +55,7 @@ from synapse_python._bridge._codec import (
 )
 from synapse_python._bridge._config import resolve_type
 from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
+from synapse_python._errors import ERROR_METADATA_KEY
 from synapse_python._threads import SyncThreads
 
 logger = logging.getLogger("synapse_python.bridge")
@@ -94,14 +95,19 @@ class BridgeService:
             ]
             for name, function in self._functions.items()
         }
-        # Each function's reader of its arguments from a request, writer of
-        # its responses, and the callers of `on_loop` functions: made once,
-        # used per call.
+        # Each function's reader of its arguments from a request and writer of
+        # its responses, each sync function's answerer, and the callers of
+        # `on_loop` functions: made once, used per call.
         self._write_response = {
             function.name: self._codec.response_writer(function) for function in self.ir.functions
         }
         self._arguments = {
             function.name: self._arguments_reader(function) for function in self.ir.functions
+        }
+        self._answers = {
+            function.name: self._answerer(function)
+            for function in self.ir.functions
+            if function.kind == "sync"
         }
         self._on_loop = {
             function.name: self._on_loop_caller(function)
@@ -196,18 +202,7 @@ class BridgeService:
 
         handle.__name__ = function.rpc
         if function.on_loop:
-            call_on_loop = self._on_loop[function.name]
-
-            def at_once(request: Message) -> Any:
-                try:
-                    response = call_on_loop(request)
-                except Exception as exc:
-                    raise self._refused(function, exc) from None
-                if is_awaitable(response):
-                    return self._refused_on_failure(function, response)
-                return response
-
-            _lane.answer_at_once(handle, at_once)
+            _lane.answer_at_once(handle, self._refusing(function, self._on_loop[function.name]))
         elif function.kind == "sync":
             _lane.answer_at_once(handle, self._thread_starter(function))
         return handle
@@ -217,17 +212,7 @@ class BridgeService:
         loop, then the function and its response's writing in a worker thread,
         whose future the lane waits for with no task."""
         arguments = self._arguments[function.name]
-        target = self._functions[function.name]
-        write_response = self._write_response[function.name]
-
-        def respond(args: list[Any], kwargs: dict[str, Any]) -> Any:  # in the thread
-            try:
-                result = target(*args, **kwargs)
-                if is_awaitable(result):  # a decorator hid a coroutine function
-                    return self._refused_on_failure(function, self._respond_later(function, result))
-                return write_response(result)
-            except Exception as exc:
-                raise self._refused(function, exc) from None
+        respond = self._refusing(function, self._answers[function.name])
 
         def start(request: Message) -> asyncio.Future[Any]:
             try:
@@ -238,12 +223,29 @@ class BridgeService:
 
         return start
 
-    async def _refused_on_failure(self, function: Function, work: Awaitable[Any]) -> Any:
+    def _refusing(self, function: Function, call: Callable[..., Any]) -> Callable[..., Any]:
+        """`call`, its failure (or that of the awaitable it returns, once
+        awaited) raised as `_lane.Refused` with the error it stands for."""
+
+        def refusing(*args: Any) -> Any:
+            try:
+                response = call(*args)
+            except Exception as exc:
+                raise self._refused(function, exc) from None
+            if is_awaitable(response):
+                return self._refused_later(function, response)
+            return response
+
+        return refusing
+
+    async def _refused_later(self, function: Function, work: Awaitable[Any]) -> Any:
         """What `work` returns; if it raises, `_lane.Refused` with the error it stands for."""
         try:
             return await work
         except asyncio.CancelledError:
             logger.info("%s cancelled", self._describe(function))
+            raise
+        except grpc.aio.AbortError:  # the call's context ended it already
             raise
         except Exception as exc:
             raise self._refused(function, exc) from None
@@ -256,15 +258,10 @@ class BridgeService:
     ) -> Any:
         """What `work` returns; if it raises, the call ends with the error it stands for."""
         try:
-            return await work
-        except asyncio.CancelledError:
-            logger.info("%s cancelled", self._describe(function))
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            error = self._error(function, exc)
-        await _errors.abort(context, error)
+            return await self._refused_later(function, work)
+        except _lane.Refused as refused:
+            trailing_metadata = ((ERROR_METADATA_KEY, refused.detail),)
+            await context.abort(refused.code, refused.details, trailing_metadata=trailing_metadata)
 
     def _error(self, function: Function, exc: Exception) -> _errors.SynapseError:
         """The error a function's failure stands for (logged)."""
@@ -297,22 +294,32 @@ class BridgeService:
             result = await target(*args, **kwargs)
         return self._write_response[function.name](result)
 
-    def _on_loop_caller(
+    def _answerer(
         self, function: Function
-    ) -> Callable[[Message], Message | Awaitable[Message]]:
-        """What calls an `on_loop` function for a request: its response, or an
+    ) -> Callable[[list[Any], dict[str, Any]], Message | Awaitable[Message]]:
+        """What calls a sync function with its arguments: its response, or an
         awaitable of it when the function returned one (a decorator hid a
         coroutine function). Made once per function: the lookups are done."""
-        arguments = self._arguments[function.name]
         target = self._functions[function.name]
         write_response = self._write_response[function.name]
 
-        def call(request: Message) -> Message | Awaitable[Message]:
-            args, kwargs = arguments(request)
+        def answer(args: list[Any], kwargs: dict[str, Any]) -> Message | Awaitable[Message]:
             result = target(*args, **kwargs)
             if is_awaitable(result):
                 return self._respond_later(function, result)
             return write_response(result)
+
+        return answer
+
+    def _on_loop_caller(
+        self, function: Function
+    ) -> Callable[[Message], Message | Awaitable[Message]]:
+        """What answers a request of an `on_loop` function (`_answerer`'s answer)."""
+        arguments = self._arguments[function.name]
+        answer = self._answers[function.name]
+
+        def call(request: Message) -> Message | Awaitable[Message]:
+            return answer(*arguments(request))
 
         return call
 
