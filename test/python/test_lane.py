@@ -405,19 +405,21 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
             raise _lane.Refused(grpc.StatusCode.INVALID_ARGUMENT, "no", ((ERROR_KEY, b"detail"),))
         if request == b"break":
             raise RuntimeError("broken")
+        if request == b"grow":
+            return b"y" * 17  # over the maximum size
         return later(request) if request.endswith(b"later") else request[::-1]
 
     method = "/test.S/AtOnce"
     server = _answered_at_once(method, at_once, max_message_bytes=16)
     connection, transport = _connected(server)
-    requests = [b"abc", b"refuse", b"break", b"x" * 17, b"later", b"refuse later"]
+    requests = [b"abc", b"refuse", b"break", b"x" * 17, b"later", b"refuse later", b"grow"]
     data = b""
     for call, request in enumerate(requests, 1):
         start = lane_pb2.LaneStart(method=method, message=request, timeout_us=1_000_000)
         frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
         data += HEADER.pack(len(frame)) + frame
     connection.data_received(data)
-    # The first four ended in the callback, in one write; the last two wait in tasks.
+    # All but two ended in the callback, in one write; those two wait in tasks.
     [answered] = transport.writes
     assert sorted(connection.calls) == [5, 6]
     assert [(f.call, f.WhichOneof("body")) for f in answered] == [
@@ -425,6 +427,7 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
         (2, "status"),
         (3, "status"),
         (4, "status"),
+        (7, "status"),
     ]
     assert answered[0].message == b"cba"
     assert (answered[1].status.code, answered[1].status.message, answered[1].status.detail) == (
@@ -435,6 +438,8 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
     assert answered[2].status.code == grpc.StatusCode.UNKNOWN.value[0]
     assert "RuntimeError" in answered[2].status.message
     assert answered[3].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert answered[3].status.message == "Received message larger than max (17 vs. 16)"
+    assert answered[4].status.message == "Sent message larger than max (17 vs. 16)"
     for _ in range(100):
         if connection.calls:
             await asyncio.sleep(0.01)

@@ -338,13 +338,8 @@ class _Connection(asyncio.Protocol):
         """Answers a call with `at_once`: in this callback, or once the future it
         hands back is done."""
         message = start.message
-        limit = self.max_message_bytes
-        if len(message) > limit:
-            code, details = (
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                _too_large("Received", len(message), limit),
-            )
-            self.send_status(call_id, code, details)
+        if len(message) > self.max_message_bytes:
+            self._too_large(call_id, "Received", message)
             return
         context = contextvars.copy_context()
         try:
@@ -383,12 +378,15 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             self.answer_failed(call_id, start.method, exc)
             return
-        limit = self.max_message_bytes
-        if len(data) > limit:
-            code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large("Sent", len(data), limit)
-            self.send_status(call_id, code, details)
-            return
-        self.send(LaneFrame(call=call_id, message=data))
+        if len(data) > self.max_message_bytes:
+            self._too_large(call_id, "Sent", data)
+        else:
+            self.send(LaneFrame(call=call_id, message=data))
+
+    def _too_large(self, call_id: int, direction: str, message: bytes) -> None:
+        """Ends a call whose `message` is over the maximum size RESOURCE_EXHAUSTED, as grpc does."""
+        details = _too_large(direction, len(message), self.max_message_bytes)
+        self.send_status(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
     def answer_failed(self, call_id: int, method: str, exc: BaseException) -> None:
         """Ends a call answered at once that failed: with the status it was
