@@ -88,6 +88,10 @@ defmodule SynapseCore.Bench.Soak do
   @spec faults() :: [atom()]
   def faults, do: @all_faults
 
+  @doc "The kinds of call the callers make (the keys of a report's `calls_by_kind`)."
+  @spec kinds() :: [atom()]
+  def kinds, do: Map.values(@kind_names)
+
   @doc "The outcomes a call may have; anything else is a failure of the soak."
   @spec typed_outcomes() :: [atom()]
   def typed_outcomes,
@@ -289,7 +293,7 @@ defmodule SynapseCore.Bench.Soak do
   # the baseline is taken: a worker's connection for streams, for one, is
   # made by its first run_stream.
   defp warm_up(agents, workers) do
-    for kind <- 1..13, _ <- 1..workers, do: one_call(agents, kind)
+    for kind <- Map.keys(@kind_names), _ <- 1..workers, do: one_call(agents, kind)
     :ok
   end
 
@@ -326,15 +330,16 @@ defmodule SynapseCore.Bench.Soak do
     end
   end
 
-  # Kinds 1-5 and 10-13 are plain calls; the others are the callers' faults.
+  # The callers' faults among the kinds; the others are plain calls.
   @kinds_of_fault %{flood: [9], bad_tool_errors: [6], dropped_runs: [7, 8]}
+  @plain_kinds Map.keys(@kind_names) -- Enum.concat(Map.values(@kinds_of_fault))
 
   defp pick_kind(faults) do
     kinds =
-      Enum.to_list(1..5) ++
+      @plain_kinds ++
         Enum.flat_map(@kinds_of_fault, fn {fault, kinds} ->
           if fault in faults, do: kinds, else: []
-        end) ++ Enum.to_list(10..13)
+        end)
 
     Enum.random(kinds)
   end
