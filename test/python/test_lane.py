@@ -11,7 +11,7 @@ import json
 import logging
 import struct
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2
 import synapse_fixtures.agents as fixtures
 from conftest import TOKEN
 from synapse_python import Worker, _lane
+from synapse_python._awaitables import Later
 from synapse_python._errors import ERROR_METADATA_KEY as ERROR_KEY
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2, probe_pb2
 
@@ -452,15 +453,14 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
     )
 
 
-async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it(
+async def test_a_call_whose_answer_is_later_ends_once_whatever_ends_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="synapse_python.lane")
-    loop = asyncio.get_running_loop()
-    futures: dict[bytes, asyncio.Future[Any]] = {}
+    futures: dict[bytes, _Work] = {}
 
-    def at_once(request: bytes) -> asyncio.Future[Any]:
-        futures[request] = loop.create_future()
+    def at_once(request: bytes) -> _Work:
+        futures[request] = _Work()
         return futures[request]
 
     method = "/test.S/Later"
@@ -482,15 +482,15 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it(
     start(4, b"late", timeout_us=20_000)
     start(5, b"awaits")
     assert sorted(connection.calls) == [1, 2, 3, 4, 5]
-    futures[b"answered"].set_result(b"yes")
-    futures[b"refused"].set_exception(_lane.Refused(grpc.StatusCode.ABORTED, "no"))
+    futures[b"answered"].end(b"yes")
+    futures[b"refused"].end(failure=_lane.Refused(grpc.StatusCode.ABORTED, "no"))
     cancel(3)
     await asyncio.sleep(0.05)  # call 4's deadline passes
 
     async def later() -> bytes:
         return b"awaited"
 
-    futures[b"awaits"].set_result(later())  # an awaitable: the call goes on in a task
+    futures[b"awaits"].end(later())  # an awaitable: the call goes on in a task
     for _ in range(100):
         if connection.calls:
             await asyncio.sleep(0.01)
@@ -506,9 +506,11 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it(
         grpc.StatusCode.ABORTED.value[0],
         "no",
     )
-    assert futures[b"cancelled"].cancelled()
+    assert futures[b"cancelled"].cancelled
     assert ends[4][0].status.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
-    assert futures[b"late"].cancelled()  # its deadline abandoned the work
+    assert futures[b"late"].cancelled  # its deadline abandoned the work
+    assert not futures[b"answered"].cancelled
+    assert connection.deadlines._ticks == {}  # every call ended: no timer left
     # Each abandoned call is said to be, as a handler's cancelled task is.
     assert [record.getMessage() for record in caplog.records] == [
         "/test.S/Later cancelled: the client cancelled or left",
@@ -517,12 +519,11 @@ async def test_a_call_whose_answer_is_a_future_ends_once_whatever_ends_it(
     assert ends[5][0].message == b"awaited"
 
 
-async def test_a_call_whose_answer_is_a_future_ends_with_its_connection_or_the_worker() -> None:
-    loop = asyncio.get_running_loop()
-    futures: list[asyncio.Future[Any]] = []
+async def test_a_call_whose_answer_is_later_ends_with_its_connection_or_the_worker() -> None:
+    futures: list[_Work] = []
 
-    def at_once(request: bytes) -> asyncio.Future[Any]:
-        futures.append(loop.create_future())
+    def at_once(request: bytes) -> _Work:
+        futures.append(_Work())
         return futures[-1]
 
     method = "/test.S/Later"
@@ -535,14 +536,58 @@ async def test_a_call_whose_answer_is_a_future_ends_with_its_connection_or_the_w
     # The first connection breaks: its call's work is abandoned, nothing is sent.
     connections[0].connection_lost(None)
     await asyncio.sleep(0)
-    assert futures[0].cancelled() and not connections[0].calls
+    assert futures[0].cancelled and not connections[0].calls
     # The worker stops: the call still waiting after the grace ends UNAVAILABLE.
     server._server = _Closable()  # type: ignore[assignment]  # as if it listened
     await server.stop(0.05)
-    assert futures[1].cancelled() and not connections[1].calls
+    assert futures[1].cancelled and not connections[1].calls
     [[status]] = transports[1].writes
     assert (status.call, status.status.code) == (1, grpc.StatusCode.UNAVAILABLE.value[0])
     assert transports[0].writes == []
+
+
+class _Work(Later):
+    """Work a call answered at once hands back, ended by the test."""
+
+    def __init__(self) -> None:
+        self.done: Callable[[Any, BaseException | None], None] | None = None
+        self.cancelled = False
+
+    def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
+        assert self.done is None
+        self.done = done
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def end(self, result: Any = None, failure: BaseException | None = None) -> None:
+        assert self.done is not None and not self.cancelled
+        self.done(result, failure)
+
+
+async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = _lane._Deadlines(loop)
+    expired: list[tuple[int, float]] = []
+
+    def expiring(call: int) -> Callable[[], None]:
+        return lambda: expired.append((call, loop.time()))
+
+    deadline = loop.time() + 0.02
+    ticks = {call: deadlines.arm(deadline, call, expiring(call)) for call in (1, 2, 3)}
+    ticks[4] = deadlines.arm(deadline + 0.05, 4, expiring(4))
+    assert len(deadlines._ticks) == 2  # one timer for 1, 2 and 3, one for 4
+    fourth_timer, _ = deadlines._ticks[ticks[4]]
+    deadlines.disarm(ticks[2], 2)
+    deadlines.disarm(ticks[4], 4)  # the last of its tick: its timer is cancelled
+    assert fourth_timer.cancelled()
+    [(_, calls)] = deadlines._ticks.values()
+    assert sorted(calls) == [1, 3]
+    await asyncio.sleep(0.1)
+    assert sorted(call for call, _ in expired) == [1, 3]
+    assert all(at >= deadline for _, at in expired)
+    assert deadlines._ticks == {}
+    deadlines.disarm(ticks[1], 1)  # after it expired: nothing to do
 
 
 class _Closable:

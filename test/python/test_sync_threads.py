@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import operator
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -115,22 +117,54 @@ async def test_run_awaits_the_function_in_a_thread_in_a_copy_of_the_callers_cont
         await threads.run(stop)
 
 
-async def test_start_gives_a_future_whose_cancel_abandons_the_call() -> None:
+async def test_start_gives_a_later_the_loop_ends_and_whose_cancel_abandons_the_call() -> None:
     changes: list[int] = []
     threads = SyncThreads(on_stuck=changes.append)
-    assert await threads.start(lambda a, b: a * b, 6, 7) == 42
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[Any, BaseException | None, bool]] = []
+
+    def done(result: Any, failure: BaseException | None) -> None:
+        # Called on the loop's own thread, straight from it.
+        outcomes.append((result, failure, asyncio.get_running_loop() is loop))
+
+    threads.start(lambda a, b: a * b, 6, 7).then(done)
+    threads.start(operator.truediv, 1, 0).then(done)
+    await wait_for(lambda: len(outcomes) == 2)
+    [(product, no_failure, on_loop), (nothing, failure, also_on_loop)] = sorted(
+        outcomes, key=lambda outcome: outcome[1] is not None
+    )
+    assert (product, no_failure, on_loop) == (42, None, True)
+    assert (nothing, also_on_loop) == (None, True)
+    assert isinstance(failure, ZeroDivisionError)
+
     started, release, blocked = _blocking()
     running = threads.start(blocked)
+    late: list[Any] = []
+    running.then(lambda result, failure: late.append(result))
     assert await asyncio.to_thread(started.wait, 10)
     running.cancel()
-    await asyncio.sleep(0)  # the future's callbacks run
     assert threads.stuck == 1
     release.set()
-    for _ in range(100):
-        if threads.stuck == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: threads.stuck == 0)
+    await asyncio.sleep(0.05)
+    assert late == []  # what an abandoned call returns is dropped
     assert changes == [1, 0]
+
+
+async def test_a_started_call_cancelled_before_it_runs_never_runs() -> None:
+    threads = SyncThreads(max_threads=1)
+    release = threading.Event()
+    first = threads.start(release.wait, 10)
+    outcomes: list[Any] = []
+    first.then(lambda result, failure: outcomes.append(result))
+    waiting = threads.start(lambda: pytest.fail("ran after its cancel"))
+    waiting.then(lambda result, failure: outcomes.append("waiting"))
+    waiting.cancel()
+    release.set()
+    await wait_for(lambda: outcomes == [True])
+    assert await threads.run(lambda: "next") == "next"
+    assert outcomes == [True]
+    assert threads.stuck == 0
 
 
 async def test_outcomes_that_come_back_together_wake_the_loop_once() -> None:

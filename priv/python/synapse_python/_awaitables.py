@@ -1,4 +1,5 @@
-"""Whether a value can be awaited, for the calls answered per frame.
+"""Whether a value can be awaited, for the calls answered per frame; and
+`Later`, work whose outcome comes back without a future.
 
 `inspect.isawaitable` asks `collections.abc.Awaitable`, an ABC: for the
 plain values most calls return (a protobuf message, an int) its
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
+from typing import Any
 
 
 def is_awaitable(value: object) -> bool:
@@ -22,3 +25,22 @@ def is_awaitable(value: object) -> bool:
     return kind is types.GeneratorType and bool(
         value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE  # type: ignore[attr-defined]
     )
+
+
+class Later:
+    """Work that goes on elsewhere (a worker thread) and whose outcome comes
+    back to the event loop: what a caller that must not wait in a task (a
+    call the lane answers at once) holds instead of an `asyncio.Future`,
+    which would cost a scheduled callback per waiter."""
+
+    __slots__ = ()
+
+    def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
+        """Have `done(result, None)`, or `done(None, exception)`, called on the
+        event loop once the work ends, unless it was cancelled first; at most
+        one `done`, given before the loop runs again."""
+        raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Abandon the work: `done` is never called."""
+        raise NotImplementedError

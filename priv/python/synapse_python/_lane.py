@@ -29,11 +29,16 @@ functions: sync code that never waits) is answered in the callback that reads
 its `start`, with no task, no deadline timer and no `LaneContext`: nothing could
 interrupt it in a task either, and it ends its call with `Refused` rather than
 `abort`. Its context variables are a copy, as a task's would be. It may hand
-back a future instead (the Bridge's sync functions, which run in a worker
-thread): the call then waits for it with no task, its deadline, a cancel or
-the connection's loss cancelling the future. Only when it hands back another
-awaitable (it has to wait after all) does the call become one like any other,
-in a task.
+back a `Later` instead (the Bridge's sync functions, which run in a worker
+thread): the call then waits for its outcome with no task and no future, its
+deadline, a cancel or the connection's loss cancelling the work. Only when it
+hands back an awaitable (it has to wait after all) does the call become one
+like any other, in a task.
+
+Deadlines are kept per connection in ticks of a millisecond, each with one
+loop timer for all the calls whose deadline falls in it (rounded up: a call
+may end up to a millisecond after its deadline): the calls of one read share
+a timer, where a timer each cost more than a call answered at once.
 
 Frames are written in batches: what the calls of one read answer at once goes
 out in one write after it; otherwise the first frame of a loop iteration goes
@@ -53,6 +58,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import math
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -61,7 +67,7 @@ from typing import Any, NoReturn
 import grpc
 
 from synapse_python import _auth
-from synapse_python._awaitables import is_awaitable
+from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._errors import ERROR_METADATA_KEY
 from synapse_python._proto.synapse.v1 import lane_pb2
 
@@ -78,12 +84,15 @@ Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
 
 AtOnce = Callable[[Any], Any]
-"""Answers a unary call without waiting: its request to the response; or to an
-`asyncio.Future` of it, when the work goes on elsewhere (a worker thread: no
-task waits for it, the future's callback answers); or to any other awaitable
-of it when it has to wait after all (the rest then runs in a task, as any
-call). Raises (or the future or awaitable raises) `Refused` to end the call
-with another status, as `abort` would."""
+"""Answers a unary call without waiting: its request to the response; or to a
+`Later` of it, when the work goes on elsewhere (a worker thread: no task waits
+for it, its `done` answers); or to an awaitable of it when it has to wait
+after all (the rest then runs in a task, as any call). Raises (or the `Later`
+or awaitable ends with) `Refused` to end the call with another status, as
+`abort` would."""
+
+_TICKS_PER_SECOND = 1000
+"""The resolution of the calls' deadlines: a millisecond."""
 
 _AT_ONCE = "_synapse_lane_at_once"
 
@@ -185,6 +194,46 @@ class LaneServer:
                 os.unlink(self._path)
 
 
+class _Deadlines:
+    """A connection's calls' deadlines: a loop timer per tick (a millisecond)
+    some deadline falls in, which expires that tick's calls; cancelled once
+    none of them is left."""
+
+    __slots__ = ("_loop", "_ticks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ticks: dict[int, tuple[asyncio.TimerHandle, dict[int, Callable[[], None]]]] = {}
+
+    def arm(self, deadline: float, call_id: int, expire: Callable[[], None]) -> int:
+        """Have `expire` called at `deadline` (loop time), or within a tick
+        after it; the tick, to `disarm` it with."""
+        tick = math.ceil(deadline * _TICKS_PER_SECOND)
+        armed = self._ticks.get(tick)
+        if armed is None:
+            timer = self._loop.call_at(tick / _TICKS_PER_SECOND, self._expire, tick)
+            self._ticks[tick] = (timer, {call_id: expire})
+        else:
+            armed[1][call_id] = expire
+        return tick
+
+    def disarm(self, tick: int, call_id: int) -> None:
+        armed = self._ticks.get(tick)
+        if armed is None:
+            return
+        timer, calls = armed
+        calls.pop(call_id, None)
+        if not calls:
+            del self._ticks[tick]
+            timer.cancel()
+
+    def _expire(self, tick: int) -> None:
+        armed = self._ticks.pop(tick, None)
+        if armed is not None:
+            for expire in list(armed[1].values()):
+                expire()
+
+
 class _Connection(asyncio.Protocol):
     """One client's connection: frames in, calls dispatched, frames out in batches."""
 
@@ -204,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self.calls: dict[int, LaneContext | _Pending] = {}
+        self.deadlines = _Deadlines(self._loop)
 
     # ---- asyncio.Protocol ----
 
@@ -347,7 +397,7 @@ class _Connection(asyncio.Protocol):
         except Exception as exc:
             self.answer_failed(call_id, start.method, exc)
             return
-        if isinstance(response, asyncio.Future):
+        if isinstance(response, Later):
             # Its work goes on elsewhere (a worker thread): no task waits for it.
             self.calls[call_id] = _Pending(
                 self, call_id, handler, start, context, response, serialize
@@ -456,10 +506,10 @@ class _ProtocolError(Exception):
 
 
 class _Pending:
-    """A call answered at once whose response a future gives later (a function
-    in a worker thread). No task waits for it: the future's callback answers.
-    Its deadline, a cancel, the connection's loss and the worker's stop cancel
-    the future, as they would a handler's task, and end the call as they would."""
+    """A call answered at once whose response a `Later` gives (a function in a
+    worker thread). No task waits for it: the `Later`'s `done` answers. Its
+    deadline, a cancel, the connection's loss and the worker's stop cancel
+    the work, as they would a handler's task, and end the call as they would."""
 
     def __init__(
         self,
@@ -468,7 +518,7 @@ class _Pending:
         handler: Any,
         start: Any,
         context: contextvars.Context,
-        future: asyncio.Future[Any],
+        later: Later,
         serialize: Callable[[Any], bytes],
     ) -> None:
         self._connection = connection
@@ -476,17 +526,26 @@ class _Pending:
         self._handler = handler
         self._start = start
         self._context = context
+        self._later = later
         self._serialize = serialize
         self._ended = False
+        # Made only when the worker's stop waits for the call.
+        self._stopped: asyncio.Future[None] | None = None
         self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._tick: int | None = None
         if start.timeout_us:
-            loop = connection._loop
-            self._deadline = loop.time() + start.timeout_us / 1e6
-            self._timer = loop.call_at(self._deadline, self._expire)
-        # What the worker's stop waits for, as for a handler's task.
-        self.task = future
-        future.add_done_callback(self._done)
+            self._deadline = connection._loop.time() + start.timeout_us / 1e6
+            self._tick = connection.deadlines.arm(self._deadline, call_id, self._expire)
+        later.then(self._done)
+
+    @property
+    def task(self) -> asyncio.Future[None]:
+        """What the worker's stop waits for, as for a handler's task: done once the call ended."""
+        if self._stopped is None:
+            self._stopped = self._connection._loop.create_future()
+            if self._ended:
+                self._stopped.set_result(None)
+        return self._stopped
 
     def received(self, message: bytes | None) -> None:
         """A unary call's half-close; it has its one request already."""
@@ -499,7 +558,7 @@ class _Pending:
         self._end(None if reason is None else (grpc.StatusCode.UNAVAILABLE, reason))
 
     def _expire(self) -> None:
-        self._timer = None
+        self._tick = None
         self._end((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
     def _end(self, status: tuple[grpc.StatusCode, str] | None) -> None:
@@ -508,26 +567,18 @@ class _Pending:
         handler's cancelled task is)."""
         if self._ended:
             return
-        self._ended = True
         self._forget()
-        self.task.cancel()
+        self._later.cancel()
         why = "the client cancelled or left" if status is None else status[1]
         logger.info("%s cancelled: %s", self._start.method, why)
         if status is not None:
             self._connection.send_status(self._id, *status)
 
-    def _done(self, future: asyncio.Future[Any]) -> None:
+    def _done(self, result: Any, failure: BaseException | None) -> None:
         if self._ended:
             return
-        self._ended = True
         self._forget()
         connection = self._connection
-        if future.cancelled():  # by nothing of the lane's: its work was stopped
-            connection.send_status(
-                self._id, grpc.StatusCode.CANCELLED, "the call's work was cancelled"
-            )
-            return
-        failure = future.exception()
         if failure is not None:
             connection.answer_failed(self._id, self._start.method, failure)
         else:
@@ -536,17 +587,21 @@ class _Pending:
                 self._handler,
                 self._start,
                 self._context,
-                future.result(),
+                result,
                 self._serialize,
                 self._deadline,
             )
 
     def _forget(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The call has ended: it leaves its connection and its deadline."""
+        self._ended = True
+        if self._tick is not None:
+            self._connection.deadlines.disarm(self._tick, self._id)
+            self._tick = None
         if self._connection.calls.get(self._id) is self:
             del self._connection.calls[self._id]
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
 
 class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
@@ -561,7 +616,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self._credit: int = start.credit
         self._timeout = start.timeout_us / 1e6 if start.timeout_us else None
         self._deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._tick: int | None = None
         self._inputs: collections.deque[bytes | None] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._code = grpc.StatusCode.OK
@@ -593,7 +648,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         if self._timeout is not None:
             loop = self._connection._loop
             self._deadline = deadline if deadline is not None else loop.time() + self._timeout
-            self._timer = loop.call_at(self._deadline, self._expire)
+            self._tick = self._connection.deadlines.arm(self._deadline, self._id, self._expire)
 
     # ---- what the connection tells the call ----
 
@@ -617,7 +672,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
             self._cancel((grpc.StatusCode.UNAVAILABLE, reason))
 
     def _expire(self) -> None:
-        self._timer = None
+        self._tick = None
         self._cancel((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
     def _cancel(self, status: tuple[grpc.StatusCode, str] | None) -> None:
@@ -724,9 +779,9 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     def _finish(self) -> None:
         self._ended = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._tick is not None:
+            self._connection.deadlines.disarm(self._tick, self._id)
+            self._tick = None
         self._connection.calls.pop(self._id, None)
         for callback in self._callbacks:
             try:

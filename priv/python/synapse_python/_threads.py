@@ -14,8 +14,11 @@ holds these threads so that they are bounded and counted:
   exiting.
 
 It is the executor the worker gives pydantic-ai (`Agent.using_thread_executor`),
-and coroutines await a function in it with `run` (the Bridge's sync functions),
-which hands the outcome back to the event loop in one `call_soon_threadsafe`:
+coroutines await a function in it with `run` (the Bridge's sync functions on
+the gRPC path), and code that must not wait in a task hands it over with
+`start` (the same functions on the lane), whose `Later` has its callback
+called straight from the loop, with no future in between. Either hands the
+outcome back to the event loop in one `call_soon_threadsafe`:
 no `concurrent.futures.Future` chained to an asyncio one, as
 `asyncio.to_thread` does, whose callbacks and locks cost more CPU than the
 hop itself, most of all with many calls in flight. Outcomes that come back
@@ -32,6 +35,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
+
+from synapse_python._awaitables import Later
 
 DEFAULT_MAX_THREADS = 40
 """As many as anyio's default thread limiter, which pydantic-ai uses otherwise."""
@@ -55,28 +60,51 @@ class _ToolFuture(Future):  # type: ignore[type-arg]
         return False
 
 
-class _Call:
-    """A call awaited by a coroutine (`SyncThreads.run`); its flags change under the pool's lock."""
+class _Call(Later):
+    """A call awaited by a coroutine (`SyncThreads.run`: its `waiter`), or
+    handed back by `SyncThreads.start` (a `Later`: its `done`); its flags
+    change under the pool's lock."""
 
-    __slots__ = ("abandoned", "args", "context", "fn", "kwargs", "loop", "running", "waiter")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "context",
+        "done",
+        "fn",
+        "kwargs",
+        "loop",
+        "running",
+        "threads",
+        "waiter",
+    )
 
     def __init__(
         self,
+        threads: SyncThreads,
         loop: asyncio.AbstractEventLoop,
+        waiter: asyncio.Future[Any] | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> None:
+        self.threads = threads
         self.loop = loop
-        self.waiter: asyncio.Future[Any] = loop.create_future()
+        self.waiter = waiter
+        self.done: Callable[[Any, BaseException | None], None] | None = None
         # The caller's context variables, as `asyncio.to_thread` gives them.
         self.context = contextvars.copy_context()
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
         self.running = False
-        # Its coroutine no longer waits: it is not run, or, if running, stuck.
+        # Its caller no longer waits: it is not run, or, if running, stuck.
         self.abandoned = False
+
+    def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
+        self.done = done
+
+    def cancel(self) -> None:
+        self.threads._abandon(self)
 
 
 _Outcome = tuple[_Call, Any, BaseException | None]
@@ -124,7 +152,8 @@ class SyncThreads(Executor):
         a thread never runs; one running is stuck until it returns, and what
         it returns is dropped.
         """
-        call = _Call(asyncio.get_running_loop(), fn, args, kwargs)
+        loop = asyncio.get_running_loop()
+        call = _Call(self, loop, loop.create_future(), fn, args, kwargs)
         self._put(call)
         try:
             return await call.waiter
@@ -132,17 +161,16 @@ class SyncThreads(Executor):
             self._abandon(call)
             raise
 
-    def start(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    def start(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Later:
         """`fn(*args, **kwargs)` in one of the threads, in a copy of the caller's
-        context: a future of the running loop's, of what it returns or raises.
+        context: a `Later` whose `done` the running loop calls with what it
+        returns or raises, with no future or scheduled callback in between.
 
-        Cancelling the future abandons the call, as cancelling `run`'s task
-        does (once the loop runs the future's callbacks).
+        Its `cancel` abandons the call, as cancelling `run`'s task does.
         """
-        call = _Call(asyncio.get_running_loop(), fn, args, kwargs)
+        call = _Call(self, asyncio.get_running_loop(), None, fn, args, kwargs)
         self._put(call)
-        call.waiter.add_done_callback(lambda waiter: waiter.cancelled() and self._abandon(call))
-        return call.waiter
+        return call
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Refuse new calls and let idle threads end; never waits for a stuck one."""
@@ -234,7 +262,10 @@ class SyncThreads(Executor):
         with self._lock:
             outcomes = self._outcomes.pop(loop, [])
         for call, result, failure in outcomes:
-            _settle(call.waiter, result, failure)
+            if call.waiter is not None:
+                _settle(call.waiter, result, failure)
+            elif call.done is not None and not call.abandoned:
+                call.done(result, failure)
 
     def _abandon(self, work: _ToolFuture | _Call) -> None:
         """Nobody waits for `work` any more: one not started never will be, one running is stuck."""

@@ -10,7 +10,7 @@ live functions. Each RPC:
 2. calls the function: a sync function in a worker thread (`_threads.SyncThreads`,
    the worker's, where a function still running after its call ended counts as a
    stuck thread; it never blocks the event loop; on the lane, the call waits
-   for the thread's future with no task), or directly on the loop when the
+   for the thread's outcome with no task or future), or directly on the loop when the
    bridge's config marks it `on_loop` (no thread hop, but nothing else runs
    meanwhile; on the lane, such a call is answered as its request is read,
    with no task: `_lane.answer_at_once`), an `async def` awaited, an async
@@ -45,7 +45,7 @@ import pydantic
 from google.protobuf.message import Message
 
 from synapse_python import _errors, _lane
-from synapse_python._awaitables import is_awaitable
+from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._bridge import _introspect, _proto_gen
 from synapse_python._bridge._codec import (
     Codec,
@@ -210,11 +210,11 @@ class BridgeService:
     def _thread_starter(self, function: Function) -> _lane.AtOnce:
         """On the lane, a call of a sync function: its arguments read on the
         loop, then the function and its response's writing in a worker thread,
-        whose future the lane waits for with no task."""
+        whose `Later` the lane waits for with no task."""
         arguments = self._arguments[function.name]
         respond = self._refusing(function, self._answers[function.name])
 
-        def start(request: Message) -> asyncio.Future[Any]:
+        def start(request: Message) -> Later:
             try:
                 args, kwargs = arguments(request)
             except Exception as exc:
