@@ -547,15 +547,19 @@ async def test_a_call_whose_answer_is_later_ends_with_its_connection_or_the_work
 
 
 class _Work(Later):
-    """Work a call answered at once hands back, ended by the test."""
+    """Work a call answered at once hands back, ended by the test (or, when
+    `finished`, already over: its `done` is called as it is given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, finished: tuple[Any, BaseException | None] | None = None) -> None:
         self.done: Callable[[Any, BaseException | None], None] | None = None
         self.cancelled = False
+        self._finished = finished
 
     def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
         assert self.done is None
         self.done = done
+        if self._finished is not None:
+            done(*self._finished)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -563,6 +567,26 @@ class _Work(Later):
     def end(self, result: Any = None, failure: BaseException | None = None) -> None:
         assert self.done is not None and not self.cancelled
         self.done(result, failure)
+
+
+async def test_a_call_whose_later_is_over_already_ends_at_once() -> None:
+    def at_once(request: bytes) -> _Work:
+        if request == b"fails":
+            return _Work(finished=(None, _lane.Refused(grpc.StatusCode.ABORTED, "no")))
+        return _Work(finished=(request.upper(), None))
+
+    method = "/test.S/Over"
+    server = _answered_at_once(method, at_once, max_message_bytes=1024)
+    connection, transport = _connected(server)
+    for call, request in ((1, b"yes"), (2, b"fails")):
+        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=10_000_000)
+        frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
+        connection.data_received(HEADER.pack(len(frame)) + frame)
+    assert connection.calls == {}
+    assert connection.deadlines._ticks == {}
+    [[answered], [refused]] = transport.writes
+    assert (answered.call, answered.message) == (1, b"YES")
+    assert (refused.call, refused.status.code) == (2, grpc.StatusCode.ABORTED.value[0])
 
 
 async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early() -> None:

@@ -399,9 +399,7 @@ class _Connection(asyncio.Protocol):
             return
         if isinstance(response, Later):
             # Its work goes on elsewhere (a worker thread): no task waits for it.
-            self.calls[call_id] = _Pending(
-                self, call_id, handler, start, context, response, serialize
-            )
+            _Pending(self, call_id, handler, start, context, response, serialize)
         else:
             self.answer(call_id, handler, start, context, response, serialize)
 
@@ -536,6 +534,8 @@ class _Pending:
         if start.timeout_us:
             self._deadline = connection._loop.time() + start.timeout_us / 1e6
             self._tick = connection.deadlines.arm(self._deadline, call_id, self._expire)
+        # In the connection's calls before `done` can come, even at once.
+        connection.calls[call_id] = self
         later.then(self._done)
 
     @property
