@@ -61,6 +61,9 @@ scale = %{
   # A plain call in Python takes well under a microsecond: more of them,
   # for a CPU time above /proc's and getrusage's resolution.
   inprocess_add_calls: 200_000,
+  # The pause of the paced in-process contender before each run: about what
+  # a worker waits between two runs of a caller with one in flight.
+  inprocess_pause_us: 1_000,
   throughput_rounds: if(quick?, do: 1, else: 3),
   seconds: 1,
   concurrency: [1, 16, 64],
@@ -222,15 +225,23 @@ baselines = fn function, args, inprocess_case, calls, inprocess_calls ->
        end}
     end
 
-  inprocess =
-    {"inprocess",
-     fn ->
-       ["latency", "--case", inprocess_case, "--calls", "#{inprocess_calls}"]
-       |> then(&Paths.python("inprocess.py", &1))
-       |> Paths.from_python()
-     end}
+  inprocess = fn pause_us ->
+    fn ->
+      ["latency", "--case", inprocess_case, "--calls", "#{inprocess_calls}"]
+      |> Kernel.++(["--pause-us", "#{pause_us}"])
+      |> then(&Paths.python("inprocess.py", &1))
+      |> Paths.from_python()
+    end
+  end
 
-  [inprocess | ports]
+  # The same runs with a pause before each, as a worker has between the
+  # calls it is sent: a plain call of `add` has nothing to compare there.
+  paced =
+    if inprocess_case == "add",
+      do: [],
+      else: [{"inprocess_paced", inprocess.(scale.inprocess_pause_us)}]
+
+  [{"inprocess", inprocess.(0)} | paced] ++ ports
 end
 
 contenders = fn

@@ -26,6 +26,7 @@ CONTENDERS = {
     "etf": ("ErlPort-shaped: Port + packet 4 + ETF", "tab:orange"),
     "jsonl": ("Port, JSON lines", "tab:green"),
     "inprocess": ("in-process Python", "tab:gray"),
+    "inprocess_paced": ("in-process Python, paused before each run", "tab:brown"),
     "grpcio": ("Python grpc.aio client, same worker", "tab:purple"),
 }
 RUN_CASES = {"minimal": "minimal", "python_tool": "Python tool", "elixir_tool": "Elixir tool"}

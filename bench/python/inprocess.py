@@ -1,7 +1,7 @@
 """The in-process baseline of the path benchmarks: pydantic-ai (or the Bridge's
 function) called from Python itself, with nothing in between.
 
-    python bench/python/inprocess.py latency --case CASE --calls N
+    python bench/python/inprocess.py latency --case CASE --calls N [--pause-us P]
     python bench/python/inprocess.py throughput --case CASE --concurrency C \
         --processes P --seconds S
 
@@ -10,7 +10,12 @@ CASE is `minimal` (`await minimal_agent.run` in a loop on one event loop),
 case done in Python: the same agent with a Python tool doing the same work, i.e.
 `python_tool`) or `add` (a plain call of the Bridge benchmark's `add` in a loop).
 
-`latency` times `N` sequential calls after `N / 10` unmeasured ones. `throughput`
+`latency` times `N` sequential calls after `N / 10` unmeasured ones; with
+`--pause-us`, the process waits that long before each call (outside its timing),
+as a worker serving calls that arrive one at a time sleeps between them: a
+process woken for each call spends more CPU on it than one in a tight loop (its
+caches and the core are no longer its own), and that is part of what a process
+across a boundary pays, whoever its caller is. `throughput`
 starts `P` processes (forked once everything is imported), each running
 `C / P` concurrent loops (`asyncio.gather`) of one call in flight each, for `S`
 seconds after an unmeasured warm-up, all measured over the same window; `add` runs
@@ -47,8 +52,9 @@ def run_call(case: str) -> Callable[[], Awaitable[Any]]:
     return lambda: agent.run(PROMPT)
 
 
-async def latency(case: str, calls: int) -> dict[str, Any]:
+async def latency(case: str, calls: int, pause_us: int = 0) -> dict[str, Any]:
     clock = time.perf_counter_ns
+    pause = pause_us / 1e6
     samples = []
     if case == "add":
         for i in range(max(calls // 10, 1)):
@@ -61,9 +67,13 @@ async def latency(case: str, calls: int) -> dict[str, Any]:
     else:
         call = run_call(case)
         for _ in range(max(calls // 10, 1)):
+            if pause:
+                await asyncio.sleep(pause)
             await call()
         cpu = own_cpu_seconds()
         for _ in range(calls):
+            if pause:
+                await asyncio.sleep(pause)
             started = clock()
             await call()
             samples.append(clock() - started)
@@ -142,6 +152,7 @@ def main(argv: list[str]) -> int:
     lat = commands.add_parser("latency")
     lat.add_argument("--case", choices=[*AGENTS, "add"], required=True)
     lat.add_argument("--calls", type=int, required=True)
+    lat.add_argument("--pause-us", type=int, default=0)
     thr = commands.add_parser("throughput")
     thr.add_argument("--case", choices=[*AGENTS, "add"], required=True)
     thr.add_argument("--concurrency", type=int, required=True)
@@ -154,7 +165,7 @@ def main(argv: list[str]) -> int:
     watchdog.daemon = True
     watchdog.start()
     if args.command == "latency":
-        result = asyncio.run(latency(args.case, args.calls))
+        result = asyncio.run(latency(args.case, args.calls, args.pause_us))
     else:
         result = throughput(args)
     print(json.dumps({"client": "inprocess", "case": args.case, **result}))

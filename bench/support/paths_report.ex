@@ -10,6 +10,7 @@ defmodule SynapseCore.Bench.PathsReport do
     {"etf", "ErlPort-shaped: Port + packet 4 + ETF"},
     {"jsonl", "Port, JSON lines"},
     {"inprocess", "in-process Python"},
+    {"inprocess_paced", "in-process Python, paused before each run"},
     {"grpcio", "Python grpc.aio client, same worker"}
   ]
 
@@ -101,7 +102,7 @@ defmodule SynapseCore.Bench.PathsReport do
     * **Port, JSON lines**: the same, one compact JSON object per line.
     * **in-process Python**: `await agent.run(...)` in a loop in one Python process
       (for the Elixir-tool case, the same agent with a Python tool doing the same
-      work); for the Bridge, a plain call of `add` in a loop.
+      work); for the Bridge, a plain call of `add` in a loop.#{paced(s)}
     * **Python grpc.aio client, same worker**: the worker Synapse started, called
       directly with `RunSync` (no tools, Python tool) or a `Run` stream whose tool
       requests the client answers (Elixir tool), with no BEAM in between.
@@ -117,8 +118,8 @@ defmodule SynapseCore.Bench.PathsReport do
 
     ## Summary: Synapse p50 against each baseline
 
-    | path | Synapse p50 | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | Port, JSON lines |
-    |---|---:|---:|---:|---:|
+    | path | Synapse p50 | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | in-process, paused before each run | Port, JSON lines |
+    |---|---:|---:|---:|---:|---:|
     #{summary_rows(r)}
 
     In each cell: the baseline's p50, and Synapse's p50 divided by it (the median
@@ -129,8 +130,8 @@ defmodule SynapseCore.Bench.PathsReport do
     down to on a busy machine; medians over rounds, and Synapse's divided by the
     baseline's):
 
-    | path | Synapse | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | Port, JSON lines |
-    |---|---:|---:|---:|---:|
+    | path | Synapse | ErlPort-shaped: Port + packet 4 + ETF | in-process pydantic-ai | in-process, paused before each run | Port, JSON lines |
+    |---|---:|---:|---:|---:|---:|
     #{cpu_summary_rows(r)}
 
     ## 1. Latency, one call in flight
@@ -176,6 +177,9 @@ defmodule SynapseCore.Bench.PathsReport do
     |> Kernel.<>(".")
   end
 
+  # The summary's baselines, in its columns' order.
+  @summary_columns ["etf", "inprocess", "inprocess_paced", "jsonl"]
+
   # The summary's rows: each path, and the runs again with `messages: false`.
   @summary_rows [
     {"minimal", "`run_sync`, minimal agent", "synapse"},
@@ -209,7 +213,7 @@ defmodule SynapseCore.Bench.PathsReport do
     ratios = if who == "synapse", do: r["latency_ratios"][c], else: r["latency_ratios_lean"][c]
 
     cells =
-      Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
+      Enum.map_join(@summary_columns, " | ", fn name ->
         case lat[name] do
           nil -> "—"
           row -> "#{time(row["p50_us"])} (#{ratio(ratios[name]["p50"])}×)"
@@ -224,7 +228,7 @@ defmodule SynapseCore.Bench.PathsReport do
     synapse = total_cpu(lat[who])
 
     cells =
-      Enum.map_join(["etf", "inprocess", "jsonl"], " | ", fn name ->
+      Enum.map_join(@summary_columns, " | ", fn name ->
         case total_cpu(lat[name]) do
           nil -> "—"
           total when total > 0 -> "#{us(total)} µs (#{ratio(synapse / total)}×)"
@@ -234,6 +238,18 @@ defmodule SynapseCore.Bench.PathsReport do
 
     "| #{label} | #{f(synapse)} µs | #{cells} |"
   end
+
+  # The paced contender's bullet; results written before it existed have none.
+  defp paced(%{"inprocess_pause_us" => us}) do
+    "\n* **in-process Python, paused before each run**: the same runs, the process" <>
+      "\n  idle for #{us} µs before each (outside the timing), as a worker is between" <>
+      "\n  the runs of a caller with one in flight. A process woken for each run" <>
+      "\n  spends more CPU on it than one in a tight loop (its caches and its core" <>
+      "\n  are no longer its own): the CPU any process pays for being across a" <>
+      "\n  boundary, whatever crosses it."
+  end
+
+  defp paced(_), do: ""
 
   defp total_cpu(nil), do: nil
   defp total_cpu(row), do: (row["caller_cpu_us"] || 0) + row["python_cpu_us"]
