@@ -589,7 +589,9 @@ async def test_a_call_whose_later_is_over_already_ends_at_once() -> None:
     assert (refused.call, refused.status.code) == (2, grpc.StatusCode.ABORTED.value[0])
 
 
-async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early() -> None:
+async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     loop = asyncio.get_running_loop()
     deadlines = _lane._Deadlines(loop)
     expired: list[tuple[int, float]] = []
@@ -597,7 +599,11 @@ async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early() 
     def expiring(call: int) -> Callable[[], None]:
         return lambda: expired.append((call, loop.time()))
 
+    def broken() -> None:
+        raise RuntimeError("a broken expiry")
+
     deadline = loop.time() + 0.02
+    deadlines.arm(deadline, 0, broken)  # logged; the others of its tick still expire
     ticks = {call: deadlines.arm(deadline, call, expiring(call)) for call in (1, 2, 3)}
     ticks[4] = deadlines.arm(deadline + 0.05, 4, expiring(4))
     assert len(deadlines._ticks) == 2  # one timer for 1, 2 and 3, one for 4
@@ -606,10 +612,11 @@ async def test_deadlines_share_a_timer_per_tick_and_never_expire_a_call_early() 
     deadlines.disarm(ticks[4], 4)  # the last of its tick: its timer is cancelled
     assert fourth_timer.cancelled()
     [(_, calls)] = deadlines._ticks.values()
-    assert sorted(calls) == [1, 3]
+    assert sorted(calls) == [0, 1, 3]
     await asyncio.sleep(0.1)
     assert sorted(call for call, _ in expired) == [1, 3]
     assert all(at >= deadline for _, at in expired)
+    assert "expiring call 0 failed" in caplog.text
     assert deadlines._ticks == {}
     deadlines.disarm(ticks[1], 1)  # after it expired: nothing to do
 

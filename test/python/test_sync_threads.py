@@ -151,6 +151,29 @@ async def test_start_gives_a_later_the_loop_ends_and_whose_cancel_abandons_the_c
     assert changes == [1, 0]
 
 
+async def test_a_done_that_raises_does_not_keep_the_outcomes_after_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    threads = SyncThreads(max_threads=1)
+    release = threading.Event()
+    outcomes: list[Any] = []
+
+    def failing(result: Any, failure: BaseException | None) -> None:
+        raise RuntimeError("a broken callback")
+
+    first = threads.start(release.wait, 10)
+    first.then(failing)
+    second = threads.start(lambda: "second")
+    second.then(lambda result, failure: outcomes.append(result))
+    release.set()
+    # Both outcomes wait for the loop, to be handed over together (the loop
+    # is blocked meanwhile, on purpose).
+    loop = asyncio.get_running_loop()
+    _block_until(lambda: len(threads._outcomes.get(loop, ())) == 2)
+    await wait_for(lambda: outcomes == ["second"])
+    assert "handing back the outcome" in caplog.text
+
+
 async def test_a_started_call_cancelled_before_it_runs_never_runs() -> None:
     threads = SyncThreads(max_threads=1)
     release = threading.Event()

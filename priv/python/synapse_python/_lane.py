@@ -229,9 +229,14 @@ class _Deadlines:
 
     def _expire(self, tick: int) -> None:
         armed = self._ticks.pop(tick, None)
-        if armed is not None:
-            for expire in list(armed[1].values()):
+        if armed is None:
+            return
+        for call_id, expire in list(armed[1].items()):
+            try:
                 expire()
+            except Exception:
+                # As a timer of its own would: the others still expire.
+                logger.exception("expiring call %d failed", call_id)
 
 
 class _Connection(asyncio.Protocol):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from synapse_python._awaitables import Later
+
+logger = logging.getLogger("synapse_python.threads")
 
 DEFAULT_MAX_THREADS = 40
 """As many as anyio's default thread limiter, which pydantic-ai uses otherwise."""
@@ -265,7 +268,12 @@ class SyncThreads(Executor):
             if call.waiter is not None:
                 _settle(call.waiter, result, failure)
             elif call.done is not None and not call.abandoned:
-                call.done(result, failure)
+                try:
+                    call.done(result, failure)
+                except Exception:
+                    # As asyncio does for a future's callback: the outcomes
+                    # after it are still handed over.
+                    logger.exception("handing back the outcome of %r failed", call.fn)
 
     def _abandon(self, work: _ToolFuture | _Call) -> None:
         """Nobody waits for `work` any more: one not started never will be, one running is stuck."""
