@@ -390,7 +390,7 @@ class _Connection(asyncio.Protocol):
         deserialize: Callable[[bytes], Any],
         serialize: Callable[[Any], bytes],
     ) -> None:
-        """Answers a call with `at_once`: in this callback, or once the future it
+        """Answers a call with `at_once`: in this callback, or once the `Later` it
         hands back is done."""
         message = start.message
         if len(message) > self.max_message_bytes:
