@@ -94,6 +94,9 @@ or awaitable ends with) `Refused` to end the call with another status, as
 _TICKS_PER_SECOND = 1000
 """The resolution of the calls' deadlines: a millisecond."""
 
+_DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+"""How a call whose deadline passed ends, in grpc's words."""
+
 _AT_ONCE = "_synapse_lane_at_once"
 
 
@@ -117,6 +120,8 @@ class Refused(Exception):
         super().__init__(code, details)
         self.code = code
         self.details = details
+        # As given, for a gRPC handler to `abort` with; `detail` for the lane's status.
+        self.trailing_metadata = tuple(trailing_metadata)
         self.detail = _error_detail(trailing_metadata)
 
 
@@ -564,7 +569,7 @@ class _Pending:
 
     def _expire(self) -> None:
         self._tick = None
-        self._end((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+        self._end(_DEADLINE_EXCEEDED)
 
     def _end(self, status: tuple[grpc.StatusCode, str] | None) -> None:
         """Ends the call before its response came, with `status` unless the
@@ -678,7 +683,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     def _expire(self) -> None:
         self._tick = None
-        self._cancel((grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+        self._cancel(_DEADLINE_EXCEEDED)
 
     def _cancel(self, status: tuple[grpc.StatusCode, str] | None) -> None:
         if self._ended or self._cancelled:

@@ -55,7 +55,6 @@ from synapse_python._bridge._codec import (
 )
 from synapse_python._bridge._config import resolve_type
 from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
-from synapse_python._errors import ERROR_METADATA_KEY
 from synapse_python._threads import SyncThreads
 
 logger = logging.getLogger("synapse_python.bridge")
@@ -260,8 +259,9 @@ class BridgeService:
         try:
             return await self._refused_later(function, work)
         except _lane.Refused as refused:
-            trailing_metadata = ((ERROR_METADATA_KEY, refused.detail),)
-            await context.abort(refused.code, refused.details, trailing_metadata=trailing_metadata)
+            await context.abort(
+                refused.code, refused.details, trailing_metadata=refused.trailing_metadata
+            )
 
     def _error(self, function: Function, exc: Exception) -> _errors.SynapseError:
         """The error a function's failure stands for (logged)."""
