@@ -2,13 +2,21 @@ defmodule SynapseCore.ToolRunner do
   @moduledoc false
   # Executes the Elixir tools of one run. One is started per run that has
   # tools, under SynapseCore.ToolSupervisor; the NIF sends it the run's tool
-  # requests. Each call runs in its own supervised Task, bounded by the
-  # tool's timeout, and is answered through the NIF. The runner stops when
-  # the run is over or its owner exits, killing any call still running: the
-  # run's deadline ends the run in Python (which then answers what it did),
-  # and so the calls it was waiting for. A run with an :approver has a
-  # runner too, which asks the approver about each call needing approval
-  # and takes its decisions (SynapseCore.Approval).
+  # requests. Each call runs in a process of its own, linked to the runner
+  # (which traps exits), bounded by the tool's timeout. The call answers
+  # through the NIF itself, and then tells the runner: the answer reaches
+  # Python with no hop back through the runner, or through a supervisor to
+  # start the call (a tool round trip is a handful of process wake-ups, each
+  # of which a sleeping scheduler pays for). Whoever claims a call first
+  # answers it, exactly once: the call with its outcome, or the runner when
+  # the tool's timeout passes or the call's process dies (its `:atomics`
+  # claim). The runner stops when the run is over or its owner exits,
+  # killing any call still running (and, should the runner itself be
+  # killed, its links take the calls with it): the run's deadline ends the
+  # run in Python (which then answers what it did), and so the calls it was
+  # waiting for. A run with an :approver has a runner too, which asks the
+  # approver about each call needing approval and takes its decisions
+  # (SynapseCore.Approval).
   #
   # The runner of a run streamed to a `:stream_to` receiver (started for it
   # even when the run has no tools, while :telemetry is loaded) also ends
@@ -55,6 +63,10 @@ defmodule SynapseCore.ToolRunner do
 
     receive do
       {:attach, handle, tag} ->
+        # The calls are linked to the runner: the runner's end, however it
+        # comes, is theirs. Its supervisor (its only other link) stopping it
+        # arrives as a message, and stops it.
+        Process.flag(:trap_exit, true)
         tools = Map.new(config.tools, &{&1.name, &1})
         approvals = Approval.state(config.approver, config.approval_timeout)
 
@@ -78,22 +90,20 @@ defmodule SynapseCore.ToolRunner do
       {:synapse_tool_request, ^tag, request} ->
         state |> start_call(request) |> loop()
 
-      {ref, outcome} when is_map_key(state.calls, ref) ->
-        Process.demonitor(ref, [:flush])
-        state |> finish(ref, outcome) |> loop()
+      {:synapse_tool_answered, pid, outcome} when is_map_key(state.calls, pid) ->
+        state |> settled(pid, outcome) |> loop()
 
-      {:DOWN, ref, :process, _pid, reason} when is_map_key(state.calls, ref) ->
-        state
-        |> finish(ref, {:retry, "The tool crashed: #{Exception.format_exit(reason)}"})
-        |> loop()
+      {:EXIT, pid, reason} when is_map_key(state.calls, pid) ->
+        state |> exited(pid, reason) |> loop()
 
-      {:call_timeout, ref, ms} when is_map_key(state.calls, ref) ->
-        %{task: task} = Map.fetch!(state.calls, ref)
-        Task.Supervisor.terminate_child(SynapseCore.ToolSupervisor, task.pid)
-        Process.demonitor(ref, [:flush])
-        state |> finish(ref, {:retry, "The tool did not answer within #{ms} ms."}) |> loop()
+      {:EXIT, _supervisor, reason} ->
+        stop_calls(state)
+        exit(reason)
 
-      {:call_timeout, _ref, _ms} ->
+      {:call_timeout, pid, ms} when is_map_key(state.calls, pid) ->
+        state |> timed_out(pid, ms) |> loop()
+
+      {:call_timeout, _pid, _ms} ->
         loop(state)
 
       {:synapse_approval_request, ^tag, request} ->
@@ -156,21 +166,15 @@ defmodule SynapseCore.ToolRunner do
           deps: state.config.deps
         }
 
-        task =
-          Task.Supervisor.async_nolink(SynapseCore.ToolSupervisor, fn ->
-            execute(tool, request.args, context)
-          end)
-
+        claim = :atomics.new(1, [])
+        call = %{handle: state.handle, request_id: request_id, name: name, claim: claim}
+        # As a Task would: the caller chain reaches the tool (ownership-based
+        # test helpers, such as database sandboxes, follow it).
+        callers = [self() | Process.get(:"$callers", [])]
+        pid = spawn_link(fn -> call(tool, request.args, context, call, callers) end)
         ms = tool.timeout
-        timer = Process.send_after(self(), {:call_timeout, task.ref, ms}, ms)
-
-        put_in(state.calls[task.ref], %{
-          task: task,
-          request_id: request_id,
-          name: name,
-          timer: timer,
-          span: span
-        })
+        timer = Process.send_after(self(), {:call_timeout, pid, ms}, ms)
+        put_in(state.calls[pid], Map.merge(call, %{timer: timer, span: span, settled: false}))
 
       :error ->
         outcome = {:retry, "There is no tool named #{inspect(name)}."}
@@ -180,19 +184,65 @@ defmodule SynapseCore.ToolRunner do
     end
   end
 
+  # The call's process: it answers, unless the runner claimed the call first.
+  defp call(tool, args, context, call, [runner | _] = callers) do
+    Process.put(:"$callers", callers)
+    outcome = execute(tool, args, context)
+
+    if claimed?(call) do
+      answer(call.handle, call.request_id, call.name, outcome)
+      send(runner, {:synapse_tool_answered, self(), outcome})
+    end
+  end
+
+  defp claimed?(%{claim: claim}), do: :atomics.compare_exchange(claim, 1, 0, 1) == :ok
+
   defp report(span, {:ok, _value}), do: Telemetry.stop([:synapse, :tool], :stop, span, %{})
 
   defp report(span, {:retry, reason}),
     do: Telemetry.stop([:synapse, :tool], :exception, span, %{reason: reason})
 
-  defp finish(state, ref, outcome) do
-    {%{request_id: request_id, name: name, timer: timer, span: span}, calls} =
-      Map.pop(state.calls, ref)
+  # The call answered: what is left is its timer and its telemetry. Its
+  # entry stays until its exit arrives, so that no exit goes unrecognised.
+  defp settled(state, pid, outcome) do
+    call = Map.fetch!(state.calls, pid)
+    Process.cancel_timer(call.timer)
+    report(call.span, outcome)
+    put_in(state.calls[pid].settled, true)
+  end
 
-    Process.cancel_timer(timer)
-    answer(state.handle, request_id, name, outcome)
-    report(span, outcome)
-    %{state | calls: calls}
+  defp exited(state, pid, reason) do
+    {call, calls} = Map.pop(state.calls, pid)
+    state = %{state | calls: calls}
+
+    # A tool's own raise or throw is an outcome (a retry): this is an exit
+    # signal from elsewhere. Should it have come between the call's claim
+    # and its telling the runner, its answer may have gone out already: a
+    # second one for the same request is ignored in Python, where none
+    # would leave the run waiting.
+    if not call.settled do
+      Process.cancel_timer(call.timer)
+      outcome = {:retry, "The tool crashed: #{Exception.format_exit(reason)}"}
+      answer(state.handle, call.request_id, call.name, outcome)
+      report(call.span, outcome)
+    end
+
+    state
+  end
+
+  defp timed_out(state, pid, ms) do
+    call = Map.fetch!(state.calls, pid)
+
+    if not call.settled and claimed?(call) do
+      Process.exit(pid, :kill)
+      outcome = {:retry, "The tool did not answer within #{ms} ms."}
+      answer(state.handle, call.request_id, call.name, outcome)
+      report(call.span, outcome)
+      put_in(state.calls[pid].settled, true)
+    else
+      # It answered as the timer fired: its message is on its way.
+      state
+    end
   end
 
   # Every outcome reaches the model: one the NIF refuses (a value with no
@@ -226,11 +276,7 @@ defmodule SynapseCore.ToolRunner do
 
   defp stop_calls(state) do
     Approval.run_ended(state.approvals)
-
-    for {_ref, %{task: task}} <- state.calls do
-      Task.Supervisor.terminate_child(SynapseCore.ToolSupervisor, task.pid)
-    end
-
+    for {pid, _call} <- state.calls, do: Process.exit(pid, :kill)
     :ok
   end
 

@@ -159,6 +159,56 @@ defmodule SynapseCore.ToolsTest do
       eventually(fn -> not Process.alive?(task) end)
     end
 
+    test "a tool whose process is killed", %{name: name} do
+      killed = tool("killed", fn _ -> Process.exit(self(), :kill) end)
+      prompt = script([call("killed", %{"a" => 1})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [killed])
+      assert output =~ ~s("retry": "The tool crashed: killed")
+    end
+
+    test "a tool that exits its own process normally still gets an answer", %{name: name} do
+      quitting = tool("quitting", fn _ -> Process.exit(self(), :normal) end)
+      prompt = script([call("quitting", %{"a" => 1})])
+
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [quitting])
+      assert output =~ ~s("retry": "The tool crashed: normal")
+    end
+
+    test "a tool sees its run's caller among its $callers, as in a Task", %{name: name} do
+      test = self()
+
+      callers =
+        tool("callers", fn _ ->
+          send(test, {:callers, Process.get(:"$callers")})
+          {:ok, "seen"}
+        end)
+
+      prompt = script([call("callers", %{"a" => 1})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [callers])
+      assert output =~ ~s("content": "seen")
+      assert_received {:callers, [runner, ^test]}
+      assert is_pid(runner) and runner != test
+    end
+
+    test "a tool still running when its runner is killed dies with it", %{name: name} do
+      test = self()
+
+      stuck =
+        tool("stuck", fn _ ->
+          send(test, {:stuck, self(), Process.get(:"$callers")})
+          Process.sleep(:infinity)
+        end)
+
+      prompt = script([call("stuck", %{"a" => 1})])
+      caller = Task.async(fn -> Agent.run_sync(name, prompt, tools: [stuck]) end)
+      assert_receive {:stuck, task, [runner | _]}, 10_000
+      Process.exit(runner, :kill)
+      eventually(fn -> not Process.alive?(task) end)
+      # The runner owned the run too: its exit cancels the run, which answers.
+      assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
+    end
+
     test "a result with no JSON form", %{name: name} do
       pid_giver = tool("give_pid", fn _ -> {:ok, self()} end)
       prompt = script([call("give_pid", %{"a" => 1})])
