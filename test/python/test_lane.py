@@ -453,6 +453,100 @@ async def test_calls_answered_at_once_end_in_the_callback_that_reads_them() -> N
     )
 
 
+async def test_a_handler_can_take_its_requests_in_the_callback_that_reads_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="synapse_python.lane")
+    taken: list[tuple[int, bytes | str]] = []
+    release = asyncio.Event()
+
+    def deserialize(data: bytes) -> bytes:
+        if data == b"bad":
+            raise ValueError("not a request")
+        return data
+
+    async def collect(requests: Any, context: Any) -> bytes:
+        call = context._id
+
+        def deliver(request: bytes) -> None:
+            if request == b"raise":
+                raise RuntimeError("deliver broke")
+            taken.append((call, request))
+
+        stop = context.hand_requests_to(deliver, lambda: taken.append((call, "closed")))
+        await release.wait()
+        stop()
+        rest = []
+        while (request := await context.read()) is not grpc.aio.EOF:
+            rest.append(request)
+        return b",".join(rest)
+
+    method = "/test.S/Collect"
+    handler = grpc.stream_unary_rpc_method_handler(
+        collect, request_deserializer=deserialize, response_serializer=bytes
+    )
+    server = _lane.LaneServer({method: handler}, max_message_bytes=1024)
+    connection, transport = _connected(server)
+
+    def frames(*bodies: tuple[int, str, Any]) -> bytes:
+        data = b""
+        for call, kind, value in bodies:
+            frame = lane_pb2.LaneFrame(call=call, **{kind: value}).SerializeToString()
+            data += HEADER.pack(len(frame)) + frame
+        return data
+
+    def start(call: int) -> tuple[int, str, Any]:
+        return (call, "start", lane_pb2.LaneStart(method=method, credit=1))
+
+    # Requests read before the handler asks are handed over first, in order.
+    connection.data_received(frames(start(1), (1, "message", b"a"), (1, "message", b"b")))
+    connection.data_received(frames(start(2), start(3)))
+    await asyncio.sleep(0)  # the handlers' tasks run up to their wait
+    assert taken == [(1, b"a"), (1, b"b")]
+    # Later ones in the callback that reads them, with no task in between.
+    connection.data_received(frames((1, "message", b"c"), (3, "message", b"e")))
+    assert taken[2:] == [(1, b"c"), (3, b"e")]
+    # The half-close too; `read` then stays at EOF.
+    connection.data_received(frames((3, "half_close", True)))
+    assert taken[4:] == [(3, "closed")]
+    # A request that does not deserialize, or that `deliver` raises on, stops
+    # the handing over (logged); the connection and the other calls go on,
+    # and what comes next waits for `read`.
+    connection.data_received(frames((1, "message", b"bad"), (1, "message", b"f")))
+    connection.data_received(frames((2, "message", b"raise"), (2, "message", b"g")))
+    assert taken[5:] == []
+    assert "a request that does not deserialize: not a request" in caplog.text
+    assert "handing over a request or the half-close failed" in caplog.text
+    assert "deliver broke" in caplog.text
+    # Once the handler stops taking them, requests wait for `read`.
+    release.set()
+    await asyncio.sleep(0)
+    connection.data_received(
+        frames(
+            (1, "message", b"h"),
+            (1, "half_close", True),
+            (2, "message", b"i"),
+            (2, "half_close", True),
+        )
+    )
+    for _ in range(100):
+        if connection.calls:
+            await asyncio.sleep(0.01)
+    ended = {
+        frame.call: frame
+        for write in transport.writes
+        for frame in write
+        if frame.WhichOneof("body") == "message"
+    }
+    assert {call: frame.message for call, frame in ended.items()} == {
+        1: b"f,h",
+        2: b"g,i",
+        3: b"",
+    }
+    assert taken[5:] == []
+    assert not connection.calls
+
+
 async def test_a_call_whose_answer_is_later_ends_once_whatever_ends_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -638,6 +638,8 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         # cancelled or left, and expects nothing more.
         self._cancel_status: tuple[grpc.StatusCode, str] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
+        # Who takes the requests as they are read (`hand_requests_to`), if anyone.
+        self._consumer: tuple[Callable[[Any], None], Callable[[], None]] | None = None
         self.task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
@@ -667,8 +669,56 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         if message is not None and len(message) > self._connection.max_message_bytes:
             self._cancel((grpc.StatusCode.RESOURCE_EXHAUSTED, self._too_large("Received", message)))
             return
+        if self._consumer is not None:
+            self._consume(self._consumer, message)
+            return
         self._inputs.append(message)
         self._wake()
+
+    def hand_requests_to(
+        self, deliver: Callable[[Any], None], closed: Callable[[], None]
+    ) -> Callable[[], None]:
+        """Hands each request still to come to `deliver`, and the client's
+        half-close to `closed`, in the callback that reads it: what a task
+        looping on `read` would do, without the task and its wake-up per
+        request. Returns what stops it (requests then wait for `read`).
+
+        The first exception stops it too: a request that does not
+        deserialize (the client broke the protocol), or one `deliver` or
+        `closed` raises (they are meant to handle their own); both logged.
+        """
+        consumer = self._consumer = (deliver, closed)
+        while self._inputs and self._consumer is consumer:
+            message = self._inputs.popleft()
+            if message is None:
+                self._inputs.appendleft(None)  # stays at EOF for `read`
+            self._consume(consumer, message)
+        return self._stop_consuming
+
+    def _stop_consuming(self) -> None:
+        self._consumer = None
+
+    def _consume(
+        self, consumer: tuple[Callable[[Any], None], Callable[[], None]], message: bytes | None
+    ) -> None:
+        deliver, closed = consumer
+        try:
+            if message is None:
+                self._consumer = None
+                if not self._inputs:
+                    self._inputs.append(None)  # stays at EOF for `read`
+                closed()
+                return
+            try:
+                request = self._handler.request_deserializer(message)
+            except Exception as exc:
+                self._consumer = None
+                logger.warning("%s: a request that does not deserialize: %s", self._method, exc)
+                return
+            deliver(request)
+        except Exception:
+            self._consumer = None
+            logger.exception("%s: handing over a request or the half-close failed", self._method)
 
     def credited(self, count: int) -> None:
         self._credit += count

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from synapse_python import _agents, _errors, _run, _server
+from synapse_python import _agents, _errors, _lane, _run, _server
 from synapse_python._proto.synapse.v1 import agent_pb2
 
 logger = logging.getLogger("synapse_python.service")
@@ -156,14 +156,14 @@ class AgentService:
     ) -> None:
         """A run (`_run.Run`) whose events go out on the stream; the first message is its `start`.
 
-        The run and the reading of the client's later messages are two tasks:
-        the client keeps its side open during the run to answer the run's
-        `tool_request`s with `tool_result`s, or to `cancel` it, so the handler
-        neither waits for it to half-close nor leaves the reader behind when
-        the run ends. A client may half-close once it has no request to
-        answer: a request then pending, or a later call of a client tool,
-        fails the run with INVALID_ARGUMENT, as does a message that breaks
-        the protocol.
+        The run is one task, and the client's later messages are handed to
+        it as they come (`_hand_inputs`): the client keeps its side open
+        during the run to answer the run's `tool_request`s with
+        `tool_result`s, or to `cancel` it, so the handler neither waits for
+        it to half-close nor leaves the reading behind when the run ends. A
+        client may half-close once it has no request to answer: a request
+        then pending, or a later call of a client tool, fails the run with
+        INVALID_ARGUMENT, as does a message that breaks the protocol.
 
         The run's last event is written last, once the run is over (deps
         cleaned up included), and the handler returns right after: a client
@@ -188,11 +188,11 @@ class AgentService:
         start = first.start
         _call_agent_id.set(start.agent_id)
         run = _run.Run(self._registry, start, context.write, quiet=start.quiet)
-        inputs = asyncio.create_task(_read_run_inputs(context, run), name="synapse-run-inputs")
+        stop_inputs = _hand_inputs(context, run)
         try:
             last = await _cancellation_logged(run.execute(), run)
         finally:
-            inputs.cancel()
+            stop_inputs()
         await context.write(last)
 
 
@@ -209,6 +209,18 @@ async def _cancellation_logged(
 def _failed(error: _errors.SynapseError) -> agent_pb2.RunEvent:
     logger.warning("run refused: %s", error.message)
     return agent_pb2.RunEvent(failure=agent_pb2.RunFailure(error=error.detail()))
+
+
+def _hand_inputs(context: grpc.aio.ServicerContext, run: _run.Run) -> Callable[[], None]:
+    """Hands the run the client's messages after `start`; returns what stops that.
+
+    On the lane, each is handed over in the callback that reads it; over
+    gRPC, a task reads them (`_read_run_inputs`).
+    """
+    if isinstance(context, _lane.LaneContext):
+        return context.hand_requests_to(run.deliver, run.input_closed)
+    inputs = asyncio.create_task(_read_run_inputs(context, run), name="synapse-run-inputs")
+    return inputs.cancel
 
 
 async def _read_run_inputs(context: grpc.aio.ServicerContext, run: _run.Run) -> None:
