@@ -17,7 +17,8 @@ defmodule SynapseCore.Application do
       {Registry, keys: :duplicate, name: SynapseCore.WorkerRegistry},
       # The cluster-wide groups of serving workers, for calls from other nodes.
       %{id: :pg, start: {:pg, :start_link, [SynapseCore.PG]}},
-      # Tool runners, the tasks that execute tool calls, relays of remote runs.
+      # Tool runners (each links the processes of its calls), fan-outs,
+      # relays of remote runs.
       {Task.Supervisor, name: SynapseCore.ToolSupervisor},
       # Agents started with SynapseCore.start_agent/1.
       {DynamicSupervisor, strategy: :one_for_one, name: SynapseCore.AgentsSupervisor}

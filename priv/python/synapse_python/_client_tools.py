@@ -15,7 +15,7 @@ for its answer (`_pending.PendingRequests`):
    with no stream consumer has none (its model requests are not streamed),
    and in a streamed run the client routes tool requests apart from the
    events anyway;
-2. the run's input reader hands each `tool_result` to `resolve`, which
+2. the run's input (`_service._hand_inputs`) hands each `tool_result` to `resolve`, which
    completes the future with the same `request_id`: `return_json` is decoded
    and returned to the model, `retry_message` is raised as `ModelRetry` (the
    model gets it as a retry prompt, within the tool's retry budget);

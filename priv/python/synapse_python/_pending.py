@@ -3,7 +3,7 @@
 Client tools (`_client_tools`) and inline approvals (`_approvals`) both ask
 the client something over the run's stream and wait: a request id is taken
 ("1", "2", ... per kind of request), a future registered under it, the
-request sent, and the future awaited until the run's input reader hands the
+request sent, and the future awaited until the run's input hands the
 answer to `answer`. The future is dropped when the wait ends in any way
 (answered, or its task cancelled with the run), so nothing outlives the
 run; `close` cancels any left over.
