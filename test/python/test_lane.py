@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import struct
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -646,8 +648,19 @@ class _Work(Later):
 
     def __init__(self, finished: tuple[Any, BaseException | None] | None = None) -> None:
         self.done: Callable[[Any, BaseException | None], None] | None = None
+        self.early: Callable[[Any, BaseException | None], None] | None = None
         self.cancelled = False
         self._finished = finished
+
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+        self.early = early
+
+    def end_in_thread(self, result: Any = None, failure: BaseException | None = None) -> None:
+        """Hands the outcome over early, from a thread of its own, as a worker thread does."""
+        assert self.early is not None
+        thread = threading.Thread(target=self.early, args=(result, failure))
+        thread.start()
+        thread.join()
 
     def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
         assert self.done is None
@@ -661,6 +674,89 @@ class _Work(Later):
     def end(self, result: Any = None, failure: BaseException | None = None) -> None:
         assert self.done is not None and not self.cancelled
         self.done(result, failure)
+
+
+async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there() -> None:
+    works: dict[bytes, _Work] = {}
+
+    def at_once(request: bytes) -> _Work:
+        works[request] = _Work()
+        return works[request]
+
+    method = "/test.S/Early"
+    server = _answered_at_once(method, at_once, max_message_bytes=1 << 20)
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    connection = _lane._Connection(server)
+    await loop.connect_accepted_socket(lambda: connection, ours)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+
+    def start(call: int, request: bytes, timeout_us: int = 10_000_000) -> None:
+        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=timeout_us)
+        frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
+        writer.write(HEADER.pack(len(frame)) + frame)
+
+    async def started(call: int) -> None:
+        for _ in range(500):
+            if call in connection.calls:
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError(f"call {call} did not start")
+
+    async def next_frame() -> lane_pb2.LaneFrame:
+        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(4), 10))
+        return lane_pb2.LaneFrame.FromString(await reader.readexactly(length))
+
+    # The answer goes out from the thread: the client has it while the
+    # loop has not yet heard of the outcome; the loop's `done` then only
+    # takes the call out of the connection's calls.
+    start(1, b"early")
+    await started(1)
+    await asyncio.to_thread(works[b"early"].end_in_thread, b"yes")
+    frame = await next_frame()
+    assert (frame.call, frame.message) == (1, b"yes")
+    assert 1 in connection.calls
+    works[b"early"].end(b"yes")
+    assert 1 not in connection.calls
+
+    # A call over before its thread answers (its deadline passed) ends once,
+    # with its status; what the thread has is dropped.
+    start(2, b"late", timeout_us=20_000)
+    frame = await next_frame()
+    assert (frame.call, frame.status.code) == (2, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+    assert works[b"late"].cancelled
+    await asyncio.to_thread(works[b"late"].end_in_thread, b"too late")
+
+    # A failure, or an awaitable, is left to the loop, which answers as before.
+    start(3, b"refused")
+    await started(3)
+    refused = _lane.Refused(grpc.StatusCode.ABORTED, "no")
+    await asyncio.to_thread(works[b"refused"].end_in_thread, None, refused)
+    works[b"refused"].end(failure=refused)
+    frame = await next_frame()
+    assert (frame.call, frame.status.code) == (3, grpc.StatusCode.ABORTED.value[0])
+
+    # A frame larger than the socket takes at once: the thread writes what it
+    # takes, the loop the rest, before any other frame.
+    big = b"x" * 600_000
+    assert len(big) > ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    start(4, b"big")
+    start(5, b"after")
+    await started(5)
+    await asyncio.to_thread(works[b"big"].end_in_thread, big)
+    works[b"after"].end(b"after")
+    works[b"big"].end(big)
+    frames = [await next_frame(), await next_frame()]
+    assert [(frame.call, len(frame.message)) for frame in frames] == [(4, len(big)), (5, 5)]
+    assert frames[0].message == big
+
+    # Nothing more: one answer per call.
+    assert not connection.calls
+    writer.close()
+    await writer.wait_closed()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await next_frame()
 
 
 async def test_a_call_whose_later_is_over_already_ends_at_once() -> None:

@@ -151,6 +151,66 @@ async def test_start_gives_a_later_the_loop_ends_and_whose_cancel_abandons_the_c
     assert changes == [1, 0]
 
 
+async def test_a_later_hands_its_outcome_over_early_in_its_thread_then_to_done(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    threads = SyncThreads()
+    loop_thread = threading.current_thread()
+    seen: list[tuple[str, Any, type[BaseException] | None, bool]] = []
+    lock = threading.Lock()
+
+    def record(step: str) -> Callable[[Any, BaseException | None], None]:
+        def hand(result: Any, failure: BaseException | None) -> None:
+            with lock:
+                seen.append(
+                    (
+                        step,
+                        result,
+                        type(failure) if failure else None,
+                        threading.current_thread() is loop_thread,
+                    )
+                )
+
+        return hand
+
+    for count, function in enumerate((lambda: 42, lambda: 1 / 0), 1):
+        call = threads.start(function)
+        call.then_in_thread(record("early"))
+        call.then(record("done"))
+        await wait_for(lambda count=count: len(seen) == 2 * count)
+    # Each outcome first in the worker's thread, then on the loop, both alike.
+    assert seen == [
+        ("early", 42, None, False),
+        ("done", 42, None, True),
+        ("early", None, ZeroDivisionError, False),
+        ("done", None, ZeroDivisionError, True),
+    ]
+
+    # A call abandoned while it runs hands its outcome to neither.
+    started, release, blocked = _blocking()
+    running = threads.start(blocked)
+    running.then_in_thread(record("early"))
+    running.then(record("done"))
+    assert await asyncio.to_thread(started.wait, 10)
+    running.cancel()
+    release.set()
+    await wait_for(lambda: threads.stuck == 0)
+    await asyncio.sleep(0.05)
+    assert len(seen) == 4
+
+    # An early hand-over that raises is logged; `done` still gets the outcome.
+    def broken(result: Any, failure: BaseException | None) -> None:
+        raise RuntimeError("a broken early callback")
+
+    outcomes: list[Any] = []
+    call = threads.start(lambda: "still")
+    call.then_in_thread(broken)
+    call.then(lambda result, failure: outcomes.append(result))
+    await wait_for(lambda: outcomes == ["still"])
+    assert "handing the outcome of" in caplog.text
+    assert "a broken early callback" in caplog.text
+
+
 async def test_a_done_that_raises_does_not_keep_the_outcomes_after_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

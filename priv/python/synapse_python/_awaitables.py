@@ -41,6 +41,12 @@ class Later:
         one `done`, given before the loop runs again."""
         raise NotImplementedError
 
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+        """Also have `early` called with the outcome in the thread that has it,
+        as soon as it has it and before `done`, unless the work was cancelled
+        first (what `early` may do there is its own business: it must be
+        thread-safe). Work with no thread of its own never calls it."""
+
     def cancel(self) -> None:
         """Abandon the work: `done` is never called."""
         raise NotImplementedError

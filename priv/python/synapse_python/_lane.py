@@ -61,6 +61,7 @@ import logging
 import math
 import os
 import struct
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -262,6 +263,13 @@ class _Connection(asyncio.Protocol):
         self._batching = False
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
+        # Every write to the socket is made under this lock: the loop's, and
+        # those of worker threads answering their calls (`write_from_thread`).
+        self.write_lock = threading.Lock()
+        # The socket's descriptor, for those threads; what one of them could
+        # not write of a frame, which goes out before anything else.
+        self._fd = -1
+        self._rest: list[bytes] | None = None
         self.calls: dict[int, LaneContext | _Pending] = {}
         self.deadlines = _Deadlines(self._loop)
 
@@ -270,11 +278,18 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
-        self._transport = None
+        with self.write_lock:
+            # Before the transport closes the socket: no thread writes on
+            # its descriptor after this (nor on whatever reuses it).
+            self._transport = None
+            self._fd = -1
+            self._rest = None
         self._outgoing.clear()
         for call in list(self.calls.values()):
             call.stop(None)
@@ -470,7 +485,7 @@ class _Connection(asyncio.Protocol):
             # The first frame of a loop iteration goes out at once (a lone
             # call waits for nothing); the next ones wait for the end of the
             # iteration and go out together.
-            self._transport.write(_HEADER.pack(len(data)) + data)
+            self._write(_HEADER.pack(len(data)) + data)
         if not self._batching:
             self._batching = True
             self._loop.call_soon(self._flush)
@@ -488,8 +503,51 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         self._batching = False
         outgoing, self._outgoing = self._outgoing, []
-        if self._transport is not None and outgoing:
-            self._transport.write(b"".join(outgoing))
+        if outgoing:
+            self._write(b"".join(outgoing))
+
+    def _write(self, data: bytes) -> None:
+        """Writes `data`, on the loop: after the rest of a thread's frame, if any."""
+        with self.write_lock:
+            if self._rest is not None:
+                self._rest.append(data)
+            elif self._transport is not None:
+                self._transport.write(data)
+
+    def write_from_thread(self, data: bytes) -> bool:
+        """Writes the frame `data` from a worker thread, now, unless something
+        waits to be written before it; the caller holds `write_lock`. False
+        when it cannot (the loop then writes the answer, as it would have).
+
+        The socket is non-blocking: what it does not take at once goes out
+        first from the loop, before any other frame.
+        """
+        transport = self._transport
+        if (
+            transport is None
+            or self._fd < 0
+            or self._rest is not None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+        ):
+            return False
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # it took nothing (BlockingIOError), or the peer is gone
+            return False
+        if sent < len(data):
+            self._rest = [data[sent:]]
+            try:
+                self._loop.call_soon_threadsafe(self._write_rest)
+            except RuntimeError:
+                pass  # the loop is closed: so is the connection
+        return True
+
+    def _write_rest(self) -> None:
+        with self.write_lock:
+            rest, self._rest = self._rest, None
+            if rest and self._transport is not None:
+                self._transport.write(b"".join(rest))
 
     async def drained(self) -> None:
         """Returns once the socket takes more (at once, unless the client reads slowly)."""
@@ -537,6 +595,8 @@ class _Pending:
         self._later = later
         self._serialize = serialize
         self._ended = False
+        # Answered from the worker thread (`_answer_in_thread`).
+        self._answered = False
         # Made only when the worker's stop waits for the call.
         self._stopped: asyncio.Future[None] | None = None
         self._deadline: float | None = None
@@ -546,6 +606,7 @@ class _Pending:
             self._tick = connection.deadlines.arm(self._deadline, call_id, self._expire)
         # In the connection's calls before `done` can come, even at once.
         connection.calls[call_id] = self
+        later.then_in_thread(self._answer_in_thread)
         later.then(self._done)
 
     @property
@@ -575,8 +636,10 @@ class _Pending:
         """Ends the call before its response came, with `status` unless the
         client expects nothing more; the work is abandoned (and said so, as a
         handler's cancelled task is)."""
-        if self._ended:
-            return
+        with self._connection.write_lock:  # against `_answer_in_thread`
+            if self._ended or self._answered:
+                return
+            self._ended = True
         self._forget()
         self._later.cancel()
         why = "the client cancelled or left" if status is None else status[1]
@@ -584,7 +647,32 @@ class _Pending:
         if status is not None:
             self._connection.send_status(self._id, *status)
 
+    def _answer_in_thread(self, result: Any, failure: BaseException | None) -> None:
+        """In the worker thread that has the response: writes the answer from
+        there, saving the loop's wake-up and the hand-over of the GIL before
+        it goes out. Only a response that needs nothing more (the loop's
+        `_done` answers the others, and any call this finds ended or cannot
+        write for), and exactly one answer: the call's end and this claim it
+        under the connection's write lock."""
+        if failure is not None or is_awaitable(result):
+            return
+        try:
+            data = self._serialize(result)
+        except Exception:
+            return  # the loop's answer says why
+        connection = self._connection
+        if len(data) > connection.max_message_bytes:
+            return
+        body = LaneFrame(call=self._id, message=data).SerializeToString()
+        frame = _HEADER.pack(len(body)) + body
+        with connection.write_lock:
+            if not self._ended and connection.write_from_thread(frame):
+                self._answered = True
+
     def _done(self, result: Any, failure: BaseException | None) -> None:
+        if self._answered:
+            self._forget()  # what is left: its entry and its deadline
+            return
         if self._ended:
             return
         self._forget()

@@ -23,7 +23,10 @@ no `concurrent.futures.Future` chained to an asyncio one, as
 `asyncio.to_thread` does, whose callbacks and locks cost more CPU than the
 hop itself, most of all with many calls in flight. Outcomes that come back
 before the loop has run that callback join it: with many calls in flight
-the loop is woken once for several of them, not once each.
+the loop is woken once for several of them, not once each. A `Later`'s
+holder may also take the outcome in the thread itself (`then_in_thread`),
+before the loop hears of it: the lane writes a Bridge call's answer from
+there.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class _Call(Later):
         "args",
         "context",
         "done",
+        "early",
         "fn",
         "kwargs",
         "loop",
@@ -94,6 +98,7 @@ class _Call(Later):
         self.loop = loop
         self.waiter = waiter
         self.done: Callable[[Any, BaseException | None], None] | None = None
+        self.early: Callable[[Any, BaseException | None], None] | None = None
         # The caller's context variables, as `asyncio.to_thread` gives them.
         self.context = contextvars.copy_context()
         self.fn = fn
@@ -105,6 +110,9 @@ class _Call(Later):
 
     def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
         self.done = done
+
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+        self.early = early
 
     def cancel(self) -> None:
         self.threads._abandon(self)
@@ -244,6 +252,12 @@ class SyncThreads(Executor):
             result, failure = None, exc
         if self._finished(call):
             return
+        if call.early is not None:
+            try:
+                call.early(result, failure)
+            except Exception:
+                # The loop still hands the outcome to `done`.
+                logger.exception("handing the outcome of %r over early failed", call.fn)
         loop = call.loop
         if loop.is_closed():
             return  # nobody waits any more
