@@ -737,18 +737,38 @@ async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there()
     frame = await next_frame()
     assert (frame.call, frame.status.code) == (3, grpc.StatusCode.ABORTED.value[0])
 
+    # With other calls in flight, the loop answers: it writes the answers of
+    # the calls that end together in one write.
+    start(4, b"one")
+    start(5, b"two")
+    await started(5)
+    await asyncio.to_thread(works[b"one"].end_in_thread, b"1")
+    assert not connection.calls[4]._answered
+    works[b"one"].end(b"1")
+    frame = await next_frame()
+    assert (frame.call, frame.message) == (4, b"1")
+    await asyncio.to_thread(works[b"two"].end_in_thread, b"2")  # alone now
+    frame = await next_frame()
+    assert (frame.call, frame.message) == (5, b"2")
+    works[b"two"].end(b"2")
+
     # A frame larger than the socket takes at once: the thread writes what it
-    # takes, the loop the rest, before any other frame.
+    # takes, the loop the rest; until the client has read it, later answers
+    # wait for the loop, after it.
     big = b"x" * 600_000
     assert len(big) > ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-    start(4, b"big")
-    start(5, b"after")
-    await started(5)
+    start(6, b"big")
+    await started(6)
     await asyncio.to_thread(works[b"big"].end_in_thread, big)
-    works[b"after"].end(b"after")
+    assert connection.calls[6]._answered
     works[b"big"].end(big)
+    start(7, b"after")
+    await started(7)
+    await asyncio.to_thread(works[b"after"].end_in_thread, b"after")
+    assert not connection.calls[7]._answered
+    works[b"after"].end(b"after")
     frames = [await next_frame(), await next_frame()]
-    assert [(frame.call, len(frame.message)) for frame in frames] == [(4, len(big)), (5, 5)]
+    assert [(frame.call, len(frame.message)) for frame in frames] == [(6, len(big)), (7, 5)]
     assert frames[0].message == big
 
     # Nothing more: one answer per call.

@@ -654,13 +654,16 @@ class _Pending:
         `_done` answers the others, and any call this finds ended or cannot
         write for), and exactly one answer: the call's end and this claim it
         under the connection's write lock."""
-        if failure is not None or is_awaitable(result):
+        connection = self._connection
+        if failure is not None or is_awaitable(result) or len(connection.calls) > 1:
+            # With other calls in flight, the loop writes the answers of
+            # those that end together in one write, a wake-up of the
+            # client's reader for them all: a lone call waits for nothing.
             return
         try:
             data = self._serialize(result)
         except Exception:
             return  # the loop's answer says why
-        connection = self._connection
         if len(data) > connection.max_message_bytes:
             return
         body = LaneFrame(call=self._id, message=data).SerializeToString()
