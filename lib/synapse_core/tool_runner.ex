@@ -171,7 +171,7 @@ defmodule SynapseCore.ToolRunner do
         # As a Task would: the caller chain reaches the tool (ownership-based
         # test helpers, such as database sandboxes, follow it).
         callers = [self() | Process.get(:"$callers", [])]
-        pid = spawn_link(fn -> call(tool, request.args, context, call, callers) end)
+        pid = spawn_link(fn -> run_call(tool, request.args, context, call, callers) end)
         ms = tool.timeout
         timer = Process.send_after(self(), {:call_timeout, pid, ms}, ms)
         put_in(state.calls[pid], Map.merge(call, %{timer: timer, span: span, settled: false}))
@@ -185,7 +185,7 @@ defmodule SynapseCore.ToolRunner do
   end
 
   # The call's process: it answers, unless the runner claimed the call first.
-  defp call(tool, args, context, call, [runner | _] = callers) do
+  defp run_call(tool, args, context, call, [runner | _] = callers) do
     Process.put(:"$callers", callers)
     outcome = execute(tool, args, context)
 
