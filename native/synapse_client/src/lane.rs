@@ -1394,13 +1394,12 @@ mod tests {
     }
 
     async fn lane(authorization: Option<&str>) -> (Lane, UnixListener, PathBuf) {
+        // Tests run in parallel threads: a clock's reading may repeat, a count does not.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "synapse-lane-test-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
+            NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("lane.sock");
