@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -96,10 +97,12 @@ def main(source: str, target: str) -> None:
     throughput_lines(d, results["throughput"]["add"], "add")
     d.set_title("Bridge add throughput (in-process loop left out: far off the scale)")
 
-    figure.suptitle(
+    title = (
         f"Synapse against each baseline, {results['machine']['cores']} cores, one run "
         f"({results['command']}); ratios in report.md"
     )
+    # A long command would run off the figure's edges.
+    figure.suptitle(textwrap.fill(title, width=150))
     figure.tight_layout()
     figure.savefig(target, dpi=90)
 
