@@ -364,6 +364,9 @@ class _RecordingTransport(asyncio.Transport):
             data = data[4 + length :]
         self.writes.append(frames)
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # every write is taken at once
+
     def is_closing(self) -> bool:
         return False
 
@@ -676,37 +679,52 @@ class _Work(Later):
         self.done(result, failure)
 
 
-async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there() -> None:
-    works: dict[bytes, _Work] = {}
+class _EarlyLane:
+    """A connection on a real socket pair, of one method answered at once with
+    a `_Work` per request (`works`), and the client's end of it. The
+    connection's send buffer is small: a large answer is not written at once."""
 
-    def at_once(request: bytes) -> _Work:
-        works[request] = _Work()
-        return works[request]
+    METHOD = "/test.S/Early"
 
-    method = "/test.S/Early"
-    server = _answered_at_once(method, at_once, max_message_bytes=1 << 20)
-    loop = asyncio.get_running_loop()
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
-    connection = _lane._Connection(server)
-    await loop.connect_accepted_socket(lambda: connection, ours)
-    reader, writer = await asyncio.open_connection(sock=theirs)
+    def __init__(self) -> None:
+        self.works: dict[bytes, _Work] = {}
+        self.server = _answered_at_once(self.METHOD, self._at_once, max_message_bytes=1 << 20)
+        self.connection = _lane._Connection(self.server)
 
-    def start(call: int, request: bytes, timeout_us: int = 10_000_000) -> None:
-        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=timeout_us)
+    def _at_once(self, request: bytes) -> _Work:
+        self.works[request] = _Work()
+        return self.works[request]
+
+    async def connect(self) -> None:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        self.send_buffer = ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: self.connection, ours)
+        self.reader, self.writer = await asyncio.open_connection(sock=theirs)
+
+    def start(self, call: int, request: bytes, timeout_us: int = 10_000_000) -> None:
+        start = lane_pb2.LaneStart(method=self.METHOD, message=request, timeout_us=timeout_us)
         frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
-        writer.write(HEADER.pack(len(frame)) + frame)
+        self.writer.write(HEADER.pack(len(frame)) + frame)
 
-    async def started(call: int) -> None:
+    async def started(self, call: int) -> None:
         for _ in range(500):
-            if call in connection.calls:
+            if call in self.connection.calls:
                 return
             await asyncio.sleep(0.002)
         raise AssertionError(f"call {call} did not start")
 
-    async def next_frame() -> lane_pb2.LaneFrame:
-        (length,) = HEADER.unpack(await asyncio.wait_for(reader.readexactly(4), 10))
-        return lane_pb2.LaneFrame.FromString(await reader.readexactly(length))
+    async def next_frame(self) -> lane_pb2.LaneFrame:
+        (length,) = HEADER.unpack(await asyncio.wait_for(self.reader.readexactly(4), 10))
+        return lane_pb2.LaneFrame.FromString(await self.reader.readexactly(length))
+
+
+async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there() -> None:
+    lane = _EarlyLane()
+    await lane.connect()
+    works, connection, start, started = lane.works, lane.connection, lane.start, lane.started
+    next_frame = lane.next_frame
 
     # The answer goes out from the thread: the client has it while the
     # loop has not yet heard of the outcome; the loop's `done` then only
@@ -756,7 +774,7 @@ async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there()
     # takes, the loop the rest; until the client has read it, later answers
     # wait for the loop, after it.
     big = b"x" * 600_000
-    assert len(big) > ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert len(big) > lane.send_buffer
     start(6, b"big")
     await started(6)
     await asyncio.to_thread(works[b"big"].end_in_thread, big)
@@ -773,10 +791,103 @@ async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there()
 
     # Nothing more: one answer per call.
     assert not connection.calls
-    writer.close()
-    await writer.wait_closed()
+    lane.writer.close()
+    await lane.writer.wait_closed()
     with pytest.raises(asyncio.IncompleteReadError):
         await next_frame()
+
+
+async def test_a_threads_answer_cut_short_is_finished_before_its_connection_closes() -> None:
+    big = b"x" * 600_000
+
+    async def cut_short(lane: _EarlyLane) -> None:
+        """Call 1's thread writes part of its answer; the rest waits for the
+        loop, which has not run since (the thread ran on it here), and the
+        call is over for the loop: nothing keeps the connection open."""
+        await lane.connect()
+        lane.start(1, b"big")
+        await lane.started(1)
+        lane.works[b"big"].end_in_thread(big)
+        assert lane.connection._rest is not None
+        lane.works[b"big"].end(big)
+        assert not lane.connection.calls
+
+    # The worker stops: with no call in flight it closes the connection.
+    lane = _EarlyLane()
+    await cut_short(lane)
+    lane.server._server = _Closable()
+    await lane.server.stop(0)
+    frame = await lane.next_frame()
+    assert (frame.call, frame.message) == (1, big)
+
+    # The client sends no more: the transport closes itself after telling the
+    # connection (as asyncio's does when `eof_received` returns a false value).
+    lane = _EarlyLane()
+    await cut_short(lane)
+    transport = lane.connection._transport
+    assert transport is not None
+    assert not lane.connection.eof_received()
+    transport.close()
+    frame = await lane.next_frame()
+    assert (frame.call, frame.message) == (1, big)
+
+
+async def test_a_thread_writes_only_when_the_loop_left_nothing_unsent() -> None:
+    server = _answered_at_once("/test.S/M", lambda request: request, max_message_bytes=1 << 20)
+    connection = _lane._Connection(server)
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: connection, ours)
+    transport = connection._transport
+    assert transport is not None
+    received = bytearray()
+
+    def frame(call: int, size: int) -> bytes:
+        data = lane_pb2.LaneFrame(call=call, message=b"x" * size).SerializeToString()
+        return HEADER.pack(len(data)) + data
+
+    def thread_writes(data: bytes) -> bool:
+        with connection.write_lock:
+            return connection.write_from_thread(data)
+
+    def read(size: int) -> None:
+        """What the client reads, blocking, until it has `size` bytes more."""
+        theirs.settimeout(10)
+        wanted = len(received) + size
+        while len(received) < wanted:
+            received.extend(theirs.recv(wanted - len(received)))
+
+    def calls() -> list[tuple[int, int]]:
+        frames, data = [], bytes(received)
+        while data:
+            (length,) = HEADER.unpack_from(data)
+            one = lane_pb2.LaneFrame.FromString(data[4 : 4 + length])
+            frames.append((one.call, len(one.message)))
+            data = data[4 + length :]
+        return frames
+
+    assert thread_writes(frame(1, 10))
+    # The loop's write leaves bytes in the transport; the client then reads
+    # what the socket holds, the loop not having run since: the socket has
+    # room, the transport still has bytes to send. A thread does not write
+    # before them, even when, from its thread, the transport's buffer looks
+    # empty (Python 3.12's transports take a chunk out of it while the
+    # socket sends it).
+    connection._write(frame(2, 600_000))
+    unsent = transport.get_write_buffer_size()
+    assert unsent > 0
+    read(len(frame(1, 10)) + len(frame(2, 600_000)) - unsent)
+    transport.get_write_buffer_size = lambda: 0  # type: ignore[method-assign]
+    assert not thread_writes(frame(3, 10))
+    del transport.get_write_buffer_size
+    await asyncio.to_thread(read, unsent)
+    # Once the loop's next write leaves nothing unsent, threads write again.
+    connection._write(frame(4, 10))
+    assert thread_writes(frame(5, 10))
+    await asyncio.to_thread(read, len(frame(4, 10)) + len(frame(5, 10)))
+    assert calls() == [(1, 10), (2, 600_000), (4, 10), (5, 10)]
+    connection.close()
+    theirs.close()
 
 
 async def test_a_call_whose_later_is_over_already_ends_at_once() -> None:

@@ -270,6 +270,15 @@ class _Connection(asyncio.Protocol):
         # not write of a frame, which goes out before anything else.
         self._fd = -1
         self._rest: list[bytes] | None = None
+        # Whether the transport held bytes it had not yet sent when the loop
+        # last wrote to it: set on the loop, read by those threads, which
+        # must not write before such bytes. Only the loop reads the
+        # transport's buffer: the loop drains it outside of our lock, and a
+        # thread reading it meanwhile may see it empty while a chunk is
+        # between the buffer and the socket (Python 3.12's transports).
+        # Once drained it stays set until the loop writes again: a thread's
+        # answer then waits for the loop, which writes it and looks again.
+        self._backlog = False
         self.calls: dict[int, LaneContext | _Pending] = {}
         self.deadlines = _Deadlines(self._loop)
 
@@ -295,6 +304,11 @@ class _Connection(asyncio.Protocol):
             call.stop(None)
         self.calls.clear()
         self._resume()
+
+    def eof_received(self) -> None:
+        # The transport closes itself on return (the client sends no more).
+        with self.write_lock:
+            self._hand_rest_over()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -513,6 +527,7 @@ class _Connection(asyncio.Protocol):
                 self._rest.append(data)
             elif self._transport is not None:
                 self._transport.write(data)
+                self._backlog = self._transport.get_write_buffer_size() > 0
 
     def write_from_thread(self, data: bytes) -> bool:
         """Writes the frame `data` from a worker thread, now, unless something
@@ -527,8 +542,8 @@ class _Connection(asyncio.Protocol):
             transport is None
             or self._fd < 0
             or self._rest is not None
+            or self._backlog
             or transport.is_closing()
-            or transport.get_write_buffer_size()
         ):
             return False
         try:
@@ -545,9 +560,16 @@ class _Connection(asyncio.Protocol):
 
     def _write_rest(self) -> None:
         with self.write_lock:
-            rest, self._rest = self._rest, None
-            if rest and self._transport is not None:
-                self._transport.write(b"".join(rest))
+            self._hand_rest_over()
+
+    def _hand_rest_over(self) -> None:
+        """On the loop, holding `write_lock`: the rest of a thread's frame, and
+        the frames that wait for it, to the transport (which sends what it
+        has been given before it closes)."""
+        rest, self._rest = self._rest, None
+        if rest and self._transport is not None:
+            self._transport.write(b"".join(rest))
+            self._backlog = self._transport.get_write_buffer_size() > 0
 
     async def drained(self) -> None:
         """Returns once the socket takes more (at once, unless the client reads slowly)."""
@@ -563,8 +585,13 @@ class _Connection(asyncio.Protocol):
             drained.set_result(None)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        with self.write_lock:
+            # A thread's frame cut short is finished first, not torn: a
+            # closing transport drops what it is given after `close`.
+            self._hand_rest_over()
+            transport = self._transport
+        if transport is not None:
+            transport.close()
 
 
 class _ProtocolError(Exception):
