@@ -60,10 +60,15 @@ defmodule SynapseCore.Native do
   def run_stream_start_dirty(_channel, _tag, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  # outcome: {:ok, term} | {:retry, message}; the dirty twin for large ones
-  def run_tool_result(_handle, _request_id, _outcome), do: :erlang.nif_error(:nif_not_loaded)
+  # A tool request's claim: the first run_tool_result given it answers.
+  def run_tool_claim, do: :erlang.nif_error(:nif_not_loaded)
 
-  def run_tool_result_dirty(_handle, _request_id, _outcome),
+  # outcome: {:ok, term} | {:retry, message}; :ok | :claimed | {:error, error};
+  # the dirty twin for large ones
+  def run_tool_result(_handle, _request_id, _outcome, _claim),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def run_tool_result_dirty(_handle, _request_id, _outcome, _claim),
     do: :erlang.nif_error(:nif_not_loaded)
 
   def run_ack(_handle, _count), do: :erlang.nif_error(:nif_not_loaded)

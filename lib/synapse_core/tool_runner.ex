@@ -9,8 +9,10 @@ defmodule SynapseCore.ToolRunner do
   # start the call (a tool round trip is a handful of process wake-ups, each
   # of which a sleeping scheduler pays for). Whoever claims a call first
   # answers it, exactly once: the call with its outcome, or the runner when
-  # the tool's timeout passes or the call's process dies (its `:atomics`
-  # claim). The runner stops when the run is over or its owner exits,
+  # the tool's timeout passes or the call's process dies. The claim is
+  # taken by the NIF that sends the answer (`Native.run_tool_result`), so a
+  # claim taken is an answer sent: a process killed while it answers has
+  # answered. The runner stops when the run is over or its owner exits,
   # killing any call still running (and, should the runner itself be
   # killed, its links take the calls with it): the run's deadline ends the
   # run in Python (which then answers what it did), and so the calls it was
@@ -64,8 +66,9 @@ defmodule SynapseCore.ToolRunner do
     receive do
       {:attach, handle, tag} ->
         # The calls are linked to the runner: the runner's end, however it
-        # comes, is theirs. Its supervisor (its only other link) stopping it
-        # arrives as a message, and stops it.
+        # comes, is theirs. Its supervisor (its only link so far) stopping
+        # it arrives as a message, and stops it.
+        {:links, parents} = Process.info(self(), :links)
         Process.flag(:trap_exit, true)
         tools = Map.new(config.tools, &{&1.name, &1})
         approvals = Approval.state(config.approver, config.approval_timeout)
@@ -76,6 +79,7 @@ defmodule SynapseCore.ToolRunner do
           handle: handle,
           tag: tag,
           owner: owner,
+          parents: parents,
           calls: %{},
           approvals: approvals
         })
@@ -96,9 +100,17 @@ defmodule SynapseCore.ToolRunner do
       {:EXIT, pid, reason} when is_map_key(state.calls, pid) ->
         state |> exited(pid, reason) |> loop()
 
-      {:EXIT, _supervisor, reason} ->
-        stop_calls(state)
-        exit(reason)
+      {:EXIT, pid, reason} ->
+        # From its supervisor: it stops. From a process that code running
+        # here linked (a `:telemetry` handler's Task, say): no concern of
+        # the run's if it ended normally; if it crashed, it takes the
+        # runner down, as its link would without the trap.
+        if reason != :normal or pid in state.parents do
+          stop_calls(state)
+          exit(reason)
+        end
+
+        loop(state)
 
       {:call_timeout, pid, ms} when is_map_key(state.calls, pid) ->
         state |> timed_out(pid, ms) |> loop()
@@ -166,8 +178,13 @@ defmodule SynapseCore.ToolRunner do
           deps: state.config.deps
         }
 
-        claim = :atomics.new(1, [])
-        call = %{handle: state.handle, request_id: request_id, name: name, claim: claim}
+        call = %{
+          handle: state.handle,
+          request_id: request_id,
+          name: name,
+          claim: Native.run_tool_claim()
+        }
+
         # As a Task would: the caller chain reaches the tool (ownership-based
         # test helpers, such as database sandboxes, follow it).
         callers = [self() | Process.get(:"$callers", [])]
@@ -178,7 +195,8 @@ defmodule SynapseCore.ToolRunner do
 
       :error ->
         outcome = {:retry, "There is no tool named #{inspect(name)}."}
-        answer(state.handle, request_id, name, outcome)
+        call = %{handle: state.handle, request_id: request_id, name: name}
+        answer(Map.put(call, :claim, Native.run_tool_claim()), outcome)
         report(span, outcome)
         state
     end
@@ -189,13 +207,10 @@ defmodule SynapseCore.ToolRunner do
     Process.put(:"$callers", callers)
     outcome = execute(tool, args, context)
 
-    if claimed?(call) do
-      answer(call.handle, call.request_id, call.name, outcome)
+    if answer(call, outcome) == :ok do
       send(runner, {:synapse_tool_answered, self(), outcome})
     end
   end
-
-  defp claimed?(%{claim: claim}), do: :atomics.compare_exchange(claim, 1, 0, 1) == :ok
 
   defp report(span, {:ok, _value}), do: Telemetry.stop([:synapse, :tool], :stop, span, %{})
 
@@ -216,14 +231,14 @@ defmodule SynapseCore.ToolRunner do
     state = %{state | calls: calls}
 
     # A tool's own raise or throw is an outcome (a retry): this is an exit
-    # signal from elsewhere. Should it have come between the call's claim
-    # and its telling the runner, its answer may have gone out already: a
-    # second one for the same request is ignored in Python, where none
-    # would leave the run waiting.
+    # signal from elsewhere. Should it have come after the call answered
+    # (before it told the runner), the claim keeps this answer from going
+    # out too.
     if not call.settled do
       Process.cancel_timer(call.timer)
-      outcome = {:retry, "The tool crashed: #{Exception.format_exit(reason)}"}
-      answer(state.handle, call.request_id, call.name, outcome)
+      Logger.warning("tool #{call.name}: its process exited: " <> format_exit(reason))
+      outcome = {:retry, "The tool crashed: #{crash_text(reason)}"}
+      answer(call, outcome)
       report(call.span, outcome)
     end
 
@@ -232,11 +247,10 @@ defmodule SynapseCore.ToolRunner do
 
   defp timed_out(state, pid, ms) do
     call = Map.fetch!(state.calls, pid)
+    outcome = {:retry, "The tool did not answer within #{ms} ms."}
 
-    if not call.settled and claimed?(call) do
+    if not call.settled and answer(call, outcome) == :ok do
       Process.exit(pid, :kill)
-      outcome = {:retry, "The tool did not answer within #{ms} ms."}
-      answer(state.handle, call.request_id, call.name, outcome)
       report(call.span, outcome)
       put_in(state.calls[pid].settled, true)
     else
@@ -245,14 +259,12 @@ defmodule SynapseCore.ToolRunner do
     end
   end
 
-  # Every outcome reaches the model: one the NIF refuses (a value with no
-  # JSON form, anything over the message size limit) is replaced by a short
+  # Answers the call, unless it was answered already (`:claimed`). Every
+  # outcome reaches the model: one the NIF refuses (a value with no JSON
+  # form, anything over the message size limit) is replaced by a short
   # retry prompt that says why.
-  defp answer(handle, request_id, name, outcome) do
-    case send_result(handle, request_id, outcome) do
-      :ok ->
-        :ok
-
+  defp answer(call, outcome) do
+    case send_result(call, outcome) do
       {:error, %Error{message: message}} ->
         what =
           case outcome do
@@ -260,18 +272,48 @@ defmodule SynapseCore.ToolRunner do
             {:retry, _} -> "error message"
           end
 
-        Logger.warning("tool #{name}: its #{what} cannot be sent to the model: #{message}")
+        Logger.warning("tool #{call.name}: its #{what} cannot be sent to the model: #{message}")
         retry = {:retry, "The tool's #{what} cannot be sent (#{message})."}
-        :ok = Native.run_tool_result(handle, request_id, retry)
+        Native.run_tool_result(call.handle, call.request_id, retry, call.claim)
+
+      answered ->
+        answered
     end
   end
 
   # The NIF encodes the outcome as JSON, on a dirty scheduler only when it
   # is not surely small (see SynapseCore.JSON).
-  defp send_result(handle, request_id, outcome) do
+  defp send_result(%{handle: handle, request_id: id, claim: claim}, outcome) do
     if SynapseCore.JSON.small?(outcome),
-      do: Native.run_tool_result(handle, request_id, outcome),
-      else: Native.run_tool_result_dirty(handle, request_id, outcome)
+      do: Native.run_tool_result(handle, id, outcome, claim),
+      else: Native.run_tool_result_dirty(handle, id, outcome, claim)
+  end
+
+  # What the model is told of a call's process that an exit signal ended:
+  # an exception's message, never its stacktrace (whose top frame may hold
+  # the arguments of the failing call); the rest is for the log.
+  defp crash_text({reason, [{_, _, _, _} | _] = stacktrace}) do
+    exception = Exception.normalize(:error, reason, stacktrace)
+    "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
+  end
+
+  defp crash_text(reason) when is_atom(reason), do: Exception.format_exit(reason)
+  defp crash_text(_reason), do: "its process exited (the reason is in the application's log)"
+
+  # An exit reason for the log, with arities for the arguments in its stacktrace.
+  defp format_exit({reason, [{_, _, _, _} | _] = stacktrace}),
+    do: Exception.format_exit({reason, arities(stacktrace)})
+
+  defp format_exit(reason), do: Exception.format_exit(reason)
+
+  defp arities(stacktrace) do
+    Enum.map(stacktrace, fn
+      {module, function, args, location} when is_list(args) ->
+        {module, function, length(args), location}
+
+      entry ->
+        entry
+    end)
   end
 
   defp stop_calls(state) do
@@ -330,7 +372,8 @@ defmodule SynapseCore.ToolRunner do
       end
 
     Logger.warning(
-      "tool #{tool.name} raised: " <> text <> "\n" <> Exception.format_stacktrace(stacktrace)
+      "tool #{tool.name} raised: " <>
+        text <> "\n" <> Exception.format_stacktrace(arities(stacktrace))
     )
 
     {:retry, "The tool failed: #{text}"}

@@ -3,6 +3,7 @@ defmodule SynapseCore.ToolsTest do
   use ExUnit.Case, async: true
   use SynapseCore.Transports
 
+  import ExUnit.CaptureLog, only: [with_log: 1]
   import SynapseCore.TestHelpers
 
   alias SynapseCore.{Agent, Error, Result, TestTools, Tool}
@@ -170,6 +171,87 @@ defmodule SynapseCore.ToolsTest do
 
       assert output =~ ~s("retry": "The tool crashed: killed")
       assert output =~ ~s("retry": "The tool crashed: normal")
+    end
+
+    test "a tool's process killed as it answers is answered once", %{name: name} do
+      # A large result is encoded on a dirty scheduler, which takes a while:
+      # the linked process crashes meanwhile, and the runner hears of the
+      # call's end while the encoding goes on. Either answer may be the one
+      # (the result, or "crashed"), never both.
+      payload = Enum.to_list(1..200_000)
+
+      linked =
+        tool("linked", fn _ ->
+          spawn_link(fn ->
+            Process.sleep(100)
+            exit(:helper_failed)
+          end)
+
+          {:ok, payload}
+        end)
+
+      # Keeps the run going, for a second answer to reach Python (which would
+      # say it ignores it).
+      slow =
+        tool("slow", fn _ ->
+          Process.sleep(2_000)
+          {:ok, "slow"}
+        end)
+
+      prompt = script([call("linked", %{"a" => 1}), call("slow", %{"a" => 2})])
+
+      {result, log} =
+        with_log(fn -> Agent.run_sync(name, prompt, tools: [linked, slow], timeout: 30_000) end)
+
+      assert {:ok, %Result{output: output}} = result
+      assert output =~ ~s("content": "slow")
+      refute log =~ "ignoring a tool_result"
+    end
+
+    test "a crash's stacktrace, and the arguments in it, are not the model's to see",
+         %{name: name} do
+      linked =
+        tool("linked", fn _ ->
+          spawn_link(fn ->
+            connect = fn %{connected: true} -> :ok end
+            connect.(%{connected: false, api_key: "sk-SECRET-123"})
+          end)
+
+          Process.sleep(:infinity)
+        end)
+
+      prompt = script([call("linked", %{"a" => 1})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [linked])
+
+      assert output =~
+               ~s|"retry": "The tool crashed: ** (FunctionClauseError) no function clause matching|
+
+      refute output =~ "sk-SECRET-123"
+    end
+
+    test "a process that code in the runner links, and that ends, is no concern of the run",
+         %{name: name} do
+      # A :telemetry handler runs where its event is emitted: for a tool's
+      # start, in the run's tool runner, whose mailbox gets the exit of the
+      # Task the handler awaits.
+      id = {__MODULE__, make_ref()}
+
+      handler = fn _event, _measurements, metadata, _config ->
+        if metadata.agent == name, do: Task.await(Task.async(fn -> :exported end))
+      end
+
+      :ok = :telemetry.attach(id, [:synapse, :tool, :start], handler, nil)
+      on_exit(fn -> :telemetry.detach(id) end)
+
+      slow =
+        tool("slow", fn _ ->
+          Process.sleep(300)
+          {:ok, "done"}
+        end)
+
+      prompt = script([call("slow", %{"a" => 1})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [slow])
+      assert output =~ ~s("content": "done")
     end
 
     test "a tool sees its run's caller among its $callers, as in a Task", %{name: name} do

@@ -23,6 +23,7 @@ rustler::atoms! {
     unary,
     stream,
     retry,
+    claimed,
     id,
     args,
     content,

@@ -1,8 +1,9 @@
 //! Agent runs: `SynapseCore.Agent.run/3` and `run_sync/3` (one reply) and
 //! `run_stream/3` (events, then one final message).
 
-use rustler::{Atom, Encoder, Env, LocalPid, NifMap, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifMap, Resource, ResourceArc, Term};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use synapse_client::proto::{
@@ -139,21 +140,45 @@ fn run_stream_start_dirty<'a>(
     start_stream(env, channel, tag, request, options)
 }
 
-/// Answers a tool request of a run: `{:ok, value}` (sent to the model as
-/// JSON) or `{:retry, message}` (sent back to the model as a retry prompt).
-/// Returns `{:error, error}`, and sends nothing, when the value has no JSON
-/// form, the message is not UTF-8, or either is over the channel's
-/// `max_message_bytes`: the runner then answers a retry prompt saying so.
-/// Never raises on the outcome, whatever it holds. For small outcomes
-/// (`SynapseCore.ToolRunner` tells); `run_tool_result_dirty` takes the others.
+/// A tool request's claim: whoever answers it first, through
+/// [`run_tool_result`], takes it, and only they answer. Taken inside the NIF
+/// that sends the answer, so that a claim taken is an answer sent: a process
+/// cannot be stopped between the two (an exit signal waits for a NIF to
+/// return, a dirty one included).
+pub struct ToolClaim {
+    taken: AtomicBool,
+}
+
+#[rustler::resource_impl]
+impl Resource for ToolClaim {}
+
+/// A new claim, for one tool request.
+#[rustler::nif]
+fn run_tool_claim() -> ResourceArc<ToolClaim> {
+    ResourceArc::new(ToolClaim {
+        taken: AtomicBool::new(false),
+    })
+}
+
+/// Answers a tool request of a run, unless its `claim` was taken:
+/// `{:ok, value}` (sent to the model as JSON) or `{:retry, message}` (sent
+/// back to the model as a retry prompt). Returns `:ok` once sent, `:claimed`
+/// (nothing sent) when the request was answered already, or
+/// `{:error, error}` (nothing sent, the claim left untaken) when the value
+/// has no JSON form, the message is not UTF-8, or either is over the
+/// channel's `max_message_bytes`: the runner then answers a retry prompt
+/// saying so. Never raises on the outcome, whatever it holds. For small
+/// outcomes (`SynapseCore.ToolRunner` tells); `run_tool_result_dirty` takes
+/// the others.
 #[rustler::nif]
 fn run_tool_result<'a>(
     env: Env<'a>,
     handle: ResourceArc<CallHandle>,
     request_id: String,
     outcome: Term<'a>,
+    claim: ResourceArc<ToolClaim>,
 ) -> Term<'a> {
-    tool_result(env, &handle, request_id, outcome)
+    tool_result(env, &handle, request_id, outcome, &claim)
 }
 
 /// `run_tool_result` on a dirty scheduler: encoding a large outcome may take
@@ -164,8 +189,9 @@ fn run_tool_result_dirty<'a>(
     handle: ResourceArc<CallHandle>,
     request_id: String,
     outcome: Term<'a>,
+    claim: ResourceArc<ToolClaim>,
 ) -> Term<'a> {
-    tool_result(env, &handle, request_id, outcome)
+    tool_result(env, &handle, request_id, outcome, &claim)
 }
 
 fn tool_result<'a>(
@@ -173,17 +199,22 @@ fn tool_result<'a>(
     handle: &CallHandle,
     request_id: String,
     outcome: Term<'a>,
+    claim: &ToolClaim,
 ) -> Term<'a> {
-    match tool_outcome(outcome, handle.max_message_bytes) {
-        Ok(outcome) => {
-            handle.send_input(run_input::Input::ToolResult(ToolResult {
-                request_id,
-                outcome: Some(outcome),
-            }));
-            atoms::ok().encode(env)
-        }
-        Err(error) => (atoms::error(), NifError(error)).encode(env),
+    // Encoded first: a refused outcome leaves the claim to the answer that
+    // replaces it.
+    let outcome = match tool_outcome(outcome, handle.max_message_bytes) {
+        Ok(outcome) => outcome,
+        Err(error) => return (atoms::error(), NifError(error)).encode(env),
+    };
+    if claim.taken.swap(true, Ordering::AcqRel) {
+        return atoms::claimed().encode(env);
     }
+    handle.send_input(run_input::Input::ToolResult(ToolResult {
+        request_id,
+        outcome: Some(outcome),
+    }));
+    atoms::ok().encode(env)
 }
 
 fn tool_outcome(
