@@ -214,9 +214,8 @@ async def test_streamed_responses_wait_for_credit(lane: tuple[Worker, LaneClient
     assert rest[-1].status.code == 0
 
 
-async def test_a_run_with_client_tools_over_the_lane(lane: tuple[Worker, LaneClient]) -> None:
-    _, client = lane
-    await load(client, "calling", "calling_agent")
+def _start_lookup_run(client: LaneClient) -> int:
+    """Starts a Run of `calling_agent` whose model calls the client tool `lookup` once."""
     call = client.start(RUN, credit=100)
     prompt = json.dumps({"calls": [{"name": "lookup", "args": {"id": 7}}]})
     start = agent_pb2.RunRequest(
@@ -228,6 +227,55 @@ async def test_a_run_with_client_tools_over_the_lane(lane: tuple[Worker, LaneCli
     client.send(
         lane_pb2.LaneFrame(call=call, message=agent_pb2.RunInput(start=start).SerializeToString())
     )
+    return call
+
+
+async def _last_event(client: LaneClient, call: int) -> agent_pb2.RunEvent:
+    """The Run's last event, once its status says it ended well."""
+    frames = [await asyncio.wait_for(client.next(call), 10)]
+    while frames[-1].WhichOneof("body") == "message":
+        frames.append(await asyncio.wait_for(client.next(call), 10))
+    assert frames[-1].status.code == 0, frames[-1]
+    return agent_pb2.RunEvent.FromString(frames[-2].message)
+
+
+async def test_a_run_whose_client_breaks_off_ends_rather_than_waits(
+    lane: tuple[Worker, LaneClient],
+) -> None:
+    _, client = lane
+    await load(client, "calling", "calling_agent")
+
+    # A half-close read with the start, before the run has its tools: a
+    # client tool it calls then fails the run, as on gRPC.
+    call = _start_lookup_run(client)
+    client.send(lane_pb2.LaneFrame(call=call, half_close=True))
+    last = await _last_event(client, call)
+    assert last.WhichOneof("event") == "failure", last
+    assert "half-closed" in last.failure.error.message
+
+    # A tool result nested too deep for Python's JSON parser, or a message
+    # that does not parse: the run fails INVALID_ARGUMENT, whatever follows.
+    for broken in ("deep", "corrupt"):
+        call = _start_lookup_run(client)
+        frame = await client.next(call)
+        request = agent_pb2.RunEvent.FromString(frame.message).tool_request
+        if broken == "deep":
+            deep = b"[" * 100_000 + b"]" * 100_000
+            result = agent_pb2.ToolResult(request_id=request.request_id, return_json=deep)
+            message = agent_pb2.RunInput(tool_result=result).SerializeToString()
+        else:
+            message = b"\xff\xff\xff"
+        client.send(lane_pb2.LaneFrame(call=call, message=message))
+        client.send(lane_pb2.LaneFrame(call=call, half_close=True))
+        last = await _last_event(client, call)
+        assert last.WhichOneof("event") == "failure", last
+        assert last.failure.error.kind == agent_pb2.ERROR_KIND_INVALID_ARGUMENT, (broken, last)
+
+
+async def test_a_run_with_client_tools_over_the_lane(lane: tuple[Worker, LaneClient]) -> None:
+    _, client = lane
+    await load(client, "calling", "calling_agent")
+    call = _start_lookup_run(client)
     frame = await client.next(call)
     event = agent_pb2.RunEvent.FromString(frame.message)
     assert event.WhichOneof("event") == "tool_request"
@@ -239,11 +287,7 @@ async def test_a_run_with_client_tools_over_the_lane(lane: tuple[Worker, LaneCli
         )
     )
     client.send(lane_pb2.LaneFrame(call=call, half_close=True))
-    frames = [await client.next(call)]
-    while frames[-1].WhichOneof("body") == "message":
-        frames.append(await client.next(call))
-    assert frames[-1].status.code == 0, frames[-1]
-    last = agent_pb2.RunEvent.FromString(frames[-2].message)
+    last = await _last_event(client, call)
     assert last.WhichOneof("event") == "result"
     assert json.loads(last.result.text) == [{"name": "lookup", "content": "found"}]
 
@@ -478,7 +522,11 @@ async def test_a_handler_can_take_its_requests_in_the_callback_that_reads_them(
                 raise RuntimeError("deliver broke")
             taken.append((call, request))
 
-        stop = context.hand_requests_to(deliver, lambda: taken.append((call, "closed")))
+        stop = context.hand_requests_to(
+            deliver,
+            lambda: taken.append((call, "closed")),
+            lambda exc: taken.append((call, f"broken: {exc}")),
+        )
         await release.wait()
         stop()
         rest = []
@@ -515,11 +563,11 @@ async def test_a_handler_can_take_its_requests_in_the_callback_that_reads_them(
     connection.data_received(frames((3, "half_close", True)))
     assert taken[4:] == [(3, "closed")]
     # A request that does not deserialize, or that `deliver` raises on, stops
-    # the handing over (logged); the connection and the other calls go on,
-    # and what comes next waits for `read`.
+    # the handing over (logged), and the handler is told; the connection and
+    # the other calls go on, and what comes next waits for `read`.
     connection.data_received(frames((1, "message", b"bad"), (1, "message", b"f")))
     connection.data_received(frames((2, "message", b"raise"), (2, "message", b"g")))
-    assert taken[5:] == []
+    assert taken[5:] == [(1, "broken: not a request"), (2, "broken: deliver broke")]
     assert "a request that does not deserialize: not a request" in caplog.text
     assert "handing over a request or the half-close failed" in caplog.text
     assert "deliver broke" in caplog.text
@@ -548,7 +596,7 @@ async def test_a_handler_can_take_its_requests_in_the_callback_that_reads_them(
         2: b"g,i",
         3: b"",
     }
-    assert taken[5:] == []
+    assert len(taken) == 7  # nothing handed over after the handler stopped it
     assert not connection.calls
 
 

@@ -188,7 +188,9 @@ class ClientTools:
             case "return_json":
                 try:
                     value = json.loads(result.return_json)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                # Nested too deep for the parser (RecursionError): not valid
+                # JSON to Python either.
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                     raise _errors.invalid_argument(
                         f"the tool_result for request {result.request_id!r}: "
                         f"return_json is not valid JSON: {exc}",

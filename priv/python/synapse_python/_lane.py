@@ -84,6 +84,9 @@ LaneStatus = lane_pb2.LaneStatus
 Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
 
+_Consumer = tuple[Callable[[Any], None], Callable[[], None], Callable[[Exception], None]]
+"""Who takes a call's requests as they are read: see `LaneContext.hand_requests_to`."""
+
 AtOnce = Callable[[Any], Any]
 """Answers a unary call without waiting: its request to the response; or to a
 `Later` of it, when the work goes on elsewhere (a worker thread: no task waits
@@ -757,7 +760,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self._cancel_status: tuple[grpc.StatusCode, str] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         # Who takes the requests as they are read (`hand_requests_to`), if anyone.
-        self._consumer: tuple[Callable[[Any], None], Callable[[], None]] | None = None
+        self._consumer: _Consumer | None = None
         self.task: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
@@ -794,18 +797,23 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         self._wake()
 
     def hand_requests_to(
-        self, deliver: Callable[[Any], None], closed: Callable[[], None]
+        self,
+        deliver: Callable[[Any], None],
+        closed: Callable[[], None],
+        broken: Callable[[Exception], None],
     ) -> Callable[[], None]:
         """Hands each request still to come to `deliver`, and the client's
         half-close to `closed`, in the callback that reads it: what a task
         looping on `read` would do, without the task and its wake-up per
         request. Returns what stops it (requests then wait for `read`).
 
-        The first exception stops it too: a request that does not
-        deserialize (the client broke the protocol), or one `deliver` or
-        `closed` raises (they are meant to handle their own); both logged.
+        The first exception stops it too, and is handed to `broken`, whose
+        handler is the one to end the call (nothing will come from its
+        client any more): a request that does not deserialize (the client
+        broke the protocol), or one `deliver` or `closed` raises (they are
+        meant to handle their own); both logged.
         """
-        consumer = self._consumer = (deliver, closed)
+        consumer = self._consumer = (deliver, closed, broken)
         while self._inputs and self._consumer is consumer:
             message = self._inputs.popleft()
             if message is None:
@@ -816,10 +824,8 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
     def _stop_consuming(self) -> None:
         self._consumer = None
 
-    def _consume(
-        self, consumer: tuple[Callable[[Any], None], Callable[[], None]], message: bytes | None
-    ) -> None:
-        deliver, closed = consumer
+    def _consume(self, consumer: _Consumer, message: bytes | None) -> None:
+        deliver, closed, broken = consumer
         try:
             if message is None:
                 self._consumer = None
@@ -830,13 +836,19 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
             try:
                 request = self._handler.request_deserializer(message)
             except Exception as exc:
-                self._consumer = None
                 logger.warning("%s: a request that does not deserialize: %s", self._method, exc)
+                failure = exc
+            else:
+                deliver(request)
                 return
-            deliver(request)
-        except Exception:
-            self._consumer = None
+        except Exception as exc:
             logger.exception("%s: handing over a request or the half-close failed", self._method)
+            failure = exc
+        self._consumer = None
+        try:
+            broken(failure)
+        except Exception:
+            logger.exception("%s: telling the handler its requests broke failed", self._method)
 
     def credited(self, count: int) -> None:
         self._credit += count

@@ -76,6 +76,9 @@ class Run:
         self._cancellation = CancellationToken()
         # Why the run must stop, when the client broke the protocol mid-run.
         self._protocol_error: _errors.SynapseError | None = None
+        # The client half-closed before the run had its tools and approvals
+        # (its half-close read with its start): they start closed.
+        self._input_closed = False
         self.done = False
 
     @property
@@ -110,6 +113,8 @@ class Run:
         if request.inline_approvals:
             self._approvals = _approvals.InlineApprovals(self._send)
             arguments["capabilities"] = [self._approvals.capability]
+        if self._input_closed:
+            self.input_closed()  # nothing is pending yet: later requests fail
         relay = None if self._quiet else _events.EventRelay(self._send, frozenset(request.events))
         if relay is not None:
             arguments["event_stream_handler"] = relay.handle
@@ -140,7 +145,9 @@ class Run:
         """Hand the run a message the client sent after `start`.
 
         A message that breaks the protocol (another `start`, an empty one, a
-        malformed `tool_result`) stops the run with INVALID_ARGUMENT.
+        malformed `tool_result`) stops the run with INVALID_ARGUMENT; one
+        that could not be handled otherwise, with what went wrong: either
+        way the run ends, and does not wait for what will not come.
         """
         kind = message.WhichOneof("input")
         try:
@@ -159,9 +166,22 @@ class Run:
                     )
         except _errors.SynapseError as error:
             self.fail(error)
+        except Exception as exc:
+            logger.exception("handling a Run's %s failed", kind)
+            self.fail(_errors.from_run_exception(exc))
+
+    def broken(self, exc: Exception) -> None:
+        """The client's messages can no longer be read (one did not parse):
+        nothing it sends will reach the run, which stops with INVALID_ARGUMENT."""
+        self.fail(
+            _errors.invalid_argument(
+                f"a RunInput could not be read: {_errors.type_name(exc)}: {exc}", cause=exc
+            )
+        )
 
     def input_closed(self) -> None:
         """The client will send nothing more: requests can no longer be answered."""
+        self._input_closed = True
         try:
             for pending in (self._tools, self._approvals):
                 if pending is not None:

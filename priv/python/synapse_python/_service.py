@@ -218,7 +218,7 @@ def _hand_inputs(context: grpc.aio.ServicerContext, run: _run.Run) -> Callable[[
     gRPC, a task reads them (`_read_run_inputs`).
     """
     if isinstance(context, _lane.LaneContext):
-        return context.hand_requests_to(run.deliver, run.input_closed)
+        return context.hand_requests_to(run.deliver, run.input_closed, run.broken)
     inputs = asyncio.create_task(_read_run_inputs(context, run), name="synapse-run-inputs")
     return inputs.cancel
 
