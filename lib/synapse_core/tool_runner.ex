@@ -13,8 +13,10 @@ defmodule SynapseCore.ToolRunner do
   # taken by the NIF that sends the answer (`Native.run_tool_result`), so a
   # claim taken is an answer sent: a process killed while it answers has
   # answered. The runner stops when the run is over or its owner exits,
-  # killing any call still running (and, should the runner itself be
-  # killed, its links take the calls with it): the run's deadline ends the
+  # killing any call still running. Should the runner itself be killed, its
+  # links take the calls with it, and a call that traps exits (its tool set
+  # the flag) is killed by the run's reaper, a process that monitors the
+  # runner and knows its calls (each tells it first thing): the run's deadline ends the
   # run in Python (which then answers what it did), and so the calls it was
   # waiting for. A run with an :approver has a runner too, which asks the
   # approver about each call needing approval and takes its decisions
@@ -80,6 +82,7 @@ defmodule SynapseCore.ToolRunner do
           tag: tag,
           owner: owner,
           parents: parents,
+          reaper: nil,
           calls: %{},
           approvals: approvals
         })
@@ -188,7 +191,15 @@ defmodule SynapseCore.ToolRunner do
         # As a Task would: the caller chain reaches the tool (ownership-based
         # test helpers, such as database sandboxes, follow it).
         callers = [self() | Process.get(:"$callers", [])]
-        pid = spawn_link(fn -> run_call(tool, request.args, context, call, callers) end)
+        state = with_reaper(state)
+        reaper = state.reaper
+
+        pid =
+          spawn_link(fn ->
+            send(reaper, {:call, self()})
+            run_call(tool, request.args, context, call, callers)
+          end)
+
         ms = tool.timeout
         timer = Process.send_after(self(), {:call_timeout, pid, ms}, ms)
         put_in(state.calls[pid], Map.merge(call, %{timer: timer, span: span, settled: false}))
@@ -199,6 +210,43 @@ defmodule SynapseCore.ToolRunner do
         answer(Map.put(call, :claim, Native.run_tool_claim()), outcome)
         report(span, outcome)
         state
+    end
+  end
+
+  # The run's reaper, started with its first call: when the runner goes,
+  # however it goes, it kills the calls that told it they run (a call that
+  # traps exits outlives its link to a killed runner). A call tells it before
+  # any of its tool's code runs, so before it can trap exits: one killed
+  # with the runner before then dies with its link.
+  defp with_reaper(%{reaper: nil} = state) do
+    runner = self()
+
+    reaper =
+      spawn(fn ->
+        runner = Process.monitor(runner)
+        reap(runner, [])
+      end)
+
+    %{state | reaper: reaper}
+  end
+
+  defp with_reaper(state), do: state
+
+  defp reap(runner, calls) do
+    receive do
+      {:call, pid} ->
+        reap(runner, [pid | calls])
+
+      {:DOWN, ^runner, :process, _, _} ->
+        Enum.each(calls ++ told_meanwhile(), &Process.exit(&1, :kill))
+    end
+  end
+
+  defp told_meanwhile do
+    receive do
+      {:call, pid} -> [pid | told_meanwhile()]
+    after
+      0 -> []
     end
   end
 

@@ -288,6 +288,25 @@ defmodule SynapseCore.ToolsTest do
       assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
     end
 
+    test "a tool that traps exits dies with its killed runner all the same", %{name: name} do
+      test = self()
+
+      stuck =
+        tool("stuck", fn _ ->
+          Process.flag(:trap_exit, true)
+          send(test, {:stuck, self(), Process.get(:"$callers")})
+          Process.sleep(:infinity)
+        end)
+
+      prompt = script([call("stuck", %{"a" => 1})])
+      caller = Task.async(fn -> Agent.run_sync(name, prompt, tools: [stuck]) end)
+      assert_receive {:stuck, task, [runner | _]}, 10_000
+      on_exit(fn -> Process.exit(task, :kill) end)
+      Process.exit(runner, :kill)
+      eventually(fn -> not Process.alive?(task) end)
+      assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
+    end
+
     test "a result with no JSON form", %{name: name} do
       pid_giver = tool("give_pid", fn _ -> {:ok, self()} end)
       prompt = script([call("give_pid", %{"a" => 1})])
