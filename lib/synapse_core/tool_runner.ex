@@ -191,12 +191,14 @@ defmodule SynapseCore.ToolRunner do
         # As a Task would: the caller chain reaches the tool (ownership-based
         # test helpers, such as database sandboxes, follow it).
         callers = [self() | Process.get(:"$callers", [])]
+        ancestors = [self() | Process.get(:"$ancestors", [])]
         state = with_reaper(state)
         reaper = state.reaper
 
         pid =
           spawn_link(fn ->
             send(reaper, {:call, self()})
+            Process.put(:"$ancestors", ancestors)
             run_call(tool, request.args, context, call, callers)
           end)
 

@@ -254,19 +254,20 @@ defmodule SynapseCore.ToolsTest do
       assert output =~ ~s("content": "done")
     end
 
-    test "a tool sees its run's caller among its $callers, as in a Task", %{name: name} do
+    test "a tool sees its run's caller among its $callers, its runner in $ancestors, as in a Task",
+         %{name: name} do
       test = self()
 
       callers =
         tool("callers", fn _ ->
-          send(test, {:callers, Process.get(:"$callers")})
+          send(test, {:callers, Process.get(:"$callers"), Process.get(:"$ancestors")})
           {:ok, "seen"}
         end)
 
       prompt = script([call("callers", %{"a" => 1})])
       assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [callers])
       assert output =~ ~s("content": "seen")
-      assert_received {:callers, [runner, ^test]}
+      assert_received {:callers, [runner, ^test], [runner | _]}
       assert is_pid(runner) and runner != test
     end
 
