@@ -357,3 +357,106 @@ async def wait_for_async(read: Callable[[], Awaitable[int]], expected: int) -> N
     async with asyncio.timeout(5):
         while await read() != expected:  # noqa: ASYNC110 (polls the health service)
             await asyncio.sleep(0.02)
+
+
+def _one_idle_thread(threads: SyncThreads) -> None:
+    """Waits until the pool has one thread, idle."""
+    assert threads.submit(lambda: None).result(10) is None
+    deadline = time.monotonic() + 10
+    while (threads._threads, threads._idle) != (1, 1) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert (threads._threads, threads._idle) == (1, 1)
+
+
+async def test_calls_put_at_the_same_moment_each_get_a_thread() -> None:
+    # As the lane starts the calls of one read: the second must not count on
+    # the idle thread the first one takes, and wait behind a call that blocks.
+    threads = SyncThreads(max_threads=4)
+    await asyncio.to_thread(_one_idle_thread, threads)
+    release = threading.Event()
+    quick = asyncio.Event()
+    threads.start(release.wait, 30).then(lambda result, failure: None)
+    threads.start(lambda: "quick").then(lambda result, failure: quick.set())
+    try:
+        await asyncio.wait_for(quick.wait(), 5)
+    finally:
+        release.set()
+    assert threads._threads == 2
+
+
+def test_a_call_whose_thread_cannot_start_is_refused_and_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = SyncThreads(max_threads=1)
+    start = threading.Thread.start
+    refused: list[threading.Thread] = []
+    ran: list[str] = []
+
+    def refuse_once(thread: threading.Thread) -> None:
+        if not refused:
+            refused.append(thread)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_once)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        threads.submit(ran.append, "first")
+    # The refused call is not run later, and the pool is not left full.
+    assert threads.submit(lambda: "second").result(5) == "second"
+    assert ran == []
+
+
+def test_on_stuck_hears_the_changes_in_the_order_they_are_made() -> None:
+    heard: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    def on_stuck(stuck: int) -> None:
+        if stuck == 1:
+            # The call returns while the pool tells of it being stuck: its
+            # return is told after.
+            release.set()
+            deadline = time.monotonic() + 0.5
+            while 0 not in heard and time.monotonic() < deadline:
+                time.sleep(0.001)
+        heard.append(stuck)
+
+    threads = SyncThreads(on_stuck=on_stuck)
+    running = threads.submit(blocked)
+    assert started.wait(10)
+    running.cancel()
+    assert running.result(10) == "done"
+    deadline = time.monotonic() + 10
+    while len(heard) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert heard == [1, 0]
+    assert threads.stuck == 0
+
+
+def test_outcomes_for_a_loop_closed_before_it_took_them_are_let_go() -> None:
+    threads = SyncThreads()
+
+    def outcome_for_a_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        returns = threading.Event()
+
+        async def start() -> None:
+            threads.start(returns.wait, 10).then(lambda result, failure: None)
+
+        loop.run_until_complete(start())
+        returns.set()  # the loop no longer runs: the outcome waits for it
+        deadline = time.monotonic() + 10
+        while loop not in threads._outcomes and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert loop in threads._outcomes
+        return loop
+
+    closed = outcome_for_a_loop()
+    closed.close()  # its `_settle_all` never runs
+    other = outcome_for_a_loop()  # the next outcome lets the closed loop's go
+    assert closed not in threads._outcomes
+    other.close()

@@ -7,9 +7,12 @@ function goes on until it returns, forever if it never does. `SyncThreads`
 holds these threads so that they are bounded and counted:
 
 * at most `max_threads` threads run functions; more calls wait for one;
+* a call waits for a thread only when every thread is busy: calls put at the
+  same moment each count on an idle thread of their own, or start one;
 * a thread whose call was abandoned while still running is *stuck* until it
-  returns; `on_stuck` hears of every change of their number, from whichever
-  thread it happens in;
+  returns; `on_stuck` hears of every change of their number, in order, from
+  whichever thread it happens in (under the pool's lock: it must not call
+  the pool);
 * its threads are daemon threads: a stuck one never keeps the worker from
   exiting.
 
@@ -32,9 +35,9 @@ there.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -137,9 +140,15 @@ class SyncThreads(Executor):
         self._max_threads = max_threads
         self._on_stuck = on_stuck
         self._lock = threading.Lock()
-        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        # Signalled for each call put while a thread waits, and at shutdown.
+        self._ready = threading.Condition(self._lock)
+        self._work: collections.deque[_Work] = collections.deque()
         self._threads = 0
+        # Threads waiting for a call, and how many of them a call put since
+        # counts on (signalled, not yet awake): a call counts on an idle
+        # thread only if one is left that no other call counts on.
         self._idle = 0
+        self._wakeups = 0
         self._stuck = 0
         self._shut_down = False
         # Outcomes on their way back to each event loop, handed over in one
@@ -184,43 +193,57 @@ class SyncThreads(Executor):
         return call
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Refuse new calls and let idle threads end; never waits for a stuck one."""
+        """Refuse new calls and let idle threads end (once the calls put
+        before are served); never waits for a stuck one."""
         with self._lock:
             self._shut_down = True
-            threads = self._threads
-        for _ in range(threads):
-            self._work.put(None)
+            self._ready.notify_all()
 
     def _put(self, work: _Work) -> None:
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot run a function after the worker stopped")
-            self._work.put(work)
-            if self._idle == 0 and self._threads < self._max_threads:
+            self._work.append(work)
+            if self._idle > self._wakeups:
+                self._wakeups += 1
+                self._ready.notify()
+            elif self._threads < self._max_threads:
+                thread = threading.Thread(target=self._serve, name="synapse-sync", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    # No thread (the system refused one): nor the call.
+                    self._work.pop()
+                    raise
                 self._threads += 1
-                threading.Thread(target=self._serve, name="synapse-sync", daemon=True).start()
 
     def _serve(self) -> None:
-        while True:
-            with self._lock:
-                self._idle += 1
-            try:
-                work = self._work.get(timeout=_IDLE_TIMEOUT)
-            except queue.Empty:
-                work = None
-            with self._lock:
-                self._idle -= 1
-                if work is None:
-                    # Work put while this thread was deciding to go is still served.
-                    if self._work.empty() or self._shut_down:
-                        self._threads -= 1
-                        return
-                    continue
+        while (work := self._next()) is not None:
             if isinstance(work, _Call):
                 self._call(work)
             else:
                 self._submitted(*work)
             del work
+
+    def _next(self) -> _Work | None:
+        """The next call for this thread, waited for while there is none;
+        None when the thread is to end (idle too long, or the pool shut down)."""
+        with self._lock:
+            while not self._work:
+                if self._shut_down:
+                    break
+                self._idle += 1
+                signalled = self._ready.wait(_IDLE_TIMEOUT)
+                self._idle -= 1
+                # However it woke, it is no longer idle: a call counting on it
+                # is taken by whichever thread looks first.
+                self._wakeups = min(self._wakeups, self._idle)
+                if not signalled and not self._work:
+                    break
+            else:
+                return self._work.popleft()
+            self._threads -= 1
+            return None
 
     def _submitted(
         self,
@@ -266,6 +289,9 @@ class SyncThreads(Executor):
             if outcomes is not None:
                 outcomes.append((call, result, failure))
                 return
+            # Those of a loop closed before it ran `_settle_all` wait for nobody.
+            for closed in [other for other in self._outcomes if other.is_closed()]:
+                del self._outcomes[closed]
             self._outcomes[loop] = [(call, result, failure)]
         try:
             loop.call_soon_threadsafe(self._settle_all, loop)
@@ -304,8 +330,7 @@ class SyncThreads(Executor):
             if not running:
                 return
             self._stuck += 1
-            stuck = self._stuck
-        self._notify(stuck)
+            self._notify()
 
     def _finished(self, work: _ToolFuture | _Call) -> bool:
         """`work` returned: true when nobody waited for it any more (its thread was stuck)."""
@@ -315,13 +340,19 @@ class SyncThreads(Executor):
             if not work.abandoned:
                 return False
             self._stuck -= 1
-            stuck = self._stuck
-        self._notify(stuck)
+            self._notify()
         return True
 
-    def _notify(self, stuck: int) -> None:
-        if self._on_stuck is not None:
-            self._on_stuck(stuck)
+    def _notify(self) -> None:
+        """Tells `on_stuck` the number of stuck threads; under the lock, so
+        that it hears the changes in the order they were made."""
+        if self._on_stuck is None:
+            return
+        try:
+            self._on_stuck(self._stuck)
+        except Exception:
+            # The pool's thread goes on, and so does the call it ran.
+            logger.exception("on_stuck failed")
 
 
 def _settle(waiter: asyncio.Future[Any], result: Any, failure: BaseException | None) -> None:
