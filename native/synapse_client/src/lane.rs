@@ -175,7 +175,7 @@ impl Lane {
         first: Vec<u8>,
         timeout: Option<Duration>,
         handler: Arc<dyn Handler>,
-    ) -> Result<(Requests, Ticket), Status> {
+    ) -> Result<(Requests, Ticket, Held), Status> {
         let connection = match &self.answers {
             Some((reader, slot)) => self.connect(slot, Some(reader)),
             None => self.connection(),
@@ -201,7 +201,13 @@ impl Lane {
             connection: Arc::downgrade(&connection),
             id,
         };
-        Ok((requests, ticket))
+        Ok((
+            requests,
+            ticket,
+            Held {
+                _connection: connection,
+            },
+        ))
     }
 
     /// Ends every call made with [`Lane::call`] or [`Lane::handled`] that
@@ -377,6 +383,15 @@ pub trait Handler: Send + Sync + 'static {
     /// deadline timer, the caller's own for [`Outcome::Cancelled`] and
     /// [`Outcome::Abandoned`].
     fn end(&self, outcome: Outcome);
+}
+
+/// The connection a [`Lane::handled`] call was made on, for its caller to
+/// let go of once it holds none of its own locks: were it the connection's
+/// last holder (the lane closed meanwhile), dropping it ends the calls still
+/// on it, that call's handler included, on the dropping thread.
+#[must_use = "dropped at once, it may end the call's handler on this thread"]
+pub struct Held {
+    _connection: Arc<Connection>,
 }
 
 /// A call made with [`Lane::call`] or [`Lane::handled`], to cancel it.
@@ -1753,7 +1768,7 @@ mod tests {
     async fn a_handled_call_takes_the_readers_connection_and_hands_on_its_responses_in_order() {
         let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
         let (handler, mut handed) = handled();
-        let (requests, _ticket) = lane
+        let (requests, _ticket, _held) = lane
             .handled("/p.S/Bidi", b"one".to_vec(), None, handler)
             .unwrap();
         let mut peer = accept(&listener).await;
@@ -1802,7 +1817,8 @@ mod tests {
         let (lane, listener, dir) = lane(None).await;
         let call = |timeout| {
             let (handler, handed) = handled();
-            let (requests, ticket) = lane.handled("/p.S/Bidi", vec![], timeout, handler).unwrap();
+            let (requests, ticket, _held) =
+                lane.handled("/p.S/Bidi", vec![], timeout, handler).unwrap();
             (requests, ticket, handed)
         };
         let opened = async |peer: &mut Peer| {
@@ -2016,5 +2032,63 @@ mod tests {
         assert!(is_transport_failure(&status));
         assert!(status.message().contains("over the maximum"), "{status:?}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// `call::stream_on_lane` (synapse_native) holds its call's lock across
+    /// `Lane::handled`, and its handler's `end` takes that lock. A
+    /// `Lane::close` racing the call may leave the caller's hold on the
+    /// connection the last one, whose drop ends the calls on it: that must
+    /// not happen inside `handled`, but where the caller lets go of [`Held`].
+    #[test]
+    fn a_handled_call_is_never_ended_inside_handled_on_its_callers_thread() {
+        thread_local! {
+            static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        struct Reentered(Arc<AtomicBool>);
+        impl Handler for Reentered {
+            fn message(&self, _message: Bytes) {}
+            fn end(&self, _outcome: Outcome) {
+                if INSIDE.with(std::cell::Cell::get) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        // Never driven: no connection's task runs, so none breaks.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = runtime.enter();
+        let dir = std::env::temp_dir().join(format!("synapse-lane-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lane.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let lane = Arc::new(Lane::new(path, None, 1024));
+        let stop = Arc::new(AtomicBool::new(false));
+        let closer = {
+            let (lane, stop) = (lane.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    lane.close();
+                }
+            })
+        };
+        let reentered = Arc::new(AtomicBool::new(false));
+        let mut calls = 0;
+        while !reentered.load(Ordering::SeqCst) && calls < 20_000 {
+            let handler = Arc::new(Reentered(reentered.clone()));
+            INSIDE.with(|inside| inside.set(true));
+            let call = lane.handled("/p.S/Bidi", vec![], None, handler);
+            INSIDE.with(|inside| inside.set(false));
+            drop(call);
+            calls += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        closer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            !reentered.load(Ordering::SeqCst),
+            "a call was ended inside Lane::handled, after {calls} calls"
+        );
     }
 }

@@ -563,12 +563,16 @@ where
     let mut sending = lock(&state);
     let _runtime = RUNTIME.enter();
     match lane.handled(method, first, timeout, handler) {
-        Ok((requests, ticket)) => {
+        Ok((requests, ticket, held)) => {
             let _ = handle.lane.set(ticket.clone());
             if let Some(call) = &mut sending.call {
                 call.ticket = Some(ticket);
                 call.requests = Requests::Lane(requests.clone());
             }
+            // The connection last, after the call's lock: closed meanwhile,
+            // its drop ends this call too, which takes that lock.
+            drop(sending);
+            drop(held);
             Some(Requests::Lane(requests))
         }
         // The connection broke: answered from a task, as this is a scheduler.
