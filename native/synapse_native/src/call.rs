@@ -573,6 +573,11 @@ where
             // its drop ends this call too, which takes that lock.
             drop(sending);
             drop(held);
+            // An owner that exited while the call was being sent (a runner
+            // killed) cancelled its token only: the call had no ticket yet.
+            if handle.cancel.is_cancelled() {
+                handle.cancel();
+            }
             Some(Requests::Lane(requests))
         }
         // The connection broke: answered from a task, as this is a scheduler.
