@@ -406,6 +406,16 @@ defmodule SynapseCore.ToolsTest do
       assert output =~ ~s("retry": "The tool's result cannot be sent)
       assert output =~ "maximum message size"
     end
+
+    test "a result at the limit on its own, over it with its request id, is refused too",
+         %{name: name} do
+      # 65,532 bytes of JSON: a `ToolResult` of 65,536 bytes without its
+      # request id, more with it and the `RunInput` around it.
+      edge = tool("edge", fn _ -> {:ok, String.duplicate("x", 65_530)} end)
+      prompt = script([call("edge", %{"a" => 1})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [edge])
+      assert output =~ ~s("retry": "The tool's result cannot be sent)
+    end
   end
 
   describe "streaming with tools" do

@@ -203,24 +203,23 @@ fn tool_result<'a>(
 ) -> Term<'a> {
     // Encoded first: a refused outcome leaves the claim to the answer that
     // replaces it.
-    let outcome = match tool_outcome(outcome, handle.max_message_bytes) {
-        Ok(outcome) => outcome,
+    let input = match tool_outcome(outcome, request_id, handle.max_message_bytes) {
+        Ok(input) => input,
         Err(error) => return (atoms::error(), NifError(error)).encode(env),
     };
     if claim.taken.swap(true, Ordering::AcqRel) {
         return atoms::claimed().encode(env);
     }
-    handle.send_input(run_input::Input::ToolResult(ToolResult {
-        request_id,
-        outcome: Some(outcome),
-    }));
+    handle.send_input(input);
     atoms::ok().encode(env)
 }
 
+/// The request's answer, as the run's stream carries it.
 fn tool_outcome(
     outcome: Term<'_>,
+    request_id: String,
     max_message_bytes: usize,
-) -> Result<tool_result::Outcome, Error> {
+) -> Result<run_input::Input, Error> {
     let (kind, value) = outcome.decode::<(Atom, Term<'_>)>().map_err(|_| {
         Error::InvalidArgument("a tool outcome is {:ok, value} or {:retry, message}".into())
     })?;
@@ -244,17 +243,20 @@ fn tool_outcome(
             "a tool outcome is {:ok, value} or {:retry, message}".into(),
         ));
     };
-    // The whole message the worker gets, so that a result within the limit
-    // is never refused by gRPC later.
-    let result = fits(
-        ToolResult {
-            request_id: String::new(),
-            outcome: Some(outcome),
+    // The whole message the worker gets, its request id and envelope
+    // included, so that a result let through is never refused later (by
+    // gRPC, which would fail the whole run).
+    let input = fits(
+        RunInput {
+            input: Some(run_input::Input::ToolResult(ToolResult {
+                request_id,
+                outcome: Some(outcome),
+            })),
         },
         max_message_bytes,
     )?;
-    result
-        .outcome
+    input
+        .input
         .ok_or_else(|| Error::Internal("a tool result lost its outcome".into()))
 }
 
