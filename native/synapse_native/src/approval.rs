@@ -18,7 +18,7 @@ use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use synapse_client::proto::{
     approval_decision, deferred_call_result, run_input, ApprovalAnswer, ApprovalDecision,
     ApprovalRequest, Approved, DeferredCall, DeferredCallResult, DeferredOutput,
-    DeferredToolResults, Denied,
+    DeferredToolResults, Denied, RunInput,
 };
 
 use crate::atoms;
@@ -41,20 +41,28 @@ fn run_approval_result<'a>(
     request_id: String,
     decision: Term<'a>,
 ) -> Term<'a> {
+    // Checked as the worker gets it, in the `RunInput` around it.
     let answer = decision_from(decision).and_then(|decision| {
         fits(
-            ApprovalAnswer {
-                request_id,
-                decision: Some(decision),
+            RunInput {
+                input: Some(run_input::Input::Approval(ApprovalAnswer {
+                    request_id,
+                    decision: Some(decision),
+                })),
             },
             handle.max_message_bytes,
         )
     });
-    match answer {
-        Ok(answer) => {
-            handle.send_input(run_input::Input::Approval(answer));
+    match answer.map(|answer| answer.input) {
+        Ok(Some(input)) => {
+            handle.send_input(input);
             atoms::ok().encode(env)
         }
+        Ok(None) => (
+            atoms::error(),
+            NifError(Error::Internal("an approval lost its answer".into())),
+        )
+            .encode(env),
         Err(error) => (atoms::error(), NifError(error)).encode(env),
     }
 }
