@@ -213,6 +213,11 @@ pub fn handle(env: Env<'_>, owners: &[LocalPid], credit: usize) -> ResourceArc<C
     with_limit(env, owners, credit, usize::MAX)
 }
 
+/// The most credit a stream holds (`window: :infinity`): half the
+/// semaphore's maximum, so that a permit handed back while an ack adds
+/// more never overflows it (tokio panics past its maximum).
+pub const MAX_CREDIT: usize = Semaphore::MAX_PERMITS / 2;
+
 /// [`handle`] for a call that sends more messages after its start (tool
 /// results), each at most `max_message_bytes`.
 pub fn with_limit(
@@ -224,7 +229,7 @@ pub fn with_limit(
     let handle = ResourceArc::new(CallHandle {
         cancel: CancellationToken::new(),
         stop: CancellationToken::new(),
-        credit: Arc::new(Semaphore::new(credit.min(Semaphore::MAX_PERMITS))),
+        credit: Arc::new(Semaphore::new(credit.min(MAX_CREDIT))),
         waits: Arc::default(),
         inputs: OnceLock::new(),
         max_message_bytes,

@@ -263,7 +263,7 @@ fn tool_outcome(
 /// Lets a stream send `count` more events.
 #[rustler::nif]
 fn run_ack(handle: ResourceArc<CallHandle>, count: usize) -> Atom {
-    let room = tokio::sync::Semaphore::MAX_PERMITS - handle.credit.available_permits();
+    let room = call::MAX_CREDIT.saturating_sub(handle.credit.available_permits());
     handle.credit.add_permits(count.min(room));
     atoms::ok()
 }
