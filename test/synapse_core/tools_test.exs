@@ -271,41 +271,27 @@ defmodule SynapseCore.ToolsTest do
       assert is_pid(runner) and runner != test
     end
 
-    test "a tool still running when its runner is killed dies with it", %{name: name} do
+    test "a tool still running when its runner is killed dies with it, even one trapping exits",
+         %{name: name} do
       test = self()
 
-      stuck =
-        tool("stuck", fn _ ->
-          send(test, {:stuck, self(), Process.get(:"$callers")})
-          Process.sleep(:infinity)
-        end)
+      for trap_exit <- [false, true] do
+        stuck =
+          tool("stuck", fn _ ->
+            Process.flag(:trap_exit, trap_exit)
+            send(test, {:stuck, self(), Process.get(:"$callers")})
+            Process.sleep(:infinity)
+          end)
 
-      prompt = script([call("stuck", %{"a" => 1})])
-      caller = Task.async(fn -> Agent.run_sync(name, prompt, tools: [stuck]) end)
-      assert_receive {:stuck, task, [runner | _]}, 10_000
-      Process.exit(runner, :kill)
-      eventually(fn -> not Process.alive?(task) end)
-      # The runner owned the run too: its exit cancels the run, which answers.
-      assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
-    end
-
-    test "a tool that traps exits dies with its killed runner all the same", %{name: name} do
-      test = self()
-
-      stuck =
-        tool("stuck", fn _ ->
-          Process.flag(:trap_exit, true)
-          send(test, {:stuck, self(), Process.get(:"$callers")})
-          Process.sleep(:infinity)
-        end)
-
-      prompt = script([call("stuck", %{"a" => 1})])
-      caller = Task.async(fn -> Agent.run_sync(name, prompt, tools: [stuck]) end)
-      assert_receive {:stuck, task, [runner | _]}, 10_000
-      on_exit(fn -> Process.exit(task, :kill) end)
-      Process.exit(runner, :kill)
-      eventually(fn -> not Process.alive?(task) end)
-      assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
+        prompt = script([call("stuck", %{"a" => 1})])
+        caller = Task.async(fn -> Agent.run_sync(name, prompt, tools: [stuck]) end)
+        assert_receive {:stuck, task, [runner | _]}, 10_000
+        on_exit(fn -> Process.exit(task, :kill) end)
+        Process.exit(runner, :kill)
+        eventually(fn -> not Process.alive?(task) end)
+        # The runner owned the run too: its exit cancels the run, which answers.
+        assert {:error, %Error{kind: :cancelled}} = Task.await(caller, 10_000)
+      end
     end
 
     test "a result with no JSON form", %{name: name} do
