@@ -54,9 +54,11 @@ defmodule SynapseCore.FanOut do
          Error.new(:invalid_argument, "stream_to: #{inspect(subscribers)} has no subscriber")}
 
       members ->
+        caller = self()
+
         {:ok, hub} =
           Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
-            init(members, window)
+            init(caller, members, window)
           end)
 
         started =
@@ -90,9 +92,17 @@ defmodule SynapseCore.FanOut do
 
   defp members(pids) when is_list(pids), do: pids
 
-  defp init(members, window) do
+  defp init(caller, members, window) do
+    # A caller that exits while it starts the run never hands it over.
+    caller = Process.monitor(caller)
+
     receive do
+      {:DOWN, ^caller, :process, _, _} ->
+        :ok
+
       {:run, %Run{ref: ref} = run} ->
+        Process.demonitor(caller, [:flush])
+
         subscribers =
           Map.new(members, fn pid ->
             send(
@@ -104,12 +114,12 @@ defmodule SynapseCore.FanOut do
             {pid, %{monitor: Process.monitor(pid), acked: 0}}
           end)
 
-        relay = if run.relay, do: Process.monitor(run.relay)
-
+        # A run on another node is not watched here: its guard (see
+        # SynapseCore.Remote) sends the run's end if its relay is lost, after
+        # the events before it. A monitor of the relay raced that end.
         loop(%{
           run: run,
           ref: ref,
-          relay: relay,
           window: window,
           subscribers: subscribers,
           forwarded: 0,
@@ -118,7 +128,7 @@ defmodule SynapseCore.FanOut do
     end
   end
 
-  defp loop(%{ref: ref, relay: relay} = state) do
+  defp loop(%{ref: ref} = state) do
     receive do
       {:synapse_event, ^ref, {final, _} = event} when final in [:result, :error] ->
         forward(state, event)
@@ -140,9 +150,6 @@ defmodule SynapseCore.FanOut do
         # The run's final message (a :cancelled error) still comes and is forwarded.
         cancel(state.run)
         loop(state)
-
-      {:DOWN, ^relay, :process, _, reason} ->
-        forward(state, {:error, SynapseCore.Remote.node_lost(state.run.relay, reason)})
 
       {:DOWN, monitor, :process, pid, _reason} ->
         case Map.pop(state.subscribers, pid) do

@@ -38,7 +38,7 @@ defmodule SynapseCore.Remote do
         ) :: {:ok, Run.t()} | {:error, Error.t()}
   def start(node, name, prompt, call, reply, receiver, window, span \\ nil) do
     call = %{call | tools: Enum.map(call.tools, &call_back(&1, node()))}
-    observer = if span, do: observe(span)
+    observer = if span, do: observe(span, self())
     agent = {:agent, name, prompt, call, reply, window, observer}
 
     case start_call(node, agent, reply, receiver, call.timeout) do
@@ -57,11 +57,18 @@ defmodule SynapseCore.Remote do
 
   # Ends the run's telemetry span when the relay tells the run's outcome,
   # or, if the relay ends first, with why.
-  defp observe(span) do
+  defp observe(span, caller) do
     {:ok, observer} =
       Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
+        # A caller that exits while it starts the run never tells of a relay.
+        caller = Process.monitor(caller)
+
         receive do
+          {:DOWN, ^caller, :process, _, _} ->
+            :ok
+
           {:watch, relay} ->
+            Process.demonitor(caller, [:flush])
             monitor = Process.monitor(relay)
 
             receive do
@@ -92,7 +99,7 @@ defmodule SynapseCore.Remote do
 
   defp start_call(node, call, reply, receiver, timeout) do
     ref = make_ref()
-    guard = start_guard(receiver, ref, reply)
+    guard = start_guard(receiver, self(), ref, reply)
 
     case relay_on(node, guard, ref, call) do
       {:ok, relay} ->
@@ -121,6 +128,12 @@ defmodule SynapseCore.Remote do
     :error, {:erpc, reason} ->
       {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
 
+    # `start_relay` raised there: what it raised, not where (its stacktrace
+    # may hold the call's arguments).
+    :error, {:exception, reason, _stacktrace} ->
+      message = Exception.format_banner(:error, reason)
+      {:error, Error.new(:internal, "the relay on #{node} failed to start: #{message}")}
+
     :exit, reason ->
       {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
   end
@@ -133,16 +146,19 @@ defmodule SynapseCore.Remote do
   # monitor message. The guard exits with its receiver, which the relay
   # (monitoring the guard) takes as the receiver's exit: the run is
   # cancelled.
-  defp start_guard(receiver, ref, reply) do
+  defp start_guard(receiver, caller, ref, reply) do
     {:ok, guard} =
       Task.Supervisor.start_child(SynapseCore.ToolSupervisor, fn ->
         receiver_monitor = Process.monitor(receiver)
+        # A caller that exits while it starts the relay never hands it over.
+        caller_monitor = Process.monitor(caller)
 
         receive do
           {:relay, relay} ->
+            Process.demonitor(caller_monitor, [:flush])
             guard(receiver, ref, final_tag(reply), Process.monitor(relay), receiver_monitor)
 
-          {:DOWN, ^receiver_monitor, :process, _, _} ->
+          {:DOWN, monitor, :process, _, _} when monitor in [receiver_monitor, caller_monitor] ->
             :ok
         end
       end)
@@ -213,7 +229,7 @@ defmodule SynapseCore.Remote do
         started
 
       {:DOWN, ^monitor, :process, _, reason} ->
-        {:error, Error.new(:internal, "the relay failed to start: #{inspect(reason)}")}
+        {:error, Error.new(:internal, "the relay failed to start: #{exit_text(reason)}")}
     end
   end
 
@@ -278,7 +294,14 @@ defmodule SynapseCore.Remote do
   def node_lost(relay, reason) do
     Error.new(
       :worker_exited,
-      "the node running the agent (#{node(relay)}) was lost: #{inspect(reason)}"
+      "the node running the agent (#{node(relay)}) was lost: #{exit_text(reason)}"
     )
   end
+
+  # An exit reason for an error's message: an exception's banner, never its
+  # stacktrace (whose top frame may hold a call's arguments).
+  defp exit_text({reason, [{_, _, _, _} | _] = stacktrace}),
+    do: Exception.format_banner(:error, reason, stacktrace)
+
+  defp exit_text(reason), do: inspect(reason)
 end

@@ -141,3 +141,29 @@ defmodule SynapseCore.FanOutTest do
     end
   end
 end
+
+defmodule SynapseCore.FanOutStartTest do
+  # The hub's start, alone: SynapseCore.FanOut.start/3 with a start function
+  # standing for the run's (which, for a run on another node, waits for it).
+  use ExUnit.Case, async: true
+
+  import SynapseCore.TestHelpers
+
+  test "a caller that exits while it starts the run leaves no hub behind" do
+    test = self()
+    subscriber = spawn(fn -> Process.sleep(:infinity) end)
+    on_exit(fn -> Process.exit(subscriber, :kill) end)
+
+    caller =
+      spawn(fn ->
+        SynapseCore.FanOut.start([subscriber], 4, fn hub ->
+          send(test, {:hub, hub})
+          Process.sleep(:infinity)
+        end)
+      end)
+
+    assert_receive {:hub, hub}, 5_000
+    Process.exit(caller, :kill)
+    eventually(fn -> not Process.alive?(hub) end)
+  end
+end
