@@ -272,7 +272,7 @@ class SyncThreads(Executor):
         try:
             result, failure = call.context.run(call.fn, *call.args, **call.kwargs), None
         except BaseException as exc:
-            result, failure = None, exc
+            result, failure = None, as_failure(exc)
         if self._finished(call):
             return
         if call.early is not None:
@@ -361,9 +361,17 @@ def _settle(waiter: asyncio.Future[Any], result: Any, failure: BaseException | N
         return
     if failure is None:
         waiter.set_result(result)
-    elif isinstance(failure, StopIteration):
-        # An asyncio future cannot hold StopIteration (it would end the
-        # awaiting coroutine's frame); tasks turn it into a RuntimeError too.
-        waiter.set_exception(RuntimeError(f"the function raised StopIteration: {failure}"))
     else:
         waiter.set_exception(failure)
+
+
+def as_failure(exc: BaseException) -> Exception:
+    """What a function run by `run` or `start` raised, as its caller is handed
+    it: an exception, or a RuntimeError saying what was raised when that
+    would mean something else there: StopIteration (an asyncio future
+    cannot hold it; tasks turn it into a RuntimeError too), and what is not
+    an Exception: a CancelledError (the call would look cancelled, and
+    never end), SystemExit (the worker would stop), KeyboardInterrupt."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    return RuntimeError(f"the function raised {type(exc).__name__}: {exc}")

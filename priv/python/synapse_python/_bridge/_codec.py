@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from synapse_python import _errors
 from synapse_python._bridge._ir import (
     IR,
     CustomType,
@@ -375,6 +377,12 @@ class Codec:
                 )
                 if item is not None or f.type.kind == "optional":
                     self._write_field(sub, f.name, f.type, f.presence, item, (*loc, f.name))
+                elif f.required and not isinstance(value, Mapping):
+                    # A model's field set to None past validation: not left
+                    # out as if unset (a mapping without it is unset).
+                    kind = f.type.kind
+                    expected = {"int": "an int", "bytes": "bytes"}.get(kind, f"a {kind}")
+                    raise _wrong((*loc, f.name), expected, item)
         elif kind == "tuple":
             items = self.ir.tuple(t.name).items  # type: ignore[arg-type]
             if not isinstance(value, tuple | list) or len(value) != len(items):
@@ -445,6 +453,11 @@ class Codec:
         if kind == "float":
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise _wrong(loc, "a float", value)
+            if not math.isfinite(value):
+                # The BEAM's floats have no NaN nor infinities.
+                raise _errors.unrepresentable(
+                    f"{format_loc(loc) or 'the value'} is {value}, which the BEAM has no float for"
+                )
             return float(value)
         if kind == "bool":
             if not isinstance(value, bool):

@@ -55,7 +55,7 @@ from synapse_python._bridge._codec import (
 )
 from synapse_python._bridge._config import resolve_type
 from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
-from synapse_python._threads import SyncThreads
+from synapse_python._threads import SyncThreads, as_failure
 
 logger = logging.getLogger("synapse_python.bridge")
 
@@ -229,8 +229,8 @@ class BridgeService:
         def refusing(*args: Any) -> Any:
             try:
                 response = call(*args)
-            except Exception as exc:
-                raise self._refused(function, exc) from None
+            except BaseException as exc:
+                raise self._refused(function, as_failure(exc)) from None
             if is_awaitable(response):
                 return self._refused_later(function, response)
             return response
@@ -241,9 +241,16 @@ class BridgeService:
         """What `work` returns; if it raises, `_lane.Refused` with the error it stands for."""
         try:
             return await work
-        except asyncio.CancelledError:
-            logger.info("%s cancelled", self._describe(function))
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                logger.info("%s cancelled", self._describe(function))
+                raise
+            # Raised by the function, which was not cancelled (it awaited
+            # something cancelled elsewhere): a failure like any other; as
+            # the cancellation it looks like, the call would never end.
+            failure = RuntimeError(f"the function raised CancelledError: {exc}")
+            raise self._refused(function, failure) from None
         except grpc.aio.AbortError:  # the call's context ended it already
             raise
         except Exception as exc:
@@ -273,7 +280,8 @@ class BridgeService:
         if isinstance(exc, pydantic.ValidationError):
             errors = validation_errors(exc)
             logger.info("%s raised %s", self._describe(function), summarize(errors))
-            return _errors.validation_failed(summarize(errors), errors, cause=exc)
+            # No cause: its traceback's message holds the values (`input_value`).
+            return _errors.validation_failed(summarize(errors), errors)
         error = _errors.from_run_exception(exc)
         logger.error("%s failed", self._describe(function), exc_info=exc)
         return error
