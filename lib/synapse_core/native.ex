@@ -89,6 +89,7 @@ defmodule SynapseCore.Native do
   def bridge_stream_start(_channel, _pool, _tag, _method, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
 
+  # :ok, or :over when the call had answered already (nothing more comes)
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
 
   # The JSON conversion of every payload; the dirty twins for large ones.

@@ -129,13 +129,12 @@ defmodule SynapseCore.Run do
   # Cancels the run and takes its final message (and any event before it)
   # out of the mailbox; returns it, or nil if none came.
   defp stop(%__MODULE__{relay: nil, handle: handle, ref: ref}) do
-    :ok = Native.run_cancel(handle)
-    final(ref)
+    final(ref, Native.run_cancel(handle))
   end
 
   defp stop(%__MODULE__{relay: relay, ref: ref}) do
     send(relay, :relay_cancel)
-    final(ref)
+    final(ref, :ok)
   end
 
   @doc false
@@ -171,18 +170,19 @@ defmodule SynapseCore.Run do
   # subscribers is cancelled through its hub (SynapseCore.FanOut), which
   # forwards the final message to them all.
   defp cancel_and_flush(%__MODULE__{fan_out: hub} = run) when is_pid(hub) do
-    send(hub, :relay_cancel)
-    if run.receiver == self(), do: final(run.ref)
+    # The hub ends once it has forwarded the run's final message.
+    cancelled = if Process.alive?(hub), do: send(hub, :relay_cancel) && :ok, else: :over
+    if run.receiver == self(), do: final(run.ref, cancelled)
   end
 
   defp cancel_and_flush(%__MODULE__{relay: nil, handle: handle} = run) do
-    :ok = Native.run_cancel(handle)
-    if receiver(run) == self(), do: final(run.ref)
+    cancelled = Native.run_cancel(handle)
+    if receiver(run) == self(), do: final(run.ref, cancelled)
   end
 
   defp cancel_and_flush(%__MODULE__{relay: relay} = run) do
     send(relay, :relay_cancel)
-    if receiver(run) == self(), do: final(run.ref)
+    if receiver(run) == self(), do: final(run.ref, :ok)
   end
 
   # The run's answer reached the process that receives it: its telemetry
@@ -308,15 +308,17 @@ defmodule SynapseCore.Run do
 
   # After a cancel the NIF still sends the call's one final message (a
   # `:cancelled` error, unless the call finished first); take it, and any
-  # events before it, out of the mailbox.
-  defp final(ref) do
+  # events before it, out of the mailbox. A call that had answered when it
+  # was cancelled (`:over`) sends nothing more: what it sent is taken if it
+  # is still there, with no wait.
+  defp final(ref, cancelled) do
     receive do
       {:synapse_reply, ^ref, reply} -> reply
       {:synapse_event, ^ref, {:result, result}} -> {:ok, result}
       {:synapse_event, ^ref, {:error, _} = error} -> error
-      {:synapse_event, ^ref, _event} -> final(ref)
+      {:synapse_event, ^ref, _event} -> final(ref, cancelled)
     after
-      @reply_margin -> nil
+      if(cancelled == :over, do: 0, else: @reply_margin) -> nil
     end
   end
 end

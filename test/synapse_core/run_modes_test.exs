@@ -37,6 +37,20 @@ defmodule SynapseCore.RunModesTest do
       assert {:ok, %Result{output: "done"}} = Agent.yield(run, 5_000)
     end
 
+    test "a run that answered is over: cancelling it has nothing to wait for" do
+      name = start_fixture_agent!("slow_agent")
+      {:ok, run} = Agent.run(name, "0.3")
+      assert {:ok, %Result{output: "done"}} = Agent.await(run)
+      # The answer was taken: a cancel neither waits for another nor sends one.
+      assert SynapseCore.Native.run_cancel(run.handle) == :over
+      assert :ok = Agent.cancel(run)
+      refute_received {:synapse_reply, _, _}
+
+      {:ok, running} = Agent.run(name, "0.3")
+      assert SynapseCore.Native.run_cancel(running.handle) == :ok
+      assert {:error, %SynapseCore.Error{kind: :cancelled}} = Agent.await(running)
+    end
+
     test "only the process that started a run may await it" do
       name = start_fixture_agent!("echo_agent")
       {:ok, run} = Agent.run(name, "hi")

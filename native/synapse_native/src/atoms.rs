@@ -24,6 +24,7 @@ rustler::atoms! {
     stream,
     retry,
     claimed,
+    over,
     id,
     args,
     content,

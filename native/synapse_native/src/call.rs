@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,9 @@ pub struct CallHandle {
     /// A unary call on the lane, which no task of its own waits for: its
     /// cancel goes to the lane.
     lane: OnceLock<Ticket>,
+    /// Set once the call's final answer was sent (see [`Reply::noting`]):
+    /// a cancel then has nothing to wait for.
+    pub answered: Arc<AtomicBool>,
 }
 
 #[rustler::resource_impl]
@@ -234,6 +237,7 @@ pub fn with_limit(
         inputs: OnceLock::new(),
         max_message_bytes,
         lane: OnceLock::new(),
+        answered: Arc::default(),
     });
     for owner in owners {
         // A process that is already gone fails the monitor; its call is
@@ -309,7 +313,7 @@ where
 {
     let caller = env.pid();
     let handle = self::handle(env, &[caller], 0);
-    let reply = Reply::new(caller, tag, Style::Unary);
+    let reply = Reply::new(caller, tag, Style::Unary).noting(&handle.answered);
     if let Some(lane) = channel.worker.lane() {
         on_lane(
             channel.clone(),
@@ -773,7 +777,7 @@ where
     let timeout = decode_timeout(timeout)?;
     let caller = env.pid();
     let handle = self::handle(env, &[caller], decode_window(window)?);
-    let reply = Reply::new(caller, tag, Style::Stream);
+    let reply = Reply::new(caller, tag, Style::Stream).noting(&handle.answered);
     let mut events = reply.events();
     let credit = handle.credit.clone();
     let waits = handle.waits.clone();

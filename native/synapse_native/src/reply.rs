@@ -17,6 +17,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rustler::sys::ErlNifEnv;
@@ -40,6 +41,8 @@ pub struct Reply {
     /// process that executes the run's tools, so it stops with the run
     /// (and reports it, for a receiver that Synapse does not see).
     runner: Option<(Target, Summary)>,
+    /// Set once the answer is in its receiver's mailbox.
+    answered: Option<Arc<AtomicBool>>,
 }
 
 /// What the runner is told of a call's value (a run's usage): the value is
@@ -173,7 +176,15 @@ impl Reply {
             target: Target::new(pid, tag),
             style,
             runner: None,
+            answered: None,
         }
+    }
+
+    /// Also sets `answered` once the answer is sent (in its receiver's
+    /// mailbox: a local process's, where a send lands at once).
+    pub fn noting(mut self, answered: &Arc<AtomicBool>) -> Self {
+        self.answered = Some(answered.clone());
+        self
     }
 
     /// Also tells `runner` when the call is over, with `summary` of its
@@ -221,6 +232,9 @@ impl Reply {
             },
             panicked,
         );
+        if let Some(answered) = &self.answered {
+            answered.store(true, Ordering::Release);
+        }
     }
 }
 

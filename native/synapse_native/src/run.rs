@@ -276,9 +276,14 @@ fn run_waits(handle: ResourceArc<CallHandle>) -> (u64, u64) {
 
 /// Cancels a call; its receiver gets a `:cancelled` error unless the call
 /// already answered. A run on the `Run` stream is asked to stop first, and
-/// its error then carries what it did (see `CallHandle::stop`).
+/// its error then carries what it did (see `CallHandle::stop`). Returns
+/// `:over` when the call had answered already (its answer is in its
+/// receiver's mailbox, or was taken: nothing more comes), else `:ok`.
 #[rustler::nif]
 fn run_cancel(handle: ResourceArc<CallHandle>) -> Atom {
+    if handle.answered.load(Ordering::Acquire) {
+        return atoms::over();
+    }
     handle.stop();
     atoms::ok()
 }
@@ -352,7 +357,7 @@ fn start_stream<'a>(
         }
     }
     let handle = call::with_limit(env, &owners, window, channel.max_message_bytes);
-    let mut reply = Reply::new(options.receiver, tag, style);
+    let mut reply = Reply::new(options.receiver, tag, style).noting(&handle.answered);
     let runner = options
         .runner
         .map(|pid| reply.with_runner(pid, usage_of_result));
