@@ -375,14 +375,15 @@ class Codec:
                     if isinstance(value, Mapping)
                     else getattr(value, f.name, None)
                 )
-                if item is not None or f.type.kind == "optional":
+                # A model's required field set to None past validation is
+                # written, and so refused as any wrong value is, not left out
+                # as if unset (a mapping without it is unset).
+                if (
+                    item is not None
+                    or f.type.kind == "optional"
+                    or (f.required and not isinstance(value, Mapping))
+                ):
                     self._write_field(sub, f.name, f.type, f.presence, item, (*loc, f.name))
-                elif f.required and not isinstance(value, Mapping):
-                    # A model's field set to None past validation: not left
-                    # out as if unset (a mapping without it is unset).
-                    kind = f.type.kind
-                    expected = {"int": "an int", "bytes": "bytes"}.get(kind, f"a {kind}")
-                    raise _wrong((*loc, f.name), expected, item)
         elif kind == "tuple":
             items = self.ir.tuple(t.name).items  # type: ignore[arg-type]
             if not isinstance(value, tuple | list) or len(value) != len(items):

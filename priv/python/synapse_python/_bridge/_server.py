@@ -249,8 +249,7 @@ class BridgeService:
             # Raised by the function, which was not cancelled (it awaited
             # something cancelled elsewhere): a failure like any other; as
             # the cancellation it looks like, the call would never end.
-            failure = RuntimeError(f"the function raised CancelledError: {exc}")
-            raise self._refused(function, failure) from None
+            raise self._refused(function, as_failure(exc)) from None
         except grpc.aio.AbortError:  # the call's context ended it already
             raise
         except Exception as exc:
