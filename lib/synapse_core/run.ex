@@ -171,7 +171,14 @@ defmodule SynapseCore.Run do
   # forwards the final message to them all.
   defp cancel_and_flush(%__MODULE__{fan_out: hub} = run) when is_pid(hub) do
     # The hub ends once it has forwarded the run's final message.
-    cancelled = if Process.alive?(hub), do: send(hub, :relay_cancel) && :ok, else: :over
+    cancelled =
+      if Process.alive?(hub) do
+        send(hub, :relay_cancel)
+        :ok
+      else
+        :over
+      end
+
     if run.receiver == self(), do: final(run.ref, cancelled)
   end
 

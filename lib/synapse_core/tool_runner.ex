@@ -342,10 +342,8 @@ defmodule SynapseCore.ToolRunner do
   # What the model is told of a call's process that an exit signal ended:
   # an exception's message, never its stacktrace (whose top frame may hold
   # the arguments of the failing call); the rest is for the log.
-  defp crash_text({reason, [{_, _, _, _} | _] = stacktrace}) do
-    exception = Exception.normalize(:error, reason, stacktrace)
-    "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
-  end
+  defp crash_text({reason, [{_, _, _, _} | _] = stacktrace}),
+    do: banner(Exception.normalize(:error, reason, stacktrace))
 
   defp crash_text(reason) when is_atom(reason), do: Exception.format_exit(reason)
   defp crash_text(_reason), do: "its process exited (the reason is in the application's log)"
@@ -418,7 +416,7 @@ defmodule SynapseCore.ToolRunner do
     text =
       case exception do
         {kind, reason} -> Exception.format_banner(kind, reason)
-        exception -> "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
+        exception -> banner(exception)
       end
 
     Logger.warning(
@@ -428,6 +426,9 @@ defmodule SynapseCore.ToolRunner do
 
     {:retry, "The tool failed: #{text}"}
   end
+
+  # An exception as the model is told of it: its type and message.
+  defp banner(exception), do: "** (#{inspect(exception.__struct__)}) #{reason_text(exception)}"
 
   defp reason_text(reason) when is_binary(reason), do: text(reason)
   defp reason_text(%{__exception__: true} = exception), do: text(Exception.message(exception))

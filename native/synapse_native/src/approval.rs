@@ -18,11 +18,11 @@ use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use synapse_client::proto::{
     approval_decision, deferred_call_result, run_input, ApprovalAnswer, ApprovalDecision,
     ApprovalRequest, Approved, DeferredCall, DeferredCallResult, DeferredOutput,
-    DeferredToolResults, Denied, RunInput,
+    DeferredToolResults, Denied,
 };
 
 use crate::atoms;
-use crate::call::{fits, CallHandle};
+use crate::call::{fits_input, CallHandle};
 use crate::error::{Error, NifError};
 use crate::event::{lenient_json, map};
 use crate::json;
@@ -43,26 +43,19 @@ fn run_approval_result<'a>(
 ) -> Term<'a> {
     // Checked as the worker gets it, in the `RunInput` around it.
     let answer = decision_from(decision).and_then(|decision| {
-        fits(
-            RunInput {
-                input: Some(run_input::Input::Approval(ApprovalAnswer {
-                    request_id,
-                    decision: Some(decision),
-                })),
-            },
+        fits_input(
+            run_input::Input::Approval(ApprovalAnswer {
+                request_id,
+                decision: Some(decision),
+            }),
             handle.max_message_bytes,
         )
     });
-    match answer.map(|answer| answer.input) {
-        Ok(Some(input)) => {
+    match answer {
+        Ok(input) => {
             handle.send_input(input);
             atoms::ok().encode(env)
         }
-        Ok(None) => (
-            atoms::error(),
-            NifError(Error::Internal("an approval lost its answer".into())),
-        )
-            .encode(env),
         Err(error) => (atoms::error(), NifError(error)).encode(env),
     }
 }

@@ -200,14 +200,26 @@ pub async fn take_credit(credit: &Semaphore, waits: &Waits) -> Result<(), CallEr
 
 /// `message` if it fits in `max_message_bytes` once encoded.
 pub fn fits<M: prost::Message>(message: M, max_message_bytes: usize) -> Result<M, Error> {
-    let size = message.encoded_len();
+    within(message.encoded_len(), max_message_bytes).map(|()| message)
+}
+
+/// `input` if the `RunInput` carrying it on a run's stream (that one field,
+/// and so as long as it) fits in `max_message_bytes`.
+pub fn fits_input(
+    input: run_input::Input,
+    max_message_bytes: usize,
+) -> Result<run_input::Input, Error> {
+    within(input.encoded_len(), max_message_bytes).map(|()| input)
+}
+
+fn within(size: usize, max_message_bytes: usize) -> Result<(), Error> {
     if size > max_message_bytes {
         Err(Error::LimitExceeded(format!(
             "the request is {size} bytes, over the maximum message size of \
              {max_message_bytes} bytes (the :max_message_bytes option)"
         )))
     } else {
-        Ok(message)
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use tonic::Status;
 
 use crate::approval;
 use crate::atoms;
-use crate::call::{self, fits, CallError, CallHandle, Started};
+use crate::call::{self, fits, fits_input, CallError, CallHandle, Started};
 use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 use crate::event::{self, lenient_json, map};
@@ -246,18 +246,13 @@ fn tool_outcome(
     // The whole message the worker gets, its request id and envelope
     // included, so that a result let through is never refused later (by
     // gRPC, which would fail the whole run).
-    let input = fits(
-        RunInput {
-            input: Some(run_input::Input::ToolResult(ToolResult {
-                request_id,
-                outcome: Some(outcome),
-            })),
-        },
+    fits_input(
+        run_input::Input::ToolResult(ToolResult {
+            request_id,
+            outcome: Some(outcome),
+        }),
         max_message_bytes,
-    )?;
-    input
-        .input
-        .ok_or_else(|| Error::Internal("a tool result lost its outcome".into()))
+    )
 }
 
 /// Lets a stream send `count` more events.
