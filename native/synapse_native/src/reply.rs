@@ -232,6 +232,9 @@ impl Reply {
             },
             panicked,
         );
+        // After the send, never before: a cancel that reads `answered`
+        // then finds the answer in the mailbox (it may not yet see the note
+        // when the receiver already holds the answer, for a moment).
         if let Some(answered) = &self.answered {
             answered.store(true, Ordering::Release);
         }
