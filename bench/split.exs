@@ -13,7 +13,8 @@
 # one Elixir tool, which the agent calls once per run. `--threads` adds, per
 # round, each of this VM's threads (by name) that ran: its context switches
 # and CPU per call (where the BEAM's time goes: its schedulers, its aux
-# thread, the NIF's tokio threads). Made for A/B
+# thread, the NIF's tokio threads), then the same for the worker's threads
+# (its event loop, grpc's, its pool's). Made for A/B
 # comparisons of two builds run alternately on the same machine, where a
 # difference in a few µs matters and a contender's own baseline does not.
 {opts, _} =
@@ -122,10 +123,11 @@ cpu_us = fn pid ->
   (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
 end
 
-# This VM's threads by name (several tokio threads share one): context
-# switches, voluntary or not, and CPU time in µs.
-threads = fn ->
-  task = "/proc/#{System.pid()}/task"
+# An OS process's threads by name (several tokio threads share one), or,
+# with `by_id` (Python names no thread), by name and id: context switches,
+# voluntary or not, and CPU time in µs.
+threads = fn os_pid, by_id ->
+  task = "/proc/#{os_pid}/task"
 
   for id <- File.ls!(task), reduce: %{} do
     acc ->
@@ -141,6 +143,7 @@ threads = fn ->
 
         [name, after_name] = String.split(stat, ") ", parts: 2)
         name = name |> String.split("(", parts: 2) |> List.last()
+        name = if by_id, do: "#{name} #{id}", else: name
         fields = String.split(after_name, " ")
 
         cpu =
@@ -165,7 +168,9 @@ end
 run.(div(calls, 10))
 
 for _ <- 1..rounds do
-  before = if opts[:threads], do: threads.(), else: %{}
+  before =
+    if opts[:threads], do: {threads.(System.pid(), false), threads.(worker, true)}, else: {}
+
   beam = cpu_us.(System.pid())
   python = cpu_us.(worker)
   started = System.monotonic_time(:microsecond)
@@ -180,11 +185,17 @@ for _ <- 1..rounds do
   )
 
   if opts[:threads] do
-    for {name, {switches, cpu}} <- Enum.sort(threads.()),
+    {beam_before, worker_before} = before
+
+    for {side, os_pid, by_id, before} <- [
+          {"BEAM", System.pid(), false, beam_before},
+          {"worker", worker, true, worker_before}
+        ],
+        {name, {switches, cpu}} <- Enum.sort(threads.(os_pid, by_id)),
         {switches_before, cpu_before} = Map.get(before, name, {0, 0}),
         (switches - switches_before) / calls >= 0.01 do
       IO.puts(
-        "  #{name}: #{Float.round((switches - switches_before) / calls, 2)} switches, " <>
+        "  #{side} #{name}: #{Float.round((switches - switches_before) / calls, 2)} switches, " <>
           "#{per_call.(cpu - cpu_before)} µs CPU per call"
       )
     end
