@@ -81,3 +81,18 @@ def test_a_class_only_registered_as_awaitable_is_not_one() -> None:
 
     with pytest.raises(TypeError):
         asyncio.run(awaits())
+
+
+def test_its_answer_kept_per_type_stays_right_past_the_types_it_keeps() -> None:
+    # Asked again of the same types (the answer kept), and of more types than
+    # it keeps (made at run time, half of them awaitable), then of the first again.
+    loop = asyncio.new_event_loop()
+    made = [type(f"Made{i}", (_WithAwait,) if i % 2 else (), {})() for i in range(600)]
+    try:
+        for _ in range(2):
+            for name, value in [*_cases(loop), *((f"made {i}", v) for i, v in enumerate(made))]:
+                assert is_awaitable(value) is inspect.isawaitable(value), name
+                if inspect.iscoroutine(value):
+                    value.close()
+    finally:
+        loop.close()

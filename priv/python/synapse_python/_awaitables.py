@@ -6,7 +6,9 @@ plain values most calls return (a protobuf message, an int) its
 `isinstance` check costs more than the rest of the test, and the Bridge's
 path asks it up to three times per call. `await` itself accepts an object
 whose type has an `__await__`, or a generator-based coroutine
-(`types.coroutine`): the same question, asked of the type.
+(`types.coroutine`): the same question, asked of the type. Asked of a
+type without `__await__`, `getattr` raises and catches an AttributeError
+inside: the answer is kept per type (a few of them, in practice).
 """
 
 from __future__ import annotations
@@ -16,11 +18,21 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+# Whether each type seen has an `__await__`; emptied when it holds more
+# than `_TYPES_KEPT` (types made at run time would otherwise accumulate).
+_has_await: dict[type, bool] = {}
+_TYPES_KEPT = 256
+
 
 def is_awaitable(value: object) -> bool:
     """True when `await value` would await it (what `inspect.isawaitable` answers)."""
     kind = type(value)
-    if getattr(kind, "__await__", None) is not None:
+    awaits = _has_await.get(kind)
+    if awaits is None:
+        if len(_has_await) >= _TYPES_KEPT:
+            _has_await.clear()
+        awaits = _has_await[kind] = getattr(kind, "__await__", None) is not None
+    if awaits:
         return True
     return kind is types.GeneratorType and bool(
         value.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE  # type: ignore[attr-defined]
