@@ -92,7 +92,7 @@ defmodule SynapseCore.Agent do
       `SynapseCore.DeferredToolRequests` (the agent's output type must allow
       it), and a later run resumes it with the result as `:message_history`
       and the decisions as `:deferred_tool_results`
-      (`SynapseCore.DeferredToolResults`), usually with an empty prompt;
+      (`SynapseCore.DeferredToolResults`), usually with a `nil` prompt;
     * **the run asks while it waits**, when given an `:approver` (a pid,
       a name, `{:via, ...}`, a `:pg` group, on any node): the approver
       receives `{:synapse_approval, %SynapseCore.Approval{}}` per call and
@@ -261,6 +261,9 @@ defmodule SynapseCore.Agent do
 
       SynapseCore.Agent.run_sync(:vision, ["What is this?", {:binary, png, "image/png"}])
 
+  `nil` sends no new user message (pydantic-ai's `None`): the run goes on
+  from its `:message_history`. An empty string is an empty user message.
+
   ## Options
 
   #{SynapseCore.Options.docs(Options.call_schema())}
@@ -277,7 +280,8 @@ defmodule SynapseCore.Agent do
   `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
   """
   @spec run_sync(name(), Prompt.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
-  def run_sync(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
+  def run_sync(name, prompt, opts \\ [])
+      when is_binary(prompt) or is_list(prompt) or is_nil(prompt) do
     with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
          do: await(run)
   end
@@ -306,7 +310,7 @@ defmodule SynapseCore.Agent do
       {:ok, result} = SynapseCore.Agent.await(run)
   """
   @spec run(name(), Prompt.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
-  def run(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
+  def run(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) or is_nil(prompt) do
     start(name, prompt, Options.call!(opts), :unary, self(), :infinity)
   end
 
@@ -620,7 +624,8 @@ defmodule SynapseCore.Agent do
   """
   @spec run_stream(name(), Prompt.t(), [run_option() | stream_option()]) ::
           Enumerable.t() | {:ok, Run.t()} | {:error, Error.t()}
-  def run_stream(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) do
+  def run_stream(name, prompt, opts \\ [])
+      when is_binary(prompt) or is_list(prompt) or is_nil(prompt) do
     options = Options.stream!(opts)
 
     case options.stream_to do
@@ -680,6 +685,7 @@ defmodule SynapseCore.Agent do
 
   # A prompt whose binaries are large is copied into the request on a
   # dirty scheduler, as a large history is.
+  defp large_prompt?(nil), do: false
   defp large_prompt?(prompt) when is_binary(prompt), do: byte_size(prompt) > @dirty_history_bytes
 
   defp large_prompt?(parts) do

@@ -61,7 +61,10 @@ defmodule SynapseCore.Prompt do
 
   @moduledoc """
   A run's prompt: a string, or a list of parts (multimodal input), which
-  becomes the list a Python caller passes as pydantic-ai's `user_prompt`.
+  becomes the list a Python caller passes as pydantic-ai's `user_prompt`;
+  or `nil`, pydantic-ai's `None`: no new user message, the run goes on from
+  its `:message_history` (resuming deferred tool calls, say). A string is a
+  user message even when it is empty, as in pydantic-ai.
 
       SynapseCore.Agent.run_sync(:vision, [
         "What is in this picture, and in that one?",
@@ -153,7 +156,7 @@ defmodule SynapseCore.Prompt do
           | {:cache_point, keyword()}
 
   @typedoc "A prompt: a string, or a non-empty list of parts."
-  @type t :: String.t() | [part(), ...]
+  @type t :: String.t() | [part(), ...] | nil
 
   @doc """
   Checks `prompt`; `{:error, %SynapseCore.Error{kind: :invalid_argument}}`
@@ -174,10 +177,12 @@ defmodule SynapseCore.Prompt do
   end
 
   @doc false
-  # The prompt as the NIF takes it: `{text, parts}`, with `text` empty for a
-  # list of parts (see native/synapse_native/src/prompt.rs). Raises
-  # ArgumentError for a prompt `validate/1` refuses.
-  @spec wire(t()) :: {String.t(), [tuple()]}
+  # The prompt as the NIF takes it: `{text, parts}`, with `text` nil for a
+  # list of parts or no prompt (see native/synapse_native/src/prompt.rs).
+  # Raises ArgumentError for a prompt `validate/1` refuses.
+  @spec wire(t()) :: {String.t() | nil, [tuple()]}
+  def wire(nil), do: {nil, []}
+
   def wire(prompt) when is_binary(prompt) do
     if String.valid?(prompt),
       do: {prompt, []},
@@ -200,14 +205,17 @@ defmodule SynapseCore.Prompt do
         end
       end)
 
-    {"", wired}
+    {nil, wired}
   end
 
   def wire([]), do: raise(ArgumentError, "the prompt is an empty list of parts")
 
   def wire(other),
     do:
-      raise(ArgumentError, "the prompt must be a string or a list of parts, got: #{show(other)}")
+      raise(
+        ArgumentError,
+        "the prompt must be a string, a list of parts or nil, got: #{show(other)}"
+      )
 
   defp part(text) when is_binary(text), do: {:text, text!(text)}
 

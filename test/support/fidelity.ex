@@ -94,8 +94,8 @@ defmodule SynapseCore.Fidelity do
   def synapse_run(name, turns, extra_opts \\ []) do
     {outcomes, _} =
       Enum.map_reduce(turns, nil, fn turn, previous ->
-        # (A turn resuming deferred calls may have no prompt.)
-        turn = Map.update(turn, "prompt", "", &prompt/1)
+        # (A turn resuming deferred calls may have no prompt: None, nil.)
+        turn = Map.update(turn, "prompt", nil, &prompt/1)
 
         opts =
           extra_opts
@@ -152,6 +152,7 @@ defmodule SynapseCore.Fidelity do
   as they are, and maps with a "kind" (a "binary"'s "data" in base64), their
   other keys the part's options.
   """
+  def prompt(nil), do: nil
   def prompt(text) when is_binary(text), do: text
   def prompt(parts) when is_list(parts), do: Enum.map(parts, &part/1)
   # direct_run's JSON form of deferred tool results, as Synapse takes them.

@@ -159,7 +159,7 @@ defmodule SynapseCore.ApprovalsTest do
              ]}
           ] do
         assert {:ok, result} =
-                 Agent.run_sync(name, "",
+                 Agent.run_sync(name, nil,
                    message_history: first,
                    deferred_tool_results: [approvals: approvals, calls: calls]
                  )
@@ -186,7 +186,7 @@ defmodule SynapseCore.ApprovalsTest do
       refute_received {:noted, _}
 
       assert {:ok, result} =
-               Agent.run_sync(name, "",
+               Agent.run_sync(name, nil,
                  message_history: first,
                  tools: [note],
                  deferred_tool_results: %{
@@ -204,7 +204,7 @@ defmodule SynapseCore.ApprovalsTest do
 
       for approvals <- [%{"call-0" => true, "nope" => true}, %{}] do
         assert {:error, %Error{kind: :invalid_argument, message: message}} =
-                 Agent.run_sync(name, "",
+                 Agent.run_sync(name, nil,
                    message_history: first,
                    deferred_tool_results: %{approvals: approvals}
                  )
@@ -214,7 +214,7 @@ defmodule SynapseCore.ApprovalsTest do
 
       # The same history, resumed with the right decisions.
       assert {:ok, result} =
-               Agent.run_sync(name, "",
+               Agent.run_sync(name, nil,
                  message_history: first,
                  deferred_tool_results: %{approvals: %{"call-0" => true}}
                )
@@ -237,7 +237,7 @@ defmodule SynapseCore.ApprovalsTest do
             "yes"
           ] do
         assert_raise ArgumentError, ~r/deferred_tool_results/, fn ->
-          Agent.run_sync(:no_agent, "", deferred_tool_results: bad)
+          Agent.run_sync(:no_agent, nil, deferred_tool_results: bad)
         end
       end
 
@@ -246,7 +246,7 @@ defmodule SynapseCore.ApprovalsTest do
       {:ok, first} = Agent.run_sync(name, script([{"delete", %{path: "a.txt"}}]))
 
       assert {:error, %Error{kind: :invalid_argument, message: message}} =
-               Agent.run_sync(name, "",
+               Agent.run_sync(name, nil,
                  message_history: first,
                  deferred_tool_results: %{approvals: %{"call-0" => {:approve, %{"p" => self()}}}}
                )

@@ -16,7 +16,7 @@ defmodule SynapseCore.BadInputTest do
     end
 
     test "of the wrong type", %{name: name} do
-      for prompt <- [nil, 42, %{}, {:tuple}] do
+      for prompt <- [42, %{}, {:tuple}, :none] do
         assert_raise FunctionClauseError, fn -> Agent.run_sync(name, prompt) end
       end
 
@@ -27,16 +27,16 @@ defmodule SynapseCore.BadInputTest do
       assert message =~ "charlist"
     end
 
-    test "empty", %{name: name} do
+    test "none", %{name: name} do
       # Nothing to answer: pydantic-ai refuses, and says why.
       assert {:error, %Error{kind: :invalid_argument, message: message}} =
-               Agent.run_sync(name, "")
+               Agent.run_sync(name, nil)
 
       assert message =~ "No message history, user prompt, or instructions"
 
       # An agent with instructions, or a conversation, can go on from nothing.
       {:ok, first} = Agent.run_sync(name, "hi")
-      assert {:ok, %Result{}} = Agent.run_sync(name, "", message_history: first.messages)
+      assert {:ok, %Result{}} = Agent.run_sync(name, nil, message_history: first.messages)
     end
 
     test "invalid UTF-8", %{name: name} do

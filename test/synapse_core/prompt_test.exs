@@ -130,6 +130,18 @@ defmodule SynapseCore.PromptTest do
     assert Base.url_decode64!(base64) == @bytes
   end
 
+  test "an empty prompt is an empty user message and nil none, as \"\" and None in Python" do
+    record = Fidelity.record_path("synapse")
+    name = start!(env: [{"SYNAPSE_FIDELITY_RECORD", record}])
+    turns = [%{"prompt" => ""}, %{"prompt" => "", "history" => true}, %{"history" => true}]
+    [first, second, third] = Fidelity.assert_same_as_python!(name, @agent, turns, record)
+
+    assert first["output"] == ~s([[{"class": "str", "value": ""}]])
+    assert second["output"] == first["output"]
+    # Nothing new to send: the run ends with the history's last answer.
+    assert third["output"] == first["output"]
+  end
+
   test "a run with Elixir tools and a streamed run take parts too" do
     name = start!()
     parts = ["look", {:binary, @bytes, "image/png"}]

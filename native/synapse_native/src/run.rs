@@ -35,7 +35,8 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 #[derive(NifMap)]
 pub struct RunArgs<'a> {
     agent_id: String,
-    prompt: String,
+    /// `nil` for no new user message (a list of parts, or none at all).
+    prompt: Option<String>,
     /// pydantic-ai's JSON of a history (a binary: sent as it is), a list of
     /// message maps (encoded to JSON), or `nil`.
     message_history: Term<'a>,
@@ -59,7 +60,7 @@ pub struct RunArgs<'a> {
     inline_approvals: bool,
     /// Streamed runs: the kinds of events to send (`RunEvent` field names).
     events: Vec<String>,
-    /// A prompt made of parts (`crate::prompt`); `prompt` is then empty.
+    /// A prompt made of parts (`crate::prompt`); `prompt` is then `nil`.
     prompt_parts: Vec<Term<'a>>,
 }
 

@@ -54,11 +54,12 @@ def _content_adapter() -> pydantic.TypeAdapter[Any]:
 
 
 def user_prompt(request: agent_pb2.RunRequest) -> str | Sequence[UserContent] | None:
-    """The `user_prompt` of the run `request` asks for; None continues from the history."""
+    """The `user_prompt` of the run `request` asks for; None (no prompt set)
+    continues from the history with no new user message, and an empty
+    string is an empty one, as in pydantic-ai."""
     if request.prompt_parts:
         return [_part(index, part) for index, part in enumerate(request.prompt_parts)]
-    # An empty prompt continues from the history without a new user message.
-    return request.prompt or None
+    return request.prompt if request.HasField("prompt") else None
 
 
 def _part(index: int, part: agent_pb2.PromptPart) -> UserContent:
