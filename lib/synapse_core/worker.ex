@@ -688,8 +688,12 @@ defmodule SynapseCore.Worker do
 
     event(:restart, %{delay: delay}, data, %{attempt: attempt + 1})
 
-    # A remote worker that is not up yet does not hold the agent's start.
-    data = if data.first == :pending, do: outcome(data, :ok), else: data
+    # A remote worker that is not up yet does not hold the agent's start;
+    # a local one's first start is over once it serves, or fails for good.
+    data =
+      if data.first == :pending and data.location != :local,
+        do: outcome(data, :ok),
+        else: data
 
     data = %{
       retire(data, error)

@@ -68,6 +68,36 @@ defmodule SynapseCore.BootTest do
              Agent.run_sync(opts[:name], "hi")
   end
 
+  test "a Python without the worker's dependencies fails for good, with await_ready: false too" do
+    # The interpreter without its site-packages: no grpc, no pydantic-ai.
+    dir = Path.join(System.tmp_dir!(), "synapse-boot-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    {:ok, interpreter} = SynapseCore.Python.interpreter()
+    python = Path.join(dir, "python")
+    File.write!(python, "#!/bin/sh\nexec #{interpreter} -S \"$@\"\n")
+    File.chmod!(python, 0o755)
+
+    opts = fixture_agent("echo_agent", python: python, await_ready: false, max_backoff: 200)
+    start_supervised!({Agent, opts})
+
+    assert {:error, %Error{kind: :startup_failed, message: message}} =
+             AwaitReady.start_link([opts[:name]])
+
+    assert message =~ "No module named"
+    assert message =~ "mix synapse.setup"
+  end
+
+  test "a local worker that never served holds the barrier: it fails when its time is up" do
+    opts = fixture_agent("echo_agent", python: "/bin/false", await_ready: false)
+    start_supervised!({Agent, opts})
+
+    assert {:error, %Error{kind: :startup_failed}} =
+             AwaitReady.start_link(names: [opts[:name]], timeout: 3_000)
+
+    assert [] = Agent.workers(opts[:name])
+  end
+
   test "the barrier names an agent that is not there" do
     assert {:error, %Error{kind: :unknown_agent}} = SynapseCore.await_ready([unique_name()])
   end
