@@ -48,14 +48,24 @@ import ssl
 import sys
 from collections.abc import Sequence
 
-from synapse_python import _logging, _server
-from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
-from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
-
-logger = logging.getLogger("synapse_python.worker")
-
 EXIT_FAILED = 1
 EXIT_STARTUP_FAILED = 78
+
+try:
+    from synapse_python import _logging, _server
+    from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
+    from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
+except ImportError as exc:
+    # An interpreter without the worker's dependencies: starting it again
+    # will not help.
+    print(
+        f"synapse_python.worker: {type(exc).__name__}: {exc} "
+        f"(is {sys.executable} the Python environment of `mix synapse.setup`?)",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_STARTUP_FAILED)
+
+logger = logging.getLogger("synapse_python.worker")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
