@@ -7,7 +7,10 @@ defmodule SynapseCore.Result do
       *string* keys, lists, numbers (integers of any size), booleans and
       `nil`. String keys because the keys come from the Python side and
       atoms are never created from external data (they are not garbage
-      collected).
+      collected). An output of `bytes` (an output function's rendered
+      file) is that binary; bytes within structured output are text, as
+      Pydantic writes them, and an `:unrepresentable` error when they are
+      not UTF-8.
     * `output_type` - the Python class of the output, as
       `type(output).__qualname__`: `"str"`, `"int"`, `"dict"`, or a model's
       name. For an agent whose output type is a union (`SeatPreference |

@@ -331,6 +331,32 @@ defmodule SynapseCore.FidelityTest do
     end
   end
 
+  describe "bytes in the output" do
+    test "an output of bytes is the binary Python has, in the result and the last output event" do
+      name = start_fixture_agent!("bytes_agent", agent: "synapse_fixtures.outputs:bytes_agent")
+      pdf = "%PDF-1.7\n%" <> <<0xE2, 0xE3, 0xCF, 0xD3>> <> "\nhello"
+
+      assert {:ok, %Result{output: ^pdf, output_type: "bytes"}} = Agent.run_sync(name, "hello")
+
+      events = name |> Agent.run_stream("hello", events: [:output]) |> Enum.to_list()
+      assert {:output, %{output: pdf, output_type: "bytes", partial: false}} in events
+      assert {:result, %Result{output: ^pdf}} = List.last(events)
+    end
+
+    test "bytes that are not UTF-8 within structured output are :unrepresentable" do
+      name =
+        start_fixture_agent!("nested_bytes_agent",
+          agent: "synapse_fixtures.outputs:nested_bytes_agent"
+        )
+
+      assert {:error, %Error{kind: :unrepresentable, message: message}} =
+               Agent.run_sync(name, "hello")
+
+      assert message =~ "bytes that are not UTF-8"
+      assert message =~ "ser_json_bytes"
+    end
+  end
+
   describe "structured output keeps what Python knows" do
     # Each agent runs through Synapse (run_sync, then run_stream) and
     # directly in Python; outputs, their types, usage, messages and every

@@ -196,6 +196,7 @@ fn partial<'a>(env: Env<'a>, output: PartialOutput) -> Term<'a> {
     let value = match &output.output {
         Some(partial_output::Output::Text(text)) => json::string(env, text),
         Some(partial_output::Output::Json(bytes)) => lenient_json(env, bytes),
+        Some(partial_output::Output::Binary(bytes)) => json::bytes(env, bytes),
         None => atoms::nil().encode(env),
     };
     map(

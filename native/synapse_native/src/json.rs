@@ -410,7 +410,12 @@ fn number<'a>(env: Env<'a>, n: &Number) -> Result<Term<'a>, Error> {
 
 /// A binary term holding `s`.
 pub fn string<'a>(env: Env<'a>, s: &str) -> Term<'a> {
-    let mut binary = NewBinary::new(env, s.len());
-    binary.as_mut_slice().copy_from_slice(s.as_bytes());
+    bytes(env, s.as_bytes())
+}
+
+/// A binary term holding `b`.
+pub fn bytes<'a>(env: Env<'a>, b: &[u8]) -> Term<'a> {
+    let mut binary = NewBinary::new(env, b.len());
+    binary.as_mut_slice().copy_from_slice(b);
     binary.into()
 }

@@ -641,6 +641,7 @@ fn encode_result(env: Env<'_>, result: RunResult) -> Result<Term<'_>, Error> {
         Some(run_result::Output::Text(text)) => json::string(env, &text),
         Some(run_result::Output::Json(bytes)) => json::decode(env, &bytes)?,
         Some(run_result::Output::Deferred(deferred)) => approval::encode_output(env, &deferred)?,
+        Some(run_result::Output::Binary(bytes)) => json::bytes(env, &bytes),
         None => return Err(Error::Protocol("the worker's result has no output".into())),
     };
     let usage = encode_usage(env, result.usage.unwrap_or_default());

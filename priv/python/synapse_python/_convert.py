@@ -154,6 +154,8 @@ def run_result(
     )
     if isinstance(output, str):
         message.text = wire_text(output, "the output")
+    elif isinstance(output, bytes):
+        message.binary = output
     elif isinstance(output, DeferredToolRequests):
         message.deferred.CopyFrom(deferred_output(output))
     else:
@@ -179,9 +181,19 @@ def output_json(output: object) -> bytes:
     Pydantic writes NaN and infinities as `null` in models (and as bare `NaN`
     elsewhere, which is not JSON): neither reaches Elixir as what Python
     had, and Elixir floats have no such values, so they are refused here.
-    Integers of any size are exact (the client makes them bignums).
+    Integers of any size are exact (the client makes them bignums). Bytes
+    within it are text, as Pydantic writes them by default, and refused when
+    they are not UTF-8 (an output of bytes itself is carried as it is: see
+    `run_result`).
     """
-    data = pydantic_core.to_jsonable_python(output)
+    try:
+        data = pydantic_core.to_jsonable_python(output)
+    except UnicodeDecodeError as exc:
+        raise unrepresentable(
+            f"the output holds bytes that are not UTF-8 ({exc.reason} at byte {exc.start}), "
+            "which JSON cannot carry: a Pydantic model can write them as base64 "
+            "(`ser_json_bytes='base64'` in its config)"
+        ) from exc
     if (found := _non_finite(data, "the output")) is not None:
         path, value = found
         raise unrepresentable(

@@ -147,6 +147,8 @@ def output_event(output: object, *, partial: bool) -> agent_pb2.RunEvent:
     message = agent_pb2.PartialOutput(output_type=type(output).__qualname__, partial=partial)
     if isinstance(output, str):
         message.text = output
+    elif isinstance(output, bytes):
+        message.binary = output
     else:
         message.json = _convert.output_json(output)
     return agent_pb2.RunEvent(output=message)

@@ -132,3 +132,23 @@ def _number_text(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
 
 
 float_agent = Agent(recorded_model(_number_text, name="floats"), output_type=TextOutput(measure))
+
+
+# Bytes: an output of bytes itself (a rendered file) is carried as it is;
+# within structured output they are text, which bytes not UTF-8 cannot be.
+def render(text: str) -> bytes:
+    """The model's text as a file: a PDF's header, which is not UTF-8, then the text."""
+    return b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + text.encode()
+
+
+bytes_agent = Agent(recorded_model(_number_text, name="bytes"), output_type=TextOutput(render))
+
+
+def attach(text: str) -> dict[str, bytes]:
+    """The rendered file, in a map."""
+    return {"file": render(text)}
+
+
+nested_bytes_agent = Agent(
+    recorded_model(_number_text, name="nested_bytes"), output_type=TextOutput(attach)
+)
