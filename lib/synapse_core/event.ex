@@ -21,9 +21,9 @@ defmodule SynapseCore.Event do
   | `{:part_end, %{index:, part:, next_part_kind:}}` | `PartEndEvent` |
   | `{:final_result, %{tool_name:, tool_call_id:}}` | `FinalResultEvent` |
   | `{:tool_call, %{id:, name:, args:, args_valid:}}` | `FunctionToolCallEvent` |
-  | `{:tool_result, %{id:, name:, content:, retry:, outcome:}}` | `FunctionToolResultEvent` |
+  | `{:tool_result, %{id:, name:, content:, retry:, outcome:, user_content:}}` | `FunctionToolResultEvent` |
   | `{:output_tool_call, %{id:, name:, args:, args_valid:}}` | `OutputToolCallEvent` |
-  | `{:output_tool_result, %{id:, name:, content:, retry:, outcome:}}` | `OutputToolResultEvent` |
+  | `{:output_tool_result, %{id:, name:, content:, retry:, outcome:, user_content: nil}}` | `OutputToolResultEvent` |
   | `{:deferred_tool_requests, %{calls:, approvals:, metadata:}}` | `DeferredToolRequestsEvent` |
   | `{:output, %{output:, output_type:, partial:}}` | the output validated so far, as `AgentStream.stream_output` yields it |
   | `{:event, %{kind:, data:}}` | any other event (`event_kind` and its JSON): custom events, enqueued messages, ... |
@@ -74,7 +74,11 @@ defmodule SynapseCore.Event do
     * `{:tool_result, %{id: id, name: name, content: content, retry: retry?,
       outcome: outcome}}` - that call's outcome: its return value, or
       (`retry: true`) the retry prompt the model got back; `outcome` is
-      pydantic-ai's (`"success"`, `"failed"`, `"denied"`, `"retried"`).
+      pydantic-ai's (`"success"`, `"failed"`, `"denied"`, `"retried"`);
+      `user_content` is what the tool gave the model after its result
+      (pydantic-ai's `ToolReturn.content`: a string, or a list of user
+      content in the JSON form of pydantic-ai's messages, bytes in URL-safe base64),
+      or `nil`.
     * `{:output_tool_call, call}` and `{:output_tool_result, result}` - the
       same for an output tool (the model's "final answer" call).
     * `{:deferred_tool_requests, %{calls: calls, approvals: approvals,
@@ -120,7 +124,8 @@ defmodule SynapseCore.Event do
           name: String.t(),
           content: term(),
           retry: boolean(),
-          outcome: String.t()
+          outcome: String.t(),
+          user_content: String.t() | [map() | String.t()] | nil
         }
 
   @type t ::

@@ -49,7 +49,8 @@ defmodule SynapseCore.StreamState do
   they came as a map); `args` the decoded arguments, `nil` until the call is
   complete (or when its JSON is invalid); `kind` is `:function` or
   `:output` once known; `result` its outcome (`content`, `retry`,
-  `outcome`, as in `SynapseCore.Event`), `nil` until it returns.
+  `outcome`, `user_content`, as in `SynapseCore.Event`), `nil` until it
+  returns.
   """
   @type tool_call :: %{
           id: String.t() | nil,
@@ -57,7 +58,9 @@ defmodule SynapseCore.StreamState do
           args_json: String.t() | nil,
           args: term(),
           kind: :function | :output | nil,
-          result: %{content: term(), retry: boolean(), outcome: String.t() | nil} | nil
+          result:
+            %{content: term(), retry: boolean(), outcome: String.t() | nil, user_content: term()}
+            | nil
         }
 
   @type t :: %__MODULE__{
@@ -173,7 +176,13 @@ defmodule SynapseCore.StreamState do
 
   def apply_event(state, {kind, %{id: id, name: name} = returned})
       when kind in [:tool_result, :output_tool_result] do
-    result = %{content: returned.content, retry: returned.retry, outcome: returned[:outcome]}
+    result = %{
+      content: returned.content,
+      retry: returned.retry,
+      outcome: returned[:outcome],
+      user_content: returned[:user_content]
+    }
+
     upsert_call(%{state | response?: false}, id, %{name: name, result: result})
   end
 

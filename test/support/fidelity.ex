@@ -243,9 +243,11 @@ defmodule SynapseCore.Fidelity do
   defp event({kind, %{name: name, args: args}}) when kind in [:tool_call, :output_tool_call],
     do: [[Atom.to_string(kind), name, args]]
 
-  defp event({kind, %{name: name, content: content}})
+  defp event({kind, %{name: name, content: content, user_content: user_content}})
        when kind in [:tool_result, :output_tool_result],
-       do: [[Atom.to_string(kind), name, without_volatile(content)]]
+       do: [
+         [Atom.to_string(kind), name, without_volatile(content), without_volatile(user_content)]
+       ]
 
   defp event({:deferred_tool_requests, requests}),
     do: [["deferred_tool_requests", without_volatile(Map.new(requests, &string_key/1))]]

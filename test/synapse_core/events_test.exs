@@ -67,6 +67,24 @@ defmodule SynapseCore.EventsTest do
       assert %{approvals: [%{"tool_call_id" => "del_1"}], calls: []} = state.deferred
     end
 
+    test "what a tool shows the model after its result is in its :tool_result, as in Python" do
+      [outcome] =
+        same_as_python!("synapse_fixtures.events:snapshot_agent", [
+          %{"prompt" => "look", "stream" => true, "events" => "all"}
+        ])
+
+      # Compared with Python's FunctionToolResultEvent.content above; here
+      # against what the tool returned.
+      png = <<0x89, "PNG\r\n", 0x1A, "\n", 0, 0, 0, "\rIHDR", 0xFF, 0xFE>>
+
+      assert [["tool_result", "snapshot", "snapshot taken", [text, image]]] =
+               Enum.filter(outcome["events"], &match?(["tool_result" | _], &1))
+
+      assert text == "The snapshot:"
+      assert %{"kind" => "binary", "media_type" => "image/png", "data" => data} = image
+      assert Base.url_decode64!(data) == png
+    end
+
     test "the terms: atoms for Synapse's keys, pydantic-ai's JSON with binary keys" do
       name = start_fixture_agent!("events", agent: @thinking)
       events = name |> Agent.run_stream("go", events: :all) |> Enum.to_list()
@@ -81,7 +99,14 @@ defmodule SynapseCore.EventsTest do
       assert {:tool_call, %{id: "call_1", name: "double", args: %{"n" => 21}, args_valid: true}} in events
 
       assert {:tool_result,
-              %{id: "call_1", name: "double", content: 42, retry: false, outcome: "success"}} in events
+              %{
+                id: "call_1",
+                name: "double",
+                content: 42,
+                retry: false,
+                outcome: "success",
+                user_content: nil
+              }} in events
 
       assert {:final_result, %{tool_name: "final_result", tool_call_id: "out_1"}} in events
       assert {:result, %Result{output: %{"name" => "Rex"}}} = List.last(events)

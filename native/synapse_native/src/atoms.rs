@@ -58,6 +58,7 @@ rustler::atoms! {
     args_delta,
     args_valid,
     outcome,
+    user_content,
     calls,
     approvals,
     metadata,

@@ -165,6 +165,13 @@ fn tool_return<'a>(env: Env<'a>, returned: &ToolReturn) -> Term<'a> {
             (atoms::content(), lenient_json(env, &returned.content_json)),
             (atoms::retry(), returned.retry.encode(env)),
             (atoms::outcome(), json::string(env, &returned.outcome)),
+            (
+                atoms::user_content(),
+                returned
+                    .user_content_json
+                    .as_deref()
+                    .map_or_else(|| atoms::nil().encode(env), |json| lenient_json(env, json)),
+            ),
         ],
     )
 }

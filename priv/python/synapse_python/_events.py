@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import pydantic
@@ -55,6 +55,7 @@ from pydantic_ai.messages import (
     ToolCallEvent,
     ToolCallPartDelta,
     ToolReturnPart,
+    UserContent,
 )
 from pydantic_ai.result import AgentStream
 from pydantic_ai.tools import DeferredToolRequests
@@ -185,8 +186,11 @@ def wire_events(event: AgentStreamEvent) -> Iterator[agent_pb2.RunEvent]:
             yield agent_pb2.RunEvent(tool_call=tool_call(event))
         case OutputToolCallEvent():
             yield agent_pb2.RunEvent(output_tool_call=tool_call(event))
-        case FunctionToolResultEvent(part=part):
-            yield agent_pb2.RunEvent(tool_return=tool_return(part))
+        case FunctionToolResultEvent(part=part, content=content):
+            returned = tool_return(part)
+            if content is not None:
+                returned.user_content_json = _user_content_adapter().dump_json(content)
+            yield agent_pb2.RunEvent(tool_return=returned)
         case OutputToolResultEvent(part=part):
             yield agent_pb2.RunEvent(output_tool_return=tool_return(part))
         case DeferredToolRequestsEvent(requests=requests):
@@ -315,6 +319,14 @@ def tool_return(part: ToolReturnPart) -> agent_pb2.ToolReturn:
 @functools.cache
 def _part_adapter() -> pydantic.TypeAdapter[ModelResponsePart]:
     return pydantic.TypeAdapter(ModelResponsePart)
+
+
+@functools.cache
+def _user_content_adapter() -> pydantic.TypeAdapter[str | Sequence[UserContent]]:
+    # As pydantic-ai's messages are written (`ModelMessagesTypeAdapter`).
+    return pydantic.TypeAdapter(
+        str | Sequence[UserContent], config=pydantic.ConfigDict(ser_json_bytes="base64")
+    )
 
 
 @functools.cache

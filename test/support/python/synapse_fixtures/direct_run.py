@@ -63,6 +63,7 @@ import json
 import os
 import sys
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic
@@ -200,6 +201,10 @@ _PARTS = pydantic.TypeAdapter(ModelResponsePart)
 _DELTAS = pydantic.TypeAdapter(ModelResponsePartDelta)
 _EVENTS = pydantic.TypeAdapter(AgentStreamEvent)
 _DEFERRED = pydantic.TypeAdapter(DeferredToolRequests)
+# What a tool gave the model after its result, as pydantic-ai's messages write it.
+_USER_CONTENT = pydantic.TypeAdapter(
+    str | Sequence[UserContent], config=pydantic.ConfigDict(ser_json_bytes="base64")
+)
 
 
 def _start(event: PartStartEvent) -> list[list[Any]]:
@@ -251,13 +256,11 @@ def _event(event: Any) -> list[list[Any]]:
         case FunctionToolCallEvent(part=part) | OutputToolCallEvent(part=part):
             kind = "tool_call" if isinstance(event, FunctionToolCallEvent) else "output_tool_call"
             return [[kind, part.tool_name, part.args_as_dict()]]
-        case FunctionToolResultEvent(part=part) | OutputToolResultEvent(part=part):
-            kind = (
-                "tool_result"
-                if isinstance(event, FunctionToolResultEvent)
-                else "output_tool_result"
-            )
-            return [[kind, part.tool_name, _json(part.content)]]
+        case FunctionToolResultEvent(part=part, content=content):
+            shown = None if content is None else _dump(_USER_CONTENT, content)
+            return [["tool_result", part.tool_name, _json(part.content), shown]]
+        case OutputToolResultEvent(part=part):
+            return [["output_tool_result", part.tool_name, _json(part.content), None]]
         case DeferredToolRequestsEvent(requests=requests):
             return [["deferred_tool_requests", _dump(_DEFERRED, requests)]]
     return [["event", event.event_kind, _dump(_EVENTS, event)]]

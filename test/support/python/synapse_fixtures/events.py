@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel
-from pydantic_ai import Agent, CustomEvent, DeferredToolRequests, RunContext
+from pydantic_ai import Agent, CustomEvent, DeferredToolRequests, RunContext, ToolReturn
 from pydantic_ai.messages import (
+    BinaryContent,
     ModelMessage,
     ModelRequest,
     ModelResponse,
@@ -37,7 +38,7 @@ from pydantic_ai.models.function import (
     FunctionModel,
 )
 
-from synapse_fixtures.recording import record
+from synapse_fixtures.recording import record, recorded_model
 
 
 class Pet(BaseModel):
@@ -164,3 +165,25 @@ approval_agent = Agent(
 def delete_file(path: str) -> str:
     """Deletes a file (once approved)."""
     return f"deleted {path}"
+
+
+# A tool that shows the model an image after its result (`ToolReturn.content`).
+SNAPSHOT = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe"
+
+
+def _look(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if _tool_returned(messages):
+        return ModelResponse(parts=[TextPart("seen")])
+    return ModelResponse(parts=[ToolCallPart("snapshot", {}, tool_call_id="snap_1")])
+
+
+snapshot_agent = Agent(recorded_model(_look, name="look"))
+
+
+@snapshot_agent.tool_plain
+def snapshot() -> ToolReturn:
+    """Takes a snapshot of the screen."""
+    return ToolReturn(
+        return_value="snapshot taken",
+        content=["The snapshot:", BinaryContent(SNAPSHOT, media_type="image/png")],
+    )
