@@ -135,7 +135,10 @@ defmodule SynapseCore.Shepherd do
        stoppers: []
      }}
   rescue
-    error in ErlangError ->
+    # Any exception, and never its stacktrace: `Port.command/2`'s frame
+    # holds the config, environment and secrets included (a shepherd gone
+    # before it was sent its config fails it).
+    error ->
       {:stop,
        Error.new(:startup_failed, "cannot start synapse-shepherd: #{Exception.message(error)}")}
   end
