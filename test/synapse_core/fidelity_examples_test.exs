@@ -104,7 +104,7 @@ defmodule SynapseCore.FidelityExamplesTest do
 
     assert [
              ["tool_call", "roulette_wheel", %{"square" => 18}],
-             ["tool_result", "roulette_wheel", "winner"]
+             ["tool_result", "roulette_wheel", "winner", nil]
            ] = third["events"]
   end
 
