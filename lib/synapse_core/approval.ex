@@ -74,10 +74,11 @@ defmodule SynapseCore.Approval do
   def cast_approver(nil), do: {:ok, nil}
   def cast_approver(pid) when is_pid(pid), do: {:ok, pid}
   def cast_approver(name) when is_atom(name), do: {:ok, {name, node()}}
-  def cast_approver({name, node} = dest) when is_atom(name) and is_atom(node), do: {:ok, dest}
+  # {:global, _} and {:pg, _} before {name, node}: their second element may be an atom.
   def cast_approver({:global, _name} = dest), do: {:ok, dest}
-  def cast_approver({:via, module, _name} = dest) when is_atom(module), do: {:ok, dest}
   def cast_approver({:pg, group}), do: {:ok, {:pg, :pg, group}}
+  def cast_approver({:via, module, _name} = dest) when is_atom(module), do: {:ok, dest}
+  def cast_approver({name, node} = dest) when is_atom(name) and is_atom(node), do: {:ok, dest}
   def cast_approver({:pg, scope, _group} = dest) when is_atom(scope), do: {:ok, dest}
   def cast_approver(_other), do: {:error, approver_description()}
 
@@ -293,7 +294,8 @@ defmodule SynapseCore.Approval do
     [pid]
   end
 
-  defp deliver({name, node} = dest, message) when is_atom(name) and is_atom(node) do
+  defp deliver({name, node} = dest, message)
+       when is_atom(name) and is_atom(node) and name != :global do
     # A name of another node is resolved there; a local one must exist.
     if node == node() and Process.whereis(name) == nil do
       []

@@ -76,8 +76,14 @@ defmodule SynapseCore.Options do
   """
   @spec validate!(term(), schema(), String.t()) :: map()
   def validate!(opts, schema, what) do
-    unless is_list(opts) and Enum.all?(opts, &match?({key, _} when is_atom(key), &1)) do
-      raise ArgumentError, "expected #{what} as a keyword list, got: #{inspect(opts, limit: 5)}"
+    unless Keyword.keyword?(opts) do
+      # Only its shape: the values may hold a secret.
+      raise ArgumentError, "expected #{what} as a keyword list, got: #{shape(opts)}"
+    end
+
+    case Keyword.keys(opts) -- Enum.uniq(Keyword.keys(opts)) do
+      [] -> :ok
+      [key | _] -> raise ArgumentError, "the #{inspect(key)} option is given more than once"
     end
 
     check_known!(opts, schema, what)
@@ -96,6 +102,18 @@ defmodule SynapseCore.Options do
       end
     end)
   end
+
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | rest]), do: proper_list?(rest)
+  defp proper_list?(_other), do: false
+
+  defp shape(map) when is_map(map), do: "a map with the keys #{inspect(Map.keys(map), limit: 20)}"
+
+  defp shape(list) when is_list(list),
+    do: "a list that is not a keyword list (its values not shown)"
+
+  defp shape(atom) when is_atom(atom) or is_number(atom), do: inspect(atom)
+  defp shape(_other), do: "a term that is not a list (not shown)"
 
   defp check_known!(opts, schema, what) do
     case Keyword.keys(opts) -- Keyword.keys(schema) do
@@ -140,7 +158,29 @@ defmodule SynapseCore.Options do
     error in ArgumentError -> {:error, Exception.message(error)}
   end
 
-  def cast({:list, type}, value) when is_list(value) do
+  def cast({:list, type} = list, value) when is_list(value) do
+    if proper_list?(value),
+      do: cast_items(type, value),
+      else: {:error, "expected #{describe(list)}"}
+  end
+
+  def cast(:keyword_or_map, value) when is_list(value) do
+    if Keyword.keyword?(value),
+      do: {:ok, Map.new(value)},
+      else: {:error, "expected #{describe(:keyword_or_map)}"}
+  end
+
+  def cast({:or, types} = type, value) do
+    Enum.find_value(types, {:error, "expected #{describe(type)}"}, fn member ->
+      with {:error, _} <- cast(member, value), do: nil
+    end)
+  end
+
+  def cast(type, value) do
+    if valid?(type, value), do: {:ok, value}, else: {:error, "expected #{describe(type)}"}
+  end
+
+  defp cast_items(type, value) do
     value
     |> Enum.with_index()
     |> Enum.reduce_while({:ok, []}, fn {item, index}, {:ok, acc} ->
@@ -153,22 +193,6 @@ defmodule SynapseCore.Options do
       {:ok, items} -> {:ok, Enum.reverse(items)}
       error -> error
     end
-  end
-
-  def cast({:or, types} = type, value) do
-    Enum.find_value(types, {:error, "expected #{describe(type)}"}, fn member ->
-      with {:error, _} <- cast(member, value), do: nil
-    end)
-  end
-
-  def cast(:keyword_or_map, value) when is_list(value) do
-    if Keyword.keyword?(value),
-      do: {:ok, Map.new(value)},
-      else: {:error, "expected #{describe(:keyword_or_map)}"}
-  end
-
-  def cast(type, value) do
-    if valid?(type, value), do: {:ok, value}, else: {:error, "expected #{describe(type)}"}
   end
 
   defp valid?(:any, _value), do: true

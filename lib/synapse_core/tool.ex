@@ -171,7 +171,17 @@ defmodule SynapseCore.Tool do
 
   def expand(other), do: raise(ArgumentError, ":tools must be a list, got: #{inspect(other)}")
 
-  defp expand_one(%__MODULE__{} = tool), do: [tool]
+  # A struct built by hand gets the checks of new/1 (its parameters' aside).
+  defp expand_one(%__MODULE__{} = tool) do
+    fields = [:name, :description, :function, :timeout, :max_retries, :requires_approval]
+
+    tool
+    |> Map.take(fields)
+    |> Enum.reject(fn {_key, value} -> is_nil(value) end)
+    |> SynapseCore.Options.validate!(Keyword.take(@schema, fields), "a tool")
+
+    [tool]
+  end
 
   defp expand_one(module) when is_atom(module) do
     Code.ensure_loaded(module)

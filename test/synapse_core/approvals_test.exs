@@ -435,7 +435,27 @@ defmodule SynapseCore.ApprovalsTest do
       {:ok, _} = Registry.register(registry, :approver, nil)
       delete = script([{"delete", %{path: "a.txt"}}])
 
-      for approver <- [registered, {registered, node()}, {:via, Registry, {registry, :approver}}] do
+      # {:global, name} and {:pg, group} whose second element is an atom
+      # too: not taken for {name, node}.
+      global = :"global_approver_#{System.unique_integer([:positive])}"
+      :yes = :global.register_name(global, self())
+      on_exit(fn -> :global.unregister_name(global) end)
+
+      case :pg.start_link() do
+        {:ok, _} -> :ok
+        {:error, {:already_started, _}} -> :ok
+      end
+
+      group = :"approver_group_#{System.unique_integer([:positive])}"
+      :ok = :pg.join(group, self())
+
+      for approver <- [
+            registered,
+            {registered, node()},
+            {:via, Registry, {registry, :approver}},
+            {:global, global},
+            {:pg, group}
+          ] do
         {:ok, run} = Agent.run(name, delete, approver: approver)
         assert_receive {:synapse_approval, approval}, 30_000
         :ok = Agent.approve(approval)

@@ -25,6 +25,8 @@ defmodule SynapseCore.OptionsTest do
           health_timeout: @too_long,
           max_backoff: 0,
           max_message_bytes: Integer.pow(2, 64),
+          # grpcio takes it as a C int: a start with it could never succeed.
+          max_message_bytes: 2_147_483_648,
           max_message_bytes: 0,
           python: "a\0b",
           python: ~c"python3",
@@ -55,7 +57,7 @@ defmodule SynapseCore.OptionsTest do
             startup_timeout: Options.max_ms(),
             shutdown_timeout: 0,
             health_interval: :infinity,
-            max_message_bytes: 4_294_967_295
+            max_message_bytes: 2_147_483_647
           )
         )
 
@@ -150,6 +152,55 @@ defmodule SynapseCore.OptionsTest do
           )
         end
       end
+    end
+  end
+
+  describe "what the options are given as" do
+    @secret "sk-live-0123456789abcdef"
+
+    for {what, given} <- [
+          {"a map", quote(do: %{name: :x, remote: ["tcp://h:1"], token: @secret})},
+          {"a list with a stray element", quote(do: [{:name, :x}, {:token, @secret}, :oops])},
+          {"an env entry written NAME=value",
+           quote(do: [name: :x, model: "test", env: ["OPENAI_API_KEY=" <> @secret]])},
+          {"an env entry as a [name, value] list",
+           quote(do: [name: :x, model: "test", env: [["OPENAI_API_KEY", @secret]]])}
+        ] do
+      test "#{what} is refused without showing its values" do
+        error = assert_raise ArgumentError, fn -> Agent.child_spec(unquote(given)) end
+        refute Exception.message(error) =~ @secret
+      end
+    end
+
+    test "improper lists are refused with an ArgumentError" do
+      assert_raise ArgumentError, ~r/keyword list/, fn ->
+        AgentOptions.call!([{:timeout, 1_000} | :junk])
+      end
+
+      assert_raise ArgumentError, ~r/python_path/, fn ->
+        Agent.child_spec(name: :x, model: "test", python_path: ["a" | "b"])
+      end
+    end
+
+    test "an option given twice is refused as given twice" do
+      assert_raise ArgumentError, "the :timeout option is given more than once", fn ->
+        AgentOptions.call!(timeout: 1_000, timeout: -5)
+      end
+    end
+
+    test "a %Tool{} built by hand gets the checks of Tool.new/1" do
+      tool = %Tool{
+        name: "not a valid name!",
+        parameters: %{"type" => "object"},
+        function: fn _ -> :ok end,
+        timeout: -1,
+        max_retries: Integer.pow(2, 40)
+      }
+
+      assert_raise ArgumentError, fn -> AgentOptions.call!(tools: [tool]) end
+
+      assert %{tools: [_]} =
+               AgentOptions.call!(tools: [%{tool | name: "ok", timeout: 1_000, max_retries: 1}])
     end
   end
 

@@ -76,7 +76,8 @@ defmodule SynapseCore.Agent.Options do
         }
 
   @max_workers 256
-  @max_message_bytes 4_294_967_295
+  # grpcio takes the limit as a C int; the lane's frame length is a u32.
+  @max_message_bytes 2_147_483_647
   @external_resource SynapseCore.Proto.path()
   @default_max_message_bytes SynapseCore.Proto.enum_value(
                                "Limit",
@@ -922,7 +923,16 @@ defmodule SynapseCore.Agent.Options do
 
   # A pair's value may be a key: only its name is shown.
   defp show_entry({name, _value}), do: "{#{inspect(name, limit: 5)}, (value not shown)}"
-  defp show_entry(other), do: inspect(other, limit: 5)
+
+  defp show_entry(name) when is_binary(name) do
+    case String.split(name, "=", parts: 2) do
+      [name, _value] -> "#{inspect(name <> "=")}(value not shown)"
+      [name] -> inspect(name)
+    end
+  end
+
+  defp show_entry(atom) when is_atom(atom), do: inspect(atom)
+  defp show_entry(_other), do: "(neither a pair nor a name; not shown)"
 
   defp env_entry?({name, value}), do: env_name?(name) and os_text?(value)
   defp env_entry?(name), do: env_name?(name)
