@@ -38,6 +38,22 @@ defmodule SynapseCore.UnencodableTextTest do
     assert error.message =~ "the model's text"
   end
 
+  test "an output holding one, from clean text, is :unrepresentable, streamed or not" do
+    name = start_fixture_agent!("x", agent: "synapse_fixtures.faults:surrogate_output_agent")
+
+    assert {:error, %Error{kind: :unrepresentable}} = Agent.run_sync(name, "report")
+
+    for events <- [[:output], [:text_delta]] do
+      error =
+        assert_raise Error, fn ->
+          name |> Agent.run_stream("report", events: events) |> Enum.to_list()
+        end
+
+      assert error.kind == :unrepresentable
+      assert error.message =~ "the output"
+    end
+  end
+
   test "an exception whose message holds one arrives as itself, escaped", %{name: name} do
     assert {:error, %Error{kind: :python_error, message: message, details: details}} =
              Agent.run_sync(name, "raise")

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 
-from pydantic_ai import Agent
+from pydantic_ai import Agent, TextOutput
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -163,3 +163,13 @@ def _surrogate(prompt: str) -> str:
 # Answers text holding a lone surrogate ("raise": raises an error whose
 # message holds one; "log": logs a warning that holds one).
 surrogate_agent = Agent(_model(_surrogate))
+
+
+def _file_name(text: str) -> str:
+    """The model's clean text, turned by the output function into a name UTF-8 cannot hold."""
+    name = os.fsdecode(b"caf\xe9")
+    return f"{text}: {name}"
+
+
+# The model's text is UTF-8; only the output holds a lone surrogate.
+surrogate_output_agent = Agent(_model(lambda prompt: prompt), output_type=TextOutput(_file_name))
