@@ -112,7 +112,7 @@ defmodule SynapseCore.Options do
   defp shape(list) when is_list(list),
     do: "a list that is not a keyword list (its values not shown)"
 
-  defp shape(atom) when is_atom(atom) or is_number(atom), do: inspect(atom)
+  defp shape(value) when is_atom(value) or is_number(value), do: inspect(value)
   defp shape(_other), do: "a term that is not a list (not shown)"
 
   defp check_known!(opts, schema, what) do

@@ -152,15 +152,22 @@ def run_result(
         message_count=len(result.all_messages()),
         new_message_index=result._new_message_index,  # what new_messages() slices from
     )
+    if isinstance(output, DeferredToolRequests):
+        message.deferred.CopyFrom(deferred_output(output))
+    else:
+        put_output(message, output)
+    return message
+
+
+def put_output(message: agent_pb2.RunResult | agent_pb2.PartialOutput, output: object) -> None:
+    """Sets the `output` of a run's result or output event: text, bytes as
+    they are, anything else as JSON (`output_json`)."""
     if isinstance(output, str):
         message.text = wire_text(output, "the output")
     elif isinstance(output, bytes):
         message.binary = output
-    elif isinstance(output, DeferredToolRequests):
-        message.deferred.CopyFrom(deferred_output(output))
     else:
         message.json = output_json(output)
-    return message
 
 
 def run_state(cancelled: RunCancelled) -> agent_pb2.RunState:
@@ -184,7 +191,7 @@ def output_json(output: object) -> bytes:
     Integers of any size are exact (the client makes them bignums). Bytes
     within it are text, as Pydantic writes them by default, and refused when
     they are not UTF-8 (an output of bytes itself is carried as it is: see
-    `run_result`).
+    `put_output`).
     """
     try:
         data = pydantic_core.to_jsonable_python(output)

@@ -146,12 +146,7 @@ class _PartialOutput:
 def output_event(output: object, *, partial: bool) -> agent_pb2.RunEvent:
     """An `output` event: `output` as the run's result carries it, and its class."""
     message = agent_pb2.PartialOutput(output_type=type(output).__qualname__, partial=partial)
-    if isinstance(output, str):
-        message.text = _convert.wire_text(output, "the output")
-    elif isinstance(output, bytes):
-        message.binary = output
-    else:
-        message.json = _convert.output_json(output)
+    _convert.put_output(message, output)
     return agent_pb2.RunEvent(output=message)
 
 
