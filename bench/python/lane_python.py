@@ -72,6 +72,9 @@ class _Answers(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything is taken at once, as by a socket that keeps up
+
 
 def _bridge(how: str, directory: Path) -> Any:
     """The bridge service of `lane_bench.add`, generated into `directory` and loaded."""

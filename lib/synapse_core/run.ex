@@ -205,6 +205,8 @@ defmodule SynapseCore.Run do
 
   defp stream_over(run, reply), do: over(run, reply)
 
+  @most_credit Bitwise.bsl(1, 62)
+
   @doc false
   @spec ack(t(), pos_integer()) :: :ok
   def ack(%__MODULE__{fan_out: hub}, count) when is_pid(hub) do
@@ -212,7 +214,11 @@ defmodule SynapseCore.Run do
     :ok
   end
 
-  def ack(%__MODULE__{relay: nil, handle: handle}, count), do: Native.run_ack(handle, count)
+  # Credit past what any stream can hold changes nothing (the NIF keeps at
+  # most its maximum); a count beyond the NIF's integer must not be a bare
+  # badarg.
+  def ack(%__MODULE__{relay: nil, handle: handle}, count),
+    do: Native.run_ack(handle, min(count, @most_credit))
 
   def ack(%__MODULE__{relay: relay}, count) do
     send(relay, {:relay_ack, count})

@@ -275,6 +275,24 @@ defmodule SynapseCore.RunModesTest do
       assert length(texts) == 50
       assert Enum.join(texts) == output
     end
+
+    test "an acknowledgement of more than any integer the NIF takes lets every event through" do
+      name = start_fixture_agent!("slow_stream_agent")
+      {:ok, %Run{ref: ref} = run} = Agent.run_stream(name, "30 0", stream_to: self(), window: 4)
+      assert :ok = Agent.ack(run, Bitwise.bsl(1, 70))
+
+      texts =
+        Stream.repeatedly(fn ->
+          receive do
+            {:synapse_event, ^ref, event} -> event
+          after
+            10_000 -> flunk("the stream stalled without further acknowledgements")
+          end
+        end)
+        |> Enum.take_while(&(not match?({:result, _}, &1)))
+
+      assert length(texts) == 30
+    end
   end
 
   defp relay_loop(%Run{ref: ref} = run, texts) do
