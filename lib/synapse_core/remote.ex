@@ -90,7 +90,15 @@ defmodule SynapseCore.Remote do
   end
 
   @doc "Starts a call of the bridge `name` on `node` (see `SynapseCore.Bridge.start_local/6`)."
-  @spec start_bridge(node(), term(), binary(), String.t(), map(), :unary | :stream, map()) ::
+  @spec start_bridge(
+          node(),
+          term(),
+          SynapseCore.Bridge.descriptor(),
+          String.t(),
+          map(),
+          :unary | :stream,
+          map()
+        ) ::
           {:ok, Run.t()} | {:error, Error.t()}
   def start_bridge(node, name, descriptor, method, request, reply, options) do
     call = {:bridge, name, descriptor, method, request, reply, options}

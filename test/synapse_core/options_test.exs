@@ -124,11 +124,11 @@ defmodule SynapseCore.OptionsTest do
 
     test "bridge calls check their timeout and window" do
       assert_raise ArgumentError, ~r/:timeout/, fn ->
-        Bridge.call(:no_such_bridge, "", "p.S/M", %{}, timeout: @too_long)
+        Bridge.call(:no_such_bridge, {"", ""}, "p.S/M", %{}, timeout: @too_long)
       end
 
       assert_raise ArgumentError, ~r/:window/, fn ->
-        Bridge.stream(:no_such_bridge, "", "p.S/M", %{}, window: 0) |> Enum.take(1)
+        Bridge.stream(:no_such_bridge, {"", ""}, "p.S/M", %{}, window: 0) |> Enum.take(1)
       end
     end
   end

@@ -121,6 +121,9 @@ defmodule SynapseCore.Bridge.Client do
 
     functions = for {:function, name, opts} <- declarations, do: function(name, opts, context)
     descriptor = Base.decode64!(client[:descriptor], ignore: :whitespace)
+    # The set's identity for SynapseCore.Bridge's pool of it (not a
+    # safeguard: the set is this module's own).
+    digest = :erlang.md5(descriptor)
 
     quote do
       @moduledoc unquote(moduledoc(client, declarations, context))
@@ -132,7 +135,8 @@ defmodule SynapseCore.Bridge.Client do
         %{
           module: unquote(client[:python_module]),
           service: unquote(client[:service]),
-          descriptor: unquote(descriptor)
+          descriptor: unquote(descriptor),
+          descriptor_digest: unquote(digest)
         }
       end
 
@@ -413,7 +417,8 @@ defmodule SynapseCore.Bridge.Client do
   @spec __call__(module(), map(), Bridge.server(), [term()], keyword()) ::
           {:ok, term()} | {:error, Error.t()} | Enumerable.t()
   def __call__(client, call, server, args, opts) do
-    %{descriptor: descriptor} = client.__bridge__()
+    %{descriptor: set, descriptor_digest: digest} = client.__bridge__()
+    descriptor = {digest, set}
     {given, opts} = Keyword.split(opts, Enum.map(call.options, &elem(&1, 0)))
 
     case request(call, args, given) do
