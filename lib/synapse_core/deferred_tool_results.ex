@@ -77,7 +77,7 @@ defmodule SynapseCore.DeferredToolResults do
     case Map.get(results, key, %{}) do
       entries when is_map(entries) ->
         Enum.reduce_while(entries, {:ok, []}, fn {id, value}, {:ok, acc} ->
-          with true <- is_binary(id) || {:error, "tool call ids are strings"},
+          with true <- text?(id) || {:error, "tool call ids are strings (UTF-8)"},
                {:ok, value} <- cast.(value) do
             {:cont, {:ok, [{id, value} | acc]}}
           else
@@ -101,7 +101,10 @@ defmodule SynapseCore.DeferredToolResults do
   def decision(approve) when approve in [true, :approve], do: {:ok, {:approve, nil}}
   def decision(deny) when deny in [false, :deny], do: {:ok, {:deny, nil}}
   def decision({:approve, args}) when is_map(args), do: {:ok, {:approve, args}}
-  def decision({:deny, message}) when is_binary(message), do: {:ok, {:deny, message}}
+
+  def decision({:deny, message}) when is_binary(message) do
+    if String.valid?(message), do: {:ok, {:deny, message}}, else: {:error, "a message is UTF-8"}
+  end
 
   def decision(_other),
     do:
@@ -110,11 +113,14 @@ defmodule SynapseCore.DeferredToolResults do
 
   defp outcome({:ok, _value} = outcome), do: {:ok, outcome}
 
-  defp outcome({kind, message} = outcome) when kind in [:retry, :failed] and is_binary(message),
-    do: {:ok, outcome}
+  defp outcome({kind, message} = outcome) when kind in [:retry, :failed] and is_binary(message) do
+    if String.valid?(message), do: {:ok, outcome}, else: {:error, "a message is UTF-8"}
+  end
 
   defp outcome(_other),
     do: {:error, "an outcome is {:ok, value}, {:retry, message} or {:failed, message}"}
+
+  defp text?(id), do: is_binary(id) and String.valid?(id)
 
   defp metadata(map) when is_map(map), do: {:ok, map}
   defp metadata(_other), do: {:error, "metadata is a map"}

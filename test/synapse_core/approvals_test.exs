@@ -232,6 +232,12 @@ defmodule SynapseCore.ApprovalsTest do
             %{calls: %{"c" => {:retry, 1}}},
             %{metadata: %{"c" => [1]}},
             %{approvals: [{"c", true}]},
+            # Text that is not UTF-8: protobuf strings cannot carry it.
+            %{approvals: %{<<0xFF, "c">> => true}},
+            %{approvals: %{"c" => {:deny, <<0xFF>>}}},
+            %{calls: %{"c" => {:retry, <<0xC3>>}}},
+            %{calls: %{"c" => {:failed, <<0xFF>>}}},
+            %{metadata: %{<<0xFF>> => %{}}},
             %{approval: %{}},
             [1, 2],
             "yes"
