@@ -64,7 +64,10 @@ class BridgeClient:
     def __init__(self, channel: grpc.aio.Channel, directory: Path, module: str) -> None:
         stem = module.replace(".", "_")
         self.ir = IR.from_json(json.loads((directory / f"{stem}.ir.json").read_text()))
-        self.codec = Codec(self.ir, (directory / f"{stem}.desc").read_bytes(), {})
+        # It reads responses, where an unset `T | None` is None, default or not.
+        self.codec = Codec(
+            self.ir, (directory / f"{stem}.desc").read_bytes(), {}, unset_is_default=False
+        )
         self.channel = channel
         self.module = importlib.import_module(module)
 

@@ -35,6 +35,7 @@ from synapse_python._bridge._ir import (
     IR,
     CustomType,
     EnumType,
+    Field,
     Function,
     TypeRef,
     element_wrapped,
@@ -118,8 +119,20 @@ class Codec:
     and read as dicts; Enums are read as their values.
     """
 
-    def __init__(self, ir: IR, descriptor_set: bytes, classes: Mapping[str, type]) -> None:
+    def __init__(
+        self,
+        ir: IR,
+        descriptor_set: bytes,
+        classes: Mapping[str, type],
+        *,
+        unset_is_default: bool = True,
+    ) -> None:
         self.ir = ir
+        # Whether an unset optional parameter or field that has a default
+        # stands for that default (requests: a client sends nil, or leaves
+        # the value out, for "the default"), or for None (responses: the
+        # server writes None as unset).
+        self._unset_is_default = unset_is_default
         self.pool = message_classes(descriptor_set)
         self._classes = dict(classes)
         self._enum_read: dict[str, dict[int, Any]] = {}
@@ -160,7 +173,7 @@ class Codec:
         # Scalars are read as they are (what `_read_field` does for them, inline).
         plain = [param.name for param in function.params if param.type.kind in _AS_IS]
         others = [
-            (param.name, param.type, param.presence)
+            (param.name, param.type, param.presence, self._defaulted(param))
             for param in function.params
             if param.type.kind not in _AS_IS
         ]
@@ -168,8 +181,8 @@ class Codec:
 
         def read(request: Message) -> dict[str, Any]:
             values = {name: getattr(request, name) for name in plain if request.HasField(name)}
-            for name, t, presence in others:
-                value = read_field(request, name, t, presence, (name,))
+            for name, t, presence, defaulted in others:
+                value = read_field(request, name, t, presence, (name,), defaulted)
                 if value is not ABSENT:
                     values[name] = value
             return values
@@ -214,15 +227,30 @@ class Codec:
 
     # ---- reading ----
 
-    def _read_field(self, msg: Message, name: str, t: TypeRef, presence: bool, loc: Loc) -> Any:
+    def _defaulted(self, f: Field) -> bool:
+        """Whether an unset `f` is left out, for Python to apply its default."""
+        return self._unset_is_default and not f.required
+
+    def _read_field(
+        self,
+        msg: Message,
+        name: str,
+        t: TypeRef,
+        presence: bool,
+        loc: Loc,
+        defaulted: bool = False,
+    ) -> Any:
+        """The raw value of the field `name`; ABSENT when unset and not None:
+        an unset `T | None` is None unless `defaulted` (the parameter or model
+        field has a default, which Python then applies)."""
         wrapped = field_wrapper(t, presence)
         if wrapped is not None:
             if not msg.HasField(name):
-                return None if t.kind == "optional" else ABSENT
+                return None if t.kind == "optional" and not defaulted else ABSENT
             return self._read_field(getattr(msg, name), "value", wrapped, False, loc)
         if t.kind == "optional":
             if not msg.HasField(name):
-                return None
+                return ABSENT if defaulted else None
             return self._read_single(getattr(msg, name), t.inner, loc)
         if t.kind == "list":
             return [
@@ -274,7 +302,9 @@ class Codec:
             model = self.ir.model(t.name)  # type: ignore[arg-type]
             fields = {}
             for f in model.fields:
-                read = self._read_field(value, f.name, f.type, f.presence, (*loc, f.name))
+                read = self._read_field(
+                    value, f.name, f.type, f.presence, (*loc, f.name), self._defaulted(f)
+                )
                 if read is not ABSENT:
                     fields[f.name] = read
             return fields
