@@ -456,6 +456,14 @@ class Codec:
         if kind == "date":
             return isinstance(value, datetime.date) and not isinstance(value, datetime.datetime)
         if kind == "enum":
+            # A plain value is a member of an Enum class's type only loosely:
+            # an exact member of the union (1 for `Priority | int`) wins.
+            if (
+                not loose
+                and not isinstance(value, enum.Enum)
+                and self.ir.enum(t.name).python is not None  # type: ignore[arg-type]
+            ):
+                return False
             return self._enum_write[t.name](value) is not None  # type: ignore[index]
         if kind == "model":
             cls = self._classes.get(t.name)  # type: ignore[arg-type]
@@ -528,14 +536,17 @@ class Codec:
         if enum_type.python is not None and cls is not None:
             members = {value.member: value.number for value in enum_type.values}
             read = {value.number: cls[value.member] for value in enum_type.values}  # type: ignore[index]
+            # A member's plain value (a model with `use_enum_values` holds
+            # those) is taken when of the very type of the member's value:
+            # not True nor 1.0 for an IntEnum's 1.
+            plain = {(type(value.python), value.python): value.number for value in enum_type.values}
 
             def write_member(value: Any) -> int | None:
-                if not isinstance(value, cls):
-                    try:
-                        value = cls(value)
-                    except (ValueError, TypeError):
-                        return None
-                return members.get(value.name)
+                if isinstance(value, cls):
+                    return members.get(value.name)
+                if isinstance(value, enum.Enum):
+                    return None
+                return plain.get((type(value), value))
 
             return read, write_member
         by_value = {(type(value.python), value.python): value.number for value in enum_type.values}
