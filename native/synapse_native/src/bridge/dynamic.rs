@@ -6,7 +6,11 @@
 //! message, oneof member) is `nil`, other scalars their default; repeated
 //! fields are lists, maps are maps, enums are their value's name. On the way
 //! in keys may be atoms or strings, absent or `nil` means unset, and enums
-//! may be given by name or number.
+//! are given by name (an atom or a string). Not by number: the client's
+//! enum values are not their numbers (`Literal[10, 20]` is 10 and 20 in
+//! Elixir, 1 and 2 on the wire), so a number taken as one would pick the
+//! value at that position; nor the `_UNSPECIFIED` value 0, which is no value
+//! of the Python type.
 
 use std::collections::HashMap;
 
@@ -130,12 +134,6 @@ fn number(term: Term<'_>) -> Option<f64> {
 }
 
 fn enum_number(desc: &EnumDescriptor, term: Term<'_>) -> Result<i32, Error> {
-    if let Ok(number) = term.decode::<i32>() {
-        return desc
-            .get_value(number)
-            .map(|v| v.number())
-            .ok_or_else(|| invalid(format!("{number} is not a value of {}", desc.name())));
-    }
     let name = key_name(term).map_err(|_| {
         invalid(format!(
             "expected a value of {}, got {}",
@@ -145,6 +143,7 @@ fn enum_number(desc: &EnumDescriptor, term: Term<'_>) -> Result<i32, Error> {
     })?;
     desc.get_value_by_name(&name)
         .map(|v| v.number())
+        .filter(|&number| number != 0)
         .ok_or_else(|| invalid(format!("{name:?} is not a value of {}", desc.name())))
 }
 
