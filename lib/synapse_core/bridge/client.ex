@@ -321,7 +321,7 @@ defmodule SynapseCore.Bridge.Client do
 
         @doc false
         def __bridge__(:to_wire, value),
-          do: SynapseCore.Bridge.Codec.model_to_wire(__bridge__(:fields), value)
+          do: SynapseCore.Bridge.Codec.model_to_wire(__MODULE__, __bridge__(:fields), value)
 
         def __bridge__(:from_wire, wire),
           do: SynapseCore.Bridge.Codec.model_from_wire(__MODULE__, __bridge__(:fields), wire)

@@ -15,9 +15,11 @@ defmodule SynapseCore.Bridge.Codec do
   #
   # Encoding never raises on data: a value of an unexpected shape is passed on
   # unchanged, so that the NIF (what protobuf cannot carry) or Pydantic (the
-  # rest) reports it with its path. The one exception is a custom type's
-  # conversion function, which is the user's code: what it raises becomes an
-  # error of the call (see SynapseCore.Bridge.Client).
+  # rest) reports it with its path. The exceptions are what only this module
+  # sees, and which would otherwise be dropped silently: a map whose atom and
+  # string keys name one key, a model given keys that are not its fields; and
+  # a custom type's conversion function, which is the user's code: what it
+  # raises becomes an error of the call (see SynapseCore.Bridge.Client).
 
   alias SynapseCore.Error
 
@@ -74,8 +76,21 @@ defmodule SynapseCore.Bridge.Codec do
   def to_wire({:list, type}, values) when is_list(values),
     do: Enum.map(values, &to_wire(type, &1))
 
-  def to_wire({:map, type}, values) when is_map(values) and not is_struct(values),
-    do: Map.new(values, fn {key, value} -> {wire_key(key), to_wire(type, value)} end)
+  def to_wire({:map, type}, values) when is_map(values) and not is_struct(values) do
+    wire = Map.new(values, fn {key, value} -> {wire_key(key), to_wire(type, value)} end)
+
+    if map_size(wire) < map_size(values) do
+      {atom, _} =
+        Enum.find(values, fn {key, _} -> is_atom(key) and is_map_key(values, wire_key(key)) end)
+
+      refuse(
+        "a map has both #{inspect(atom)} and #{inspect(wire_key(atom))} as keys, " <>
+          "which are one key on the wire"
+      )
+    end
+
+    wire
+  end
 
   def to_wire({:tuple, types}, value)
       when is_tuple(value) and tuple_size(value) == length(types) do
@@ -163,11 +178,23 @@ defmodule SynapseCore.Bridge.Codec do
   ## Models and enums (called by their modules)
 
   @doc false
-  def model_to_wire(fields, %{} = value) do
+  def model_to_wire(module, fields, %{} = value) do
+    for key <- Map.keys(value), key != :__struct__, not List.keymember?(fields, key, 0) do
+      hint =
+        if List.keymember?(fields, key, 1),
+          do: " (its fields are given with atom keys)",
+          else: ""
+
+      refuse(
+        "#{inspect(module)} has no field #{inspect(key)}#{hint}; its fields are " <>
+          Enum.map_join(fields, ", ", &inspect(elem(&1, 0)))
+      )
+    end
+
     Map.new(fields, fn {key, name, type} -> {name, to_wire(type, Map.get(value, key))} end)
   end
 
-  def model_to_wire(_fields, value), do: value
+  def model_to_wire(_module, _fields, value), do: value
 
   @doc false
   def model_from_wire(module, fields, %{} = wire) do
@@ -231,6 +258,8 @@ defmodule SynapseCore.Bridge.Codec do
 
   defp wire_key(key) when is_atom(key) and not is_nil(key), do: Atom.to_string(key)
   defp wire_key(key), do: key
+
+  defp refuse(message), do: throw({__MODULE__, Error.new(:invalid_argument, message)})
 
   # A custom type's conversion is the user's function: what it raises ends
   # the call with an error naming it, instead of crashing the caller with a
