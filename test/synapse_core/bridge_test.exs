@@ -161,9 +161,17 @@ defmodule SynapseCore.BridgeTest do
     assert message =~ "64-bit integer"
   end
 
-  test "an unknown option is refused", %{name: name} do
-    assert_raise ArgumentError, ~r/unknown option :colour for a bridge stream/, fn ->
-      types(:people, [name, ["x"], [colour: :red]]) |> Enum.to_list()
+  test "an unknown option is refused, naming the function's own options too", %{name: name} do
+    assert_raise ArgumentError,
+                 ~r/unknown option :colour for a bridge stream; the known options are: :color, /,
+                 fn -> types(:people, [name, ["x"], [colour: :red]]) |> Enum.to_list() end
+
+    assert_raise ArgumentError,
+                 ~r/unknown option :mod for a bridge call; the known options are: :mode, :timeout/,
+                 fn -> types(:choose, [name, 7, :red, :high, [mod: :b]]) end
+
+    assert_raise ArgumentError, ~r/expected a bridge call as a keyword list/, fn ->
+      types(:choose, [name, 7, :red, :high, [:mode]])
     end
   end
 

@@ -419,7 +419,7 @@ defmodule SynapseCore.Bridge.Client do
   def __call__(client, call, server, args, opts) do
     %{descriptor: set, descriptor_digest: digest} = client.__bridge__()
     descriptor = {digest, set}
-    {given, opts} = Keyword.split(opts, Enum.map(call.options, &elem(&1, 0)))
+    {given, opts} = Keyword.split(checked!(call, opts), Enum.map(call.options, &elem(&1, 0)))
 
     case request(call, args, given) do
       {:ok, request} when call.stream ->
@@ -447,6 +447,22 @@ defmodule SynapseCore.Bridge.Client do
       {:ok, value} -> value
       {:error, error} -> raise error
     end
+  end
+
+  # The options of the call: the function's own and the call's, so that an
+  # unknown one is refused naming both (their values are checked later, by
+  # the codec and by SynapseCore.Bridge).
+  defp checked!(_call, []), do: []
+
+  defp checked!(call, opts) do
+    {schema, what} =
+      if call.stream,
+        do: {SynapseCore.Agent.Options.bridge_stream_schema(), "a bridge stream"},
+        else: {SynapseCore.Agent.Options.bridge_call_schema(), "a bridge call"}
+
+    own = for {key, _name, _type} <- call.options, do: {key, [type: :any]}
+    SynapseCore.Options.validate!(opts, own ++ schema, what)
+    opts
   end
 
   defp request(call, args, given) do
