@@ -159,6 +159,12 @@ defmodule SynapseCore.BridgeTest do
              types(:big_numbers, [name, 2 ** 64])
 
     assert message =~ "64-bit integer"
+
+    # A bitstring is a binary to the NIF's term type, not to protobuf.
+    assert {:error, %Error{kind: :invalid_argument, message: message}} =
+             types(:scalars, [name, 1, 1.0, true, "s", <<1::3>>])
+
+    assert message =~ "a bitstring that is not whole bytes"
   end
 
   test "an unknown option is refused, naming the function's own options too", %{name: name} do

@@ -183,7 +183,9 @@ fn is_nil(term: Term<'_>) -> bool {
 fn describe(term: Term<'_>) -> &'static str {
     match term.get_type() {
         TermType::Atom => "an atom",
-        TermType::Binary => "a binary",
+        // The type of every bitstring: a binary only if whole bytes.
+        TermType::Binary if term.is_binary() => "a binary",
+        TermType::Binary => "a bitstring that is not whole bytes",
         TermType::Float => "a float",
         TermType::Integer => "an integer",
         TermType::List => "a list",
