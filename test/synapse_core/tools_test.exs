@@ -490,6 +490,17 @@ defmodule SynapseCore.ToolsTest do
       assert output == ~s([{"name": "echo", "content": {"text": "hi"}}])
     end
 
+    test "a tool given no :parameters takes none, as documented (the default is [])" do
+      name = start_fixture_agent!("calling_agent")
+      now = Tool.new(name: "now", function: fn args -> map_size(args) end)
+      assert now.parameters == Tool.new(name: "now", parameters: [], function: & &1).parameters
+      assert now.fields == []
+
+      prompt = script([call("now", %{})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [now])
+      assert output == ~s([{"name": "now", "content": 0}])
+    end
+
     test "invalid tools are refused when they are defined" do
       assert_raise ArgumentError, ~r/tool name/, fn ->
         Tool.new(name: "has space", function: fn _ -> :ok end)
