@@ -86,6 +86,34 @@ defmodule SynapseCore.ToolsTest do
       assert output =~ "$.a: expected integer, got string"
     end
 
+    test "numbers JSON cannot hold (1e400, NaN) are invalid arguments, not a string", %{
+      name: name
+    } do
+      test = self()
+
+      half =
+        Tool.new(
+          name: "half",
+          parameters: [x: :number],
+          function: fn %{x: x} ->
+            send(test, :half_called)
+            x / 2
+          end
+        )
+
+      for args <- [~s({"x": 1e400}), ~s({"x": NaN}), ~s({"x": [1, -Infinity]})] do
+        prompt = script([call("half", args)])
+        assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [half])
+
+        assert output =~
+                 ~s("retry": "Invalid arguments for the tool half: a number that is not finite)
+
+        refute output =~ "expected object, got string"
+      end
+
+      refute_received :half_called
+    end
+
     test "once the retries are used up, the run fails with :tool_failed", %{name: name} do
       prompt = script([call("multiply", %{"a" => "six", "b" => 7})], true)
 

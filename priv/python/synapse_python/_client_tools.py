@@ -42,6 +42,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -156,6 +157,16 @@ class ClientTools:
             _running.reset(token)
 
     async def _request(self, ctx: RunContext[Any], name: str, args: dict[str, Any]) -> Any:
+        if _not_finite(args):
+            # JSON has no form for them (`to_json` would write `Infinity`,
+            # which the client cannot read as the arguments): the model is
+            # told so, as of any other invalid arguments.
+            raise ModelRetry(
+                f"Invalid arguments for the tool {name}: a number that is not finite "
+                "(NaN, Infinity, or beyond a double's range) has no JSON form. "
+                "Call it again with arguments that match its parameters."
+            )
+
         async def send(request_id: str) -> None:
             await self._send(
                 agent_pb2.RunEvent(
@@ -243,6 +254,17 @@ def _cached_tool(definition: bytes) -> Tool[Any]:
         tool.max_retries = tool_def.max_retries
     tool.requires_approval = tool_def.requires_approval
     return tool
+
+
+def _not_finite(value: Any) -> bool:
+    """Whether `value` (arguments decoded from JSON) holds a NaN or an infinity."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_not_finite(item) for item in value)
+    return False
 
 
 def ignore_unknown(result: agent_pb2.ToolResult) -> None:
