@@ -204,6 +204,25 @@ defmodule SynapseCore.OptionsTest do
     end
   end
 
+  test "every default that is a value is what its option's cast makes of it" do
+    # Defaults are filled in as declared, not cast: one that is not in its
+    # cast form reaches code that expects that form (a MatchError).
+    for {set, schema} <- [
+          agent: AgentOptions.agent_schema(),
+          bridge: AgentOptions.bridge_schema(),
+          run: AgentOptions.call_schema(),
+          stream: AgentOptions.stream_schema(),
+          bridge_call: AgentOptions.bridge_call_schema(),
+          bridge_stream: AgentOptions.bridge_stream_schema()
+        ],
+        {key, spec} <- schema,
+        default = Keyword.get(spec, :default),
+        default != nil do
+      assert Options.cast(spec[:type], default) == {:ok, default},
+             "the #{set} option #{inspect(key)}: #{inspect(default)} is not in its cast form"
+    end
+  end
+
   describe "the docs are the declaration" do
     defp doc(module, function, arity) do
       {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(module)
