@@ -32,8 +32,12 @@ defmodule SynapseCore.Tool do
   that outlives the tool's `:timeout` all go back to the model as a retry
   prompt saying what went wrong, as pydantic-ai's `ModelRetry` does; once
   the tool's retries are used up, the run fails with
-  `{:error, %SynapseCore.Error{kind: :tool_failed}}`. A call still running
-  when the run ends (its deadline passed, it was cancelled) is stopped.
+  `{:error, %SynapseCore.Error{kind: :tool_failed}}`. A tool whose call is
+  done and failed for good (a missing record, an unsupported request)
+  returns `{:failed, reason}` instead, pydantic-ai's `ToolFailed`: the model
+  sees the failure as the call's result, with no instruction to retry, and
+  none of the tool's retries is used. A call still running when the run
+  ends (its deadline passed, it was cancelled) is stopped.
   """
 
   alias SynapseCore.Schema

@@ -264,7 +264,7 @@ defmodule SynapseCore.ToolRunner do
 
   defp report(span, {:ok, _value}), do: Telemetry.stop([:synapse, :tool], :stop, span, %{})
 
-  defp report(span, {:retry, reason}),
+  defp report(span, {kind, reason}) when kind in [:retry, :failed],
     do: Telemetry.stop([:synapse, :tool], :exception, span, %{reason: reason})
 
   # The call answered: what is left is its timer and its telemetry. Its
@@ -320,6 +320,7 @@ defmodule SynapseCore.ToolRunner do
           case outcome do
             {:ok, _} -> "result"
             {:retry, _} -> "error message"
+            {:failed, _} -> "failure message"
           end
 
         Logger.warning("tool #{call.name}: its #{what} cannot be sent to the model: #{message}")
@@ -371,8 +372,10 @@ defmodule SynapseCore.ToolRunner do
   end
 
   @doc false
-  # Runs one call; anything that goes wrong is a retry message for the model.
-  @spec execute(Tool.t(), term(), Context.t()) :: {:ok, term()} | {:retry, String.t()}
+  # Runs one call; anything that goes wrong is a retry message for the model
+  # (a failure when the tool says so: `{:failed, reason}`).
+  @spec execute(Tool.t(), term(), Context.t()) ::
+          {:ok, term()} | {:retry, String.t()} | {:failed, String.t()}
   def execute(%Tool{} = tool, args, context) do
     with {:ok, args} <- arguments(tool, args) do
       tool |> invoke(args, context) |> outcome(tool)
@@ -410,6 +413,7 @@ defmodule SynapseCore.ToolRunner do
 
   defp outcome({:returned, {:ok, value}}, _tool), do: {:ok, value}
   defp outcome({:returned, {:error, reason}}, _tool), do: {:retry, reason_text(reason)}
+  defp outcome({:returned, {:failed, reason}}, _tool), do: {:failed, reason_text(reason)}
   defp outcome({:returned, value}, _tool), do: {:ok, value}
 
   defp outcome({:raised, exception, stacktrace}, tool) do

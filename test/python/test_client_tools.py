@@ -392,7 +392,10 @@ async def test_a_client_tool_called_after_a_half_close_is_invalid_argument(
 @pytest.mark.parametrize(
     ("result", "message"),
     [
-        (agent_pb2.ToolResult(request_id="1"), "has neither return_json nor retry_message"),
+        (
+            agent_pb2.ToolResult(request_id="1"),
+            "has no outcome (return_json, retry_message or failed_message)",
+        ),
         (agent_pb2.ToolResult(request_id="1", return_json=b"{nope"), "is not valid JSON"),
         (agent_pb2.ToolResult(request_id="1", return_json=b""), "is not valid JSON"),
     ],

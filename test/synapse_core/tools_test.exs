@@ -30,6 +30,16 @@ defmodule SynapseCore.ToolsTest do
 
   defp call(name, args), do: %{"name" => name, "args" => args}
 
+  # The tool-return parts of a result's messages, without what differs
+  # between two runs.
+  defp tool_returns(%Result{messages: messages}) do
+    {:ok, messages} = SynapseCore.Messages.decode(messages)
+
+    for %{"parts" => parts} <- messages,
+        %{"part_kind" => "tool-return"} = part <- parts,
+        do: Map.drop(part, ["timestamp"])
+  end
+
   defp tool(name, function, opts \\ []) do
     Tool.new([name: name, function: function, parameters: [a: :integer]] ++ opts)
   end
@@ -112,6 +122,35 @@ defmodule SynapseCore.ToolsTest do
       end
 
       refute_received :half_called
+    end
+
+    test "{:failed, reason} is pydantic-ai's ToolFailed: the model sees a failure, no retry is used",
+         %{name: name} do
+      find_order =
+        Tool.new(
+          name: "find_order",
+          description: "Looks an order up.",
+          parameters: [id: :integer],
+          max_retries: 0,
+          function: fn %{id: id} -> {:failed, "no order #{id}"} end
+        )
+
+      # Twice in one response: with max_retries 0 a retry would fail the run.
+      prompt = script([call("find_order", %{"id" => 42}), call("find_order", %{"id" => 7})])
+      assert {:ok, elixir} = Agent.run_sync(name, prompt, tools: [find_order])
+
+      # The same calls of a Python tool raising ToolFailed, in the worker.
+      python = start_fixture_agent!("failing_lookup_agent")
+      assert {:ok, direct} = Agent.run_sync(python, prompt)
+
+      assert elixir.output ==
+               ~s([{"name": "find_order", "failed": "no order 42"}, ) <>
+                 ~s({"name": "find_order", "failed": "no order 7"}])
+
+      assert elixir.output == direct.output
+      assert [%{"outcome" => "failed"}, %{"outcome" => "failed"}] = tool_returns(elixir)
+      assert tool_returns(elixir) == tool_returns(direct)
+      assert elixir.usage.tool_calls == direct.usage.tool_calls
     end
 
     test "once the retries are used up, the run fails with :tool_failed", %{name: name} do

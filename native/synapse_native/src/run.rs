@@ -221,13 +221,14 @@ fn tool_outcome(
     request_id: String,
     max_message_bytes: usize,
 ) -> Result<run_input::Input, Error> {
-    let (kind, value) = outcome.decode::<(Atom, Term<'_>)>().map_err(|_| {
-        Error::InvalidArgument("a tool outcome is {:ok, value} or {:retry, message}".into())
-    })?;
-    let outcome = if kind == atoms::ok() {
-        tool_result::Outcome::ReturnJson(json::encode(value)?)
-    } else if kind == atoms::retry() {
-        let message = value
+    let shape = || {
+        Error::InvalidArgument(
+            "a tool outcome is {:ok, value}, {:retry, message} or {:failed, message}".into(),
+        )
+    };
+    let (kind, value) = outcome.decode::<(Atom, Term<'_>)>().map_err(|_| shape())?;
+    let message = || {
+        value
             .decode::<rustler::Binary>()
             .ok()
             .and_then(|bytes| {
@@ -235,14 +236,16 @@ fn tool_outcome(
                     .ok()
                     .map(str::to_owned)
             })
-            .ok_or_else(|| {
-                Error::InvalidArgument("a retry message must be a UTF-8 binary".into())
-            })?;
-        tool_result::Outcome::RetryMessage(message)
+            .ok_or_else(|| Error::InvalidArgument("a tool's message must be a UTF-8 binary".into()))
+    };
+    let outcome = if kind == atoms::ok() {
+        tool_result::Outcome::ReturnJson(json::encode(value)?)
+    } else if kind == atoms::retry() {
+        tool_result::Outcome::RetryMessage(message()?)
+    } else if kind == atoms::failed() {
+        tool_result::Outcome::FailedMessage(message()?)
     } else {
-        return Err(Error::InvalidArgument(
-            "a tool outcome is {:ok, value} or {:retry, message}".into(),
-        ));
+        return Err(shape());
     };
     // The whole message the worker gets, its request id and envelope
     // included, so that a result let through is never refused later (by

@@ -18,7 +18,8 @@ for its answer (`_pending.PendingRequests`):
 2. the run's input (`_service._hand_inputs`) hands each `tool_result` to `resolve`, which
    completes the future with the same `request_id`: `return_json` is decoded
    and returned to the model, `retry_message` is raised as `ModelRetry` (the
-   model gets it as a retry prompt, within the tool's retry budget);
+   model gets it as a retry prompt, within the tool's retry budget),
+   `failed_message` as `ToolFailed` (a failed result, no retry used);
 3. the future is dropped when the call ends in any way (answered, or its task
    cancelled with the run), so nothing outlives the run; `close` cancels any
    left over.
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
-from pydantic_ai import Agent, ModelRetry, RunContext, Tool
+from pydantic_ai import Agent, ModelRetry, RunContext, Tool, ToolFailed
 from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import SchemaValidator, core_schema
@@ -79,6 +80,11 @@ _CACHED_TOOLS = 256
 
 @dataclass(frozen=True, slots=True)
 class _Retry:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
     message: str
 
 
@@ -188,6 +194,8 @@ class ClientTools:
         )
         if isinstance(outcome, _Retry):
             raise ModelRetry(outcome.message)
+        if isinstance(outcome, _Failed):
+            raise ToolFailed(outcome.message)
         return outcome
 
     def resolve(self, result: agent_pb2.ToolResult) -> None:
@@ -210,10 +218,12 @@ class ClientTools:
                 self._requests.answer(result.request_id, value)
             case "retry_message":
                 self._requests.answer(result.request_id, _Retry(result.retry_message))
+            case "failed_message":
+                self._requests.answer(result.request_id, _Failed(result.failed_message))
             case _:
                 raise _errors.invalid_argument(
                     f"the tool_result for request {result.request_id!r} "
-                    "has neither return_json nor retry_message"
+                    "has no outcome (return_json, retry_message or failed_message)"
                 )
 
     def input_closed(self) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic_core
 from pydantic import BaseModel
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ToolFailed
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -390,3 +390,13 @@ async def _stream_calls_to_make(
 
 
 calling_agent = Agent(FunctionModel(_calls_to_make, stream_function=_stream_calls_to_make))
+
+# The same script, with a Python tool that fails for good: what an Elixir
+# tool answering {:failed, reason} must look like to the model.
+failing_lookup_agent = Agent(FunctionModel(_calls_to_make), retries=0)
+
+
+@failing_lookup_agent.tool_plain
+def find_order(id: int) -> str:
+    """Looks an order up."""
+    raise ToolFailed(f"no order {id}")
