@@ -26,7 +26,7 @@ use crate::call::{fits_input, CallHandle};
 use crate::error::{Error, NifError};
 use crate::event::{lenient_json, map};
 use crate::json;
-use crate::run::{context as within, is_nil};
+use crate::run::{context as within, is_nil, read_outcome, Outcome};
 use crate::terms::elixir_struct;
 
 /// Answers an approval request of a run: `{:approve, args | nil}` or
@@ -130,24 +130,10 @@ pub fn results_from(term: Term<'_>) -> Result<Option<DeferredToolResults>, Error
 
 /// `{:ok, value}`, `{:retry, message}` or `{:failed, message}`.
 fn call_result(term: Term<'_>) -> Result<DeferredCallResult, Error> {
-    let invalid = || {
-        Error::InvalidArgument(
-            "a deferred call's result is {:ok, value}, {:retry, message} or {:failed, message}"
-                .into(),
-        )
-    };
-    let (kind, value) = term.decode::<(Atom, Term<'_>)>().map_err(|_| invalid())?;
-    let message = || {
-        text(value).ok_or_else(|| Error::InvalidArgument("a message must be a UTF-8 string".into()))
-    };
-    let outcome = if kind == atoms::ok() {
-        deferred_call_result::Outcome::ReturnJson(json::encode(value)?)
-    } else if kind == atoms::retry() {
-        deferred_call_result::Outcome::RetryMessage(message()?)
-    } else if kind == atoms::failed() {
-        deferred_call_result::Outcome::FailedMessage(message()?)
-    } else {
-        return Err(invalid());
+    let outcome = match read_outcome(term, "a deferred call's result")? {
+        Outcome::Value(value) => deferred_call_result::Outcome::ReturnJson(json::encode(value)?),
+        Outcome::Retry(message) => deferred_call_result::Outcome::RetryMessage(message),
+        Outcome::Failed(message) => deferred_call_result::Outcome::FailedMessage(message),
     };
     Ok(DeferredCallResult {
         outcome: Some(outcome),
@@ -221,7 +207,7 @@ fn optional_json<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     }
 }
 
-fn text(term: Term<'_>) -> Option<String> {
+pub fn text(term: Term<'_>) -> Option<String> {
     term.decode::<rustler::Binary>().ok().and_then(|bytes| {
         std::str::from_utf8(bytes.as_slice())
             .ok()

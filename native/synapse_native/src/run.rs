@@ -215,37 +215,50 @@ fn tool_result<'a>(
     atoms::ok().encode(env)
 }
 
+/// A tool call's outcome as the Elixir side gives it (an Elixir tool's
+/// answer, a deferred call's result): pydantic-ai's return value,
+/// `ModelRetry` or `ToolFailed`.
+pub enum Outcome<'a> {
+    Value(Term<'a>),
+    Retry(String),
+    Failed(String),
+}
+
+/// Reads `{:ok, value}`, `{:retry, message}` or `{:failed, message}`;
+/// `what` names the term in errors.
+pub fn read_outcome<'a>(term: Term<'a>, what: &str) -> Result<Outcome<'a>, Error> {
+    let shape = || {
+        Error::InvalidArgument(format!(
+            "{what} is {{:ok, value}}, {{:retry, message}} or {{:failed, message}}"
+        ))
+    };
+    let (kind, value) = term.decode::<(Atom, Term<'a>)>().map_err(|_| shape())?;
+    let message = || {
+        approval::text(value).ok_or_else(|| {
+            Error::InvalidArgument(format!("the message of {what} must be a UTF-8 string"))
+        })
+    };
+    if kind == atoms::ok() {
+        Ok(Outcome::Value(value))
+    } else if kind == atoms::retry() {
+        Ok(Outcome::Retry(message()?))
+    } else if kind == atoms::failed() {
+        Ok(Outcome::Failed(message()?))
+    } else {
+        Err(shape())
+    }
+}
+
 /// The request's answer, as the run's stream carries it.
 fn tool_outcome(
     outcome: Term<'_>,
     request_id: String,
     max_message_bytes: usize,
 ) -> Result<run_input::Input, Error> {
-    let shape = || {
-        Error::InvalidArgument(
-            "a tool outcome is {:ok, value}, {:retry, message} or {:failed, message}".into(),
-        )
-    };
-    let (kind, value) = outcome.decode::<(Atom, Term<'_>)>().map_err(|_| shape())?;
-    let message = || {
-        value
-            .decode::<rustler::Binary>()
-            .ok()
-            .and_then(|bytes| {
-                std::str::from_utf8(bytes.as_slice())
-                    .ok()
-                    .map(str::to_owned)
-            })
-            .ok_or_else(|| Error::InvalidArgument("a tool's message must be a UTF-8 binary".into()))
-    };
-    let outcome = if kind == atoms::ok() {
-        tool_result::Outcome::ReturnJson(json::encode(value)?)
-    } else if kind == atoms::retry() {
-        tool_result::Outcome::RetryMessage(message()?)
-    } else if kind == atoms::failed() {
-        tool_result::Outcome::FailedMessage(message()?)
-    } else {
-        return Err(shape());
+    let outcome = match read_outcome(outcome, "a tool outcome")? {
+        Outcome::Value(value) => tool_result::Outcome::ReturnJson(json::encode(value)?),
+        Outcome::Retry(message) => tool_result::Outcome::RetryMessage(message),
+        Outcome::Failed(message) => tool_result::Outcome::FailedMessage(message),
     };
     // The whole message the worker gets, its request id and envelope
     // included, so that a result let through is never refused later (by
