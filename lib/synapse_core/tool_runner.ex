@@ -178,6 +178,7 @@ defmodule SynapseCore.ToolRunner do
           run_id: request.run_id,
           tool_call_id: request.tool_call_id,
           retry: request.retry,
+          max_retries: request.max_retries,
           deps: state.config.deps
         }
 

@@ -153,6 +153,22 @@ defmodule SynapseCore.ToolsTest do
       assert elixir.usage.tool_calls == direct.usage.tool_calls
     end
 
+    test "the context has the tool's retries, as pydantic-ai's ctx.max_retries", %{name: name} do
+      test = self()
+      report = fn label -> fn _args, context -> send(test, {label, context}) && :ok end end
+
+      tools = [
+        Tool.new(name: "own", max_retries: 3, function: report.(:own)),
+        Tool.new(name: "default", function: report.(:default))
+      ]
+
+      prompt = script([call("own", %{}), call("default", %{})])
+      assert {:ok, _} = Agent.run_sync(name, prompt, tools: tools)
+      assert_received {:own, %Context{max_retries: 3, retry: 0}}
+      # calling_agent's own default: pydantic-ai's, 1.
+      assert_received {:default, %Context{max_retries: 1, retry: 0}}
+    end
+
     test "once the retries are used up, the run fails with :tool_failed", %{name: name} do
       prompt = script([call("multiply", %{"a" => "six", "b" => 7})], true)
 

@@ -23,6 +23,7 @@ rustler::atoms! {
     unary,
     stream,
     retry,
+    max_retries,
     claimed,
     over,
     id,

@@ -561,7 +561,7 @@ fn request_tool(runner: &mut Option<Runner>, inputs: &Requests, request: ToolReq
     }
 }
 
-/// `%{request_id:, name:, args:, tool_call_id:, run_id:, retry:}`
+/// `%{request_id:, name:, args:, tool_call_id:, run_id:, retry:, max_retries:}`
 fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
     map(
         env,
@@ -575,6 +575,7 @@ fn encode_tool_request<'a>(env: Env<'a>, request: &ToolRequest) -> Term<'a> {
             ),
             (atoms::run_id(), json::string(env, &request.run_id)),
             (atoms::retry(), request.retry.encode(env)),
+            (atoms::max_retries(), request.max_retries.encode(env)),
         ],
     )
 }

@@ -180,6 +180,7 @@ class ClientTools:
                         request_id=request_id,
                         name=name,
                         args_json=pydantic_core.to_json(args),
+                        max_retries=ctx.max_retries,
                         tool_call_id=ctx.tool_call_id or "",
                         run_id=ctx.run_id or "",
                         retry=ctx.retry,
