@@ -43,7 +43,6 @@ import contextvars
 import functools
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +53,7 @@ from pydantic_ai.agent import AbstractAgent
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import SchemaValidator, core_schema
 
-from synapse_python import _errors
+from synapse_python import _convert, _errors
 from synapse_python._pending import PendingRequests
 from synapse_python._proto.synapse.v1 import agent_pb2
 
@@ -163,7 +162,7 @@ class ClientTools:
             _running.reset(token)
 
     async def _request(self, ctx: RunContext[Any], name: str, args: dict[str, Any]) -> Any:
-        if _not_finite(args):
+        if _convert.non_finite(args, "the arguments") is not None:
             # JSON has no form for them (`to_json` would write `Infinity`,
             # which the client cannot read as the arguments): the model is
             # told so, as of any other invalid arguments.
@@ -265,17 +264,6 @@ def _cached_tool(definition: bytes) -> Tool[Any]:
         tool.max_retries = tool_def.max_retries
     tool.requires_approval = tool_def.requires_approval
     return tool
-
-
-def _not_finite(value: Any) -> bool:
-    """Whether `value` (arguments decoded from JSON) holds a NaN or an infinity."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_not_finite(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_not_finite(item) for item in value)
-    return False
 
 
 def ignore_unknown(result: agent_pb2.ToolResult) -> None:

@@ -201,7 +201,7 @@ def output_json(output: object) -> bytes:
             "which JSON cannot carry: a Pydantic model can write them as base64 "
             "(`ser_json_bytes='base64'` in its config)"
         ) from exc
-    if (found := _non_finite(data, "the output")) is not None:
+    if (found := non_finite(data, "the output")) is not None:
         path, value = found
         raise unrepresentable(
             f"{path} is {value!r}, which neither JSON nor an Elixir float can hold"
@@ -211,25 +211,26 @@ def output_json(output: object) -> bytes:
 
 def wire_text(text: str, what: str) -> str:
     """`text`, or an `unrepresentable` error if UTF-8 cannot carry it as it is."""
-    if (found := unencodable(text)) is not None:
+    # ASCII is always UTF-8: most text is checked without encoding it.
+    if not text.isascii() and (found := unencodable(text)) is not None:
         raise unrepresentable(
             f"{what} holds {found}, a lone surrogate, which UTF-8 (and so Elixir) cannot hold"
         )
     return text
 
 
-def _non_finite(data: object, path: str) -> tuple[str, float] | None:
+def non_finite(data: object, path: str) -> tuple[str, float] | None:
     """The path and value of the first NaN or infinite float in `data`, or None."""
     match data:
         case float() if not math.isfinite(data):
             return path, data
         case dict():
             for key, value in data.items():
-                if (found := _non_finite(value, f"{path}.{key}")) is not None:
+                if (found := non_finite(value, f"{path}.{key}")) is not None:
                     return found
         case list() | tuple():
             for index, value in enumerate(data):
-                if (found := _non_finite(value, f"{path}[{index}]")) is not None:
+                if (found := non_finite(value, f"{path}[{index}]")) is not None:
                     return found
     return None
 

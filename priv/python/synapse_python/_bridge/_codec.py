@@ -42,7 +42,7 @@ from synapse_python._bridge._ir import (
     field_wrapper,
     member_wrapped,
 )
-from synapse_python._utf8 import unencodable
+from synapse_python._convert import wire_text
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -361,7 +361,7 @@ class Codec:
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise _wrong((*loc, repr(key)), "a str key", key)
-                key = _text(key, f"a key of {format_loc(loc) or 'the value'}")
+                key = str(wire_text(key, f"a key of {format_loc(loc) or 'the value'}"))
                 self._put(entries, key, t.inner, item, (*loc, key))
         elif t.kind in _MESSAGE_KINDS:
             sub = getattr(msg, name)
@@ -507,7 +507,7 @@ class Codec:
         if kind == "str":
             if not isinstance(value, str):
                 raise _wrong(loc, "a str", value)
-            return _text(value, format_loc(loc) or "the value")
+            return str(wire_text(value, format_loc(loc) or "the value"))
         if kind == "bytes":
             if not isinstance(value, bytes | bytearray | memoryview):
                 raise _wrong(loc, "bytes", value)
@@ -560,15 +560,6 @@ class Codec:
             return by_value.get((type(value), value))
 
         return read, write_value
-
-
-def _text(value: str, where: str) -> str:
-    """`value` as a plain str, or `unrepresentable` if UTF-8 cannot carry it."""
-    if not value.isascii() and (found := unencodable(value)) is not None:
-        raise _errors.unrepresentable(
-            f"{where} holds {found}, a lone surrogate, which UTF-8 (and so Elixir) cannot hold"
-        )
-    return str(value)
 
 
 def _wrong(loc: Loc, expected: str, value: Any) -> TypeError:
