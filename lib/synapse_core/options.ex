@@ -72,7 +72,8 @@ defmodule SynapseCore.Options do
 
   @doc """
   Validates `opts` (a keyword list) against `schema`; returns a map of every
-  option given or defaulted. `what` names the option set in errors.
+  option given or defaulted, each cast (a default too). `what` names the
+  option set in errors.
   """
   @spec validate!(term(), schema(), String.t()) :: map()
   def validate!(opts, schema, what) do
@@ -95,12 +96,21 @@ defmodule SynapseCore.Options do
 
         :error ->
           cond do
-            Keyword.has_key?(spec, :default) -> Map.put(acc, key, spec[:default])
+            Keyword.has_key?(spec, :default) -> Map.put(acc, key, default!(key, spec))
             spec[:required] -> raise ArgumentError, "the #{inspect(key)} option is required"
             true -> acc
           end
       end
     end)
+  end
+
+  # A declared default is cast as a given value is (`nil` stands for unset):
+  # the code that takes the option sees one form either way.
+  defp default!(key, spec) do
+    case spec[:default] do
+      nil -> nil
+      default -> value!(key, default, spec)
+    end
   end
 
   defp proper_list?([]), do: true

@@ -140,13 +140,7 @@ defmodule SynapseCore.Tool do
   @spec new(keyword()) :: t()
   def new(opts) do
     options = SynapseCore.Options.validate!(opts, @schema, "a tool")
-
-    # The default (no parameters) is filled in as given, not cast.
-    {:ok, {parameters, fields}} =
-      case options.parameters do
-        {_schema, _fields} = cast -> {:ok, cast}
-        default -> cast_parameters(default)
-      end
+    {parameters, fields} = options.parameters
 
     %__MODULE__{
       name: options.name,

@@ -205,8 +205,9 @@ defmodule SynapseCore.OptionsTest do
   end
 
   test "every default that is a value is what its option's cast makes of it" do
-    # Defaults are filled in as declared, not cast: one that is not in its
-    # cast form reaches code that expects that form (a MatchError).
+    # The docs show the declared default: it is the value the option holds
+    # (a default is cast as a given value is, so one that does not cast
+    # would fail every call that leaves the option out).
     for {set, schema} <- [
           agent: AgentOptions.agent_schema(),
           bridge: AgentOptions.bridge_schema(),
