@@ -115,6 +115,11 @@ impl CallHandle {
         }
     }
 
+    /// Cancelled once the call is asked to stop (see [`CallHandle::stop`]).
+    pub fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
     /// Asks the call to stop. A run on the `Run` stream is sent a `cancel`
     /// and answers, within [`STOP_GRACE`], with what it did (a `cancelled`
     /// failure carrying its messages and usage) or its result if it

@@ -402,6 +402,7 @@ fn start_stream<'a>(
     let events = reply.events();
     let credit = handle.credit.clone();
     let waits = handle.waits.clone();
+    let stopping = handle.stopping();
     let inputs_of = handle.clone();
     let target = channel.clone();
     call::spawn(
@@ -421,6 +422,7 @@ fn start_stream<'a>(
                 inputs,
                 credit,
                 waits,
+                stopping,
             };
             stream(responses, relay)
         },
@@ -437,31 +439,31 @@ struct Relay {
     inputs: Requests,
     credit: std::sync::Arc<tokio::sync::Semaphore>,
     waits: std::sync::Arc<call::Waits>,
+    /// Cancelled once the run is asked to stop.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Relays a run's events while the receiver has credit. Without credit it
 /// stops reading, so flow control (HTTP/2's, or the lane's credit) slows the
-/// worker down instead of events piling up in the receiver's mailbox.
+/// worker down instead of events piling up in the receiver's mailbox. Only
+/// events take credit: the run's final answer is read and sent whatever the
+/// receiver acknowledged, as are its tool and approval requests when they
+/// come.
 async fn stream(
     responses: impl Future<Output = Result<Responses, Status>>,
     mut relay: Relay,
 ) -> Result<RunResult, CallError> {
     let mut responses = responses.await?;
     loop {
-        call::take_credit(&relay.credit, &relay.waits).await?;
         let event = responses.message().await?.ok_or_else(|| {
             Error::Protocol("the worker ended the stream without a result".into())
         })?;
         let event: RunEvent = call::decode(event)?;
         match event.event {
             Some(run_event::Event::ToolRequest(request)) => {
-                // Not an event for the receiver: give its credit back.
-                relay.credit.add_permits(1);
                 request_tool(&mut relay.runner, &relay.inputs, request);
             }
             Some(run_event::Event::ApprovalRequest(request)) => {
-                // Not an event for the receiver either: it goes to the runner.
-                relay.credit.add_permits(1);
                 request_approval(&mut relay.runner, &relay.inputs, request);
             }
             Some(run_event::Event::Result(result)) => return Ok(result),
@@ -471,6 +473,9 @@ async fn stream(
             // Every other message is an event for the receiver (`crate::event`).
             // (`encode` has a term for each of them.)
             Some(shown) => {
+                if !credit_for_event(&relay).await? {
+                    continue;
+                }
                 relay.events.send(move |env| {
                     event::encode(env, shown).unwrap_or_else(|| atoms::nil().encode(env))
                 });
@@ -480,6 +485,26 @@ async fn stream(
             }
         }
     }
+}
+
+/// Takes the credit to send one event; false when the event is dropped.
+/// Once the run is asked to stop, the events the worker sends before its
+/// answer go only while credit lasts: waiting for a receiver that does not
+/// acknowledge would hold back the answer (what the run did) until the stop's
+/// grace ran out, and the answer carries all they said.
+async fn credit_for_event(relay: &Relay) -> Result<bool, CallError> {
+    if relay.stopping.is_cancelled() {
+        return Ok(take_spare_credit(&relay.credit));
+    }
+    tokio::select! {
+        biased;
+        taken = call::take_credit(&relay.credit, &relay.waits) => taken.map(|()| true),
+        () = relay.stopping.cancelled() => Ok(take_spare_credit(&relay.credit)),
+    }
+}
+
+fn take_spare_credit(credit: &tokio::sync::Semaphore) -> bool {
+    credit.try_acquire().map(|permit| permit.forget()).is_ok()
 }
 
 /// Where a quiet run's responses go on the lane (`call::stream_on_lane`):
