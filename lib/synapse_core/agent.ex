@@ -517,7 +517,8 @@ defmodule SynapseCore.Agent do
   `:usage`), as for the run's own timeout. Only the process that started
   the run may await it. A run cancelled by another process (`cancel/1`)
   returns `{:error, %SynapseCore.Error{kind: :cancelled}}`, with the same
-  details.
+  details. A run streamed with `:stream_to` is not awaited: its result is
+  its last event, and `await/2` raises `ArgumentError` for it.
   """
   @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
   def await(%Run{} = run, timeout \\ :infinity), do: Run.await(run, timeout)
@@ -525,7 +526,8 @@ defmodule SynapseCore.Agent do
   @doc """
   Waits up to `timeout` milliseconds for a run's result. Returns `nil` if
   the run has not finished by then; the run goes on, and can be yielded or
-  awaited again. Only the process that started the run may yield it.
+  awaited again. Only the process that started the run may yield it, and
+  not a run streamed with `:stream_to` (`ArgumentError`, as for `await/2`).
   """
   @spec yield(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()} | nil
   def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)

@@ -107,6 +107,7 @@ defmodule SynapseCore.Run do
   def await(%__MODULE__{} = run, timeout) do
     timeout = Options.timeout!(timeout, "await/2")
     check_owner!(run, :await)
+    check_replies!(run, :await)
 
     receive_reply(run, wait_limit(run, timeout), fn -> over(run, give_up(run, timeout)) end)
   end
@@ -142,6 +143,7 @@ defmodule SynapseCore.Run do
   def yield(%__MODULE__{} = run, timeout) do
     timeout = Options.timeout!(timeout, "yield/2")
     check_owner!(run, :yield)
+    check_replies!(run, :yield)
     receive_reply(run, timeout, fn -> nil end)
   end
 
@@ -307,6 +309,17 @@ defmodule SynapseCore.Run do
       raise ArgumentError,
             "a run can only be #{action}ed by the process that started it (#{inspect(owner)})"
     end
+  end
+
+  # A streamed run (its `receiver` set) ends with its last event, not with
+  # the reply await and yield wait for: they would wait out the run's
+  # timeout, or forever, for an answer that went elsewhere.
+  defp check_replies!(%__MODULE__{receiver: nil}, _action), do: :ok
+
+  defp check_replies!(%__MODULE__{}, action) do
+    raise ArgumentError,
+          "a run streamed with :stream_to cannot be #{action}ed: its result is its last " <>
+            "event, {:synapse_event, ref, {:result, result}} (or {:error, error})"
   end
 
   defp receiver(%__MODULE__{receiver: nil, owner: owner}), do: owner
