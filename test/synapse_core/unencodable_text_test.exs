@@ -73,6 +73,17 @@ defmodule SynapseCore.UnencodableTextTest do
     assert_receive {:log_message, "no such file: caf\\udce9"}, 10_000
   end
 
+  test "a streamed event holding one (a tool's result) is :unrepresentable too" do
+    name = start_fixture_agent!("x", agent: "synapse_fixtures.faults:surrogate_tool_agent")
+
+    # As for the run's messages, which hold the same result.
+    assert {:error, %Error{kind: :unrepresentable}} = Agent.run_sync(name, "go")
+
+    error = assert_raise Error, fn -> name |> Agent.run_stream("go") |> Enum.to_list() end
+    assert error.kind == :unrepresentable
+    assert error.message =~ "udce9"
+  end
+
   @doc false
   # A :logger handler: the messages of entries about the surrogate, to the test.
   def log(%{msg: {:string, chardata}}, %{config: %{pid: pid}}) do

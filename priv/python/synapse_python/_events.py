@@ -62,6 +62,7 @@ from pydantic_ai.tools import DeferredToolRequests
 
 from synapse_python import _convert, _errors
 from synapse_python._proto.synapse.v1 import agent_pb2
+from synapse_python._utf8 import escaped
 
 Send = Callable[[agent_pb2.RunEvent], Awaitable[None]]
 """Sends one event to the client; returns once the transport took it (flow control)."""
@@ -92,7 +93,7 @@ class EventRelay:
         """
         partial = _PartialOutput(events) if self._partial_output else None
         async for event in events:
-            for message in wire_events(event):
+            for message in _wire_form(event):
                 if message.WhichOneof("event") in self._kinds:
                     await self._send(message)
             if partial is not None and (output := await partial.after(event)) is not None:
@@ -148,6 +149,19 @@ def output_event(output: object, *, partial: bool) -> agent_pb2.RunEvent:
     message = agent_pb2.PartialOutput(output_type=type(output).__qualname__, partial=partial)
     _convert.put_output(message, output)
     return agent_pb2.RunEvent(output=message)
+
+
+def _wire_form(event: AgentStreamEvent) -> list[agent_pb2.RunEvent]:
+    """`wire_events(event)`; an event holding what the wire cannot carry (a
+    lone surrogate, as in a file name `os.fsdecode` gave a tool) is
+    `unrepresentable`, as the run's messages holding it are, not a Python error."""
+    try:
+        return list(wire_events(event))
+    except (UnicodeEncodeError, pydantic_core.PydanticSerializationError) as exc:
+        kind = getattr(event, "event_kind", type(event).__name__)
+        raise _errors.unrepresentable(
+            f"a {kind} event has no wire form: {escaped(str(exc))}"
+        ) from exc
 
 
 def wire_events(event: AgentStreamEvent) -> Iterator[agent_pb2.RunEvent]:

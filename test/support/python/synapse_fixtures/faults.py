@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator
 
 from pydantic_ai import Agent, TextOutput
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from synapse_fixtures.agents import _prompt
 
@@ -173,3 +173,32 @@ def _file_name(text: str) -> str:
 
 # The model's text is UTF-8; only the output holds a lone surrogate.
 surrogate_output_agent = Agent(_model(lambda prompt: prompt), output_type=TextOutput(_file_name))
+
+
+def _called_tool(messages: list[ModelMessage]) -> bool:
+    return any(isinstance(part, ToolReturnPart) for m in messages for part in m.parts)
+
+
+async def _call_then_done(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if _called_tool(messages):
+        return ModelResponse(parts=[TextPart("done")])
+    return ModelResponse(parts=[ToolCallPart("file_name", {}, tool_call_id="call-1")])
+
+
+async def _stream_call_then_done(
+    messages: list[ModelMessage], info: AgentInfo
+) -> AsyncIterator[str | DeltaToolCalls]:
+    if _called_tool(messages):
+        yield "done"
+    else:
+        yield {0: DeltaToolCall(name="file_name", json_args="{}", tool_call_id="call-1")}
+
+
+# Calls its tool, whose result (a file name that is not UTF-8, as os.fsdecode
+# gives it) holds a lone surrogate, then answers "done".
+surrogate_tool_agent = Agent(FunctionModel(_call_then_done, stream_function=_stream_call_then_done))
+
+
+@surrogate_tool_agent.tool_plain
+def file_name() -> str:
+    return os.fsdecode(b"caf\xe9")
