@@ -84,6 +84,18 @@ defmodule SynapseCore.UnencodableTextTest do
     assert error.message =~ "udce9"
   end
 
+  test "an event the stream did not ask for is not converted: what it holds fails nothing" do
+    name = start_fixture_agent!("x", agent: "synapse_fixtures.faults:surrogate_tool_agent")
+
+    # Neither the tool's return (not asked for) nor the messages (left out) are sent.
+    assert {:ok, %Result{output: "done"}} = Agent.run_sync(name, "go", messages: false)
+
+    assert [{:text_delta, "done"}, {:result, %Result{output: "done"}}] =
+             name
+             |> Agent.run_stream("go", events: [:text_delta], messages: false)
+             |> Enum.to_list()
+  end
+
   @doc false
   # A :logger handler: the messages of entries about the surrogate, to the test.
   def log(%{msg: {:string, chardata}}, %{config: %{pid: pid}}) do

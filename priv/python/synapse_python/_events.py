@@ -1,9 +1,10 @@
 """A streamed run's events on the wire, as pydantic-ai emits them.
 
 `EventRelay.handle` is the run's `event_stream_handler`: for each pydantic-ai
-event it sends the `RunEvent`s of `wire_events`, in order, and, when the run
-asked for it, the output validated so far (`output` events, as pydantic-ai's
-`stream_output` yields it).
+event it sends the `RunEvent`s of `wire_events` of the kinds the run asked
+for, in order (an event that can give none of them is not converted), and,
+when the run asked for it, the output validated so far (`output` events, as
+pydantic-ai's `stream_output` yields it).
 
 Every `AgentStreamEvent` has a wire form:
 
@@ -93,9 +94,13 @@ class EventRelay:
         """
         partial = _PartialOutput(events) if self._partial_output else None
         async for event in events:
-            for message in _wire_form(event):
-                if message.WhichOneof("event") in self._kinds:
-                    await self._send(message)
+            # An event none of whose wire forms was asked for is not
+            # converted: it costs nothing, and what it holds (text UTF-8
+            # cannot carry, say) cannot fail a run that does not send it.
+            if not self._kinds.isdisjoint(_wire_kinds(event)):
+                for message in _wire_form(event):
+                    if message.WhichOneof("event") in self._kinds:
+                        await self._send(message)
             if partial is not None and (output := await partial.after(event)) is not None:
                 await self._send(output)
 
@@ -162,6 +167,30 @@ def _wire_form(event: AgentStreamEvent) -> list[agent_pb2.RunEvent]:
         raise _errors.unrepresentable(
             f"a {kind} event has no wire form: {escaped(str(exc))}"
         ) from exc
+
+
+# The kinds of `RunEvent` each pydantic-ai event may become (`wire_events`);
+# an event of any other class is an `other` event.
+_WIRE_KINDS: dict[type, frozenset[str]] = {
+    PartStartEvent: frozenset({"part_start", "text_delta", "thinking_delta", "tool_call_delta"}),
+    PartDeltaEvent: frozenset({"text_delta", "thinking_delta", "tool_call_delta", "part_delta"}),
+    PartEndEvent: frozenset({"part_end"}),
+    FinalResultEvent: frozenset({"final_result"}),
+    FunctionToolCallEvent: frozenset({"tool_call"}),
+    OutputToolCallEvent: frozenset({"output_tool_call"}),
+    FunctionToolResultEvent: frozenset({"tool_return"}),
+    OutputToolResultEvent: frozenset({"output_tool_return"}),
+    DeferredToolRequestsEvent: frozenset({"deferred_tool_requests_json"}),
+}
+_OTHER = frozenset({"other"})
+
+
+def _wire_kinds(event: AgentStreamEvent) -> frozenset[str]:
+    """The kinds of the `RunEvent`s `wire_events(event)` may give."""
+    for cls in type(event).__mro__:
+        if (kinds := _WIRE_KINDS.get(cls)) is not None:
+            return kinds
+    return _OTHER
 
 
 def wire_events(event: AgentStreamEvent) -> Iterator[agent_pb2.RunEvent]:
