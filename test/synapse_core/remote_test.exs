@@ -219,6 +219,29 @@ defmodule SynapseCore.RemoteTest do
     )
   end
 
+  # A misconfiguration that would otherwise be retried forever as
+  # `:unavailable` (no port is port 443, a port beyond 65535 cannot be
+  # connected to) fails at validation.
+  test "a remote address must be tcp://host:port with a port from 1 to 65535", tls do
+    for address <- [
+          "tcp://127.0.0.1",
+          "tcp://127.0.0.1:70000",
+          "tcp://127.0.0.1:0",
+          "tcp://gpu-box:port",
+          "tcp://127.0.0.1:7100/agents",
+          "tcp://user:pass@gpu-box:7100",
+          "tcp://:7100"
+        ] do
+      assert_raise ArgumentError, ~r/invalid :remote option/, fn ->
+        SynapseCore.Agent.child_spec(remote_options(address, tls, []))
+      end
+    end
+
+    for address <- ["tcp://gpu-box:7100", "tcp://10.0.0.2:1", "tcp://[::1]:65535"] do
+      assert %{start: _} = SynapseCore.Agent.child_spec(remote_options(address, tls, []))
+    end
+  end
+
   test "remote workers require TLS and a token" do
     assert_raise ArgumentError, ~r/:tls/, fn ->
       SynapseCore.Agent.child_spec(

@@ -944,7 +944,21 @@ defmodule SynapseCore.Agent.Options do
     do: is_binary(value) and String.valid?(value) and not String.contains?(value, <<0>>)
 
   @doc false
-  def cast_remote("tcp://" <> rest = address) when rest != "", do: {:ok, address}
+  # Checked here, as the worker's `--listen` is: the channel would take
+  # no port as HTTPS's 443 and a path or a port beyond 65535 as
+  # unreachable, and retry such an address forever as `:unavailable`.
+  def cast_remote("tcp://" <> host_port = address) do
+    case Regex.run(~r/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$/, host_port) do
+      [_, port] ->
+        if String.to_integer(port) in 1..65_535,
+          do: {:ok, address},
+          else: {:error, "expected a port from 1 to 65535"}
+
+      _other ->
+        {:error, ~s(expected addresses like "tcp://host:port", with a port from 1 to 65535)}
+    end
+  end
+
   def cast_remote(_other), do: {:error, ~s(expected addresses like "tcp://host:port")}
 
   # The token: never shown. `{:system, var}` is read now; a string is kept
