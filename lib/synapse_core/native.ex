@@ -39,7 +39,7 @@ defmodule SynapseCore.Native do
   def lane_release(_inbound), do: :erlang.nif_error(:nif_not_loaded)
 
   # Probes: the worker's health service, and round trips with no agent.
-  def probe_health(_channel, _tag, _timeout), do: :erlang.nif_error(:nif_not_loaded)
+  def probe_health(_channel, _tag, _service, _timeout), do: :erlang.nif_error(:nif_not_loaded)
   def probe_echo(_channel, _tag, _payload, _timeout), do: :erlang.nif_error(:nif_not_loaded)
 
   def probe_echo_stream(_channel, _tag, _payload, _count, _timeout, _window),

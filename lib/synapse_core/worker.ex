@@ -22,7 +22,8 @@ defmodule SynapseCore.Worker do
     * `:starting` - a local worker's OS process is starting, until it
       announces the address it listens on.
     * `:loading` - connected; the worker loads the agent (`LoadAgent`), or a
-      remote bridge answers a first health check. Together with
+      remote bridge worker shows, in a first health check, that it serves
+      the bridge's module. Together with
       `:starting`, bounded by `:startup_timeout`.
     * `:serving` - registered; health-checked every `:health_interval`.
     * `:draining` - the worker reports itself unhealthy (more stuck threads
@@ -292,7 +293,10 @@ defmodule SynapseCore.Worker do
 
   def handle_event({:timeout, :health}, nil, :serving, data) do
     tag = make_ref()
-    {:ok, handle} = Native.probe_health(data.channel.resource, tag, data.options.health_timeout)
+
+    {:ok, handle} =
+      Native.probe_health(data.channel.resource, tag, "", data.options.health_timeout)
+
     {:keep_state, %{data | pending: {tag, handle, :health}}}
   end
 
@@ -510,7 +514,12 @@ defmodule SynapseCore.Worker do
           )
 
         :health ->
-          Native.probe_health(data.channel.resource, tag, options.startup_timeout)
+          Native.probe_health(
+            data.channel.resource,
+            tag,
+            bridge_health_service(options.source),
+            options.startup_timeout
+          )
       end
 
     case started do
@@ -521,6 +530,12 @@ defmodule SynapseCore.Worker do
         lost(:loading, data, Failure.load(error, data.options.source, data.os_pid))
     end
   end
+
+  # The health service a worker reports its bridge of `module` under
+  # (`synapse_python._worker.BRIDGE_HEALTH_PREFIX`): a worker that was not
+  # started with `--bridge module` answers it NOT_FOUND, where the
+  # worker's own health ("") would let the bridge start and every call fail.
+  defp bridge_health_service({:bridge, module}), do: "synapse.bridge.module/" <> module
 
   defp load_request(%Options{source: source, model: model, name: name} = options) do
     base = %{

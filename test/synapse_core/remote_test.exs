@@ -11,6 +11,7 @@ defmodule SynapseCore.RemoteTest do
   @moduletag capture_log: true
 
   @token "s3cret-token-#{System.unique_integer([:positive])}"
+  @bridge_module "synapse_fixtures.bridge_types"
 
   setup do
     dir = Path.join(System.tmp_dir!(), "synapse-tls-#{System.unique_integer([:positive])}")
@@ -22,8 +23,18 @@ defmodule SynapseCore.RemoteTest do
   # Starts `python -m synapse_python.worker` on TCP, as another system
   # would; returns {shepherd, address}. It runs under synapse-shepherd only
   # so that it cannot outlive the test.
-  defp start_remote_worker(tls, agent, listen_port \\ 0, token \\ @token) do
+  # `source`: the fixture agent it loads, or `{:bridge, module, dir}` for
+  # the generated bridge of `module` (its files in `dir`).
+  defp start_remote_worker(tls, source, listen_port \\ 0, token \\ @token) do
     {:ok, python} = SynapseCore.Python.interpreter()
+
+    {serve, python_path} =
+      case source do
+        {:bridge, module, dir} -> {["--bridge", module], [dir]}
+        agent -> {["--agent", "agent=synapse_fixtures.agents:#{agent}"], []}
+      end
+
+    python_path = [SynapseCore.Python.package_dir(), fixtures_path() | python_path]
 
     config = %{
       argv: [
@@ -35,13 +46,12 @@ defmodule SynapseCore.RemoteTest do
         "--tls-cert",
         tls.cert,
         "--tls-key",
-        tls.key,
-        "--agent",
-        "agent=synapse_fixtures.agents:#{agent}"
+        tls.key
+        | serve
       ],
       env: [
         {"PATH", System.get_env("PATH")},
-        {"PYTHONPATH", "#{SynapseCore.Python.package_dir()}:#{fixtures_path()}"},
+        {"PYTHONPATH", Enum.join(python_path, ":")},
         {"SYNAPSE_WORKER_TOKEN", token},
         Shepherd.log_fd_env()
       ],
@@ -217,6 +227,53 @@ defmodule SynapseCore.RemoteTest do
       fn -> match?({:error, %Error{kind: :unauthenticated}}, Agent.run_sync(name, "hi")) end,
       20_000
     )
+  end
+
+  describe "a remote bridge worker" do
+    setup do
+      dir = tmp_dir("synapse-remote-bridge")
+      on_exit(fn -> File.rm_rf!(dir) end)
+
+      {:ok, _files} =
+        Mix.Tasks.Synapse.Gen.Bridge.generate(@bridge_module,
+          python_path: fixtures_path(),
+          lib: Path.join(dir, "lib"),
+          out: Path.join(dir, "priv")
+        )
+
+      %{bridge_dir: Path.join(dir, "priv")}
+    end
+
+    defp start_bridge(address, tls, extra) do
+      opts =
+        address
+        |> remote_options(tls, Keyword.put(extra, :module, @bridge_module))
+        |> Keyword.delete(:agent)
+
+      with {:ok, pid} <- SynapseCore.Bridge.start_link(opts) do
+        Process.unlink(pid)
+        on_exit(fn -> stop_unlinked(pid) end)
+        {:ok, opts[:name]}
+      end
+    end
+
+    test "that serves the bridge is attached", tls do
+      {_shepherd, address} = start_remote_worker(tls, {:bridge, @bridge_module, tls.bridge_dir})
+
+      assert {:ok, name} = start_bridge(address, tls, [])
+      assert [%{location: {:remote, ^address}}] = await_workers(name)
+    end
+
+    # Its first health check passed: the bridge started, and every call
+    # answered :internal "Method not found!".
+    test "that does not serve the bridge fails the bridge's start", tls do
+      {_shepherd, address} = start_remote_worker(tls, "echo_agent")
+
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               start_bridge(address, tls, [])
+
+      assert message =~ @bridge_module
+    end
   end
 
   # A misconfiguration that would otherwise be retried forever as

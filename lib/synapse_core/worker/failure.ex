@@ -40,6 +40,18 @@ defmodule SynapseCore.Worker.Failure do
       when kind in [:unauthenticated, :tls_error],
       do: error
 
+  # A remote worker without the bridge: its health service does not know it.
+  def load(%Error{kind: :not_found}, {:bridge, module}, _os_pid) do
+    permanent(
+      Error.new(
+        :startup_failed,
+        "the worker does not serve the bridge of #{module} " <>
+          "(start it with `python -m synapse_python.worker --bridge #{module}`)"
+      ),
+      :not_found
+    )
+  end
+
   # Not up yet: retried.
   def load(%Error{kind: kind} = error, _source, _os_pid) when kind in [:unavailable, :timeout],
     do: error

@@ -10,13 +10,16 @@ use crate::atoms;
 use crate::call::{self, ServerStream, Started};
 use crate::channel::ChannelResource;
 
-/// Asks the worker's health service whether it serves; answers
-/// `{:synapse_reply, tag, {:ok, :serving | :not_serving | :unknown} | {:error, error}}`.
+/// Asks the worker's health service whether it serves `service` (`""`:
+/// the worker as a whole); answers `{:synapse_reply, tag, {:ok, :serving |
+/// :not_serving | :unknown} | {:error, error}}`, a `:not_found` error for a
+/// service the worker does not have.
 #[rustler::nif]
 fn probe_health<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
     tag: Term<'a>,
+    service: String,
     timeout: Term<'a>,
 ) -> Started {
     call::unary_method(
@@ -25,7 +28,7 @@ fn probe_health<'a>(
         tag,
         timeout,
         methods::HEALTH_CHECK,
-        HealthCheckRequest::default(),
+        HealthCheckRequest { service },
         |env, response: HealthCheckResponse| {
             Ok(match ServingStatus::try_from(response.status) {
                 Ok(ServingStatus::Serving) => atoms::serving(),

@@ -31,6 +31,14 @@ _STOP_SLACK = 5.0
 MAX_STUCK_THREADS_ENV = "SYNAPSE_MAX_STUCK_THREADS"
 DEFAULT_MAX_STUCK_THREADS = 10
 
+BRIDGE_HEALTH_PREFIX = "synapse.bridge.module/"
+"""The health service `<prefix><module>` reports the bridge of the Python module `module`.
+
+Bridge services are named by their proto package, which a client that attaches
+to a worker by module name (SynapseCore's `module:`) does not know: this name
+lets it check that the worker serves that module before it sends calls.
+"""
+
 
 class Worker:
     """Hosts pydantic-ai agents and serves them as `synapse.v1.AgentService` over gRPC.
@@ -304,7 +312,8 @@ class Worker:
         return self._sync_threads.stuck
 
     def _health_services(self) -> tuple[str, ...]:
-        return ("", _service.SERVICE_NAME, *self._bridges)
+        modules = (BRIDGE_HEALTH_PREFIX + bridge.ir.module for bridge in self._bridges.values())
+        return ("", _service.SERVICE_NAME, *self._bridges, *modules)
 
     def _on_stuck(self, stuck: int) -> None:
         # From any thread: the health service lives on the event loop.
