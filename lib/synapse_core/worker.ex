@@ -294,8 +294,10 @@ defmodule SynapseCore.Worker do
   def handle_event({:timeout, :health}, nil, :serving, data) do
     tag = make_ref()
 
+    service = serving_health_service(data.options)
+
     {:ok, handle} =
-      Native.probe_health(data.channel.resource, tag, "", data.options.health_timeout)
+      Native.probe_health(data.channel.resource, tag, service, data.options.health_timeout)
 
     {:keep_state, %{data | pending: {tag, handle, :health}}}
   end
@@ -537,6 +539,14 @@ defmodule SynapseCore.Worker do
   # worker's own health ("") would let the bridge start and every call fail.
   defp bridge_health_service({:bridge, module}), do: "synapse.bridge.module/" <> module
 
+  # What a serving worker's health checks ask: for an agent, whether the
+  # worker still hosts it (`synapse_python._worker.AGENT_HEALTH_PREFIX`).
+  # A remote worker restarted at the same address between two checks is
+  # reached again by the channel's next connection, healthy but without
+  # the agent: its own health ("") would pass, and every call fail.
+  defp serving_health_service(%Options{source: {:bridge, _module}}), do: ""
+  defp serving_health_service(%Options{name: name}), do: "synapse.agent/" <> agent_id(name)
+
   defp load_request(%Options{source: source, model: model, name: name} = options) do
     base = %{
       agent_id: agent_id(name),
@@ -619,6 +629,13 @@ defmodule SynapseCore.Worker do
     Workers.leave(data.options.name)
     deadline = System.monotonic_time(:millisecond) + @drain_limit
     {:next_state, :draining, %{data | drain_deadline: deadline}, [{{:timeout, :drain}, 0, nil}]}
+  end
+
+  # The worker no longer hosts the agent (a remote worker that was
+  # restarted): connect again, which loads it.
+  defp reply(:health, {:error, %Error{kind: :not_found}}, :serving, data) do
+    Logger.warning("the worker at #{data.address} no longer hosts the agent; loading it again")
+    lost(:serving, data, Error.new(:unavailable, "the worker no longer hosted the agent"))
   end
 
   defp reply(:health, other, :serving, data) do

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 
 from conftest import AgentClient, Served
 from synapse_python import Worker
+from synapse_python._worker import AGENT_HEALTH_PREFIX
 
 
 async def test_health_reports_serving(served: Served) -> None:
@@ -19,6 +20,19 @@ async def test_health_reports_serving(served: Served) -> None:
             health_pb2.HealthCheckRequest(service=service), timeout=5
         )
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_answers_for_each_loaded_agent(served: Served) -> None:
+    # What a client checks to learn that a worker (restarted at the same
+    # address) no longer hosts the agent it loaded there.
+    check = health_pb2.HealthCheckRequest(service=f"{AGENT_HEALTH_PREFIX}echo")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await served.client.health.Check(check, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    await served.client.load_agent("echo", ref="synapse_fixtures.agents:echo_agent")
+    response = await served.client.health.Check(check, timeout=5)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_message_size_limit_comes_from_the_environment(

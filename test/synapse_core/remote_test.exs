@@ -78,6 +78,75 @@ defmodule SynapseCore.RemoteTest do
 
   defp kill(shepherd), do: Shepherd.kill(shepherd)
 
+  # A TCP relay on a port of its own to the worker at `target`; returns
+  # {relay, its address}. `switch_tcp_relay/2` points it at another worker
+  # and drops the connections it carries.
+  defp start_tcp_relay("tcp://127.0.0.1:" <> port) do
+    {:ok, listener} = :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false])
+    {:ok, relay_port} = :inet.port(listener)
+    relay = spawn_link(fn -> relay_loop(listener, String.to_integer(port), []) end)
+    :ok = :gen_tcp.controlling_process(listener, relay)
+    send(relay, :accept)
+    {relay, "tcp://127.0.0.1:#{relay_port}"}
+  end
+
+  defp switch_tcp_relay(relay, "tcp://127.0.0.1:" <> port) do
+    send(relay, {:switch, String.to_integer(port), self()})
+    assert_receive :switched
+  end
+
+  defp relay_loop(listener, port, pipes) do
+    receive do
+      :accept ->
+        relay = self()
+
+        spawn_link(fn ->
+          {:ok, client} = :gen_tcp.accept(listener)
+          :ok = :gen_tcp.controlling_process(client, relay)
+          send(relay, {:accepted, client})
+        end)
+
+        relay_loop(listener, port, pipes)
+
+      {:accepted, client} ->
+        {:ok, upstream} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: true])
+        :ok = :inet.setopts(client, active: true)
+        send(self(), :accept)
+        relay_loop(listener, port, [{client, upstream} | pipes])
+
+      {:tcp, socket, bytes} ->
+        for {client, upstream} <- pipes do
+          cond do
+            socket == client -> :gen_tcp.send(upstream, bytes)
+            socket == upstream -> :gen_tcp.send(client, bytes)
+            true -> :ok
+          end
+        end
+
+        relay_loop(listener, port, pipes)
+
+      {:tcp_closed, socket} ->
+        {closed, open} =
+          Enum.split_with(pipes, fn {client, upstream} -> socket in [client, upstream] end)
+
+        Enum.each(closed, fn {client, upstream} ->
+          :gen_tcp.close(client)
+          :gen_tcp.close(upstream)
+        end)
+
+        relay_loop(listener, port, open)
+
+      {:switch, port, from} ->
+        Enum.each(pipes, fn {client, upstream} ->
+          :gen_tcp.close(client)
+          :gen_tcp.close(upstream)
+        end)
+
+        send(from, :switched)
+        relay_loop(listener, port, [])
+    end
+  end
+
   # A port nothing listens on (for a while): where a worker will come later.
   defp free_port do
     {:ok, socket} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
@@ -297,6 +366,24 @@ defmodule SynapseCore.RemoteTest do
     for address <- ["tcp://gpu-box:7100", "tcp://10.0.0.2:1", "tcp://[::1]:65535"] do
       assert %{start: _} = SynapseCore.Agent.child_spec(remote_options(address, tls, []))
     end
+  end
+
+  # A remote worker restarted at the same address quickly enough that no
+  # two health checks in a row failed: the worker's own health passed, and
+  # every call answered :not_found "no agent loaded" for good. Here a TCP
+  # relay in front of the workers switches from one to another, which the
+  # channel's next connection reaches as it would a restarted process.
+  test "a worker that comes back at the same address without the agent has it loaded again",
+       tls do
+    {_first, first} = start_remote_worker(tls, "echo_agent")
+    {_second, second} = start_remote_worker(tls, "echo_agent")
+    {relay, address} = start_tcp_relay(first)
+    name = remote_agent(address, tls, [])
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+
+    switch_tcp_relay(relay, second)
+
+    eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 10_000)
   end
 
   test "remote workers require TLS and a token" do

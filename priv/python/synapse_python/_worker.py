@@ -31,6 +31,14 @@ _STOP_SLACK = 5.0
 MAX_STUCK_THREADS_ENV = "SYNAPSE_MAX_STUCK_THREADS"
 DEFAULT_MAX_STUCK_THREADS = 10
 
+AGENT_HEALTH_PREFIX = "synapse.agent/"
+"""The health service `<prefix><agent_id>`: the worker's own status while it hosts that agent.
+
+A worker that does not (it was restarted at the same address, so the client's
+connection came back to a process that never loaded it) answers NOT_FOUND: the
+client then loads the agent again, where the worker's own health would pass.
+"""
+
 BRIDGE_HEALTH_PREFIX = "synapse.bridge.module/"
 """The health service `<prefix><module>` reports the bridge of the Python module `module`.
 
@@ -38,6 +46,30 @@ Bridge services are named by their proto package, which a client that attaches
 to a worker by module name (SynapseCore's `module:`) does not know: this name
 lets it check that the worker serves that module before it sends calls.
 """
+
+
+class _HealthServicer(health_aio.HealthServicer):
+    """gRPC's health service, which also answers for each agent (`AGENT_HEALTH_PREFIX`).
+
+    Read from the registry at each check, not kept in the status table: a load
+    is visible to the very next check, with no update to await.
+    """
+
+    def __init__(self, registry: _agents.AgentRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    async def Check(  # named as in health.proto
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service.startswith(AGENT_HEALTH_PREFIX):
+            agent_id = request.service.removeprefix(AGENT_HEALTH_PREFIX)
+            if self._registry.get(agent_id) is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no agent loaded with id {agent_id!r}"
+                )
+            request = health_pb2.HealthCheckRequest()
+        return await super().Check(request, context)
 
 
 class Worker:
@@ -217,7 +249,7 @@ class Worker:
             options=_server.server_options(self._max_message_bytes),
             interceptors=[_auth.TokenInterceptor(self._token)] if self._token is not None else None,
         )
-        health = health_aio.HealthServicer()
+        health = _HealthServicer(self._registry)
         services = self._services(health)
         for name, table in services.items():
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
