@@ -20,6 +20,7 @@ from synapse_fixtures import bridge_edges as be
 from synapse_fixtures import bridge_types as bt
 from synapse_python import Worker
 from synapse_python._errors import kind_name
+from synapse_python._worker import BRIDGE_HEALTH_PREFIX
 from synapse_python.bridge import BridgeService, StaleBridgeError
 from test_worker_process import worker_process
 
@@ -325,15 +326,17 @@ async def test_a_cancelled_stream_closes_the_generator(client: BridgeClient) -> 
 
 
 async def test_health_reports_the_bridge_service(worker: tuple[Worker, str]) -> None:
+    # By its gRPC service, and by its Python module (what a client that
+    # attaches by module name checks).
+    services = (
+        "synapse.bridge.synapse_fixtures_bridge_types.BridgeTypes",
+        f"{BRIDGE_HEALTH_PREFIX}synapse_fixtures.bridge_types",
+    )
     async with grpc.aio.insecure_channel(worker[1]) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        response = await health.Check(
-            health_pb2.HealthCheckRequest(
-                service="synapse.bridge.synapse_fixtures_bridge_types.BridgeTypes"
-            ),
-            timeout=5,
-        )
-        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        for service in services:
+            response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_a_bridge_cannot_be_added_to_a_started_worker() -> None:
