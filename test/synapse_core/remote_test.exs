@@ -386,6 +386,26 @@ defmodule SynapseCore.RemoteTest do
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 10_000)
   end
 
+  # Accepted before, and failed at the first connection with only "bad TLS
+  # settings: transport error".
+  test "the TLS server name must be a DNS name or an IP address", tls do
+    for server_name <- ["bad name", "-gpu-box", "gpu..box", "gpu-box:7100", "https://gpu-box"] do
+      assert_raise ArgumentError, ~r/invalid :server_name option/, fn ->
+        tls_options = [ca: tls.cert, server_name: server_name]
+        SynapseCore.Agent.child_spec(remote_options("tcp://gpu-box:7100", tls, tls: tls_options))
+      end
+    end
+
+    for server_name <- ["gpu-box", "GPU-box.example.com.", "10.0.0.2", "::1", "a_b.internal"] do
+      tls_options = [ca: tls.cert, server_name: server_name]
+
+      assert %{start: _} =
+               SynapseCore.Agent.child_spec(
+                 remote_options("tcp://gpu-box:7100", tls, tls: tls_options)
+               )
+    end
+  end
+
   test "remote workers require TLS and a token" do
     assert_raise ArgumentError, ~r/:tls/, fn ->
       SynapseCore.Agent.child_spec(

@@ -96,7 +96,7 @@ defmodule SynapseCore.Agent.Options do
       doc: "the CA certificates the worker's certificate must chain to."
     ],
     server_name: [
-      type: :non_empty_string,
+      type: {:custom, &__MODULE__.cast_server_name/1, "a DNS name or an IP address"},
       doc: "the name the worker's certificate must be valid for; defaults to the host."
     ]
   ]
@@ -898,6 +898,26 @@ defmodule SynapseCore.Agent.Options do
   end
 
   def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
+
+  # Checked here: TLS takes no other name, and refused one only at the
+  # first connection, as "bad TLS settings: transport error".
+  @doc false
+  def cast_server_name(name) when is_binary(name) do
+    if dns_name?(name) or match?({:ok, _}, :inet.parse_strict_address(:binary.bin_to_list(name))),
+      do: {:ok, name},
+      else: {:error, "expected a DNS name or an IP address"}
+  end
+
+  def cast_server_name(_other), do: {:error, "expected a DNS name or an IP address"}
+
+  # Labels of letters, digits, "-" (not at either end) and "_" (which
+  # internal names use), with an optional final dot.
+  defp dns_name?(name) do
+    labels = name |> String.trim_trailing(".") |> String.split(".")
+
+    byte_size(name) in 1..253 and
+      Enum.all?(labels, &Regex.match?(~r/^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/, &1))
+  end
 
   @doc false
   def cast_env(env) when is_map(env), do: cast_env(Map.to_list(env))
