@@ -263,6 +263,20 @@ defmodule SynapseCore.RemoteTest do
     refute log =~ @token
   end
 
+  # The worker strips the whitespace around the token it reads from
+  # SYNAPSE_WORKER_TOKEN; the same variable, with the newline a secret file
+  # often ends with, was refused here as an invalid :token.
+  test "a token read from the environment has its surrounding whitespace stripped", tls do
+    variable = "SYNAPSE_TEST_TOKEN_#{System.unique_integer([:positive])}"
+    System.put_env(variable, @token <> "\n")
+    on_exit(fn -> System.delete_env(variable) end)
+
+    {_shepherd, address} = start_remote_worker(tls, "echo_agent", 0, @token <> "\n")
+    name = remote_agent(address, tls, token: {:system, variable})
+
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+  end
+
   test "local and remote workers in one pool", tls do
     {_port, address} = start_remote_worker(tls, "echo_agent")
     name = remote_agent(address, tls, workers: 1, python_path: [fixtures_path()])

@@ -273,7 +273,8 @@ defmodule SynapseCore.Agent.Options do
       secret: true,
       doc: """
       for `:remote` workers: the bearer token they require, as a string,
-      `{:system, "VAR"}` (read now) or a function returning it (called at
+      `{:system, "VAR"}` (read now, without its surrounding whitespace, as
+      the worker reads `SYNAPSE_WORKER_TOKEN`) or a function returning it (called at
       each connection). It stays in a closure and in Rust: no term, log,
       error or crash report shows it.
       """
@@ -993,7 +994,9 @@ defmodule SynapseCore.Agent.Options do
 
   def cast_token({:system, variable}) when is_binary(variable) do
     case System.fetch_env(variable) do
-      {:ok, token} -> cast_token(token)
+      # Stripped as the worker strips the SYNAPSE_WORKER_TOKEN it reads:
+      # one variable (or secret file, often ending in a newline) serves both.
+      {:ok, token} -> cast_token(String.trim(token))
       :error -> {:error, "the environment variable #{variable} is not set"}
     end
   end
