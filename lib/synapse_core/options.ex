@@ -147,8 +147,18 @@ defmodule SynapseCore.Options do
         value
 
       {:error, reason} ->
-        shown = if spec[:secret], do: "a value that is not shown (secret)", else: show(value)
-        raise ArgumentError, "invalid #{inspect(key)} option: #{reason}, got: #{shown}"
+        raise ArgumentError, "invalid #{inspect(key)} option: #{reason}#{got(value, spec)}"
+    end
+  end
+
+  # A nested keyword list's own error names the option in it that is
+  # wrong, and shows it unless secret: the whole list would show the
+  # secret options next to it too.
+  defp got(value, spec) do
+    cond do
+      spec[:secret] -> ", got: a value that is not shown (secret)"
+      match?({:keyword, _}, spec[:type]) and is_list(value) -> ""
+      true -> ", got: #{show(value)}"
     end
   end
 

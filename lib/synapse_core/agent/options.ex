@@ -93,6 +93,8 @@ defmodule SynapseCore.Agent.Options do
       type:
         {:custom, &__MODULE__.cast_ca/1, "a PEM file path or {:pem, pem} (the CA certificates)"},
       required: true,
+      # Not shown in errors: a private key given here by mistake would be.
+      secret: true,
       doc: "the CA certificates the worker's certificate must chain to."
     ],
     server_name: [
@@ -889,16 +891,26 @@ defmodule SynapseCore.Agent.Options do
   ## Casts of the custom types (public for the schemas' captures)
 
   @doc false
-  def cast_ca({:pem, pem}) when is_binary(pem) and pem != "", do: {:ok, pem}
+  # A CA without a certificate (a key file given by mistake, a DER file) is
+  # refused here: TLS would only fail at the first connection, and not at
+  # all while the worker is not up. The error never quotes the content.
+  def cast_ca({:pem, pem}) when is_binary(pem) and pem != "" do
+    if certificate?(pem), do: {:ok, pem}, else: {:error, "the PEM holds no certificate"}
+  end
 
   def cast_ca(path) when is_binary(path) do
     case File.read(path) do
-      {:ok, pem} -> {:ok, pem}
-      {:error, reason} -> {:error, "cannot read #{path}: #{:file.format_error(reason)}"}
+      {:ok, pem} ->
+        if certificate?(pem), do: {:ok, pem}, else: {:error, "#{path} holds no PEM certificate"}
+
+      {:error, reason} ->
+        {:error, "cannot read #{path}: #{:file.format_error(reason)}"}
     end
   end
 
   def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
+
+  defp certificate?(pem), do: String.contains?(pem, "-----BEGIN CERTIFICATE-----")
 
   # Checked here: TLS takes no other name, and refused one only at the
   # first connection, as "bad TLS settings: transport error".
