@@ -48,6 +48,11 @@ defmodule SynapseCore.Worker do
   cannot fix, that reason: `:startup_failed` (with Python's message),
   `:unauthenticated` or `:tls_error`.
 
+  An agent's health check asks whether the worker still hosts the agent:
+  a remote worker restarted at the same address between two checks
+  answers that it does not, and is connected to again, which loads the
+  agent into it.
+
   The first start decides whether the agent starts:
 
     * a local worker whose first start fails, for any reason, fails the
