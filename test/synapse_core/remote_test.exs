@@ -421,6 +421,18 @@ defmodule SynapseCore.RemoteTest do
     end
   end
 
+  # A certificate that looks like one but does not parse fails the start,
+  # saying so: the message was only "bad TLS settings: transport error".
+  test "a CA certificate that does not parse fails the start, saying why", tls do
+    pem = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n"
+    tls_options = [ca: {:pem, pem}, server_name: "localhost"]
+
+    assert {:error, %Error{kind: :invalid_argument, message: message}} =
+             SynapseCore.start_agent(remote_options("tcp://127.0.0.1:1", tls, tls: tls_options))
+
+    assert message =~ "parsing TLS certificate"
+  end
+
   # Accepted before, and failed at the first connection with only "bad TLS
   # settings: transport error".
   test "the TLS server name must be a DNS name or an IP address", tls do

@@ -77,11 +77,27 @@ pub fn connect_lazy(address: &Address, tls: Option<&Tls>) -> Result<Channel, Err
                 endpoint(&format!("https://{host_port}"))?
                     .tcp_nodelay(true)
                     .tls_config(config)
-                    .map_err(|e| Error::InvalidArgument(format!("bad TLS settings: {e}")))?
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("bad TLS settings: {}", with_causes(&e)))
+                    })?
                     .connect_lazy()
             }
         },
     })
+}
+
+/// `error` and what caused it: tonic's own message for a bad TLS setting is
+/// only "transport error", its cause (a CA that does not parse, a name that
+/// is not one) comes after it.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn endpoint(uri: &str) -> Result<Endpoint, Error> {
