@@ -626,7 +626,7 @@ defmodule SynapseCore.Worker do
   # is shutting down by itself): replace it once its calls are done.
   defp reply(:health, {:ok, :not_serving}, :serving, data) do
     Logger.warning(
-      "Python worker #{data.os_pid} reports itself unhealthy " <>
+      "#{described(data)} reports itself unhealthy " <>
         "(#{data.stuck_threads || "unknown"} stuck threads); " <>
         "replacing it once its calls in flight are done"
     )
@@ -648,8 +648,8 @@ defmodule SynapseCore.Worker do
 
     if failures >= @health_failures do
       Logger.error(
-        "Python worker #{data.os_pid} failed #{failures} health checks " <>
-          "(last: #{describe_health(other)}); killing it"
+        "#{described(data)} failed #{failures} health checks " <>
+          "(last: #{describe_health(other)}); #{if data.location == :local, do: "killing it", else: "connecting to it again"}"
       )
 
       error = Error.new(:worker_exited, "the worker stopped answering health checks")
@@ -661,6 +661,10 @@ defmodule SynapseCore.Worker do
 
   defp reply(_what, _reply, _state, _data), do: :keep_state_and_data
 
+  # The worker, for log lines: a remote one has no OS pid here.
+  defp described(%{location: {:remote, address}}), do: "Python worker at #{address}"
+  defp described(data), do: "Python worker #{data.os_pid}"
+
   defp describe_health({:ok, status}), do: Atom.to_string(status)
   defp describe_health({:error, %Error{kind: kind}}), do: Atom.to_string(kind)
 
@@ -669,7 +673,7 @@ defmodule SynapseCore.Worker do
   defp serving(data, actions) do
     Workers.join(data.options.name, data.channel, data.options.tools, data.index)
     event(:ready, %{duration: System.monotonic_time() - data.started_at}, data, %{})
-    if data.attempt > 0, do: Logger.info("Python worker #{data.os_pid} is serving again")
+    if data.attempt > 0, do: Logger.info("#{described(data)} is serving again")
 
     data = outcome(%{data | serving_since: System.monotonic_time(:millisecond), error: nil}, :ok)
 

@@ -294,8 +294,16 @@ defmodule SynapseCore.RemoteTest do
     name = remote_agent(address, tls, [])
     await_workers(name)
 
-    kill(shepherd)
-    eventually(fn -> Agent.workers(name) == [] end, 10_000)
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        kill(shepherd)
+        eventually(fn -> Agent.workers(name) == [] end, 10_000)
+      end)
+
+    # A remote worker is named by its address (it has no OS pid here), and
+    # nothing here kills it.
+    assert log =~ "Python worker at #{address} failed 2 health checks"
+    assert log =~ "connecting to it again"
     assert {:error, %Error{kind: :unavailable}} = Agent.run_sync(name, "hi")
 
     {shepherd, ^address} = start_remote_worker(tls, "echo_agent", listen_port)
