@@ -518,7 +518,10 @@ defmodule SynapseCore.Agent do
   the run may await it. A run cancelled by another process (`cancel/1`)
   returns `{:error, %SynapseCore.Error{kind: :cancelled}}`, with the same
   details. A run streamed with `:stream_to` is not awaited: its result is
-  its last event, and `await/2` raises `ArgumentError` for it.
+  its last event, and `await/2` raises `ArgumentError` for it. A run answers
+  once: awaiting it again after its answer was taken (by `await/2`,
+  `yield/2` or the owner's own `cancel/1`) raises `ArgumentError` too,
+  rather than wait for nothing.
   """
   @spec await(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()}
   def await(%Run{} = run, timeout \\ :infinity), do: Run.await(run, timeout)
@@ -527,7 +530,8 @@ defmodule SynapseCore.Agent do
   Waits up to `timeout` milliseconds for a run's result. Returns `nil` if
   the run has not finished by then; the run goes on, and can be yielded or
   awaited again. Only the process that started the run may yield it, and
-  not a run streamed with `:stream_to` (`ArgumentError`, as for `await/2`).
+  not a run streamed with `:stream_to` nor one whose answer was taken
+  already (`ArgumentError`, as for `await/2`).
   """
   @spec yield(Run.t(), timeout()) :: {:ok, Result.t()} | {:error, Error.t()} | nil
   def yield(%Run{} = run, timeout \\ 5_000), do: Run.yield(run, timeout)

@@ -91,6 +91,7 @@ defmodule SynapseCore.Native do
 
   # :ok, or :over when the call had answered already (nothing more comes)
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
+  def run_answered(_handle), do: :erlang.nif_error(:nif_not_loaded)
 
   # The JSON conversion of every payload; the dirty twins for large ones.
   def json_encode(_term), do: :erlang.nif_error(:nif_not_loaded)

@@ -148,11 +148,29 @@ defmodule SynapseCore.Run do
   end
 
   defp receive_reply(%__MODULE__{ref: ref} = run, wait, on_timeout) do
+    # Read before the mailbox: an answer sent by then is there, unless this
+    # process took it already (an earlier await, yield or cancel/1), when
+    # waiting would only run out the wait, or never end.
+    answered = answered?(run)
+
     receive do
       {:synapse_reply, ^ref, reply} -> over(run, reply)
     after
-      wait -> on_timeout.()
+      if(answered, do: 0, else: wait) ->
+        if answered, do: raise(ArgumentError, taken_text(run)), else: on_timeout.()
     end
+  end
+
+  # Known for a call of this node; a run relayed from another node has its
+  # relay's word only, and waits as before.
+  defp answered?(%__MODULE__{relay: nil, fan_out: nil, handle: handle}) when handle != nil,
+    do: Native.run_answered(handle)
+
+  defp answered?(_run), do: false
+
+  defp taken_text(%__MODULE__{ref: ref}) do
+    "the run #{inspect(ref)} has answered, and its answer was taken already " <>
+      "(by an earlier await/2, yield/2 or cancel/1): there is nothing more to wait for"
   end
 
   @doc false

@@ -30,6 +30,26 @@ defmodule SynapseCore.WaitArgumentsTest do
     assert {:ok, %Result{output: "done"}} = Agent.await(run)
   end
 
+  test "a run answers once: waiting again after its answer was taken is refused at once",
+       %{name: name} do
+    {:ok, run} = Agent.run(name, "0")
+    assert {:ok, %Result{output: "done"}} = Agent.await(run)
+    # Finite waits: before, each waited them out and answered :timeout (an
+    # infinite one never returned).
+    assert_raise ArgumentError, ~r/taken already/, fn -> Agent.await(run, 2_000) end
+    assert_raise ArgumentError, ~r/taken already/, fn -> Agent.yield(run, 2_000) end
+
+    # The owner's own cancel takes the answer (:cancelled) out of its mailbox.
+    {:ok, run} = Agent.run(name, "30", timeout: 60_000)
+    :ok = Agent.cancel(run)
+    assert_raise ArgumentError, ~r/taken already/, fn -> Agent.await(run, 2_000) end
+
+    # A yield that found nothing took nothing.
+    {:ok, run} = Agent.run(name, "0.3")
+    assert Agent.yield(run, 0) == nil
+    assert {:ok, %Result{output: "done"}} = Agent.await(run, 10_000)
+  end
+
   test "await_ready/2 refuses a timeout out of range", %{name: name} do
     assert_raise ArgumentError, ~r/timeout/, fn -> SynapseCore.await_ready(name, @too_long) end
     assert :ok = SynapseCore.await_ready(name, 60_000)

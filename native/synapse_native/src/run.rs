@@ -300,6 +300,14 @@ fn run_cancel(handle: ResourceArc<CallHandle>) -> Atom {
     atoms::ok()
 }
 
+/// Whether the call's final answer was sent to its receiver: it is then in
+/// the receiver's mailbox, or was taken from it. Set after the send, so a
+/// receiver that reads `true` and then finds no answer knows it was taken.
+#[rustler::nif]
+fn run_answered(handle: ResourceArc<CallHandle>) -> bool {
+    handle.answered.load(Ordering::Acquire)
+}
+
 fn start_unary<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
