@@ -103,13 +103,26 @@ defmodule SynapseCore.RunOwnershipTest do
 
   test "a stream whose struct was dropped is still cancelled when its receiver exits" do
     name = start_fixture_agent!("slow_stream_agent")
-    receiver = spawn(fn -> Process.sleep(:infinity) end)
+    test = self()
+
+    # Says when the first event came: the run is streaming in Python, so
+    # killing the receiver then cancels a run that began (killed before the
+    # run reached Python, on a loaded machine, nothing would be recorded).
+    receiver =
+      spawn(fn ->
+        receive do
+          {:synapse_event, _ref, _event} -> send(test, :streaming)
+        end
+
+        Process.sleep(:infinity)
+      end)
 
     ref_only(fn ->
       Agent.run_stream(name, "300 0.1", stream_to: receiver, window: :infinity)
     end)
 
     collect_everything(2)
+    assert_receive :streaming, 10_000
     Process.exit(receiver, :kill)
     assert_cancelled_in_python(name, "300 0.1")
   end
