@@ -11,8 +11,9 @@ defmodule ReleaseApp.MixProject do
       # `mix test` brings the test environment's Python environment up to date.
       aliases: [test: ["synapse.setup --quiet", "test"]],
       releases: [
-        # The Python environment goes into the release after :assemble.
-        release_app: [steps: [:assemble, &SynapseCore.Release.python/1]]
+        # The Python environment goes into the release after :assemble, and
+        # with it into the tarball :tar makes.
+        release_app: [steps: [:assemble, &SynapseCore.Release.python/1, :tar]]
       ]
     ]
   end

@@ -13,8 +13,8 @@ defmodule SynapseCore.Release do
         ]
       end
 
-  After `:assemble` (and before `:tar`, if you make a tarball), the step
-  builds, with uv, a new environment at `synapse_python/.venv` in the
+  After `:assemble` (and before `:tar`, if you make a tarball: the
+  environment goes into it), the step builds, with uv, a new environment at `synapse_python/.venv` in the
   release, where `SynapseCore.Python` looks for it when the release runs:
 
     * exactly the packages of the application's committed `python.lock`:
@@ -75,7 +75,21 @@ defmodule SynapseCore.Release do
         "the machine that runs it needs the same Python at that path"
     )
 
-    release
+    for_tarball(release, dir)
+  end
+
+  # Mix's `:tar` step archives only the release's own directories and its
+  # overlays, so the environment is listed as one. The archive follows
+  # symbolic links: `lib64`, a link to `lib` that uv adds, would put every
+  # package in it twice, and Python finds them in `lib` without it.
+  defp for_tarball(%{path: path, overlays: overlays} = release, dir) do
+    lib64 = Path.join(dir, ".venv/lib64")
+
+    with {:ok, %{type: :symlink}} <- File.lstat(lib64),
+         {:ok, "lib"} <- File.read_link(lib64),
+         do: File.rm!(lib64)
+
+    %{release | overlays: Enum.uniq([Path.relative_to(dir, path) | overlays])}
   end
 
   defp synapse_priv(path, applications) do

@@ -1,7 +1,8 @@
 defmodule SynapseCore.ReleaseTest do
   # Builds a release of examples/release_app (an application with its own
-  # agent and Python package, synapse_core as a path dependency), moves it
-  # elsewhere and runs it from yet another directory. Run alone with
+  # agent and Python package, synapse_core as a path dependency) and its
+  # tarball, installs it elsewhere from the tarball and runs it from yet
+  # another directory. Run alone with
   # `mix test --only release`. Takes a minute or so.
   use ExUnit.Case, async: false
 
@@ -22,10 +23,13 @@ defmodule SynapseCore.ReleaseTest do
     {output, status} = mix(["release", "--overwrite", "--path", built], build_env())
     assert status == 0, "mix release failed:\n#{output}"
 
-    # Installed somewhere else than where it was built, which is gone.
+    # Installed from its tarball somewhere else than where it was built,
+    # which is gone.
     installed = Path.join(tmp, "installed/release_app")
-    File.mkdir_p!(Path.dirname(installed))
-    File.rename!(built, installed)
+    File.mkdir_p!(installed)
+    [tarball] = Path.wildcard(Path.join(built, "*.tar.gz"))
+    :ok = :erl_tar.extract(to_charlist(tarball), [:compressed, cwd: to_charlist(installed)])
+    File.rm_rf!(built)
     %{tmp: tmp, release: installed, build_output: output}
   end
 
