@@ -95,12 +95,14 @@ defmodule SynapseCore.Python do
     path = Path.join(env_dir, "bin/python")
 
     cond do
-      File.exists?(path) ->
+      File.exists?(path) and base_present?(env_dir) ->
         {:ok, path}
 
-      # A virtualenv links to the interpreter it was built on: a release
-      # moved to a machine that lacks it has a dangling link.
-      match?({:ok, %{type: :symlink}}, File.lstat(path)) ->
+      # A virtualenv runs on the interpreter it was built on: a release
+      # moved to a machine that lacks it has a dangling link to it, or, when
+      # it was installed from a tarball (which follows links), a copy of its
+      # executable that finds no standard library.
+      File.exists?(path) or match?({:ok, %{type: :symlink}}, File.lstat(path)) ->
         {:error,
          Error.new(
            :startup_failed,
@@ -118,6 +120,15 @@ defmodule SynapseCore.Python do
              "&SynapseCore.Release.python/1), or set the :python option, " <>
              "`config :synapse_core, python: ...` or SYNAPSE_PYTHON"
          )}
+    end
+  end
+
+  # Whether the interpreter a virtualenv names in its pyvenv.cfg is there
+  # (true when it names none).
+  defp base_present?(env_dir) do
+    case File.read(Path.join(env_dir, "pyvenv.cfg")) do
+      {:ok, _cfg} -> env_dir |> base_home() |> File.dir?()
+      {:error, _} -> true
     end
   end
 

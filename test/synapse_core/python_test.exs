@@ -37,6 +37,20 @@ defmodule SynapseCore.PythonTest do
 
       assert message =~ "built on the interpreter in /opt/gone/bin, which is missing"
     end
+
+    test "installed from a tarball on a machine without its interpreter: names it",
+         %{tmp_dir: dir} do
+      # Tarballs follow links: bin/python is a copy of the interpreter's
+      # executable, which runs but finds no standard library.
+      File.mkdir_p!(Path.join(dir, "bin"))
+      File.write!(Path.join(dir, "pyvenv.cfg"), "home = /opt/gone/bin\nrelocatable = true\n")
+      File.cp!(System.find_executable("true"), Path.join(dir, "bin/python"))
+
+      assert {:error, %Error{kind: :startup_failed, message: message}} =
+               Python.env_interpreter(dir)
+
+      assert message =~ "built on the interpreter in /opt/gone/bin, which is missing"
+    end
   end
 
   describe ":python_path" do
