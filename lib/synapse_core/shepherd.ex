@@ -109,6 +109,8 @@ defmodule SynapseCore.Shepherd do
     Process.flag(:trap_exit, true)
     Logger.metadata(metadata)
     executable = Path.join(Python.priv_dir(), "bin/synapse-shepherd")
+    # The port would say only :enoent or :eacces, not of which file.
+    :ok = check_executable(executable)
 
     port =
       Port.open({:spawn_executable, executable}, [
@@ -138,9 +140,33 @@ defmodule SynapseCore.Shepherd do
     # Any exception, and never its stacktrace: `Port.command/2`'s frame
     # holds the config, environment and secrets included (a shepherd gone
     # before it was sent its config fails it).
+    error in Error ->
+      {:stop, error}
+
     error ->
       {:stop,
        Error.new(:startup_failed, "cannot start synapse-shepherd: #{Exception.message(error)}")}
+  end
+
+  defp check_executable(path) do
+    problem =
+      case File.stat(path) do
+        {:ok, %{type: :regular, mode: mode}} when Bitwise.band(mode, 0o111) != 0 -> nil
+        {:ok, %{type: :regular}} -> "it is not executable"
+        {:ok, %{type: type}} -> "it is a #{type}, not a file"
+        {:error, :enoent} -> "it is missing"
+        {:error, reason} -> "#{:file.format_error(reason)}"
+      end
+
+    if problem do
+      raise Error.new(
+              :startup_failed,
+              "cannot start synapse-shepherd at #{path}: #{problem} " <>
+                "(it is built into synapse_core's priv/bin by `mix compile`)"
+            )
+    end
+
+    :ok
   end
 
   @impl true

@@ -108,6 +108,26 @@ defmodule SynapseCore.ReleaseTest do
     assert output =~ "the machine that runs it needs the same Python at that path"
   end
 
+  test "a synapse-shepherd that is not executable fails the agent's start with an error naming it",
+       %{tmp: tmp, release: release} do
+    [shepherd] = Path.wildcard(Path.join(release, "lib/synapse_core-*/priv/bin/synapse-shepherd"))
+    File.chmod!(shepherd, 0o644)
+    on_exit(fn -> File.chmod!(shepherd, 0o755) end)
+    runtime = Path.join(tmp, "runtime-shepherd")
+    File.mkdir_p!(runtime)
+
+    {output, _status} =
+      System.cmd(
+        Path.join(release, "bin/release_app"),
+        ["eval", "IO.inspect(Application.ensure_all_started(:release_app))"],
+        env: release_env(runtime),
+        stderr_to_stdout: true
+      )
+
+    assert output =~ "kind: :startup_failed"
+    assert output =~ "cannot start synapse-shepherd at #{shepherd}: it is not executable"
+  end
+
   test "mix synapse.setup says how to install uv when it is missing", %{tmp: tmp} do
     home = Path.join(tmp, "home")
     File.mkdir_p!(home)
