@@ -27,7 +27,7 @@ use crate::error::{Error, NifError};
 use crate::event::{lenient_json, map};
 use crate::json;
 use crate::run::{context as within, is_nil, read_outcome, Outcome};
-use crate::terms::elixir_struct;
+use crate::terms::{elixir_struct, text};
 
 /// Answers an approval request of a run: `{:approve, args | nil}` or
 /// `{:deny, message | nil}`. Returns `{:error, error}`, and sends nothing,
@@ -205,12 +205,4 @@ fn optional_json<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Error> {
     } else {
         json::decode(env, bytes)
     }
-}
-
-pub fn text(term: Term<'_>) -> Option<String> {
-    term.decode::<rustler::Binary>().ok().and_then(|bytes| {
-        std::str::from_utf8(bytes.as_slice())
-            .ok()
-            .map(str::to_owned)
-    })
 }

@@ -25,7 +25,7 @@ use crate::json;
 use crate::messages;
 use crate::prompt;
 use crate::reply::{Events, Reply, Runner, Style};
-use crate::terms::elixir_struct;
+use crate::terms::{self, elixir_struct};
 
 /// How much longer than the run's own timeout its call may take: the
 /// worker's pydantic-ai run stops at the timeout and answers with what it
@@ -234,7 +234,7 @@ pub fn read_outcome<'a>(term: Term<'a>, what: &str) -> Result<Outcome<'a>, Error
     };
     let (kind, value) = term.decode::<(Atom, Term<'a>)>().map_err(|_| shape())?;
     let message = || {
-        approval::text(value).ok_or_else(|| {
+        terms::text(value).ok_or_else(|| {
             Error::InvalidArgument(format!("the message of {what} must be a UTF-8 string"))
         })
     };

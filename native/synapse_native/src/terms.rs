@@ -1,4 +1,4 @@
-//! Building Elixir structs from Rust.
+//! Building Elixir structs from Rust, and reading Elixir text.
 
 use rustler::{Atom, Encoder, Env, Term};
 
@@ -17,4 +17,13 @@ pub fn elixir_struct<'a>(env: Env<'a>, module: Atom, fields: &[(Atom, Term<'a>)]
     }
     // The keys are distinct atoms, so building the map cannot fail.
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| Term::map_new(env))
+}
+
+/// A binary's text, if it is UTF-8.
+pub fn text(term: Term<'_>) -> Option<String> {
+    term.decode::<rustler::Binary>().ok().and_then(|bytes| {
+        std::str::from_utf8(bytes.as_slice())
+            .ok()
+            .map(str::to_owned)
+    })
 }
