@@ -126,9 +126,9 @@ defmodule SynapseCore.Python do
   # Whether the interpreter a virtualenv names in its pyvenv.cfg is there
   # (true when it names none).
   defp base_present?(env_dir) do
-    case File.read(Path.join(env_dir, "pyvenv.cfg")) do
-      {:ok, _cfg} -> env_dir |> base_home() |> File.dir?()
-      {:error, _} -> true
+    case home(env_dir) do
+      {:ok, home} -> File.dir?(home)
+      :none -> true
     end
   end
 
@@ -136,11 +136,18 @@ defmodule SynapseCore.Python do
   # The directory of the interpreter a virtualenv was built on.
   @spec base_home(String.t()) :: String.t()
   def base_home(env_dir) do
+    case home(env_dir) do
+      {:ok, home} -> home
+      :none -> "(no home in #{Path.join(env_dir, "pyvenv.cfg")})"
+    end
+  end
+
+  defp home(env_dir) do
     with {:ok, cfg} <- File.read(Path.join(env_dir, "pyvenv.cfg")),
          [_, home] <- Regex.run(~r/^home\s*=\s*(.+)$/m, cfg) do
-      String.trim(home)
+      {:ok, String.trim(home)}
     else
-      _ -> "(no home in #{Path.join(env_dir, "pyvenv.cfg")})"
+      _ -> :none
     end
   end
 
