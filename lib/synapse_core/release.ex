@@ -14,8 +14,9 @@ defmodule SynapseCore.Release do
       end
 
   After `:assemble` (and before `:tar`, if you make a tarball: the
-  environment goes into it), the step builds, with uv, a new environment at `synapse_python/.venv` in the
-  release, where `SynapseCore.Python` looks for it when the release runs:
+  environment goes into it), the step builds, with uv, a new environment
+  at `synapse_python/.venv` in the release, where `SynapseCore.Python`
+  looks for it when the release runs:
 
     * exactly the packages of the application's committed `python.lock`:
       Synapse's runtime pins and `:python_packages`, never the

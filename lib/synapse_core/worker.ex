@@ -639,7 +639,7 @@ defmodule SynapseCore.Worker do
   # The worker no longer hosts the agent (a remote worker that was
   # restarted): connect again, which loads it.
   defp reply(:health, {:error, %Error{kind: :not_found}}, :serving, data) do
-    Logger.warning("the worker at #{data.address} no longer hosts the agent; loading it again")
+    Logger.warning("#{described(data)} no longer hosts the agent; loading it again")
     lost(:serving, data, Error.new(:unavailable, "the worker no longer hosted the agent"))
   end
 
@@ -649,7 +649,7 @@ defmodule SynapseCore.Worker do
     if failures >= @health_failures do
       Logger.error(
         "#{described(data)} failed #{failures} health checks " <>
-          "(last: #{describe_health(other)}); #{if data.location == :local, do: "killing it", else: "connecting to it again"}"
+          "(last: #{describe_health(other)}); #{replacement(data)}"
       )
 
       error = Error.new(:worker_exited, "the worker stopped answering health checks")
@@ -664,6 +664,10 @@ defmodule SynapseCore.Worker do
   # The worker, for log lines: a remote one has no OS pid here.
   defp described(%{location: {:remote, address}}), do: "Python worker at #{address}"
   defp described(data), do: "Python worker #{data.os_pid}"
+
+  # What follows a worker's failed health checks.
+  defp replacement(%{location: :local}), do: "killing it"
+  defp replacement(_remote), do: "connecting to it again"
 
   defp describe_health({:ok, status}), do: Atom.to_string(status)
   defp describe_health({:error, %Error{kind: kind}}), do: Atom.to_string(kind)

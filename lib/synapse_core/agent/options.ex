@@ -890,6 +890,9 @@ defmodule SynapseCore.Agent.Options do
 
   ## Casts of the custom types (public for the schemas' captures)
 
+  # The TCP ports a remote worker's address may name.
+  @ports 1..65_535
+
   @doc false
   # A CA without a certificate (a key file given by mistake, a DER file) is
   # refused here: TLS would only fail at the first connection, and not at
@@ -983,16 +986,18 @@ defmodule SynapseCore.Agent.Options do
   def cast_remote("tcp://" <> host_port = address) do
     case Regex.run(~r/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$/, host_port) do
       [_, port] ->
-        if String.to_integer(port) in 1..65_535,
+        if String.to_integer(port) in @ports,
           do: {:ok, address},
-          else: {:error, "expected a port from 1 to 65535"}
+          else: {:error, "expected a port #{ports_text()}"}
 
       _other ->
-        {:error, ~s(expected addresses like "tcp://host:port", with a port from 1 to 65535)}
+        {:error, ~s(expected addresses like "tcp://host:port", with a port #{ports_text()})}
     end
   end
 
   def cast_remote(_other), do: {:error, ~s(expected addresses like "tcp://host:port")}
+
+  defp ports_text, do: "from #{@ports.first} to #{@ports.last}"
 
   # The token: never shown. `{:system, var}` is read now; a string is kept
   # in a closure, so that an inspected struct or a crash report shows a
