@@ -76,8 +76,9 @@ defmodule SynapseCore.Remote do
                 Telemetry.run_stop(span, outcome)
 
               {:DOWN, ^monitor, :process, _, :normal} ->
-                # The relay stops so when the run's caller or receiver exits.
-                error = Error.new(:cancelled, "the run's caller or receiver exited")
+                # The relay stops so when the run's receiver exits (a run
+                # whose caller exits ends with its final message, above).
+                error = Error.new(:cancelled, "the run's receiver exited")
                 Telemetry.run_stop(span, {:error, error})
 
               {:DOWN, ^monitor, :process, _, reason} ->
@@ -243,12 +244,12 @@ defmodule SynapseCore.Remote do
 
   defp relay(starter, receiver, owner, ref, call) do
     Process.monitor(owner)
-    if receiver != owner, do: Process.monitor(receiver)
+    receiver_monitor = Process.monitor(receiver)
 
     case start_here(call) do
       {:ok, run} ->
         send(starter, {self(), {:ok, self()}})
-        forward(run, receiver, ref, observer(call))
+        forward(run, receiver, ref, observer(call), receiver_monitor)
 
       {:error, error} ->
         send(starter, {self(), {:error, error}})
@@ -265,7 +266,9 @@ defmodule SynapseCore.Remote do
   defp start_here({:bridge, name, descriptor, method, request, reply, options}),
     do: Bridge.start_local(name, descriptor, method, request, reply, options)
 
-  defp forward(%Run{ref: run_ref} = run, receiver, ref, observer) do
+  # `receiver_monitor` watches the receiver (the caller's guard); the
+  # other monitor, the run's caller.
+  defp forward(%Run{ref: run_ref} = run, receiver, ref, observer, receiver_monitor) do
     receive do
       {:synapse_reply, ^run_ref, reply} ->
         send(receiver, {:synapse_reply, ref, reply})
@@ -276,19 +279,28 @@ defmodule SynapseCore.Remote do
 
       {:synapse_event, ^run_ref, event} ->
         send(receiver, {:synapse_event, ref, event})
-        forward(run, receiver, ref, observer)
+        forward(run, receiver, ref, observer, receiver_monitor)
 
       :relay_cancel ->
         # The final message (a :cancelled error) still comes and is forwarded.
         Native.run_cancel(run.handle)
-        forward(run, receiver, ref, observer)
+        forward(run, receiver, ref, observer, receiver_monitor)
 
       {:relay_ack, count} ->
         Native.run_ack(run.handle, count)
-        forward(run, receiver, ref, observer)
+        forward(run, receiver, ref, observer, receiver_monitor)
 
-      {:DOWN, _monitor, :process, _pid, _reason} ->
+      {:DOWN, ^receiver_monitor, :process, _pid, _reason} ->
+        # Nobody is left to tell.
         Native.run_cancel(run.handle)
+
+      {:DOWN, _caller_monitor, :process, _pid, _reason} ->
+        # The caller exited, and the run with it, as on the caller's node;
+        # the receiver (a `:stream_to` process, a fan-out's hub) still gets
+        # its final :cancelled error, not the relay's end, which its guard
+        # would take for the node's loss.
+        Native.run_cancel(run.handle)
+        forward(run, receiver, ref, observer, receiver_monitor)
     end
   end
 

@@ -167,6 +167,37 @@ defmodule SynapseCore.ClusterTest do
     refute_receive _, 500
   end
 
+  test "a stream to another process, whose caller exits: the receiver gets :cancelled" do
+    name = :"orphaned_stream_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:o)
+    start_agent_on(node, name, "synapse_fixtures.agents:slow_stream_agent")
+    test = self()
+
+    receiver =
+      spawn_link(fn ->
+        ref = receive(do: ({:ref, ref} -> ref))
+        # The run is under way: its caller may go.
+        assert_receive {:synapse_event, ^ref, _event}, 30_000
+        send(test, :started)
+        send(test, {:ended, final_event(ref)})
+      end)
+
+    caller =
+      spawn(fn ->
+        {:ok, run} = Agent.run_stream(name, "300 0.1", stream_to: receiver, window: :infinity)
+        send(receiver, {:ref, run.ref})
+        receive(do: (:exit -> :ok))
+      end)
+
+    assert_receive :started, 30_000
+    send(caller, :exit)
+
+    # As for a run on this node: the run is cancelled, and says so; its
+    # node was not lost.
+    assert_receive {:ended, {:error, %Error{kind: :cancelled}}}, 10_000
+    :peer.stop(peer)
+  end
+
   defp final_event(ref) do
     receive do
       {:synapse_event, ^ref, {:error, _} = error} -> error
