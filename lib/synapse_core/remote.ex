@@ -119,6 +119,7 @@ defmodule SynapseCore.Remote do
            ref: ref,
            handle: nil,
            relay: relay,
+           guard: guard,
            agent: elem(call, 1),
            owner: self(),
            receiver: if(reply == :stream, do: receiver),

@@ -28,12 +28,16 @@ defmodule SynapseCore.Run do
           receiver: pid() | nil,
           timeout: timeout(),
           relay: pid() | nil,
+          guard: pid() | nil,
           span: Telemetry.span() | nil,
           fan_out: pid() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
   # `span`: the run's telemetry span, ended where its answer is received.
+  # `guard`: for a run on another node, the process on this node that
+  # passes its relay's messages on (see SynapseCore.Remote) and ends once
+  # it has passed the final one.
   defstruct [
     :ref,
     :handle,
@@ -42,6 +46,7 @@ defmodule SynapseCore.Run do
     :receiver,
     :timeout,
     :relay,
+    :guard,
     :span,
     :fan_out
   ]
@@ -133,9 +138,9 @@ defmodule SynapseCore.Run do
     final(ref, Native.run_cancel(handle))
   end
 
-  defp stop(%__MODULE__{relay: relay, ref: ref}) do
+  defp stop(%__MODULE__{relay: relay, ref: ref, guard: guard}) do
     send(relay, :relay_cancel)
-    final(ref, :ok)
+    final(ref, :ok, guard)
   end
 
   @doc false
@@ -152,21 +157,40 @@ defmodule SynapseCore.Run do
     # process took it already (an earlier await, yield or cancel/1), when
     # waiting would only run out the wait, or never end.
     answered = answered?(run)
+    guard = watch(run)
 
-    receive do
-      {:synapse_reply, ^ref, reply} -> over(run, reply)
+    try do
+      receive do
+        {:synapse_reply, ^ref, reply} ->
+          over(run, reply)
+
+        {:DOWN, ^guard, :process, _, _} ->
+          # A run on another node: its guard passed the final message on
+          # before it ended (it ends only so once the run is handed over),
+          # so the message is here, or was taken already.
+          receive do
+            {:synapse_reply, ^ref, reply} -> over(run, reply)
+          after
+            0 -> raise ArgumentError, taken_text(run)
+          end
+      after
+        if(answered, do: 0, else: wait) ->
+          if answered, do: raise(ArgumentError, taken_text(run)), else: on_timeout.()
+      end
     after
-      if(answered, do: 0, else: wait) ->
-        if answered, do: raise(ArgumentError, taken_text(run)), else: on_timeout.()
+      if guard, do: Process.demonitor(guard, [:flush])
     end
   end
 
-  # Known for a call of this node; a run relayed from another node has its
-  # relay's word only, and waits as before.
+  # Known for a call of this node; a run relayed from another node is
+  # known to have answered once its guard has ended.
   defp answered?(%__MODULE__{relay: nil, fan_out: nil, handle: handle}) when handle != nil,
     do: Native.run_answered(handle)
 
   defp answered?(_run), do: false
+
+  defp watch(%__MODULE__{guard: guard}) when is_pid(guard), do: Process.monitor(guard)
+  defp watch(_run), do: nil
 
   defp taken_text(%__MODULE__{ref: ref}) do
     "the run #{inspect(ref)} has answered, and its answer was taken already " <>
@@ -209,7 +233,7 @@ defmodule SynapseCore.Run do
 
   defp cancel_and_flush(%__MODULE__{relay: relay} = run) do
     send(relay, :relay_cancel)
-    if receiver(run) == self(), do: final(run.ref, :ok)
+    if receiver(run) == self(), do: final(run.ref, :ok, run.guard)
   end
 
   # The run's answer reached the process that receives it: its telemetry
@@ -354,13 +378,25 @@ defmodule SynapseCore.Run do
   # `:cancelled` error, unless the call finished first); take it, and any
   # events before it, out of the mailbox. A call that had answered when it
   # was cancelled (`:over`) sends nothing more: what it sent is taken if it
-  # is still there, with no wait.
-  defp final(ref, cancelled) do
+  # is still there, with no wait. Nor does a run on another node whose
+  # `guard` has ended: it passed the final message on before.
+  defp final(ref, cancelled, guard \\ nil) do
+    monitor = if guard, do: Process.monitor(guard)
+
+    try do
+      final_message(ref, cancelled, monitor)
+    after
+      if monitor, do: Process.demonitor(monitor, [:flush])
+    end
+  end
+
+  defp final_message(ref, cancelled, monitor) do
     receive do
       {:synapse_reply, ^ref, reply} -> reply
       {:synapse_event, ^ref, {:result, result}} -> {:ok, result}
       {:synapse_event, ^ref, {:error, _} = error} -> error
-      {:synapse_event, ^ref, _event} -> final(ref, cancelled)
+      {:synapse_event, ^ref, _event} -> final_message(ref, cancelled, monitor)
+      {:DOWN, ^monitor, :process, _, _} -> nil
     after
       if(cancelled == :over, do: 0, else: @reply_margin) -> nil
     end

@@ -104,6 +104,22 @@ defmodule SynapseCore.ClusterTest do
     assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, ~s({"calls": []}))
   end
 
+  test "a run on another node answers once: awaiting or yielding it again raises" do
+    name = :"answered_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:w)
+    start_agent_on(node, name)
+
+    {:ok, run} = Agent.run(name, ~s({"calls": []}), timeout: 10_000)
+    assert {:ok, %Result{output: "[]"}} = Agent.await(run)
+    # As for a run on this node: nothing more comes, and nothing is waited for.
+    assert_raise ArgumentError, ~r/answer was taken already/, fn -> Agent.await(run) end
+    assert_raise ArgumentError, ~r/answer was taken already/, fn -> Agent.yield(run, 10_000) end
+    assert Agent.cancel(run) == :ok
+    refute_received _
+
+    :peer.stop(peer)
+  end
+
   test "an agent on another node: multimodal prompts and every kind of event" do
     name = :"multimodal_#{System.unique_integer([:positive])}"
     {peer, node} = start_peer(:m)
