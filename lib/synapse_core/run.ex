@@ -214,16 +214,11 @@ defmodule SynapseCore.Run do
   # subscribers is cancelled through its hub (SynapseCore.FanOut), which
   # forwards the final message to them all.
   defp cancel_and_flush(%__MODULE__{fan_out: hub} = run) when is_pid(hub) do
-    # The hub ends once it has forwarded the run's final message.
-    cancelled =
-      if Process.alive?(hub) do
-        send(hub, :relay_cancel)
-        :ok
-      else
-        :over
-      end
-
-    if run.receiver == self(), do: final(run.ref, cancelled)
+    # The hub may be on another node (a subscriber's run): it is watched,
+    # not asked whether it is alive. It ends once it has forwarded the
+    # run's final message, so its end stops the wait.
+    send(hub, :relay_cancel)
+    if run.receiver == self(), do: final(run.ref, :ok, hub)
   end
 
   defp cancel_and_flush(%__MODULE__{relay: nil, handle: handle} = run) do
@@ -378,8 +373,9 @@ defmodule SynapseCore.Run do
   # `:cancelled` error, unless the call finished first); take it, and any
   # events before it, out of the mailbox. A call that had answered when it
   # was cancelled (`:over`) sends nothing more: what it sent is taken if it
-  # is still there, with no wait. Nor does a run on another node whose
-  # `guard` has ended: it passed the final message on before.
+  # is still there, with no wait. Nor does a run whose `guard` (a remote
+  # run's guard, a fan-out's hub) has ended: it passed the final message on
+  # before.
   defp final(ref, cancelled, guard \\ nil) do
     monitor = if guard, do: Process.monitor(guard)
 

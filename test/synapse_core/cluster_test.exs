@@ -314,6 +314,26 @@ defmodule SynapseCore.ClusterTest do
     :peer.stop(peer_b)
   end
 
+  test "fan-out: a subscriber on another node cancels the run for every subscriber" do
+    name = :"fan_out_cancel_#{System.unique_integer([:positive])}"
+    {peer, node} = start_peer(:fc)
+    start_agent_on(node, name, "synapse_fixtures.agents:slow_stream_agent")
+    here = TestListener.start(self())
+    there = :erpc.call(node, TestListener, :start, [self()])
+
+    {:ok, %Run{ref: ref}} = Agent.run_stream(name, "300 0.1", stream_to: [here, there], window: 4)
+
+    assert_receive {^there, ^node, {:synapse_subscribed, subscribed}}, 10_000
+    assert_receive {^there, ^node, {:synapse_event, ^ref, _event}}, 30_000
+
+    # From the subscriber's node, where the run's hub is not.
+    assert :erpc.call(node, Agent, :cancel, [subscribed]) == :ok
+    assert {:error, %Error{kind: :cancelled}} = List.last(TestListener.events(here, ref))
+    assert {:error, %Error{kind: :cancelled}} = List.last(TestListener.events(there, ref))
+
+    :peer.stop(peer)
+  end
+
   ## Bridges
 
   defp start_bridge_on(node, name, python_path) do
