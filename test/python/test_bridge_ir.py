@@ -251,6 +251,12 @@ def test_the_unsupported_fixture_names_function_parameter_and_type() -> None:
             "def timed(x: int, timeout: float = 1.0) -> int: ...",
             "an optional parameter cannot be named 'timeout'",
         ),
+        (
+            "from collections.abc import AsyncIterator\n"
+            "async def ticks(n: int, window: int = 8) -> AsyncIterator[int]:\n    yield n",
+            "bridged.ticks: parameter 'window': an optional parameter of an async generator "
+            "cannot be named 'window'",
+        ),
     ],
 )
 def test_unsupported_types_are_generation_errors(source: str, message: str) -> None:

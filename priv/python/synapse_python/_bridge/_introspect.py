@@ -290,6 +290,13 @@ class _Builder:
                     "an optional parameter cannot be named 'timeout': the Elixir client's "
                     ":timeout option is the call's"
                 )
+            # A stream's options also hold the stream's `:window`: an option of
+            # the same name would take it, leaving the stream's unreachable.
+            if param.name == "window" and not param.required and kind == "stream":
+                raise where.problem(
+                    "an optional parameter of an async generator cannot be named 'window': "
+                    "the Elixir client's :window option is the stream's"
+                )
             params.append(param)
             specs.append(
                 ParamSpec(
