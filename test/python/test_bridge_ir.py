@@ -265,6 +265,29 @@ def test_unsupported_types_are_generation_errors(source: str, message: str) -> N
     assert message in str(raised.value)
 
 
+def test_names_protobuf_reads_as_one_are_an_error_naming_both() -> None:
+    # protoc refuses two fields of a message whose JSON names (underscores
+    # dropped, the letter after one capitalized) are the same.
+    with pytest.raises(GenerationError) as raised:
+        describe("def g(user_id: int, userId: int) -> int: ...")
+    assert str(raised.value) == (
+        "bridged.g: the parameters 'user_id' and 'userId' are one name to protobuf "
+        "(its JSON name userId); rename one"
+    )
+    with pytest.raises(GenerationError) as raised:
+        describe(
+            "from pydantic import BaseModel\n"
+            "class M(BaseModel):\n    x_1: int\n    x1: int\n"
+            "def f(m: list[M]) -> int: ..."
+        )
+    assert str(raised.value) == (
+        "bridged: the fields 'x_1' and 'x1' of the model M are one name to protobuf "
+        "(its JSON name x1); rename one"
+    )
+    # Names that only differ in case stay apart.
+    describe("def g(fooBar: int, FooBar: int, x_: int, X: int) -> int: ...")
+
+
 def test_two_models_with_one_name_are_an_error() -> None:
     first = module_from("from pydantic import BaseModel\nclass Item(BaseModel):\n    x: int\n", "a")
     second = module_from(

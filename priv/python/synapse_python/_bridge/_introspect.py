@@ -687,6 +687,39 @@ def _check_names(ir: IR) -> None:
                         f"value named {value}; rename one"
                     )
                 values[value] = name
+    for function in ir.functions:
+        _check_json_names(
+            [param.name for param in function.params],
+            lambda a, b, json_name, f=function: (
+                f"{ir.module}.{f.name}: the parameters {a!r} and {b!r} are one name to "
+                f"protobuf (its JSON name {json_name}); rename one"
+            ),
+        )
+    for name, type_def in ir.types.items():
+        if isinstance(type_def, ModelType):
+            _check_json_names(
+                [f.name for f in type_def.fields],
+                lambda a, b, json_name, model=name: (
+                    f"{ir.module}: the fields {a!r} and {b!r} of the model {model} are one "
+                    f"name to protobuf (its JSON name {json_name}); rename one"
+                ),
+            )
+
+
+def _check_json_names(names: Sequence[str], clash: Callable[[str, str, str], str]) -> None:
+    """protoc refuses a message two of whose fields have one JSON name (`user_id`, `userId`)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        json_name = _json_name(name)
+        if json_name in seen:
+            raise GenerationError(clash(seen[json_name], name, json_name))
+        seen[json_name] = name
+
+
+def _json_name(name: str) -> str:
+    """protoc's default JSON name of a field: each `_` dropped, the character after it upper."""
+    parts = name.split("_")
+    return parts[0] + "".join(part[:1].upper() + part[1:] for part in parts[1:])
 
 
 _SCALAR_TYPES: dict[type, str] = {
