@@ -257,6 +257,20 @@ def test_the_unsupported_fixture_names_function_parameter_and_type() -> None:
             "bridged.ticks: parameter 'window': an optional parameter of an async generator "
             "cannot be named 'window'",
         ),
+        (
+            "import math\ndef f(limit: float = math.inf) -> int: ...",
+            "bridged.f: parameter 'limit': its default inf has no JSON form",
+        ),
+        (
+            "def f(sep: bytes = b'\\xff') -> int: ...",
+            "bridged.f: parameter 'sep': its default b'\\xff' has no JSON form",
+        ),
+        (
+            "from pydantic import BaseModel, Field\n"
+            "class M(BaseModel):\n    x: float = Field(0.0, le=float('nan'))\n"
+            "def f(m: M) -> int: ...",
+            "bridged.f: parameter 'm' (in M.x): its constraint le nan has no JSON form",
+        ),
     ],
 )
 def test_unsupported_types_are_generation_errors(source: str, message: str) -> None:

@@ -22,6 +22,7 @@ import datetime
 import enum
 import importlib
 import inspect
+import math
 import re
 import traceback
 import types
@@ -342,11 +343,11 @@ class _Builder:
             if info.default_factory is not None:
                 made = info.default_factory
                 if made in (list, dict, tuple):
-                    default = _jsonable(made())  # type: ignore[call-arg]
+                    default = _json_fact(made(), "default", where)  # type: ignore[call-arg]
                 else:
                     factory = f"{made.__module__}:{made.__qualname__}"
             else:
-                default = _jsonable(info.default)
+                default = _json_fact(info.default, "default", where)
         return Field(
             name=name,
             type=type_ref,
@@ -354,7 +355,7 @@ class _Builder:
             default=default,
             default_factory=factory,
             description=info.description,
-            constraints=_constraints(info.metadata),
+            constraints=_constraints(info.metadata, where),
         )
 
     # ---- types ----
@@ -782,14 +783,49 @@ def _value_name(value: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", cleaned).upper()
 
 
-def _constraints(metadata: Sequence[Any]) -> dict[str, Any]:
+def _constraints(metadata: Sequence[Any], where: _Where) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for item in metadata:
         for key in CONSTRAINT_KEYS:
             value = getattr(item, key, None)
             if value is not None:
-                found[key] = value.pattern if isinstance(value, re.Pattern) else _jsonable(value)
+                found[key] = (
+                    value.pattern
+                    if isinstance(value, re.Pattern)
+                    else _json_fact(value, f"constraint {key}", where)
+                )
     return {key: found[key] for key in CONSTRAINT_KEYS if key in found}
+
+
+def _json_fact(value: Any, what: str, where: _Where) -> Any:
+    """A default or a constraint as the JSON the IR holds it in (for the client's docs).
+
+    JSON has no NaN nor infinities (nor has the BEAM) and its text is UTF-8:
+    such a value is refused here, naming it, rather than making an IR that
+    Elixir cannot read or a traceback.
+    """
+    try:
+        data = _jsonable(value)
+    except ValueError:  # bytes that are not UTF-8
+        data = None
+    else:
+        if _finite(data):
+            return data
+    raise where.problem(
+        f"its {what} {value!r:.80} has no JSON form, which the bridge's IR needs (to show it in "
+        "the Elixir docs): JSON has no NaN nor infinities, and bytes must be UTF-8 text"
+    )
+
+
+def _finite(data: Any) -> bool:
+    """Whether JSON data holds no NaN nor infinite float."""
+    if isinstance(data, float):
+        return math.isfinite(data)
+    if isinstance(data, list):
+        return all(_finite(item) for item in data)
+    if isinstance(data, dict):
+        return all(_finite(item) for item in data.values())
+    return True
 
 
 def _jsonable(value: Any) -> Any:
