@@ -2,7 +2,11 @@ defmodule SynapseCore.BridgeGeneratorTest do
   # The Elixir side of generation: names decided in Elixir (the module,
   # enum atoms, function names) and what cannot be generated, from IRs
   # written here (no Python needed), and the declarations' own checks.
-  use ExUnit.Case, async: true
+  #
+  # Not async: a client is compiled and its specs read, and while `mix test`
+  # is still loading test files, which async modules do not wait for, the
+  # compiler keeps no debug info (the specs are read from it).
+  use ExUnit.Case, async: false
 
   alias SynapseCore.Bridge.Generator
 
@@ -86,6 +90,30 @@ defmodule SynapseCore.BridgeGeneratorTest do
     end
 
     assert {:ok, _} = Generator.render(ir(%{"functions" => [function("_private")]}), "")
+  end
+
+  test "a map parameter's typespec takes the atom keys the call accepts" do
+    ir =
+      ir(%{
+        "module" => "spec_maps",
+        "functions" => [
+          function("count", [param("tags", %{"kind" => "dict", "of" => %{"kind" => "int"}})])
+        ]
+      })
+
+    {:ok, {_, source}} = Generator.render(ir, "")
+    [{module, beam}] = Code.compile_string(source)
+    {:ok, specs} = Code.Typespec.fetch_specs(beam)
+
+    [spec] =
+      for {{:count, 3}, [spec]} <- specs,
+          do: Macro.to_string(Code.Typespec.spec_to_quoted(:count, spec))
+
+    # What the codec sends (atom keys as strings) is what the spec admits;
+    # the result, read from the wire, has string keys.
+    assert spec =~ "%{optional(String.t() | atom()) => integer()}"
+    :code.purge(module)
+    :code.delete(module)
   end
 
   test "an IR of another version is refused" do

@@ -156,6 +156,11 @@ defmodule SynapseCore.Bridge.Types do
       {:list, inner} ->
         [spec(inner, given, context)]
 
+      # Given, atom keys are sent as strings (SynapseCore.Bridge.Codec); read,
+      # the keys are strings.
+      {:map, inner} when given ->
+        quote(do: %{optional(String.t() | atom()) => unquote(spec(inner, given, context))})
+
       {:map, inner} ->
         quote(do: %{optional(String.t()) => unquote(spec(inner, given, context))})
 
