@@ -114,8 +114,12 @@ defmodule SynapseCore.Approval do
 
     case DeferredToolResults.decision(decision) do
       {:ok, decision} ->
-        ref = Process.monitor(runner)
-        send(runner, {:synapse_approval_decide, {self(), ref}, request_id, decision})
+        # The answer goes to the monitor's alias, as a GenServer.call's
+        # does: once we stop waiting, a late answer is dropped rather than
+        # left in the caller's mailbox (a LiveView with no clause for it
+        # would crash).
+        ref = :erlang.monitor(:process, runner, alias: :demonitor)
+        send(runner, {:synapse_approval_decide, {ref, ref}, request_id, decision})
 
         receive do
           {^ref, reply} ->
@@ -128,8 +132,14 @@ defmodule SynapseCore.Approval do
           timeout ->
             Process.demonitor(ref, [:flush])
 
-            {:error,
-             Error.new(:timeout, "the run did not take the decision within #{timeout} ms")}
+            # An answer that arrived as the alias went away is the answer.
+            receive do
+              {^ref, reply} -> reply
+            after
+              0 ->
+                {:error,
+                 Error.new(:timeout, "the run did not take the decision within #{timeout} ms")}
+            end
         end
 
       {:error, problem} ->
@@ -205,20 +215,22 @@ defmodule SynapseCore.Approval do
   end
 
   @doc false
-  # A decision from an approver; the answer goes back to `from`.
-  @spec decide_request(map(), {pid(), reference()}, String.t(), term(), reference()) :: map()
-  def decide_request(approvals, {pid, ref}, request_id, decision, handle) do
+  # A decision from an approver; the answer goes back to `from`: `{to, ref}`,
+  # `to` being the decider's alias (`decide/3`).
+  @spec decide_request(map(), {reference(), reference()}, String.t(), term(), reference()) ::
+          map()
+  def decide_request(approvals, {to, ref}, request_id, decision, handle) do
     case Map.fetch(approvals.pending, request_id) do
       {:ok, _entry} ->
         case send_decision(handle, request_id, decision) do
           :ok ->
-            send(pid, {ref, :ok})
+            send(to, {ref, :ok})
             settle(approvals, request_id, closed(decision))
 
           {:error, %Error{}} = error ->
             # Refused (arguments with no JSON form, over the size limit):
             # the request stays pending for a decision that can be sent.
-            send(pid, {ref, error})
+            send(to, {ref, error})
             approvals
         end
 
@@ -234,7 +246,7 @@ defmodule SynapseCore.Approval do
             :unknown_request -> "the run has no approval request #{inspect(request_id)}"
           end
 
-        send(pid, {ref, {:error, Error.new(:invalid_argument, message, %{reason: reason})}})
+        send(to, {ref, {:error, Error.new(:invalid_argument, message, %{reason: reason})}})
         approvals
     end
   end

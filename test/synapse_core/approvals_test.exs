@@ -432,6 +432,26 @@ defmodule SynapseCore.ApprovalsTest do
       assert returns(result) == [%{"name" => "delete", "content" => "deleted b.txt"}]
     end
 
+    test "a decision whose answer comes after approve/3 gave up leaves nothing in the mailbox" do
+      name = start_agent!("inline_agent")
+      {:ok, run} = Agent.run(name, script([{"delete", %{path: "a.txt"}}]), approver: self())
+      assert_receive {:synapse_approval, approval}, 30_000
+
+      # The run's runner is held (a busy or distant node): the decision
+      # reaches it only after approve/3 stopped waiting for the answer.
+      :erlang.suspend_process(approval.runner)
+      assert {:error, %Error{kind: :timeout}} = Agent.approve(approval, nil, timeout: 50)
+      :erlang.resume_process(approval.runner)
+
+      # The runner answers the decider before it closes the request.
+      assert_receive {:synapse_approval_closed, id, {:approved, nil}}, 30_000
+      assert id == approval.id
+      assert {:ok, _} = Agent.await(run)
+
+      {:messages, messages} = Process.info(self(), :messages)
+      assert for({ref, _} = message when is_reference(ref) <- messages, do: message) == []
+    end
+
     test "approvers by name: registered, {:via, ...}, :pg (first decision wins), nobody" do
       name = start_agent!("inline_agent")
       registered = :"approver_#{System.unique_integer([:positive])}"
