@@ -162,12 +162,22 @@ defmodule SynapseCore.Approval do
 
   ## The run's side (SynapseCore.ToolRunner)
 
+  # What the model is told of a call no process can decide.
+  @nobody "Nobody can approve this tool call."
+
   @doc false
   # The approvals of one run: its approver, the request timeout, what is
-  # pending (request id => %{approval, sent_to, timer}) and what was settled.
+  # pending (request id => %{approval, sent_to, timer, monitors}), what was
+  # settled, and the monitors of the processes asked (ref => request id).
   @spec state(approver() | nil, timeout()) :: map()
   def state(approver, timeout),
-    do: %{approver: approver, timeout: timeout, pending: %{}, settled: MapSet.new()}
+    do: %{
+      approver: approver,
+      timeout: timeout,
+      pending: %{},
+      settled: MapSet.new(),
+      watched: %{}
+    }
 
   @doc false
   # A request from the run: to the approver, or denied at once when nobody
@@ -196,7 +206,7 @@ defmodule SynapseCore.Approval do
             "(no process is #{inspect(approvals.approver)}); it is denied"
         )
 
-        send_decision(handle, request.request_id, {:deny, "Nobody can approve this tool call."})
+        send_decision(handle, request.request_id, {:deny, @nobody})
         update_in(approvals.settled, &MapSet.put(&1, request.request_id))
 
       sent_to ->
@@ -209,8 +219,18 @@ defmodule SynapseCore.Approval do
                 approvals.timeout
               )
 
-        entry = %{approval: approval, sent_to: sent_to, timer: timer}
-        put_in(approvals.pending[request.request_id], entry)
+        # Each process asked is watched: once none is left, nobody can
+        # decide (a dead pid, say, or a screen closed), and the call is
+        # denied then rather than waiting for the timeout.
+        monitors = Enum.map(sent_to, &Process.monitor/1)
+        watched = Map.new(monitors, &{&1, request.request_id})
+        entry = %{approval: approval, sent_to: sent_to, timer: timer, monitors: monitors}
+
+        %{
+          approvals
+          | pending: Map.put(approvals.pending, request.request_id, entry),
+            watched: Map.merge(approvals.watched, watched)
+        }
     end
   end
 
@@ -265,6 +285,30 @@ defmodule SynapseCore.Approval do
   end
 
   @doc false
+  # A process asked to decide is gone (`ref`, its monitor): the request is
+  # denied when it was the last one that could decide it.
+  @spec asked_down(map(), reference(), reference()) :: map()
+  def asked_down(approvals, ref, handle) do
+    {request_id, watched} = Map.pop(approvals.watched, ref)
+    approvals = %{approvals | watched: watched}
+    %{approval: approval, monitors: monitors} = entry = Map.fetch!(approvals.pending, request_id)
+
+    case List.delete(monitors, ref) do
+      [] ->
+        Logger.warning(
+          "tool #{approval.tool_name}: every process asked to approve the call " <>
+            "exited before deciding; it is denied"
+        )
+
+        :ok = send_decision(handle, request_id, {:deny, @nobody})
+        settle(approvals, request_id, {:denied, @nobody})
+
+      monitors ->
+        put_in(approvals.pending[request_id], %{entry | monitors: monitors})
+    end
+  end
+
+  @doc false
   # The run is over: every request still pending is closed.
   @spec run_ended(map()) :: :ok
   def run_ended(approvals) do
@@ -272,12 +316,19 @@ defmodule SynapseCore.Approval do
   end
 
   defp settle(approvals, request_id, outcome) do
-    {%{approval: approval, sent_to: sent_to, timer: timer}, pending} =
+    {%{approval: approval, sent_to: sent_to, timer: timer, monitors: monitors}, pending} =
       Map.pop(approvals.pending, request_id)
 
     if timer, do: Process.cancel_timer(timer)
+    Enum.each(monitors, &Process.demonitor(&1, [:flush]))
     Enum.each(sent_to, &send(&1, {:synapse_approval_closed, approval.id, outcome}))
-    %{approvals | pending: pending, settled: MapSet.put(approvals.settled, request_id)}
+
+    %{
+      approvals
+      | pending: pending,
+        settled: MapSet.put(approvals.settled, request_id),
+        watched: Map.drop(approvals.watched, monitors)
+    }
   end
 
   defp closed({:approve, args}), do: {:approved, args}

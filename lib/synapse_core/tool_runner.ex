@@ -134,6 +134,9 @@ defmodule SynapseCore.ToolRunner do
       {:synapse_approval_timeout, request_id} ->
         loop(%{state | approvals: Approval.expire(state.approvals, request_id, state.handle)})
 
+      {:DOWN, ref, :process, _, _} when is_map_key(state.approvals.watched, ref) ->
+        loop(%{state | approvals: Approval.asked_down(state.approvals, ref, state.handle)})
+
       {:synapse_run_done, ^tag, outcome} ->
         stop_calls(state)
         report_run(state, outcome)

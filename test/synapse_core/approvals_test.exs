@@ -432,6 +432,49 @@ defmodule SynapseCore.ApprovalsTest do
       assert returns(result) == [%{"name" => "delete", "content" => "deleted b.txt"}]
     end
 
+    test "a call whose approvers all exit undecided is denied then, not at the run's timeout" do
+      name = start_agent!("inline_agent")
+      test = self()
+      delete = script([{"delete", %{path: "a.txt"}}])
+      denied = [%{"name" => "delete", "denied" => "Nobody can approve this tool call."}]
+
+      # An approver that is dead before the call is made.
+      dead = spawn(fn -> :ok end)
+      monitor = Process.monitor(dead)
+      assert_receive {:DOWN, ^monitor, :process, _, _}
+      assert {:ok, result} = Agent.run_sync(name, delete, approver: dead, timeout: 30_000)
+      assert returns(result) == denied
+
+      # Two approvers in a group, both gone without deciding (a screen
+      # closed, a process crashed): the second exit denies the call.
+      scope = :"scope_#{System.unique_integer([:positive])}"
+      start_supervised!(%{id: scope, start: {:pg, :start_link, [scope]}})
+
+      approvers =
+        for _ <- 1..2 do
+          spawn(fn ->
+            :ok = :pg.join(scope, :reviewers, self())
+            send(test, {:joined, self()})
+
+            receive do
+              {:synapse_approval, approval} -> send(test, {:asked, self(), approval})
+            end
+
+            receive do: (:exit -> :ok)
+          end)
+        end
+
+      for pid <- approvers, do: assert_receive({:joined, ^pid})
+
+      {:ok, run} = Agent.run(name, delete, approver: {:pg, scope, :reviewers}, timeout: 30_000)
+
+      for pid <- approvers, do: assert_receive({:asked, ^pid, %Approval{}}, 30_000)
+      for pid <- approvers, do: send(pid, :exit)
+
+      assert {:ok, result} = Agent.await(run)
+      assert returns(result) == denied
+    end
+
     test "a decision whose answer comes after approve/3 gave up leaves nothing in the mailbox" do
       name = start_agent!("inline_agent")
       {:ok, run} = Agent.run(name, script([{"delete", %{path: "a.txt"}}]), approver: self())

@@ -583,7 +583,8 @@ defmodule SynapseCore.Agent.Options do
       `{:pg, scope, group}` (every member gets each request; the first
       decision wins). It receives a `SynapseCore.Approval` per call and
       answers with `approve/3` or `deny/3`; the run waits meanwhile. A call
-      nobody can receive is denied. Without an approver, such calls end
+      nobody can receive is denied, and so is one whose every recipient
+      exits before deciding. Without an approver, such calls end
       the run (see "Human in the loop").
       """
     ],
