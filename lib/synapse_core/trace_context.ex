@@ -36,8 +36,11 @@ defmodule SynapseCore.TraceContext do
   @compile {:no_warn_undefined, :otel_propagator_text_map}
 
   # W3C Trace Context: version-traceid-parentid-flags, lowercase hex; a
-  # later version may append fields.
-  @traceparent ~r/\A(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-|\z)/
+  # version after 00 may append fields, version 00 may not. Python's
+  # propagator silently drops a traceparent that is not so, or is longer
+  # than 512 characters (and the run's spans start a trace of their own).
+  @traceparent ~r/\A(?:00-(?=.{52}\z)|(?!ff|00)[0-9a-f]{2}-)(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-|\z)/
+  @traceparent_max_length 512
 
   @doc false
   @spec load() :: :ok
@@ -101,7 +104,8 @@ defmodule SynapseCore.TraceContext do
       not printable?(value) ->
         {:error, "the value of #{inspect(key)} is not printable ASCII"}
 
-      key == "traceparent" and not Regex.match?(@traceparent, value) ->
+      key == "traceparent" and
+          (byte_size(value) > @traceparent_max_length or not Regex.match?(@traceparent, value)) ->
         {:error, "#{inspect(value)} is not a W3C traceparent (version-traceid-spanid-flags)"}
 
       true ->

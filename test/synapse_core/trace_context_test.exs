@@ -91,6 +91,11 @@ defmodule SynapseCore.TraceContextTest do
           {%{"traceparent" => "00-xyz-00f067aa0ba902b7-01"}, "is not a W3C traceparent"},
           {%{"traceparent" => traceparent(String.duplicate("0", 32), @parent)},
            "is not a W3C traceparent"},
+          # Version 00 has exactly four fields; only a later version may add
+          # some (Python's propagator drops any other, and the run its trace).
+          {%{"traceparent" => traceparent(@trace, @parent) <> "-00"}, "is not a W3C traceparent"},
+          {%{"traceparent" => "01-#{@trace}-#{@parent}-01-" <> String.duplicate("a", 500)},
+           "is not a W3C traceparent"},
           {%{"tracestate" => "vendor=caf\u00e9"}, "is not printable ASCII"},
           {%{"traceparent" => <<0xFF>>}, "is not printable ASCII"},
           {%{"trace parent" => "x"}, "is not a header name"},
