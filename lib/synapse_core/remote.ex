@@ -16,7 +16,7 @@ defmodule SynapseCore.Remote do
   # travel to the relay, which passes them to the NIF. Tools given by the caller run on the caller's node: the
   # relay's node calls back for each tool call.
 
-  alias SynapseCore.{Agent, Bridge, Error, Native, Run, Telemetry, Tool}
+  alias SynapseCore.{Agent, Bridge, Error, Native, Run, Telemetry, Tool, Workers}
 
   @start_timeout 15_000
 
@@ -106,7 +106,30 @@ defmodule SynapseCore.Remote do
     start_call(node, call, reply, self(), options.timeout)
   end
 
-  defp start_call(node, call, reply, receiver, timeout) do
+  # A node whose workers left the `:pg` group a moment ago may still be in
+  # it here: when the node answers that it has no worker serving the name
+  # (nothing was started there), the call goes to another node that has,
+  # as it would have had the group been up to date. A node that cannot be
+  # reached is not tried again elsewhere: the call may have started there.
+  defp start_call(node, call, reply, receiver, timeout, tried \\ []) do
+    case start_relayed(node, call, reply, receiver, timeout) do
+      {:error, %Error{kind: kind}} = failed when kind in [:unknown_agent, :unavailable] ->
+        tried = [node | tried]
+
+        case Workers.pick_remote(elem(call, 1), tried) do
+          nil -> failed
+          next -> start_call(next, call, reply, receiver, timeout, tried)
+        end
+
+      {:unreachable, error} ->
+        {:error, error}
+
+      started ->
+        started
+    end
+  end
+
+  defp start_relayed(node, call, reply, receiver, timeout) do
     ref = make_ref()
     guard = start_guard(receiver, self(), ref, reply)
 
@@ -126,17 +149,20 @@ defmodule SynapseCore.Remote do
            timeout: timeout
          }}
 
-      {:error, %Error{} = error} ->
+      {tag, %Error{} = error} ->
         Process.exit(guard, :kill)
-        {:error, error}
+        {tag, error}
     end
   end
 
+  # `{:error, error}`: the node answered that the call could not start;
+  # `{:unreachable, error}`: it did not answer.
   defp relay_on(node, guard, ref, call) do
     :erpc.call(node, __MODULE__, :start_relay, [guard, self(), ref, call], @start_timeout)
   catch
     :error, {:erpc, reason} ->
-      {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
+      {:unreachable,
+       Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
 
     # `start_relay` raised there: what it raised, not where (its stacktrace
     # may hold the call's arguments).
@@ -145,7 +171,8 @@ defmodule SynapseCore.Remote do
       {:error, Error.new(:internal, "the relay on #{node} failed to start: #{message}")}
 
     :exit, reason ->
-      {:error, Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
+      {:unreachable,
+       Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
   end
 
   # The relay's messages reach the receiver through a guard on this node,

@@ -2,7 +2,9 @@ defmodule SynapseCore.Telemetry do
   @events [
     {[:synapse, :run, :start], "`system_time`, `monotonic_time`",
      "`agent`, `mode` (`:sync` for `run_sync/3`, `:async` for `run/3`, `:stream` for " <>
-       "`run_stream/3`), `node` (where the worker runs; `nil` when no worker was found), " <>
+       "`run_stream/3`), `node` (where the worker runs; for another node, the one first " <>
+       "asked, which hands the run on to a third when its workers have just left; `nil` " <>
+       "when no worker was found), " <>
        "`worker` (its index, for a worker of this node), `telemetry_span_context`"},
     {[:synapse, :run, :stop], "`duration`, `monotonic_time`",
      "those of `:start`, and `usage` (a `SynapseCore.Usage`)"},

@@ -27,10 +27,23 @@ defmodule SynapseCore.Workers do
         {:ok, worker}
 
       {:error, error} ->
-        case remote_nodes(name) do
-          [] -> {:error, error}
-          nodes -> {:ok, {:remote, Enum.random(nodes)}}
+        case pick_remote(name) do
+          nil -> {:error, error}
+          node -> {:ok, {:remote, node}}
         end
+    end
+  end
+
+  @doc """
+  A connected node, other than this one and those in `tried`, that has a
+  worker of `name` serving (as the `:pg` group says), drawn at random; nil
+  if there is none.
+  """
+  @spec pick_remote(term(), [node()]) :: node() | nil
+  def pick_remote(name, tried \\ []) do
+    case remote_nodes(name) -- tried do
+      [] -> nil
+      nodes -> Enum.random(nodes)
     end
   end
 

@@ -104,6 +104,34 @@ defmodule SynapseCore.ClusterTest do
     assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, ~s({"calls": []}))
   end
 
+  test "a node listed in the group but with no worker serving hands the call to one that has" do
+    name = :"stale_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:sb)
+    {peer_c, node_c} = start_peer(:sc)
+    start_agent_on(node_c, name)
+
+    # Node B is in the group, as a node whose worker left a moment ago is
+    # until the group hears of it, but has no agent of that name.
+    stale = Node.spawn(node_b, :timer, :sleep, [:infinity])
+    :ok = :erpc.call(node_b, :pg, :join, [SynapseCore.PG, {:synapse_worker, name}, stale])
+    eventually(fn -> Enum.sort(members(name)) == Enum.sort([node_b, node_c]) end, 10_000)
+
+    # Drawn at random, node B is asked about half of the time.
+    for _ <- 1..16 do
+      assert {:ok, %Result{output: "[]"}} = Agent.run_sync(name, ~s({"calls": []}))
+    end
+
+    {:ok, run} = Agent.run(name, ~s({"calls": []}))
+    assert {:ok, %Result{output: "[]"}} = Agent.await(run)
+
+    # With no node serving after all, the answer is the last node's.
+    :peer.stop(peer_c)
+    eventually(fn -> members(name) == [node_b] end, 10_000)
+    assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, ~s({"calls": []}))
+
+    :peer.stop(peer_b)
+  end
+
   test "a run on another node answers once: awaiting or yielding it again raises" do
     name = :"answered_#{System.unique_integer([:positive])}"
     {peer, node} = start_peer(:w)
