@@ -122,8 +122,11 @@ defmodule SynapseCore.Agent do
 
   `:capabilities` are the capabilities pydantic-ai's spec knows, by name
   (`"MCP"` for an MCP server's tools, `"WebSearch"`, `"Thinking"`,
-  `"PrefixTools"`, ...), with their arguments. A spec can also be a file,
-  YAML or JSON, as `Agent.from_file` reads it, kept in your application:
+  `"PrefixTools"`, ...), with their arguments. A run's `deps:` data is
+  what the spec's templates render (`instructions: "Greet {{name}}."` with
+  `deps: %{name: "Ada"}`), as the dict a Python caller passes. A spec can
+  also be a file, YAML or JSON, as `Agent.from_file` reads it, kept in
+  your application:
 
       {SynapseCore.Agent, name: :support, spec: {:my_app, "priv/agents/support.yaml"}}
 

@@ -114,6 +114,22 @@ defmodule SynapseCore.SpecAgentTest do
       assert SynapseCore.JSON.decode(outcome["output"]) == {:ok, %{"t_shout" => "A"}}
     end
 
+    test "templated instructions render the run's deps, as in Python" do
+      instructions = "Address the customer as {{name}}."
+
+      [outcome, _] =
+        compare!(
+          [model: "test", instructions: instructions],
+          %{"spec" => %{"model" => "test", "instructions" => instructions}},
+          [
+            %{"prompt" => "hello", "deps" => %{"name" => "Ada"}},
+            %{"prompt" => "hello"}
+          ]
+        )
+
+      assert outcome["messages_json"] =~ "Address the customer as Ada."
+    end
+
     test "an output schema with capabilities: structured output from the MCP tools' run" do
       url = start_mcp_server!()
       name = unique_name()

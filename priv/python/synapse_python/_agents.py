@@ -129,8 +129,12 @@ async def load(
             raise TypeError(f"the deps factory {deps_factory} is {type(factory).__name__}")
     else:
         factory = deps_factory
+    # `Agent.from_spec` declares no deps type (None), yet a spec's templates
+    # (`{{name}}` in its instructions) render whatever deps a Python caller
+    # passes: a spec's agent gets the run's data as it is.
+    deps_type = object if isinstance(source, AgentSpec) else getattr(agent, "deps_type", object)
     deps = _deps.Deps.for_agent(
-        getattr(agent, "deps_type", object),
+        deps_type,
         factory,
         deps_factory if isinstance(deps_factory, str) else repr(deps_factory),
     )

@@ -127,11 +127,20 @@ def _resolve(ref: str) -> Any:
 
 
 async def _deps(
-    stack: contextlib.AsyncExitStack, agent: Agent[Any, Any], factory: Any, turn: dict[str, Any]
+    stack: contextlib.AsyncExitStack,
+    agent: Agent[Any, Any],
+    factory: Any,
+    turn: dict[str, Any],
+    *,
+    spec: bool,
 ) -> Any:
     if "deps" not in turn:
         return None
     data = turn["deps"]
+    if factory is None and spec:
+        # A spec's agent (`Agent.from_spec` declares no deps type) gets the
+        # data as it is, as a Python caller passes a dict for its templates.
+        return data
     if factory is None:
         return pydantic.TypeAdapter(agent.deps_type).validate_json(json.dumps(data))
     parameters = list(inspect.signature(factory).parameters.values())
@@ -338,7 +347,9 @@ async def _turn(
     outputs: list[Any] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
-            arguments["deps"] = await _deps(stack, agent, factory, turn)
+            arguments["deps"] = await _deps(
+                stack, agent, factory, turn, spec="spec" in case or "spec_file" in case
+            )
             result: AgentRunResult[Any]
             if turn.get("stream_output"):
                 async with agent.run_stream(
