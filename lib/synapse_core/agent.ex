@@ -132,7 +132,8 @@ defmodule SynapseCore.Agent do
 
   The file is read when the agent starts, and the other options supplement
   it as `Agent.from_spec`'s arguments supplement a spec (instructions and
-  capabilities are added, model settings merged, the rest replaced).
+  capabilities are added, model settings merged, retries merged by
+  category, the rest replaced).
 
   A spec that pydantic-ai does not accept fails the start with
   `:startup_failed`, `details.reason` `:invalid_argument` and

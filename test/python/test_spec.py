@@ -44,7 +44,9 @@ def test_options_supplement_a_spec_file_as_from_spec_arguments_do() -> None:
     assert merged.name == "from-the-file"
     assert merged.instructions == ["From the file.", "From Elixir."]
     assert merged.model_settings == {"temperature": 0.3, "max_tokens": 20}
-    assert merged.retries == {"tools": 4}
+    # The file's `retries: 2` for the budget the fields do not name, as
+    # `Agent.from_spec(..., retries={"tools": 4})` has it.
+    assert merged.retries == {"tools": 4, "output": 2}
     assert merged.end_strategy == "early"
     assert [capability.name for capability in merged.capabilities] == ["Thinking", "PrefixTools"]
 

@@ -213,6 +213,35 @@ defmodule SynapseCore.SpecAgentTest do
                "You answer support questions briefly.\\n\\nSign as Synapse."
     end
 
+    test ":retries supplement the file's retries key by key, as Agent.from_file's do" do
+      url = start_openai_server!()
+      path = Path.join(@specs, "split_retries.yaml")
+      name = unique_name()
+
+      start_supervised!(
+        {Agent, name: name, spec: path, retries: [tools: 1], env: openai_env(url)}
+      )
+
+      # The model answers text where the output schema wants a tool call:
+      # the run fails once the output retries are spent, the file's 3 in
+      # Python, which `retries={"tools": 1}` leaves as they are.
+      [%{"error" => synapse}] = Fidelity.synapse_run(name, [%{"prompt" => "hello"}])
+
+      [[%{"error" => direct}]] =
+        Fidelity.direct_run!([
+          %{
+            "spec_file" => path,
+            "spec_kwargs" => %{"retries" => %{"tools" => 1}},
+            "turns" => [%{"prompt" => "hello"}]
+          }
+          |> Map.merge(openai_case(url))
+        ])
+
+      assert direct["message"] =~ "Exceeded maximum output retries (3)"
+      assert %Error{kind: :output_validation_failed, message: message} = synapse
+      assert message =~ "Exceeded maximum output retries (3)"
+    end
+
     test "a JSON file, its model replaced by :model, its capabilities extended" do
       url = start_mcp_server!()
       path = Path.join(@specs, "tools.json")

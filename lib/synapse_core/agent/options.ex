@@ -338,7 +338,8 @@ defmodule SynapseCore.Agent.Options do
       `:model_settings`, `:capabilities`, ...) supplement it as
       `Agent.from_spec`'s arguments do: `:instructions` and `:capabilities`
       are added after the file's, `:model_settings` merged over the
-      file's, the others replace the file's. With `:spec`, `:model` may
+      file's, `:retries` replace the file's budgets they name (`[tools: 1]`
+      keeps the file's output retries), the others replace the file's. With `:spec`, `:model` may
       come from the file. See "Agents defined from Elixir" in the module
       documentation.
       """

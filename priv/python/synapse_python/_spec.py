@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pydantic
 from pydantic_ai import Agent
+from pydantic_ai.agent.abstract import AgentRetries
 from pydantic_ai.agent.spec import AgentSpec as PydanticAgentSpec
 from pydantic_ai.output import OutputSpec
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from synapse_python._agents import AgentSpec
 
 # Fields whose value from Elixir is added to the file's rather than replacing it.
-_ADDED = frozenset({"instructions", "capabilities", "model_settings"})
+_ADDED = frozenset({"instructions", "capabilities", "model_settings", "retries"})
 
 
 def merged(spec: AgentSpec) -> PydanticAgentSpec:
@@ -53,6 +54,10 @@ def merged(spec: AgentSpec) -> PydanticAgentSpec:
         update["capabilities"] = [*base.capabilities, *fields.capabilities]
     if fields.model_settings:
         update["model_settings"] = {**(base.model_settings or {}), **fields.model_settings}
+    if fields.retries is not None:
+        # As `Agent.from_spec`'s `retries=`: a budget it names replaces the
+        # file's, one it does not name stays the file's.
+        update["retries"] = {**_budgets(base.retries), **_budgets(fields.retries)}
     return base.model_copy(update=update)
 
 
@@ -152,6 +157,15 @@ def _validated(data: dict[str, Any], what: str) -> PydanticAgentSpec:
             [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors],
             cause=exc,
         ) from exc
+
+
+def _budgets(retries: int | AgentRetries | None) -> AgentRetries:
+    """Retries as budgets by category (an integer is the budget of both)."""
+    if retries is None:
+        return {}
+    if isinstance(retries, int):
+        return {"tools": retries, "output": retries}
+    return AgentRetries(**retries)
 
 
 def _listed(instructions: Any) -> list[Any]:
