@@ -28,7 +28,7 @@ defmodule SynapseCore.Approval do
       malformed);
     * `tool_call_id` - the model's id of the call;
     * `metadata` - what the tool gave `ApprovalRequired(metadata=...)`
-      (decoded JSON), or `nil`;
+      (decoded JSON; `%{}` for `metadata={}`), or `nil` when it gave none;
     * `runner`, `request_id` - where the decision goes (for
       `SynapseCore.Agent.approve/3`; not for display).
   """

@@ -45,7 +45,8 @@ defmodule SynapseCore.DeferredToolRequests.Call do
       from JSON, string keys; the raw text when the model's JSON is
       malformed);
     * `metadata` - what the tool gave `ApprovalRequired(metadata=...)` or
-      `CallDeferred(metadata=...)`, decoded from JSON, or `nil`;
+      `CallDeferred(metadata=...)`, decoded from JSON (`%{}` for
+      `metadata={}`), or `nil` when it gave none;
     * `kind` - what it waits for: `:approval`, `:external` (a result from
       outside) or `:question` (an answer, `CallDeferred(kind="question")`).
   """

@@ -140,6 +140,24 @@ defmodule SynapseCore.ApprovalsTest do
              ]
     end
 
+    test "a call's metadata, none or an empty object, is as in Python" do
+      name = start_agent!("ops_agent")
+      turns = [%{"prompt" => script([{"delete", %{path: "a.txt"}}, {"review", %{x: 1}}])}]
+
+      [ours] = Fidelity.synapse_run(name, turns)
+
+      [[theirs]] =
+        Fidelity.direct_run!([%{"agent" => "#{@fixtures}:ops_agent", "turns" => turns}])
+
+      Fidelity.assert_same_run(ours, theirs, "ops_agent, empty metadata")
+
+      # `ApprovalRequired(metadata={})` gives `{}`; `requires_approval`, no metadata.
+      assert [
+               %Call{tool_name: "delete", metadata: nil},
+               %Call{tool_name: "review", metadata: %{}}
+             ] = Enum.sort_by(ours["result"].output.approvals, & &1.tool_call_id)
+    end
+
     test "every form of decision and outcome" do
       name = start_agent!("ops_agent")
       {:ok, first} = Agent.run_sync(name, script(@three_calls))
@@ -307,6 +325,34 @@ defmodule SynapseCore.ApprovalsTest do
                Agent.approve(pay)
 
       assert reason in [:already_settled, :run_ended]
+    end
+
+    test "a call's metadata, none or an empty object, is as pydantic-ai gives it" do
+      name = start_agent!("inline_agent")
+      calls = [{"delete", %{path: "a.txt"}}, {"review", %{x: 1}}]
+
+      # What pydantic-ai gives its deferred-calls handler: the same calls' metadata.
+      [[direct]] =
+        Fidelity.direct_run!([
+          %{"agent" => "#{@fixtures}:ops_agent", "turns" => [%{"prompt" => script(calls)}]}
+        ])
+
+      python = Map.new(direct["output"]["approvals"], &{&1["tool_name"], &1["metadata"]})
+      assert python == %{"delete" => nil, "review" => %{}}
+
+      {:ok, run} = Agent.run(name, script(calls), approver: self())
+      assert_receive {:synapse_approval, %Approval{tool_name: "delete"} = delete}, 30_000
+      assert_receive {:synapse_approval, %Approval{tool_name: "review"} = review}, 30_000
+      assert %{"delete" => delete.metadata, "review" => review.metadata} == python
+
+      :ok = Agent.approve(delete)
+      :ok = Agent.approve(review)
+      assert {:ok, result} = Agent.await(run)
+
+      assert returns(result) == [
+               %{"name" => "delete", "content" => "deleted a.txt"},
+               %{"name" => "review", "content" => "reviewed 1"}
+             ]
     end
 
     test "run_sync, run_stream and an Elixir tool needing approval" do

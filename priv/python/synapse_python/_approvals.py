@@ -127,9 +127,11 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 def _metadata_json(metadata: dict[str, Any] | None) -> bytes:
+    # Empty bytes mean no metadata (None); `{}` is metadata too, and pydantic-ai
+    # keeps it (`ApprovalRequired(metadata={})`), so it is sent as `{}`.
     # Metadata is the tool's own data: values JSON cannot hold are encoded
     # leniently rather than failing the run.
-    if not metadata:
+    if metadata is None:
         return b""
     return pydantic_core.to_json(metadata, bytes_mode="base64", fallback=str)
 

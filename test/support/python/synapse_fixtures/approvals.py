@@ -7,6 +7,9 @@ recorded (`recording.recorded_model`) for the fidelity tests. Their tools:
 - `delete(path)`: `requires_approval=True`;
 - `pay(amount)`: raises `ApprovalRequired(metadata={"limit": 100})` for an
   amount over 100, unless the call was approved; returns "paid <amount>";
+- `review(x)`: raises `ApprovalRequired(metadata={})` unless the call was
+  approved (metadata that is there but empty, unlike `delete`'s: none);
+  returns "reviewed <x>";
 - `compute(x)`: raises `CallDeferred(metadata={"queue": "batch"})`: its result
   comes from outside.
 
@@ -35,6 +38,12 @@ def _pay(ctx: RunContext[Any], amount: int) -> str:
     return f"paid {amount}"
 
 
+def _review(ctx: RunContext[Any], x: int) -> str:
+    if not ctx.tool_call_approved:
+        raise ApprovalRequired(metadata={})
+    return f"reviewed {x}"
+
+
 def _compute(x: int) -> int:
     raise CallDeferred(metadata={"queue": "batch"})
 
@@ -44,8 +53,10 @@ ops_agent: Agent[None, str | DeferredToolRequests] = Agent(
 )
 ops_agent.tool_plain(requires_approval=True, name="delete")(_delete)
 ops_agent.tool(name="pay")(_pay)
+ops_agent.tool(name="review")(_review)
 ops_agent.tool_plain(name="compute")(_compute)
 
 inline_agent: Agent[None, str] = Agent(recorded_model(_calls_to_make, name="inline"))
 inline_agent.tool_plain(requires_approval=True, name="delete")(_delete)
 inline_agent.tool(name="pay")(_pay)
+inline_agent.tool(name="review")(_review)
