@@ -73,7 +73,15 @@ defmodule SynapseCore.Approval do
   @spec cast_approver(term()) :: {:ok, approver() | nil} | {:error, String.t()}
   def cast_approver(nil), do: {:ok, nil}
   def cast_approver(pid) when is_pid(pid), do: {:ok, pid}
+  # Atoms no process can be registered under (Process.register/2 refuses
+  # them): `approver: true` would otherwise deny every call, nobody being
+  # there to ask, instead of saying the option is wrong.
+  def cast_approver(name) when name in [true, false, :undefined], do: not_a_name(name)
   def cast_approver(name) when is_atom(name), do: {:ok, {name, node()}}
+
+  def cast_approver({name, node}) when name in [nil, true, false, :undefined] and is_atom(node),
+    do: not_a_name(name)
+
   # {:global, _} and {:pg, _} before {name, node}: their second element may be an atom.
   def cast_approver({:global, _name} = dest), do: {:ok, dest}
   def cast_approver({:pg, group}), do: {:ok, {:pg, :pg, group}}
@@ -81,6 +89,12 @@ defmodule SynapseCore.Approval do
   def cast_approver({name, node} = dest) when is_atom(name) and is_atom(node), do: {:ok, dest}
   def cast_approver({:pg, scope, _group} = dest) when is_atom(scope), do: {:ok, dest}
   def cast_approver(_other), do: {:error, approver_description()}
+
+  defp not_a_name(name) do
+    {:error,
+     "#{inspect(name)} cannot be a registered name (nil, the default, is no approver); " <>
+       "expected " <> approver_description()}
+  end
 
   @doc false
   def approver_description,

@@ -628,6 +628,21 @@ defmodule SynapseCore.ApprovalsTest do
         end
       end
 
+      # Atoms no process can be registered under: not taken for names (nil is no approver).
+      for {bad, shown} <- [
+            {true, "true"},
+            {false, "false"},
+            {:undefined, ":undefined"},
+            {{true, node()}, "true"},
+            {{nil, node()}, "nil"}
+          ] do
+        error =
+          assert_raise ArgumentError, fn -> Agent.run_sync(:no_agent, "hi", approver: bad) end
+
+        assert error.message =~ ":approver"
+        assert error.message =~ "#{shown} cannot be a registered name"
+      end
+
       assert_raise ArgumentError, ~r/:approval_timeout/, fn ->
         Agent.run_sync(:no_agent, "hi", approver: self(), approval_timeout: 0)
       end
