@@ -224,7 +224,10 @@ defmodule SynapseCore.Prompt do
   defp part({:text, text, opts}),
     do: content("text-content", %{"content" => text!(text)}, opts, @text_schema)
 
-  defp part({:binary, data, media_type}), do: part({:binary, data, media_type, []})
+  # Data that is not a binary falls through to the last clause, which
+  # shows the part as given, not as expanded here.
+  defp part({:binary, data, media_type}) when is_binary(data),
+    do: part({:binary, data, media_type, []})
 
   defp part({:binary, data, media_type, opts}) when is_binary(data) do
     options = Options.validate!(opts, @binary_schema, "a binary part")

@@ -197,6 +197,20 @@ defmodule SynapseCore.PromptTest do
         assert {:error, %Error{kind: :invalid_argument}} = Agent.run(name, prompt)
       end
 
+      # The part as the user gave it, abbreviated (not the form it is expanded into).
+      for {part, shown} <- [
+            {{:binary, <<1::3>>, "image/png"}, ~s[{:binary, <<1::size(3)>>, "image/png"}]},
+            {{:binary, <<1::3, :binary.copy("a", 100_000)::binary>>, "image/png"},
+             ~s[{:binary, <<44, 44, 44, ...>>, "image/png"}]},
+            {{:binary, 42, "image/png"}, ~s[{:binary, 42, "image/png"}]}
+          ] do
+        assert {:error, %Error{kind: :invalid_argument, message: message}} =
+                 Agent.run_sync(name, ["ok", part])
+
+        assert message ==
+                 "prompt part 1: not a part of a prompt (see SynapseCore.Prompt), got: #{shown}"
+      end
+
       assert {:ok, %Result{}} = Agent.run_sync(name, ["still serving"])
     end
 
