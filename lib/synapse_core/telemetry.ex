@@ -18,13 +18,17 @@ defmodule SynapseCore.Telemetry do
      "those of `:start`, and `reason` (the retry prompt the model gets: the tool raised, " <>
        "returned `{:error, _}`, timed out or had invalid arguments)"},
     {[:synapse, :worker, :start], "`system_time`",
-     "`agent`, `worker` (its index), `location` (`:local` or `{:remote, address}`), `attempt`"},
+     "`agent`, `worker` (its index), `location` (`:local` or `{:remote, address}`), " <>
+       "`os_pid` (`nil`: no process is spawned yet), `attempt`"},
     {[:synapse, :worker, :ready], "`duration` (since its start)",
-     "`agent`, `worker`, `location`, `os_pid`"},
+     "`agent`, `worker`, `location`, `os_pid` (the Python process's OS pid, as " <>
+       "`SynapseCore.Agent.workers/1` gives it; always `nil` for a remote worker, " <>
+       "whose process is not this node's)"},
     {[:synapse, :worker, :exit], "`system_time`",
-     "`agent`, `worker`, `location`, `os_pid`, `error` (a `SynapseCore.Error` saying why)"},
+     "`agent`, `worker`, `location`, `os_pid` (the lost process's; `nil` if it was " <>
+       "lost before it spawned), `error` (a `SynapseCore.Error` saying why)"},
     {[:synapse, :worker, :restart], "`delay` (milliseconds before the next start)",
-     "`agent`, `worker`, `location`, `attempt`"},
+     "`agent`, `worker`, `location`, `os_pid` (that of the `:exit` just before), `attempt`"},
     {[:synapse, :stream, :backpressure],
      "`count` (times the worker had to wait), `duration` (time it waited in all)",
      "`agent` (or bridge), and the run's `telemetry_span_context`; emitted when a stream " <>

@@ -145,22 +145,45 @@ defmodule SynapseCore.LifecycleTest do
       on_exit(fn -> :telemetry.detach(id) end)
 
       {:ok, _} = SynapseCore.start_agent(fixture_agent("echo_agent", name: name))
-      assert_receive {[:synapse, :worker, :start], %{system_time: _}, %{worker: 0, attempt: 0}}
 
-      assert_receive {[:synapse, :worker, :ready], %{duration: duration},
-                      %{location: :local, os_pid: os_pid}}
+      assert_receive {[:synapse, :worker, :start] = event, %{system_time: _},
+                      %{worker: 0, attempt: 0, os_pid: nil} = start}
 
+      assert_documented(event, start)
+
+      assert_receive {[:synapse, :worker, :ready] = event, %{duration: duration},
+                      %{location: :local, os_pid: os_pid} = ready}
+
+      assert_documented(event, ready)
       assert duration > 0
       System.cmd("kill", ["-9", Integer.to_string(os_pid)])
 
-      assert_receive {[:synapse, :worker, :exit], _,
-                      %{os_pid: ^os_pid, error: %Error{kind: :worker_exited}}},
+      assert_receive {[:synapse, :worker, :exit] = event, _,
+                      %{os_pid: ^os_pid, error: %Error{kind: :worker_exited}} = exit},
                      10_000
 
-      assert_receive {[:synapse, :worker, :restart], %{delay: delay}, %{attempt: 1}}
+      assert_documented(event, exit)
+
+      # The lost worker's OS pid; the next start's is not known yet.
+      assert_receive {[:synapse, :worker, :restart] = event, %{delay: delay},
+                      %{attempt: 1, os_pid: ^os_pid} = restart}
+
+      assert_documented(event, restart)
       assert delay > 0
-      assert_receive {[:synapse, :worker, :start], _, %{attempt: 1}}, 10_000
+      assert_receive {[:synapse, :worker, :start], _, %{attempt: 1, os_pid: nil}}, 10_000
       :ok = SynapseCore.stop_agent(name)
+    end
+  end
+
+  # Every metadata key of the event is in its row of SynapseCore.Telemetry's table.
+  defp assert_documented(event, metadata) do
+    {:docs_v1, _, _, _, %{"en" => moduledoc}, _, _} = Code.fetch_docs(SynapseCore.Telemetry)
+    row_start = "| `#{inspect(event)}` |"
+    [row] = moduledoc |> String.split("\n") |> Enum.filter(&String.starts_with?(&1, row_start))
+    [_, _, _, documented, _] = String.split(row, "|")
+
+    for key <- Map.keys(metadata) do
+      assert documented =~ "`#{key}`", "#{inspect(event)}: #{inspect(key)} is not documented"
     end
   end
 
