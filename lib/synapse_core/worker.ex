@@ -314,6 +314,9 @@ defmodule SynapseCore.Worker do
       event(:exit, %{system_time: System.system_time()}, data, %{error: error})
       event(:restart, %{delay: 0}, data, %{attempt: data.attempt})
       data = retire(data, error, &Shepherd.stop_async/1)
+      # The drained process is no longer this worker's, as after a loss
+      # (backoff/4): info/1 and the next :start must not show it.
+      data = %{data | os_pid: nil, address: nil, stuck_threads: nil}
       {:next_state, :backing_off, data, [{:state_timeout, 0, :restart}]}
     else
       {:keep_state_and_data, [{{:timeout, :drain}, @drain_poll, nil}]}

@@ -139,6 +139,19 @@ defmodule SynapseCore.FaultsTest do
   end
 
   test "stuck sync tool threads: counted, and past the limit the worker drains and is replaced" do
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      :telemetry.attach(
+        id,
+        [:synapse, :worker, :start],
+        fn _event, _measurements, metadata, _ -> send(test, {:worker_start, metadata}) end,
+        nil
+      )
+
+    on_exit(fn -> :telemetry.detach(id) end)
+
     name =
       start_fault_agent!("stuck_tool_agent",
         max_stuck_threads: 1,
@@ -161,6 +174,10 @@ defmodule SynapseCore.FaultsTest do
     replaced(name, os_pid)
     eventually(fn -> not os_alive?(os_pid) end)
     assert [%{stuck_threads: 0}] = Agent.workers(name)
+
+    # The replacement's start is not reported with the drained worker's OS pid.
+    assert_received {:worker_start, %{agent: ^name, attempt: 0, os_pid: nil}}
+    assert_received {:worker_start, %{agent: ^name, os_pid: nil}}
   end
 
   defp starts(log), do: log |> File.read!() |> String.split("\n", trim: true) |> length()
