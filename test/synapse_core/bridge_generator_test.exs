@@ -117,6 +117,28 @@ defmodule SynapseCore.BridgeGeneratorTest do
     :code.delete(module)
   end
 
+  test "distinct Python parameters get distinct Elixir variables" do
+    # `_x`, `X` and `arg_x` all ask for `arg_x`: the same variable twice in
+    # the head would make a call match only equal arguments.
+    params = for name <- ~w(_x arg_x X server server_), do: param(name, %{"kind" => "int"})
+    ir = ir(%{"module" => "clashing_params", "functions" => [function("f", params)]})
+
+    {:ok, {_, source}} = Generator.render(ir, "")
+    [{module, beam}] = Code.compile_string(source)
+
+    # Distinct arguments reach the call (no agent here: its error, not a FunctionClauseError).
+    assert {:error, %SynapseCore.Error{}} = module.f(:no_bridge, 1, 2, 3, 4, 5)
+
+    path = Path.join(System.tmp_dir!(), "#{module}-#{System.unique_integer([:positive])}.beam")
+    File.write!(path, beam)
+    {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(path)
+    File.rm!(path)
+    [signature] = for {{:function, :f, 7}, _, [signature], _, _} <- docs, do: signature
+    assert signature == "f(server, arg_x_2, arg_x, arg_x_3, server__2, server_, opts \\\\ [])"
+    :code.purge(module)
+    :code.delete(module)
+  end
+
   test "an IR of another version is refused" do
     assert {:error, message} = Generator.render(ir(%{"version" => 1}), "")
     assert message =~ "the bridge IR has version 1, this Synapse reads version 2"

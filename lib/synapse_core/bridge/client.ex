@@ -178,7 +178,12 @@ defmodule SynapseCore.Bridge.Client do
       returns: if(returns == :none, do: :none, else: Codec.wire_type(returns))
     }
 
-    args = Enum.map(params, &Macro.var(variable(&1.name), __MODULE__.Arguments))
+    args =
+      params
+      |> Enum.map(& &1.name)
+      |> variables()
+      |> Enum.map(&Macro.var(&1, __MODULE__.Arguments))
+
     arg_specs = Enum.map(params, &Types.spec(&1.type, true, context))
     result = Types.spec(returns, false, context)
     doc = function_doc(name, opts, {kind, returns}, params, options, context)
@@ -225,6 +230,34 @@ defmodule SynapseCore.Bridge.Client do
         )
       end
     end
+  end
+
+  # The parameters' Elixir variables, one each: distinct parameters can ask
+  # for the same one (`_x` and `arg_x`, `_x` and `X`), and a variable twice
+  # in the function head would make the call match only equal arguments. A
+  # parameter whose name is its variable keeps it; the others, in order,
+  # take the first of `name`, `name_2`, ... that no parameter has.
+  defp variables(names) do
+    wanted = Enum.map(names, &variable/1)
+    own = for {name, name} <- Enum.zip(names, wanted), into: MapSet.new(), do: name
+
+    {variables, _taken} =
+      names
+      |> Enum.zip(wanted)
+      |> Enum.map_reduce(own, fn
+        {name, name}, taken -> {name, taken}
+        {_name, variable}, taken -> free(variable, taken, 1)
+      end)
+
+    variables
+  end
+
+  defp free(variable, taken, n) do
+    candidate = if n == 1, do: variable, else: :"#{variable}_#{n}"
+
+    if MapSet.member?(taken, candidate),
+      do: free(variable, taken, n + 1),
+      else: {candidate, MapSet.put(taken, candidate)}
   end
 
   # A Python parameter name as an Elixir variable (only what the docs show:
