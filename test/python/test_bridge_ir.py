@@ -302,6 +302,26 @@ def test_names_protobuf_reads_as_one_are_an_error_naming_both() -> None:
     describe("def g(fooBar: int, FooBar: int, x_: int, X: int) -> int: ...")
 
 
+def test_union_members_protobuf_reads_as_one_are_an_error_naming_both() -> None:
+    # A union's members are fields named after their types: `A1` and `A_1`
+    # are `a1_value` and `a_1_value` (one JSON name), `AB` and `Ab` both `ab_value`.
+    for first, second, fields in [
+        ("A1", "A_1", "the fields 'a1_value' and 'a_1_value', JSON name a1Value"),
+        ("AB", "Ab", "both the field 'ab_value'"),
+    ]:
+        with pytest.raises(GenerationError) as raised:
+            describe(
+                "from pydantic import BaseModel\n"
+                f"class {first}(BaseModel):\n    x: int\n"
+                f"class {second}(BaseModel):\n    y: str\n"
+                f"def f(v: {first} | {second}) -> int: ..."
+            )
+        assert str(raised.value) == (
+            f"bridged: the members {first} and {second} of the union {first}Or{second} are "
+            f"one name to protobuf ({fields}); rename one"
+        )
+
+
 def test_two_models_with_one_name_are_an_error() -> None:
     first = module_from("from pydantic import BaseModel\nclass Item(BaseModel):\n    x: int\n", "a")
     second = module_from(

@@ -705,6 +705,31 @@ def _check_names(ir: IR) -> None:
                     f"name to protobuf (its JSON name {json_name}); rename one"
                 ),
             )
+        elif isinstance(type_def, UnionType):
+            _check_union_fields(ir.module, name, type_def)
+
+
+def _check_union_fields(module: str, name: str, union: UnionType) -> None:
+    """Each member of a union is a field named after its type: two types can ask for one.
+
+    `AB` and `Ab` both ask for `ab_value`, `A1` and `A_1` for fields of one JSON
+    name; protoc would refuse the message, pointing at a temporary file.
+    """
+    seen: dict[str, UnionMember] = {}
+    for member in union.members:
+        json_name = _json_name(member.field)
+        first = seen.setdefault(json_name, member)
+        if first is member:
+            continue
+        fields = (
+            f"both the field {member.field!r}"
+            if first.field == member.field
+            else f"the fields {first.field!r} and {member.field!r}, JSON name {json_name}"
+        )
+        raise GenerationError(
+            f"{module}: the members {label(first.type)} and {label(member.type)} of the "
+            f"union {name} are one name to protobuf ({fields}); rename one"
+        )
 
 
 def _check_json_names(names: Sequence[str], clash: Callable[[str, str, str], str]) -> None:
