@@ -139,6 +139,59 @@ defmodule SynapseCore.BridgeGeneratorTest do
     :code.delete(module)
   end
 
+  # The docs of a client compiled from `source`, by module, and purged.
+  defp compiled_docs(source) do
+    for {module, beam} <- Code.compile_string(source), into: %{} do
+      path = Path.join(System.tmp_dir!(), "#{module}-#{System.unique_integer([:positive])}.beam")
+      File.write!(path, beam)
+      docs = Code.fetch_docs(path)
+      File.rm!(path)
+      :code.purge(module)
+      :code.delete(module)
+      {module, docs}
+    end
+  end
+
+  test "carriage returns in docs and descriptions are written as escapes, and kept" do
+    field = %{
+      "name" => "x",
+      "type" => %{"kind" => "int"},
+      "required" => true,
+      "constraints" => %{},
+      "description" => "First line\r\nsecond line"
+    }
+
+    ir =
+      ir(%{
+        "module" => "crlf_docs",
+        "functions" => [
+          %{
+            function("f", [param("m", %{"kind" => "model", "name" => "M"})])
+            | "doc" => "One.\r\nTwo."
+          }
+        ],
+        "types" => %{
+          "M" => %{
+            "kind" => "model",
+            "python" => "crlf_docs:M",
+            "doc" => nil,
+            "fields" => [field]
+          }
+        }
+      })
+
+    {:ok, {_, source}} = Generator.render(ir, "")
+    # Raw, a heredoc's CRLF is read as LF by some Elixir versions.
+    refute source =~ "\r"
+
+    docs = compiled_docs(source)
+    {:docs_v1, _, _, _, %{"en" => model_doc}, _, _} = docs[CrlfDocs.M]
+    assert model_doc =~ "First line\r\nsecond line."
+    {:docs_v1, _, _, _, _, _, functions} = docs[CrlfDocs]
+    [doc] = for {{:function, :f, 3}, _, _, %{"en" => doc}, _} <- functions, do: doc
+    assert doc =~ "One.\r\nTwo.\n"
+  end
+
   test "an IR of another version is refused" do
     assert {:error, message} = Generator.render(ir(%{"version" => 1}), "")
     assert message =~ "the bridge IR has version 1, this Synapse reads version 2"

@@ -437,13 +437,17 @@ defmodule SynapseCore.Bridge.Generator do
 
   defp source(value), do: literal(value)
 
-  # A string as a heredoc (escaped: it holds text, not code).
+  # A string as a heredoc (escaped: it holds text, not code). A carriage
+  # return is written as `\r`: raw, how a heredoc reads it depends on the
+  # Elixir version (some turn a CRLF into a LF), and a docstring or a
+  # description with `\r\n` must say the same in every one.
   defp heredoc(text) do
     escaped =
       text
       |> String.replace("\\", "\\\\")
       |> String.replace("\#{", "\\\#{")
       |> String.replace(~s("""), ~s(\\"""))
+      |> String.replace("\r", "\\r")
 
     %Raw{text: ~s("""\n#{escaped}\n""")}
   end
