@@ -192,6 +192,38 @@ defmodule SynapseCore.BridgeGeneratorTest do
     assert doc =~ "One.\r\nTwo.\n"
   end
 
+  test "a default with line breaks is documented as it is" do
+    fields = [
+      %{"name" => "s", "type" => %{"kind" => "str"}, "default" => "a\nb"},
+      %{
+        "name" => "l",
+        "type" => %{"kind" => "list", "of" => %{"kind" => "str"}},
+        "default" => ["x\r\ny"]
+      }
+    ]
+
+    fields = Enum.map(fields, &Map.merge(&1, %{"required" => false, "constraints" => %{}}))
+
+    ir =
+      ir(%{
+        "module" => "multiline_defaults",
+        "functions" => [function("f", [param("m", %{"kind" => "model", "name" => "M"})])],
+        "types" => %{
+          "M" => %{
+            "kind" => "model",
+            "python" => "multiline_defaults:M",
+            "doc" => nil,
+            "fields" => fields
+          }
+        }
+      })
+
+    {:ok, {_, source}} = Generator.render(ir, "")
+    {:docs_v1, _, _, _, %{"en" => doc}, _, _} = compiled_docs(source)[MultilineDefaults.M]
+    assert doc =~ ~S(Defaults to `"a\nb"`.)
+    assert doc =~ ~S(Defaults to `["x\r\ny"]`.)
+  end
+
   test "an IR of another version is refused" do
     assert {:error, message} = Generator.render(ir(%{"version" => 1}), "")
     assert message =~ "the bridge IR has version 1, this Synapse reads version 2"

@@ -161,7 +161,8 @@ defmodule SynapseCore.Bridge.Generator do
       [
         description: field["description"],
         default:
-          Map.has_key?(field, "default") && {:value, value(field["default"], field["type"], ir)},
+          Map.has_key?(field, "default") &&
+            {:value, exact(value(field["default"], field["type"], ir))},
         default_factory: field["default_factory"],
         constraints: field["constraints"] != %{} && constraints(field["constraints"])
       ]
@@ -258,6 +259,17 @@ defmodule SynapseCore.Bridge.Generator do
   end
 
   defp value(value, _type, _ir), do: value
+
+  # A value whose strings are written as literals: a heredoc (what source/1
+  # writes for text with line breaks, for docs) ends with a line break the
+  # value does not have. Maps are written as literals already.
+  defp exact(text) when is_binary(text), do: %Raw{text: literal(text)}
+  defp exact(list) when is_list(list), do: Enum.map(list, &exact/1)
+
+  defp exact(tuple) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> Enum.map(&exact/1) |> List.to_tuple()
+
+  defp exact(value), do: value
 
   defp types(ir, conversions) do
     declared = Enum.sort(ir["types"])
