@@ -224,6 +224,16 @@ defmodule SynapseCore.BridgeGeneratorTest do
     assert doc =~ ~S(Defaults to `["x\r\ny"]`.)
   end
 
+  test "Python parameters named as Elixir keywords, fn among them, are variables that compile" do
+    params = for name <- ~w(fn end when), do: param(name, %{"kind" => "int"})
+    ir = ir(%{"module" => "keyword_params", "functions" => [function("f", params)]})
+
+    {:ok, {_, source}} = Generator.render(ir, "")
+    assert {:docs_v1, _, _, _, _, _, docs} = compiled_docs(source)[KeywordParams]
+    [signature] = for {{:function, :f, 5}, _, [signature], _, _} <- docs, do: signature
+    assert signature == "f(server, fn_, end_, when_, opts \\\\ [])"
+  end
+
   test "an IR of another version is refused" do
     assert {:error, message} = Generator.render(ir(%{"version" => 1}), "")
     assert message =~ "the bridge IR has version 1, this Synapse reads version 2"

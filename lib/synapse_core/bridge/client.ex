@@ -260,6 +260,8 @@ defmodule SynapseCore.Bridge.Client do
       else: {candidate, MapSet.put(taken, candidate)}
   end
 
+  @reserved ~w(do end after else catch rescue when and or not in true false nil)a
+
   # A Python parameter name as an Elixir variable (only what the docs show:
   # the variables are hygienic).
   defp variable(name) do
@@ -269,7 +271,9 @@ defmodule SynapseCore.Bridge.Client do
       String.starts_with?(text, "_") or String.upcase(String.first(text)) == String.first(text) ->
         :"arg_#{text |> String.trim_leading("_") |> String.downcase()}"
 
-      name in [:server, :opts] ->
+      # `fn` as a variable in the head does not compile; the reserved words
+      # do, but would read as code in the docs' signature.
+      name in [:server, :opts, :fn | @reserved] ->
         :"#{name}_"
 
       true ->
