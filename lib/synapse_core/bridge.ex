@@ -149,9 +149,21 @@ defmodule SynapseCore.Bridge do
 
     started =
       with {:ok, pool} <- pool(descriptor) do
-        case reply do
-          :unary -> Native.bridge_call(channel, pool, ref, method, request, options)
-          :stream -> Native.bridge_stream_start(channel, pool, ref, method, request, options)
+        # The request becomes a protobuf message in the NIF: on the
+        # caller's scheduler when it is surely small, else on a dirty one
+        # (a large one may take seconds, beyond a scheduler slot).
+        case {reply, SynapseCore.JSON.small?(request)} do
+          {:unary, true} ->
+            Native.bridge_call(channel, pool, ref, method, request, options)
+
+          {:unary, false} ->
+            Native.bridge_call_dirty(channel, pool, ref, method, request, options)
+
+          {:stream, true} ->
+            Native.bridge_stream_start(channel, pool, ref, method, request, options)
+
+          {:stream, false} ->
+            Native.bridge_stream_start_dirty(channel, pool, ref, method, request, options)
         end
       end
 

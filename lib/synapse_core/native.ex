@@ -89,6 +89,13 @@ defmodule SynapseCore.Native do
   def bridge_stream_start(_channel, _pool, _tag, _method, _request, _options),
     do: :erlang.nif_error(:nif_not_loaded)
 
+  # their dirty twins, for requests that are not surely small
+  def bridge_call_dirty(_channel, _pool, _tag, _method, _request, _options),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  def bridge_stream_start_dirty(_channel, _pool, _tag, _method, _request, _options),
+    do: :erlang.nif_error(:nif_not_loaded)
+
   # :ok, or :over when the call had answered already (nothing more comes)
   def run_cancel(_handle), do: :erlang.nif_error(:nif_not_loaded)
   def run_answered(_handle), do: :erlang.nif_error(:nif_not_loaded)

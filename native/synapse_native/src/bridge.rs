@@ -53,6 +53,34 @@ fn bridge_call<'a>(
     request: Term<'a>,
     options: BridgeOptions<'a>,
 ) -> Started {
+    start_call(env, channel, pool, tag, method, request, options)
+}
+
+/// `bridge_call` for requests that are not surely small: converting them
+/// may take longer than a normal scheduler slot (seconds for a list of
+/// millions of numbers).
+#[rustler::nif(schedule = "DirtyCpu")]
+fn bridge_call_dirty<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    method: String,
+    request: Term<'a>,
+    options: BridgeOptions<'a>,
+) -> Started {
+    start_call(env, channel, pool, tag, method, request, options)
+}
+
+fn start_call<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    method: String,
+    request: Term<'a>,
+    options: BridgeOptions<'a>,
+) -> Started {
     let (method, message) = match prepare(&pool.pool, &method, request, false, &channel) {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
@@ -74,6 +102,32 @@ fn bridge_call<'a>(
 /// `{:synapse_event, tag, {:result, nil} | {:error, error}}`.
 #[rustler::nif]
 fn bridge_stream_start<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    method: String,
+    request: Term<'a>,
+    options: BridgeOptions<'a>,
+) -> Started {
+    stream_start(env, channel, pool, tag, method, request, options)
+}
+
+/// `bridge_stream_start` for requests that are not surely small.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn bridge_stream_start_dirty<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<ChannelResource>,
+    pool: ResourceArc<PoolResource>,
+    tag: Term<'a>,
+    method: String,
+    request: Term<'a>,
+    options: BridgeOptions<'a>,
+) -> Started {
+    stream_start(env, channel, pool, tag, method, request, options)
+}
+
+fn stream_start<'a>(
     env: Env<'a>,
     channel: ResourceArc<ChannelResource>,
     pool: ResourceArc<PoolResource>,
