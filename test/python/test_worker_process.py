@@ -143,6 +143,19 @@ async def test_given_unix_socket_and_sigint(tmp_path: Path) -> None:
     assert directory.is_dir()  # not ours to remove
 
 
+async def test_sigterm_exits_although_a_default_executor_call_never_returns(
+    tmp_path: Path,
+) -> None:
+    # asyncio.run would wait for that thread when the loop closes, and
+    # Python again at exit: the worker logged "stopped" and never exited.
+    async with worker_process(
+        tmp_path, "--agent", "stuck=synapse_fixtures.faults:stuck_executor_agent"
+    ) as worker:
+        await worker.ready_address()
+        worker.process.send_signal(signal.SIGTERM)
+        assert await worker.exit_code() == 0, worker.stderr()
+
+
 def tls_args(tls: TlsFiles) -> tuple[str, ...]:
     return ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
 

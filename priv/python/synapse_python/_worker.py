@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import logging
 import os
@@ -449,6 +450,7 @@ async def serve(
         worker = Worker(
             max_message_bytes=max_message_bytes, tls_cert=tls_cert, tls_key=tls_key, token=token
         )
+        loop.set_default_executor(_DefaultExecutor(worker._sync_threads))
         for agent_id, ref in (agents or {}).items():
             await worker.load_agent(agent_id, ref)
             logger.info("loaded agent %r from %s", agent_id, ref)
@@ -466,3 +468,33 @@ async def serve(
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+        # The worker's threads are shut down: later calls get a pool of their own.
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())
+
+
+class _DefaultExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The event loop's default executor under `serve`: the worker's own threads.
+
+    What user code hands to it (`asyncio.to_thread`, `run_in_executor(None,
+    ...)`) then runs as sync tools do: a call abandoned while it runs is
+    counted as stuck (`Worker.stuck_threads`), and, those threads being
+    daemon threads, it never keeps the stopped worker from exiting.
+    asyncio's own pool would: `asyncio.run` waits for its threads when the
+    loop closes, and so does Python at exit, forever for a call that never
+    returns. A `ThreadPoolExecutor` only because the loop accepts no other
+    kind; it starts no thread of its own.
+    """
+
+    def __init__(self, threads: _threads.SyncThreads) -> None:
+        super().__init__(max_workers=1)
+        self._sync_threads = threads
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        return self._sync_threads.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # `Worker.stop` shuts the threads down; waiting for a stuck one is
+        # what this executor is here to avoid.
+        super().shutdown(wait=False)

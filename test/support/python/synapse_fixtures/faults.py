@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -202,3 +204,10 @@ surrogate_tool_agent = Agent(FunctionModel(_call_then_done, stream_function=_str
 @surrogate_tool_agent.tool_plain
 def file_name() -> str:
     return os.fsdecode(b"caf\xe9")
+
+
+async def stuck_executor_agent() -> Agent[None, str]:
+    """An agent whose factory leaves a call that never returns in the loop's default
+    executor, as a hung `asyncio.to_thread` in a user's async tool does."""
+    asyncio.get_running_loop().run_in_executor(None, threading.Event().wait)
+    return Agent(_model(lambda prompt: prompt))
