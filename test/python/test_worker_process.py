@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -201,6 +202,26 @@ async def test_tcp_with_tls_and_the_token_from_the_environment(
     stderr = worker.stderr()
     assert "refused /synapse.v1.AgentService/RunSync" in stderr
     assert TOKEN not in stderr
+
+
+async def test_a_port_in_use_is_one_line_saying_so(tmp_path: Path, tls_files: TlsFiles) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with worker_process(
+            tmp_path,
+            "--listen",
+            f"tcp://127.0.0.1:{port}",
+            *tls_args(tls_files),
+            env={TOKEN_ENV: TOKEN},
+        ) as worker:
+            # EX_CONFIG: starting it again at the same address will not help.
+            assert await worker.exit_code() == 78
+            assert await worker.process.stdout.read() == b""
+    stderr = worker.stderr()
+    assert f"cannot listen on tcp://127.0.0.1:{port}: Address already in use" in stderr
+    assert "Traceback" not in stderr
 
 
 async def test_the_token_from_a_file_on_a_unix_socket(tmp_path: Path) -> None:

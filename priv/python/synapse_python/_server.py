@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -129,9 +130,12 @@ def bind(
     """
 
     def add_port() -> int:
-        if credentials is None:
-            return server.add_insecure_port(endpoint.grpc_address)
-        return server.add_secure_port(endpoint.grpc_address, credentials)
+        try:
+            if credentials is None:
+                return server.add_insecure_port(endpoint.grpc_address)
+            return server.add_secure_port(endpoint.grpc_address, credentials)
+        except RuntimeError as exc:
+            raise BindError(endpoint, _why_unbindable(endpoint)) from exc
 
     if endpoint.scheme == "tcp":
         return add_port()
@@ -140,6 +144,49 @@ def bind(
         add_port()
     os.chmod(endpoint.path, 0o600)
     return 0
+
+
+class BindError(RuntimeError):
+    """The address to listen on cannot be bound (in use, no such directory, not allowed...).
+
+    A `RuntimeError`, as gRPC's own failure to bind is. Its message names the
+    address and, when the system tells, why: a worker started by hand on a
+    port already in use says so in one line.
+    """
+
+    def __init__(self, endpoint: Endpoint, reason: str) -> None:
+        super().__init__(f"cannot listen on {endpoint.announced(endpoint.port)}: {reason}")
+        self.endpoint = endpoint
+
+
+def _why_unbindable(endpoint: Endpoint) -> str:
+    """Why binding `endpoint` fails, asked of the system with a plain socket.
+
+    gRPC only says that it failed (the reason goes to its own log, if
+    enabled): binding the same address here gets the system's error.
+    """
+    unknown = "gRPC could not bind it (GRPC_VERBOSITY=debug logs why)"
+    if endpoint.scheme == "unix":
+        families = [(socket.AF_UNIX, endpoint.path)]
+    else:
+        try:
+            infos = socket.getaddrinfo(
+                endpoint.host, endpoint.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            return f"cannot resolve {endpoint.host!r}: {exc.strerror or exc}"
+        families = [(family, address) for family, _, _, _, address in infos]
+    for family, address in families:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+        if family == socket.AF_UNIX:
+            # The probe's own socket file: the bind made it.
+            with contextlib.suppress(OSError):
+                os.unlink(endpoint.path)
+    return unknown
 
 
 def cleanup(endpoint: Endpoint, owned_directory: str | None) -> None:

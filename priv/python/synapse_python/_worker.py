@@ -220,7 +220,8 @@ class Worker:
         or `tcp://HOST:PORT` (port 0 picks a free port; TLS and a token are
         required, see `Worker`, and non-loopback hosts need `allow_remote`
         too). Without it the socket goes in a fresh private directory, removed
-        again by `stop`. An address it refuses raises `ValueError`.
+        again by `stop`. An address it refuses raises `ValueError`, one it
+        cannot bind (a port in use) a `RuntimeError` saying why.
 
         `lane` (`unix:PATH`) serves every method on the local lane too
         (`synapse_python._lane`): the same calls for a client on this machine,

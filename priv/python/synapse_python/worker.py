@@ -117,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lane=args.lane,
             )
         )
+    except _server.BindError as exc:
+        # The address says it all: a traceback through grpc would hide it.
+        logger.error("worker failed to start: %s", exc)
+        return EXIT_STARTUP_FAILED
     except Exception:
         if _server.announced():
             logger.exception("worker failed")
