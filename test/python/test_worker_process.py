@@ -314,6 +314,17 @@ async def test_bad_security_options_are_usage_errors(
     await asyncio.gather(*(check(case, *spec) for case, spec in enumerate(cases)))
 
 
+@pytest.mark.parametrize("grace", ["-1", "nan", "inf"])
+async def test_a_grace_that_is_not_a_finite_duration_is_a_usage_error(
+    tmp_path: Path, grace: str
+) -> None:
+    # `inf` would let one hung run keep the worker from ever stopping.
+    async with worker_process(tmp_path, f"--grace={grace}") as worker:
+        assert await worker.exit_code() == 2, worker.stderr()
+        assert await worker.process.stdout.read() == b""
+        assert "--grace: must be a finite, non-negative number of seconds" in worker.stderr()
+
+
 async def test_refuses_non_loopback_tcp_without_allow_remote(tmp_path: Path) -> None:
     async with worker_process(tmp_path, "--listen", "tcp://0.0.0.0:0") as worker:
         assert await worker.exit_code() == 2

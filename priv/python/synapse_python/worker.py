@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import ssl
 import sys
@@ -186,12 +187,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=DEFAULT_SHUTDOWN_GRACE,
         metavar="SECONDS",
         help=f"on SIGTERM, how long in-flight runs may finish (default {DEFAULT_SHUTDOWN_GRACE})",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A `--grace`: finite and not negative.
+
+    `inf` would let one hung run keep the worker from ever stopping, and
+    `nan` or a negative number mean no grace that anyone asked for.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite, non-negative number of seconds, got {text!r}"
+        )
+    return value
 
 
 class _RefuseToken(argparse.Action):
