@@ -404,8 +404,14 @@ impl Supervisor {
     }
 
     fn forward(&mut self, stream: Stream, piece: Piece) {
-        if stream == Stream::Stdout && !self.ready_sent && piece.line_start {
-            if let Some(address) = piece.bytes.strip_prefix(READY_PREFIX) {
+        if stream == Stream::Stdout && !self.ready_sent {
+            if let Some((before, address)) = readiness(&piece) {
+                // The worker's line may follow text its code printed with
+                // no line break (`print("loading", end="")` while a bridged
+                // module is imported): that text goes on as a line of its own.
+                if !before.is_empty() {
+                    self.port.send(stream.tag(), before);
+                }
                 self.ready_sent = true;
                 self.port.send(TAG_READY, address);
                 return;
@@ -639,4 +645,24 @@ fn relay_commands<R: Read>(input: &mut R, tx: &Sender<Event>) {
         }
     }
     let _ = tx.send(Event::StdinClosed);
+}
+
+/// The readiness line in `piece`, a line of the worker's stdout: the text
+/// before it (empty when the line is only that) and the address. The line
+/// is `SYNAPSE_READY <address>`, or ends with it after what the worker
+/// printed without a line break; then the address must be one a worker
+/// announces (`unix:...`, `tcp://...`, no space), so that a line that only
+/// mentions the prefix stays a line.
+fn readiness(piece: &Piece) -> Option<(&[u8], &[u8])> {
+    let bytes = &piece.bytes[..];
+    if piece.line_start && bytes.starts_with(READY_PREFIX) {
+        return Some((&[], &bytes[READY_PREFIX.len()..]));
+    }
+    let at = bytes
+        .windows(READY_PREFIX.len())
+        .rposition(|window| window == READY_PREFIX)?;
+    let address = &bytes[at + READY_PREFIX.len()..];
+    let announced = (address.starts_with(b"unix:") || address.starts_with(b"tcp://"))
+        && !address.contains(&b' ');
+    announced.then(|| (&bytes[..at], address))
 }

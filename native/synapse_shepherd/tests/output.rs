@@ -64,6 +64,44 @@ fn only_the_first_readiness_line_becomes_an_r_frame() {
 }
 
 #[test]
+fn readiness_after_text_printed_without_a_line_break_is_recognised() {
+    // As a bridged module's `print("loading", end="")` at import leaves it.
+    let mut shepherd = Shepherd::start(&sh(
+        "printf 'loading'; echo 'SYNAPSE_READY unix:/tmp/x/worker.sock'; \
+         printf 'see SYNAPSE_READY docs\\n'",
+    ));
+    shepherd.expect_pid();
+    let (frames, kind) = shepherd.finish();
+    assert_eq!(kind, ExitKind::Code(0));
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Out(b"loading".to_vec()),
+            Frame::Ready(b"unix:/tmp/x/worker.sock".to_vec()),
+            Frame::Out(b"see SYNAPSE_READY docs".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn a_line_that_only_mentions_the_readiness_prefix_stays_a_line() {
+    let mut shepherd = Shepherd::start(&sh(
+        "echo 'see SYNAPSE_READY docs'; echo 'x SYNAPSE_READY unix:/a b'; \
+         echo 'SYNAPSE_READY unix:/tmp/x/worker.sock'",
+    ));
+    shepherd.expect_pid();
+    let (frames, _) = shepherd.finish();
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Out(b"see SYNAPSE_READY docs".to_vec()),
+            Frame::Out(b"x SYNAPSE_READY unix:/a b".to_vec()),
+            Frame::Ready(b"unix:/tmp/x/worker.sock".to_vec()),
+        ]
+    );
+}
+
+#[test]
 fn readiness_on_stderr_is_just_a_line() {
     let mut shepherd = Shepherd::start(&sh("echo 'SYNAPSE_READY unix:/x' >&2"));
     shepherd.expect_pid();
