@@ -19,8 +19,10 @@ defmodule SynapseCore.Tool do
   ## Calls
 
   When the model calls a tool, Synapse validates the arguments against the
-  tool's parameters, then calls the function in a supervised `Task`, with
-  the arguments and a `SynapseCore.Tool.Context`. Parallel calls of one model
+  tool's parameters, then calls the function in a process of its own,
+  linked to the run's tool runner (the run's end, however it comes, ends
+  it; the caller chain in `:"$callers"` reaches it, as a `Task`'s does),
+  with the arguments and a `SynapseCore.Tool.Context`. Parallel calls of one model
   response run in parallel. Arguments declared with Synapse's type language
   (see `SynapseCore.Schema`) arrive as a map with the declared atom keys;
   arguments of a tool whose parameters are a JSON Schema map arrive with
