@@ -46,8 +46,9 @@ defmodule SynapseCore.Event do
       with the same index replaces that part.
     * `{:text_delta, text}` - a piece of text, in order. The deltas of a run
       concatenate to all the text its model responses wrote (to the output,
-      for a run with one response and text output). They belong to the part
-      that started last, as in pydantic-ai's own UI streams.
+      for a run with one response and text output). A delta belongs to the
+      part the last `:part_start`, `:part_delta` or `:tool_call_delta` named
+      (see `:part_delta` for text going back to an earlier part).
     * `{:thinking_delta, text}` - a piece of thinking, likewise.
     * `{:tool_call_delta, %{index: i, tool_call_id: id, tool_name_delta:
       name, args_delta: args}}` - a piece of a tool call: `args_delta` is
@@ -57,6 +58,12 @@ defmodule SynapseCore.Event do
     * `{:part_delta, %{index: i, delta: delta}}` - any other change to a
       part (a thinking signature, a provider's details, citations): the rest
       of pydantic-ai's delta, as Elixir data, after the text it carried.
+      When pydantic-ai adds text or thinking to a part other than the one
+      named last (a model writing more text after starting a tool call: its
+      text goes back to the text part), a `:part_delta` naming that part,
+      with an empty delta of that kind (`"content_delta"` empty or `nil`),
+      comes just before the `:text_delta` or `:thinking_delta`; a run that
+      does not ask for `:part_delta` events does not get it.
     * `{:part_end, %{index: i, part: part, next_part_kind: kind}}` - the part
       is complete; `part` has all of it (its text, a tool call's `"args"` as
       a JSON string, a thinking part's `"signature"`).

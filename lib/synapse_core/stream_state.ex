@@ -83,9 +83,10 @@ defmodule SynapseCore.StreamState do
             result: nil,
             done?: false,
             # The current response's parts by index, and the index the text
-            # and thinking deltas go to; `response?` is false between model
-            # responses (after its last part ends, or the tool events that
-            # follow it).
+            # and thinking deltas go to (that of the last `:part_start`,
+            # `:part_delta` or `:tool_call_delta`, as `SynapseCore.Event`
+            # says); `response?` is false between model responses (after its
+            # last part ends, or the tool events that follow it).
             by_index: %{},
             current: nil,
             response?: false
@@ -131,6 +132,8 @@ defmodule SynapseCore.StreamState do
   end
 
   def apply_event(state, {:tool_call_delta, %{index: index} = delta}) do
+    state = %{state | current: index}
+
     part = Map.get(state.by_index, index, %{"part_kind" => "tool-call", "tool_name" => ""})
     name = (part["tool_name"] || "") <> (delta.tool_name_delta || "")
     id = delta.tool_call_id || part["tool_call_id"]
@@ -144,6 +147,8 @@ defmodule SynapseCore.StreamState do
   end
 
   def apply_event(state, {:part_delta, %{index: index, delta: delta}}) do
+    state = %{state | current: index}
+
     case Map.fetch(state.by_index, index) do
       {:ok, part} -> put_part(state, index, apply_delta(part, delta))
       :error -> state
@@ -206,7 +211,6 @@ defmodule SynapseCore.StreamState do
     %{state | by_index: by_index, parts: by_index |> Enum.sort() |> Enum.map(&elem(&1, 1))}
   end
 
-  # Text and thinking deltas go to the part that started last.
   defp append(%{current: nil} = state, _key, _text), do: state
 
   defp append(%{current: index} = state, key, text) do
@@ -222,7 +226,9 @@ defmodule SynapseCore.StreamState do
   defp merge_args(args, more) when is_map(more) and is_map(args), do: Map.merge(args, more)
   defp merge_args(_args, more) when is_map(more), do: more
 
-  # The part's fields a delta changes, as pydantic-ai applies them.
+  # The part's fields a delta changes, as pydantic-ai applies them (its
+  # text was a `:text_delta` or `:thinking_delta`: an empty delta, naming
+  # the part text goes to next, changes nothing).
   defp apply_delta(part, delta) do
     Enum.reduce(delta, part, fn
       {"signature_delta", signature}, part when is_binary(signature) ->

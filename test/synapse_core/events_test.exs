@@ -14,6 +14,7 @@ defmodule SynapseCore.EventsTest do
   @moduletag capture_log: true
 
   @thinking "synapse_fixtures.events:thinking_agent"
+  @back_and_forth "synapse_fixtures.events:back_and_forth_agent"
 
   # Runs `turns` on `ref` through Synapse and in Python; asserts both are
   # the same run (events, outputs, messages, what the model got).
@@ -50,6 +51,30 @@ defmodule SynapseCore.EventsTest do
         %{"prompt" => "go", "stream" => true},
         %{"prompt" => "go", "stream" => true, "events" => ["thinking_delta", "final_result"]}
       ])
+    end
+
+    test "text and thinking going back to a part started before: a part_delta names it first" do
+      [all, _without_part_deltas] =
+        same_as_python!(@back_and_forth, [
+          %{"prompt" => "go", "stream" => true, "events" => "all"},
+          %{"prompt" => "go", "stream" => true, "events" => ["part_start", "text_delta"]}
+        ])
+
+      # After the tool call (part 2) starts, pydantic-ai adds text to part
+      # 1, thinking to part 0, then text to part 1 again: each time a part
+      # other than the one named last. (Compared with Python's above.)
+      after_call = Enum.drop_while(all["events"], &(not match?(["tool_call_delta", 2 | _], &1)))
+
+      assert [
+               ["tool_call_delta", 2 | _],
+               ["part_delta", 1, %{"part_delta_kind" => "text", "content_delta" => ""}],
+               ["text_delta", "lo"],
+               ["part_delta", 0, %{"part_delta_kind" => "thinking", "content_delta" => nil}],
+               ["thinking_delta", "think."],
+               ["part_delta", 1, %{"part_delta_kind" => "text", "content_delta" => ""}],
+               ["text_delta", "!"],
+               ["part_end", 2 | _] | _
+             ] = after_call
     end
 
     test "deferred tool requests end a run whose tool needs approval" do
@@ -260,6 +285,49 @@ defmodule SynapseCore.EventsTest do
         for %{"kind" => "response", "parts" => parts} <- Messages.decode!(state.result.messages),
             do: Fidelity.without_volatile(parts)
 
+      folded =
+        events
+        |> Enum.scan(StreamState.new(), &StreamState.apply_event(&2, &1))
+        |> Enum.zip(events)
+        |> Enum.filter(fn {_, event} -> match?({:part_end, %{next_part_kind: nil}}, event) end)
+        |> Enum.map(fn {state, _} -> Fidelity.without_volatile(state.parts) end)
+
+      assert folded == responses
+    end
+
+    test "text and thinking a model adds to parts it started before go to those parts" do
+      # pydantic-ai adds the text after the tool call to the text part, and
+      # the thinking to the thinking part: its response is
+      # [thinking "Let me think.", text "Hello!", the call].
+      ref = "synapse_fixtures.events:back_and_forth_agent"
+
+      [[python]] =
+        Fidelity.direct_run!([
+          %{"agent" => ref, "turns" => [%{"prompt" => "go", "stream" => true}]}
+        ])
+
+      responses =
+        for %{"kind" => "response", "parts" => parts} <-
+              Fidelity.messages(python["messages_json"]),
+            do: parts
+
+      assert [
+               [
+                 %{"content" => "Let me think."},
+                 %{"content" => "Hello!"},
+                 %{"tool_name" => "shout"}
+               ],
+               _
+             ] = responses
+
+      name = start_fixture_agent!("back_and_forth", agent: @back_and_forth)
+      events = name |> Agent.run_stream("go", events: :all) |> Enum.to_list()
+      state = StreamState.from_events(events)
+      assert state.text == "Hello!Done."
+      assert state.thinking == "Let me think."
+
+      # Folded up to the end of each model response, the parts are that
+      # response's parts.
       folded =
         events
         |> Enum.scan(StreamState.new(), &StreamState.apply_event(&2, &1))

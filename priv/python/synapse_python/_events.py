@@ -16,7 +16,10 @@ Every `AgentStreamEvent` has a wire form:
 * text and thinking deltas are plain strings (`text_delta`,
   `thinking_delta`), tool call deltas a `tool_call_delta`; what else a delta
   carries (a signature, provider details, citations) follows as a
-  `part_delta` holding pydantic-ai's JSON of that remainder;
+  `part_delta` holding pydantic-ai's JSON of that remainder. Text and
+  thinking going to a part other than the one last named follow a
+  `part_delta` naming it, with an empty delta (the rule is
+  `SynapseCore.Event`'s; `EventRelay._sendable` applies it);
 * function and output tool calls and their results, the final result and
   deferred tool requests have messages of their own;
 * every other event (enqueued messages, tool availability, custom and
@@ -85,6 +88,10 @@ class EventRelay:
                 f"unknown event kinds {sorted(unknown)} (known: {sorted(_KINDS)})"
             )
         self._partial_output = "output" in self._kinds
+        # The index of the last part_start, part_delta or tool_call_delta
+        # sent: the part the client adds text and thinking deltas to. Kept
+        # for the whole run, as the client keeps it.
+        self._focus: int | None = None
 
     async def handle(self, ctx: RunContext[Any], events: AsyncIterable[AgentStreamEvent]) -> None:
         """The run's `event_stream_handler`, called once per model request and per tool step.
@@ -98,11 +105,39 @@ class EventRelay:
             # converted: it costs nothing, and what it holds (text UTF-8
             # cannot carry, say) cannot fail a run that does not send it.
             if not self._kinds.isdisjoint(_wire_kinds(event)):
-                for message in _wire_form(event):
-                    if message.WhichOneof("event") in self._kinds:
-                        await self._send(message)
+                for message in self._sendable(event, _wire_form(event)):
+                    await self._send(message)
             if partial is not None and (output := await partial.after(event)) is not None:
                 await self._send(output)
+
+    def _sendable(
+        self, event: AgentStreamEvent, messages: list[agent_pb2.RunEvent]
+    ) -> Iterator[agent_pb2.RunEvent]:
+        """`event`'s wire events of the kinds asked for, a text or thinking
+        delta for a part other than the client's focus preceded by a
+        `part_delta` naming that part.
+
+        pydantic-ai may add text to a part started before the last one (a
+        model's plain text has one vendor part id, so text after a tool call
+        goes back to the text part); only a `PartDeltaEvent` can, a part's
+        first text following its `part_start`.
+        """
+        target = event.index if isinstance(event, PartDeltaEvent) else None
+        for message in messages:
+            kind = message.WhichOneof("event")
+            if kind not in self._kinds:
+                continue
+            if kind in _PART_EVENTS:
+                self._focus = getattr(message, kind).index
+            elif (
+                target is not None
+                and target != self._focus
+                and kind in _FOCUS_DELTAS
+                and "part_delta" in self._kinds
+            ):
+                self._focus = target
+                yield _part_delta(target, _FOCUS_DELTAS[kind])
+            yield message
 
     async def final_output(self, output: object) -> None:
         """Send the run's output as the last `output` event, if `output` events were asked for."""
@@ -183,6 +218,16 @@ _WIRE_KINDS: dict[type, frozenset[str]] = {
     DeferredToolRequestsEvent: frozenset({"deferred_tool_requests_json"}),
 }
 _OTHER = frozenset({"other"})
+
+
+# The kinds that name the part they are about (`index`): the client's focus.
+_PART_EVENTS = frozenset({"part_start", "part_delta", "tool_call_delta"})
+# The kinds with no index, and the empty delta whose `part_delta` moves the
+# client's focus to the part they go to (an empty delta changes no part).
+_FOCUS_DELTAS: dict[str, ModelResponsePartDelta] = {
+    "text_delta": TextPartDelta(content_delta=""),
+    "thinking_delta": ThinkingPartDelta(),
+}
 
 
 def _wire_kinds(event: AgentStreamEvent) -> frozenset[str]:

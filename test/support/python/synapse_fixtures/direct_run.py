@@ -45,7 +45,8 @@ the usage of each model response), `messages_json` as text,
 A streamed turn's `events` are pydantic-ai's events in the form the
 Elixir side of the test gives Synapse's (`SynapseCore.Fidelity`), written
 here from pydantic-ai's own events: a part starts empty, the content it
-starts with following as its first delta (see `SynapseCore.Event`). The
+starts with following as its first delta; text going back to an earlier
+part follows a `part_delta` naming it (see `SynapseCore.Event`). The
 turn's `"events"` names the kinds kept, as `run_stream`'s `:events` option
 does ("all", or a list; by default text deltas, tool calls and results).
 """
@@ -275,6 +276,40 @@ def _event(event: Any) -> list[list[Any]]:
     return [["event", event.event_kind, _dump(_EVENTS, event)]]
 
 
+class _Focus:
+    """The events of the kinds kept, a text or thinking delta going to a part
+    other than the one the last kept event with an index named following a
+    `part_delta` naming that part, with an empty delta (see
+    `SynapseCore.Event`)."""
+
+    def __init__(self, kept: set[str] | None) -> None:
+        self._kept = kept
+        self._index: int | None = None
+
+    def _keeps(self, kind: str) -> bool:
+        return self._kept is None or kind in self._kept
+
+    def kept(self, event: Any, shown: list[list[Any]]) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for each in shown:
+            kind = each[0]
+            if not self._keeps(kind):
+                continue
+            if kind in ("part_start", "part_delta", "tool_call_delta"):
+                self._index = each[1]
+            elif (
+                isinstance(event, PartDeltaEvent)
+                and kind in ("text_delta", "thinking_delta")
+                and event.index != self._index
+                and self._keeps("part_delta")
+            ):
+                self._index = event.index
+                empty = TextPartDelta("") if kind == "text_delta" else ThinkingPartDelta()
+                out.append(["part_delta", event.index, _dump(_DELTAS, empty)])
+            out.append(each)
+        return out
+
+
 def _kept(turn: dict[str, Any]) -> set[str] | None:
     """The kinds of events a streamed turn keeps; None for all."""
     kinds = turn.get("events", _DEFAULT_KINDS)
@@ -360,6 +395,7 @@ async def _turn(
                     result = streamed.result
             elif turn.get("stream"):
                 kept = _kept(turn)
+                focus = _Focus(kept)
                 async with agent.run_stream_events(
                     _user_prompt(turn.get("prompt")), **arguments
                 ) as stream:
@@ -367,7 +403,7 @@ async def _turn(
                         if isinstance(event, AgentRunResultEvent):
                             result = event.result
                         else:
-                            events += [e for e in _event(event) if kept is None or e[0] in kept]
+                            events += focus.kept(event, _event(event))
             else:
                 result = await agent.run(_user_prompt(turn.get("prompt")), **arguments)
     except Exception as exc:

@@ -8,6 +8,9 @@ streams a tool call's arguments in lockstep with its reader: the prompt
 "N DIR" gives N fragments, fragment i only once the file DIR/i exists (the
 reader creates it when it has seen the fragment before), so that a test
 knows each fragment reached it while the model was still streaming.
+`back_and_forth_agent`'s model goes back to parts it started before: after
+starting a tool call it writes more text and more thinking, which
+pydantic-ai adds to the text and thinking parts started first.
 """
 
 from __future__ import annotations
@@ -104,6 +107,34 @@ async def double(ctx: RunContext[None], n: int) -> int:
     """Doubles n."""
     await ctx.emit(DoublingEvent(value=n))
     return n * 2
+
+
+async def _back_and_forth(
+    messages: list[ModelMessage], info: AgentInfo
+) -> AsyncIterator[str | DeltaToolCalls | DeltaThinkingCalls]:
+    record(True, messages, info)
+    if _tool_returned(messages):
+        yield "Done."
+        return
+    yield {0: DeltaThinkingPart(content="Let me ")}
+    yield "Hel"
+    yield {1: DeltaToolCall(name="shout", json_args='{"word": "hi"}', tool_call_id="shout_1")}
+    # Plain text has one vendor part id, and the thinking's is 0: both go
+    # back to the parts they started, not to the tool call started last.
+    yield "lo"
+    yield {0: DeltaThinkingPart(content="think.")}
+    yield "!"
+
+
+back_and_forth_agent = Agent(
+    FunctionModel(stream_function=_back_and_forth, model_name="back_and_forth")
+)
+
+
+@back_and_forth_agent.tool_plain
+def shout(word: str) -> str:
+    """Shouts the word."""
+    return word.upper()
 
 
 def _slow_plan(messages: list[ModelMessage]) -> tuple[int, Path]:
