@@ -325,6 +325,16 @@ async def test_a_grace_that_is_not_a_finite_duration_is_a_usage_error(
         assert "--grace: must be a finite, non-negative number of seconds" in worker.stderr()
 
 
+@pytest.mark.parametrize("lane", ["unix:", "tcp://127.0.0.1:0", ""])
+async def test_a_lane_that_is_not_a_unix_socket_path_is_a_usage_error(
+    tmp_path: Path, lane: str
+) -> None:
+    async with worker_process(tmp_path, f"--lane={lane}") as worker:
+        assert await worker.exit_code() == 2, worker.stderr()
+        assert await worker.process.stdout.read() == b""
+        assert f"--lane must be unix:PATH, got {lane!r}" in worker.stderr()
+
+
 async def test_refuses_non_loopback_tcp_without_allow_remote(tmp_path: Path) -> None:
     async with worker_process(tmp_path, "--listen", "tcp://0.0.0.0:0") as worker:
         assert await worker.exit_code() == 2

@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_token = os.environ.pop(TOKEN_ENV, None)
     tls = _tls(parser, args.tls_cert, args.tls_key)
     token = _token(parser, args.token_file, env_token)
-    if args.lane and not args.lane.startswith("unix:"):
+    if args.lane is not None and (not args.lane.startswith("unix:") or args.lane == "unix:"):
         parser.error(f"--lane must be unix:PATH, got {args.lane!r}")
     if args.listen:
         try:
