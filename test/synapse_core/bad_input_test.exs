@@ -124,6 +124,33 @@ defmodule SynapseCore.BadInputTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
   end
 
+  test "a malformed history's validation errors are data, each naming where it is, as deps' are" do
+    name = start_fixture_agent!("echo_agent")
+
+    history = [
+      %{
+        "kind" => "request",
+        "parts" => [
+          %{"part_kind" => "user-prompt", "content" => "hi", "timestamp" => "yesterday"}
+        ]
+      },
+      %{"kind" => "response", "parts" => "x"}
+    ]
+
+    assert {:error, %Error{kind: :invalid_argument, message: message, details: details}} =
+             Agent.run_sync(name, "hi", message_history: history)
+
+    assert message =~ "2 validation error(s)"
+
+    assert [
+             %{
+               "loc" => ["message_history", 0, "request", "parts", 0, "user-prompt", "timestamp"],
+               "type" => "datetime_from_date_parsing"
+             },
+             %{"loc" => ["message_history", 1, "response", "parts"], "type" => "list_type"}
+           ] = details[:errors]
+  end
+
   describe "the NIF never takes the VM down" do
     test "a panic in a NIF becomes an exception in the caller" do
       assert_raise ErlangError, fn -> Native.debug_panic(:nif, make_ref()) end

@@ -24,7 +24,12 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
 from synapse_python._approvals import deferred_output
-from synapse_python._errors import invalid_argument, summarize_validation_error, unrepresentable
+from synapse_python._errors import (
+    invalid_argument,
+    summarize_validation_error,
+    unrepresentable,
+    validation_failed,
+)
 from synapse_python._proto.synapse.v1 import agent_pb2
 from synapse_python._utf8 import unencodable
 
@@ -36,9 +41,15 @@ def parse_message_history(data: bytes) -> list[ModelMessage] | None:
     try:
         return ModelMessagesTypeAdapter.validate_json(data)
     except pydantic.ValidationError as exc:
-        raise invalid_argument(
+        # Each error as data too, as for deps: where it is, under `message_history`.
+        errors = [
+            {**error, "loc": ("message_history", *error["loc"])}
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise validation_failed(
             "the message history is not a valid pydantic-ai message history: "
             + summarize_validation_error(exc),
+            errors,
             cause=exc,
         ) from exc
 
