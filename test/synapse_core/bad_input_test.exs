@@ -151,6 +151,23 @@ defmodule SynapseCore.BadInputTest do
            ] = details[:errors]
   end
 
+  test "a long bad value in a history is not echoed whole: every error's place is still said" do
+    name = start_fixture_agent!("echo_agent")
+    kind = "secret-" <> String.duplicate("x", 5_000)
+
+    history = [
+      %{"kind" => "request", "parts" => [%{"part_kind" => kind, "content" => "hi"}]},
+      %{"kind" => "response", "parts" => "x"}
+    ]
+
+    assert {:error, %Error{kind: :invalid_argument, message: message}} =
+             Agent.run_sync(name, "hi", message_history: history)
+
+    assert message =~ "0.request.parts.0:"
+    assert message =~ "1.response.parts: Input should be a valid array"
+    refute message =~ String.duplicate("x", 500)
+  end
+
   describe "the NIF never takes the VM down" do
     test "a panic in a NIF becomes an exception in the caller" do
       assert_raise ErlangError, fn -> Native.debug_panic(:nif, make_ref()) end

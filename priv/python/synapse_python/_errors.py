@@ -133,6 +133,8 @@ _MAX_REPORTED_VALIDATION_ERRORS = 5
 # data_json shares the trailing metadata's budget with the rest of the detail.
 _MAX_DATA_JSON_BYTES = 3000
 _MAX_ERROR_MSG_CHARS = 200
+# How much of an input a validation error's message may quote (see `_error_msg`).
+_MAX_QUOTED_INPUT_CHARS = 40
 
 # How pydantic-ai words "the model's output never validated" (pydantic_ai/_agent_graph.py,
 # _tool_execution.py). It has no exception class of its own.
@@ -375,12 +377,27 @@ def summarize_validation_error(exc: pydantic.ValidationError) -> str:
     """pydantic's errors as one line: count, then `location: message` for the first few."""
     errors = exc.errors(include_url=False, include_input=False)
     shown = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}"
+        f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {_error_msg(error)}"
         for error in errors[:_MAX_REPORTED_VALIDATION_ERRORS]
     )
     more = len(errors) - _MAX_REPORTED_VALIDATION_ERRORS
     suffix = f"; and {more} more" if more > 0 else ""
     return f"{len(errors)} validation error(s): {shown}{suffix}"
+
+
+def _error_msg(error: Any) -> str:
+    """pydantic's message for one error, the input it quotes shortened.
+
+    Errors are reported without their input, but a discriminated union's
+    message quotes the tag it got (`Input tag '...' found using ...`): a long
+    one (a whole payload, a secret put in the wrong field) would fill the
+    message, and the log line, and hide the errors after it.
+    """
+    msg = str(error["msg"])
+    tag = (error.get("ctx") or {}).get("tag")
+    if isinstance(tag, str) and len(tag) > _MAX_QUOTED_INPUT_CHARS:
+        msg = msg.replace(tag, _head(tag, _MAX_QUOTED_INPUT_CHARS))
+    return msg
 
 
 def _last_problem(exc: BaseException) -> str | None:
