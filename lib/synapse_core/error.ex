@@ -30,8 +30,11 @@ defmodule SynapseCore.Error do
       `"write"`, `"read"`, `"pool"` or `nil`);
     * `:timeout` and `:cancelled`, when pydantic-ai kept what the run did
       before it stopped: `:messages` (a `SynapseCore.Messages` to resume
-      from, as `message_history:`), `:usage` (a `SynapseCore.Usage`, to
-      bill) and `:run_id`.
+      from, as `message_history:`), `:new_message_index` (where the run's
+      own messages begin in them, as in `SynapseCore.Result`:
+      `SynapseCore.Messages.slice(messages, new_message_index)` is
+      pydantic-ai's `RunCancelled.new_messages()`), `:usage` (a
+      `SynapseCore.Usage`, to bill) and `:run_id`.
   """
 
   @type kind :: unquote(Enum.reduce(Keyword.keys(@kinds), &{:|, [], [&1, &2]}))

@@ -130,7 +130,8 @@ defmodule SynapseCore.Run do
     end
   end
 
-  defp kept(details), do: Map.take(details, [:messages, :usage, :run_id])
+  defp kept(details),
+    do: Map.take(details, [:messages, :new_message_index, :usage, :run_id])
 
   # Cancels the run and takes its final message (and any event before it)
   # out of the mailbox; returns it, or nil if none came.

@@ -515,6 +515,34 @@ defmodule SynapseCore.FidelityTest do
                Agent.run_sync(name, "again", message_history: messages, tools: [double()])
     end
 
+    test "a stopped run that continued a history says where its own messages begin" do
+      name = start!("nonstream_agent")
+      {:ok, first} = Agent.run_sync(name, "go", tools: [double()])
+
+      # A deadline passing, and await/2 giving up: both keep the index.
+      slow = slow_double(self())
+
+      assert {:error, %Error{kind: :timeout, details: timed_out}} =
+               Agent.run_sync(name, "again",
+                 message_history: first,
+                 tools: [slow],
+                 timeout: 500
+               )
+
+      {:ok, run} = Agent.run(name, "again", message_history: first, tools: [slow])
+      assert_receive :tool_called, 5_000
+      assert {:error, %Error{kind: :timeout, details: gave_up}} = Agent.await(run, 100)
+
+      for details <- [timed_out, gave_up] do
+        # pydantic-ai's RunCancelled.new_messages(): this run's request and its tool call.
+        assert %{messages: messages, new_message_index: index} = details
+        assert index == first.messages.count
+
+        assert [%{"kind" => "request"}, %{"kind" => "response"} | _] =
+                 messages |> Messages.slice(index) |> Messages.decode!()
+      end
+    end
+
     test "a run_sync with no tools (one unary call) that times out keeps its request too" do
       name = start!("session_agent", deps_factory: "synapse_fixtures.fidelity:make_session")
 

@@ -86,6 +86,11 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
                 atoms::usage(),
                 encode_usage(env, run.usage.clone().unwrap_or_default()),
             );
+            details = put(
+                details,
+                atoms::new_message_index(),
+                run.new_message_index.encode(env),
+            );
             details = put(details, atoms::run_id(), json::string(env, &run.run_id));
         }
     }
