@@ -543,6 +543,17 @@ defmodule SynapseCore.FidelityTest do
       end
     end
 
+    test "a timed-out run whose messages have no JSON form is still a :timeout" do
+      name = start!("unkept_agent")
+
+      assert {:error, %Error{kind: :timeout, message: message, details: details}} =
+               Agent.run_sync(name, "go", tools: [slow_double(self())], timeout: 500)
+
+      assert message =~ "timed out"
+      assert message =~ "surrogate"
+      refute Map.has_key?(details, :messages)
+    end
+
     test "a run_sync with no tools (one unary call) that times out keeps its request too" do
       name = start!("session_agent", deps_factory: "synapse_fixtures.fidelity:make_session")
 

@@ -182,10 +182,15 @@ def put_output(message: agent_pb2.RunResult | agent_pb2.PartialOutput, output: o
 
 
 def run_state(cancelled: RunCancelled) -> agent_pb2.RunState:
-    """What pydantic-ai kept of a cancelled or timed-out run."""
+    """What pydantic-ai kept of a cancelled or timed-out run, or an
+    `unrepresentable` error when its messages have no JSON form."""
     messages = cancelled.all_messages()
+    try:
+        messages_json = cancelled.all_messages_json()
+    except pydantic_core.PydanticSerializationError as exc:
+        raise unrepresentable(f"the run's messages have no JSON form: {exc}") from exc
     return agent_pb2.RunState(
-        messages_json=cancelled.all_messages_json(),
+        messages_json=messages_json,
         message_count=len(messages),
         new_message_index=len(messages) - len(cancelled.new_messages()),
         usage=usage(cancelled.usage, cancelled.new_messages()),

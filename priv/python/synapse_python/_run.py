@@ -202,10 +202,26 @@ class Run:
     def _failure(
         self, error: _errors.SynapseError, cancelled: RunCancelled | None = None
     ) -> agent_pb2.RunEvent:
+        state = unkept = None
+        if cancelled is not None and cancelled.run_id is not None:
+            try:
+                state = _convert.run_state(cancelled)
+            except _errors.SynapseError as exc:
+                # What the run kept cannot cross (a string UTF-8 cannot
+                # encode): the failure is still the run's, without it.
+                unkept = exc
+        if unkept is not None:
+            error = _errors.SynapseError(
+                error.code,
+                error.kind,
+                f"{error.message} (what the run did is not returned: {unkept.message})",
+                cause=error.cause,
+                data_json=error.data_json,
+            )
         _log_failure(error, self.agent_id)
         failure = agent_pb2.RunFailure(error=error.detail())
-        if cancelled is not None and cancelled.run_id is not None:
-            failure.state.CopyFrom(_convert.run_state(cancelled))
+        if state is not None:
+            failure.state.CopyFrom(state)
         return agent_pb2.RunEvent(failure=failure)
 
 

@@ -12,7 +12,13 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    ToolCallPart,
+    ToolReturnPart,
+)
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from synapse_fixtures.examples import _script
@@ -240,6 +246,29 @@ def _double_or_report(messages: list[ModelMessage], info: AgentInfo) -> ModelRes
 
 
 watched_agent = Agent(FunctionModel(_double_or_report), deps_type=Session)
+
+
+def _local_and_client(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    if isinstance(messages[-1], ModelRequest) and any(
+        isinstance(part, ToolReturnPart) for part in messages[-1].parts
+    ):
+        return _script.text("done")
+    return ModelResponse(
+        parts=[
+            ToolCallPart("listing", {}, tool_call_id="local"),
+            ToolCallPart("double", {"n": 21}, tool_call_id="client"),
+        ]
+    )
+
+
+# Calls its own tool, whose return UTF-8 cannot carry (a file name read with
+# surrogateescape), and a client tool `double`, together.
+unkept_agent = Agent(FunctionModel(_local_and_client))
+
+
+@unkept_agent.tool_plain
+def listing() -> str:
+    return "report-\udce9.txt"
 
 
 # -- Cost and limits ---------------------------------------------------------
