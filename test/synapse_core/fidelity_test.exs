@@ -111,6 +111,16 @@ defmodule SynapseCore.FidelityTest do
       assert [%{"loc" => ["deps", "since"], "msg" => msg, "type" => type}] = details.errors
       assert is_binary(msg) and type =~ "date"
 
+      # The values refused are nowhere in the error, its traceback included
+      # (deps may hold a secret).
+      secret = "sk-not-a-date-#{System.unique_integer([:positive])}"
+
+      assert {:error, %Error{kind: :invalid_argument} = error} =
+               Agent.run_sync(name, "who?", deps: %{name: "Ada", since: secret})
+
+      assert error.details.traceback =~ "ValidationError"
+      refute :erlang.term_to_binary(error) =~ secret
+
       # Deps with no JSON form cannot be validated either.
       assert {:error, %Error{kind: :invalid_argument, message: message}} =
                Agent.run_sync(name, "who?", deps: %{name: self()})

@@ -204,7 +204,15 @@ def type_name(exc: BaseException) -> str:
 
 
 def format_traceback(exc: BaseException) -> str:
-    """The traceback as Python prints it, chained causes included."""
+    """The traceback as Python prints it, chained causes included; but a
+    pydantic `ValidationError`'s own text, which quotes every value it refused
+    (`input_value=...`: deps may hold an API key), is its summary instead."""
+    if isinstance(exc, pydantic.ValidationError):
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return (
+            f"Traceback (most recent call last):\n{frames}"
+            f"{type_name(exc)}: {summarize_validation_error(exc)}\n"
+        )
     return "".join(traceback.format_exception(exc))
 
 
@@ -236,7 +244,7 @@ def validation_failed(
     kept = [
         {
             "loc": list(error["loc"]),
-            "msg": _head(str(error["msg"]), _MAX_ERROR_MSG_CHARS),
+            "msg": _head(_error_msg(error), _MAX_ERROR_MSG_CHARS),
             "type": error["type"],
         }
         for error in errors
