@@ -313,10 +313,7 @@ defmodule SynapseCore.Worker do
       error = Error.new(:unavailable, "the worker was unhealthy and is being replaced")
       event(:exit, %{system_time: System.system_time()}, data, %{error: error})
       event(:restart, %{delay: 0}, data, %{attempt: data.attempt})
-      data = retire(data, error, &Shepherd.stop_async/1)
-      # The drained process is no longer this worker's, as after a loss
-      # (backoff/4): info/1 and the next :start must not show it.
-      data = %{data | os_pid: nil, address: nil, stuck_threads: nil}
+      data = data |> retire(error, &Shepherd.stop_async/1) |> without_process()
       {:next_state, :backing_off, data, [{:state_timeout, 0, :restart}]}
     else
       {:keep_state_and_data, [{{:timeout, :drain}, @drain_poll, nil}]}
@@ -743,14 +740,7 @@ defmodule SynapseCore.Worker do
         do: outcome(data, :ok),
         else: data
 
-    data = %{
-      retire(data, error)
-      | attempt: attempt + 1,
-        serving_since: nil,
-        os_pid: nil,
-        address: nil,
-        stuck_threads: nil
-    }
+    data = %{without_process(retire(data, error)) | attempt: attempt + 1, serving_since: nil}
 
     {:next_state, :backing_off, data, [{:state_timeout, delay, :restart} | actions]}
   end
@@ -780,6 +770,10 @@ defmodule SynapseCore.Worker do
 
     %{data | shepherd: nil, channel: nil, pending: nil, error: error, retiring: retiring}
   end
+
+  # Before the next start: the retired process is no longer this worker's,
+  # and info/1 and the next :start must not show it.
+  defp without_process(data), do: %{data | os_pid: nil, address: nil, stuck_threads: nil}
 
   # The first start's outcome, for whoever waits for it.
   defp outcome(%{first: :pending} = data, result) do
