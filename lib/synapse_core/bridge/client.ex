@@ -70,6 +70,13 @@ defmodule SynapseCore.Bridge.Client do
   @doc false
   def declaration_names, do: Keyword.keys(@declarations)
 
+  # Elixir's reserved words: no function (the generator refuses them) and no
+  # variable (see variable/1) of a client is named so.
+  @reserved ~w(do end fn nil true false when and or not in catch rescue after else)a
+
+  @doc false
+  def reserved_words, do: @reserved
+
   @doc false
   defmacro __using__(opts) do
     quote do
@@ -260,8 +267,6 @@ defmodule SynapseCore.Bridge.Client do
       else: {candidate, MapSet.put(taken, candidate)}
   end
 
-  @reserved ~w(do end after else catch rescue when and or not in true false nil)a
-
   # A Python parameter name as an Elixir variable (only what the docs show:
   # the variables are hygienic).
   defp variable(name) do
@@ -271,9 +276,9 @@ defmodule SynapseCore.Bridge.Client do
       String.starts_with?(text, "_") or String.upcase(String.first(text)) == String.first(text) ->
         :"arg_#{text |> String.trim_leading("_") |> String.downcase()}"
 
-      # `fn` as a variable in the head does not compile; the reserved words
-      # do, but would read as code in the docs' signature.
-      name in [:server, :opts, :fn | @reserved] ->
+      # A reserved word as a variable in the head either does not compile
+      # (`fn`) or reads as code in the docs' signature.
+      name in [:server, :opts | @reserved] ->
         :"#{name}_"
 
       true ->

@@ -20,7 +20,6 @@ defmodule SynapseCore.Bridge.Generator do
     defstruct [:text]
   end
 
-  @reserved ~w(do end fn nil true false when and or not in catch rescue after else)
   # Functions every module has: a client's own of that name and arity would
   # never be called (module_info/1 is the compiler's, whatever the client defines).
   @taken ~w(module_info)
@@ -104,8 +103,9 @@ defmodule SynapseCore.Bridge.Generator do
       not String.match?(elixir, ~r/^[a-z_][a-zA-Z0-9_]*$/) or String.starts_with?(elixir, "__") ->
         {:halt, {:error, "#{ir["module"]}.#{python}: #{inspect(elixir)} #{rename_hint()}"}}
 
-      elixir in @reserved or elixir in @taken or
-          String.to_atom(elixir) in SynapseCore.Bridge.Client.declaration_names() ->
+      elixir in @taken or
+          String.to_atom(elixir) in (SynapseCore.Bridge.Client.reserved_words() ++
+                                       SynapseCore.Bridge.Client.declaration_names()) ->
         {:halt,
          {:error,
           "#{ir["module"]}.#{python}: the Elixir client cannot define a function named " <>
