@@ -161,8 +161,7 @@ defmodule SynapseCore.Remote do
     :erpc.call(node, __MODULE__, :start_relay, [guard, self(), ref, call], @start_timeout)
   catch
     :error, {:erpc, reason} ->
-      {:unreachable,
-       Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
+      unreachable(node, reason)
 
     # `start_relay` raised there: what it raised, not where (its stacktrace
     # may hold the call's arguments).
@@ -171,9 +170,13 @@ defmodule SynapseCore.Remote do
       {:error, Error.new(:internal, "the relay on #{node} failed to start: #{message}")}
 
     :exit, reason ->
+      unreachable(node, reason)
+  end
+
+  defp unreachable(node, reason),
+    do:
       {:unreachable,
        Error.new(:unavailable, "node #{node} cannot be reached: #{inspect(reason)}")}
-  end
 
   # The relay's messages reach the receiver through a guard on this node,
   # which knows whether the final one came: if the relay is lost first (its
