@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from conftest import TOKEN, AgentClient, TlsFiles, error_detail, tls_channel
+from conftest import TOKEN, AgentClient, Served, TlsFiles, error_detail, tls_channel
 from synapse_python._errors import kind_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -352,3 +353,21 @@ async def test_an_agent_that_does_not_load_stops_the_worker_before_readiness(
         assert await worker.exit_code() == 78
         assert await worker.process.stdout.read() == b""
         assert "RuntimeError: boom at import" in worker.stderr()
+
+
+async def test_what_the_worker_loads_is_kept_out_of_the_collectors_walks(tmp_path: Path) -> None:
+    # Loaded by RPC once the worker serves, as SynapseCore.Worker loads agents.
+    async with worker_process(tmp_path) as worker:
+        address = await worker.ready_address()
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AgentClient(channel)
+            await client.load_agent("heap", ref="synapse_fixtures.heap:heap_agent")
+            report = json.loads((await client.run_sync("heap", "hi")).text)
+    assert report["agent_frozen"] is True
+    assert report["frozen_objects"] > 10_000  # pydantic-ai and the rest, frozen at start
+
+
+async def test_an_embedded_worker_leaves_its_programs_collector_alone(served: Served) -> None:
+    await served.client.load_agent("heap", ref="synapse_fixtures.heap:heap_agent")
+    report = json.loads((await served.client.run_sync("heap", "hi")).text)
+    assert report == {"agent_frozen": False, "frozen_objects": 0}

@@ -84,8 +84,11 @@ class AgentService:
     its last event (`RunFailure`), not a status: see `_run`.
     """
 
-    def __init__(self, registry: _agents.AgentRegistry) -> None:
+    def __init__(
+        self, registry: _agents.AgentRegistry, loaded: Callable[[], None] | None = None
+    ) -> None:
         self._registry = registry
+        self._loaded = loaded  # called after each agent this service loads
 
     @_reports_errors
     async def LoadAgent(  # named as in agent.proto
@@ -128,6 +131,8 @@ class AgentService:
             raise _errors.load_failed(exc) from exc
         self._registry.put(loaded)
         logger.info("loaded agent %r (%s)", loaded.agent_id, loaded.output_kind)
+        if self._loaded is not None:
+            self._loaded()
         return agent_pb2.LoadAgentResponse(
             agent_id=loaded.agent_id, name=loaded.name, output_kind=loaded.output_kind
         )

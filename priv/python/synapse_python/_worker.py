@@ -17,7 +17,17 @@ from grpc_health.v1.health import aio as health_aio
 from pydantic_ai import Agent
 from pydantic_ai.agent import AbstractAgent
 
-from synapse_python import _agents, _auth, _lane, _logging, _probe, _server, _service, _threads
+from synapse_python import (
+    _agents,
+    _auth,
+    _heap,
+    _lane,
+    _logging,
+    _probe,
+    _server,
+    _service,
+    _threads,
+)
 from synapse_python._server import DEFAULT_SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -150,6 +160,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._healthy = True
         self._health_update: asyncio.Future[None] | None = None
+        # Set by `serve`, whose process is the worker's own: what it loads
+        # is then settled out of the collector's way (`_heap`).
+        self._owns_process = False
 
     def __repr__(self) -> str:
         return (
@@ -181,6 +194,11 @@ class Worker:
         self._registry.put(
             await _agents.load(agent_id, source, model=model, deps_factory=deps_factory)
         )
+
+    def _loaded(self) -> None:
+        """After an agent is loaded: a process of the worker's own settles its heap."""
+        if self._owns_process:
+            _heap.settle()
 
     def load_bridge(self, bridge: str | BridgeService) -> BridgeService:
         """Serve a generated Synapse Bridge too (before `start`).
@@ -305,7 +323,9 @@ class Worker:
     ) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
         """Every service this worker serves: method handlers by method name, by service."""
         services = _ServiceTables()
-        _, table = _service.generic_handler(_service.AgentService(self._registry))
+        _, table = _service.generic_handler(
+            _service.AgentService(self._registry, loaded=self._loaded)
+        )
         services.add_registered_method_handlers(_service.SERVICE_NAME, table)
         services.add_registered_method_handlers(_probe.SERVICE_NAME, _probe.method_table())
         for name, bridge in self._bridges.items():
@@ -461,6 +481,10 @@ async def serve(
         if stopping.is_set():
             return
         address = await worker.start(listen, allow_remote=allow_remote, lane=lane)
+        # Everything imported and loaded so far (agents, bridged modules) lives
+        # as long as the process: out of the collector's way before any call.
+        worker._owns_process = True
+        _heap.settle()
         try:
             _server.announce_ready(address)
             await stopping.wait()
