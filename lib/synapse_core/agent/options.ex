@@ -84,6 +84,13 @@ defmodule SynapseCore.Agent.Options do
                                "LIMIT_DEFAULT_MAX_MESSAGE_BYTES"
                              )
 
+  # What a lane's connection holds back at least before it refuses new
+  # calls (see `:transport`).
+  @lane_backlog_floor_bytes SynapseCore.Proto.enum_value(
+                              "Limit",
+                              "LIMIT_LANE_BACKLOG_FLOOR_BYTES"
+                            )
+
   @doc "The default of `:max_message_bytes` (the wire contract's `Limit`)."
   @spec default_max_message_bytes() :: pos_integer()
   def default_max_message_bytes, do: @default_max_message_bytes
@@ -246,7 +253,13 @@ defmodule SynapseCore.Agent.Options do
       services with far less work per call (one length-prefixed frame each
       way for a unary call). `:grpc`: one gRPC call per call, as remote
       workers are always reached. Both carry the same messages with the
-      same deadlines, cancellation, back-pressure, size limit and errors.
+      same deadlines, cancellation, back-pressure, size limit and errors;
+      but where HTTP/2's flow control holds back the requests of a worker
+      that does not read them (its event loop blocked), the lane holds back
+      at most the larger of `:max_message_bytes` and
+      #{div(@lane_backlog_floor_bytes, 1024 * 1024)} MiB per connection,
+      and refuses later calls at once with `:unavailable` until the worker
+      reads again or is replaced.
       """
     ],
     remote: [

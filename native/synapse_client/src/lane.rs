@@ -18,6 +18,14 @@
 //! A call dropped before its end (its caller gave up, its deadline passed)
 //! sends `cancel`, which cancels the handler's task in the worker.
 //!
+//! What a connection holds back, waiting to be written, is bounded for new
+//! calls ([`backlog_limit`]): a worker that stops reading its socket (its
+//! event loop blocked) would otherwise have every later call's request
+//! kept in memory here, long after the call itself has ended. Past the
+//! limit a new call fails at once with [`Code::Unavailable`]; the frames of
+//! calls already made (their cancels, further requests, credit) are always
+//! taken, so that none of them loses its cancel or its answer.
+//!
 //! A unary call may also be made with [`Lane::call`], for callers that
 //! should not need a task of their own per call: its [`Answer`] is handed
 //! its [`Outcome`] by whichever side ends the call (the connection's reader
@@ -53,7 +61,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
 use crate::error::DETAIL_KEY;
-use crate::proto::{lane_frame, LaneFrame, LaneHello, LaneStart, LaneStatus};
+use crate::proto::{lane_frame, LaneFrame, LaneHello, LaneStart, LaneStatus, Limit};
 
 /// Room for a frame's own fields around a message of the maximum size (as
 /// the worker allows).
@@ -61,6 +69,25 @@ const FRAME_SLACK: usize = 64 * 1024;
 /// Responses a streamed call may have on their way before its reader takes
 /// them: it gives credit back as it reads.
 const WINDOW: u32 = 32;
+
+/// How many bytes may wait to be written on a connection (what the socket
+/// did not take: its worker does not read them yet) before the connection
+/// takes no new call: the larger of the maximum message size and the
+/// contract's [`Limit::LaneBacklogFloorBytes`] (16 MiB).
+///
+/// Why so much: a worker that reads but is busy for a moment (its loop runs
+/// other calls between two reads) falls behind a burst of calls, and a call
+/// refused then is one that gRPC's flow control would only have delayed;
+/// a caller who raised the maximum message size sends bursts of messages
+/// that large. Why no more: this is what a worker that does not read at
+/// all costs the BEAM, per connection: the limit, plus the last call taken
+/// under it (one message, at most the maximum), plus the frames of the
+/// calls already made, which are always taken (a cancel, a tool result,
+/// credit: each of a call in flight, none of a new one).
+pub fn backlog_limit(max_message_bytes: usize) -> usize {
+    let floor = usize::try_from(Limit::LaneBacklogFloorBytes as i32).unwrap_or(usize::MAX);
+    max_message_bytes.max(floor)
+}
 
 /// Where a lane keeps a connection: none until the first call.
 type Slot = Mutex<Option<Arc<Connection>>>;
@@ -150,7 +177,15 @@ impl Lane {
                 Route::Answer(answer, _) => (status, answer),
                 _ => unreachable!("the route given back is the one registered"),
             })?;
-        connection.send(id, start(method, request, timeout, 0));
+        if let Err(status) = connection.send_start([(id, start(method, request, timeout, 0))]) {
+            match connection.lock().take_waiting(id) {
+                Some(Waiting::Answer(answer)) => return Err((status, answer)),
+                Some(Waiting::Handled(_)) => unreachable!("the call registered is answered"),
+                // Ended meanwhile (its deadline, `Lane::abandon`, the
+                // connection's end), its answer told: nothing left to refuse.
+                None => {}
+            }
+        }
         Ok(Ticket {
             connection: Arc::downgrade(&connection),
             id,
@@ -189,10 +224,16 @@ impl Lane {
         let id = connection
             .register_waiting(route, deadline)
             .map_err(|(status, _)| status)?;
-        connection.send_frames([
+        if let Err(status) = connection.send_start([
             (id, start(method, Vec::new(), timeout, WINDOW)),
             (id, lane_frame::Body::Message(first)),
-        ]);
+        ]) {
+            // Withdrawn untold: the caller has the failure. Ended meanwhile
+            // (as in `Lane::call`), its handler was told how.
+            if connection.lock().take_waiting(id).is_some() {
+                return Err(status);
+            }
+        }
         let requests = Requests(Arc::new(Writer {
             connection: Arc::downgrade(&connection),
             id,
@@ -280,7 +321,10 @@ impl Lane {
         let id = connection.register(route)?;
         let start = (id, start(method, message, timeout, WINDOW));
         let first = first.map(|request| (id, lane_frame::Body::Message(request)));
-        connection.send_frames(std::iter::once(start).chain(first));
+        if let Err(status) = connection.send_start(std::iter::once(start).chain(first)) {
+            connection.lock().remove(id);
+            return Err(status);
+        }
         Ok(Open {
             connection,
             id,
@@ -312,7 +356,7 @@ impl Lane {
                 let connection = Connection::start(
                     self.path.clone(),
                     self.authorization.clone(),
-                    self.max_message_bytes + FRAME_SLACK,
+                    self.max_message_bytes,
                     reader.cloned(),
                 );
                 *slot = Some(connection.clone());
@@ -590,6 +634,8 @@ impl Calls {
 struct Connection {
     calls: Mutex<Calls>,
     output: Arc<Output>,
+    /// [`backlog_limit`]: past it, new calls are refused.
+    backlog: usize,
     /// Wakes the deadline timer: a deadline earlier than the one it waits
     /// for.
     timer: Arc<Notify>,
@@ -609,8 +655,18 @@ struct Output {
 struct Pending {
     /// Frames waiting to be written, in order.
     bytes: Vec<u8>,
+    /// What the socket has not taken yet of the frames the writer took out
+    /// of `bytes` to write: they wait too.
+    writing: usize,
     /// The writer is writing: calls leave their frames to it.
     flushing: bool,
+}
+
+impl Pending {
+    /// The bytes waiting to be written.
+    fn waiting(&self) -> usize {
+        self.bytes.len() + self.writing
+    }
 }
 
 impl Drop for Connection {
@@ -697,13 +753,14 @@ impl Connection {
     fn start(
         path: PathBuf,
         authorization: Option<String>,
-        max_frame: usize,
+        max_message_bytes: usize,
         reader: Option<Arc<dyn Reader>>,
     ) -> Arc<Self> {
         let output = Arc::new(Output {
             socket: OnceLock::new(),
             pending: Mutex::new(Pending {
                 bytes: Vec::new(),
+                writing: 0,
                 flushing: false,
             }),
             wake: Notify::new(),
@@ -718,6 +775,7 @@ impl Connection {
                 armed: None,
             }),
             output: output.clone(),
+            backlog: backlog_limit(max_message_bytes),
             timer: Arc::new(Notify::new()),
         });
         if let Some(authorization) = authorization {
@@ -728,7 +786,7 @@ impl Connection {
             output,
             connection.timer.clone(),
             path,
-            max_frame,
+            max_message_bytes + FRAME_SLACK,
             reader,
         ));
         connection
@@ -839,21 +897,31 @@ impl Connection {
         self.send_frames([(call, body)]);
     }
 
-    /// Writes frames, in order, as one write.
+    /// Writes frames of calls already on the connection, in order, as one
+    /// write, however many bytes wait before them.
     fn send_frames(&self, frames: impl IntoIterator<Item = (u64, lane_frame::Body)>) {
-        let mut bytes = Vec::new();
-        for (call, body) in frames {
-            let frame = LaneFrame {
-                call,
-                body: Some(body),
-            };
-            let length = frame.encoded_len();
-            bytes.reserve(4 + length);
-            // Frames are bounded by the maximum message size, far below 4 GiB.
-            bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
-            frame.encode_raw(&mut bytes);
-        }
-        self.output.send(&bytes);
+        self.output.send(&encode(frames));
+    }
+
+    /// Writes the frames that start a call, in order, as one write; or,
+    /// when [`backlog_limit`] bytes or more wait to be written already
+    /// (the worker is not reading), writes nothing and fails the call
+    /// [`Code::Unavailable`]. Not a failure of the connection: the calls on
+    /// it go on.
+    fn send_start(
+        &self,
+        frames: impl IntoIterator<Item = (u64, lane_frame::Body)>,
+    ) -> Result<(), Status> {
+        self.output
+            .send_within(&encode(frames), self.backlog)
+            .map_err(|waiting| {
+                Status::unavailable(format!(
+                    "the worker is not reading its requests: {waiting} bytes of earlier \
+                     calls wait to be written to its lane, and no new call is sent while \
+                     {limit} or more wait (is its event loop blocked?)",
+                    limit = self.backlog
+                ))
+            })
     }
 
     /// Writes a frame of call `id` if the call is still on: false when it
@@ -980,9 +1048,49 @@ impl Connection {
     }
 }
 
+/// Frames, in order, as the bytes of one write.
+fn encode(frames: impl IntoIterator<Item = (u64, lane_frame::Body)>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (call, body) in frames {
+        let frame = LaneFrame {
+            call,
+            body: Some(body),
+        };
+        let length = frame.encoded_len();
+        bytes.reserve(4 + length);
+        // Frames are bounded by the maximum message size, far below 4 GiB.
+        bytes.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+        frame.encode_raw(&mut bytes);
+    }
+    bytes
+}
+
 impl Output {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `frame`, whatever waits before it.
     fn send(&self, frame: &[u8]) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write(&mut self.lock(), frame);
+    }
+
+    /// Writes `frame` unless `limit` bytes or more wait to be written
+    /// already: then how many do. Checked under the lock the frame is
+    /// queued under, so that calls racing each other never take more.
+    fn send_within(&self, frame: &[u8], limit: usize) -> Result<(), usize> {
+        let mut pending = self.lock();
+        let waiting = pending.waiting();
+        if waiting >= limit {
+            return Err(waiting);
+        }
+        self.write(&mut pending, frame);
+        Ok(())
+    }
+
+    /// Writes `frame` at once when nothing waits and the socket takes it;
+    /// what it does not take waits for the writer.
+    fn write(&self, pending: &mut Pending, frame: &[u8]) {
         let written = match self.socket.get() {
             Some(socket) if !pending.flushing => match socket.try_write(frame) {
                 Ok(n) => n,
@@ -1235,21 +1343,20 @@ async fn write(output: &Output) -> String {
     };
     loop {
         let batch = {
-            let mut pending = output
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut pending = output.lock();
             if pending.bytes.is_empty() {
                 pending.flushing = false;
                 None
             } else {
                 pending.flushing = true;
-                Some(std::mem::take(&mut pending.bytes))
+                let batch = std::mem::take(&mut pending.bytes);
+                pending.writing = batch.len();
+                Some(batch)
             }
         };
         match batch {
             Some(batch) => {
-                if let Err(e) = write_all(socket, &batch).await {
+                if let Err(e) = write_all(output, socket, &batch).await {
                     return format!("the lane connection failed: {e}");
                 }
             }
@@ -1263,11 +1370,15 @@ async fn write(output: &Output) -> String {
     }
 }
 
-async fn write_all(socket: &Socket, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes a batch the writer took, counting down what of it waits.
+async fn write_all(output: &Output, socket: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         socket.writable().await?;
         match socket.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
+            Ok(n) => {
+                bytes = &bytes[n..];
+                output.lock().writing = bytes.len();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
@@ -2031,6 +2142,129 @@ mod tests {
         let status = call.await.unwrap().unwrap_err();
         assert!(is_transport_failure(&status));
         assert!(status.message().contains("over the maximum"), "{status:?}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A worker that stops reading (its event loop blocked): the requests of
+    /// later calls must not pile up in the client without bound. Past
+    /// [`backlog_limit`], each new call is refused at once, by whichever
+    /// method it is made; the calls already made still send their cancels,
+    /// requests and credit, and get their answers; once the worker reads
+    /// again, new calls go out.
+    #[tokio::test]
+    async fn a_worker_that_does_not_read_gets_no_new_calls_past_the_backlog_limit() {
+        let (lane, listener, dir) = lane(None).await;
+        let limit = backlog_limit(1024);
+        // In flight before the worker stops reading: a call, a handled call.
+        let (answer, mut cancelled) = told();
+        let ticket = lane.call("/p.S/M", vec![], None, answer).ok().unwrap();
+        let (handler, mut handed) = handled();
+        let (requests, _handled, _held) = lane
+            .handled("/p.S/Bidi", b"first".to_vec(), None, handler)
+            .unwrap();
+        let mut peer = accept(&listener).await;
+        let cancelled_id = peer.next().await.call;
+        let handled_id = peer.next().await.call;
+        let _first = peer.next().await;
+        // It reads nothing more: the socket fills, then the backlog.
+        let request = vec![7; 1024 * 1024];
+        let mut admitted = Vec::new();
+        let refused = loop {
+            assert!(
+                admitted.len() < 2 * limit / request.len(),
+                "{} calls of {} bytes taken, none refused",
+                admitted.len(),
+                request.len()
+            );
+            let (answer, outcome) = told();
+            match lane.call("/p.S/Big", request.clone(), None, answer) {
+                Ok(ticket) => admitted.push((ticket, outcome)),
+                Err((status, _answer)) => {
+                    // Handed back untold.
+                    assert!(outcome.is_empty());
+                    break status;
+                }
+            }
+        };
+        assert!(admitted.len() * request.len() >= limit - 1024 * 1024);
+        // Refused, not broken: the connection and its calls go on.
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert!(!is_transport_failure(&refused));
+        assert!(
+            refused
+                .message()
+                .contains("the worker is not reading its requests"),
+            "{refused:?}"
+        );
+        assert_eq!(Error::from_status(&refused).kind_name(), "unavailable");
+        // Every way of making a call.
+        let (other, _) = handled();
+        let handled_refusal = lane
+            .handled("/p.S/Refused", vec![], None, other)
+            .err()
+            .unwrap();
+        let streaming_refusal = lane.streaming("/p.S/Refused", vec![], None).err().unwrap();
+        let server_streaming_refusal = lane
+            .server_streaming("/p.S/Refused", vec![], None)
+            .err()
+            .unwrap();
+        let unary_refusal = lane.unary("/p.S/Refused", vec![], None).await.unwrap_err();
+        for status in [
+            handled_refusal,
+            streaming_refusal,
+            server_streaming_refusal,
+            unary_refusal,
+        ] {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        }
+        // The calls already made still send what they have to: a request,
+        // a cancel, credit for the responses taken.
+        assert!(requests.send(b"tool result".to_vec()));
+        ticket.cancel();
+        assert_eq!(cancelled.recv().await, Some("cancelled"));
+        let (big_ticket, mut big_outcome) = admitted.remove(0);
+        big_ticket.cancel();
+        assert_eq!(big_outcome.recv().await, Some("cancelled"));
+        for n in 0..WINDOW / 2 {
+            peer.send(handled_id, lane_frame::Body::Message(vec![n as u8]))
+                .await;
+            assert_eq!(handed.recv().await, Some(vec![n as u8]));
+        }
+        // The worker reads again: all of it arrives, none of the refused.
+        let mut expected = vec![
+            (
+                handled_id,
+                lane_frame::Body::Message(b"tool result".to_vec()),
+            ),
+            (cancelled_id, lane_frame::Body::Cancel(true)),
+            (big_ticket.id, lane_frame::Body::Cancel(true)),
+            (handled_id, lane_frame::Body::Credit(WINDOW / 2)),
+        ];
+        let mut started = 0;
+        while !expected.is_empty() {
+            let frame = peer.next().await;
+            let body = frame.body.clone().unwrap();
+            if let lane_frame::Body::Start(start) = &body {
+                assert_eq!(start.method, "/p.S/Big");
+                started += 1;
+                continue;
+            }
+            assert_eq!((frame.call, body), expected.remove(0));
+        }
+        // Every call taken was sent; the calls in flight are answered.
+        assert_eq!(started, admitted.len() + 1);
+        let (ticket, mut outcome) = admitted.pop().unwrap();
+        peer.send(ticket.id, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(outcome.recv().await, Some("response"));
+        // And a new call goes out.
+        let (answer, mut outcome) = told();
+        let _ticket = lane.call("/p.S/After", vec![], None, answer).ok().unwrap();
+        let frame = peer.next().await;
+        assert_eq!(start_of(&frame).method, "/p.S/After");
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(outcome.recv().await, Some("response"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pydantic_core
@@ -166,6 +167,28 @@ async def _block(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
 
 
 blocking_agent = Agent(_text_model(_block))
+
+
+# Holds the worker's event loop, as blocking code in an async function does,
+# until the test says: the prompt "hold PATH" creates PATH.held once the loop
+# is held, and lets go of it (answering "released") once PATH exists. Any
+# other prompt answers its length: requests of any size, answered once the
+# worker reads them.
+HOLD = "hold "
+
+
+async def _hold(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    prompt = _prompt(messages)
+    if not prompt.startswith(HOLD):
+        return _text(str(len(prompt)))
+    release = Path(prompt.removeprefix(HOLD))
+    release.with_name(release.name + ".held").touch()
+    while not release.exists():
+        time.sleep(0.01)  # noqa: ASYNC251 (holding the loop is the point)
+    return _text("released")
+
+
+loop_holding_agent = Agent(_text_model(_hold))
 
 
 # The prompt is "N DELAY" (e.g. "5 0.2"): streams N chunks "chunk1 ", "chunk2 ",
