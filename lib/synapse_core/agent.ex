@@ -281,7 +281,9 @@ defmodule SynapseCore.Agent do
   ready, e.g. while one restarts), `:worker_exited`, `:timeout`,
   `:output_validation_failed`, `:tool_failed`,
   `:model_http_error`, `:model_unavailable` or `:python_error`; see
-  `SynapseCore.Error`. Raises `ArgumentError` for invalid options.
+  `SynapseCore.Error`. A run that fails once it began keeps what it did in
+  the error's details (`:messages`, to resume from; see `SynapseCore.Error`).
+  Raises `ArgumentError` for invalid options.
   """
   @spec run_sync(name(), Prompt.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ [])

@@ -27,14 +27,34 @@ defmodule SynapseCore.Error do
       body, decoded when it is JSON), `:retry_after` (seconds, or `nil`),
       `:model_name`, `:provider_error_code`, `:provider_error_type`;
     * `:model_unavailable`: `:model_name` and `:phase` (`"connect"`,
-      `"write"`, `"read"`, `"pool"` or `nil`);
-    * `:timeout` and `:cancelled`, when pydantic-ai kept what the run did
-      before it stopped: `:messages` (a `SynapseCore.Messages` to resume
-      from, as `message_history:`), `:new_message_index` (where the run's
-      own messages begin in them, as in `SynapseCore.Result`:
-      `SynapseCore.Messages.slice(messages, new_message_index)` is
-      pydantic-ai's `RunCancelled.new_messages()`), `:usage` (a
-      `SynapseCore.Usage`, to bill) and `:run_id`.
+      `"write"`, `"read"`, `"pool"` or `nil`).
+
+  A run that fails once pydantic-ai's run began, whatever the kind, keeps
+  what it did as a Python caller gets it back:
+
+    * `:messages` - a `SynapseCore.Messages`, to resume from as
+      `message_history:` (with a `nil` prompt the run goes on from its last
+      request, as pydantic-ai's docs recover a failed run) or to see what
+      led to the failure. For `:timeout` and `:cancelled`, pydantic-ai's
+      `RunCancelled.all_messages()`; for any other failure
+      (`:usage_limit_exceeded`, `:model_http_error`,
+      `:output_validation_failed`, `:tool_failed`, a tool's
+      `:python_error`, deps that fail to close after the run, ...), exactly
+      the messages pydantic-ai's `capture_run_messages()` recorded of the
+      run, the request it was answering included;
+    * `:new_message_index` - where the run's own messages begin in them, as
+      in `SynapseCore.Result`: `SynapseCore.Messages.slice(messages,
+      new_message_index)` is what this run added (for `:timeout` and
+      `:cancelled`, pydantic-ai's `RunCancelled.new_messages()`);
+    * `:usage` (a `SynapseCore.Usage`, to bill) and `:run_id` - for
+      `:timeout` and `:cancelled` only: pydantic-ai gives them for no other
+      failure, and none is made up.
+
+  A failure before the run began (deps that do not validate, an unknown
+  agent, a request Synapse refuses) has none of these keys, nor has a
+  run whose messages have no JSON form (a string UTF-8 cannot encode): its
+  error is kept, and its message says that what the run did is not
+  returned, and why.
   """
 
   @type kind :: unquote(Enum.reduce(Keyword.keys(@kinds), &{:|, [], [&1, &2]}))

@@ -28,7 +28,8 @@ defmodule SynapseCore.Usage do
 
   A model that reports nothing (pydantic-ai's `TestModel` estimates) gives
   estimates or zeros. A run that fails with `:timeout` or `:cancelled`
-  carries the usage of what it did in its error's `details.usage`.
+  carries the usage of what it did in its error's `details.usage`; no
+  other failure does, as pydantic-ai gives none for them.
 
       {:ok, result} = SynapseCore.Agent.run_sync(:support, "Hi")
       result.usage.input_tokens + result.usage.output_tokens

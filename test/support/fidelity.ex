@@ -6,7 +6,8 @@ defmodule SynapseCore.Fidelity do
   #
   # A conversation is a list of turns, maps with "prompt" and optionally
   # "deps" (the data; a key present with nil means "deps: nil"), "history"
-  # (true: pass the previous turn's messages), "stream" (true: run_stream),
+  # (true: pass the previous turn's messages; after a failed turn, the
+  # messages its error kept, if any), "stream" (true: run_stream),
   # "events" (a streamed turn's kinds: "all" or a list of names),
   # a "prompt" of parts (direct_run's JSON form of them, see `prompt/1`),
   # "stream_output" (true: run_stream with `:output` events, compared with
@@ -116,7 +117,8 @@ defmodule SynapseCore.Fidelity do
 
         case run(name, turn, opts) do
           {:ok, result, events, outputs} -> {outcome(result, events, outputs), result}
-          {:error, error} -> {%{"error" => error}, previous}
+          # As a caller resumes a failed run: from what it did.
+          {:error, error} -> {%{"error" => error}, Map.get(error.details, :messages, previous)}
         end
       end)
 

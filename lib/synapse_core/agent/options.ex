@@ -499,6 +499,8 @@ defmodule SynapseCore.Agent.Options do
       handing back a short run costs beyond pydantic-ai's own work (a few
       percent of a `TestModel` run); such a result cannot be given as
       `:message_history`, and `:output_tool_return_content` is refused.
+      A failed run's error keeps what the run did either way
+      (`SynapseCore.Error`).
       """
     ],
     model_settings: [

@@ -25,8 +25,10 @@ pub enum Error {
         /// Structured data about the failure (JSON), e.g. a validation
         /// error's per-field errors.
         data: Option<Vec<u8>>,
-        /// What the run had done when it failed (a cancelled or timed-out
-        /// run), as pydantic-ai kept it.
+        /// What the run had done when it failed, once it began: a
+        /// cancelled or timed-out run's state as pydantic-ai kept it, any
+        /// other failure's messages as `capture_run_messages()` recorded
+        /// them (with no usage and no run id).
         run: Option<Box<RunState>>,
     },
     #[error("the call did not finish within its timeout")]
@@ -295,7 +297,7 @@ mod tests {
             message_count: 0,
             new_message_index: 0,
             usage: None,
-            run_id: "r1".into(),
+            run_id: Some("r1".into()),
         };
         let error = Error::from_failure(RunFailure {
             error: Some(ErrorDetail {

@@ -4,7 +4,7 @@
 //!
 //! `kind` is one of a closed set of atoms, `message` a binary for humans,
 //! `details` a map with atom keys (Python's exception type, its traceback,
-//! the gRPC status).
+//! the gRPC status, and what a failed run did).
 
 use rustler::{Atom, Encoder, Env, Term};
 use synapse_client::error::code_name;
@@ -83,15 +83,17 @@ pub fn encode<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
             );
             details = put(
                 details,
-                atoms::usage(),
-                encode_usage(env, run.usage.clone().unwrap_or_default()),
-            );
-            details = put(
-                details,
                 atoms::new_message_index(),
                 run.new_message_index.encode(env),
             );
-            details = put(details, atoms::run_id(), json::string(env, &run.run_id));
+            // Only what pydantic-ai gave (a cancelled or timed-out run's):
+            // a usage or run id the worker did not send is not made up.
+            if let Some(usage) = &run.usage {
+                details = put(details, atoms::usage(), encode_usage(env, usage.clone()));
+            }
+            if let Some(run_id) = &run.run_id {
+                details = put(details, atoms::run_id(), json::string(env, run_id));
+            }
         }
     }
     elixir_struct(

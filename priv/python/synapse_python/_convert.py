@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 import pydantic_core
 from pydantic_ai import DeferredToolRequests, ModelMessagesTypeAdapter, RunCancelled
-from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.messages import ModelMessage, ModelResponse, repair_messages
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage, UsageBase, UsageLimits
 
@@ -189,12 +189,41 @@ def run_state(cancelled: RunCancelled) -> agent_pb2.RunState:
         messages_json = cancelled.all_messages_json()
     except pydantic_core.PydanticSerializationError as exc:
         raise unrepresentable(f"the run's messages have no JSON form: {exc}") from exc
-    return agent_pb2.RunState(
+    state = agent_pb2.RunState(
         messages_json=messages_json,
         message_count=len(messages),
         new_message_index=len(messages) - len(cancelled.new_messages()),
         usage=usage(cancelled.usage, cancelled.new_messages()),
-        run_id=cancelled.run_id or "",
+    )
+    if cancelled.run_id is not None:
+        state.run_id = cancelled.run_id
+    return state
+
+
+def captured_state(
+    captured: Sequence[ModelMessage], history: Sequence[ModelMessage] | None
+) -> agent_pb2.RunState:
+    """What a run that failed otherwise than by a cancel or a timeout had
+    done: the messages pydantic-ai's `capture_run_messages()` recorded of it
+    (`captured`), written as pydantic-ai writes any list of messages; or an
+    `unrepresentable` error when they have no JSON form.
+
+    pydantic-ai puts no usage and no run id on these failures, so the state
+    has none. Where the run's own messages begin is where pydantic-ai starts
+    them: after the `history` the run was given, as the run repaired it
+    before adding to it (`repair_messages` without touching the last
+    response, which is what the run does first).
+    """
+    messages = list(captured)
+    try:
+        messages_json = ModelMessagesTypeAdapter.dump_json(messages)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise unrepresentable(f"the run's messages have no JSON form: {exc}") from exc
+    start = len(repair_messages(history, repair_last_response=False)) if history else 0
+    return agent_pb2.RunState(
+        messages_json=messages_json,
+        message_count=len(messages),
+        new_message_index=min(start, len(messages)),
     )
 
 

@@ -2,7 +2,7 @@
 
 A run's failure is its last event, a `RunFailure` carrying an `ErrorDetail`
 (kind, Python type, message, traceback, data, and the gRPC status code it
-stands for) and what pydantic-ai kept of the run (see `_run`). Every non-OK
+stands for) and what the run did (see `_run`). Every non-OK
 status this worker produces (loading agents, bridges, authentication)
 carries the `ErrorDetail` in the binary trailing metadata entry
 `synapse-error-bin`. Either way the Elixir side gets the failure as data and
@@ -32,8 +32,8 @@ prints it ("RuntimeError: boom", "my_app.errors.BankError: ..."). A
 `model_unavailable` (the provider could not be reached: connection refused,
 DNS, TLS, a transport timeout, or no answer within the model's
 `request_timeout`) carries `{"model_name": ..., "phase": "connect"}` (the
-phase when known). A `timeout` or `cancelled` run's failure carries what
-pydantic-ai kept of the run (`RunFailure.state`).
+phase when known). Whatever its kind, the failure of a run that began
+carries what the run did (`RunFailure.state`; see `_run`).
 
 `unrepresentable` is a value the client cannot hold exactly (NaN or an
 infinite float in the output): INTERNAL, named with its path.

@@ -24,10 +24,17 @@ asked of the client and waits for its decision (`_approvals`).
 
 Every failure the run meets is returned as a `failure` event, not raised:
 request problems (unknown agent, malformed fields), the run's exceptions
-(`_errors.from_run_exception`), a cancel or a `timeout_ms` passing (with
-what pydantic-ai kept of the run). Only `asyncio.CancelledError` (the
-transport cancelled the call: its deadline, the client going away, the
-server stopping) propagates, as it must.
+(`_errors.from_run_exception`), a cancel or a `timeout_ms` passing. Only
+`asyncio.CancelledError` (the transport cancelled the call: its deadline,
+the client going away, the server stopping) propagates, as it must.
+
+A failure carries what the run did (`RunFailure.state`) once pydantic-ai's
+run began, as a Python caller recovers it: a cancel or a timeout, from
+pydantic-ai's `RunCancelled` (messages, usage, run id); any other failure,
+the messages pydantic-ai's `capture_run_messages()` recorded, the run being
+wrapped in it as a Python caller wraps it (pydantic-ai exposes no usage and
+no run id for those failures: none is sent). A failure before the run began
+(deps, an unknown agent, a malformed request) has nothing to carry.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ import contextlib
 import logging
 from typing import Any
 
-from pydantic_ai import CancellationToken, RunCancelled
+from pydantic_ai import CancellationToken, RunCancelled, capture_run_messages
+from pydantic_ai.messages import ModelMessage
 
 from synapse_python import (
     _agents,
@@ -74,6 +82,10 @@ class Run:
         self._tools: _client_tools.ClientTools | None = None
         self._approvals: _approvals.InlineApprovals | None = None
         self._cancellation = CancellationToken()
+        # What pydantic-ai's `capture_run_messages()` records of the run, and
+        # the history it was given; both set once the run is started.
+        self._captured: list[ModelMessage] = []
+        self._history: list[ModelMessage] | None = None
         # Why the run must stop, when the client broke the protocol mid-run.
         self._protocol_error: _errors.SynapseError | None = None
         # The client half-closed before the run had its tools and approvals
@@ -127,9 +139,14 @@ class Run:
                 request.deps_json if request.HasField("deps_json") else None,
                 request.deps_error,
             )
-            result = await loaded.agent.run(
-                **arguments, deps=deps, cancellation_token=self._cancellation
-            )
+            self._history = arguments["message_history"]
+            # Around the run only: a run made elsewhere (by a deps factory)
+            # must not be the one recorded. The list outlives the block: a
+            # deps' exit failing after the run still has it.
+            with capture_run_messages() as self._captured:
+                result = await loaded.agent.run(
+                    **arguments, deps=deps, cancellation_token=self._cancellation
+                )
         if relay is not None:
             await relay.final_output(result.output)
         content = (
@@ -203,18 +220,21 @@ class Run:
         self, error: _errors.SynapseError, cancelled: RunCancelled | None = None
     ) -> agent_pb2.RunEvent:
         state = unkept = None
-        if cancelled is not None and cancelled.run_id is not None:
-            try:
-                state = _convert.run_state(cancelled)
-            except _errors.SynapseError as exc:
-                # What the run kept cannot cross (a string UTF-8 cannot
-                # encode): the failure is still the run's, without it.
-                unkept = exc
+        try:
+            if cancelled is not None:
+                if cancelled.run_id is not None:
+                    state = _convert.run_state(cancelled)
+            elif self._captured:
+                state = _convert.captured_state(self._captured, self._history)
+        except _errors.SynapseError as exc:
+            # What the run did cannot cross (a string UTF-8 cannot
+            # encode): the failure is still the run's, without it.
+            unkept = exc.message
         if unkept is not None:
             error = _errors.SynapseError(
                 error.code,
                 error.kind,
-                f"{error.message} (what the run did is not returned: {unkept.message})",
+                f"{error.message} (what the run did is not returned: {unkept})",
                 cause=error.cause,
                 data_json=error.data_json,
             )

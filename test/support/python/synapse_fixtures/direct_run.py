@@ -40,7 +40,11 @@ the usage of each model response), `messages_json` as text,
 `new_messages_json`, `events` for streamed turns, `outputs` for
 `stream_output` turns; a `DeferredToolRequests` output as `{"approvals":
 [call], "calls": [call]}`, each call `{"tool_call_id", "tool_name", "args",
-"metadata", "kind"}`) or `{"error": {"type": ..., "message": ...}}`.
+"metadata", "kind"}`) or `{"error": {"type": ..., "message": ...}}`. Each
+run is made in `capture_run_messages()`, as a Python caller keeps what a
+failing run did: an error whose run had recorded messages has them as
+`"messages_json"` (pydantic-ai's JSON of them, as text), and they are the
+history a next turn with `history` gets.
 
 A streamed turn's `events` are pydantic-ai's events in the form the
 Elixir side of the test gives Synapse's (`SynapseCore.Fidelity`), written
@@ -78,6 +82,7 @@ from pydantic_ai import (
     ToolApproved,
     ToolDenied,
     ToolFailed,
+    capture_run_messages,
 )
 from pydantic_ai.messages import (
     AgentStreamEvent,
@@ -93,6 +98,7 @@ from pydantic_ai.messages import (
     FunctionToolResultEvent,
     ImageUrl,
     ModelMessage,
+    ModelMessagesTypeAdapter,
     ModelResponse,
     ModelResponsePart,
     ModelResponsePartDelta,
@@ -380,34 +386,40 @@ async def _turn(
     }
     events: list[Any] = []
     outputs: list[Any] = []
+    captured: list[ModelMessage] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
             arguments["deps"] = await _deps(
                 stack, agent, factory, turn, spec="spec" in case or "spec_file" in case
             )
             result: AgentRunResult[Any]
-            if turn.get("stream_output"):
-                async with agent.run_stream(
-                    _user_prompt(turn.get("prompt")), **arguments
-                ) as streamed:
-                    async for output in streamed.stream_output(debounce_by=None):
-                        outputs.append([_json(output), type(output).__qualname__])
-                    result = streamed.result
-            elif turn.get("stream"):
-                kept = _kept(turn)
-                focus = _Focus(kept)
-                async with agent.run_stream_events(
-                    _user_prompt(turn.get("prompt")), **arguments
-                ) as stream:
-                    async for event in stream:
-                        if isinstance(event, AgentRunResultEvent):
-                            result = event.result
-                        else:
-                            events += focus.kept(event, _event(event))
-            else:
-                result = await agent.run(_user_prompt(turn.get("prompt")), **arguments)
+            with capture_run_messages() as captured:
+                if turn.get("stream_output"):
+                    async with agent.run_stream(
+                        _user_prompt(turn.get("prompt")), **arguments
+                    ) as streamed:
+                        async for output in streamed.stream_output(debounce_by=None):
+                            outputs.append([_json(output), type(output).__qualname__])
+                        result = streamed.result
+                elif turn.get("stream"):
+                    kept = _kept(turn)
+                    focus = _Focus(kept)
+                    async with agent.run_stream_events(
+                        _user_prompt(turn.get("prompt")), **arguments
+                    ) as stream:
+                        async for event in stream:
+                            if isinstance(event, AgentRunResultEvent):
+                                result = event.result
+                            else:
+                                events += focus.kept(event, _event(event))
+                else:
+                    result = await agent.run(_user_prompt(turn.get("prompt")), **arguments)
     except Exception as exc:
-        return {"error": {"type": type(exc).__name__, "message": str(exc)}}, history
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        if not captured:
+            return {"error": error}, history
+        error["messages_json"] = ModelMessagesTypeAdapter.dump_json(captured).decode()
+        return {"error": error}, captured
     content = turn.get("output_tool_return_content")
     outcome = {
         "output": _output(result.output),
