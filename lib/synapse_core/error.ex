@@ -52,9 +52,10 @@ defmodule SynapseCore.Error do
 
   A failure before the run began (deps that do not validate, an unknown
   agent, a request Synapse refuses) has none of these keys, nor has a
-  run whose messages have no JSON form (a string UTF-8 cannot encode): its
-  error is kept, and its message says that what the run did is not
-  returned, and why.
+  run whose messages have no JSON form (a string UTF-8 cannot encode) or
+  would make its failure larger than `:max_message_bytes`: its error is
+  kept, and its message says that what the run did is not returned, and
+  why.
   """
 
   @type kind :: unquote(Enum.reduce(Keyword.keys(@kinds), &{:|, [], [&1, &2]}))

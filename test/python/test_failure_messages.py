@@ -240,3 +240,31 @@ async def test_messages_with_no_json_form_do_not_lose_the_error() -> None:
     assert failure.error.message.startswith("RuntimeError: the tool exploded")
     assert "what the run did is not returned" in failure.error.message
     assert not failure.HasField("state")
+
+
+@pytest.mark.parametrize("way", ["raise", "cancel"])
+async def test_what_a_run_did_over_the_message_size_does_not_lose_the_error(way: str) -> None:
+    started = asyncio.Event()
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if way == "cancel":
+            started.set()
+            await asyncio.sleep(30)
+        raise RuntimeError("the model failed")
+
+    registry = await registry_with(Agent(FunctionModel(model)))
+    request = agent_pb2.RunRequest(agent_id="a", prompt="x" * 8_000)
+    run = _run.Run(registry, request, send, quiet=True, max_message_bytes=6_000)
+    execution = asyncio.create_task(run.execute())
+    if way == "cancel":
+        await started.wait()
+        run.cancel()
+
+    failure = (await execution).failure
+
+    kind = "cancelled" if way == "cancel" else "python_error"
+    assert kind_name(failure.error.kind) == kind
+    assert "what the run did is not returned" in failure.error.message
+    assert "over the 6000 of max_message_bytes" in failure.error.message
+    assert not failure.HasField("state")
+    assert agent_pb2.RunEvent(failure=failure).ByteSize() <= 6_000

@@ -165,6 +165,21 @@ defmodule SynapseCore.FailureMessagesTest do
     refute Map.has_key?(details, :messages)
   end
 
+  test "what a run did that is over the size a message may have does not lose the failure" do
+    name = start_agent!(max_message_bytes: 4_000)
+    {:ok, first} = Agent.run_sync(name, String.duplicate("x", 2_500))
+
+    # The request (that history, and a prompt) fits; the history with what
+    # the run added to it does not.
+    assert {:error, %Error{kind: :python_error, message: message, details: details}} =
+             Agent.run_sync(name, "explode", message_history: first)
+
+    assert message =~ "RuntimeError: the tool exploded"
+    assert message =~ "what the run did is not returned"
+    assert message =~ "max_message_bytes"
+    refute Map.has_key?(details, :messages)
+  end
+
   test "a timed-out run still keeps pydantic-ai's usage and run id" do
     name = start_agent!()
 

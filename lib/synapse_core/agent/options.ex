@@ -241,7 +241,9 @@ defmodule SynapseCore.Agent.Options do
       doc: """
       the largest message, in bytes, either way between the BEAM and a
       worker. Larger requests are refused before they are sent, larger
-      replies fail the call; both with `:resource_exhausted`.
+      replies fail the call; both with `:resource_exhausted`. A failed
+      run whose messages would make its error larger keeps its own error,
+      without them (`SynapseCore.Error`).
       """
     ],
     transport: [

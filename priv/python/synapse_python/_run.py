@@ -34,7 +34,10 @@ pydantic-ai's `RunCancelled` (messages, usage, run id); any other failure,
 the messages pydantic-ai's `capture_run_messages()` recorded, the run being
 wrapped in it as a Python caller wraps it (pydantic-ai exposes no usage and
 no run id for those failures: none is sent). A failure before the run began
-(deps, an unknown agent, a malformed request) has nothing to carry.
+(deps, an unknown agent, a malformed request) has nothing to carry; nor has
+one whose messages have no JSON form, or would make the failure larger
+than the transport lets a message be (`max_message_bytes`): its error says
+so, rather than be lost to the transport's RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -74,8 +77,11 @@ class Run:
         send: Send,
         *,
         quiet: bool,
+        max_message_bytes: int | None = None,
     ) -> None:
         self._registry = registry
+        # The size the transport lets the run's last event have (None: any).
+        self._max_message_bytes = max_message_bytes
         self._request = request
         self._send = _serialized(send)
         self._quiet = quiet
@@ -219,6 +225,9 @@ class Run:
     def _failure(
         self, error: _errors.SynapseError, cancelled: RunCancelled | None = None
     ) -> agent_pb2.RunEvent:
+        # What the run did may not cross (a string UTF-8 cannot encode,
+        # more than a message may hold): the failure is still the run's,
+        # without it, saying why.
         state = unkept = None
         try:
             if cancelled is not None:
@@ -227,9 +236,17 @@ class Run:
             elif self._captured:
                 state = _convert.captured_state(self._captured, self._history)
         except _errors.SynapseError as exc:
-            # What the run did cannot cross (a string UTF-8 cannot
-            # encode): the failure is still the run's, without it.
             unkept = exc.message
+        if state is not None and self._max_message_bytes is not None:
+            size = agent_pb2.RunEvent(
+                failure=agent_pb2.RunFailure(error=error.detail(), state=state)
+            ).ByteSize()
+            if size > self._max_message_bytes:
+                state = None
+                unkept = (
+                    f"with it the failure is {size} bytes, over the "
+                    f"{self._max_message_bytes} of max_message_bytes"
+                )
         if unkept is not None:
             error = _errors.SynapseError(
                 error.code,

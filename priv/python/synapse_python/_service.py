@@ -85,10 +85,16 @@ class AgentService:
     """
 
     def __init__(
-        self, registry: _agents.AgentRegistry, loaded: Callable[[], None] | None = None
+        self,
+        registry: _agents.AgentRegistry,
+        loaded: Callable[[], None] | None = None,
+        *,
+        max_message_bytes: int | None = None,
     ) -> None:
         self._registry = registry
         self._loaded = loaded  # called after each agent this service loads
+        # The server's cap on a message: a run's failure keeps under it.
+        self._max_message_bytes = max_message_bytes
 
     @_reports_errors
     async def LoadAgent(  # named as in agent.proto
@@ -153,7 +159,13 @@ class AgentService:
         async def no_events(event: agent_pb2.RunEvent) -> None:
             raise _errors.invalid_argument("RunSync cannot send events")
 
-        run = _run.Run(self._registry, request, no_events, quiet=True)
+        run = _run.Run(
+            self._registry,
+            request,
+            no_events,
+            quiet=True,
+            max_message_bytes=self._max_message_bytes,
+        )
         return await _cancellation_logged(run.execute(), run)
 
     async def Run(  # named as in agent.proto
@@ -192,7 +204,13 @@ class AgentService:
             return
         start = first.start
         _call_agent_id.set(start.agent_id)
-        run = _run.Run(self._registry, start, context.write, quiet=start.quiet)
+        run = _run.Run(
+            self._registry,
+            start,
+            context.write,
+            quiet=start.quiet,
+            max_message_bytes=self._max_message_bytes,
+        )
         stop_inputs = _hand_inputs(context, run)
         try:
             last = await _cancellation_logged(run.execute(), run)

@@ -324,7 +324,9 @@ class Worker:
         """Every service this worker serves: method handlers by method name, by service."""
         services = _ServiceTables()
         _, table = _service.generic_handler(
-            _service.AgentService(self._registry, loaded=self._loaded)
+            _service.AgentService(
+                self._registry, loaded=self._loaded, max_message_bytes=self._max_message_bytes
+            )
         )
         services.add_registered_method_handlers(_service.SERVICE_NAME, table)
         services.add_registered_method_handlers(_probe.SERVICE_NAME, _probe.method_table())
