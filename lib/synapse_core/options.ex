@@ -113,9 +113,16 @@ defmodule SynapseCore.Options do
     end
   end
 
-  defp proper_list?([]), do: true
-  defp proper_list?([_ | rest]), do: proper_list?(rest)
-  defp proper_list?(_other), do: false
+  @doc """
+  Whether `term` is a proper list (`[]`-terminated). An improper one
+  (`[a | b]`) passes `is_list/1` but crashes `Enum`, `length/1` and the
+  NIF's list decoding: each list a caller gives is checked with this before
+  anything walks it, so that the caller gets an error naming what is wrong.
+  """
+  @spec proper_list?(term()) :: boolean()
+  def proper_list?([]), do: true
+  def proper_list?([_ | rest]), do: proper_list?(rest)
+  def proper_list?(_other), do: false
 
   defp shape(map) when is_map(map), do: "a map with the keys #{inspect(Map.keys(map), limit: 20)}"
 

@@ -93,8 +93,9 @@ defmodule SynapseCore.Prompt do
   is sent.
 
   A prompt that is not valid (a part of an unknown type, text that is not
-  UTF-8, an unknown or ill-typed option, an empty list) fails the run with
-  an error of kind `:invalid_argument` naming the part, and nothing is sent.
+  UTF-8, an unknown or ill-typed option, an empty or improper list) fails
+  the run with an error of kind `:invalid_argument` naming the part, and
+  nothing is sent.
 
   ## Options of binary parts
 
@@ -190,6 +191,9 @@ defmodule SynapseCore.Prompt do
   end
 
   def wire([_ | _] = parts) do
+    unless Options.proper_list?(parts),
+      do: raise(ArgumentError, "the prompt is an improper list (a list of parts must end in [])")
+
     if Enum.all?(parts, &is_integer/1),
       do: raise(ArgumentError, "the prompt is a charlist: give a string (or a list of parts)")
 

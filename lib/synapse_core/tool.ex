@@ -167,6 +167,9 @@ defmodule SynapseCore.Tool do
   """
   @spec expand([t() | module()]) :: [t()]
   def expand(list) when is_list(list) do
+    unless SynapseCore.Options.proper_list?(list),
+      do: raise(ArgumentError, "expected a list of tools, got an improper list")
+
     tools = Enum.flat_map(list, &expand_one/1)
 
     case tools |> Enum.frequencies_by(& &1.name) |> Enum.filter(fn {_, n} -> n > 1 end) do

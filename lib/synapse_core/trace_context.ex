@@ -72,6 +72,14 @@ defmodule SynapseCore.TraceContext do
   def cast(nil), do: {:ok, nil}
 
   def cast(headers) when is_map(headers) or is_list(headers) do
+    if is_list(headers) and not SynapseCore.Options.proper_list?(headers),
+      do: {:error, "expected a map or a list of header pairs, got an improper list"},
+      else: cast_headers(headers)
+  end
+
+  def cast(_other), do: {:error, "expected a map of trace context headers"}
+
+  defp cast_headers(headers) do
     Enum.reduce_while(headers, {:ok, %{}}, fn
       {key, value}, {:ok, acc} when is_binary(key) and is_binary(value) ->
         key = String.downcase(key)
@@ -91,8 +99,6 @@ defmodule SynapseCore.TraceContext do
         {:halt, {:error, "expected string header names and values, got #{inspect(other)}"}}
     end)
   end
-
-  def cast(_other), do: {:error, "expected a map of trace context headers"}
 
   defp header("", _value), do: {:error, "a header name is empty"}
 

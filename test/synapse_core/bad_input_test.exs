@@ -124,6 +124,36 @@ defmodule SynapseCore.BadInputTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
   end
 
+  test "an improper list is refused as a history or a prompt, naming it, in every run mode" do
+    name = start_fixture_agent!("echo_agent")
+    {:ok, first} = Agent.run_sync(name, "hi")
+    [request | _] = Messages.decode!(first.messages)
+
+    # An option of the wrong shape raises, as every bad option does.
+    for history <- [[request | :oops], %{first | messages: [request | :oops]}],
+        run <- [&Agent.run_sync/3, &Agent.run/3, &Agent.run_stream/3] do
+      assert_raise ArgumentError, ~r/invalid :message_history option: .*improper list/, fn ->
+        run.(name, "hi", message_history: history)
+      end
+    end
+
+    # A prompt that is not valid is an :invalid_argument error.
+    for prompt <- [["hi" | :oops], ["hi", {:text, "there"} | "end"], [?h | ?i]] do
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Agent.run_sync(name, prompt)
+
+      assert message =~ "improper list"
+
+      assert {:error, %Error{kind: :invalid_argument}} = Agent.run(name, prompt)
+
+      assert_raise Error, ~r/improper list/, fn ->
+        name |> Agent.run_stream(prompt) |> Enum.to_list()
+      end
+    end
+
+    assert {:ok, %Result{}} = Agent.run_sync(name, "still serving", message_history: first)
+  end
+
   test "a malformed history's validation errors are data, each naming where it is, as deps' are" do
     name = start_fixture_agent!("echo_agent")
 

@@ -105,7 +105,10 @@ defmodule SynapseCore.OptionsTest do
           model_settings: [1, 2],
           usage_limits: "none",
           message_history: "none",
-          tools: :none
+          message_history: [%{"kind" => "request"} | :oops],
+          tools: :none,
+          tools: [SynapseCore.TestTools | :oops],
+          trace_context: [{"tracestate", "a=b"} | :oops]
         ] do
       test "#{key}: #{inspect(bad)} is refused before anything runs" do
         assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
@@ -114,11 +117,23 @@ defmodule SynapseCore.OptionsTest do
       end
     end
 
-    for {key, bad} <- [window: 0, window: Options.max_int32() + 1, stream_to: :name] do
+    for {key, bad} <- [
+          window: 0,
+          window: Options.max_int32() + 1,
+          stream_to: :name,
+          events: [:text_delta | :oops],
+          events: [:text_delta, :tool_call | :result]
+        ] do
       test "stream #{key}: #{inspect(bad)} is refused" do
         assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
           Agent.run_stream(:no_such_agent, "hi", [{unquote(key), unquote(Macro.escape(bad))}])
         end
+      end
+    end
+
+    test "stream_to: an improper list of pids is refused" do
+      assert_raise ArgumentError, ~r/:stream_to/, fn ->
+        Agent.run_stream(:no_such_agent, "hi", stream_to: [self() | self()])
       end
     end
 

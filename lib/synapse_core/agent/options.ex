@@ -1153,7 +1153,11 @@ defmodule SynapseCore.Agent.Options do
   def cast_history(%SynapseCore.Messages{json: json} = messages) when is_binary(json),
     do: {:ok, messages}
 
-  def cast_history(messages) when is_list(messages), do: {:ok, messages}
+  def cast_history(messages) when is_list(messages) do
+    if Options.proper_list?(messages),
+      do: {:ok, messages},
+      else: {:error, "expected a list of message maps, got an improper list"}
+  end
 
   def cast_history(_other),
     do:
@@ -1165,10 +1169,9 @@ defmodule SynapseCore.Agent.Options do
   def cast_event_kinds(:all), do: {:ok, SynapseCore.Event.kinds()}
 
   def cast_event_kinds([_ | _] = kinds) do
-    case Enum.reject(kinds, &(&1 in SynapseCore.Event.kinds())) do
-      [] -> {:ok, Enum.uniq(kinds)}
-      _unknown -> {:error, "expected :all or a list of #{inspect(SynapseCore.Event.kinds())}"}
-    end
+    if Options.proper_list?(kinds) and Enum.all?(kinds, &(&1 in SynapseCore.Event.kinds())),
+      do: {:ok, Enum.uniq(kinds)},
+      else: {:error, "expected :all or a list of #{inspect(SynapseCore.Event.kinds())}"}
   end
 
   def cast_event_kinds(_other),
