@@ -62,13 +62,18 @@ defmodule SynapseCore do
   tree, `SynapseCore.AwaitReady` does this as a child.
 
   Each worker has its agent's `:startup_timeout` to start; `timeout` bounds
-  the whole wait on top of that (default `:infinity`).
+  the whole wait on top of that (default `:infinity`). Raises
+  `ArgumentError` for a `timeout` that is not one, and for names given as
+  an improper list.
   """
   @spec await_ready(Agent.name() | [Agent.name()], timeout()) :: :ok | {:error, Error.t()}
   def await_ready(names, timeout \\ :infinity)
 
   def await_ready(names, timeout) when is_list(names) do
     timeout = SynapseCore.Options.timeout!(timeout, "await_ready/2")
+
+    unless SynapseCore.Options.proper_list?(names),
+      do: raise(ArgumentError, "expected a name or a list of names, got an improper list")
 
     Enum.reduce_while(names, :ok, fn name, :ok ->
       case await_one(name, timeout) do

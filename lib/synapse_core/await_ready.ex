@@ -35,7 +35,8 @@ defmodule SynapseCore.AwaitReady do
 
   @doc """
   A child specification: `{SynapseCore.AwaitReady, names}` or
-  `{SynapseCore.AwaitReady, names: names, timeout: ms}`.
+  `{SynapseCore.AwaitReady, names: names, timeout: ms}` (a keyword list
+  without `:names` raises `ArgumentError`).
   """
   @spec child_spec([term()] | keyword()) :: Supervisor.child_spec()
   def child_spec(arg) do
@@ -57,8 +58,17 @@ defmodule SynapseCore.AwaitReady do
   end
 
   defp names(arg) do
-    if Keyword.keyword?(arg) and arg != [],
-      do: Keyword.fetch!(arg, :names),
-      else: arg
+    cond do
+      not Keyword.keyword?(arg) or arg == [] ->
+        arg
+
+      Keyword.has_key?(arg, :names) ->
+        Keyword.fetch!(arg, :names)
+
+      true ->
+        raise ArgumentError,
+              "expected {SynapseCore.AwaitReady, names} or " <>
+                "{SynapseCore.AwaitReady, names: names, timeout: ms}, got a keyword list without :names"
+    end
   end
 end

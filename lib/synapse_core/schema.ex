@@ -99,6 +99,11 @@ defmodule SynapseCore.Schema do
   end
 
   defp field_options!(name, spec) when is_list(spec) do
+    unless Keyword.keyword?(spec) do
+      raise ArgumentError,
+            "the options of field #{inspect(name)} must be a keyword list, got: #{inspect(spec)}"
+    end
+
     unless Keyword.has_key?(spec, :type) do
       raise ArgumentError, "field #{inspect(name)} has no :type"
     end
@@ -116,7 +121,10 @@ defmodule SynapseCore.Schema do
   defp type_schema({:list, type}), do: %{"type" => "array", "items" => type_schema(type)}
   defp type_schema({:map, fields}), do: object(fields)
 
-  defp type_schema({:enum, [_ | _] = values}) do
+  defp type_schema({:enum, [_ | _] = values} = type) do
+    unless SynapseCore.Options.proper_list?(values),
+      do: raise(ArgumentError, "the values of #{inspect(type)} are an improper list")
+
     %{"enum" => Enum.map(values, &enum_value/1)}
   end
 

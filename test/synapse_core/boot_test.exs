@@ -101,4 +101,20 @@ defmodule SynapseCore.BootTest do
   test "the barrier names an agent that is not there" do
     assert {:error, %Error{kind: :unknown_agent}} = SynapseCore.await_ready([unique_name()])
   end
+
+  test "names given in a shape the barrier does not take raise ArgumentError saying so" do
+    name = start_fixture_agent!("echo_agent")
+
+    assert_raise ArgumentError, ~r/improper list/, fn ->
+      SynapseCore.await_ready([name | name])
+    end
+
+    assert_raise ArgumentError, ~r/improper list/, fn -> AwaitReady.start_link([name | name]) end
+
+    assert_raise ArgumentError, ~r/without :names/, fn ->
+      AwaitReady.start_link(timeout: 1_000)
+    end
+
+    assert :ignore = AwaitReady.start_link(names: [name], timeout: 1_000)
+  end
 end

@@ -37,7 +37,11 @@ defmodule SynapseCore.OptionsTest do
           env: [:atom],
           model: "",
           agent: "no colon",
-          tools: [:not_a_tool_module]
+          tools: [:not_a_tool_module],
+          tools: [SynapseCore.TestTools | :oops],
+          env: ["A" | "B"],
+          capabilities: [{"Thinking", [{:effort, "low"} | :oops]}],
+          capabilities: [%{"MCP" => %{"headers" => ["a" | "b"]}}]
         ] do
       test "#{key}: #{inspect(bad)} is refused, naming the option" do
         error =
@@ -156,7 +160,9 @@ defmodule SynapseCore.OptionsTest do
           timeout: 0,
           name: "has space",
           description: 5,
-          parameters: %{"type" => "array"}
+          parameters: %{"type" => "array"},
+          parameters: [a: [{:type, :integer} | :oops]],
+          parameters: [a: {:enum, ["x" | "y"]}]
         ] do
       test "#{key}: #{inspect(bad)} is refused" do
         assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->
@@ -195,6 +201,15 @@ defmodule SynapseCore.OptionsTest do
       assert_raise ArgumentError, ~r/python_path/, fn ->
         Agent.child_spec(name: :x, model: "test", python_path: ["a" | "b"])
       end
+    end
+
+    test "an improper :env list is refused without showing its entries" do
+      error =
+        assert_raise ArgumentError, ~r/:env option: .*improper list/, fn ->
+          Agent.child_spec(name: :x, model: "test", env: [{"KEY", @secret} | "B"])
+        end
+
+      refute Exception.message(error) =~ @secret
     end
 
     test "an option given twice is refused as given twice" do

@@ -958,6 +958,15 @@ defmodule SynapseCore.Agent.Options do
   def cast_env(env) when is_map(env), do: cast_env(Map.to_list(env))
 
   def cast_env(env) when is_list(env) do
+    # Only the shape is said: the entries may hold a key.
+    if Options.proper_list?(env),
+      do: cast_env_entries(env),
+      else: {:error, "expected a list or a map, got an improper list"}
+  end
+
+  def cast_env(_other), do: {:error, "expected a list or a map"}
+
+  defp cast_env_entries(env) do
     case Enum.reject(env, &env_entry?/1) do
       [] ->
         # Values kept in closures, as the token is: an inspected struct or
@@ -970,8 +979,6 @@ defmodule SynapseCore.Agent.Options do
            "got the entry #{show_entry(bad)}"}
     end
   end
-
-  def cast_env(_other), do: {:error, "expected a list or a map"}
 
   defp hide_value({name, value}), do: {name, fn -> value end}
   defp hide_value(name), do: name
@@ -1090,6 +1097,9 @@ defmodule SynapseCore.Agent.Options do
         else: arguments
 
     {:ok, %{name => worker_env_refs(arguments)}}
+  catch
+    :improper_list ->
+      {:error, "the arguments of #{inspect(name)} hold an improper list, which has no JSON form"}
   end
 
   def cast_capability(%{} = capability)
@@ -1114,7 +1124,12 @@ defmodule SynapseCore.Agent.Options do
   defp worker_env_refs(map) when is_map(map) and not is_struct(map),
     do: Map.new(map, fn {key, value} -> {key, worker_env_refs(value)} end)
 
-  defp worker_env_refs(list) when is_list(list), do: Enum.map(list, &worker_env_refs/1)
+  defp worker_env_refs(list) when is_list(list) do
+    if Options.proper_list?(list),
+      do: Enum.map(list, &worker_env_refs/1),
+      else: throw(:improper_list)
+  end
+
   defp worker_env_refs(other), do: other
 
   @doc false
