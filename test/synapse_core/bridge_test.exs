@@ -165,6 +165,19 @@ defmodule SynapseCore.BridgeTest do
              types(:scalars, [name, 1, 1.0, true, "s", <<1::3>>])
 
     assert message =~ "a bitstring that is not whole bytes"
+
+    # An improper list, at the top or nested, is refused with its place.
+    for {args, place} <- [
+          {[[1 | 2], %{}, [], []], "numbers"},
+          {[[1], %{}, [[1], [2 | 3]], []], "value"},
+          {[[1], %{}, [], [nil | 4]], "optional_items"}
+        ] do
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               types(:containers, [name | args])
+
+      assert message =~ place
+      assert message =~ "expected a list"
+    end
   end
 
   test "an unknown option is refused, naming the function's own options too", %{name: name} do
