@@ -62,13 +62,18 @@ defmodule SynapseCore.Messages do
   @doc """
   The messages from index `from` on (0-based), as pydantic-ai's
   `all_messages()[from:]` would be written: each message's bytes unchanged.
+  Raises `SynapseCore.Error` (`:invalid_argument`) for a struct whose `json`
+  is not a JSON array, which only one built by hand can be (use
+  `from_json/1`).
   """
   @spec slice(t(), non_neg_integer()) :: t()
   def slice(%__MODULE__{} = messages, 0), do: messages
 
   def slice(%__MODULE__{json: json}, from) when is_integer(from) and from >= 0 do
-    {:ok, messages} = Native.messages_slice(json, from)
-    messages
+    case Native.messages_slice(json, from) do
+      {:ok, messages} -> messages
+      {:error, error} -> raise error
+    end
   end
 
   defimpl Inspect do

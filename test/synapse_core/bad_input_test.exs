@@ -154,6 +154,16 @@ defmodule SynapseCore.BadInputTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "still serving", message_history: first)
   end
 
+  test "a history struct built by hand from text that is not a JSON array cannot be sliced" do
+    messages = %Messages{json: "not json", count: 2}
+
+    assert_raise Error, ~r/not a JSON array/, fn -> Messages.slice(messages, 1) end
+
+    assert_raise Error, fn ->
+      Result.new_messages(%Result{messages: messages, new_message_index: 1})
+    end
+  end
+
   test "a malformed history's validation errors are data, each naming where it is, as deps' are" do
     name = start_fixture_agent!("echo_agent")
 
