@@ -27,7 +27,8 @@ defmodule SynapseCore.MixProject do
   def application do
     [
       mod: {SynapseCore.Application, []},
-      extra_applications: [:logger]
+      # :public_key checks the TLS options' CA certificates.
+      extra_applications: [:logger, :public_key]
     ]
   end
 

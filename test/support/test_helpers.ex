@@ -51,6 +51,16 @@ defmodule SynapseCore.TestHelpers do
   def unique_name, do: :"agent_#{System.unique_integer([:positive])}"
 
   @doc """
+  A throwaway self-signed certificate as PEM, for `tls: [ca: {:pem, pem}]`
+  where no connection is made (no worker listens): the option takes only
+  certificates that parse.
+  """
+  def test_ca_pem do
+    %{cert: der} = :public_key.pkix_test_root_cert(~c"Synapse test CA", [])
+    :public_key.pem_encode([{:Certificate, der, :not_encrypted}])
+  end
+
+  @doc """
   A path for a temporary directory, unique on this machine: other test runs
   (other checkouts) may be running at the same time, and
   `System.unique_integer/1` is unique within one VM only.

@@ -24,7 +24,7 @@ defmodule SynapseCore.SecretsTest do
         # Nothing listens there: connecting is lazy, and these tests are
         # about what happens before and around it.
         remote: ["tcp://127.0.0.1:1"],
-        tls: [ca: {:pem, "-----BEGIN CERTIFICATE-----\n"}, server_name: "localhost"],
+        tls: [ca: {:pem, test_ca_pem()}, server_name: "localhost"],
         token: @token,
         max_backoff: 200
       ],

@@ -102,7 +102,11 @@ defmodule SynapseCore.Agent.Options do
       required: true,
       # Not shown in errors: a private key given here by mistake would be.
       secret: true,
-      doc: "the CA certificates the worker's certificate must chain to."
+      doc: """
+      the CA certificates the worker's certificate must chain to. Each
+      must parse as an X.509 certificate, and a private key in the file is
+      refused; anything else around them (comments, CRLs) is left out.
+      """
     ],
     server_name: [
       type: {:custom, &__MODULE__.cast_server_name/1, "a DNS name or an IP address"},
@@ -279,8 +283,9 @@ defmodule SynapseCore.Agent.Options do
       doc_type: "a keyword list: `:ca` (required) and `:server_name`",
       doc: """
       for `:remote` workers: `ca:` the CA certificates, as a PEM file path
-      or `{:pem, pem}`; `server_name:` the name their certificate is valid
-      for (defaults to the host).
+      or `{:pem, pem}` (each must parse as an X.509 certificate; a private
+      key in it is refused); `server_name:` the name their certificate is
+      valid for (defaults to the host).
       """
     ],
     token: [
@@ -913,17 +918,19 @@ defmodule SynapseCore.Agent.Options do
   @ports 1..65_535
 
   @doc false
-  # A CA without a certificate (a key file given by mistake, a DER file) is
-  # refused here: TLS would only fail at the first connection, and not at
-  # all while the worker is not up. The error never quotes the content.
+  # A CA that is not certificates (a key file given by mistake, a DER file,
+  # a CERTIFICATE block whose content is not one) is refused here: TLS would
+  # only fail at the first connection, and not at all while the worker is
+  # not up (rustls drops a certificate it cannot parse, and then trusts
+  # nothing). The error never quotes the content.
   def cast_ca({:pem, pem}) when is_binary(pem) and pem != "" do
-    if certificate?(pem), do: {:ok, pem}, else: {:error, "the PEM holds no certificate"}
+    with {:error, problem} <- certificates(pem), do: {:error, "the PEM #{problem}"}
   end
 
   def cast_ca(path) when is_binary(path) do
     case File.read(path) do
       {:ok, pem} ->
-        if certificate?(pem), do: {:ok, pem}, else: {:error, "#{path} holds no PEM certificate"}
+        with {:error, problem} <- certificates(pem), do: {:error, "#{path} #{problem}"}
 
       {:error, reason} ->
         {:error, "cannot read #{path}: #{:file.format_error(reason)}"}
@@ -932,7 +939,48 @@ defmodule SynapseCore.Agent.Options do
 
   def cast_ca(_other), do: {:error, "expected a PEM file path or {:pem, pem}"}
 
-  defp certificate?(pem), do: String.contains?(pem, "-----BEGIN CERTIFICATE-----")
+  @private_keys [
+    :RSAPrivateKey,
+    :DSAPrivateKey,
+    :ECPrivateKey,
+    :PrivateKeyInfo,
+    :EncryptedPrivateKeyInfo
+  ]
+
+  # The certificates of a PEM text, each one parsed as X.509, written again
+  # as PEM: what reaches the NIF is what was checked, and nothing else of
+  # the text (a private key, which must not sit in a term, is refused).
+  defp certificates(pem) do
+    entries = :public_key.pem_decode(pem)
+    certificates = for {:Certificate, _der, _encryption} = entry <- entries, do: entry
+
+    cond do
+      Enum.any?(entries, &(elem(&1, 0) in @private_keys)) ->
+        {:error, "holds a private key (not shown): a CA file holds certificates only"}
+
+      certificates == [] ->
+        {:error, "holds no PEM certificate"}
+
+      index = Enum.find_index(certificates, &(not x509?(&1))) ->
+        {:error,
+         "holds a CERTIFICATE block (number #{index + 1}) that is not an X.509 certificate"}
+
+      true ->
+        {:ok, :public_key.pem_encode(certificates)}
+    end
+  rescue
+    # A block whose base64 is broken, or that does not end.
+    _ -> {:error, "is not valid PEM"}
+  end
+
+  defp x509?({:Certificate, der, :not_encrypted}) do
+    _ = :public_key.pkix_decode_cert(der, :plain)
+    true
+  rescue
+    _ -> false
+  end
+
+  defp x509?(_encrypted), do: false
 
   # Checked here: TLS takes no other name, and refused one only at the
   # first connection, as "bad TLS settings: transport error".
