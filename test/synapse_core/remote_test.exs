@@ -391,6 +391,35 @@ defmodule SynapseCore.RemoteTest do
     end
   end
 
+  # Accepted before: one process attached as two workers of the pool, each
+  # counting only its own calls in flight, got twice its share of calls.
+  test "an address given twice is refused, however it is spelled", tls do
+    for {remote, named} <- [
+          {["tcp://gpu-box:7100", "tcp://other:7100", "tcp://gpu-box:7100"],
+           "tcp://gpu-box:7100"},
+          {["tcp://gpu-box:7100", "tcp://GPU-Box.:07100"], "tcp://GPU-Box.:07100"},
+          {["tcp://[::1]:7100", "tcp://[0:0::1]:7100"], "tcp://[0:0::1]:7100"},
+          {["tcp://10.0.0.2:7100", "tcp://10.0.0.2:7100"], "tcp://10.0.0.2:7100"}
+        ] do
+      error =
+        assert_raise ArgumentError, ~r/invalid :remote option: .* is given twice/, fn ->
+          SynapseCore.Agent.child_spec(remote_options("unused", tls, remote: remote))
+        end
+
+      assert Exception.message(error) =~ named
+    end
+
+    remote = [
+      "tcp://gpu-box:7100",
+      "tcp://gpu-box:7101",
+      "tcp://10.0.0.2:7100",
+      "tcp://[::2]:7100"
+    ]
+
+    assert %{start: _} =
+             SynapseCore.Agent.child_spec(remote_options("unused", tls, remote: remote))
+  end
+
   # A remote worker restarted at the same address quickly enough that no
   # two health checks in a row failed: the worker's own health passed, and
   # every call answered :not_found "no agent loaded" for good. Here a TCP

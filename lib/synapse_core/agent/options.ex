@@ -76,6 +76,10 @@ defmodule SynapseCore.Agent.Options do
         }
 
   @max_workers 256
+
+  # A remote worker's address after "tcp://": a host (a bracketed IPv6
+  # address, or a name or IPv4 address) and a port.
+  @remote_address ~r/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$/
   # grpcio takes the limit as a C int; the lane's frame length is a u32.
   @max_message_bytes 2_147_483_647
   @external_resource SynapseCore.Proto.path()
@@ -274,8 +278,10 @@ defmodule SynapseCore.Agent.Options do
       doc_type: ~s(a list of "tcp://host:port" addresses),
       doc: """
       workers started elsewhere (`python -m synapse_python.worker --listen
-      tcp://...`) to attach, next to the `:workers` started here. They are
-      reached over TLS with a bearer token: `:tls` and `:token` are required.
+      tcp://...`) to attach, next to the `:workers` started here, each
+      address once (however spelled: host names are compared without case,
+      IP addresses and ports as numbers). They are reached over TLS with a
+      bearer token: `:tls` and `:token` are required.
       """
     ],
     tls: [
@@ -742,6 +748,8 @@ defmodule SynapseCore.Agent.Options do
       raise ArgumentError, "invalid :workers option: it may be 0 only with :remote workers"
     end
 
+    check_distinct_remotes!(remote)
+
     {tls, token} =
       case {remote, options[:tls], options[:token]} do
         {[], _tls, _token} ->
@@ -781,6 +789,45 @@ defmodule SynapseCore.Agent.Options do
       max_stuck_threads: options.max_stuck_threads,
       transport: options.transport
     }
+  end
+
+  # Each address is one worker of the pool: the same process attached twice
+  # would be two workers to the pool, each counting only its own calls in
+  # flight, and would get twice its share of calls.
+  defp check_distinct_remotes!(remote) do
+    Enum.reduce(remote, %{}, fn address, seen ->
+      key = remote_key(address)
+
+      case seen do
+        %{^key => first} ->
+          also = if first == address, do: "", else: " (as #{first})"
+
+          raise ArgumentError,
+                "invalid :remote option: #{address} is given twice#{also}; " <>
+                  "each address is one worker, attached once"
+
+        %{} ->
+          Map.put(seen, key, address)
+      end
+    end)
+
+    :ok
+  end
+
+  # Where an address leads, whatever its spelling: DNS names are not case
+  # sensitive, an IP address may be written several ways, a port may have
+  # leading zeros.
+  defp remote_key("tcp://" <> host_port) do
+    [_, host, port] = Regex.run(@remote_address, host_port)
+    host = host |> String.trim_leading("[") |> String.trim_trailing("]")
+
+    case :inet.parse_strict_address(String.to_charlist(host)) do
+      {:ok, ip} ->
+        {ip, String.to_integer(port)}
+
+      {:error, _} ->
+        {host |> String.downcase() |> String.trim_trailing("."), String.to_integer(port)}
+    end
   end
 
   defp configured_log_level do
@@ -1058,8 +1105,8 @@ defmodule SynapseCore.Agent.Options do
   # no port as HTTPS's 443 and a path or a port beyond 65535 as
   # unreachable, and retry such an address forever as `:unavailable`.
   def cast_remote("tcp://" <> host_port = address) do
-    case Regex.run(~r/^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$/, host_port) do
-      [_, port] ->
+    case Regex.run(@remote_address, host_port) do
+      [_, _host, port] ->
         if String.to_integer(port) in @ports,
           do: {:ok, address},
           else: {:error, "expected a port #{ports_text()}"}
