@@ -74,26 +74,35 @@ defmodule SynapseCore.AgentSupervisor do
   Waits for the first start of every worker of `supervisor`, which was
   given `ready_to`: `:ok`, or the first error. The supervisor stopping
   meanwhile (`SynapseCore.stop_agent/1`) is an error too, not an exit.
+
+  Each worker is awaited by its index, not counted: a worker whose process
+  is restarted during the start (it crashed) is given the same `ready_to`
+  and reports again, and its two reports are one worker's.
   """
   @spec await_started(pid(), Options.t(), Worker.ready_to()) :: :ok | {:error, Error.t()}
   def await_started(supervisor, %Options{} = options, {alias, _starter, deadline} = ready_to) do
     monitor = Process.monitor(supervisor)
-    expected = options.workers + length(options.remote)
+    # The indexes `init/1` gives the workers: local ones, then remote ones.
+    waiting = MapSet.new(0..(options.workers + length(options.remote) - 1)//1)
 
     try do
-      collect(alias, monitor, expected, deadline)
+      collect(alias, monitor, waiting, deadline)
     after
       forget(ready_to)
       Process.demonitor(monitor, [:flush])
     end
   end
 
-  defp collect(_alias, _monitor, 0, _deadline), do: :ok
+  defp collect(alias, monitor, waiting, deadline) do
+    if MapSet.size(waiting) == 0,
+      do: :ok,
+      else: receive_report(alias, monitor, waiting, deadline)
+  end
 
-  defp collect(alias, monitor, left, deadline) do
+  defp receive_report(alias, monitor, waiting, deadline) do
     receive do
-      {^alias, _index, :ok} ->
-        collect(alias, monitor, left - 1, deadline)
+      {^alias, index, :ok} ->
+        collect(alias, monitor, MapSet.delete(waiting, index), deadline)
 
       {^alias, _index, {:error, %Error{} = error}} ->
         {:error, error}

@@ -67,6 +67,63 @@ defmodule SynapseCore.PoolTest do
     assert {:ok, %Result{}} = Agent.run_sync(name, "0")
   end
 
+  # A worker's process restarted during its agent's start (a crash of its
+  # SynapseCore.Worker, killed here) starts again with the same starter to
+  # report to, and reports a second time. Counted as two workers, that made
+  # start_agent/1 return while another worker of the pool was still loading.
+  test "a worker that reports its start twice is one worker: the start waits for every worker" do
+    name = unique_name()
+    dir = tmp_dir("synapse-held")
+    File.mkdir_p!(dir)
+    release = Path.join(dir, "release")
+
+    on_exit(fn ->
+      SynapseCore.stop_agent(name)
+      File.rm_rf!(dir)
+    end)
+
+    # One worker's import waits for the release file; the other serves.
+    starter =
+      Task.async(fn ->
+        result =
+          SynapseCore.start_agent(
+            name: name,
+            agent: "synapse_fixtures.held_start:agent",
+            python_path: [fixtures_path()],
+            env: [{"SYNAPSE_TEST_HOLD_DIR", dir}],
+            workers: 2
+          )
+
+        {result, File.exists?(release), length(Agent.workers(name))}
+      end)
+
+    [%{pid: first}] = await_workers(name, 1)
+    Process.exit(first, :kill)
+
+    [%{pid: again}] =
+      eventually(
+        fn ->
+          workers = Agent.workers(name)
+          match?([%{pid: pid}] when pid != first, workers) && workers
+        end,
+        30_000
+      )
+
+    # It serves, so it has reported (a call it answers comes after that);
+    # once the starter has taken the report, it still waits for the held worker.
+    assert %{serving: true} = SynapseCore.Worker.info(again)
+
+    eventually(fn ->
+      case Process.info(starter.pid, [:status, :message_queue_len]) do
+        nil -> true
+        info -> info == [status: :waiting, message_queue_len: 0]
+      end
+    end)
+
+    File.write!(release, "")
+    assert {{:ok, _supervisor}, true = _released_first, 2} = Task.await(starter, 60_000)
+  end
+
   test "a hung worker leaves the pool: later calls go to the others" do
     name = unique_name()
 
