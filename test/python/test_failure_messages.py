@@ -162,25 +162,6 @@ def _text_only(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[TextPart("hello")])
 
 
-async def test_a_cancel_still_returns_pydantic_ais_usage_and_run_id() -> None:
-    started = asyncio.Event()
-
-    async def slow(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        started.set()
-        await asyncio.sleep(30)
-        return ModelResponse(parts=[TextPart("late")])
-
-    registry = await registry_with(Agent(FunctionModel(slow)))
-    run = _run.Run(registry, agent_pb2.RunRequest(agent_id="a", prompt="x"), send, quiet=True)
-    execution = asyncio.create_task(run.execute())
-    await started.wait()
-    run.cancel()
-
-    state = (await execution).failure.state
-    assert state.HasField("usage")
-    assert state.HasField("run_id") and state.run_id
-
-
 async def test_a_failure_before_the_run_began_has_nothing_to_return() -> None:
     registry = await registry_with(failing_agent)
 

@@ -120,6 +120,9 @@ async def test_a_cancel_ends_the_run_with_what_it_did() -> None:
     assert (kind_name(failure.error.kind), failure.error.code) == ("cancelled", 1)
     assert failure.state.message_count == 1  # the request the model was answering
     assert json.loads(failure.state.messages_json)[0]["parts"][0]["content"] == "x"
+    # pydantic-ai's RunCancelled has the run's usage and id, unlike its other failures.
+    assert failure.state.HasField("usage")
+    assert failure.state.HasField("run_id") and failure.state.run_id
 
 
 async def test_a_timeout_ends_the_run_with_what_it_did() -> None:

@@ -395,7 +395,12 @@ def _tool_outcome(part: ToolReturnPart) -> dict[str, Any]:
 async def _stream_calls_to_make(
     messages: list[ModelMessage], info: AgentInfo
 ) -> AsyncIterator[str | DeltaToolCalls]:
-    response = _calls_to_make(messages, info)
+    async for delta in streamed(_calls_to_make(messages, info)):
+        yield delta
+
+
+async def streamed(response: ModelResponse) -> AsyncIterator[str | DeltaToolCalls]:
+    """`response` as a stream function yields it: its tool calls at once, then its text."""
     calls = {
         index: DeltaToolCall(
             name=part.tool_name,

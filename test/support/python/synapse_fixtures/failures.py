@@ -33,12 +33,11 @@ from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
     ModelResponse,
-    TextPart,
-    ToolCallPart,
     ToolReturnPart,
 )
-from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCalls, FunctionModel
 
+from synapse_fixtures.agents import streamed
 from synapse_fixtures.examples import _script
 
 # The tool each prompt calls first, and the one it calls after that tool's return.
@@ -71,19 +70,8 @@ def _respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 async def _stream(
     messages: list[ModelMessage], info: AgentInfo
 ) -> AsyncIterator[str | DeltaToolCalls]:
-    response = _respond(messages, info)
-    calls = {
-        index: DeltaToolCall(
-            name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id
-        )
-        for index, part in enumerate(response.parts)
-        if isinstance(part, ToolCallPart)
-    }
-    if calls:
-        yield calls
-    for part in response.parts:
-        if isinstance(part, TextPart):
-            yield part.content
+    async for delta in streamed(_respond(messages, info)):
+        yield delta
 
 
 failing_agent = Agent(FunctionModel(_respond, stream_function=_stream))
