@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from conftest import TOKEN, AgentClient, Served, TlsFiles, error_detail, tls_channel
+from synapse_python import _heap
 from synapse_python._errors import kind_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -365,9 +367,26 @@ async def test_what_the_worker_loads_is_kept_out_of_the_collectors_walks(tmp_pat
             report = json.loads((await client.run_sync("heap", "hi")).text)
     assert report["agent_frozen"] is True
     assert report["frozen_objects"] > 10_000  # pydantic-ai and the rest, frozen at start
+    assert report["thresholds"] == [_heap.YOUNG_THRESHOLD, *gc.get_threshold()[1:]]
+
+
+async def test_the_collectors_thresholds_set_by_the_users_code_are_kept(tmp_path: Path) -> None:
+    async with worker_process(tmp_path) as worker:
+        address = await worker.ready_address()
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AgentClient(channel)
+            await client.load_agent("heap", ref="synapse_fixtures.heap:tuned_heap_agent")
+            report = json.loads((await client.run_sync("heap", "hi")).text)
+    assert report["agent_frozen"] is True
+    assert report["thresholds"] == [1234, 5, 6]
 
 
 async def test_an_embedded_worker_leaves_its_programs_collector_alone(served: Served) -> None:
     await served.client.load_agent("heap", ref="synapse_fixtures.heap:heap_agent")
     report = json.loads((await served.client.run_sync("heap", "hi")).text)
-    assert report == {"agent_frozen": False, "frozen_objects": 0}
+    assert report == {
+        "agent_frozen": False,
+        "frozen_objects": 0,
+        "thresholds": list(gc.get_threshold()),
+    }
+    assert gc.get_threshold()[0] < _heap.YOUNG_THRESHOLD  # this process's, untouched
