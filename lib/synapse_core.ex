@@ -72,7 +72,7 @@ defmodule SynapseCore do
   def await_ready(names, timeout) when is_list(names) do
     timeout = SynapseCore.Options.timeout!(timeout, "await_ready/2")
 
-    unless SynapseCore.Options.proper_list?(names),
+    if List.improper?(names),
       do: raise(ArgumentError, "expected a name or a list of names, got an improper list")
 
     Enum.reduce_while(names, :ok, fn name, :ok ->

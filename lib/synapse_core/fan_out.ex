@@ -24,7 +24,7 @@ defmodule SynapseCore.FanOut do
   def cast_stream_to(pid) when is_pid(pid) and node(pid) == node(), do: {:ok, pid}
 
   def cast_stream_to([_ | _] = pids) do
-    if SynapseCore.Options.proper_list?(pids) and Enum.all?(pids, &is_pid/1),
+    if not List.improper?(pids) and Enum.all?(pids, &is_pid/1),
       do: {:ok, {:fan_out, Enum.uniq(pids)}},
       else: {:error, description()}
   end

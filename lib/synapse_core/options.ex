@@ -113,17 +113,6 @@ defmodule SynapseCore.Options do
     end
   end
 
-  @doc """
-  Whether `term` is a proper list (`[]`-terminated). An improper one
-  (`[a | b]`) passes `is_list/1` but crashes `Enum`, `length/1` and the
-  NIF's list decoding: each list a caller gives is checked with this before
-  anything walks it, so that the caller gets an error naming what is wrong.
-  """
-  @spec proper_list?(term()) :: boolean()
-  def proper_list?([]), do: true
-  def proper_list?([_ | rest]), do: proper_list?(rest)
-  def proper_list?(_other), do: false
-
   defp shape(map) when is_map(map), do: "a map with the keys #{inspect(Map.keys(map), limit: 20)}"
 
   defp shape(list) when is_list(list),
@@ -186,9 +175,9 @@ defmodule SynapseCore.Options do
   end
 
   def cast({:list, type} = list, value) when is_list(value) do
-    if proper_list?(value),
-      do: cast_items(type, value),
-      else: {:error, "expected #{describe(list)}"}
+    if List.improper?(value),
+      do: {:error, "expected #{describe(list)}"},
+      else: cast_items(type, value)
   end
 
   def cast(:keyword_or_map, value) when is_list(value) do

@@ -191,7 +191,7 @@ defmodule SynapseCore.Prompt do
   end
 
   def wire([_ | _] = parts) do
-    unless Options.proper_list?(parts),
+    if List.improper?(parts),
       do: raise(ArgumentError, "the prompt is an improper list (a list of parts must end in [])")
 
     if Enum.all?(parts, &is_integer/1),

@@ -122,7 +122,7 @@ defmodule SynapseCore.Schema do
   defp type_schema({:map, fields}), do: object(fields)
 
   defp type_schema({:enum, [_ | _] = values} = type) do
-    unless SynapseCore.Options.proper_list?(values),
+    if List.improper?(values),
       do: raise(ArgumentError, "the values of #{inspect(type)} are an improper list")
 
     %{"enum" => Enum.map(values, &enum_value/1)}

@@ -167,7 +167,7 @@ defmodule SynapseCore.Tool do
   """
   @spec expand([t() | module()]) :: [t()]
   def expand(list) when is_list(list) do
-    unless SynapseCore.Options.proper_list?(list),
+    if List.improper?(list),
       do: raise(ArgumentError, "expected a list of tools, got an improper list")
 
     tools = Enum.flat_map(list, &expand_one/1)

@@ -72,7 +72,7 @@ defmodule SynapseCore.TraceContext do
   def cast(nil), do: {:ok, nil}
 
   def cast(headers) when is_map(headers) or is_list(headers) do
-    if is_list(headers) and not SynapseCore.Options.proper_list?(headers),
+    if is_list(headers) and List.improper?(headers),
       do: {:error, "expected a map or a list of header pairs, got an improper list"},
       else: cast_headers(headers)
   end

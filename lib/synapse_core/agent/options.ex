@@ -1054,9 +1054,9 @@ defmodule SynapseCore.Agent.Options do
 
   def cast_env(env) when is_list(env) do
     # Only the shape is said: the entries may hold a key.
-    if Options.proper_list?(env),
-      do: cast_env_entries(env),
-      else: {:error, "expected a list or a map, got an improper list"}
+    if List.improper?(env),
+      do: {:error, "expected a list or a map, got an improper list"},
+      else: cast_env_entries(env)
   end
 
   def cast_env(_other), do: {:error, "expected a list or a map"}
@@ -1220,9 +1220,9 @@ defmodule SynapseCore.Agent.Options do
     do: Map.new(map, fn {key, value} -> {key, worker_env_refs(value)} end)
 
   defp worker_env_refs(list) when is_list(list) do
-    if Options.proper_list?(list),
-      do: Enum.map(list, &worker_env_refs/1),
-      else: throw(:improper_list)
+    if List.improper?(list),
+      do: throw(:improper_list),
+      else: Enum.map(list, &worker_env_refs/1)
   end
 
   defp worker_env_refs(other), do: other
@@ -1264,9 +1264,9 @@ defmodule SynapseCore.Agent.Options do
     do: {:ok, messages}
 
   def cast_history(messages) when is_list(messages) do
-    if Options.proper_list?(messages),
-      do: {:ok, messages},
-      else: {:error, "expected a list of message maps, got an improper list"}
+    if List.improper?(messages),
+      do: {:error, "expected a list of message maps, got an improper list"},
+      else: {:ok, messages}
   end
 
   def cast_history(_other),
@@ -1279,7 +1279,7 @@ defmodule SynapseCore.Agent.Options do
   def cast_event_kinds(:all), do: {:ok, SynapseCore.Event.kinds()}
 
   def cast_event_kinds([_ | _] = kinds) do
-    if Options.proper_list?(kinds) and Enum.all?(kinds, &(&1 in SynapseCore.Event.kinds())),
+    if not List.improper?(kinds) and Enum.all?(kinds, &(&1 in SynapseCore.Event.kinds())),
       do: {:ok, Enum.uniq(kinds)},
       else: {:error, "expected :all or a list of #{inspect(SynapseCore.Event.kinds())}"}
   end
