@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -357,26 +358,26 @@ async def test_an_agent_that_does_not_load_stops_the_worker_before_readiness(
         assert "RuntimeError: boom at import" in worker.stderr()
 
 
-async def test_what_the_worker_loads_is_kept_out_of_the_collectors_walks(tmp_path: Path) -> None:
+async def heap_report(tmp_path: Path, ref: str) -> dict[str, Any]:
+    """What `synapse_fixtures.heap`'s agent, loaded from `ref` in a worker process, reports."""
     # Loaded by RPC once the worker serves, as SynapseCore.Worker loads agents.
     async with worker_process(tmp_path) as worker:
         address = await worker.ready_address()
         async with grpc.aio.insecure_channel(address) as channel:
             client = AgentClient(channel)
-            await client.load_agent("heap", ref="synapse_fixtures.heap:heap_agent")
-            report = json.loads((await client.run_sync("heap", "hi")).text)
+            await client.load_agent("heap", ref=ref)
+            return json.loads((await client.run_sync("heap", "hi")).text)
+
+
+async def test_what_the_worker_loads_is_kept_out_of_the_collectors_walks(tmp_path: Path) -> None:
+    report = await heap_report(tmp_path, "synapse_fixtures.heap:heap_agent")
     assert report["agent_frozen"] is True
     assert report["frozen_objects"] > 10_000  # pydantic-ai and the rest, frozen at start
     assert report["thresholds"] == [_heap.YOUNG_THRESHOLD, *gc.get_threshold()[1:]]
 
 
 async def test_the_collectors_thresholds_set_by_the_users_code_are_kept(tmp_path: Path) -> None:
-    async with worker_process(tmp_path) as worker:
-        address = await worker.ready_address()
-        async with grpc.aio.insecure_channel(address) as channel:
-            client = AgentClient(channel)
-            await client.load_agent("heap", ref="synapse_fixtures.heap:tuned_heap_agent")
-            report = json.loads((await client.run_sync("heap", "hi")).text)
+    report = await heap_report(tmp_path, "synapse_fixtures.heap:tuned_heap_agent")
     assert report["agent_frozen"] is True
     assert report["thresholds"] == [1234, 5, 6]
 
