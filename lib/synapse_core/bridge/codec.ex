@@ -75,8 +75,9 @@ defmodule SynapseCore.Bridge.Codec do
 
   # An improper list is passed on as it is, for the NIF to refuse with its
   # path (Enum would crash on it here).
-  def to_wire({:list, type}, values) when is_list(values),
-    do: map_list(values, type, [], values)
+  def to_wire({:list, type}, values) when is_list(values) do
+    if List.improper?(values), do: values, else: Enum.map(values, &to_wire(type, &1))
+  end
 
   def to_wire({:map, type}, values) when is_map(values) and not is_struct(values) do
     wire = Map.new(values, fn {key, value} -> {wire_key(key), to_wire(type, value)} end)
@@ -132,12 +133,6 @@ defmodule SynapseCore.Bridge.Codec do
   def to_wire(type, value) when type in @scalars, do: value
   def to_wire(module, value) when is_atom(module), do: module.__bridge__(:to_wire, value)
   def to_wire(_type, value), do: value
-
-  defp map_list([value | rest], type, acc, list),
-    do: map_list(rest, type, [to_wire(type, value) | acc], list)
-
-  defp map_list([], _type, acc, _list), do: Enum.reverse(acc)
-  defp map_list(_improper_tail, _type, _acc, list), do: list
 
   ## wire -> Elixir
 
