@@ -37,6 +37,7 @@ defmodule SynapseCore.Options do
           | {:in, [term()]}
           | {:list, type()}
           | {:or, [type()]}
+          | {:json, type()}
           | {:keyword, schema()}
           | {:custom, (term() -> {:ok, term()} | {:error, String.t()}), String.t()}
 
@@ -186,6 +187,18 @@ defmodule SynapseCore.Options do
       else: {:error, "expected #{describe(:keyword_or_map)}"}
   end
 
+  # Data sent to Python as JSON: what the encoder refuses (a pid, a tuple,
+  # bytes that are not UTF-8, ...) is refused here, naming the option,
+  # rather than where it is sent.
+  def cast({:json, type} = json, value) do
+    with {:ok, value} <- cast(type, value) do
+      case SynapseCore.JSON.encode(value) do
+        {:ok, _json} -> {:ok, value}
+        {:error, error} -> {:error, "expected #{describe(json)} (#{error.message})"}
+      end
+    end
+  end
+
   def cast({:or, types} = type, value) do
     Enum.find_value(types, {:error, "expected #{describe(type)}"}, fn member ->
       with {:error, _} <- cast(member, value), do: nil
@@ -255,6 +268,7 @@ defmodule SynapseCore.Options do
   def describe({:in, values}), do: "one of " <> Enum.map_join(values, ", ", &inspect/1)
   def describe({:list, type}), do: "a list of " <> plural(describe(type))
   def describe({:or, types}), do: Enum.map_join(types, ", or ", &describe/1)
+  def describe({:json, type}), do: describe(type) <> " of JSON data"
 
   def describe({:keyword, schema}),
     do: "a keyword list of " <> Enum.map_join(Keyword.keys(schema), ", ", &inspect/1)

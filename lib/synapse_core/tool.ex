@@ -236,15 +236,26 @@ defmodule SynapseCore.Tool do
 
   @doc false
   def cast_parameters(fields) when is_list(fields) do
-    {:ok, {Schema.to_json_schema(fields), fields}}
+    with {:ok, schema} <- json_schema(Schema.to_json_schema(fields)), do: {:ok, {schema, fields}}
   rescue
     error in ArgumentError -> {:error, Exception.message(error)}
   end
 
-  def cast_parameters(%{"type" => "object"} = schema), do: {:ok, {schema, nil}}
+  def cast_parameters(%{"type" => "object"} = schema) do
+    with {:ok, schema} <- json_schema(schema), do: {:ok, {schema, nil}}
+  end
 
   def cast_parameters(_other),
     do: {:error, ~s(expected fields, or a JSON Schema map of "type" "object")}
+
+  # The schema is sent to Python as JSON with every run: what has no JSON
+  # form is refused when the tool is made, not at each run.
+  defp json_schema(schema) do
+    case SynapseCore.JSON.encode(schema) do
+      {:ok, _json} -> {:ok, schema}
+      {:error, error} -> {:error, "the JSON Schema has no JSON form (#{error.message})"}
+    end
+  end
 
   @doc false
   def cast_function(fun) when is_function(fun, 1) or is_function(fun, 2), do: {:ok, fun}

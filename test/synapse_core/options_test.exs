@@ -41,7 +41,14 @@ defmodule SynapseCore.OptionsTest do
           tools: [SynapseCore.TestTools | :oops],
           env: ["A" | "B"],
           capabilities: [{"Thinking", [{:effort, "low"} | :oops]}],
-          capabilities: [%{"MCP" => %{"headers" => ["a" | "b"]}}]
+          capabilities: [%{"MCP" => %{"headers" => ["a" | "b"]}}],
+          # What has no JSON form, refused before a worker is started for
+          # it (which could only fail to build the agent).
+          capabilities: [{"WebSearch", %{"user_location" => {"city", "Paris"}}}],
+          metadata: %{"team" => {:support, 1}},
+          metadata: %{"team" => <<255>>},
+          output_schema: %{"type" => "object", "required" => ["a" | "b"]},
+          model_settings: [temperature: {0.2}]
         ] do
       test "#{key}: #{inspect(bad)} is refused, naming the option" do
         error =
@@ -162,7 +169,11 @@ defmodule SynapseCore.OptionsTest do
           description: 5,
           parameters: %{"type" => "array"},
           parameters: [a: [{:type, :integer} | :oops]],
-          parameters: [a: {:enum, ["x" | "y"]}]
+          parameters: [a: {:enum, ["x" | "y"]}],
+          # Sent as JSON with every run: refused here, not at each run.
+          parameters: %{"type" => "object", "properties" => %{"a" => {:integer}}},
+          parameters: %{"type" => "object", "required" => ["a" | "b"]},
+          parameters: [a: [type: :string, description: <<255>>]]
         ] do
       test "#{key}: #{inspect(bad)} is refused" do
         assert_raise ArgumentError, ~r/#{inspect(unquote(key))}/, fn ->

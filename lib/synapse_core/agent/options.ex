@@ -339,7 +339,7 @@ defmodule SynapseCore.Agent.Options do
       """
     ],
     output_schema: [
-      type: :map,
+      type: {:json, :map},
       doc: """
       for an agent defined from Elixir: a JSON Schema (a map,
       `"type" => "object"`) for structured output. The model's output is
@@ -371,7 +371,7 @@ defmodule SynapseCore.Agent.Options do
       """
     ],
     model_settings: [
-      type: :keyword_or_map,
+      type: {:json, :keyword_or_map},
       doc: """
       for an agent defined from Elixir: the agent's pydantic-ai model
       settings (`[temperature: 0.2, max_tokens: 500]`), under the run's
@@ -438,7 +438,7 @@ defmodule SynapseCore.Agent.Options do
       doc: "for an agent defined from Elixir: pydantic-ai's agent `description`."
     ],
     metadata: [
-      type: :map,
+      type: {:json, :map},
       doc: """
       for an agent defined from Elixir: pydantic-ai's agent `metadata`, a
       map of JSON data kept with each run.
@@ -1191,7 +1191,15 @@ defmodule SynapseCore.Agent.Options do
         do: Map.new(arguments),
         else: arguments
 
-    {:ok, %{name => worker_env_refs(arguments)}}
+    capability = %{name => worker_env_refs(arguments)}
+
+    case SynapseCore.JSON.encode(capability) do
+      {:ok, _json} ->
+        {:ok, capability}
+
+      {:error, error} ->
+        {:error, "the arguments of #{inspect(name)} have no JSON form (#{error.message})"}
+    end
   catch
     :improper_list ->
       {:error, "the arguments of #{inspect(name)} hold an improper list, which has no JSON form"}
