@@ -399,15 +399,18 @@ defmodule SynapseCore.Agent do
   # run in Python is a plain `agent.run` unless it is streamed. `observer`
   # is the telemetry span of a run whose tool runner reports its end.
   defp start_on(worker, name, prompt, call, reply, receiver, window, observer) do
-    case {tools(worker, call), reply} do
-      {[], :sync} when call.approver == nil ->
-        start_unary(name, worker.channel, prompt, call)
+    started =
+      case {tools(worker, call), reply} do
+        {[], :sync} when call.approver == nil ->
+          start_unary(name, worker.channel, prompt, call)
 
-      {tools, _} ->
-        style = if reply == :stream, do: :stream, else: :unary
-        run = {call, tools, receiver, window, style, observer}
-        start_on_stream(name, worker.channel, prompt, run)
-    end
+        {tools, _} ->
+          style = if reply == :stream, do: :stream, else: :unary
+          run = {call, tools, receiver, window, style, observer}
+          start_on_stream(name, worker.channel, prompt, run)
+      end
+
+    with {:ok, run} <- started, do: {:ok, %{run | worker: worker.pid}}
   end
 
   defp start_unary(name, channel, prompt, call) do

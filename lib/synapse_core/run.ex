@@ -30,11 +30,14 @@ defmodule SynapseCore.Run do
           relay: pid() | nil,
           guard: pid() | nil,
           span: Telemetry.span() | nil,
-          fan_out: pid() | nil
+          fan_out: pid() | nil,
+          worker: pid() | nil
         }
 
   @enforce_keys [:ref, :handle, :agent, :owner, :timeout]
   # `span`: the run's telemetry span, ended where its answer is received.
+  # `worker`: the `SynapseCore.Worker` of this node the run went to, told
+  # when the run finds its agent missing there (see `over/2`).
   # `guard`: for a run on another node, the process on this node that
   # passes its relay's messages on (see SynapseCore.Remote) and ends once
   # it has passed the final one.
@@ -48,7 +51,8 @@ defmodule SynapseCore.Run do
     :relay,
     :guard,
     :span,
-    :fan_out
+    :fan_out,
+    :worker
   ]
 
   # What follows is the message protocol of a call in flight (see
@@ -233,8 +237,16 @@ defmodule SynapseCore.Run do
   end
 
   # The run's answer reached the process that receives it: its telemetry
-  # span ends.
-  defp over(%__MODULE__{span: span}, reply), do: Telemetry.run_stop(span, reply)
+  # span ends. A worker that no longer has the agent (a remote worker
+  # restarted without it) is told at once, rather than at its next health
+  # check (or never, with `health_interval: :infinity`): it loads it again.
+  defp over(%__MODULE__{span: span} = run, reply) do
+    with {:error, %Error{kind: :not_found}} <- reply,
+         pid when is_pid(pid) <- run.worker,
+         do: SynapseCore.Worker.agent_missing(pid)
+
+    Telemetry.run_stop(span, reply)
+  end
 
   # The same for a stream this process enumerates, which also reports the
   # back-pressure its worker met (known here for a worker of this node).

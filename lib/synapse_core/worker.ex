@@ -176,6 +176,15 @@ defmodule SynapseCore.Worker do
   @spec info(pid()) :: info()
   def info(pid), do: :gen_statem.call(pid, :info)
 
+  @doc false
+  # A run on this worker was answered that the worker has no such agent
+  # (a remote worker that was restarted without it): it is checked now.
+  @spec agent_missing(pid()) :: :ok
+  def agent_missing(pid) do
+    send(pid, :synapse_agent_missing)
+    :ok
+  end
+
   @doc """
   Waits for the worker's first start: `:ok` once it serves (or, for a
   remote worker that is not up yet, once it retries in the background), or
@@ -290,6 +299,13 @@ defmodule SynapseCore.Worker do
   # Replies of calls this process gave up on.
   def handle_event(:info, {:synapse_reply, _tag, _reply}, _state, _data),
     do: :keep_state_and_data
+
+  # A health check now (unless one is in flight): it finds the agent
+  # missing and has it loaded again (see reply/4), whatever the interval.
+  def handle_event(:info, :synapse_agent_missing, :serving, %{pending: nil}),
+    do: {:keep_state_and_data, [{{:timeout, :health}, 0, nil}]}
+
+  def handle_event(:info, :synapse_agent_missing, _state, _data), do: :keep_state_and_data
 
   def handle_event({:timeout, :startup}, nil, state, data) when state in [:starting, :loading] do
     message = "the worker was not ready within #{data.options.startup_timeout} ms"

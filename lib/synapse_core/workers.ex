@@ -12,7 +12,8 @@ defmodule SynapseCore.Workers do
   @type worker :: %{
           channel: SynapseCore.Channel.t(),
           tools: [SynapseCore.Tool.t()],
-          index: non_neg_integer()
+          index: non_neg_integer(),
+          pid: pid()
         }
 
   @doc """
@@ -54,7 +55,7 @@ defmodule SynapseCore.Workers do
   @spec join(term(), SynapseCore.Channel.t(), [SynapseCore.Tool.t()], non_neg_integer()) :: :ok
   def join(name, channel, tools, index) do
     Registry.unregister(SynapseCore.WorkerRegistry, down_key(name))
-    worker = %{channel: channel, tools: tools, index: index}
+    worker = %{channel: channel, tools: tools, index: index, pid: self()}
     {:ok, _} = Registry.register(SynapseCore.WorkerRegistry, name, worker)
 
     :ok = :pg.join(SynapseCore.PG, group(name), self())

@@ -438,6 +438,27 @@ defmodule SynapseCore.RemoteTest do
     eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 10_000)
   end
 
+  # The same without health checks: every call answered :not_found for
+  # good. The first run that finds the agent missing has it loaded again.
+  test "without health checks, a run that finds the agent missing has it loaded again", tls do
+    {_first, first} = start_remote_worker(tls, "echo_agent")
+    {_second, second} = start_remote_worker(tls, "echo_agent")
+    {relay, address} = start_tcp_relay(first)
+    name = remote_agent(address, tls, health_interval: :infinity)
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+
+    switch_tcp_relay(relay, second)
+
+    # Until the channel reaches the second worker, runs fail as the first
+    # one's connection ends; the first that reaches it finds no agent.
+    eventually(
+      fn -> match?({:error, %Error{kind: :not_found}}, Agent.run_sync(name, "hi")) end,
+      10_000
+    )
+
+    eventually(fn -> match?({:ok, %Result{}}, Agent.run_sync(name, "hi")) end, 10_000)
+  end
+
   # Accepted before: the first connection to a worker that is up failed
   # with :tls_error UnknownIssuer, and one to a worker not up yet was
   # retried. A private key given by mistake is not shown in the error.
