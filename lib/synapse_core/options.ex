@@ -192,9 +192,9 @@ defmodule SynapseCore.Options do
   # rather than where it is sent.
   def cast({:json, type} = json, value) do
     with {:ok, value} <- cast(type, value) do
-      case SynapseCore.JSON.encode(value) do
-        {:ok, _json} -> {:ok, value}
-        {:error, error} -> {:error, "expected #{describe(json)} (#{error.message})"}
+      case json_form(value) do
+        :ok -> {:ok, value}
+        {:error, reason} -> {:error, "expected #{describe(json)} (#{reason})"}
       end
     end
   end
@@ -207,6 +207,18 @@ defmodule SynapseCore.Options do
 
   def cast(type, value) do
     if valid?(type, value), do: {:ok, value}, else: {:error, "expected #{describe(type)}"}
+  end
+
+  @doc """
+  `:ok` when `value` has a JSON form (`SynapseCore.JSON`, the encoder that
+  sends it), else `{:error, why}`: for casts of data sent to Python as JSON.
+  """
+  @spec json_form(term()) :: :ok | {:error, String.t()}
+  def json_form(value) do
+    case SynapseCore.JSON.encode(value) do
+      {:ok, _json} -> :ok
+      {:error, error} -> {:error, error.message}
+    end
   end
 
   defp cast_items(type, value) do

@@ -251,9 +251,9 @@ defmodule SynapseCore.Tool do
   # The schema is sent to Python as JSON with every run: what has no JSON
   # form is refused when the tool is made, not at each run.
   defp json_schema(schema) do
-    case SynapseCore.JSON.encode(schema) do
-      {:ok, _json} -> {:ok, schema}
-      {:error, error} -> {:error, "the JSON Schema has no JSON form (#{error.message})"}
+    case SynapseCore.Options.json_form(schema) do
+      :ok -> {:ok, schema}
+      {:error, why} -> {:error, "the JSON Schema has no JSON form (#{why})"}
     end
   end
 

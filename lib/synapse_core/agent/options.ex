@@ -1193,12 +1193,9 @@ defmodule SynapseCore.Agent.Options do
 
     capability = %{name => worker_env_refs(arguments)}
 
-    case SynapseCore.JSON.encode(capability) do
-      {:ok, _json} ->
-        {:ok, capability}
-
-      {:error, error} ->
-        {:error, "the arguments of #{inspect(name)} have no JSON form (#{error.message})"}
+    case Options.json_form(capability) do
+      :ok -> {:ok, capability}
+      {:error, why} -> {:error, "the arguments of #{inspect(name)} have no JSON form (#{why})"}
     end
   catch
     :improper_list ->
