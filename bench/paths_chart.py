@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 CONTENDERS = {
     "synapse": ("Synapse", "tab:blue"),
     "synapse_lean": ("Synapse, messages: false", "tab:cyan"),
+    "synapse_on_loop": ('Synapse, "on_loop": true', "tab:red"),
     "etf": ("ErlPort-shaped: Port + packet 4 + ETF", "tab:orange"),
     "jsonl": ("Port, JSON lines", "tab:green"),
     "inprocess": ("in-process Python", "tab:gray"),
