@@ -90,6 +90,9 @@ def main(source: str, target: str) -> None:
     b.set_yscale("log")
     b.set_title("Bridge add p50, one call in flight (log scale)")
     b.set_ylabel("µs")
+    # Room above the bars for the legend (log scale: a factor, not a margin).
+    b.set_ylim(top=b.get_ylim()[1] * 30)
+    b.legend(fontsize=8, loc="upper right")
 
     throughput_lines(c, results["throughput"]["minimal"], "minimal")
     c.set_title("run_sync throughput, minimal agent")
