@@ -99,7 +99,9 @@ File.rm_rf!(generated)
       args ++ ["--python-path", bench_bridge, "--lib", lib, "--out", Path.join(dir, "priv")]
     )
 
-    [{client, _}] = lib |> Path.join("*.ex") |> Path.wildcard() |> hd() |> Code.compile_file()
+    # The one client module the task wrote.
+    [file] = lib |> Path.join("*.ex") |> Path.wildcard()
+    [{client, _}] = Code.compile_file(file)
     {client, Path.join(dir, "priv")}
   end
 
