@@ -699,17 +699,24 @@ class _Work(Later):
 
     def __init__(self, finished: tuple[Any, BaseException | None] | None = None) -> None:
         self.done: Callable[[Any, BaseException | None], None] | None = None
-        self.early: Callable[[Any, BaseException | None], None] | None = None
+        self.early: Callable[[Any, BaseException | None], bool] | None = None
         self.cancelled = False
+        # Whether `early` took the outcome in full (then `end` calls no `done`).
+        self.taken = False
         self._finished = finished
 
-    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], bool]) -> None:
         self.early = early
 
     def end_in_thread(self, result: Any = None, failure: BaseException | None = None) -> None:
         """Hands the outcome over early, from a thread of its own, as a worker thread does."""
-        assert self.early is not None
-        thread = threading.Thread(target=self.early, args=(result, failure))
+        early = self.early
+        assert early is not None
+
+        def hand_over() -> None:
+            self.taken = early(result, failure)
+
+        thread = threading.Thread(target=hand_over)
         thread.start()
         thread.join()
 
@@ -723,8 +730,10 @@ class _Work(Later):
         self.cancelled = True
 
     def end(self, result: Any = None, failure: BaseException | None = None) -> None:
+        """Hands the outcome to `done`, on the loop, unless `early` took it."""
         assert self.done is not None and not self.cancelled
-        self.done(result, failure)
+        if not self.taken:
+            self.done(result, failure)
 
 
 class _EarlyLane:
@@ -774,25 +783,26 @@ async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there()
     works, connection, start, started = lane.works, lane.connection, lane.start, lane.started
     next_frame = lane.next_frame
 
-    # The answer goes out from the thread: the client has it while the
-    # loop has not yet heard of the outcome; the loop's `done` then only
-    # takes the call out of the connection's calls.
+    # The answer goes out from the thread, which takes the outcome in full:
+    # the loop is not woken for it (no `done`); what is left of the call
+    # (its entry) goes when the loop next reads.
     start(1, b"early")
     await started(1)
     await asyncio.to_thread(works[b"early"].end_in_thread, b"yes")
+    assert works[b"early"].taken
     frame = await next_frame()
     assert (frame.call, frame.message) == (1, b"yes")
-    assert 1 in connection.calls
-    works[b"early"].end(b"yes")
-    assert 1 not in connection.calls
+    assert list(connection.answered_in_thread) == [connection.calls[1]]
 
     # A call over before its thread answers (its deadline passed) ends once,
     # with its status; what the thread has is dropped.
     start(2, b"late", timeout_us=20_000)
     frame = await next_frame()
+    assert 1 not in connection.calls and not connection.answered_in_thread
     assert (frame.call, frame.status.code) == (2, grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
     assert works[b"late"].cancelled
     await asyncio.to_thread(works[b"late"].end_in_thread, b"too late")
+    assert not works[b"late"].taken
 
     # A failure, or an awaitable, is left to the loop, which answers as before.
     start(3, b"refused")
@@ -845,20 +855,44 @@ async def test_a_call_whose_later_answers_in_its_thread_is_answered_from_there()
         await next_frame()
 
 
+async def test_a_call_answered_in_its_thread_leaves_at_its_deadline_when_nothing_is_read() -> None:
+    lane = _EarlyLane()
+    await lane.connect()
+    lane.start(1, b"quick", timeout_us=30_000)
+    await lane.started(1)
+    await asyncio.to_thread(lane.works[b"quick"].end_in_thread, b"done")
+    frame = await lane.next_frame()
+    assert (frame.call, frame.message) == (1, b"done")
+    assert 1 in lane.connection.calls
+
+    # The client sends nothing more: the call's deadline clears what is left
+    # of it, with no status (it was answered).
+    for _ in range(200):
+        if not lane.connection.calls:
+            break
+        await asyncio.sleep(0.005)
+    assert not lane.connection.calls
+    assert not lane.connection.deadlines._ticks
+    assert not lane.works[b"quick"].cancelled
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(lane.reader.readexactly(1), 0.1)
+
+
 async def test_a_threads_answer_cut_short_is_finished_before_its_connection_closes() -> None:
     big = b"x" * 600_000
 
     async def cut_short(lane: _EarlyLane) -> None:
         """Call 1's thread writes part of its answer; the rest waits for the
         loop, which has not run since (the thread ran on it here), and the
-        call is over for the loop: nothing keeps the connection open."""
+        call is answered: all that is left of it is its entry, which the
+        loop clears when it next reads; nothing keeps the connection open."""
         await lane.connect()
         lane.start(1, b"big")
         await lane.started(1)
         lane.works[b"big"].end_in_thread(big)
+        assert lane.works[b"big"].taken
         assert lane.connection._rest is not None
-        lane.works[b"big"].end(big)
-        assert not lane.connection.calls
+        assert list(lane.connection.answered_in_thread) == [lane.connection.calls[1]]
 
     # The worker stops: with no call in flight it closes the connection.
     lane = _EarlyLane()
@@ -867,6 +901,9 @@ async def test_a_threads_answer_cut_short_is_finished_before_its_connection_clos
     await lane.server.stop(0)
     frame = await lane.next_frame()
     assert (frame.call, frame.message) == (1, big)
+    assert not lane.connection.calls
+    with pytest.raises(asyncio.IncompleteReadError):
+        await lane.next_frame()  # one answer: no status after it
 
     # The client sends no more: the transport closes itself after telling the
     # connection (as asyncio's does when `eof_received` returns a false value).

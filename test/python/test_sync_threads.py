@@ -198,6 +198,21 @@ async def test_a_later_hands_its_outcome_over_early_in_its_thread_then_to_done(
     await asyncio.sleep(0.05)
     assert len(seen) == 4
 
+    # An early hand-over that takes the outcome in full (it returns true):
+    # no `done`, the loop is not woken for it.
+    taken: list[Any] = []
+
+    def take(result: Any, failure: BaseException | None) -> bool:
+        taken.append(result)
+        return True
+
+    call = threads.start(lambda: "taken")
+    call.then_in_thread(take)
+    call.then(record("done"))
+    await wait_for(lambda: taken == ["taken"])
+    await asyncio.sleep(0.05)
+    assert len(seen) == 4 and not threads._outcomes
+
     # An early hand-over that raises is logged; `done` still gets the outcome.
     def broken(result: Any, failure: BaseException | None) -> None:
         raise RuntimeError("a broken early callback")

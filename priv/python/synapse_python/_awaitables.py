@@ -49,15 +49,18 @@ class Later:
 
     def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
         """Have `done(result, None)`, or `done(None, exception)`, called on the
-        event loop once the work ends, unless it was cancelled first; at most
-        one `done`, given before the loop runs again."""
+        event loop once the work ends, unless it was cancelled first or
+        `early` took the outcome; at most one `done`, given before the loop
+        runs again."""
         raise NotImplementedError
 
-    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], bool]) -> None:
         """Also have `early` called with the outcome in the thread that has it,
         as soon as it has it and before `done`, unless the work was cancelled
         first (what `early` may do there is its own business: it must be
-        thread-safe). Work with no thread of its own never calls it."""
+        thread-safe). When `early` returns true it took the outcome in full:
+        `done` is not called, and the loop is not woken for it. Work with no
+        thread of its own never calls it."""
 
     def cancel(self) -> None:
         """Abandon the work: `done` is never called."""

@@ -95,6 +95,10 @@ after all (the rest then runs in a task, as any call). Raises (or the `Later`
 or awaitable ends with) `Refused` to end the call with another status, as
 `abort` would."""
 
+_AtOnceMethod = tuple[AtOnce, Callable[[bytes], Any], Callable[[Any], bytes], grpc.RpcMethodHandler]
+"""A method answered at once: its `AtOnce`, request deserializer, response
+serializer, and handler (for a call that has to wait after all)."""
+
 _TICKS_PER_SECOND = 1000
 """The resolution of the calls' deadlines: a millisecond."""
 
@@ -153,10 +157,10 @@ class LaneServer:
         token: _auth.BearerToken | None = None,
     ) -> None:
         self._handlers = dict(handlers)
-        # The methods answered at once: their `AtOnce`, request deserializer
-        # and response serializer, looked up once here rather than per call.
-        self._at_once: dict[str, tuple[AtOnce, Callable[[bytes], Any], Callable[[Any], bytes]]] = {
-            method: (at_once, handler.request_deserializer, handler.response_serializer)
+        # The methods answered at once: their `AtOnce`, request deserializer,
+        # response serializer and handler, looked up once here rather than per call.
+        self._at_once: dict[str, _AtOnceMethod] = {
+            method: (at_once, handler.request_deserializer, handler.response_serializer, handler)
             for method, handler in self._handlers.items()
             if (at_once := getattr(handler.unary_unary, _AT_ONCE, None)) is not None
         }
@@ -283,6 +287,10 @@ class _Connection(asyncio.Protocol):
         # answer then waits for the loop, which writes it and looks again.
         self._backlog = False
         self.calls: dict[int, LaneContext | _Pending] = {}
+        # Calls a worker thread answered in full (`_Pending._answer_in_thread`):
+        # what is left of them (their entry, their deadline) is cleared by the
+        # loop when it next reads, with no wake-up of its own for each.
+        self.answered_in_thread: collections.deque[_Pending] = collections.deque()
         self.deadlines = _Deadlines(self._loop)
 
     # ---- asyncio.Protocol ----
@@ -303,6 +311,7 @@ class _Connection(asyncio.Protocol):
             self._fd = -1
             self._rest = None
         self._outgoing.clear()
+        self.answered_in_thread.clear()
         for call in list(self.calls.values()):
             call.stop(None)
         self.calls.clear()
@@ -321,6 +330,9 @@ class _Connection(asyncio.Protocol):
         self._resume()
 
     def data_received(self, data: bytes) -> None:
+        answered = self.answered_in_thread
+        while answered:
+            answered.popleft().forget()
         # What the calls answer at once goes out in one write, after them.
         batching, self._batching = self._batching, True
         try:
@@ -355,7 +367,12 @@ class _Connection(asyncio.Protocol):
                     break
                 frame = LaneFrame.FromString(view[offset + 4 : end])
                 offset = end
-                self._dispatch(frame)
+                kind = frame.WhichOneof("body")
+                if kind == "start" and self._authorized:
+                    # Most frames: straight to the call, a Python frame fewer.
+                    self._start(frame.call, frame.start)
+                else:
+                    self._dispatch(frame, kind)
         except Exception as exc:  # a broken client: drop it, never the worker
             logger.warning("closing a lane connection: %s", exc)
             self.close()
@@ -366,8 +383,7 @@ class _Connection(asyncio.Protocol):
 
     # ---- frames in ----
 
-    def _dispatch(self, frame: Any) -> None:
-        kind = frame.WhichOneof("body")
+    def _dispatch(self, frame: Any, kind: str | None) -> None:
         if not self._authorized:
             self._hello(frame if kind == "hello" else None)
             return
@@ -403,47 +419,39 @@ class _Connection(asyncio.Protocol):
     def _start(self, call_id: int, start: Any) -> None:
         if call_id in self.calls:
             raise _ProtocolError(f"call {call_id} started twice")
-        handler = self._handlers.get(start.method)
+        method = start.method
+        at_once = self._at_once.get(method)
+        if at_once is not None and not self._server.stopping:
+            # Answered in this callback (see `answer_at_once`): the common
+            # case written out here, since each Python call is a good part
+            # of what such a call costs.
+            answer, deserialize, serialize, handler = at_once
+            message = start.message
+            if len(message) > self.max_message_bytes:
+                self._too_large(call_id, "Received", message)
+                return
+            context = contextvars.copy_context()
+            try:
+                response = context.run(answer, deserialize(message))
+            except Exception as exc:
+                self.answer_failed(call_id, method, exc)
+                return
+            if isinstance(response, Later):
+                # Its work goes on elsewhere (a worker thread): no task waits for it.
+                _Pending(self, call_id, handler, start, context, response, serialize)
+            else:
+                self.answer(call_id, handler, start, context, response, serialize)
+            return
+        handler = self._handlers.get(method)
         if handler is None:
             self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
         if self._server.stopping:
             self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
             return
-        at_once = self._at_once.get(start.method)
-        if at_once is not None:
-            self._answer_at_once(call_id, handler, start, *at_once)
-            return
         call = LaneContext(self, call_id, handler, start)
         self.calls[call_id] = call
         call.begin()
-
-    def _answer_at_once(
-        self,
-        call_id: int,
-        handler: Any,
-        start: Any,
-        at_once: AtOnce,
-        deserialize: Callable[[bytes], Any],
-        serialize: Callable[[Any], bytes],
-    ) -> None:
-        """Answers a call with `at_once`: in this callback, or once the `Later` it
-        hands back is done."""
-        message = start.message
-        if len(message) > self.max_message_bytes:
-            self._too_large(call_id, "Received", message)
-            return
-        context = contextvars.copy_context()
-        try:
-            response = context.run(at_once, deserialize(message))
-        except Exception as exc:
-            self.answer_failed(call_id, start.method, exc)
-            return
-        if isinstance(response, Later):
-            # Its work goes on elsewhere (a worker thread): no task waits for it.
-            _Pending(self, call_id, handler, start, context, response, serialize)
-        else:
-            self.answer(call_id, handler, start, context, response, serialize)
 
     def answer(
         self,
@@ -603,9 +611,10 @@ class _ProtocolError(Exception):
 
 class _Pending:
     """A call answered at once whose response a `Later` gives (a function in a
-    worker thread). No task waits for it: the `Later`'s `done` answers. Its
-    deadline, a cancel, the connection's loss and the worker's stop cancel
-    the work, as they would a handler's task, and end the call as they would."""
+    worker thread). No task waits for it: the `Later`'s `done` answers, or
+    the thread itself (`_answer_in_thread`). Its deadline, a cancel, the
+    connection's loss and the worker's stop cancel the work, as they would
+    a handler's task, and end the call as they would."""
 
     def __init__(
         self,
@@ -644,7 +653,7 @@ class _Pending:
         """What the worker's stop waits for, as for a handler's task: done once the call ended."""
         if self._stopped is None:
             self._stopped = self._connection._loop.create_future()
-            if self._ended:
+            if self._ended or self._answered:
                 self._stopped.set_result(None)
         return self._stopped
 
@@ -667,48 +676,58 @@ class _Pending:
         client expects nothing more; the work is abandoned (and said so, as a
         handler's cancelled task is)."""
         with self._connection.write_lock:  # against `_answer_in_thread`
-            if self._ended or self._answered:
+            if self._ended:
                 return
+            answered = self._answered
             self._ended = True
-        self._forget()
+        self.forget()
+        if answered:
+            return  # its thread answered it: nothing was left to cancel
         self._later.cancel()
         why = "the client cancelled or left" if status is None else status[1]
         logger.info("%s cancelled: %s", self._start.method, why)
         if status is not None:
             self._connection.send_status(self._id, *status)
 
-    def _answer_in_thread(self, result: Any, failure: BaseException | None) -> None:
+    def _answer_in_thread(self, result: Any, failure: BaseException | None) -> bool:
         """In the worker thread that has the response: writes the answer from
         there, saving the loop's wake-up and the hand-over of the GIL before
         it goes out. Only a response that needs nothing more (the loop's
         `_done` answers the others, and any call this finds ended or cannot
         write for), and exactly one answer: the call's end and this claim it
-        under the connection's write lock."""
+        under the connection's write lock. True when it answered: the loop
+        is then not woken for the call; what is left of it (its entry, its
+        deadline) waits in `answered_in_thread` for the loop's next read
+        (which comes before any frame the answer leads the client to send),
+        its deadline or its end."""
         connection = self._connection
         if failure is not None or is_awaitable(result) or len(connection.calls) > 1:
             # With other calls in flight, the loop writes the answers of
             # those that end together in one write, a wake-up of the
             # client's reader for them all: a lone call waits for nothing.
-            return
+            return False
         try:
             data = self._serialize(result)
         except Exception:
-            return  # the loop's answer says why
+            return False  # the loop's answer says why
         if len(data) > connection.max_message_bytes:
-            return
+            return False
         body = LaneFrame(call=self._id, message=data).SerializeToString()
         frame = _HEADER.pack(len(body)) + body
         with connection.write_lock:
-            if not self._ended and connection.write_from_thread(frame):
-                self._answered = True
+            if self._ended or not connection.write_from_thread(frame):
+                return False
+            self._answered = True
+            connection.answered_in_thread.append(self)
+        return True
 
     def _done(self, result: Any, failure: BaseException | None) -> None:
         if self._answered:
-            self._forget()  # what is left: its entry and its deadline
+            self.forget()  # what is left: its entry and its deadline
             return
         if self._ended:
             return
-        self._forget()
+        self.forget()
         connection = self._connection
         if failure is not None:
             connection.answer_failed(self._id, self._start.method, failure)
@@ -723,7 +742,7 @@ class _Pending:
                 self._deadline,
             )
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """The call has ended: it leaves its connection and its deadline."""
         self._ended = True
         if self._tick is not None:

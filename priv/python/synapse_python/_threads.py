@@ -29,7 +29,7 @@ before the loop has run that callback join it: with many calls in flight
 the loop is woken once for several of them, not once each. A `Later`'s
 holder may also take the outcome in the thread itself (`then_in_thread`),
 before the loop hears of it: the lane writes a Bridge call's answer from
-there.
+there, and when that was all there was to do the loop is not woken at all.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class _Call(Later):
         self.loop = loop
         self.waiter = waiter
         self.done: Callable[[Any, BaseException | None], None] | None = None
-        self.early: Callable[[Any, BaseException | None], None] | None = None
+        self.early: Callable[[Any, BaseException | None], bool] | None = None
         # The caller's context variables, as `asyncio.to_thread` gives them.
         self.context = contextvars.copy_context()
         self.fn = fn
@@ -114,7 +114,7 @@ class _Call(Later):
     def then(self, done: Callable[[Any, BaseException | None], None]) -> None:
         self.done = done
 
-    def then_in_thread(self, early: Callable[[Any, BaseException | None], None]) -> None:
+    def then_in_thread(self, early: Callable[[Any, BaseException | None], bool]) -> None:
         self.early = early
 
     def cancel(self) -> None:
@@ -277,7 +277,8 @@ class SyncThreads(Executor):
             return
         if call.early is not None:
             try:
-                call.early(result, failure)
+                if call.early(result, failure):
+                    return  # taken in full here: the loop is not woken for it
             except Exception:
                 # The loop still hands the outcome to `done`.
                 logger.exception("handing the outcome of %r over early failed", call.fn)

@@ -181,7 +181,11 @@ class Codec:
         read_field = self._read_field
 
         def read(request: Message) -> dict[str, Any]:
-            values = {name: getattr(request, name) for name in plain if request.HasField(name)}
+            values = {}
+            # A loop, not a comprehension: Python 3.11 calls a function for that.
+            for name in plain:
+                if request.HasField(name):
+                    values[name] = getattr(request, name)
             for name, t, presence, defaulted in others:
                 value = read_field(request, name, t, presence, (name,), defaulted)
                 if value is not ABSENT:

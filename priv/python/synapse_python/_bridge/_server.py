@@ -201,10 +201,31 @@ class BridgeService:
 
         handle.__name__ = function.rpc
         if function.on_loop:
-            _lane.answer_at_once(handle, self._refusing(function, self._on_loop[function.name]))
+            _lane.answer_at_once(handle, self._on_loop_answerer(function))
         elif function.kind == "sync":
             _lane.answer_at_once(handle, self._thread_starter(function))
         return handle
+
+    def _on_loop_answerer(self, function: Function) -> _lane.AtOnce:
+        """On the lane, a call of an `on_loop` function, answered as its request
+        is read: its arguments, the function and its response in one closure
+        (what `_refusing` around `_on_loop_caller` does, written out: each
+        Python call is a good part of what such a call costs)."""
+        arguments = self._arguments[function.name]
+        target = self._functions[function.name]
+        write_response = self._write_response[function.name]
+
+        def answer(request: Message) -> Message | Awaitable[Message]:
+            try:
+                args, kwargs = arguments(request)
+                result = target(*args, **kwargs)
+                if is_awaitable(result):  # a decorator hid a coroutine function
+                    return self._refused_later(function, self._respond_later(function, result))
+                return write_response(result)
+            except BaseException as exc:
+                raise self._refused(function, as_failure(exc)) from None
+
+        return answer
 
     def _thread_starter(self, function: Function) -> _lane.AtOnce:
         """On the lane, a call of a sync function: its arguments read on the
