@@ -631,7 +631,10 @@ class _Pending:
         self._handler = handler
         self._start = start
         self._context = context
-        self._later = later
+        # Until the call ends: the `Later` holds this call's callbacks, and
+        # a reference back from here would keep both alive in a cycle that
+        # only the garbage collector frees (a collection per few hundred calls).
+        self._later: Later | None = later
         self._serialize = serialize
         self._ended = False
         # Answered from the worker thread (`_answer_in_thread`).
@@ -680,10 +683,11 @@ class _Pending:
                 return
             answered = self._answered
             self._ended = True
+        later = self._later
         self.forget()
-        if answered:
+        if answered or later is None:
             return  # its thread answered it: nothing was left to cancel
-        self._later.cancel()
+        later.cancel()
         why = "the client cancelled or left" if status is None else status[1]
         logger.info("%s cancelled: %s", self._start.method, why)
         if status is not None:
@@ -743,8 +747,10 @@ class _Pending:
             )
 
     def forget(self) -> None:
-        """The call has ended: it leaves its connection and its deadline."""
+        """The call has ended: it leaves its connection and its deadline, and
+        lets go of its `Later` (which holds its callbacks: see `__init__`)."""
         self._ended = True
+        self._later = None
         if self._tick is not None:
             self._connection.deadlines.disarm(self._tick, self._id)
             self._tick = None
