@@ -685,9 +685,10 @@ class _Pending:
             self._ended = True
         later = self._later
         self.forget()
-        if answered or later is None:
+        if answered:
             return  # its thread answered it: nothing was left to cancel
-        later.cancel()
+        if later is not None:
+            later.cancel()
         why = "the client cancelled or left" if status is None else status[1]
         logger.info("%s cancelled: %s", self._start.method, why)
         if status is not None:
