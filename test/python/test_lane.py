@@ -943,6 +943,24 @@ async def test_a_call_answered_in_its_thread_leaves_at_its_deadline_when_nothing
         await asyncio.wait_for(lane.reader.readexactly(1), 0.1)
 
 
+async def test_the_workers_stop_does_not_wait_for_a_call_its_thread_answered() -> None:
+    lane = _EarlyLane()
+    await lane.connect()
+    lane.start(1, b"quick")
+    await lane.started(1)
+    await asyncio.to_thread(lane.works[b"quick"].end_in_thread, b"done")
+    frame = await lane.next_frame()
+    assert (frame.call, frame.message) == (1, b"done")
+    assert 1 in lane.connection.calls  # until the loop's next read
+
+    # Its grace is for calls still at work: an answered one has none left.
+    lane.server._server = _Closable()
+    await asyncio.wait_for(lane.server.stop(30), 5)
+    assert not lane.connection.calls
+    with pytest.raises(asyncio.IncompleteReadError):
+        await lane.next_frame()  # one answer: no status after it
+
+
 async def test_a_threads_answer_cut_short_is_finished_before_its_connection_closes() -> None:
     big = b"x" * 600_000
 
