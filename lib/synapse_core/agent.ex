@@ -186,6 +186,7 @@ defmodule SynapseCore.Agent do
           | {:await_ready, boolean()}
           | {:log_level, SynapseCore.Worker.log_level()}
           | {:max_stuck_threads, non_neg_integer()}
+          | {:busy_wait_us, non_neg_integer()}
 
   @typedoc "Options of a run; see `run_sync/3`."
   @type run_option ::

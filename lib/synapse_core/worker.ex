@@ -436,6 +436,7 @@ defmodule SynapseCore.Worker do
           {"SYNAPSE_MAX_MESSAGE_BYTES", Integer.to_string(options.max_message_bytes)},
           {"SYNAPSE_LOG_LEVEL", options.log_level |> Atom.to_string() |> String.upcase()},
           {"SYNAPSE_MAX_STUCK_THREADS", Integer.to_string(options.max_stuck_threads)},
+          {"SYNAPSE_BUSY_WAIT_US", Integer.to_string(options.busy_wait_us)},
           Shepherd.log_fd_env()
         ]
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2
 
 from conftest import AgentClient
 from synapse_python import Worker
-from synapse_python._threads import SyncThreads
+from synapse_python._threads import SyncThreads, any_busy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -37,6 +37,23 @@ def test_a_call_abandoned_while_it_runs_is_stuck_until_it_returns() -> None:
     assert running.result(10) == "done"
     assert threads.stuck == 0
     assert changes == [1, 0]
+
+
+def test_a_thread_running_a_call_is_busy_until_it_waits_for_the_next() -> None:
+    # What the worker's event loop asks before it polls (`_busy_wait`).
+    threads = SyncThreads()
+    assert threads.busy == 0
+    started, release, blocked = _blocking()
+    running = threads.submit(blocked)
+    assert started.wait(10)
+    assert threads.busy == 1
+    assert any_busy()
+    release.set()
+    assert running.result(10) == "done"
+    deadline = time.monotonic() + 10
+    while threads.busy and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert threads.busy == 0  # waiting for a call: it wants no GIL
 
 
 def test_a_call_cancelled_before_it_runs_never_runs() -> None:

@@ -358,6 +358,40 @@ async def test_an_agent_that_does_not_load_stops_the_worker_before_readiness(
         assert "RuntimeError: boom at import" in worker.stderr()
 
 
+async def loop_report(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
+    """What `synapse_fixtures.event_loop`'s agent reports of a worker process's event loop."""
+    async with worker_process(tmp_path, env=env) as worker:
+        address = await worker.ready_address()
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = AgentClient(channel)
+            await client.load_agent("loop", ref="synapse_fixtures.event_loop:loop_agent")
+            return json.loads((await client.run_sync("loop", "hi")).text)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 100), ("250", 250), ("0", None)])
+async def test_the_event_loop_polls_before_it_sleeps_for_what_the_environment_says(
+    tmp_path: Path, value: str, expected: int | None
+) -> None:
+    report = await loop_report(tmp_path, {"SYNAPSE_BUSY_WAIT_US": value})
+    assert report == {"busy_wait_us": expected}  # None: asyncio's own selector
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "10001"])
+async def test_a_busy_wait_that_is_no_number_of_microseconds_stops_the_worker_before_readiness(
+    tmp_path: Path, value: str
+) -> None:
+    async with worker_process(tmp_path, env={"SYNAPSE_BUSY_WAIT_US": value}) as worker:
+        # EX_CONFIG: starting it again will not help.
+        assert await worker.exit_code() == 78
+        assert await worker.process.stdout.read() == b""
+    stderr = worker.stderr()
+    assert (
+        "SYNAPSE_BUSY_WAIT_US must be an integer from 0 to 10000 (microseconds), "
+        f"got {value!r}" in stderr
+    )
+    assert "Traceback" not in stderr
+
+
 async def heap_report(tmp_path: Path, ref: str) -> dict[str, Any]:
     """What `synapse_fixtures.heap`'s agent, loaded from `ref` in a worker process, reports."""
     # Loaded by RPC once the worker serves, as SynapseCore.Worker loads agents.

@@ -24,6 +24,9 @@ defmodule SynapseCore.OptionsTest do
           health_interval: @too_long,
           health_timeout: @too_long,
           max_backoff: 0,
+          busy_wait_us: -1,
+          busy_wait_us: 10_001,
+          busy_wait_us: 1.5,
           max_message_bytes: Integer.pow(2, 64),
           # grpcio takes it as a C int: a start with it could never succeed.
           max_message_bytes: 2_147_483_648,
@@ -68,13 +71,15 @@ defmodule SynapseCore.OptionsTest do
             startup_timeout: Options.max_ms(),
             shutdown_timeout: 0,
             health_interval: :infinity,
-            max_message_bytes: 2_147_483_647
+            max_message_bytes: 2_147_483_647,
+            busy_wait_us: 10_000
           )
         )
 
       assert options.workers == 256
       assert options.startup_timeout == Options.max_ms()
       assert options.health_interval == :infinity
+      assert options.busy_wait_us == 10_000
     end
 
     test "defaults come from the declaration" do

@@ -32,6 +32,7 @@ defmodule SynapseCore.Agent.Options do
     :log_level,
     :await_ready,
     :max_stuck_threads,
+    :busy_wait_us,
     :transport
   ]
 
@@ -72,6 +73,7 @@ defmodule SynapseCore.Agent.Options do
           log_level: SynapseCore.Worker.log_level(),
           await_ready: boolean(),
           max_stuck_threads: non_neg_integer(),
+          busy_wait_us: non_neg_integer(),
           transport: :lane | :grpc
         }
 
@@ -87,6 +89,8 @@ defmodule SynapseCore.Agent.Options do
                                "Limit",
                                "LIMIT_DEFAULT_MAX_MESSAGE_BYTES"
                              )
+  @default_busy_wait_us SynapseCore.Proto.enum_value("Limit", "LIMIT_DEFAULT_BUSY_WAIT_US")
+  @max_busy_wait_us SynapseCore.Proto.enum_value("Limit", "LIMIT_MAX_BUSY_WAIT_US")
 
   # What a lane's connection holds back at least before it refuses new
   # calls (see `:transport`).
@@ -219,6 +223,24 @@ defmodule SynapseCore.Agent.Options do
       thread) before the
       worker reports itself unhealthy and is replaced, once its calls in
       flight are done. `SynapseCore.Agent.workers/1` shows the count.
+      """
+    ],
+    busy_wait_us: [
+      type: {:integer, 0, @max_busy_wait_us},
+      default: @default_busy_wait_us,
+      doc: """
+      for how many microseconds the event loop of a worker started here
+      polls for the next call before it sleeps (`0`: it sleeps at once, as
+      asyncio's loop does; a remote worker takes it from its environment's
+      `SYNAPSE_BUSY_WAIT_US`).
+      Waking a sleeping process costs both sides more than a short call
+      itself on many machines, virtual ones most: polling saves that when
+      calls come back to back. The loop polls only once a wait has ended
+      within this time, stops after three polls in a row found nothing (an
+      idle worker spends nothing), and never while it works more than it
+      waits (many calls in flight) or a sync tool or Bridge function runs
+      in one of its threads; it spends at most this long per wait. Set it
+      to `0` where a CPU quota counts every microsecond (containers).
       """
     ],
     health_interval: [
@@ -787,6 +809,7 @@ defmodule SynapseCore.Agent.Options do
       log_level: options[:log_level] || configured_log_level(),
       await_ready: options.await_ready,
       max_stuck_threads: options.max_stuck_threads,
+      busy_wait_us: options.busy_wait_us,
       transport: options.transport
     }
   end

@@ -39,6 +39,7 @@ import collections
 import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -121,6 +122,16 @@ class _Call(Later):
         self.threads._abandon(self)
 
 
+_pools: weakref.WeakSet[SyncThreads] = weakref.WeakSet()
+"""Every pool of this process, for `any_busy`."""
+
+
+def any_busy() -> bool:
+    """Whether a thread of any pool of this process is running a call (or
+    about to take one), and so may want the GIL."""
+    return any(pool.busy for pool in list(_pools))
+
+
 _Outcome = tuple[_Call, Any, BaseException | None]
 """A call, and what its function returned or raised."""
 
@@ -154,6 +165,13 @@ class SyncThreads(Executor):
         # Outcomes on their way back to each event loop, handed over in one
         # `call_soon_threadsafe` for all those that finish before it runs.
         self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        _pools.add(self)
+
+    @property
+    def busy(self) -> int:
+        """Threads not waiting for a call: running one, or about to take one
+        (read without the lock: a moment's view)."""
+        return self._threads - self._idle
 
     @property
     def stuck(self) -> int:

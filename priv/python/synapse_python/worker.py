@@ -31,7 +31,9 @@ Stdout carries one line of its own, `SYNAPSE_READY <address>`, once the server
 accepts connections (and whatever the agents print). Logs go to the log pipe
 whose descriptor is in SYNAPSE_LOG_FD, as structured records, or without it to
 stderr as text; the level comes from SYNAPSE_LOG_LEVEL (default INFO): see
-`synapse_python._logging`. SIGTERM or SIGINT stop the worker gracefully with
+`synapse_python._logging`. Before its event loop sleeps, the worker polls for
+the next call for up to SYNAPSE_BUSY_WAIT_US microseconds (default 100, 0: never;
+see `synapse_python._busy_wait`). SIGTERM or SIGINT stop the worker gracefully with
 exit code 0. Exit code 78 (EX_CONFIG) means the worker failed before it was
 ready (an --agent or a --bridge did not load, the address cannot be bound, ...:
 starting it again will not help), with the error logged; 1 that it failed
@@ -47,7 +49,7 @@ import math
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EXIT_FAILED = 1
 EXIT_STARTUP_FAILED = 78
@@ -55,6 +57,7 @@ EXIT_STARTUP_FAILED = 78
 try:
     from synapse_python import _logging, _server
     from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
+    from synapse_python._busy_wait import BusyWaitSelector, busy_wait_from_env
     from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
 except ImportError as exc:
     # An interpreter without the worker's dependencies: starting it again
@@ -101,23 +104,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         agents[agent_id] = ref
 
     _logging.configure()
+    try:
+        busy_wait_us = busy_wait_from_env()
+    except ValueError as exc:
+        logger.error("worker failed to start: %s", exc)
+        return EXIT_STARTUP_FAILED
     # Only now: a bad command line fails fast, without loading pydantic-ai.
     from synapse_python import serve
 
     try:
-        asyncio.run(
-            serve(
-                args.listen,
-                agents=agents,
-                bridges=args.bridge,
-                allow_remote=args.allow_remote,
-                grace=args.grace,
-                tls_cert=tls.certificate_chain if tls else None,
-                tls_key=tls.private_key if tls else None,
-                token=token,
-                lane=args.lane,
+        with asyncio.Runner(loop_factory=_loop_factory(busy_wait_us)) as runner:
+            runner.run(
+                serve(
+                    args.listen,
+                    agents=agents,
+                    bridges=args.bridge,
+                    allow_remote=args.allow_remote,
+                    grace=args.grace,
+                    tls_cert=tls.certificate_chain if tls else None,
+                    tls_key=tls.private_key if tls else None,
+                    token=token,
+                    lane=args.lane,
+                )
             )
-        )
     except _server.BindError as exc:
         # The address says it all: a traceback through grpc would hide it.
         logger.error("worker failed to start: %s", exc)
@@ -129,6 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.exception("worker failed to start")
         return EXIT_STARTUP_FAILED
     return 0
+
+
+def _loop_factory(busy_wait_us: int) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """What makes the worker's event loop: one that polls for up to
+    `busy_wait_us` before it sleeps (see `synapse_python._busy_wait`), or,
+    with 0, asyncio's own (None: as `asyncio.run` makes it)."""
+    if busy_wait_us == 0:
+        return None
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        from synapse_python._threads import any_busy
+
+        selector = BusyWaitSelector(busy_wait_us / 1e6, may_poll=lambda: not any_busy())
+        return asyncio.SelectorEventLoop(selector)
+
+    return new_loop
 
 
 def _parser() -> argparse.ArgumentParser:
