@@ -79,6 +79,15 @@ def _short_wait(probe: _Probe, pair: tuple[socket.socket, socket.socket]) -> Non
     probe.timeouts.clear()
 
 
+def _ticking(probe: _Probe, clock: _Clock, step: float) -> None:
+    """Each poll takes `step` seconds from now on (and finds nothing)."""
+
+    def tick(count: int) -> None:
+        clock.now += step
+
+    probe.on_poll = tick
+
+
 def _hit(probe: _Probe, clock: _Clock, pair: tuple[socket.socket, socket.socket]) -> None:
     """A wait whose second poll finds the call (a microsecond after the first)."""
     ours, theirs = pair
@@ -89,7 +98,7 @@ def _hit(probe: _Probe, clock: _Clock, pair: tuple[socket.socket, socket.socket]
             theirs.send(b"x")
 
     probe.on_poll = arrive
-    assert probe.select(None)
+    assert probe.select(1.0)  # not forever: a selector that sleeps would wait
     assert probe.timeouts == [0, 0]
     ours.recv(16)
     probe.timeouts.clear()
@@ -117,7 +126,7 @@ def test_after_a_short_wait_it_polls_and_returns_what_a_poll_finds(
             theirs.send(b"y")
 
     probe.on_poll = arrive
-    [(key, events)] = probe.select(None)
+    [(key, events)] = probe.select(1.0)
     assert key.fileobj is ours and events == selectors.EVENT_READ
     # Three polls and no sleep; between two polls, others go first.
     assert probe.timeouts == [0, 0, 0]
@@ -129,11 +138,7 @@ def test_it_polls_for_its_budget_at_most_then_sleeps_for_the_rest_of_the_timeout
 ) -> None:
     probe, clock = _probe(pair[0])
     _short_wait(probe, pair)
-
-    def tick(count: int) -> None:
-        clock.now += 30e-6
-
-    probe.on_poll = tick
+    _ticking(probe, clock, 30e-6)
     assert probe.select(0.002) == []
     *polls, sleep = probe.timeouts
     assert polls == [0, 0, 0, 0]  # 120 µs: past the budget
@@ -145,11 +150,7 @@ def test_a_timer_due_within_the_budget_ends_the_wait_without_a_sleep(
 ) -> None:
     probe, clock = _probe(pair[0])
     _short_wait(probe, pair)
-
-    def tick(count: int) -> None:
-        clock.now += 30e-6
-
-    probe.on_poll = tick
+    _ticking(probe, clock, 30e-6)
     assert probe.select(50e-6) == []
     assert probe.timeouts == [0, 0]
 
@@ -160,11 +161,7 @@ def test_after_three_empty_polls_in_a_row_it_sleeps_at_once(
     probe, clock = _probe(pair[0])
     _short_wait(probe, pair)
     _hit(probe, clock, pair)  # full credit
-
-    def tick(count: int) -> None:
-        clock.now += 60e-6
-
-    probe.on_poll = tick
+    _ticking(probe, clock, 60e-6)
     for _ in range(3):
         probe.timeouts.clear()
         assert probe.select(0.001) == []
@@ -181,6 +178,7 @@ def test_a_loop_that_works_longer_than_it_waits_sleeps_at_once(
     _short_wait(probe, pair)
     _hit(probe, clock, pair)  # it waited 2 µs
     clock.now += 50e-6  # then worked for 50
+    _ticking(probe, clock, 60e-6)
     assert probe.select(0.001) == []
     assert probe.timeouts == [0.001]
 
@@ -191,13 +189,9 @@ def test_it_never_polls_while_a_thread_of_the_worker_runs_user_code(
     busy = True
     probe, clock = _probe(pair[0], may_poll=lambda: not busy)
     _short_wait(probe, pair)
+    _ticking(probe, clock, 60e-6)
     assert probe.select(0.001) == []
     assert probe.timeouts == [0.001]
-
-    def tick(count: int) -> None:
-        clock.now += 60e-6
-
-    probe.on_poll = tick
     busy = False  # the thread returned
     probe.timeouts.clear()
     assert probe.select(0.001) == []
