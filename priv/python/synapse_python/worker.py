@@ -59,6 +59,7 @@ try:
     from synapse_python._auth import TOKEN_ENV, BearerToken, TlsCredentials
     from synapse_python._busy_wait import BusyWaitSelector, busy_wait_from_env
     from synapse_python._server import DEFAULT_SHUTDOWN_GRACE, missing_for_tcp, parse_listen
+    from synapse_python._threads import any_busy
 except ImportError as exc:
     # An interpreter without the worker's dependencies: starting it again
     # will not help.
@@ -148,8 +149,6 @@ def _loop_factory(busy_wait_us: int) -> Callable[[], asyncio.AbstractEventLoop] 
         return None
 
     def new_loop() -> asyncio.AbstractEventLoop:
-        from synapse_python._threads import any_busy
-
         selector = BusyWaitSelector(busy_wait_us / 1e6, may_poll=lambda: not any_busy())
         return asyncio.SelectorEventLoop(selector)
 
