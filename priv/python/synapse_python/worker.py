@@ -32,12 +32,12 @@ accepts connections (and whatever the agents print). Logs go to the log pipe
 whose descriptor is in SYNAPSE_LOG_FD, as structured records, or without it to
 stderr as text; the level comes from SYNAPSE_LOG_LEVEL (default INFO): see
 `synapse_python._logging`. Before its event loop sleeps, the worker polls for
-the next call for up to SYNAPSE_BUSY_WAIT_US microseconds (default 100, 0: never;
-see `synapse_python._busy_wait`). SIGTERM or SIGINT stop the worker gracefully with
-exit code 0. Exit code 78 (EX_CONFIG) means the worker failed before it was
-ready (an --agent or a --bridge did not load, the address cannot be bound, ...:
-starting it again will not help), with the error logged; 1 that it failed
-later; 2 a bad command line.
+the next call for up to SYNAPSE_BUSY_WAIT_US microseconds (0: never; the default
+is agent.proto's `Limit`; see `synapse_python._busy_wait`). SIGTERM or SIGINT
+stop the worker gracefully with exit code 0. Exit code 78 (EX_CONFIG) means the
+worker failed before it was ready (an --agent or a --bridge did not load, the
+address cannot be bound, ...: starting it again will not help), with the error
+logged; 1 that it failed later; 2 a bad command line.
 """
 
 from __future__ import annotations
