@@ -60,7 +60,7 @@ import inspect
 import logging
 import math
 import os
-import struct
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
@@ -70,16 +70,23 @@ import grpc
 from synapse_python import _auth
 from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._errors import ERROR_METADATA_KEY
-from synapse_python._proto.synapse.v1 import lane_pb2
+from synapse_python._lane_frames import (
+    DEADLINE_EXCEEDED,
+    FRAME_SLACK,
+    HEADER,
+    WORKER_STOPPING,
+    LaneFrame,
+    LaneStatus,
+    Refused,
+    error_detail,
+    too_large,
+    unexpected,
+)
+from synapse_python._lane_threads import InThread, ThreadedConnection
+from synapse_python._lane_threads import Method as InThreadMethod
+from synapse_python._threads import SyncThreads
 
 logger = logging.getLogger("synapse_python.lane")
-
-_HEADER = struct.Struct(">I")
-# Room for a frame's own fields around a message of the maximum size.
-_FRAME_SLACK = 64 * 1024
-
-LaneFrame = lane_pb2.LaneFrame
-LaneStatus = lane_pb2.LaneStatus
 
 Handlers = Mapping[str, grpc.RpcMethodHandler]
 """Method handlers by gRPC method path ("/package.Service/Method")."""
@@ -102,10 +109,8 @@ serializer, and handler (for a call that has to wait after all)."""
 _TICKS_PER_SECOND = 1000
 """The resolution of the calls' deadlines: a millisecond."""
 
-_DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-"""How a call whose deadline passed ends, in grpc's words."""
-
 _AT_ONCE = "_synapse_lane_at_once"
+_IN_THREAD = "_synapse_lane_in_thread"
 
 
 def answer_at_once(behaviour: Callable[..., Any], at_once: AtOnce) -> None:
@@ -115,35 +120,12 @@ def answer_at_once(behaviour: Callable[..., Any], at_once: AtOnce) -> None:
     setattr(behaviour, _AT_ONCE, at_once)
 
 
-class Refused(Exception):
-    """Ends a call answered at once with a status, as `abort` ends a handler's:
-    `code`, `details`, and the `synapse-error-bin` entry of `trailing_metadata`."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str = "",
-        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        super().__init__(code, details)
-        self.code = code
-        self.details = details
-        # As given, for a gRPC handler to `abort` with; `detail` for the lane's status.
-        self.trailing_metadata = tuple(trailing_metadata)
-        self.detail = _error_detail(trailing_metadata)
-
-
-def _error_detail(trailing_metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes:
-    """The serialized `ErrorDetail` a status carries in its trailing metadata (or none)."""
-    for key, value in trailing_metadata or ():
-        if key == ERROR_METADATA_KEY and isinstance(value, bytes):
-            return value
-    return b""
-
-
-def _too_large(direction: str, size: int, limit: int) -> str:
-    """grpc's own words for a message over the maximum size."""
-    return f"{direction} message larger than max ({size} vs. {limit})"
+def answer_in_thread(behaviour: Callable[..., Any], in_thread: InThread) -> None:
+    """Lets the lane answer the calls of a unary method whose behaviour is
+    `behaviour` with `in_thread`, in the worker thread that reads them, on a
+    connection whose hello asks for threads (`_lane_threads`); elsewhere the
+    method is called as before."""
+    setattr(behaviour, _IN_THREAD, in_thread)
 
 
 class LaneServer:
@@ -155,6 +137,7 @@ class LaneServer:
         *,
         max_message_bytes: int,
         token: _auth.BearerToken | None = None,
+        threads: SyncThreads | None = None,
     ) -> None:
         self._handlers = dict(handlers)
         # The methods answered at once: their `AtOnce`, request deserializer,
@@ -164,6 +147,15 @@ class LaneServer:
             for method, handler in self._handlers.items()
             if (at_once := getattr(handler.unary_unary, _AT_ONCE, None)) is not None
         }
+        # The methods the threads of a threads connection answer, likewise.
+        self._in_thread: dict[str, InThreadMethod] = {
+            method: (in_thread, handler.request_deserializer, handler.response_serializer)
+            for method, handler in self._handlers.items()
+            if (in_thread := getattr(handler.unary_unary, _IN_THREAD, None)) is not None
+        }
+        # Whose bound and stuck count the threads connections' threads share.
+        self._threads = threads if threads is not None else SyncThreads()
+        self._threaded: set[ThreadedConnection] = set()
         self._max_message_bytes = max_message_bytes
         self._token = token
         self._server: asyncio.AbstractServer | None = None
@@ -185,6 +177,21 @@ class LaneServer:
     def _connection(self) -> _Connection:
         return _Connection(self)
 
+    def hand_over(self, sock: socket.socket, data: bytes) -> None:
+        """Serves the connection of `sock` with threads (its hello asked for
+        them), starting with `data`, what was read after the hello."""
+        connection = ThreadedConnection(
+            sock,
+            self._in_thread,
+            known=self._handlers,
+            pool=self._threads,
+            max_message_bytes=self._max_message_bytes,
+            stopping=lambda: self.stopping,
+            closed=self._threaded.discard,
+        )
+        self._threaded.add(connection)
+        connection.begin(data)
+
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections and calls; give those in flight `grace` seconds, then cancel."""
         server, self._server = self._server, None
@@ -194,10 +201,17 @@ class LaneServer:
         server.close()
         calls = [call for connection in self._connections for call in connection.calls.values()]
         tasks = [call.task for call in calls if call.task is not None]
-        if tasks and grace:
-            await asyncio.wait(tasks, timeout=grace)
+        threaded = list(self._threaded)
+        if grace:
+            waits = [connection.drained() for connection in threaded]
+            if tasks or waits:
+                await asyncio.wait([*tasks, *waits], timeout=grace)
+            for wait in waits:
+                wait.cancel()
         for call in calls:
-            call.stop("the worker is stopping")
+            call.stop(WORKER_STOPPING)
+        for connection in threaded:
+            connection.stop(WORKER_STOPPING)
         if tasks:
             await asyncio.wait(tasks)
         for connection in list(self._connections):
@@ -260,7 +274,7 @@ class _Connection(asyncio.Protocol):
         self._handlers = server._handlers
         self._at_once = server._at_once
         self.max_message_bytes = server._max_message_bytes
-        self._max_frame = server._max_message_bytes + _FRAME_SLACK
+        self._max_frame = server._max_message_bytes + FRAME_SLACK
         self._authorized = server._token is None
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -356,7 +370,7 @@ class _Connection(asyncio.Protocol):
         needed = 4
         try:
             while size - offset >= 4:
-                (length,) = _HEADER.unpack_from(data, offset)
+                (length,) = HEADER.unpack_from(data, offset)
                 if length > self._max_frame:
                     raise _ProtocolError(
                         f"a frame of {length} bytes, over the maximum of {self._max_frame}"
@@ -373,6 +387,9 @@ class _Connection(asyncio.Protocol):
                     self._start(frame.call, frame.start)
                 else:
                     self._dispatch(frame, kind)
+                    if kind == "hello" and frame.hello.threads:
+                        self._hand_over(view[offset:size])
+                        return
         except Exception as exc:  # a broken client: drop it, never the worker
             logger.warning("closing a lane connection: %s", exc)
             self.close()
@@ -380,6 +397,20 @@ class _Connection(asyncio.Protocol):
         if offset < size:
             buffer += view[offset:]
             self._needed = needed
+
+    def _hand_over(self, rest: memoryview) -> None:
+        """The connection's hello asked for threads: they serve its socket
+        from now on (`_lane_threads`), starting with `rest`, what was read
+        after the hello; this transport lets go of it."""
+        transport = self._transport
+        if self.calls or self._outgoing or transport is None:
+            raise _ProtocolError("a hello asking for threads after calls")
+        sock = transport.get_extra_info("socket")
+        # A descriptor of its own: the transport closes the one it has.
+        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        duplicate.setblocking(True)
+        self._server.hand_over(duplicate, bytes(rest))
+        transport.abort()
 
     # ---- frames in ----
 
@@ -447,7 +478,7 @@ class _Connection(asyncio.Protocol):
             self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
             return
         if self._server.stopping:
-            self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, "the worker is stopping")
+            self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
             return
         call = LaneContext(self, call_id, handler, start)
         self.calls[call_id] = call
@@ -483,7 +514,7 @@ class _Connection(asyncio.Protocol):
 
     def _too_large(self, call_id: int, direction: str, message: bytes) -> None:
         """Ends a call whose `message` is over the maximum size RESOURCE_EXHAUSTED, as grpc does."""
-        details = _too_large(direction, len(message), self.max_message_bytes)
+        details = too_large(direction, len(message), self.max_message_bytes)
         self.send_status(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
 
     def answer_failed(self, call_id: int, method: str, exc: BaseException) -> None:
@@ -493,7 +524,7 @@ class _Connection(asyncio.Protocol):
             self.send_status(call_id, exc.code, exc.details, exc.detail)
         else:
             logger.error("%s failed", method, exc_info=exc)
-            self.send_status(call_id, *_unexpected(exc))
+            self.send_status(call_id, *unexpected(exc))
 
     # ---- frames out ----
 
@@ -504,13 +535,13 @@ class _Connection(asyncio.Protocol):
             return
         data = frame.SerializeToString()
         if self._batching or not at_once:
-            self._outgoing.append(_HEADER.pack(len(data)))
+            self._outgoing.append(HEADER.pack(len(data)))
             self._outgoing.append(data)
         else:
             # The first frame of a loop iteration goes out at once (a lone
             # call waits for nothing); the next ones wait for the end of the
             # iteration and go out together.
-            self._write(_HEADER.pack(len(data)) + data)
+            self._write(HEADER.pack(len(data)) + data)
         if not self._batching:
             self._batching = True
             self._loop.call_soon(self._flush)
@@ -672,7 +703,7 @@ class _Pending:
 
     def _expire(self) -> None:
         self._tick = None
-        self._end(_DEADLINE_EXCEEDED)
+        self._end(DEADLINE_EXCEEDED)
 
     def _end(self, status: tuple[grpc.StatusCode, str] | None) -> None:
         """Ends the call before its response came, with `status` unless the
@@ -718,7 +749,7 @@ class _Pending:
         if len(data) > connection.max_message_bytes:
             return False
         body = LaneFrame(call=self._id, message=data).SerializeToString()
-        frame = _HEADER.pack(len(body)) + body
+        frame = HEADER.pack(len(body)) + body
         with connection.write_lock:
             if self._ended or not connection.write_from_thread(frame):
                 return False
@@ -889,7 +920,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     def _expire(self) -> None:
         self._tick = None
-        self._cancel(_DEADLINE_EXCEEDED)
+        self._cancel(DEADLINE_EXCEEDED)
 
     def _cancel(self, status: tuple[grpc.StatusCode, str] | None) -> None:
         if self._ended or self._cancelled:
@@ -972,7 +1003,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 self._end()
         else:
             logger.error("%s failed", self._method, exc_info=exc)
-            self._set_status(*_unexpected(exc))
+            self._set_status(*unexpected(exc))
             self._end()
 
     def _respond(self, response: Any) -> None:
@@ -1006,7 +1037,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
                 logger.exception("a done callback of %s failed", self._method)
 
     def _too_large(self, direction: str, message: bytes) -> str:
-        return _too_large(direction, len(message), self._connection.max_message_bytes)
+        return too_large(direction, len(message), self._connection.max_message_bytes)
 
     def _set_status(self, code: grpc.StatusCode, details: str, detail: bytes = b"") -> None:
         """The call's end status; the first failure decided stays (as with grpc's abort)."""
@@ -1054,7 +1085,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         details: str = "",
         trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> NoReturn:
-        self._set_status(code, details, _error_detail(trailing_metadata))
+        self._set_status(code, details, error_detail(trailing_metadata))
         raise grpc.aio.AbortError()
 
     async def abort_with_status(self, status: grpc.Status) -> NoReturn:
@@ -1073,7 +1104,7 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
         return self._details
 
     def set_trailing_metadata(self, trailing_metadata: Sequence[tuple[str, str | bytes]]) -> None:
-        detail = _error_detail(trailing_metadata)
+        detail = error_detail(trailing_metadata)
         if detail:
             self._detail = detail
 
@@ -1117,8 +1148,3 @@ class LaneContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     def disable_next_message_compression(self) -> None:
         pass
-
-
-def _unexpected(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The status a handler's unexpected exception ends its call with (grpc's words)."""
-    return grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}"

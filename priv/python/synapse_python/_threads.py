@@ -42,7 +42,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import Any
+from typing import Any, Protocol
 
 from synapse_python._awaitables import Later
 
@@ -122,14 +122,29 @@ class _Call(Later):
         self.threads._abandon(self)
 
 
-_pools: weakref.WeakSet[SyncThreads] = weakref.WeakSet()
-"""Every pool of this process, for `any_busy`."""
+class Busy(Protocol):
+    """Threads of this process that run user code (a pool, the lane's threads)."""
+
+    @property
+    def busy(self) -> int:
+        """How many of them are running a call (or about to take one)."""
+        ...
+
+
+_busy: weakref.WeakSet[Busy] = weakref.WeakSet()
+"""Every pool of this process, and every other holder of threads running
+user code, for `any_busy`."""
+
+
+def track_busy(threads: Busy) -> None:
+    """Counts `threads` in `any_busy`, for as long as they are referenced."""
+    _busy.add(threads)
 
 
 def any_busy() -> bool:
-    """Whether a thread of any pool of this process is running a call (or
-    about to take one), and so may want the GIL."""
-    return any(pool.busy for pool in list(_pools))
+    """Whether a thread of any pool of this process (or of the lane's) is
+    running a call (or about to take one), and so may want the GIL."""
+    return any(threads.busy for threads in list(_busy))
 
 
 _Outcome = tuple[_Call, Any, BaseException | None]
@@ -165,7 +180,7 @@ class SyncThreads(Executor):
         # Outcomes on their way back to each event loop, handed over in one
         # `call_soon_threadsafe` for all those that finish before it runs.
         self._outcomes: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        _pools.add(self)
+        track_busy(self)
 
     @property
     def busy(self) -> int:
@@ -177,6 +192,19 @@ class SyncThreads(Executor):
     def stuck(self) -> int:
         """Threads still running a call that nobody waits for any more."""
         return self._stuck
+
+    @property
+    def max_threads(self) -> int:
+        """The most threads that run functions at once."""
+        return self._max_threads
+
+    def count_stuck(self, change: int) -> None:
+        """Counts a thread that is not the pool's but runs its worker's
+        functions (the lane's threads) as stuck (`change` 1) or no longer
+        (-1), with the pool's own: `on_stuck` hears of it the same way."""
+        with self._lock:
+            self._stuck += change
+            self._notify()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[type-arg]
         future = _ToolFuture(self)

@@ -293,6 +293,7 @@ class Worker:
                         },
                         max_message_bytes=self._max_message_bytes,
                         token=self._token,
+                        threads=self._sync_threads,
                     )
                     await lane_server.start(lane_endpoint.path)
             for service in self._health_services():

@@ -10,7 +10,9 @@ live functions. Each RPC:
 2. calls the function: a sync function in a worker thread (`_threads.SyncThreads`,
    the worker's, where a function still running after its call ended counts as a
    stuck thread; it never blocks the event loop; on the lane, the call waits
-   for the thread's outcome with no task or future), or directly on the loop when the
+   for the thread's outcome with no task or future, or, on the connection the
+   Elixir client keeps for these calls, is read and answered by a thread of
+   the lane's own with no hop at all: `_lane.answer_in_thread`), or directly on the loop when the
    bridge's config marks it `on_loop` (no thread hop, but nothing else runs
    meanwhile; on the lane, such a call is answered as its request is read,
    with no task: `_lane.answer_at_once`), an `async def` awaited, an async
@@ -201,16 +203,19 @@ class BridgeService:
 
         handle.__name__ = function.rpc
         if function.on_loop:
-            _lane.answer_at_once(handle, self._on_loop_answerer(function))
+            _lane.answer_at_once(handle, self._direct_answerer(function))
         elif function.kind == "sync":
             _lane.answer_at_once(handle, self._thread_starter(function))
+            # On a connection of the lane that threads read: in the thread.
+            _lane.answer_in_thread(handle, self._direct_answerer(function))
         return handle
 
-    def _on_loop_answerer(self, function: Function) -> _lane.AtOnce:
-        """On the lane, a call of an `on_loop` function, answered as its request
-        is read: its arguments, the function and its response in one closure
-        (what `_refusing` around `_on_loop_caller` does, written out: each
-        Python call is a good part of what such a call costs)."""
+    def _direct_answerer(self, function: Function) -> Callable[[Message], Any]:
+        """On the lane, a call of a sync function answered where its request
+        is read (on the loop for an `on_loop` function, else in the thread
+        that read it): its arguments, the function and its response in one
+        closure (what `_refusing` around `_on_loop_caller` does, written out:
+        each Python call is a good part of what such a call costs)."""
         arguments = self._arguments[function.name]
         target = self._functions[function.name]
         write_response = self._write_response[function.name]

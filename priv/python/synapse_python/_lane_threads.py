@@ -1,0 +1,542 @@
+"""A lane connection that the worker's threads read and answer themselves (`LaneHello.threads`).
+
+The Bridge's sync functions run in worker threads. A call of one on a
+connection the event loop reads wakes two sleeping threads: a pool thread to
+run it, and the loop again for the next call; on a virtual machine each
+wake-up costs tens of microseconds of CPU, several times the call itself.
+The client sends those calls on a connection of their own instead, whose
+hello says so, and the loop hands its socket over to threads here, which
+read it themselves: one thread reads (a blocking read), runs the calls it
+read one after the other, writing each answer as it has it, then reads
+again. A lone caller's call wakes that one thread, as a Port's process is
+woken for it; calls read together run back to back, with no wake-up.
+
+A call that takes long must not hold the others up: a watcher thread,
+ticking every millisecond while calls come (it sleeps once none has for a
+while), sees when every thread has been running its call for a tick while a
+call waits or nobody reads, and has another thread take over: an idle one,
+or a new one, up to the pool's `max_threads`. It also keeps the calls'
+deadlines, to within a tick as the loop's connections do: a call still
+waiting when its deadline passes is not run, one running is abandoned.
+With every thread running a call, nobody reads: later calls wait in the
+socket, as they would for a thread of the pool, and the client keeps their
+deadlines (it cancels a call whose deadline passed; read with its start, the
+cancel keeps it from running).
+
+Each call keeps what a call of a sync function has on the loop's
+connections: exactly one end (its response, or a status: the `Refused` its
+function's failure is turned into, UNKNOWN for an unexpected exception,
+RESOURCE_EXHAUSTED for a message over the maximum size, DEADLINE_EXCEEDED,
+UNAVAILABLE when the worker stops); the client's cancel abandons it, and so
+do the connection's loss and the worker's stop. A call abandoned while its
+function runs leaves its thread stuck until the function returns, counted
+with the pool's (`SyncThreads.stuck`), and what it returns is dropped.
+Functions run in a copy of the context of the connection's loop callbacks,
+as they do in the pool's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Container, Mapping
+from typing import Any
+
+import grpc
+
+from synapse_python._awaitables import is_awaitable
+from synapse_python._lane_frames import (
+    DEADLINE_EXCEEDED,
+    FRAME_SLACK,
+    HEADER,
+    WORKER_STOPPING,
+    LaneFrame,
+    Refused,
+    framed,
+    status_frame,
+    too_large,
+    unexpected,
+)
+from synapse_python._threads import SyncThreads, track_busy
+
+logger = logging.getLogger("synapse_python.lane")
+
+InThread = Callable[[Any], Any]
+"""Answers a unary call in the thread that read it: its request to its
+response; raises `Refused` to end the call with another status. It may
+return an awaitable (a decorator hid a coroutine function): the thread then
+waits for it on the event loop."""
+
+Method = tuple[InThread, Callable[[bytes], Any], Callable[[Any], bytes]]
+"""A method answered by the threads: its `InThread`, request deserializer
+and response serializer."""
+
+_TICK = 0.001
+"""The watcher's tick, in seconds: how long a call may run before another
+thread takes over the rest, and the resolution of the deadlines."""
+
+_QUIET_TICKS = 50
+"""Ticks with no call started and none running after which the watcher
+sleeps until a call starts (being woken costs the thread that starts it)."""
+
+_READ_BYTES = 256 * 1024
+"""The most one read takes from the socket."""
+
+_IDLE_TIMEOUT = 60.0
+"""Seconds an idle thread waits for work before it ends (as the pool's)."""
+
+_READ = object()
+"""What a thread is handed when it is its turn to read the socket."""
+
+
+class _Call:
+    """A call read from the connection: waiting for a thread, then running."""
+
+    __slots__ = ("abandoned", "deadline", "id", "message", "method", "started")
+
+    def __init__(self, call_id: int, method: str, message: bytes, deadline: float | None) -> None:
+        self.id = call_id
+        self.method = method
+        self.message = message
+        self.deadline = deadline
+        # When a thread began to run it (monotonic), for the watcher.
+        self.started = 0.0
+        # Ended while its function ran: its thread is stuck until it returns.
+        self.abandoned = False
+
+
+class _ProtocolError(Exception):
+    """The client broke the lane protocol: its connection is closed."""
+
+
+class ThreadedConnection:
+    """One client's connection of sync calls, served by threads of its own
+    (see the module doc). Made on the event loop, which hands it the socket
+    and what it read after the hello (`begin`); `stop` ends it from there."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        methods: Mapping[str, Method],
+        *,
+        known: Container[str],
+        pool: SyncThreads,
+        max_message_bytes: int,
+        stopping: Callable[[], bool],
+        closed: Callable[[ThreadedConnection], None],
+    ) -> None:
+        self._sock = sock
+        self._methods = methods
+        # Every method of the worker, to say why one not answered here is refused.
+        self._known = known
+        self._pool = pool
+        self._max_threads = pool.max_threads
+        self.max_message_bytes = max_message_bytes
+        self._max_frame = max_message_bytes + FRAME_SLACK
+        self._stopping = stopping
+        self._on_closed = closed
+        self._loop = asyncio.get_running_loop()
+        # The functions' context: that of the loop's callbacks, copied per call.
+        self._context = contextvars.copy_context()
+        self._lock = threading.Lock()
+        # Idle threads wait here for a call to run or their turn to read.
+        self._work = threading.Condition(self._lock)
+        # The watcher waits here while no call comes.
+        self._calls_come = threading.Condition(self._lock)
+        # Every write to the socket, and its closing, under this lock.
+        self._write_lock = threading.Lock()
+        # Touched only by the thread reading: what it has of a frame, and
+        # what the loop read after the hello, to take before reading more.
+        self._buffer = bytearray()
+        self._handed = b""
+        self._waiting: collections.OrderedDict[int, _Call] = collections.OrderedDict()
+        self._running: dict[int, _Call] = {}
+        self._reading = False
+        self._threads = 0
+        self._idle = 0
+        self._started = 0  # calls started so far, for the watcher to see them come
+        self._watcher_sleeps = False
+        # Futures of `drained`, settled on the loop once no call is left.
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closed = False  # no more frames are taken; the threads end
+        # The descriptor is let go of once closed and nobody reads it.
+        self._released = False
+        self._sock_closed = False
+        track_busy(self)
+
+    @property
+    def busy(self) -> int:
+        """Threads running a call (a moment's view): they may want the GIL."""
+        return len(self._running)
+
+    def drained(self) -> asyncio.Future[None]:
+        """Done once no call is left (those read have ended). On the loop."""
+        drained = self._loop.create_future()
+        with self._lock:
+            if self._has_calls():
+                self._drain_waiters.append(drained)
+            else:
+                drained.set_result(None)
+        return drained
+
+    def begin(self, data: bytes) -> None:
+        """Serves the connection, starting with `data`, what the loop read
+        after the hello. On the loop: nothing here waits."""
+        self._handed = data
+        threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
+        with self._lock:
+            self._add_thread()
+
+    def stop(self, reason: str = WORKER_STOPPING) -> None:
+        """Ends every call UNAVAILABLE (`reason`), abandoning those running,
+        and the connection. On the loop, once the worker's grace is over:
+        their statuses go out only if the socket takes them at once (a
+        client that does not read sees the connection close instead)."""
+        with self._lock:
+            running = [call for call in self._running.values() if not call.abandoned]
+            calls = [*self._waiting.values(), *running]
+            self._waiting.clear()
+            for call in self._running.values():
+                self._abandon(call)
+            ended = b"".join(
+                status_frame(call.id, grpc.StatusCode.UNAVAILABLE, reason) for call in calls
+            )
+        for call in calls:
+            logger.info("%s cancelled: %s", call.method, reason)
+        if ended and self._write_lock.acquire(blocking=False):
+            try:
+                if not self._sock_closed:
+                    # What it does not take is cut short: the socket closes next.
+                    self._sock.send(ended, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            finally:
+                self._write_lock.release()
+        self._close()
+
+    # ---- the threads ----
+
+    def _add_thread(self) -> None:
+        """Starts a thread (under the lock), unless there are `max_threads`."""
+        if self._threads >= self._max_threads or self._closed:
+            return
+        thread = threading.Thread(target=self._serve, name="synapse-lane-sync", daemon=True)
+        thread.start()
+        self._threads += 1
+
+    def _serve(self) -> None:
+        work: _Call | object | None = None
+        try:
+            while True:
+                with self._lock:
+                    work = self._next()
+                if work is None:
+                    return
+                if work is _READ:
+                    self._read()
+                else:
+                    self._run(work)  # type: ignore[arg-type]
+                work = None
+        except BaseException:
+            # Our own failure, never the function's (`_run` holds those): the
+            # connection cannot be trusted to answer any more.
+            logger.exception("a thread serving a lane connection failed")
+            with self._lock:
+                self._threads -= 1
+                if work is _READ:
+                    self._reading = False
+            self._close()
+
+    def _next(self) -> _Call | object | None:
+        """Under the lock: the next call for this thread to run, or `_READ`
+        when it is to read, waited for while there is neither; None when the
+        thread is to end (the connection closed, or it was idle too long)."""
+        while not self._closed:
+            if self._waiting:
+                _, call = self._waiting.popitem(last=False)
+                call.started = time.monotonic()
+                self._running[call.id] = call
+                self._started += 1
+                if self._watcher_sleeps:
+                    self._watcher_sleeps = False
+                    self._calls_come.notify()
+                return call
+            if not self._reading:
+                self._reading = True
+                return _READ
+            self._idle += 1
+            woken = self._work.wait(_IDLE_TIMEOUT)
+            self._idle -= 1
+            if not woken and not self._waiting and self._reading:
+                break  # another thread reads: this one is not needed
+        self._threads -= 1
+        return None
+
+    def _read(self) -> None:
+        """Reads what the socket has (waiting for it), and takes its frames."""
+        data, self._handed = self._handed, b""
+        if not data:
+            try:
+                data = self._sock.recv(_READ_BYTES)
+            except OSError as exc:
+                logger.debug("reading a lane connection failed: %s", exc)
+        refused = b""
+        try:
+            frames = self._frames(data) if data else None
+        except _ProtocolError as exc:
+            logger.warning("closing a lane connection: %s", exc)
+            frames = None
+        with self._lock:
+            self._reading = False
+            if frames is not None and not self._closed:
+                try:
+                    refused = self._take(frames)
+                except _ProtocolError as exc:
+                    logger.warning("closing a lane connection: %s", exc)
+                    frames = None
+        if frames is None or self._closed:  # the client left, broke the protocol, or we stop
+            self._close()
+            return
+        self._write(refused)
+
+    def _frames(self, data: bytes) -> list[Any]:
+        """The whole frames `data` completes (the rest waits for more)."""
+        buffer = self._buffer
+        buffer += data
+        size = len(buffer)
+        frames = []
+        offset = 0
+        while size - offset >= 4:
+            (length,) = HEADER.unpack_from(buffer, offset)
+            if length > self._max_frame:
+                raise _ProtocolError(
+                    f"a frame of {length} bytes, over the maximum of {self._max_frame}"
+                )
+            end = offset + 4 + length
+            if end > size:
+                break
+            try:
+                frames.append(LaneFrame.FromString(bytes(buffer[offset + 4 : end])))
+            except Exception as exc:
+                raise _ProtocolError(f"a frame that does not parse: {exc}") from None
+            offset = end
+        del buffer[:offset]
+        return frames
+
+    def _take(self, frames: list[Any]) -> bytes:
+        """Under the lock: the calls `frames` start wait for a thread, their
+        cancels abandon them; the statuses of the calls refused at once."""
+        refused = []
+        for frame in frames:
+            kind = frame.WhichOneof("body")
+            if kind == "start":
+                status = self._admit(frame.call, frame.start)
+                if status is not None:
+                    refused.append(status)
+            elif kind == "cancel":
+                self._cancel(frame.call)
+            elif kind in ("message", "half_close", "credit", "hello"):
+                pass  # a unary call has its request; a second hello changes nothing
+            else:
+                raise _ProtocolError(f"a frame with no known body ({kind})")
+        return b"".join(refused)
+
+    def _admit(self, call_id: int, start: Any) -> bytes | None:
+        """Under the lock: a call started, left waiting for a thread; or the
+        status it is refused with."""
+        if call_id in self._waiting or call_id in self._running:
+            raise _ProtocolError(f"call {call_id} started twice")
+        method = start.method
+        if method not in self._methods:
+            if method in self._known:
+                details = f"{method} is not a sync function run by the worker's threads"
+                return status_frame(call_id, grpc.StatusCode.FAILED_PRECONDITION, details)
+            return status_frame(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        if self._stopping():
+            return status_frame(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
+        message = start.message
+        if len(message) > self.max_message_bytes:
+            details = too_large("Received", len(message), self.max_message_bytes)
+            return status_frame(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+        deadline = time.monotonic() + start.timeout_us / 1e6 if start.timeout_us else None
+        self._waiting[call_id] = _Call(call_id, method, message, deadline)
+        return None
+
+    def _cancel(self, call_id: int) -> None:
+        """Under the lock: the client cancelled a call; it expects nothing more."""
+        call = self._waiting.pop(call_id, None) or self._running.get(call_id)
+        if call is None or call.abandoned:
+            return  # ended already
+        if call.id in self._running:
+            self._abandon(call)
+        logger.info("%s cancelled: the client cancelled or left", call.method)
+        self._settle_drained()
+
+    def _has_calls(self) -> bool:
+        """Under the lock: whether a call read has not ended (one abandoned
+        has: it only holds its thread)."""
+        return bool(self._waiting) or any(not call.abandoned for call in self._running.values())
+
+    def _settle_drained(self) -> None:
+        """Under the lock, where calls end: settles `drained`'s futures once none is left."""
+        if not self._drain_waiters or self._has_calls():
+            return
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            try:
+                self._loop.call_soon_threadsafe(_settle, waiter)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
+
+    def _abandon(self, call: _Call) -> None:
+        """Under the lock: nobody waits for a running call any more; its
+        thread is stuck until its function returns."""
+        if not call.abandoned:
+            call.abandoned = True
+            self._pool.count_stuck(1)
+
+    def _run(self, call: _Call) -> None:
+        answer, deserialize, serialize = self._methods[call.method]
+        try:
+            response = self._context.copy().run(answer, deserialize(call.message))
+            if is_awaitable(response):  # a decorator hid a coroutine function
+                response = asyncio.run_coroutine_threadsafe(_awaited(response), self._loop).result()
+            data = serialize(response)
+        except Refused as refused:
+            frame = status_frame(call.id, refused.code, refused.details, refused.detail)
+        except Exception as exc:
+            logger.error("%s failed", call.method, exc_info=exc)
+            frame = status_frame(call.id, *unexpected(exc))
+        else:
+            if len(data) > self.max_message_bytes:
+                details = too_large("Sent", len(data), self.max_message_bytes)
+                frame = status_frame(call.id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+            else:
+                frame = framed(LaneFrame(call=call.id, message=data))
+        with self._lock:
+            # Whoever takes the call out of `_running` ends it, exactly once.
+            del self._running[call.id]
+            self._settle_drained()
+            if call.abandoned:
+                self._pool.count_stuck(-1)
+                return
+        self._write(frame)
+
+    def _watch(self) -> None:
+        """The watcher (see the module doc)."""
+        quiet = 0
+        seen = -1
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                if self._running or self._waiting or self._started != seen:
+                    quiet = 0
+                    seen = self._started
+                else:
+                    quiet += 1
+                if quiet >= _QUIET_TICKS:
+                    self._watcher_sleeps = True
+                    while self._watcher_sleeps and not self._closed:
+                        self._calls_come.wait()
+                    quiet = 0
+                    continue
+            time.sleep(_TICK)
+            with self._lock:
+                ended = self._check(time.monotonic())
+            self._write(ended)
+
+    def _check(self, now: float) -> bytes:
+        """Under the lock, once a tick: the calls whose deadline passed end;
+        a thread takes over when every thread is held up by a call that
+        has run for a tick while there is something to do."""
+        expired = []
+        for calls in (self._waiting, self._running):
+            for call in [call for call in calls.values() if call.deadline and call.deadline <= now]:
+                if calls is self._waiting:
+                    del self._waiting[call.id]
+                elif call.abandoned:
+                    continue  # ended already: it only holds its thread
+                else:
+                    self._abandon(call)
+                logger.info("%s cancelled: %s", call.method, DEADLINE_EXCEEDED[1])
+                expired.append(status_frame(call.id, *DEADLINE_EXCEEDED))
+        self._settle_drained()
+        to_do = len(self._waiting) + (0 if self._reading else 1)
+        if to_do:
+            # A thread neither idle, reading nor running a call is on its
+            # way to the next thing to do: nothing is held up while one is.
+            on_their_way = (
+                self._threads - self._idle - len(self._running) - (1 if self._reading else 0)
+            )
+            if on_their_way == 0 and all(
+                now - call.started >= _TICK for call in self._running.values()
+            ):
+                woken = min(to_do, self._idle)
+                self._work.notify(woken)
+                for _ in range(to_do - woken):
+                    self._add_thread()
+        return b"".join(expired)
+
+    # ---- the socket ----
+
+    def _write(self, data: bytes) -> None:
+        """Writes `data` (whole frames), unless the connection is closed."""
+        if not data:
+            return
+        with self._write_lock:
+            if self._sock_closed:
+                return
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:  # the client left: its read says so
+                logger.debug("writing to a lane connection failed: %s", exc)
+
+    def _close(self) -> None:
+        """Takes no more frames; calls still waiting are dropped, those
+        running abandoned (the client expects nothing more), the socket shut
+        down (a thread blocked reading it wakes: it calls this again) and,
+        once nobody reads it, closed."""
+        with self._lock:
+            first = not self._closed
+            if first:
+                self._closed = True
+                self._waiting.clear()
+                for call in self._running.values():
+                    self._abandon(call)
+                self._settle_drained()
+                self._work.notify_all()
+                self._calls_come.notify_all()
+            # Never while a thread is in `recv` on it: the descriptor could
+            # be reused under it.
+            release = not self._reading and not self._released
+            self._released = self._released or release
+        if first:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # the client shut it already
+        if release:
+            with self._write_lock:
+                # No thread writes on the descriptor after this (nor on whatever reuses it).
+                self._sock_closed = True
+                self._sock.close()
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._on_closed, self)
+            except RuntimeError:
+                pass  # the loop is closed: so is the worker
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
