@@ -180,6 +180,9 @@ class LaneServer:
     def hand_over(self, sock: socket.socket, data: bytes) -> None:
         """Serves the connection of `sock` with threads (its hello asked for
         them), starting with `data`, what was read after the hello."""
+        if self.stopping:
+            sock.close()  # its client sees the connection end, as a new one would
+            return
         connection = ThreadedConnection(
             sock,
             self._in_thread,
