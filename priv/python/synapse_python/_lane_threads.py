@@ -188,7 +188,12 @@ class ThreadedConnection:
         """Serves the connection, starting with `data`, what the loop read
         after the hello. On the loop: nothing here waits."""
         self._handed = data
-        threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
+        try:
+            threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
+        except RuntimeError as exc:  # the system refused a thread: nothing could serve it
+            logger.error("cannot serve a lane connection of sync calls: %s", exc)
+            self._close()
+            return
         with self._lock:
             self._add_thread()
 
@@ -208,7 +213,9 @@ class ThreadedConnection:
             )
         for call in calls:
             logger.info("%s cancelled: %s", call.method, reason)
-        if ended and self._write_lock.acquire(blocking=False):
+        # The loop waits a moment for a thread's write, never for a client
+        # that does not read (that thread's write may never end).
+        if ended and self._write_lock.acquire(timeout=_TICK * 50):
             try:
                 if not self._sock_closed:
                     # What it does not take is cut short: the socket closes next.
@@ -226,7 +233,12 @@ class ThreadedConnection:
         if self._threads >= self._max_threads or self._closed:
             return
         thread = threading.Thread(target=self._serve, name="synapse-lane-sync", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            # The system refused a thread: the calls wait for those there are.
+            logger.warning("cannot start a thread for a lane connection: %s", exc)
+            return
         self._threads += 1
 
     def _serve(self) -> None:
