@@ -8,6 +8,7 @@ mod dynamic;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use rustler::{Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
+use synapse_client::lane::Answerer;
 
 use crate::call::{self, fits, ServerStream, Started};
 use crate::channel::ChannelResource;
@@ -92,6 +93,7 @@ fn start_call<'a>(
         call::decode_timeout(options.timeout)?,
         path(&method),
         message.encode_to_vec(),
+        Answerer::Loop,
         move |response| decode(&method, response),
         |env, response: DynamicMessage| Ok(dynamic::message_to_term(env, &response)),
     )
