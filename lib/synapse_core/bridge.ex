@@ -91,12 +91,16 @@ defmodule SynapseCore.Bridge do
 
   @doc false
   # Called by generated modules: a unary call of `method`
-  # ("package.Service/Method") with the request's wire map.
-  @spec call(server(), descriptor(), String.t(), map(), keyword()) ::
+  # ("package.Service/Method") with the request's wire map. `threads` is
+  # the generated module's, not the caller's: true for a sync function that
+  # is not `on_loop`, whose calls to a local worker take the lane's
+  # connection that the worker's threads answer (see the `threads` of
+  # LaneHello in proto/synapse/v1/lane.proto); over gRPC it changes nothing.
+  @spec call(server(), descriptor(), String.t(), map(), keyword(), boolean()) ::
           {:ok, map()} | {:error, Error.t()}
-  def call(server, descriptor, method, request, opts \\ []) do
+  def call(server, descriptor, method, request, opts \\ [], threads \\ false) do
     opts = SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
-    options = %{timeout: opts.timeout, window: :infinity}
+    options = %{timeout: opts.timeout, window: :infinity, threads: threads}
 
     with {:ok, run} <- start(server, descriptor, method, request, :unary, options) do
       Run.await(run, :infinity)
@@ -109,7 +113,7 @@ defmodule SynapseCore.Bridge do
   @spec stream(server(), descriptor(), String.t(), map(), keyword()) :: Enumerable.t()
   def stream(server, descriptor, method, request, opts \\ []) do
     opts = SynapseCore.Options.validate!(opts, Options.bridge_stream_schema(), "a bridge stream")
-    options = %{timeout: opts.timeout, window: opts.window}
+    options = %{timeout: opts.timeout, window: opts.window, threads: false}
 
     fn -> start(server, descriptor, method, request, :stream, options) end
     |> Run.stream(opts.window, :halt)
@@ -119,6 +123,8 @@ defmodule SynapseCore.Bridge do
   # A call on a worker of this node or, when this node has none ready,
   # through a relay on a node that has (see SynapseCore.Remote), as for
   # agents: the caller awaits, streams and cancels it the same way.
+  # `options` is the NIF's (`timeout`, `window`, `threads`), carried as it
+  # is to the relay's node.
   defp start(server, descriptor, method, request, reply, options) do
     case Workers.pick(server) do
       {:ok, {:remote, node}} ->
@@ -133,8 +139,9 @@ defmodule SynapseCore.Bridge do
   end
 
   @doc false
-  # A call on this node's workers only: what a relay for another node starts.
-  # Its messages go to the calling process.
+  # A call on this node's workers only: what a relay for another node starts,
+  # with the `options` the caller's node made (see start/6). Its messages go
+  # to the calling process.
   @spec start_local(server(), descriptor(), String.t(), map(), :unary | :stream, map()) ::
           {:ok, Run.t()} | {:error, Error.t()}
   def start_local(server, descriptor, method, request, reply, options) do

@@ -3,7 +3,9 @@ defmodule SynapseCore.Channel do
   # A connection to one worker: the NIF's channel resource and the address
   # it points at. Cheap to copy; every call on it shares its connections:
   # the worker's lane when it has one (a local worker: one connection for
-  # unary calls, read by the channel's reader, one for streams), else HTTP/2.
+  # unary calls, one for those of the Bridge's sync functions that the
+  # worker's threads answer, both read by the channel's reader, and one for
+  # streams), else HTTP/2.
 
   alias SynapseCore.{Agent.Options, Channel.LaneReader, Error, Native}
 

@@ -207,6 +207,36 @@ defmodule SynapseCore.BridgeConfigTest do
     end
   end
 
+  test "sync calls in threads and on the loop, made at once on the lane, each get their own answer",
+       %{name: name} do
+    # A sync function's calls that are not on the loop take a connection of
+    # their own, whose hello asks the worker's threads to answer them; the
+    # others keep the loop's. Made all at once, each must come back with
+    # its own answer, from where it ran.
+    calls =
+      for n <- 1..10,
+          {function, args, expected} <- [
+            {:in_a_thread, [], {:ok, "synapse-sync"}},
+            {:in_a_thread_checked, [n], {:ok, Enum.to_list(0..(n - 1))}},
+            {:in_a_thread_later, [n], {:ok, "#{n} after waiting in MainThread"}},
+            {:on_the_loop, [], {:ok, "MainThread"}},
+            {:on_the_loop_checked, [n], {:ok, Enum.to_list(0..(n - 1))}},
+            {:on_the_loop_later, [n], {:ok, "#{n} after waiting in MainThread"}}
+          ] do
+        {function, args, expected, Task.async(fn -> shop(function, [name | args]) end)}
+      end
+
+    for {function, args, expected, task} <- calls do
+      assert Task.await(task, 30_000) == expected, "#{function} #{inspect(args)}"
+    end
+
+    # Both connections of unary calls are read by the worker's lane reader.
+    [%{pid: worker}] = SynapseCore.Agent.workers(name)
+    {_state, data} = :sys.get_state(worker)
+    {:links, links} = Process.info(data.channel.reader, :links)
+    assert [_, _] = Enum.filter(links, &is_port/1)
+  end
+
   # A Python traceback's frames from the user's code on: the frames of
   # Synapse's own that call the function differ between the two paths.
   defp user_part({:error, %Error{details: %{traceback: traceback} = details} = error}) do

@@ -376,6 +376,15 @@ defmodule SynapseCore.ClusterTest do
 
   defp bridge(function, args), do: apply(SynapseFixtures.BridgeTypes, function, args)
 
+  # The Ports through which the lane reader of the worker of `name` on
+  # `node` reads the worker's connections of unary calls.
+  defp lane_ports(node, name) do
+    [%{pid: worker}] = :erpc.call(node, SynapseCore.Agent, :workers, [name])
+    {_state, data} = :sys.get_state(worker)
+    {:links, links} = :erpc.call(node, Process, :info, [data.channel.reader, :links])
+    Enum.filter(links, &is_port/1)
+  end
+
   test "a bridge on another node: calls, streams and errors; the next node takes over", %{
     bridge_path: python_path
   } do
@@ -388,6 +397,10 @@ defmodule SynapseCore.ClusterTest do
     person = %{name: "Ann", age: 42, address: %{street: "Main Street 1", city: "Lyon"}}
     assert bridge(:describe, [name, person]) == {:ok, "Ann (42) from Lyon, likes red"}
     assert bridge(:add_days!, [name, ~D[2024-02-28], [days: 2]]) == ~D[2024-03-01]
+    # The relay on B made the sync function's call as a caller on B would:
+    # on the lane's connection its worker's threads answer, next to the
+    # loop's, both read by the worker's lane reader.
+    assert [_, _] = lane_ports(node_b, name)
     assert name |> then(&bridge(:count_up, [&1, 1, 8, [step: 3]])) |> Enum.to_list() == [1, 4, 7]
     assert name |> then(&bridge(:slow_stream, [&1])) |> Enum.take(2) == [0, 1]
 

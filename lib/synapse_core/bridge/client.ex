@@ -177,9 +177,16 @@ defmodule SynapseCore.Bridge.Client do
             "#{where}: :kind must be :sync, :async or :stream, got: #{inspect(kind)}"
     end
 
+    unless is_boolean(opts[:on_loop]) do
+      raise ArgumentError, "#{where}: :on_loop must be a boolean, got: #{inspect(opts[:on_loop])}"
+    end
+
     call = %{
       method: "#{context.service}/#{Keyword.fetch!(opts, :rpc)}",
       stream: kind == :stream,
+      # Answered by the worker's threads, on a lane connection of their own
+      # (see SynapseCore.Bridge.call/6), rather than by its event loop.
+      threads: kind == :sync and not opts[:on_loop],
       params: Enum.map(params, &{Atom.to_string(&1.name), Types.wire(&1)}),
       options: Enum.map(options, &{&1.name, Atom.to_string(&1.name), Types.wire(&1)}),
       returns: if(returns == :none, do: :none, else: Codec.wire_type(returns))
@@ -470,7 +477,8 @@ defmodule SynapseCore.Bridge.Client do
         |> Stream.map(&decode!(call.returns, &1))
 
       {:ok, request} ->
-        with {:ok, response} <- Bridge.call(server, descriptor, call.method, request, opts) do
+        with {:ok, response} <-
+               Bridge.call(server, descriptor, call.method, request, opts, call.threads) do
           decode(call.returns, response)
         end
 

@@ -41,6 +41,15 @@
 //! [`Handler`] where they are read, and which end as those calls do. Other
 //! streamed calls keep a connection read by a task, where their responses
 //! are consumed.
+//!
+//! A call made with [`Lane::call`] for [`Answerer::Threads`] (a sync Bridge
+//! function's, not `on_loop`) takes a third connection, whose `hello` (its
+//! first frame, sent whether or not the worker requires a token) says
+//! `threads`: the worker's threads read and answer its calls themselves,
+//! without its event loop. It is read as the other connection of
+//! [`Lane::call`]'s calls is: by the lane's [`Reader`] when it has one,
+//! else by a task. A worker that does not know of `threads` answers its
+//! calls from its loop, as it answers the others'.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -96,13 +105,31 @@ type Slot = Mutex<Option<Arc<Connection>>>;
 /// broke.
 pub struct Lane {
     path: PathBuf,
-    /// `Bearer <token>`, sent in the connection's `hello`.
+    /// `Bearer <token>`, sent in each connection's `hello`.
     authorization: Option<String>,
     max_message_bytes: usize,
     connection: Slot,
-    /// Set by [`Lane::with_reader`]: the connection of the calls made with
-    /// [`Lane::call`], and what reads it.
+    /// Set by [`Lane::with_reader`]: what reads the connections of the
+    /// calls made with [`Lane::call`] and [`Lane::handled`], and the
+    /// connection of those the worker's loop answers.
     answers: Option<(Arc<dyn Reader>, Slot)>,
+    /// The connection of the calls made with [`Lane::call`] for
+    /// [`Answerer::Threads`]: read by the reader of `answers` if there is
+    /// one, else by a task.
+    threads: Slot,
+}
+
+/// Who, in the worker, reads and answers a call made with [`Lane::call`]:
+/// each has a connection of the lane of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answerer {
+    /// The worker's event loop, which answers every call but those below.
+    Loop,
+    /// The worker's threads, for the calls of the Bridge's sync functions
+    /// that are not `on_loop`: their connection's `hello` says `threads`,
+    /// and a thread that reads a call runs it and writes its answer, with
+    /// no wake-up of the loop in between.
+    Threads,
 }
 
 impl Lane {
@@ -115,11 +142,12 @@ impl Lane {
             max_message_bytes,
             connection: Mutex::new(None),
             answers: None,
+            threads: Mutex::new(None),
         }
     }
 
     /// The same lane, whose calls made with [`Lane::call`] (unary calls
-    /// answered without a task) take a connection of their own that
+    /// answered without a task) take connections of their own that
     /// `reader` reads.
     #[must_use]
     pub fn with_reader(mut self, reader: Arc<dyn Reader>) -> Self {
@@ -149,14 +177,21 @@ impl Lane {
     ) -> Result<Unary, Status> {
         let (reply, answer) = oneshot::channel();
         let ticket = self
-            .call(method, request, timeout, Box::new(Replier(reply)))
+            .call(
+                method,
+                request,
+                timeout,
+                Answerer::Loop,
+                Box::new(Replier(reply)),
+            )
             .map_err(|(status, _)| status)?;
         Ok(Unary { ticket, answer })
     }
 
     /// Sends the call of a method with one request and one response now,
-    /// on the calling thread (within a tokio runtime's context), and hands
-    /// its outcome to `answer` when it ends: no task waits for it. The
+    /// on the calling thread (within a tokio runtime's context), on the
+    /// connection of the calls that `answerer` answers, and hands its
+    /// outcome to `answer` when it ends: no task waits for it. The
     /// deadline is kept by the connection. When the lane cannot take the
     /// call (its connection broke), the failure and `answer` come back.
     pub fn call(
@@ -164,12 +199,10 @@ impl Lane {
         method: &str,
         request: Vec<u8>,
         timeout: Option<Duration>,
+        answerer: Answerer,
         answer: Box<dyn Answer>,
     ) -> Result<Ticket, (Status, Box<dyn Answer>)> {
-        let connection = match &self.answers {
-            Some((reader, slot)) => self.connect(slot, Some(reader)),
-            None => self.connection(),
-        };
+        let connection = self.answered_by(answerer);
         let deadline = timeout.map(|t| Instant::now() + t);
         let id = connection
             .register_waiting(Route::Answer(answer, deadline), deadline)
@@ -211,10 +244,7 @@ impl Lane {
         timeout: Option<Duration>,
         handler: Arc<dyn Handler>,
     ) -> Result<(Requests, Ticket, Held), Status> {
-        let connection = match &self.answers {
-            Some((reader, slot)) => self.connect(slot, Some(reader)),
-            None => self.connection(),
-        };
+        let connection = self.answered_by(Answerer::Loop);
         let deadline = timeout.map(|t| Instant::now() + t);
         let route = Route::Handled {
             handler,
@@ -265,7 +295,9 @@ impl Lane {
 
     /// Where the lane keeps its connections.
     fn slots(&self) -> impl Iterator<Item = &Slot> {
-        std::iter::once(&self.connection).chain(self.answers.as_ref().map(|(_, slot)| slot))
+        [&self.connection, &self.threads]
+            .into_iter()
+            .chain(self.answers.as_ref().map(|(_, slot)| slot))
     }
 
     /// Calls a method with one request and streamed responses.
@@ -332,8 +364,8 @@ impl Lane {
         })
     }
 
-    /// Lets go of the current connection: it closes once the calls on it
-    /// have ended.
+    /// Lets go of the current connections: each closes once the calls on
+    /// it have ended.
     pub fn close(&self) {
         for slot in self.slots() {
             slot.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -343,19 +375,42 @@ impl Lane {
     /// The current connection read by a task, or a new one when there is
     /// none or it broke.
     fn connection(&self) -> Arc<Connection> {
-        self.connect(&self.connection, None)
+        self.connect(&self.connection, None, Answerer::Loop)
+    }
+
+    /// The connection of the calls made with [`Lane::call`] and
+    /// [`Lane::handled`] that `answerer` answers: read by the lane's
+    /// [`Reader`] if it has one. Without one, the loop's calls share the
+    /// connection of streams, read by a task.
+    fn answered_by(&self, answerer: Answerer) -> Arc<Connection> {
+        match (answerer, &self.answers) {
+            (Answerer::Loop, Some((reader, slot))) => {
+                self.connect(slot, Some(reader), Answerer::Loop)
+            }
+            (Answerer::Loop, None) => self.connection(),
+            (Answerer::Threads, answers) => {
+                let reader = answers.as_ref().map(|(reader, _)| reader);
+                self.connect(&self.threads, reader, Answerer::Threads)
+            }
+        }
     }
 
     /// The connection in `slot`, or a new one (read by `reader`, or by a
-    /// task) when there is none or it broke.
-    fn connect(&self, slot: &Slot, reader: Option<&Arc<dyn Reader>>) -> Arc<Connection> {
+    /// task; whose calls `answerer` answers) when there is none or it
+    /// broke.
+    fn connect(
+        &self,
+        slot: &Slot,
+        reader: Option<&Arc<dyn Reader>>,
+        answerer: Answerer,
+    ) -> Arc<Connection> {
         let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             Some(connection) if !connection.is_broken() => connection.clone(),
             _ => {
                 let connection = Connection::start(
                     self.path.clone(),
-                    self.authorization.clone(),
+                    self.hello(answerer),
                     self.max_message_bytes,
                     reader.cloned(),
                 );
@@ -363,6 +418,17 @@ impl Lane {
                 connection
             }
         }
+    }
+
+    /// The `hello` of a connection whose calls `answerer` answers: none
+    /// for the loop's when the worker requires no token (what a worker
+    /// reads first on a connection without one is its first call).
+    fn hello(&self, answerer: Answerer) -> Option<LaneHello> {
+        let threads = answerer == Answerer::Threads;
+        (threads || self.authorization.is_some()).then(|| LaneHello {
+            authorization: self.authorization.clone().unwrap_or_default(),
+            threads,
+        })
     }
 }
 
@@ -750,9 +816,11 @@ fn send(socket: &std::os::unix::net::UnixStream, bytes: &[u8]) -> io::Result<usi
 }
 
 impl Connection {
+    /// A connection to the lane at `path`, whose first frame is `hello`
+    /// when there is one, read by `reader` or else by a task.
     fn start(
         path: PathBuf,
-        authorization: Option<String>,
+        hello: Option<LaneHello>,
         max_message_bytes: usize,
         reader: Option<Arc<dyn Reader>>,
     ) -> Arc<Self> {
@@ -778,8 +846,8 @@ impl Connection {
             backlog: backlog_limit(max_message_bytes),
             timer: Arc::new(Notify::new()),
         });
-        if let Some(authorization) = authorization {
-            connection.send(0, lane_frame::Body::Hello(LaneHello { authorization }));
+        if let Some(hello) = hello {
+            connection.send(0, lane_frame::Body::Hello(hello));
         }
         tokio::spawn(run(
             Arc::downgrade(&connection),
@@ -1677,7 +1745,7 @@ mod tests {
         let lane = Arc::new(lane);
         let (told, mut outcomes) = told();
         let _ticket = lane
-            .call("/p.S/M", vec![], None, told)
+            .call("/p.S/M", vec![], None, Answerer::Loop, told)
             .unwrap_or_else(|_| panic!("not taken"));
         let mut peer = accept(&listener).await;
         let _ = peer.next().await;
@@ -1736,7 +1804,8 @@ mod tests {
         assert_eq!(
             hello.body,
             Some(lane_frame::Body::Hello(LaneHello {
-                authorization: "Bearer secret".into()
+                authorization: "Bearer secret".into(),
+                threads: false,
             }))
         );
         let frame = peer.next().await;
@@ -1995,7 +2064,10 @@ mod tests {
         let (lane, listener, dir) = lane(None).await;
         let call = |timeout| {
             let (answer, outcome) = told();
-            let ticket = lane.call("/p.S/M", vec![], timeout, answer).ok().unwrap();
+            let ticket = lane
+                .call("/p.S/M", vec![], timeout, Answerer::Loop, answer)
+                .ok()
+                .unwrap();
             (ticket, outcome)
         };
         // A response.
@@ -2055,11 +2127,160 @@ mod tests {
     async fn a_call_waiting_on_a_connection_let_go_of_is_answered() {
         let (lane, listener, dir) = lane(None).await;
         let (answer, mut outcome) = told();
-        let _ticket = lane.call("/p.S/M", vec![], None, answer).ok().unwrap();
+        let _ticket = lane
+            .call("/p.S/M", vec![], None, Answerer::Loop, answer)
+            .ok()
+            .unwrap();
         let mut peer = accept(&listener).await;
         let _ = peer.next().await;
         lane.close();
         assert_eq!(outcome.recv().await, Some("broken"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The first frame of a connection whose calls the worker's threads
+    /// answer.
+    fn threads_hello(authorization: &str) -> LaneFrame {
+        LaneFrame {
+            call: 0,
+            body: Some(lane_frame::Body::Hello(LaneHello {
+                authorization: authorization.into(),
+                threads: true,
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_threads_call_takes_a_connection_of_its_own_that_says_threads_in_its_hello() {
+        for token in [None, Some("Bearer secret")] {
+            let (lane, listener, dir) = lane(token).await;
+            let call = |method: &str, answerer| {
+                let (answer, outcome) = told();
+                let ticket = lane
+                    .call(method, b"request".to_vec(), None, answerer, answer)
+                    .ok()
+                    .unwrap();
+                (ticket, outcome)
+            };
+            // The loop's call: a hello for the token only, never `threads`.
+            let (_ticket, mut on_loop) = call("/p.S/Loop", Answerer::Loop);
+            let mut loop_peer = accept(&listener).await;
+            if let Some(token) = token {
+                assert_eq!(
+                    loop_peer.next().await.body,
+                    Some(lane_frame::Body::Hello(LaneHello {
+                        authorization: token.into(),
+                        threads: false,
+                    }))
+                );
+            }
+            let loop_call = loop_peer.next().await;
+            assert_eq!(start_of(&loop_call).method, "/p.S/Loop");
+            // The threads' call: a connection of its own, whose first frame
+            // is the hello with `threads`, token or not.
+            let (_ticket, mut in_threads) = call("/p.S/Sync", Answerer::Threads);
+            let mut threads_peer = accept(&listener).await;
+            assert_eq!(
+                threads_peer.next().await,
+                threads_hello(token.unwrap_or_default())
+            );
+            let threads_call = threads_peer.next().await;
+            assert_eq!(start_of(&threads_call).method, "/p.S/Sync");
+            assert_eq!(start_of(&threads_call).message, b"request");
+            // Later calls take the same connections, with no hello again.
+            let (_ticket, in_threads_again) = call("/p.S/Sync2", Answerer::Threads);
+            let again = threads_peer.next().await;
+            assert_eq!(start_of(&again).method, "/p.S/Sync2");
+            let (_ticket, on_loop_again) = call("/p.S/Loop2", Answerer::Loop);
+            assert_eq!(start_of(&loop_peer.next().await).method, "/p.S/Loop2");
+            // Each connection numbers its calls: an answer reaches the call
+            // of its own connection only.
+            assert_eq!(threads_call.call, loop_call.call);
+            threads_peer
+                .send(threads_call.call, lane_frame::Body::Message(b"ok".to_vec()))
+                .await;
+            assert_eq!(in_threads.recv().await, Some("response"));
+            assert!(on_loop.try_recv().is_err());
+            loop_peer
+                .send(loop_call.call, lane_frame::Body::Message(b"ok".to_vec()))
+                .await;
+            assert_eq!(on_loop.recv().await, Some("response"));
+            // Streams keep the loop's connection (no reader: the same one).
+            let responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
+            assert_eq!(start_of(&loop_peer.next().await).method, "/p.S/S");
+            // Let go of, both connections end their calls.
+            drop(responses);
+            drop(lane);
+            for mut told in [in_threads_again, on_loop_again] {
+                assert_eq!(told.recv().await, Some("broken"));
+            }
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_threads_call_with_a_reader_takes_a_connection_the_reader_reads_too() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let (answer, mut on_loop) = told();
+        let _ticket = lane
+            .call("/p.S/Loop", vec![], None, Answerer::Loop, answer)
+            .ok()
+            .unwrap();
+        let mut loop_peer = accept(&listener).await;
+        let loop_call = loop_peer.next().await;
+        assert_eq!(start_of(&loop_call).method, "/p.S/Loop");
+        let loop_inbound = adopted(&mut inbounds).await;
+
+        let (answer, mut in_threads) = told();
+        let _ticket = lane
+            .call("/p.S/Sync", vec![], None, Answerer::Threads, answer)
+            .ok()
+            .unwrap();
+        let mut threads_peer = accept(&listener).await;
+        assert_eq!(threads_peer.next().await, threads_hello(""));
+        let threads_call = threads_peer.next().await;
+        assert_eq!(start_of(&threads_call).method, "/p.S/Sync");
+        // A connection of the reader's, not the loop's.
+        assert!(!Arc::ptr_eq(&loop_inbound, &adopted(&mut inbounds).await));
+        threads_peer
+            .send(threads_call.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(in_threads.recv().await, Some("response"));
+        loop_peer
+            .send(loop_call.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(on_loop.recv().await, Some("response"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn abandon_and_close_end_the_threads_calls_too() {
+        let (lane, listener, dir) = lane(None).await;
+        let call = |answerer| {
+            let (answer, outcome) = told();
+            let ticket = lane
+                .call("/p.S/M", vec![], None, answerer, answer)
+                .ok()
+                .unwrap();
+            (ticket, outcome)
+        };
+        let (_ticket, mut on_loop) = call(Answerer::Loop);
+        let mut loop_peer = accept(&listener).await;
+        let loop_id = loop_peer.next().await.call;
+        let (_ticket, mut in_threads) = call(Answerer::Threads);
+        let mut threads_peer = accept(&listener).await;
+        let _hello = threads_peer.next().await;
+        let threads_id = threads_peer.next().await.call;
+        lane.abandon();
+        assert_eq!(on_loop.recv().await, Some("abandoned"));
+        assert_eq!(in_threads.recv().await, Some("abandoned"));
+        expect_cancel(&mut loop_peer, loop_id).await;
+        expect_cancel(&mut threads_peer, threads_id).await;
+        // The connection goes on; let go of, its calls end.
+        let (_ticket, mut in_threads) = call(Answerer::Threads);
+        let _next = threads_peer.next().await;
+        lane.close();
+        assert_eq!(in_threads.recv().await, Some("broken"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -2157,7 +2378,10 @@ mod tests {
         let limit = backlog_limit(1024);
         // In flight before the worker stops reading: a call, a handled call.
         let (answer, mut cancelled) = told();
-        let ticket = lane.call("/p.S/M", vec![], None, answer).ok().unwrap();
+        let ticket = lane
+            .call("/p.S/M", vec![], None, Answerer::Loop, answer)
+            .ok()
+            .unwrap();
         let (handler, mut handed) = handled();
         let (requests, _handled, _held) = lane
             .handled("/p.S/Bidi", b"first".to_vec(), None, handler)
@@ -2177,7 +2401,7 @@ mod tests {
                 request.len()
             );
             let (answer, outcome) = told();
-            match lane.call("/p.S/Big", request.clone(), None, answer) {
+            match lane.call("/p.S/Big", request.clone(), None, Answerer::Loop, answer) {
                 Ok(ticket) => admitted.push((ticket, outcome)),
                 Err((status, _answer)) => {
                     // Handed back untold.
@@ -2259,7 +2483,10 @@ mod tests {
         assert_eq!(outcome.recv().await, Some("response"));
         // And a new call goes out.
         let (answer, mut outcome) = told();
-        let _ticket = lane.call("/p.S/After", vec![], None, answer).ok().unwrap();
+        let _ticket = lane
+            .call("/p.S/After", vec![], None, Answerer::Loop, answer)
+            .ok()
+            .unwrap();
         let frame = peer.next().await;
         assert_eq!(start_of(&frame).method, "/p.S/After");
         peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))

@@ -42,7 +42,7 @@ pub struct WorkerOptions<'a> {
     pub authorization: Option<MetadataValue<Ascii>>,
     /// Largest message, either way, in bytes.
     pub max_message_bytes: usize,
-    /// Reads the connection of the lane's unary calls (see
+    /// Reads the connections of the lane's unary calls (see
     /// [`Lane::with_reader`]); without one a task does.
     pub lane_reader: Option<std::sync::Arc<dyn lane::Reader>>,
 }

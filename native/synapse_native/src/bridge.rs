@@ -8,6 +8,7 @@ mod dynamic;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use rustler::{Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
+use synapse_client::lane::Answerer;
 
 use crate::call::{self, fits, ServerStream, Started};
 use crate::channel::ChannelResource;
@@ -39,6 +40,10 @@ pub struct BridgeOptions<'a> {
     timeout: Term<'a>,
     /// Streams only: messages sent ahead of acknowledgements.
     window: Term<'a>,
+    /// Unary calls on a lane only: the function is a sync one that is not
+    /// `on_loop`, whose calls the worker's threads answer on a connection
+    /// of their own ([`Answerer::Threads`]). Streams ignore it.
+    threads: bool,
 }
 
 /// Calls a unary method (`"package.Service/Method"`); the caller gets
@@ -85,6 +90,11 @@ fn start_call<'a>(
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
     };
+    let answerer = if options.threads {
+        Answerer::Threads
+    } else {
+        Answerer::Loop
+    };
     call::unary(
         env,
         channel,
@@ -92,6 +102,7 @@ fn start_call<'a>(
         call::decode_timeout(options.timeout)?,
         path(&method),
         message.encode_to_vec(),
+        answerer,
         move |response| decode(&method, response),
         |env, response: DynamicMessage| Ok(dynamic::message_to_term(env, &response)),
     )

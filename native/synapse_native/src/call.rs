@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prost::bytes::Bytes;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, NifResult, Resource, ResourceArc, Term};
 use synapse_client::error::{is_transport_failure, tls_failure};
-use synapse_client::lane::{self, Lane, Outcome, Ticket};
+use synapse_client::lane::{self, Answerer, Lane, Outcome, Ticket};
 use synapse_client::proto::{run_input, Cancel, RunInput};
 use synapse_client::worker::Requests;
 use synapse_client::Error;
@@ -307,11 +307,13 @@ impl From<Error> for CallError {
 /// `decode` reads the response and `encode` turns it into `term`, off the
 /// caller's process. `timeout` is the call's, as [`decode_timeout`] reads it.
 ///
-/// On the lane, the request is written here and the lane's reader answers
+/// On the lane, the request is written here, on the connection of the
+/// calls `answerer` answers in the worker, and the lane's reader answers
 /// the caller ([`LaneAnswer`]): no task is spawned, nor woken, per call.
 /// The reader is the channel's reader process, when it has one: then
 /// `decode` and `encode` run on its scheduler, for answers of at most
-/// [`INLINE_ANSWER_BYTES`]. Over gRPC the call runs in a task ([`spawn`]).
+/// [`INLINE_ANSWER_BYTES`]. Over gRPC the call runs in a task ([`spawn`]),
+/// and `answerer` means nothing.
 #[allow(clippy::too_many_arguments)]
 pub fn unary<T, D, E>(
     env: Env<'_>,
@@ -320,6 +322,7 @@ pub fn unary<T, D, E>(
     timeout: Option<Duration>,
     method: String,
     request: Vec<u8>,
+    answerer: Answerer,
     decode: D,
     encode: E,
 ) -> Started
@@ -339,6 +342,7 @@ where
             reply,
             timeout,
             (method, request),
+            answerer,
             decode,
             encode,
         );
@@ -381,12 +385,14 @@ where
         decode_timeout(timeout)?,
         method.to_owned(),
         request.encode_to_vec(),
+        Answerer::Loop,
         decode::<R>,
         encode,
     )
 }
 
-/// A unary call on the lane: sent now, answered by the lane.
+/// A unary call on the lane: sent now, on the connection of the calls
+/// `answerer` answers, answered by the lane.
 #[allow(clippy::too_many_arguments)]
 fn on_lane<T, D, E>(
     channel: ResourceArc<ChannelResource>,
@@ -395,6 +401,7 @@ fn on_lane<T, D, E>(
     reply: Reply,
     timeout: Option<Duration>,
     (method, request): (String, Vec<u8>),
+    answerer: Answerer,
     decode: D,
     encode: E,
 ) where
@@ -411,6 +418,7 @@ fn on_lane<T, D, E>(
         &method,
         request,
         timeout,
+        answerer,
         Box::new(LaneAnswer { decode, finish }),
     ) {
         // Set before the handle reaches the caller, who alone can cancel it.

@@ -1,9 +1,9 @@
 //! The BEAM's side of reading a lane (`SynapseCore.Channel.LaneReader`):
-//! the connection of a local worker's unary calls is read by an Erlang
-//! process through a Port on its socket, so the schedulers poll it as they
-//! poll any Port's, and each answer is built and sent to its caller on the
-//! scheduler that read it: no thread of the NIF wakes between the worker's
-//! answer and its caller.
+//! the connections of a local worker's unary calls are read by an Erlang
+//! process through a Port on each socket, so the schedulers poll them as
+//! they poll any Port's, and each answer is built and sent to its caller
+//! on the scheduler that read it: no thread of the NIF wakes between the
+//! worker's answer and its caller.
 //!
 //! [`ProcessReader`] hands each new connection's [`Inbound`] to the
 //! channel's reader process; the process gives what its Port reads to

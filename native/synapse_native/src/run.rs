@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use synapse_client::lane::Answerer;
 use synapse_client::proto::{
     approval_decision, methods, run_event, run_input, run_result, tool_result, ApprovalAnswer,
     ApprovalDecision, ApprovalRequest, Denied, RunEvent, RunInput, RunRequest, RunResult, ToolDef,
@@ -329,6 +330,7 @@ fn start_unary<'a>(
         timeout,
         methods::AGENT_SERVICE_RUN_SYNC.to_owned(),
         prost::Message::encode_to_vec(&request),
+        Answerer::Loop,
         // The answer is a result or the run's failure (in band).
         |response| {
             let last: RunEvent = call::decode(response)?;
