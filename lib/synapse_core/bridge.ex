@@ -145,6 +145,9 @@ defmodule SynapseCore.Bridge do
   @spec start_local(server(), descriptor(), String.t(), map(), :unary | :stream, map()) ::
           {:ok, Run.t()} | {:error, Error.t()}
   def start_local(server, descriptor, method, request, reply, options) do
+    # A node of an earlier version sends no `threads`: the loop answers.
+    options = Map.put_new(options, :threads, false)
+
     with {:ok, worker} <- Workers.pick_local(server) do
       start_on(worker, server, descriptor, method, request, reply, options)
     end
