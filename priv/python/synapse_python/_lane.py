@@ -77,8 +77,10 @@ from synapse_python._lane_frames import (
     WORKER_STOPPING,
     LaneFrame,
     LaneStatus,
+    ProtocolError,
     Refused,
     error_detail,
+    frame_too_long,
     too_large,
     unexpected,
 )
@@ -375,9 +377,7 @@ class _Connection(asyncio.Protocol):
             while size - offset >= 4:
                 (length,) = HEADER.unpack_from(data, offset)
                 if length > self._max_frame:
-                    raise _ProtocolError(
-                        f"a frame of {length} bytes, over the maximum of {self._max_frame}"
-                    )
+                    raise frame_too_long(length, self._max_frame)
                 end = offset + 4 + length
                 if end > size:
                     needed = 4 + length
@@ -407,7 +407,7 @@ class _Connection(asyncio.Protocol):
         after the hello; this transport lets go of it."""
         transport = self._transport
         if self.calls or self._outgoing or transport is None:
-            raise _ProtocolError("a hello asking for threads after calls")
+            raise ProtocolError("a hello asking for threads after calls")
         sock = transport.get_extra_info("socket")
         # A descriptor of its own: the transport closes the one it has.
         duplicate = socket.socket(fileno=os.dup(sock.fileno()))
@@ -440,19 +440,19 @@ class _Connection(asyncio.Protocol):
         elif kind == "hello":
             pass  # a token that is not required is not checked
         else:
-            raise _ProtocolError(f"a frame with no known body ({kind})")
+            raise ProtocolError(f"a frame with no known body ({kind})")
 
     def _hello(self, frame: Any) -> None:
         token = self._server._token
         authorization = frame.hello.authorization if frame is not None else ""
         scheme, presented = authorization[:7], authorization[7:]
         if token is None or scheme.lower() != "bearer " or not token.matches(presented.encode()):
-            raise _ProtocolError("missing or invalid bearer token")
+            raise ProtocolError("missing or invalid bearer token")
         self._authorized = True
 
     def _start(self, call_id: int, start: Any) -> None:
         if call_id in self.calls:
-            raise _ProtocolError(f"call {call_id} started twice")
+            raise ProtocolError(f"call {call_id} started twice")
         method = start.method
         at_once = self._at_once.get(method)
         if at_once is not None and not self._server.stopping:
@@ -637,10 +637,6 @@ class _Connection(asyncio.Protocol):
             transport = self._transport
         if transport is not None:
             transport.close()
-
-
-class _ProtocolError(Exception):
-    """The client broke the lane protocol: its connection is closed."""
 
 
 class _Pending:

@@ -57,6 +57,15 @@ def error_detail(trailing_metadata: Sequence[tuple[str, str | bytes]] | None) ->
     return b""
 
 
+class ProtocolError(Exception):
+    """The client broke the lane protocol: its connection is closed."""
+
+
+def frame_too_long(length: int, limit: int) -> ProtocolError:
+    """The error for a frame of `length` bytes, over the connection's `limit`."""
+    return ProtocolError(f"a frame of {length} bytes, over the maximum of {limit}")
+
+
 def too_large(direction: str, size: int, limit: int) -> str:
     """grpc's own words for a message over the maximum size."""
     return f"{direction} message larger than max ({size} vs. {limit})"

@@ -56,7 +56,9 @@ from synapse_python._lane_frames import (
     HEADER,
     WORKER_STOPPING,
     LaneFrame,
+    ProtocolError,
     Refused,
+    frame_too_long,
     framed,
     status_frame,
     too_large,
@@ -108,10 +110,6 @@ class _Call:
         self.started = 0.0
         # Ended while its function ran: its thread is stuck until it returns.
         self.abandoned = False
-
-
-class _ProtocolError(Exception):
-    """The client broke the lane protocol: its connection is closed."""
 
 
 class ThreadedConnection:
@@ -300,7 +298,7 @@ class ThreadedConnection:
         refused = b""
         try:
             frames = self._frames(data) if data else None
-        except _ProtocolError as exc:
+        except ProtocolError as exc:
             logger.warning("closing a lane connection: %s", exc)
             frames = None
         with self._lock:
@@ -308,7 +306,7 @@ class ThreadedConnection:
             if frames is not None and not self._closed:
                 try:
                     refused = self._take(frames)
-                except _ProtocolError as exc:
+                except ProtocolError as exc:
                     logger.warning("closing a lane connection: %s", exc)
                     frames = None
         if frames is None or self._closed:  # the client left, broke the protocol, or we stop
@@ -323,20 +321,20 @@ class ThreadedConnection:
         size = len(buffer)
         frames = []
         offset = 0
-        while size - offset >= 4:
-            (length,) = HEADER.unpack_from(buffer, offset)
-            if length > self._max_frame:
-                raise _ProtocolError(
-                    f"a frame of {length} bytes, over the maximum of {self._max_frame}"
-                )
-            end = offset + 4 + length
-            if end > size:
-                break
-            try:
-                frames.append(LaneFrame.FromString(bytes(buffer[offset + 4 : end])))
-            except Exception as exc:
-                raise _ProtocolError(f"a frame that does not parse: {exc}") from None
-            offset = end
+        # Released before the buffer is resized (an exported buffer cannot be).
+        with memoryview(buffer) as view:
+            while size - offset >= 4:
+                (length,) = HEADER.unpack_from(buffer, offset)
+                if length > self._max_frame:
+                    raise frame_too_long(length, self._max_frame)
+                end = offset + 4 + length
+                if end > size:
+                    break
+                try:
+                    frames.append(LaneFrame.FromString(view[offset + 4 : end]))
+                except Exception as exc:
+                    raise ProtocolError(f"a frame that does not parse: {exc}") from None
+                offset = end
         del buffer[:offset]
         return frames
 
@@ -355,14 +353,14 @@ class ThreadedConnection:
             elif kind in ("message", "half_close", "credit", "hello"):
                 pass  # a unary call has its request; a second hello changes nothing
             else:
-                raise _ProtocolError(f"a frame with no known body ({kind})")
+                raise ProtocolError(f"a frame with no known body ({kind})")
         return b"".join(refused)
 
     def _admit(self, call_id: int, start: Any) -> bytes | None:
         """Under the lock: a call started, left waiting for a thread; or the
         status it is refused with."""
         if call_id in self._waiting or call_id in self._running:
-            raise _ProtocolError(f"call {call_id} started twice")
+            raise ProtocolError(f"call {call_id} started twice")
         method = start.method
         if method not in self._methods:
             if method in self._known:
