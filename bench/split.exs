@@ -5,7 +5,7 @@
 #   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #     MIX_ENV=prod SYNAPSE_NATIVE_PROFILE=release \
 #     mix run bench/split.exs [--path run|tool|thread|on_loop] [--concurrency C] \
-#       [--calls N] [--rounds R] [--transport lane|grpc] [--threads]
+#       [--calls N] [--rounds R] [--transport lane|grpc] [--threads] [--busy-wait-us US]
 #
 # Prints one line per round: wall time per call, then the CPU time per call
 # of this VM and of the worker process, from /proc (clock ticks of 10 ms: a
@@ -14,7 +14,8 @@
 # round, each of this VM's threads (by name) that ran: its context switches
 # and CPU per call (where the BEAM's time goes: its schedulers, its aux
 # thread, the NIF's tokio threads), then the same for the worker's threads
-# (its event loop, grpc's, its pool's). Made for A/B
+# (its event loop, grpc's, its pool's, the lane's). `--busy-wait-us` is the
+# worker's `:busy_wait_us` (its default otherwise). Made for A/B
 # comparisons of two builds run alternately on the same machine, where a
 # difference in a few µs matters and a contender's own baseline does not.
 {opts, _} =
@@ -25,7 +26,8 @@
       calls: :integer,
       rounds: :integer,
       transport: :string,
-      threads: :boolean
+      threads: :boolean,
+      busy_wait_us: :integer
     ]
   )
 
@@ -39,6 +41,8 @@ transport =
     "grpc" -> :grpc
   end
 
+# The worker's options every path shares.
+shared = [health_interval: :infinity, transport: transport] ++ Keyword.take(opts, [:busy_wait_us])
 calls = Keyword.get(opts, :calls, if(path in ["run", "tool"], do: 2_000, else: 20_000))
 
 Logger.configure(level: :error)
@@ -70,12 +74,7 @@ call =
 
       {:ok, _} =
         SynapseCore.start_agent(
-          name: :split,
-          agent: "lane_bench:agent",
-          python_path: [here],
-          health_interval: :infinity,
-          transport: transport,
-          tools: tools
+          [name: :split, agent: "lane_bench:agent", python_path: [here], tools: tools] ++ shared
         )
 
       fn -> {:ok, _} = SynapseCore.Agent.run_sync(:split, "hello") end
@@ -103,11 +102,8 @@ call =
 
       {:ok, _} =
         SynapseCore.Bridge.start_link(
-          name: :split,
-          module: "lane_bench",
-          python_path: [Path.join(dir, "priv"), here],
-          health_interval: :infinity,
-          transport: transport
+          [name: :split, module: "lane_bench", python_path: [Path.join(dir, "priv"), here]] ++
+            shared
         )
 
       client = SplitBench

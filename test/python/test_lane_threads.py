@@ -24,6 +24,7 @@ import pytest
 
 from conftest import TOKEN
 from synapse_python import Worker, _lane
+from synapse_python._busy_wait import MAX_BUSY_WAIT_US
 from synapse_python._lane_frames import framed
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2
 from synapse_python._threads import SyncThreads, any_busy
@@ -495,4 +496,43 @@ async def test_a_worker_serves_threads_connections_with_its_token_and_threads(
         await client.close()
     finally:
         functions.release.set()
+        await worker.stop(grace=0)
+
+
+async def test_the_reading_thread_polls_for_the_next_call_with_a_busy_wait_budget(
+    functions: Any, tmp_path: Path
+) -> None:
+    lane = await start_lane(tmp_path, max_threads=4, busy_wait=0.005)
+    try:
+        client = lane.client
+        assert value("add", await client.next(await lane.call("add", a=0, b=0))) == 0
+        (connection,) = lane.server._threaded
+        selector = connection._selector
+        polls = []
+        poll = selector._poll
+        selector._poll = lambda *args: polls.append(1) or poll(*args)
+        for n in range(20):  # one call at a time, back to back
+            assert value("add", await client.next(await lane.call("add", a=n, b=1))) == n + 1
+        assert polls
+    finally:
+        await lane.client.close()
+        await lane.server.stop(None)
+
+
+async def test_a_worker_gives_its_busy_wait_budget_to_the_reading_thread(
+    bridged: Path, tmp_path: Path
+) -> None:
+    for wrong in (-1, MAX_BUSY_WAIT_US + 1):
+        with pytest.raises(ValueError, match="busy_wait_us must be from 0 to"):
+            Worker(busy_wait_us=wrong)
+    worker = Worker(busy_wait_us=250)
+    worker.load_bridge(MODULE)
+    await worker.start(f"unix:{tmp_path / 'worker.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    try:
+        client = await connect_threads(tmp_path / "lane.sock")
+        assert value("add", await client.next(client.start(*request("add", a=1, b=1)))) == 2
+        (connection,) = worker._lane._threaded
+        assert connection._selector._budget == 250e-6
+        await client.close()
+    finally:
         await worker.stop(grace=0)

@@ -229,8 +229,9 @@ defmodule SynapseCore.Agent.Options do
       type: {:integer, 0, @max_busy_wait_us},
       default: @default_busy_wait_us,
       doc: """
-      for how many microseconds the event loop of a worker started here
-      polls for the next call before it sleeps (`0`: it sleeps at once, as
+      for how many microseconds the event loop of a worker started here,
+      and the thread reading its lane's connection of sync Bridge calls,
+      poll for the next call before they sleep (`0`: they sleep at once, as
       asyncio's loop does; a remote worker takes it from its environment's
       `SYNAPSE_BUSY_WAIT_US`).
       Waking a sleeping process costs both sides more than a short call

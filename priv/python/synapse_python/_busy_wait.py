@@ -22,6 +22,9 @@ instead of sleeping, saves the wake-up.
   function), which polling would take the GIL from; and between two polls
   it lets any thread waiting for its core go first (`sched_yield`).
 
+The thread that reads a lane connection of sync Bridge calls
+(`_lane_threads`) waits on one as well, under the same rules.
+
 The BEAM's schedulers do the same before they sleep (`+sbwt`).
 """
 

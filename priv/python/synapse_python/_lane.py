@@ -140,6 +140,7 @@ class LaneServer:
         max_message_bytes: int,
         token: _auth.BearerToken | None = None,
         threads: SyncThreads | None = None,
+        busy_wait: float = 0.0,
     ) -> None:
         self._handlers = dict(handlers)
         # The methods answered at once: their `AtOnce`, request deserializer,
@@ -158,6 +159,8 @@ class LaneServer:
         # Whose bound and stuck count the threads connections' threads share.
         self._threads = threads if threads is not None else SyncThreads()
         self._threaded: set[ThreadedConnection] = set()
+        # Seconds the reading thread of a threads connection polls before it sleeps.
+        self._busy_wait = busy_wait
         self._max_message_bytes = max_message_bytes
         self._token = token
         self._server: asyncio.AbstractServer | None = None
@@ -193,6 +196,7 @@ class LaneServer:
             max_message_bytes=self._max_message_bytes,
             stopping=lambda: self.stopping,
             closed=self._threaded.discard,
+            busy_wait=self._busy_wait,
         )
         self._threaded.add(connection)
         connection.begin(data)

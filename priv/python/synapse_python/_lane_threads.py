@@ -41,6 +41,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -50,6 +51,7 @@ from typing import Any
 import grpc
 
 from synapse_python._awaitables import is_awaitable
+from synapse_python._busy_wait import BusyWaitSelector
 from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
     FRAME_SLACK,
@@ -64,7 +66,7 @@ from synapse_python._lane_frames import (
     too_large,
     unexpected,
 )
-from synapse_python._threads import SyncThreads, track_busy
+from synapse_python._threads import SyncThreads, any_busy, track_busy
 
 logger = logging.getLogger("synapse_python.lane")
 
@@ -127,6 +129,7 @@ class ThreadedConnection:
         max_message_bytes: int,
         stopping: Callable[[], bool],
         closed: Callable[[ThreadedConnection], None],
+        busy_wait: float = 0.0,
     ) -> None:
         self._sock = sock
         self._methods = methods
@@ -165,6 +168,13 @@ class ThreadedConnection:
         # The descriptor is let go of once closed and nobody reads it.
         self._released = False
         self._sock_closed = False
+        # With a busy-wait budget, the thread that reads polls the socket
+        # that long before it sleeps, as the worker's event loop does (see
+        # `_busy_wait`): a lone caller's next call then finds it awake.
+        self._selector: BusyWaitSelector | None = None
+        if busy_wait:
+            self._selector = BusyWaitSelector(busy_wait, may_poll=lambda: not any_busy())
+            self._selector.register(sock, selectors.EVENT_READ)
         track_busy(self)
 
     @property
@@ -292,6 +302,8 @@ class ThreadedConnection:
         data, self._handed = self._handed, b""
         if not data:
             try:
+                if self._selector is not None:
+                    self._selector.select(None)
                 data = self._sock.recv(_READ_BYTES)
             except OSError as exc:
                 logger.debug("reading a lane connection failed: %s", exc)
@@ -535,6 +547,8 @@ class ThreadedConnection:
             with self._write_lock:
                 # No thread writes on the descriptor after this (nor on whatever reuses it).
                 self._sock_closed = True
+                if self._selector is not None:
+                    self._selector.close()
                 self._sock.close()
         if first:
             try:

@@ -28,6 +28,7 @@ from synapse_python import (
     _service,
     _threads,
 )
+from synapse_python._busy_wait import MAX_BUSY_WAIT_US
 from synapse_python._server import DEFAULT_SHUTDOWN_GRACE
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class Worker:
         tls_key: _auth.PemSource | None = None,
         token: str | _auth.BearerToken | None = None,
         max_stuck_threads: int | None = None,
+        busy_wait_us: int = 0,
     ) -> None:
         """`max_message_bytes` caps gRPC messages both ways.
 
@@ -135,7 +137,17 @@ class Worker:
         repr, in logs or in errors.
 
         `max_stuck_threads` defaults to `SYNAPSE_MAX_STUCK_THREADS` or 10.
+
+        `busy_wait_us` is how long the thread reading a lane connection of
+        sync Bridge calls polls for the next one before it sleeps (0: never;
+        see `_busy_wait`): the worker command gives what it gives its event
+        loop.
         """
+        if not 0 <= busy_wait_us <= MAX_BUSY_WAIT_US:
+            raise ValueError(
+                f"busy_wait_us must be from 0 to {MAX_BUSY_WAIT_US}, got {busy_wait_us}"
+            )
+        self._busy_wait_us = busy_wait_us
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         self._tls = (
@@ -294,6 +306,7 @@ class Worker:
                         max_message_bytes=self._max_message_bytes,
                         token=self._token,
                         threads=self._sync_threads,
+                        busy_wait=self._busy_wait_us / 1e6,
                     )
                     await lane_server.start(lane_endpoint.path)
             for service in self._health_services():
@@ -444,6 +457,7 @@ async def serve(
     tls_key: _auth.PemSource | None = None,
     token: str | _auth.BearerToken | None = None,
     lane: str | None = None,
+    busy_wait_us: int = 0,
 ) -> None:
     """Run a worker until SIGTERM or SIGINT, announcing readiness on stdout.
 
@@ -454,8 +468,8 @@ async def serve(
     the server accepts connections, exactly one line `SYNAPSE_READY <address>`
     is printed to stdout, which is what the process manager waits for. A signal
     stops the worker gracefully (see `Worker.stop`) and `serve` returns.
-    `tls_cert`, `tls_key` and `token` are `Worker`'s (required for TCP);
-    `lane` is `Worker.start`'s.
+    `tls_cert`, `tls_key`, `token` (required for TCP) and `busy_wait_us` are
+    `Worker`'s; `lane` is `Worker.start`'s.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -472,7 +486,11 @@ async def serve(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         worker = Worker(
-            max_message_bytes=max_message_bytes, tls_cert=tls_cert, tls_key=tls_key, token=token
+            max_message_bytes=max_message_bytes,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+            busy_wait_us=busy_wait_us,
         )
         loop.set_default_executor(_DefaultExecutor(worker._sync_threads))
         for agent_id, ref in (agents or {}).items():

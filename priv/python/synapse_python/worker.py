@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tls_key=tls.private_key if tls else None,
                     token=token,
                     lane=args.lane,
+                    busy_wait_us=busy_wait_us,
                 )
             )
     except _server.BindError as exc:
