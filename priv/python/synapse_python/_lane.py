@@ -74,6 +74,7 @@ from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
     FRAME_SLACK,
     HEADER,
+    METHOD_NOT_FOUND,
     WORKER_STOPPING,
     LaneFrame,
     LaneStatus,
@@ -81,6 +82,7 @@ from synapse_python._lane_frames import (
     Refused,
     error_detail,
     frame_too_long,
+    framed,
     too_large,
     unexpected,
 )
@@ -482,7 +484,7 @@ class _Connection(asyncio.Protocol):
             return
         handler = self._handlers.get(method)
         if handler is None:
-            self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            self.send_status(call_id, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
             return
         if self._server.stopping:
             self.send_status(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
@@ -751,8 +753,7 @@ class _Pending:
             return False  # the loop's answer says why
         if len(data) > connection.max_message_bytes:
             return False
-        body = LaneFrame(call=self._id, message=data).SerializeToString()
-        frame = HEADER.pack(len(body)) + body
+        frame = framed(LaneFrame(call=self._id, message=data))
         with connection.write_lock:
             if self._ended or not connection.write_from_thread(frame):
                 return False

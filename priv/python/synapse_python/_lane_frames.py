@@ -27,6 +27,9 @@ LaneStatus = lane_pb2.LaneStatus
 DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
 """How a call whose deadline passed ends, in grpc's words."""
 
+METHOD_NOT_FOUND = "Method not found!"
+"""How a call of a method the worker does not serve ends UNIMPLEMENTED, in grpc's words."""
+
 WORKER_STOPPING = "the worker is stopping"
 """Why the calls the worker's stop cuts short end UNAVAILABLE."""
 

@@ -56,6 +56,7 @@ from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
     FRAME_SLACK,
     HEADER,
+    METHOD_NOT_FOUND,
     WORKER_STOPPING,
     LaneFrame,
     ProtocolError,
@@ -378,7 +379,7 @@ class ThreadedConnection:
             if method in self._known:
                 details = f"{method} is not a sync function run by the worker's threads"
                 return status_frame(call_id, grpc.StatusCode.FAILED_PRECONDITION, details)
-            return status_frame(call_id, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+            return status_frame(call_id, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
         if self._stopping():
             return status_frame(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
         message = start.message
