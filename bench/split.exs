@@ -5,7 +5,8 @@
 #   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #     MIX_ENV=prod SYNAPSE_NATIVE_PROFILE=release \
 #     mix run bench/split.exs [--path run|tool|thread|on_loop] [--concurrency C] \
-#       [--calls N] [--rounds R] [--transport lane|grpc] [--threads] [--busy-wait-us US]
+#       [--calls N] [--rounds R] [--transport lane|grpc] [--threads] [--busy-wait-us US] \
+#       [--workers W]
 #
 # Prints one line per round: wall time per call, then the CPU time per call
 # of this VM and of the worker process, from /proc (clock ticks of 10 ms: a
@@ -15,7 +16,9 @@
 # and CPU per call (where the BEAM's time goes: its schedulers, its aux
 # thread, the NIF's tokio threads), then the same for the worker's threads
 # (its event loop, grpc's, its pool's, the lane's). `--busy-wait-us` is the
-# worker's `:busy_wait_us` (its default otherwise). Made for A/B
+# worker's `:busy_wait_us` (its default otherwise); `--workers` the pool's
+# size (1 by default: the workers' CPU is their sum, `--threads` reads the
+# first one's). Made for A/B
 # comparisons of two builds run alternately on the same machine, where a
 # difference in a few µs matters and a contender's own baseline does not.
 {opts, _} =
@@ -27,7 +30,8 @@
       rounds: :integer,
       transport: :string,
       threads: :boolean,
-      busy_wait_us: :integer
+      busy_wait_us: :integer,
+      workers: :integer
     ]
   )
 
@@ -42,7 +46,10 @@ transport =
   end
 
 # The worker's options every path shares.
-shared = [health_interval: :infinity, transport: transport] ++ Keyword.take(opts, [:busy_wait_us])
+shared =
+  [health_interval: :infinity, transport: transport] ++
+    Keyword.take(opts, [:busy_wait_us, :workers])
+
 calls = Keyword.get(opts, :calls, if(path in ["run", "tool"], do: 2_000, else: 20_000))
 
 Logger.configure(level: :error)
@@ -110,7 +117,7 @@ call =
       fn -> {:ok, 42} = client.add(:split, 20, 22) end
   end
 
-[worker] = :split |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid)
+[worker | _] = workers = :split |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid)
 
 # User and system CPU time of an OS process, in µs (clock ticks of 10 ms).
 cpu_us = fn pid ->
@@ -168,16 +175,17 @@ for _ <- 1..rounds do
     if opts[:threads], do: {threads.(System.pid(), false), threads.(worker, true)}, else: {}
 
   beam = cpu_us.(System.pid())
-  python = cpu_us.(worker)
+  python = workers |> Enum.map(cpu_us) |> Enum.sum()
   started = System.monotonic_time(:microsecond)
   run.(calls)
   wall = System.monotonic_time(:microsecond) - started
-  per_call = fn us -> Float.round(us / calls, 1) end
+  per_call = fn us -> :erlang.float_to_binary(us / calls, decimals: 1) end
 
   IO.puts(
     "#{path} c=#{concurrency} (#{transport}): wall #{per_call.(wall)} µs/call; " <>
       "CPU per call: BEAM #{per_call.(cpu_us.(System.pid()) - beam)} µs, " <>
-      "worker #{per_call.(cpu_us.(worker) - python)} µs"
+      "worker#{if length(workers) > 1, do: "s"} " <>
+      "#{per_call.((workers |> Enum.map(cpu_us) |> Enum.sum()) - python)} µs"
   )
 
   if opts[:threads] do

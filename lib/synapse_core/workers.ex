@@ -17,9 +17,10 @@ defmodule SynapseCore.Workers do
         }
 
   @doc """
-  A worker for a call to `name`: one of this node's, the least loaded of
-  two; if this node has none ready, `{:remote, node}` for a connected node
-  that has (from the `:pg` group the workers join).
+  A worker for a call to `name`: one of this node's, the less loaded of
+  the calling process's own and one drawn at random; if this node has none
+  ready, `{:remote, node}` for a connected node that has (from the `:pg`
+  group the workers join).
   """
   @spec pick(term()) :: {:ok, worker() | {:remote, node()}} | {:error, Error.t()}
   def pick(name) do
@@ -142,16 +143,25 @@ defmodule SynapseCore.Workers do
     end
   end
 
-  # Power of two choices: of two workers drawn at random, the one with fewer
-  # calls in flight. Nearly as good as the least loaded of all, without
-  # reading every worker's count on every call.
+  # Power of two choices on the calls in flight, one of the two being the
+  # calling process's own worker (drawn from its pid), the other drawn at
+  # random; the caller's own one wins a tie. A process making its calls one
+  # after the other keeps them on one worker, which stays awake and warm
+  # for the next (were they spread at random, every worker would sleep
+  # between its calls and pay to be woken for each), while the calls of
+  # many processes spread as before, a burst of them included (a choice
+  # made from the loads alone would send a burst to one worker: the loads
+  # count a call once it has started).
   defp least_loaded(workers) do
-    [{_, a}, {_, b}] = Enum.take_random(workers, 2)
-
-    if Native.channel_load(a.channel.resource) <= Native.channel_load(b.channel.resource),
-      do: a,
-      else: b
+    count = length(workers)
+    own = :erlang.phash2(self(), count)
+    other = rem(own + :rand.uniform(count - 1), count)
+    {_, mine} = Enum.at(workers, own)
+    {_, drawn} = Enum.at(workers, other)
+    if load(mine) <= load(drawn), do: mine, else: drawn
   end
+
+  defp load(worker), do: Native.channel_load(worker.channel.resource)
 
   @spec list(term()) :: [
           %{

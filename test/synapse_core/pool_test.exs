@@ -41,6 +41,23 @@ defmodule SynapseCore.PoolTest do
     assert served |> Enum.frequencies() |> Map.values() |> Enum.max() <= 20
   end
 
+  # Each process has a worker of its own, which its calls go to while it is
+  # no busier than another: calls one after the other find it awake.
+  test "a process's calls one after the other stay on one worker", %{name: name} do
+    for _caller <- 1..3 do
+      served =
+        Task.async(fn ->
+          for _ <- 1..8 do
+            {:ok, %Result{output: pid}} = Agent.run_sync(name, "0")
+            pid
+          end
+        end)
+        |> Task.await(30_000)
+
+      assert [_one] = Enum.uniq(served)
+    end
+  end
+
   test "a worker killed under load fails only its own calls; the pool returns to 3",
        %{name: name, os_pids: os_pids} do
     [victim | survivors] = os_pids
