@@ -42,8 +42,23 @@ defmodule SynapseCore.PoolTest do
   end
 
   # Each process has a worker of its own, which its calls go to while it is
-  # no busier than another: calls one after the other find it awake.
-  test "a process's calls one after the other stay on one worker", %{name: name} do
+  # no busier than another: calls one after the other find it awake. (No
+  # health checks: one in flight would count as a call.)
+  test "a process's calls one after the other stay on one worker" do
+    name = unique_name()
+
+    start_supervised!(
+      {Agent,
+       name: name,
+       agent: "synapse_fixtures.faults:pid_agent",
+       python_path: [fixtures_path()],
+       workers: 3,
+       health_interval: :infinity},
+      id: :quiet_pool
+    )
+
+    await_workers(name, 3)
+
     for _caller <- 1..3 do
       served =
         Task.async(fn ->
