@@ -150,8 +150,8 @@ defmodule SynapseCore.Workers do
   # for the next (were they spread at random, every worker would sleep
   # between its calls and pay to be woken for each), while the calls of
   # many processes spread as before, a burst of them included (a choice
-  # made from the loads alone would send a burst to one worker: the loads
-  # count a call once it has started).
+  # made from the loads alone, ties going to one worker, would send it a
+  # burst whose callers all pick before any has started its call).
   defp least_loaded(workers) do
     count = length(workers)
     own = :erlang.phash2(self(), count)
