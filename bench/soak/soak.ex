@@ -288,12 +288,24 @@ defmodule SynapseCore.Bench.Soak do
     if name in [agents.stream, agents.tools, agents.bridge], do: workers, else: 1
   end
 
-  # Every kind of call, once per worker (a pool takes turns), so that caches,
-  # lazily created tables and each worker's lane connections exist before
-  # the baseline is taken: a worker's connection for streams, for one, is
-  # made by its first run_stream.
+  # Every kind of call on every worker, so that caches, lazily created
+  # tables and each worker's connections exist before the baseline is
+  # taken: a worker's connection for streams, for one, is made by its first
+  # run_stream. A process's calls stay on its own worker while no other is
+  # less busy (SynapseCore.Workers): each kind's calls are made at once, by
+  # several processes, so that they spread over the pool's workers.
   defp warm_up(agents, workers) do
-    for kind <- Map.keys(@kind_names), _ <- 1..workers, do: one_call(agents, kind)
+    callers = 4 * workers
+
+    for kind <- Map.keys(@kind_names) do
+      1..callers
+      |> Task.async_stream(fn _ -> one_call(agents, kind) end,
+        max_concurrency: callers,
+        timeout: :infinity
+      )
+      |> Stream.run()
+    end
+
     :ok
   end
 
