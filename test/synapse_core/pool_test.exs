@@ -8,18 +8,27 @@ defmodule SynapseCore.PoolTest do
   @moduletag capture_log: true
 
   setup do
+    {name, os_pids} = start_pool!()
+    %{name: name, os_pids: Enum.sort(os_pids)}
+  end
+
+  # A pool of 3 workers whose agent answers with its worker's OS pid, with
+  # `options`: its name, and its workers' OS pids once they all serve.
+  defp start_pool!(options \\ []) do
     name = unique_name()
 
     start_supervised!(
       {Agent,
-       name: name,
-       agent: "synapse_fixtures.faults:pid_agent",
-       python_path: [fixtures_path()],
-       workers: 3}
+       [
+         name: name,
+         agent: "synapse_fixtures.faults:pid_agent",
+         python_path: [fixtures_path()],
+         workers: 3
+       ] ++ options},
+      id: name
     )
 
-    os_pids = name |> await_workers(3) |> Enum.map(& &1.os_pid) |> Enum.sort()
-    %{name: name, os_pids: os_pids}
+    {name, name |> await_workers(3) |> Enum.map(& &1.os_pid)}
   end
 
   defp served_by(name, count, seconds) do
@@ -45,19 +54,7 @@ defmodule SynapseCore.PoolTest do
   # no busier than another: calls one after the other find it awake. (No
   # health checks: one in flight would count as a call.)
   test "a process's calls one after the other stay on one worker" do
-    name = unique_name()
-
-    start_supervised!(
-      {Agent,
-       name: name,
-       agent: "synapse_fixtures.faults:pid_agent",
-       python_path: [fixtures_path()],
-       workers: 3,
-       health_interval: :infinity},
-      id: :quiet_pool
-    )
-
-    await_workers(name, 3)
+    {name, _os_pids} = start_pool!(health_interval: :infinity)
 
     for _caller <- 1..3 do
       served =
@@ -157,20 +154,7 @@ defmodule SynapseCore.PoolTest do
   end
 
   test "a hung worker leaves the pool: later calls go to the others" do
-    name = unique_name()
-
-    start_supervised!(
-      {Agent,
-       name: name,
-       agent: "synapse_fixtures.faults:pid_agent",
-       python_path: [fixtures_path()],
-       workers: 3,
-       health_interval: 200,
-       health_timeout: 200},
-      id: name
-    )
-
-    [victim | _] = name |> await_workers(3) |> Enum.map(& &1.os_pid)
+    {name, [victim | _]} = start_pool!(health_interval: 200, health_timeout: 200)
     System.cmd("kill", ["-STOP", Integer.to_string(victim)])
     eventually(fn -> victim not in Enum.map(Agent.workers(name), & &1.os_pid) end)
 
