@@ -126,6 +126,9 @@ cpu_us = fn pid ->
   (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
 end
 
+# The pool's workers' CPU time, summed.
+workers_cpu_us = fn -> workers |> Enum.map(cpu_us) |> Enum.sum() end
+
 # An OS process's threads by name (several tokio threads share one), or,
 # with `by_id` (Python names no thread), by name and id: context switches,
 # voluntary or not, and CPU time in µs.
@@ -175,7 +178,7 @@ for _ <- 1..rounds do
     if opts[:threads], do: {threads.(System.pid(), false), threads.(worker, true)}, else: {}
 
   beam = cpu_us.(System.pid())
-  python = workers |> Enum.map(cpu_us) |> Enum.sum()
+  python = workers_cpu_us.()
   started = System.monotonic_time(:microsecond)
   run.(calls)
   wall = System.monotonic_time(:microsecond) - started
@@ -185,7 +188,7 @@ for _ <- 1..rounds do
     "#{path} c=#{concurrency} (#{transport}): wall #{per_call.(wall)} µs/call; " <>
       "CPU per call: BEAM #{per_call.(cpu_us.(System.pid()) - beam)} µs, " <>
       "worker#{if length(workers) > 1, do: "s"} " <>
-      "#{per_call.((workers |> Enum.map(cpu_us) |> Enum.sum()) - python)} µs"
+      "#{per_call.(workers_cpu_us.() - python)} µs"
   )
 
   if opts[:threads] do
