@@ -378,18 +378,20 @@ defmodule SynapseCore.Agent do
   end
 
   @doc false
-  # A run on this node's workers only: what a relay for another node starts.
+  # A run on this node's workers only: what a relay for another node starts
+  # for `caller` there (whose own worker it picks, see SynapseCore.Workers).
   @spec start_local(
           name(),
           Prompt.t(),
           Options.call(),
           :sync | :unary | :stream,
           pid(),
-          pos_integer() | :infinity
+          pos_integer() | :infinity,
+          pid()
         ) ::
           {:ok, Run.t()} | {:error, Error.t()}
-  def start_local(name, prompt, call, reply, receiver, window) do
-    with {:ok, worker} <- Workers.pick_local(name) do
+  def start_local(name, prompt, call, reply, receiver, window, caller) do
+    with {:ok, worker} <- Workers.pick_local(name, caller) do
       start_on(worker, name, prompt, call, reply, receiver, window, nil)
     end
   end

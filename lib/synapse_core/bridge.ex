@@ -139,16 +139,17 @@ defmodule SynapseCore.Bridge do
   end
 
   @doc false
-  # A call on this node's workers only: what a relay for another node starts,
+  # A call on this node's workers only: what a relay for another node starts
+  # for `caller` there (whose own worker it picks, see SynapseCore.Workers),
   # with the `options` the caller's node made (see start/6). Its messages go
   # to the calling process.
-  @spec start_local(server(), descriptor(), String.t(), map(), :unary | :stream, map()) ::
+  @spec start_local(server(), descriptor(), String.t(), map(), :unary | :stream, map(), pid()) ::
           {:ok, Run.t()} | {:error, Error.t()}
-  def start_local(server, descriptor, method, request, reply, options) do
+  def start_local(server, descriptor, method, request, reply, options, caller) do
     # A node of an earlier version sends no `threads`: the loop answers.
     options = Map.put_new(options, :threads, false)
 
-    with {:ok, worker} <- Workers.pick_local(server) do
+    with {:ok, worker} <- Workers.pick_local(server, caller) do
       start_on(worker, server, descriptor, method, request, reply, options)
     end
   end

@@ -277,7 +277,7 @@ defmodule SynapseCore.Remote do
     Process.monitor(owner)
     receiver_monitor = Process.monitor(receiver)
 
-    case start_here(call) do
+    case start_here(call, owner) do
       {:ok, run} ->
         send(starter, {self(), {:ok, self()}})
         forward(run, receiver, ref, observer(call), receiver_monitor)
@@ -290,12 +290,14 @@ defmodule SynapseCore.Remote do
   defp observer({:agent, _name, _prompt, _call, _reply, _window, observer}), do: observer
   defp observer(_bridge), do: nil
 
-  # The call, on this node's workers; its messages come to the relay.
-  defp start_here({:agent, name, prompt, call, reply, window, _observer}),
-    do: Agent.start_local(name, prompt, call, reply, self(), window)
+  # The call, on this node's workers, on the worker of the caller (`owner`,
+  # on its node) as the caller's own call would be; its messages come to
+  # the relay.
+  defp start_here({:agent, name, prompt, call, reply, window, _observer}, owner),
+    do: Agent.start_local(name, prompt, call, reply, self(), window, owner)
 
-  defp start_here({:bridge, name, descriptor, method, request, reply, options}),
-    do: Bridge.start_local(name, descriptor, method, request, reply, options)
+  defp start_here({:bridge, name, descriptor, method, request, reply, options}, owner),
+    do: Bridge.start_local(name, descriptor, method, request, reply, options, owner)
 
   # `receiver_monitor` watches the receiver (the caller's guard); the
   # other monitor, the run's caller.

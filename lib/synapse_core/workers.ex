@@ -93,14 +93,19 @@ defmodule SynapseCore.Workers do
     |> Enum.uniq()
   end
 
-  @spec pick_local(term()) :: {:ok, worker()} | {:error, Error.t()}
-  def pick_local(name) do
+  @doc """
+  A worker of this node for a call to `name` by `caller` (the calling
+  process, or the caller on another node whose call a relay makes here):
+  the less loaded of the caller's own and one drawn at random.
+  """
+  @spec pick_local(term(), pid()) :: {:ok, worker()} | {:error, Error.t()}
+  def pick_local(name, caller \\ self()) do
     case lookup(name) do
       [{_pid, worker}] ->
         {:ok, worker}
 
       [_ | _] = workers ->
-        {:ok, least_loaded(workers)}
+        {:ok, least_loaded(workers, caller)}
 
       {:error, error} ->
         {:error, error}
@@ -144,17 +149,19 @@ defmodule SynapseCore.Workers do
   end
 
   # Power of two choices on the calls in flight, one of the two being the
-  # calling process's own worker (drawn from its pid), the other drawn at
-  # random; the caller's own one wins a tie. A process making its calls one
+  # calling process's own worker (drawn from its pid: for a call relayed
+  # from another node, the pid of the caller there, not of its relay, a
+  # new process per call), the other drawn at random; the caller's own one
+  # wins a tie. A process making its calls one
   # after the other keeps them on one worker, which stays awake and warm
   # for the next (were they spread at random, every worker would sleep
   # between its calls and pay to be woken for each), while the calls of
   # many processes spread as before, a burst of them included (a choice
   # made from the loads alone, ties going to one worker, would send it a
   # burst whose callers all pick before any has started its call).
-  defp least_loaded(workers) do
+  defp least_loaded(workers, caller) do
     count = length(workers)
-    own = :erlang.phash2(self(), count)
+    own = :erlang.phash2(caller, count)
     other = rem(own + :rand.uniform(count - 1), count)
     {_, mine} = Enum.at(workers, own)
     {_, drawn} = Enum.at(workers, other)

@@ -104,6 +104,44 @@ defmodule SynapseCore.ClusterTest do
     assert {:error, %Error{kind: :unknown_agent}} = Agent.run_sync(name, ~s({"calls": []}))
   end
 
+  # A run relayed to another node goes to the worker its caller's own calls
+  # go to there, as a call on the caller's node would (the relay is a new
+  # process per call: drawn from its pid, successive calls would spread).
+  test "a process's runs one after the other on another node's pool stay on one worker" do
+    name = :"pool_#{System.unique_integer([:positive])}"
+    {peer_b, node_b} = start_peer(:b)
+
+    {:ok, _} =
+      :erpc.call(node_b, SynapseCore, :start_agent, [
+        [
+          name: name,
+          agent: "synapse_fixtures.faults:pid_agent",
+          python_path: [fixtures_path()],
+          workers: 2,
+          # A health check in flight would count as a call.
+          health_interval: :infinity
+        ]
+      ])
+
+    eventually(fn -> length(:erpc.call(node_b, Agent, :workers, [name])) == 2 end, 30_000)
+    eventually(fn -> node_b in members(name) end, 30_000)
+
+    served =
+      for _caller <- 1..3 do
+        Task.async(fn ->
+          for _ <- 1..8 do
+            {:ok, %Result{output: pid}} = Agent.run_sync(name, "0")
+            pid
+          end
+        end)
+        |> Task.await(60_000)
+      end
+
+    for runs <- served, do: assert([_one] = Enum.uniq(runs))
+
+    :peer.stop(peer_b)
+  end
+
   test "a node listed in the group but with no worker serving hands the call to one that has" do
     name = :"stale_#{System.unique_integer([:positive])}"
     {peer_b, node_b} = start_peer(:sb)
