@@ -361,7 +361,13 @@ throughput_contenders = fn c, w, k ->
   synapse_calls =
     case c do
       "minimal" ->
-        [{"synapse", agent, fn -> {:ok, _} = SynapseCore.Agent.run_sync(agent, prompt) end}]
+        [
+          {"synapse", agent, fn -> {:ok, _} = SynapseCore.Agent.run_sync(agent, prompt) end},
+          # Without the message history, as the Ports and in-process Python
+          # hand back their runs (see section 1).
+          {"synapse_lean", agent,
+           fn -> {:ok, _} = SynapseCore.Agent.run_sync(agent, prompt, messages: false) end}
+        ]
 
       "add" ->
         on_loop = :"paths_add_on_loop_#{w}"
@@ -482,6 +488,7 @@ throughput_ratios_of = fn who ->
 end
 
 throughput_ratios = throughput_ratios_of.("synapse")
+throughput_ratios_lean = throughput_ratios_of.("synapse_lean")
 throughput_ratios_on_loop = throughput_ratios_of.("synapse_on_loop")
 
 throughput_s = (System.monotonic_time(:millisecond) - phase_started) / 1000
@@ -515,6 +522,7 @@ results = %{
   "latency_ratios_on_loop" => latency_ratios_on_loop,
   "throughput" => throughput,
   "throughput_ratios" => throughput_ratios,
+  "throughput_ratios_lean" => throughput_ratios_lean,
   "throughput_ratios_on_loop" => throughput_ratios_on_loop
 }
 

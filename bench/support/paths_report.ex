@@ -150,6 +150,7 @@ defmodule SynapseCore.Bench.PathsReport do
     shown at every concurrency).
 
     #{throughput_table(r, "minimal", "`run_sync`, minimal agent")}
+    #{throughput_table(r, "minimal", "`run_sync`, minimal agent, `messages: false`", "synapse_lean")}
     #{throughput_table(r, "add", "Bridge `add`, in a worker thread (the default)")}
     #{throughput_table(r, "add", ~s(Bridge `add`, marked `"on_loop": true`), "synapse_on_loop")}
     ## 3. CPU per call, each side
@@ -204,6 +205,7 @@ defmodule SynapseCore.Bench.PathsReport do
   }
   @throughput_ratios %{
     "synapse" => "throughput_ratios",
+    "synapse_lean" => "throughput_ratios_lean",
     "synapse_on_loop" => "throughput_ratios_on_loop"
   }
 
