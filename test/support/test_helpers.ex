@@ -212,4 +212,22 @@ defmodule SynapseCore.TestHelpers do
       timeout
     )
   end
+
+  @doc """
+  The outputs of `runs` runs of the agent `name` made one after the other by
+  each of `callers` processes (one after another), with `prompt`: a list
+  per caller. With an agent answering its worker's OS pid, the workers each
+  caller's runs went to.
+  """
+  def sequential_outputs(name, prompt, callers \\ 3, runs \\ 8) do
+    for _caller <- 1..callers do
+      Task.async(fn ->
+        for _ <- 1..runs do
+          {:ok, %SynapseCore.Result{output: output}} = SynapseCore.Agent.run_sync(name, prompt)
+          output
+        end
+      end)
+      |> Task.await(60_000)
+    end
+  end
 end

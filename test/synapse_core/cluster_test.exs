@@ -126,18 +126,7 @@ defmodule SynapseCore.ClusterTest do
     eventually(fn -> length(:erpc.call(node_b, Agent, :workers, [name])) == 2 end, 30_000)
     eventually(fn -> node_b in members(name) end, 30_000)
 
-    served =
-      for _caller <- 1..3 do
-        Task.async(fn ->
-          for _ <- 1..8 do
-            {:ok, %Result{output: pid}} = Agent.run_sync(name, "0")
-            pid
-          end
-        end)
-        |> Task.await(60_000)
-      end
-
-    for runs <- served, do: assert([_one] = Enum.uniq(runs))
+    for pids <- sequential_outputs(name, "0"), do: assert([_one] = Enum.uniq(pids))
 
     :peer.stop(peer_b)
   end

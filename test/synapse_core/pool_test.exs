@@ -56,18 +56,7 @@ defmodule SynapseCore.PoolTest do
   test "a process's calls one after the other stay on one worker" do
     {name, _os_pids} = start_pool!(health_interval: :infinity)
 
-    for _caller <- 1..3 do
-      served =
-        Task.async(fn ->
-          for _ <- 1..8 do
-            {:ok, %Result{output: pid}} = Agent.run_sync(name, "0")
-            pid
-          end
-        end)
-        |> Task.await(30_000)
-
-      assert [_one] = Enum.uniq(served)
-    end
+    for pids <- sequential_outputs(name, "0"), do: assert([_one] = Enum.uniq(pids))
   end
 
   test "a worker killed under load fails only its own calls; the pool returns to 3",
