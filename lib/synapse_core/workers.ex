@@ -152,13 +152,13 @@ defmodule SynapseCore.Workers do
   # calling process's own worker (drawn from its pid: for a call relayed
   # from another node, the pid of the caller there, not of its relay, a
   # new process per call), the other drawn at random; the caller's own one
-  # wins a tie. A process making its calls one
-  # after the other keeps them on one worker, which stays awake and warm
-  # for the next (were they spread at random, every worker would sleep
-  # between its calls and pay to be woken for each), while the calls of
-  # many processes spread as before, a burst of them included (a choice
-  # made from the loads alone, ties going to one worker, would send it a
-  # burst whose callers all pick before any has started its call).
+  # wins a tie. A process making its calls one after the other keeps them
+  # on one worker, which stays awake and warm for the next (were they
+  # spread at random, every worker would sleep between its calls and pay
+  # to be woken for each), while the calls of many processes spread as
+  # before, a burst of them included (a choice made from the loads alone,
+  # ties going to one worker, would send it a burst whose callers all pick
+  # before any has started its call).
   defp least_loaded(workers, caller) do
     count = length(workers)
     own = :erlang.phash2(caller, count)
