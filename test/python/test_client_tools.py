@@ -313,9 +313,15 @@ async def test_a_tool_result_for_no_pending_request_is_ignored(
     call = await client.start_run("tools", "hi", tools=[lookup()])
     request = (await read_until(call, "tool_request")).tool_request
 
-    await call.write(agent_pb2.RunInput(tool_result=returns(request, "first")))
+    # The first request is answered with a retry, so that the run asks
+    # again and waits for that answer: the worker handles a run's inputs in
+    # the order they come, so both results it ignores are handled before
+    # the run can end (once ended, it reads no more).
+    await call.write(agent_pb2.RunInput(tool_result=retry(request, "once more")))
     await call.write(agent_pb2.RunInput(tool_result=returns(request, "again")))
     await call.write(agent_pb2.RunInput(tool_result=agent_pb2.ToolResult(request_id="nope")))
+    second = (await read_until(call, "tool_request")).tool_request
+    await call.write(agent_pb2.RunInput(tool_result=returns(second, "first")))
     _, result = split_events(await read_all(call))
 
     assert result.text == '{"lookup":"first"}'
