@@ -17,10 +17,10 @@ defmodule SynapseCore.Workers do
         }
 
   @doc """
-  A worker for a call to `name`: one of this node's, the less loaded of
-  the calling process's own and one drawn at random; if this node has none
-  ready, `{:remote, node}` for a connected node that has (from the `:pg`
-  group the workers join).
+  A worker for a call to `name` by the calling process: one of this
+  node's, as `pick_local/2` chooses; if this node has none ready,
+  `{:remote, node}` for a connected node that has (from the `:pg` group
+  the workers join).
   """
   @spec pick(term()) :: {:ok, worker() | {:remote, node()}} | {:error, Error.t()}
   def pick(name) do
