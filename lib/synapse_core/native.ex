@@ -116,4 +116,8 @@ defmodule SynapseCore.Native do
   # build of the NIF has it (the `test-nifs` cargo feature); elsewhere this
   # stub stays, and raises.
   def debug_panic(_where, _tag), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Test-only too: a call's answered note unset now and set again `ms` later
+  # (the moment between the answer's send and its note).
+  def debug_answered_later(_handle, _ms), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -62,6 +62,14 @@ defmodule SynapseCore.Run do
   # passes; waiting a little longer only guards against a lost reply.
   @reply_margin 5_000
 
+  # How long a wait goes before it reads the run's answered note again (it
+  # reads it once more when the wait runs out). The NIF sets the note just
+  # after it sends the answer, so a process that took the answer at once
+  # and waits again may read it unset for a moment (longer when the sending
+  # thread is preempted in between): read again, the note tells it the
+  # answer was taken, instead of waiting the whole wait for nothing.
+  @note_reread 100
+
   @doc false
   # A one-shot call: `start` starts it in the NIF with the tag it is given;
   # this waits for its one reply.
@@ -157,35 +165,57 @@ defmodule SynapseCore.Run do
     receive_reply(run, timeout, fn -> nil end)
   end
 
-  defp receive_reply(%__MODULE__{ref: ref} = run, wait, on_timeout) do
+  defp receive_reply(%__MODULE__{} = run, wait, on_timeout) do
     # Read before the mailbox: an answer sent by then is there, unless this
     # process took it already (an earlier await, yield or cancel/1), when
     # waiting would only run out the wait, or never end.
     answered = answered?(run)
     guard = watch(run)
+    first = min(wait, @note_reread)
+
+    then =
+      cond do
+        answered -> :taken
+        wait == first -> {:reread, on_timeout}
+        true -> {:reread, {:wait, remaining(wait, first), {:reread, on_timeout}}}
+      end
 
     try do
-      receive do
-        {:synapse_reply, ^ref, reply} ->
-          over(run, reply)
-
-        {:DOWN, ^guard, :process, _, _} ->
-          # A run on another node: its guard passed the final message on
-          # before it ended (it ends only so once the run is handed over),
-          # so the message is here, or was taken already.
-          receive do
-            {:synapse_reply, ^ref, reply} -> over(run, reply)
-          after
-            0 -> raise ArgumentError, taken_text(run)
-          end
-      after
-        if(answered, do: 0, else: wait) ->
-          if answered, do: raise(ArgumentError, taken_text(run)), else: on_timeout.()
-      end
+      reply_within(run, guard, if(answered, do: 0, else: first), then)
     after
       if guard, do: Process.demonitor(guard, [:flush])
     end
   end
+
+  # The answer if it comes within `wait`, else what `then` says: the answer
+  # was taken already (`:taken`); read the note again, then go on
+  # (`{:reread, then}`); wait more (`{:wait, ms, then}`); or `on_timeout`.
+  defp reply_within(%__MODULE__{ref: ref} = run, guard, wait, then) do
+    receive do
+      {:synapse_reply, ^ref, reply} ->
+        over(run, reply)
+
+      {:DOWN, ^guard, :process, _, _} ->
+        # A run on another node: its guard passed the final message on
+        # before it ended (it ends only so once the run is handed over),
+        # so the message is here, or was taken already.
+        reply_within(run, nil, 0, :taken)
+    after
+      wait -> go_on(run, guard, then)
+    end
+  end
+
+  defp go_on(run, _guard, :taken), do: raise(ArgumentError, taken_text(run))
+
+  defp go_on(run, guard, {:reread, then}) do
+    if answered?(run), do: reply_within(run, guard, 0, :taken), else: go_on(run, guard, then)
+  end
+
+  defp go_on(run, guard, {:wait, wait, then}), do: reply_within(run, guard, wait, then)
+  defp go_on(_run, _guard, on_timeout) when is_function(on_timeout, 0), do: on_timeout.()
+
+  defp remaining(:infinity, _waited), do: :infinity
+  defp remaining(wait, waited), do: wait - waited
 
   # Known for a call of this node; a run relayed from another node is
   # known to have answered once its guard has ended.

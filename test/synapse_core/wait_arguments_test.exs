@@ -6,7 +6,7 @@ defmodule SynapseCore.WaitArgumentsTest do
 
   import SynapseCore.TestHelpers
 
-  alias SynapseCore.{Agent, Probe, Result}
+  alias SynapseCore.{Agent, Native, Probe, Result}
 
   @moduletag capture_log: true
 
@@ -48,6 +48,24 @@ defmodule SynapseCore.WaitArgumentsTest do
     {:ok, run} = Agent.run(name, "0.3")
     assert Agent.yield(run, 0) == nil
     assert {:ok, %Result{output: "done"}} = Agent.await(run, 10_000)
+  end
+
+  # The NIF notes that a call answered just after it sends the answer: a
+  # process that took the answer and waits again may read the note unset
+  # for that moment (made long here by a test-only NIF, as when the sending
+  # thread is preempted). Its wait reads the note again, and is refused.
+  test "a wait that reads the answered note before it is set is refused, not waited out",
+       %{name: name} do
+    {:ok, run} = Agent.run(name, "0")
+    assert {:ok, %Result{output: "done"}} = Agent.await(run)
+
+    # Set during the wait's first stage (longer waits read it again early).
+    :ok = Native.debug_answered_later(run.handle, 30)
+    assert_raise ArgumentError, ~r/taken already/, fn -> Agent.await(run, 30_000) end
+
+    # Set before a short wait runs out (read again as it does).
+    :ok = Native.debug_answered_later(run.handle, 30)
+    assert_raise ArgumentError, ~r/taken already/, fn -> Agent.yield(run, 80) end
   end
 
   test "await_ready/2 refuses a timeout out of range", %{name: name} do

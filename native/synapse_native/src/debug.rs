@@ -2,10 +2,13 @@
 //! on a scheduler or on a tokio thread, becomes an error and never takes
 //! the VM down.
 
-use rustler::{Atom, Env, Term};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rustler::{Atom, Env, ResourceArc, Term};
 
 use crate::atoms;
-use crate::call;
+use crate::call::{self, CallHandle};
 use crate::error::Error;
 use crate::reply::{Reply, Style};
 use crate::runtime::RUNTIME;
@@ -25,6 +28,19 @@ fn debug_panic<'a>(env: Env<'a>, place: Atom, tag: Term<'a>) -> Atom {
         reply.send(Ok::<(), Error>(()), |_env, ()| -> Result<Term<'_>, Error> {
             panic!("debug_panic while building a reply")
         });
+    });
+    atoms::ok()
+}
+
+/// The moment between the NIF's send of a call's answer and its note that
+/// it answered (`run_answered`), made `ms` long: the note is unset now and
+/// set again `ms` later, as a sending thread preempted in between sets it.
+#[rustler::nif]
+fn debug_answered_later(handle: ResourceArc<CallHandle>, ms: u64) -> Atom {
+    handle.answered.store(false, Ordering::Release);
+    RUNTIME.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        handle.answered.store(true, Ordering::Release);
     });
     atoms::ok()
 }
