@@ -15,6 +15,7 @@ import importlib
 import json
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import grpc
 import pytest
 
 from conftest import TOKEN
-from synapse_python import Worker, _lane
+from synapse_python import Worker, _lane, _lane_threads
 from synapse_python._busy_wait import MAX_BUSY_WAIT_US
 from synapse_python._lane_frames import framed
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2
@@ -467,6 +468,34 @@ async def test_the_stop_lets_a_call_end_within_its_grace(functions: Any, tmp_pat
         assert value("block", await client.next(call)) == "in time"
         await asyncio.wait_for(stopping, 5)
         assert lane.pool.stuck == 0
+    finally:
+        functions.release.set()
+        await client.close()
+
+
+async def test_the_stop_waits_for_the_answer_of_a_call_that_ended_within_its_grace(
+    functions: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread held up between its call's end and its answer's write, as a
+    # busy machine may hold it: the stop must not close the socket meanwhile.
+    write = _lane_threads.ThreadedConnection._write
+
+    def late_write(connection: _lane_threads.ThreadedConnection, data: bytes) -> None:
+        if data:
+            time.sleep(0.3)
+        write(connection, data)
+
+    monkeypatch.setattr(_lane_threads.ThreadedConnection, "_write", late_write)
+    lane = await start_lane(tmp_path, max_threads=4)
+    client = lane.client
+    try:
+        call = await lane.call("block", tag="in time")
+        await eventually(lambda: functions.ran == ["in time"])
+        stopping = asyncio.ensure_future(lane.server.stop(5))
+        await asyncio.sleep(0.05)
+        functions.release.set()
+        assert value("block", await client.next(call)) == "in time"
+        await asyncio.wait_for(stopping, 5)
     finally:
         functions.release.set()
         await client.close()

@@ -158,6 +158,10 @@ class ThreadedConnection:
         self._handed = b""
         self._waiting: collections.OrderedDict[int, _Call] = collections.OrderedDict()
         self._running: dict[int, _Call] = {}
+        # Writes of frames that end calls, taken under the lock and not yet
+        # done: the calls have not ended for `drained` until they are (the
+        # stop that follows it closes the socket).
+        self._ending = 0
         self._reading = False
         self._threads = 0
         self._idle = 0
@@ -322,10 +326,12 @@ class ThreadedConnection:
                 except ProtocolError as exc:
                     logger.warning("closing a lane connection: %s", exc)
                     frames = None
+                if refused:
+                    self._ending += 1
+        if refused:
+            self._ended_written(refused)
         if frames is None or self._closed:  # the client left, broke the protocol, or we stop
             self._close()
-            return
-        self._write(refused)
 
     def _frames(self, data: bytes) -> list[Any]:
         """The whole frames `data` completes (the rest waits for more)."""
@@ -403,7 +409,11 @@ class ThreadedConnection:
     def _has_calls(self) -> bool:
         """Under the lock: whether a call read has not ended (one abandoned
         has: it only holds its thread)."""
-        return bool(self._waiting) or any(not call.abandoned for call in self._running.values())
+        return (
+            bool(self._waiting)
+            or self._ending > 0
+            or any(not call.abandoned for call in self._running.values())
+        )
 
     def _settle_drained(self) -> None:
         """Under the lock, where calls end: settles `drained`'s futures once none is left."""
@@ -444,11 +454,12 @@ class ThreadedConnection:
         with self._lock:
             # Whoever takes the call out of `_running` ends it, exactly once.
             del self._running[call.id]
-            self._settle_drained()
             if call.abandoned:
                 self._pool.count_stuck(-1)
+                self._settle_drained()
                 return
-        self._write(frame)
+            self._ending += 1
+        self._ended_written(frame)
 
     def _watch(self) -> None:
         """The watcher (see the module doc)."""
@@ -472,7 +483,10 @@ class ThreadedConnection:
             time.sleep(_TICK)
             with self._lock:
                 ended = self._check(time.monotonic())
-            self._write(ended)
+                if ended:
+                    self._ending += 1
+            if ended:
+                self._ended_written(ended)
 
     def _check(self, now: float) -> bytes:
         """Under the lock, once a tick: the calls whose deadline passed end;
@@ -489,7 +503,7 @@ class ThreadedConnection:
                     self._abandon(call)
                 logger.info("%s cancelled: %s", call.method, DEADLINE_EXCEEDED[1])
                 expired.append(status_frame(call.id, *DEADLINE_EXCEEDED))
-        self._settle_drained()
+        # Those calls end for `drained` once their statuses are written.
         to_do = len(self._waiting) + (0 if self._reading else 1)
         if to_do:
             # A thread neither idle, reading nor running a call is on its
@@ -507,6 +521,17 @@ class ThreadedConnection:
         return b"".join(expired)
 
     # ---- the socket ----
+
+    def _ended_written(self, data: bytes) -> None:
+        """Writes `data`, frames that end calls (counted in `_ending` when
+        they were made), then counts them ended: `drained` is settled only
+        once they are written."""
+        try:
+            self._write(data)
+        finally:
+            with self._lock:
+                self._ending -= 1
+                self._settle_drained()
 
     def _write(self, data: bytes) -> None:
         """Writes `data` (whole frames), unless the connection is closed."""
