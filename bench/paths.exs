@@ -64,7 +64,7 @@ scale = %{
   # The pause of the paced in-process contender before each run: about what
   # a worker waits between two runs of a caller with one in flight.
   inprocess_pause_us: 1_000,
-  throughput_rounds: if(quick?, do: 1, else: 3),
+  throughput_rounds: if(quick?, do: 1, else: 5),
   seconds: 1,
   concurrency: [1, 16, 64],
   workers: [1, 2]
