@@ -4,8 +4,9 @@
 //!
 //! A [`Lane`] connects on first use and again after its connection broke.
 //! A call writes its frame to the socket itself when nothing is waiting to
-//! be written (one non-blocking write, no task woken); otherwise the frame
-//! joins the others waiting, which the connection's writer sends together.
+//! be written (one non-blocking write, no task woken, made outside any
+//! lock); otherwise the frame joins the others waiting, which the call
+//! writing meanwhile, or else the connection's writer, sends together.
 //! The connection's reader hands each frame from the worker to its call by
 //! id. Calls answer as tonic does: `Ok` with the response
 //! bytes, or a [`Status`] — the worker's status with its `ErrorDetail` in
@@ -51,12 +52,13 @@
 //! else by a task. A worker that does not know of `threads` answers its
 //! calls from its loop, as it answers the others'.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use prost::bytes::{Bytes, BytesMut};
@@ -97,6 +99,11 @@ pub fn backlog_limit(max_message_bytes: usize) -> usize {
     let floor = usize::try_from(Limit::LaneBacklogFloorBytes as i32).unwrap_or(usize::MAX);
     max_message_bytes.max(floor)
 }
+
+/// How many times a call that writes its frame at once writes, in one
+/// write each, the frames other calls left while it wrote, before it
+/// leaves them to the connection's writer (see [`Output::write`]).
+const DIRECT_ROUNDS: usize = 8;
 
 /// Where a lane keeps a connection: none until the first call.
 type Slot = Mutex<Option<Arc<Connection>>>;
@@ -721,11 +728,15 @@ struct Output {
 struct Pending {
     /// Frames waiting to be written, in order.
     bytes: Vec<u8>,
-    /// What the socket has not taken yet of the frames the writer took out
-    /// of `bytes` to write: they wait too.
+    /// What the socket has not taken yet of the frames the writer (or a
+    /// call writing those others left, see `direct`) took out of `bytes`
+    /// to write: they wait too.
     writing: usize,
     /// The writer is writing: calls leave their frames to it.
     flushing: bool,
+    /// A call is writing, outside the lock (see [`Output::write`]): the
+    /// others leave their frames to it, and so does the writer.
+    direct: bool,
 }
 
 impl Pending {
@@ -830,6 +841,7 @@ impl Connection {
                 bytes: Vec::new(),
                 writing: 0,
                 flushing: false,
+                direct: false,
             }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -1140,41 +1152,77 @@ impl Output {
 
     /// Writes `frame`, whatever waits before it.
     fn send(&self, frame: &[u8]) {
-        self.write(&mut self.lock(), frame);
+        self.write(self.lock(), frame);
     }
 
     /// Writes `frame` unless `limit` bytes or more wait to be written
     /// already: then how many do. Checked under the lock the frame is
     /// queued under, so that calls racing each other never take more.
     fn send_within(&self, frame: &[u8], limit: usize) -> Result<(), usize> {
-        let mut pending = self.lock();
+        let pending = self.lock();
         let waiting = pending.waiting();
         if waiting >= limit {
             return Err(waiting);
         }
-        self.write(&mut pending, frame);
+        self.write(pending, frame);
         Ok(())
     }
 
-    /// Writes `frame` at once when nothing waits and the socket takes it;
-    /// what it does not take waits for the writer.
-    fn write(&self, pending: &mut Pending, frame: &[u8]) {
-        let written = match self.socket.get() {
-            Some(socket) if !pending.flushing => match socket.try_write(frame) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                // The reader sees the broken connection too, and fails every
-                // call on it.
-                Err(_) => return,
-            },
-            _ => 0,
+    /// Writes `frame` at once, on the calling thread, when nothing waits
+    /// before it and nobody else is writing; else leaves it to whoever
+    /// writes. The system call is made outside the lock: callers on the
+    /// BEAM's other schedulers never wait for it (a scheduler blocked on
+    /// the lock stops every process it runs). Frames left meanwhile are
+    /// written next by the same thread, in one write, for a few rounds;
+    /// what the socket does not take, and what is left after those
+    /// rounds, goes to the writer.
+    fn write(&self, mut pending: MutexGuard<'_, Pending>, frame: &[u8]) {
+        let socket = match self.socket.get() {
+            Some(socket) if !pending.flushing && !pending.direct => socket,
+            _ => {
+                pending.bytes.extend_from_slice(frame);
+                if !pending.flushing && !pending.direct {
+                    pending.flushing = true;
+                    self.wake.notify_one();
+                }
+                return;
+            }
         };
-        if written < frame.len() {
-            pending.bytes.extend_from_slice(&frame[written..]);
-            if !pending.flushing {
+        pending.direct = true;
+        drop(pending);
+        let mut batch = Cow::Borrowed(frame);
+        let mut rounds = 0;
+        loop {
+            let outcome = socket.try_write(&batch);
+            rounds += 1;
+            let mut pending = self.lock();
+            pending.writing = 0;
+            let (written, failed) = match outcome {
+                Ok(n) => (n, false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, false),
+                // The writer meets the error too, and ends the connection:
+                // its reader then fails every call on it.
+                Err(_) => (0, true),
+            };
+            if written < batch.len() {
+                // What is left of this write goes before what others left.
+                let mut rest = batch[written..].to_vec();
+                rest.extend_from_slice(&pending.bytes);
+                pending.bytes = rest;
+            }
+            if pending.bytes.is_empty() {
+                pending.direct = false;
+                return;
+            }
+            if failed || written < batch.len() || rounds >= DIRECT_ROUNDS {
+                pending.direct = false;
                 pending.flushing = true;
                 self.wake.notify_one();
+                return;
             }
+            let next = std::mem::take(&mut pending.bytes);
+            pending.writing = next.len();
+            batch = Cow::Owned(next);
         }
     }
 }
@@ -1412,7 +1460,9 @@ async fn write(output: &Output) -> String {
     loop {
         let batch = {
             let mut pending = output.lock();
-            if pending.bytes.is_empty() {
+            // A call writing leaves what it does not write to the writer,
+            // and wakes it: the two never write at once.
+            if pending.bytes.is_empty() || pending.direct {
                 pending.flushing = false;
                 None
             } else {
@@ -2057,6 +2107,64 @@ mod tests {
         let frame = peer.next().await;
         assert_eq!(frame.call, call);
         assert_eq!(frame.body, Some(lane_frame::Body::Cancel(true)));
+    }
+
+    #[tokio::test]
+    async fn calls_made_on_many_threads_at_once_reach_the_worker_whole_and_in_order() {
+        // Each call writes its own frame outside the lock, or leaves it to
+        // the call writing meanwhile, or to the writer once the socket is
+        // full (the worker below reads only after every call is made): no
+        // frame may be torn or interleaved, and each thread's calls must
+        // arrive in the order it made them.
+        const THREADS: usize = 8;
+        const CALLS: usize = 200;
+        const ROUNDS: usize = 10;
+        let (lane, listener, dir) = lane(None).await;
+        let (answers, mut outcomes) = mpsc::unbounded_channel();
+        // Connected first: the calls below write to the socket themselves.
+        let first = Box::new(Told(answers.clone()));
+        let _ticket = lane.call("/p.S/M", vec![], None, Answerer::Loop, first);
+        let mut peer = accept(&listener).await;
+        let frame = peer.next().await;
+        peer.send(frame.call, lane_frame::Body::Message(vec![]))
+            .await;
+        assert_eq!(outcomes.recv().await, Some("response"));
+        let runtime = tokio::runtime::Handle::current();
+        for _round in 0..ROUNDS {
+            std::thread::scope(|scope| {
+                for thread in 0..THREADS {
+                    let (lane, runtime, answers) = (&lane, runtime.clone(), answers.clone());
+                    scope.spawn(move || {
+                        let _within = runtime.enter();
+                        for call in 0..CALLS {
+                            // Sizes that vary, so that writes end mid-frame.
+                            let mut request = vec![thread as u8; 100 + (call * 37) % 800];
+                            request[..2].copy_from_slice(&(call as u16).to_be_bytes());
+                            let answer = Box::new(Told(answers.clone()));
+                            lane.call("/p.S/M", request, None, Answerer::Loop, answer)
+                                .ok()
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            let mut next = [0u16; THREADS];
+            for _ in 0..THREADS * CALLS {
+                let frame = peer.next().await;
+                let message = &start_of(&frame).message;
+                let thread = usize::from(message[2]);
+                let call = u16::from_be_bytes([message[0], message[1]]);
+                assert_eq!(call, next[thread], "thread {thread}'s calls out of order");
+                assert!(message[2..].iter().all(|&byte| usize::from(byte) == thread));
+                next[thread] += 1;
+                peer.send(frame.call, lane_frame::Body::Message(vec![]))
+                    .await;
+            }
+            for _ in 0..THREADS * CALLS {
+                assert_eq!(outcomes.recv().await, Some("response"));
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
