@@ -89,6 +89,10 @@ defmodule SynapseCore.Bridge do
     opts |> Options.bridge!() |> SynapseCore.Agent.start_validated()
   end
 
+  # What a call given no option takes: the schema's defaults, validated once
+  # here rather than on every call (most calls give none).
+  @call_defaults SynapseCore.Options.validate!([], Options.bridge_call_schema(), "a bridge call")
+
   @doc false
   # Called by generated modules: a unary call of `method`
   # ("package.Service/Method") with the request's wire map. `threads` is
@@ -99,7 +103,11 @@ defmodule SynapseCore.Bridge do
   @spec call(server(), descriptor(), String.t(), map(), keyword(), boolean()) ::
           {:ok, map()} | {:error, Error.t()}
   def call(server, descriptor, method, request, opts \\ [], threads \\ false) do
-    opts = SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
+    opts =
+      if opts == [],
+        do: @call_defaults,
+        else: SynapseCore.Options.validate!(opts, Options.bridge_call_schema(), "a bridge call")
+
     options = %{timeout: opts.timeout, window: :infinity, threads: threads}
 
     with {:ok, run} <- start(server, descriptor, method, request, :unary, options) do

@@ -218,6 +218,43 @@ defmodule SynapseCore.BridgeTest do
     end
   end
 
+  test "a call of a method its descriptors do not have, or of the wrong kind, is refused",
+       %{name: name, bridges: bridges} do
+    client = bridges[@types].client
+    %{service: service, descriptor: set, descriptor_digest: digest} = client.__bridge__()
+    descriptor = {digest, set}
+
+    rpc = fn function ->
+      Enum.find(bridges[@types].ir["functions"], &(&1["name"] == function))["rpc"]
+    end
+
+    request = %{"name" => "x", "age" => 1}
+
+    refused = fn method, reply ->
+      assert {:error, %Error{kind: :invalid_argument, message: message}} =
+               Bridge.start_local(name, descriptor, method, request, reply, options(), self())
+
+      message
+    end
+
+    assert refused.("#{service}/NoSuchMethod", :unary) =~
+             "no method NoSuchMethod in service #{service}"
+
+    assert refused.("no.Such/#{rpc.("describe")}", :unary) =~
+             "no method #{rpc.("describe")} in service no.Such"
+
+    assert refused.(service, :unary) =~ "is not of the form \"package.Service/Method\""
+    assert refused.("#{service}/#{rpc.("count_up")}", :unary) =~ "is a server-streaming method"
+
+    assert refused.("#{service}/#{rpc.("describe")}", :stream) =~
+             "is not a server-streaming method"
+
+    # The same methods, named right, answer.
+    assert {:ok, _description} = types(:describe, [name, %{name: "x", age: 1}])
+  end
+
+  defp options, do: %{timeout: 5_000, window: :infinity, threads: false}
+
   test "the generated files are deterministic, and --check sees staleness", %{
     opts: opts,
     dir: dir,

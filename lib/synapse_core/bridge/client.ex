@@ -468,7 +468,7 @@ defmodule SynapseCore.Bridge.Client do
   def __call__(client, call, server, args, opts) do
     %{descriptor: set, descriptor_digest: digest} = client.__bridge__()
     descriptor = {digest, set}
-    {given, opts} = Keyword.split(checked!(call, opts), Enum.map(call.options, &elem(&1, 0)))
+    {given, opts} = split_options(call, opts)
 
     case request(call, args, given) do
       {:ok, request} when call.stream ->
@@ -499,11 +499,15 @@ defmodule SynapseCore.Bridge.Client do
     end
   end
 
+  # The function's own options, and the call's (most calls give none).
+  defp split_options(_call, []), do: {[], []}
+
+  defp split_options(call, opts),
+    do: Keyword.split(checked!(call, opts), Enum.map(call.options, &elem(&1, 0)))
+
   # The options of the call: the function's own and the call's, so that an
   # unknown one is refused naming both (their values are checked later, by
   # the codec and by SynapseCore.Bridge).
-  defp checked!(_call, []), do: []
-
   defp checked!(call, opts) do
     {schema, what} =
       if call.stream,

@@ -5,6 +5,8 @@
 
 mod dynamic;
 
+use std::collections::HashMap;
+
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use rustler::{Binary, Encoder, Env, NifMap, Resource, ResourceArc, Term};
@@ -14,9 +16,31 @@ use crate::call::{self, fits, ServerStream, Started};
 use crate::channel::ChannelResource;
 use crate::error::{Error, NifError};
 
-/// The descriptors of one generated Bridge module.
+/// The methods of one generated Bridge module's descriptors, found once,
+/// when they load, rather than on each call: by their name as calls give it
+/// (`"package.Service/Method"`). Each descriptor keeps the pool alive.
 pub struct PoolResource {
-    pool: DescriptorPool,
+    methods: HashMap<String, Method>,
+}
+
+/// A method of the pool, with its gRPC path (`/package.Service/Method`).
+struct Method {
+    descriptor: MethodDescriptor,
+    path: String,
+}
+
+impl PoolResource {
+    fn new(pool: DescriptorPool) -> Self {
+        let methods = pool
+            .services()
+            .flat_map(|service| service.methods().collect::<Vec<_>>())
+            .map(|descriptor| {
+                let path = path(&descriptor);
+                (path[1..].to_owned(), Method { descriptor, path })
+            })
+            .collect();
+        Self { methods }
+    }
 }
 
 #[rustler::resource_impl]
@@ -26,7 +50,7 @@ impl Resource for PoolResource {}
 #[rustler::nif(schedule = "DirtyCpu")]
 fn bridge_pool<'a>(env: Env<'a>, descriptor_set: Binary<'a>) -> Term<'a> {
     DescriptorPool::decode(descriptor_set.as_slice())
-        .map(|pool| ResourceArc::new(PoolResource { pool }))
+        .map(|pool| ResourceArc::new(PoolResource::new(pool)))
         .map_err(|e| {
             NifError(Error::InvalidArgument(format!(
                 "invalid descriptor set: {e}"
@@ -86,10 +110,11 @@ fn start_call<'a>(
     request: Term<'a>,
     options: BridgeOptions<'a>,
 ) -> Started {
-    let (method, message) = match prepare(&pool.pool, &method, request, false, &channel) {
+    let (method, message) = match prepare(&pool, &method, request, false, &channel) {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
     };
+    let descriptor = method.descriptor.clone();
     let answerer = if options.threads {
         Answerer::Threads
     } else {
@@ -100,10 +125,10 @@ fn start_call<'a>(
         channel,
         tag,
         call::decode_timeout(options.timeout)?,
-        path(&method),
+        method.path.clone(),
         message.encode_to_vec(),
         answerer,
-        move |response| decode(&method, response),
+        move |response| decode(&descriptor, response),
         |env, response: DynamicMessage| Ok(dynamic::message_to_term(env, &response)),
     )
 }
@@ -147,19 +172,20 @@ fn stream_start<'a>(
     request: Term<'a>,
     options: BridgeOptions<'a>,
 ) -> Started {
-    let (method, message) = match prepare(&pool.pool, &method, request, true, &channel) {
+    let (method, message) = match prepare(&pool, &method, request, true, &channel) {
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(NifError(e))),
     };
+    let descriptor = method.descriptor.clone();
     call::server_stream(
         env,
         channel,
         tag,
         (options.timeout, options.window),
         ServerStream {
-            method: path(&method),
+            method: method.path.clone(),
             request: move || message.encode_to_vec(),
-            decode: move |bytes| decode(&method, bytes),
+            decode: move |bytes| decode(&descriptor, bytes),
             to_term: dynamic::message_to_term,
         },
     )
@@ -167,27 +193,20 @@ fn stream_start<'a>(
 
 /// Finds the method and builds its request message, on the caller's
 /// scheduler (the term is only readable there).
-fn prepare(
-    pool: &DescriptorPool,
+fn prepare<'p>(
+    pool: &'p PoolResource,
     method: &str,
     request: Term<'_>,
     streaming: bool,
     channel: &ChannelResource,
-) -> Result<(MethodDescriptor, DynamicMessage), Error> {
-    let (service, name) = method.split_once('/').ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{method:?} is not of the form \"package.Service/Method\""
-        ))
-    })?;
-    let method = pool
-        .get_service_by_name(service)
-        .and_then(|s| s.methods().find(|m| m.name() == name))
-        .ok_or_else(|| Error::InvalidArgument(format!("no method {name} in service {service}")))?;
-    if method.is_client_streaming() || method.is_server_streaming() != streaming {
+) -> Result<(&'p Method, DynamicMessage), Error> {
+    let found = pool.methods.get(method).ok_or_else(|| missing(method))?;
+    let descriptor = &found.descriptor;
+    if descriptor.is_client_streaming() || descriptor.is_server_streaming() != streaming {
         return Err(Error::InvalidArgument(format!(
             "{} is {}a server-streaming method",
-            method.full_name(),
-            if method.is_server_streaming() {
+            descriptor.full_name(),
+            if descriptor.is_server_streaming() {
                 ""
             } else {
                 "not "
@@ -195,10 +214,18 @@ fn prepare(
         )));
     }
     let message = fits(
-        dynamic::term_to_message(&method.input(), request, 0)?,
+        dynamic::term_to_message(&descriptor.input(), request, 0)?,
         channel.max_message_bytes,
     )?;
-    Ok((method, message))
+    Ok((found, message))
+}
+
+/// Why `method` names no method of the pool.
+fn missing(method: &str) -> Error {
+    Error::InvalidArgument(match method.split_once('/') {
+        None => format!("{method:?} is not of the form \"package.Service/Method\""),
+        Some((service, name)) => format!("no method {name} in service {service}"),
+    })
 }
 
 /// The method's gRPC path, `/package.Service/Method`.
