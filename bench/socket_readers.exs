@@ -1,0 +1,225 @@
+# How the BEAM reads a local socket, measured with nothing else in the way:
+# why the lane's reply side is a Port on the connection's descriptor.
+#
+#   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
+#     MIX_ENV=prod mix run bench/socket_readers.exs [--calls N] [--rounds R]
+#
+# One Python process (bench/python/jsonl_socket.py) answers JSON lines on a
+# Unix socket, blocking in its reads. Each contender connects to it and
+# makes N calls from 16 processes, through one router process that owns the
+# connection and hands each answer to its caller (as the JSON-lines Port of
+# bench/lane.exs does):
+#
+# * gen_tcp:  `:gen_tcp` on the socket (the inet driver: a Port reads it, and
+#             writes it for each caller);
+# * fd Port:  `:socket` connects and each caller writes with `:socket.send/2`
+#             (a NIF), while a Port on the connection's descriptor reads it:
+#             the lane's way (SynapseCore.Channel.LaneReader, and the NIF's
+#             own write to the socket);
+# * socket:   `:socket` both ways (reads through `enif_select`, as a NIF's
+#             own reader would).
+#
+# Rounds interleave the contenders. Per round: wall time per call, the CPU
+# per call of this VM and of the Python process (from /proc: clock ticks of
+# 10 ms), and the VM's process switches per call; then the medians. The
+# Ports' descriptors are polled by the schedulers themselves once busy
+# (the "scheduler pollset" of ERTS's check I/O), where an `enif_select`ed one
+# is polled by the poll thread, which wakes a scheduler per answer read.
+{opts, _} = OptionParser.parse!(System.argv(), strict: [calls: :integer, rounds: :integer])
+calls = Keyword.get(opts, :calls, 40_000)
+rounds = Keyword.get(opts, :rounds, 3)
+concurrency = 16
+
+{:ok, python} = SynapseCore.Python.interpreter()
+dir = Path.join(System.tmp_dir!(), "synapse-socket-readers-#{System.pid()}")
+File.mkdir_p!(dir)
+path = Path.join(dir, "s.sock")
+
+server =
+  Port.open({:spawn_executable, python}, [
+    :binary,
+    {:line, 100},
+    args: [Path.expand("python/jsonl_socket.py", __DIR__), path]
+  ])
+
+receive do
+  {^server, {:data, {:eol, "ready"}}} -> :ok
+after
+  10_000 -> raise "the Python server did not start"
+end
+
+{:os_pid, server_pid} = Port.info(server, :os_pid)
+
+defmodule SocketReaders do
+  # A router that reads one connection (given, except gen_tcp's, which it
+  # makes): registers callers by index, and hands each answer line to its
+  # caller. Sends `{:ready, write}` to `parent`, `write` being what a caller
+  # writes its line with. The connections `:socket` makes are the parent's,
+  # closed by it once the router (and so the Port on its descriptor) is gone.
+  def router(:gen_tcp, path, parent) do
+    {:ok, socket} = :gen_tcp.connect({:local, path}, 0, [:binary, packet: :line, active: true])
+
+    send(parent, {:ready, fn line -> :ok = :gen_tcp.send(socket, line) end})
+    gen_tcp(socket, %{})
+  end
+
+  def router(:fd_port, socket, parent) do
+    {:ok, fd} = :socket.getopt(socket, {:otp, :fd})
+    port = Port.open({:fd, fd, fd}, [:binary, :in, :eof])
+    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end})
+    fd_port(port, %{}, "")
+  end
+
+  def router(:socket, socket, parent) do
+    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end})
+    socket(socket, %{}, "")
+  end
+
+  def connect(:gen_tcp, path), do: path
+
+  def connect(_kind, path) do
+    {:ok, socket} = :socket.open(:local, :stream, :default)
+    :ok = :socket.connect(socket, %{family: :local, path: path})
+    socket
+  end
+
+  defp gen_tcp(socket, callers) do
+    receive do
+      {:register, index, pid} ->
+        gen_tcp(socket, Map.put(callers, index, pid))
+
+      {:tcp, ^socket, line} ->
+        answer(callers, String.trim_trailing(line))
+        gen_tcp(socket, callers)
+    end
+  end
+
+  defp fd_port(port, callers, rest) do
+    receive do
+      {:register, index, pid} -> fd_port(port, Map.put(callers, index, pid), rest)
+      {^port, {:data, data}} -> fd_port(port, callers, lines(rest <> data, callers))
+    end
+  end
+
+  defp socket(socket, callers, rest) do
+    case :socket.recv(socket, 0, [], :nowait) do
+      {:ok, data} ->
+        socket(socket, callers, lines(rest <> data, callers))
+
+      {:select, _info} ->
+        receive do
+          {:register, index, pid} -> socket_waiting(socket, Map.put(callers, index, pid), rest)
+          {:"$socket", ^socket, :select, _} -> socket(socket, callers, rest)
+        end
+    end
+  end
+
+  defp socket_waiting(socket, callers, rest) do
+    receive do
+      {:register, index, pid} -> socket_waiting(socket, Map.put(callers, index, pid), rest)
+      {:"$socket", ^socket, :select, _} -> socket(socket, callers, rest)
+    end
+  end
+
+  defp lines(data, callers) do
+    case :binary.split(data, "\n") do
+      [line, rest] ->
+        answer(callers, line)
+        lines(rest, callers)
+
+      [rest] ->
+        rest
+    end
+  end
+
+  defp answer(callers, line) do
+    {:ok, [index, 42]} = SynapseCore.JSON.decode(line)
+    send(Map.fetch!(callers, index), {:sum, index})
+  end
+
+  # `calls` calls from `concurrency` processes, through `router`.
+  def run(router, write, calls, concurrency) do
+    1..concurrency
+    |> Enum.map(fn index ->
+      Task.async(fn ->
+        send(router, {:register, index, self()})
+        line = ["[", Integer.to_string(index), ",20,22]\n"]
+
+        for _ <- 1..div(calls, concurrency) do
+          write.(line)
+          receive(do: ({:sum, ^index} -> :ok))
+        end
+      end)
+    end)
+    |> Task.await_many(:infinity)
+  end
+
+  # User and system CPU time of an OS process, in µs.
+  def cpu_us(pid) do
+    [_, after_name] = String.split(File.read!("/proc/#{pid}/stat"), ") ", parts: 2)
+    fields = String.split(after_name, " ")
+    (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
+  end
+end
+
+contenders = [gen_tcp: "gen_tcp", fd_port: "fd Port (the lane's)", socket: "socket"]
+
+measured =
+  for round <- 1..rounds, {kind, label} <- contenders do
+    parent = self()
+    connection = SocketReaders.connect(kind, path)
+    router = spawn(fn -> SocketReaders.router(kind, connection, parent) end)
+    write = receive(do: ({:ready, write} -> write))
+    # Warm-up; every caller registers before its first call.
+    SocketReaders.run(router, write, div(calls, 10), concurrency)
+
+    beam = SocketReaders.cpu_us(System.pid())
+    peer = SocketReaders.cpu_us(server_pid)
+    {switches, _} = :erlang.statistics(:context_switches)
+    started = System.monotonic_time(:microsecond)
+    SocketReaders.run(router, write, calls, concurrency)
+    wall = System.monotonic_time(:microsecond) - started
+    {switches_after, _} = :erlang.statistics(:context_switches)
+
+    row = %{
+      label: label,
+      wall: wall / calls,
+      beam: (SocketReaders.cpu_us(System.pid()) - beam) / calls,
+      python: (SocketReaders.cpu_us(server_pid) - peer) / calls,
+      switches: (switches_after - switches) / calls
+    }
+
+    ref = Process.monitor(router)
+    Process.exit(router, :kill)
+    receive(do: ({:DOWN, ^ref, :process, _, _} -> :ok))
+    if kind != :gen_tcp, do: :ok = :socket.close(connection)
+    # The server takes the next connection once this one has closed.
+    Process.sleep(100)
+
+    IO.puts(
+      "round #{round} #{label}: wall #{Float.round(row.wall, 1)} µs/call; CPU per call: " <>
+        "BEAM #{Float.round(row.beam, 1)} µs, Python #{Float.round(row.python, 1)} µs; " <>
+        "process switches #{Float.round(row.switches, 2)}"
+    )
+
+    row
+  end
+
+median = fn values -> values |> Enum.sort() |> Enum.at(div(length(values), 2)) end
+
+IO.puts("""
+
+== medians over #{rounds} rounds, #{calls} calls each, concurrency #{concurrency}
+
+| reader | wall µs/call | BEAM CPU µs/call | Python CPU µs/call |
+|---|---:|---:|---:|\
+""")
+
+for {_kind, label} <- contenders do
+  rows = Enum.filter(measured, &(&1.label == label))
+  cell = fn key -> rows |> Enum.map(&Map.fetch!(&1, key)) |> median.() |> Float.round(1) end
+  IO.puts("| #{label} | #{cell.(:wall)} | #{cell.(:beam)} | #{cell.(:python)} |")
+end
+
+Port.close(server)
+File.rm_rf!(dir)
