@@ -37,24 +37,27 @@ script = Path.join(here, "lane_bench.py")
 
 defmodule LaneBench do
   # `concurrency` loops calling `call` (given the loop's index) for `seconds`,
-  # after a short warm-up: %{p50_us:, calls_per_s:, cpu_us:}, `cpu_us` being
-  # the CPU time per call of this VM and of the OS processes `pids` (the
-  # Python side), which unlike latency does not depend on how the machine's
-  # load is scheduled.
+  # after a short warm-up: %{p50_us:, calls_per_s:, cpu_us:, beam_cpu_us:},
+  # `cpu_us` being the CPU time per call of this VM and of the OS processes
+  # `pids` (the Python side), which unlike latency does not depend on how the
+  # machine's load is scheduled, and `beam_cpu_us` this VM's share of it.
   def measure(call, concurrency, seconds, pids) do
     loops(call, concurrency, 0.3)
-    cpu = cpu_seconds([System.pid() | pids])
+    beam = cpu_seconds([System.pid()])
+    peers = cpu_seconds(pids)
     started = System.monotonic_time(:microsecond)
     samples = loops(call, concurrency, seconds)
     elapsed = (System.monotonic_time(:microsecond) - started) / 1.0e6
-    cpu = cpu_seconds([System.pid() | pids]) - cpu
+    beam = cpu_seconds([System.pid()]) - beam
+    peers = cpu_seconds(pids) - peers
     sorted = Enum.sort(samples)
     calls = length(sorted)
 
     %{
       p50_us: Enum.at(sorted, div(calls, 2)) / 1,
       calls_per_s: calls / elapsed,
-      cpu_us: cpu * 1.0e6 / calls
+      cpu_us: (beam + peers) * 1.0e6 / calls,
+      beam_cpu_us: beam * 1.0e6 / calls
     }
   end
 
@@ -243,7 +246,8 @@ in_python = fn concurrency ->
       %{
         p50_us: String.to_float(p50),
         calls_per_s: String.to_float(rate),
-        cpu_us: String.to_float(cpu)
+        cpu_us: String.to_float(cpu),
+        beam_cpu_us: nil
       }
   end
 end
@@ -282,7 +286,8 @@ results =
 
     IO.puts(
       "round #{round} #{path} c=#{c} #{name}: p50 #{round(measured.p50_us)} µs, " <>
-        "#{round(measured.calls_per_s)} calls/s, #{round(measured.cpu_us)} µs CPU/call"
+        "#{round(measured.calls_per_s)} calls/s, #{round(measured.cpu_us)} µs CPU/call" <>
+        if(measured.beam_cpu_us, do: " (BEAM #{round(measured.beam_cpu_us)})", else: "")
     )
 
     {{path, name, c}, measured}
@@ -294,8 +299,8 @@ median = fn values ->
 end
 
 IO.puts("\n== medians over #{rounds} rounds\n")
-IO.puts("| path | contender | c | p50 µs | calls/s | CPU µs/call |")
-IO.puts("|---|---|---:|---:|---:|---:|")
+IO.puts("| path | contender | c | p50 µs | calls/s | CPU µs/call | of which the BEAM's |")
+IO.puts("|---|---|---:|---:|---:|---:|---:|")
 
 results
 |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
@@ -304,7 +309,16 @@ results
   p50 = median.(Enum.map(runs, & &1.p50_us))
   rate = median.(Enum.map(runs, & &1.calls_per_s))
   cpu = median.(Enum.map(runs, & &1.cpu_us))
-  IO.puts("| #{path} | #{name} | #{c} | #{round(p50)} | #{round(rate)} | #{round(cpu)} |")
+
+  beam =
+    case Enum.reject(Enum.map(runs, & &1.beam_cpu_us), &is_nil/1) do
+      [] -> "—"
+      shares -> round(median.(shares))
+    end
+
+  IO.puts(
+    "| #{path} | #{name} | #{c} | #{round(p50)} | #{round(rate)} | #{round(cpu)} | #{beam} |"
+  )
 end)
 
 File.rm_rf!(tmp)
