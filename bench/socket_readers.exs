@@ -20,11 +20,14 @@
 #             own reader would).
 #
 # Rounds interleave the contenders. Per round: wall time per call, the CPU
-# per call of this VM and of the Python process (from /proc: clock ticks of
-# 10 ms), and the VM's process switches per call; then the medians. The
-# Ports' descriptors are polled by the schedulers themselves once busy
+# per call of this VM and of the Python process (SynapseCore.Bench.Proc,
+# from /proc), and the VM's process switches per call; then the medians.
+# The Ports' descriptors are polled by the schedulers themselves once busy
 # (the "scheduler pollset" of ERTS's check I/O), where an `enif_select`ed one
 # is polled by the poll thread, which wakes a scheduler per answer read.
+Code.require_file("support/paths_support.ex", __DIR__)
+alias SynapseCore.Bench.Proc
+
 {opts, _} = OptionParser.parse!(System.argv(), strict: [calls: :integer, rounds: :integer])
 calls = Keyword.get(opts, :calls, 40_000)
 rounds = Keyword.get(opts, :rounds, 3)
@@ -153,13 +156,6 @@ defmodule SocketReaders do
     end)
     |> Task.await_many(:infinity)
   end
-
-  # User and system CPU time of an OS process, in µs.
-  def cpu_us(pid) do
-    [_, after_name] = String.split(File.read!("/proc/#{pid}/stat"), ") ", parts: 2)
-    fields = String.split(after_name, " ")
-    (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * 10_000
-  end
 end
 
 contenders = [gen_tcp: "gen_tcp", fd_port: "fd Port (the lane's)", socket: "socket"]
@@ -173,8 +169,8 @@ measured =
     # Warm-up; every caller registers before its first call.
     SocketReaders.run(router, write, div(calls, 10), concurrency)
 
-    beam = SocketReaders.cpu_us(System.pid())
-    peer = SocketReaders.cpu_us(server_pid)
+    beam = Proc.cpu_seconds([:beam])
+    peer = Proc.cpu_seconds([server_pid])
     {switches, _} = :erlang.statistics(:context_switches)
     started = System.monotonic_time(:microsecond)
     SocketReaders.run(router, write, calls, concurrency)
@@ -184,8 +180,8 @@ measured =
     row = %{
       label: label,
       wall: wall / calls,
-      beam: (SocketReaders.cpu_us(System.pid()) - beam) / calls,
-      python: (SocketReaders.cpu_us(server_pid) - peer) / calls,
+      beam: (Proc.cpu_seconds([:beam]) - beam) * 1.0e6 / calls,
+      python: (Proc.cpu_seconds([server_pid]) - peer) * 1.0e6 / calls,
       switches: (switches_after - switches) / calls
     }
 
