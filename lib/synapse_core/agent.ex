@@ -289,7 +289,7 @@ defmodule SynapseCore.Agent do
   @spec run_sync(name(), Prompt.t(), [run_option()]) :: {:ok, Result.t()} | {:error, Error.t()}
   def run_sync(name, prompt, opts \\ [])
       when is_binary(prompt) or is_list(prompt) or is_nil(prompt) do
-    with {:ok, run} <- start(name, prompt, Options.call!(opts), :sync, self(), :infinity),
+    with {:ok, run} <- start(name, prompt, call!(opts), :sync, self(), :infinity),
          do: await(run)
   end
 
@@ -318,8 +318,15 @@ defmodule SynapseCore.Agent do
   """
   @spec run(name(), Prompt.t(), [run_option()]) :: {:ok, Run.t()} | {:error, Error.t()}
   def run(name, prompt, opts \\ []) when is_binary(prompt) or is_list(prompt) or is_nil(prompt) do
-    start(name, prompt, Options.call!(opts), :unary, self(), :infinity)
+    start(name, prompt, call!(opts), :unary, self(), :infinity)
   end
+
+  # What a run given no option takes: the schema's defaults, validated once
+  # here rather than on every run (most runs give none).
+  @call_defaults Options.call!([])
+
+  defp call!([]), do: @call_defaults
+  defp call!(opts), do: Options.call!(opts)
 
   # Starts a run on a worker of this node or, when this node has none ready,
   # through a relay on a node that has (see SynapseCore.Remote). `reply` is
