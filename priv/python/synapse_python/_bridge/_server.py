@@ -6,7 +6,10 @@ live functions. Each RPC:
 
 1. reads the request into raw values (`_codec`) and validates each parameter
    with Pydantic (its annotation and `Field` constraints), collecting every
-   error with its full location; unset parameters take their Python defaults;
+   error with its full location; unset parameters take their Python defaults
+   (a call of a function whose parameters are all plain scalars, with every
+   argument set, takes the request's values as they are: Pydantic's checks
+   would hand them on unchanged);
 2. calls the function: a sync function in a worker thread (`_threads.SyncThreads`,
    the worker's, where a function still running after its call ended counts as a
    stuck thread; it never blocks the event loop; on the lane, the call waits
@@ -60,6 +63,11 @@ from synapse_python._bridge._ir import IR, CustomType, Function, module_stem
 from synapse_python._threads import SyncThreads, as_failure
 
 logger = logging.getLogger("synapse_python.bridge")
+
+_AS_THEY_ARE = frozenset({"int", "float", "bool", "str", "bytes"})
+"""The kinds whose request field holds the very Python type Pydantic's
+check of the plain annotation wants (`int64`, `double`, `bool`, `string`,
+`bytes` fields): for them, with no constraint, the check changes nothing."""
 
 
 class StaleBridgeError(RuntimeError):
@@ -410,7 +418,46 @@ class BridgeService:
                     kwargs[name] = values[name]
             return args, kwargs
 
-        return read
+        if not self._takes_fields_as_they_are(function):
+            return read
+        order = [(name, positional_only) for name, positional_only, _default in parameters]
+
+        def read_as_they_are(request: Message) -> tuple[list[Any], dict[str, Any]]:
+            # Every argument set: each field's value is what `read` would hand
+            # on. One unset (a default to take, or a missing argument): `read`.
+            args: list[Any] = []
+            kwargs: dict[str, Any] = {}
+            for name, positional_only in order:
+                if not request.HasField(name):
+                    return read(request)
+                if positional_only:
+                    args.append(getattr(request, name))
+                else:
+                    kwargs[name] = getattr(request, name)
+            return args, kwargs
+
+        return read_as_they_are
+
+    def _takes_fields_as_they_are(self, function: Function) -> bool:
+        """Whether every parameter of `function` is a scalar Pydantic checks
+        with no constraint, conversion or validator of its own (a plain `int`,
+        `float`, `bool`, `str` or `bytes`, a `NewType` of one): its check then
+        hands back the request field's value unchanged, as the field's type
+        is the one the check wants, so a call with every argument set can
+        skip the checks. Asked once per function."""
+        adapters = self._adapters[function.name]
+        signature = [name for name, _positional_only, _default in self._parameters[function.name]]
+        if sorted(signature) != sorted(param.name for param in function.params):
+            return False  # a parameter the bridge leaves out takes its default
+        for param in function.params:
+            schema = adapters[param.name].core_schema
+            if schema["type"] == "default":
+                schema = schema["schema"]  # a default's wrapper checks a given value with this
+            # Only JSON Schema's hints live in `metadata`: validation never reads it.
+            checks = {key: value for key, value in schema.items() if key != "metadata"}
+            if param.type.kind not in _AS_THEY_ARE or checks != {"type": param.type.kind}:
+                return False
+        return True
 
     def _describe(self, function: Function) -> str:
         return f"{self.ir.module}.{function.name}"
