@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import subprocess
 import sys
 import typing
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 from pydantic import TypeAdapter
 
+from synapse_python import Worker
 from synapse_python._bridge._codec import Codec
 from synapse_python._bridge._ir import IR, Function
 from synapse_python._proto.synapse.v1 import agent_pb2
+from synapse_python.bridge import write
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = "synapse_fixtures.bridge_types"
@@ -45,6 +49,32 @@ def cli(
         timeout=60,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def importable(directory: Path, files: dict[str, bytes]) -> Iterator[Path]:
+    """A bridge's generated `files` written into `directory`, which is on
+    sys.path meanwhile, as it is on a worker's PYTHONPATH."""
+    write(directory, files)
+    sys.path.insert(0, str(directory))
+    try:
+        yield directory
+    finally:
+        sys.path.remove(str(directory))
+
+
+@contextlib.asynccontextmanager
+async def served(module: str, generated: Path, socket_dir: Path) -> AsyncIterator[BridgeClient]:
+    """A worker serving the bridge of `module` (generated into `generated`) on
+    a socket in `socket_dir`, and a gRPC client of it."""
+    worker = Worker()
+    worker.load_bridge(module)
+    address = await worker.start(f"unix:{socket_dir / 'worker.sock'}")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield BridgeClient(channel, generated, module)
+    finally:
+        await worker.stop(grace=0)
 
 
 def error_detail(error: grpc.aio.AioRpcError) -> agent_pb2.ErrorDetail:

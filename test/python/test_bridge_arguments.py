@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,33 +13,23 @@ from typing import Any
 import grpc
 import pytest
 
-from bridge_support import BridgeClient, error_detail
+from bridge_support import BridgeClient, error_detail, importable, served
 from synapse_fixtures import bridge_plain as bp
-from synapse_python import Worker
-from synapse_python.bridge import BridgeService, generate, write
+from synapse_python.bridge import BridgeService, generate
 
 MODULE = "synapse_fixtures.bridge_plain"
 
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("bridge_plain")
-    write(out, generate(MODULE).files)
-    sys.path.insert(0, str(out))
-    yield out
-    sys.path.remove(str(out))
+    with importable(tmp_path_factory.mktemp("bridge_plain"), generate(MODULE).files) as out:
+        yield out
 
 
 @pytest.fixture
 async def client(generated: Path, tmp_path: Path) -> AsyncIterator[BridgeClient]:
-    worker = Worker()
-    worker.load_bridge(MODULE)
-    address = await worker.start(f"unix:{tmp_path / 'worker.sock'}")
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            yield BridgeClient(channel, generated, MODULE)
-    finally:
-        await worker.stop(grace=0)
+    async with served(MODULE, generated, tmp_path) as client:
+        yield client
 
 
 def service(generated: Path) -> BridgeService:

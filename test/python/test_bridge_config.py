@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,11 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
-from bridge_support import REPO, BridgeClient, cli, error_detail
-from synapse_python import Worker
+from bridge_support import REPO, BridgeClient, cli, error_detail, importable, served
 from synapse_python._bridge import _config
 from synapse_python._bridge._ir import CustomType, TypeRef
-from synapse_python.bridge import GenerationError, generate, write
+from synapse_python.bridge import GenerationError, generate
 from test_bridge_ir import describe
 
 CONFIG = REPO / "test" / "support" / "bridge" / "custom.json"
@@ -81,21 +79,14 @@ def test_the_cli_reads_the_config(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def generated_custom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    out = tmp_path_factory.mktemp("custom")
-    write(out, generate(config=CONFIG).files)
-    sys.path.insert(0, str(out))
-    yield out
-    sys.path.remove(str(out))
+    with importable(tmp_path_factory.mktemp("custom"), generate(config=CONFIG).files) as out:
+        yield out
 
 
 @pytest.fixture
 async def shop(generated_custom: Path, tmp_path: Path) -> AsyncIterator[BridgeClient]:
-    worker = Worker()
-    worker.load_bridge(CUSTOM)
-    address = await worker.start(f"unix:{tmp_path / 'worker.sock'}")
-    async with grpc.aio.insecure_channel(address) as channel:
-        yield BridgeClient(channel, generated_custom, CUSTOM)
-    await worker.stop(grace=0)
+    async with served(CUSTOM, generated_custom, tmp_path) as client:
+        yield client
 
 
 async def test_custom_types_cross_as_their_scalar(shop: BridgeClient) -> None:
