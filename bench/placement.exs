@@ -35,11 +35,11 @@ Logger.configure(level: :error)
 {:ok, _} = Application.ensure_all_started(:synapse_core)
 bench_python = Path.expand("python", __DIR__)
 dir = Path.join(System.tmp_dir!(), "synapse-placement-#{System.pid()}")
+File.mkdir_p!(dir)
 
 # Both Bridges of `lane_bench.add`, generated as a user generates them.
 for {how, options} <- [on_loop: %{"on_loop" => true}, thread: %{}] do
   config = Path.join(dir, "#{how}.json")
-  File.mkdir_p!(dir)
 
   {:ok, json} =
     SynapseCore.JSON.encode(%{"module" => "lane_bench", "functions" => %{"add" => options}})

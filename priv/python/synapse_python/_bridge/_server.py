@@ -53,6 +53,7 @@ from synapse_python import _errors, _lane
 from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._bridge import _introspect, _proto_gen
 from synapse_python._bridge._codec import (
+    _AS_IS,
     Codec,
     InvalidArguments,
     summarize,
@@ -64,10 +65,12 @@ from synapse_python._threads import SyncThreads, as_failure
 
 logger = logging.getLogger("synapse_python.bridge")
 
-_AS_THEY_ARE = frozenset({"int", "float", "bool", "str", "bytes"})
-"""The kinds whose request field holds the very Python type Pydantic's
-check of the plain annotation wants (`int64`, `double`, `bool`, `string`,
-`bytes` fields): for them, with no constraint, the check changes nothing."""
+_AS_THEY_ARE = _AS_IS - {"custom"}
+"""The kinds whose request field the codec reads as it is and whose value is
+already the Python type Pydantic's check of the plain annotation wants
+(a custom type's field holds the scalar it travels as, which the check
+turns into the type): for them, with no constraint, the check changes
+nothing."""
 
 
 class StaleBridgeError(RuntimeError):
