@@ -14,7 +14,7 @@ use std::time::Duration;
 use prost::bytes::{Buf, BufMut, Bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -250,6 +250,21 @@ fn path(method: &str) -> Result<PathAndQuery, Status> {
 #[derive(Clone, Copy)]
 struct RawCodec;
 
+/// What each call's encoding and decoding buffers start at, in bytes.
+/// tonic's default, 8 KiB each way, is held for as long as a call's stream
+/// is open, and a run's `Run` stream is open for the whole run: about 7 of
+/// the 29 KiB a run in flight over gRPC held in the VM's process (every
+/// allocated byte counted, see `bench/in_flight_memory.exs`). Most messages
+/// are a few hundred bytes; a larger one grows its buffer as it needs.
+const CODEC_BUFFER_BYTES: usize = 512;
+
+/// tonic's default: how much is encoded before a stream's buffer is sent.
+const CODEC_YIELD_BYTES: usize = 32 * 1024;
+
+fn codec_buffers() -> BufferSettings {
+    BufferSettings::new(CODEC_BUFFER_BYTES, CODEC_YIELD_BYTES)
+}
+
 impl Codec for RawCodec {
     type Encode = Vec<u8>;
     type Decode = Bytes;
@@ -273,6 +288,10 @@ impl Encoder for RawCodec {
         dst.put_slice(&item);
         Ok(())
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        codec_buffers()
+    }
 }
 
 impl Decoder for RawCodec {
@@ -281,5 +300,9 @@ impl Decoder for RawCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        codec_buffers()
     }
 }
