@@ -872,12 +872,15 @@ pub fn spawn<T, Fut, E>(
     // `rpc` runs here, on the caller's thread, so that a call that can be
     // sent at once (a unary call on the lane) is on its way before any
     // task is scheduled; the rest (waiting, deadline, cancel) runs on the
-    // runtime.
+    // runtime. Its future is boxed: held by value, each layer that moves
+    // it along (this task, `run`, its deadline) kept a copy of it (a
+    // streamed run's is 1.4 KB, and its task was 7.1 KB, held for the whole
+    // run; boxed, 1.5 KB and the box).
     let started = if channel.closed.is_cancelled() {
         Err(Error::WorkerExited)
     } else {
         let _runtime = RUNTIME.enter();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rpc(timeout)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(rpc(timeout))))
             .map_err(|_| Error::Internal("starting the call panicked".into()))
     };
     RUNTIME.spawn(async move {
