@@ -42,17 +42,10 @@ case Keyword.fetch(opts, :transport) do
     {:ok, _} = Application.ensure_all_started(:synapse_core)
 
     resident = fn ->
-      "/proc/self/status"
-      |> File.read!()
-      |> String.split("\n")
-      |> Enum.find_value(fn
-        "VmRSS:" <> kb ->
-          kb |> String.trim() |> String.trim_trailing(" kB") |> String.to_integer()
+      [kb] =
+        Regex.run(~r/VmRSS:\s+(\d+) kB/, File.read!("/proc/self/status"), capture: :all_but_first)
 
-        _ ->
-          nil
-      end)
-      |> Kernel.*(1024)
+      String.to_integer(kb) * 1024
     end
 
     collect = fn -> for pid <- Process.list(), do: :erlang.garbage_collect(pid) end

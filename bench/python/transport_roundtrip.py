@@ -63,17 +63,18 @@ def _round(transport: str, calls: int) -> dict[str, float | str]:
         os.write(write_fd, _MESSAGE)
         os.read(read_fd, 65536)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    # The answerer stops at the end of its input: close the pipe it reads,
+    # or half-close the socket (whose one descriptor the caller still reads).
+    still_open = {read_fd, report_read}
     if transport == "pipe":
         os.close(write_fd)
     else:
         socket.socket(fileno=os.dup(write_fd)).shutdown(socket.SHUT_WR)
+        still_open.add(write_fd)
     answerer_cpu = float(os.read(report_read, 64).decode())
     os.waitpid(pid, 0)
-    for fd in {read_fd, write_fd, report_read}:
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # the pipe's write end, closed above
+    for fd in still_open:
+        os.close(fd)
     return {
         "transport": "unix socket pair" if transport == "socket" else "two pipes",
         "wall_us": round(wall / calls * 1e6, 2),
