@@ -8,7 +8,9 @@ function) called from Python itself, with nothing in between.
 CASE is `minimal` (`await minimal_agent.run` in a loop on one event loop),
 `python_tool` (the agent with one Python tool), `elixir_tool` (Synapse's Elixir tool
 case done in Python: the same agent with a Python tool doing the same work, i.e.
-`python_tool`) or `add` (a plain call of the Bridge benchmark's `add` in a loop).
+`python_tool`), `stream` (`stream_agent`'s run streamed with `run_stream_events`, its
+text deltas collected) or `add` (a plain call of the Bridge benchmark's `add` in a
+loop).
 
 `latency` times `N` sequential calls after `N / 10` unmeasured ones; with
 `--pause-us`, the process waits that long before each call (outside its timing),
@@ -40,14 +42,31 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench_add import add
-from bench_agents import PROMPT, minimal_agent, python_tool_agent
+from bench_agents import (
+    PROMPT,
+    STREAM_TEXT,
+    minimal_agent,
+    python_tool_agent,
+    stream_agent,
+    stream_text_deltas,
+)
 from bench_measure import concurrent_loops, cpu_per_call, latency_summary, own_cpu_seconds
 
 AGENTS = {"minimal": minimal_agent, "python_tool": python_tool_agent}
 AGENTS["elixir_tool"] = python_tool_agent
+AGENTS["stream"] = stream_agent
+
+
+async def _streamed() -> None:
+    deltas: list[str] = []
+    await stream_text_deltas(stream_agent, PROMPT, deltas.append)
+    if "".join(deltas) != STREAM_TEXT:
+        raise RuntimeError(f"the streamed text differs: {''.join(deltas)!r}")
 
 
 def run_call(case: str) -> Callable[[], Awaitable[Any]]:
+    if case == "stream":
+        return _streamed
     agent = AGENTS[case]
     return lambda: agent.run(PROMPT)
 

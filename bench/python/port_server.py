@@ -17,7 +17,10 @@ Messages, the same in both codecs:
   `{"callback": Cid, "result": Value}` / `{"callback": Cid, "error": Reason}`.
 * Python to BEAM: `{result, Id, Value}` / `{error, Id, Reason}` or
   `{"id": Id, "result": Value}` / `{"id": Id, "error": Reason}`; a callback
-  `{callback, Cid, Name, Args}` or `{"callback": Cid, "name": Name, "args": Args}`.
+  `{callback, Cid, Name, Args}` or `{"callback": Cid, "name": Name, "args": Args}`;
+  an event of a streamed call, before its result, `{event, Id, Value}` or
+  `{"id": Id, "event": Value}` (`run_stream` sends each text delta of a run so, as an
+  ErlPort function sends messages to an Erlang process while it runs).
 
 In ETF, strings travel as binaries and `None` as the atom `nil`; with `{packet, 4}`,
 every term is preceded by its length as 4 bytes, big-endian. JSON lines are compact,
@@ -35,7 +38,14 @@ from typing import IO, Any, Protocol
 
 import erlang
 from bench_add import add
-from bench_agents import callback_agent, minimal_agent, python_tool_agent, summary
+from bench_agents import (
+    callback_agent,
+    minimal_agent,
+    python_tool_agent,
+    stream_agent,
+    stream_text_deltas,
+    summary,
+)
 from pydantic_ai import Agent
 
 # A logical message: its kind first ("call", "result", "error", "callback",
@@ -145,6 +155,8 @@ class Server:
         self._codec = codec
         self._waiting: deque[Message] = deque()
         self._callbacks = 0
+        # The call being run: where a streamed call's events go.
+        self._call_id: Any = None
         # One event loop for the process's life, as a long-lived instance keeps one.
         self._runner = asyncio.Runner()
         elixir_tool_agent = callback_agent(self.call_beam)
@@ -152,11 +164,20 @@ class Server:
             "run_minimal": lambda prompt: self._run(minimal_agent, prompt),
             "run_python_tool": lambda prompt: self._run(python_tool_agent, prompt),
             "run_elixir_tool": lambda prompt: self._run(elixir_tool_agent, prompt),
+            "run_stream": self._run_stream,
             "add": add,
         }
 
     def _run(self, agent: Agent[None, str], prompt: str) -> dict[str, Any]:
         return summary(self._runner.run(agent.run(prompt)))
+
+    def _run_stream(self, prompt: str) -> dict[str, Any]:
+        call_id = self._call_id
+
+        def send(delta: str) -> None:
+            self._codec.write(("event", call_id, delta))
+
+        return summary(self._runner.run(stream_text_deltas(stream_agent, prompt, send)))
 
     def serve(self) -> int:
         while True:
@@ -165,6 +186,7 @@ class Server:
                 return 0
             match message:
                 case ("call", call_id, name, args) if name in self._functions:
+                    self._call_id = call_id
                     try:
                         reply = ("result", call_id, self._functions[name](*args))
                     except Exception as exc:

@@ -13,7 +13,10 @@ defmodule SynapseCore.Bench.PortPeer do
   # Callers send their call to this process, which numbers it, writes it to
   # the port and answers the caller when the reply with that number comes
   # back; calls from many callers are pipelined, the Python side runs them
-  # one at a time. When the Python side calls back (a tool answered by the
+  # one at a time. A streamed call (`stream/4`) is the same call whose
+  # events the Python side sends before its result, each passed on to the
+  # caller as it comes, as an ErlPort instance passes on the messages its
+  # Python sends to an Erlang process. When the Python side calls back (a tool answered by the
   # BEAM, as ErlPort's Erlang callbacks are), the callback runs in a new
   # process that writes its answer to the port itself.
 
@@ -39,6 +42,29 @@ defmodule SynapseCore.Bench.PortPeer do
   @spec call(pid(), String.t(), list(), timeout()) :: {:ok, term()} | {:error, String.t()}
   def call(peer, function, args, timeout \\ 120_000) do
     GenServer.call(peer, {:call, function, args}, timeout)
+  end
+
+  @doc """
+  Calls `function` of the Python side with `args`, folding each event it
+  sends meanwhile into `acc` with `fun` (in the calling process, as each
+  comes); answers `{reply, acc}`, `reply` as `call/4` answers.
+  """
+  @spec stream(pid(), String.t(), list(), acc, (term(), acc -> acc), timeout()) ::
+          {{:ok, term()} | {:error, String.t()}, acc}
+        when acc: term()
+  def stream(peer, function, args, acc, fun, timeout \\ 120_000) do
+    ref = make_ref()
+    GenServer.cast(peer, {:stream, function, args, self(), ref})
+    stream_events(ref, acc, fun, timeout)
+  end
+
+  defp stream_events(ref, acc, fun, timeout) do
+    receive do
+      {:port_event, ^ref, value} -> stream_events(ref, fun.(value, acc), fun, timeout)
+      {:port_done, ^ref, reply} -> {reply, acc}
+    after
+      timeout -> exit({:timeout, {__MODULE__, :stream}})
+    end
   end
 
   @doc "The Python process's OS pid."
@@ -82,6 +108,14 @@ defmodule SynapseCore.Bench.PortPeer do
   end
 
   @impl true
+  def handle_cast({:stream, function, args, caller, ref}, state) do
+    id = state.next
+    true = Port.command(state.port, encode(state.codec, {:call, id, function, args}))
+    calls = Map.put(state.calls, id, {:stream, caller, ref})
+    {:noreply, %{state | next: id + 1, calls: calls}}
+  end
+
+  @impl true
   def handle_info({port, {:data, data}}, %{port: port} = state) do
     case data do
       {:noeol, chunk} ->
@@ -101,9 +135,23 @@ defmodule SynapseCore.Bench.PortPeer do
   end
 
   defp handle_message({kind, id, value}, state) when kind in [:result, :error] do
-    {from, calls} = Map.pop!(state.calls, id)
-    GenServer.reply(from, {if(kind == :result, do: :ok, else: :error), value})
-    %{state | calls: calls}
+    reply = {if(kind == :result, do: :ok, else: :error), value}
+
+    case Map.pop!(state.calls, id) do
+      {{:stream, caller, ref}, calls} ->
+        send(caller, {:port_done, ref, reply})
+        %{state | calls: calls}
+
+      {from, calls} ->
+        GenServer.reply(from, reply)
+        %{state | calls: calls}
+    end
+  end
+
+  defp handle_message({:event, id, value}, state) do
+    {:stream, caller, ref} = Map.fetch!(state.calls, id)
+    send(caller, {:port_event, ref, value})
+    state
   end
 
   defp handle_message({:callback, cid, name, args}, state) do
@@ -135,6 +183,7 @@ defmodule SynapseCore.Bench.PortPeer do
   defp decode(:jsonl, line) do
     case SynapseCore.JSON.decode(line) do
       {:ok, %{"callback" => cid, "name" => name, "args" => args}} -> {:callback, cid, name, args}
+      {:ok, %{"id" => id, "event" => value}} -> {:event, id, value}
       {:ok, %{"id" => id, "result" => value}} -> {:result, id, value}
       {:ok, %{"id" => id, "error" => reason}} -> {:error, id, reason}
     end
