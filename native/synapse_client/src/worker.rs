@@ -11,9 +11,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_channel::mpsc;
 use prost::bytes::{Buf, BufMut, Bytes};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -162,11 +161,16 @@ impl Worker {
                 Err(status) => (Requests::Refused, Box::pin(std::future::ready(Err(status)))),
             },
             None => {
-                let (sender, receiver) = mpsc::unbounded_channel();
+                // futures' channel rather than tokio's: a run's request side
+                // is open for the whole run, and tokio's channel holds 1.3 KB
+                // from its first message on (its state padded to cache lines,
+                // and a block of 32 slots), futures' a node per message
+                // waiting.
+                let (sender, receiver) = mpsc::unbounded();
                 // The receiver is still here: this cannot fail.
-                let _ = sender.send(first);
+                let _ = sender.unbounded_send(first);
                 let grpc = self.grpc.clone();
-                let request = self.request(UnboundedReceiverStream::new(receiver), deadline);
+                let request = self.request(receiver, deadline);
                 let path = path(method);
                 let responses = Box::pin(async move {
                     let mut grpc = ready(grpc).await?;
@@ -209,7 +213,7 @@ impl Requests {
     /// Sends a request; false when the call is over (nobody would read it).
     pub fn send(&self, message: Vec<u8>) -> bool {
         match self {
-            Self::Grpc(sender) => sender.send(message).is_ok(),
+            Self::Grpc(sender) => sender.unbounded_send(message).is_ok(),
             Self::Lane(requests) => requests.send(message),
             Self::Refused => false,
         }

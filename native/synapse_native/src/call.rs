@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -62,7 +63,10 @@ pub struct CallHandle {
     pub waits: Arc<Waits>,
     /// The request side of a streaming run, for tool results (serialized
     /// `RunInput`s); set as the run starts (see [`CallHandle::set_inputs`]).
-    inputs: OnceLock<Requests>,
+    /// Asserted unwind safe, as a NIF's resource must be: over gRPC it is a
+    /// `futures_channel` sender, whose queue no panic can leave half
+    /// written, but which does not say so.
+    inputs: OnceLock<AssertUnwindSafe<Requests>>,
     /// The largest message the call may send.
     pub max_message_bytes: usize,
     /// A unary call on the lane, which no task of its own waits for: its
@@ -105,7 +109,7 @@ impl CallHandle {
     ///
     /// [`send_input`]: CallHandle::send_input
     pub fn set_inputs(&self, inputs: Requests) {
-        let _ = self.inputs.set(inputs);
+        let _ = self.inputs.set(AssertUnwindSafe(inputs));
     }
 
     pub fn cancel(&self) {
@@ -872,15 +876,16 @@ pub fn spawn<T, Fut, E>(
     // `rpc` runs here, on the caller's thread, so that a call that can be
     // sent at once (a unary call on the lane) is on its way before any
     // task is scheduled; the rest (waiting, deadline, cancel) runs on the
-    // runtime. Its future is boxed: held by value, each layer that moves
-    // it along (this task, `run`, its deadline) kept a copy of it (a
-    // streamed run's is 1.4 KB, and its task was 7.1 KB, held for the whole
-    // run; boxed, 1.5 KB and the box).
+    // runtime. The task lives as long as the call, so it is kept small:
+    // the call's future is boxed (held by value, each layer that moves it
+    // along kept a copy of it: a streamed run's task was 7.1 KB), and
+    // `run` and `wait` hold no room for the call's result across their
+    // waits (0.9 KB, and a streamed run's box 0.6 KB; `-Zprint-type-sizes`).
     let started = if channel.closed.is_cancelled() {
         Err(Error::WorkerExited)
     } else {
         let _runtime = RUNTIME.enter();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Box::pin(rpc(timeout))))
+        std::panic::catch_unwind(AssertUnwindSafe(|| Box::pin(rpc(timeout))))
             .map_err(|_| Error::Internal("starting the call panicked".into()))
     };
     RUNTIME.spawn(async move {
@@ -894,6 +899,9 @@ pub fn spawn<T, Fut, E>(
     });
 }
 
+/// The call's outcome, its deadline, cancel and stop applied. Only a
+/// [`Status`] lives on after the call's own future is done (the task holds
+/// this future for the whole call, sized by its largest state).
 async fn run<T, Fut>(
     channel: &ChannelResource,
     cancel: &CancellationToken,
@@ -904,34 +912,9 @@ async fn run<T, Fut>(
 where
     Fut: Future<Output = Result<T, CallError>>,
 {
-    let call = async move {
-        let guarded = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call));
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, guarded)
-                .await
-                .unwrap_or(Ok(Err(CallError::Other(Error::Timeout)))),
-            None => guarded.await,
-        }
-    };
-    tokio::pin!(call);
-    let result = tokio::select! {
-        biased;
-        () = cancel.cancelled() => return Err(Error::Cancelled),
-        () = channel.closed.cancelled() => return Err(Error::WorkerExited),
-        () = stop.cancelled() => tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(Error::Cancelled),
-            () = channel.closed.cancelled() => return Err(Error::WorkerExited),
-            () = tokio::time::sleep(STOP_GRACE) => return Err(Error::Cancelled),
-            result = &mut call => result,
-        },
-        result = &mut call => result,
-    };
-    let status = match result {
-        Ok(Ok(value)) => return Ok(value),
-        Ok(Err(CallError::Other(error))) => return Err(error),
-        Ok(Err(CallError::Status(status))) => status,
-        Err(_) => return Err(Error::Internal("the gRPC call panicked".into())),
+    let status = match wait(channel, cancel, stop, timeout, call).await {
+        Ok(outcome) => return outcome,
+        Err(status) => status,
     };
     if !is_transport_failure(&status) {
         return Err(Error::from_status(&status));
@@ -940,7 +923,52 @@ where
     if let Some(error) = tls_failure(&status, &channel.address) {
         return Err(error);
     }
-    Err(confirm_exit(channel, cancel, &status).await)
+    // Boxed: rare, and its timer would otherwise take room in every call's task.
+    Err(Box::pin(confirm_exit(channel, cancel, &status)).await)
+}
+
+/// Waits for the call: its outcome, or the status it failed with, left for
+/// [`run`] to tell a broken connection from the worker's answer.
+async fn wait<T, Fut>(
+    channel: &ChannelResource,
+    cancel: &CancellationToken,
+    stop: &CancellationToken,
+    timeout: Option<Duration>,
+    call: Fut,
+) -> Result<Result<T, Error>, Status>
+where
+    Fut: Future<Output = Result<T, CallError>>,
+{
+    let call = async move {
+        let guarded = futures_util::FutureExt::catch_unwind(AssertUnwindSafe(call));
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, guarded)
+                .await
+                .unwrap_or(Ok(Err(CallError::Other(Error::Timeout)))),
+            None => guarded.await,
+        }
+    };
+    // Asked to stop, the call has `STOP_GRACE` more to answer. One select:
+    // a second one in the stop's branch made the task hold room for the
+    // first one's output, the call's result, for the whole call.
+    let stopped = async {
+        stop.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::pin!(call, stopped);
+    let result = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Ok(Err(Error::Cancelled)),
+        () = channel.closed.cancelled() => return Ok(Err(Error::WorkerExited)),
+        () = &mut stopped => return Ok(Err(Error::Cancelled)),
+        result = &mut call => result,
+    };
+    match result {
+        Ok(Ok(value)) => Ok(Ok(value)),
+        Ok(Err(CallError::Other(error))) => Ok(Err(error)),
+        Ok(Err(CallError::Status(status))) => Err(status),
+        Err(_) => Ok(Err(Error::Internal("the gRPC call panicked".into()))),
+    }
 }
 
 /// The error of a call whose connection broke. If the worker died, its

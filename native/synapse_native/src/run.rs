@@ -459,42 +459,59 @@ struct Relay {
 /// events take credit: the run's final answer is read and sent whatever the
 /// receiver acknowledged, as are its tool and approval requests when they
 /// come.
-async fn stream(
+///
+/// The future lives as long as the run (boxed, in the task of
+/// `call::spawn`), so what it holds across its waits is kept small: the
+/// relay once (an `async fn` would hold its argument and a copy of it), and
+/// an event only while it waits for credit, boxed (a decoded event has room
+/// for the largest, a result).
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold the relay twice
+fn stream(
     responses: impl Future<Output = Result<Responses, Status>>,
     mut relay: Relay,
-) -> Result<RunResult, CallError> {
-    let mut responses = responses.await?;
-    loop {
-        let event = responses.message().await?.ok_or_else(|| {
-            Error::Protocol("the worker ended the stream without a result".into())
-        })?;
-        let event: RunEvent = call::decode(event)?;
-        match event.event {
-            Some(run_event::Event::ToolRequest(request)) => {
-                request_tool(&mut relay.runner, &relay.inputs, request);
-            }
-            Some(run_event::Event::ApprovalRequest(request)) => {
-                request_approval(&mut relay.runner, &relay.inputs, request);
-            }
-            Some(run_event::Event::Result(result)) => return Ok(result),
-            Some(run_event::Event::Failure(failure)) => {
-                return Err(Error::from_failure(failure).into());
-            }
-            // Every other message is an event for the receiver (`crate::event`).
-            // (`encode` has a term for each of them.)
-            Some(shown) => {
-                if !credit_for_event(&relay).await? {
+) -> impl Future<Output = Result<RunResult, CallError>> {
+    async move {
+        let mut responses = responses.await?;
+        loop {
+            let message = responses.message().await?.ok_or_else(|| {
+                Error::Protocol("the worker ended the stream without a result".into())
+            })?;
+            let waiting = match call::decode::<RunEvent>(message)?.event {
+                Some(run_event::Event::ToolRequest(request)) => {
+                    request_tool(&mut relay.runner, &relay.inputs, request);
                     continue;
                 }
-                relay.events.send(move |env| {
-                    event::encode(env, shown).unwrap_or_else(|| atoms::nil().encode(env))
-                });
-            }
-            None => {
-                return Err(Error::Protocol("the worker sent an empty event".into()).into());
+                Some(run_event::Event::ApprovalRequest(request)) => {
+                    request_approval(&mut relay.runner, &relay.inputs, request);
+                    continue;
+                }
+                Some(run_event::Event::Result(result)) => return Ok(result),
+                Some(run_event::Event::Failure(failure)) => {
+                    return Err(Error::from_failure(failure).into());
+                }
+                // Every other message is an event for the receiver
+                // (`crate::event`), sent at once when there is credit.
+                Some(shown) => {
+                    if take_spare_credit(&relay.credit) {
+                        send_event(&mut relay.events, shown);
+                        continue;
+                    }
+                    Box::new(shown)
+                }
+                None => {
+                    return Err(Error::Protocol("the worker sent an empty event".into()).into());
+                }
+            };
+            if credit_for_event(&relay).await? {
+                send_event(&mut relay.events, *waiting);
             }
         }
     }
+}
+
+/// Sends an event to the run's receiver. (`encode` has a term for each.)
+fn send_event(events: &mut Events, shown: run_event::Event) {
+    events.send(move |env| event::encode(env, shown).unwrap_or_else(|| atoms::nil().encode(env)));
 }
 
 /// Takes the credit to send one event; false when the event is dropped.
