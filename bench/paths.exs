@@ -159,17 +159,7 @@ for workers <- scale.workers, {prefix, priv} <- [add: bridge_priv, add_on_loop: 
 end
 
 # The worker side of a Synapse call: the Python workers and their shepherds.
-worker_pids = fn name ->
-  pids = name |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid)
-
-  shepherds =
-    for pid <- pids do
-      [_, rest] = "/proc/#{pid}/stat" |> File.read!() |> String.split(") ", parts: 2)
-      rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()
-    end
-
-  pids ++ shepherds
-end
+worker_pids = &Paths.worker_pids/1
 
 addresses = fn name ->
   name |> SynapseCore.Agent.workers() |> Enum.map_join(",", & &1.address)

@@ -88,12 +88,7 @@ text = Enum.map_join(0..49, " ", &"word#{&1}")
     ] ++ transport
   )
 
-worker_pids =
-  for %{os_pid: pid} <- SynapseCore.Agent.workers(:stream) do
-    [_, rest] = "/proc/#{pid}/stat" |> File.read!() |> String.split(") ", parts: 2)
-    [pid, rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()]
-  end
-  |> List.flatten()
+worker_pids = Paths.worker_pids(:stream)
 
 peers =
   for codec <- [:etf, :jsonl], into: %{} do

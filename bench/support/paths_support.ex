@@ -107,6 +107,22 @@ defmodule SynapseCore.Bench.Paths do
 
   @root Path.expand("../..", __DIR__)
 
+  @doc """
+  The worker side of a call to agent (or Bridge) `name`: the OS pids of its
+  workers and of their shepherds.
+  """
+  def worker_pids(name) do
+    pids = name |> SynapseCore.Agent.workers() |> Enum.map(& &1.os_pid)
+
+    shepherds =
+      for pid <- pids do
+        [_, rest] = "/proc/#{pid}/stat" |> File.read!() |> String.split(") ", parts: 2)
+        rest |> String.split(" ") |> Enum.at(1) |> String.to_integer()
+      end
+
+    pids ++ shepherds
+  end
+
   @doc "The tool's work, the same in every contender (bench/python/bench_agents.py)."
   def order_status_text(order_id), do: "order #{order_id}: shipped"
 
