@@ -13,7 +13,7 @@ defmodule SynapseCore.Bench.PortPeer do
   # Callers send their call to this process, which numbers it, writes it to
   # the port and answers the caller when the reply with that number comes
   # back; calls from many callers are pipelined, the Python side runs them
-  # one at a time. A streamed call (`stream/4`) is the same call whose
+  # one at a time. A streamed call (`stream/6`) is the same call whose
   # events the Python side sends before its result, each passed on to the
   # caller as it comes, as an ErlPort instance passes on the messages its
   # Python sends to an Erlang process. When the Python side calls back (a tool answered by the
