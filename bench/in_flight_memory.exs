@@ -7,10 +7,12 @@
 #     [--runs N] [--rounds R] [--hold-seconds S]
 #
 # Each measurement is a VM of its own (this script again, with
-# `--transport`), transports alternated over R rounds (default 2): an agent
-# on one worker (bench/python/held_agent.py) whose runs wait S seconds
-# (default 20) in Python, N runs (default 2000) started with
-# `SynapseCore.Agent.run/3` by as many plain processes, and, once every one
+# `--transport` and `--kind`), transports and kinds of run alternated over
+# R rounds (default 2): an agent on one worker
+# (bench/python/held_agent.py) whose runs wait S seconds (default 20) in
+# Python, N runs (default 2000) started by as many plain processes, with
+# `SynapseCore.Agent.run/3` (quiet runs) or with `run_stream/3` and
+# `stream_to:` the process (streamed runs), and, once every one
 # has started and before any has answered, with every process's garbage
 # collected, the growth over the same count before them, per run:
 # `:erlang.memory(:total)` and the process's resident memory (`VmRSS`).
@@ -20,7 +22,13 @@
 # NIF allocates is counted. Every run must then answer "done".
 {opts, _} =
   OptionParser.parse!(System.argv(),
-    strict: [transport: :string, runs: :integer, rounds: :integer, hold_seconds: :integer]
+    strict: [
+      transport: :string,
+      kind: :string,
+      runs: :integer,
+      rounds: :integer,
+      hold_seconds: :integer
+    ]
   )
 
 runs = Keyword.get(opts, :runs, 2_000)
@@ -29,9 +37,11 @@ hold = Keyword.get(opts, :hold_seconds, 20)
 case Keyword.fetch(opts, :transport) do
   :error ->
     # The parent: one VM per measurement.
-    for _round <- 1..Keyword.get(opts, :rounds, 2), transport <- ["lane", "grpc"] do
+    for _round <- 1..Keyword.get(opts, :rounds, 2),
+        kind <- ["quiet", "streamed"],
+        transport <- ["lane", "grpc"] do
       args =
-        ["run", "--no-compile", __ENV__.file, "--transport", transport] ++
+        ["run", "--no-compile", __ENV__.file, "--transport", transport, "--kind", kind] ++
           ["--runs", "#{runs}", "--hold-seconds", "#{hold}"]
 
       {_, 0} = System.cmd("mix", args, env: [{"MALLOC_PERTURB_", "165"}], into: IO.stream())
@@ -64,12 +74,46 @@ case Keyword.fetch(opts, :transport) do
     collect.()
     {memory, rss} = {:erlang.memory(:total), resident.()}
 
+    timeout = (hold + 120) * 1000
+
+    # Starts a run of the kind asked for; answers the function that waits
+    # for its outcome.
+    start =
+      case Keyword.get(opts, :kind, "quiet") do
+        "quiet" ->
+          fn ->
+            {:ok, run} = SynapseCore.Agent.run(:held, "#{hold}", timeout: timeout)
+            fn -> SynapseCore.Agent.await(run) end
+          end
+
+        "streamed" ->
+          fn ->
+            {:ok, run} =
+              SynapseCore.Agent.run_stream(:held, "#{hold}",
+                stream_to: self(),
+                timeout: timeout
+              )
+
+            ref = run.ref
+
+            wait = fn wait ->
+              receive do
+                {:synapse_event, ^ref, {:result, result}} -> {:ok, result}
+                {:synapse_event, ^ref, {:error, error}} -> {:error, error}
+                {:synapse_event, ^ref, _event} -> wait.(wait)
+              end
+            end
+
+            fn -> wait.(wait) end
+          end
+      end
+
     callers =
       for _ <- 1..runs do
         spawn_link(fn ->
-          {:ok, run} = SynapseCore.Agent.run(:held, "#{hold}", timeout: (hold + 120) * 1000)
+          outcome = start.()
           send(parent, {:started, self()})
-          send(parent, {:done, self(), SynapseCore.Agent.await(run)})
+          send(parent, {:done, self(), outcome.()})
         end)
       end
 
@@ -102,7 +146,7 @@ case Keyword.fetch(opts, :transport) do
     per_run = fn before, held -> round((held - before) / runs) end
 
     IO.puts(
-      "#{transport}: #{runs} runs in flight: the BEAM's memory " <>
+      "#{transport}, #{Keyword.get(opts, :kind, "quiet")} runs: #{runs} in flight: the BEAM's memory " <>
         "#{per_run.(memory, memory_held)} bytes a run, the VM process's " <>
         "#{per_run.(rss, rss_held)} bytes a run" <>
         if(System.get_env("MALLOC_PERTURB_"), do: "", else: " (without MALLOC_PERTURB_)")
