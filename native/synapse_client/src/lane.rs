@@ -57,17 +57,19 @@ use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use futures_core::Stream;
 use prost::bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -314,7 +316,7 @@ impl Lane {
         request: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<Responses, Status> {
-        let (events, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = futures_channel::mpsc::unbounded();
         let call = self.open(method, request, None, timeout, Route::Stream(events))?;
         Ok(Responses::new(call, receiver))
     }
@@ -330,7 +332,7 @@ impl Lane {
         first: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(Requests, Responses), Status> {
-        let (events, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = futures_channel::mpsc::unbounded();
         let call = self.open(
             method,
             Vec::new(),
@@ -624,7 +626,7 @@ impl Inbound {
 
 /// Where a call's frames go.
 enum Route {
-    Stream(mpsc::UnboundedSender<Event>),
+    Stream(futures_channel::mpsc::UnboundedSender<Event>),
     /// A call made with [`Lane::call`], and its deadline.
     Answer(Box<dyn Answer>, Option<Instant>),
     /// A call made with [`Lane::handled`], its deadline, and the responses
@@ -1037,7 +1039,7 @@ impl Connection {
             match body {
                 lane_frame::Body::Message(message) => match calls.routes.get_mut(&id) {
                     Some(Route::Stream(events)) => {
-                        let _ = events.send(Event::Message(Bytes::from(message)));
+                        let _ = events.unbounded_send(Event::Message(Bytes::from(message)));
                         None
                     }
                     Some(Route::Answer(..)) => calls
@@ -1061,7 +1063,7 @@ impl Connection {
                             } else {
                                 Err(status)
                             };
-                            let _ = events.send(Event::End(end));
+                            let _ = events.unbounded_send(Event::End(end));
                             None
                         }
                         Some(Route::Answer(answer, _)) => {
@@ -1121,7 +1123,7 @@ impl Connection {
                     handler.end(Outcome::Failed(transport_failure(&reason)))
                 }
                 Route::Stream(events) => {
-                    let _ = events.send(Event::End(Err(transport_failure(&reason))));
+                    let _ = events.unbounded_send(Event::End(Err(transport_failure(&reason))));
                 }
             }
         }
@@ -1289,13 +1291,16 @@ impl Answer for Replier {
 /// dropping it before the end cancels the call.
 pub struct Responses {
     call: Open,
-    events: mpsc::UnboundedReceiver<Event>,
+    /// futures' channel rather than tokio's: a stream's channel is open for
+    /// the whole call, and tokio's holds 1.9 KB from its first message on
+    /// (its state padded to cache lines, and a block of 32 events).
+    events: futures_channel::mpsc::UnboundedReceiver<Event>,
     /// Responses read since credit was last given back.
     taken: u32,
 }
 
 impl Responses {
-    fn new(call: Open, events: mpsc::UnboundedReceiver<Event>) -> Self {
+    fn new(call: Open, events: futures_channel::mpsc::UnboundedReceiver<Event>) -> Self {
         Self {
             call,
             events,
@@ -1308,7 +1313,8 @@ impl Responses {
         if self.call.done {
             return Ok(None);
         }
-        match self.events.recv().await {
+        let events = &mut self.events;
+        match std::future::poll_fn(|cx| Pin::new(&mut *events).poll_next(cx)).await {
             Some(Event::Message(message)) => {
                 self.taken += 1;
                 if self.taken >= WINDOW / 2 {
@@ -1599,6 +1605,7 @@ mod tests {
     use crate::proto::ErrorDetail;
     use tokio::io::AsyncWriteExt;
     use tokio::net::UnixListener;
+    use tokio::sync::mpsc;
 
     /// A worker's side of the lane, scripted by each test.
     struct Peer {
