@@ -33,6 +33,7 @@
 
 runs = Keyword.get(opts, :runs, 2_000)
 hold = Keyword.get(opts, :hold_seconds, 20)
+kind = Keyword.get(opts, :kind, "quiet")
 
 case Keyword.fetch(opts, :transport) do
   :error ->
@@ -79,7 +80,7 @@ case Keyword.fetch(opts, :transport) do
     # Starts a run of the kind asked for; answers the function that waits
     # for its outcome.
     start =
-      case Keyword.get(opts, :kind, "quiet") do
+      case kind do
         "quiet" ->
           fn ->
             {:ok, run} = SynapseCore.Agent.run(:held, "#{hold}", timeout: timeout)
@@ -139,14 +140,14 @@ case Keyword.fetch(opts, :transport) do
         {:done, ^caller, {:ok, %{output: "done"}}} -> :ok
         {:done, ^caller, other} -> raise "a run answered #{inspect(other)}"
       after
-        (hold + 120) * 1000 -> raise "a run did not answer"
+        timeout -> raise "a run did not answer"
       end
     end
 
     per_run = fn before, held -> round((held - before) / runs) end
 
     IO.puts(
-      "#{transport}, #{Keyword.get(opts, :kind, "quiet")} runs: #{runs} in flight: the BEAM's memory " <>
+      "#{transport}, #{kind} runs: #{runs} in flight: the BEAM's memory " <>
         "#{per_run.(memory, memory_held)} bytes a run, the VM process's " <>
         "#{per_run.(rss, rss_held)} bytes a run" <>
         if(System.get_env("MALLOC_PERTURB_"), do: "", else: " (without MALLOC_PERTURB_)")

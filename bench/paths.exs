@@ -158,9 +158,6 @@ for workers <- scale.workers, {prefix, priv} <- [add: bridge_priv, add_on_loop: 
     )
 end
 
-# The worker side of a Synapse call: the Python workers and their shepherds.
-worker_pids = &Paths.worker_pids/1
-
 addresses = fn name ->
   name |> SynapseCore.Agent.workers() |> Enum.map_join(",", & &1.address)
 end
@@ -169,7 +166,7 @@ end
 grpc_runs = fn args, name ->
   args
   |> Kernel.++(["--address", addresses.(name)])
-  |> Kernel.++(["--worker-pids", name |> worker_pids.() |> Enum.join(",")])
+  |> Kernel.++(["--worker-pids", name |> Paths.worker_pids() |> Enum.join(",")])
   |> then(&Paths.python("grpc_runs.py", &1, [SynapseCore.Python.package_dir()]))
   |> Paths.from_python()
 end
@@ -260,7 +257,7 @@ contenders = fn
          Paths.latency(
            fn -> {:ok, 3} = apply(client, :add, [bridge, 1, 2]) end,
            calls,
-           worker_pids.(bridge)
+           Paths.worker_pids(bridge)
          )
        end}
     end ++ baselines.("add", [1, 2], "add", calls, scale.inprocess_add_calls)
@@ -275,7 +272,7 @@ contenders = fn
          Paths.latency(
            fn -> {:ok, _} = SynapseCore.Agent.run_sync(name, prompt) end,
            calls,
-           worker_pids.(name)
+           Paths.worker_pids(name)
          )
        end},
       # The same run, its result without the message history (as the Ports'
@@ -285,7 +282,7 @@ contenders = fn
          Paths.latency(
            fn -> {:ok, _} = SynapseCore.Agent.run_sync(name, prompt, messages: false) end,
            calls,
-           worker_pids.(name)
+           Paths.worker_pids(name)
          )
        end},
       {"grpcio",
@@ -373,7 +370,7 @@ throughput_contenders = fn c, w, k ->
 
   synapse =
     for {name, server, call} <- synapse_calls do
-      {name, fn -> Paths.throughput(call, k, scale.seconds, worker_pids.(server)) end}
+      {name, fn -> Paths.throughput(call, k, scale.seconds, Paths.worker_pids(server)) end}
     end
 
   ports =

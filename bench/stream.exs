@@ -74,9 +74,8 @@ Logger.configure(level: :error)
 {:ok, _} = Application.ensure_all_started(:synapse_core)
 bench_python = Path.expand("python", __DIR__)
 
-# bench/python/bench_agents.py's PROMPT and STREAM_TEXT.
+# bench/python/bench_agents.py's PROMPT.
 prompt = "Where is my order?"
-text = Enum.map_join(0..49, " ", &"word#{&1}")
 
 {:ok, _} =
   SynapseCore.start_agent(
@@ -89,6 +88,9 @@ text = Enum.map_join(0..49, " ", &"word#{&1}")
   )
 
 worker_pids = Paths.worker_pids(:stream)
+
+# The agent's answer, which every contender's deltas must make.
+{:ok, %{output: text}} = SynapseCore.Agent.run_sync(:stream, prompt)
 
 peers =
   for codec <- [:etf, :jsonl], into: %{} do
@@ -128,7 +130,7 @@ beam_contenders = [
 for {name, run, _pids} <- beam_contenders do
   deltas = run.()
 
-  if Enum.join(deltas) != text or length(deltas) < 50,
+  if Enum.join(deltas) != text or length(deltas) < length(String.split(text)),
     do: raise("#{name} streamed #{length(deltas)} deltas: #{inspect(Enum.join(deltas))}")
 end
 
