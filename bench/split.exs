@@ -6,7 +6,7 @@
 #     MIX_ENV=prod SYNAPSE_NATIVE_PROFILE=release \
 #     mix run bench/split.exs [--path run|tool|thread|on_loop] [--concurrency C] \
 #       [--calls N] [--rounds R] [--transport lane|grpc] [--threads] [--busy-wait-us US] \
-#       [--workers W]
+#       [--workers W] [--tools T]
 #
 # Prints one line per round: wall time per call, then the CPU time per call
 # of this VM and of the worker process, from /proc (clock ticks of 10 ms: a
@@ -18,7 +18,9 @@
 # (its event loop, grpc's, its pool's, the lane's). `--busy-wait-us` is the
 # worker's `:busy_wait_us` (its default otherwise); `--workers` the pool's
 # size (1 by default: the workers' CPU is their sum, `--threads` reads the
-# first one's). Made for A/B
+# first one's). `--tools` gives `run`'s agent that many Elixir tools (four
+# parameters each) that its model calls none of: what every run of an agent
+# with tools pays for them. Made for A/B
 # comparisons of two builds run alternately on the same machine, where a
 # difference in a few µs matters and a contender's own baseline does not.
 {opts, _} =
@@ -31,11 +33,16 @@
       transport: :string,
       threads: :boolean,
       busy_wait_us: :integer,
-      workers: :integer
+      workers: :integer,
+      tools: :integer
     ]
   )
 
 path = Keyword.get(opts, :path, "on_loop")
+
+if opts[:tools] != nil and path != "run",
+  do: raise(ArgumentError, "--tools is for --path run, not #{path}")
+
 concurrency = Keyword.get(opts, :concurrency, 1)
 rounds = Keyword.get(opts, :rounds, 3)
 
@@ -62,26 +69,50 @@ defmodule SplitBench.Tool do
   # Compiled (a script's closures are interpreted): the tool costs what it
   # would in an application.
   def order_status(%{order_id: id}, _context), do: {:ok, "order #{id}: shipped"}
+  def search(args, _context), do: {:ok, args}
 end
 
 call =
   case path do
     run when run in ["run", "tool"] ->
-      tools =
-        if run == "tool",
-          do: [
-            SynapseCore.Tool.new(
-              name: "order_status",
-              description: "The shipping status of an order.",
-              parameters: [order_id: [type: :integer]],
-              function: &SplitBench.Tool.order_status/2
-            )
-          ],
-          else: []
+      uncalled =
+        for i <- 1..Keyword.get(opts, :tools, 0)//1 do
+          SynapseCore.Tool.new(
+            name: "search_#{i}",
+            description: "Searches catalogue #{i} for the things that match.",
+            parameters: [
+              query: [type: :string, description: "What to look for."],
+              limit: [type: :integer, description: "At most this many."],
+              tags: [type: {:list, :string}, description: "Tags the things must carry."],
+              exact: [type: :boolean, description: "Exact matches only."]
+            ],
+            function: &SplitBench.Tool.search/2
+          )
+        end
+
+      {agent, tools} =
+        case {run, uncalled} do
+          {"tool", []} ->
+            {"lane_bench:agent",
+             [
+               SynapseCore.Tool.new(
+                 name: "order_status",
+                 description: "The shipping status of an order.",
+                 parameters: [order_id: [type: :integer]],
+                 function: &SplitBench.Tool.order_status/2
+               )
+             ]}
+
+          {"run", []} ->
+            {"lane_bench:agent", []}
+
+          {"run", uncalled} ->
+            {"lane_bench:uncalled_tools_agent", uncalled}
+        end
 
       {:ok, _} =
         SynapseCore.start_agent(
-          [name: :split, agent: "lane_bench:agent", python_path: [here], tools: tools] ++ shared
+          [name: :split, agent: agent, python_path: [here], tools: tools] ++ shared
         )
 
       fn -> {:ok, _} = SynapseCore.Agent.run_sync(:split, "hello") end

@@ -30,6 +30,10 @@ PROMPT = "hello"
 
 agent = Agent(TestModel())
 
+# `bench/split.exs --tools N` gives it Elixir tools, which its model calls
+# none of (TestModel calls every tool by default).
+uncalled_tools_agent = Agent(TestModel(call_tools=[]))
+
 
 def add(a: int, b: int) -> int:
     """The sum of two integers."""

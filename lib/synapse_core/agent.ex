@@ -416,7 +416,8 @@ defmodule SynapseCore.Agent do
 
         {tools, _} ->
           style = if reply == :stream, do: :stream, else: :unary
-          run = {call, tools, receiver, window, style, observer}
+          definitions = worker.tool_definitions ++ Enum.map(call.tools, &Tool.definition/1)
+          run = {call, tools, definitions, receiver, window, style, observer}
           start_on_stream(name, worker.channel, prompt, run)
       end
 
@@ -441,14 +442,19 @@ defmodule SynapseCore.Agent do
     end
   end
 
-  defp start_on_stream(name, channel, prompt, {call, tools, receiver, window, reply, observer}) do
+  defp start_on_stream(
+         name,
+         channel,
+         prompt,
+         {call, tools, definitions, receiver, window, reply, observer}
+       ) do
     ref = make_ref()
 
     runner =
       (tools != [] or observer != nil or call.approver != nil) &&
         start_runner(name, call, tools, observer)
 
-    request = request(name, prompt, call, Enum.map(tools, &Tool.definition/1), reply == :unary)
+    request = request(name, prompt, call, definitions, reply == :unary)
 
     options = %{
       receiver: receiver,
@@ -506,23 +512,20 @@ defmodule SynapseCore.Agent do
     runner
   end
 
-  # The agent's tools and the run's, which must not share a name.
+  # The agent's tools and the run's, which must not share a name (each
+  # list's names are distinct already: SynapseCore.Tool.expand/1).
+  defp tools(%{tools: agent_tools}, %{tools: []}), do: agent_tools
+
   defp tools(%{tools: agent_tools}, %{tools: run_tools}) do
-    case agent_tools ++ run_tools do
-      [] ->
-        []
+    agent_names = MapSet.new(agent_tools, & &1.name)
 
-      tools ->
-        names = Enum.map(tools, & &1.name)
+    case Enum.find(run_tools, &MapSet.member?(agent_names, &1.name)) do
+      nil ->
+        agent_tools ++ run_tools
 
-        case names -- Enum.uniq(names) do
-          [] ->
-            tools
-
-          [name | _] ->
-            raise ArgumentError,
-                  "the run's tools and the agent's both have a tool named #{inspect(name)}"
-        end
+      %Tool{name: name} ->
+        raise ArgumentError,
+              "the run's tools and the agent's both have a tool named #{inspect(name)}"
     end
   end
 

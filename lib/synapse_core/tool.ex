@@ -210,16 +210,26 @@ defmodule SynapseCore.Tool do
       )
 
   @doc false
-  # What the worker is told about the tool.
+  # What the worker is told about the tool, its parameters as JSON: made
+  # once for an agent's tools, when the agent starts (a run sends them as
+  # they are), and with each run for a run's own. Raises ArgumentError for
+  # parameters with no JSON form (only a struct built by hand can have them).
   @spec definition(t()) :: map()
   def definition(%__MODULE__{} = tool) do
-    %{
-      name: tool.name,
-      description: tool.description,
-      parameters: tool.parameters,
-      max_retries: tool.max_retries,
-      requires_approval: tool.requires_approval
-    }
+    case SynapseCore.JSON.encode(tool.parameters) do
+      {:ok, json} ->
+        %{
+          name: tool.name,
+          description: tool.description,
+          parameters_json: json,
+          max_retries: tool.max_retries,
+          requires_approval: tool.requires_approval
+        }
+
+      {:error, error} ->
+        raise ArgumentError,
+              "the parameters of tool #{inspect(tool.name)} have no JSON form: #{error.message}"
+    end
   end
 
   @doc false

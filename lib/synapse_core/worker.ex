@@ -692,7 +692,7 @@ defmodule SynapseCore.Worker do
   ## Serving
 
   defp serving(data, actions) do
-    Workers.join(data.options.name, data.channel, data.options.tools, data.index)
+    Workers.join(data.options, data.channel, data.index)
     event(:ready, %{duration: System.monotonic_time() - data.started_at}, data, %{})
     if data.attempt > 0, do: Logger.info("#{described(data)} is serving again")
 

@@ -8,10 +8,15 @@ defmodule SynapseCore.Workers do
   alias SynapseCore.{Error, Native, Worker}
   alias SynapseCore.Worker.Failure
 
-  @typedoc "A registry entry: the worker's channel, the agent's tools and the worker's index."
+  @typedoc """
+  A registry entry: the worker's channel, the agent's tools (and their
+  definitions as runs send them, `SynapseCore.Tool.definition/1`) and the
+  worker's index.
+  """
   @type worker :: %{
           channel: SynapseCore.Channel.t(),
           tools: [SynapseCore.Tool.t()],
+          tool_definitions: [map()],
           index: non_neg_integer(),
           pid: pid()
         }
@@ -50,13 +55,22 @@ defmodule SynapseCore.Workers do
   end
 
   @doc """
-  Registers the calling worker's channel under `name`: it serves, on this
-  node and, through `:pg`, to the cluster.
+  Registers the calling worker's channel under the name of its `options`
+  (`SynapseCore.Agent.Options`): it serves, on this node and, through
+  `:pg`, to the cluster.
   """
-  @spec join(term(), SynapseCore.Channel.t(), [SynapseCore.Tool.t()], non_neg_integer()) :: :ok
-  def join(name, channel, tools, index) do
+  @spec join(SynapseCore.Agent.Options.t(), SynapseCore.Channel.t(), non_neg_integer()) :: :ok
+  def join(%{name: name} = options, channel, index) do
     Registry.unregister(SynapseCore.WorkerRegistry, down_key(name))
-    worker = %{channel: channel, tools: tools, index: index, pid: self()}
+
+    worker = %{
+      channel: channel,
+      tools: options.tools,
+      tool_definitions: options.tool_definitions,
+      index: index,
+      pid: self()
+    }
+
     {:ok, _} = Registry.register(SynapseCore.WorkerRegistry, name, worker)
 
     :ok = :pg.join(SynapseCore.PG, group(name), self())

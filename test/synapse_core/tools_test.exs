@@ -558,6 +558,29 @@ defmodule SynapseCore.ToolsTest do
       end
     end
 
+    test "a tool built by hand, its parameters with no JSON form, is refused where it is given" do
+      bad = %Tool{
+        name: "bad",
+        parameters: %{"type" => "object", "default" => {:not, :json}},
+        function: fn _ -> :ok end
+      }
+
+      assert_raise ArgumentError, ~r/parameters of tool "bad" have no JSON form/, fn ->
+        Agent.child_spec(name: :bad_tool_agent, model: "test", tools: [bad])
+      end
+
+      name = start_fixture_agent!("calling_agent")
+
+      assert_raise ArgumentError, ~r/parameters of tool "bad" have no JSON form/, fn ->
+        Agent.run_sync(name, script([]), tools: [bad])
+      end
+
+      double = tool("double", fn %{a: a} -> 2 * a end)
+      prompt = script([call("double", %{"a" => 4})])
+      assert {:ok, %Result{output: output}} = Agent.run_sync(name, prompt, tools: [double])
+      assert output == ~s([{"name": "double", "content": 8}])
+    end
+
     test "a JSON Schema map as parameters; arguments keep string keys" do
       name = start_fixture_agent!("calling_agent")
 

@@ -21,6 +21,7 @@ defmodule SynapseCore.Agent.Options do
     :tls,
     :token,
     :tools,
+    :tool_definitions,
     :python_path,
     :env,
     :startup_timeout,
@@ -62,6 +63,7 @@ defmodule SynapseCore.Agent.Options do
           tls: [ca_pem: binary(), server_name: String.t() | nil] | nil,
           token: (() -> String.t()) | nil,
           tools: [SynapseCore.Tool.t()],
+          tool_definitions: [map()],
           python_path: [SynapseCore.Python.path_entry()],
           env: SynapseCore.Python.env_option(),
           startup_timeout: pos_integer(),
@@ -754,6 +756,8 @@ defmodule SynapseCore.Agent.Options do
       | source: source!(options),
         model: options[:model],
         tools: options.tools,
+        # Made once: every run of the agent sends them as they are.
+        tool_definitions: Enum.map(options.tools, &SynapseCore.Tool.definition/1),
         deps_factory: options[:deps_factory]
     }
   end
@@ -799,6 +803,7 @@ defmodule SynapseCore.Agent.Options do
       tls: tls,
       token: token,
       tools: [],
+      tool_definitions: [],
       python_path: options.python_path,
       env: options.env,
       startup_timeout: options.startup_timeout,

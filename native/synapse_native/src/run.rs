@@ -1,7 +1,7 @@
 //! Agent runs: `SynapseCore.Agent.run/3` and `run_sync/3` (one reply) and
 //! `run_stream/3` (events, then one final message).
 
-use rustler::{Atom, Encoder, Env, LocalPid, NifMap, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifMap, Resource, ResourceArc, Term};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -69,8 +69,9 @@ pub struct RunArgs<'a> {
 pub struct ToolArgs<'a> {
     name: String,
     description: String,
-    /// A JSON Schema map.
-    parameters: Term<'a>,
+    /// Its parameters' JSON Schema, as JSON (`SynapseCore.Tool.definition/1`
+    /// encodes it once per tool, not with every run).
+    parameters_json: Binary<'a>,
     max_retries: Option<i32>,
     requires_approval: bool,
 }
@@ -636,17 +637,14 @@ fn request_from(args: RunArgs<'_>, timeout: Option<Duration>) -> Result<RunReque
     let tools = args
         .tools
         .into_iter()
-        .map(|tool| {
-            Ok(ToolDef {
-                parameters_json: json::encode(tool.parameters)
-                    .map_err(|e| context(&format!("the parameters of tool {:?}", tool.name), e))?,
-                name: tool.name,
-                description: tool.description,
-                max_retries: tool.max_retries,
-                requires_approval: tool.requires_approval,
-            })
+        .map(|tool| ToolDef {
+            parameters_json: tool.parameters_json.as_slice().to_vec(),
+            name: tool.name,
+            description: tool.description,
+            max_retries: tool.max_retries,
+            requires_approval: tool.requires_approval,
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect();
     // Deps with no JSON form are for the Elixir tools only; the worker
     // fails the run with the reason if its agent needs them.
     let (deps_json, deps_error) = if is_nil(args.deps) {
