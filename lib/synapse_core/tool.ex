@@ -258,8 +258,8 @@ defmodule SynapseCore.Tool do
   def cast_parameters(_other),
     do: {:error, ~s(expected fields, or a JSON Schema map of "type" "object")}
 
-  # The schema is sent to Python as JSON with every run: what has no JSON
-  # form is refused when the tool is made, not at each run.
+  # The schema goes to Python as JSON (definition/1): what has no JSON form
+  # is refused when the tool is made.
   defp json_schema(schema) do
     case SynapseCore.Options.json_form(schema) do
       :ok -> {:ok, schema}
