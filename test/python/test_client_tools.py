@@ -654,3 +654,24 @@ async def test_concurrent_runs_with_the_same_tool_definition_each_answer_their_o
         [{"name": "lookup", "content": "b: 1"}],
     ]
     assert _client_tools._cached_tool.cache_info().currsize >= 1
+
+
+async def test_runs_that_send_the_same_definitions_share_their_toolset(
+    client: AgentClient,
+) -> None:
+    # An agent's runs all send its tools: the toolset is made for the first.
+    await load(client, "calling")
+    tools = [tool_def("add"), tool_def(f"unique_{id(client)}")]
+    made = _client_tools._cached_toolset.cache_info()
+
+    def add(request: agent_pb2.ToolRequest) -> agent_pb2.ToolResult:
+        args = json.loads(request.args_json)
+        return returns(request, args["a"] + args["b"])
+
+    for n in range(3):
+        prompt = calls({"name": "add", "args": {"a": n, "b": 1}})
+        _, result = split_events(await client.run("calling", prompt, tools=tools, answer=add))
+        assert result.text == f'[{{"name": "add", "content": {n + 1}}}]'
+
+    now = _client_tools._cached_toolset.cache_info()
+    assert (now.misses - made.misses, now.hits - made.hits) == (1, 2)

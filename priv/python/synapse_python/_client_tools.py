@@ -1,12 +1,13 @@
 """Tools the client executes (Elixir functions), for one `Run`.
 
-Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a per-run
+Each `ToolDef` of a `RunRequest` becomes a pydantic-ai tool in a
 `FunctionToolset`, which joins the agent's own tools for that run (`attach`;
 with pydantic-ai's `requires_approval` when the definition asks for it). The
-tool made from a definition is kept for the runs that send the same one again
-(making it is most of what a run's client tools cost): its function asks the
-client tools of the run that calls it, which `attach` makes the run's in a
-context variable. Calling one asks the client over the run's stream and waits
+tool made from a definition, and the toolset made from a run's list of them,
+are kept for the runs that send the same again (an agent's runs all do, and
+making them is most of what a run's client tools cost): a tool's function
+asks the client tools of the run that calls it, which `attach` makes the
+run's in a context variable. Calling one asks the client over the run's stream and waits
 for its answer (`_pending.PendingRequests`):
 
 1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
@@ -104,18 +105,13 @@ class ClientTools:
         `send` sends the tool requests (one writer at a time: the caller's business).
         """
         self._send = send
-        taken = _function_tool_names(agent) if defs else set()
-        tools: list[Tool[Any]] = []
-        for tool_def in defs:
-            if not tool_def.name:
-                raise _errors.invalid_argument("a ToolDef needs a name")
-            if tool_def.name in taken:
-                raise _errors.invalid_argument(
-                    f"tool {tool_def.name!r} is defined twice (in the run's tools or the agent's)"
-                )
-            taken.add(tool_def.name)
-            tools.append(_cached_tool(tool_def.SerializeToString()))
-        self.toolset: FunctionToolset[Any] | None = FunctionToolset(tools) if tools else None
+        self.toolset: FunctionToolset[Any] | None = None
+        if defs:
+            self.toolset = _cached_toolset(tuple(d.SerializeToString() for d in defs))
+            taken = _function_tool_names(agent)
+            for name in self.toolset.tools:
+                if name in taken:
+                    raise _twice(name)
         self._requests = PendingRequests("tool requests")
 
     def attach(
@@ -239,6 +235,29 @@ class ClientTools:
 
 
 @functools.lru_cache(maxsize=_CACHED_TOOLS)
+def _cached_toolset(definitions: tuple[bytes, ...]) -> FunctionToolset[Any]:
+    """The toolset of a run's serialized `ToolDef`s, made once per distinct list.
+
+    Runs of an agent send the same definitions every time: a toolset serves
+    every run that sends them, as an agent's own does. Raises
+    INVALID_ARGUMENT for a bad definition or a name given twice (not kept).
+    """
+    tools: dict[str, Tool[Any]] = {}
+    for definition in definitions:
+        tool = _cached_tool(definition)
+        if tool.name in tools:
+            raise _twice(tool.name)
+        tools[tool.name] = tool
+    return FunctionToolset(list(tools.values()))
+
+
+def _twice(name: str) -> _errors.SynapseError:
+    return _errors.invalid_argument(
+        f"tool {name!r} is defined twice (in the run's tools or the agent's)"
+    )
+
+
+@functools.lru_cache(maxsize=_CACHED_TOOLS)
 def _cached_tool(definition: bytes) -> Tool[Any]:
     """The pydantic-ai tool of a serialized `ToolDef`, made once per distinct one.
 
@@ -249,6 +268,8 @@ def _cached_tool(definition: bytes) -> Tool[Any]:
     """
     tool_def = agent_pb2.ToolDef.FromString(definition)
     name = tool_def.name
+    if not name:
+        raise _errors.invalid_argument("a ToolDef needs a name")
     schema = _parameters(tool_def)
 
     async def call_client(ctx: RunContext[Any], /, **args: Any) -> Any:
