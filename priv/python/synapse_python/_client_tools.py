@@ -7,8 +7,8 @@ tool made from a definition, and the toolset made from a run's list of them,
 are kept for the runs that send the same again (an agent's runs all do, and
 making them is most of what a run's client tools cost): a tool's function
 asks the client tools of the run that calls it, which `attach` makes the
-run's in a context variable. Calling one asks the client over the run's stream and waits
-for its answer (`_pending.PendingRequests`):
+run's in a context variable. Calling one asks the client over the run's
+stream and waits for its answer (`_pending.PendingRequests`):
 
 1. the tool's function takes the next `request_id` of the run ("1", "2", ...),
    registers a future under it and sends a `tool_request` itself, through the
