@@ -40,8 +40,12 @@
 
 path = Keyword.get(opts, :path, "on_loop")
 
-if opts[:tools] != nil and path != "run",
-  do: raise(ArgumentError, "--tools is for --path run, not #{path}")
+case opts[:tools] do
+  nil -> :ok
+  n when path != "run" -> raise ArgumentError, "--tools #{n} is for --path run, not #{path}"
+  n when n < 1 -> raise ArgumentError, "--tools must be at least 1, got #{n}"
+  _ -> :ok
+end
 
 concurrency = Keyword.get(opts, :concurrency, 1)
 rounds = Keyword.get(opts, :rounds, 3)
