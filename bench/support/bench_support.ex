@@ -172,16 +172,15 @@ defmodule SynapseCore.Bench.Measure do
     Process.sleep(min(model_ms, 800))
     memory_peak = :erlang.memory(:total)
     memory_peak_by = Map.new(:erlang.memory())
+    sample = Enum.take_random(callers, min(runs, 200))
+    process_memory = process_memory(sample)
 
-    process_memory =
-      callers
-      |> Enum.take_random(min(runs, 200))
-      |> Enum.flat_map(fn pid ->
-        case Process.info(pid, :memory) do
-          {:memory, bytes} -> [bytes]
-          nil -> []
-        end
-      end)
+    # The same, once every process's garbage is collected, as
+    # test/synapse_core/in_flight_test.exs counts it: what the runs hold,
+    # without what the consumers received and let go of.
+    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+    memory_held = :erlang.memory(:total)
+    process_memory_held = process_memory(sample)
 
     results =
       for _ <- 1..runs,
@@ -210,11 +209,9 @@ defmodule SynapseCore.Bench.Measure do
       "overhead_p50" => percentile(overheads, 50),
       "overhead_p99" => percentile(overheads, 99),
       "memory_per_run_bytes" => div(max(memory_peak - memory_before, 0), runs),
-      "caller_process_bytes" =>
-        if(process_memory == [],
-          do: nil,
-          else: div(Enum.sum(process_memory), length(process_memory))
-        ),
+      "caller_process_bytes" => mean(process_memory),
+      "memory_held_per_run_bytes" => div(max(memory_held - memory_before, 0), runs),
+      "caller_process_held_bytes" => mean(process_memory_held),
       "long_schedules" => length(long),
       "long_schedules_synapse" => Enum.count(long, &synapse?/1),
       "long_schedules_nif" => Enum.count(long, &nif?/1),
@@ -231,6 +228,18 @@ defmodule SynapseCore.Bench.Measure do
       "durations_ms" => durations
     }
   end
+
+  defp process_memory(pids) do
+    Enum.flat_map(pids, fn pid ->
+      case Process.info(pid, :memory) do
+        {:memory, bytes} -> [bytes]
+        nil -> []
+      end
+    end)
+  end
+
+  defp mean([]), do: nil
+  defp mean(values), do: div(Enum.sum(values), length(values))
 
   # About 50 µs of work on this machine, the order of a run's first slice.
   defp control_slice, do: Enum.reduce(1..3_000, 0, &+/2)
@@ -520,11 +529,11 @@ defmodule SynapseCore.Bench.Report do
 
     ## 4. Scale: #{runs["runs"]} concurrent runs (2 workers), 20 chunks 50 ms apart
 
-    | completed | failed | model's own time | run p50 | run p99 | overhead p50 | overhead p99 | BEAM memory per run in flight | long schedules > 5 ms: all / in Synapse code / in the NIF |
+    | completed | failed | model's own time | run p50 | run p99 | overhead p50 | overhead p99 | BEAM memory per run in flight: held / with garbage | long schedules > 5 ms: all / in Synapse code / in the NIF |
     |---:|---:|---:|---:|---:|---:|---:|---:|---:|
-    | #{runs["completed"]} | #{runs["failed"]} | #{runs["model_ms"]} ms | #{runs["duration_p50_ms"]} ms | #{runs["duration_p99_ms"]} ms | #{pct(runs["overhead_p50"])} | #{pct(runs["overhead_p99"])} | #{f(runs["memory_per_run_bytes"] / 1024, 1)} KiB | #{runs["long_schedules"]} / #{runs["long_schedules_synapse"]} / #{runs["long_schedules_nif"]} |
+    | #{runs["completed"]} | #{runs["failed"]} | #{runs["model_ms"]} ms | #{runs["duration_p50_ms"]} ms | #{runs["duration_p99_ms"]} ms | #{pct(runs["overhead_p50"])} | #{pct(runs["overhead_p99"])} | #{kib(runs["memory_held_per_run_bytes"])} / #{kib(runs["memory_per_run_bytes"])} | #{runs["long_schedules"]} / #{runs["long_schedules_synapse"]} / #{runs["long_schedules_nif"]} |
 
-    Memory per run by kind (bytes): #{runs["memory_breakdown_per_run"]}. Long schedules seen: #{runs["long_schedule_examples"]}.
+    BEAM memory per run in flight, from `:erlang.memory(:total)` sampled once all runs have started: held, once every process's garbage is collected (as `test/synapse_core/in_flight_test.exs` counts it), and with garbage, sampled just before. Both include each run's consumer, a plain process of the benchmark's that reads its stream: #{kib(runs["caller_process_held_bytes"])} each held, #{kib(runs["caller_process_bytes"])} with garbage (a mean over up to 200 of them). Memory per run by kind, with garbage (bytes): #{runs["memory_breakdown_per_run"]}. Long schedules seen: #{runs["long_schedule_examples"]}.
 
     Long schedules against a control group with no Synapse in it, spawned in the same burst as the runs (#{runs["control_processes"]} plain processes, one per ten runs, each summing 3,000 integers, about 50 µs of work, the order of a run's first slice, then exiting): consumers #{runs["long_schedules"]} in #{runs["runs"]} runs (#{runs["long_schedules_first_slice"]} of them in a run's first slice, where it picks a worker and starts the RPC; #{runs["consumer_events"]} events received in all), control group #{runs["long_schedules_control"]} in #{runs["control_processes"]}. Per 1,000 processes: consumers #{per_1000(runs["long_schedules"], runs["runs"])}, control group #{per_1000(runs["long_schedules_control"], runs["control_processes"])}.
 
@@ -537,6 +546,10 @@ defmodule SynapseCore.Bench.Report do
     | #{f(cold["python_import_ms"])} ms | #{f(cold["one_agent_ms"])} ms | #{f(cold["overhead_over_import_ms"])} ms | #{f(cold["four_agents_ms"])} ms | #{f(cold["four_over_one"], 2)} |
     """
   end
+
+  # Results written before a figure was measured show a dash for it.
+  defp kib(nil), do: "–"
+  defp kib(bytes), do: "#{f(bytes / 1024, 1)} KiB"
 
   defp throughput_keys(r), do: r["throughput"] |> Map.keys() |> Enum.sort()
 
