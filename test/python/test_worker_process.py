@@ -148,6 +148,24 @@ async def test_given_unix_socket_and_sigint(tmp_path: Path) -> None:
     assert directory.is_dir()  # not ours to remove
 
 
+@pytest.mark.parametrize("quiet", [True, False])
+async def test_a_runs_response_headers_come_as_it_starts(tmp_path: Path, quiet: bool) -> None:
+    # Not with its first event, which a quiet run sends last: a client's
+    # HTTP/2 stack holds what waits for them (see `_service._headers_now`).
+    async with worker_process(
+        tmp_path, "--agent", "slow=synapse_fixtures.agents:slow_agent"
+    ) as worker:
+        address = await worker.ready_address()
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = await AgentClient(channel).start_run("slow", "30", deadline=60, quiet=quiet)
+
+            async with asyncio.timeout(10):
+                await call.initial_metadata()
+
+            assert not call.done()
+            call.cancel()
+
+
 async def test_sigterm_exits_although_a_default_executor_call_never_returns(
     tmp_path: Path,
 ) -> None:

@@ -189,8 +189,10 @@ class AgentService:
         server stopping) cancels the run.
 
         Messages are read with `context.read()`; `requests` (grpc's iterator
-        over the same messages) is left alone.
+        over the same messages) is left alone. The response's headers go out
+        first (`_headers_now`).
         """
+        await _headers_now(context)
         first = await context.read()
         if first is grpc.aio.EOF or first.WhichOneof("input") != "start":
             got = "end of stream" if first is grpc.aio.EOF else first.WhichOneof("input") or "empty"
@@ -217,6 +219,20 @@ class AgentService:
         finally:
             stop_inputs()
         await context.write(last)
+
+
+async def _headers_now(context: grpc.aio.ServicerContext) -> None:
+    """Send the response's headers as the run starts, not with its first event.
+
+    A gRPC client's HTTP/2 stack keeps what waits for a response's headers
+    until they come: under the NIF's tonic, hyper's task per call and the
+    futures waiting with it, about 3 KB a call. A quiet run's only message
+    is its last, so without this each run in flight held them for its whole
+    life. (A unary call's headers, RunSync's, leave with its response
+    whatever the handler asks: grpc's server sends them together.) Runs on
+    the lane have no headers (`LaneContext`).
+    """
+    await context.send_initial_metadata(())
 
 
 async def _cancellation_logged(
