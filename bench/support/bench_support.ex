@@ -123,7 +123,7 @@ defmodule SynapseCore.Bench.Measure do
   """
   def scale(name, runs, prompt, model_ms) do
     :erlang.system_monitor(self(), [{:long_schedule, 5}])
-    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+    collect_garbage()
     memory_before = :erlang.memory(:total)
     memory_before_by = Map.new(:erlang.memory())
     parent = self()
@@ -178,7 +178,7 @@ defmodule SynapseCore.Bench.Measure do
     # The same, once every process's garbage is collected, as
     # test/synapse_core/in_flight_test.exs counts it: what the runs hold,
     # without what the consumers received and let go of.
-    for pid <- Process.list(), do: :erlang.garbage_collect(pid)
+    collect_garbage()
     memory_held = :erlang.memory(:total)
     process_memory_held = process_memory(sample)
 
@@ -228,6 +228,8 @@ defmodule SynapseCore.Bench.Measure do
       "durations_ms" => durations
     }
   end
+
+  defp collect_garbage, do: Enum.each(Process.list(), &:erlang.garbage_collect/1)
 
   defp process_memory(pids) do
     Enum.flat_map(pids, fn pid ->
