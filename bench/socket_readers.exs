@@ -1,5 +1,7 @@
 # How the BEAM reads a local socket, measured with nothing else in the way:
-# why the lane's reply side is a Port on the connection's descriptor.
+# why the lane's reply side is a Port on the connection's descriptor; and
+# what a socket costs against a Port's pipes: why the lane's unary
+# connection goes on pipes.
 #
 #   ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none" \
 #     MIX_ENV=prod mix run bench/socket_readers.exs [--calls N] [--rounds R]
@@ -14,10 +16,15 @@
 #             writes it for each caller);
 # * fd Port:  `:socket` connects and each caller writes with `:socket.send/2`
 #             (a NIF), while a Port on the connection's descriptor reads it:
-#             the lane's way (SynapseCore.Channel.LaneReader, and the NIF's
-#             own write to the socket);
+#             the lane's way on a socket (SynapseCore.Channel.LaneReader, and
+#             the NIF's own write to the socket);
 # * socket:   `:socket` both ways (reads through `enif_select`, as a NIF's
-#             own reader would).
+#             own reader would);
+# * stdio Port: no socket: the same server on its standard input and output
+#             (`--stdio`), a Port's two pipes, which the router owns and its
+#             callers write to with `Port.command/2` (the JSON-lines Port of
+#             bench/lane.exs): the transport of the lane's unary connection,
+#             whose Port reads a pipe and whose NIF writes the other itself.
 #
 # Rounds interleave the contenders. Per round: wall time per call, the CPU
 # per call of this VM and of the Python process (SynapseCore.Bench.Proc,
@@ -54,36 +61,48 @@ end
 {:os_pid, server_pid} = Port.info(server, :os_pid)
 
 defmodule SocketReaders do
-  # A router that reads one connection (given, except gen_tcp's, which it
-  # makes): registers callers by index, and hands each answer line to its
-  # caller. Sends `{:ready, write}` to `parent`, `write` being what a caller
-  # writes its line with. The connections `:socket` makes are the parent's,
-  # closed by it once the router (and so the Port on its descriptor) is gone.
-  def router(:gen_tcp, path, parent) do
+  # A router that reads one connection (given, except gen_tcp's and the
+  # stdio Port's, which it makes): registers callers by index, and hands each
+  # answer line to its caller. Sends `{:ready, write, peer}` to `parent`,
+  # `write` being what a caller writes its line with and `peer` the OS pid of
+  # the Python process answering (the socket's server, or the stdio Port's
+  # own, which ends with the router). The connections `:socket` makes are
+  # the parent's, closed by it once the router (and so the Port on its
+  # descriptor) is gone.
+  def router(:gen_tcp, {path, server}, parent) do
     {:ok, socket} = :gen_tcp.connect({:local, path}, 0, [:binary, packet: :line, active: true])
 
-    send(parent, {:ready, fn line -> :ok = :gen_tcp.send(socket, line) end})
+    send(parent, {:ready, fn line -> :ok = :gen_tcp.send(socket, line) end, server})
     gen_tcp(socket, %{})
   end
 
-  def router(:fd_port, socket, parent) do
+  def router(:fd_port, {socket, server}, parent) do
     {:ok, fd} = :socket.getopt(socket, {:otp, :fd})
     port = Port.open({:fd, fd, fd}, [:binary, :in, :eof])
-    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end})
+    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end, server})
     fd_port(port, %{}, "")
   end
 
-  def router(:socket, socket, parent) do
-    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end})
+  def router(:socket, {socket, server}, parent) do
+    send(parent, {:ready, fn line -> :ok = :socket.send(socket, line) end, server})
     socket(socket, %{}, "")
   end
 
-  def connect(:gen_tcp, path), do: path
+  def router(:stdio_port, {python, script}, parent) do
+    port = Port.open({:spawn_executable, python}, [:binary, args: [script, "--stdio"]])
+    {:os_pid, peer} = Port.info(port, :os_pid)
+    send(parent, {:ready, fn line -> true = Port.command(port, line) end, peer})
+    fd_port(port, %{}, "")
+  end
 
-  def connect(_kind, path) do
+  # What `router/3` is given for `kind`.
+  def connect(:gen_tcp, {path, server, _python, _script}), do: {path, server}
+  def connect(:stdio_port, {_path, _server, python, script}), do: {python, script}
+
+  def connect(_kind, {path, server, _python, _script}) do
     {:ok, socket} = :socket.open(:local, :stream, :default)
     :ok = :socket.connect(socket, %{family: :local, path: path})
-    socket
+    {socket, server}
   end
 
   defp gen_tcp(socket, callers) do
@@ -109,11 +128,12 @@ defmodule SocketReaders do
       {:ok, data} ->
         socket(socket, callers, lines(rest <> data, callers))
 
+      # Some bytes read, and a select for the rest (OTP 25 may answer so).
+      {:select, {_info, data}} ->
+        socket_waiting(socket, callers, lines(rest <> data, callers))
+
       {:select, _info} ->
-        receive do
-          {:register, index, pid} -> socket_waiting(socket, Map.put(callers, index, pid), rest)
-          {:"$socket", ^socket, :select, _} -> socket(socket, callers, rest)
-        end
+        socket_waiting(socket, callers, rest)
     end
   end
 
@@ -158,19 +178,26 @@ defmodule SocketReaders do
   end
 end
 
-contenders = [gen_tcp: "gen_tcp", fd_port: "fd Port (the lane's)", socket: "socket"]
+contenders = [
+  gen_tcp: "gen_tcp",
+  fd_port: "fd Port (the lane's on a socket)",
+  socket: "socket",
+  stdio_port: "stdio Port (pipes)"
+]
+
+script = Path.expand("python/jsonl_socket.py", __DIR__)
 
 measured =
   for round <- 1..rounds, {kind, label} <- contenders do
     parent = self()
-    connection = SocketReaders.connect(kind, path)
+    connection = SocketReaders.connect(kind, {path, server_pid, python, script})
     router = spawn(fn -> SocketReaders.router(kind, connection, parent) end)
-    write = receive(do: ({:ready, write} -> write))
+    {write, peer_pid} = receive(do: ({:ready, write, peer} -> {write, peer}))
     # Warm-up; every caller registers before its first call.
     SocketReaders.run(router, write, div(calls, 10), concurrency)
 
     beam = Proc.cpu_seconds([:beam])
-    peer = Proc.cpu_seconds([server_pid])
+    peer = Proc.cpu_seconds([peer_pid])
     {switches, _} = :erlang.statistics(:context_switches)
     started = System.monotonic_time(:microsecond)
     SocketReaders.run(router, write, calls, concurrency)
@@ -181,14 +208,14 @@ measured =
       label: label,
       wall: wall / calls,
       beam: (Proc.cpu_seconds([:beam]) - beam) * 1.0e6 / calls,
-      python: (Proc.cpu_seconds([server_pid]) - peer) * 1.0e6 / calls,
+      python: (Proc.cpu_seconds([peer_pid]) - peer) * 1.0e6 / calls,
       switches: (switches_after - switches) / calls
     }
 
     ref = Process.monitor(router)
     Process.exit(router, :kill)
     receive(do: ({:DOWN, ^ref, :process, _, _} -> :ok))
-    if kind != :gen_tcp, do: :ok = :socket.close(connection)
+    if kind in [:fd_port, :socket], do: :ok = :socket.close(elem(connection, 0))
     # The server takes the next connection once this one has closed.
     Process.sleep(100)
 

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import socket
 import struct
 import threading
@@ -40,19 +41,39 @@ ECHO_STREAM = "/synapse.v1.ProbeService/EchoStream"
 
 
 class LaneClient:
-    """Frames to and from a worker's lane, sorted by call."""
+    """Frames to and from a worker's lane, sorted by call: on the socket, or
+    on the two pipes a hello asking for them brings (`pipes`)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        control: socket.socket | None = None,
+    ) -> None:
         self.reader, self.writer = reader, writer
+        # On pipes: the socket, which the connection lives as long as.
+        self.control = control
         self.frames: dict[int, asyncio.Queue[lane_pb2.LaneFrame]] = defaultdict(asyncio.Queue)
         self.closed = asyncio.Event()
         self._next = 0
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, path: Path) -> LaneClient:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        return cls(reader, writer)
+    async def connect(cls, path: Path, *, pipes: bool = False, token: str = "") -> LaneClient:
+        if not pipes:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            return cls(reader, writer)
+        control, to_worker, from_worker = await ask_for_pipes(path, token)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_worker, "rb", buffering=0)
+        )
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(to_worker, "wb", buffering=0)
+        )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return cls(reader, writer, control)
 
     async def _read(self) -> None:
         try:
@@ -86,13 +107,41 @@ class LaneClient:
     async def close(self) -> None:
         self.writer.close()
         self._reading.cancel()
+        if self.control is not None:
+            self.control.close()
 
 
-@pytest.fixture
-async def lane(tmp_path: Path) -> AsyncIterator[tuple[Worker, LaneClient]]:
+async def ask_for_pipes(path: Path, token: str = "") -> tuple[socket.socket, int, int]:
+    """Connects to the lane at `path` and asks for pipes, with `token`: the
+    socket, and the two pipes' ends the worker hands over (the one it
+    reads, the one it writes). Raises `ConnectionError` if it hands none."""
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.connect(str(path))
+    hello = lane_pb2.LaneHello(pipes=True, authorization=f"Bearer {token}" if token else "")
+    data = lane_pb2.LaneFrame(hello=hello).SerializeToString()
+    control.sendall(HEADER.pack(len(data)) + data)
+    control.settimeout(5)
+    loop = asyncio.get_running_loop()
+    received, fds, _, _ = await loop.run_in_executor(None, socket.recv_fds, control, 1, 4)
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        control.close()
+        raise ConnectionError(f"no pipes: {received!r}, {len(fds)} descriptors")
+    return control, fds[0], fds[1]
+
+
+TRANSPORTS = ["socket", "pipes"]
+"""What a lane connection's frames go on: the tests of both run on each."""
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def lane(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Worker, LaneClient]]:
     worker = Worker()
     await worker.start(f"unix:{tmp_path / 'worker.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
-    client = await LaneClient.connect(tmp_path / "lane.sock")
+    client = await LaneClient.connect(tmp_path / "lane.sock", pipes=request.param == "pipes")
     yield worker, client
     await client.close()
     await worker.stop(grace=0)
@@ -182,11 +231,12 @@ async def test_a_cancel_frame_cancels_the_run(lane: tuple[Worker, LaneClient]) -
     assert client.frames[call].empty()
 
 
-async def test_a_lost_connection_cancels_its_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_lost_connection_cancels_its_calls(tmp_path: Path, transport: str) -> None:
     worker = Worker()
     await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
     try:
-        client = await LaneClient.connect(tmp_path / "lane.sock")
+        client = await LaneClient.connect(tmp_path / "lane.sock", pipes=transport == "pipes")
         await load(client, "slow", "slow_agent")
         client.start(
             RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.33").SerializeToString()
@@ -302,11 +352,64 @@ async def test_health_checks_over_the_lane(lane: tuple[Worker, LaneClient]) -> N
     assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_messages_over_the_maximum_size_are_refused_both_ways(tmp_path: Path) -> None:
+async def test_a_connection_on_pipes_lives_as_long_as_its_socket(tmp_path: Path) -> None:
+    worker = Worker()
+    await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
+    try:
+        client = await LaneClient.connect(tmp_path / "lane.sock", pipes=True)
+        await load(client, "slow", "slow_agent")
+        # The worker serves the connection on the pipes, not on the socket.
+        lane = worker._lane
+        assert lane is not None
+        transports = [type(connection._transport).__name__ for connection in lane._connections]
+        assert sorted(transports) == ["Pipes", "_SelectorSocketTransport"]
+        client.start(
+            RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.35").SerializeToString()
+        )
+        await asyncio.sleep(0.3)
+        # Shutting the socket down ends the connection (as the NIF does when
+        # it lets go of one): the call is cancelled, the worker's pipe closes.
+        assert client.control is not None
+        client.control.shutdown(socket.SHUT_RDWR)
+        await wait_until_cancelled("30.35")
+        await asyncio.wait_for(client.closed.wait(), 5)
+        await client.close()
+        # Bytes on the socket once the pipes are handed over end the connection too.
+        other = await LaneClient.connect(tmp_path / "lane.sock", pipes=True)
+        assert other.control is not None
+        other.control.sendall(b"\0\0\0\0")
+        await asyncio.wait_for(other.closed.wait(), 5)
+        await other.close()
+        # The pipes' end ends the socket: the worker closes it.
+        third = await LaneClient.connect(tmp_path / "lane.sock", pipes=True)
+        assert third.control is not None
+        third.writer.close()
+        third.control.settimeout(5)
+        assert await asyncio.get_running_loop().run_in_executor(None, third.control.recv, 1) == b""
+        await third.close()
+        assert not lane._connections
+    finally:
+        await worker.stop(grace=0)
+
+
+async def test_a_hello_asking_for_pipes_comes_first(lane: tuple[Worker, LaneClient]) -> None:
+    worker, _ = lane
+    late = await LaneClient.connect(Path(worker_lane_path(worker)))
+    frame = await late.unary(ECHO, probe_pb2.EchoRequest(payload=b"x"))
+    assert frame.WhichOneof("body") == "message"
+    late.send(lane_pb2.LaneFrame(hello=lane_pb2.LaneHello(pipes=True)))
+    await asyncio.wait_for(late.closed.wait(), 5)
+    await late.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_messages_over_the_maximum_size_are_refused_both_ways(
+    tmp_path: Path, transport: str
+) -> None:
     worker = Worker(max_message_bytes=100_000)
     await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
     try:
-        client = await LaneClient.connect(tmp_path / "lane.sock")
+        client = await LaneClient.connect(tmp_path / "lane.sock", pipes=transport == "pipes")
         frame = await client.unary(ECHO, probe_pb2.EchoRequest(payload=b"x" * 150_000))
         code, message, _ = status(frame)
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -354,15 +457,27 @@ async def test_a_worker_with_a_token_wants_it_first(tmp_path: Path) -> None:
         frame = await client.unary(ECHO, probe_pb2.EchoRequest(payload=b"ok"))
         assert probe_pb2.EchoReply.FromString(frame.message).payload == b"ok"
         await client.close()
+        # Pipes are handed over only for the token: else the socket closes.
+        with pytest.raises(ConnectionError):
+            await ask_for_pipes(tmp_path / "lane.sock")
+        with pytest.raises(ConnectionError):
+            await ask_for_pipes(tmp_path / "lane.sock", "nope")
+        piped = await LaneClient.connect(tmp_path / "lane.sock", pipes=True, token=TOKEN)
+        frame = await piped.unary(ECHO, probe_pb2.EchoRequest(payload=b"piped"))
+        assert probe_pb2.EchoReply.FromString(frame.message).payload == b"piped"
+        await piped.close()
     finally:
         await worker.stop(grace=0)
 
 
-async def test_stopping_ends_calls_in_flight_and_removes_the_socket(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_stopping_ends_calls_in_flight_and_removes_the_socket(
+    tmp_path: Path, transport: str
+) -> None:
     worker = Worker()
     path = tmp_path / "lane.sock"
     await worker.start(f"unix:{tmp_path / 'w.sock'}", lane=f"unix:{path}")
-    client = await LaneClient.connect(path)
+    client = await LaneClient.connect(path, pipes=transport == "pipes")
     await load(client, "slow", "slow_agent")
     call = client.start(
         RUN_SYNC, agent_pb2.RunRequest(agent_id="slow", prompt="30.34").SerializeToString()

@@ -1,7 +1,8 @@
 defmodule SynapseCore.LaneReaderTest do
   # The process that reads a local worker's lane for its unary calls
-  # (SynapseCore.Channel.LaneReader), with a real worker: what its loss does
-  # to the calls, and that the descriptors it reads are let go of.
+  # (SynapseCore.Channel.LaneReader), with a real worker: that the
+  # connection it reads goes on pipes, what its loss does to the calls, and
+  # that the descriptors it reads are let go of.
   use ExUnit.Case, async: true
 
   import SynapseCore.TestHelpers
@@ -28,10 +29,43 @@ defmodule SynapseCore.LaneReaderTest do
     String.to_integer(fd)
   end
 
-  # What that descriptor is open on.
-  defp socket_of(port) do
-    {:ok, "socket:" <> _ = socket} = File.read_link("/proc/self/fd/#{port_fd(port)}")
-    socket
+  # The pipe that descriptor reads.
+  defp pipe_of(port) do
+    {:ok, "pipe:" <> _ = pipe} = File.read_link("/proc/self/fd/#{port_fd(port)}")
+    pipe
+  end
+
+  # What the descriptors of the process `os_pid` are open on.
+  defp opened_by(os_pid) do
+    dir = "/proc/#{os_pid}/fd"
+    for fd <- File.ls!(dir), {:ok, link} <- [File.read_link(Path.join(dir, fd))], do: link
+  end
+
+  # This VM's sockets connected to the lane of agent `name`'s worker (the
+  # sockets of the lane's connections): each descriptor and what it is
+  # open on.
+  defp lane_sockets(name) do
+    [%{pid: worker}] = Agent.workers(name)
+    {_state, data} = :sys.get_state(worker)
+    lane = Path.join(data.dir, "lane.sock")
+
+    for fd <- File.ls!("/proc/self/fd"),
+        {:ok, "socket:" <> _ = link} <- [File.read_link("/proc/self/fd/#{fd}")],
+        peer(String.to_integer(fd)) == lane,
+        do: {String.to_integer(fd), link}
+  end
+
+  # The path of the Unix socket the socket `fd` is connected to, if any.
+  defp peer(fd) do
+    case :socket.open(fd, %{dup: true}) do
+      {:ok, socket} ->
+        peer = with {:ok, %{family: :local, path: path}} <- :socket.peername(socket), do: path
+        :socket.close(socket)
+        peer
+
+      {:error, _} ->
+        nil
+    end
   end
 
   # A slow agent with a run in flight on it: its name, its worker's OS pid,
@@ -52,13 +86,18 @@ defmodule SynapseCore.LaneReaderTest do
     |> Enum.filter(&(File.read_link("/proc/self/fd/#{&1}") == {:ok, socket}))
   end
 
-  test "a unary call is answered through the reader's Port on the worker's lane" do
+  test "a unary call is answered through the reader's Port, on a pipe from the worker" do
     name = start_fixture_agent!("echo_agent")
     assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
     reader = reader(name)
     assert [port] = ports(reader)
-    # The NIF's descriptor for writing, and the one the Port reads.
-    assert [_, _] = port |> socket_of() |> open_on()
+    # The Port reads a pipe whose other end the worker holds: in this VM,
+    # only the Port's descriptor is open on it.
+    pipe = pipe_of(port)
+    assert [_] = open_on(pipe)
+    assert pipe in opened_by(worker_os_pid(name))
+    # The connection's socket stays open, its life; nothing else is on the lane.
+    assert [{_fd, _socket}] = lane_sockets(name)
   end
 
   test "the unary connection ending fails its calls; the next call connects again" do
@@ -66,8 +105,10 @@ defmodule SynapseCore.LaneReaderTest do
     [port] = ports(reader)
 
     # The connection ends under the reader's Port, as when the worker closes
-    # it: shut down through a descriptor of the test's own.
-    {:ok, socket} = :socket.open(port_fd(port), %{dup: true})
+    # it: its socket shut down through a descriptor of the test's own, upon
+    # which the worker closes its pipes.
+    [{fd, _}] = lane_sockets(name)
+    {:ok, socket} = :socket.open(fd, %{dup: true})
     :ok = :socket.shutdown(socket, :read_write)
     :ok = :socket.close(socket)
 
@@ -99,7 +140,7 @@ defmodule SynapseCore.LaneReaderTest do
     refute reader(name) == reader
   end
 
-  test "an agent stopped lets go of its lane: the reader's Port closes, the socket is closed" do
+  test "an agent stopped lets go of its lane: the reader's Port closes, the pipe and socket too" do
     opts = fixture_agent("echo_agent")
     {:ok, supervisor} = SynapseCore.start_agent(opts)
     name = opts[:name]
@@ -107,7 +148,8 @@ defmodule SynapseCore.LaneReaderTest do
     for _ <- 1..3, do: assert({:ok, %Result{}} = Agent.run_sync(name, "hi"))
     reader = reader(name)
     [port] = ports(reader)
-    socket = socket_of(port)
+    pipe = pipe_of(port)
+    [{_fd, socket}] = lane_sockets(name)
     ref = Process.monitor(reader)
 
     :ok = SynapseCore.stop_agent(name)
@@ -115,6 +157,6 @@ defmodule SynapseCore.LaneReaderTest do
     assert_receive {:DOWN, ^ref, :process, ^reader, _}, 30_000
     refute Port.info(port)
     refute Process.alive?(supervisor)
-    eventually(fn -> open_on(socket) == [] end, 10_000)
+    eventually(fn -> open_on(pipe) == [] and open_on(socket) == [] end, 10_000)
   end
 end

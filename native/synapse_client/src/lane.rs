@@ -43,6 +43,14 @@
 //! streamed calls keep a connection read by a task, where their responses
 //! are consumed.
 //!
+//! A lane made [`Lane::with_pipes`] as well carries the calls its worker's
+//! loop answers, those the [`Reader`] reads, on two pipes rather than on
+//! the socket: the connection's `hello` asks for them on the socket, and the
+//! worker hands over its two ends ([`pipes`]); the socket then carries
+//! nothing but stays open, the connection's life (shut down, it ends the
+//! connection for the worker as a socket connection's end does). The same
+//! frames cost each side less on a pipe than on a Unix socket.
+//!
 //! A call made with [`Lane::call`] for [`Answerer::Threads`] (a sync Bridge
 //! function's, not `on_loop`) takes a third connection, whose `hello` (its
 //! first frame, sent whether or not the worker requires a token) says
@@ -126,6 +134,8 @@ pub struct Lane {
     /// [`Answerer::Threads`]: read by the reader of `answers` if there is
     /// one, else by a task.
     threads: Slot,
+    /// Set by [`Lane::with_pipes`]: the connection of `answers` goes on pipes.
+    pipes: bool,
 }
 
 /// Who, in the worker, reads and answers a call made with [`Lane::call`]:
@@ -152,7 +162,17 @@ impl Lane {
             connection: Mutex::new(None),
             answers: None,
             threads: Mutex::new(None),
+            pipes: false,
         }
+    }
+
+    /// The same lane, whose connection read by its [`Reader`] for the
+    /// calls the worker's loop answers (see [`Lane::with_reader`]) carries
+    /// its frames on two pipes the worker hands over (see [`pipes`]).
+    #[must_use]
+    pub fn with_pipes(mut self) -> Self {
+        self.pipes = true;
+        self
     }
 
     /// The same lane, whose calls made with [`Lane::call`] (unary calls
@@ -417,9 +437,18 @@ impl Lane {
         match slot.as_ref() {
             Some(connection) if !connection.is_broken() => connection.clone(),
             _ => {
+                let opening = if self.pipes && reader.is_some() && answerer == Answerer::Loop {
+                    Opening::Pipes(LaneHello {
+                        authorization: self.authorization.clone().unwrap_or_default(),
+                        threads: false,
+                        pipes: true,
+                    })
+                } else {
+                    Opening::Socket(self.hello(answerer))
+                };
                 let connection = Connection::start(
                     self.path.clone(),
-                    self.hello(answerer),
+                    opening,
                     self.max_message_bytes,
                     reader.cloned(),
                 );
@@ -437,8 +466,20 @@ impl Lane {
         (threads || self.authorization.is_some()).then(|| LaneHello {
             authorization: self.authorization.clone().unwrap_or_default(),
             threads,
+            pipes: false,
         })
     }
+}
+
+/// How a new connection begins.
+enum Opening {
+    /// With its `hello`, if it has one, as the first frame on the socket,
+    /// which carries the rest.
+    Socket(Option<LaneHello>),
+    /// With a `hello` asking for pipes, on the socket, and then the pipes
+    /// (see [`pipes`]), which carry the rest. Only for a connection read by
+    /// a [`Reader`].
+    Pipes(LaneHello),
 }
 
 /// A call's `start` frame.
@@ -776,6 +817,14 @@ enum Socket {
     /// (see [`Socket::writable`]): a registration would wake a tokio thread
     /// each time the worker reads, for nothing.
     External(std::os::unix::net::UnixStream),
+    /// A connection on pipes (see [`pipes`]), read by a [`Reader`] on the
+    /// other pipe: the pipe the worker reads (non-blocking, not registered
+    /// with tokio but while the writer waits, as above), and the socket,
+    /// which is the connection's life.
+    Pipe {
+        to_worker: OwnedFd,
+        socket: std::os::unix::net::UnixStream,
+    },
 }
 
 impl Socket {
@@ -783,6 +832,7 @@ impl Socket {
         match self {
             Self::Task(socket) => socket.try_write(bytes),
             Self::External(socket) => send(socket, bytes),
+            Self::Pipe { to_worker, .. } => write_pipe(to_worker, bytes),
         }
     }
 
@@ -800,13 +850,27 @@ impl Socket {
                 let _ready = waiting.writable().await?;
                 Ok(())
             }
+            Self::Pipe { to_worker, .. } => {
+                // As above: a descriptor of its own, for this wait only.
+                // SAFETY: the `AsyncFd` owns the duplicate until it is dropped below.
+                let waiting = unsafe {
+                    AsyncFd::register_with_interest(to_worker.try_clone()?, Interest::WRITABLE)
+                }
+                .map_err(io::Error::from)?;
+                let _ready = waiting.writable().await?;
+                Ok(())
+            }
         }
     }
 
-    /// Ends the connection both ways, for its reader too.
+    /// Ends the connection both ways, for its reader too: on pipes, the
+    /// worker closes the pipe the reader reads once its socket is shut down.
     fn shutdown(&self) {
-        if let Self::External(socket) = self {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+        match self {
+            Self::External(socket) | Self::Pipe { socket, .. } => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            Self::Task(_) => {}
         }
     }
 }
@@ -828,12 +892,134 @@ fn send(socket: &std::os::unix::net::UnixStream, bytes: &[u8]) -> io::Result<usi
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
+/// Writes what the pipe `to_worker` (non-blocking) takes now. The BEAM
+/// ignores `SIGPIPE`, as Rust programs do: a closed reader is an error
+/// (`EPIPE`), not a signal.
+fn write_pipe(to_worker: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length; the descriptor is open
+    // for as long as `to_worker` is.
+    let written = unsafe { libc::write(to_worker.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    usize::try_from(written).map_err(|_| io::Error::last_os_error())
+}
+
+/// Asks the worker, on the connection's socket `stream`, for the pipes its
+/// frames then go on, with `hello` (its `pipes` set): the socket, the pipe
+/// the worker reads and the pipe it writes. Fails when the worker closes
+/// the socket instead (it refused the hello's token) or hands over
+/// anything but two descriptors.
+async fn pipes(stream: UnixStream, hello: LaneHello) -> io::Result<(UnixStream, OwnedFd, OwnedFd)> {
+    use tokio::io::AsyncWriteExt;
+
+    let mut stream = stream;
+    stream
+        .write_all(&encode([(0, lane_frame::Body::Hello(hello))]))
+        .await?;
+    let descriptors = loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || {
+            receive_descriptors(stream.as_raw_fd())
+        }) {
+            Ok((0, _)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the worker closed the lane",
+                ))
+            }
+            Ok((_, descriptors)) => break descriptors,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let [to_worker, from_worker]: [OwnedFd; 2] = descriptors.try_into().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the worker did not hand the lane's two pipes over",
+        )
+    })?;
+    // Both, as the socket was: the reader reads until a read would block.
+    set_nonblocking(&to_worker)?;
+    set_nonblocking(&from_worker)?;
+    Ok((stream, to_worker, from_worker))
+}
+
+/// Reads one byte and the descriptors sent with it (SCM_RIGHTS) from the
+/// socket `fd`, without waiting: how many bytes were read (0 at the end of
+/// the stream), and the descriptors, close-on-exec (the VM's children, its
+/// Ports' programs, must not hold a pipe's end: the other side would not
+/// see it close).
+fn receive_descriptors(fd: RawFd) -> io::Result<(usize, Vec<OwnedFd>)> {
+    /// Room for more than the two expected, to close any extra ones.
+    const ROOM: usize = 4;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    #[allow(clippy::cast_possible_truncation)] // a few descriptors' bytes
+    let fds_len = (ROOM * std::mem::size_of::<RawFd>()) as u32;
+    // SAFETY: a pure computation of a size.
+    let space = unsafe { libc::CMSG_SPACE(fds_len) } as usize;
+    // u64s: a control buffer aligned as `cmsghdr` is.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    // SAFETY: a `msghdr` of zeros is a valid empty one.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = space as _;
+    // SAFETY: `message` points at buffers that outlive the call.
+    let read = unsafe {
+        libc::recvmsg(
+            fd,
+            &mut message,
+            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
+        )
+    };
+    let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+    let mut descriptors = Vec::new();
+    // SAFETY: the headers are walked as the kernel wrote them, within
+    // `msg_controllen`; each descriptor is new and ours to own.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<RawFd>();
+                let bytes = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    descriptors.push(std::os::fd::FromRawFd::from_raw_fd(raw));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    if message.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the worker handed more descriptors over than the lane's two pipes",
+        ));
+    }
+    Ok((read, descriptors))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        // SAFETY: as above.
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Connection {
-    /// A connection to the lane at `path`, whose first frame is `hello`
-    /// when there is one, read by `reader` or else by a task.
+    /// A connection to the lane at `path`, begun as `opening` says, read
+    /// by `reader` or else by a task.
     fn start(
         path: PathBuf,
-        hello: Option<LaneHello>,
+        opening: Opening,
         max_message_bytes: usize,
         reader: Option<Arc<dyn Reader>>,
     ) -> Arc<Self> {
@@ -860,9 +1046,15 @@ impl Connection {
             backlog: backlog_limit(max_message_bytes),
             timer: Arc::new(Notify::new()),
         });
-        if let Some(hello) = hello {
-            connection.send(0, lane_frame::Body::Hello(hello));
-        }
+        let piped = match opening {
+            Opening::Socket(hello) => {
+                if let Some(hello) = hello {
+                    connection.send(0, lane_frame::Body::Hello(hello));
+                }
+                None
+            }
+            Opening::Pipes(hello) => Some(hello),
+        };
         tokio::spawn(run(
             Arc::downgrade(&connection),
             output,
@@ -870,6 +1062,7 @@ impl Connection {
             path,
             max_message_bytes + FRAME_SLACK,
             reader,
+            piped,
         ));
         connection
     }
@@ -1371,9 +1564,10 @@ impl Drop for Writer {
     }
 }
 
-/// The connection's life: connect, then write and read until either side
-/// fails or nobody holds the connection any more (the lane replaced it and
-/// its last call ended).
+/// The connection's life: connect (and, given a `piped` hello, take the
+/// pipes it asks for), then write and read until either side fails or
+/// nobody holds the connection any more (the lane replaced it and its last
+/// call ended).
 async fn run(
     connection: Weak<Connection>,
     output: Arc<Output>,
@@ -1381,6 +1575,7 @@ async fn run(
     path: PathBuf,
     max_frame: usize,
     reader: Option<Arc<dyn Reader>>,
+    piped: Option<LaneHello>,
 ) {
     let reason = match (UnixStream::connect(&path).await, reader) {
         (Ok(stream), None) => {
@@ -1393,22 +1588,24 @@ async fn run(
                 reason = expire(&connection, &timer) => reason,
             }
         }
-        (Ok(stream), Some(reader)) => match external(&connection, &output, stream, max_frame) {
-            Ok(inbound) => {
-                reader.adopt(inbound.clone());
-                let reason = tokio::select! {
-                    reason = write(&output) => reason,
-                    reason = inbound.wait() => reason,
-                    reason = expire(&connection, &timer) => reason,
-                };
-                // The reader sees the end of the stream and stops.
-                if let Some(socket) = output.socket.get() {
-                    socket.shutdown();
+        (Ok(stream), Some(reader)) => {
+            match external(&connection, &output, stream, piped, max_frame).await {
+                Ok(inbound) => {
+                    reader.adopt(inbound.clone());
+                    let reason = tokio::select! {
+                        reason = write(&output) => reason,
+                        reason = inbound.wait() => reason,
+                        reason = expire(&connection, &timer) => reason,
+                    };
+                    // The reader sees the end of the stream and stops.
+                    if let Some(socket) = output.socket.get() {
+                        socket.shutdown();
+                    }
+                    reason
                 }
-                reason
+                Err(e) => format!("cannot read the lane at {}: {e}", path.display()),
             }
-            Err(e) => format!("cannot read the lane at {}: {e}", path.display()),
-        },
+        }
         (Err(e), _) => format!("cannot connect to the lane at {}: {e}", path.display()),
     };
     if let Some(connection) = connection.upgrade() {
@@ -1417,17 +1614,31 @@ async fn run(
 }
 
 /// Sets a connection up for a [`Reader`]: the connection's task keeps the
-/// socket for writing, the reader gets a descriptor of its own.
-fn external(
+/// socket for writing, the reader gets a descriptor of its own. Given a
+/// `piped` hello, the worker's pipes take the socket's place (see [`pipes`]):
+/// the task writes one, the reader reads the other.
+async fn external(
     connection: &Weak<Connection>,
     output: &Output,
     stream: UnixStream,
+    piped: Option<LaneHello>,
     max_frame: usize,
 ) -> io::Result<Arc<Inbound>> {
-    // Leaves tokio's registration (reads would wake it), nonblocking still.
-    let stream = stream.into_std()?;
+    let (socket, read) = match piped {
+        None => {
+            // Leaves tokio's registration (reads would wake it), nonblocking still.
+            let stream = stream.into_std()?;
+            let read = OwnedFd::from(stream.try_clone()?);
+            (Socket::External(stream), read)
+        }
+        Some(hello) => {
+            let (stream, to_worker, from_worker) = pipes(stream, hello).await?;
+            let socket = stream.into_std()?;
+            (Socket::Pipe { to_worker, socket }, from_worker)
+        }
+    };
     let inbound = Arc::new(Inbound {
-        fd: OwnedFd::from(stream.try_clone()?),
+        fd: read,
         buffer: Mutex::new(BytesMut::new()),
         max_frame,
         connection: connection.clone(),
@@ -1435,7 +1646,7 @@ fn external(
         ended: Notify::new(),
     });
     // Set once, here; frames sent meanwhile wait for the writer.
-    let _ = output.socket.set(Socket::External(stream));
+    let _ = output.socket.set(socket);
     Ok(inbound)
 }
 
@@ -1616,31 +1827,128 @@ mod tests {
     impl Peer {
         async fn next(&mut self) -> LaneFrame {
             let (mut reader, _) = self.socket.split();
-            let frame = loop {
-                if self.buffer.len() >= 4 {
-                    let n = u32::from_be_bytes(self.buffer[..4].try_into().unwrap()) as usize;
-                    if self.buffer.len() >= 4 + n {
-                        let _ = self.buffer.split_to(4);
-                        break self.buffer.split_to(n).freeze();
-                    }
-                }
-                assert!(
-                    reader.read_buf(&mut self.buffer).await.unwrap() > 0,
-                    "closed"
-                );
-            };
-            LaneFrame::decode(frame).unwrap()
+            next_frame(&mut reader, &mut self.buffer).await
         }
 
         async fn send(&mut self, call: u64, body: lane_frame::Body) {
-            let frame = LaneFrame {
-                call,
-                body: Some(body),
+            self.socket.write_all(&framed(call, body)).await.unwrap();
+        }
+    }
+
+    /// The next frame from `reader`, `buffer` holding what was read past it.
+    async fn next_frame(
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
+        buffer: &mut BytesMut,
+    ) -> LaneFrame {
+        let frame = loop {
+            if buffer.len() >= 4 {
+                let n = u32::from_be_bytes(buffer[..4].try_into().unwrap()) as usize;
+                if buffer.len() >= 4 + n {
+                    let _ = buffer.split_to(4);
+                    break buffer.split_to(n).freeze();
+                }
             }
-            .encode_to_vec();
-            let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
-            bytes.extend(frame);
-            self.socket.write_all(&bytes).await.unwrap();
+            assert!(reader.read_buf(buffer).await.unwrap() > 0, "closed");
+        };
+        LaneFrame::decode(frame).unwrap()
+    }
+
+    /// The bytes of the frame of `call` with `body`, its length ahead.
+    fn framed(call: u64, body: lane_frame::Body) -> Vec<u8> {
+        let frame = LaneFrame {
+            call,
+            body: Some(body),
+        }
+        .encode_to_vec();
+        let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+        bytes.extend(frame);
+        bytes
+    }
+
+    /// A worker's side of a connection on pipes: the socket it took the
+    /// hello on, and its ends of the two pipes it handed over.
+    struct PipedPeer {
+        socket: UnixStream,
+        reads: tokio::net::unix::pipe::Receiver,
+        writes: tokio::net::unix::pipe::Sender,
+        buffer: BytesMut,
+    }
+
+    impl PipedPeer {
+        async fn next(&mut self) -> LaneFrame {
+            next_frame(&mut self.reads, &mut self.buffer).await
+        }
+
+        async fn send(&mut self, call: u64, body: lane_frame::Body) {
+            self.writes.write_all(&framed(call, body)).await.unwrap();
+        }
+    }
+
+    /// Accepts a connection, takes its first frame (which must be a hello
+    /// asking for pipes) and hands the client its ends of two pipes, as
+    /// the worker does: the peer, and the hello.
+    async fn accept_piped(listener: &UnixListener) -> (PipedPeer, LaneHello) {
+        let mut peer = accept(listener).await;
+        let hello = match peer.next().await.body {
+            Some(lane_frame::Body::Hello(hello)) if hello.pipes => hello,
+            other => panic!("expected a hello asking for pipes, got {other:?}"),
+        };
+        let (reads, to_worker) = pipe();
+        let (from_worker, writes) = pipe();
+        send_descriptors(
+            &peer.socket,
+            &[to_worker.as_raw_fd(), from_worker.as_raw_fd()],
+        );
+        let piped = PipedPeer {
+            socket: peer.socket,
+            reads: tokio::net::unix::pipe::Receiver::from_owned_fd(reads).unwrap(),
+            writes: tokio::net::unix::pipe::Sender::from_owned_fd(writes).unwrap(),
+            buffer: peer.buffer,
+        };
+        (piped, hello)
+    }
+
+    /// A pipe: its read end, its write end.
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors, which are ours.
+        unsafe {
+            assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            (
+                std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+                std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    /// Sends one byte on `socket` with `fds` (SCM_RIGHTS).
+    fn send_descriptors(socket: &UnixStream, fds: &[RawFd]) {
+        let byte = [0u8];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let len = u32::try_from(std::mem::size_of_val(fds)).unwrap();
+        // SAFETY: a control buffer of the size the macros give, filled in
+        // as they lay it out; the descriptors are open for the call.
+        unsafe {
+            let space = libc::CMSG_SPACE(len) as usize;
+            let mut control = vec![0u64; space.div_ceil(8)];
+            let mut message: libc::msghdr = std::mem::zeroed();
+            message.msg_iov = &mut iov;
+            message.msg_iovlen = 1;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = space as _;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(len) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(header).cast::<RawFd>(),
+                fds.len(),
+            );
+            assert_eq!(libc::sendmsg(socket.as_raw_fd(), &message, 0), 1);
         }
     }
 
@@ -1743,10 +2051,124 @@ mod tests {
         PathBuf,
         mpsc::UnboundedReceiver<Arc<Inbound>>,
     ) {
-        let (lane, listener, dir) = lane(None).await;
+        lane_with_reader_and_token(None).await
+    }
+
+    async fn lane_with_reader_and_token(
+        authorization: Option<&str>,
+    ) -> (
+        Lane,
+        UnixListener,
+        PathBuf,
+        mpsc::UnboundedReceiver<Arc<Inbound>>,
+    ) {
+        let (lane, listener, dir) = lane(authorization).await;
         let (adopted, inbounds) = mpsc::unbounded_channel();
         let lane = lane.with_reader(Arc::new(PollingReader(adopted)));
         (lane, listener, dir, inbounds)
+    }
+
+    /// Whether `fd` is a pipe.
+    fn is_pipe(fd: RawFd) -> bool {
+        // SAFETY: `stat` is written by fstat before it is read.
+        unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut stat), 0);
+            stat.st_mode & libc::S_IFMT == libc::S_IFIFO
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_with_pipes_carries_the_calls_its_reader_reads_on_the_pipes_it_asks_for() {
+        for token in [None, Some("Bearer secret")] {
+            let (lane, listener, dir, mut inbounds) = lane_with_reader_and_token(token).await;
+            let lane = Arc::new(lane.with_pipes());
+            let call = {
+                let lane = lane.clone();
+                tokio::spawn(async move { lane.unary("/p.S/M", b"request".to_vec(), None).await })
+            };
+            // The hello, on the socket, asks for pipes, with the token if any.
+            let (mut peer, hello) = accept_piped(&listener).await;
+            assert_eq!(
+                hello,
+                LaneHello {
+                    authorization: token.unwrap_or_default().into(),
+                    threads: false,
+                    pipes: true,
+                }
+            );
+            // The call comes on the pipe, its answer goes back on the other,
+            // which the reader reads.
+            let frame = peer.next().await;
+            assert_eq!(start_of(&frame).message, b"request");
+            assert!(is_pipe(adopted(&mut inbounds).await.fd()));
+            peer.send(frame.call, lane_frame::Body::Message(b"response".to_vec()))
+                .await;
+            assert_eq!(
+                call.await.unwrap().unwrap(),
+                Bytes::from_static(b"response")
+            );
+            // Nothing more came on the socket.
+            let mut byte = [0u8; 1];
+            assert_eq!(
+                peer.socket.try_read(&mut byte).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            // A threads call keeps a socket connection of its own.
+            let (answer, _outcome) = told();
+            let _ticket = lane
+                .call("/p.S/T", vec![], None, Answerer::Threads, answer)
+                .ok()
+                .unwrap();
+            let mut threads = accept(&listener).await;
+            match threads.next().await.body {
+                Some(lane_frame::Body::Hello(hello)) => assert!(hello.threads && !hello.pipes),
+                other => panic!("expected a hello, got {other:?}"),
+            }
+            // The lane let go of, the connection ends for the worker: its
+            // socket is shut down, and the pipe it reads ends.
+            lane.close();
+            drop(lane);
+            let mut rest = Vec::new();
+            assert_eq!(peer.socket.read_to_end(&mut rest).await.unwrap(), 0);
+            assert_eq!(peer.reads.read_to_end(&mut rest).await.unwrap(), 0);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_hands_no_pipes_over_fails_the_calls_and_the_next_call_connects_again() {
+        let (lane, listener, dir, mut inbounds) = lane_with_reader().await;
+        let lane = Arc::new(lane.with_pipes());
+        let call = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await })
+        };
+        // The worker closes the socket instead (as for a wrong token).
+        let mut refusing = accept(&listener).await;
+        assert!(matches!(
+            refusing.next().await.body,
+            Some(lane_frame::Body::Hello(LaneHello { pipes: true, .. }))
+        ));
+        drop(refusing);
+        let status = call.await.unwrap().unwrap_err();
+        assert!(is_transport_failure(&status), "{status}");
+        assert!(
+            status.to_string().contains("the worker closed the lane"),
+            "{status}"
+        );
+        // The next call connects again.
+        let again = {
+            let lane = lane.clone();
+            tokio::spawn(async move { lane.unary("/p.S/M", vec![], None).await })
+        };
+        let (mut peer, _) = accept_piped(&listener).await;
+        let frame = peer.next().await;
+        let _ = adopted(&mut inbounds).await;
+        peer.send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+            .await;
+        assert_eq!(again.await.unwrap().unwrap(), Bytes::from_static(b"ok"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
@@ -1863,6 +2285,7 @@ mod tests {
             Some(lane_frame::Body::Hello(LaneHello {
                 authorization: "Bearer secret".into(),
                 threads: false,
+                pipes: false,
             }))
         );
         let frame = peer.next().await;
@@ -2261,6 +2684,7 @@ mod tests {
             body: Some(lane_frame::Body::Hello(LaneHello {
                 authorization: authorization.into(),
                 threads: true,
+                pipes: false,
             })),
         }
     }
@@ -2286,6 +2710,7 @@ mod tests {
                     Some(lane_frame::Body::Hello(LaneHello {
                         authorization: token.into(),
                         threads: false,
+                        pipes: false,
                     }))
                 );
             }

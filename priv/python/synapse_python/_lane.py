@@ -48,6 +48,11 @@ that write: a stream's last response and its status, which its handler sends
 as it returns, go out together (one wake-up of the client, not two).
 With a bearer token configured, a connection's first frame must be a `hello`
 carrying it, or the connection is closed.
+
+A connection whose `hello` asks for pipes goes on serving its calls on two
+pipes the worker hands the client over the socket (`_lane_pipes`): the same
+frames, the same `_Connection`, a transport of two pipes in place of the
+socket's. The socket then only marks the connection's life.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from synapse_python import _auth
+from synapse_python import _auth, _lane_pipes
 from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._errors import ERROR_METADATA_KEY
 from synapse_python._lane_frames import (
@@ -317,18 +322,29 @@ class _Connection(asyncio.Protocol):
         # loop when it next reads, with no wake-up of its own for each.
         self.answered_in_thread: collections.deque[_Pending] = collections.deque()
         self.deadlines = _Deadlines(self._loop)
+        # Once the hello asked for pipes: the connection they carry, which
+        # this one (the socket's) ends with, and which ends this one.
+        self._piped: _Connection | None = None
+        # Of a connection on pipes: the socket's, which ends with it.
+        self._control: _Connection | None = None
+        # Whether a call was started: a hello asking for pipes comes before.
+        self._began = False
 
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        # The descriptor written to: the socket's, or the pipe's (`_lane_pipes`).
+        written = transport.get_extra_info("socket") or transport.get_extra_info("pipe")
+        self._fd = written.fileno() if written is not None else -1
         self._server._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        piped, self._piped = self._piped, None
+        if piped is not None:
+            piped.close()
         with self.write_lock:
             # Before the transport closes the socket: no thread writes on
             # its descriptor after this (nor on whatever reuses it).
@@ -355,6 +371,11 @@ class _Connection(asyncio.Protocol):
         self._resume()
 
     def data_received(self, data: bytes) -> None:
+        if self._piped is not None:
+            # The client sends nothing on the socket once it has its pipes.
+            logger.warning("closing a lane connection: bytes on its socket after its pipes")
+            self.close()
+            return
         answered = self.answered_in_thread
         while answered:
             answered.popleft().forget()
@@ -399,6 +420,9 @@ class _Connection(asyncio.Protocol):
                     if kind == "hello" and frame.hello.threads:
                         self._hand_over(view[offset:size])
                         return
+                    if kind == "hello" and frame.hello.pipes:
+                        self._to_pipes(size - offset)
+                        return
         except Exception as exc:  # a broken client: drop it, never the worker
             logger.warning("closing a lane connection: %s", exc)
             self.close()
@@ -420,6 +444,41 @@ class _Connection(asyncio.Protocol):
         duplicate.setblocking(True)
         self._server.hand_over(duplicate, bytes(rest))
         transport.abort()
+
+    def _to_pipes(self, left: int) -> None:
+        """The connection's hello asked for pipes: hands the client its ends
+        of two pipes, and serves the connection on the worker's from now on;
+        this socket stays open as long as they are. `left`: how many bytes
+        were read after the hello, which must be none."""
+        transport = self._transport
+        if self._began or self._outgoing or transport is None:
+            raise ProtocolError("a hello asking for pipes after calls")
+        if left:
+            raise ProtocolError("bytes on the socket after a hello asking for pipes")
+        reads, writes = _lane_pipes.hand_over(transport.get_extra_info("socket"))
+        piped = _Connection(self._server)
+        # Already authorized, by the hello on the socket.
+        piped._authorized = True
+        piped._control = self
+        self._piped = piped
+        task = self._loop.create_task(_lane_pipes.serve(reads, writes, piped))
+        task.add_done_callback(piped._served)
+
+    def _served(self, task: asyncio.Task[_lane_pipes.Pipes]) -> None:
+        """The pipes are served (or could not be): from now on, their end
+        ends the socket's connection too."""
+        control = self._control
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                logger.warning("closing a lane connection: %s", task.exception())
+            if control is not None:
+                control.close()
+            return
+        pipes = task.result()
+        if control is not None:
+            pipes.on_lost = control.close
+            if control._transport is None:  # it ended meanwhile
+                pipes.close()
 
     # ---- frames in ----
 
@@ -457,6 +516,7 @@ class _Connection(asyncio.Protocol):
         self._authorized = True
 
     def _start(self, call_id: int, start: Any) -> None:
+        self._began = True
         if call_id in self.calls:
             raise ProtocolError(f"call {call_id} started twice")
         method = start.method
