@@ -1589,7 +1589,15 @@ async fn run(
             }
         }
         (Ok(stream), Some(reader)) => {
-            match external(&connection, &output, stream, piped, max_frame).await {
+            // Calls wait for the pipes' handover (the worker's loop answers
+            // it): their deadlines pass meanwhile, as on a connected socket.
+            let opened = tokio::select! {
+                opened = external(&connection, &output, stream, piped, max_frame) => {
+                    opened.map_err(|e| format!("cannot read the lane at {}: {e}", path.display()))
+                }
+                reason = expire(&connection, &timer) => Err(reason),
+            };
+            match opened {
                 Ok(inbound) => {
                     reader.adopt(inbound.clone());
                     let reason = tokio::select! {
@@ -1603,7 +1611,7 @@ async fn run(
                     }
                     reason
                 }
-                Err(e) => format!("cannot read the lane at {}: {e}", path.display()),
+                Err(reason) => reason,
             }
         }
         (Err(e), _) => format!("cannot connect to the lane at {}: {e}", path.display()),
@@ -2134,6 +2142,33 @@ mod tests {
             assert_eq!(peer.reads.read_to_end(&mut rest).await.unwrap(), 0);
             std::fs::remove_dir_all(dir).unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_calls_deadline_passes_while_the_worker_has_not_handed_its_pipes_over() {
+        let (lane, listener, dir, _inbounds) = lane_with_reader().await;
+        let lane = Arc::new(lane.with_pipes());
+        let call = {
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                lane.unary("/p.S/M", vec![], Some(Duration::from_millis(200)))
+                    .await
+            })
+        };
+        // The worker reads the hello, and hands nothing over (its loop is busy).
+        let mut busy = accept(&listener).await;
+        assert!(matches!(
+            busy.next().await.body,
+            Some(lane_frame::Body::Hello(LaneHello { pipes: true, .. }))
+        ));
+        let status = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the deadline did not end the call")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+        drop(busy);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

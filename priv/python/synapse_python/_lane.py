@@ -479,6 +479,8 @@ class _Connection(asyncio.Protocol):
             pipes.on_lost = control.close
             if control._transport is None:  # it ended meanwhile
                 pipes.close()
+            elif pipes.is_closing():  # so did they
+                control.close()
 
     # ---- frames in ----
 
