@@ -967,14 +967,14 @@ fn receive_descriptors(fd: RawFd) -> io::Result<(usize, Vec<OwnedFd>)> {
     message.msg_iovlen = 1;
     message.msg_control = control.as_mut_ptr().cast();
     message.msg_controllen = space as _;
+    // Close-on-exec as they arrive where the system can; else just after
+    // (below), which a fork on another thread in between could miss.
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let flags = libc::MSG_DONTWAIT;
     // SAFETY: `message` points at buffers that outlive the call.
-    let read = unsafe {
-        libc::recvmsg(
-            fd,
-            &mut message,
-            libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT,
-        )
-    };
+    let read = unsafe { libc::recvmsg(fd, &mut message, flags) };
     let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
     let mut descriptors = Vec::new();
     // SAFETY: the headers are walked as the kernel wrote them, within
@@ -999,16 +999,22 @@ fn receive_descriptors(fd: RawFd) -> io::Result<(usize, Vec<OwnedFd>)> {
             "the worker handed more descriptors over than the lane's two pipes",
         ));
     }
+    for descriptor in &descriptors {
+        set_flag(descriptor, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC)?;
+    }
     Ok((read, descriptors))
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0
-        // SAFETY: as above.
-        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    set_flag(fd, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK)
+}
+
+/// Adds `flag` to the flags of `fd` that `get` reads and `set` writes.
+fn set_flag(fd: &OwnedFd, get: libc::c_int, set: libc::c_int, flag: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), get) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), set, flags | flag) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -1921,7 +1927,7 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors, which are ours.
         unsafe {
-            assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
             (
                 std::os::fd::FromRawFd::from_raw_fd(fds[0]),
                 std::os::fd::FromRawFd::from_raw_fd(fds[1]),
@@ -2109,7 +2115,12 @@ mod tests {
             // which the reader reads.
             let frame = peer.next().await;
             assert_eq!(start_of(&frame).message, b"request");
-            assert!(is_pipe(adopted(&mut inbounds).await.fd()));
+            let inbound = adopted(&mut inbounds).await;
+            assert!(is_pipe(inbound.fd()));
+            // Close-on-exec: no program the process starts holds it.
+            // SAFETY: fcntl with integer arguments.
+            let flags = unsafe { libc::fcntl(inbound.fd(), libc::F_GETFD) };
+            assert_ne!(flags & libc::FD_CLOEXEC, 0);
             peer.send(frame.call, lane_frame::Body::Message(b"response".to_vec()))
                 .await;
             assert_eq!(
