@@ -808,7 +808,8 @@ impl Drop for Connection {
     }
 }
 
-/// The writing side of a connection's socket.
+/// The writing side of a connection: its socket, or the pipe the worker
+/// reads.
 enum Socket {
     /// A connection read by a task, which has the reading half.
     Task(OwnedWriteHalf),
