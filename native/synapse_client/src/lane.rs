@@ -908,10 +908,12 @@ fn write_pipe(to_worker: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
 /// the worker reads and the pipe it writes. Fails when the worker closes
 /// the socket instead (it refused the hello's token) or hands over
 /// anything but two descriptors.
-async fn pipes(stream: UnixStream, hello: LaneHello) -> io::Result<(UnixStream, OwnedFd, OwnedFd)> {
+async fn pipes(
+    mut stream: UnixStream,
+    hello: LaneHello,
+) -> io::Result<(UnixStream, OwnedFd, OwnedFd)> {
     use tokio::io::AsyncWriteExt;
 
-    let mut stream = stream;
     stream
         .write_all(&encode([(0, lane_frame::Body::Hello(hello))]))
         .await?;

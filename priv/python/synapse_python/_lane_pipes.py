@@ -65,8 +65,8 @@ async def serve(reads: int, writes: int, protocol: asyncio.Protocol) -> Pipes:
         # Writing first: the protocol may answer the first bytes it reads.
         writing, _ = await loop.connect_write_pipe(lambda: _Writing(pipes), writing_file)
         pipes.writing = writing
-        reading, _ = await loop.connect_read_pipe(lambda: _Reading(pipes), reading_file)
-        pipes.reading = reading
+        # Its protocol's `connection_made` sets `pipes.reading`.
+        await loop.connect_read_pipe(lambda: _Reading(pipes), reading_file)
     except BaseException:
         pipes.abort()
         reading_file.close()
@@ -125,7 +125,7 @@ class Pipes(asyncio.Transport):
     # ---- what the two transports' protocols call ----
 
     def made(self) -> None:
-        if not self._made and not self._lost and self.reading is not None:
+        if not self._made and not self._lost:
             self._made = True
             self._protocol.connection_made(self)
 
