@@ -59,11 +59,20 @@ class LaneClient:
         self._reading = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, path: Path, *, pipes: bool = False, token: str = "") -> LaneClient:
+    async def connect(
+        cls, path: Path, *, pipes: bool = False, token: str = "", threads: bool = False
+    ) -> LaneClient:
+        """A client of the lane at `path`; with `pipes` or `threads`, whose
+        hello (with `token`, if any) asks for them."""
         if not pipes:
             reader, writer = await asyncio.open_unix_connection(str(path))
-            return cls(reader, writer)
-        control, to_worker, from_worker = await ask_for_pipes(path, token)
+            client = cls(reader, writer)
+            if threads or token:
+                authorization = f"Bearer {token}" if token else ""
+                hello = lane_pb2.LaneHello(authorization=authorization, threads=threads)
+                client.send(lane_pb2.LaneFrame(call=0, hello=hello))
+            return client
+        control, to_worker, from_worker = await ask_for_pipes(path, token, threads=threads)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(
@@ -111,13 +120,17 @@ class LaneClient:
             self.control.close()
 
 
-async def ask_for_pipes(path: Path, token: str = "") -> tuple[socket.socket, int, int]:
-    """Connects to the lane at `path` and asks for pipes, with `token`: the
-    socket, and the two pipes' ends the worker hands over (the one it
-    reads, the one it writes). Raises `ConnectionError` if it hands none."""
+async def ask_for_pipes(
+    path: Path, token: str = "", *, threads: bool = False
+) -> tuple[socket.socket, int, int]:
+    """Connects to the lane at `path` and asks for pipes (and `threads`),
+    with `token`: the socket, and the two pipes' ends the worker hands over
+    (the one it reads, the one it writes). Raises `ConnectionError` if it
+    hands none."""
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     control.connect(str(path))
-    hello = lane_pb2.LaneHello(pipes=True, authorization=f"Bearer {token}" if token else "")
+    authorization = f"Bearer {token}" if token else ""
+    hello = lane_pb2.LaneHello(pipes=True, threads=threads, authorization=authorization)
     data = lane_pb2.LaneFrame(hello=hello).SerializeToString()
     control.sendall(HEADER.pack(len(data)) + data)
     control.settimeout(5)

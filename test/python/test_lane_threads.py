@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import socket
 import sys
 import textwrap
 import time
@@ -24,13 +25,13 @@ import grpc
 import pytest
 
 from conftest import TOKEN
-from synapse_python import Worker, _lane, _lane_threads
+from synapse_python import Worker, _lane, _lane_blocking, _lane_threads
 from synapse_python._busy_wait import MAX_BUSY_WAIT_US
 from synapse_python._lane_frames import framed
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2
 from synapse_python._threads import SyncThreads, any_busy
 from synapse_python.bridge import BridgeService, generate, write
-from test_lane import LaneClient, status
+from test_lane import TRANSPORTS, LaneClient, status
 
 MODULE = "threaded_bridged"
 
@@ -121,12 +122,15 @@ def service() -> BridgeService:
     return importlib.import_module(f"synapse_bridge_{MODULE}").SERVICE
 
 
-async def connect_threads(path: Path, *, authorization: str = "") -> LaneClient:
-    """A client of the lane whose hello asks for threads."""
-    client = await LaneClient.connect(path)
-    hello = lane_pb2.LaneHello(authorization=authorization, threads=True)
-    client.send(lane_pb2.LaneFrame(call=0, hello=hello))
-    return client
+async def connect_threads(path: Path, transport: str, *, token: str = "") -> LaneClient:
+    """A client of the lane whose hello asks for threads, on `transport`."""
+    return await LaneClient.connect(path, pipes=transport == "pipes", token=token, threads=True)
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """What the threads' connection goes on: most tests run on each."""
+    return str(request.param)
 
 
 class Lane:
@@ -158,15 +162,15 @@ def value(name: str, frame: lane_pb2.LaneFrame) -> Any:
 
 
 @pytest.fixture
-async def lane(functions: Any, tmp_path: Path) -> AsyncIterator[Lane]:
-    lane = await start_lane(tmp_path, max_threads=4)
+async def lane(functions: Any, tmp_path: Path, transport: str) -> AsyncIterator[Lane]:
+    lane = await start_lane(tmp_path, transport, max_threads=4)
     yield lane
     functions.release.set()
     await lane.client.close()
     await lane.server.stop(None)
 
 
-async def start_lane(tmp_path: Path, *, max_threads: int, **options: Any) -> Lane:
+async def start_lane(tmp_path: Path, transport: str, *, max_threads: int, **options: Any) -> Lane:
     stuck: list[int] = []
     pool = SyncThreads(max_threads=max_threads, on_stuck=stuck.append)
     bridge = service()
@@ -174,7 +178,7 @@ async def start_lane(tmp_path: Path, *, max_threads: int, **options: Any) -> Lan
     handlers = {f"/{bridge.name}/{rpc}": handler for rpc, handler in table.items()}
     server = _lane.LaneServer(handlers, max_message_bytes=1 << 20, threads=pool, **options)
     await server.start(str(tmp_path / "lane.sock"))
-    lane = Lane(server, pool, await connect_threads(tmp_path / "lane.sock"))
+    lane = Lane(server, pool, await connect_threads(tmp_path / "lane.sock", transport))
     lane.stuck = stuck
     return lane
 
@@ -295,9 +299,9 @@ def start_frame(call: int, name: str, *, deadline: float = 0, **arguments: Any) 
 
 
 async def test_a_call_waiting_for_a_thread_past_its_deadline_never_runs(
-    functions: Any, tmp_path: Path
+    functions: Any, tmp_path: Path, transport: str
 ) -> None:
-    lane = await start_lane(tmp_path, max_threads=1)
+    lane = await start_lane(tmp_path, transport, max_threads=1)
     try:
         client = lane.client
         # Read together: the one thread runs the first, the second waits.
@@ -327,8 +331,10 @@ async def test_a_call_waiting_for_a_thread_past_its_deadline_never_runs(
         await lane.server.stop(None)
 
 
-async def test_threads_are_bounded_by_the_pools_maximum(functions: Any, tmp_path: Path) -> None:
-    lane = await start_lane(tmp_path, max_threads=2)
+async def test_threads_are_bounded_by_the_pools_maximum(
+    functions: Any, tmp_path: Path, transport: str
+) -> None:
+    lane = await start_lane(tmp_path, transport, max_threads=2)
     try:
         client = lane.client
         calls = [await lane.call("block", tag=str(i)) for i in range(4)]
@@ -375,7 +381,7 @@ async def test_a_lost_connection_abandons_its_calls_and_its_threads_end(
     await eventually(lambda: lane.pool.stuck == 0)
     await no_frame_for(lane.client, call)
     (gone,) = closed
-    assert gone._threads == 0 and gone._sock_closed
+    assert gone._threads == 0 and gone._ends_closed
 
 
 async def test_messages_over_the_maximum_size_are_refused_both_ways(lane: Lane) -> None:
@@ -393,11 +399,11 @@ async def test_messages_over_the_maximum_size_are_refused_both_ways(lane: Lane) 
 
 
 async def test_a_broken_client_is_dropped_and_other_connections_go_on(
-    lane: Lane, tmp_path: Path
+    lane: Lane, tmp_path: Path, transport: str
 ) -> None:
     lane.client.writer.write(b"\x00\x00\x00\x03abc")
     await asyncio.wait_for(lane.client.closed.wait(), 5)
-    other = await connect_threads(tmp_path / "lane.sock")
+    other = await connect_threads(tmp_path / "lane.sock", transport)
     try:
         assert value("add", await other.next(other.start(*request("add", a=5, b=5)))) == 10
     finally:
@@ -430,9 +436,9 @@ async def test_a_running_call_counts_as_busy_for_the_loops_busy_wait(
 
 
 async def test_the_stop_waits_for_calls_within_its_grace_then_ends_them(
-    functions: Any, tmp_path: Path
+    functions: Any, tmp_path: Path, transport: str
 ) -> None:
-    lane = await start_lane(tmp_path, max_threads=4)
+    lane = await start_lane(tmp_path, transport, max_threads=4)
     client = lane.client
     try:
         answered = await lane.call("block", tag="answered")
@@ -456,12 +462,14 @@ async def test_the_stop_waits_for_calls_within_its_grace_then_ends_them(
     await eventually(lambda: lane.pool.stuck == 0)
 
 
-async def test_the_stop_lets_a_call_end_within_its_grace(functions: Any, tmp_path: Path) -> None:
-    await stop_while_a_call_ends_in_its_grace(functions, tmp_path)
+async def test_the_stop_lets_a_call_end_within_its_grace(
+    functions: Any, tmp_path: Path, transport: str
+) -> None:
+    await stop_while_a_call_ends_in_its_grace(functions, tmp_path, transport)
 
 
 async def test_the_stop_waits_for_the_answer_of_a_call_that_ended_within_its_grace(
-    functions: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    functions: Any, tmp_path: Path, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A thread held up between its call's end and its answer's write, as a
     # busy machine may hold it: the stop must not close the socket meanwhile.
@@ -473,13 +481,15 @@ async def test_the_stop_waits_for_the_answer_of_a_call_that_ended_within_its_gra
         write(connection, data)
 
     monkeypatch.setattr(_lane_threads.ThreadedConnection, "_write", late_write)
-    await stop_while_a_call_ends_in_its_grace(functions, tmp_path)
+    await stop_while_a_call_ends_in_its_grace(functions, tmp_path, transport)
 
 
-async def stop_while_a_call_ends_in_its_grace(functions: Any, tmp_path: Path) -> None:
+async def stop_while_a_call_ends_in_its_grace(
+    functions: Any, tmp_path: Path, transport: str
+) -> None:
     """The worker's stop, with a grace of 5 s, while a call runs that ends
     0.05 s into it: the call is answered, the stop ends, no thread is stuck."""
-    lane = await start_lane(tmp_path, max_threads=4)
+    lane = await start_lane(tmp_path, transport, max_threads=4)
     client = lane.client
     try:
         call = await lane.call("block", tag="in time")
@@ -496,18 +506,23 @@ async def stop_while_a_call_ends_in_its_grace(functions: Any, tmp_path: Path) ->
 
 
 async def test_a_worker_serves_threads_connections_with_its_token_and_threads(
-    bridged: Path, functions: Any, tmp_path: Path
+    bridged: Path, functions: Any, tmp_path: Path, transport: str
 ) -> None:
     worker = Worker(token=TOKEN)
     worker.load_bridge(MODULE)
     await worker.start(f"unix:{tmp_path / 'worker.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
     try:
-        refused = await connect_threads(tmp_path / "lane.sock")
-        refused.start(*request("add", a=1, b=1))
-        await asyncio.wait_for(refused.closed.wait(), 5)
-        await refused.close()
+        if transport == "pipes":
+            # Refused at its hello: no pipes are handed over.
+            with pytest.raises(ConnectionError):
+                await connect_threads(tmp_path / "lane.sock", transport)
+        else:
+            refused = await connect_threads(tmp_path / "lane.sock", transport)
+            refused.start(*request("add", a=1, b=1))
+            await asyncio.wait_for(refused.closed.wait(), 5)
+            await refused.close()
 
-        client = await connect_threads(tmp_path / "lane.sock", authorization=f"Bearer {TOKEN}")
+        client = await connect_threads(tmp_path / "lane.sock", transport, token=TOKEN)
         name = value("thread_name", await client.next(client.start(*request("thread_name"))))
         assert name == "synapse-lane-sync"
         call = client.start(*request("block", tag="stuck"), timeout=0.05)
@@ -523,14 +538,14 @@ async def test_a_worker_serves_threads_connections_with_its_token_and_threads(
 
 
 async def test_the_reading_thread_polls_for_the_next_call_with_a_busy_wait_budget(
-    functions: Any, tmp_path: Path
+    functions: Any, tmp_path: Path, transport: str
 ) -> None:
-    lane = await start_lane(tmp_path, max_threads=4, busy_wait=0.005)
+    lane = await start_lane(tmp_path, transport, max_threads=4, busy_wait=0.005)
     try:
         client = lane.client
         assert value("add", await client.next(await lane.call("add", a=0, b=0))) == 0
         (connection,) = lane.server._threaded
-        selector = connection._selector
+        selector = connection._ends.selector
         polls = []
         poll = selector._poll
         selector._poll = lambda *args: polls.append(1) or poll(*args)
@@ -543,7 +558,7 @@ async def test_the_reading_thread_polls_for_the_next_call_with_a_busy_wait_budge
 
 
 async def test_a_worker_gives_its_busy_wait_budget_to_the_reading_thread(
-    bridged: Path, tmp_path: Path
+    bridged: Path, tmp_path: Path, transport: str
 ) -> None:
     for wrong in (-1, MAX_BUSY_WAIT_US + 1):
         with pytest.raises(ValueError, match="busy_wait_us must be from 0 to"):
@@ -552,10 +567,96 @@ async def test_a_worker_gives_its_busy_wait_budget_to_the_reading_thread(
     worker.load_bridge(MODULE)
     await worker.start(f"unix:{tmp_path / 'worker.sock'}", lane=f"unix:{tmp_path / 'lane.sock'}")
     try:
-        client = await connect_threads(tmp_path / "lane.sock")
+        client = await connect_threads(tmp_path / "lane.sock", transport)
         assert value("add", await client.next(client.start(*request("add", a=1, b=1)))) == 2
         (connection,) = worker._lane._threaded
-        assert connection._selector._budget == 250e-6
+        assert connection._ends.selector._budget == 250e-6
         await client.close()
     finally:
         await worker.stop(grace=0)
+
+
+async def test_a_threads_connection_on_pipes_lives_as_long_as_its_socket(
+    functions: Any, tmp_path: Path
+) -> None:
+    lane = await start_lane(tmp_path, "pipes", max_threads=4)
+    client = lane.client
+    try:
+        assert value("add", await client.next(await lane.call("add", a=1, b=2))) == 3
+        (connection,) = lane.server._threaded
+        assert isinstance(connection._ends, _lane_blocking.BlockingPipes)
+        # Shutting the socket down ends the connection (as the NIF does when
+        # it lets go of one): the running call is abandoned, the threads end
+        # and the worker closes its pipes.
+        call = await lane.call("block", tag="shut")
+        await eventually(lambda: functions.ran == ["shut"])
+        assert client.control is not None
+        client.control.shutdown(socket.SHUT_RDWR)
+        await asyncio.wait_for(client.closed.wait(), 5)
+        await eventually(lambda: not lane.server._threaded)
+        assert lane.pool.stuck == 1
+        functions.release.set()
+        await eventually(lambda: connection._threads == 0 and lane.pool.stuck == 0)
+        assert connection._ends_closed
+        await no_frame_for(client, call)
+        await client.close()
+        # Bytes on the socket once the pipes are handed over end the connection too.
+        other = await connect_threads(tmp_path / "lane.sock", "pipes")
+        assert value("add", await other.next(other.start(*request("add", a=1, b=1)))) == 2
+        assert other.control is not None
+        other.control.sendall(b"\0\0\0\0")
+        await asyncio.wait_for(other.closed.wait(), 5)
+        await other.close()
+        # The pipes' end ends the socket: the worker shuts it down.
+        third = await connect_threads(tmp_path / "lane.sock", "pipes")
+        assert third.control is not None
+        third.writer.close()
+        third.control.settimeout(5)
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, third.control.recv, 1) == b""
+        await third.close()
+        await eventually(lambda: not lane.server._threaded)
+    finally:
+        functions.release.set()
+        await client.close()
+        await lane.server.stop(None)
+
+
+async def test_a_hello_asking_for_threads_on_pipes_is_alone_on_its_socket(
+    lane: Lane, tmp_path: Path
+) -> None:
+    client = lane.client
+    assert value("add", await client.next(await lane.call("add", a=1, b=2))) == 3
+    # Bytes after the hello on the socket: the client broke the protocol.
+    hello = lane_pb2.LaneFrame(hello=lane_pb2.LaneHello(threads=True, pipes=True))
+    broken = await LaneClient.connect(tmp_path / "lane.sock")
+    broken.writer.write(framed(hello) + framed(start_frame(1, "add", a=1, b=1)))
+    await asyncio.wait_for(broken.closed.wait(), 5)
+    await broken.close()
+    # No threads serve it; the other connection goes on.
+    assert len(lane.server._threaded) == 1
+    assert value("add", await client.next(await lane.call("add", a=2, b=2))) == 4
+
+
+async def test_the_stop_wakes_a_thread_writing_to_a_client_that_does_not_read(
+    functions: Any, tmp_path: Path, transport: str
+) -> None:
+    lane = await start_lane(tmp_path, transport, max_threads=2)
+    client = lane.client
+    try:
+        assert value("add", await client.next(await lane.call("add", a=1, b=2))) == 3
+        # The client stops reading: its buffers, then the pipe or socket,
+        # fill up, and the thread writing an answer waits for room.
+        client._reading.cancel()
+        (connection,) = lane.server._threaded
+        for _ in range(200):
+            await lane.call("repeat", text="x", times=64 * 1024)
+        await eventually(lambda: connection._ending > 0 and connection._write_lock.locked())
+        await asyncio.sleep(0.05)
+        assert connection._write_lock.locked()
+        # The stop does not wait for it: it shuts the connection, which wakes it.
+        await asyncio.wait_for(lane.server.stop(None), 5)
+        await eventually(lambda: connection._threads == 0)
+        assert connection._ends_closed and not connection._write_lock.locked()
+    finally:
+        await client.close()

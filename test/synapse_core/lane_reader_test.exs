@@ -100,6 +100,42 @@ defmodule SynapseCore.LaneReaderTest do
     assert [{_fd, _socket}] = lane_sockets(name)
   end
 
+  test "a sync Bridge function's calls take a connection of their own, on pipes it reads too" do
+    # The example's committed client, compiled under a name of this test's own.
+    examples = Path.expand("../../examples/bridge", __DIR__)
+    client = Module.concat(__MODULE__, MyModule)
+
+    examples
+    |> Path.join("lib/my_module.ex")
+    |> File.read!()
+    |> String.replace("defmodule MyModule do", "defmodule #{inspect(client)} do")
+    |> Code.compile_string()
+
+    name = :"my_module_#{System.unique_integer([:positive])}"
+
+    start_supervised!(
+      {SynapseCore.Bridge,
+       name: name,
+       module: "my_module",
+       python_path: [Path.join(examples, "priv/synapse_bridge"), examples]}
+    )
+
+    assert {:ok, "Hello, Alice! You are 30 years old."} =
+             apply(client, :process_data, [name, %{name: "Alice", age: 30}])
+
+    # process_data is sync: its connection's hello asks for threads and pipes.
+    assert [_ | _] = ports = ports(reader(name))
+    os_pid = worker_os_pid(name)
+
+    for port <- ports do
+      pipe = pipe_of(port)
+      assert [_] = open_on(pipe)
+      assert pipe in opened_by(os_pid)
+    end
+
+    assert length(lane_sockets(name)) == length(ports)
+  end
+
   test "the unary connection ending fails its calls; the next call connects again" do
     {name, os_pid, call, reader} = slow_run_in_flight()
     [port] = ports(reader)

@@ -2,8 +2,8 @@ defmodule SynapseCore.Channel.LaneReader do
   @moduledoc false
   # Reads a local worker's lane for the NIF: the connections of the
   # worker's unary calls (those its event loop answers, and those its
-  # threads answer) are read here, through a Port on each socket, rather
-  # than by a thread of the NIF. The schedulers poll a Port's descriptor
+  # threads answer) are read here, through a Port on the pipe each comes
+  # on, rather than by a thread of the NIF. The schedulers poll a Port's descriptor
   # themselves, so an answer wakes one scheduler, which reads it and, in
   # `Native.lane_received/2`, builds the caller's reply and sends it: no
   # thread hand-off between the worker's answer and its caller (see

@@ -43,9 +43,9 @@
 //! streamed calls keep a connection read by a task, where their responses
 //! are consumed.
 //!
-//! A lane made [`Lane::with_pipes`] as well carries the calls its worker's
-//! loop answers, those the [`Reader`] reads, on two pipes rather than on
-//! the socket: the connection's `hello` asks for them on the socket, and the
+//! A lane made [`Lane::with_pipes`] as well carries the connections its
+//! [`Reader`] reads (of the calls the worker's loop answers, and of those
+//! its threads answer) on two pipes each rather than on the socket: the connection's `hello` asks for them on the socket, and the
 //! worker hands over its two ends ([`pipes`]); the socket then carries
 //! nothing but stays open, the connection's life (shut down, it ends the
 //! connection for the worker as a socket connection's end does). The same
@@ -134,7 +134,8 @@ pub struct Lane {
     /// [`Answerer::Threads`]: read by the reader of `answers` if there is
     /// one, else by a task.
     threads: Slot,
-    /// Set by [`Lane::with_pipes`]: the connection of `answers` goes on pipes.
+    /// Set by [`Lane::with_pipes`]: the connections the reader of
+    /// `answers` reads go on pipes.
     pipes: bool,
 }
 
@@ -166,9 +167,9 @@ impl Lane {
         }
     }
 
-    /// The same lane, whose connection read by its [`Reader`] for the
-    /// calls the worker's loop answers (see [`Lane::with_reader`]) carries
-    /// its frames on two pipes the worker hands over (see [`pipes`]).
+    /// The same lane, whose connections read by its [`Reader`] (see
+    /// [`Lane::with_reader`]) carry their frames on two pipes each, which
+    /// the worker hands over (see [`pipes`]).
     #[must_use]
     pub fn with_pipes(mut self) -> Self {
         self.pipes = true;
@@ -437,10 +438,10 @@ impl Lane {
         match slot.as_ref() {
             Some(connection) if !connection.is_broken() => connection.clone(),
             _ => {
-                let opening = if self.pipes && reader.is_some() && answerer == Answerer::Loop {
+                let opening = if self.pipes && reader.is_some() {
                     Opening::Pipes(LaneHello {
                         authorization: self.authorization.clone().unwrap_or_default(),
-                        threads: false,
+                        threads: answerer == Answerer::Threads,
                         pipes: true,
                     })
                 } else {
@@ -2136,24 +2137,38 @@ mod tests {
                 peer.socket.try_read(&mut byte).unwrap_err().kind(),
                 io::ErrorKind::WouldBlock
             );
-            // A threads call keeps a socket connection of its own.
-            let (answer, _outcome) = told();
+            // A threads call takes a connection of its own, on pipes too,
+            // which the reader reads as well.
+            let (answer, mut outcome) = told();
             let _ticket = lane
                 .call("/p.S/T", vec![], None, Answerer::Threads, answer)
                 .ok()
                 .unwrap();
-            let mut threads = accept(&listener).await;
-            match threads.next().await.body {
-                Some(lane_frame::Body::Hello(hello)) => assert!(hello.threads && !hello.pipes),
-                other => panic!("expected a hello, got {other:?}"),
-            }
-            // The lane let go of, the connection ends for the worker: its
-            // socket is shut down, and the pipe it reads ends.
+            let (mut threads, hello) = accept_piped(&listener).await;
+            assert_eq!(
+                hello,
+                LaneHello {
+                    authorization: token.unwrap_or_default().into(),
+                    threads: true,
+                    pipes: true,
+                }
+            );
+            let frame = threads.next().await;
+            assert_eq!(start_of(&frame).method, "/p.S/T");
+            assert!(is_pipe(adopted(&mut inbounds).await.fd()));
+            threads
+                .send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
+                .await;
+            assert_eq!(outcome.recv().await, Some("response"));
+            // The lane let go of, both connections end for the worker: their
+            // sockets are shut down, and the pipes they read end.
             lane.close();
             drop(lane);
-            let mut rest = Vec::new();
-            assert_eq!(peer.socket.read_to_end(&mut rest).await.unwrap(), 0);
-            assert_eq!(peer.reads.read_to_end(&mut rest).await.unwrap(), 0);
+            for peer in [&mut peer, &mut threads] {
+                let mut rest = Vec::new();
+                assert_eq!(peer.socket.read_to_end(&mut rest).await.unwrap(), 0);
+                assert_eq!(peer.reads.read_to_end(&mut rest).await.unwrap(), 0);
+            }
             std::fs::remove_dir_all(dir).unwrap();
         }
     }

@@ -1,7 +1,7 @@
 //! The BEAM's side of reading a lane (`SynapseCore.Channel.LaneReader`):
 //! the connections of a local worker's unary calls are read by an Erlang
-//! process through a Port on each socket, so the schedulers poll them as
-//! they poll any Port's, and each answer is built and sent to its caller
+//! process through a Port on the pipe each comes on, so the schedulers
+//! poll them as they poll any Port's, and each answer is built and sent to its caller
 //! on the scheduler that read it: no thread of the NIF wakes between the
 //! worker's answer and its caller.
 //!

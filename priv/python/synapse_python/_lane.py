@@ -75,6 +75,7 @@ import grpc
 from synapse_python import _auth, _lane_pipes
 from synapse_python._awaitables import Later, is_awaitable
 from synapse_python._errors import ERROR_METADATA_KEY
+from synapse_python._lane_blocking import BlockingPipes, BlockingSocket
 from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
     FRAME_SLACK,
@@ -189,21 +190,29 @@ class LaneServer:
     def _connection(self) -> _Connection:
         return _Connection(self)
 
-    def hand_over(self, sock: socket.socket, data: bytes) -> None:
+    def hand_over(self, sock: socket.socket, data: bytes, pipes: tuple[int, int] | None) -> None:
         """Serves the connection of `sock` with threads (its hello asked for
-        them), starting with `data`, what was read after the hello."""
+        them), starting with `data`, what was read after the hello; on
+        `pipes` (the worker's ends, to read and to write) if it has them."""
         if self.stopping:
-            sock.close()  # its client sees the connection end, as a new one would
+            # Its client sees the connection end, as a new one would.
+            sock.close()
+            for fd in pipes or ():
+                os.close(fd)
             return
+        ends = (
+            BlockingSocket(sock, self._busy_wait)
+            if pipes is None
+            else BlockingPipes(*pipes, sock, self._busy_wait)
+        )
         connection = ThreadedConnection(
-            sock,
+            ends,
             self._in_thread,
             known=self._handlers,
             pool=self._threads,
             max_message_bytes=self._max_message_bytes,
             stopping=lambda: self.stopping,
             closed=self._threaded.discard,
-            busy_wait=self._busy_wait,
         )
         self._threaded.add(connection)
         connection.begin(data)
@@ -418,7 +427,7 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._dispatch(frame, kind)
                     if kind == "hello" and frame.hello.threads:
-                        self._hand_over(view[offset:size])
+                        self._hand_over(view[offset:size], pipes=frame.hello.pipes)
                         return
                     if kind == "hello" and frame.hello.pipes:
                         self._to_pipes(size - offset)
@@ -431,18 +440,28 @@ class _Connection(asyncio.Protocol):
             buffer += view[offset:]
             self._needed = needed
 
-    def _hand_over(self, rest: memoryview) -> None:
+    def _hand_over(self, rest: memoryview, *, pipes: bool) -> None:
         """The connection's hello asked for threads: they serve its socket
         from now on (`_lane_threads`), starting with `rest`, what was read
-        after the hello; this transport lets go of it."""
+        after the hello; this transport lets go of it. If the hello asked
+        for pipes too, the client gets its ends of two pipes first, and the
+        threads serve the worker's, with the socket for the connection's end."""
         transport = self._transport
-        if self.calls or self._outgoing or transport is None:
+        if self._began or self._outgoing or transport is None:
             raise ProtocolError("a hello asking for threads after calls")
         sock = transport.get_extra_info("socket")
-        # A descriptor of its own: the transport closes the one it has.
-        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        if pipes and rest:
+            raise ProtocolError("bytes on the socket after a hello asking for pipes")
+        fds = _lane_pipes.hand_over(sock) if pipes else None
+        try:
+            # A descriptor of its own: the transport closes the one it has.
+            duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        except BaseException:
+            for fd in fds or ():
+                os.close(fd)
+            raise
         duplicate.setblocking(True)
-        self._server.hand_over(duplicate, bytes(rest))
+        self._server.hand_over(duplicate, bytes(rest), fds)
         transport.abort()
 
     def _to_pipes(self, left: int) -> None:

@@ -4,9 +4,11 @@ A client may ask, in the `hello` it sends on the lane's socket, for the
 connection's frames to go on pipes: the worker makes two, hands the client
 the write end of the one it reads and the read end of the one it writes (one
 byte on the socket, the descriptors as SCM_RIGHTS), and serves the same
-`_lane._Connection` on its own ends. A pipe's read and write cost each side
-less than a Unix socket's for the same bytes (`bench/socket_readers.exs`),
-and a call on the lane is mostly those.
+`_lane._Connection` on its own ends (a connection whose hello asks for
+threads as well is served by those threads instead: `_lane_blocking`). A
+pipe's read and write cost each side less than a Unix socket's for the
+same bytes (`bench/socket_readers.exs`), and a call on the lane is mostly
+those.
 
 asyncio serves a pipe with two transports, one each way; `Pipes` joins them
 into the one transport a `_Connection` is written for. The socket stays

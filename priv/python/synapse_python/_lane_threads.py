@@ -5,7 +5,8 @@ connection the event loop reads wakes two sleeping threads: a pool thread to
 run it, and the loop again for the next call; on a virtual machine each
 wake-up costs tens of microseconds of CPU, several times the call itself.
 The client sends those calls on a connection of their own instead, whose
-hello says so, and the loop hands its socket over to threads here, which
+hello says so, and the loop hands the connection over to threads here
+(its socket, or the two pipes the hello asked for: `_lane_blocking`), which
 read it themselves: one thread reads (a blocking read), runs the calls it
 read one after the other, writing each answer as it has it, then reads
 again. A lone caller's call wakes that one thread, as a Port's process is
@@ -19,7 +20,7 @@ or a new one, up to the pool's `max_threads`. It also keeps the calls'
 deadlines, to within a tick as the loop's connections do: a call still
 waiting when its deadline passes is not run, one running is abandoned.
 With every thread running a call, nobody reads: later calls wait in the
-socket, as they would for a thread of the pool, and the client keeps their
+socket or pipe, as they would for a thread of the pool, and the client keeps their
 deadlines (it cancels a call whose deadline passed; read with its start, the
 cancel keeps it from running).
 
@@ -41,8 +42,6 @@ import asyncio
 import collections
 import contextvars
 import logging
-import selectors
-import socket
 import threading
 import time
 from collections.abc import Callable, Container, Mapping
@@ -51,7 +50,7 @@ from typing import Any
 import grpc
 
 from synapse_python._awaitables import is_awaitable
-from synapse_python._busy_wait import BusyWaitSelector
+from synapse_python._lane_blocking import BlockingPipes, BlockingSocket
 from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
     FRAME_SLACK,
@@ -67,7 +66,7 @@ from synapse_python._lane_frames import (
     too_large,
     unexpected,
 )
-from synapse_python._threads import SyncThreads, any_busy, track_busy
+from synapse_python._threads import SyncThreads, track_busy
 
 logger = logging.getLogger("synapse_python.lane")
 
@@ -90,13 +89,13 @@ _QUIET_TICKS = 50
 sleeps until a call starts (being woken costs the thread that starts it)."""
 
 _READ_BYTES = 256 * 1024
-"""The most one read takes from the socket."""
+"""The most one read takes from the connection."""
 
 _IDLE_TIMEOUT = 60.0
 """Seconds an idle thread waits for work before it ends (as the pool's)."""
 
 _READ = object()
-"""What a thread is handed when it is its turn to read the socket."""
+"""What a thread is handed when it is its turn to read the connection."""
 
 
 class _Call:
@@ -118,11 +117,11 @@ class _Call:
 class ThreadedConnection:
     """One client's connection of sync calls, served by threads of its own
     (see the module doc). Made on the event loop, which hands it the socket
-    and what it read after the hello (`begin`); `stop` ends it from there."""
+    or pipes and what it read after the hello (`begin`); `stop` ends it from there."""
 
     def __init__(
         self,
-        sock: socket.socket,
+        ends: BlockingSocket | BlockingPipes,
         methods: Mapping[str, Method],
         *,
         known: Container[str],
@@ -130,9 +129,8 @@ class ThreadedConnection:
         max_message_bytes: int,
         stopping: Callable[[], bool],
         closed: Callable[[ThreadedConnection], None],
-        busy_wait: float = 0.0,
     ) -> None:
-        self._sock = sock
+        self._ends = ends
         self._methods = methods
         # Every method of the worker, to say why one not answered here is refused.
         self._known = known
@@ -150,7 +148,7 @@ class ThreadedConnection:
         self._work = threading.Condition(self._lock)
         # The watcher waits here while no call comes.
         self._calls_come = threading.Condition(self._lock)
-        # Every write to the socket, and its closing, under this lock.
+        # Every write to the connection, and its closing, under this lock.
         self._write_lock = threading.Lock()
         # Touched only by the thread reading: what it has of a frame, and
         # what the loop read after the hello, to take before reading more.
@@ -160,7 +158,7 @@ class ThreadedConnection:
         self._running: dict[int, _Call] = {}
         # Writes of frames that end calls, taken under the lock and not yet
         # done: the calls have not ended for `drained` until they are (the
-        # stop that follows it closes the socket).
+        # stop that follows it closes the connection).
         self._ending = 0
         self._reading = False
         self._threads = 0
@@ -172,14 +170,7 @@ class ThreadedConnection:
         self._closed = False  # no more frames are taken; the threads end
         # The descriptor is let go of once closed and nobody reads it.
         self._released = False
-        self._sock_closed = False
-        # With a busy-wait budget, the thread that reads polls the socket
-        # that long before it sleeps, as the worker's event loop does (see
-        # `_busy_wait`): a lone caller's next call then finds it awake.
-        self._selector: BusyWaitSelector | None = None
-        if busy_wait:
-            self._selector = BusyWaitSelector(busy_wait, may_poll=lambda: not any_busy())
-            self._selector.register(sock, selectors.EVENT_READ)
+        self._ends_closed = False
         track_busy(self)
 
     @property
@@ -230,11 +221,9 @@ class ThreadedConnection:
         # that does not read (that thread's write may never end).
         if ended and self._write_lock.acquire(timeout=_TICK * 50):
             try:
-                if not self._sock_closed:
-                    # What it does not take is cut short: the socket closes next.
-                    self._sock.send(ended, socket.MSG_DONTWAIT)
-            except OSError:
-                pass
+                if not self._ends_closed:
+                    # What it does not take is cut short: the connection closes next.
+                    self._ends.write_now(ended)
             finally:
                 self._write_lock.release()
         self._close()
@@ -303,13 +292,11 @@ class ThreadedConnection:
         return None
 
     def _read(self) -> None:
-        """Reads what the socket has (waiting for it), and takes its frames."""
+        """Reads what the connection has (waiting for it), and takes its frames."""
         data, self._handed = self._handed, b""
         if not data:
             try:
-                if self._selector is not None:
-                    self._selector.select(None)
-                data = self._sock.recv(_READ_BYTES)
+                data = self._ends.read(_READ_BYTES)
             except OSError as exc:
                 logger.debug("reading a lane connection failed: %s", exc)
         refused = b""
@@ -520,7 +507,7 @@ class ThreadedConnection:
                     self._add_thread()
         return b"".join(expired)
 
-    # ---- the socket ----
+    # ---- the socket or pipes ----
 
     def _ended_written(self, data: bytes) -> None:
         """Writes `data`, frames that end calls (counted in `_ending` when
@@ -538,17 +525,17 @@ class ThreadedConnection:
         if not data:
             return
         with self._write_lock:
-            if self._sock_closed:
+            if self._ends_closed:
                 return
             try:
-                self._sock.sendall(data)
+                self._ends.write(data)
             except OSError as exc:  # the client left: its read says so
                 logger.debug("writing to a lane connection failed: %s", exc)
 
     def _close(self) -> None:
         """Takes no more frames; calls still waiting are dropped, those
-        running abandoned (the client expects nothing more), the socket shut
-        down (a thread blocked reading it wakes: it calls this again) and,
+        running abandoned (the client expects nothing more), the connection
+        shut (a thread blocked reading it wakes: it calls this again) and,
         once nobody reads it, closed."""
         with self._lock:
             first = not self._closed
@@ -560,22 +547,17 @@ class ThreadedConnection:
                 self._settle_drained()
                 self._work.notify_all()
                 self._calls_come.notify_all()
-            # Never while a thread is in `recv` on it: the descriptor could
-            # be reused under it.
+            # Never while a thread reads it: a descriptor could be reused
+            # under it.
             release = not self._reading and not self._released
             self._released = self._released or release
         if first:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # the client shut it already
+            self._ends.shut()
         if release:
             with self._write_lock:
-                # No thread writes on the descriptor after this (nor on whatever reuses it).
-                self._sock_closed = True
-                if self._selector is not None:
-                    self._selector.close()
-                self._sock.close()
+                # No thread writes on the descriptors after this (nor on whatever reuses them).
+                self._ends_closed = True
+                self._ends.close()
         if first:
             try:
                 self._loop.call_soon_threadsafe(self._on_closed, self)
