@@ -35,6 +35,17 @@ defmodule SynapseCore.LaneReaderTest do
     pipe
   end
 
+  # The pipes this VM holds an end of whose other end the process `os_pid`
+  # holds: the lane's (the worker shares no other pipe with the VM).
+  defp shared_pipes(os_pid) do
+    ours =
+      for fd <- File.ls!("/proc/self/fd"),
+          {:ok, "pipe:" <> _ = pipe} <- [File.read_link("/proc/self/fd/#{fd}")],
+          do: pipe
+
+    Enum.filter(Enum.uniq(ours), &(&1 in opened_by(os_pid)))
+  end
+
   # What the descriptors of the process `os_pid` are open on.
   defp opened_by(os_pid) do
     dir = "/proc/#{os_pid}/fd"
@@ -134,6 +145,19 @@ defmodule SynapseCore.LaneReaderTest do
     end
 
     assert length(lane_sockets(name)) == length(ports)
+  end
+
+  test "a streamed run's connection goes on pipes too, read by the NIF, not by a Port" do
+    name = start_fixture_agent!("echo_agent")
+    assert {:ok, %Result{}} = Agent.run_sync(name, "hi")
+    os_pid = worker_os_pid(name)
+    assert [_, _] = shared_pipes(os_pid)
+
+    assert [_ | _] = name |> Agent.run_stream("hi") |> Enum.to_list()
+    # Two more pipes, and a second socket: the stream's connection's.
+    assert [_, _, _, _] = shared_pipes(os_pid)
+    assert [_, _] = lane_sockets(name)
+    assert [_] = ports(reader(name))
   end
 
   test "the unary connection ending fails its calls; the next call connects again" do

@@ -43,10 +43,10 @@
 //! streamed calls keep a connection read by a task, where their responses
 //! are consumed.
 //!
-//! A lane made [`Lane::with_pipes`] as well carries the connections its
-//! [`Reader`] reads (of the calls the worker's loop answers, and of those
-//! its threads answer) on two pipes each rather than on the socket: the connection's `hello` asks for them on the socket, and the
-//! worker hands over its two ends ([`pipes`]); the socket then carries
+//! A lane made [`Lane::with_pipes`] carries each of its connections on two
+//! pipes rather than on the socket: the connection's `hello` asks for them
+//! on the socket, and the worker hands over its two ends ([`pipes`]); the
+//! socket then carries
 //! nothing but stays open, the connection's life (shut down, it ends the
 //! connection for the worker as a socket connection's end does). The same
 //! frames cost each side less on a pipe than on a Unix socket.
@@ -74,8 +74,8 @@ use futures_core::Stream;
 use prost::bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, Interest};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -134,8 +134,7 @@ pub struct Lane {
     /// [`Answerer::Threads`]: read by the reader of `answers` if there is
     /// one, else by a task.
     threads: Slot,
-    /// Set by [`Lane::with_pipes`]: the connections the reader of
-    /// `answers` reads go on pipes.
+    /// Set by [`Lane::with_pipes`]: every connection goes on pipes.
     pipes: bool,
 }
 
@@ -167,9 +166,8 @@ impl Lane {
         }
     }
 
-    /// The same lane, whose connections read by its [`Reader`] (see
-    /// [`Lane::with_reader`]) carry their frames on two pipes each, which
-    /// the worker hands over (see [`pipes`]).
+    /// The same lane, whose connections carry their frames on two pipes
+    /// each, which the worker hands over (see [`pipes`]).
     #[must_use]
     pub fn with_pipes(mut self) -> Self {
         self.pipes = true;
@@ -438,7 +436,7 @@ impl Lane {
         match slot.as_ref() {
             Some(connection) if !connection.is_broken() => connection.clone(),
             _ => {
-                let opening = if self.pipes && reader.is_some() {
+                let opening = if self.pipes {
                     Opening::Pipes(LaneHello {
                         authorization: self.authorization.clone().unwrap_or_default(),
                         threads: answerer == Answerer::Threads,
@@ -478,8 +476,7 @@ enum Opening {
     /// which carries the rest.
     Socket(Option<LaneHello>),
     /// With a `hello` asking for pipes, on the socket, and then the pipes
-    /// (see [`pipes`]), which carry the rest. Only for a connection read by
-    /// a [`Reader`].
+    /// (see [`pipes`]), which carry the rest.
     Pipes(LaneHello),
 }
 
@@ -819,10 +816,10 @@ enum Socket {
     /// (see [`Socket::writable`]): a registration would wake a tokio thread
     /// each time the worker reads, for nothing.
     External(std::os::unix::net::UnixStream),
-    /// A connection on pipes (see [`pipes`]), read by a [`Reader`] on the
-    /// other pipe: the pipe the worker reads (non-blocking, not registered
-    /// with tokio but while the writer waits, as above), and the socket,
-    /// which is the connection's life.
+    /// A connection on pipes (see [`pipes`]), read by a [`Reader`] or by
+    /// the connection's task on the other pipe: the pipe the worker reads
+    /// (non-blocking, not registered with tokio but while the writer
+    /// waits, as above), and the socket, which is the connection's life.
     Pipe {
         to_worker: OwnedFd,
         socket: std::os::unix::net::UnixStream,
@@ -1587,8 +1584,8 @@ async fn run(
     reader: Option<Arc<dyn Reader>>,
     piped: Option<LaneHello>,
 ) {
-    let reason = match (UnixStream::connect(&path).await, reader) {
-        (Ok(stream), None) => {
+    let reason = match (UnixStream::connect(&path).await, reader, piped) {
+        (Ok(stream), None, None) => {
             let (reader, writer) = stream.into_split();
             // Set once, here; frames sent meanwhile wait for the writer.
             let _ = output.socket.set(Socket::Task(writer));
@@ -1598,7 +1595,31 @@ async fn run(
                 reason = expire(&connection, &timer) => reason,
             }
         }
-        (Ok(stream), Some(reader)) => {
+        (Ok(stream), None, Some(hello)) => {
+            // As below: deadlines pass during the handover.
+            let opened = tokio::select! {
+                opened = piped_for_task(&output, stream, hello) => {
+                    opened.map_err(|e| format!("cannot read the lane at {}: {e}", path.display()))
+                }
+                reason = expire(&connection, &timer) => Err(reason),
+            };
+            match opened {
+                Ok(receiver) => {
+                    let reason = tokio::select! {
+                        reason = write(&output) => reason,
+                        reason = read(&connection, receiver, max_frame) => reason,
+                        reason = expire(&connection, &timer) => reason,
+                    };
+                    // The worker then closes its pipes.
+                    if let Some(socket) = output.socket.get() {
+                        socket.shutdown();
+                    }
+                    reason
+                }
+                Err(reason) => reason,
+            }
+        }
+        (Ok(stream), Some(reader), piped) => {
             // Calls wait for the pipes' handover (the worker's loop answers
             // it): their deadlines pass meanwhile, as on a connected socket.
             let opened = tokio::select! {
@@ -1624,11 +1645,26 @@ async fn run(
                 Err(reason) => reason,
             }
         }
-        (Err(e), _) => format!("cannot connect to the lane at {}: {e}", path.display()),
+        (Err(e), _, _) => format!("cannot connect to the lane at {}: {e}", path.display()),
     };
     if let Some(connection) = connection.upgrade() {
         connection.break_off(reason);
     }
+}
+
+/// Sets a connection on pipes up for its task (see [`pipes`]): the task
+/// writes the one and reads the other.
+async fn piped_for_task(
+    output: &Output,
+    stream: UnixStream,
+    hello: LaneHello,
+) -> io::Result<tokio::net::unix::pipe::Receiver> {
+    let (stream, to_worker, from_worker) = pipes(stream, hello).await?;
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(from_worker)?;
+    let socket = stream.into_std()?;
+    // Set once, here; frames sent meanwhile wait for the writer.
+    let _ = output.socket.set(Socket::Pipe { to_worker, socket });
+    Ok(receiver)
 }
 
 /// Sets a connection up for a [`Reader`]: the connection's task keeps the
@@ -1741,7 +1777,7 @@ async fn write_all(output: &Output, socket: &Socket, mut bytes: &[u8]) -> io::Re
 
 async fn read(
     connection: &Weak<Connection>,
-    mut socket: OwnedReadHalf,
+    mut socket: impl AsyncRead + Unpin,
     max_frame: usize,
 ) -> String {
     let mut buffer = BytesMut::with_capacity(64 * 1024);
@@ -1762,7 +1798,7 @@ async fn read(
 
 /// Reads the next frame; `None` at a clean end of the stream.
 async fn next_frame(
-    socket: &mut OwnedReadHalf,
+    socket: &mut (impl AsyncRead + Unpin),
     buffer: &mut BytesMut,
     max_frame: usize,
 ) -> Result<Option<LaneFrame>, String> {
@@ -2160,11 +2196,33 @@ mod tests {
                 .send(frame.call, lane_frame::Body::Message(b"ok".to_vec()))
                 .await;
             assert_eq!(outcome.recv().await, Some("response"));
-            // The lane let go of, both connections end for the worker: their
-            // sockets are shut down, and the pipes they read end.
+            // A stream takes a connection of its own, on pipes too, which
+            // its task reads.
+            let streamed = {
+                let lane = lane.clone();
+                tokio::spawn(async move {
+                    let mut responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
+                    let first = responses.message().await;
+                    (first, responses.message().await)
+                })
+            };
+            let (mut streams, hello) = accept_piped(&listener).await;
+            assert!(!hello.threads);
+            let frame = streams.next().await;
+            assert_eq!(start_of(&frame).method, "/p.S/S");
+            streams
+                .send(frame.call, lane_frame::Body::Message(b"m".to_vec()))
+                .await;
+            streams.send(frame.call, ok_status()).await;
+            let (first, end) = streamed.await.unwrap();
+            assert_eq!(first.unwrap(), Some(Bytes::from_static(b"m")));
+            assert_eq!(end.unwrap(), None);
+            assert!(inbounds.try_recv().is_err());
+            // The lane let go of, every connection ends for the worker:
+            // their sockets are shut down, and the pipes they read end.
             lane.close();
             drop(lane);
-            for peer in [&mut peer, &mut threads] {
+            for peer in [&mut peer, &mut threads, &mut streams] {
                 let mut rest = Vec::new();
                 assert_eq!(peer.socket.read_to_end(&mut rest).await.unwrap(), 0);
                 assert_eq!(peer.reads.read_to_end(&mut rest).await.unwrap(), 0);
@@ -2175,29 +2233,38 @@ mod tests {
 
     #[tokio::test]
     async fn a_calls_deadline_passes_while_the_worker_has_not_handed_its_pipes_over() {
-        let (lane, listener, dir, _inbounds) = lane_with_reader().await;
-        let lane = Arc::new(lane.with_pipes());
-        let call = {
-            let lane = lane.clone();
-            tokio::spawn(async move {
-                lane.unary("/p.S/M", vec![], Some(Duration::from_millis(200)))
-                    .await
-            })
-        };
-        // The worker reads the hello, and hands nothing over (its loop is busy).
-        let mut busy = accept(&listener).await;
-        assert!(matches!(
-            busy.next().await.body,
-            Some(lane_frame::Body::Hello(LaneHello { pipes: true, .. }))
-        ));
-        let status = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .expect("the deadline did not end the call")
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
-        drop(busy);
-        std::fs::remove_dir_all(dir).unwrap();
+        // On a connection a reader reads, and on one its task reads.
+        for with_reader in [true, false] {
+            let (lane, listener, dir) = lane(None).await;
+            let (adopted, _inbounds) = mpsc::unbounded_channel();
+            let lane = if with_reader {
+                lane.with_reader(Arc::new(PollingReader(adopted)))
+            } else {
+                lane
+            };
+            let lane = Arc::new(lane.with_pipes());
+            let call = {
+                let lane = lane.clone();
+                tokio::spawn(async move {
+                    lane.unary("/p.S/M", vec![], Some(Duration::from_millis(200)))
+                        .await
+                })
+            };
+            // The worker reads the hello, and hands nothing over (its loop is busy).
+            let mut busy = accept(&listener).await;
+            assert!(matches!(
+                busy.next().await.body,
+                Some(lane_frame::Body::Hello(LaneHello { pipes: true, .. }))
+            ));
+            let status = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("the deadline did not end the call")
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+            drop(busy);
+            std::fs::remove_dir_all(dir).unwrap();
+        }
     }
 
     #[tokio::test]
