@@ -20,9 +20,9 @@ or a new one, up to the pool's `max_threads`. It also keeps the calls'
 deadlines, to within a tick as the loop's connections do: a call still
 waiting when its deadline passes is not run, one running is abandoned.
 With every thread running a call, nobody reads: later calls wait in the
-socket or pipe, as they would for a thread of the pool, and the client keeps their
-deadlines (it cancels a call whose deadline passed; read with its start, the
-cancel keeps it from running).
+socket or pipe, as they would for a thread of the pool, and the client
+keeps their deadlines (it cancels a call whose deadline passed; read with
+its start, the cancel keeps it from running).
 
 Each call keeps what a call of a sync function has on the loop's
 connections: exactly one end (its response, or a status: the `Refused` its
@@ -117,7 +117,8 @@ class _Call:
 class ThreadedConnection:
     """One client's connection of sync calls, served by threads of its own
     (see the module doc). Made on the event loop, which hands it the socket
-    or pipes and what it read after the hello (`begin`); `stop` ends it from there."""
+    or pipes and what it read after the hello (`begin`); `stop` ends it
+    from there."""
 
     def __init__(
         self,
@@ -168,7 +169,7 @@ class ThreadedConnection:
         # Futures of `drained`, settled on the loop once no call is left.
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closed = False  # no more frames are taken; the threads end
-        # The descriptor is let go of once closed and nobody reads it.
+        # The descriptors are let go of once closed and nobody reads them.
         self._released = False
         self._ends_closed = False
         track_busy(self)
