@@ -2133,24 +2133,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lane_with_pipes_carries_the_calls_its_reader_reads_on_the_pipes_it_asks_for() {
+    async fn a_lane_with_pipes_carries_each_connection_on_the_pipes_it_asks_for() {
         for token in [None, Some("Bearer secret")] {
             let (lane, listener, dir, mut inbounds) = lane_with_reader_and_token(token).await;
             let lane = Arc::new(lane.with_pipes());
+            // Each connection's hello, on the socket, asks for pipes, with
+            // the token if any.
+            let hello_of = |threads| LaneHello {
+                authorization: token.unwrap_or_default().into(),
+                threads,
+                pipes: true,
+            };
             let call = {
                 let lane = lane.clone();
                 tokio::spawn(async move { lane.unary("/p.S/M", b"request".to_vec(), None).await })
             };
-            // The hello, on the socket, asks for pipes, with the token if any.
             let (mut peer, hello) = accept_piped(&listener).await;
-            assert_eq!(
-                hello,
-                LaneHello {
-                    authorization: token.unwrap_or_default().into(),
-                    threads: false,
-                    pipes: true,
-                }
-            );
+            assert_eq!(hello, hello_of(false));
             // The call comes on the pipe, its answer goes back on the other,
             // which the reader reads.
             let frame = peer.next().await;
@@ -2181,14 +2180,7 @@ mod tests {
                 .ok()
                 .unwrap();
             let (mut threads, hello) = accept_piped(&listener).await;
-            assert_eq!(
-                hello,
-                LaneHello {
-                    authorization: token.unwrap_or_default().into(),
-                    threads: true,
-                    pipes: true,
-                }
-            );
+            assert_eq!(hello, hello_of(true));
             let frame = threads.next().await;
             assert_eq!(start_of(&frame).method, "/p.S/T");
             assert!(is_pipe(adopted(&mut inbounds).await.fd()));
@@ -2207,7 +2199,7 @@ mod tests {
                 })
             };
             let (mut streams, hello) = accept_piped(&listener).await;
-            assert!(!hello.threads);
+            assert_eq!(hello, hello_of(false));
             let frame = streams.next().await;
             assert_eq!(start_of(&frame).method, "/p.S/S");
             streams
