@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import operator
 import threading
 import time
@@ -17,8 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from conftest import AgentClient
-from synapse_python import Worker
-from synapse_python._threads import SyncThreads, any_busy
+from synapse_python import Worker, _threads
+from synapse_python._threads import SyncThreads, any_busy, track_busy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -54,6 +55,22 @@ def test_a_thread_running_a_call_is_busy_until_it_waits_for_the_next() -> None:
     while threads.busy and time.monotonic() < deadline:
         time.sleep(0.001)
     assert threads.busy == 0  # waiting for a call: it wants no GIL
+
+
+def test_busy_threads_are_counted_for_as_long_as_their_holder_lives() -> None:
+    class Holder:
+        busy = 0
+
+    before = len(_threads._busy)
+    holder = Holder()
+    track_busy(holder)
+    assert len(_threads._busy) == before + 1
+    holder.busy = 2
+    assert any_busy()
+    del holder
+    gc.collect()
+    # Its weak reference went with it.
+    assert len(_threads._busy) == before
 
 
 def test_a_call_cancelled_before_it_runs_never_runs() -> None:

@@ -131,20 +131,27 @@ class Busy(Protocol):
         ...
 
 
-_busy: weakref.WeakSet[Busy] = weakref.WeakSet()
+_busy: set[weakref.ref[Busy]] = set()
 """Every pool of this process, and every other holder of threads running
-user code, for `any_busy`."""
+user code, for `any_busy`: weak references, each of which removes itself
+once its holder is gone. (Not a `WeakSet`, whose iteration, in Python,
+cost several times this whole check, which runs before each poll of the
+worker's selectors.)"""
 
 
 def track_busy(threads: Busy) -> None:
     """Counts `threads` in `any_busy`, for as long as they are referenced."""
-    _busy.add(threads)
+    _busy.add(weakref.ref(threads, _busy.discard))
 
 
 def any_busy() -> bool:
     """Whether a thread of any pool of this process (or of the lane's) is
     running a call (or about to take one), and so may want the GIL."""
-    return any(threads.busy for threads in list(_busy))
+    for reference in tuple(_busy):  # a copy: another thread may add one
+        threads = reference()
+        if threads is not None and threads.busy:
+            return True
+    return False
 
 
 _Outcome = tuple[_Call, Any, BaseException | None]
