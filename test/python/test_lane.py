@@ -51,8 +51,10 @@ class LaneClient:
         control: socket.socket | None = None,
     ) -> None:
         self.reader, self.writer = reader, writer
-        # On pipes: the socket, which the connection lives as long as.
+        # On pipes: the socket, which the connection lives as long as, and
+        # the transport of the pipe read (the writer's closes the other).
         self.control = control
+        self.reading_pipe: asyncio.BaseTransport | None = None
         self.frames: dict[int, asyncio.Queue[lane_pb2.LaneFrame]] = defaultdict(asyncio.Queue)
         self.closed = asyncio.Event()
         self._next = 0
@@ -75,14 +77,16 @@ class LaneClient:
         control, to_worker, from_worker = await ask_for_pipes(path, token, threads=threads)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(
+        reading, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(from_worker, "rb", buffering=0)
         )
         transport, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, os.fdopen(to_worker, "wb", buffering=0)
         )
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        return cls(reader, writer, control)
+        client = cls(reader, writer, control)
+        client.reading_pipe = reading
+        return client
 
     async def _read(self) -> None:
         try:
@@ -116,8 +120,12 @@ class LaneClient:
     async def close(self) -> None:
         self.writer.close()
         self._reading.cancel()
+        if self.reading_pipe is not None:
+            self.reading_pipe.close()
         if self.control is not None:
             self.control.close()
+        # The transports let their descriptors go in a callback of their own.
+        await asyncio.sleep(0)
 
 
 async def ask_for_pipes(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import socket
 import sys
 import textwrap
@@ -660,3 +661,29 @@ async def test_the_stop_wakes_a_thread_writing_to_a_client_that_does_not_read(
         assert connection._ends_closed and not connection._write_lock.locked()
     finally:
         await client.close()
+
+
+async def test_threads_that_cannot_serve_the_pipes_let_every_descriptor_go(
+    functions: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lane = await start_lane(tmp_path, "pipes", max_threads=2)
+    assert value("add", await lane.client.next(await lane.call("add", a=1, b=1))) == 2
+    (first,) = lane.server._threaded
+    await lane.client.close()
+    await eventually(lambda: first._ends_closed)
+
+    def no_room(*args: Any) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_lane, "BlockingPipes", no_room)
+    opened = len(os.listdir("/proc/self/fd"))
+    try:
+        client = await connect_threads(tmp_path / "lane.sock", "pipes")
+        # The worker gave up on it: the client sees its pipe end.
+        await asyncio.wait_for(client.closed.wait(), 5)
+        await client.close()
+        assert not lane.server._threaded
+        # Neither side holds a descriptor of it any more.
+        await eventually(lambda: len(os.listdir("/proc/self/fd")) == opened)
+    finally:
+        await lane.server.stop(None)

@@ -195,16 +195,17 @@ class LaneServer:
         them), starting with `data`, what was read after the hello; on
         `pipes` (the worker's ends, to read and to write) if it has them."""
         if self.stopping:
-            # Its client sees the connection end, as a new one would.
-            sock.close()
-            for fd in pipes or ():
-                os.close(fd)
+            _let_go(sock, pipes)  # its client sees the connection end, as a new one would
             return
-        ends = (
-            BlockingSocket(sock, self._busy_wait)
-            if pipes is None
-            else BlockingPipes(*pipes, sock, self._busy_wait)
-        )
+        try:
+            ends = (
+                BlockingSocket(sock, self._busy_wait)
+                if pipes is None
+                else BlockingPipes(*pipes, sock, self._busy_wait)
+            )
+        except BaseException:
+            _let_go(sock, pipes)  # no descriptor left for the selector, say
+            raise
         connection = ThreadedConnection(
             ends,
             self._in_thread,
@@ -244,6 +245,13 @@ class LaneServer:
         if self._path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
+
+
+def _let_go(sock: socket.socket, pipes: tuple[int, int] | None) -> None:
+    """Closes a connection's socket, and its pipes if it has them."""
+    sock.close()
+    for fd in pipes or ():
+        os.close(fd)
 
 
 class _Deadlines:
