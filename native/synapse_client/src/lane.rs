@@ -2122,6 +2122,60 @@ mod tests {
         (lane, listener, dir, inbounds)
     }
 
+    /// The first two responses of a stream of "/p.S/S", which the worker
+    /// is to answer with one message, "m", and its end.
+    type StreamOfOne =
+        tokio::task::JoinHandle<(Result<Option<Bytes>, Status>, Result<Option<Bytes>, Status>)>;
+
+    fn stream_of_one(lane: &Arc<Lane>) -> StreamOfOne {
+        let lane = lane.clone();
+        tokio::spawn(async move {
+            let mut responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
+            let first = responses.message().await;
+            (first, responses.message().await)
+        })
+    }
+
+    /// The worker's side of [`stream_of_one`], on a socket or on pipes.
+    trait Answers {
+        async fn next(&mut self) -> LaneFrame;
+        async fn send(&mut self, call: u64, body: lane_frame::Body);
+    }
+
+    impl Answers for Peer {
+        async fn next(&mut self) -> LaneFrame {
+            Peer::next(self).await
+        }
+
+        async fn send(&mut self, call: u64, body: lane_frame::Body) {
+            Peer::send(self, call, body).await;
+        }
+    }
+
+    impl Answers for PipedPeer {
+        async fn next(&mut self) -> LaneFrame {
+            PipedPeer::next(self).await
+        }
+
+        async fn send(&mut self, call: u64, body: lane_frame::Body) {
+            PipedPeer::send(self, call, body).await;
+        }
+    }
+
+    async fn answer_stream_of_one(peer: &mut impl Answers) {
+        let frame = peer.next().await;
+        assert_eq!(start_of(&frame).method, "/p.S/S");
+        peer.send(frame.call, lane_frame::Body::Message(b"m".to_vec()))
+            .await;
+        peer.send(frame.call, ok_status()).await;
+    }
+
+    async fn assert_streamed_one(streamed: StreamOfOne) {
+        let (first, end) = streamed.await.unwrap();
+        assert_eq!(first.unwrap(), Some(Bytes::from_static(b"m")));
+        assert_eq!(end.unwrap(), None);
+    }
+
     /// Whether `fd` is a pipe.
     fn is_pipe(fd: RawFd) -> bool {
         // SAFETY: `stat` is written by fstat before it is read.
@@ -2190,25 +2244,11 @@ mod tests {
             assert_eq!(outcome.recv().await, Some("response"));
             // A stream takes a connection of its own, on pipes too, which
             // its task reads.
-            let streamed = {
-                let lane = lane.clone();
-                tokio::spawn(async move {
-                    let mut responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
-                    let first = responses.message().await;
-                    (first, responses.message().await)
-                })
-            };
+            let streamed = stream_of_one(&lane);
             let (mut streams, hello) = accept_piped(&listener).await;
             assert_eq!(hello, hello_of(false));
-            let frame = streams.next().await;
-            assert_eq!(start_of(&frame).method, "/p.S/S");
-            streams
-                .send(frame.call, lane_frame::Body::Message(b"m".to_vec()))
-                .await;
-            streams.send(frame.call, ok_status()).await;
-            let (first, end) = streamed.await.unwrap();
-            assert_eq!(first.unwrap(), Some(Bytes::from_static(b"m")));
-            assert_eq!(end.unwrap(), None);
+            answer_stream_of_one(&mut streams).await;
+            assert_streamed_one(streamed).await;
             assert!(inbounds.try_recv().is_err());
             // The lane let go of, every connection ends for the worker:
             // their sockets are shut down, and the pipes they read end.
@@ -2318,24 +2358,9 @@ mod tests {
         );
         adopted(&mut inbounds).await;
 
-        let streamed = {
-            let lane = lane.clone();
-            tokio::spawn(async move {
-                let mut responses = lane.server_streaming("/p.S/S", vec![], None).unwrap();
-                let first = responses.message().await;
-                (first, responses.message().await)
-            })
-        };
-        let mut streams = accept(&listener).await;
-        let frame = streams.next().await;
-        assert_eq!(start_of(&frame).method, "/p.S/S");
-        streams
-            .send(frame.call, lane_frame::Body::Message(b"m".to_vec()))
-            .await;
-        streams.send(frame.call, ok_status()).await;
-        let (first, end) = streamed.await.unwrap();
-        assert_eq!(first.unwrap(), Some(Bytes::from_static(b"m")));
-        assert_eq!(end.unwrap(), None);
+        let streamed = stream_of_one(&lane);
+        answer_stream_of_one(&mut accept(&listener).await).await;
+        assert_streamed_one(streamed).await;
         // The stream took no connection of the reader's.
         assert!(inbounds.try_recv().is_err());
         std::fs::remove_dir_all(dir).unwrap();
