@@ -3,7 +3,13 @@ defmodule SynapseCore.LaneReaderTest do
   # (SynapseCore.Channel.LaneReader), with a real worker: that the
   # connection it reads goes on pipes, what its loss does to the calls, and
   # that the descriptors it reads are let go of.
-  use ExUnit.Case, async: true
+  #
+  # Not async: finding the lane's sockets opens this VM's sockets with
+  # `:socket`, whose close clears O_NONBLOCK on the descriptor it shares
+  # (OTP 25), so no other test's socket may be in use meanwhile (a TCP
+  # listener of another test's, left blocking, once hung a scheduler in
+  # its accept). Only Unix sockets are opened at all.
+  use ExUnit.Case, async: false
 
   import SynapseCore.TestHelpers
 
@@ -60,10 +66,22 @@ defmodule SynapseCore.LaneReaderTest do
     {_state, data} = :sys.get_state(worker)
     lane = Path.join(data.dir, "lane.sock")
 
+    unix = unix_socket_inodes()
+
     for fd <- File.ls!("/proc/self/fd"),
-        {:ok, "socket:" <> _ = link} <- [File.read_link("/proc/self/fd/#{fd}")],
+        {:ok, "socket:[" <> inode = link} <- [File.read_link("/proc/self/fd/#{fd}")],
+        String.trim_trailing(inode, "]") in unix,
         peer(String.to_integer(fd)) == lane,
         do: {String.to_integer(fd), link}
+  end
+
+  # The inodes of the machine's Unix sockets (as strings).
+  defp unix_socket_inodes do
+    "/proc/net/unix"
+    |> File.read!()
+    |> String.split("\n", trim: true)
+    |> Enum.drop(1)
+    |> MapSet.new(&Enum.at(String.split(&1), 6))
   end
 
   # The path of the Unix socket the socket `fd` is connected to, if any.
