@@ -1589,58 +1589,31 @@ async fn run(
             let (reader, writer) = stream.into_split();
             // Set once, here; frames sent meanwhile wait for the writer.
             let _ = output.socket.set(Socket::Task(writer));
-            tokio::select! {
-                reason = write(&output) => reason,
-                reason = read(&connection, reader, max_frame) => reason,
-                reason = expire(&connection, &timer) => reason,
-            }
+            let reading = read(&connection, reader, max_frame);
+            until_ended(&connection, &output, &timer, reading).await
         }
         (Ok(stream), None, Some(hello)) => {
-            // As below: deadlines pass during the handover.
-            let opened = tokio::select! {
-                opened = piped_for_task(&output, stream, hello) => {
-                    opened.map_err(|e| format!("cannot read the lane at {}: {e}", path.display()))
-                }
-                reason = expire(&connection, &timer) => Err(reason),
-            };
-            match opened {
+            match handed_over(
+                &connection,
+                &timer,
+                &path,
+                piped_for_task(&output, stream, hello),
+            )
+            .await
+            {
                 Ok(receiver) => {
-                    let reason = tokio::select! {
-                        reason = write(&output) => reason,
-                        reason = read(&connection, receiver, max_frame) => reason,
-                        reason = expire(&connection, &timer) => reason,
-                    };
-                    // The worker then closes its pipes.
-                    if let Some(socket) = output.socket.get() {
-                        socket.shutdown();
-                    }
-                    reason
+                    let reading = read(&connection, receiver, max_frame);
+                    until_ended(&connection, &output, &timer, reading).await
                 }
                 Err(reason) => reason,
             }
         }
         (Ok(stream), Some(reader), piped) => {
-            // Calls wait for the pipes' handover (the worker's loop answers
-            // it): their deadlines pass meanwhile, as on a connected socket.
-            let opened = tokio::select! {
-                opened = external(&connection, &output, stream, piped, max_frame) => {
-                    opened.map_err(|e| format!("cannot read the lane at {}: {e}", path.display()))
-                }
-                reason = expire(&connection, &timer) => Err(reason),
-            };
-            match opened {
+            let opening = external(&connection, &output, stream, piped, max_frame);
+            match handed_over(&connection, &timer, &path, opening).await {
                 Ok(inbound) => {
                     reader.adopt(inbound.clone());
-                    let reason = tokio::select! {
-                        reason = write(&output) => reason,
-                        reason = inbound.wait() => reason,
-                        reason = expire(&connection, &timer) => reason,
-                    };
-                    // The reader sees the end of the stream and stops.
-                    if let Some(socket) = output.socket.get() {
-                        socket.shutdown();
-                    }
-                    reason
+                    until_ended(&connection, &output, &timer, inbound.wait()).await
                 }
                 Err(reason) => reason,
             }
@@ -1650,6 +1623,44 @@ async fn run(
     if let Some(connection) = connection.upgrade() {
         connection.break_off(reason);
     }
+}
+
+/// What `opening` sets up (a connection's pipes, or its reader's
+/// descriptor), or why it could not be. Calls wait for the pipes' handover
+/// (the worker's loop answers it): their deadlines pass meanwhile, as on a
+/// connected socket.
+async fn handed_over<T>(
+    connection: &Weak<Connection>,
+    timer: &Notify,
+    path: &std::path::Path,
+    opening: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, String> {
+    tokio::select! {
+        opened = opening => {
+            opened.map_err(|e| format!("cannot read the lane at {}: {e}", path.display()))
+        }
+        reason = expire(connection, timer) => Err(reason),
+    }
+}
+
+/// Writes, keeps the deadlines and lets `reading` read until one of them
+/// ends the connection; then shuts its socket down, so that the worker
+/// closes its pipes (and a reader sees the end of its stream).
+async fn until_ended(
+    connection: &Weak<Connection>,
+    output: &Output,
+    timer: &Notify,
+    reading: impl std::future::Future<Output = String>,
+) -> String {
+    let reason = tokio::select! {
+        reason = write(output) => reason,
+        reason = reading => reason,
+        reason = expire(connection, timer) => reason,
+    };
+    if let Some(socket) = output.socket.get() {
+        socket.shutdown();
+    }
+    reason
 }
 
 /// Sets a connection on pipes up for its task (see [`pipes`]): the task
