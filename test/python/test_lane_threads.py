@@ -263,6 +263,17 @@ async def test_many_calls_in_one_write_are_each_answered_once(lane: Lane) -> Non
     assert all(client.frames[call].empty() for call in calls)
 
 
+async def test_answers_larger_than_the_pipe_or_socket_arrive_whole(lane: Lane) -> None:
+    # Each is written in several parts, the thread waiting for room between them.
+    client = lane.client
+    calls = {
+        client.start(*request("repeat", text=f"{i}-", times=100_000)): f"{i}-" * 100_000
+        for i in range(4)
+    }
+    for call, expected in calls.items():
+        assert value("repeat", await client.next(call)) == expected
+
+
 async def test_a_long_call_does_not_hold_up_the_others(lane: Lane, functions: Any) -> None:
     client = lane.client
     blocked = await lane.call("block", tag="slow")

@@ -106,12 +106,19 @@ class BlockingPipes:
     def write(self, data: bytes) -> None:
         """All of `data`, waiting for room. Raises `OSError` (the client left,
         or `shut`)."""
-        view = memoryview(data)
+        try:
+            written = os.write(self._writes, data)
+        except BlockingIOError:
+            written = 0
+        if written == len(data):
+            return  # most writes: the pipe had room for it all
+        view = memoryview(data)[written:]
         while view:
+            self._wait_for_room()
             try:
                 view = view[os.write(self._writes, view) :]
             except BlockingIOError:
-                self._wait_for_room()
+                pass
 
     def _wait_for_room(self) -> None:
         waiting = select.poll()

@@ -246,16 +246,28 @@ class ThreadedConnection:
 
     def _serve(self) -> None:
         work: _Call | object | None = None
+        # A frame that ended a call has been written: counted down with the
+        # next thing to do, under one taking of the lock (per call, each
+        # taking is a good part of what a call costs the worker).
+        written = False
         try:
             while True:
                 with self._lock:
+                    if written:
+                        written = False
+                        self._ending -= 1
+                        if self._drain_waiters:
+                            self._settle_drained()
                     work = self._next()
                 if work is None:
                     return
                 if work is _READ:
                     self._read()
                 else:
-                    self._run(work)  # type: ignore[arg-type]
+                    frame = self._run(work)  # type: ignore[arg-type]
+                    if frame is not None:
+                        written = True
+                        self._write(frame)
                 work = None
         except BaseException:
             # Our own failure, never the function's (`_run` holds those): the
@@ -265,6 +277,9 @@ class ThreadedConnection:
                 self._threads -= 1
                 if work is _READ:
                     self._reading = False
+                if written:
+                    self._ending -= 1
+                    self._settle_drained()
             self._close()
 
     def _next(self) -> _Call | object | None:
@@ -349,10 +364,11 @@ class ThreadedConnection:
         """Under the lock: the calls `frames` start wait for a thread, their
         cancels abandon them; the statuses of the calls refused at once."""
         refused = []
+        now = time.monotonic()  # the calls of one read came together
         for frame in frames:
             kind = frame.WhichOneof("body")
             if kind == "start":
-                status = self._admit(frame.call, frame.start)
+                status = self._admit(frame.call, frame.start, now)
                 if status is not None:
                     refused.append(status)
             elif kind == "cancel":
@@ -363,9 +379,9 @@ class ThreadedConnection:
                 raise ProtocolError(f"a frame with no known body ({kind})")
         return b"".join(refused)
 
-    def _admit(self, call_id: int, start: Any) -> bytes | None:
-        """Under the lock: a call started, left waiting for a thread; or the
-        status it is refused with."""
+    def _admit(self, call_id: int, start: Any, now: float) -> bytes | None:
+        """Under the lock: a call started (read at `now`), left waiting for a
+        thread; or the status it is refused with."""
         if call_id in self._waiting or call_id in self._running:
             raise ProtocolError(f"call {call_id} started twice")
         method = start.method
@@ -380,7 +396,8 @@ class ThreadedConnection:
         if len(message) > self.max_message_bytes:
             details = too_large("Received", len(message), self.max_message_bytes)
             return status_frame(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
-        deadline = time.monotonic() + start.timeout_us / 1e6 if start.timeout_us else None
+        timeout_us = start.timeout_us
+        deadline = now + timeout_us / 1e6 if timeout_us else None
         self._waiting[call_id] = _Call(call_id, method, message, deadline)
         return None
 
@@ -421,7 +438,9 @@ class ThreadedConnection:
             call.abandoned = True
             self._pool.count_stuck(1)
 
-    def _run(self, call: _Call) -> None:
+    def _run(self, call: _Call) -> bytes | None:
+        """Runs `call`: the frame that ends it, counted in `_ending`, for the
+        thread to write; None when it was abandoned meanwhile."""
         answer, deserialize, serialize = self._methods[call.method]
         try:
             response = self._context.copy().run(answer, deserialize(call.message))
@@ -445,9 +464,9 @@ class ThreadedConnection:
             if call.abandoned:
                 self._pool.count_stuck(-1)
                 self._settle_drained()
-                return
+                return None
             self._ending += 1
-        self._ended_written(frame)
+        return frame
 
     def _watch(self) -> None:
         """The watcher (see the module doc)."""
