@@ -253,7 +253,7 @@ class ThreadedConnection:
         try:
             while True:
                 with self._lock:
-                    if written:
+                    if written:  # `_count_written`, written out: once per call
                         written = False
                         self._ending -= 1
                         if self._drain_waiters:
@@ -278,8 +278,7 @@ class ThreadedConnection:
                 if work is _READ:
                     self._reading = False
                 if written:
-                    self._ending -= 1
-                    self._settle_drained()
+                    self._count_written()
             self._close()
 
     def _next(self) -> _Call | object | None:
@@ -537,8 +536,15 @@ class ThreadedConnection:
             self._write(data)
         finally:
             with self._lock:
-                self._ending -= 1
-                self._settle_drained()
+                self._count_written()
+
+    def _count_written(self) -> None:
+        """Under the lock: frames counted in `_ending` have been written;
+        `drained` is settled if they were the last. (`_serve` does the same
+        inline, once per call.)"""
+        self._ending -= 1
+        if self._drain_waiters:
+            self._settle_drained()
 
     def _write(self, data: bytes) -> None:
         """Writes `data` (whole frames), unless the connection is closed."""
