@@ -1,8 +1,8 @@
 """What pydantic-ai's own run costs in the conditions a worker meets, in one process.
 
-    python bench/python/run_costs.py [--blocks N]
+    python bench/python/run_costs.py [--blocks N] [--groups idle,tool,worker]
 
-Two comparisons, each a median over N interleaved blocks of 100 runs (CPU time per
+Three comparisons, each a median over N interleaved blocks of 100 runs (CPU time per
 run, `time.process_time`), of `bench_agents`' TestModel agents:
 
 * idle: runs back to back, as in-process pydantic-ai runs in a benchmark loop,
@@ -11,9 +11,17 @@ run, `time.process_time`), of `bench_agents`' TestModel agents:
 * tool: a one-tool run with the tool on the agent, against the same tool given
   to the run in `toolsets=` (how a worker gave a run its Elixir tools), and
   joined to the agent's own tools for the run with `Agent.override(tools=...)`
-  (how it gives them now, see `synapse_python._client_tools`).
+  (how it gives them now, see `synapse_python._client_tools`);
+* worker: what the worker's own code adds to a run, with no transport: a
+  minimal run as `await agent.run(...)` against the same run made by the
+  worker's `_run.Run` from its `RunRequest` (its last event returned, as a
+  transport sends it), with and without the messages' JSON; and a one-tool
+  run whose tool awaits its answer, set on the next turn of the event loop,
+  against the worker's `Run` with that tool as a client tool, answered on
+  the next turn as a transport's reader answers it. This group needs the
+  worker's package (`priv/python`) on `PYTHONPATH`.
 
-No transport and no Synapse code runs here: this is the floor the paths
+The idle and tool groups run no Synapse code: they are the floor the paths
 benchmark's figures stand on.
 """
 
@@ -21,13 +29,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from bench_agents import PROMPT, minimal_agent, order_status_text, python_tool_agent
+from bench_agents import (
+    PROMPT,
+    TOOL_DESCRIPTION,
+    TOOL_PARAMETERS,
+    minimal_agent,
+    order_status_text,
+    python_tool_agent,
+)
 from pydantic_ai import Tool
 from pydantic_ai.toolsets import FunctionToolset
+
+Variants = dict[str, Callable[[], Awaitable[object]]]
 
 BLOCK = 100
 
@@ -37,7 +57,7 @@ async def order_status(order_id: int) -> str:
     return order_status_text(order_id)
 
 
-def _variants() -> dict[str, dict[str, Callable[[], Awaitable[object]]]]:
+def _variants() -> dict[str, Variants]:
     # Each built once, as a worker builds a run's tools once (from their JSON schema).
     toolset = FunctionToolset([Tool(order_status)])
     joined_tools = [*minimal_agent.toolsets[0].tools.values(), Tool(order_status)]  # type: ignore[attr-defined]
@@ -70,6 +90,92 @@ def _variants() -> dict[str, dict[str, Callable[[], Awaitable[object]]]]:
     }
 
 
+async def _worker_variants() -> Variants:
+    """The worker's `Run` against pydantic-ai's run alone (see the module doc).
+
+    Each contender's output is checked to be the same before anything is
+    timed: the comparison is of the same run.
+    """
+    try:
+        from synapse_python import _agents, _run
+        from synapse_python._proto.synapse.v1 import agent_pb2
+    except ImportError as exc:
+        sys.exit(f"the worker group needs priv/python on PYTHONPATH: {exc}")
+
+    registry = _agents.AgentRegistry()
+    registry.put(await _agents.load("minimal", minimal_agent))
+    loop = asyncio.get_running_loop()
+
+    async def awaiting_status(order_id: int) -> str:
+        """The shipping status of an order."""
+        answer = loop.create_future()
+        loop.call_soon(answer.set_result, order_status_text(order_id))
+        return await answer
+
+    own = list(minimal_agent.toolsets[0].tools.values())  # type: ignore[attr-defined]
+    awaiting_tools = [*own, Tool(awaiting_status, name="order_status")]
+    client_tool = agent_pb2.ToolDef(
+        name="order_status",
+        description=TOOL_DESCRIPTION,
+        parameters_json=json.dumps(TOOL_PARAMETERS).encode(),
+    )
+
+    def worker_run(tools: list[Any], *, messages: bool) -> Callable[[], Awaitable[object]]:
+        request = agent_pb2.RunRequest(
+            agent_id="minimal", prompt=PROMPT, tools=tools, omit_messages=not messages
+        )
+
+        async def run() -> object:
+            made: list[Any] = []
+
+            async def send(event: Any) -> None:
+                if event.WhichOneof("event") == "tool_request":
+                    asked = event.tool_request
+                    arguments = json.loads(asked.args_json)
+                    result = agent_pb2.ToolResult(
+                        request_id=asked.request_id,
+                        return_json=json.dumps(order_status_text(**arguments)).encode(),
+                    )
+                    loop.call_soon(made[0].deliver, agent_pb2.RunInput(tool_result=result))
+
+            made.append(_run.Run(registry, request, send, quiet=True))
+            last = await made[0].execute()
+            if last.WhichOneof("event") != "result":
+                raise RuntimeError(f"the worker's run failed: {last}")
+            return last.result.text
+
+        return run
+
+    async def alone() -> object:
+        return (await minimal_agent.run(PROMPT)).output
+
+    async def awaiting_tool() -> object:
+        with minimal_agent.override(tools=awaiting_tools):
+            return (await minimal_agent.run(PROMPT)).output
+
+    variants: Variants = {
+        "minimal: agent.run": alone,
+        "minimal: the worker's Run": worker_run([], messages=True),
+        "minimal: the worker's Run, messages: false": worker_run([], messages=False),
+        "one tool: agent.run, tool awaiting": awaiting_tool,
+        "one tool: the worker's Run, client tool": worker_run([client_tool], messages=True),
+        "one tool: the worker's Run, messages: false": worker_run([client_tool], messages=False),
+    }
+    outputs = {label: await run() for label, run in variants.items()}
+    firsts: dict[str, str] = {}
+    for label, output in outputs.items():
+        first = firsts.setdefault(_kind(label), label)
+        if output != outputs[first]:
+            raise RuntimeError(f"{label} answered {output!r}, {first} {outputs[first]!r}")
+    return variants
+
+
+def _kind(label: str) -> str:
+    """A contender's kind of run ("minimal: ..." is "minimal"), compared to
+    the first contender of its kind; a label with no kind is of the group's."""
+    return label.split(": ", 1)[0] if ": " in label else ""
+
+
 async def _cpu_per_run(run: Callable[[], Awaitable[object]]) -> float:
     """µs of CPU per run over one block (the sleep itself costs no CPU)."""
     started = time.process_time()
@@ -78,23 +184,39 @@ async def _cpu_per_run(run: Callable[[], Awaitable[object]]) -> float:
     return (time.process_time() - started) / BLOCK * 1e6
 
 
-async def main(blocks: int) -> None:
-    for name, contenders in _variants().items():
+GROUPS = ("idle", "tool", "worker")
+
+
+async def main(blocks: int, groups: list[str]) -> None:
+    every = _variants()
+    if "worker" in groups:
+        every["worker"] = await _worker_variants()
+    for name in groups:
+        contenders = every[name]
         for run in contenders.values():
             await _cpu_per_run(run)  # warm-up
         samples: dict[str, list[float]] = {label: [] for label in contenders}
         for _ in range(blocks):
             for label, run in contenders.items():
                 samples[label].append(await _cpu_per_run(run))
-        base_label = next(iter(contenders))
-        base = statistics.median(samples[base_label])
         print(f"== {name} (median of {blocks} blocks of {BLOCK} runs)")
+        bases: dict[str, tuple[str, float]] = {}
         for label, values in samples.items():
             cpu = statistics.median(values)
-            print(f"{label:>36}: {cpu:7.0f} µs CPU per run ({cpu / base:.2f} times {base_label})")
+            base_label, base = bases.setdefault(_kind(label), (label, cpu))
+            print(f"{label:>44}: {cpu:7.0f} µs CPU per run ({cpu / base:.2f} times {base_label})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=15)
-    asyncio.run(main(parser.parse_args().blocks))
+    parser.add_argument(
+        "--groups",
+        default=",".join(GROUPS),
+        help="the comparisons to run, comma-separated (default: all)",
+    )
+    args = parser.parse_args()
+    chosen = [group for group in args.groups.split(",") if group]
+    if unknown := [group for group in chosen if group not in GROUPS]:
+        parser.error(f"unknown groups {unknown}; the groups are {', '.join(GROUPS)}")
+    asyncio.run(main(args.blocks, chosen))
