@@ -253,11 +253,9 @@ class ThreadedConnection:
         try:
             while True:
                 with self._lock:
-                    if written:  # `_count_written`, written out: once per call
+                    if written:
                         written = False
-                        self._ending -= 1
-                        if self._drain_waiters:
-                            self._settle_drained()
+                        self._count_written()
                     work = self._next()
                 if work is None:
                     return
@@ -540,8 +538,7 @@ class ThreadedConnection:
 
     def _count_written(self) -> None:
         """Under the lock: frames counted in `_ending` have been written;
-        `drained` is settled if they were the last. (`_serve` does the same
-        inline, once per call.)"""
+        `drained` is settled if they were the last."""
         self._ending -= 1
         if self._drain_waiters:
             self._settle_drained()
