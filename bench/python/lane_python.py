@@ -101,14 +101,30 @@ def _bridge(how: str, directory: Path) -> Any:
     return importlib.import_module(server.stem).SERVICE
 
 
-async def _measure(how: str, batch: int, batches: int, rounds: int) -> dict[str, Any]:
+def _served(how: str) -> tuple[_lane.LaneServer, str, bytes]:
+    """A lane server of `lane_bench.add`'s bridge (see `_bridge`; busy wait
+    off, the server's default), its method and a request of it."""
     with tempfile.TemporaryDirectory() as directory:
         service = _bridge(how, Path(directory))
     _, table = service.handlers(SyncThreads())
-    [(method, _handler)] = table.items()
+    [method] = table
     function = service.ir.functions[0]
     request = service._codec.message_class(function.request)(a=20, b=22).SerializeToString()
-    server = _lane.LaneServer(table, max_message_bytes=4 << 20)
+    return _lane.LaneServer(table, max_message_bytes=4 << 20), method, request
+
+
+def _starts(method: str, request: bytes, first: int, count: int) -> bytes:
+    """The framed starts of calls `first` to `first + count - 1`, as one read."""
+    frames = []
+    for call in range(first, first + count):
+        start = lane_pb2.LaneStart(method=method, message=request, timeout_us=10_000_000)
+        frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
+        frames.append(_HEADER.pack(len(frame)) + frame)
+    return b"".join(frames)
+
+
+async def _measure(how: str, batch: int, batches: int, rounds: int) -> dict[str, Any]:
+    server, method, request = _served(how)
     connection = _lane._Connection(server)
     answers = _Answers()
     connection.connection_made(answers)
@@ -118,13 +134,8 @@ async def _measure(how: str, batch: int, batches: int, rounds: int) -> dict[str,
         nonlocal next_call
         made = []
         for _ in range(count):
-            frames = []
-            for call in range(next_call, next_call + batch):
-                start = lane_pb2.LaneStart(method=method, message=request, timeout_us=10_000_000)
-                frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
-                frames.append(_HEADER.pack(len(frame)) + frame)
+            made.append(_starts(method, request, next_call, batch))
             next_call += batch
-            made.append(b"".join(frames))
         return made
 
     async def serve(data: list[bytes]) -> None:
@@ -157,13 +168,7 @@ async def _measure(how: str, batch: int, batches: int, rounds: int) -> dict[str,
 
 
 async def _measure_threads(batch: int, batches: int, rounds: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as directory:
-        service = _bridge("threads", Path(directory))
-    _, table = service.handlers(SyncThreads())
-    [(method, _handler)] = table.items()
-    function = service.ir.functions[0]
-    request = service._codec.message_class(function.request)(a=20, b=22).SerializeToString()
-    server = _lane.LaneServer(table, max_message_bytes=4 << 20)
+    server, method, request = _served("threads")
     per_call = []
     for round_ in range(rounds + 2):  # a warm-up, the rounds, one profiled
         profiled = round_ == rounds + 1
@@ -230,12 +235,7 @@ def _client(writes: int, reads: int, method: str, request: bytes, batch: int, ba
     once and answered before the next; then it closes its pipe."""
     buffer = bytearray()
     for first in range(1, batches * batch, batch):
-        frames = []
-        for call in range(first, first + batch):
-            start = lane_pb2.LaneStart(method=method, message=request, timeout_us=10_000_000)
-            frame = lane_pb2.LaneFrame(call=call, start=start).SerializeToString()
-            frames.append(_HEADER.pack(len(frame)) + frame)
-        os.write(writes, b"".join(frames))
+        os.write(writes, _starts(method, request, first, batch))
         answered = 0
         while answered < batch:
             data = os.read(reads, 1 << 16)

@@ -1,8 +1,10 @@
 """`bench/python/lane_python.py` still drives the lane it measures.
 
 The script talks to `_lane._Connection` directly, with a transport of its
-own; a change to what the connection asks of its transport breaks it, and
-no other test would notice.
+own, or hands a connection of the worker's threads its pipes
+(`LaneServer.hand_over`) and a forked client of its own; a change to what
+the connection asks of its transport breaks it, and no other test would
+notice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from conftest import REPO
 SCRIPT = REPO / "bench" / "python" / "lane_python.py"
 
 
-@pytest.mark.parametrize("how", ["on_loop", "thread"])
+@pytest.mark.parametrize("how", ["on_loop", "thread", "threads"])
 def test_lane_python_answers_every_call(how: str) -> None:
     paths = [REPO / "priv" / "python", REPO / "bench" / "python"]
     command = [sys.executable, str(SCRIPT), "--how", how, "--batches", "20", "--rounds", "1"]
