@@ -1,9 +1,12 @@
 defmodule Mix.Tasks.Compile.SynapseNative do
   @shortdoc "Builds synapse_core's Rust NIF and shepherd with cargo"
   @moduledoc """
-  Builds the Cargo workspace (`native/synapse_native`, the NIF, and
-  `native/synapse_shepherd`, the port manager) and installs the results as
-  `priv/native/libsynapse_native.so` and `priv/bin/synapse-shepherd`.
+  Builds the Cargo workspace (`native/synapse_native`, the NIF,
+  `native/synapse_shepherd`, the port manager, and
+  `native/synapse_lane_core`, a CPython extension module for the workers)
+  and installs the results as `priv/native/libsynapse_native.so`,
+  `priv/bin/synapse-shepherd` and
+  `priv/python/synapse_python/_lane_core.abi3.so`.
 
   The build runs only when a Rust, Cargo or proto source is newer than the
   installed files, or when the build changed. The profile is `release` in
@@ -32,7 +35,7 @@ defmodule Mix.Tasks.Compile.SynapseNative do
     features = if Mix.env() == :test, do: ["synapse_native/test-nifs"], else: []
     build = Enum.join([profile | features], "+")
     stamp = stamp_path(root)
-    outputs = [nif_path(root), shepherd_path(root)]
+    outputs = [nif_path(root), shepherd_path(root), lane_core_path(root)]
 
     if stale?(root, outputs, stamp, build) do
       build(root, profile, features)
@@ -107,7 +110,8 @@ defmodule Mix.Tasks.Compile.SynapseNative do
         """)
 
     args =
-      ["build", "--locked", "-p", "synapse_native", "-p", "synapse_shepherd"] ++
+      ["build", "--locked"] ++
+        Enum.flat_map(~w(synapse_native synapse_shepherd synapse_lane_core), &["-p", &1]) ++
         if(profile == :release, do: ["--release"], else: []) ++
         Enum.flat_map(features, &["--features", &1])
 
@@ -129,15 +133,16 @@ defmodule Mix.Tasks.Compile.SynapseNative do
   defp install(root, profile) do
     target = Path.join(target_dir(root), Atom.to_string(profile))
 
-    built_nif =
-      Enum.find(
-        ["libsynapse_native.so", "libsynapse_native.dylib"],
-        &File.exists?(Path.join(target, &1))
-      )
-
-    built_nif || Mix.raise("cargo did not produce libsynapse_native in #{target}")
-    replace(Path.join(target, built_nif), nif_path(root))
+    replace(built_library(target, "synapse_native"), nif_path(root))
     replace(Path.join(target, "synapse-shepherd"), shepherd_path(root))
+    replace(built_library(target, "_lane_core"), lane_core_path(root))
+  end
+
+  defp built_library(target, name) do
+    Enum.find_value(
+      ["lib#{name}.so", "lib#{name}.dylib"],
+      fn file -> if File.exists?(Path.join(target, file)), do: Path.join(target, file) end
+    ) || Mix.raise("cargo did not produce lib#{name} in #{target}")
   end
 
   # A running VM may have the old library mapped: write a new file and rename
@@ -152,4 +157,8 @@ defmodule Mix.Tasks.Compile.SynapseNative do
 
   defp nif_path(root), do: Path.join(root, "priv/native/libsynapse_native.so")
   defp shepherd_path(root), do: Path.join(root, "priv/bin/synapse-shepherd")
+
+  # CPython loads a stable-ABI module by this suffix on Linux and macOS alike.
+  defp lane_core_path(root),
+    do: Path.join(root, "priv/python/synapse_python/_lane_core.abi3.so")
 end

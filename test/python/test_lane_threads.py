@@ -15,6 +15,7 @@ import importlib
 import json
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -26,7 +27,7 @@ import grpc
 import pytest
 
 from conftest import TOKEN
-from synapse_python import Worker, _lane, _lane_blocking, _lane_threads
+from synapse_python import Worker, _lane, _lane_blocking, _lane_threads, _lane_threads_core
 from synapse_python._busy_wait import MAX_BUSY_WAIT_US
 from synapse_python._lane_frames import framed
 from synapse_python._proto.synapse.v1 import agent_pb2, lane_pb2
@@ -126,6 +127,19 @@ def service() -> BridgeService:
 async def connect_threads(path: Path, transport: str, *, token: str = "") -> LaneClient:
     """A client of the lane whose hello asks for threads, on `transport`."""
     return await LaneClient.connect(path, pipes=transport == "pipes", token=token, threads=True)
+
+
+@pytest.fixture(autouse=True, params=["core", "python"])
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which connection serves the threads: every test runs on each (the
+    native bookkeeping where `_lane_core` is built, and the Python one)."""
+    if request.param == "core":
+        assert _lane_threads_core.UNAVAILABLE is None, _lane_threads_core.UNAVAILABLE
+        chosen: Any = _lane_threads_core.CoreConnection
+    else:
+        chosen = _lane_threads.ThreadedConnection
+    monkeypatch.setattr(_lane, "threads_connection", lambda: chosen)
+    return str(request.param)
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -354,7 +368,7 @@ async def test_threads_are_bounded_by_the_pools_maximum(
         await asyncio.sleep(0.05)  # many ticks: a third thread would have started
         assert len(functions.ran) == 2
         (connection,) = lane.server._threaded
-        assert connection._threads == 2
+        assert connection.threads == 2
         functions.release.set()
         answers = [value("block", await client.next(call)) for call in calls]
         assert answers == ["0", "1", "2", "3"]
@@ -393,7 +407,7 @@ async def test_a_lost_connection_abandons_its_calls_and_its_threads_end(
     await eventually(lambda: lane.pool.stuck == 0)
     await no_frame_for(lane.client, call)
     (gone,) = closed
-    assert gone._threads == 0 and gone._ends_closed
+    assert gone.threads == 0 and gone._ends_closed
 
 
 async def test_messages_over_the_maximum_size_are_refused_both_ways(lane: Lane) -> None:
@@ -608,7 +622,7 @@ async def test_a_threads_connection_on_pipes_lives_as_long_as_its_socket(
         await eventually(lambda: not lane.server._threaded)
         assert lane.pool.stuck == 1
         functions.release.set()
-        await eventually(lambda: connection._threads == 0 and lane.pool.stuck == 0)
+        await eventually(lambda: connection.threads == 0 and lane.pool.stuck == 0)
         assert connection._ends_closed
         await no_frame_for(client, call)
         await client.close()
@@ -663,12 +677,12 @@ async def test_the_stop_wakes_a_thread_writing_to_a_client_that_does_not_read(
         (connection,) = lane.server._threaded
         for _ in range(200):
             await lane.call("repeat", text="x", times=64 * 1024)
-        await eventually(lambda: connection._ending > 0 and connection._write_lock.locked())
+        await eventually(connection._write_lock.locked)
         await asyncio.sleep(0.05)
         assert connection._write_lock.locked()
         # The stop does not wait for it: it shuts the connection, which wakes it.
         await asyncio.wait_for(lane.server.stop(None), 5)
-        await eventually(lambda: connection._threads == 0)
+        await eventually(lambda: connection.threads == 0)
         assert connection._ends_closed and not connection._write_lock.locked()
     finally:
         await client.close()
@@ -698,3 +712,23 @@ async def test_threads_that_cannot_serve_the_pipes_let_every_descriptor_go(
         await eventually(lambda: len(os.listdir("/proc/self/fd")) == opened)
     finally:
         await lane.server.stop(None)
+
+
+def test_without_the_native_module_the_python_connection_serves() -> None:
+    # A worker's package copied where `_lane_core` was not built, or cannot
+    # load: the worker imports, and its threads' connections are the Python ones.
+    code = (
+        "import sys\n"
+        "sys.modules['synapse_python._lane_core'] = None\n"
+        "from synapse_python import _lane, _lane_threads, _lane_threads_core\n"
+        "assert _lane_threads_core.connection() is _lane_threads.ThreadedConnection\n"
+        "print(_lane_threads_core.UNAVAILABLE)\n"
+    )
+    package = str(Path(_lane_threads.__file__).parent.parent)
+    env = {**os.environ, "PYTHONPATH": package}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "_lane_core" in done.stdout
+    assert _lane_threads_core.connection() is _lane_threads_core.CoreConnection

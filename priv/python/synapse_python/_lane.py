@@ -92,8 +92,10 @@ from synapse_python._lane_frames import (
     too_large,
     unexpected,
 )
-from synapse_python._lane_threads import InThread, ThreadedConnection
+from synapse_python._lane_threads import InThread
 from synapse_python._lane_threads import Method as InThreadMethod
+from synapse_python._lane_threads_core import CoreConnection, ThreadedConnection
+from synapse_python._lane_threads_core import connection as threads_connection
 from synapse_python._threads import SyncThreads
 
 logger = logging.getLogger("synapse_python.lane")
@@ -166,7 +168,7 @@ class LaneServer:
         }
         # Whose bound and stuck count the threads connections' threads share.
         self._threads = threads if threads is not None else SyncThreads()
-        self._threaded: set[ThreadedConnection] = set()
+        self._threaded: set[ThreadedConnection | CoreConnection] = set()
         # Seconds the reading thread of a threads connection polls before it sleeps.
         self._busy_wait = busy_wait
         self._max_message_bytes = max_message_bytes
@@ -206,7 +208,7 @@ class LaneServer:
         except BaseException:
             _let_go(sock, pipes)  # no descriptor left for the selector, say
             raise
-        connection = ThreadedConnection(
+        threaded = threads_connection()(
             ends,
             self._in_thread,
             known=self._handlers,
@@ -215,8 +217,8 @@ class LaneServer:
             stopping=lambda: self.stopping,
             closed=self._threaded.discard,
         )
-        self._threaded.add(connection)
-        connection.begin(data)
+        self._threaded.add(threaded)
+        threaded.begin(data)
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new connections and calls; give those in flight `grace` seconds, then cancel."""
@@ -224,6 +226,8 @@ class LaneServer:
         if server is None:
             return
         self.stopping = True
+        for threaded in self._threaded:
+            threaded.refuse_new()
         server.close()
         calls = [call for connection in self._connections for call in connection.calls.values()]
         tasks = [call.task for call in calls if call.task is not None]

@@ -179,6 +179,11 @@ class ThreadedConnection:
         """Threads running a call (a moment's view): they may want the GIL."""
         return len(self._running)
 
+    @property
+    def threads(self) -> int:
+        """Threads serving the connection (a moment's view)."""
+        return self._threads
+
     def drained(self) -> asyncio.Future[None]:
         """Done once no call is left (those read have ended). On the loop."""
         drained = self._loop.create_future()
@@ -201,6 +206,10 @@ class ThreadedConnection:
             return
         with self._lock:
             self._add_thread()
+
+    def refuse_new(self) -> None:
+        """The worker stops: nothing to do here, where each call read asks
+        `stopping` as it comes."""
 
     def stop(self, reason: str = WORKER_STOPPING) -> None:
         """Ends every call UNAVAILABLE (`reason`), abandoning those running,
@@ -345,14 +354,14 @@ class ThreadedConnection:
             while size - offset >= 4:
                 (length,) = HEADER.unpack_from(buffer, offset)
                 if length > self._max_frame:
-                    raise frame_too_long(length, self._max_frame)
+                    raise protocol_error("too_long", length, self._max_frame)
                 end = offset + 4 + length
                 if end > size:
                     break
                 try:
                     frames.append(LaneFrame.FromString(view[offset + 4 : end]))
                 except Exception as exc:
-                    raise ProtocolError(f"a frame that does not parse: {exc}") from None
+                    raise protocol_error("unparsable", exc, self._max_frame) from None
                 offset = end
         del buffer[:offset]
         return frames
@@ -373,26 +382,23 @@ class ThreadedConnection:
             elif kind in ("message", "half_close", "credit", "hello"):
                 pass  # a unary call has its request; a second hello changes nothing
             else:
-                raise ProtocolError(f"a frame with no known body ({kind})")
+                raise protocol_error("no_known_body", kind, self._max_frame)
         return b"".join(refused)
 
     def _admit(self, call_id: int, start: Any, now: float) -> bytes | None:
         """Under the lock: a call started (read at `now`), left waiting for a
         thread; or the status it is refused with."""
         if call_id in self._waiting or call_id in self._running:
-            raise ProtocolError(f"call {call_id} started twice")
+            raise protocol_error("started_twice", call_id, self._max_frame)
         method = start.method
         if method not in self._methods:
-            if method in self._known:
-                details = f"{method} is not a sync function run by the worker's threads"
-                return status_frame(call_id, grpc.StatusCode.FAILED_PRECONDITION, details)
-            return status_frame(call_id, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
+            reason = "not_threaded" if method in self._known else "unknown"
+            return refusal(call_id, reason, method, 0, self.max_message_bytes)
         if self._stopping():
-            return status_frame(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
+            return refusal(call_id, "stopping", method, 0, self.max_message_bytes)
         message = start.message
         if len(message) > self.max_message_bytes:
-            details = too_large("Received", len(message), self.max_message_bytes)
-            return status_frame(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+            return refusal(call_id, "too_large", method, len(message), self.max_message_bytes)
         timeout_us = start.timeout_us
         deadline = now + timeout_us / 1e6 if timeout_us else None
         self._waiting[call_id] = _Call(call_id, method, message, deadline)
@@ -438,23 +444,16 @@ class ThreadedConnection:
     def _run(self, call: _Call) -> bytes | None:
         """Runs `call`: the frame that ends it, counted in `_ending`, for the
         thread to write; None when it was abandoned meanwhile."""
-        answer, deserialize, serialize = self._methods[call.method]
-        try:
-            response = self._context.copy().run(answer, deserialize(call.message))
-            if is_awaitable(response):  # a decorator hid a coroutine function
-                response = asyncio.run_coroutine_threadsafe(_awaited(response), self._loop).result()
-            data = serialize(response)
-        except Refused as refused:
-            frame = status_frame(call.id, refused.code, refused.details, refused.detail)
-        except Exception as exc:
-            logger.error("%s failed", call.method, exc_info=exc)
-            frame = status_frame(call.id, *unexpected(exc))
-        else:
-            if len(data) > self.max_message_bytes:
-                details = too_large("Sent", len(data), self.max_message_bytes)
-                frame = status_frame(call.id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
-            else:
-                frame = framed(LaneFrame(call=call.id, message=data))
+        data, ended = run_call(
+            self._methods[call.method],
+            call.id,
+            call.method,
+            call.message,
+            self._context,
+            self._loop,
+            self.max_message_bytes,
+        )
+        frame = data if ended else framed(LaneFrame(call=call.id, message=data))
         with self._lock:
             # Whoever takes the call out of `_running` ends it, exactly once.
             del self._running[call.id]
@@ -586,6 +585,71 @@ class ThreadedConnection:
                 self._loop.call_soon_threadsafe(self._on_closed, self)
             except RuntimeError:
                 pass  # the loop is closed: so is the worker
+
+
+def run_call(
+    method: Method,
+    call_id: int,
+    name: str,
+    message: bytes,
+    context: contextvars.Context,
+    loop: asyncio.AbstractEventLoop,
+    max_message_bytes: int,
+) -> tuple[bytes, bool]:
+    """Runs a call of `method` (named `name`) on `message`, in a copy of
+    `context`: its response message and False, or the frame of the status
+    it ends with and True (the function refused it, failed, or answered
+    over `max_message_bytes`)."""
+    answer, deserialize, serialize = method
+    try:
+        response = context.copy().run(answer, deserialize(message))
+        if is_awaitable(response):  # a decorator hid a coroutine function
+            response = asyncio.run_coroutine_threadsafe(_awaited(response), loop).result()
+        data: bytes = serialize(response)
+    except Refused as refused:
+        return status_frame(call_id, refused.code, refused.details, refused.detail), True
+    except Exception as exc:
+        logger.error("%s failed", name, exc_info=exc)
+        return status_frame(call_id, *unexpected(exc)), True
+    if len(data) > max_message_bytes:
+        details = too_large("Sent", len(data), max_message_bytes)
+        return status_frame(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details), True
+    return data, False
+
+
+def refusal(call_id: int, reason: str, method: str, size: int, max_message_bytes: int) -> bytes:
+    """The frame of the status a call is refused with as it is read, for
+    `reason`: its method is a known one not run by the threads
+    ("not_threaded"), an unknown one ("unknown"), the worker stops
+    ("stopping"), or its request of `size` bytes is over the maximum
+    ("too_large")."""
+    if reason == "not_threaded":
+        details = f"{method} is not a sync function run by the worker's threads"
+        return status_frame(call_id, grpc.StatusCode.FAILED_PRECONDITION, details)
+    if reason == "unknown":
+        return status_frame(call_id, grpc.StatusCode.UNIMPLEMENTED, METHOD_NOT_FOUND)
+    if reason == "stopping":
+        return status_frame(call_id, grpc.StatusCode.UNAVAILABLE, WORKER_STOPPING)
+    if reason == "too_large":
+        details = too_large("Received", size, max_message_bytes)
+        return status_frame(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+    raise ValueError(f"no refusal {reason!r}")
+
+
+def protocol_error(kind: str, detail: object, max_frame: int) -> ProtocolError:
+    """How the client broke the protocol, for `kind`: a frame's length over
+    `max_frame` ("too_long", `detail` the length), a frame that does not
+    parse ("unparsable", why), a call started twice ("started_twice", its
+    id), a frame with no body a client sends ("no_known_body", what it has)."""
+    if kind == "too_long":
+        return frame_too_long(int(str(detail)), max_frame)
+    if kind == "unparsable":
+        return ProtocolError(f"a frame that does not parse: {detail}")
+    if kind == "started_twice":
+        return ProtocolError(f"call {detail} started twice")
+    if kind == "no_known_body":
+        return ProtocolError(f"a frame with no known body ({detail})")
+    raise ValueError(f"no protocol error {kind!r}")
 
 
 async def _awaited(awaitable: Any) -> Any:
