@@ -34,6 +34,10 @@ function runs leaves its thread stuck until the function returns, counted
 with the pool's (`SyncThreads.stuck`), and what it returns is dropped.
 Functions run in a copy of the context of the connection's loop callbacks,
 as they do in the pool's threads.
+
+`_lane_threads_core.CoreConnection` serves the same connection the same
+way with its bookkeeping in native code; a worker takes it where its
+module is built, and this one elsewhere.
 """
 
 from __future__ import annotations
