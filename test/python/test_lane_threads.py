@@ -11,6 +11,7 @@ worker's stop, stuck threads, and bounded threads.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -732,3 +734,15 @@ def test_without_the_native_module_the_python_connection_serves() -> None:
     assert done.returncode == 0, done.stderr
     assert "_lane_core" in done.stdout
     assert _lane_threads_core.connection() is _lane_threads_core.CoreConnection
+
+
+async def test_a_connection_that_ended_is_freed(lane: Lane) -> None:
+    # Nothing it handed its threads, or its bookkeeping, keeps it alive
+    # once its threads are gone.
+    assert value("add", await lane.client.next(await lane.call("add", a=1, b=2))) == 3
+    (connection,) = lane.server._threaded
+    gone = weakref.ref(connection)
+    del connection
+    await lane.client.close()
+    await eventually(lambda: not lane.server._threaded)
+    await eventually(lambda: gc.collect() >= 0 and gone() is None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -86,8 +87,7 @@ class CoreConnection:
         self._write_lock = threading.Lock()
         self._ends_closed = False
         # Futures of `drained`, settled on the loop once no call is left.
-        self._drain_lock = threading.Lock()
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drained = _Drained(self._loop)
         # Touched only by the thread reading: what the loop read after the hello.
         self._handed = b""
         self._core = _lane_core.Core(
@@ -100,8 +100,10 @@ class CoreConnection:
             quiet_ticks=_QUIET_TICKS,
             idle_timeout=_IDLE_TIMEOUT,
             count_stuck=pool.count_stuck,
-            settle_drained=self._settle_drained,
-            protocol_error=lambda kind, detail: protocol_error(kind, detail, self._max_frame),
+            # Nothing the core holds holds this connection: the pair is
+            # freed by reference counting once the connection is let go.
+            settle_drained=self._drained.settle,
+            protocol_error=functools.partial(protocol_error, max_frame=self._max_frame),
         )
         if stopping():
             self._core.refuse_new()
@@ -119,11 +121,9 @@ class CoreConnection:
 
     def drained(self) -> asyncio.Future[None]:
         """Done once no call is left (those read have ended). On the loop."""
-        drained = self._loop.create_future()
-        with self._drain_lock:
-            self._drain_waiters.append(drained)
+        drained = self._drained.add()
         if not self._core.want_drained():
-            self._settle_drained()
+            self._drained.settle()
         return drained
 
     def begin(self, data: bytes) -> None:
@@ -262,16 +262,6 @@ class CoreConnection:
                     b"".join(status_frame(call, *DEADLINE_EXCEEDED) for call, _ in expired)
                 )
 
-    def _settle_drained(self) -> None:
-        """From the core, where calls end, once none is left: settles `drained`'s futures."""
-        with self._drain_lock:
-            waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            try:
-                self._loop.call_soon_threadsafe(_settle, waiter)
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits
-
     # ---- the socket or pipes ----
 
     def _ended_written(self, data: bytes) -> None:
@@ -310,6 +300,33 @@ class CoreConnection:
                 self._loop.call_soon_threadsafe(self._on_closed, self)
             except RuntimeError:
                 pass  # the loop is closed: so is the worker
+
+
+class _Drained:
+    """The futures of a connection's `drained`, settled on its loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def add(self) -> asyncio.Future[None]:
+        """A new future, settled by the next `settle`. On the loop."""
+        waiter = self._loop.create_future()
+        with self._lock:
+            self._waiters.append(waiter)
+        return waiter
+
+    def settle(self) -> None:
+        """Settles every future so far: no call is left. From any thread
+        (the core calls it where the last call ends)."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            try:
+                self._loop.call_soon_threadsafe(_settle, waiter)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:
