@@ -84,18 +84,18 @@ Method = tuple[InThread, Callable[[bytes], Any], Callable[[Any], bytes]]
 """A method answered by the threads: its `InThread`, request deserializer
 and response serializer."""
 
-_TICK = 0.001
+TICK = 0.001
 """The watcher's tick, in seconds: how long a call may run before another
 thread takes over the rest, and the resolution of the deadlines."""
 
-_QUIET_TICKS = 50
+QUIET_TICKS = 50
 """Ticks with no call started and none running after which the watcher
 sleeps until a call starts (being woken costs the thread that starts it)."""
 
-_READ_BYTES = 256 * 1024
+READ_BYTES = 256 * 1024
 """The most one read takes from the connection."""
 
-_IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 60.0
 """Seconds an idle thread waits for work before it ends (as the pool's)."""
 
 _READ = object()
@@ -233,7 +233,7 @@ class ThreadedConnection:
             logger.info("%s cancelled: %s", call.method, reason)
         # The loop waits a moment for a thread's write, never for a client
         # that does not read (that thread's write may never end).
-        if ended and self._write_lock.acquire(timeout=_TICK * 50):
+        if ended and self._write_lock.acquire(timeout=TICK * 50):
             try:
                 if not self._ends_closed:
                     # What it does not take is cut short: the connection closes next.
@@ -310,7 +310,7 @@ class ThreadedConnection:
                 self._reading = True
                 return _READ
             self._idle += 1
-            woken = self._work.wait(_IDLE_TIMEOUT)
+            woken = self._work.wait(IDLE_TIMEOUT)
             self._idle -= 1
             if not woken and not self._waiting and self._reading:
                 break  # another thread reads: this one is not needed
@@ -322,7 +322,7 @@ class ThreadedConnection:
         data, self._handed = self._handed, b""
         if not data:
             try:
-                data = self._ends.read(_READ_BYTES)
+                data = self._ends.read(READ_BYTES)
             except OSError as exc:
                 logger.debug("reading a lane connection failed: %s", exc)
         refused = b""
@@ -481,13 +481,13 @@ class ThreadedConnection:
                     seen = self._started
                 else:
                     quiet += 1
-                if quiet >= _QUIET_TICKS:
+                if quiet >= QUIET_TICKS:
                     self._watcher_sleeps = True
                     while self._watcher_sleeps and not self._closed:
                         self._calls_come.wait()
                     quiet = 0
                     continue
-            time.sleep(_TICK)
+            time.sleep(TICK)
             with self._lock:
                 ended = self._check(time.monotonic())
                 if ended:
@@ -519,7 +519,7 @@ class ThreadedConnection:
                 self._threads - self._idle - len(self._running) - (1 if self._reading else 0)
             )
             if on_their_way == 0 and all(
-                now - call.started >= _TICK for call in self._running.values()
+                now - call.started >= TICK for call in self._running.values()
             ):
                 woken = min(to_do, self._idle)
                 self._work.notify(woken)

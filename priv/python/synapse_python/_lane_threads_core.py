@@ -34,10 +34,10 @@ from synapse_python._lane_frames import (
     status_frame,
 )
 from synapse_python._lane_threads import (
-    _IDLE_TIMEOUT,
-    _QUIET_TICKS,
-    _READ_BYTES,
-    _TICK,
+    IDLE_TIMEOUT,
+    QUIET_TICKS,
+    READ_BYTES,
+    TICK,
     Method,
     ThreadedConnection,
     protocol_error,
@@ -96,9 +96,9 @@ class CoreConnection:
             max_message_bytes=max_message_bytes,
             max_frame=self._max_frame,
             max_threads=pool.max_threads,
-            tick=_TICK,
-            quiet_ticks=_QUIET_TICKS,
-            idle_timeout=_IDLE_TIMEOUT,
+            tick=TICK,
+            quiet_ticks=QUIET_TICKS,
+            idle_timeout=IDLE_TIMEOUT,
             count_stuck=pool.count_stuck,
             # Nothing the core holds holds this connection: the pair is
             # freed by reference counting once the connection is let go.
@@ -155,7 +155,7 @@ class CoreConnection:
             logger.info("%s cancelled: %s", method, reason)
         # The loop waits a moment for a thread's write, never for a client
         # that does not read (that thread's write may never end).
-        if ended and self._write_lock.acquire(timeout=_TICK * 50):
+        if ended and self._write_lock.acquire(timeout=TICK * 50):
             try:
                 if not self._ends_closed:
                     # What it does not take is cut short: the connection closes next.
@@ -220,7 +220,7 @@ class CoreConnection:
         data, self._handed = self._handed, b""
         if not data:
             try:
-                data = self._ends.read(_READ_BYTES)
+                data = self._ends.read(READ_BYTES)
             except OSError as exc:
                 logger.debug("reading a lane connection failed: %s", exc)
         if not data:  # the client left, or we stop
@@ -251,7 +251,7 @@ class CoreConnection:
         """The watcher (see the module doc of `_lane_threads`)."""
         core = self._core
         while core.watch():
-            time.sleep(_TICK)
+            time.sleep(TICK)
             expired, more = core.check()
             if more:
                 self._add_threads(more, reserved=True)
