@@ -118,7 +118,102 @@ class _Call:
         self.abandoned = False
 
 
-class ThreadedConnection:
+class ServedByThreads:
+    """What a connection of sync calls served by threads does the same
+    whichever keeps its bookkeeping: its socket or pipes, written under one
+    lock and let go of once; its watcher thread started with it; its end
+    told to the loop. Made on the event loop."""
+
+    def __init__(
+        self,
+        ends: BlockingSocket | BlockingPipes,
+        methods: Mapping[str, Method],
+        pool: SyncThreads,
+        max_message_bytes: int,
+        closed: Callable[[Any], None],
+    ) -> None:
+        self._ends = ends
+        self._methods = methods
+        self._pool = pool
+        self.max_message_bytes = max_message_bytes
+        self._max_frame = max_message_bytes + FRAME_SLACK
+        self._on_closed = closed
+        self._loop = asyncio.get_running_loop()
+        # The functions' context: that of the loop's callbacks, copied per call.
+        self._context = contextvars.copy_context()
+        # Every write to the connection, and its closing, under this lock.
+        self._write_lock = threading.Lock()
+        self._ends_closed = False
+        # Touched only by the thread reading: what the loop read after the
+        # hello, to take before reading more.
+        self._handed = b""
+
+    def begin(self, data: bytes) -> None:
+        """Serves the connection, starting with `data`, what the loop read
+        after the hello. On the loop: nothing here waits."""
+        self._handed = data
+        try:
+            threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
+        except RuntimeError as exc:  # the system refused a thread: nothing could serve it
+            logger.error("cannot serve a lane connection of sync calls: %s", exc)
+            self._close()
+            return
+        self._first_thread()
+
+    def _watch(self) -> None:
+        raise NotImplementedError
+
+    def _first_thread(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def _write_ended(self, ended: bytes) -> None:
+        """Writes `ended`, the statuses of the calls a stop ends, if the
+        connection takes them at once (it closes next). On the loop, which
+        waits a moment for a thread's write, never for a client that does
+        not read (that thread's write may never end)."""
+        if ended and self._write_lock.acquire(timeout=TICK * 50):
+            try:
+                if not self._ends_closed:
+                    # What it does not take is cut short: the connection closes next.
+                    self._ends.write_now(ended)
+            finally:
+                self._write_lock.release()
+
+    def _write(self, data: bytes) -> None:
+        """Writes `data` (whole frames), unless the connection is closed."""
+        if not data:
+            return
+        with self._write_lock:
+            if self._ends_closed:
+                return
+            try:
+                self._ends.write(data)
+            except OSError as exc:  # the client left: its read says so
+                logger.debug("writing to a lane connection failed: %s", exc)
+
+    def _let_go(self, first: bool, release: bool) -> None:
+        """What `_close` does past the bookkeeping: the connection shut
+        (`first`: a thread blocked reading it wakes, and calls `_close`
+        again), closed (`release`, once nobody reads it), and its end told
+        to the loop."""
+        if first:
+            self._ends.shut()
+        if release:
+            with self._write_lock:
+                # No thread writes on the descriptors after this (nor on whatever reuses them).
+                self._ends_closed = True
+                self._ends.close()
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._on_closed, self)
+            except RuntimeError:
+                pass  # the loop is closed: so is the worker
+
+
+class ThreadedConnection(ServedByThreads):
     """One client's connection of sync calls, served by threads of its own
     (see the module doc). Made on the event loop, which hands it the socket
     or pipes and what it read after the hello (`begin`); `stop` ends it
@@ -135,30 +230,18 @@ class ThreadedConnection:
         stopping: Callable[[], bool],
         closed: Callable[[ThreadedConnection], None],
     ) -> None:
-        self._ends = ends
-        self._methods = methods
+        super().__init__(ends, methods, pool, max_message_bytes, closed)
         # Every method of the worker, to say why one not answered here is refused.
         self._known = known
-        self._pool = pool
         self._max_threads = pool.max_threads
-        self.max_message_bytes = max_message_bytes
-        self._max_frame = max_message_bytes + FRAME_SLACK
         self._stopping = stopping
-        self._on_closed = closed
-        self._loop = asyncio.get_running_loop()
-        # The functions' context: that of the loop's callbacks, copied per call.
-        self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         # Idle threads wait here for a call to run or their turn to read.
         self._work = threading.Condition(self._lock)
         # The watcher waits here while no call comes.
         self._calls_come = threading.Condition(self._lock)
-        # Every write to the connection, and its closing, under this lock.
-        self._write_lock = threading.Lock()
-        # Touched only by the thread reading: what it has of a frame, and
-        # what the loop read after the hello, to take before reading more.
+        # Touched only by the thread reading: what it has of a frame.
         self._buffer = bytearray()
-        self._handed = b""
         self._waiting: collections.OrderedDict[int, _Call] = collections.OrderedDict()
         self._running: dict[int, _Call] = {}
         # Writes of frames that end calls, taken under the lock and not yet
@@ -175,7 +258,6 @@ class ThreadedConnection:
         self._closed = False  # no more frames are taken; the threads end
         # The descriptors are let go of once closed and nobody reads them.
         self._released = False
-        self._ends_closed = False
         track_busy(self)
 
     @property
@@ -198,16 +280,7 @@ class ThreadedConnection:
                 drained.set_result(None)
         return drained
 
-    def begin(self, data: bytes) -> None:
-        """Serves the connection, starting with `data`, what the loop read
-        after the hello. On the loop: nothing here waits."""
-        self._handed = data
-        try:
-            threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
-        except RuntimeError as exc:  # the system refused a thread: nothing could serve it
-            logger.error("cannot serve a lane connection of sync calls: %s", exc)
-            self._close()
-            return
+    def _first_thread(self) -> None:
         with self._lock:
             self._add_thread()
 
@@ -231,15 +304,7 @@ class ThreadedConnection:
             )
         for call in calls:
             logger.info("%s cancelled: %s", call.method, reason)
-        # The loop waits a moment for a thread's write, never for a client
-        # that does not read (that thread's write may never end).
-        if ended and self._write_lock.acquire(timeout=TICK * 50):
-            try:
-                if not self._ends_closed:
-                    # What it does not take is cut short: the connection closes next.
-                    self._ends.write_now(ended)
-            finally:
-                self._write_lock.release()
+        self._write_ended(ended)
         self._close()
 
     # ---- the threads ----
@@ -434,7 +499,7 @@ class ThreadedConnection:
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             try:
-                self._loop.call_soon_threadsafe(_settle, waiter)
+                self._loop.call_soon_threadsafe(settle_waiter, waiter)
             except RuntimeError:
                 pass  # the loop is closed: nobody waits
 
@@ -546,18 +611,6 @@ class ThreadedConnection:
         if self._drain_waiters:
             self._settle_drained()
 
-    def _write(self, data: bytes) -> None:
-        """Writes `data` (whole frames), unless the connection is closed."""
-        if not data:
-            return
-        with self._write_lock:
-            if self._ends_closed:
-                return
-            try:
-                self._ends.write(data)
-            except OSError as exc:  # the client left: its read says so
-                logger.debug("writing to a lane connection failed: %s", exc)
-
     def _close(self) -> None:
         """Takes no more frames; calls still waiting are dropped, those
         running abandoned (the client expects nothing more), the connection
@@ -577,18 +630,7 @@ class ThreadedConnection:
             # under it.
             release = not self._reading and not self._released
             self._released = self._released or release
-        if first:
-            self._ends.shut()
-        if release:
-            with self._write_lock:
-                # No thread writes on the descriptors after this (nor on whatever reuses them).
-                self._ends_closed = True
-                self._ends.close()
-        if first:
-            try:
-                self._loop.call_soon_threadsafe(self._on_closed, self)
-            except RuntimeError:
-                pass  # the loop is closed: so is the worker
+        self._let_go(first, release)
 
 
 def run_call(
@@ -660,6 +702,7 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _settle(waiter: asyncio.Future[None]) -> None:
+def settle_waiter(waiter: asyncio.Future[None]) -> None:
+    """Settles a future of `drained`, unless it was cancelled (its wait timed out)."""
     if not waiter.done():
         waiter.set_result(None)

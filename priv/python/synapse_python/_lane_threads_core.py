@@ -15,7 +15,6 @@ answers `ThreadedConnection`.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import threading
@@ -28,7 +27,6 @@ import grpc
 from synapse_python._lane_blocking import BlockingPipes, BlockingSocket
 from synapse_python._lane_frames import (
     DEADLINE_EXCEEDED,
-    FRAME_SLACK,
     WORKER_STOPPING,
     ProtocolError,
     status_frame,
@@ -39,10 +37,12 @@ from synapse_python._lane_threads import (
     READ_BYTES,
     TICK,
     Method,
+    ServedByThreads,
     ThreadedConnection,
     protocol_error,
     refusal,
     run_call,
+    settle_waiter,
 )
 from synapse_python._threads import SyncThreads, track_busy
 
@@ -57,7 +57,7 @@ else:
 logger = logging.getLogger("synapse_python.lane")
 
 
-class CoreConnection:
+class CoreConnection(ServedByThreads):
     """One client's connection of sync calls, served by threads of its own
     with `_lane_core`'s bookkeeping (see the module doc); the interface of
     `ThreadedConnection`."""
@@ -74,22 +74,9 @@ class CoreConnection:
         closed: Callable[[CoreConnection], None],
     ) -> None:
         assert _lane_core is not None, UNAVAILABLE
-        self._ends = ends
-        self._methods = dict(methods)
-        self._pool = pool
-        self.max_message_bytes = max_message_bytes
-        self._max_frame = max_message_bytes + FRAME_SLACK
-        self._on_closed = closed
-        self._loop = asyncio.get_running_loop()
-        # The functions' context: that of the loop's callbacks, copied per call.
-        self._context = contextvars.copy_context()
-        # Every write to the connection, and its closing, under this lock.
-        self._write_lock = threading.Lock()
-        self._ends_closed = False
+        super().__init__(ends, dict(methods), pool, max_message_bytes, closed)
         # Futures of `drained`, settled on the loop once no call is left.
         self._drained = _Drained(self._loop)
-        # Touched only by the thread reading: what the loop read after the hello.
-        self._handed = b""
         self._core = _lane_core.Core(
             list(self._methods),
             list(known),
@@ -126,16 +113,7 @@ class CoreConnection:
             self._drained.settle()
         return drained
 
-    def begin(self, data: bytes) -> None:
-        """Serves the connection, starting with `data`, what the loop read
-        after the hello. On the loop: nothing here waits."""
-        self._handed = data
-        try:
-            threading.Thread(target=self._watch, name="synapse-lane-watch", daemon=True).start()
-        except RuntimeError as exc:  # the system refused a thread: nothing could serve it
-            logger.error("cannot serve a lane connection of sync calls: %s", exc)
-            self._close()
-            return
+    def _first_thread(self) -> None:
         self._add_threads(1)
 
     def refuse_new(self) -> None:
@@ -153,15 +131,7 @@ class CoreConnection:
         )
         for _, method in calls:
             logger.info("%s cancelled: %s", method, reason)
-        # The loop waits a moment for a thread's write, never for a client
-        # that does not read (that thread's write may never end).
-        if ended and self._write_lock.acquire(timeout=TICK * 50):
-            try:
-                if not self._ends_closed:
-                    # What it does not take is cut short: the connection closes next.
-                    self._ends.write_now(ended)
-            finally:
-                self._write_lock.release()
+        self._write_ended(ended)
         self._close()
 
     # ---- the threads ----
@@ -273,33 +243,11 @@ class CoreConnection:
         finally:
             self._core.written()
 
-    def _write(self, data: bytes) -> None:
-        """Writes `data` (whole frames), unless the connection is closed."""
-        with self._write_lock:
-            if self._ends_closed:
-                return
-            try:
-                self._ends.write(data)
-            except OSError as exc:  # the client left: its read says so
-                logger.debug("writing to a lane connection failed: %s", exc)
-
     def _close(self) -> None:
         """Takes no more frames (see `_lane_core.Core.close`); the
         connection shut (a thread blocked reading it wakes: it calls this
         again) and, once nobody reads it, closed."""
-        first, release = self._core.close()
-        if first:
-            self._ends.shut()
-        if release:
-            with self._write_lock:
-                # No thread writes on the descriptors after this (nor on whatever reuses them).
-                self._ends_closed = True
-                self._ends.close()
-        if first:
-            try:
-                self._loop.call_soon_threadsafe(self._on_closed, self)
-            except RuntimeError:
-                pass  # the loop is closed: so is the worker
+        self._let_go(*self._core.close())
 
 
 class _Drained:
@@ -324,14 +272,9 @@ class _Drained:
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             try:
-                self._loop.call_soon_threadsafe(_settle, waiter)
+                self._loop.call_soon_threadsafe(settle_waiter, waiter)
             except RuntimeError:
                 pass  # the loop is closed: nobody waits
-
-
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 Connection = type[CoreConnection] | type[ThreadedConnection]
