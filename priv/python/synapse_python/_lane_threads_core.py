@@ -47,9 +47,9 @@ from synapse_python._lane_threads import (
 from synapse_python._threads import SyncThreads, track_busy
 
 try:
-    from synapse_python import _lane_core  # type: ignore[attr-defined]
+    from synapse_python import _lane_core
 except ImportError as exc:  # not built, or built for another platform
-    _lane_core = None
+    _lane_core = None  # type: ignore[assignment]
     UNAVAILABLE: str | None = str(exc)
 else:
     UNAVAILABLE = None
@@ -99,12 +99,12 @@ class CoreConnection(ServedByThreads):
     @property
     def busy(self) -> int:
         """Threads running a call (a moment's view): they may want the GIL."""
-        return int(self._core.busy)
+        return self._core.busy
 
     @property
     def threads(self) -> int:
         """Threads serving the connection (a moment's view)."""
-        return int(self._core.threads)
+        return self._core.threads
 
     def drained(self) -> asyncio.Future[None]:
         """Done once no call is left (those read have ended). On the loop."""
