@@ -487,8 +487,12 @@ impl Core {
                                 cancelled.extend(self.cancel(&mut state, frame.call, &mut effects))
                             }
                             // A unary call has its request; a second hello changes nothing.
-                            Some(Body::Message(_) | Body::HalfClose(_) | Body::Credit(_))
-                            | Some(Body::Hello(_)) => {}
+                            Some(
+                                Body::Message(_)
+                                | Body::HalfClose(_)
+                                | Body::Credit(_)
+                                | Body::Hello(_),
+                            ) => {}
                             Some(Body::Status(_)) => {
                                 return Err(Broken("no_known_body", "status".to_owned()))
                             }

@@ -254,7 +254,7 @@ class ThreadedConnection(ServedByThreads):
         self._started = 0  # calls started so far, for the watcher to see them come
         self._watcher_sleeps = False
         # Futures of `drained`, settled on the loop once no call is left.
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drained = Drained(self._loop)
         self._closed = False  # no more frames are taken; the threads end
         # The descriptors are let go of once closed and nobody reads them.
         self._released = False
@@ -272,12 +272,11 @@ class ThreadedConnection(ServedByThreads):
 
     def drained(self) -> asyncio.Future[None]:
         """Done once no call is left (those read have ended). On the loop."""
-        drained = self._loop.create_future()
         with self._lock:
             if self._has_calls():
-                self._drain_waiters.append(drained)
-            else:
-                drained.set_result(None)
+                return self._drained.add()
+        drained = self._loop.create_future()
+        drained.set_result(None)
         return drained
 
     def _first_thread(self) -> None:
@@ -494,14 +493,8 @@ class ThreadedConnection(ServedByThreads):
 
     def _settle_drained(self) -> None:
         """Under the lock, where calls end: settles `drained`'s futures once none is left."""
-        if not self._drain_waiters or self._has_calls():
-            return
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            try:
-                self._loop.call_soon_threadsafe(settle_waiter, waiter)
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits
+        if self._drained.wanted and not self._has_calls():
+            self._drained.settle()
 
     def _abandon(self, call: _Call) -> None:
         """Under the lock: nobody waits for a running call any more; its
@@ -608,7 +601,7 @@ class ThreadedConnection(ServedByThreads):
         """Under the lock: frames counted in `_ending` have been written;
         `drained` is settled if they were the last."""
         self._ending -= 1
-        if self._drain_waiters:
+        if self._drained.wanted:
             self._settle_drained()
 
     def _close(self) -> None:
@@ -702,7 +695,38 @@ async def _awaited(awaitable: Any) -> Any:
     return await awaitable
 
 
-def settle_waiter(waiter: asyncio.Future[None]) -> None:
-    """Settles a future of `drained`, unless it was cancelled (its wait timed out)."""
-    if not waiter.done():
+class Drained:
+    """The futures of a connection's `drained`, settled on its loop once no
+    call is left."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a future waits to be settled (a moment's view)."""
+        return bool(self._waiters)
+
+    def add(self) -> asyncio.Future[None]:
+        """A new future, settled by the next `settle`. On the loop."""
+        waiter = self._loop.create_future()
+        with self._lock:
+            self._waiters.append(waiter)
+        return waiter
+
+    def settle(self) -> None:
+        """Settles every future so far: no call is left. From any thread."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            try:
+                self._loop.call_soon_threadsafe(_settle, waiter)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # its wait may have been cancelled
         waiter.set_result(None)

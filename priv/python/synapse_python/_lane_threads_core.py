@@ -36,13 +36,13 @@ from synapse_python._lane_threads import (
     QUIET_TICKS,
     READ_BYTES,
     TICK,
+    Drained,
     Method,
     ServedByThreads,
     ThreadedConnection,
     protocol_error,
     refusal,
     run_call,
-    settle_waiter,
 )
 from synapse_python._threads import SyncThreads, track_busy
 
@@ -76,7 +76,7 @@ class CoreConnection(ServedByThreads):
         assert _lane_core is not None, UNAVAILABLE
         super().__init__(ends, dict(methods), pool, max_message_bytes, closed)
         # Futures of `drained`, settled on the loop once no call is left.
-        self._drained = _Drained(self._loop)
+        self._drained = Drained(self._loop)
         self._core = _lane_core.Core(
             list(self._methods),
             list(known),
@@ -248,33 +248,6 @@ class CoreConnection(ServedByThreads):
         connection shut (a thread blocked reading it wakes: it calls this
         again) and, once nobody reads it, closed."""
         self._let_go(*self._core.close())
-
-
-class _Drained:
-    """The futures of a connection's `drained`, settled on its loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def add(self) -> asyncio.Future[None]:
-        """A new future, settled by the next `settle`. On the loop."""
-        waiter = self._loop.create_future()
-        with self._lock:
-            self._waiters.append(waiter)
-        return waiter
-
-    def settle(self) -> None:
-        """Settles every future so far: no call is left. From any thread
-        (the core calls it where the last call ends)."""
-        with self._lock:
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            try:
-                self._loop.call_soon_threadsafe(settle_waiter, waiter)
-            except RuntimeError:
-                pass  # the loop is closed: nobody waits
 
 
 Connection = type[CoreConnection] | type[ThreadedConnection]
